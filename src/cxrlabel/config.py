@@ -1,0 +1,49 @@
+"""Where things live: one place that resolves the data dir, database URL and shared data."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_DATA_DIR = "./cxrlabel-data"
+DEFAULT_JOB = "pneumonia-pediatric"
+
+
+def shared_data_dir() -> Path:
+    """The read-only shared data (env ``CXRLABEL_SHARED_DATA``, default ``../shared/data``)."""
+    return Path(os.environ.get("CXRLABEL_SHARED_DATA", "../shared/data")).resolve()
+
+
+def bundled_jobs_dir() -> Path:
+    """Job files shipped inside the package (copies of the repo's ``jobs/``)."""
+    return Path(__file__).parent / "jobs"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    db_url: str | None = None
+
+    @property
+    def database_url(self) -> str:
+        if self.db_url:
+            return self.db_url
+        return f"sqlite:///{(self.data_dir / 'cxrlabel.sqlite3').resolve()}"
+
+    @property
+    def renditions_dir(self) -> Path:
+        return self.data_dir / "renditions"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.data_dir / "exports"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @classmethod
+    def from_env(cls, data_dir: str | Path | None = None, db_url: str | None = None) -> Settings:
+        data = Path(data_dir or os.environ.get("CXRLABEL_DATA_DIR", DEFAULT_DATA_DIR))
+        return cls(data_dir=data, db_url=db_url or os.environ.get("CXRLABEL_DB") or None)

@@ -1,0 +1,291 @@
+"""Job specification: a TOML file validated into typed, frozen pydantic models.
+
+A bad job file must give one clear line naming the file, the field, the problem and (where the
+parser knows it) the line — never a traceback. ``JobSpecError`` carries that line.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cxrlabel.config import bundled_jobs_dir
+
+KERMANY_PATIENT_PATTERN = (
+    r"(?P<pid>person\d+)_(?:bacteria|virus)"  # person123_bacteria_456
+    r"|(?P<pid2>NORMAL2-IM-\d+)-\d+"  # NORMAL2-IM-0123-0001
+    r"|(?P<pid3>IM-\d+)-\d+"  # IM-0001-0001
+)
+
+
+class JobSpecError(ValueError):
+    """A job file problem, already phrased as one line for the user."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Choice(_Strict):
+    value: str = Field(pattern=r"^[A-Za-z0-9_\-]+$", max_length=32)
+    text: str
+    key: str | None = Field(default=None, max_length=1)
+    hint: str = ""
+
+
+class CertaintyChoice(Choice):
+    # How much a judgment with this certainty counts in certainty-aware aggregation (0..1).
+    weight: float = Field(ge=0.0, le=1.0)
+
+
+class Question(_Strict):
+    prompt: str
+    labels: list[Choice] = Field(min_length=2)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Question:
+        _check_unique([c.value for c in self.labels], "labels")
+        _check_unique([c.key for c in self.labels if c.key], "label keys")
+        return self
+
+
+class Certainty(_Strict):
+    prompt: str
+    options: list[CertaintyChoice] = Field(min_length=2)
+    # The option that means "I can't tell": counted for expert routing, never as a vote.
+    cant_tell: str = "cant_tell"
+
+    @model_validator(mode="after")
+    def _check(self) -> Certainty:
+        values = [c.value for c in self.options]
+        _check_unique(values, "certainty options")
+        if self.cant_tell not in values:
+            raise ValueError(f"cant_tell '{self.cant_tell}' is not one of the options {values}")
+        return self
+
+
+class QualityFlag(_Strict):
+    prompt: str
+    options: list[Choice] = Field(min_length=1)
+
+
+class Example(_Strict):
+    image: str  # path relative to the job file, or a gold image reference
+    caption: str
+    answer: str | None = None
+
+
+class Instructions(_Strict):
+    markdown: str | None = None
+    file: str | None = None  # Markdown file relative to the job file
+    examples: list[Example] = []
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Instructions:
+        if not (self.markdown or self.file):
+            raise ValueError("give either 'markdown' or 'file'")
+        return self
+
+
+class Judgments(_Strict):
+    min: int = Field(default=3, ge=1, le=50)
+    max: int = Field(default=5, ge=1, le=100)
+    confidence_target: float = Field(default=0.8, gt=0.5, le=1.0)
+    max_per_annotator: int = Field(default=1000, ge=1)
+
+    @model_validator(mode="after")
+    def _order(self) -> Judgments:
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
+        return self
+
+
+class Gold(_Strict):
+    quiz_length: int = Field(default=8, ge=0, le=100)
+    min_accuracy: float = Field(default=0.75, gt=0.0, le=1.0)
+    per_page: int = Field(default=1, ge=0)
+    # Removal for low trust only after this many gold answers (quiz included).
+    min_gold_before_removal: int = Field(default=5, ge=1)
+    # Beta prior on accuracy: trust = (correct + a) / (seen + a + b).
+    prior_correct: float = Field(default=2.0, ge=0.0)
+    prior_missed: float = Field(default=1.0, ge=0.0)
+
+
+class Pages(_Strict):
+    items_per_page: int = Field(default=10, ge=1, le=100)
+    min_seconds_per_page: float = Field(default=20.0, ge=0.0)
+    reservation_minutes: float = Field(default=30.0, gt=0.0)
+
+
+class Quality(_Strict):
+    speed_trap_limit: int = Field(default=3, ge=1)
+    distribution_min_answers: int = Field(default=30, ge=5)
+    distribution_min_entropy_bits: float = Field(default=0.2, ge=0.0)
+    distribution_max_prevalence_gap: float = Field(default=0.45, gt=0.0, le=1.0)
+    distribution_remove: bool = False
+    expected_prevalence: dict[str, float] = {}
+
+
+class Review(_Strict):
+    cant_tell_fraction: float = Field(default=0.5, gt=0.0, le=1.0)
+    quality_flag_votes: int = Field(default=2, ge=1)
+
+
+class Aggregation(_Strict):
+    method: Literal["trust", "mv", "ds", "glad", "certainty"] = "trust"
+
+
+class Pay(_Strict):
+    per_page: float = Field(default=0.10, ge=0.0)
+    currency: str = "USD"
+    pages_per_hour: float = Field(default=40.0, gt=0.0)
+
+
+class Ingest(_Strict):
+    # Regex with a named group starting with 'pid' that extracts the patient id from a file stem.
+    patient_id_pattern: str = KERMANY_PATIENT_PATTERN
+
+    @model_validator(mode="after")
+    def _compiles(self) -> Ingest:
+        try:
+            compiled = re.compile(self.patient_id_pattern)
+        except re.error as exc:
+            raise ValueError(f"patient_id_pattern is not a valid regex: {exc}") from None
+        if not any(g.startswith("pid") for g in compiled.groupindex):
+            raise ValueError("patient_id_pattern needs a named group such as (?P<pid>...)")
+        return self
+
+
+class JobSpec(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9\-_]*$", max_length=120)
+    title: str
+    description: str = ""
+    question: Question
+    certainty: Certainty
+    quality_flag: QualityFlag
+    instructions: Instructions
+    judgments: Judgments = Judgments()
+    gold: Gold = Gold()
+    pages: Pages = Pages()
+    quality: Quality = Quality()
+    review: Review = Review()
+    aggregation: Aggregation = Aggregation()
+    pay: Pay = Pay()
+    ingest: Ingest = Ingest()
+
+    # Where the file was loaded from (for resolving instruction files and example images).
+    base_dir: str = Field(default=".", exclude=True)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> JobSpec:
+        if self.gold.per_page >= self.pages.items_per_page:
+            raise ValueError(
+                f"gold.per_page ({self.gold.per_page}) must be smaller than "
+                f"pages.items_per_page ({self.pages.items_per_page})"
+            )
+        labels = set(self.label_values)
+        for key in self.quality.expected_prevalence:
+            if key not in labels:
+                raise ValueError(f"quality.expected_prevalence has unknown label '{key}'")
+        return self
+
+    @property
+    def label_values(self) -> list[str]:
+        return [c.value for c in self.question.labels]
+
+    @property
+    def certainty_values(self) -> list[str]:
+        return [c.value for c in self.certainty.options]
+
+    @property
+    def certainty_weights(self) -> dict[str, float]:
+        return {c.value: c.weight for c in self.certainty.options}
+
+    @property
+    def quality_flag_values(self) -> list[str]:
+        return [c.value for c in self.quality_flag.options]
+
+    def instructions_markdown(self) -> str:
+        if self.instructions.markdown:
+            return self.instructions.markdown
+        return (Path(self.base_dir) / str(self.instructions.file)).read_text(encoding="utf-8")
+
+
+def _check_unique(values: list[str], what: str) -> None:
+    duplicates = sorted({v for v in values if values.count(v) > 1})
+    if duplicates:
+        raise ValueError(f"{what} must be unique; repeated: {', '.join(duplicates)}")
+
+
+def _line_of(text: str, loc: tuple[int | str, ...]) -> int | None:
+    """Best-effort line number of a field: the last key of its location in the TOML text."""
+    keys = [k for k in loc if isinstance(k, str)]
+    if not keys:
+        return None
+    pattern = re.compile(rf"^\s*{re.escape(keys[-1])}\s*=", re.MULTILINE)
+    if len(keys) > 1:  # start the search after the table header if there is one
+        header = re.search(rf"^\s*\[+{re.escape(keys[0])}[\].]", text, re.MULTILINE)
+        start = header.start() if header else 0
+    else:
+        start = 0
+    match = pattern.search(text, start) or re.search(
+        rf"^\s*\[+{re.escape(keys[-1])}\]+", text, re.MULTILINE
+    )
+    return text.count("\n", 0, match.start()) + 1 if match else None
+
+
+def _format_error(source: str, text: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = tuple(first["loc"])
+    field = ".".join(str(p) for p in loc) or "(top level)"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "missing":
+        message = "required field is missing"
+    elif first["type"] == "extra_forbidden":
+        message = "unknown field (check the spelling)"
+    line = _line_of(text, loc)
+    where = f"{source}:{line}" if line else source
+    more = f" (and {len(err.errors()) - 1} more problem(s))" if len(err.errors()) > 1 else ""
+    return f"{where}: field '{field}': {message}{more}"
+
+
+def parse_job(text: str, source: str = "<job>", base_dir: str | Path = ".") -> JobSpec:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise JobSpecError(f"{source}: not valid TOML: {exc}") from None
+    data["base_dir"] = str(base_dir)
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise JobSpecError(_format_error(source, text, exc)) from None
+
+
+def load_job(path: str | Path) -> JobSpec:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise JobSpecError(f"{path}: job file not found") from None
+    except UnicodeDecodeError:
+        raise JobSpecError(f"{path}: job file is not UTF-8 text") from None
+    except OSError as exc:
+        raise JobSpecError(f"{path}: cannot read job file: {exc.strerror}") from None
+    return parse_job(text, str(path), path.parent)
+
+
+def resolve_job_path(name_or_path: str | Path | None) -> Path:
+    """A job given by path, or by name among the bundled jobs (``pneumonia-pediatric``)."""
+    from cxrlabel.config import DEFAULT_JOB
+
+    candidate = Path(name_or_path or DEFAULT_JOB)
+    if candidate.suffix == ".toml" or candidate.exists():
+        return candidate
+    bundled = bundled_jobs_dir() / f"{candidate.name}.toml"
+    if bundled.exists():
+        return bundled
+    raise JobSpecError(f"{name_or_path}: no such job file or bundled job")

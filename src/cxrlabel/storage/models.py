@@ -1,0 +1,346 @@
+"""SQLAlchemy 2 ORM model: the single source of truth for stored state.
+
+Design notes (why, not what):
+- Every row a person or the quality engine creates is kept; nothing is deleted. Judgments are
+  *tainted* (flag + reason), never removed, so the quality state can be replayed from history.
+- Images carry an opaque ``public_id`` used in every URL an annotator sees, so gold and work
+  images are indistinguishable by URL and file names of the source never leak.
+- ``AuditEvent`` is append-only: the application never updates or deletes its rows.
+- Timestamps are timezone-aware UTC everywhere (stored as naive UTC on SQLite by SQLAlchemy).
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_public_id() -> str:
+    """An unguessable, meaningless identifier for URLs (128 bits)."""
+    return secrets.token_urlsafe(16)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+# --- enumerations kept as plain strings (portable across SQLite and PostgreSQL) -----------------
+
+class Role:
+    ADMIN = "admin"
+    ANNOTATOR = "annotator"
+    EXPERT = "expert"
+    ALL = (ADMIN, ANNOTATOR, EXPERT)
+
+
+class ImageStatus:
+    NEEDS_JUDGMENTS = "needs_judgments"
+    FINALISED = "finalised"
+    NEEDS_REVIEW = "needs_review"
+    EXPERT = "expert"  # finalised by an expert
+    GOLD = "gold"  # a test question, never aggregated as work
+    ALL = (NEEDS_JUDGMENTS, FINALISED, NEEDS_REVIEW, EXPERT, GOLD)
+
+
+class AnnotatorStatus:
+    QUIZ = "quiz"  # joined, quiz not yet passed
+    ACTIVE = "active"
+    REMOVED = "removed"  # removed by quality control or admin; reversible by reinstating
+    DISQUALIFIED = "disqualified"  # failed the quiz; final for this job
+    ALL = (QUIZ, ACTIVE, REMOVED, DISQUALIFIED)
+
+
+class PageKind:
+    QUIZ = "quiz"
+    WORK = "work"
+
+
+# --- tables ------------------------------------------------------------------------------------
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(120), unique=True)
+    spec_toml: Mapped[str] = mapped_column(Text)
+    spec_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Image(Base):
+    __tablename__ = "images"
+    __table_args__ = (
+        UniqueConstraint("job_id", "sha256", name="uq_image_job_sha256"),
+        Index("ix_images_job_status", "job_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    public_id: Mapped[str] = mapped_column(String(32), unique=True, default=new_public_id)
+    # Admin/export-only fields: never rendered to an annotator.
+    source_path: Mapped[str] = mapped_column(Text)
+    source_format: Mapped[str] = mapped_column(String(16))  # jpeg | png | dicom
+    sha256: Mapped[str] = mapped_column(String(64))  # of the source file's bytes
+    pixel_sha256: Mapped[str] = mapped_column(String(64))  # of the decoded 8-bit pixels
+    phash: Mapped[str] = mapped_column(String(16), index=True)  # 64-bit DCT hash, hex
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    patient_id: Mapped[str | None] = mapped_column(String(120), index=True)
+    reference_label: Mapped[str | None] = mapped_column(String(32))
+    rendition_path: Mapped[str] = mapped_column(Text)  # relative to the data dir
+    thumb_path: Mapped[str] = mapped_column(Text)
+    burned_in_annotation: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(24), default=ImageStatus.NEEDS_JUDGMENTS)
+    # Current aggregate (written by the quality engine).
+    label: Mapped[str | None] = mapped_column(String(32))
+    confidence: Mapped[float | None] = mapped_column(Float)
+    proba: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # class -> probability
+    aggregation_method: Mapped[str | None] = mapped_column(String(16))
+    trusted_judgments: Mapped[int] = mapped_column(Integer, default=0)
+    judgment_target: Mapped[int] = mapped_column(Integer, default=0)  # trusted judgments wanted
+    model_score: Mapped[float | None] = mapped_column(Float)  # p(PNEUMONIA) from a model
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    gold: Mapped[GoldItem | None] = relationship(back_populates="image", uselist=False)
+
+
+class GoldItem(Base):
+    __tablename__ = "gold_items"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), unique=True)
+    accepted_answers: Mapped[list[Any]] = mapped_column(JSON)  # e.g. ["PNEUMONIA"]
+    reason: Mapped[str] = mapped_column(Text, default="")
+    difficulty: Mapped[str] = mapped_column(String(16), default="medium")  # easy|medium|hard
+    source: Mapped[str] = mapped_column(String(16), default="import")  # import|expert|reference
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    image: Mapped[Image] = relationship(back_populates="gold")
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(80), unique=True)
+    # Pseudonymous id used in reports and exports instead of the username.
+    pseudonym: Mapped[str] = mapped_column(String(32), unique=True, default=new_public_id)
+    password_hash: Mapped[str] = mapped_column(Text)
+    role: Mapped[str] = mapped_column(String(16))
+    api_token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AnnotatorState(Base):
+    """Per-job state of one annotator, maintained by the quality engine."""
+
+    __tablename__ = "annotator_states"
+    __table_args__ = (UniqueConstraint("job_id", "user_id", name="uq_annotator_job_user"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default=AnnotatorStatus.QUIZ)
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    trust: Mapped[float] = mapped_column(Float, default=0.0)
+    gold_seen: Mapped[int] = mapped_column(Integer, default=0)
+    gold_missed: Mapped[int] = mapped_column(Integer, default=0)
+    gold_contested: Mapped[int] = mapped_column(Integer, default=0)
+    gold_forgiven: Mapped[int] = mapped_column(Integer, default=0)
+    judgments: Mapped[int] = mapped_column(Integer, default=0)
+    speed_trips: Mapped[int] = mapped_column(Integer, default=0)
+    flags: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    message: Mapped[str | None] = mapped_column(Text)  # shown on the annotator's next page
+    joined_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    quiz_passed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Page(Base):
+    """A page served to an annotator: a reservation of its items until submitted or expired."""
+
+    __tablename__ = "pages"
+    __table_args__ = (Index("ix_pages_open", "job_id", "submitted_at", "expires_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True, default=new_public_id)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    served_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    items: Mapped[list[PageItem]] = relationship(
+        back_populates="page", order_by="PageItem.position", cascade="all, delete-orphan"
+    )
+
+
+class PageItem(Base):
+    __tablename__ = "page_items"
+    __table_args__ = (
+        UniqueConstraint("page_id", "image_id", name="uq_page_item"),
+        Index("ix_page_items_image", "image_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    page_id: Mapped[int] = mapped_column(ForeignKey("pages.id"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
+    position: Mapped[int] = mapped_column(Integer)
+    is_gold: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    page: Mapped[Page] = relationship(back_populates="items")
+    image: Mapped[Image] = relationship()
+
+
+class Submission(Base):
+    """One accepted page submission; the client id makes replays idempotent."""
+
+    __tablename__ = "submissions"
+    __table_args__ = (
+        UniqueConstraint("user_id", "client_submission_id", name="uq_submission_client_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    page_id: Mapped[int] = mapped_column(ForeignKey("pages.id"), unique=True)
+    client_submission_id: Mapped[str] = mapped_column(String(64))
+    response: Mapped[dict[str, Any]] = mapped_column(JSON)  # replayed verbatim on retry
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Judgment(Base):
+    __tablename__ = "judgments"
+    __table_args__ = (
+        UniqueConstraint("user_id", "image_id", name="uq_judgment_user_image"),
+        Index("ix_judgments_image", "image_id", "tainted"),
+        Index("ix_judgments_job", "job_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    page_id: Mapped[int] = mapped_column(ForeignKey("pages.id"), index=True)
+    submission_id: Mapped[int] = mapped_column(ForeignKey("submissions.id"))
+    answer: Mapped[str] = mapped_column(String(32))
+    certainty: Mapped[str] = mapped_column(String(16))
+    quality_flag: Mapped[str | None] = mapped_column(String(32))
+    is_gold: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_quiz: Mapped[bool] = mapped_column(Boolean, default=False)
+    gold_missed: Mapped[bool | None] = mapped_column(Boolean)
+    trust_at_time: Mapped[float | None] = mapped_column(Float)
+    tainted: Mapped[bool] = mapped_column(Boolean, default=False)
+    taint_reason: Mapped[str | None] = mapped_column(Text)
+    served_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    submitted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)  # page time / items on page
+
+
+class Contest(Base):
+    __tablename__ = "contests"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    gold_id: Mapped[int] = mapped_column(ForeignKey("gold_items.id"), index=True)
+    judgment_id: Mapped[int] = mapped_column(ForeignKey("judgments.id"), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    reason: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open|upheld|changed
+    reply: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ExpertReview(Base):
+    __tablename__ = "expert_reviews"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), unique=True)
+    expert_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    label: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(Text)
+    promoted_to_gold: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Invite(Base):
+    __tablename__ = "invites"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    role: Mapped[str] = mapped_column(String(16), default=Role.ANNOTATOR)
+    max_uses: Mapped[int] = mapped_column(Integer, default=1)
+    uses: Mapped[int] = mapped_column(Integer, default=0)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class IngestRun(Base):
+    __tablename__ = "ingest_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    source: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ingested: Mapped[int] = mapped_column(Integer, default=0)
+    already_present: Mapped[int] = mapped_column(Integer, default=0)
+    duplicates: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class IngestIssue(Base):
+    """A file that was skipped: a failure (with reason) or a duplicate of an ingested image."""
+
+    __tablename__ = "ingest_issues"
+    __table_args__ = (UniqueConstraint("job_id", "source_path", name="uq_ingest_issue_path"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    run_id: Mapped[int] = mapped_column(ForeignKey("ingest_runs.id"))
+    source_path: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(16))  # failed | exact_duplicate | near_duplicate
+    reason: Mapped[str] = mapped_column(Text)
+    duplicate_of: Mapped[int | None] = mapped_column(ForeignKey("images.id"))
+    distance: Mapped[int | None] = mapped_column(Integer)  # phash Hamming distance
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AuditEvent(Base):
+    """Append-only log of every decision, with its inputs; the quality state replays from it."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_job", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    action: Mapped[str] = mapped_column(String(48))
+    subject: Mapped[str | None] = mapped_column(String(120))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
