@@ -73,10 +73,26 @@ class QualityFlag(_Strict):
     options: list[Choice] = Field(min_length=1)
 
 
+class Mark(_Strict):
+    """A region drawn on an instruction example, in relative units (0..1 of width/height)."""
+
+    shape: Literal["ellipse", "box", "arrow"]
+    # ellipse/box: [x0, y0, x1, y1]; arrow: [x_tail, y_tail, x_head, y_head].
+    at: list[float] = Field(min_length=4, max_length=4)
+    label: str = ""
+
+    @model_validator(mode="after")
+    def _relative(self) -> Mark:
+        if not all(0.0 <= v <= 1.0 for v in self.at):
+            raise ValueError(f"mark coordinates must be relative (0..1), got {self.at}")
+        return self
+
+
 class Example(_Strict):
     image: str  # path relative to the job file, or a gold image reference
     caption: str
     answer: str | None = None
+    marks: list[Mark] = []  # where to look, drawn on a copy of the image
 
 
 class Instructions(_Strict):

@@ -1,0 +1,301 @@
+"""Shared types and helpers for the label-aggregation methods.
+
+Everything here works on integer-coded arrays (item, worker and class indices starting at 0),
+so the quality engine can call it without pandas. The CSV/string layer is ``io.py``.
+
+Conventions every method follows:
+
+* ``proba`` rows sum to 1; an item with no answers gets the method's class prior
+  (uniform for the vote-counting methods).
+* Gold items (``gold={item: class}``) always come back as their gold class with a one-hot row;
+  the EM methods also clamp them inside every iteration so gold anchors worker estimates.
+* Ties: the label is the arg-max of ``proba``; among classes whose probability is equal
+  (within 1e-12) the ``tie_break`` class wins if it is one of them, else the lowest class
+  index. The CSV layer sorts class names, so "lowest index" means "first in sorted order".
+  Why not break ties at random: the CLI is used by other tools and must be reproducible;
+  why not always towards the harmful-to-miss class: that is a product decision (PNEUMONIA),
+  so the caller states it with ``tie_break`` instead of the generic code guessing.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+
+#: Stated-certainty levels, in code order (0 is the most certain).
+CERTAINTY_LEVELS: tuple[str, ...] = ("definitely", "probably", "cant_tell")
+
+_TIE_ATOL = 1e-12
+
+
+class AggregationInputError(ValueError):
+    """Bad input to an aggregation method or its CSV reader (one clear message)."""
+
+
+@dataclass(frozen=True)
+class Judgments:
+    """A validated judgments table: one entry per answer, all integer coded."""
+
+    items: np.ndarray
+    workers: np.ndarray
+    labels: np.ndarray
+    n_items: int
+    n_workers: int
+    n_classes: int
+    certainty: np.ndarray | None = None
+    gold_items: np.ndarray | None = None
+    gold_labels: np.ndarray | None = None
+    trust: np.ndarray | None = None
+
+    @property
+    def n_answers(self) -> int:
+        return int(self.items.shape[0])
+
+    @classmethod
+    def build(
+        cls,
+        items: np.ndarray,
+        workers: np.ndarray,
+        labels: np.ndarray,
+        n_classes: int,
+        *,
+        n_items: int | None = None,
+        n_workers: int | None = None,
+        certainty: np.ndarray | None = None,
+        gold: dict[int, int] | None = None,
+        trust: np.ndarray | None = None,
+    ) -> Judgments:
+        items_arr = _as_index_array(items, "items")
+        workers_arr = _as_index_array(workers, "workers")
+        labels_arr = _as_index_array(labels, "labels")
+        if not (items_arr.shape == workers_arr.shape == labels_arr.shape):
+            raise AggregationInputError("items, workers and labels must have the same length")
+        if n_classes < 1:
+            raise AggregationInputError("n_classes must be at least 1")
+        if labels_arr.size and labels_arr.max() >= n_classes:
+            raise AggregationInputError(f"a label index is >= n_classes ({n_classes})")
+        n_items = _count(items_arr, n_items, "n_items")
+        n_workers = _count(workers_arr, n_workers, "n_workers")
+        certainty_arr = None
+        if certainty is not None:
+            certainty_arr = _as_index_array(certainty, "certainty")
+            if certainty_arr.shape != items_arr.shape:
+                raise AggregationInputError("certainty must have one entry per answer")
+            if certainty_arr.size and certainty_arr.max() >= len(CERTAINTY_LEVELS):
+                raise AggregationInputError(
+                    f"certainty codes must be 0..{len(CERTAINTY_LEVELS) - 1} {CERTAINTY_LEVELS}"
+                )
+        gold_items, gold_labels = _gold_arrays(gold, n_items, n_classes)
+        trust_arr = None
+        if trust is not None:
+            trust_arr = np.asarray(trust, dtype=float)
+            if trust_arr.shape != (n_workers,) or not np.all(np.isfinite(trust_arr)):
+                raise AggregationInputError("trust must be a finite array of length n_workers")
+            if np.any(trust_arr < 0):
+                raise AggregationInputError("trust values must be >= 0")
+        return cls(
+            items_arr,
+            workers_arr,
+            labels_arr,
+            n_items,
+            n_workers,
+            n_classes,
+            certainty_arr,
+            gold_items,
+            gold_labels,
+            trust_arr,
+        )
+
+    def vote_counts(self, weights: np.ndarray | None = None) -> np.ndarray:
+        """(n_items, n_classes) matrix of (weighted) answer counts, via one bincount."""
+        flat = self.items * self.n_classes + self.labels
+        size = self.n_items * self.n_classes
+        counts = np.bincount(flat, weights=weights, minlength=size)
+        return counts.reshape(self.n_items, self.n_classes).astype(float)
+
+    def worker_label_matrix(self, weights: np.ndarray | None = None) -> sp.csr_matrix:
+        """Sparse (n_items, n_workers * n_classes) matrix: column ``w * K + j`` counts worker
+        ``w`` answering class ``j`` on the item. One sparse product with it replaces a loop over
+        judgments in both the E-step and the M-step of confusion-matrix models."""
+        k = self.n_classes
+        data = np.ones(self.n_answers) if weights is None else np.asarray(weights, float)
+        matrix = sp.csr_matrix(
+            (data, (self.items, self.workers * k + self.labels)),
+            shape=(self.n_items, self.n_workers * k),
+        )
+        matrix.sum_duplicates()
+        return matrix
+
+    def clamp_gold(self, proba: np.ndarray) -> np.ndarray:
+        """Overwrite gold rows with one-hot rows of their known class (in place, returned)."""
+        if self.gold_items is not None and self.gold_items.size:
+            proba[self.gold_items] = 0.0
+            proba[self.gold_items, self.gold_labels] = 1.0
+        return proba
+
+    def answers_per_item(self) -> np.ndarray:
+        return np.bincount(self.items, minlength=self.n_items)
+
+
+@dataclass(frozen=True)
+class AggregationResult:
+    """What every method returns.
+
+    ``worker_skill`` is method specific but always "higher is better": vote agreement (mv),
+    trust (trust), expected accuracy under the fitted confusion matrices (ds, certainty) or
+    the ability alpha (glad). ``confusion[w, true, answered]`` is filled by confusion-matrix
+    models only.
+    """
+
+    labels: np.ndarray
+    proba: np.ndarray
+    worker_skill: np.ndarray
+    method: str
+    confusion: np.ndarray | None = None
+    item_difficulty: np.ndarray | None = None
+    class_prior: np.ndarray | None = None
+    level_reliability: np.ndarray | None = None
+    n_iter: int = 0
+    converged: bool = True
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """Probability of the chosen label, per item."""
+        return self.proba[np.arange(self.labels.shape[0]), self.labels]
+
+
+class Aggregator(ABC):
+    """Crowd-kit-like interface: ``Method(**params).fit(...)`` returns an
+    :class:`AggregationResult` and also keeps it as ``result_`` / ``labels_`` / ``probas_``."""
+
+    name: ClassVar[str]
+    uses_certainty: ClassVar[bool] = False
+
+    def __init__(self, *, tie_break: int | None = None) -> None:
+        self.tie_break = tie_break
+        self.result_: AggregationResult | None = None
+
+    def fit(
+        self,
+        items: np.ndarray,
+        workers: np.ndarray,
+        labels: np.ndarray,
+        n_classes: int,
+        *,
+        n_items: int | None = None,
+        n_workers: int | None = None,
+        certainty: np.ndarray | None = None,
+        gold: dict[int, int] | None = None,
+        trust: np.ndarray | None = None,
+    ) -> AggregationResult:
+        judgments = Judgments.build(
+            items,
+            workers,
+            labels,
+            n_classes,
+            n_items=n_items,
+            n_workers=n_workers,
+            certainty=certainty,
+            gold=gold,
+            trust=trust,
+        )
+        return self.fit_judgments(judgments)
+
+    def fit_judgments(self, judgments: Judgments) -> AggregationResult:
+        if self.tie_break is not None and not 0 <= self.tie_break < judgments.n_classes:
+            raise AggregationInputError(f"tie_break class {self.tie_break} is out of range")
+        raw = self._fit(judgments)
+        proba = judgments.clamp_gold(np.array(raw.proba, dtype=float))
+        result = replace(raw, proba=proba, labels=argmax_tie_break(proba, self.tie_break))
+        self.result_ = result
+        return result
+
+    @abstractmethod
+    def _fit(self, judgments: Judgments) -> AggregationResult:
+        """Fit on validated judgments; ``labels`` of the returned result are recomputed."""
+
+    @property
+    def labels_(self) -> np.ndarray:
+        return self._fitted().labels
+
+    @property
+    def probas_(self) -> np.ndarray:
+        return self._fitted().proba
+
+    @property
+    def skills_(self) -> np.ndarray:
+        return self._fitted().worker_skill
+
+    def _fitted(self) -> AggregationResult:
+        if self.result_ is None:
+            raise RuntimeError(f"{type(self).__name__} is not fitted; call fit() first")
+        return self.result_
+
+
+def argmax_tie_break(proba: np.ndarray, tie_break: int | None = None) -> np.ndarray:
+    """Row-wise arg-max; ties go to ``tie_break`` if it is tied for the top, else the lowest
+    index (``np.argmax`` already returns the first maximum)."""
+    labels = np.argmax(proba, axis=1) if proba.size else np.zeros(proba.shape[0], dtype=np.int64)
+    if tie_break is not None and proba.size:
+        top = proba[np.arange(proba.shape[0]), labels]
+        tied = proba[:, tie_break] >= top - _TIE_ATOL
+        labels = np.where(tied, tie_break, labels)
+    return labels.astype(np.int64)
+
+
+def normalize_rows(matrix: np.ndarray, fallback: np.ndarray | None = None) -> np.ndarray:
+    """Divide rows by their sums; all-zero rows become ``fallback`` (uniform by default)."""
+    sums = matrix.sum(axis=1, keepdims=True)
+    n_cols = matrix.shape[1]
+    if fallback is None:
+        fallback = np.full(n_cols, 1.0 / max(n_cols, 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(sums > 0, matrix / np.where(sums > 0, sums, 1.0), fallback)
+    return out
+
+
+def softmax_rows(log_matrix: np.ndarray) -> np.ndarray:
+    """Numerically stable row softmax of log-probabilities."""
+    shifted = log_matrix - log_matrix.max(axis=1, keepdims=True)
+    np.exp(shifted, out=shifted)
+    shifted /= shifted.sum(axis=1, keepdims=True)
+    return shifted
+
+
+def _as_index_array(values: np.ndarray, name: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise AggregationInputError(f"{name} must be a 1-D array")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise AggregationInputError(f"{name} must hold integer codes, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64, copy=False)
+    if arr.size and arr.min() < 0:
+        raise AggregationInputError(f"{name} must be >= 0")
+    return arr
+
+
+def _count(codes: np.ndarray, given: int | None, name: str) -> int:
+    needed = int(codes.max()) + 1 if codes.size else 0
+    if given is None:
+        return needed
+    if given < needed:
+        raise AggregationInputError(f"{name}={given} but codes go up to {needed - 1}")
+    return int(given)
+
+
+def _gold_arrays(
+    gold: dict[int, int] | None, n_items: int, n_classes: int
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if not gold:
+        return None, None
+    gold_items = np.fromiter(gold.keys(), dtype=np.int64, count=len(gold))
+    gold_labels = np.fromiter(gold.values(), dtype=np.int64, count=len(gold))
+    if gold_items.min() < 0 or gold_items.max() >= n_items:
+        raise AggregationInputError("a gold item index is out of range")
+    if gold_labels.min() < 0 or gold_labels.max() >= n_classes:
+        raise AggregationInputError("a gold label index is out of range")
+    return gold_items, gold_labels

@@ -1,0 +1,94 @@
+"""``cxrlabel aggregate``: the Typer sub-command (registered by the main CLI).
+
+Register it with ``app.command("aggregate")(aggregate_command)``.
+
+Contract (kept stable for other tools)::
+
+    cxrlabel aggregate ANSWERS.csv --method {mv,trust,ds,glad,certainty}
+                       [--gold GOLD.csv] [--trust TRUST.csv] [--tie-break LABEL] -o OUT.csv
+
+OUT.csv has ``task,label,confidence,n_answers,gold`` and one ``p_<label>`` column per class.
+Errors print one ``error: ...`` line to stderr and exit with code 2 (no traceback); warnings
+(e.g. a repeated answer, of which the last is kept) print ``warning: ...`` lines and carry on.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import METHODS
+from .base import AggregationInputError
+
+EXIT_INPUT_ERROR = 2
+
+
+def aggregate_command(
+    answers: Annotated[
+        Path, typer.Argument(help="ANSWERS.csv with columns task,worker,label[,certainty].")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write OUT.csv.")],
+    method: Annotated[
+        str, typer.Option("--method", "-m", help=f"One of: {', '.join(METHODS)}.")
+    ] = "mv",
+    gold: Annotated[
+        Path | None, typer.Option("--gold", help="GOLD.csv with task,label (clamped).")
+    ] = None,
+    trust: Annotated[
+        Path | None, typer.Option("--trust", help="TRUST.csv with worker,trust (method trust).")
+    ] = None,
+    tie_break: Annotated[
+        str | None,
+        typer.Option("--tie-break", help="Label that wins ties (default: first in sorted order)."),
+    ] = None,
+) -> None:
+    """Aggregate crowd answers into one label per task with class probabilities."""
+    try:
+        n_tasks, n_classes = _run(answers, output, method, gold, trust, tie_break)
+    except AggregationInputError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_INPUT_ERROR) from None
+    except OSError as exc:
+        typer.echo(f"error: {exc.strerror or exc} ({exc.filename or output})", err=True)
+        raise typer.Exit(EXIT_INPUT_ERROR) from None
+    typer.echo(f"aggregated {n_tasks} tasks ({n_classes} classes) with {method} -> {output}")
+
+
+def _run(
+    answers: Path,
+    output: Path,
+    method: str,
+    gold: Path | None,
+    trust: Path | None,
+    tie_break: str | None,
+) -> tuple[int, int]:
+    # pandas is imported lazily so `cxrlabel --help` stays fast.
+    from .io import aggregate_frame, read_answers, read_gold, read_trust
+
+    if method not in METHODS:
+        raise AggregationInputError(
+            f"unknown --method {method!r}; choose one of: {', '.join(METHODS)}"
+        )
+    if not output.parent.exists():
+        raise AggregationInputError(f"output folder {str(output.parent)!r} does not exist")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        answers_frame = read_answers(answers)
+        gold_frame = read_gold(gold) if gold is not None else None
+        trust_frame = read_trust(trust) if trust is not None else None
+        table = aggregate_frame(
+            answers_frame, method, gold=gold_frame, trust=trust_frame, tie_break=tie_break
+        )
+    for warning in caught:
+        typer.echo(f"warning: {warning.message}", err=True)
+    table.to_csv(output, index=False)
+    n_classes = sum(1 for c in table.columns if c.startswith("p_"))
+    return len(table), n_classes
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``cxrlabel aggregate`` to the main command line."""
+    app.command("aggregate")(aggregate_command)

@@ -1,0 +1,194 @@
+"""User accounts, invites and API tokens.
+
+Passwords are hashed with argon2id (argon2-cffi). Invite and API tokens are random 192-bit
+strings; only their SHA-256 is stored, so a database leak does not hand out working links.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from datetime import datetime, timedelta
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cxrlabel.annotate._time import as_utc
+from cxrlabel.annotate.schemas import EngineError
+from cxrlabel.storage.models import Invite, Job, Role, User, utcnow
+
+USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{1,39}$")
+MIN_PASSWORD_LENGTH = 8
+MAX_PASSWORD_LENGTH = 256  # argon2 handles more, but a cap stops denial of service by huge input
+
+_hasher = PasswordHasher()
+# Verified against when the username does not exist, so timing does not reveal valid usernames.
+_DUMMY_HASH = _hasher.hash("not-a-real-password-" + secrets.token_hex(8))
+
+
+class AccountError(EngineError):
+    """A refused account operation (bad username, weak password, used-up invite...)."""
+
+
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def check_password_rules(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AccountError(
+            "weak_password", f"The password needs at least {MIN_PASSWORD_LENGTH} characters."
+        )
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise AccountError("weak_password", "The password is too long.")
+
+
+def create_user(session: Session, username: str, password: str, role: str) -> User:
+    """Create an account; raises ``AccountError`` for a bad name, weak password, unknown role or
+    a username that is taken."""
+    username = username.strip()
+    if not USERNAME_RE.match(username):
+        raise AccountError(
+            "bad_username",
+            "Usernames are 2-40 characters: letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit.",
+        )
+    if role not in Role.ALL:
+        raise AccountError("bad_role", f"Unknown role {role!r}; use one of {', '.join(Role.ALL)}.")
+    check_password_rules(password)
+    taken = session.scalar(select(User.id).where(User.username.ilike(username)))
+    if taken is not None:
+        raise AccountError("username_taken", f"The username {username!r} is already taken.", 409)
+    user = User(username=username, password_hash=hash_password(password), role=role)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def authenticate(session: Session, username: str, password: str) -> User | None:
+    """The active user with this username and password, else None (same cost either way)."""
+    user = session.scalar(select(User).where(User.username == username.strip()))
+    stored = user.password_hash if user is not None else _DUMMY_HASH
+    try:
+        _hasher.verify(stored, password[:MAX_PASSWORD_LENGTH])
+    except (VerificationError, InvalidHashError):
+        return None
+    if user is None or not user.active:
+        return None
+    if _hasher.check_needs_rehash(stored):
+        user.password_hash = hash_password(password)
+    return user
+
+
+def set_password(session: Session, user: User, password: str) -> None:
+    check_password_rules(password)
+    user.password_hash = hash_password(password)
+
+
+# --- invites ------------------------------------------------------------------------------------
+
+def create_invite(
+    session: Session,
+    *,
+    now: datetime | None = None,
+    role: str = Role.ANNOTATOR,
+    max_uses: int = 1,
+    expires_hours: float | None = 72.0,
+    job: Job | None = None,
+    created_by: User | None = None,
+) -> tuple[Invite, str]:
+    """A new invite and its secret token (shown once; only its hash is stored).
+
+    The join link is ``<base_url>/join/<token>``; see ``invite_link``.
+    """
+    now = now or utcnow()
+    if role not in Role.ALL:
+        raise AccountError("bad_role", f"Unknown role {role!r}.")
+    if max_uses < 1:
+        raise AccountError("bad_invite", "An invite needs at least one use.")
+    if expires_hours is not None and expires_hours <= 0:
+        raise AccountError("bad_invite", "The expiry must be in the future.")
+    token = secrets.token_urlsafe(24)
+    invite = Invite(
+        token_sha256=sha256_hex(token),
+        job_id=job.id if job is not None else None,
+        role=role,
+        max_uses=max_uses,
+        expires_at=now + timedelta(hours=expires_hours) if expires_hours is not None else None,
+        created_by=created_by.id if created_by is not None else None,
+        created_at=now,
+    )
+    session.add(invite)
+    session.flush()
+    return invite, token
+
+
+def invite_link(base_url: str, token: str) -> str:
+    return f"{base_url.rstrip('/')}/join/{token}"
+
+
+def invite_problem(invite: Invite | None, now: datetime) -> str | None:
+    """Why this invite cannot be used now, or None when it can."""
+    if invite is None:
+        return "This invite link is not valid. Please ask for a new one."
+    if invite.revoked:
+        return "This invite link has been withdrawn. Please ask for a new one."
+    if invite.expires_at is not None and as_utc(invite.expires_at) <= now:
+        return "This invite link has expired. Please ask for a new one."
+    if invite.uses >= invite.max_uses:
+        return "This invite link has already been used. Please ask for a new one."
+    return None
+
+
+def find_invite(session: Session, token: str, *, lock: bool = False) -> Invite | None:
+    query = select(Invite).where(Invite.token_sha256 == sha256_hex(token))
+    if lock:
+        query = query.with_for_update()
+    return session.scalar(query)
+
+
+def redeem_invite(
+    session: Session, token: str, username: str, password: str, now: datetime
+) -> tuple[User, Invite]:
+    """Create an account from an invite; the use count is checked under a row lock so a
+    single-use link cannot be used twice by two simultaneous sign-ups."""
+    invite = find_invite(session, token, lock=True)
+    problem = invite_problem(invite, now)
+    if problem is not None:
+        raise AccountError("invite_unusable", problem, 410)
+    assert invite is not None
+    user = create_user(session, username, password, invite.role)
+    invite.uses += 1
+    return user, invite
+
+
+def revoke_invite(session: Session, invite_id: int) -> Invite:
+    invite = session.get(Invite, invite_id)
+    if invite is None:
+        raise AccountError("not_found", "No such invite.", 404)
+    invite.revoked = True
+    return invite
+
+
+# --- API tokens ---------------------------------------------------------------------------------
+
+def issue_api_token(session: Session, user: User) -> str:
+    """A new API token for the user (replacing any previous one); only its hash is stored."""
+    token = "cxr_" + secrets.token_urlsafe(32)
+    user.api_token_hash = sha256_hex(token)
+    session.flush()
+    return token
+
+
+def user_for_api_token(session: Session, token: str) -> User | None:
+    if not token:
+        return None
+    user = session.scalar(select(User).where(User.api_token_hash == sha256_hex(token)))
+    return user if user is not None and user.active else None

@@ -1,0 +1,53 @@
+"""Typed inputs and outputs of the annotation engine (shared by the web app, API and simulator)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EngineError(Exception):
+    """A refusal the caller should show as-is: a stable ``code``, a human ``message`` and the
+    HTTP status a web layer should use (the engine itself never imports a web framework)."""
+
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
+class SubmissionError(EngineError):
+    """A page submission that was refused; nothing was stored."""
+
+
+class AnswerIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image_public_id: str = Field(min_length=1, max_length=32)
+    answer: str = Field(min_length=1, max_length=32)
+    certainty: str = Field(min_length=1, max_length=16)
+    quality_flag: str | None = Field(default=None, max_length=32)
+
+
+class MissedGold(BaseModel):
+    """Feedback for one missed test question; only ever sent *after* the page is submitted."""
+
+    judgment_id: int
+    image_public_id: str
+    given_answer: str
+    accepted_answers: list[str]
+    reason: str
+
+
+class SubmitResult(BaseModel):
+    """What a page submission returns; stored verbatim in ``submissions.response`` so a replay
+    returns exactly the same thing."""
+
+    page_id: str
+    kind: str  # quiz | work
+    saved: int  # judgments stored
+    gold_seen: int  # test questions on this page (counted after submission only)
+    missed_gold: list[MissedGold] = []
+    quiz_passed: bool | None = None  # set on quiz pages
+    quiz_accuracy: float | None = None
+    annotator_status: str
+    message: str | None = None
+    replayed: bool = False  # True when this is the stored answer to an earlier identical submit

@@ -1,0 +1,291 @@
+"""``cxrlabel preview | proposal | estimate | gold ...``: job design deliverables on the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from cxrlabel.context import app_context, console, fail, get_job
+from cxrlabel.design import goldbank
+from cxrlabel.design.estimate import (
+    DEFAULT_ANNOTATORS,
+    DEFAULT_HOURS_PER_ANNOTATOR_PER_DAY,
+    estimate,
+    inputs_from_spec,
+)
+
+JOB_HELP = "Job name (or job file) [default: pneumonia-pediatric]."
+
+gold_app = typer.Typer(
+    help="The test-question (gold) bank: import, export, list, check, sample.",
+    no_args_is_help=True,
+)
+
+
+def preview_command(
+    ctx: typer.Context,
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the HTML file."),
+    job_name: str = typer.Option(None, "--job", help=JOB_HELP),
+    gold_examples: int = typer.Option(6, "--gold-examples", min=1,
+                                      help="How many test questions to show with answers."),
+) -> None:
+    """Write the job Preview: one self-contained HTML file (instructions, work page, example
+    test questions) that opens offline and makes no request."""
+    from cxrlabel.design.preview import render_preview
+
+    app = app_context(ctx)
+    with app.db.session() as session:
+        job, spec = get_job(session, job_name)
+        html = render_preview(spec, session, job, app.settings.data_dir, gold_examples)
+    _write(output, html)
+    console.print(f"preview of job [bold]{spec.name}[/] written to {output} "
+                  f"({len(html) / 1e6:.1f} MB, self-contained)")
+
+
+def proposal_command(
+    ctx: typer.Context,
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the document."),
+    job_name: str = typer.Option(None, "--job", help=JOB_HELP),
+    fmt: str = typer.Option("html", "--format", "-f", help="html, md or pdf."),
+    simulation: Path = typer.Option(
+        None, "--simulation",
+        help="Simulation result JSON [default: <data-dir>/simulation/<job>.json if present].",
+    ),
+    images: int = typer.Option(None, "--images", min=1,
+                               help="Images to plan for [default: the job's work images]."),
+    annotators: int = typer.Option(DEFAULT_ANNOTATORS, "--annotators", min=1,
+                                   help="Annotator pool size for the estimate."),
+) -> None:
+    """Write the job design Proposal (HTML, Markdown or PDF) from the job file and live data."""
+    from cxrlabel.design import proposal as prop
+
+    if fmt not in ("html", "md", "pdf"):
+        fail(f"--format must be html, md or pdf, not {fmt!r}")
+    app = app_context(ctx)
+    with app.db.session() as session:
+        job, spec = get_job(session, job_name)
+        default_sim = prop.default_simulation_path(app.settings.data_dir, spec.name)
+        sim_path = simulation or default_sim
+        sim = None
+        if simulation is not None or default_sim.is_file():
+            try:
+                sim = prop.load_simulation(sim_path)
+            except prop.ProposalError as exc:
+                fail(str(exc))
+        document = prop.build_proposal(
+            spec, session, job, app.settings.data_dir, simulation=sim,
+            simulation_source=str(sim_path), images=images, annotators=annotators,
+        )
+    if fmt == "md":
+        _write(output, prop.render_markdown(document, output))
+    elif fmt == "html":
+        _write(output, prop.render_html(document))
+    else:
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            prop.render_pdf(prop.render_html(document), output)
+        except prop.ProposalError as exc:
+            fail(str(exc))
+    console.print(f"proposal for job [bold]{spec.name}[/] written to {output}"
+                  + ("" if sim else " (no simulation: accuracy section says 'not computed')"))
+
+
+def estimate_command(
+    ctx: typer.Context,
+    job_name: str = typer.Option(None, "--job", help=JOB_HELP),
+    images: int = typer.Option(None, "--images", min=0,
+                               help="Images to label [default: the job's work images]."),
+    judgments_per_image: float = typer.Option(
+        None, "--judgments-per-image", min=0.01,
+        help="Expected trusted judgments per image [default: judgments.min, the cheapest case].",
+    ),
+    annotators: int = typer.Option(DEFAULT_ANNOTATORS, "--annotators", min=1,
+                                   help="Annotator pool size."),
+    hours_per_day: float = typer.Option(DEFAULT_HOURS_PER_ANNOTATOR_PER_DAY, "--hours-per-day",
+                                        min=0.1, help="Hours each annotator works a day."),
+    as_json: bool = typer.Option(False, "--json", help="Print the estimate as JSON."),
+) -> None:
+    """Cost and calendar time of labeling N images with this job's settings."""
+    from sqlalchemy import func, select
+
+    from cxrlabel.storage.models import Image, ImageStatus
+
+    app = app_context(ctx)
+    with app.db.session() as session:
+        job, spec = get_job(session, job_name)
+        if images is None:
+            images = session.scalar(select(func.count()).select_from(Image).where(
+                Image.job_id == job.id, Image.status != ImageStatus.GOLD)) or 0
+    if images == 0:
+        fail(f"job {spec.name} has no work images yet: pass --images N")
+    inputs = inputs_from_spec(spec, images, judgments_per_image, annotators, hours_per_day)
+    result = estimate(inputs)
+    if as_json:
+        typer.echo(json.dumps(result.as_dict(), indent=2))
+        return
+    table = Table(title=f"Estimate for job {spec.name}", show_header=False)
+    rows = [
+        ("images", f"{images:,}"),
+        ("judgments per image", f"{inputs.judgments_per_image:.2f}"),
+        ("work judgments", f"{result.work_judgments:,}"),
+        ("work pages", f"{result.work_pages:,}"),
+        ("test questions on work pages", f"{result.gold_judgments:,}"),
+        ("quiz pages", f"{result.quiz_pages:,}"),
+        ("overhead (gold + quiz)", f"{result.overhead_fraction:.1%}"),
+        ("cost", f"{result.cost:,.2f} {inputs.currency} ({result.cost_per_image:.3f}/image)"),
+        ("annotator-hours", f"{result.annotator_hours:,.1f}"),
+        ("pages per annotator", f"{result.pages_per_annotator:,.0f}"),
+        ("calendar days", f"{result.calendar_days:.1f} ({annotators} annotators, "
+                          f"{hours_per_day:g} h/day)"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+
+
+# --- gold -----------------------------------------------------------------------------------
+
+
+@gold_app.command("import")
+def gold_import(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., help="CSV: image, accepted_answers (;-separated), reason, "
+                                "difficulty."),
+    job_name: str = typer.Option(None, "--job", help=JOB_HELP),
+) -> None:
+    """Make the CSV's images test questions. One bad row imports nothing."""
+    app = app_context(ctx)
+    with app.db.session() as session:
+        job, spec = get_job(session, job_name)
+        try:
+            summary = goldbank.import_gold_csv(session, job, spec, file)
+        except goldbank.GoldImportError as exc:
+            fail(str(exc))
+    console.print(f"gold bank of job [bold]{spec.name}[/]: {summary.created} added, "
+                  f"{summary.updated} updated. Run `cxrlabel gold check` next.")
+
+
+@gold_app.command("export")
+def gold_export(
+    ctx: typer.Context,
+    output: Path = typer.Option(None, "--output", "-o", help="CSV file [default: stdout]."),
+    job_name: str = typer.Option(None, "--job", help=JOB_HELP),
+) -> None:
+    """Write the bank as CSV (re-importable; the image column is the source sha256)."""
+    app = app_context(ctx)
+    with app.db.session() as session:
+        job, _ = get_job(session, job_name)
+        text = goldbank.export_gold_csv(session, job)
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        _write(output, text)
+
+
+@gold_app.command("list")
+def gold_list(
+    ctx: typer.Context,
+    job_name: str = typer.Option(None, "--job", help=JOB_HELP),
+) -> None:
+    """The test questions with their answers, reasons and how often annotators miss them."""
+    app = app_context(ctx)
+    with app.db.session() as session:
+        job, spec = get_job(session, job_name)
+        rows = goldbank.gold_rows(session, job)
+    table = Table(title=f"Gold bank of job {spec.name} ({len(rows)} items)")
+    table.add_column("source file", no_wrap=True)
+    for column in ("answers", "difficulty", "reason", "seen", "missed", "contests", "active"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        rate = f"{r.missed} ({r.miss_rate:.0%})" if r.miss_rate is not None else "0"
+        table.add_row(
+            Path(r.image.source_path).name, ";".join(r.gold.accepted_answers),
+            r.gold.difficulty, (r.gold.reason[:80] + "…") if len(r.gold.reason) > 80
+            else r.gold.reason or "[red](none)[/]", str(r.seen), rate, str(r.contests),
+            "yes" if r.gold.active else "no",
+        )
+    console.print(table)
+
+
+@gold_app.command("check")
+def gold_check(
+    ctx: typer.Context,
+    job_name: str = typer.Option(None, "--job", help=JOB_HELP),
+    annotators: int = typer.Option(None, "--annotators", min=1,
+                                   help="Planned pool size [default: judge by the per-annotator "
+                                   "cap]."),
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 when there is any warning."),
+) -> None:
+    """Warn about class imbalance, too few gold, missing reasons, gold judged as work and
+    near-duplicates."""
+    app = app_context(ctx)
+    with app.db.session() as session:
+        job, spec = get_job(session, job_name)
+        report = goldbank.check_gold(session, job, spec, annotators=annotators)
+    balance = ", ".join(f"{k} {v}" for k, v in sorted(report.by_label.items())) or "none"
+    expected = ", ".join(f"{k} {v:.0%}" for k, v in spec.quality.expected_prevalence.items())
+    console.print(f"[bold]{report.n_gold}[/] active gold in job {spec.name}: {balance}"
+                  + (f" (expected in work: {expected})" if expected else ""))
+    bound = "unlimited" if math.isinf(report.pages_bound) else f"{report.pages_bound:.0f}"
+    console.print(
+        f"pages one annotator can do before running out of unseen gold: [bold]{bound}[/] "
+        f"(({report.n_gold} gold - {spec.gold.quiz_length} quiz) / {spec.gold.per_page} per "
+        f"page); planned: {report.planned_pages_per_annotator:.0f}"
+    )
+    for warning in report.warnings:
+        console.print(f"[yellow]warning[/] {escape(f'[{warning.code}]')} {escape(warning.message)}",
+                      highlight=False)
+    if not report.warnings:
+        console.print("[green]no problems found[/]")
+    if strict and report.warnings:
+        raise typer.Exit(1)
+
+
+@gold_app.command("sample")
+def gold_sample(
+    ctx: typer.Context,
+    from_reference: int = typer.Option(..., "--from-reference", min=1,
+                                       help="How many images with a reference label to make "
+                                       "gold, balanced per class."),
+    job_name: str = typer.Option(None, "--job", help=JOB_HELP),
+    seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same sample)."),
+) -> None:
+    """Seed a demo bank from reference labels (e.g. Kermany). The reasons are a generic
+    template: real test questions need an expert's reason per image."""
+    app = app_context(ctx)
+    with app.db.session() as session:
+        job, spec = get_job(session, job_name)
+        summary, per_label = goldbank.sample_from_reference(session, job, spec, from_reference,
+                                                            seed)
+    if summary.created == 0:
+        fail(f"job {spec.name} has no unjudged work image with a reference label to sample")
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(per_label.items()))
+    console.print(f"{summary.created} gold sampled from reference labels ({counts}). "
+                  "Replace the generic reasons with an expert's before a real launch.")
+    if summary.created < from_reference:
+        console.print(f"[yellow]warning[/] only {summary.created} of {from_reference} found "
+                      "(one per patient, no near-duplicates, never judged)")
+
+
+# --- plumbing -------------------------------------------------------------------------------
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot write {path}: {exc.strerror}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("preview")(preview_command)
+    app.command("proposal")(proposal_command)
+    app.command("estimate")(estimate_command)
+    app.add_typer(gold_app, name="gold")
+

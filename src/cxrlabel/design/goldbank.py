@@ -1,0 +1,585 @@
+"""The test-question (gold) bank: import/export as CSV, listing, health checks, seeding.
+
+A gold item is an image with an expert answer and a reason. Annotators see it like any other
+image; the quality engine grades their answer and shows the reason when they miss it. Each gold
+is shown at most once per annotator, so the bank's size bounds how much one person can do.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from cxrlabel.jobspec import JobSpec
+from cxrlabel.storage.models import (
+    AuditEvent,
+    Contest,
+    ExpertReview,
+    GoldItem,
+    Image,
+    ImageStatus,
+    Job,
+    Judgment,
+    utcnow,
+)
+
+REQUIRED_COLUMNS = ("image", "accepted_answers", "reason")
+OPTIONAL_COLUMNS = ("difficulty",)
+# Written by ``export`` for people reading the file; ignored on import.
+EXPORT_ONLY_COLUMNS = ("public_id", "source_file", "source", "active", "seen", "missed")
+DIFFICULTIES = ("easy", "medium", "hard")
+ANSWER_SEPARATOR = ";"
+# Hamming distance (of 64) at or below which two perceptual hashes are the same picture. Used
+# only when the ingest stage does not provide its own documented threshold.
+FALLBACK_NEAR_DUPLICATE_DISTANCE = 6
+# Gold class shares may differ from the expected prevalence by this much before we warn: a
+# balanced bank (50/50) against a 26/74 prior is fine, an all-PNEUMONIA bank is not.
+DEFAULT_IMBALANCE_TOLERANCE = 0.25
+DEFAULT_MIN_PER_CLASS = 2
+
+GENERIC_REASON = (
+    "Reference label from the source dataset: {text}. {hint} "
+    "[Generic reason from `gold sample`: replace it with an expert's explanation of this image.]"
+)
+
+
+class GoldImportError(ValueError):
+    """The CSV cannot be imported; ``problems`` lists every problem found, with row numbers."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.problems = problems
+        shown = "; ".join(problems[:5])
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        super().__init__(f"{source}: nothing imported: {shown}{more}")
+
+
+# --- image references ----------------------------------------------------------------------
+
+
+def find_images(session: Session, job: Job, reference: str) -> list[Image]:
+    """Images of the job a reference names: public id, sha256, source path or file name."""
+    reference = reference.strip()
+    if not reference:
+        return []
+    exact = session.scalars(
+        select(Image).where(
+            Image.job_id == job.id,
+            or_(
+                Image.public_id == reference,
+                Image.sha256 == reference.lower(),
+                Image.source_path == reference,
+            ),
+        )
+    ).all()
+    if exact:
+        return list(exact)
+    name = Path(reference).name
+    candidates = session.scalars(
+        select(Image).where(Image.job_id == job.id, Image.source_path.endswith(name))
+    ).all()
+    # Match whole path components only, so "1.jpeg" never matches "11.jpeg".
+    return [im for im in candidates if im.source_path.replace("\\", "/").endswith("/" + reference)
+            or Path(im.source_path).name == reference]
+
+
+# --- import ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ImportSummary:
+    created: int = 0
+    updated: int = 0
+    public_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Row:
+    line: int
+    image: Image
+    answers: list[str]
+    reason: str
+    difficulty: str
+
+
+def _parse_answers(raw: str, spec: JobSpec) -> tuple[list[str], list[str]]:
+    """Canonical label values (case-insensitive input) and the unknown ones."""
+    canonical = {v.lower(): v for v in spec.label_values}
+    given = [a.strip() for a in raw.split(ANSWER_SEPARATOR) if a.strip()]
+    answers = [canonical[a.lower()] for a in given if a.lower() in canonical]
+    unknown = [a for a in given if a.lower() not in canonical]
+    return list(dict.fromkeys(answers)), unknown
+
+
+def _read_csv(text: str, source: str) -> list[dict[str, str]]:
+    reader = csv.DictReader(io.StringIO(text))
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    if not header:
+        raise GoldImportError(source, ["the file is empty (expected a header row)"])
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    known = set(REQUIRED_COLUMNS + OPTIONAL_COLUMNS + EXPORT_ONLY_COLUMNS)
+    unknown = [c for c in header if c not in known]
+    problems = [f"missing column '{c}'" for c in missing]
+    problems += [f"unknown column '{c}'" for c in unknown]
+    if problems:
+        expected = ", ".join(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)
+        raise GoldImportError(source, [*problems, f"expected columns: {expected}"])
+    reader.fieldnames = header
+    return [{k: (v or "").strip() for k, v in row.items() if k} for row in reader]
+
+
+def _validate(
+    session: Session, job: Job, spec: JobSpec, rows: list[dict[str, str]]
+) -> tuple[list[_Row], list[str]]:
+    parsed, problems, seen = [], [], {}
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
+        ref = row.get("image", "")
+        matches = find_images(session, job, ref)
+        if not ref:
+            problems.append(f"line {line}: empty image reference")
+        elif not matches:
+            problems.append(f"line {line}: unknown image '{ref}' (not ingested in job {job.name})")
+        elif len(matches) > 1:
+            problems.append(f"line {line}: image '{ref}' is ambiguous ({len(matches)} images)")
+        answers, unknown = _parse_answers(row.get("accepted_answers", ""), spec)
+        if unknown:
+            problems.append(
+                f"line {line}: answer {', '.join(map(repr, unknown))} is not a label "
+                f"(allowed: {', '.join(spec.label_values)})"
+            )
+        elif not answers:
+            problems.append(f"line {line}: no accepted answer")
+        difficulty = (row.get("difficulty") or "medium").lower()
+        if difficulty not in DIFFICULTIES:
+            problems.append(
+                f"line {line}: difficulty '{difficulty}' must be one of {', '.join(DIFFICULTIES)}"
+            )
+        if len(matches) == 1:
+            image = matches[0]
+            if image.id in seen:
+                problems.append(f"line {line}: same image as line {seen[image.id]}")
+            seen[image.id] = line
+            parsed.append(_Row(line, image, answers, row.get("reason", ""), difficulty))
+    if not rows:
+        problems.append("no rows after the header")
+    return parsed, problems
+
+
+def import_gold_csv(
+    session: Session,
+    job: Job,
+    spec: JobSpec,
+    path: Path,
+    now: datetime | None = None,
+    actor_id: int | None = None,
+) -> ImportSummary:
+    """Make every row's image a gold item. All rows are checked first: one bad row imports
+    nothing (the caller's transaction is left untouched)."""
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise GoldImportError(source, ["file not found"]) from None
+    except UnicodeDecodeError:
+        raise GoldImportError(source, ["not UTF-8 text (save the CSV as UTF-8)"]) from None
+    except OSError as exc:
+        raise GoldImportError(source, [f"cannot read: {exc.strerror}"]) from None
+    try:
+        rows = _read_csv(text, source)
+    except csv.Error as exc:
+        raise GoldImportError(source, [f"not a valid CSV file: {exc}"]) from None
+    parsed, problems = _validate(session, job, spec, rows)
+    if problems:
+        raise GoldImportError(source, problems)
+    now = now or utcnow()
+    summary = ImportSummary()
+    for row in parsed:
+        _make_gold(session, job, row.image, row.answers, row.reason, row.difficulty, "import",
+                   now, summary)
+    session.add(AuditEvent(
+        at=now, job_id=job.id, actor_id=actor_id, action="gold.import", subject=path.name,
+        payload={"created": summary.created, "updated": summary.updated,
+                 "images": summary.public_ids},
+    ))
+    session.flush()
+    return summary
+
+
+def _make_gold(
+    session: Session, job: Job, image: Image, answers: list[str], reason: str,
+    difficulty: str, source: str, now: datetime, summary: ImportSummary,
+) -> GoldItem:
+    gold = session.scalar(select(GoldItem).where(GoldItem.image_id == image.id))
+    if gold is None:
+        gold = GoldItem(job_id=job.id, image_id=image.id, accepted_answers=answers,
+                        reason=reason, difficulty=difficulty, source=source, created_at=now)
+        session.add(gold)
+        summary.created += 1
+    else:
+        gold.accepted_answers, gold.reason, gold.difficulty = answers, reason, difficulty
+        gold.active = True
+        summary.updated += 1
+    image.status = ImageStatus.GOLD
+    summary.public_ids.append(image.public_id)
+    return gold
+
+
+# --- listing and export ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GoldRow:
+    gold: GoldItem
+    image: Image
+    seen: int  # gold judgments graded on this item
+    missed: int
+    contests: int
+
+    @property
+    def miss_rate(self) -> float | None:
+        return self.missed / self.seen if self.seen else None
+
+
+def gold_rows(session: Session, job: Job, include_inactive: bool = True) -> list[GoldRow]:
+    query = select(GoldItem, Image).join(Image, Image.id == GoldItem.image_id).where(
+        GoldItem.job_id == job.id
+    )
+    if not include_inactive:
+        query = query.where(GoldItem.active.is_(True))
+    pairs = session.execute(query.order_by(GoldItem.id)).all()
+    seen = dict(session.execute(
+        select(Judgment.image_id, func.count()).where(
+            Judgment.job_id == job.id, Judgment.is_gold.is_(True)
+        ).group_by(Judgment.image_id)
+    ).all())
+    missed = dict(session.execute(
+        select(Judgment.image_id, func.count()).where(
+            Judgment.job_id == job.id, Judgment.is_gold.is_(True),
+            Judgment.gold_missed.is_(True),
+        ).group_by(Judgment.image_id)
+    ).all())
+    contests = dict(session.execute(
+        select(Contest.gold_id, func.count()).group_by(Contest.gold_id)
+    ).all())
+    return [
+        GoldRow(g, im, seen.get(im.id, 0), missed.get(im.id, 0), contests.get(g.id, 0))
+        for g, im in pairs
+    ]
+
+
+def export_gold_csv(session: Session, job: Job) -> str:
+    """The bank as CSV; ``import`` reads it back (image = source sha256, portable across DBs)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, *EXPORT_ONLY_COLUMNS])
+    for row in gold_rows(session, job):
+        g, im = row.gold, row.image
+        writer.writerow([
+            im.sha256, ANSWER_SEPARATOR.join(g.accepted_answers), g.reason, g.difficulty,
+            im.public_id, Path(im.source_path).name, g.source, str(g.active).lower(),
+            row.seen, row.missed,
+        ])
+    return out.getvalue()
+
+
+# --- health check ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GoldWarning:
+    code: str  # imbalance | too_few | no_reason | judged_as_work | near_duplicate | ...
+    message: str
+
+
+@dataclass
+class GoldReport:
+    n_gold: int
+    by_label: dict[str, int]  # single-answer gold per label; "any" for multi-answer gold
+    by_difficulty: dict[str, int]
+    without_reason: int
+    pages_bound: float  # work pages one annotator can do before running out of unseen gold
+    planned_pages_per_annotator: float
+    warnings: list[GoldWarning]
+
+    def codes(self) -> set[str]:
+        return {w.code for w in self.warnings}
+
+
+def _hashes_to_uint64(hashes: list[str]) -> np.ndarray:
+    return np.array([int(h, 16) for h in hashes], dtype=np.uint64)
+
+
+def _popcount64(values: np.ndarray) -> np.ndarray:
+    as_bytes = values.astype(">u8").view(np.uint8).reshape(*values.shape, 8)
+    return np.unpackbits(as_bytes, axis=-1).sum(axis=-1)
+
+
+def _near_duplicate_threshold() -> int:
+    """The ingest stage's documented threshold when it provides one, else our fallback."""
+    try:
+        from cxrlabel.ingest import phash as ingest_phash  # type: ignore[attr-defined]
+    except ImportError:
+        return FALLBACK_NEAR_DUPLICATE_DISTANCE
+    for name in ("NEAR_DUPLICATE_DISTANCE", "NEAR_DUPLICATE_THRESHOLD", "DEFAULT_THRESHOLD"):
+        value = getattr(ingest_phash, name, None)
+        if isinstance(value, int):
+            return value
+    return FALLBACK_NEAR_DUPLICATE_DISTANCE
+
+
+def near_duplicate_pairs(
+    a: list[str], b: list[str] | None = None, threshold: int | None = None
+) -> list[tuple[int, int, int]]:
+    """(i, j, distance) for phash pairs within ``threshold``; within ``a`` when ``b`` is None."""
+    threshold = _near_duplicate_threshold() if threshold is None else threshold
+    if not a or (b is not None and not b):
+        return []
+    left = _hashes_to_uint64(a)
+    right = left if b is None else _hashes_to_uint64(b)
+    distances = _popcount64(left[:, None] ^ right[None, :])
+    pairs = []
+    for i, j in zip(*np.nonzero(distances <= threshold), strict=True):
+        if b is None and j <= i:
+            continue
+        pairs.append((int(i), int(j), int(distances[i, j])))
+    return pairs
+
+
+def pages_bound(n_gold: int, spec: JobSpec) -> float:
+    """Work pages one annotator can do before every gold has been shown to them once."""
+    if spec.gold.per_page == 0:
+        return math.inf
+    return max(0.0, (n_gold - spec.gold.quiz_length) / spec.gold.per_page)
+
+
+def planned_pages_per_annotator(
+    spec: JobSpec, work_images: int, annotators: int | None
+) -> float:
+    """Work pages one annotator is expected to do (pool given) or may do (per-annotator cap)."""
+    work_per_page = spec.pages.items_per_page - spec.gold.per_page
+    total_pages = math.ceil(work_images * spec.judgments.min / work_per_page)
+    if annotators:
+        return total_pages / annotators
+    cap_pages = math.ceil(spec.judgments.max_per_annotator / work_per_page)
+    return float(min(cap_pages, total_pages))
+
+
+def check_gold(
+    session: Session,
+    job: Job,
+    spec: JobSpec,
+    annotators: int | None = None,
+    tolerance: float = DEFAULT_IMBALANCE_TOLERANCE,
+    min_per_class: int = DEFAULT_MIN_PER_CLASS,
+) -> GoldReport:
+    rows = [r for r in gold_rows(session, job) if r.gold.active]
+    n_gold = len(rows)
+    by_label = Counter(
+        r.gold.accepted_answers[0] if len(r.gold.accepted_answers) == 1 else "any" for r in rows
+    )
+    warnings: list[GoldWarning] = []
+    warnings += _balance_warnings(by_label, n_gold, spec, tolerance, min_per_class)
+    work_images = session.scalar(
+        select(func.count()).select_from(Image).where(
+            Image.job_id == job.id, Image.status != ImageStatus.GOLD
+        )
+    ) or 0
+    bound = pages_bound(n_gold, spec)
+    planned = planned_pages_per_annotator(spec, work_images, annotators)
+    if n_gold < spec.gold.quiz_length:
+        warnings.append(GoldWarning(
+            "too_few", f"{n_gold} active gold cannot fill the quiz of {spec.gold.quiz_length}"
+        ))
+    elif bound < planned:
+        who = f"with {annotators} annotators" if annotators else "at the per-annotator cap"
+        warnings.append(GoldWarning(
+            "too_few",
+            f"gold bank supports {bound:.0f} work pages per annotator "
+            f"(({n_gold} gold - {spec.gold.quiz_length} quiz) / {spec.gold.per_page} per page),"
+            f" but the plan needs up to {planned:.0f} ({who}); add "
+            f"{math.ceil((planned - bound) * spec.gold.per_page)} gold",
+        ))
+    no_reason = [r for r in rows if not r.gold.reason.strip()]
+    if no_reason:
+        warnings.append(GoldWarning(
+            "no_reason",
+            f"{len(no_reason)} gold without a reason (annotators who miss them learn nothing): "
+            + _names(r.image for r in no_reason),
+        ))
+    warnings += _work_overlap_warnings(session, job, rows)
+    warnings += _near_duplicate_warnings(session, job, rows)
+    for r in rows:
+        if set(spec.label_values) <= set(r.gold.accepted_answers):
+            warnings.append(GoldWarning(
+                "accepts_everything",
+                f"gold {_names([r.image])} accepts every label, so it tests nothing",
+            ))
+    return GoldReport(
+        n_gold=n_gold,
+        by_label=dict(by_label),
+        by_difficulty=dict(Counter(r.gold.difficulty for r in rows)),
+        without_reason=len(no_reason),
+        pages_bound=bound,
+        planned_pages_per_annotator=planned,
+        warnings=warnings,
+    )
+
+
+def _names(images, limit: int = 5) -> str:
+    images = list(images)
+    shown = ", ".join(Path(im.source_path).name for im in images[:limit])
+    return shown + (f" (+{len(images) - limit} more)" if len(images) > limit else "")
+
+
+def _balance_warnings(
+    by_label: Counter, n_gold: int, spec: JobSpec, tolerance: float, min_per_class: int
+) -> list[GoldWarning]:
+    if n_gold == 0:
+        return [GoldWarning("empty", "the gold bank is empty: import or sample test questions")]
+    warnings = []
+    for label in spec.label_values:
+        if by_label.get(label, 0) < min_per_class:
+            warnings.append(GoldWarning(
+                "imbalance",
+                f"only {by_label.get(label, 0)} gold with answer {label} (want >= "
+                f"{min_per_class}): annotators who always answer the other class go unnoticed",
+            ))
+    for label, expected in spec.quality.expected_prevalence.items():
+        share = by_label.get(label, 0) / n_gold
+        if abs(share - expected) > tolerance:
+            warnings.append(GoldWarning(
+                "imbalance",
+                f"{share:.0%} of gold is {label} but about {expected:.0%} of the work is expected"
+                f" to be: annotators could tell gold from work by its mix, and accuracy on gold "
+                f"would not predict accuracy on work",
+            ))
+    return warnings
+
+
+def _work_overlap_warnings(session: Session, job: Job, rows: list[GoldRow]) -> list[GoldWarning]:
+    image_ids = [r.image.id for r in rows]
+    if not image_ids:
+        return []
+    judged = session.scalars(
+        select(Judgment.image_id).where(
+            Judgment.image_id.in_(image_ids), Judgment.is_gold.is_(False)
+        ).distinct()
+    ).all()
+    reviewed = session.scalars(
+        select(ExpertReview.image_id).where(
+            ExpertReview.image_id.in_(image_ids), ExpertReview.promoted_to_gold.is_(False)
+        )
+    ).all()
+    images = [r.image for r in rows if r.image.id in set(judged) | set(reviewed)]
+    if not images:
+        return []
+    return [GoldWarning(
+        "judged_as_work",
+        f"{len(images)} gold image(s) were already judged as work items (their work judgments "
+        f"leak the answer and skew trust): {_names(images)}",
+    )]
+
+
+def _near_duplicate_warnings(
+    session: Session, job: Job, rows: list[GoldRow]
+) -> list[GoldWarning]:
+    gold_images = [r.image for r in rows]
+    warnings = []
+    for i, j, d in near_duplicate_pairs([im.phash for im in gold_images]):
+        warnings.append(GoldWarning(
+            "near_duplicate",
+            f"gold {_names([gold_images[i]])} and {_names([gold_images[j]])} are near-duplicates"
+            f" (phash distance {d}): one of them tests nothing new",
+        ))
+    work = session.scalars(
+        select(Image).where(Image.job_id == job.id, Image.status != ImageStatus.GOLD)
+    ).all()
+    for i, j, d in near_duplicate_pairs([im.phash for im in gold_images],
+                                        [im.phash for im in work]):
+        warnings.append(GoldWarning(
+            "near_duplicate_work",
+            f"gold {_names([gold_images[i]])} looks like work image {_names([work[j]])} "
+            f"(phash distance {d}): annotators may recognise the test question",
+        ))
+    return warnings
+
+
+# --- seeding from reference labels -----------------------------------------------------------
+
+
+def sample_from_reference(
+    session: Session,
+    job: Job,
+    spec: JobSpec,
+    n: int,
+    seed: int = 0,
+    now: datetime | None = None,
+) -> tuple[ImportSummary, dict[str, int]]:
+    """Seed the bank with ``n`` never-judged images that carry a reference label, balanced per
+    class, one per patient and no near-duplicates. Reasons are a generic template: for a
+    demo only; a real bank needs an expert's reason per image."""
+    if n < 1:
+        raise ValueError("sample size must be >= 1")
+    judged = select(Judgment.image_id).where(Judgment.job_id == job.id)
+    candidates = session.scalars(
+        select(Image).where(
+            Image.job_id == job.id,
+            Image.status == ImageStatus.NEEDS_JUDGMENTS,
+            Image.reference_label.in_(spec.label_values),
+            Image.id.not_in(judged),
+        ).order_by(Image.id)
+    ).all()
+    rng = random.Random(seed)
+    per_label = {label: [im for im in candidates if im.reference_label == label]
+                 for label in spec.label_values}
+    for pool in per_label.values():
+        rng.shuffle(pool)
+    quotas = {label: n // len(per_label) for label in per_label}
+    for label in list(per_label)[: n % len(per_label)]:
+        quotas[label] += 1
+    chosen = _pick(per_label, quotas, _near_duplicate_threshold())
+    summary = ImportSummary()
+    if not chosen:
+        return summary, {}
+    now = now or utcnow()
+    texts = {c.value: c for c in spec.question.labels}
+    for image in chosen:
+        choice = texts[image.reference_label]
+        reason = GENERIC_REASON.format(text=choice.text, hint=choice.hint).replace("  ", " ")
+        _make_gold(session, job, image, [choice.value], reason, "medium", "reference", now,
+                   summary)
+    session.add(AuditEvent(
+        at=now, job_id=job.id, action="gold.sample_reference", subject=str(n),
+        payload={"created": summary.created, "seed": seed, "images": summary.public_ids},
+    ))
+    session.flush()
+    return summary, dict(Counter(im.reference_label for im in chosen))
+
+
+def _pick(per_label: dict[str, list[Image]], quotas: dict[str, int], threshold: int) -> list[Image]:
+    chosen: list[Image] = []
+    patients: set[str] = set()
+    for label, pool in per_label.items():
+        taken = 0
+        for image in pool:
+            if taken == quotas[label]:
+                break
+            if image.patient_id and image.patient_id in patients:
+                continue  # one gold per patient: siblings would test the same picture twice
+            if chosen and near_duplicate_pairs([image.phash], [c.phash for c in chosen],
+                                               threshold):
+                continue
+            chosen.append(image)
+            taken += 1
+            if image.patient_id:
+                patients.add(image.patient_id)
+    return chosen

@@ -1,0 +1,210 @@
+"""MODEL_CARD.md and the plots a reader looks at (training curve, reliability diagram)."""
+
+from __future__ import annotations
+
+import csv
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from cxrlabel.model.calibrate import BAND_TEXT
+
+CARD_FILE = "MODEL_CARD.md"
+
+
+def write_plots(model_dir: Path, history: list[dict], y_val: np.ndarray, p_val: np.ndarray) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train (augmented)")
+    ax1.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
+    ax1.set(xlabel="epoch", ylabel="soft-label cross-entropy", title="Training curve")
+    ax1.legend()
+    edges = np.linspace(0, 1, 11)
+    which = np.clip(np.digitize(p_val, edges[1:-1]), 0, 9)
+    mids = [(p_val[which == b].mean(), y_val[which == b].mean()) for b in range(10)
+            if (which == b).any()]
+    ax2.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax2.plot(*zip(*mids, strict=True), "o-", label="validation")
+    ax2.set(xlabel="predicted p(pneumonia)", ylabel="observed share with pneumonia",
+            title="Reliability (validation, after temperature scaling)")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(model_dir / "training.png", dpi=110)
+    plt.close(fig)
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _metrics_table(evaluation: dict) -> str:
+    rows = [
+        ("images (pneumonia)", lambda m: f"{m['n']} ({m['n_pneumonia']})"),
+        ("AUC [95 % CI]", lambda m: f"{_fmt(m['auc'])} [{_fmt(m['auc_ci'][0])}, "
+                                    f"{_fmt(m['auc_ci'][1])}]"),
+        ("accuracy at p = 0.5 [95 % CI]", lambda m: f"{_fmt(m['accuracy'])} "
+         f"[{_fmt(m['accuracy_ci'][0])}, {_fmt(m['accuracy_ci'][1])}]"),
+        ("ECE (15 bins)", lambda m: _fmt(m["ece"])),
+        ("flag: sensitivity / specificity",
+         lambda m: f"{_fmt(m['flag_sensitivity'])} / {_fmt(m['flag_specificity'])}"),
+        ("clear: NPV / sensitivity", lambda m: f"{_fmt(m['clear_npv'])} / "
+                                                f"{_fmt(m['clear_sensitivity'])}"),
+        ("share flag / review / clear", lambda m: f"{m['share_flag']:.2f} / "
+         f"{m['share_review']:.2f} / {m['share_clear']:.2f}"),
+        ("pneumonia cases in clear", lambda m: str(m["pneumonia_in_clear"])),
+    ]
+    names = list(evaluation)
+    lines = ["| figure | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines += [f"| {label} | " + " | ".join(fn(evaluation[n]) for n in names) + " |"
+              for label, fn in rows]
+    return "\n".join(lines)
+
+
+def _label_summary(dataset_dir: Path) -> str:
+    meta = dataset_dir / "metadata.csv"
+    if not meta.is_file():
+        return "Not available."
+    with meta.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    conf = [float(r["confidence"]) for r in rows if r.get("confidence")]
+    soft = [float(r["p_PNEUMONIA"]) for r in rows]
+    reviewed = sum((r.get("expert_reviewed") or "").lower() == "true" for r in rows)
+    with_ref = [r for r in rows if r.get("reference_label")]
+    agree = sum(r["reference_label"] == r["label"] for r in with_ref)
+    lines = [
+        f"- {len(rows)} images; {sum(p >= 0.5 for p in soft)} labelled PNEUMONIA by the "
+        "aggregate.",
+        f"- Mean label confidence {np.mean(conf):.3f}." if conf else "- No confidence column.",
+        f"- Soft labels strictly between 0.02 and 0.98: "
+        f"{sum(0.02 < p < 0.98 for p in soft)} images.",
+        f"- Expert-reviewed: {reviewed}.",
+    ]
+    if with_ref:
+        lines.append(f"- Aggregate label agrees with the reference label on {agree}/"
+                     f"{len(with_ref)} images ({agree / len(with_ref):.1%}).")
+    return "\n".join(lines)
+
+
+def _readme_quality(dataset_dir: Path) -> str:
+    """Sections of the export's datasheet about label quality, quoted as they are."""
+    readme = dataset_dir / "README.md"
+    if not readme.is_file():
+        return "The export carries no README.md datasheet, so no crowd QA figures are quoted."
+    sections = re.split(r"(?m)^(?=#{2,3} )", readme.read_text(encoding="utf-8"))
+    wanted = [s.strip() for s in sections
+              if re.match(r"#{2,3} .*(quality|qa|label|annotat|crowd|agreement|gold)", s,
+                          re.IGNORECASE)]
+    if not wanted:
+        return "The export's README.md has no section on label quality."
+    body = "\n\n".join(re.sub(r"(?m)^#", "###", s, count=0) for s in wanted)
+    return "Quoted from the export's datasheet:\n\n" + body
+
+
+def write_card(model_dir: Path, meta: dict, dataset_dir: Path) -> Path:
+    ops, th, tr = meta["operating_points"], meta["thresholds"], meta["training"]
+    evaluation = meta["metrics"]
+    has_test = "test" in evaluation
+    card = f"""# Model card: cxrlabel pneumonia triage model
+
+Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by cxrlabel {meta['cxrlabel_version']}.
+
+## Intended use
+
+A **triage aid** for frontal chest X-rays of **children aged one to five**: it orders and
+groups studies so that a doctor reads the likely-pneumonia ones first. Every image still needs a
+doctor's read. It sorts images into three bands:
+
+| band | rule | meaning |
+|---|---|---|
+| flag | p >= {th['flag']:.4f} | {BAND_TEXT['flag']} |
+| review | in between | {BAND_TEXT['review']} |
+| clear | p < {min(th['clear'], th['flag']):.4f} | {BAND_TEXT['clear']} |
+
+In cxrlabel the score also orders the crowd's work queue and sends crowd/model disagreements
+to expert review (docs/model.md).
+
+## Not for
+
+- Diagnosis, or ruling pneumonia out: "clear" lowers priority, it never replaces a read.
+  **This is not a medical device** and has no regulatory clearance.
+- Adults, older children, lateral views, CT, or findings other than pneumonia (effusion,
+  pneumothorax, foreign bodies, tubes and lines are all outside its training).
+- Other hospitals or scanners without a local validation: every training image comes from one
+  hospital (Guangzhou Women and Children's Medical Center), mostly anterior-posterior views.
+- Telling bacterial from viral pneumonia.
+
+## Training data and labels
+
+Export: `{tr['dataset_dir']}`. Images per split: {tr['n_images']}.
+Targets are the crowd aggregate's **soft labels** (`p_PNEUMONIA`, trained with a soft-target
+cross-entropy), made by non-expert annotators through cxrlabel's quality control; they are
+noisier than a radiologist's.
+
+{_label_summary(dataset_dir)}
+
+{_readme_quality(dataset_dir)}
+
+## Model and training
+
+A {len(meta['widths'])}-stage CNN (widths {meta['widths']}, ~0.3 M parameters) trained from
+scratch on grayscale images squashed to {meta['squash_side']} px and downscaled to
+{meta['input_size']} px (the squash matches how the official val/test copies were made).
+Augmentation: rotation +/- {tr['augment']['max_rotation_deg']} deg, shift +/-
+{tr['augment']['max_shift']:.0%}, zoom {tr['augment']['scale_range']}, gamma, contrast,
+brightness, noise; no horizontal flip (the heart is on the left). Early stopping on
+validation loss: {tr['stop_reason']}; best epoch {tr['best_epoch']} of {tr['epochs_run']};
+{tr['seconds'] / 60:.1f} min on {tr['device']} ({tr['torch_threads']} threads), seed
+{tr['config']['seed']}.
+
+## Calibration and operating points
+
+Temperature scaling on validation: fitted T = {meta['temperature_fit']:.3f}, used
+T = {meta['temperature']:.3f} (never below 1: a split carved from the training folders is
+easier than new data, so sharpening on it would add overconfidence).
+
+| operating point | target on validation | point estimate | bootstrap 5-50-95 % | stored |
+|---|---|---|---|---|
+| flag | sensitivity >= {ops['min_sensitivity']} | {ops['flag']['point']:.4f} | \
+{ops['flag']['q05']:.4f} / {ops['flag']['q50']:.4f} / {ops['flag']['q95']:.4f} | \
+**{ops['flag']['chosen']:.4f}** |
+| clear | NPV >= {ops['min_npv']} | {ops['clear']['point']:.4f} | \
+{ops['clear']['q05']:.4f} / {ops['clear']['q50']:.4f} / {ops['clear']['q95']:.4f} | \
+**{ops['clear']['chosen']:.4f}** |
+
+Stored thresholds are the lower 5 % of 500 patient-grouped bootstrap resamples of validation
+(lower is safer for both). NPV depends on prevalence: it was set at the validation split's
+pneumonia share; where pneumonia is rarer NPV is higher, where it is commoner, lower.
+
+## Metrics
+
+{_metrics_table(evaluation)}
+
+{"Test figures were computed once, after the thresholds were fixed." if has_test else
+ "The export has no test split: the figures above are validation figures, which overstate "
+ "performance on new data."}
+95 % intervals: patient-grouped bootstrap (1,000 resamples). ONNX Runtime vs PyTorch: largest
+probability difference {_fmt(meta.get('onnx_parity_max_abs_diff'), 7)}.
+
+![training curve and reliability](training.png)
+
+## Limits
+
+- One hospital, one age range, mostly AP views, two classes: performance elsewhere is unknown.
+- Validation drawn from the training folders is easier than new data. On the Kermany data a
+  model like this one scores about 0.999 AUC on such a split but about 0.95-0.97 on the
+  independent test images, and a threshold set for 95 % sensitivity kept only 40-70 %
+  specificity there. Expect the flag band to hold more normal children than the figures above
+  suggest, and re-check the bands on local data before use.
+- Labels come from a crowd; the model cannot be more right than its labels on average.
+- Heatmaps (class activation maps) show where the network found evidence, not a lesion outline.
+"""
+    path = model_dir / CARD_FILE
+    path.write_text(card, encoding="utf-8")
+    return path

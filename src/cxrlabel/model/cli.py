@@ -1,0 +1,124 @@
+"""``cxrlabel train | predict | score``. PyTorch is imported only inside ``train``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cxrlabel.context import app_context, console, fail
+
+INSTALL_HINT = "install the optional extra: pip install 'cxrlabel[model]'"
+
+
+def train(
+    dataset_dir: Path = typer.Argument(..., help="Export folder (cxrlabel export "
+                                       "--format imagefolder) with metadata.csv."),
+    output: Path = typer.Option(..., "-o", "--output", help="Model folder to write."),
+    size: int = typer.Option(128, help="Input side in pixels (images are squashed square)."),
+    epochs: int = typer.Option(20, help="Most epochs; early stopping usually ends sooner."),
+    batch_size: int = typer.Option(64),
+    lr: float = typer.Option(2e-3, help="Peak learning rate (one-cycle schedule)."),
+    patience: int = typer.Option(4, help="Stop after this many epochs without improvement."),
+    seed: int = typer.Option(0, help="Seed for weights, shuffling and augmentation."),
+    threads: int = typer.Option(None, help="CPU threads for PyTorch [default: all]."),
+    max_minutes: float = typer.Option(25.0, help="Wall-clock budget, decoding included."),
+    min_sensitivity: float = typer.Option(0.95, help="Flag band: sensitivity on validation."),
+    min_npv: float = typer.Option(0.97, help="Clear band: negative predictive value."),
+) -> None:
+    """Train the triage CNN from an export's soft labels; calibrate; export ONNX; model card."""
+    try:
+        from cxrlabel.model.data import DatasetError
+        from cxrlabel.model.train import TrainConfig
+        from cxrlabel.model.train import train as run_training
+    except ImportError as exc:
+        fail(f"training needs PyTorch ({exc.name} missing): {INSTALL_HINT}")
+    cfg = TrainConfig(size=size, max_epochs=epochs, batch_size=batch_size, lr=lr,
+                      patience=patience, seed=seed, threads=threads, max_minutes=max_minutes,
+                      min_sensitivity=min_sensitivity, min_npv=min_npv)
+    try:
+        result = run_training(dataset_dir, output, cfg, console)
+    except DatasetError as exc:
+        fail(str(exc))
+    th, m = result.meta["thresholds"], result.meta["metrics"]
+    console.print(f"model written to {output}: flag at p >= {th['flag']:.4f}, "
+                  f"clear below {th['clear']:.4f}")
+    for split, figures in m.items():
+        console.print(f"  {split}: AUC {figures['auc']:.4f} "
+                      f"[{figures['auc_ci'][0]:.4f}, {figures['auc_ci'][1]:.4f}], "
+                      f"flag sensitivity {figures['flag_sensitivity']:.3f}, "
+                      f"specificity {figures['flag_specificity']:.3f}")
+
+
+def _open_model(model_dir: Path, threads: int | None):
+    from cxrlabel.model.infer import ModelUnavailable, OnnxModel
+
+    try:
+        return OnnxModel(model_dir, threads=threads)
+    except ModelUnavailable as exc:
+        fail(str(exc))
+
+
+def predict(
+    paths: list[Path] = typer.Argument(..., help="Image files or folders (searched "
+                                       "recursively for .png .jpg .jpeg .dcm .dicom)."),
+    model_dir: Path = typer.Option(..., "--model", help="Model folder from `cxrlabel train`."),
+    output: Path = typer.Option(Path("preds.csv"), "-o", "--output", help="CSV to write."),
+    heatmaps: Path = typer.Option(None, "--heatmaps", help="Write one heatmap PNG per image."),
+    threads: int = typer.Option(None, help="CPU threads for ONNX Runtime [default: all]."),
+) -> None:
+    """Score X-rays with ONNX Runtime (no PyTorch needed): p_pneumonia and a triage band."""
+    from rich.progress import Progress
+
+    from cxrlabel.model.data import find_images
+    from cxrlabel.model.infer import predict_paths, write_csv
+
+    model = _open_model(model_dir, threads)
+    files = find_images(paths)
+    if not files:
+        fail("no image files found in the given paths")
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("predicting", total=len(files))
+        preds = predict_paths(model, files, heatmaps, on_done=lambda: progress.advance(task))
+    write_csv(preds, output)
+    bands = {b: sum(p.band == b for p in preds) for b in ("flag", "review", "clear")}
+    errors = sum(p.error is not None for p in preds)
+    console.print(f"{len(preds)} images -> {output}: flag {bands['flag']}, review "
+                  f"{bands['review']}, clear {bands['clear']}, could not read {errors}")
+    if errors:
+        console.print("[yellow]unreadable inputs are listed with their reason in the "
+                      "`error` column[/]")
+
+
+def score(
+    ctx: typer.Context,
+    model_dir: Path = typer.Option(..., "--model", help="Model folder from `cxrlabel train`."),
+    job: str = typer.Option(None, "--job", help="Job name [default: the bundled job]."),
+    only_missing: bool = typer.Option(False, help="Score only images without a score."),
+) -> None:
+    """Write Image.model_score (p_pneumonia) for a job's images, from their renditions."""
+    from rich.progress import Progress
+
+    from cxrlabel.context import get_job
+    from cxrlabel.model.scoring import count_images, score_job
+
+    app = app_context(ctx)
+    model = _open_model(model_dir, None)
+    with app.db.session() as session:
+        job_row, _ = get_job(session, job)
+        total = count_images(session, job_row.id)
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task(f"scoring {job_row.name}", total=total)
+            report = score_job(session, job_row.id, model, app.settings.data_dir,
+                               on_done=lambda n: progress.advance(task, n),
+                               only_missing=only_missing)
+    console.print(f"scored {report.scored} images of job {job_row.name}; "
+                  f"{len(report.failed)} could not be read")
+    for public_id, reason in list(report.failed.items())[:20]:
+        console.print(f"  {public_id}: {reason}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+    app.command("predict")(predict)
+    app.command("score")(score)

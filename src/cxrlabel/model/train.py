@@ -1,0 +1,342 @@
+"""Training a TriageNet from an export: soft labels, augmentation, early stopping, calibration.
+
+The steps, in order: read ``metadata.csv``; decode and squash every image once (kept in memory
+as uint8, ~80 MB for 5,000 images at 128 px); train on the ``train`` split with the crowd's
+``p_PNEUMONIA`` as a soft target; stop early on the validation loss; fit the temperature and the
+two operating points on ``validation``; only then look at ``test`` (if the export has one);
+export ONNX and check that both runtimes agree; write the model card.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cxrlabel import __version__
+from cxrlabel.model import calibrate, metrics
+from cxrlabel.model.augment import AugmentConfig, augment
+from cxrlabel.model.data import (
+    INPUT_MEAN,
+    INPUT_STD,
+    SQUASH_SIDE,
+    DatasetError,
+    Example,
+    load_batch,
+    read_export,
+)
+from cxrlabel.model.infer import MODEL_JSON, ONNX_FILE
+from cxrlabel.model.net import DEFAULT_WIDTHS, TriageNet
+
+TORCH_WEIGHTS = "model.pt"
+
+
+@dataclass
+class TrainConfig:
+    size: int = 128
+    max_epochs: int = 20
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    patience: int = 4  # epochs without a better validation loss before stopping
+    seed: int = 0
+    threads: int | None = None  # CPU threads for PyTorch; None = PyTorch's default
+    max_minutes: float = 25.0  # wall-clock budget, decoding included
+    widths: tuple[int, ...] = DEFAULT_WIDTHS
+    min_sensitivity: float = 0.95
+    min_npv: float = 0.97
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class Split:
+    examples: list[Example]
+    pixels: np.ndarray  # (N, S, S) uint8
+
+    @property
+    def soft(self) -> np.ndarray:
+        return np.array([e.p_pneumonia for e in self.examples], dtype=np.float32)
+
+    @property
+    def calibration_target(self) -> np.ndarray:
+        """Expert labels where the export has them, else the crowd's soft label."""
+        return np.array([
+            float(e.reference_label == "PNEUMONIA") if e.reference_label else e.p_pneumonia
+            for e in self.examples
+        ])
+
+    @property
+    def y(self) -> np.ndarray:
+        return np.array([e.evaluation_target for e in self.examples], dtype=int)
+
+    @property
+    def groups(self) -> np.ndarray:
+        return np.array([e.patient_id for e in self.examples])
+
+
+def carve_validation(examples: list[Example], fraction: float, seed: int) -> list[Example]:
+    """Move whole patients from train to validation when an export has no validation rows."""
+    from dataclasses import replace
+
+    patients = sorted({e.patient_id for e in examples if e.split == "train"})
+    rng = np.random.default_rng(seed)
+    chosen = set(rng.choice(patients, size=max(1, round(len(patients) * fraction)),
+                            replace=False))
+    return [replace(e, split="validation") if e.split == "train" and e.patient_id in chosen
+            else e for e in examples]
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console,
+    )
+
+
+def load_splits(
+    dataset_dir: Path, size: int, seed: int, console: Console
+) -> dict[str, Split]:
+    examples = read_export(dataset_dir)
+    if not any(e.split == "validation" for e in examples):
+        console.print("no validation rows in the export: carving 15 % of patients from train")
+        examples = carve_validation(examples, 0.15, seed)
+    by_split = {s: [e for e in examples if e.split == s] for s in ("train", "validation", "test")}
+    for name in ("train", "validation"):
+        targets = {e.evaluation_target for e in by_split[name]}
+        if targets != {0, 1}:
+            raise DatasetError(f"the {name} split needs images of both classes")
+    splits: dict[str, Split] = {}
+    with _progress(console) as progress:
+        for name, items in by_split.items():
+            if not items:
+                continue
+            task = progress.add_task(f"decoding {name}", total=len(items), info="")
+            pixels = load_batch([e.path for e in items], size,
+                                on_done=lambda t=task: progress.advance(t))
+            splits[name] = Split(items, pixels)
+    return splits
+
+
+def _to_tensor(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(pixels).to(device).unsqueeze(1).float() / 255.0
+
+
+def _normalise(x: torch.Tensor) -> torch.Tensor:
+    return (x - INPUT_MEAN) / INPUT_STD
+
+
+@torch.no_grad()
+def torch_logits(
+    model: TriageNet, pixels: np.ndarray, device: torch.device, batch_size: int = 128
+) -> tuple[np.ndarray, np.ndarray]:
+    """(logits (N,), CAMs (N, h, w)) of uint8 (N, S, S) images, in eval mode."""
+    model.eval()
+    logits, cams = [], []
+    for start in range(0, len(pixels), batch_size):
+        x = _normalise(_to_tensor(pixels[start:start + batch_size], device))
+        logit, cam = model(x)
+        logits.append(logit.cpu().numpy())
+        cams.append(cam.cpu().numpy())
+    return np.concatenate(logits), np.concatenate(cams)
+
+
+def _train_epoch(
+    model: TriageNet, optimiser: torch.optim.Optimizer, scheduler, data: Split,
+    cfg: TrainConfig, gen: torch.Generator, device: torch.device, progress: Progress, task,
+) -> float:
+    model.train()
+    order = torch.randperm(len(data.pixels), generator=gen).numpy()
+    soft = torch.from_numpy(data.soft)
+    total, seen = 0.0, 0
+    for start in range(0, len(order), cfg.batch_size):
+        idx = order[start:start + cfg.batch_size]
+        x = augment(_to_tensor(data.pixels[idx], device), cfg.augment, gen)
+        logit, _ = model(_normalise(x))
+        # Soft targets: BCE against the crowd's probability, so an image the crowd was unsure
+        # about pulls the model less hard than a unanimous one.
+        loss = F.binary_cross_entropy_with_logits(logit, soft[idx].to(device))
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        scheduler.step()
+        total, seen = total + loss.item() * len(idx), seen + len(idx)
+        progress.update(task, advance=len(idx), info=f"loss {total / seen:.4f}")
+    return total / max(seen, 1)
+
+
+def _validation_loss(logits: np.ndarray, target: np.ndarray) -> float:
+    z = logits.astype(np.float64)
+    return float(np.mean(np.logaddexp(0.0, z) - target * z))
+
+
+def fit(
+    splits: dict[str, Split], cfg: TrainConfig, device: torch.device, console: Console,
+    started: float,
+) -> tuple[TriageNet, list[dict], str]:
+    """The best model by validation loss, the per-epoch history and why training stopped."""
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model = TriageNet(cfg.widths).to(device)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    train, val = splits["train"], splits["validation"]
+    steps = cfg.max_epochs * math.ceil(len(train.pixels) / cfg.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=cfg.lr, total_steps=steps, pct_start=0.15
+    )
+    best_loss, best_state, history, stop = math.inf, None, [], "max epochs reached"
+    bad_epochs = 0
+    with _progress(console) as progress:
+        epochs = progress.add_task("epochs", total=cfg.max_epochs, info="")
+        for epoch in range(1, cfg.max_epochs + 1):
+            t0 = time.monotonic()
+            task = progress.add_task(f"epoch {epoch}", total=len(train.pixels), info="")
+            train_loss = _train_epoch(model, optimiser, scheduler, train, cfg, gen, device,
+                                      progress, task)
+            progress.remove_task(task)
+            logits, _ = torch_logits(model, val.pixels, device)
+            val_loss = _validation_loss(logits, val.calibration_target)
+            val_auc = metrics.roc_auc(val.y, logits)
+            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                            "val_auc": val_auc, "seconds": time.monotonic() - t0})
+            if val_loss < best_loss:
+                best_loss, bad_epochs = val_loss, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                bad_epochs += 1
+            progress.update(epochs, advance=1,
+                            info=f"val loss {val_loss:.4f} AUC {val_auc:.4f} "
+                                 f"(best {best_loss:.4f})")
+            if bad_epochs >= cfg.patience:
+                stop = f"early stop: no better validation loss for {cfg.patience} epochs"
+                break
+            elapsed = time.monotonic() - started
+            if elapsed + history[-1]["seconds"] > cfg.max_minutes * 60:
+                stop = f"time budget of {cfg.max_minutes:g} min reached"
+                break
+    model.load_state_dict(best_state)
+    return model.eval(), history, stop
+
+
+def export_onnx(model: TriageNet, size: int, path: Path) -> None:
+    model = model.cpu().eval()
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated in favour of one that needs onnxscript; ours
+        # is a plain feed-forward graph, which the TorchScript exporter handles exactly.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (torch.zeros(1, 1, size, size),), str(path),
+            input_names=["image"], output_names=["logit", "cam"],
+            dynamic_axes={"image": {0: "n"}, "logit": {0: "n"}, "cam": {0: "n"}},
+            opset_version=17, dynamo=False,
+        )
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    meta: dict
+    history: list[dict]
+
+
+def train(
+    dataset_dir: Path, model_dir: Path, cfg: TrainConfig | None = None,
+    console: Console | None = None,
+) -> TrainResult:
+    cfg = cfg or TrainConfig()
+    console = console or Console()
+    started = time.monotonic()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    np.random.seed(cfg.seed)
+    device = pick_device()
+    console.print(f"training on {device} ({torch.get_num_threads()} CPU threads), "
+                  f"{cfg.size} px, seed {cfg.seed}")
+    splits = load_splits(Path(dataset_dir), cfg.size, cfg.seed, console)
+    model, history, stop = fit(splits, cfg, device, console, started)
+    train_seconds = time.monotonic() - started
+    console.print(f"{stop} after {len(history)} epochs, {train_seconds / 60:.1f} min")
+
+    val = splits["validation"]
+    val_logits, _ = torch_logits(model, val.pixels, device)
+    temperature, temperature_fit = calibrate.fit_temperature(val_logits, val.calibration_target)
+    val_p = calibrate.sigmoid(val_logits / temperature)
+    ops = calibrate.choose_operating_points(
+        val.y, val_p, val.groups, cfg.min_sensitivity, cfg.min_npv, seed=cfg.seed
+    )
+    flag_at, clear_below = ops.flag.chosen, ops.clear.chosen
+    evaluation = {"validation": metrics.evaluate(val.y, val_p, val.groups, flag_at, clear_below)}
+    # Thresholds are fixed above; only now is the test split scored.
+    if "test" in splits:
+        test = splits["test"]
+        test_logits, _ = torch_logits(model, test.pixels, device)
+        test_p = calibrate.sigmoid(test_logits / temperature)
+        evaluation["test"] = metrics.evaluate(test.y, test_p, test.groups, flag_at, clear_below)
+
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    model = model.cpu()
+    torch.save(model.state_dict(), model_dir / TORCH_WEIGHTS)
+    export_onnx(model, cfg.size, model_dir / ONNX_FILE)
+    meta = {
+        "format": 1,
+        "cxrlabel_version": __version__,
+        "arch": "TriageNet",
+        "widths": list(cfg.widths),
+        "input_size": cfg.size,
+        "squash_side": SQUASH_SIDE,
+        "input_mean": INPUT_MEAN,
+        "input_std": INPUT_STD,
+        "temperature": temperature,
+        "temperature_fit": temperature_fit,
+        "thresholds": {"flag": flag_at, "clear": clear_below},
+        "operating_points": ops.to_dict(),
+        "training": {
+            "dataset_dir": str(Path(dataset_dir).resolve()),
+            "config": {k: v for k, v in asdict(cfg).items() if k != "augment"},
+            "augment": asdict(cfg.augment),
+            "device": str(device),
+            "torch_threads": torch.get_num_threads(),
+            "torch_version": torch.__version__,
+            "epochs_run": len(history),
+            "best_epoch": int(np.argmin([h["val_loss"] for h in history])) + 1,
+            "stop_reason": stop,
+            "seconds": train_seconds,
+            "n_images": {name: len(s.examples) for name, s in splits.items()},
+        },
+        "history": history,
+        "metrics": evaluation,
+    }
+    meta["onnx_parity_max_abs_diff"] = _onnx_parity(model_dir, meta, val.pixels[:32])
+    (model_dir / MODEL_JSON).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    from cxrlabel.model.card import write_card, write_plots
+
+    write_plots(model_dir, history, val.y, val_p)
+    write_card(model_dir, meta, Path(dataset_dir))
+    return TrainResult(model_dir, meta, history)
+
+
+def _onnx_parity(model_dir: Path, meta: dict, pixels: np.ndarray) -> float | None:
+    """Largest |p_torch - p_onnx| over a few validation images (None without onnxruntime)."""
+    try:
+        from cxrlabel.model.infer import OnnxModel
+    except ImportError:
+        return None
+    model = TriageNet(tuple(meta["widths"]))
+    model.load_state_dict(torch.load(model_dir / TORCH_WEIGHTS, weights_only=True))
+    logits, _ = torch_logits(model, pixels, torch.device("cpu"))
+    p_torch = calibrate.sigmoid(logits / meta["temperature"])
+    p_onnx, _ = OnnxModel(model_dir, meta=meta).probabilities(pixels)
+    return float(np.max(np.abs(p_torch - p_onnx)))

@@ -1,0 +1,145 @@
+"""Dynamic judgments: when an image has enough trusted answers, and when an expert must look.
+
+``evaluate`` is a pure function of an image's current judgments and its annotators' current
+trust; it is re-run whenever that set changes (a new judgment, a taint or un-taint, a gold
+correction that changes trust), so removing an annotator re-opens exactly the images whose
+finalisation no longer holds.
+
+Rules (all thresholds from the job spec):
+
+1. Only *trusted* judgments count: untainted answers on work images.
+2. ``spec.review.quality_flag_votes`` image-quality flags -> expert review, at any count.
+3. Fewer than ``judgments.min`` trusted judgments -> needs judgments (target = min).
+4. "Can't tell" answers make up >= ``review.cant_tell_fraction`` -> expert review.
+5. Confidence >= ``judgments.confidence_target`` -> finalised.
+6. ``judgments.max`` reached without the target -> expert review (no consensus).
+7. Otherwise ask for one more judgment (target = trusted + 1, at most max).
+
+"Can't tell" answers count as judgments for the target (the annotator did look, and several of
+them are a signal in themselves: rule 4) but carry no weight in the confidence: an honest "I
+cannot decide" must not dilute, or vote for, either label. So three "can't tell" plus two
+agreeing answers give confidence 1.0 on those two, but go to an expert by rule 4 first.
+
+Confidence is Appen's trust-weighted confidence (the sum of the trust of the annotators who gave
+the answer over the sum of the trust of all annotators on the item) from
+``cxrlabel.aggregate``. ``spec.aggregation.method`` picks the method when it is defined for a
+single image ("trust" or "mv"); the population models ("ds", "glad", "certainty") need the
+whole job and run in the results stage, so the online decision uses "trust" for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from cxrlabel.aggregate import fit
+
+from .state import FINALISED, NEEDS_JUDGMENTS, NEEDS_REVIEW, JudgmentRec
+
+ONLINE_METHODS = ("trust", "mv")
+# On an exact tie the label shown is the one that is harmful to miss; a tie never finalises.
+TIE_BREAK_LABEL = "PNEUMONIA"
+
+REVIEW_QUALITY = "image_quality"
+REVIEW_CANT_TELL = "cant_tell"
+REVIEW_NO_CONSENSUS = "no_consensus"
+
+
+@dataclass(frozen=True)
+class ConsensusParams:
+    labels: tuple[str, ...]
+    cant_tell: str
+    min_judgments: int
+    max_judgments: int
+    confidence_target: float
+    cant_tell_fraction: float
+    quality_flag_votes: int
+    method: str = "trust"
+
+    @classmethod
+    def from_spec(cls, spec) -> ConsensusParams:  # noqa: ANN001 - a JobSpec (kept import-light)
+        return cls(
+            labels=tuple(spec.label_values),
+            cant_tell=spec.certainty.cant_tell,
+            min_judgments=spec.judgments.min,
+            max_judgments=spec.judgments.max,
+            confidence_target=spec.judgments.confidence_target,
+            cant_tell_fraction=spec.review.cant_tell_fraction,
+            quality_flag_votes=spec.review.quality_flag_votes,
+            method=spec.aggregation.method,
+        )
+
+    @property
+    def online_method(self) -> str:
+        return self.method if self.method in ONLINE_METHODS else "trust"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    status: str
+    judgment_target: int
+    trusted_judgments: int
+    label: str | None
+    confidence: float | None
+    proba: dict[str, float] | None
+    method: str | None
+    review_reason: str | None = None
+
+
+def trusted(judgments: Sequence[JudgmentRec]) -> list[JudgmentRec]:
+    return [j for j in judgments if not j.tainted and not j.is_gold]
+
+
+def aggregate_one(
+    answers: Sequence[str], weights: Sequence[float], params: ConsensusParams
+) -> tuple[str | None, float | None, dict[str, float] | None]:
+    """Label, confidence and per-label probability for one image's weighted answers."""
+    if not answers:
+        return None, None, None
+    index = {label: k for k, label in enumerate(params.labels)}
+    codes = np.array([index[a] for a in answers], dtype=np.int64)
+    tie = index.get(TIE_BREAK_LABEL)
+    result = fit(
+        np.zeros(len(codes), dtype=np.int64),
+        np.arange(len(codes), dtype=np.int64),  # one worker per answer: weights are per answer
+        codes,
+        len(params.labels),
+        method=params.online_method,
+        n_items=1,
+        trust=np.asarray(weights, dtype=float),
+        tie_break=tie,
+    )
+    proba = {label: float(result.proba[0, k]) for k, label in enumerate(params.labels)}
+    label = params.labels[int(result.labels[0])]
+    return label, float(result.confidence[0]), proba
+
+
+def evaluate(
+    judgments: Sequence[JudgmentRec], trust_of: dict[int, float], params: ConsensusParams
+) -> Evaluation:
+    counted = trusted(judgments)
+    n = len(counted)
+    voting = [j for j in counted if j.certainty != params.cant_tell]
+    label, confidence, proba = aggregate_one(
+        [j.answer for j in voting], [trust_of[j.user_id] for j in voting], params
+    )
+    method = params.online_method if voting else None
+
+    def result(status: str, target: int, reason: str | None = None) -> Evaluation:
+        return Evaluation(status, target, n, label, confidence, proba, method, reason)
+
+    settled_target = max(params.min_judgments, n)
+    flags = sum(1 for j in counted if j.quality_flag)
+    if flags >= params.quality_flag_votes:
+        return result(NEEDS_REVIEW, settled_target, REVIEW_QUALITY)
+    if n < params.min_judgments:
+        return result(NEEDS_JUDGMENTS, params.min_judgments)
+    if (n - len(voting)) / n >= params.cant_tell_fraction:
+        return result(NEEDS_REVIEW, settled_target, REVIEW_CANT_TELL)
+    if confidence is not None and confidence >= params.confidence_target - 1e-12:
+        return result(FINALISED, settled_target)
+    if n >= params.max_judgments:
+        return result(NEEDS_REVIEW, settled_target, REVIEW_NO_CONSENSUS)
+    return result(NEEDS_JUDGMENTS, min(n + 1, params.max_judgments))

@@ -1,0 +1,383 @@
+"""In-process crowd simulation through the real engines, on a simulated clock.
+
+Every simulated action is one database transaction that calls exactly what the web app calls:
+``annotate.assignment.join_job`` / ``next_page_or_reason`` when an annotator asks for a page,
+``annotate.submission.submit_page`` (which calls ``quality.service.on_page_submitted``) when
+they submit, and ``quality.service.review_queue`` / ``record_expert_label`` for the
+radiologist. Nothing here decides anything about quality, assignment or aggregation; the
+simulator only chooses *what the people do and when* (personas, arrivals, page times).
+
+Events (a heap on the simulated clock):
+
+* ``arrive``  - a new annotator (a real ``User`` row ``sim-<persona>-<n>``) joins the job;
+* ``request`` - they ask for a page and, if they get one, answer it (persona model) and
+  schedule its submission after the time the persona spends on it;
+* ``submit``  - they submit; then they ask for the next page after a short pause, or leave for
+  a break (another session later) or for good.
+
+Arrivals stop once no image needs judgments; the clock stops after ``crowd.max_days``. The
+expert then works through the review queue. All randomness comes from ``seed``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select
+
+from cxrlabel.annotate.assignment import join_job, next_page_or_reason
+from cxrlabel.annotate.schemas import AnswerIn, SubmissionError
+from cxrlabel.annotate.submission import submit_page
+from cxrlabel.jobspec import JobSpec
+from cxrlabel.sim.crowd import CrowdSpec
+from cxrlabel.sim.personas import Persona
+from cxrlabel.storage.db import Database
+from cxrlabel.storage.models import (
+    AnnotatorState,
+    AnnotatorStatus,
+    Image,
+    ImageStatus,
+    Job,
+    PageKind,
+    Role,
+    User,
+)
+
+DEFAULT_START = datetime(2025, 1, 6, 8, 0, tzinfo=UTC)  # a Monday morning, fixed for replays
+UNUSABLE_PASSWORD = "!simulated"  # not an argon2 hash: nobody can log in as a simulated user
+THINK_SECONDS = 4.0  # mean pause between submitting a page and asking for the next
+LEAVING_CODES = {"all_done", "quota_reached", "not_ready", AnnotatorStatus.REMOVED,
+                 AnnotatorStatus.DISQUALIFIED}
+
+
+@dataclass
+class SimAnnotator:
+    index: int
+    persona: Persona
+    rng: np.random.Generator
+    pick_rng: random.Random  # handed to the assignment engine (gold choice, positions)
+    user_id: int | None = None
+    username: str = ""
+    sessions_left: int = 1
+    pages_left: int = 0  # in the current session
+    work_pages: int = 0
+    pages_submitted: int = 0
+    quiz_pages: int = 0
+    seconds_worked: float = 0.0
+    rejected_pages: int = 0
+    gone: bool = False
+    pending: dict[str, Any] | None = None  # the page being answered
+
+
+@dataclass
+class SimRecord:
+    """What happened, beyond what the database keeps (who was which persona, when)."""
+
+    annotators: list[SimAnnotator] = field(default_factory=list)
+    start: datetime = DEFAULT_START
+    crowd_end: datetime = DEFAULT_START
+    end: datetime = DEFAULT_START
+    pages_submitted: int = 0
+    quiz_pages: int = 0
+    rejected_submissions: dict[str, int] = field(default_factory=dict)
+    expert_reviews: int = 0
+    expert_seconds: float = 0.0
+    stopped_by: str = "done"  # done | max_days | crowd_exhausted | page_limit
+    timeline: list[tuple[float, int]] = field(default_factory=list)  # (hours, images settled)
+
+    def persona_of(self) -> dict[int, str]:
+        return {a.user_id: a.persona.name for a in self.annotators if a.user_id is not None}
+
+
+@dataclass(frozen=True)
+class Truth:
+    """What the simulated people 'see': per image id, the true label and the difficulty."""
+
+    label: dict[int, str]
+    difficulty: dict[int, float]
+
+
+class Simulation:
+    def __init__(
+        self,
+        db: Database,
+        job_id: int,
+        spec: JobSpec,
+        crowd: CrowdSpec,
+        truth: Truth,
+        *,
+        seed: int = 0,
+        start: datetime = DEFAULT_START,
+        n_annotators: int | None = None,
+        max_pages: int | None = None,
+        expert_review: bool = True,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.db, self.job_id, self.spec, self.crowd, self.truth = db, job_id, spec, crowd, truth
+        self.seed, self.start = seed, start
+        self.n_annotators = n_annotators or crowd.annotators
+        self.max_pages = max_pages
+        self.expert_review = expert_review
+        self.progress = progress
+        self.end_of_time = start + timedelta(days=crowd.max_days)
+        self.record = SimRecord(start=start, crowd_end=start, end=start)
+        self._heap: list[tuple[datetime, int, str, int]] = []
+        self._seq = itertools.count()
+        self._labels = spec.label_values
+        self._certainties = _ordered_certainties(spec)
+        self._flags = spec.quality_flag_values
+        self._arrivals_open = True
+        self._open_work = self._count_open()
+
+    # --- the event loop --------------------------------------------------------------------
+    def run(self) -> SimRecord:
+        master = np.random.default_rng([self.seed, 1])
+        roster = self.crowd.roster(master, self.n_annotators)
+        names = _Usernames(self.db)
+        t = self.start
+        for index, persona in enumerate(roster):
+            annotator = SimAnnotator(
+                index=index, persona=persona,
+                rng=np.random.default_rng([self.seed, 2, index]),
+                pick_rng=random.Random(f"{self.seed}-{index}"),
+            )
+            annotator.username = names.next(persona.name)
+            self.record.annotators.append(annotator)
+            self._push(t, "arrive", index)
+            t += timedelta(hours=float(master.exponential(1.0 / self.crowd.arrivals_per_hour)))
+        while self._heap:
+            when, _seq, kind, index = heapq.heappop(self._heap)
+            if when > self.end_of_time:
+                self.record.stopped_by = "max_days"
+                break
+            if self._page_limit_reached():
+                self.record.stopped_by = "page_limit"
+                break
+            getattr(self, f"_on_{kind}")(self.record.annotators[index], when)
+        else:
+            if self._count_open() > 0:
+                self.record.stopped_by = "crowd_exhausted"
+        if self.expert_review:
+            self._review(self.record.crowd_end)
+        self.record.end = max(self.record.end, self.record.crowd_end)
+        return self.record
+
+    def _push(self, when: datetime, kind: str, index: int) -> None:
+        heapq.heappush(self._heap, (when, next(self._seq), kind, index))
+
+    def _page_limit_reached(self) -> bool:
+        return self.max_pages is not None and self.record.pages_submitted >= self.max_pages
+
+    # --- event handlers --------------------------------------------------------------------
+    def _on_arrive(self, a: SimAnnotator, now: datetime) -> None:
+        if not self._arrivals_open or self._count_open() == 0:
+            self._arrivals_open = False  # the job is done: nobody else is needed
+            a.gone = True
+            return
+        with self.db.session() as session:
+            user = User(username=a.username, password_hash=UNUSABLE_PASSWORD,
+                        role=Role.ANNOTATOR, created_at=now)
+            session.add(user)
+            session.flush()
+            join_job(session, self._job(session), self.spec, user, now)
+            a.user_id = user.id
+        a.sessions_left = 1 + int(a.rng.poisson(max(a.persona.sessions - 1.0, 0.0)))
+        self._start_session(a, now)
+
+    def _start_session(self, a: SimAnnotator, when: datetime) -> None:
+        a.sessions_left -= 1
+        median = a.persona.pages_per_session
+        a.pages_left = max(1, round(float(a.rng.lognormal(np.log(median), 0.6))))
+        self._push(when, "request", a.index)
+
+    def _on_request(self, a: SimAnnotator, now: datetime) -> None:
+        with self.db.session() as session:
+            job, user = self._job(session), session.get(User, a.user_id)
+            page, reason = next_page_or_reason(session, job, self.spec, user, now,
+                                               rng=a.pick_rng)
+            if page is None:
+                code = reason.code if reason else "no_work_now"
+                self._leave(a, now, for_good=code in LEAVING_CODES)
+                return
+            is_quiz = page.kind == PageKind.QUIZ
+            answers = [self._answer(a, item.image_id, item.image.public_id, is_quiz)
+                       for item in page.items]
+            a.pending = {"page": page.public_id, "answers": answers, "quiz": is_quiz,
+                         "served": now}
+            seconds = a.persona.page_seconds(a.rng, len(page.items))
+        self._push(now + timedelta(seconds=seconds), "submit", a.index)
+
+    def _answer(self, a: SimAnnotator, image_id: int, public_id: str, is_quiz: bool) -> AnswerIn:
+        simulated = a.persona.answer(
+            a.rng, self.truth.label[image_id], self.truth.difficulty.get(image_id, 0.5),
+            self._labels, self._certainties, self._flags,
+            pages_done=a.work_pages, is_quiz=is_quiz,
+        )
+        return AnswerIn(image_public_id=public_id, answer=simulated.answer,
+                        certainty=simulated.certainty, quality_flag=simulated.quality_flag)
+
+    def _on_submit(self, a: SimAnnotator, now: datetime) -> None:
+        pending, a.pending = a.pending, None
+        assert pending is not None
+        client_id = f"sim-{self.seed}-{a.index}-{a.pages_submitted + a.rejected_pages}"
+        try:
+            with self.db.session() as session:
+                job, user = self._job(session), session.get(User, a.user_id)
+                result = submit_page(session, job, self.spec, user, pending["page"], client_id,
+                                     pending["answers"], now)
+        except SubmissionError as exc:  # e.g. an expired page whose images were taken
+            a.rejected_pages += 1
+            counts = self.record.rejected_submissions
+            counts[exc.code] = counts.get(exc.code, 0) + 1
+            status = None
+        else:
+            status = result.annotator_status
+            self._count_page(a, pending, now)
+        a.pages_left -= 1
+        if status in (AnnotatorStatus.REMOVED, AnnotatorStatus.DISQUALIFIED):
+            self._leave(a, now, for_good=True)
+        elif a.pages_left <= 0:
+            self._leave(a, now, for_good=False)
+        else:
+            pause = float(a.rng.exponential(THINK_SECONDS))
+            self._push(now + timedelta(seconds=pause), "request", a.index)
+
+    def _count_page(self, a: SimAnnotator, pending: dict[str, Any], now: datetime) -> None:
+        a.pages_submitted += 1
+        a.seconds_worked += (now - pending["served"]).total_seconds()
+        self.record.pages_submitted += 1
+        if pending["quiz"]:
+            a.quiz_pages += 1
+            self.record.quiz_pages += 1
+        else:
+            a.work_pages += 1
+        self.record.crowd_end = max(self.record.crowd_end, now)
+        if self.record.pages_submitted % 25 == 0:
+            self._open_work = self._count_open()
+            settled = self._n_work - self._open_work
+            self.record.timeline.append(((now - self.start).total_seconds() / 3600, settled))
+            if self.progress:
+                self.progress(settled, self._n_work)
+
+    def _leave(self, a: SimAnnotator, now: datetime, *, for_good: bool) -> None:
+        if for_good or a.sessions_left <= 0:
+            a.gone = True
+            return
+        # Nothing to do now or the session is over: come back after a break.
+        pause = float(a.rng.exponential(self.crowd.break_hours))
+        self._start_session(a, now + timedelta(hours=pause))
+
+    # --- the expert --------------------------------------------------------------------------
+    def _review(self, now: datetime) -> None:
+        from cxrlabel.quality import service
+
+        record_label = getattr(service, "record_expert_label", None)
+        if record_label is None:  # the quality engineer has not landed expert review yet
+            return
+        expert_rng = np.random.default_rng([self.seed, 3])
+        expert = self.crowd.expert
+        with self.db.session() as session:
+            user = _expert_user(session, now)
+            image_ids = self._review_ids(session)
+            for image_id in image_ids:
+                job = self._job(session)
+                seconds = expert.page_seconds(expert_rng, 1)
+                now = now + timedelta(seconds=seconds)
+                label = expert.answer(expert_rng, self.truth.label[image_id],
+                                      self.truth.difficulty.get(image_id, 0.5), self._labels,
+                                      self._certainties, []).answer
+                record_label(session, job, self.spec, user, image_id, label,
+                             "simulated radiologist review", now)
+                self.record.expert_reviews += 1
+                self.record.expert_seconds += seconds
+        self.record.end = now
+
+    def _review_ids(self, session: Any) -> list[int]:
+        from cxrlabel.quality import service
+
+        queue = getattr(service, "review_queue", None)
+        if queue is None:
+            return list(session.scalars(select(Image.id).where(
+                Image.job_id == self.job_id, Image.status == ImageStatus.NEEDS_REVIEW
+            ).order_by(Image.id)))
+        return [_image_id_of(entry) for entry in queue(session, self._job(session), self.spec)]
+
+    # --- helpers -------------------------------------------------------------------------------
+    def _job(self, session: Any) -> Job:
+        job = session.get(Job, self.job_id)
+        assert job is not None
+        return job
+
+    def _count_open(self) -> int:
+        with self.db.session() as session:
+            counts = dict(session.execute(
+                select(Image.status, func.count()).where(Image.job_id == self.job_id)
+                .group_by(Image.status)
+            ).all())
+        self._n_work = sum(n for status, n in counts.items() if status != ImageStatus.GOLD)
+        return int(counts.get(ImageStatus.NEEDS_JUDGMENTS, 0))
+
+
+def _image_id_of(entry: Any) -> int:
+    for name in ("image_id", "id"):
+        value = getattr(entry, name, None)
+        if isinstance(value, int):
+            return value
+    image = getattr(entry, "image", None)
+    if image is not None:
+        return int(image.id)
+    if isinstance(entry, dict):
+        return int(entry.get("image_id") or entry["id"])
+    return int(entry)
+
+
+def _expert_user(session: Any, now: datetime) -> User:
+    user = session.scalar(select(User).where(User.username == "sim-expert-1"))
+    if user is None:
+        user = User(username="sim-expert-1", password_hash=UNUSABLE_PASSWORD, role=Role.EXPERT,
+                    created_at=now)
+        session.add(user)
+        session.flush()
+    return user
+
+
+def _ordered_certainties(spec: JobSpec) -> list[str]:
+    """The job's certainty values, most certain first and "can't tell" last (by weight)."""
+    weights = spec.certainty_weights
+    cant = spec.certainty.cant_tell
+    ordered = sorted((v for v in spec.certainty_values if v != cant), key=lambda v: -weights[v])
+    return [*ordered, cant]
+
+
+class _Usernames:
+    """``sim-<persona>-<n>`` names that continue the numbering already in the database."""
+
+    def __init__(self, db: Database) -> None:
+        with db.session() as session:
+            self.taken = set(session.scalars(
+                select(User.username).where(User.username.like("sim-%"))
+            ))
+        self.counts: dict[str, int] = {}
+
+    def next(self, persona: str) -> str:
+        stem = f"sim-{persona.replace('_', '-')}"
+        while True:
+            self.counts[stem] = self.counts.get(stem, 0) + 1
+            name = f"{stem}-{self.counts[stem]}"
+            if name not in self.taken:
+                self.taken.add(name)
+                return name
+
+
+def annotator_states(db: Database, job_id: int, user_ids: Sequence[int]) -> dict[int, Any]:
+    with db.session() as session:
+        rows = session.scalars(select(AnnotatorState).where(
+            AnnotatorState.job_id == job_id, AnnotatorState.user_id.in_(list(user_ids))))
+        return {row.user_id: row for row in rows}

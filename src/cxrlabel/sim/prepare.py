@@ -1,0 +1,204 @@
+"""Setting a simulation up: images in (through the real ingest), a gold bank, and the "truth"
+the simulated people see (reference label and difficulty per image).
+
+Images come in through ``cxrlabel.ingest`` (the same pipeline ``cxrlabel ingest`` runs). Only
+while that pipeline is not importable does ``insert_images_directly`` add minimal ``Image``
+rows itself (hashes and a real pHash, no renditions); the result notes which path was used.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image as PILImage
+from sqlalchemy import func, select
+
+from cxrlabel.jobspec import JobSpec
+from cxrlabel.sim.difficulty import DifficultyResult, compute_difficulty
+from cxrlabel.sim.engine import Truth
+from cxrlabel.storage.db import Database
+from cxrlabel.storage.models import GoldItem, Image, ImageStatus, Job
+
+
+class SimSetupError(ValueError):
+    """The simulation cannot start (no images, no labels...): one line for the user."""
+
+
+@dataclass(frozen=True)
+class SourceEntry:
+    path: str
+    label: str | None
+    patient_id: str | None
+
+
+def list_images(source: Path, spec: JobSpec) -> list[SourceEntry]:
+    """Images (with reference labels where known) of a folder or manifest, in a stable order."""
+    from cxrlabel.ingest.sources import SourceError, discover
+
+    try:
+        items = discover(Path(source), spec.label_values)
+    except SourceError as exc:
+        raise SimSetupError(str(exc)) from None
+    entries = [SourceEntry(i.path, i.label, i.patient_id) for i in items if i.problem is None]
+    if not entries:
+        raise SimSetupError(f"{source}: no usable images")
+    return entries
+
+
+def choose_subset(entries: list[SourceEntry], limit: int | None, seed: int) -> list[SourceEntry]:
+    """A seeded random subset (keeps the collection's prevalence), in the original order."""
+    if limit is None or limit >= len(entries):
+        return entries
+    if limit < 1:
+        raise SimSetupError("--limit must be at least 1")
+    keep = np.sort(np.random.default_rng([seed, 7]).choice(len(entries), limit, replace=False))
+    return [entries[i] for i in keep]
+
+
+def write_manifest(entries: Sequence[SourceEntry], folder: Path) -> Path:
+    """A manifest CSV for a subset, so the real ingest can take exactly these files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "simulation-manifest.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "patient_id"])
+        for entry in entries:
+            writer.writerow([entry.path, entry.label or "", entry.patient_id or ""])
+    return path
+
+
+def ingest_images(
+    db: Database, job: Job, spec: JobSpec, entries: Sequence[SourceEntry], data_dir: Path,
+    now: datetime, console: Any = None,
+) -> str:
+    """Bring ``entries`` into ``job``; returns "ingest" or "direct" (which path was used)."""
+    try:
+        pipeline = importlib.import_module("cxrlabel.ingest.pipeline")
+    except ModuleNotFoundError as exc:
+        if exc.name != "cxrlabel.ingest.pipeline":
+            raise
+        insert_images_directly(db, job.id, spec, entries, now)
+        return "direct"
+    with db.session() as session:
+        job_row = session.get(Job, job.id)
+    with tempfile.TemporaryDirectory(prefix="cxrlabel-sim-") as tmp:
+        manifest = write_manifest(entries, Path(tmp))
+        pipeline.ingest(db, data_dir, job_row, spec, manifest, console=console)
+    return "ingest"
+
+
+def insert_images_directly(
+    db: Database, job_id: int, spec: JobSpec, entries: Sequence[SourceEntry], now: datetime,
+) -> int:
+    """Minimal ``Image`` rows (no renditions): only while the ingest pipeline is missing."""
+    from cxrlabel.ingest.phash import phash, to_hex
+
+    added = 0
+    with db.session() as session:
+        known = set(session.scalars(select(Image.sha256).where(Image.job_id == job_id)))
+        for entry in entries:
+            data = Path(entry.path).read_bytes()
+            digest = hashlib.sha256(data).hexdigest()
+            if digest in known:
+                continue
+            known.add(digest)
+            with PILImage.open(entry.path) as img:
+                grey = img.convert("L")
+                width, height = grey.size
+                hashed = to_hex(phash(grey))
+            session.add(Image(
+                job_id=job_id, source_path=entry.path, source_format="jpeg", sha256=digest,
+                pixel_sha256=digest, phash=hashed, width=width, height=height,
+                patient_id=entry.patient_id, reference_label=entry.label, rendition_path="",
+                thumb_path="", status=ImageStatus.NEEDS_JUDGMENTS,
+                judgment_target=spec.judgments.min, created_at=now,
+            ))
+            added += 1
+    return added
+
+
+def default_gold_size(n_images: int, spec: JobSpec) -> int:
+    """About 4 % of the images, at least the quiz plus 12 pages' worth, at most 300."""
+    floor = spec.gold.quiz_length + 12 * max(spec.gold.per_page, 1)
+    return int(min(max(round(0.04 * n_images), floor), 300))
+
+
+def ensure_gold(db: Database, job: Job, spec: JobSpec, n: int, seed: int, now: datetime) -> int:
+    """Make sure the job has ``n`` active gold items, sampled from reference labels."""
+    with db.session() as session:
+        have = session.scalar(select(func.count()).select_from(GoldItem).where(
+            GoldItem.job_id == job.id, GoldItem.active.is_(True))) or 0
+        if have >= n:
+            return int(have)
+        job_row = session.get(Job, job.id)
+        sampler = _gold_sampler()
+        sampler(session, job_row, spec, n - have, seed=seed, now=now)
+        return int(session.scalar(select(func.count()).select_from(GoldItem).where(
+            GoldItem.job_id == job.id, GoldItem.active.is_(True))) or 0)
+
+
+def _gold_sampler() -> Callable[..., Any]:
+    """The gold-bank tool's ``sample_from_reference`` (design/), the same as
+    ``cxrlabel gold sample --from-reference N``."""
+    from cxrlabel.design.goldbank import sample_from_reference
+
+    return sample_from_reference
+
+
+def build_truth(
+    db: Database, job_id: int, spec: JobSpec, *, data_dir: Path | None = None, seed: int = 0,
+    cache_dir: Path | None = None, progress: Callable[[int], None] | None = None,
+) -> tuple[Truth, DifficultyResult]:
+    """Reference label and difficulty of every image of the job.
+
+    Difficulty is cross-fitted from pixels (``difficulty.py``). An image without a reference
+    label gets a pseudo-truth drawn from its out-of-fold score (the simulated people have to
+    be right or wrong about *something*); reports count accuracy on labelled images only."""
+    with db.session() as session:
+        rows = session.execute(
+            select(Image.id, Image.source_path, Image.rendition_path, Image.reference_label,
+                   Image.patient_id).where(Image.job_id == job_id).order_by(Image.id)
+        ).all()
+    if not rows:
+        raise SimSetupError("the job has no images to simulate on")
+    paths = [_readable_path(r.source_path, r.rendition_path, data_dir) for r in rows]
+    if all(p is not None for p in paths):
+        result = compute_difficulty(
+            [str(p) for p in paths], [r.reference_label for r in rows],
+            [r.patient_id for r in rows], positive=_positive_label(spec), seed=seed,
+            cache_dir=cache_dir, progress=progress,
+        )
+    else:  # pixels unavailable: an even, seeded spread (documented as "random")
+        result = compute_difficulty(["" for _ in rows], [None] * len(rows), [None] * len(rows),
+                                    seed=seed)
+    rng = np.random.default_rng([seed, 11])
+    labels: dict[int, str] = {}
+    positive, negative = _positive_label(spec), spec.label_values[0]
+    for i, row in enumerate(rows):
+        if row.reference_label is not None:
+            labels[row.id] = row.reference_label
+        else:
+            labels[row.id] = positive if rng.random() < result.score[i] else negative
+    difficulty = {row.id: float(result.difficulty[i]) for i, row in enumerate(rows)}
+    return Truth(labels, difficulty), result
+
+
+def _positive_label(spec: JobSpec) -> str:
+    return "PNEUMONIA" if "PNEUMONIA" in spec.label_values else spec.label_values[-1]
+
+
+def _readable_path(source: str, rendition: str, data_dir: Path | None) -> Path | None:
+    if source and Path(source).is_file():
+        return Path(source)
+    if rendition and data_dir is not None and (data_dir / rendition).is_file():
+        return data_dir / rendition
+    return None

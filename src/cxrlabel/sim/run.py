@@ -1,0 +1,206 @@
+"""High-level entry points: a complete simulated job, and filling an existing job.
+
+``run_simulation``  - fresh job in the given database: ingest, gold bank, crowd, expert, metrics.
+``simulate_into``   - for ``cxrlabel demo --simulate``: a simulated crowd works on an existing job.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from cxrlabel.jobspec import JobSpec
+from cxrlabel.sim.crowd import CrowdSpec, load_crowd
+from cxrlabel.sim.difficulty import DifficultyResult
+from cxrlabel.sim.engine import DEFAULT_START, SimRecord, Simulation, Truth
+from cxrlabel.sim.metrics import accuracy_by_judgments, annotator_rows, summarise
+from cxrlabel.sim.prepare import (
+    SimSetupError,
+    build_truth,
+    choose_subset,
+    default_gold_size,
+    ensure_gold,
+    ingest_images,
+    list_images,
+)
+from cxrlabel.storage.db import Database
+from cxrlabel.storage.models import Image, ImageStatus, Job
+
+RESULT_KEYS = ("label_accuracy", "judgments_per_image", "expert_review_fraction",
+               "annotators_removed", "bad_annotators_removed", "cost", "hours")
+
+
+@dataclass
+class SimOutcome:
+    result: dict[str, Any]  # the JSON document
+    record: SimRecord
+    truth: Truth
+    difficulty: DifficultyResult | None
+    accuracy_by_judgments: dict[int, tuple[int, int]] = field(default_factory=dict)
+    annotators: list[dict[str, Any]] = field(default_factory=list)
+
+
+def store_job(db: Database, spec: JobSpec, spec_toml: str) -> int:
+    """Create the job row (a fresh simulation database has none); returns its id."""
+    import hashlib
+
+    with db.session() as session:
+        job = session.scalar(select(Job).where(Job.name == spec.name))
+        if job is None:
+            job = Job(name=spec.name, spec_toml=spec_toml,
+                      spec_sha256=hashlib.sha256(spec_toml.encode()).hexdigest(),
+                      created_at=DEFAULT_START, updated_at=DEFAULT_START)
+            session.add(job)
+            session.flush()
+        return job.id
+
+
+def prepare_job(
+    db: Database, spec: JobSpec, spec_toml: str, images: Path, *, data_dir: Path,
+    limit: int | None = None, seed: int = 0, gold: int | None = None,
+    start: datetime = DEFAULT_START, progress: Callable[[int], None] | None = None,
+) -> tuple[int, Truth, DifficultyResult, dict[str, Any]]:
+    """Job + images + gold + truth in ``db``; returns what the simulation needs."""
+    job_id = store_job(db, spec, spec_toml)
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        has_judged = session.scalar(
+            select(func.count()).select_from(Image).where(
+                Image.job_id == job_id, Image.status != ImageStatus.NEEDS_JUDGMENTS,
+                Image.status != ImageStatus.GOLD)) or 0
+    if has_judged:
+        raise SimSetupError(f"job {spec.name!r} in this database already has judged images; "
+                            "simulate into an empty database (or use simulate_into)")
+    entries = choose_subset(list_images(images, spec), limit, seed)
+    intake = ingest_images(db, job, spec, entries, data_dir, start)
+    with db.session() as session:
+        n_images = session.scalar(select(func.count()).select_from(Image).where(
+            Image.job_id == job_id)) or 0
+    n_gold = ensure_gold(db, job, spec, gold or default_gold_size(n_images, spec), seed, start)
+    truth, difficulty = build_truth(db, job_id, spec, data_dir=data_dir, seed=seed,
+                                    cache_dir=data_dir / "simulation" / "cache",
+                                    progress=progress)
+    setup = {"images_source": str(images), "intake": intake, "gold_bank": n_gold,
+             "difficulty_method": difficulty.method,
+             "difficulty_model_auc": _round(difficulty.auc),
+             "difficulty_model_accuracy": _round(difficulty.accuracy)}
+    return job_id, truth, difficulty, setup
+
+
+def run_simulation(
+    db: Database, spec: JobSpec, spec_toml: str, images: Path, *, data_dir: Path,
+    crowd: CrowdSpec | str = "realistic", seed: int = 0, limit: int | None = None,
+    gold: int | None = None, n_annotators: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    difficulty_progress: Callable[[int], None] | None = None,
+) -> SimOutcome:
+    crowd_spec = load_crowd(crowd) if isinstance(crowd, str) else crowd
+    job_id, truth, difficulty, setup = prepare_job(
+        db, spec, spec_toml, images, data_dir=data_dir, limit=limit, seed=seed, gold=gold,
+        progress=difficulty_progress,
+    )
+    outcome = _simulate(db, job_id, spec, crowd_spec, truth, seed=seed,
+                        n_annotators=n_annotators, progress=progress)
+    outcome.difficulty = difficulty
+    outcome.result.update({"setup": setup})
+    return outcome
+
+
+def _simulate(
+    db: Database, job_id: int, spec: JobSpec, crowd: CrowdSpec, truth: Truth, *, seed: int,
+    n_annotators: int | None = None, start: datetime = DEFAULT_START,
+    max_pages: int | None = None, expert_review: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> SimOutcome:
+    sim = Simulation(db, job_id, spec, crowd, truth, seed=seed, start=start,
+                     n_annotators=n_annotators, max_pages=max_pages,
+                     expert_review=expert_review, progress=progress)
+    record = sim.run()
+    result = summarise(db, job_id, spec, crowd, record)
+    result["job"] = spec.name
+    result["seed"] = seed
+    result["settings"] = job_settings(spec)
+    annotators = annotator_rows(db, job_id, record)
+    result["annotators"] = annotators
+    return SimOutcome(result, record, truth, None, accuracy_by_judgments(db, job_id), annotators)
+
+
+def simulate_into(
+    db: Database, job: Job | str, spec: JobSpec, images: Path | str | None = None,
+    crowd: CrowdSpec | str = "realistic", seed: int = 0, n_annotators: int | None = 40,
+    now: datetime | None = None, *, data_dir: Path | None = None, gold: int | None = None,
+    max_pages: int | None = None, expert_review: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Fill an existing job with a simulated crowd's work through the real engines.
+
+    ``images``: optionally a folder or manifest to ingest into the job first (None: work on the
+    images the job already has). ``now``: when the simulated crowd starts (default: a fixed
+    Monday morning; pass ``utcnow()`` minus a few days for a lifelike demo timeline).
+    ``n_annotators``: most annotators who arrive. ``max_pages``: stop after this many submitted
+    pages (leave some work open for a live demo). Gold is sampled from reference labels when
+    the job has fewer than ``gold`` (default: about 4 % of images) active gold items.
+    Simulated annotators are real ``User`` rows named ``sim-<persona>-<n>`` that cannot log in.
+    Returns the result document (see ``metrics.py``).
+    """
+    start = now or DEFAULT_START
+    crowd_spec = load_crowd(crowd) if isinstance(crowd, str) else crowd
+    with db.session() as session:
+        row = session.scalar(select(Job).where(Job.name == job)) if isinstance(job, str) \
+            else session.get(Job, job.id)
+        if row is None:
+            raise SimSetupError(f"no job named {job!r}")
+        job_row = row
+    if images is not None:
+        entries = list_images(Path(images), spec)
+        ingest_images(db, job_row, spec, entries, data_dir or Path("."), start)
+    with db.session() as session:
+        n_images = session.scalar(select(func.count()).select_from(Image).where(
+            Image.job_id == job_row.id)) or 0
+    if n_images == 0:
+        raise SimSetupError(f"job {job_row.name!r} has no images")
+    ensure_gold(db, job_row, spec, gold or default_gold_size(n_images, spec), seed, start)
+    truth, _difficulty = build_truth(
+        db, job_row.id, spec, data_dir=data_dir, seed=seed,
+        cache_dir=(data_dir / "simulation" / "cache") if data_dir else None)
+    outcome = _simulate(db, job_row.id, spec, crowd_spec, truth, seed=seed,
+                        n_annotators=n_annotators, start=start, max_pages=max_pages,
+                        expert_review=expert_review, progress=progress)
+    return outcome.result
+
+
+def job_settings(spec: JobSpec) -> dict[str, Any]:
+    """The job-design knobs a sweep varies (recorded with every result)."""
+    return {
+        "min_judgments": spec.judgments.min,
+        "max_judgments": spec.judgments.max,
+        "confidence_target": spec.judgments.confidence_target,
+        "gold_per_page": spec.gold.per_page,
+        "min_accuracy": spec.gold.min_accuracy,
+        "aggregation": spec.aggregation.method,
+        "items_per_page": spec.pages.items_per_page,
+        "pay_per_page": spec.pay.per_page,
+    }
+
+
+def write_result(result: dict[str, Any], data_dir: Path, job_name: str) -> Path:
+    """``<data-dir>/simulation/<job>.json`` (read by the job-design proposal)."""
+    folder = data_dir / "simulation"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{job_name}.json"
+    path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+def _round(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+__all__: Sequence[str] = ("RESULT_KEYS", "SimOutcome", "run_simulation", "simulate_into",
+                          "write_result")

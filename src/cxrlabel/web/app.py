@@ -1,0 +1,169 @@
+"""``create_app(settings)``: the FastAPI app; ``run_server(...)``: serve it with uvicorn.
+
+Routers are discovered in ``cxrlabel/web/routes/*.py``: every module with a ``router``
+(an ``APIRouter``) is included, so a new page is one new file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+from http import HTTPStatus
+from urllib.parse import quote
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from cxrlabel import __version__
+from cxrlabel.annotate.schemas import EngineError
+from cxrlabel.config import Settings
+from cxrlabel.storage.db import Database
+from cxrlabel.web import routes
+from cxrlabel.web.deps import LoginRequired, is_api, render
+from cxrlabel.web.security import (
+    SESSION_COOKIE,
+    LoginRateLimiter,
+    SessionData,
+    SessionSigner,
+    load_secret_key,
+    security_headers,
+    write_session_cookie,
+)
+from cxrlabel.web.templating import STATIC_DIR
+
+log = logging.getLogger("cxrlabel.web")
+
+
+def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
+    """The whole web app for one data dir / database (migrations applied on open)."""
+    app = FastAPI(
+        title="cxrlabel", version=__version__,
+        description="Crowd labeling of pediatric chest X-rays: annotator and admin API.",
+        docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json",
+    )
+    app.state.settings = settings
+    app.state.db = db or Database(settings.database_url)
+    app.state.signer = SessionSigner(load_secret_key(settings.data_dir))
+    app.state.login_limiter = LoginRateLimiter()
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    for module in _route_modules():
+        app.include_router(module.router)
+    _install_middleware(app)
+    _install_error_handlers(app)
+    return app
+
+
+def _route_modules() -> list:
+    found = pkgutil.iter_modules(routes.__path__)
+    names = sorted(m.name for m in found if not m.name.startswith("_"))
+    modules = [importlib.import_module(f"{routes.__name__}.{name}") for name in names]
+    return [m for m in modules if hasattr(m, "router")]
+
+
+def _install_middleware(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def sessions_and_headers(request: Request, call_next) -> Response:  # noqa: ANN001
+        signer: SessionSigner = request.app.state.signer
+        session = signer.loads(request.cookies.get(SESSION_COOKIE))
+        if session is None:
+            session = SessionData(changed=True)  # anonymous: carries the CSRF token
+        request.state.session = session
+        response = await call_next(request)
+        session = request.state.session  # a route may have replaced it (sign in / sign out)
+        if session.changed and not request.url.path.startswith(("/static/", "/img/")):
+            write_session_cookie(response, request, signer, session)
+        security_headers(response, request.url.path)
+        return response
+
+
+def _error_code(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return "error"
+
+
+def json_error(status: int, code: str, message: str, **extra) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(LoginRequired)
+    async def login_required(request: Request, exc: LoginRequired) -> Response:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+        if is_api(request) or request.headers.get("x-csrf-token"):
+            response = json_error(exc.status_code, _error_code(exc.status_code), message)
+        else:
+            response = render(request, "message.html", {
+                "heading": HTTPStatus(exc.status_code).phrase, "text": message, "tone": "error",
+                "link": {"href": "/", "text": "Back to the start page"},
+            }, status_code=exc.status_code)
+        for key, value in (exc.headers or {}).items():
+            response.headers[key] = value
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        details = [
+            {"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"),
+             "message": e.get("msg", "")}
+            for e in exc.errors()
+        ]
+        first = details[0] if details else {"field": "", "message": "invalid request"}
+        message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
+        if is_api(request):
+            return json_error(422, "invalid_request", message, details=details)
+        return render(request, "message.html", {
+            "heading": "Something is missing", "text": message, "tone": "error",
+            "link": {"href": "/", "text": "Back to the start page"},
+        }, status_code=422)
+
+    @app.exception_handler(EngineError)
+    async def engine_error(request: Request, exc: EngineError) -> Response:
+        if is_api(request) or request.headers.get("x-csrf-token"):
+            return json_error(exc.status, exc.code, exc.message)
+        return render(request, "message.html", {
+            "heading": "We could not do that", "text": exc.message, "tone": "error",
+            "link": {"href": "/", "text": "Back to the start page"},
+        }, status_code=exc.status)
+
+
+def run_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
+               workers: int = 1) -> None:
+    """Serve the app with uvicorn. Several workers need PostgreSQL: SQLite has one writer and
+    in-memory login rate limits would not be shared in a useful way."""
+    import uvicorn
+
+    if workers > 1 and settings.is_sqlite:
+        raise ValueError(
+            "--workers > 1 needs PostgreSQL (--db postgresql+psycopg://...); SQLite allows one "
+            "writer, so run one worker with SQLite."
+        )
+    Database(settings.database_url).dispose()  # migrate once, before workers start
+    load_secret_key(settings.data_dir)  # create the shared key once, before workers start
+    if workers > 1:
+        import os
+
+        os.environ["CXRLABEL_DATA_DIR"] = str(settings.data_dir)
+        if settings.db_url:
+            os.environ["CXRLABEL_DB"] = settings.db_url
+        uvicorn.run("cxrlabel.web.app:app_from_env", factory=True, host=host, port=port,
+                    workers=workers, proxy_headers=True, log_level="info")
+    else:
+        uvicorn.run(create_app(settings), host=host, port=port, proxy_headers=True,
+                    log_level="info")
+
+
+def app_from_env() -> FastAPI:
+    """Factory for uvicorn worker processes (settings from CXRLABEL_DATA_DIR / CXRLABEL_DB)."""
+    return create_app(Settings.from_env())

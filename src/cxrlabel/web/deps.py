@@ -1,0 +1,145 @@
+"""Reusable request dependencies: database, current user, roles, CSRF, job lookup, templates.
+
+Routers in ``web/routes/*.py`` use these; e.g.::
+
+    @router.get("/admin/thing")
+    def thing(request: Request, user: User = Depends(require_role("admin"))): ...
+
+    @router.post("/admin/thing", dependencies=[Depends(csrf_protect)])
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.responses import Response
+
+from cxrlabel.annotate.accounts import user_for_api_token
+from cxrlabel.context import spec_from_job_row
+from cxrlabel.jobspec import JobSpec
+from cxrlabel.storage.db import Database
+from cxrlabel.storage.models import Job, User
+from cxrlabel.web.security import (
+    CSRF_FIELD,
+    CSRF_HEADER,
+    SessionData,
+    csrf_ok,
+    password_fingerprint,
+)
+from cxrlabel.web.templating import env
+
+templates = Jinja2Templates(env=env)
+
+
+class LoginRequired(Exception):
+    """Raised for an anonymous visitor on an HTML page: the app redirects to /login."""
+
+
+def get_db(request: Request) -> Database:
+    return request.app.state.db
+
+
+def session_data(request: Request) -> SessionData:
+    return request.state.session
+
+
+def is_api(request: Request) -> bool:
+    return request.url.path.startswith("/api/")
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def optional_user(request: Request) -> User | None:
+    """The signed-in user (session cookie, or ``Authorization: Bearer <token>`` on /api/)."""
+    if hasattr(request.state, "user"):
+        return request.state.user
+    user: User | None = None
+    db = get_db(request)
+    token = _bearer(request)
+    if token is not None:
+        with db.session() as s:
+            user = user_for_api_token(s, token)
+        if user is None:
+            raise HTTPException(401, "invalid API token")
+        request.state.via_token = True
+    else:
+        sess = session_data(request)
+        if sess.user_id is not None:
+            with db.session() as s:
+                found = s.get(User, sess.user_id)
+                if (found is not None and found.active
+                        and sess.pw == password_fingerprint(found.password_hash)):
+                    user = found
+    request.state.user = user
+    return user
+
+
+def current_user(request: Request, user: User | None = Depends(optional_user)) -> User:
+    if user is None:
+        if is_api(request):
+            raise HTTPException(401, "sign in or send 'Authorization: Bearer <token>'")
+        raise LoginRequired()
+    return user
+
+
+def require_role(*roles: str):  # noqa: ANN201 - a FastAPI dependency
+    """A dependency allowing only users with one of ``roles`` (403 otherwise)."""
+
+    def check(user: User = Depends(current_user)) -> User:
+        if user.role not in roles:
+            raise HTTPException(403, f"this page needs the {' or '.join(roles)} role")
+        return user
+
+    return check
+
+
+async def csrf_protect(request: Request) -> None:
+    """Reject a state-changing request without the session's CSRF token (form field
+    ``csrf_token`` or header ``X-CSRF-Token``). Bearer-token API calls carry no cookie and need
+    none."""
+    if _bearer(request) is not None:
+        return
+    supplied = request.headers.get(CSRF_HEADER)
+    if supplied is None and "form" in request.headers.get("content-type", ""):
+        form = await request.form()
+        value = form.get(CSRF_FIELD)
+        supplied = value if isinstance(value, str) else None
+    if not csrf_ok(session_data(request), supplied):
+        raise HTTPException(403, "the form expired or came from another site; reload the page")
+
+
+_spec_cache: dict[tuple[int, str], JobSpec] = {}
+_spec_lock = threading.Lock()
+
+
+def job_and_spec(session: Session, name: str) -> tuple[Job, JobSpec]:
+    """A stored job by name (404 if unknown) and its parsed spec (cached per spec version)."""
+    job = session.scalar(select(Job).where(Job.name == name))
+    if job is None:
+        raise HTTPException(404, f"no job named {name!r}")
+    key = (job.id, job.spec_sha256)
+    with _spec_lock:
+        spec = _spec_cache.get(key)
+    if spec is None:
+        spec = spec_from_job_row(job)
+        with _spec_lock:
+            _spec_cache[key] = spec
+    return job, spec
+
+
+def render(request: Request, name: str, context: dict[str, Any] | None = None,
+           status_code: int = 200) -> Response:
+    """Render a page with the common context: ``user``, ``csrf_token``."""
+    ctx = {"user": getattr(request.state, "user", None),
+           "csrf_token": session_data(request).csrf}
+    ctx.update(context or {})
+    return templates.TemplateResponse(request, name, ctx, status_code=status_code)

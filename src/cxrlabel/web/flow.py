@@ -1,0 +1,59 @@
+"""Glue shared by the annotator pages and the REST API (no routes here)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from pathlib import Path
+
+from markdown_it import MarkdownIt
+from markupsafe import Markup
+from sqlalchemy.orm import Session
+
+from cxrlabel.jobspec import JobSpec
+from cxrlabel.storage.models import Job, Page
+
+log = logging.getLogger("cxrlabel.web")
+
+_instructions_cache: dict[tuple[int, str], Markup] = {}
+_lock = threading.Lock()
+
+
+def image_url(public_id: str) -> str:
+    """Every image an annotator sees has this URL shape: gold and work look the same."""
+    return f"/img/{public_id}"
+
+
+def page_items(page: Page) -> list[dict[str, str]]:
+    return [{"public_id": item.image.public_id, "src": image_url(item.image.public_id)}
+            for item in page.items]
+
+
+def new_client_submission_id() -> str:
+    return secrets.token_urlsafe(18)
+
+
+def markdown_html(text: str) -> Markup:
+    # Raw HTML in the Markdown is escaped; commonmark's link validation drops javascript: URLs.
+    return Markup(MarkdownIt("commonmark", {"html": False}).enable("table").render(text))
+
+
+def instructions_html(session: Session, job: Job, spec: JobSpec, data_dir: Path) -> Markup:
+    """The job's instructions with its illustrated examples (cached per spec version)."""
+    key = (job.id, job.spec_sha256)
+    with _lock:
+        cached = _instructions_cache.get(key)
+    if cached is not None:
+        return cached
+    try:
+        from cxrlabel.design.instructions import illustrated_examples
+        from cxrlabel.design.instructions import instructions_html as design_instructions
+
+        html = design_instructions(spec, illustrated_examples(spec, session, job, data_dir))
+    except Exception:  # noqa: BLE001 - examples are a nicety; the text must always show
+        log.exception("illustrated examples failed for job %s; showing the text only", job.name)
+        html = markdown_html(spec.instructions_markdown())
+    with _lock:
+        _instructions_cache[key] = html
+    return html

@@ -1,0 +1,1 @@
+"""Routers of the web app; every module here with a ``router`` is included by ``create_app``."""

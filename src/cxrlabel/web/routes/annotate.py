@@ -1,0 +1,222 @@
+"""The annotator's pages: instructions, quiz and work pages, feedback, contests, prefetch."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import JSONResponse, RedirectResponse
+from sqlalchemy import select
+from starlette.datastructures import FormData
+from starlette.responses import Response
+
+from cxrlabel.annotate.assignment import join_job, next_page_or_reason, prefetch_page
+from cxrlabel.annotate.schemas import AnswerIn, EngineError, SubmissionError
+from cxrlabel.annotate.submission import stored_result, submit_page
+from cxrlabel.jobspec import JobSpec
+from cxrlabel.storage.models import (
+    AnnotatorStatus,
+    Contest,
+    Judgment,
+    Page,
+    Role,
+    User,
+    utcnow,
+)
+from cxrlabel.web.deps import csrf_protect, get_db, job_and_spec, render, require_role
+from cxrlabel.web.flow import (
+    image_url,
+    instructions_html,
+    new_client_submission_id,
+    page_items,
+)
+from cxrlabel.web.templating import render_work_page, viewer_keys
+
+router = APIRouter(include_in_schema=False)
+annotator = require_role(Role.ANNOTATOR)
+
+
+def _data_dir(request: Request):  # noqa: ANN202
+    return request.app.state.settings.data_dir
+
+
+def _inactive_page(request: Request, spec: JobSpec, status: str, message: str) -> Response:
+    heading = ("Thank you for taking the quiz" if status == AnnotatorStatus.DISQUALIFIED
+               else "Thank you for your work")
+    return render(request, "message.html", {
+        "heading": heading, "text": message, "tone": "info",
+        "link": {"href": "/", "text": "Back to the start page"},
+    })
+
+
+@router.get("/jobs/{job_name}")
+def job_entry(request: Request, job_name: str, user: User = Depends(annotator)) -> Response:
+    with get_db(request).session() as s:
+        job, spec = job_and_spec(s, job_name)
+        join_job(s, job, spec, s.get(User, user.id), utcnow())
+        started = s.scalar(select(Page.id).where(Page.job_id == job.id,
+                                                 Page.user_id == user.id).limit(1))
+    target = "page" if started else "instructions"
+    return RedirectResponse(f"/jobs/{job_name}/{target}", status_code=303)
+
+
+@router.get("/jobs/{job_name}/instructions")
+def instructions(request: Request, job_name: str, user: User = Depends(annotator)) -> Response:
+    with get_db(request).session() as s:
+        job, spec = job_and_spec(s, job_name)
+        html = instructions_html(s, job, spec, _data_dir(request))
+        started = s.scalar(select(Page.id).where(Page.job_id == job.id,
+                                                 Page.user_id == user.id).limit(1))
+    return render(request, "instructions.html", {
+        "spec": spec, "instructions": html, "job_name": job_name, "keys": viewer_keys(spec),
+        "started": started is not None,
+    })
+
+
+def _render_page(request: Request, job_name: str, spec: JobSpec, page_id: str, kind: str,
+                 items: list[dict[str, str]], help_html, *, error: str | None = None,  # noqa: ANN001
+                 prefill: dict | None = None, notice: str | None = None,
+                 status_code: int = 200) -> Response:
+    fragment = render_work_page(
+        spec, items, page_id=page_id, page_kind=kind, preview=False,
+        submit_url=f"/jobs/{job_name}/pages/{page_id}",
+        csrf_token=request.state.session.csrf,
+        client_submission_id=new_client_submission_id(),
+        prefill=prefill or {}, error=error,
+        prefetch_url=f"/jobs/{job_name}/prefetch" if kind == "work" else None,
+    )
+    return render(request, "annotate_page.html", {
+        "spec": spec, "job_name": job_name, "page_kind": kind, "items": items,
+        "work_page": fragment, "instructions": help_html, "notice": notice,
+    }, status_code=status_code)
+
+
+@router.get("/jobs/{job_name}/page")
+def work_page(request: Request, job_name: str, user: User = Depends(annotator)) -> Response:
+    now = utcnow()
+    with get_db(request).session() as s:
+        job, spec = job_and_spec(s, job_name)
+        me = s.get(User, user.id)
+        page, reason = next_page_or_reason(s, job, spec, me, now)
+        state = join_job(s, job, spec, me, now)
+        help_html = instructions_html(s, job, spec, _data_dir(request))
+        if page is None:
+            assert reason is not None
+            if state.status in (AnnotatorStatus.REMOVED, AnnotatorStatus.DISQUALIFIED):
+                return _inactive_page(request, spec, state.status, reason.message)
+            return render(request, "message.html", {
+                "heading": "No more images for now", "text": reason.message,
+                "link": {"href": "/", "text": "Back to the start page"},
+            })
+        page_id, kind, items = page.public_id, page.kind, page_items(page)
+        notice = state.message if state.status == AnnotatorStatus.ACTIVE else None
+    return _render_page(request, job_name, spec, page_id, kind, items, help_html, notice=notice)
+
+
+def answers_from_form(form: FormData, public_ids: list[str]) -> list[AnswerIn]:
+    """Form fields ``answer-<id>``, ``certainty-<id>``, ``flag-<id>`` -> answers (missing
+    ones are left out, so the engine reports exactly what is incomplete)."""
+    answers = []
+    for pid in public_ids:
+        answer, certainty = form.get(f"answer-{pid}"), form.get(f"certainty-{pid}")
+        flag = form.get(f"flag-{pid}") or None
+        if isinstance(answer, str) and isinstance(certainty, str) and answer and certainty:
+            answers.append(AnswerIn(image_public_id=pid, answer=answer[:32],
+                                    certainty=certainty[:16],
+                                    quality_flag=flag[:32] if isinstance(flag, str) else None))
+    return answers
+
+
+def _prefill(answers: list[AnswerIn]) -> dict[str, dict[str, str | None]]:
+    return {a.image_public_id: {"answer": a.answer, "certainty": a.certainty,
+                                "quality_flag": a.quality_flag} for a in answers}
+
+
+@router.post("/jobs/{job_name}/pages/{page_id}", dependencies=[Depends(csrf_protect)])
+async def submit(request: Request, job_name: str, page_id: str,
+                 user: User = Depends(annotator)) -> Response:
+    form = await request.form()
+    client_id = form.get("client_submission_id")
+    client_id = client_id if isinstance(client_id, str) else ""
+    db = get_db(request)
+    with db.session() as s:
+        job, spec = job_and_spec(s, job_name)
+        page = s.scalar(select(Page).where(Page.public_id == page_id, Page.user_id == user.id,
+                                           Page.job_id == job.id))
+        if page is None:
+            raise HTTPException(404, "no such page")
+        items = page_items(page)
+        kind = page.kind
+        help_html = instructions_html(s, job, spec, _data_dir(request))
+    answers = answers_from_form(form, [i["public_id"] for i in items])
+    try:
+        with db.session() as s:
+            job, spec = job_and_spec(s, job_name)
+            result = submit_page(s, job, spec, s.get(User, user.id), page_id, client_id,
+                                 answers, utcnow())
+    except SubmissionError as exc:
+        if exc.code == "already_submitted":
+            return RedirectResponse(f"/jobs/{job_name}/pages/{page_id}/feedback", 303)
+        if exc.status == 422:
+            return _render_page(request, job_name, spec, page_id, kind, items, help_html,
+                                error=exc.message, prefill=_prefill(answers), status_code=422)
+        if exc.code == "page_expired":
+            return render(request, "message.html", {
+                "heading": "This page expired", "text": exc.message, "tone": "info",
+                "link": {"href": f"/jobs/{job_name}/page", "text": "Get a new page"},
+            }, status_code=409)
+        raise
+    if result.missed_gold or result.kind == "quiz" or result.annotator_status not in (
+            AnnotatorStatus.ACTIVE,):
+        return RedirectResponse(f"/jobs/{job_name}/pages/{page_id}/feedback", status_code=303)
+    return RedirectResponse(f"/jobs/{job_name}/page", status_code=303)
+
+
+@router.get("/jobs/{job_name}/pages/{page_id}/feedback")
+def feedback(request: Request, job_name: str, page_id: str,
+             user: User = Depends(annotator)) -> Response:
+    with get_db(request).session() as s:
+        job, spec = job_and_spec(s, job_name)
+        page = s.scalar(select(Page).where(Page.public_id == page_id, Page.user_id == user.id,
+                                           Page.job_id == job.id))
+        result = stored_result(s, s.get(User, user.id), page) if page is not None else None
+        if result is None:
+            raise HTTPException(404, "no submitted page with this id")
+        contested = set(s.scalars(
+            select(Contest.judgment_id).join(Judgment, Judgment.id == Contest.judgment_id)
+            .where(Judgment.page_id == page.id)))
+    labels = {c.value: c.text for c in spec.question.labels}
+    return render(request, "feedback.html", {
+        "spec": spec, "job_name": job_name, "result": result, "label_text": labels,
+        "contested": contested,
+    })
+
+
+@router.post("/jobs/{job_name}/contest", dependencies=[Depends(csrf_protect)])
+async def contest(request: Request, job_name: str, user: User = Depends(annotator)) -> Response:
+    form = await request.form()
+    try:
+        judgment_id = int(str(form.get("judgment_id", "")))
+    except ValueError:
+        raise HTTPException(422, "judgment_id must be a number") from None
+    reason = str(form.get("reason", ""))[:4000]
+    page_id = str(form.get("page_id", ""))
+    from cxrlabel.quality.service import contest_gold
+
+    with get_db(request).session() as s:
+        job, _spec = job_and_spec(s, job_name)
+        contest_gold(s, job, s.get(User, user.id), judgment_id, reason, utcnow())
+    target = (f"/jobs/{job_name}/pages/{page_id}/feedback" if page_id.replace("-", "").replace(
+        "_", "").isalnum() else f"/jobs/{job_name}/page")
+    return RedirectResponse(target, status_code=303)
+
+
+@router.post("/jobs/{job_name}/prefetch", dependencies=[Depends(csrf_protect)])
+def prefetch(request: Request, job_name: str, user: User = Depends(annotator)) -> Response:
+    """Reserve the next page and list its image URLs so the browser can download them now."""
+    try:
+        with get_db(request).session() as s:
+            job, spec = job_and_spec(s, job_name)
+            page = prefetch_page(s, job, spec, s.get(User, user.id), utcnow())
+            images = [image_url(i.image.public_id) for i in page.items] if page else []
+    except EngineError:
+        images = []
+    return JSONResponse({"images": images})

@@ -1,0 +1,68 @@
+"""Image renditions by opaque public id, never original files.
+
+Every image URL is ``/img/<public_id>`` with identical headers for gold and work images (strong
+ETag from the public id and content, ``immutable``), and no Last-Modified header: file dates
+could tell test questions (imported at another time) from work images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from sqlalchemy import select
+from starlette.responses import Response
+
+from cxrlabel.storage.models import Image, Page, PageItem, Role, User
+from cxrlabel.web.deps import current_user, get_db
+
+router = APIRouter(include_in_schema=False)
+
+CACHE_CONTROL = "private, max-age=31536000, immutable"
+MEDIA_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png",
+               ".webp": "image/webp"}
+_etags: dict[tuple[str, int, int], str] = {}
+_lock = threading.Lock()
+
+
+def _etag(path: Path, data: bytes) -> str:
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    with _lock:
+        tag = _etags.get(key)
+        if tag is None:
+            tag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+            _etags[key] = tag
+    return tag
+
+
+def _may_see(session, user: User, image_id: int) -> bool:  # noqa: ANN001
+    if user.role in (Role.ADMIN, Role.EXPERT):
+        return True
+    # Annotators: only images that were put on one of their own pages.
+    return session.scalar(
+        select(PageItem.id).join(Page, Page.id == PageItem.page_id)
+        .where(PageItem.image_id == image_id, Page.user_id == user.id).limit(1)
+    ) is not None
+
+
+@router.get("/img/{public_id}")
+def image(request: Request, public_id: str, user: User = Depends(current_user)) -> Response:
+    data_dir: Path = request.app.state.settings.data_dir.resolve()
+    with get_db(request).session() as s:
+        row = s.scalar(select(Image).where(Image.public_id == public_id))
+        if row is None or not _may_see(s, user, row.id):
+            raise HTTPException(404, "no such image")  # same answer: existence is not revealed
+        rel = row.rendition_path
+    path = (data_dir / rel).resolve()
+    if not path.is_relative_to(data_dir) or not path.is_file():
+        raise HTTPException(404, "no such image")
+    data = path.read_bytes()
+    etag = _etag(path, data)
+    headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL, "Vary": "Cookie"}
+    if etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
+    media = MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
+    return Response(data, media_type=media, headers=headers)

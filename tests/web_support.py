@@ -1,0 +1,163 @@
+"""Helpers for the annotator web/engine tests: a small job, synthetic images, users, gold."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image as PILImage
+from PIL import ImageDraw
+
+from cxrlabel.annotate.accounts import hash_password
+from cxrlabel.jobspec import JobSpec, parse_job
+from cxrlabel.storage.db import Database
+from cxrlabel.storage.models import GoldItem, Image, ImageStatus, Job, User
+
+GOLD_REASON_PREFIX = "EXPERT-REASON-"
+
+
+def job_toml(
+    *, name: str = "test-job", items_per_page: int = 4, gold_per_page: int = 1,
+    quiz_length: int = 3, min_accuracy: float = 0.6, jmin: int = 2, jmax: int = 3,
+    max_per_annotator: int = 1000, reservation_minutes: float = 30.0,
+) -> str:
+    return f'''
+name = "{name}"
+title = "Test job: healthy or pneumonia?"
+[question]
+prompt = "What do the lungs look like?"
+labels = [
+  {{ value = "NORMAL", text = "Healthy", key = "n" }},
+  {{ value = "PNEUMONIA", text = "Pneumonia", key = "p" }},
+]
+[certainty]
+prompt = "How sure are you?"
+options = [
+  {{ value = "definitely", text = "Definitely", key = "1", weight = 1.0 }},
+  {{ value = "probably", text = "Probably", key = "2", weight = 0.6 }},
+  {{ value = "cant_tell", text = "Can't tell", key = "3", weight = 0.0 }},
+]
+[quality_flag]
+prompt = "Is something wrong with the image? (optional)"
+options = [
+  {{ value = "unreadable", text = "Unreadable" }},
+  {{ value = "not_chest_xray", text = "Not a chest X-ray" }},
+]
+[instructions]
+markdown = """
+# How to label
+Look at **both lungs**. <script>alert('x')</script>
+"""
+[judgments]
+min = {jmin}
+max = {jmax}
+max_per_annotator = {max_per_annotator}
+[gold]
+quiz_length = {quiz_length}
+min_accuracy = {min_accuracy}
+per_page = {gold_per_page}
+[pages]
+items_per_page = {items_per_page}
+min_seconds_per_page = 0.0
+reservation_minutes = {reservation_minutes}
+'''
+
+
+def png_bytes(seed: int, size: int = 96) -> bytes:
+    """A synthetic grayscale 'chest' picture, different for every seed."""
+    img = PILImage.new("L", (size, size), 20 + seed % 40)
+    draw = ImageDraw.Draw(img)
+    draw.ellipse((10, 15, 45, 85), fill=60 + (seed * 7) % 120)
+    draw.ellipse((51, 15, 86, 85), fill=60 + (seed * 13) % 120)
+    draw.rectangle((44, 5, 52, 90), fill=200)
+    draw.text((4, 2), str(seed), fill=255)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+@dataclass
+class Seeded:
+    job_id: int
+    spec: JobSpec
+    work_ids: list[int]
+    gold_ids: list[int]
+
+
+def seed_job(
+    db: Database, data_dir: Path, *, n_work: int = 12, n_gold: int = 6, **spec_kwargs
+) -> Seeded:
+    """A job with synthetic work and gold images (rendition files written under data_dir)."""
+    text = job_toml(**spec_kwargs)
+    spec = parse_job(text)
+    renditions = data_dir / "renditions"
+    renditions.mkdir(parents=True, exist_ok=True)
+    work_ids, gold_ids = [], []
+    with db.session() as s:
+        job = Job(name=spec.name, spec_toml=text,
+                  spec_sha256=hashlib.sha256(text.encode()).hexdigest())
+        s.add(job)
+        s.flush()
+        for i in range(n_work + n_gold):
+            is_gold = i >= n_work
+            data = png_bytes(i)
+            sha = hashlib.sha256(data + spec.name.encode()).hexdigest()
+            rel = f"renditions/{spec.name}-{i}.png"
+            (data_dir / rel).write_bytes(data)
+            image = Image(
+                job_id=job.id, source_path=f"/secret/source/person{i}_bacteria.jpeg",
+                source_format="png", sha256=sha, pixel_sha256=sha, phash="0" * 16,
+                width=96, height=96, rendition_path=rel, thumb_path=rel,
+                status=ImageStatus.GOLD if is_gold else ImageStatus.NEEDS_JUDGMENTS,
+                judgment_target=0 if is_gold else spec.judgments.min,
+            )
+            s.add(image)
+            s.flush()
+            if is_gold:
+                answer = "PNEUMONIA" if i % 2 else "NORMAL"
+                s.add(GoldItem(job_id=job.id, image_id=image.id, accepted_answers=[answer],
+                               reason=f"{GOLD_REASON_PREFIX}{i}: look at the left lower lobe"))
+                gold_ids.append(image.id)
+            else:
+                work_ids.append(image.id)
+        job_id = job.id
+    return Seeded(job_id, spec, work_ids, gold_ids)
+
+
+_HASHES: dict[str, str] = {}
+
+
+def add_user(db: Database, username: str, role: str = "annotator",
+             password: str = "correct horse battery") -> int:
+    """A user; argon2 is slow on purpose, so the hash of a password is computed once per run."""
+    if password not in _HASHES:
+        _HASHES[password] = hash_password(password)
+    with db.session() as s:
+        user = User(username=username, password_hash=_HASHES[password], role=role)
+        s.add(user)
+        s.flush()
+        return user.id
+
+
+def gold_answers(db: Database, job_id: int) -> dict[str, list[str]]:
+    """public id -> accepted answers of every gold image (what must never leak)."""
+    with db.session() as s:
+        rows = s.execute(
+            GoldItem.__table__.join(Image.__table__).select()
+            .with_only_columns(Image.public_id, GoldItem.accepted_answers)
+            .where(GoldItem.job_id == job_id)
+        ).all()
+        return {pid: list(acc) for pid, acc in rows}
+
+
+def load(db: Database, model, ident):  # noqa: ANN001, ANN201
+    with db.session() as s:
+        return s.get(model, ident)
+
+
+def get_user(s, user_id: int) -> User:  # noqa: ANN001
+    user = s.get(User, user_id)
+    assert user is not None
+    return user
