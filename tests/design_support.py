@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
+from collections import Counter
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -64,3 +67,71 @@ def add_image(
 def write_csv(path: Path, text: str) -> Path:
     path.write_text(text.lstrip(), encoding="utf-8")
     return path
+
+
+# --- self-containment check ---------------------------------------------------------------------
+
+_URL_ATTRS = {"src", "href", "action", "poster", "data", "formaction", "xlink:href", "background"}
+_DESCRIPTOR = re.compile(r"\d+(\.\d+)?[wxh]")
+_CSS_URL = re.compile(r"url\(\s*['\"]?([^'\")]+)")
+_CSS_IMPORT = re.compile(r"@import\s+(?:url\()?\s*['\"]?([^'\");\s]+)")
+
+
+def _is_local(url: str) -> bool:
+    url = url.strip()
+    return url == "" or url.startswith("#") or url.startswith("data:")
+
+
+class ExternalRefFinder(HTMLParser):
+    """Every reference in an HTML document (and its iframe srcdoc documents) that would make
+    the browser fetch something: src/href/action/srcset attributes, CSS url() and @import."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.external: list[str] = []
+        self.tags: Counter[str] = Counter()
+        self._in_style = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags[tag] += 1
+        self._in_style = tag == "style"
+        for name, value in attrs:
+            value = value or ""
+            if name in _URL_ATTRS and not _is_local(value):
+                self.external.append(f"<{tag} {name}={value[:80]}>")
+            elif name in ("srcset", "imagesrcset"):
+                # Candidates are "URL [descriptor]" separated by commas, but a data: URL holds
+                # a comma itself, so split on whitespace and skip the descriptors instead.
+                for token in value.split():
+                    url = token.strip(",")
+                    if url and not _DESCRIPTOR.fullmatch(url) and not _is_local(url):
+                        self.external.append(f"<{tag} srcset={url[:80]}>")
+            elif name == "style":
+                self._css(value, tag)
+            elif name == "srcdoc":
+                inner = ExternalRefFinder()
+                inner.feed(value)
+                self.external += inner.external
+                self.tags.update(inner.tags)
+
+    handle_startendtag = handle_starttag
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "style":
+            self._in_style = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_style:
+            self._css(data, "style")
+
+    def _css(self, text: str, where: str) -> None:
+        for url in _CSS_URL.findall(text) + _CSS_IMPORT.findall(text):
+            if not _is_local(url):
+                self.external.append(f"{where}: {url[:80]}")
+
+
+def external_refs(html: str) -> ExternalRefFinder:
+    finder = ExternalRefFinder()
+    finder.feed(html)
+    finder.close()
+    return finder

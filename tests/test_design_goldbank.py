@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from design_support import add_image, bundled_job, write_csv
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
@@ -23,6 +22,7 @@ from cxrlabel.storage.models import (
     User,
     utcnow,
 )
+from design_support import add_image, bundled_job, write_csv
 
 runner = CliRunner()
 

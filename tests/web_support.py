@@ -86,8 +86,17 @@ class Seeded:
     gold_ids: list[int]
 
 
+def phantom_jpeg(seed: int, pneumonia: bool) -> bytes:
+    from cxrlabel.ingest.phantom import make_phantom_xray
+
+    buf = io.BytesIO()
+    make_phantom_xray(seed, (384, 320), pneumonia=pneumonia).save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
 def seed_job(
-    db: Database, data_dir: Path, *, n_work: int = 12, n_gold: int = 6, **spec_kwargs
+    db: Database, data_dir: Path, *, n_work: int = 12, n_gold: int = 6, phantom: bool = False,
+    **spec_kwargs,
 ) -> Seeded:
     """A job with synthetic work and gold images (rendition files written under data_dir)."""
     text = job_toml(**spec_kwargs)
@@ -102,9 +111,9 @@ def seed_job(
         s.flush()
         for i in range(n_work + n_gold):
             is_gold = i >= n_work
-            data = png_bytes(i)
+            data = phantom_jpeg(i, bool(i % 2)) if phantom else png_bytes(i)
             sha = hashlib.sha256(data + spec.name.encode()).hexdigest()
-            rel = f"renditions/{spec.name}-{i}.png"
+            rel = f"renditions/{spec.name}-{i}.{'jpg' if phantom else 'png'}"
             (data_dir / rel).write_bytes(data)
             image = Image(
                 job_id=job.id, source_path=f"/secret/source/person{i}_bacteria.jpeg",

@@ -1,8 +1,8 @@
 """The job Preview: one self-contained HTML file showing the job as an annotator sees it.
 
 Everything is inline (CSS, JS, images as data URIs), so the file opens offline in any browser
-and makes no request. The work page and viewer come from the same template and static files as
-the annotator web app when that exists, so the preview cannot drift from the real job.
+and makes no request. The work page is the annotator web app's own template, CSS and JS
+(``cxrlabel.web.templating``), so the preview cannot drift from the real job.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def _gold_examples(
         gold.append(GoldExample(ex.plain_data_uri, [ex.answer_text], ex.caption, "easy"))
     return gold, (
         "The job has no test questions in the database yet; these are the instruction examples "
-        "shown as test questions. Import the real bank with `cxrlabel gold import`."
+        "shown as test questions. Import the real bank with: cxrlabel gold import FILE.csv"
     )
 
 

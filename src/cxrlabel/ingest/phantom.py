@@ -43,12 +43,20 @@ def make_phantom_xray(
         img += 45.0 * _band(u, v, side * 0.15, -0.33, side * 0.28, 0.012)
     if pneumonia:
         img += _consolidations(u, v, rng)
-    smooth = gaussian_filter(rng.normal(0.0, 1.0, img.shape), max(height, width) / 16)
-    img += 25.0 * smooth / (np.abs(smooth).max() + 1e-9)  # overlapping soft tissue, per child
+    img += 25.0 * _smooth_field(rng, width, height)  # overlapping soft tissue, per child
     img = img * rng.uniform(0.8, 1.15) + rng.uniform(-10.0, 10.0)  # exposure
     img += gaussian_filter(rng.normal(0.0, 6.0, img.shape), 1.0)  # detector noise
     pixels = np.clip(img, 0, 255).astype(np.uint8)
     return _mark(Image.fromarray(pixels))
+
+
+def _smooth_field(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """Low-frequency noise in -1..1, made at 64x64 and upsampled (fast at any size)."""
+    small = gaussian_filter(rng.normal(0.0, 1.0, (64, 64)), 4.0)
+    small = small / (np.abs(small).max() + 1e-9)
+    im = Image.fromarray(small.astype(np.float32)).resize((width, height),
+                                                         Image.Resampling.BILINEAR)
+    return np.asarray(im, dtype=np.float64)
 
 
 def _ellipse(u: np.ndarray, v: np.ndarray, cu: float, cv: float, ru: float, rv: float,

@@ -17,19 +17,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+from cxrlabel.model.bands import BAND_TEXT, BANDS, band, sigmoid
 from cxrlabel.model.metrics import group_bootstrap_indices
 
-BANDS = ("flag", "review", "clear")
-BAND_TEXT = {
-    "flag": "likely pneumonia: flag for a doctor's prompt read",
-    "review": "uncertain: needs a doctor's read",
-    "clear": "likely healthy (still not a diagnosis)",
-}
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
-
+__all__ = ["BANDS", "BAND_TEXT", "band", "sigmoid", "fit_temperature", "flag_threshold",
+           "clear_threshold", "choose_operating_points", "OperatingPoints", "Threshold"]
 
 def fit_temperature(
     logits: np.ndarray, targets: np.ndarray, min_temperature: float = 1.0
@@ -128,12 +120,3 @@ def choose_operating_points(
         min_sensitivity=min_sensitivity,
         min_npv=min_npv,
     )
-
-
-def band(p: float, flag_at: float, clear_below: float) -> str:
-    """``flag`` wins over ``clear`` where the two overlap: missing pneumonia costs more."""
-    if p >= flag_at:
-        return "flag"
-    if p < min(clear_below, flag_at):
-        return "clear"
-    return "review"

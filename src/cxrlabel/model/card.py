@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrlabel.model.calibrate import BAND_TEXT
+from cxrlabel.model.bands import BAND_TEXT
 
 CARD_FILE = "MODEL_CARD.md"
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from cxrlabel.context import app_context, console, fail
 
-INSTALL_HINT = "install the optional extra: pip install 'cxrlabel[model]'"
+# Escaped: fail() prints Rich markup, which would swallow a bare "[model]".
+INSTALL_HINT = "install the optional extra: pip install 'cxrlabel\\[model]'"
 
 
 def train(
@@ -56,7 +58,7 @@ def _open_model(model_dir: Path, threads: int | None):
     try:
         return OnnxModel(model_dir, threads=threads)
     except ModelUnavailable as exc:
-        fail(str(exc))
+        fail(escape(str(exc)))
 
 
 def predict(

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrlabel.ingest.decode import DecodeError, decode_image
-from cxrlabel.model.calibrate import BAND_TEXT, band, sigmoid
+from cxrlabel.model.bands import BAND_TEXT, band, sigmoid
 from cxrlabel.model.data import normalise, squash
 
 MODEL_JSON, ONNX_FILE, CARD_FILE = "model.json", "model.onnx", "MODEL_CARD.md"

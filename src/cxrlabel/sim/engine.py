@@ -24,6 +24,8 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
+import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -91,6 +93,7 @@ class SimRecord:
     expert_seconds: float = 0.0
     stopped_by: str = "done"  # done | max_days | crowd_exhausted | page_limit
     timeline: list[tuple[float, int]] = field(default_factory=list)  # (hours, images settled)
+    timings: Counter[str] = field(default_factory=Counter)  # wall seconds per engine call
 
     def persona_of(self) -> dict[int, str]:
         return {a.user_id: a.persona.name for a in self.annotators if a.user_id is not None}
@@ -134,10 +137,19 @@ class Simulation:
         self._certainties = _ordered_certainties(spec)
         self._flags = spec.quality_flag_values
         self._arrivals_open = True
+        self._job_row: Job | None = None
+        self._users: dict[int, User] = {}
         self._open_work = self._count_open()
 
     # --- the event loop --------------------------------------------------------------------
     def run(self) -> SimRecord:
+        started = time.perf_counter()
+        try:
+            return self._run()
+        finally:
+            self.record.timings["total"] = time.perf_counter() - started
+
+    def _run(self) -> SimRecord:
         master = np.random.default_rng([self.seed, 1])
         roster = self.crowd.roster(master, self.n_annotators)
         names = _Usernames(self.db)
@@ -165,7 +177,9 @@ class Simulation:
             if self._count_open() > 0:
                 self.record.stopped_by = "crowd_exhausted"
         if self.expert_review:
+            started = time.perf_counter()
             self._review(self.record.crowd_end)
+            self.record.timings["expert_review"] += time.perf_counter() - started
         self.record.end = max(self.record.end, self.record.crowd_end)
         return self.record
 
@@ -188,6 +202,7 @@ class Simulation:
             session.flush()
             join_job(session, self._job(session), self.spec, user, now)
             a.user_id = user.id
+            self._users[a.index] = user
         a.sessions_left = 1 + int(a.rng.poisson(max(a.persona.sessions - 1.0, 0.0)))
         self._start_session(a, now)
 
@@ -199,16 +214,21 @@ class Simulation:
 
     def _on_request(self, a: SimAnnotator, now: datetime) -> None:
         with self.db.session() as session:
-            job, user = self._job(session), session.get(User, a.user_id)
+            job, user = self._job(session), self._user(session, a)
+            started = time.perf_counter()
             page, reason = next_page_or_reason(session, job, self.spec, user, now,
                                                rng=a.pick_rng)
+            self.record.timings["next_page"] += time.perf_counter() - started
             if page is None:
                 code = reason.code if reason else "no_work_now"
                 self._leave(a, now, for_good=code in LEAVING_CODES)
                 return
             is_quiz = page.kind == PageKind.QUIZ
-            answers = [self._answer(a, item.image_id, item.image.public_id, is_quiz)
-                       for item in page.items]
+            items = [(item.image_id, item.position) for item in page.items]
+            public = dict(session.execute(select(Image.id, Image.public_id).where(
+                Image.id.in_([image_id for image_id, _ in items]))).all())
+            answers = [self._answer(a, image_id, public[image_id], is_quiz)
+                       for image_id, _ in sorted(items, key=lambda item: item[1])]
             a.pending = {"page": page.public_id, "answers": answers, "quiz": is_quiz,
                          "served": now}
             seconds = a.persona.page_seconds(a.rng, len(page.items))
@@ -228,10 +248,12 @@ class Simulation:
         assert pending is not None
         client_id = f"sim-{self.seed}-{a.index}-{a.pages_submitted + a.rejected_pages}"
         try:
+            started = time.perf_counter()
             with self.db.session() as session:
-                job, user = self._job(session), session.get(User, a.user_id)
+                job, user = self._job(session), self._user(session, a)
                 result = submit_page(session, job, self.spec, user, pending["page"], client_id,
                                      pending["answers"], now)
+            self.record.timings["submit_page"] += time.perf_counter() - started
         except SubmissionError as exc:  # e.g. an expired page whose images were taken
             a.rejected_pages += 1
             counts = self.record.rejected_submissions
@@ -286,8 +308,8 @@ class Simulation:
         with self.db.session() as session:
             user = _expert_user(session, now)
             image_ids = self._review_ids(session)
+            job = self._job(session)
             for image_id in image_ids:
-                job = self._job(session)
                 seconds = expert.page_seconds(expert_rng, 1)
                 now = now + timedelta(seconds=seconds)
                 label = expert.answer(expert_rng, self.truth.label[image_id],
@@ -311,9 +333,20 @@ class Simulation:
 
     # --- helpers -------------------------------------------------------------------------------
     def _job(self, session: Any) -> Job:
-        job = session.get(Job, self.job_id)
-        assert job is not None
-        return job
+        if self._job_row is None:
+            self._job_row = session.get(Job, self.job_id)
+            assert self._job_row is not None
+            return self._job_row
+        # The job row never changes during a run: attach it without a SELECT.
+        return session.merge(self._job_row, load=False)
+
+    def _user(self, session: Any, a: SimAnnotator) -> User:
+        row = self._users.get(a.index)
+        if row is None:
+            row = session.get(User, a.user_id)
+            self._users[a.index] = row
+            return row
+        return session.merge(row, load=False)
 
     def _count_open(self) -> int:
         with self.db.session() as session:

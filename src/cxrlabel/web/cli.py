@@ -1,0 +1,104 @@
+"""CLI: ``cxrlabel serve``, ``cxrlabel user add|token``, ``cxrlabel invite create``."""
+
+from __future__ import annotations
+
+import typer
+
+from cxrlabel.context import app_context, console, fail
+
+user_app = typer.Typer(help="Manage accounts.", no_args_is_help=True)
+invite_app = typer.Typer(help="Invite links for new annotators.", no_args_is_help=True)
+
+
+def serve(
+    ctx: typer.Context,
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    workers: int = typer.Option(1, min=1, help="Worker processes (more than 1 needs PostgreSQL)."),
+) -> None:
+    """Serve the annotator web app (admin pages, annotator pages, REST API at /api/docs)."""
+    from cxrlabel.web.app import run_server
+
+    settings = app_context(ctx).settings
+    try:
+        run_server(settings, host=host, port=port, workers=workers)
+    except ValueError as exc:
+        fail(str(exc))
+
+
+@user_app.command("add")
+def user_add(
+    ctx: typer.Context,
+    username: str = typer.Argument(..., help="Login name."),
+    role: str = typer.Option("annotator", help="admin | annotator | expert"),
+    password: str = typer.Option(
+        None, help="Password (asked for, hidden, when not given)."
+    ),
+) -> None:
+    """Create an account."""
+    from cxrlabel.annotate.accounts import AccountError, create_user
+
+    if password is None:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    db = app_context(ctx).db
+    try:
+        with db.session() as s:
+            user = create_user(s, username, password, role)
+            name, user_role = user.username, user.role
+    except AccountError as exc:
+        fail(exc.message)
+    console.print(f"created {user_role} [bold]{name}[/]")
+
+
+@user_app.command("token")
+def user_token(ctx: typer.Context, username: str = typer.Argument(...)) -> None:
+    """Print a new API token for USERNAME (replaces the previous one)."""
+    from sqlalchemy import select
+
+    from cxrlabel.annotate.accounts import issue_api_token
+    from cxrlabel.storage.models import User
+
+    with app_context(ctx).db.session() as s:
+        user = s.scalar(select(User).where(User.username == username))
+        if user is None:
+            fail(f"no user named {username!r}")
+        token = issue_api_token(s, user)
+    typer.echo(token)
+
+
+@invite_app.command("create")
+def invite_create(
+    ctx: typer.Context,
+    uses: int = typer.Option(1, "--uses", min=1, help="How many people may use the link."),
+    expires_hours: float = typer.Option(72.0, "--expires-hours", help="Hours until it expires."),
+    role: str = typer.Option("annotator", help="Role of the accounts it creates."),
+    job: str = typer.Option(None, help="Send new accounts straight to this job."),
+    base_url: str = typer.Option(
+        "http://127.0.0.1:8000", "--base-url", envvar="CXRLABEL_BASE_URL",
+        help="Public address of the server, used to build the link.",
+    ),
+) -> None:
+    """Create an invite link and print it (the link is shown only once)."""
+    from sqlalchemy import select
+
+    from cxrlabel.annotate.accounts import AccountError, create_invite, invite_link
+    from cxrlabel.storage.models import Job
+
+    with app_context(ctx).db.session() as s:
+        job_row = None
+        if job:
+            job_row = s.scalar(select(Job).where(Job.name == job))
+            if job_row is None:
+                fail(f"no job named {job!r}")
+        try:
+            _invite, token = create_invite(s, role=role, max_uses=uses,
+                                           expires_hours=expires_hours, job=job_row)
+        except AccountError as exc:
+            fail(exc.message)
+    typer.echo(invite_link(base_url, token))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+    app.add_typer(user_app, name="user")
+    app.add_typer(invite_app, name="invite")
