@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from cxrlabel.ingest.decode import DecodeError, decode_image, window_to_uint8
+from cxrlabel.ingest.phantom import MARK, make_phantom_xray
 from fixtures_images import (
     corrupt_jpeg,
     dicom_bytes,
@@ -17,12 +23,6 @@ from fixtures_images import (
     write,
     zero_png,
 )
-from PIL import Image
-from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
-
-from cxrlabel.ingest.decode import DecodeError, decode_image, window_to_uint8
-from cxrlabel.ingest.phantom import MARK, make_phantom_xray
 
 
 @pytest.mark.parametrize(

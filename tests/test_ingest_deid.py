@@ -7,17 +7,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from fixtures_images import (
-    PHI,
-    PHI_PRIVATE,
-    PHI_STRINGS,
-    dicom_bytes,
-    dicom_dataset,
-    dicom_truncated_pixels,
-    jpeg_bytes,
-    png_bytes,
-    write,
-)
 from PIL import Image, PngImagePlugin
 from sqlalchemy import inspect, select, text
 
@@ -29,12 +18,23 @@ from cxrlabel.ingest.deid import (
     load_or_create_salt,
     pseudonymise_patient_id,
 )
-from cxrlabel.ingest.pipeline import ingest
 from cxrlabel.ingest.phantom import make_phantom_xray
+from cxrlabel.ingest.pipeline import ingest
 from cxrlabel.jobspec import load_job, resolve_job_path
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import Image as ImageRow
 from cxrlabel.storage.models import Job
+from fixtures_images import (
+    PHI,
+    PHI_PRIVATE,
+    PHI_STRINGS,
+    dicom_bytes,
+    dicom_dataset,
+    dicom_truncated_pixels,
+    jpeg_bytes,
+    png_bytes,
+    write,
+)
 
 
 def _phantom_dicom(seed: int, **attributes: object) -> pydicom.Dataset:

@@ -10,15 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_images import (
-    corrupt_jpeg,
-    jpeg_bytes,
-    malformed_dicom,
-    png_bytes,
-    truncated_png,
-    write,
-    zero_png,
-)
 from PIL import Image
 from sqlalchemy import func, select
 from typer.testing import CliRunner
@@ -33,6 +24,15 @@ from cxrlabel.jobspec import resolve_job_path
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import Image as ImageRow
 from cxrlabel.storage.models import ImageStatus, IngestIssue, IngestRun
+from fixtures_images import (
+    corrupt_jpeg,
+    jpeg_bytes,
+    malformed_dicom,
+    png_bytes,
+    truncated_png,
+    write,
+    zero_png,
+)
 
 SUBSET_PER_CLASS = 20
 

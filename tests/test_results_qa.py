@@ -158,6 +158,19 @@ def client(built) -> Iterator[tuple[TestClient, dict[str, str]]]:
 DASH = "/admin/jobs/pneumonia-pediatric/dashboard"
 
 
+@pytest.fixture(scope="module")
+def dash_pages(client) -> dict[str, tuple[int, str, bytes, str | None]]:
+    """The dashboard responses, fetched once (drawing the figures takes seconds)."""
+    c, auth = client
+    pages = {}
+    for path in (DASH, DASH + "?partial=1", "/admin/dashboard.js", "/admin/dashboard.css",
+                 "/static/app.css"):
+        r = c.get(path, headers=auth["admin"])
+        pages[path] = (r.status_code, r.headers.get("content-type", ""), r.content,
+                       r.headers.get("content-security-policy"))
+    return pages
+
+
 def test_dashboard_admin_only(client) -> None:
     c, auth = client
     for path in (DASH, "/admin/dashboard.js", "/admin/jobs/pneumonia-pediatric/reports/full.csv",
@@ -169,16 +182,16 @@ def test_dashboard_admin_only(client) -> None:
         assert "img-w1" not in anonymous.text
 
 
-def test_dashboard_page_partial_and_downloads(client) -> None:
+def test_dashboard_page_partial_and_downloads(client, dash_pages) -> None:
     c, auth = client
     admin = auth["admin"]
-    page = c.get(DASH, headers=admin)
-    assert page.status_code == 200 and page.text.count('src="data:image/svg+xml;base64,') == 8
-    assert 'src="/admin/dashboard.js"' in page.text and "review queue" in page.text
-    assert 'href="/admin/dashboard.css"' in page.text
-    part = c.get(DASH + "?partial=1", headers=admin)
-    assert part.status_code == 200 and "<html" not in part.text
-    assert part.text.count("<figure") == 8
+    status, _, body, _ = dash_pages[DASH]
+    page = body.decode()
+    assert status == 200 and page.count('src="data:image/svg+xml;base64,') == 8
+    assert 'src="/admin/dashboard.js"' in page and "review queue" in page
+    assert 'href="/admin/dashboard.css"' in page
+    status, _, body, _ = dash_pages[DASH + "?partial=1"]
+    assert status == 200 and b"<html" not in body and body.count(b"<figure") == 8
     assert c.get("/admin/jobs/nope/dashboard", headers=admin).status_code == 404
     gold = c.get("/admin/jobs/pneumonia-pediatric/reports/gold.csv", headers=admin)
     assert gold.status_code == 200 and gold.text.startswith("image,accepted_answers")
@@ -187,21 +200,14 @@ def test_dashboard_page_partial_and_downloads(client) -> None:
                  headers=admin).status_code == 404
     qa = c.get("/admin/jobs/pneumonia-pediatric/reports/qa.html", headers=admin)
     assert qa.status_code == 200 and _external(qa.text) == []
-    js = c.get("/admin/dashboard.js", headers=admin)
-    assert js.headers["content-type"].startswith("text/javascript") and "partial=1" in js.text
-    css = c.get("/admin/dashboard.css", headers=admin)
-    assert css.headers["content-type"].startswith("text/css")
+    _, ctype, body, _ = dash_pages["/admin/dashboard.js"]
+    assert ctype.startswith("text/javascript") and b"partial=1" in body
+    assert dash_pages["/admin/dashboard.css"][1].startswith("text/css")
 
 
-def test_dashboard_in_chromium_under_csp(client, browser, artifacts_dir: Path) -> None:
+def test_dashboard_in_chromium_under_csp(dash_pages, browser, artifacts_dir: Path) -> None:
     """Served with the app's strict CSP: figures must still draw and nothing may be blocked."""
-    c, auth = client
-    responses = {}
-    for path in (DASH, DASH + "?partial=1", "/admin/dashboard.js", "/admin/dashboard.css",
-                 "/static/app.css"):
-        r = c.get(path, headers=auth["admin"])
-        responses[path] = (r.status_code, r.headers.get("content-type", ""), r.content,
-                           r.headers.get("content-security-policy"))
+    responses = dash_pages
     assert responses[DASH][3] and "style-src 'self'" in responses[DASH][3]
     page = browser.new_page(viewport={"width": 1300, "height": 900})
     violations: list[str] = []

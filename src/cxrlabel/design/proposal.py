@@ -216,7 +216,7 @@ def figure_cost_vs_judgments(spec: JobSpec, inputs: EstimateInputs):  # noqa: AN
     ax.plot(xs, costs, color="#0969da", lw=2)
     point = estimate(inputs)
     ax.scatter([inputs.judgments_per_image], [point.cost], color="#cf222e", zorder=3,
-               label=f"estimate: {point.cost:,.0f} {inputs.currency}")
+               label=f"estimate: {point.cost:,.2f} {inputs.currency}")
     ax.set_xlabel("trusted judgments per image (dynamic: min to max)")
     ax.set_ylabel(f"crowd cost ({inputs.currency})")
     ax.set_title(f"Cost vs judgments per image ({inputs.images:,} images)")

@@ -13,13 +13,17 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy.ndimage import gaussian_filter
 
 MARK = "SYNTHETIC PHANTOM"
+RENDER_SIDE = 512
 
 
 def make_phantom_xray(
     seed: int, size: int | tuple[int, int] = 512, *, pneumonia: bool = False
 ) -> Image.Image:
     """A mode-L phantom of ``size`` (side or (width, height)), marked SYNTHETIC PHANTOM."""
-    width, height = (size, size) if isinstance(size, int) else size
+    out_width, out_height = (size, size) if isinstance(size, int) else size
+    # Anatomy is drawn at most RENDER_SIDE px wide and upscaled: fast at any output size.
+    scale = min(1.0, RENDER_SIDE / max(out_width, out_height))
+    width, height = max(8, round(out_width * scale)), max(8, round(out_height * scale))
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width].astype(np.float64)
     u, v = x / width - 0.5, y / height - 0.5  # centred unit coordinates
@@ -45,6 +49,9 @@ def make_phantom_xray(
         img += _consolidations(u, v, rng)
     img += 25.0 * _smooth_field(rng, width, height)  # overlapping soft tissue, per child
     img = img * rng.uniform(0.8, 1.15) + rng.uniform(-10.0, 10.0)  # exposure
+    if (width, height) != (out_width, out_height):
+        img = np.asarray(Image.fromarray(img.astype(np.float32)).resize(
+            (out_width, out_height), Image.Resampling.BICUBIC), dtype=np.float64)
     img += gaussian_filter(rng.normal(0.0, 6.0, img.shape), 1.0)  # detector noise
     pixels = np.clip(img, 0, 255).astype(np.uint8)
     return _mark(Image.fromarray(pixels))

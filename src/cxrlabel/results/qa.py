@@ -499,7 +499,6 @@ def fig_calibration(qa: QAData) -> QAFigure:
     ax_c.set_xlabel("stated probability (bin mean)")
     ax_c.set_ylabel("observed accuracy")
     ax_c.set_title("reliability diagram", fontsize=10, pad=8)
-    ax_c.set_aspect("equal")
     # Below the axes: the curve names are long and would hide the points.
     ax_c.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
     confusion, n_ref = reference_confusion(qa)

@@ -140,7 +140,9 @@ def _persona_entry(entry: dict[str, Any], index: int, source: str) -> PersonaSha
     return PersonaShare(persona, float(share))
 
 
-def single_persona_crowd(persona: str | Persona, annotators: int = 20, **settings: Any) -> CrowdSpec:
+def single_persona_crowd(
+    persona: str | Persona, annotators: int = 20, **settings: Any
+) -> CrowdSpec:
     """A crowd of one persona (tests and sweeps)."""
     chosen = PERSONAS[persona] if isinstance(persona, str) else persona
     return CrowdSpec(name=chosen.name, personas=(PersonaShare(chosen, 1.0),),

@@ -44,6 +44,7 @@ class SimOutcome:
     difficulty: DifficultyResult | None
     accuracy_by_judgments: dict[int, tuple[int, int]] = field(default_factory=dict)
     annotators: list[dict[str, Any]] = field(default_factory=list)
+    work_ids: list[int] = field(default_factory=list)  # the non-gold images of the job
 
 
 def store_job(db: Database, spec: JobSpec, spec_toml: str) -> int:
@@ -118,6 +119,9 @@ def _simulate(
     max_pages: int | None = None, expert_review: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> SimOutcome:
+    with db.session() as session:
+        work_ids = list(session.scalars(select(Image.id).where(
+            Image.job_id == job_id, Image.status != ImageStatus.GOLD).order_by(Image.id)))
     sim = Simulation(db, job_id, spec, crowd, truth, seed=seed, start=start,
                      n_annotators=n_annotators, max_pages=max_pages,
                      expert_review=expert_review, progress=progress)
@@ -128,7 +132,8 @@ def _simulate(
     result["settings"] = job_settings(spec)
     annotators = annotator_rows(db, job_id, record)
     result["annotators"] = annotators
-    return SimOutcome(result, record, truth, None, accuracy_by_judgments(db, job_id), annotators)
+    return SimOutcome(result, record, truth, None, accuracy_by_judgments(db, job_id), annotators,
+                      work_ids)
 
 
 def simulate_into(
