@@ -43,13 +43,15 @@ def run_one(source: Path, workers: int) -> dict:
         with db.session() as s:
             labels = Counter(s.scalars(select(Image.reference_label)))
         db.dispose()
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    me, kids = (resource.getrusage(resource.RUSAGE_SELF),
+                resource.getrusage(resource.RUSAGE_CHILDREN))
+    own, children = me.ru_maxrss / 1024, kids.ru_maxrss / 1024
     return {
         "workers": workers, "seconds": seconds, "images": summary.total,
         "ingested": summary.ingested, "near_duplicates": len(summary.near_duplicates),
         "exact_duplicates": len(summary.exact_duplicates), "failed": len(summary.failed),
         "labels": dict(labels), "peak_rss_main_mib": own, "peak_rss_worker_mib": children,
+        "cpu_main_s": me.ru_utime + me.ru_stime, "cpu_workers_s": kids.ru_utime + kids.ru_stime,
     }
 
 
@@ -69,6 +71,9 @@ def report(name: str, r: dict) -> None:
           f"{r['peak_rss_worker_mib']:6.0f} MiB   ingested {r['ingested']} "
           f"labels {r['labels']} near-dup {r['near_duplicates']} "
           f"exact-dup {r['exact_duplicates']} failed {r['failed']}")
+    # CPU seconds show how much of the wall time was ours on a shared machine.
+    print(f"{'':<34} CPU: main {r['cpu_main_s']:.1f} s (incl. start-up), workers "
+          f"{r['cpu_workers_s']:.1f} s")
 
 
 def main() -> None:

@@ -312,7 +312,8 @@ def test_replay_detects_tampering_and_fix_repairs(db):
         env.submit(name, {"w0": "PNEUMONIA", "g3": "NORMAL"})
     with env.db.session() as s:
         s.get(Image, env.images["w0"]).status = "needs_judgments"
-        s.scalars(select(Judgment).where(Judgment.user_id == env.users["ann"])).first().tainted = True
+        first = s.scalars(select(Judgment).where(Judgment.user_id == env.users["ann"])).first()
+        first.tainted = True
     report = env.verify()
     assert not report.matched and len(report.differences) == 2
     assert any("image" in d and "needs_judgments" in d for d in report.differences)

@@ -890,20 +890,21 @@ def stored_snapshot(session: Session, job: Job, replayed: QualityState) -> dict[
             AnnotatorState.job_id == job.id,
             AnnotatorState.user_id.in_(list(replayed.annotators) or [-1]))):
         mirror.annotators[row.user_id] = _annotator_rec(row)
-    for ids, model, convert, target in (
-        (list(replayed.images), Image, _image_rec, mirror.images),
-        (list(replayed.judgments), Judgment, _judgment_rec, mirror.judgments),
-    ):
+    tainted_column: dict[int, bool] = {}
+    for ids, model in ((list(replayed.images), Image), (list(replayed.judgments), Judgment)):
         for chunk in range(0, len(ids), 5000):
             for row in session.scalars(select(model).where(model.id.in_(ids[chunk:chunk + 5000]))):
-                target[row.id] = convert(row)
+                if model is Image:
+                    mirror.images[row.id] = _image_rec(row)
+                else:
+                    mirror.judgments[row.id] = _judgment_rec(row)
+                    tainted_column[row.id] = bool(row.tainted)
     for g in session.scalars(select(GoldItem).where(GoldItem.job_id == job.id)):
         mirror.gold[g.image_id] = GoldRec(g.image_id, tuple(g.accepted_answers), g.active)
     snapshot = mirror.snapshot()
     # Compare the stored ``tainted`` column itself, not only the reason it is parsed from.
-    for jid, (tainted, reason, missed, trust) in snapshot["judgments"].items():
-        raw = session.get(Judgment, jid)
-        snapshot["judgments"][jid] = (bool(raw.tainted), reason, missed, trust)
+    snapshot["judgments"] = {jid: (tainted_column[jid], *view[1:])
+                             for jid, view in snapshot["judgments"].items()}
     return snapshot
 
 

@@ -1,0 +1,192 @@
+"""Setup for the annotation-loop benchmark (not timed): a job, images, a gold bank, annotators.
+
+Everything goes through the real schema and the real account code; only the image *files* are
+shortcuts: ``--files`` synthetic phantom renditions are made once and hard-linked under each
+image's own rendition path (``renditions/<job>/<pid[:2]>/<pid>.jpg``, the layout ingest writes),
+so 20,000 images take seconds instead of the minutes full ingest (decode, de-identify, phash)
+would take. Ingest speed has its own benchmark (benchmarks/ingest.py).
+
+The benchmark job is the bundled ``pneumonia-pediatric`` spec (10 items per page, 1 hidden test
+question per page, 3-5 judgments per image, trust aggregation, every quality rule) with three
+changes a machine client needs, printed with every result:
+
+* ``min_seconds_per_page = 0``: the speed trap would (rightly) remove a client that answers a
+  page in milliseconds;
+* ``max_per_annotator`` raised: one simulated annotator does thousands of pages in 30 s;
+* the instructions are inline Markdown (the bundled file is looked up next to the bundled TOML).
+
+Usage (creates a fresh data dir)::
+
+    python benchmarks/_loop_setup.py --data-dir /tmp/loopbench --images 20000 --gold 1500
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import secrets
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import func, insert, select
+
+from cxrlabel.annotate.accounts import create_user, issue_api_token
+from cxrlabel.ingest.phantom import make_phantom_xray
+from cxrlabel.ingest.renditions import make_renditions, relative_paths
+from cxrlabel.jobspec import JobSpec, parse_job, resolve_job_path
+from cxrlabel.storage.db import Database
+from cxrlabel.storage.models import GoldItem, Image, ImageStatus, Job, User
+
+JOB_NAME = "bench-loop"
+SPEC_CHANGES = ("min_seconds_per_page = 0 (speed trap off for a machine client)",
+                "max_per_annotator = 10000000", "instructions inline")
+DEFAULT_PASSWORD = "bench-loop-password"
+
+
+def bench_spec_text(name: str = JOB_NAME) -> str:
+    """The bundled job spec with the changes in ``SPEC_CHANGES``."""
+    text = resolve_job_path("pneumonia-pediatric").read_text(encoding="utf-8")
+    subs = [
+        (r'(?m)^name = ".*"$', f'name = "{name}"'),
+        (r"(?m)^min_seconds_per_page = .*$", "min_seconds_per_page = 0.0"),
+        (r"(?m)^max_per_annotator = .*$", "max_per_annotator = 10000000"),
+        (r'(?m)^file = "pneumonia-pediatric.md"$',
+         'markdown = "Label each image: healthy (clear lungs) or pneumonia (cloudy patches)."'),
+    ]
+    for pattern, repl in subs:
+        text, n = re.subn(pattern, repl, text, count=1)
+        if n != 1:
+            raise RuntimeError(f"bundled spec changed: {pattern!r} not found")
+    # Illustrated examples name Kermany files that may be absent; the loop never shows them.
+    return re.sub(r"(?ms)^\[\[instructions\.examples\]\].*?(?=^\[judgments\])", "", text)
+
+
+@dataclass
+class Prepared:
+    job_id: int
+    spec: JobSpec
+    work_images: int
+    gold_images: int
+    seconds: float
+
+
+def _phantom_files(folder: Path, n_files: int) -> list[tuple[Path, str]]:
+    """``n_files`` phantom renditions (JPEG as ingest writes them) and their true label."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n_files):
+        label = "PNEUMONIA" if i % 4 else "NORMAL"  # roughly the source's 74 % prevalence
+        path = folder / f"phantom-{i:03d}.jpg"
+        if not path.exists():
+            pixels = np.asarray(make_phantom_xray(1000 + i, 512, pneumonia=label == "PNEUMONIA"))
+            path.write_bytes(make_renditions(pixels)[0])
+        out.append((path, label))
+    return out
+
+
+def prepare_job(db: Database, data_dir: Path, *, n_images: int, n_gold: int,
+                n_files: int = 48, name: str = JOB_NAME) -> Prepared:
+    """Create the benchmark job with ``n_images`` work images and ``n_gold`` test questions."""
+    started = time.perf_counter()
+    text = bench_spec_text(name)
+    spec = parse_job(text, "benchmark job")
+    files = _phantom_files(data_dir / "bench-phantoms", n_files)
+    with db.session() as s:
+        if s.scalar(select(Job.id).where(Job.name == name)) is not None:
+            raise RuntimeError(f"job {name!r} already exists in {db.url}; use a fresh data dir")
+        job = Job(name=name, spec_toml=text, spec_sha256=hashlib.sha256(text.encode()).hexdigest())
+        s.add(job)
+        s.flush()
+        job_id = job.id
+    rows, gold_rows = [], []
+    total = n_images + n_gold
+    for i in range(total):
+        src, label = files[i % len(files)]
+        public_id = secrets.token_urlsafe(16)
+        rel, _thumb = relative_paths(name, public_id)
+        target = data_dir / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(src, target)  # same bytes, the image's own path: as served in production
+        is_gold = i >= n_images
+        sha = hashlib.sha256(f"{name}:{i}".encode()).hexdigest()
+        rows.append({
+            "job_id": job_id, "public_id": public_id, "source_path": f"bench/{i}.png",
+            "source_format": "png", "sha256": sha, "pixel_sha256": sha,
+            "phash": f"{i:016x}", "width": 512, "height": 512, "patient_id": f"bench-{i}",
+            "reference_label": label, "rendition_path": rel, "thumb_path": rel,
+            "status": ImageStatus.GOLD if is_gold else ImageStatus.NEEDS_JUDGMENTS,
+            "judgment_target": 0 if is_gold else spec.judgments.min,
+            "trusted_judgments": 0, "burned_in_annotation": False,
+        })
+        if is_gold:
+            gold_rows.append((public_id, label))
+    with db.session() as s:
+        for start in range(0, len(rows), 2000):
+            s.execute(insert(Image), rows[start:start + 2000])
+        ids = dict(s.execute(select(Image.public_id, Image.id).where(Image.job_id == job_id)).all())
+        s.execute(insert(GoldItem), [
+            {"job_id": job_id, "image_id": ids[pid], "accepted_answers": [label],
+             "reason": f"Reference label of this synthetic phantom: {label}.",
+             "difficulty": "easy", "source": "reference", "active": True}
+            for pid, label in gold_rows
+        ])
+    return Prepared(job_id, spec, n_images, n_gold, time.perf_counter() - started)
+
+
+def create_annotators(db: Database, n: int, prefix: str) -> list[tuple[str, str]]:
+    """``n`` new annotator accounts (``<prefix>-NNN``) and an API token for each."""
+    out = []
+    with db.session() as s:
+        for i in range(n):
+            username = f"{prefix}-{i:03d}"
+            user = create_user(s, username, DEFAULT_PASSWORD, "annotator")
+            out.append((username, issue_api_token(s, user)))
+    return out
+
+
+def gold_answers(db: Database, name: str = JOB_NAME) -> dict[str, str]:
+    """Test-question answers by image public id: the benchmark client reads them from the
+    database (a browser never gets them) so its annotators pass the quiz and stay trusted."""
+    with db.session() as s:
+        rows = s.execute(
+            select(Image.public_id, GoldItem.accepted_answers)
+            .join(GoldItem, GoldItem.image_id == Image.id)
+            .join(Job, Job.id == Image.job_id).where(Job.name == name)
+        ).all()
+    return {pid: answers[0] for pid, answers in rows}
+
+
+def count_users(db: Database, prefix: str) -> int:
+    with db.session() as s:
+        return int(s.scalar(select(func.count(User.id)).where(User.username.like(f"{prefix}-%")))
+                   or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", type=Path, required=True)
+    ap.add_argument("--db", default=None, help="database URL [default: SQLite in the data dir]")
+    ap.add_argument("--images", type=int, default=20000, help="work images")
+    ap.add_argument("--gold", type=int, default=1500, help="test questions in the gold bank")
+    ap.add_argument("--files", type=int, default=48, help="distinct phantom renditions")
+    args = ap.parse_args(argv)
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    url = args.db or f"sqlite:///{(args.data_dir / 'cxrlabel.sqlite3').resolve()}"
+    db = Database(url)
+    try:
+        p = prepare_job(db, args.data_dir, n_images=args.images, n_gold=args.gold,
+                        n_files=args.files)
+    finally:
+        db.dispose()
+    print(f"job {JOB_NAME!r}: {p.work_images} work images, {p.gold_images} gold, "
+          f"{p.seconds:.1f} s ({url})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

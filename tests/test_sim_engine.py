@@ -1,0 +1,123 @@
+"""The simulator through the real ingest, assignment, submission and quality engines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from cxrlabel.cli import app
+from cxrlabel.context import ensure_job
+from cxrlabel.jobspec import load_job, resolve_job_path
+from cxrlabel.sim.crowd import mixed_crowd
+from cxrlabel.sim.run import RESULT_KEYS, simulate_into
+from cxrlabel.storage.db import Database
+from cxrlabel.storage.models import AnnotatorState, AnnotatorStatus, Job, Role, User
+
+OUT = (AnnotatorStatus.REMOVED, AnnotatorStatus.DISQUALIFIED)
+
+
+def _phantom(rng: np.random.Generator, pneumonia: bool, strength: float) -> np.ndarray:
+    """A 96x96 'chest': two dark lung fields; pneumonia adds a bright patch of some strength."""
+    yy, xx = np.mgrid[0:96, 0:96]
+    img = 170 + rng.normal(0, 18, (96, 96))
+    for cx in (30, 66):
+        img -= 90 * np.exp(-(((xx - cx) / 14) ** 2 + ((yy - 48) / 28) ** 2))
+    if pneumonia:
+        cx, cy = rng.integers(22, 74), rng.integers(30, 66)
+        img += strength * np.exp(-(((xx - cx) / 9) ** 2 + ((yy - cy) / 9) ** 2))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def phantom_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """64 synthetic images in NORMAL/ and PNEUMONIA/ folders (labels from folder names)."""
+    root = tmp_path_factory.mktemp("sim-images")
+    rng = np.random.default_rng(0)
+    for label, n in (("NORMAL", 28), ("PNEUMONIA", 36)):
+        (root / label).mkdir()
+        for i in range(n):
+            pixels = _phantom(rng, label == "PNEUMONIA", float(rng.uniform(10, 90)))
+            PILImage.fromarray(pixels).save(root / label / f"{label.lower()}-{i:03d}.png")
+    return root
+
+
+def _spec():
+    path = resolve_job_path("pneumonia-pediatric")
+    return path, load_job(path)
+
+
+def test_cli_simulate_is_deterministic_and_writes_its_result(
+    phantom_images: Path, tmp_path: Path
+) -> None:
+    runner = CliRunner()
+    outputs = []
+    for run in range(2):
+        data_dir = tmp_path / f"data{run}"
+        args = ["--data-dir", str(data_dir), "simulate", "--images", str(phantom_images),
+                "--crowd", "good", "--seed", "5", "--json", "--annotators", "8",
+                "--gold", "20", "--plots", str(tmp_path / "plots")]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        outputs.append(result.stdout)
+        written = json.loads((data_dir / "simulation" / "pneumonia-pediatric.json").read_text())
+        assert written == json.loads(result.stdout)
+    assert outputs[0] == outputs[1]  # same seed, same JSON, byte for byte
+    result = json.loads(outputs[0])
+    for key in RESULT_KEYS:
+        assert key in result
+    assert result["images"] == 64 - 20 and result["gold_items"] == 20
+    assert result["setup"]["intake"] == "ingest"
+    assert 0.5 < result["label_accuracy"] <= 1.0
+    assert result["judgments_per_image"] >= 1.0
+    assert result["cost"] == pytest.approx(result["pages"] * 0.10)
+    assert (tmp_path / "plots" / "accuracy_vs_judgments.png").stat().st_size > 1000
+    assert (tmp_path / "plots" / "trust_by_persona.png").stat().st_size > 1000
+
+
+def test_cli_rejects_bad_crowd_and_missing_images(phantom_images: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["--data-dir", str(tmp_path), "simulate", "--images",
+                                 str(phantom_images), "--crowd", "nonsense"])
+    assert result.exit_code == 2 and "no such crowd file or preset" in result.output
+    result = runner.invoke(app, ["--data-dir", str(tmp_path), "simulate", "--images",
+                                 str(tmp_path / "nothing-here")])
+    assert result.exit_code == 2 and "no such file or folder" in result.output
+
+
+def test_spammers_are_removed_and_the_stored_state_replays(
+    phantom_images: Path, db_url: str, tmp_path: Path
+) -> None:
+    from cxrlabel.quality.service import verify_replay
+
+    path, spec = _spec()
+    db = Database(db_url)
+    try:
+        with db.session() as session:
+            ensure_job(session, path)
+        crowd = mixed_crowd("test", {"careful_novice": 0.5, "spammer_random": 0.25,
+                                     "spammer_constant": 0.25}, annotators=12,
+                            arrivals_per_hour=30)
+        result = simulate_into(db, spec.name, spec, images=phantom_images, crowd=crowd, seed=2,
+                               n_annotators=12, data_dir=tmp_path, gold=20)
+        with db.session() as session:
+            job = session.scalar(select(Job).where(Job.name == spec.name))
+            rows = session.execute(
+                select(User.username, User.role, AnnotatorState.status)
+                .join(AnnotatorState, AnnotatorState.user_id == User.id)
+                .where(AnnotatorState.job_id == job.id)).all()
+            report = verify_replay(session, job, spec)
+    finally:
+        db.dispose()
+    spammers = [r for r in rows if r.username.startswith("sim-spammer-")]
+    assert len(spammers) >= 3
+    assert all(r.status in OUT for r in spammers), spammers
+    assert all(r.role == Role.ANNOTATOR for r in rows)
+    assert result["bad_annotators_removed"] == result["bad_annotators"] >= 3
+    assert report.matched, report.differences[:5]
+    assert report.judgments > 0
