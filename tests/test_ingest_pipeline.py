@@ -301,11 +301,11 @@ def test_write_failure_mid_image_leaves_no_row_and_no_files(sqlite_job, monkeypa
     real_write = pipeline.write_atomic
     calls = []
 
-    def failing_write(path: Path, data: bytes) -> None:
+    def failing_write(path: Path, data: bytes, **kwargs: bool) -> None:
         calls.append(path)
         if len(calls) == 4:  # the 2nd image's thumbnail, after its rendition was written
             raise OSError(28, "No space left on device")
-        real_write(path, data)
+        real_write(path, data, **kwargs)
 
     monkeypatch.setattr(pipeline, "write_atomic", failing_write)
     summary = ingest(db, data_dir, job, spec, src)

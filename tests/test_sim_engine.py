@@ -121,3 +121,55 @@ def test_spammers_are_removed_and_the_stored_state_replays(
     assert result["bad_annotators_removed"] == result["bad_annotators"] >= 3
     assert report.matched, report.differences[:5]
     assert report.judgments > 0
+
+
+def test_http_driver_works_a_live_server_over_loopback(phantom_images: Path,
+                                                       tmp_path: Path) -> None:
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from cxrlabel.config import Settings
+    from cxrlabel.sim import http_driver
+    from cxrlabel.sim.prepare import build_truth, ensure_gold, ingest_images, list_images
+    from cxrlabel.storage.models import utcnow
+    from cxrlabel.web.app import create_app
+
+    path, spec = _spec()
+    url = f"sqlite:///{tmp_path / 'web.sqlite3'}"
+    db = Database(url)
+    with db.session() as session:
+        job, _ = ensure_job(session, path)
+    ingest_images(db, job, spec, list_images(phantom_images, spec), tmp_path, utcnow())
+    ensure_gold(db, job, spec, 20, seed=0, now=utcnow())
+    truth, _ = build_truth(db, job.id, spec, data_dir=tmp_path)
+    crowd = mixed_crowd("http", {"careful_novice": 1.0}, annotators=4)
+    annotators = http_driver.create_annotators(db, crowd, 4, seed=1)
+    with pytest.raises(ValueError, match="loopback"):
+        http_driver.drive("http://example.org", spec.name, spec, annotators, truth)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(Settings(data_dir=tmp_path, db_url=url), db=db)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        stats = http_driver.drive(f"http://127.0.0.1:{port}", spec.name, spec, annotators,
+                                  http_driver.truth_by_public_id(db, job.id, truth),
+                                  pages_per_annotator=3, time_limit_s=60)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        db.dispose()
+    summary = stats.summary()
+    assert stats.pages_submitted >= 4  # every annotator at least took the quiz
+    assert not [e for e in stats.errors if e.startswith("5")], stats.errors
+    assert summary["next_ms"]["n"] >= 4 and summary["submit_ms"]["n"] >= 4
+    assert sum(stats.stopped_by.values()) == 4

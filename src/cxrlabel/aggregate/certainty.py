@@ -48,7 +48,8 @@ class CertaintyDawidSkene(Aggregator):
         tie_break: int | None = None,
         max_iter: int = 100,
         tol: float = 1e-5,
-        prior_strength: float = 2.0,
+        prior_strength: float = 5.0,
+        prior_accuracy: float = 0.8,
         smoothing: float = 0.01,
         reliability_prior: float = 4.0,
     ) -> None:
@@ -56,6 +57,7 @@ class CertaintyDawidSkene(Aggregator):
         self.max_iter = max_iter
         self.tol = tol
         self.prior_strength = prior_strength
+        self.prior_accuracy = prior_accuracy
         self.smoothing = smoothing
         self.reliability_prior = reliability_prior
 
@@ -127,7 +129,9 @@ class CertaintyDawidSkene(Aggregator):
             informative = item_post * own / lik  # P(true = k, informative | answer)
         flat = np.asarray(onehot @ informative)
         counts = flat.reshape(judgments.n_workers, n_classes, n_classes).transpose(0, 2, 1)
-        confusion = smoothed_confusion(counts, self.prior_strength, self.smoothing)
+        confusion = smoothed_confusion(
+            counts, self.prior_strength, self.prior_accuracy, self.smoothing
+        )
         reliability = self._update_reliability(levels, informative.sum(axis=1))
         class_prior = posterior.sum(axis=0) + 1.0
         return class_prior / class_prior.sum(), confusion, reliability

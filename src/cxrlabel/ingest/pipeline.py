@@ -262,6 +262,7 @@ class _Ingestor:
         self.knowns: list[_Known] = []
         self.old_issue_paths: set[str] = set()
         self.batch = _Batch()
+        self.made_dirs: set[Path] = set()
         public_ids = self._load_state()
         swept = sweep_orphans(data_dir, job.name, public_ids)
         with db.session() as s:
@@ -362,8 +363,9 @@ class _Ingestor:
         rel_rendition, rel_thumb = relative_paths(self.job_name, public_id)
         files = [self.data_dir / rel_rendition, self.data_dir / rel_thumb]
         try:
-            write_atomic(files[0], p.rendition)
-            write_atomic(files[1], p.thumb)
+            self._ensure_dir(files[0].parent)
+            write_atomic(files[0], p.rendition, make_dirs=False)
+            write_atomic(files[1], p.thumb, make_dirs=False)
         except Exception as exc:  # noqa: BLE001 - disk full, read-only dir...
             remove_quietly(files)
             self._issue(item.path, FAILED, f"could not write rendition ({_brief(exc)})")
@@ -387,6 +389,11 @@ class _Ingestor:
             self.batch.resolved.append(item.path)
         if p.burned_in_annotation:
             self.summary.burned_in.append(item.path)
+
+    def _ensure_dir(self, folder: Path) -> None:
+        if folder not in self.made_dirs:  # one mkdir per folder, not per file
+            folder.mkdir(parents=True, exist_ok=True)
+            self.made_dirs.add(folder)
 
     def _issue(self, path: str, kind: str, reason: str, target: _Known | None = None,
                distance: int | None = None) -> None:

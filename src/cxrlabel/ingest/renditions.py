@@ -59,9 +59,10 @@ def relative_paths(job_name: str, public_id: str) -> tuple[str, str]:
     return (folder / f"{public_id}.jpg").as_posix(), (folder / f"{public_id}_thumb.jpg").as_posix()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, *, make_dirs: bool = True) -> None:
     """Write to a temporary name in the same folder, then rename: readers see all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if make_dirs:
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}{TMP_SUFFIX}{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:

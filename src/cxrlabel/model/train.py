@@ -51,6 +51,9 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None  # CPU threads for PyTorch; None = PyTorch's default
     max_minutes: float = 25.0  # wall-clock budget, decoding included
+    # Optional budget in CPU-minutes of this process (all threads): on a shared machine it
+    # measures the work done, whatever the other tenants take.
+    max_cpu_minutes: float | None = None
     widths: tuple[int, ...] = DEFAULT_WIDTHS
     min_sensitivity: float = 0.95
     min_npv: float = 0.97
@@ -193,7 +196,7 @@ def fit(
         optimiser, max_lr=cfg.lr, total_steps=steps, pct_start=0.15
     )
     best_loss, best_state, history, stop = math.inf, None, [], "max epochs reached"
-    bad_epochs = 0
+    bad_epochs, cpu_at_start = 0, time.process_time()
     with _progress(console) as progress:
         epochs = progress.add_task("epochs", total=cfg.max_epochs, info="")
         for epoch in range(1, cfg.max_epochs + 1):
@@ -221,6 +224,11 @@ def fit(
             elapsed = time.monotonic() - started
             if elapsed + history[-1]["seconds"] > cfg.max_minutes * 60:
                 stop = f"time budget of {cfg.max_minutes:g} min reached"
+                break
+            cpu_used = time.process_time()
+            if cfg.max_cpu_minutes and cpu_used + (cpu_used - cpu_at_start) / epoch > \
+                    cfg.max_cpu_minutes * 60:
+                stop = f"CPU budget of {cfg.max_cpu_minutes:g} CPU-min reached"
                 break
     model.load_state_dict(best_state)
     return model.eval(), history, stop
@@ -267,6 +275,7 @@ def train(
     splits = load_splits(Path(dataset_dir), cfg.size, cfg.seed, console)
     model, history, stop = fit(splits, cfg, device, console, started)
     train_seconds = time.monotonic() - started
+    cpu_seconds = time.process_time()
     console.print(f"{stop} after {len(history)} epochs, {train_seconds / 60:.1f} min")
 
     val = splits["validation"]
@@ -314,6 +323,7 @@ def train(
             "best_epoch": int(np.argmin([h["val_loss"] for h in history])) + 1,
             "stop_reason": stop,
             "seconds": train_seconds,
+            "cpu_seconds": cpu_seconds,
             "n_images": {name: len(s.examples) for name, s in splits.items()},
         },
         "history": history,
