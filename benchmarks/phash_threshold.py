@@ -28,8 +28,8 @@ from PIL import Image
 
 from cxrlabel.config import shared_data_dir
 from cxrlabel.ingest.decode import decode_image
+from cxrlabel.ingest.dedup import NEAR_DUP_MAX_MAD, NEAR_DUP_MAX_PHASH
 from cxrlabel.ingest.phash import PhashIndex, hamming, phash
-from cxrlabel.ingest.pipeline import NEAR_DUP_MAX_MAD, NEAR_DUP_MAX_PHASH
 from cxrlabel.ingest.worker import mean_abs_diff, signature
 
 VARIANTS = [  # (JPEG quality, scale): the re-encodings a copy picks up on the way

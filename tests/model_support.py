@@ -56,3 +56,21 @@ def write_synthetic_export(out: Path, n: int = 48, seed: int = 0) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return out
+
+
+def untrained_model_dir(folder: Path, size: int = 64, seed: int = 0) -> Path:
+    """A model folder with random weights (for contract tests that need no training)."""
+    import json
+
+    import torch
+
+    from cxrlabel.model.net import TriageNet
+    from cxrlabel.model.train import export_onnx
+
+    torch.manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    export_onnx(TriageNet().eval(), size, folder / "model.onnx")
+    meta = {"input_size": size, "temperature": 1.0, "thresholds": {"flag": 0.6, "clear": 0.3},
+            "widths": [16, 32, 64, 128]}
+    (folder / "model.json").write_text(json.dumps(meta))
+    return folder

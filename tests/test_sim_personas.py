@@ -202,7 +202,7 @@ def test_difficulty_comes_from_pixels_not_from_the_label_alone() -> None:
     x, y = _synthetic_features()
     score = cross_fitted_scores(x, y, [f"p{i}" for i in range(len(y))])
     difficulty = difficulty_from_scores(score, y)
-    assert 0 < difficulty.min() and difficulty.max() < 1
+    assert difficulty.min() > 0 and difficulty.max() < 1
     for label in (0, 1):  # images of one label still span easy to hard
         spread = difficulty[y == label]
         assert spread.max() - spread.min() > 0.8

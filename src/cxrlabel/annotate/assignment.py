@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, func, select, true
+from sqlalchemy import Select, func, select, true, union_all
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -216,12 +216,19 @@ def _locked_state(
 
 
 def _unseen_gold(session: Session, job: Job, user: User) -> list[int]:
-    return list(session.scalars(
-        select(GoldItem.image_id)
-        .where(GoldItem.job_id == job.id, GoldItem.active.is_(True),
-               GoldItem.image_id.not_in(seen_image_ids(job, user)))
-        .order_by(GoldItem.image_id)
+    # Two small queries instead of ``NOT IN (every image this annotator ever saw)``, which
+    # SQLite materialises on every call: that list grows with the annotator's history, the
+    # gold bank does not.
+    active = session.scalars(
+        select(GoldItem.image_id).where(GoldItem.job_id == job.id, GoldItem.active.is_(True))
+    ).all()
+    seen = set(session.scalars(
+        select(PageItem.image_id)
+        .join(Page, Page.id == PageItem.page_id)
+        .join(GoldItem, GoldItem.image_id == PageItem.image_id)
+        .where(Page.job_id == job.id, Page.user_id == user.id)
     ))
+    return sorted(i for i in active if i not in seen)
 
 
 def _new_quiz_page(
@@ -286,14 +293,56 @@ def claim_open_images(
             Image.status == ImageStatus.NEEDS_JUDGMENTS,
             Image.trusted_judgments + n_reserved < Image.judgment_target,
             Image.trusted_judgments + n_reserved < spec.judgments.max,
-            Image.id.not_in(seen_image_ids(job, user)),
+            ~_seen_by(job, user),
         )
         .order_by(missing.asc(), Image.id)
     )
+    # Same query over a short candidate list (same answer, see ``_candidates``) instead of
+    # ranking every open image of the job on every page.
+    fast = query.where(Image.id.in_(_candidates(job, user, reserved, n)))
     if session.get_bind().dialect.name == "sqlite":
         # The whole transaction already holds SQLite's single write lock (BEGIN IMMEDIATE).
-        return list(session.scalars(query.limit(n)))
-    return _claim_with_row_locks(session, query, reserved, spec, n)
+        return list(session.scalars(fast.limit(n)))
+    chosen = _claim_with_row_locks(session, fast, reserved, spec, n)
+    if len(chosen) < n:  # candidates locked by other annotators right now: rank them all
+        rest = query.where(Image.id.not_in(chosen)) if chosen else query
+        chosen += _claim_with_row_locks(session, rest, reserved, spec, n - len(chosen))
+    return chosen
+
+
+def _seen_by(job: Job, user: User):  # noqa: ANN202 - a SQLAlchemy EXISTS clause
+    """True for an image that was on one of this annotator's pages (an index lookup per image,
+    not a materialised list of everything they ever saw)."""
+    return (
+        select(PageItem.id)
+        .join(Page, Page.id == PageItem.page_id)
+        .where(PageItem.image_id == Image.id, Page.job_id == job.id, Page.user_id == user.id)
+        .exists()
+    )
+
+
+def _candidates(job: Job, user: User, reserved: Any, n: int) -> Select:
+    """Image ids that contain the ``n`` best open images of the ranking in ``claim_open_images``.
+
+    The ranking is (missing judgments, id). An image nobody has judged or reserved misses its
+    whole target, so among those the ranking is (judgment_target, id): the first ``n`` of them
+    unseen by this annotator (an ordered index scan, ``ix_images_open_order``) are enough. Every
+    other open image has trusted judgments or reservations; those are few (work in progress)
+    and all are included. The exact conditions are applied by the caller's query.
+    """
+    untouched = (
+        select(Image.id)
+        .where(Image.job_id == job.id, Image.status == ImageStatus.NEEDS_JUDGMENTS,
+               Image.trusted_judgments == 0, Image.id.not_in(select(reserved.c.image_id)),
+               ~_seen_by(job, user))
+        .order_by(Image.judgment_target, Image.id)
+        .limit(n)
+        .subquery("untouched")
+    )
+    in_progress = select(Image.id).where(
+        Image.job_id == job.id, Image.status == ImageStatus.NEEDS_JUDGMENTS,
+        Image.trusted_judgments > 0)
+    return union_all(in_progress, select(reserved.c.image_id), select(untouched.c.id))
 
 
 def _claim_with_row_locks(

@@ -43,7 +43,9 @@ def register(app: typer.Typer) -> None:
 
 
 def print_summary(summary: IngestSummary) -> None:
-    table = Table(title=f"Ingest of {summary.source} ({summary.seconds:.1f} s)")
+    console.print(f"Ingest of {summary.source}: {summary.total} file(s) in "
+                  f"{summary.seconds:.1f} s", highlight=False, soft_wrap=True)
+    table = Table()
     table.add_column("outcome")
     table.add_column("files", justify="right")
     table.add_row("ingested", str(summary.ingested))

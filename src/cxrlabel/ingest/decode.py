@@ -205,7 +205,7 @@ def _decode_dicom_quietly(
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    logging.getLogger("pydicom").setLevel(logging.ERROR)  # its warnings may quote values
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)  # its messages may quote values
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
     except InvalidDicomError:

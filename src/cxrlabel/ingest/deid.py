@@ -39,7 +39,7 @@ SALT_FILE = Path("secrets") / "pseudonym-salt"
 RETAINED = frozenset({
     "SOPClassUID", "Modality", "SamplesPerPixel", "PhotometricInterpretation",
     "PlanarConfiguration", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit",
-    "PixelRepresentation", "NumberOfFrames", "RescaleIntercept", "RescaleSlope", "RescaleType",
+    "PixelRepresentation", "NumberOfFrames", "RescaleIntercept", "RescaleSlope",
     "WindowCenter", "WindowWidth", "VOILUTFunction", "PresentationLUTShape",
     "BurnedInAnnotation", "PixelData",
 })

@@ -28,7 +28,6 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-from PIL import Image as PILImage
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -45,6 +44,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from cxrlabel.ingest.decode import DEFAULT_LIMITS, DecodeError, DecodeLimits, read_limited
+from cxrlabel.ingest.dedup import NEAR_DUP_MAX_MAD, NEAR_DUP_MAX_PHASH, signature_from_file
 from cxrlabel.ingest.deid import load_or_create_salt
 from cxrlabel.ingest.patient import choose_patient_id, patient_id_from_name
 from cxrlabel.ingest.phash import PhashIndex, to_hex
@@ -56,7 +56,7 @@ from cxrlabel.ingest.renditions import (
     write_atomic,
 )
 from cxrlabel.ingest.sources import SourceItem, discover
-from cxrlabel.ingest.worker import Processed, mean_abs_diff, process_safely, signature
+from cxrlabel.ingest.worker import Processed, mean_abs_diff, process_safely
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import (
@@ -69,12 +69,6 @@ from cxrlabel.storage.models import (
     utcnow,
 )
 
-# Near duplicates, measured on the 5,206 Kermany images (benchmarks/phash_threshold.py,
-# docs/ingest.md): re-encoded/resized copies are within pHash distance 4 and 64x64 mean
-# absolute difference 3.6; different images (same patient or not) can be as close as pHash 2
-# but never below a difference of 10. pHash shortlists, the pixel difference decides.
-NEAR_DUP_MAX_PHASH = 8
-NEAR_DUP_MAX_MAD = 6.0
 BATCH_SIZE = 100
 IN_FLIGHT_PER_WORKER = 8
 
@@ -352,8 +346,7 @@ class _Ingestor:
     def _signature(self, known: _Known) -> np.ndarray | None:
         if known.sig is None:  # an image from an earlier run: use its thumbnail
             try:
-                with PILImage.open(self.data_dir / known.thumb_path) as im:
-                    known.sig = signature(im)
+                known.sig = signature_from_file(self.data_dir / known.thumb_path)
             except OSError:
                 return None
         return known.sig

@@ -59,6 +59,8 @@ class OnnxModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or 0
         options.log_severity_level = 3
+        # No busy-waiting between runs: the web app and the CLI share cores with other work.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
                      if p in ort.get_available_providers()]
         self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
@@ -182,22 +184,33 @@ def _cached_model(model_dir: str, _stamp: float) -> OnnxModel:
 
 def get_model(model_dir: Path) -> OnnxModel:
     """A cached OnnxModel, reloaded when the folder's model.json changes."""
-    stamp = (Path(model_dir) / MODEL_JSON).stat().st_mtime if model_dir else 0.0
+    stamp = (Path(model_dir) / MODEL_JSON).stat().st_mtime
     return _cached_model(str(Path(model_dir).resolve()), stamp)
+
+
+def default_model_dir(data_dir: Path | None = None) -> Path:
+    """``$CXRLABEL_MODEL_DIR``, else ``<data dir>/model`` (train with ``-o <data dir>/model``)."""
+    if os.environ.get(MODEL_DIR_ENV):
+        return Path(os.environ[MODEL_DIR_ENV])
+    if data_dir is None:
+        from cxrlabel.config import Settings
+
+        data_dir = Settings.from_env().data_dir
+    return Path(data_dir) / "model"
 
 
 def model_opinion(image_path: Path | str, model_dir: Path | str | None = None) -> dict | None:
     """The model's opinion for the expert review page, or None when no model is set up.
 
-    ``model_dir`` defaults to ``$CXRLABEL_MODEL_DIR``. The dict has ``title`` (show it: the
+    ``model_dir`` defaults to ``default_model_dir()``. The dict has ``title`` (show it: the
     opinion must read as a model's, not an expert's), ``p_pneumonia``, ``band``, ``band_text``
     and ``heatmap_data_url``; or ``error`` when the image cannot be decoded.
     """
-    model_dir = model_dir or os.environ.get(MODEL_DIR_ENV)
-    if not model_dir or not (Path(model_dir) / MODEL_JSON).is_file():
+    model_dir = Path(model_dir) if model_dir else default_model_dir()
+    if not (model_dir / MODEL_JSON).is_file():
         return None
     try:
-        model = get_model(Path(model_dir))
+        model = get_model(model_dir)
     except ModelUnavailable:
         return None
     try:

@@ -134,7 +134,8 @@ def _to_tensor(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def _normalise(x: torch.Tensor) -> torch.Tensor:
-    return (x - INPUT_MEAN) / INPUT_STD
+    # channels_last roughly halves CPU convolution time here (oneDNN's preferred layout).
+    return ((x - INPUT_MEAN) / INPUT_STD).contiguous(memory_format=torch.channels_last)
 
 
 @torch.no_grad()
@@ -142,7 +143,7 @@ def torch_logits(
     model: TriageNet, pixels: np.ndarray, device: torch.device, batch_size: int = 128
 ) -> tuple[np.ndarray, np.ndarray]:
     """(logits (N,), CAMs (N, h, w)) of uint8 (N, S, S) images, in eval mode."""
-    model.eval()
+    model.eval().to(memory_format=torch.channels_last)
     logits, cams = [], []
     for start in range(0, len(pixels), batch_size):
         x = _normalise(_to_tensor(pixels[start:start + batch_size], device))
@@ -188,7 +189,7 @@ def fit(
     """The best model by validation loss, the per-epoch history and why training stopped."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    model = TriageNet(cfg.widths).to(device)
+    model = TriageNet(cfg.widths).to(device, memory_format=torch.channels_last)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train, val = splits["train"], splits["validation"]
     steps = cfg.max_epochs * math.ceil(len(train.pixels) / cfg.batch_size)
@@ -215,6 +216,11 @@ def fit(
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
                 bad_epochs += 1
+            # A line per epoch too: it stays in logs, where a live bar is not drawn.
+            progress.console.print(
+                f"epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
+                f"val AUC {val_auc:.4f}, {history[-1]['seconds']:.0f} s"
+            )
             progress.update(epochs, advance=1,
                             info=f"val loss {val_loss:.4f} AUC {val_auc:.4f} "
                                  f"(best {best_loss:.4f})")
@@ -235,7 +241,7 @@ def fit(
 
 
 def export_onnx(model: TriageNet, size: int, path: Path) -> None:
-    model = model.cpu().eval()
+    model = model.cpu().eval().to(memory_format=torch.contiguous_format)
     with warnings.catch_warnings():
         # The TorchScript exporter is deprecated in favour of one that needs onnxscript; ours
         # is a plain feed-forward graph, which the TorchScript exporter handles exactly.

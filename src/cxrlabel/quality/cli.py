@@ -145,10 +145,17 @@ def annotators_reinstate(ctx: typer.Context, username: str,
 
 @contests_app.command("list")
 def contests_list(ctx: typer.Context, job: str = JOB_OPTION,
-                  status: str = typer.Option("open", help="open|upheld|changed|all")) -> None:
+                  status: str = typer.Option("open", help="open|upheld|changed|all"),
+                  as_json: bool = typer.Option(False, "--json")) -> None:
+    """Contests with the gold item, the annotator's answer and reason, and any reply."""
     with app_context(ctx).db.session() as session:
         job_row, _ = get_job(session, job)
         rows = service.list_contests(session, job_row, None if status == "all" else status)
+    if as_json:
+        console.print_json(json.dumps([
+            {**{k: v for k, v in c.__dict__.items() if not k.endswith("_at")},
+             "created_at": c.created_at.isoformat()} for c in rows]))
+        return
     table = Table(title=f"Contests ({status}) in {job_row.name}")
     for col in ("id", "status", "image", "accepted", "given", "annotator", "reason", "reply"):
         table.add_column(col)

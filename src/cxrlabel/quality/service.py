@@ -592,11 +592,11 @@ def record_expert_label(session: Session, job: Job, spec: JobSpec, expert: User,
     if image is None or image.job_id != job.id:
         raise QualityError("unknown_image", f"image {image_id} is not part of this job", 404)
     session.refresh(image)  # another expert may have committed while we waited for the lock
-    if image.status == ImageStatus.GOLD:
-        raise QualityError("is_gold", "this image is a gold item, not a work item")
     existing = session.scalar(select(ExpertReview).where(ExpertReview.image_id == image_id))
     if existing is not None or image.status == ImageStatus.EXPERT:
         raise ReviewConflict("another expert already recorded a final label for this image")
+    if image.status == ImageStatus.GOLD:
+        raise QualityError("is_gold", "this image is a gold item, not a work item")
     review = ExpertReview(image_id=image_id, expert_id=expert.id, label=label,
                           reason=(reason or "").strip() or None,
                           promoted_to_gold=promote_to_gold, created_at=now)

@@ -28,6 +28,7 @@ class BaselineResult:
     judgments_per_image: float
     cost: float
     pages: int
+    curve: dict[int, float]  # majority-vote accuracy with the first k answers (same answers)
 
 
 def simulate_answers(
@@ -81,13 +82,13 @@ def majority_accuracy_curve(
 
 def run_baseline(
     crowd: CrowdSpec, spec: JobSpec, truth: Truth, image_ids: list[int], k: int = 5,
-    seed: int = 0, reference: dict[int, str] | None = None,
+    seed: int = 0, reference: dict[int, str] | None = None, k_max: int = 9,
 ) -> BaselineResult:
-    accuracy = majority_accuracy_curve(crowd, spec, truth, image_ids, range(k, k + 1), seed,
-                                       reference)[k]
+    curve = majority_accuracy_curve(crowd, spec, truth, image_ids, range(1, max(k, k_max) + 1),
+                                    seed, reference)
     pages = int(np.ceil(len(image_ids) * k / spec.pages.items_per_page))
-    return BaselineResult(k=k, label_accuracy=round(accuracy, 4), judgments_per_image=float(k),
-                          cost=round(pages * spec.pay.per_page, 2), pages=pages)
+    return BaselineResult(k=k, label_accuracy=round(curve[k], 4), judgments_per_image=float(k),
+                          cost=round(pages * spec.pay.per_page, 2), pages=pages, curve=curve)
 
 
 def _rank_within_item(items: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from cxrlabel.context import app_context, console, err_console, fail
 from cxrlabel.jobspec import JobSpec, JobSpecError, load_job, resolve_job_path
-from cxrlabel.sim.baseline import BASELINE_NAME, majority_accuracy_curve
+from cxrlabel.sim.baseline import BASELINE_NAME, run_baseline
 from cxrlabel.sim.crowd import CrowdSpec, CrowdSpecError, load_crowd
 from cxrlabel.sim.prepare import SimSetupError
 from cxrlabel.sim.run import SimOutcome, run_simulation, write_result
@@ -130,8 +130,8 @@ def _simulation_db(db_url: str | None, work_dir: Path, job_name: str) -> Databas
 def _baseline(outcome: SimOutcome, crowd: CrowdSpec, spec: JobSpec, seed: int) -> dict[int, float]:
     if not outcome.work_ids:
         return {}
-    return majority_accuracy_curve(crowd, spec, outcome.truth, outcome.work_ids, range(1, 8),
-                                   seed)
+    return run_baseline(crowd, spec, outcome.truth, outcome.work_ids, k=5, seed=seed,
+                        k_max=7).curve
 
 
 def _plots(outcome: SimOutcome, curve: dict[int, float], folder: Path) -> None:

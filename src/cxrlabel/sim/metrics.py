@@ -13,8 +13,10 @@ Definitions (also in docs/simulation.md):
   ``bad_annotators_removed``: those among them whose persona is a bad one (spammer,
   adversarial, or expected accuracy below the job's ``gold.min_accuracy``).
 * ``cost``: submitted pages (quiz and work, also from annotators removed later) x
-  ``pay.per_page``; ``hours``: simulated hours from the first arrival to the last crowd
-  submission; ``expert_hours``: the expert's simulated reading time.
+  ``pay.per_page`` (quiz pages paid, as the design estimator assumes by default;
+  ``cost_quiz_unpaid`` is the Appen rule: quiz pages are not paid); ``hours``: simulated
+  hours from the first arrival to the last crowd submission; ``expert_hours``: the
+  expert's simulated reading time.
 """
 
 from __future__ import annotations
@@ -93,6 +95,8 @@ def summarise(
         "pages": record.pages_submitted,
         "quiz_pages": record.quiz_pages,
         "cost": round(record.pages_submitted * spec.pay.per_page, 2),
+        "cost_quiz_unpaid": round(
+            (record.pages_submitted - record.quiz_pages) * spec.pay.per_page, 2),
         "currency": spec.pay.currency,
         "cost_per_image": _ratio(record.pages_submitted * spec.pay.per_page, n_work, 4),
         "hours": round((record.crowd_end - record.start).total_seconds() / 3600, 2),

@@ -28,7 +28,7 @@ from sqlalchemy import update
 from cxrlabel.jobspec import JobSpec, parse_job
 from cxrlabel.sim.crowd import CrowdSpec
 from cxrlabel.sim.engine import Truth
-from cxrlabel.sim.run import _simulate, job_settings, prepare_job
+from cxrlabel.sim.run import SimOutcome, _simulate, job_settings, prepare_job
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import Image, ImageStatus, Job
 
@@ -115,18 +115,19 @@ def build_template(
         job_id, truth, _difficulty, setup = prepare_job(
             db, spec, spec_toml, images, data_dir=folder, limit=limit, seed=seed, gold=gold,
             progress=progress)
-        with db.engine.connect() as conn:  # fold the WAL into the file before copying it
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
-        db.dispose()
+        db.dispose()  # closing the last connection folds the WAL into the file
     return Template(path, job_id, truth, setup)
 
 
-def run_one(template: Template, folder: Path, spec: JobSpec, crowd: CrowdSpec, seed: int,
-            expert_cost: float) -> dict[str, Any]:
-    """One simulated job from a fresh copy of the template."""
+def simulate_copy(template: Template, folder: Path, spec: JobSpec, crowd: CrowdSpec,
+                  seed: int) -> SimOutcome:
+    """One simulated job on a fresh copy of the template database."""
     copy = Path(tempfile.mkdtemp(prefix="run-", dir=folder)) / "run.sqlite3"
     shutil.copyfile(template.path, copy)
+    wal = template.path.with_name(template.path.name + "-wal")
+    if wal.exists() and wal.stat().st_size:  # not folded in (another reader held it open)
+        shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
     db = Database(f"sqlite:///{copy}")
     try:
         with db.session() as session:
@@ -135,10 +136,16 @@ def run_one(template: Template, folder: Path, spec: JobSpec, crowd: CrowdSpec, s
             session.execute(update(Image).where(
                 Image.job_id == template.job_id, Image.status == ImageStatus.NEEDS_JUDGMENTS
             ).values(judgment_target=spec.judgments.min))
-        outcome = _simulate(db, template.job_id, spec, crowd, template.truth, seed=seed)
+        return _simulate(db, template.job_id, spec, crowd, template.truth, seed=seed)
     finally:
         db.dispose()
         shutil.rmtree(copy.parent, ignore_errors=True)
+
+
+def run_one(template: Template, folder: Path, spec: JobSpec, crowd: CrowdSpec, seed: int,
+            expert_cost: float) -> dict[str, Any]:
+    """One sweep row: the headline figures of one simulated job."""
+    outcome = simulate_copy(template, folder, spec, crowd, seed)
     result = outcome.result
     images = result["images"] or 1
     crowd_cost = result["cost"] / images

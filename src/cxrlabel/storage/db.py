@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +26,15 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DBAPI 
     cursor.close()
 
 
+READ_ONLY_OPTION = "cxrlabel_read_only"
+
+
 def _sqlite_begin_immediate(conn) -> None:  # noqa: ANN001
+    if conn.get_execution_options().get(READ_ONLY_OPTION):
+        # A read-only unit of work (Database.read_session): a deferred BEGIN takes no write
+        # lock, so under WAL it reads a consistent snapshot beside the one writer.
+        conn.exec_driver_sql("BEGIN")
+        return
     # Take the write lock at BEGIN so two writers queue instead of failing on lock upgrade.
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
@@ -70,6 +79,15 @@ class Database:
         if auto_migrate:
             migrate(self.engine)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessionmaker = sessionmaker(
+            self.engine.execution_options(**{READ_ONLY_OPTION: True}), expire_on_commit=False
+        )
+        # SQLite has one writer. Threads of this process queue for it on a lock (woken the
+        # moment it is free) instead of in SQLite's busy handler, which polls with sleeps of up
+        # to 100 ms: under a few dozen concurrent requests that polling left the server idle
+        # while requests waited seconds (benchmarks/annotation_loop.py, docs/benchmarks.md).
+        # Other processes (a CLI command beside the server) still queue in the busy handler.
+        self._write_lock = threading.RLock() if self.is_sqlite else None
 
     @property
     def is_sqlite(self) -> bool:
@@ -78,8 +96,24 @@ class Database:
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A unit of work: commits on success, rolls back on any error."""
-        with self.sessionmaker() as session, session.begin():
+        with self._writer(), self.sessionmaker() as session, session.begin():
             yield session
+
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A read-only unit of work: on SQLite it neither takes nor waits for the write lock.
+        Use it only for reads: it is never committed (closing it rolls back; loaded objects stay
+        usable, detached)."""
+        with self._read_sessionmaker() as session:
+            yield session
+
+    @contextmanager
+    def _writer(self) -> Iterator[None]:
+        if self._write_lock is None:
+            yield
+            return
+        with self._write_lock:
+            yield
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -92,6 +92,10 @@ class Image(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "sha256", name="uq_image_job_sha256"),
         Index("ix_images_job_status", "job_id", "status"),
+        # Assignment's candidate scan: unjudged open images in (target, id) order, and the
+        # in-progress ones (trusted_judgments > 0), without ranking the whole job.
+        Index("ix_images_open_order", "job_id", "status", "trusted_judgments",
+              "judgment_target", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -66,7 +66,7 @@ def optional_user(request: Request) -> User | None:
     db = get_db(request)
     token = _bearer(request)
     if token is not None:
-        with db.session() as s:
+        with db.read_session() as s:  # reads only: never waits for SQLite's writer
             user = user_for_api_token(s, token)
         if user is None:
             raise HTTPException(401, "invalid API token")
@@ -74,7 +74,7 @@ def optional_user(request: Request) -> User | None:
     else:
         sess = session_data(request)
         if sess.user_id is not None:
-            with db.session() as s:
+            with db.read_session() as s:
                 found = s.get(User, sess.user_id)
                 if (found is not None and found.active
                         and sess.pw == password_fingerprint(found.password_hash)):

@@ -51,7 +51,7 @@ def _may_see(session, user: User, image_id: int) -> bool:  # noqa: ANN001
 @router.get("/img/{public_id}")
 def image(request: Request, public_id: str, user: User = Depends(current_user)) -> Response:
     data_dir: Path = request.app.state.settings.data_dir.resolve()
-    with get_db(request).session() as s:
+    with get_db(request).read_session() as s:  # reads only: never waits for SQLite's writer
         row = s.scalar(select(Image).where(Image.public_id == public_id))
         if row is None or not _may_see(s, user, row.id):
             raise HTTPException(404, "no such image")  # same answer: existence is not revealed

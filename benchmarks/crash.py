@@ -1,0 +1,238 @@
+"""Crash safety: kill -9 the server in the middle of the load, restart it, check nothing is lost.
+
+Timeline (``--seconds`` of load, kill at ``--kill-at``):
+
+1. the reliability load (``load.py``: think time, some annotators without, double submits) runs
+   against ``cxrlabel serve``;
+2. at ``--kill-at`` s the whole server process group gets SIGKILL (uvicorn and its workers,
+   mid-request); the open pages at that instant are read from the database;
+3. a share of annotators (``--walk-away-share``) leave at that moment, holding their pages:
+   those reservations belong to nobody now and must expire;
+4. the server is restarted after ``--down-s`` s; the other annotators' browsers retry their
+   unacknowledged submits with the same client id, as the web page does;
+5. the load goes on past the reservation time (the job's ``reservation_minutes`` is set to
+   ``--reservation-s``), so the walked-away pages expire and their images can be served again.
+
+Checks: every acknowledged judgment is stored, no page is half stored (judgments == items,
+exactly one submission), no duplicates, no image above its target, the quality state replays
+to exactly the stored state, and every work image on a walked-away page was served again
+after its page expired, or no longer needs judgments.
+
+    python benchmarks/crash.py --data-dir /tmp/crash --annotators 60 --seconds 90
+    python benchmarks/crash.py --data-dir /tmp/crash-pg --pg --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _loop_setup import JOB_NAME  # noqa: E402
+from load import (  # noqa: E402
+    HERE,
+    Ledger,
+    LoadConfig,
+    Server,
+    Stats,
+    check_database,
+    drive,
+    figures,
+    free_port,
+    prepare,
+    warmup_pages,
+)
+
+from cxrlabel.storage.db import Database  # noqa: E402
+from cxrlabel.storage.models import Image, ImageStatus, Job, Page, PageItem, User  # noqa: E402
+
+
+def as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def open_pages_at(db_url: str, now: datetime, usernames: list[str]
+                  ) -> tuple[int, dict[int, tuple[int, datetime, list[int]]]]:
+    """(open pages at ``now``, and of those the ones of ``usernames``: page id -> (user id,
+    expires_at, work image ids))."""
+    db = Database(db_url)
+    try:
+        with db.session() as s:
+            pages = s.scalars(select(Page).where(Page.submitted_at.is_(None),
+                                                 Page.expires_at > now)).all()
+            mine = set(s.scalars(select(User.id).where(User.username.in_(usernames))))
+            return len(pages), {
+                p.id: (p.user_id, as_utc(p.expires_at),
+                       [i.image_id for i in p.items if not i.is_gold])
+                for p in pages if p.user_id in mine}
+    finally:
+        db.dispose()
+
+
+def orphan_check(db_url: str, orphans: dict[int, tuple[int, datetime, list[int]]]
+                 ) -> dict[str, Any]:
+    """Each work image on an abandoned page: served again after the page expired, or no longer
+    needing judgments. The abandoned pages themselves must be unsubmitted and expired."""
+    db = Database(db_url)
+    served_again = finished = stuck = still_reserved = 0
+    stuck_ids: list[int] = []
+    now = datetime.now(UTC)
+    try:
+        with db.session() as s:
+            for page_id, (_user, expires, images) in orphans.items():
+                page = s.get(Page, page_id)
+                if page.submitted_at is None and as_utc(page.expires_at) > now:
+                    still_reserved += 1
+                for image_id in images:
+                    again = s.scalar(
+                        select(func.count(PageItem.id)).join(Page, Page.id == PageItem.page_id)
+                        .where(PageItem.image_id == image_id, Page.id != page_id,
+                               Page.served_at >= expires))
+                    image = s.get(Image, image_id)
+                    if again:
+                        served_again += 1
+                    elif (image.status != ImageStatus.NEEDS_JUDGMENTS
+                          or image.trusted_judgments >= image.judgment_target):
+                        finished += 1
+                    else:
+                        stuck += 1
+                        stuck_ids.append(image_id)
+    finally:
+        db.dispose()
+    return {"abandoned_pages": len(orphans),
+            "abandoned_images": served_again + finished + stuck,
+            "served_again_after_expiry": served_again, "no_longer_needed": finished,
+            "stuck": stuck, "stuck_ids": stuck_ids[:10], "still_reserved_pages": still_reserved,
+            "ok": stuck == 0 and still_reserved == 0}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    data_dir = args.data_dir.resolve()
+    if data_dir.exists() and any(data_dir.iterdir()):
+        raise SystemExit(f"{data_dir} is not empty: give a fresh --data-dir")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if args.seconds < args.kill_at + args.down_s + args.reservation_s + 15:
+        raise SystemExit("--seconds must leave the load running past the reservation time "
+                         "after the restart (kill-at + down-s + reservation-s + 15)")
+    cluster, db_url = None, args.db
+    if args.pg and not db_url:
+        sys.path.insert(0, str(HERE.parent / "tests"))
+        from conftest import PostgresCluster
+
+        cluster = PostgresCluster()
+        cluster.start()
+        db_url = cluster.create_database()
+    try:
+        url, usernames, tokens, gold = prepare(
+            data_dir, db_url, images=args.images, gold=args.gold, annotators=args.annotators,
+            spec_edits={"reservation_minutes": f"{args.reservation_s / 60:.4f}"})
+        server = Server(data_dir, db_url, args.workers, free_port(), data_dir / "server.log")
+        server.start()
+        events: dict[str, Any] = {}
+
+        async def kill_and_restart(start: float, annotators: list) -> None:
+            await asyncio.sleep(args.kill_at)
+            server.kill()  # SIGKILL to the process group, mid-request
+            killed = datetime.now(UTC)
+            events["killed_at_s"] = round(time.perf_counter() - start, 1)
+            n_walk = round(args.walk_away_share * len(annotators))
+            walkers = annotators[-n_walk:] if n_walk else []
+            for a in walkers:  # they close the tab now, holding their pages
+                a.walk_away = asyncio.Event()
+                a.walk_away.set()
+            n_open, orphans = await asyncio.to_thread(
+                open_pages_at, url, killed, [usernames[a.index] for a in walkers])
+            events["orphans"], events["open_pages_at_kill"] = orphans, n_open
+            await asyncio.sleep(args.down_s)
+            await asyncio.to_thread(server.start)
+            events["restarted_at_s"] = round(time.perf_counter() - start, 1)
+            events["downtime_s"] = round((datetime.now(UTC) - killed).total_seconds(), 1)
+
+        cfg = LoadConfig(annotators=args.annotators, seconds=args.seconds,
+                         think_median_s=args.think_median_s,
+                         no_think_share=args.no_think_share, double_submit_share=0.05)
+        stats, ledger = Stats(), Ledger()
+        try:
+            info = asyncio.run(drive(server.url, JOB_NAME, tokens, gold, cfg, stats, ledger,
+                                     during=kill_and_restart))
+        finally:
+            server.stop()
+        orphans = events.get("orphans", {})
+        latest = max((e for _u, e, _i in orphans.values()), default=datetime.now(UTC))
+        wait = (latest - datetime.now(UTC) + timedelta(seconds=1)).total_seconds()
+        if wait > 0:
+            time.sleep(wait)  # only if the load ended before every abandoned page expired
+        quiz = warmup_pages(url, usernames)
+        db = Database(url)
+        try:
+            checked = check_database(db, JOB_NAME, usernames, ledger, quiz)
+            with db.session() as s:
+                job_id = s.scalar(select(Job.id).where(Job.name == JOB_NAME))
+        finally:
+            db.dispose()
+        reserved = orphan_check(url, orphans)
+    finally:
+        if cluster is not None:
+            cluster.stop()
+    fig = figures(stats, info)
+    connection_errors = sum(n for k, n in stats.errors.items() if ":http_" not in k)
+    result = {
+        "bench": "crash-kill9", "db": "postgresql" if db_url else "sqlite",
+        "workers": args.workers, "annotators": args.annotators, "job_id": job_id,
+        **{k: v for k, v in events.items() if k != "orphans"}, **info, **fig,
+        "connection_errors_during_outage": connection_errors,
+        "retried_submits_acknowledged": ledger.retried_after_error,
+        "verify": checked, "reservations": reserved,
+        "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+    }
+    # 5xx are allowed only as the dying server's last words; none after the restart is the
+    # claim, and the load client cannot tell them apart, so any 5xx fails the run.
+    result["ok"] = checked["ok"] and reserved["ok"] and fig["http_5xx"] == 0
+    return result
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", type=Path, required=True)
+    ap.add_argument("--db")
+    ap.add_argument("--pg", action="store_true")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--annotators", type=int, default=60)
+    ap.add_argument("--seconds", type=float, default=90.0)
+    ap.add_argument("--kill-at", type=float, default=20.0)
+    ap.add_argument("--down-s", type=float, default=3.0)
+    ap.add_argument("--reservation-s", type=float, default=30.0)
+    ap.add_argument("--walk-away-share", type=float, default=0.25)
+    ap.add_argument("--think-median-s", type=float, default=3.0)
+    ap.add_argument("--no-think-share", type=float, default=0.2)
+    ap.add_argument("--images", type=int, default=600)
+    ap.add_argument("--gold", type=int, default=200)
+    ap.add_argument("--json-out", type=Path)
+    args = ap.parse_args(argv)
+    if not 1 <= args.annotators <= 512 or not 0 < args.seconds <= 900:
+        ap.error("--annotators must be 1..512 and --seconds in (0, 900]")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = run(args)
+    print(json.dumps(result, indent=1, default=str), file=sys.stderr)
+    if args.json_out:
+        with args.json_out.open("a") as fh:
+            fh.write(json.dumps(result, default=str) + "\n")
+    print(f"crash run OK: {result['ok']}", file=sys.stderr)
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

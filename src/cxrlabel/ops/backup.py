@@ -1,0 +1,443 @@
+"""Backup and restore of a whole installation: database, renditions, keys, in one tar archive.
+
+Archive layout (format ``cxrlabel-backup``, version 1)::
+
+    manifest.json          versions, database kind and schema revision, row counts, and the
+                           size + SHA-256 of every other member
+    db/cxrlabel.sqlite3    SQLite: a consistent copy made with the online backup API
+    db/cxrlabel.pgdump     PostgreSQL: ``pg_dump --format=custom``
+    renditions/...         the images annotators see (the database stores paths relative to
+                           the data dir, so a restore may go to another folder)
+    secret_key             the session-signing key (restored sessions stay valid)
+    secrets/...            the DICOM pseudonym salt (re-ingest keeps the same patient ids)
+
+Why this order: the database is copied *first*, then the files. Ingest writes an image's
+files before it commits its row, and nothing deletes a committed image's files, so every
+rendition the copied database refers to is already on disk when the files are archived; a
+backup taken while annotators work is consistent (files of images ingested during the backup
+may be included without a row, which is harmless).
+
+Restore refuses a non-empty data dir (or a PostgreSQL database that already holds a job)
+unless ``force``, checks every checksum before touching the target, and refuses archives
+that are not cxrlabel backups with one clear sentence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import platform
+import shutil
+import sqlite3
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from sqlalchemy import create_engine, func, inspect, select, text
+from sqlalchemy.engine import make_url
+
+from cxrlabel import __version__
+from cxrlabel.config import Settings
+
+FORMAT = "cxrlabel-backup"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SQLITE_MEMBER = "db/cxrlabel.sqlite3"
+PGDUMP_MEMBER = "db/cxrlabel.pgdump"
+# What a backup holds from the data dir, besides the database (paths relative to it).
+DATA_ITEMS = ("renditions", "secret_key", "secrets")
+ALLOWED_TOP = {"db", *DATA_ITEMS}
+COUNTED_TABLES = ("jobs", "images", "gold_items", "users", "pages", "submissions",
+                  "judgments", "audit_log")
+CHUNK = 1 << 20
+
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+
+
+class BackupError(Exception):
+    """A backup or restore that cannot go ahead; the message says why in one sentence."""
+
+
+@dataclass
+class RestoreSummary:
+    manifest: dict[str, Any]
+    data_dir: Path
+    database_url: str
+    files: int
+    counts: dict[str, int]
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def pg_binary(name: str) -> str:
+    """``pg_dump`` / ``pg_restore``: the newest in /usr/lib/postgresql/*/bin, else on PATH
+    (a newer client can dump an older server, not the other way round)."""
+    def major(p: Path) -> int:
+        try:
+            return int(p.parts[-3].split(".")[0])
+        except ValueError:
+            return 0
+
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=major)
+    if candidates:
+        return str(candidates[-1])
+    found = shutil.which(name)
+    if found is None:
+        raise BackupError(f"{name} not found: install the PostgreSQL client tools "
+                          f"(apt-get install postgresql-client)")
+    return found
+
+
+def libpq_url(url: str) -> str:
+    """A SQLAlchemy URL (``postgresql+psycopg://...``) as a libpq connection URI."""
+    parsed = make_url(url)
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def backend_of(url: str) -> str:
+    name = make_url(url).get_backend_name()
+    if name not in ("sqlite", "postgresql"):
+        raise BackupError(f"backups support SQLite and PostgreSQL, not {name}")
+    return name
+
+
+def _sqlite_path(url: str) -> Path:
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        raise BackupError("an in-memory SQLite database cannot be backed up or restored")
+    return Path(database)
+
+
+def database_facts(url: str) -> dict[str, Any]:
+    """Schema revision and row counts, read through SQLAlchemy (no migration is run)."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            tables = set(inspect(conn).get_table_names())
+            revision = None
+            if "alembic_version" in tables:
+                revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            counts = {}
+            for table in COUNTED_TABLES:
+                if table in tables:
+                    counts[table] = int(conn.execute(
+                        select(func.count()).select_from(text(table))).scalar() or 0)
+            server = None
+            if engine.dialect.name == "postgresql":
+                server = conn.execute(text("SHOW server_version")).scalar()
+            else:
+                server = sqlite3.sqlite_version
+    finally:
+        engine.dispose()
+    return {"alembic_revision": revision, "counts": counts, "server_version": server}
+
+
+def _data_files(data_dir: Path) -> Iterator[tuple[str, Path]]:
+    """(archive name, path) of every regular file a backup takes from the data dir."""
+    for item in DATA_ITEMS:
+        path = data_dir / item
+        if path.is_file():
+            yield item, path
+        elif path.is_dir():
+            for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.is_symlink()):
+                yield file.relative_to(data_dir).as_posix(), file
+
+
+# --- backup -------------------------------------------------------------------------------------
+
+def _dump_sqlite(url: str, target: Path) -> None:
+    source = _sqlite_path(url)
+    if not source.is_file():
+        raise BackupError(f"the SQLite database {source} does not exist")
+    src = sqlite3.connect(source, timeout=60)
+    dst = sqlite3.connect(target)
+    try:
+        src.backup(dst)  # a consistent snapshot, even while the server writes
+        dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+        if dst.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
+            raise BackupError("the copied SQLite database failed its integrity check")
+    finally:
+        dst.close()
+        src.close()
+
+
+def _dump_postgres(url: str, target: Path) -> str:
+    tool = pg_binary("pg_dump")
+    proc = subprocess.run(
+        [tool, "--format=custom", "--no-owner", "--no-privileges", "--file", str(target),
+         "--dbname", libpq_url(url)],
+        capture_output=True, text=True, timeout=3600, check=False)
+    if proc.returncode != 0:
+        raise BackupError(f"pg_dump failed: {proc.stderr.strip().splitlines()[-1:] or proc}")
+    version = subprocess.run([tool, "--version"], capture_output=True, text=True,
+                             check=False).stdout.strip()
+    return version
+
+
+def create_backup(settings: Settings, out: Path, *, overwrite: bool = False,
+                  progress: Progress | None = None) -> dict[str, Any]:
+    """Write a backup archive of ``settings``' database and data dir to ``out``.
+
+    ``out`` ending in ``.gz``/``.tgz`` is gzip-compressed (renditions are JPEG already, so
+    this mostly shrinks the database). Returns the manifest.
+    """
+    url = settings.database_url
+    backend = backend_of(url)
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise BackupError(f"{out} already exists (choose another name or pass --force)")
+    data_dir = settings.data_dir.resolve()
+    if out.resolve().is_relative_to(data_dir / "renditions"):
+        raise BackupError("write the backup outside the renditions folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".cxrlabel-backup-", dir=out.parent) as tmp:
+        staged = Path(tmp)
+        facts = database_facts(url)
+        db_member = SQLITE_MEMBER if backend == "sqlite" else PGDUMP_MEMBER
+        db_file = staged / Path(db_member).name
+        tool = None
+        if backend == "sqlite":
+            _dump_sqlite(url, db_file)
+            tool = f"sqlite3 online backup (SQLite {sqlite3.sqlite_version})"
+        else:
+            tool = _dump_postgres(url, db_file)
+        # Files after the database: see the module docstring.
+        members = [(db_member, db_file), *_data_files(data_dir)]
+        files = []
+        for n, (name, path) in enumerate(members):
+            files.append({"path": name, "size": path.stat().st_size, "sha256": sha256_file(path)})
+            if progress:
+                progress("checksums", n + 1, len(members))
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "cxrlabel_version": __version__, "python": platform.python_version(),
+            "database": {"backend": backend, "member": db_member, "tool": tool,
+                         "alembic_revision": facts["alembic_revision"],
+                         "server_version": facts["server_version"]},
+            "counts": facts["counts"],
+            "secret_key_from_env": bool(os.environ.get("CXRLABEL_SECRET_KEY")),
+            "files": files,
+        }
+        partial = staged / "archive.part"
+        mode = "w:gz" if out.name.endswith((".gz", ".tgz")) else "w"
+        with tarfile.open(partial, mode) as tar:
+            blob = json.dumps(manifest, indent=2).encode()
+            info = tarfile.TarInfo(MANIFEST)
+            info.size, info.mtime, info.mode = len(blob), int(datetime.now(UTC).timestamp()), 0o600
+            tar.addfile(info, io.BytesIO(blob))
+            for n, ((name, path), entry) in enumerate(zip(members, files, strict=True)):
+                info = tar.gettarinfo(str(path), arcname=name)
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                if info.size != entry["size"]:
+                    raise BackupError(f"{name} changed while it was being backed up; run again")
+                with path.open("rb") as fh:
+                    tar.addfile(info, fh)
+                if progress:
+                    progress("archive", n + 1, len(members))
+        os.chmod(partial, 0o600)  # it holds the secret key and the labels
+        os.replace(partial, out)
+    return manifest
+
+
+# --- reading and checking an archive ------------------------------------------------------------
+
+def _open_tar(archive: Path) -> tarfile.TarFile:
+    if not archive.is_file():
+        raise BackupError(f"{archive} does not exist or is not a file")
+    try:
+        return tarfile.open(archive, "r:*")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise BackupError(f"{archive} is not a cxrlabel backup (not a readable tar archive: "
+                          f"{exc})") from None
+
+
+def _check_manifest(manifest: Any, archive: Path) -> dict[str, Any]:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BackupError(f"{archive} is not a cxrlabel backup (its manifest is of another "
+                          "format)")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise BackupError(f"{archive} was made by a newer cxrlabel (backup format {version}); "
+                          f"upgrade cxrlabel to restore it")
+    db = manifest.get("database")
+    files = manifest.get("files")
+    if (not isinstance(db, dict) or db.get("backend") not in ("sqlite", "postgresql")
+            or not isinstance(files, list)
+            or not all(isinstance(f, dict) and {"path", "size", "sha256"} <= set(f)
+                       for f in files)):
+        raise BackupError(f"{archive} has a damaged manifest (missing database or file list)")
+    for entry in files:
+        _check_member_name(str(entry["path"]), archive)
+    if db.get("member") not in {f["path"] for f in files}:
+        raise BackupError(f"{archive} has a damaged manifest (no database dump listed)")
+    return manifest
+
+
+def _check_member_name(name: str, archive: Path) -> None:
+    path = PurePosixPath(name)
+    if (path.is_absolute() or ".." in path.parts or not path.parts
+            or path.parts[0] not in ALLOWED_TOP):
+        raise BackupError(f"{archive} is not a cxrlabel backup (unexpected member {name!r})")
+
+
+def read_manifest(archive: Path) -> dict[str, Any]:
+    """The manifest of a backup archive, checked for shape (not yet the checksums)."""
+    archive = Path(archive)
+    with _open_tar(archive) as tar:
+        try:
+            member = tar.getmember(MANIFEST)
+            fh = tar.extractfile(member)
+            raw = fh.read(16 * CHUNK) if fh else b""
+            manifest = json.loads(raw)
+        except KeyError:
+            raise BackupError(f"{archive} is not a cxrlabel backup (no {MANIFEST})") from None
+        except (ValueError, tarfile.TarError, OSError, EOFError) as exc:
+            raise BackupError(f"{archive} is damaged: cannot read its {MANIFEST} ({exc})") \
+                from None
+    return _check_manifest(manifest, archive)
+
+
+def extract_verified(archive: Path, target: Path, progress: Progress | None = None
+                     ) -> dict[str, Any]:
+    """Extract ``archive`` into the empty folder ``target`` and check every checksum."""
+    archive = Path(archive)
+    manifest = read_manifest(archive)
+    expected = {f["path"]: f for f in manifest["files"]}
+    seen: set[str] = set()
+    try:
+        with _open_tar(archive) as tar:
+            for n, member in enumerate(tar):
+                if member.name == MANIFEST:
+                    continue
+                _check_member_name(member.name, archive)
+                if member.name not in expected or not member.isfile():
+                    raise BackupError(f"{archive} is not a cxrlabel backup (member "
+                                      f"{member.name!r} is not in its manifest)")
+                tar.extract(member, target, filter="data")
+                seen.add(member.name)
+                if progress:
+                    progress("restore", n, len(expected))
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise BackupError(f"{archive} is damaged or truncated ({exc})") from None
+    missing = sorted(set(expected) - seen)
+    if missing:
+        raise BackupError(f"{archive} is incomplete: {len(missing)} file(s) listed in its "
+                          f"manifest are missing (first: {missing[0]})")
+    for name, entry in expected.items():
+        path = target / name
+        if path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
+            raise BackupError(f"{archive} is damaged: the checksum of {name} does not match")
+    return manifest
+
+
+# --- restore ------------------------------------------------------------------------------------
+
+def _non_empty(folder: Path) -> bool:
+    return folder.exists() and any(folder.iterdir())
+
+
+def _postgres_has_data(url: str) -> bool:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            if "jobs" not in inspect(conn).get_table_names():
+                return False
+            return bool(conn.execute(text("SELECT count(*) FROM jobs")).scalar())
+    except Exception as exc:  # noqa: BLE001 - connection problems become one sentence
+        raise BackupError(f"cannot connect to the target database: {exc}") from None
+    finally:
+        engine.dispose()
+
+
+def _restore_sqlite(dump: Path, url: str) -> None:
+    target = _sqlite_path(url)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{target}{suffix}").unlink(missing_ok=True)
+    os.replace(dump, target)
+
+
+def _restore_postgres(dump: Path, url: str) -> None:
+    proc = subprocess.run(
+        [pg_binary("pg_restore"), "--clean", "--if-exists", "--no-owner", "--no-privileges",
+         "--single-transaction", "--exit-on-error", "--dbname", libpq_url(url), str(dump)],
+        capture_output=True, text=True, timeout=3600, check=False)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise BackupError(f"pg_restore failed: {last}")
+
+
+def restore_backup(settings: Settings, archive: Path, *, force: bool = False,
+                   progress: Progress | None = None) -> RestoreSummary:
+    """Restore ``archive`` into ``settings``' data dir and database, then migrate to head.
+
+    Nothing in the target is touched until the whole archive has been extracted to a staging
+    folder and every checksum matched.
+    """
+    archive = Path(archive)
+    manifest = read_manifest(archive)
+    url = settings.database_url
+    backend = backend_of(url)
+    source_backend = manifest["database"]["backend"]
+    if source_backend != backend:
+        hint = ("omit --db to restore into the data dir's SQLite file" if source_backend
+                == "sqlite" else "pass --db postgresql+psycopg://... for the target database")
+        raise BackupError(f"this backup holds a {source_backend} database but the target is "
+                          f"{backend}; {hint}")
+    data_dir = settings.data_dir
+    if not force:
+        if _non_empty(data_dir):
+            raise BackupError(f"the data dir {data_dir} is not empty; restore into an empty "
+                              "folder, or pass --force to replace its contents")
+        if backend == "postgresql" and _postgres_has_data(url):
+            raise BackupError("the target PostgreSQL database already holds jobs; use an empty "
+                              "database, or pass --force to replace it")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".cxrlabel-restore-", dir=data_dir.parent))
+    try:
+        extract_verified(archive, staging, progress)
+        dump = staging / manifest["database"]["member"]
+        if backend == "sqlite":
+            _restore_sqlite(dump, url)
+        else:
+            _restore_postgres(dump, url)
+        files = 0
+        for item in DATA_ITEMS:
+            staged, target = staging / item, data_dir / item
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+            if staged.exists():
+                shutil.move(str(staged), str(target))
+                files += sum(1 for p in target.rglob("*") if p.is_file()) if target.is_dir() \
+                    else 1
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    from cxrlabel.storage.db import Database  # migrations bring an older backup to head
+
+    Database(url).dispose()
+    counts = database_facts(url)["counts"]
+    wanted = manifest.get("counts", {})
+    different = {k: (v, counts.get(k)) for k, v in wanted.items() if counts.get(k) != v}
+    if different:
+        raise BackupError(f"the restored database does not match the backup's counts: "
+                          f"{different}")
+    return RestoreSummary(manifest, data_dir, url, files, counts)

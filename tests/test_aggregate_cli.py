@@ -1,0 +1,155 @@
+"""The `cxrlabel aggregate` CLI contract and the CSV layer's error policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from cxrlabel.aggregate.cli import aggregate_command
+
+app = typer.Typer()
+app.command("aggregate")(aggregate_command)
+# Typer collapses a one-command app into that command; a second one keeps "aggregate" a
+# sub-command, as it is in the main CLI.
+app.command("noop")(lambda: None)
+
+
+def run(*args: str) -> object:
+    return CliRunner().invoke(app, ["aggregate", *args])
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def answers(tmp_path: Path) -> Path:
+    return write(
+        tmp_path / "answers.csv",
+        "task,worker,label\n"
+        "x1,w1,PNEUMONIA\nx1,w2,PNEUMONIA\nx1,w3,NORMAL\n"
+        "x2,w1,NORMAL\nx2,w2,NORMAL\nx2,w3,NORMAL\n"
+        "x3,w1,NORMAL\nx3,w2,PNEUMONIA\n",
+    )
+
+
+@pytest.mark.parametrize("method", ["mv", "trust", "ds", "glad"])
+def test_output_contract(answers: Path, tmp_path: Path, method: str) -> None:
+    out = tmp_path / "out.csv"
+    result = run(str(answers), "--method", method, "-o", str(out))
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out, dtype={"task": str, "label": str})
+    assert {"task", "label", "confidence", "p_NORMAL", "p_PNEUMONIA"} <= set(table.columns)
+    assert table["task"].tolist() == ["x1", "x2", "x3"]
+    assert table.loc[1, "label"] == "NORMAL"
+    assert (table[["p_NORMAL", "p_PNEUMONIA"]].sum(axis=1) - 1).abs().max() < 1e-9
+
+
+def test_mv_tie_policy_in_cli(answers: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.csv"
+    assert run(str(answers), "-o", str(out)).exit_code == 0
+    assert pd.read_csv(out).loc[2, "label"] == "NORMAL"  # x3 is tied: first in sorted order
+    assert run(str(answers), "-o", str(out), "--tie-break", "PNEUMONIA").exit_code == 0
+    tied = pd.read_csv(out).loc[2]
+    assert tied["label"] == "PNEUMONIA" and tied["confidence"] == 0.5
+
+
+def test_appen_example_through_cli(tmp_path: Path) -> None:
+    trusts = [0.9231, 0.8571, 0.9000, 0.8901, 0.9000, 0.9286, 0.9285, 0.9231]
+    meals = ["beef"] * 5 + ["chicken"] * 2 + ["veggie"]
+    rows = "".join(f"burrito,c{i},{m}\n" for i, m in enumerate(meals))
+    answers = write(tmp_path / "a.csv", "task,worker,label\n" + rows)
+    trust = write(
+        tmp_path / "t.csv", "worker,trust\n" + "".join(f"c{i},{t}\n" for i, t in enumerate(trusts))
+    )
+    out = tmp_path / "o.csv"
+    result = run(str(answers), "--method", "trust", "--trust", str(trust), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    row = pd.read_csv(out).iloc[0]
+    assert row["label"] == "beef" and round(row["confidence"], 4) == 0.6166
+
+
+def test_gold_is_clamped(answers: Path, tmp_path: Path) -> None:
+    gold = write(tmp_path / "gold.csv", "task,label\nx2,PNEUMONIA\nnot_answered,NORMAL\n")
+    out = tmp_path / "out.csv"
+    assert run(str(answers), "--method", "ds", "--gold", str(gold), "-o", str(out)).exit_code == 0
+    table = pd.read_csv(out)
+    assert table.loc[1, "label"] == "PNEUMONIA" and table.loc[1, "gold"]
+    assert len(table) == 3  # gold for an unanswered task is ignored
+
+
+def test_labels_are_strings(tmp_path: Path) -> None:
+    answers = write(tmp_path / "a.csv", "task,worker,label\n001,7,NA\n001,8,NA\n002,7,01\n")
+    out = tmp_path / "o.csv"
+    assert run(str(answers), "-o", str(out)).exit_code == 0
+    table = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert table["task"].tolist() == ["001", "002"]
+    assert table["label"].tolist() == ["NA", "01"]
+    assert {"p_NA", "p_01"} <= set(table.columns)
+
+
+def test_duplicate_answer_warns_and_keeps_last(tmp_path: Path) -> None:
+    answers = write(
+        tmp_path / "a.csv", "task,worker,label\nx,w1,NORMAL\nx,w2,NORMAL\nx,w1,PNEUMONIA\n"
+    )
+    out = tmp_path / "o.csv"
+    result = run(str(answers), "-o", str(out))
+    assert result.exit_code == 0
+    assert "warning:" in result.output and "kept the last" in result.output
+    row = pd.read_csv(out).iloc[0]
+    assert row["n_answers"] == 2 and row["p_PNEUMONIA"] == 0.5  # w1's NORMAL was replaced
+
+
+def test_certainty_column_used(tmp_path: Path) -> None:
+    answers = write(
+        tmp_path / "a.csv",
+        "task,worker,label,certainty\nx,w1,NORMAL,definitely\nx,w2,PNEUMONIA,Can't tell\n"
+        "y,w1,NORMAL,probably\ny,w2,NORMAL,\n",
+    )
+    out = tmp_path / "o.csv"
+    result = run(str(answers), "--method", "certainty", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert pd.read_csv(out).loc[0, "label"] == "NORMAL"
+
+
+def assert_one_line_error(result: object, fragment: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert fragment in lines[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("task,worker\nx,w1\n", "missing column(s) label"),
+        ("", "is empty"),
+        ("task,worker,label\n", "no rows"),
+        ("task,worker,label\nx,,NORMAL\n", "line 2: empty 'worker'"),
+        ("task,worker,label,certainty\nx,w,NORMAL,maybe\n", "certainty 'maybe'"),
+    ],
+)
+def test_bad_answers_file(tmp_path: Path, content: str, fragment: str) -> None:
+    answers = write(tmp_path / "a.csv", content)
+    assert_one_line_error(run(str(answers), "-o", str(tmp_path / "o.csv")), fragment)
+
+
+def test_other_errors(answers: Path, tmp_path: Path) -> None:
+    out = str(tmp_path / "o.csv")
+    assert_one_line_error(run(str(tmp_path / "nope.csv"), "-o", out), "does not exist")
+    assert_one_line_error(run(str(answers), "-m", "bogus", "-o", out), "unknown --method")
+    assert_one_line_error(run(str(answers), "-m", "certainty", "-o", out), "'certainty' column")
+    assert_one_line_error(run(str(answers), "--tie-break", "X", "-o", out), "tie-break label")
+    gold = write(tmp_path / "g.csv", "task,label\nx1,NORMAL\nx1,PNEUMONIA\n")
+    assert_one_line_error(run(str(answers), "--gold", str(gold), "-o", out), "conflicting gold")
+    trust = write(tmp_path / "t.csv", "worker,trust\nw1,high\n")
+    assert_one_line_error(
+        run(str(answers), "-m", "trust", "--trust", str(trust), "-o", out), "not a number"
+    )
+    assert_one_line_error(run(str(answers), "-o", str(tmp_path / "no" / "o.csv")), "folder")
