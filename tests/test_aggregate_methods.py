@@ -201,10 +201,8 @@ def certainty_data(informative: bool, seed: int = 6) -> tuple[np.ndarray, ...]:
     items = np.repeat(np.arange(n_items), n_workers)
     workers = np.tile(np.arange(n_workers), n_items)
     certainty = np.where(rng.random(items.size) < 0.4, 2, 0)
-    if informative:
-        p_right = np.where(certainty == 2, 0.5, 0.85)
-    else:
-        p_right = np.full(items.size, 0.75)
+    honest = np.where(certainty == 2, 0.5, 0.85)
+    p_right = honest if informative else np.full(items.size, 0.75)
     labels = np.where(rng.random(items.size) < p_right, truth[items], 1 - truth[items])
     return items, workers, labels, certainty, truth
 
@@ -245,8 +243,12 @@ def test_permutation_invariance(method: str) -> None:
     worker_perm = rng.permutation(5)
     order = rng.permutation(items.size)
     shuffled = fit(
-        item_perm[items][order], worker_perm[workers][order], labels[order], 3,
-        method=method, certainty=certainty[order],
+        item_perm[items][order],
+        worker_perm[workers][order],
+        labels[order],
+        3,
+        method=method,
+        certainty=certainty[order],
     )
     np.testing.assert_allclose(shuffled.proba[item_perm], base.proba, atol=1e-8)
     np.testing.assert_allclose(shuffled.worker_skill[worker_perm], base.worker_skill, atol=1e-8)
@@ -296,7 +298,9 @@ def test_get_method_and_fitted_attributes() -> None:
 )
 def test_array_input_validation(kwargs: dict[str, object], message: str) -> None:
     args: dict[str, object] = {
-        "items": np.array([0, 1]), "workers": np.array([0, 0]), "labels": np.array([0, 1]),
+        "items": np.array([0, 1]),
+        "workers": np.array([0, 0]),
+        "labels": np.array([0, 1]),
     }
     gold = kwargs.pop("gold", None)
     args.update(kwargs)

@@ -306,3 +306,35 @@ def test_sample_from_reference_is_balanced_one_per_patient(tmp_path: Path) -> No
     # Asking for more than distinct patients allow says so.
     more = _cli(tmp_path, url, "gold", "sample", "--from-reference", "20")
     assert "only" in more.output
+
+
+def test_instruction_examples_never_become_gold(tmp_path: Path) -> None:
+    """The instructions show these images with their answer: a test question must not be one."""
+    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    db = Database(url)
+    with db.session() as s:
+        job, spec = bundled_job(s)
+        example = spec.instructions.examples[0]
+        shown = add_image(s, job, tmp_path, 1, name=example.image, reference_label="NORMAL",
+                          patient_id="p1")
+        for k in range(2, 10):
+            label = "NORMAL" if k < 6 else "PNEUMONIA"
+            add_image(s, job, tmp_path, k, reference_label=label, patient_id=f"p{k}")
+        summary, by_label = goldbank.sample_from_reference(s, job, spec, 8, seed=0)
+        # Five NORMAL candidates, one of them an example: the four others are taken.
+        assert shown.public_id not in summary.public_ids
+        assert by_label == {"NORMAL": 4, "PNEUMONIA": 4}
+    csv_path = write_csv(tmp_path / "gold.csv",
+                         f"image,accepted_answers,reason,difficulty\n"
+                         f"{example.image},NORMAL,clear lungs,easy\n")
+    result = _cli(tmp_path, url, "gold", "import", str(csv_path))
+    assert result.exit_code == 2
+    assert "instruction example" in result.output
+    with db.session() as s:
+        job, spec = bundled_job(s)
+        image = goldbank.find_images(s, job, example.image)[0]
+        s.add(GoldItem(job_id=job.id, image_id=image.id, accepted_answers=["NORMAL"],
+                       reason="r"))
+        s.flush()
+        codes = [w.code for w in goldbank.check_gold(s, job, spec).warnings]
+    assert "instruction_example" in codes

@@ -184,6 +184,17 @@ def test_uphold_keeps_the_gold_and_stores_the_reply(db):
     mine = env.call(lambda s, job: service.list_contests(s, job, None, env.users["ann"]))
     assert mine[0].status == "upheld" and mine[0].reply == "See the opacity behind the heart."
     assert env.annotator("ann").gold_missed == 1
+    # Later the admin edits the gold item directly: same regrading as a contest change.
+    with env.db.session() as s:
+        gold_id = s.scalar(select(GoldItem.id).where(GoldItem.image_id == missed.image_id))
+    env.call(lambda s, job: service.update_gold(
+        s, job, env.spec, env.user(s, "admin"), gold_id, now=env.tick(),
+        accepted_answers=["NORMAL", "PNEUMONIA"], difficulty="hard", active=False))
+    ann = env.annotator("ann")
+    assert (ann.gold_missed, ann.gold_forgiven) == (0, 1)
+    with pytest.raises(QualityError, match="difficulty"):
+        env.call(lambda s, job: service.update_gold(
+            s, job, env.spec, env.user(s, "admin"), gold_id, now=env.tick(), difficulty="x"))
     _assert_replays(env)
 
 

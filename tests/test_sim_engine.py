@@ -173,3 +173,24 @@ def test_http_driver_works_a_live_server_over_loopback(phantom_images: Path,
     assert not [e for e in stats.errors if e.startswith("5")], stats.errors
     assert summary["next_ms"]["n"] >= 4 and summary["submit_ms"]["n"] >= 4
     assert sum(stats.stopped_by.values()) == 4
+
+
+def test_sweep_runs_settings_on_copies_of_one_template(phantom_images: Path,
+                                                       tmp_path: Path) -> None:
+    from cxrlabel.sim import sweep as sw
+    from cxrlabel.sim.crowd import load_crowd
+
+    path, spec = _spec()
+    template = sw.build_template(spec, path.read_text(encoding="utf-8"), phantom_images,
+                                 tmp_path, limit=None, seed=0, gold=20)
+    crowd = load_crowd("good").with_settings(annotators=8)
+    settings = [sw.setting_of(spec), sw.Setting(2, 4, 0.8, 1, 0.65, "mv")]
+    rows = sw.sweep(template, tmp_path, spec, settings, [crowd], seed=0)
+    assert [r["setting"] for r in rows] == [s.key for s in settings]
+    assert rows[0]["min_judgments"] == 3 and rows[1]["aggregation"] == "mv"
+    for row in rows:
+        assert 0.0 < row["label_accuracy"] <= 1.0 and row["cost_per_image"] > 0
+    assert not list(tmp_path.glob("run-*"))  # each run's copy is cleaned up
+    summary = sw.summarise_settings(rows)
+    best, _why = sw.recommend(summary, 0.5)
+    assert best is not None and best["setting"] in {s.key for s in settings}

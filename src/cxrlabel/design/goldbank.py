@@ -92,6 +92,15 @@ def find_images(session: Session, job: Job, reference: str) -> list[Image]:
             or Path(im.source_path).name == reference]
 
 
+def instruction_example_ids(session: Session, job: Job, spec: JobSpec) -> set[int]:
+    """Images the instructions show *with their answer*: they must never be test questions,
+    or an annotator would have seen the answer before the quiz."""
+    ids: set[int] = set()
+    for example in spec.instructions.examples:
+        ids.update(im.id for im in find_images(session, job, example.image))
+    return ids
+
+
 # --- import ---------------------------------------------------------------------------------
 
 
@@ -141,6 +150,7 @@ def _validate(
     session: Session, job: Job, spec: JobSpec, rows: list[dict[str, str]]
 ) -> tuple[list[_Row], list[str]]:
     parsed, problems, seen = [], [], {}
+    examples = instruction_example_ids(session, job, spec)
     for line, row in enumerate(rows, start=2):  # line 1 is the header
         ref = row.get("image", "")
         matches = find_images(session, job, ref)
@@ -163,6 +173,9 @@ def _validate(
             problems.append(
                 f"line {line}: difficulty '{difficulty}' must be one of {', '.join(DIFFICULTIES)}"
             )
+        if len(matches) == 1 and matches[0].id in examples:
+            problems.append(f"line {line}: image '{ref}' is an instruction example: annotators "
+                            "see its answer in the instructions, so it cannot be a test question")
         if len(matches) == 1:
             image = matches[0]
             if image.id in seen:
@@ -417,6 +430,14 @@ def check_gold(
         ))
     warnings += _work_overlap_warnings(session, job, rows)
     warnings += _near_duplicate_warnings(session, job, rows)
+    shown = instruction_example_ids(session, job, spec)
+    in_instructions = [r for r in rows if r.image.id in shown]
+    if in_instructions:
+        warnings.append(GoldWarning(
+            "instruction_example",
+            f"{len(in_instructions)} gold image(s) are shown with their answer in the "
+            "instructions: " + _names(r.image for r in in_instructions),
+        ))
     for r in rows:
         if set(spec.label_values) <= set(r.gold.accepted_answers):
             warnings.append(GoldWarning(
@@ -538,6 +559,8 @@ def sample_from_reference(
             Image.id.not_in(judged),
         ).order_by(Image.id)
     ).all()
+    examples = instruction_example_ids(session, job, spec)
+    candidates = [im for im in candidates if im.id not in examples]
     rng = random.Random(seed)
     per_label = {label: [im for im in candidates if im.reference_label == label]
                  for label in spec.label_values}
