@@ -185,7 +185,8 @@ def ck_gold_weighted_vote(frame: pd.DataFrame, gold: pd.Series, gold_mv: type) -
     from crowdkit.aggregation import MajorityVote
 
     skills = gold_mv().fit(frame, gold).skills_
-    return MajorityVote(default_skill=float(skills.median())).fit_predict(frame, skills)
+    vote = MajorityVote(default_skill=float(skills.median()), on_missing_skill="value")
+    return vote.fit_predict(frame, skills)
 
 
 def ece_on_gold(data: Dataset, labels: np.ndarray, confidence: np.ndarray) -> float:
@@ -201,7 +202,8 @@ def medical_rows(data: Dataset) -> list[list[str]]:
     pos = positive[0]
     truth = data.gold_labels == pos
     out = []
-    for method, kwargs in (("mv", {}), ("ds", {}), ("glad", {}), ("glad", {"class_ability": False})):
+    variants = (("mv", {}), ("ds", {}), ("glad", {}), ("glad", {"class_ability": False}))
+    for method, kwargs in variants:
         labels, _, _ = data.ours(method, **kwargs)
         called = labels[data.gold_items] == pos
         sens = called[truth].mean() if truth.any() else float("nan")
@@ -327,7 +329,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    console = Console()
+    console = Console(width=230)
     if not args.data.is_dir():
         console.print(f"[red]crowd data not found at {args.data}; set CXRLABEL_SHARED_DATA[/]")
         return 2

@@ -10,7 +10,7 @@ ECE, training time and CPU inference images/s (PyTorch vs ONNX Runtime, same run
 published anchors. Then a transfer check: how thresholds chosen on one patient-grouped half of
 the held-out images behave on the other half, over several random splits.
 
-    python benchmarks/model.py [--out /tmp/cxrlabel-bench-model] [--label-noise 0.1]
+    python benchmarks/model.py [--out /tmp/issue9-model-bench] [--label-noise 0.1]
 
 CPU budget: about 25-30 minutes on 2 cores (the training stops itself at --max-minutes).
 """
@@ -87,7 +87,7 @@ def transfer_check(y, p, groups, n_splits: int = 10, seed: int = 0) -> list[dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("/tmp/cxrlabel-bench-model"))
+    parser.add_argument("--out", type=Path, default=Path("/tmp/issue9-model-bench"))
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-minutes", type=float, default=90.0, help="wall-clock guard")

@@ -33,6 +33,7 @@ from cxrlabel.model.train import (  # noqa: E402
     torch_logits,
     train,
 )
+from fixtures_images import dicom_bytes, dicom_dataset, malformed_dicom  # noqa: E402
 from model_support import synthetic_xray, write_synthetic_export  # noqa: E402
 
 SIZE = 64
@@ -52,7 +53,7 @@ def trained(export_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
-    """A folder tree of good images plus a corrupt PNG, an empty file and a text file."""
+    """Good PNG/JPEG/DICOM images in a folder tree, plus corrupt, empty and non-image files."""
     root = tmp_path_factory.mktemp("inputs")
     rng = np.random.default_rng(7)
     (root / "sub" / "deeper").mkdir(parents=True)
@@ -62,6 +63,10 @@ def inputs(tmp_path_factory) -> Path:
     (root / "sub" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 20)
     (root / "empty.jpeg").write_bytes(b"")
     (root / "notes.txt").write_text("not an image")
+    dicom = dicom_dataset(synthetic_xray(rng, True, 96, 80).astype(np.uint16) * 16,
+                          bits_stored=12)
+    (root / "sub" / "c.dcm").write_bytes(dicom_bytes(dicom))
+    (root / "bad.dcm").write_bytes(malformed_dicom())
     return root
 
 
@@ -138,9 +143,9 @@ def test_predict_cli_contract(trained, inputs, tmp_path):
     assert result.exit_code == 0, result.output
     rows = {Path(r["file"]).relative_to(inputs).as_posix(): r
             for r in csv.DictReader(out.open())}
-    assert set(rows) == {"a.png", "sub/b.jpg", "sub/deeper/a.png", "sub/broken.png",
-                         "empty.jpeg", "missing.png"}  # notes.txt is not an image suffix
-    for name in ("a.png", "sub/b.jpg", "sub/deeper/a.png"):
+    assert set(rows) == {"a.png", "sub/b.jpg", "sub/deeper/a.png", "sub/c.dcm", "sub/broken.png",
+                         "empty.jpeg", "missing.png", "bad.dcm"}  # notes.txt: not an image
+    for name in ("a.png", "sub/b.jpg", "sub/deeper/a.png", "sub/c.dcm"):
         row = rows[name]
         assert row["error"] == "" and row["band"] in ("flag", "review", "clear")
         assert 0.0 <= float(row["p_pneumonia"]) <= 1.0
@@ -148,6 +153,7 @@ def test_predict_cli_contract(trained, inputs, tmp_path):
     assert "empty" in rows["empty.jpeg"]["error"]
     assert "not found" in rows["missing.png"]["error"]
     assert rows["sub/broken.png"]["error"] and rows["sub/broken.png"]["band"] == ""
+    assert "DICOM" in rows["bad.dcm"]["error"] and rows["bad.dcm"]["p_pneumonia"] == ""
     # two inputs named a.png get two heatmaps
     assert rows["a.png"]["heatmap"] != rows["sub/deeper/a.png"]["heatmap"]
 
@@ -156,7 +162,7 @@ def test_bands_follow_the_stored_thresholds(trained, inputs):
     model = infer.OnnxModel(trained.model_dir)
     preds = infer.predict_paths(model, find_images([inputs]))
     good = [p for p in preds if p.error is None]
-    assert len(good) == 3
+    assert len(good) == 4
     for p in good:
         expected = ("flag" if p.p_pneumonia >= model.flag_at
                     else "clear" if p.p_pneumonia < min(model.clear_below, model.flag_at)
@@ -200,7 +206,7 @@ def test_predict_without_torch(trained, inputs, tmp_path):
                           env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     rows = list(csv.DictReader(out.open()))
-    assert sum(r["band"] != "" for r in rows) == 3
+    assert sum(r["band"] != "" for r in rows) == 4
 
 
 def test_train_without_torch_fails_cleanly(tmp_path):

@@ -32,7 +32,7 @@ from typing import Any
 
 from sqlalchemy import Select, func, select, true, union_all
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.storage.models import (
@@ -165,6 +165,8 @@ def open_pages(session: Session, job: Job, user: User, now: datetime) -> list[Pa
         .where(Page.job_id == job.id, Page.user_id == user.id, Page.submitted_at.is_(None),
                Page.expires_at > now)
         .order_by(Page.id)
+        # Callers show the items' images: two queries instead of one per item.
+        .options(selectinload(Page.items).selectinload(PageItem.image))
     ))
 
 
@@ -387,10 +389,13 @@ def _make_page(
 ) -> Page:
     entries = [(image_id, False) for image_id in work] + [(image_id, True) for image_id in gold]
     rng.shuffle(entries)  # gold sits at random positions, indistinguishable from work
+    # The caller shows every item's image: load them in one query, not one lazy load per item.
+    images = {i.id: i for i in session.scalars(select(Image).where(Image.id.in_(work + gold)))}
     page = Page(
         job_id=job.id, user_id=user.id, kind=kind, served_at=now,
         expires_at=now + timedelta(minutes=spec.pages.reservation_minutes),
-        items=[PageItem(image_id=i, position=pos, is_gold=g) for pos, (i, g) in enumerate(entries)],
+        items=[PageItem(image_id=i, image=images[i], position=pos, is_gold=g)
+               for pos, (i, g) in enumerate(entries)],
     )
     session.add(page)
     session.flush()

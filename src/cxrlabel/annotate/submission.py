@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from cxrlabel.annotate._time import as_utc
 from cxrlabel.annotate.assignment import DEFAULT_STATUS_MESSAGES, open_reservations
@@ -40,6 +40,7 @@ from cxrlabel.storage.models import (
     Job,
     Judgment,
     Page,
+    PageItem,
     PageKind,
     Submission,
     User,
@@ -61,6 +62,8 @@ def submit_page(
         select(Page).where(Page.public_id == page_public_id, Page.job_id == job.id,
                            Page.user_id == user.id)
         .with_for_update()  # PostgreSQL: parallel submits of one page queue here
+        # Validation and grading read every item's image: two queries, not one per item.
+        .options(selectinload(Page.items).selectinload(PageItem.image))
     )
     if page is None:
         raise SubmissionError("page_not_found", "No such page for you in this job.", 404)

@@ -54,8 +54,8 @@ def _metrics_table(evaluation: dict) -> str:
         ("ECE (15 bins)", lambda m: _fmt(m["ece"])),
         ("flag: sensitivity / specificity",
          lambda m: f"{_fmt(m['flag_sensitivity'])} / {_fmt(m['flag_specificity'])}"),
-        ("clear: NPV / sensitivity", lambda m: f"{_fmt(m['clear_npv'])} / "
-                                                f"{_fmt(m['clear_sensitivity'])}"),
+        ("clear: NPV / pneumonia kept out of clear",
+         lambda m: f"{_fmt(m['clear_npv'])} / {_fmt(m['clear_sensitivity'])}"),
         ("share flag / review / clear", lambda m: f"{m['share_flag']:.2f} / "
          f"{m['share_review']:.2f} / {m['share_clear']:.2f}"),
         ("pneumonia cases in clear", lambda m: str(m["pneumonia_in_clear"])),
@@ -143,9 +143,9 @@ to expert review (docs/model.md).
 ## Training data and labels
 
 Export: `{tr['dataset_dir']}`. Images per split: {tr['n_images']}.
-Targets are the crowd aggregate's **soft labels** (`p_PNEUMONIA`, trained with a soft-target
-cross-entropy), made by non-expert annotators through cxrlabel's quality control; they are
-noisier than a radiologist's.
+Targets are the export's **soft labels** (`p_PNEUMONIA`, trained with a soft-target
+cross-entropy). In a cxrlabel export they are the crowd aggregate's probabilities, made by
+non-expert annotators through cxrlabel's quality control, and noisier than a radiologist's.
 
 {_label_summary(dataset_dir)}
 

@@ -256,6 +256,14 @@ class DbState(QualityState):
     def _load_judgments_on(self, image_id: int) -> list[JudgmentRec]:
         return self._load_judgments(Judgment.image_id == image_id)
 
+    def preload_judgments_on(self, image_ids: Iterable[int]) -> None:
+        """The judgments on these images in one query (a page's worth), instead of one query
+        per image when the engine asks; ``judgments_on`` then answers from memory."""
+        ids = sorted({i for i in image_ids if i not in self._images_loaded})
+        if ids:
+            self._remember(self._load_judgments(Judgment.image_id.in_(ids)))
+            self._images_loaded.update(ids)
+
     def _load_judgments_by(self, user_id: int) -> list[JudgmentRec]:
         return self._load_judgments(Judgment.user_id == user_id)
 
@@ -300,9 +308,11 @@ def _record_decisions(session: Session, job: Job, decisions: list[Decision],
 
 
 def _run(session: Session, job: Job, spec: JobSpec, event: Event, now: datetime,
-         actor_id: int | None, pending: Sequence[Judgment] = ()) -> tuple[Engine, Any]:
+         actor_id: int | None, pending: Sequence[Judgment] = (),
+         preload_images: Iterable[int] = ()) -> tuple[Engine, Any]:
     """Apply one input event to the stored state and write state and decisions back."""
     state = DbState(session, job, spec, pending)
+    state.preload_judgments_on(preload_images)
     engine = Engine(state, spec)
     result = engine.apply(event)
     state.write_back(now)
@@ -351,7 +361,9 @@ def on_page_submitted(session: Session, job: Job, spec: JobSpec, user: User, pag
     )
     _audit(session, job, user.id, PAGE_SUBMITTED, f"page:{page.id}",
            _page_payload(event), now)
-    engine, result = _run(session, job, spec, event, now, user.id, pending=ordered)
+    # The engine re-aggregates the page's work images: fetch their judgments in one query.
+    engine, result = _run(session, job, spec, event, now, user.id, pending=ordered,
+                          preload_images=[j.image_id for j in ordered if not j.is_gold])
     annotator = engine.state.annotator(user.id)
     return PageOutcome(
         quiz_passed=result.quiz_passed,

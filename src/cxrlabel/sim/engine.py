@@ -15,8 +15,8 @@ Events (a heap on the simulated clock):
 * ``submit``  - they submit; then they ask for the next page after a short pause, or leave for
   a break (another session later) or for good.
 
-Arrivals stop once no image needs judgments; the clock stops after ``crowd.max_days``. The
-expert then works through the review queue. All randomness comes from ``seed``.
+Someone arriving while no image needs judgments does not join; the clock stops after
+``crowd.max_days``. The expert then works through the review queue. All randomness comes from ``seed``.
 """
 
 from __future__ import annotations
@@ -136,7 +136,6 @@ class Simulation:
         self._labels = spec.label_values
         self._certainties = _ordered_certainties(spec)
         self._flags = spec.quality_flag_values
-        self._arrivals_open = True
         self._job_row: Job | None = None
         self._users: dict[int, User] = {}
         self._open_work = self._count_open()
@@ -191,9 +190,8 @@ class Simulation:
 
     # --- event handlers --------------------------------------------------------------------
     def _on_arrive(self, a: SimAnnotator, now: datetime) -> None:
-        if not self._arrivals_open or self._count_open() == 0:
-            self._arrivals_open = False  # the job is done: nobody else is needed
-            a.gone = True
+        if self._count_open() == 0:  # nothing to do now: this person does not join (images
+            a.gone = True            # reopened later by a removal still get later arrivals)
             return
         with self.db.session() as session:
             user = User(username=a.username, password_hash=UNUSABLE_PASSWORD,

@@ -1,0 +1,255 @@
+"""Role matrix: every route of the app x every kind of visitor; only the intended ones get in.
+
+The rules table below is the specification: (method, path template) -> roles allowed. The
+test reads the app's route table, so a route added without a rule here fails the test (and a
+rule for a route that no longer exists fails too). Path parameters always name annotator A's
+objects (A's open page, A's image, A's judgment), so "allowed = {A}" also says that B, the
+removed and the disqualified annotator cannot reach them.
+
+"Allowed" means the request passed authorisation: not 401/403/404 and not sent to the login
+page (a 409 or 422 from the handler is fine: it got in). "Denied" means 401, 403, 404 or a
+redirect to /login.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import pytest
+
+from security_support import ADMIN, ANON, DISQ, EXPERT, REMOVED, A, B, build_env
+
+EVERYONE = frozenset({ANON, A, B, REMOVED, DISQ, EXPERT, ADMIN})
+SIGNED_IN = EVERYONE - {ANON}
+ANNOTATORS = frozenset({A, B, REMOVED, DISQ})
+ONLY_A = frozenset({A})
+ADMINS = frozenset({ADMIN})
+REVIEWERS = frozenset({EXPERT, ADMIN})
+IMAGE_VIEWERS = frozenset({A, EXPERT, ADMIN})
+
+
+@dataclass(frozen=True)
+class Rule:
+    allowed: frozenset[str]
+    form: dict | None = None  # HTML form body (CSRF token added)
+    json: object = None  # JSON body (CSRF header added)
+    params: dict = field(default_factory=dict)  # overrides of the path parameters
+    url: str | None = None  # a concrete URL (mounts)
+
+
+R = Rule
+RULES: dict[tuple[str, str], Rule] = {
+    # public
+    ("GET", "/api/openapi.json"): R(EVERYONE),
+    ("GET", "/api/docs"): R(EVERYONE),
+    ("GET", "/docs/oauth2-redirect"): R(EVERYONE),
+    ("GET", "/static"): R(EVERYONE, url="/static/app.css"),
+    ("GET", "/login"): R(EVERYONE),
+    ("GET", "/join/{token}"): R(EVERYONE),
+    ("POST", "/join/{token}"): R(EVERYONE, form={"username": "x", "password": "a",
+                                                 "password2": "b"}),
+    # any signed-in account
+    ("GET", "/"): R(SIGNED_IN),
+    ("GET", "/account"): R(SIGNED_IN),
+    ("POST", "/account/token"): R(SIGNED_IN, form={}),
+    # admin pages and API
+    ("GET", "/admin"): R(ADMINS),
+    ("GET", "/admin/jobs/{job_name}/annotators"): R(ADMINS),
+    ("GET", "/admin/jobs/{job_name}/gold"): R(ADMINS),
+    ("GET", "/admin/invites"): R(ADMINS),
+    ("POST", "/admin/invites"): R(ADMINS, form={"role": "annotator", "uses": "1"}),
+    ("POST", "/admin/invites/{invite_id}/revoke"): R(ADMINS, form={}),
+    ("GET", "/admin/jobs/{job_name}/contributors"): R(ADMINS),
+    ("POST", "/admin/jobs/{job_name}/contributors/{user_id}/{action}"):
+        R(ADMINS, form={"text": "hello"}, params={"action": "message"}),
+    ("GET", "/admin/jobs/{job_name}/contests"): R(ADMINS),
+    ("POST", "/admin/jobs/{job_name}/contests/{contest_id}/resolve"):
+        R(ADMINS, form={"action": "uphold", "reply": "it stands"}),
+    ("GET", "/admin/dashboard.js"): R(ADMINS),
+    ("GET", "/admin/dashboard.css"): R(ADMINS),
+    ("GET", "/admin/jobs/{job_name}/dashboard"): R(ADMINS),
+    ("GET", "/admin/jobs/{job_name}/reports/qa.html"): R(ADMINS),
+    ("GET", "/admin/jobs/{job_name}/reports/{kind}.{fmt}"):
+        R(ADMINS, params={"kind": "full", "fmt": "csv"}),
+    ("POST", "/api/invites"): R(ADMINS, json={"role": "annotator"}),
+    ("GET", "/api/jobs/{job_name}/status"): R(ADMINS),
+    ("GET", "/api/jobs/{job_name}/annotators"): R(ADMINS),
+    ("GET", "/api/jobs/{job_name}/gold"): R(ADMINS),
+    ("GET", "/api/jobs/{job_name}/contributors"): R(ADMINS),
+    ("POST", "/api/jobs/{job_name}/contributors/{user_id}/message"):
+        R(ADMINS, json={"text": "hello"}),
+    ("POST", "/api/jobs/{job_name}/contributors/{user_id}/remove"):
+        R(ADMINS, json={"reason": "test"}),
+    ("POST", "/api/jobs/{job_name}/contributors/{user_id}/reinstate"):
+        R(ADMINS, json={"reason": "test"}),
+    ("GET", "/api/jobs/{job_name}/contests"): R(ADMINS),
+    ("POST", "/api/jobs/{job_name}/contests/{contest_id}/resolve"):
+        R(ADMINS, json={"action": "uphold", "reply": "it stands"}),
+    ("GET", "/api/jobs/{job_name}/gold-stats"): R(ADMINS),
+    ("GET", "/api/jobs/{job_name}/quality/replay"): R(ADMINS),
+    # experts (and admins)
+    ("GET", "/review/{job_name}"): R(REVIEWERS),
+    ("GET", "/review/{job_name}/{public_id}"): R(REVIEWERS, params={"public_id": "review_image"}),
+    ("POST", "/review/{job_name}/{public_id}"):
+        R(REVIEWERS, form={"label": "NORMAL"}, params={"public_id": "review_image"}),
+    ("GET", "/api/jobs/{job_name}/review"): R(REVIEWERS),
+    ("POST", "/api/jobs/{job_name}/review/{public_id}"):
+        R(REVIEWERS, json={"label": "NORMAL"}, params={"public_id": "review_image"}),
+    ("GET", "/api/model"): R(REVIEWERS),
+    ("POST", "/api/model/predict"): R(REVIEWERS, form={}),
+    # annotators; routes with A's objects in the path: A only
+    ("GET", "/jobs/{job_name}"): R(ANNOTATORS),
+    ("GET", "/jobs/{job_name}/instructions"): R(ANNOTATORS),
+    ("GET", "/jobs/{job_name}/page"): R(ANNOTATORS),
+    ("POST", "/jobs/{job_name}/prefetch"): R(ANNOTATORS, form={}),
+    ("GET", "/api/jobs/{job_name}/pages/next"): R(ANNOTATORS),
+    ("GET", "/api/jobs/{job_name}/me"): R(ANNOTATORS),
+    ("POST", "/jobs/{job_name}/pages/{page_id}"): R(ONLY_A, form={}),
+    ("GET", "/jobs/{job_name}/pages/{page_id}/feedback"): R(ONLY_A,
+                                                            params={"page_id": "done_page"}),
+    ("POST", "/jobs/{job_name}/contest"): R(ONLY_A, form={"reason": "no", "page_id": "x",
+                                                            "judgment_id": "$judgment_id"}),
+    ("POST", "/api/jobs/{job_name}/pages/{page_id}/submit"):
+        R(ONLY_A, json={"client_submission_id": "zz", "answers": []}),
+    ("POST", "/api/jobs/{job_name}/contests"): R(ONLY_A, json={"reason": "no",
+                                                                    "judgment_id": "$judgment_id"}),
+    ("GET", "/img/{public_id}"): R(IMAGE_VIEWERS),
+}
+# Sign-out ends the caller's session: it is checked on its own below, last.
+SIGN_OUT = {("POST", "/login"), ("POST", "/logout")}
+
+
+def app_routes(app) -> set[tuple[str, str]]:  # noqa: ANN001
+    """(method, path) of every route, including those of included routers (FastAPI >= 0.16x
+    keeps them as ``_IncludedRouter`` entries) and mounts (as GET)."""
+    found: set[tuple[str, str]] = set()
+
+    def add(route) -> None:  # noqa: ANN001
+        methods = getattr(route, "methods", None) or {"GET"}
+        for m in methods - {"HEAD"}:
+            found.add((m, route.path))
+
+    for route in app.routes:
+        if hasattr(route, "effective_route_contexts"):
+            for ctx in route.effective_route_contexts():
+                original = ctx.original_route
+                methods = getattr(original, "methods", None) or {"GET"}
+                for m in methods - {"HEAD"}:
+                    found.add((m, ctx.path))
+        else:
+            add(route)
+    return found
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("roles")
+    e = build_env(f"sqlite:///{data_dir / 'db.sqlite3'}", data_dir)
+    yield e
+    e.db.dispose()
+
+
+def test_every_route_has_a_rule(env):
+    routes = app_routes(env.app)
+    missing = sorted(routes - set(RULES) - SIGN_OUT)
+    assert not missing, f"routes without a rule in test_security_roles.RULES: {missing}"
+    stale = sorted(set(RULES) - routes)
+    assert not stale, f"rules for routes that no longer exist: {stale}"
+
+
+def _url(env, path: str, rule: Rule) -> str:  # noqa: ANN001
+    if rule.url:
+        return rule.url
+    values = {**env.ids}
+    for name, ref in rule.params.items():
+        values[name] = env.ids.get(ref, ref)
+    return path.format(**{k: values[k] for k in re.findall(r"{(\w+)}", path)})
+
+
+def _body(env, body):  # noqa: ANN001, ANN202 - "$name" values name A's objects
+    if not isinstance(body, dict):
+        return body
+    return {k: env.ids[v[1:]] if isinstance(v, str) and v.startswith("$") else v
+            for k, v in body.items()}
+
+
+def _denied(response) -> bool:  # noqa: ANN001
+    if response.status_code in (401, 403, 404):
+        return True
+    return response.status_code in (302, 303, 307) and \
+        response.headers.get("location", "").startswith("/login")
+
+
+def _order(item) -> tuple:  # noqa: ANN001
+    # Writes that change what later requests see go last (resolving the contest, reviewing).
+    (method, path), _rule = item
+    return (method == "POST", "resolve" in path or "review" in path or "remove" in path, path)
+
+
+def test_role_matrix(env):
+    client = env.client()
+    failures = []
+    for (method, path), rule in sorted(RULES.items(), key=_order):
+        url = _url(env, path, rule)
+        # Denied roles first, so an allowed write cannot change what they would see.
+        for role in sorted(EVERYONE - rule.allowed) + sorted(rule.allowed):
+            r = env.request(client, role, method, url, form=_body(env, rule.form),
+                            json=_body(env, rule.json))
+            allowed = role in rule.allowed
+            if r.status_code >= 500 and r.status_code != 503:
+                failures.append(f"{role:<13} {method} {url}: {r.status_code} (server error)")
+            elif allowed and _denied(r):
+                failures.append(f"{role:<13} {method} {url}: {r.status_code} but should get in")
+            elif not allowed and not _denied(r):
+                failures.append(f"{role:<13} {method} {url}: {r.status_code} but should be "
+                                f"denied")
+    assert not failures, "\n".join(failures)
+
+
+def test_inactive_annotators_get_no_work(env):
+    """Removed and disqualified annotators reach the annotator pages, but get no page, no
+    prefetch and cannot submit."""
+    client = env.client()
+    for role in (REMOVED, DISQ):
+        r = env.request(client, role, "GET", "/jobs/test-job/page")
+        assert r.status_code == 200 and "work-form" not in r.text and "Thank you" in r.text
+        body = env.request(client, role, "GET", "/api/jobs/test-job/pages/next").json()
+        assert body["page"] is None and body["reason"] in ("removed", "disqualified")
+        r = env.request(client, role, "POST", "/jobs/test-job/prefetch", form={})
+        assert r.json() == {"images": []}
+
+
+def test_bearer_token_cannot_reach_another_annotators_objects(env):
+    from cxrlabel.annotate.accounts import issue_api_token
+    from cxrlabel.storage.models import User
+
+    with env.db.session() as s:
+        token_b = issue_api_token(s, s.get(User, env.user_ids[B]))
+    client = env.client()
+    h = {"Authorization": f"Bearer {token_b}"}
+    page = env.ids["done_page"]
+    assert client.get(f"/jobs/test-job/pages/{page}/feedback", headers=h).status_code == 404
+    r = client.post(f"/api/jobs/test-job/pages/{env.ids['page_id']}/submit", headers=h,
+                    json={"client_submission_id": "b-1", "answers": []})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "page_not_found"
+    assert client.get(f"/img/{env.ids['public_id']}", headers=h).status_code == 404
+    r = client.post("/api/jobs/test-job/contests", headers=h,
+                    json={"judgment_id": env.ids["judgment_id"], "reason": "mine now"})
+    assert r.status_code == 404
+    assert client.get("/api/jobs/test-job/gold", headers=h).status_code == 403
+    assert client.get("/api/jobs/test-job/quality/replay", headers=h).status_code == 403
+    assert client.get("/api/jobs/test-job/me",
+                      headers={"Authorization": "Bearer forged"}).status_code == 401
+
+
+def test_sign_in_and_out_for_every_role(env):
+    client = env.client()
+    for role in sorted(EVERYONE):
+        r = env.request(client, role, "POST", "/login",
+                        form={"username": "nobody-here", "password": "wrong", "next": "/"})
+        assert r.status_code == 401, role  # reached the handler: a wrong password is refused
+        r = env.request(client, role, "POST", "/logout", form={})
+        assert r.status_code == 303 and r.headers["location"] == "/login"
+        cleared = r.headers.get("set-cookie", "")
+        assert "cxrlabel_session=" in cleared
