@@ -182,9 +182,10 @@ def _denied(response) -> bool:  # noqa: ANN001
 
 
 def _order(item) -> tuple:  # noqa: ANN001
-    # Writes that change what later requests see go last (resolving the contest, reviewing).
+    # Image access first (B may legitimately be given A's work image on a later page of
+    # B's own); writes that change what later requests see go last.
     (method, path), _rule = item
-    return (method == "POST", "resolve" in path or "review" in path or "remove" in path, path)
+    return (not path.startswith("/img"), method == "POST", "resolve" in path or "review" in path or "remove" in path, path)
 
 
 def test_role_matrix(env):

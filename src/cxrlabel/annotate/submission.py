@@ -18,9 +18,7 @@ After inserting the judgments (flushed, same transaction) the quality engine gra
 
 from __future__ import annotations
 
-import importlib
 from collections import Counter
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,10 +29,11 @@ from cxrlabel.annotate._time import as_utc
 from cxrlabel.annotate.assignment import DEFAULT_STATUS_MESSAGES, open_reservations
 from cxrlabel.annotate.schemas import AnswerIn, MissedGold, SubmissionError, SubmitResult
 from cxrlabel.jobspec import JobSpec
+from cxrlabel.quality import service as quality_service
+from cxrlabel.quality.service import PageOutcome
 from cxrlabel.storage.models import (
     AnnotatorState,
     AnnotatorStatus,
-    GoldItem,
     Image,
     ImageStatus,
     Job,
@@ -231,77 +230,9 @@ def _after_submit(
 def _grade(
     session: Session, job: Job, spec: JobSpec, user: User, page: Page,
     judgments: list[Judgment], now: datetime,
-) -> Any:
-    try:
-        service = importlib.import_module("cxrlabel.quality.service")
-    except ModuleNotFoundError as exc:
-        if exc.name != "cxrlabel.quality.service":
-            raise
-        return _fallback_quality(session, job, spec, user, page, judgments, now)
-    return service.on_page_submitted(session, job, spec, user, page, judgments, now)
-
-
-@dataclass
-class _FallbackOutcome:
-    missed_gold: list[MissedGold] = field(default_factory=list)
-    quiz_passed: bool | None = None
-    quiz_accuracy: float | None = None
-    message: str | None = None
-
-
-def _fallback_quality(
-    session: Session, job: Job, spec: JobSpec, user: User, page: Page,
-    judgments: list[Judgment], now: datetime,
-) -> _FallbackOutcome:
-    """TEMPORARY minimal grading used only while cxrlabel.quality.service does not exist.
-
-    Marks missed gold, decides the quiz by accuracy, counts trusted judgments and finalises an
-    image at its target by majority. The lead removes this once the quality engine lands.
-    """
-    state = session.scalar(select(AnnotatorState).where(
-        AnnotatorState.job_id == job.id, AnnotatorState.user_id == user.id))
-    assert state is not None
-    outcome = _FallbackOutcome()
-    gold_rows = {g.image_id: g for g in session.scalars(
-        select(GoldItem).where(GoldItem.image_id.in_([j.image_id for j in judgments if j.is_gold]))
-    )}
-    correct = 0
-    for j in judgments:
-        if j.is_gold:
-            gold = gold_rows[j.image_id]
-            j.gold_missed = j.answer not in gold.accepted_answers
-            state.gold_seen += 1
-            if j.gold_missed:
-                state.gold_missed += 1
-                outcome.missed_gold.append(MissedGold(
-                    judgment_id=j.id, image_public_id=session.get(Image, j.image_id).public_id,
-                    given_answer=j.answer, accepted_answers=list(gold.accepted_answers),
-                    reason=gold.reason))
-            else:
-                correct += 1
-            continue
-        state.judgments += 1
-        image = session.get(Image, j.image_id)
-        assert image is not None
-        image.trusted_judgments += 1
-        if image.trusted_judgments >= image.judgment_target:
-            answers = session.scalars(select(Judgment.answer).where(
-                Judgment.image_id == image.id, Judgment.tainted.is_(False))).all()
-            image.label = Counter(answers).most_common(1)[0][0]
-            image.status = ImageStatus.FINALISED
-    n_gold = sum(1 for j in judgments if j.is_gold)
-    state.trust = (state.gold_seen - state.gold_missed + spec.gold.prior_correct) / (
-        state.gold_seen + spec.gold.prior_correct + spec.gold.prior_missed)
-    if page.kind == PageKind.QUIZ:
-        outcome.quiz_accuracy = correct / n_gold if n_gold else 0.0
-        outcome.quiz_passed = outcome.quiz_accuracy >= spec.gold.min_accuracy
-        if outcome.quiz_passed:
-            state.status, state.quiz_passed_at = AnnotatorStatus.ACTIVE, now
-        else:
-            state.status = AnnotatorStatus.DISQUALIFIED
-            state.status_reason = f"quiz accuracy {outcome.quiz_accuracy:.0%}"
-    session.flush()
-    return outcome
+) -> PageOutcome:
+    """The quality engine decides everything that follows from a page of answers."""
+    return quality_service.on_page_submitted(session, job, spec, user, page, judgments, now)
 
 
 # --- response ------------------------------------------------------------------------------------
