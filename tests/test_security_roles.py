@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 
 import pytest
+from sqlalchemy import select
 
 from security_support import ADMIN, ANON, DISQ, EXPERT, REMOVED, A, B, build_env
 
@@ -223,7 +224,7 @@ def test_inactive_annotators_get_no_work(env):
 
 def test_bearer_token_cannot_reach_another_annotators_objects(env):
     from cxrlabel.annotate.accounts import issue_api_token
-    from cxrlabel.storage.models import User
+    from cxrlabel.storage.models import Image, Page, PageItem, User
 
     with env.db.session() as s:
         token_b = issue_api_token(s, s.get(User, env.user_ids[B]))
@@ -234,7 +235,13 @@ def test_bearer_token_cannot_reach_another_annotators_objects(env):
     r = client.post(f"/api/jobs/test-job/pages/{env.ids['page_id']}/submit", headers=h,
                     json={"client_submission_id": "b-1", "answers": []})
     assert r.status_code == 404 and r.json()["error"]["code"] == "page_not_found"
-    assert client.get(f"/img/{env.ids['public_id']}", headers=h).status_code == 404
+    with env.db.session() as s:  # an image on A's pages that B was never given
+        mine = select(PageItem.image_id).join(Page).where(Page.user_id == env.user_ids[B])
+        image = s.scalar(select(Image.public_id).join(PageItem, PageItem.image_id == Image.id)
+                         .join(Page).where(Page.user_id == env.user_ids[A],
+                                           Image.id.not_in(mine)).limit(1))
+    assert image is not None
+    assert client.get(f"/img/{image}", headers=h).status_code == 404
     r = client.post("/api/jobs/test-job/contests", headers=h,
                     json={"judgment_id": env.ids["judgment_id"], "reason": "mine now"})
     assert r.status_code == 404

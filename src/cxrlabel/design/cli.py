@@ -226,7 +226,8 @@ def gold_check(
     app = app_context(ctx)
     with app.db.session() as session:
         job, spec = get_job(session, job_name)
-        report = goldbank.check_gold(session, job, spec, annotators=annotators)
+        report = goldbank.check_gold(session, job, spec, annotators=annotators,
+                                     data_dir=app.settings.data_dir)
     balance = ", ".join(f"{k} {v}" for k, v in sorted(report.by_label.items())) or "none"
     expected = ", ".join(f"{k} {v:.0%}" for k, v in spec.quality.expected_prevalence.items())
     console.print(f"[bold]{report.n_gold}[/] active gold in job {spec.name}: {balance}"

@@ -393,7 +393,10 @@ def check_gold(
     annotators: int | None = None,
     tolerance: float = DEFAULT_IMBALANCE_TOLERANCE,
     min_per_class: int = DEFAULT_MIN_PER_CLASS,
+    data_dir: Path | None = None,
 ) -> GoldReport:
+    """Warnings about the bank. With ``data_dir`` near-duplicates are confirmed on pixels (the
+    ingest rule); without it a pHash shortlist is reported as *possible* near-duplicates."""
     rows = [r for r in gold_rows(session, job) if r.gold.active]
     n_gold = len(rows)
     by_label = Counter(
@@ -429,7 +432,7 @@ def check_gold(
             + _names(r.image for r in no_reason),
         ))
     warnings += _work_overlap_warnings(session, job, rows)
-    warnings += _near_duplicate_warnings(session, job, rows)
+    warnings += _near_duplicate_warnings(session, job, rows, data_dir)
     shown = instruction_example_ids(session, job, spec)
     in_instructions = [r for r in rows if r.image.id in shown]
     if in_instructions:
@@ -510,22 +513,54 @@ def _work_overlap_warnings(session: Session, job: Job, rows: list[GoldRow]) -> l
     )]
 
 
+def _confirmed(images_a: list[Image], images_b: list[Image], pairs: list[tuple[int, int, int]],
+               data_dir: Path | None) -> list[tuple[int, int, int]]:
+    """Keep the pHash pairs whose pixels also match (pHash alone confuses different X-rays)."""
+    if data_dir is None:
+        return pairs
+    from cxrlabel.ingest.dedup import NEAR_DUP_MAX_MAD, signature_from_file
+    from cxrlabel.ingest.worker import mean_abs_diff
+
+    cache: dict[int, np.ndarray | None] = {}
+
+    def sig(image: Image) -> np.ndarray | None:
+        if image.id not in cache:
+            try:
+                cache[image.id] = signature_from_file(data_dir / image.thumb_path)
+            except OSError:
+                cache[image.id] = None
+        return cache[image.id]
+
+    kept = []
+    for i, j, d in pairs:
+        a, b = sig(images_a[i]), sig(images_b[j])
+        if a is None or b is None or mean_abs_diff(a, b) <= NEAR_DUP_MAX_MAD:
+            kept.append((i, j, d))
+    return kept
+
+
 def _near_duplicate_warnings(
-    session: Session, job: Job, rows: list[GoldRow]
+    session: Session, job: Job, rows: list[GoldRow], data_dir: Path | None = None
 ) -> list[GoldWarning]:
+    from cxrlabel.ingest.dedup import NEAR_DUP_MAX_PHASH
+
+    threshold = NEAR_DUP_MAX_PHASH if data_dir is not None else None
+    kind = "near-duplicates" if data_dir is not None else "possible near-duplicates"
     gold_images = [r.image for r in rows]
+    hashes = [im.phash for im in gold_images]
     warnings = []
-    for i, j, d in near_duplicate_pairs([im.phash for im in gold_images]):
+    pairs = near_duplicate_pairs(hashes, threshold=threshold)
+    for i, j, d in _confirmed(gold_images, gold_images, pairs, data_dir):
         warnings.append(GoldWarning(
             "near_duplicate",
-            f"gold {_names([gold_images[i]])} and {_names([gold_images[j]])} are near-duplicates"
+            f"gold {_names([gold_images[i]])} and {_names([gold_images[j]])} are {kind}"
             f" (phash distance {d}): one of them tests nothing new",
         ))
     work = session.scalars(
         select(Image).where(Image.job_id == job.id, Image.status != ImageStatus.GOLD)
     ).all()
-    for i, j, d in near_duplicate_pairs([im.phash for im in gold_images],
-                                        [im.phash for im in work]):
+    pairs = near_duplicate_pairs(hashes, [im.phash for im in work], threshold=threshold)
+    for i, j, d in _confirmed(gold_images, list(work), pairs, data_dir):
         warnings.append(GoldWarning(
             "near_duplicate_work",
             f"gold {_names([gold_images[i]])} looks like work image {_names([work[j]])} "

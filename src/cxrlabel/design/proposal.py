@@ -326,7 +326,7 @@ def build_proposal(
 ) -> Proposal:
     live = live_numbers(session, job)
     if session is not None and job is not None:
-        gold = check_gold(session, job, spec, annotators=annotators)
+        gold = check_gold(session, job, spec, annotators=annotators, data_dir=data_dir)
     else:
         gold = GoldReport(0, {}, {}, 0, 0.0, 0.0, [GoldWarning(
             "empty", "no job database was given, so the gold bank could not be checked")])
