@@ -186,7 +186,8 @@ def _order(item) -> tuple:  # noqa: ANN001
     # Image access first (B may legitimately be given A's work image on a later page of
     # B's own); writes that change what later requests see go last.
     (method, path), _rule = item
-    return (not path.startswith("/img"), method == "POST", "resolve" in path or "review" in path or "remove" in path, path)
+    late = "resolve" in path or "review" in path or "remove" in path
+    return (not path.startswith("/img"), method == "POST", late, path)
 
 
 def test_role_matrix(env):

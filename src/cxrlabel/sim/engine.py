@@ -16,7 +16,8 @@ Events (a heap on the simulated clock):
   a break (another session later) or for good.
 
 Someone arriving while no image needs judgments does not join; the clock stops after
-``crowd.max_days``. The expert then works through the review queue. All randomness comes from ``seed``.
+``crowd.max_days``. The expert then works through the review queue. All randomness comes from
+``seed``.
 """
 
 from __future__ import annotations

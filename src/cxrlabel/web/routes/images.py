@@ -38,24 +38,25 @@ def _etag(path: Path, data: bytes) -> str:
     return tag
 
 
-def _may_see(session, user: User, image_id: int) -> bool:  # noqa: ANN001
-    if user.role in (Role.ADMIN, Role.EXPERT):
-        return True
-    # Annotators: only images that were put on one of their own pages.
-    return session.scalar(
-        select(PageItem.id).join(Page, Page.id == PageItem.page_id)
-        .where(PageItem.image_id == image_id, Page.user_id == user.id).limit(1)
-    ) is not None
+def _rendition_if_allowed(session, user: User, public_id: str) -> str | None:  # noqa: ANN001
+    """The rendition path of an image this user may see, in one query (None otherwise)."""
+    query = select(Image.rendition_path).where(Image.public_id == public_id)
+    if user.role not in (Role.ADMIN, Role.EXPERT):
+        # Annotators: only images that were put on one of their own pages.
+        query = query.where(
+            select(PageItem.id).join(Page, Page.id == PageItem.page_id)
+            .where(PageItem.image_id == Image.id, Page.user_id == user.id).exists()
+        )
+    return session.scalar(query)
 
 
 @router.get("/img/{public_id}")
 def image(request: Request, public_id: str, user: User = Depends(current_user)) -> Response:
     data_dir: Path = request.app.state.settings.data_dir.resolve()
     with get_db(request).read_session() as s:  # reads only: never waits for SQLite's writer
-        row = s.scalar(select(Image).where(Image.public_id == public_id))
-        if row is None or not _may_see(s, user, row.id):
-            raise HTTPException(404, "no such image")  # same answer: existence is not revealed
-        rel = row.rendition_path
+        rel = _rendition_if_allowed(s, user, public_id)
+    if rel is None:
+        raise HTTPException(404, "no such image")  # same answer: existence is not revealed
     path = (data_dir / rel).resolve()
     if not path.is_relative_to(data_dir) or not path.is_file():
         raise HTTPException(404, "no such image")

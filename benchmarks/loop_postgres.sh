@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# loop_postgres.sh - the annotation loop (benchmarks/annotation_loop.py) on PostgreSQL with 1..N
+# uvicorn worker processes: does the loop scale with cores? (loopback only; throwaway cluster)
+#
+#   benchmarks/loop_postgres.sh                    # WORKERS="1 2", C=32, 30 s each
+#   WORKERS="1 2 4" CONCS="8 32" DURATION=20 benchmarks/loop_postgres.sh
+#
+# A throwaway PostgreSQL cluster (initdb/pg_ctl as the `postgres` user when run as root, like
+# tests/conftest.py's PostgresCluster) on a free port, listening on 127.0.0.1 only. Durability:
+# fsync on, synchronous_commit=off (a crash may lose the last few hundred ms of commits but never
+# corrupts; the closest match to SQLite WAL + synchronous=NORMAL that cxrlabel uses by default).
+# The job is prepared once into a template database; every run gets a fresh copy of it
+# (CREATE DATABASE ... TEMPLATE) and a fresh server. Results: $RES/postgres.jsonl.
+set -euo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
+PY="${PY:-$ROOT/.venv/bin/python}"
+CXR="${CXR:-$ROOT/.venv/bin/cxrlabel}"
+WORKERS="${WORKERS:-1 2}"
+CONCS="${CONCS:-32}"
+DURATION="${DURATION:-30}"
+IMAGES="${IMAGES:-20000}"
+GOLD="${GOLD:-1500}"
+RES="${RES:-/tmp/loop-postgres}"
+mkdir -p "$RES"
+PGBIN="${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}"
+[ -x "$PGBIN/initdb" ] || { echo "no PostgreSQL server binaries (initdb) found" >&2; exit 1; }
+
+log() { echo "[pg] $(date +%T) $*" >&2; }
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+as_pg() { if [ "$(id -u)" = 0 ]; then su postgres -s /bin/sh -c "$*"; else sh -c "$*"; fi; }
+
+PGDIR=$(mktemp -d /tmp/cxrlabel-pgbench.XXXXXX)
+PORT=$(free_port)
+[ "$(id -u)" = 0 ] && chown postgres "$PGDIR"
+SERVER_PID=""
+cleanup() {
+  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
+  as_pg "$PGBIN/pg_ctl -D $PGDIR/data -m immediate stop" >/dev/null 2>&1 || true
+  rm -rf "$PGDIR"
+}
+trap cleanup EXIT INT TERM
+
+as_pg "$PGBIN/initdb -D $PGDIR/data -A trust -U postgres -E UTF8" >/dev/null
+as_pg "$PGBIN/pg_ctl -D $PGDIR/data -l $PGDIR/log -w start -o \"-p $PORT -k $PGDIR \
+  -c listen_addresses=127.0.0.1 -c max_connections=300 -c synchronous_commit=off \
+  -c shared_buffers=256MB\"" >/dev/null
+PGURL="postgresql+psycopg://postgres@127.0.0.1:$PORT"
+psql_c() { "$PY" - "$PORT" "$1" <<'EOF'
+import sys, psycopg
+with psycopg.connect(f"host=127.0.0.1 port={sys.argv[1]} user=postgres dbname=postgres",
+                     autocommit=True) as c:
+    c.execute(sys.argv[2])
+EOF
+}
+log "PostgreSQL on 127.0.0.1:$PORT ($PGDIR)"
+
+DATA="$RES/data"   # renditions (shared, read-only) + secret key
+rm -rf "$DATA"; mkdir -p "$DATA"
+psql_c "CREATE DATABASE bench_template"
+log "preparing the job ($IMAGES images, $GOLD gold) in the template database (not timed)"
+"$PY" "$HERE/_loop_setup.py" --data-dir "$DATA" --db "$PGURL/bench_template" \
+  --images "$IMAGES" --gold "$GOLD"
+
+run=0
+for c in $CONCS; do
+  for w in $WORKERS; do
+    run=$((run + 1)); db="bench_run_$run"
+    psql_c "CREATE DATABASE $db TEMPLATE bench_template"
+    port=$(free_port)
+    (cd "$ROOT" && exec timeout 1800 "$CXR" --data-dir "$DATA" --db "$PGURL/$db" serve \
+        --port "$port" --workers "$w" >"$RES/server-w$w-c$c.log" 2>&1) &
+    SERVER_PID=$!
+    for _ in $(seq 1 240); do
+      curl -s -o /dev/null "http://127.0.0.1:$port/api/openapi.json" && break; sleep 0.5
+    done
+    spid=$(pgrep -P "$SERVER_PID" | head -1)
+    log "workers=$w C=$c: server pid $spid, load $(cut -d' ' -f1-3 /proc/loadavg)"
+    (cd "$ROOT" && timeout $((${DURATION%.*} + 400)) "$PY" "$HERE/annotation_loop.py" \
+        --url "http://127.0.0.1:$port" --db "$PGURL/$db" --annotators "$c" \
+        --seconds "$DURATION" --server-pid "$spid" --label "postgres workers=$w" \
+        --json-out "$RES/postgres.jsonl") 2>"$RES/loop-w$w-c$c.log" \
+        || log "run exited non-zero (see $RES/loop-w$w-c$c.log)"
+    tail -6 "$RES/loop-w$w-c$c.log" >&2
+    kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=""
+  done
+done

@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# vs_labelstudio.sh - the annotation loop of cxrlabel and of Label Studio 1.23.2, side by side,
+# on this machine, in one go, at C = 1 8 32 concurrent annotators (loopback only).
+#
+#   benchmarks/vs_labelstudio.sh                       # C = 1 8 32, 30 s each, both servers
+#   CONCS="8" DURATION=20 LS_WSGI=1 benchmarks/vs_labelstudio.sh
+#
+# For every C and system a FRESH server and database:
+#   cxrlabel  : `cxrlabel serve` (uvicorn, 1 process, SQLite WAL) on a copy of a prepared data dir
+#               (benchmarks/_loop_setup.py: bundled job spec, $IMAGES work images, $GOLD test
+#               questions), driven by benchmarks/annotation_loop.py: next page (10 images, 1 a
+#               hidden test question) -> GET its 10 renditions -> submit 10 answers.
+#   LS        : ../shared/peers/labelstudio (run_ls.sh + bench.py, Label Studio's default
+#               `label-studio start` = Django runserver, SQLite): next task -> submit 1 annotation.
+#               It does not fetch images (it measures the API loop only); we do.
+#   LS (WSGI) : with LS_WSGI=1 also Label Studio under gunicorn with 2 x cores sync workers, as
+#               its production image runs it under uWSGI (needs `pip install gunicorn` in the
+#               LS virtualenv; still SQLite: the pip package's default).
+# A judgment is one answer to one image: LS does one task per loop, cxrlabel a page of 10, so
+# the comparison is judgments/s (LS: loops/s; cxrlabel: 10 x loops/s), and latency per call.
+#
+# Needs: /tmp/lsenv (python3 -m venv /tmp/lsenv && /tmp/lsenv/bin/pip install
+# label-studio==1.23.2 httpx). Results: $RES/cxrlabel.jsonl, $RES/labelstudio*.jsonl, summary.
+set -euo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
+PEER="${PEER:-$ROOT/../shared/peers/labelstudio}"
+PY="${PY:-$ROOT/.venv/bin/python}"
+CXR="${CXR:-$ROOT/.venv/bin/cxrlabel}"
+LS_PY="${LS_VENV:-/tmp/lsenv}/bin/python"
+CONCS="${CONCS:-1 8 32}"
+DURATION="${DURATION:-30}"
+IMAGES="${IMAGES:-20000}"
+GOLD="${GOLD:-1500}"
+TASKS="${TASKS:-2000}"
+LS_WSGI="${LS_WSGI:-0}"
+SYSTEMS="${SYSTEMS:-cxrlabel labelstudio}"
+RES="${RES:-/tmp/vs-labelstudio}"
+TEMPLATE="$RES/template"
+mkdir -p "$RES"
+export LS_STATE_FILE="$RES/ls-state.env"
+
+log() { echo "[vs] $(date +%T) $*" >&2; }
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+CXR_PID=""; GUNI_PID=""
+cleanup() {
+  [ -n "$CXR_PID" ] && kill "$CXR_PID" 2>/dev/null || true
+  [ -n "$GUNI_PID" ] && kill "$GUNI_PID" 2>/dev/null || true
+  LS_PURGE=1 "$PEER/run_ls.sh" stop >/dev/null 2>&1 || true
+}
+trap cleanup EXIT INT TERM
+
+if [ ! -f "$TEMPLATE/cxrlabel.sqlite3" ]; then
+  log "preparing cxrlabel data ($IMAGES images, $GOLD gold) in $TEMPLATE (once, not timed)"
+  rm -rf "$TEMPLATE"
+  "$PY" "$HERE/_loop_setup.py" --data-dir "$TEMPLATE" --images "$IMAGES" --gold "$GOLD"
+fi
+
+run_cxrlabel() {  # C
+  local c="$1" d="$RES/cxr-c$1" port
+  rm -rf "$d"; mkdir -p "$d"
+  cp "$TEMPLATE/cxrlabel.sqlite3" "$d/" && cp -al "$TEMPLATE/renditions" "$d/renditions"
+  port=$(free_port)
+  (cd "$ROOT" && exec timeout 1800 "$CXR" --data-dir "$d" serve --port "$port" \
+      >"$d/server.log" 2>&1) &
+  CXR_PID=$!
+  for _ in $(seq 1 240); do
+    curl -s -o /dev/null "http://127.0.0.1:$port/api/openapi.json" && break; sleep 0.5
+  done
+  local spid; spid=$(pgrep -P "$CXR_PID" | head -1)
+  local rss_idle; rss_idle=$(awk '/^VmRSS:/{print $2}' "/proc/$spid/status")
+  log "cxrlabel C=$c: server pid $spid, idle RSS $((rss_idle / 1024)) MB, load $(cut -d' ' -f1-3 /proc/loadavg)"
+  (cd "$ROOT" && timeout $((${DURATION%.*} + 400)) "$PY" "$HERE/annotation_loop.py" \
+      --url "http://127.0.0.1:$port" --data-dir "$d" --annotators "$c" --seconds "$DURATION" \
+      --server-pid "$spid" --label "c$c" --json-out "$RES/cxrlabel.jsonl") \
+      2>"$d/loop.log" || log "cxrlabel run C=$c exited non-zero (see $d/loop.log)"
+  tail -6 "$d/loop.log" >&2
+  kill "$CXR_PID" 2>/dev/null || true; wait "$CXR_PID" 2>/dev/null || true; CXR_PID=""
+}
+
+run_ls() {  # C
+  local c="$1" load
+  "$PEER/run_ls.sh" start >/dev/null
+  load=$(cut -d' ' -f1-3 /proc/loadavg)
+  log "Label Studio C=$c (runserver): load $load"
+  timeout $((${DURATION%.*} + 600)) "$LS_PY" "$PEER/bench.py" --state "$LS_STATE_FILE" \
+      -c "$c" -d "$DURATION" -n "$TASKS" --label "runserver c$c load $load" \
+      --json-out "$RES/labelstudio.jsonl" >"$RES/ls-c$c.log" 2>&1 \
+      || log "LS run C=$c exited non-zero (see $RES/ls-c$c.log)"
+  grep '^# ' "$RES/ls-c$c.log" | tail -3 >&2 || true
+  LS_PURGE=1 "$PEER/run_ls.sh" stop 2>/dev/null
+}
+
+run_ls_wsgi() {  # C: Label Studio's WSGI app under gunicorn, 2 x cores workers
+  local c="$1" data port workers load
+  [ -x "${LS_VENV:-/tmp/lsenv}/bin/gunicorn" ] || { log "no gunicorn in the LS venv; skipped"; return; }
+  data=$(mktemp -d /tmp/ls-wsgi-data.XXXXXX); chmod 700 "$data"
+  port=$(free_port); workers=$((2 * $(nproc)))
+  (
+    export LABEL_STUDIO_BASE_DATA_DIR="$data" DJANGO_DB=sqlite DEBUG=false LOG_LEVEL=WARNING
+    export SENTRY_DSN= FRONTEND_SENTRY_DSN= COLLECT_ANALYTICS=false LATEST_VERSION_CHECK=false
+    export FEATURE_FLAGS_OFFLINE=true LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK=true HOST=
+    export SSRF_PROTECTION_ENABLED=true LOCAL_FILES_SERVING_ENABLED=false
+    export http_proxy=http://127.0.0.1:9 https_proxy=http://127.0.0.1:9 no_proxy=127.0.0.1,localhost
+    export DJANGO_SETTINGS_MODULE=label_studio.core.settings.label_studio  # as server.py sets it
+    timeout 600 "${LS_VENV:-/tmp/lsenv}/bin/label-studio" init --quiet --no-browser \
+      --username bench-admin@bench.local --password 'BenchAdmin-Passw0rd!' \
+      --user-token 0123456789abcdef0123456789abcdef01234567 --enable-legacy-api-token \
+      >"$data/init.log" 2>&1
+    LSDIR=$("$LS_PY" -c 'import label_studio, os; print(os.path.dirname(label_studio.__file__))')
+    exec timeout 1800 "${LS_VENV:-/tmp/lsenv}/bin/gunicorn" label_studio.core.wsgi:application \
+      --pythonpath "$LSDIR" --bind "127.0.0.1:$port" --workers "$workers" --timeout 60 \
+      >"$data/server.log" 2>&1
+  ) &
+  GUNI_PID=$!
+  for _ in $(seq 1 600); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health")" = 200 ] && break
+    sleep 0.5
+  done
+  local master; master=$(pgrep -f "gunicorn label_studio.core.wsgi:application --pythonpath" | head -1)
+  cat >"$RES/ls-wsgi-state.env" <<EOF
+BASE_URL=http://127.0.0.1:$port
+TOKEN=0123456789abcdef0123456789abcdef01234567
+ADMIN_EMAIL=bench-admin@bench.local
+ADMIN_PASSWORD=BenchAdmin-Passw0rd!
+PID=$GUNI_PID
+SERVER_PID=$master
+DATA_DIR=$data
+LOG=$data/server.log
+EOF
+  load=$(cut -d' ' -f1-3 /proc/loadavg)
+  log "Label Studio C=$c (gunicorn, $workers workers): load $load"
+  timeout $((${DURATION%.*} + 600)) "$LS_PY" "$PEER/bench.py" --state "$RES/ls-wsgi-state.env" \
+      -c "$c" -d "$DURATION" -n "$TASKS" --label "gunicorn-$workers c$c load $load" \
+      --json-out "$RES/labelstudio-wsgi.jsonl" >"$RES/ls-wsgi-c$c.log" 2>&1 \
+      || log "LS WSGI run C=$c exited non-zero (see $RES/ls-wsgi-c$c.log)"
+  grep '^# ' "$RES/ls-wsgi-c$c.log" | tail -3 >&2 || true
+  kill "$GUNI_PID" 2>/dev/null || true; wait "$GUNI_PID" 2>/dev/null || true; GUNI_PID=""
+  [ -n "$master" ] && kill "$master" 2>/dev/null || true
+  rm -rf -- "$data"
+}
+
+for c in $CONCS; do
+  for system in $SYSTEMS; do
+    case "$system" in
+      cxrlabel) run_cxrlabel "$c" ;;
+      labelstudio) run_ls "$c"; [ "$LS_WSGI" = 1 ] && run_ls_wsgi "$c" ;;
+    esac
+  done
+done
+
+"$PY" "$HERE/vs_labelstudio_table.py" "$RES"

@@ -1,0 +1,85 @@
+"""Smoke test of the annotation-loop benchmark (benchmarks/annotation_loop.py).
+
+A real uvicorn server on a free loopback port (SQLite), the real load generator for a few
+seconds: every call must succeed and the judgments stored must equal the ones acknowledged, with
+no image over its judgment target. Throughput is not asserted (that is what the benchmark
+prints, docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import annotation_loop  # noqa: E402
+from _loop_setup import prepare_job  # noqa: E402
+
+from cxrlabel.config import Settings  # noqa: E402
+from cxrlabel.storage.db import Database  # noqa: E402
+from cxrlabel.web.app import create_app  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def live_server(tmp_path: Path):
+    settings = Settings(data_dir=tmp_path)
+    db = Database(settings.database_url)
+    prepare_job(db, tmp_path, n_images=400, n_gold=150, n_files=3)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, db=db), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", tmp_path
+    server.should_exit = True
+    thread.join(10)
+    db.dispose()
+
+
+def test_loop_generator_refuses_non_loopback_urls() -> None:
+    with pytest.raises(SystemExit, match="loopback"):
+        annotation_loop.require_loopback("http://10.0.0.1:8000")
+    with pytest.raises(SystemExit):
+        annotation_loop.require_loopback("ftp://127.0.0.1/")
+    assert annotation_loop.require_loopback("http://127.0.0.1:8000/") == "http://127.0.0.1:8000"
+
+
+def test_annotation_loop_stores_exactly_what_it_acknowledged(live_server) -> None:
+    url, data_dir = live_server
+    args = annotation_loop.parse_args([
+        "--url", url, "--data-dir", str(data_dir), "--annotators", "4", "--seconds", "4",
+        "--request-timeout", "20",
+    ])
+    result = annotation_loop.run(args)
+    assert result["errors"]["total"] == 0, result["errors"]
+    assert result["annotators_active"] == 4  # everyone passed the quiz
+    assert result["loops_completed"] > 0
+    # Every page has items_per_page answers, so judgments follow loops exactly.
+    assert result["judgments_per_s"] > 0
+    checked = result["verify"]
+    assert checked["stored_judgments"] == checked["acknowledged_judgments"] > 0
+    assert checked["images_over_target"] == 0
+    assert checked["images_over_max"] == 0
+    assert checked["trusted_count_mismatches"] == 0
+    assert checked["tainted_judgments"] == 0 and checked["inactive_users"] == 0
+    assert result["ok"] is True
+    assert result["latency"]["image"]["count"] == (
+        result["loops_completed"] * result["items_per_page"])
