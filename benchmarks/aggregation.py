@@ -94,8 +94,14 @@ class Dataset:
         e = self.encoded
         start = time.perf_counter()
         result = fit(
-            e.items, e.worker_codes, e.labels, len(e.classes), method=method,
-            n_items=len(e.tasks), n_workers=len(e.workers), **kwargs,
+            e.items,
+            e.worker_codes,
+            e.labels,
+            len(e.classes),
+            method=method,
+            n_items=len(e.tasks),
+            n_workers=len(e.workers),
+            **kwargs,
         )
         return result.labels, result.confidence, time.perf_counter() - start
 
@@ -179,8 +185,14 @@ def bench_trust(data: Dataset, frame: pd.DataFrame, gold_mv: type) -> Row:
     test_tasks = pd.Index(data.encoded.tasks[test])
     ck, ck_t = timed(lambda: ck_gold_weighted_vote(frame, train_gold, gold_mv))
     return Row(
-        data.name, len(frame), "trust (½ gold)", data.accuracy(labels, test),
-        data.ck_accuracy(ck, test_tasks), t, ck_t, note="vs GoldMajorityVote, held-out half",
+        data.name,
+        len(frame),
+        "trust (½ gold)",
+        data.accuracy(labels, test),
+        data.ck_accuracy(ck, test_tasks),
+        t,
+        ck_t,
+        note="vs GoldMajorityVote, held-out half",
     )
 
 
@@ -216,10 +228,17 @@ def medical_rows(data: Dataset) -> list[list[str]]:
         sens = called[truth].mean() if truth.any() else float("nan")
         spec = (~called[~truth]).mean()
         name = method + (" classic" if kwargs else "")
-        out.append([
-            data.name, name, f"{data.accuracy(labels):.4f}", f"{sens:.3f}", f"{spec:.3f}",
-            f"{int(truth.sum())}/{truth.size}", LEAKY_REFERENCE.get(data.name, ""),
-        ])
+        out.append(
+            [
+                data.name,
+                name,
+                f"{data.accuracy(labels):.4f}",
+                f"{sens:.3f}",
+                f"{spec:.3f}",
+                f"{int(truth.sum())}/{truth.size}",
+                LEAKY_REFERENCE.get(data.name, ""),
+            ]
+        )
     return out
 
 
@@ -237,10 +256,14 @@ def certainty_demo(seed: int = 0) -> list[list[str]]:
         labels = np.where(rng.random(items.size) < p_right, truth[items], 1 - truth[items])
         ds = DawidSkene().fit(items, workers, labels, 2)
         cds = CertaintyDawidSkene().fit(items, workers, labels, 2, certainty=certainty)
-        out.append([
-            case, f"{(ds.labels == truth).mean():.4f}", f"{(cds.labels == truth).mean():.4f}",
-            f"{cds.level_reliability[2]:.2f}",
-        ])
+        out.append(
+            [
+                case,
+                f"{(ds.labels == truth).mean():.4f}",
+                f"{(cds.labels == truth).mean():.4f}",
+                f"{cds.level_reliability[2]:.2f}",
+            ]
+        )
     return out
 
 
@@ -286,17 +309,34 @@ def ratio(row: Row) -> str:
 
 def main_table(rows: list[Row]) -> tuple[Table, list[str]]:
     headers = [
-        "dataset", "answers", "method", "cxrlabel acc", "crowd-kit acc", "Δ pts",
-        "cxrlabel s", "crowd-kit s", "speed-up", "ECE", "note",
+        "dataset",
+        "answers",
+        "method",
+        "cxrlabel acc",
+        "crowd-kit acc",
+        "Δ pts",
+        "cxrlabel s",
+        "crowd-kit s",
+        "speed-up",
+        "ECE",
+        "note",
     ]
     table = Table(*headers, title="Accuracy vs gold.csv (same process, same answers)")
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for r in rows:
         delta = None if r.ck is None else 100 * (r.ours - r.ck)
         cells = [
-            r.dataset, f"{r.n_answers:,}", r.method, fmt(r.ours), fmt(r.ck),
-            "—" if delta is None else f"{delta:+.2f}", f"{r.ours_s:.3f}", fmt(r.ck_s, 2),
-            ratio(r), fmt(r.ece, 3), r.note,
+            r.dataset,
+            f"{r.n_answers:,}",
+            r.method,
+            fmt(r.ours),
+            fmt(r.ck),
+            "—" if delta is None else f"{delta:+.2f}",
+            f"{r.ours_s:.3f}",
+            fmt(r.ck_s, 2),
+            ratio(r),
+            fmt(r.ece, 3),
+            r.note,
         ]
         table.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
@@ -390,8 +430,15 @@ def main(argv: list[str]) -> int:
             progress.advance(task)
     table, lines = main_table(rows)
     console.print(table)
-    med_headers = ["dataset", "method", "accuracy", "sensitivity", "specificity", "positives",
-                   "reference"]
+    med_headers = [
+        "dataset",
+        "method",
+        "accuracy",
+        "sensitivity",
+        "specificity",
+        "positives",
+        "reference",
+    ]
     med_table = Table(*med_headers, title="Medical multi-reader sets: recovering the reference")
     for row in medical:
         med_table.add_row(*row)

@@ -154,6 +154,16 @@ class ReliableAnnotator(Annotator):
     def gone(self) -> bool:
         return self.walk_away is not None and self.walk_away.is_set()
 
+    async def warm_up(self) -> bool:
+        """Join and pass the quiz, retrying network errors (a keep-alive connection the
+        server closed just as a request went out) like a person reloading the page."""
+        for attempt in range(6):
+            if await super().warm_up():
+                self.consecutive_errors = 0
+                return True
+            await asyncio.sleep(1.0 + attempt)
+        return False
+
     def think_s(self) -> float:
         if self.no_think:
             return 0.0
@@ -444,13 +454,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "verify": checked, "uptime": subprocess.run(["uptime"], capture_output=True,
                                                     text=True).stdout.strip(),
     }
-    result["ok"] = checked["ok"] and result["http_5xx"] == 0
+    result["ok"] = (checked["ok"] and result["http_5xx"] == 0
+                    and result["annotators_active"] == args.annotators)
     return result
 
 
 def print_human(r: dict[str, Any]) -> None:
-    lines = [f"reliability load: {r['annotators']} annotators ({r['annotators_no_think']} "
-             f"without think time), {r['db']}, {r['workers']} worker(s), {r['elapsed_s']} s",
+    lines = [f"reliability load: {r['annotators']} annotators ({r['annotators_active']} active "
+             f"after the quiz, {r['annotators_no_think']} without think time), {r['db']}, "
+             f"{r['workers']} worker(s), {r['elapsed_s']} s (warm-up {r['warmup_s']} s)",
              f"  {r['uptime']}",
              "  endpoint   count     p50 ms    p95 ms    p99 ms"]
     for name, s in r["latency"].items():

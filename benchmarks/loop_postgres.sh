@@ -39,7 +39,8 @@ cleanup() {
   as_pg "$PGBIN/pg_ctl -D $PGDIR/data -m immediate stop" >/dev/null 2>&1 || true
   rm -rf "$PGDIR"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 as_pg "$PGBIN/initdb -D $PGDIR/data -A trust -U postgres -E UTF8" >/dev/null
 as_pg "$PGBIN/pg_ctl -D $PGDIR/data -l $PGDIR/log -w start -o \"-p $PORT -k $PGDIR \

@@ -10,8 +10,10 @@
 #               (benchmarks/_loop_setup.py: bundled job spec, $IMAGES work images, $GOLD test
 #               questions), driven by benchmarks/annotation_loop.py: next page (10 images, 1 a
 #               hidden test question) -> GET its 10 renditions -> submit 10 answers.
-#   LS        : ../shared/peers/labelstudio (run_ls.sh + bench.py, Label Studio's default
-#               `label-studio start` = Django runserver, SQLite): next task -> submit 1 annotation.
+#   LS        : ../shared/peers/labelstudio/bench.py against Label Studio's default server
+#               (`label-studio start` = Django runserver, SQLite, with run_ls.sh's environment;
+#               the data dir is initialised once and copied per run, because `label-studio init`
+#               takes minutes on a busy 2-core machine): next task -> submit 1 annotation.
 #               It does not fetch images (it measures the API loop only); we do.
 #   LS (WSGI) : with LS_WSGI=1 also Label Studio under gunicorn with 2 x cores sync workers, as
 #               its production image runs it under uWSGI (needs `pip install gunicorn` in the
@@ -20,7 +22,8 @@
 # the comparison is judgments/s (LS: loops/s; cxrlabel: 10 x loops/s), and latency per call.
 #
 # Needs: /tmp/lsenv (python3 -m venv /tmp/lsenv && /tmp/lsenv/bin/pip install
-# label-studio==1.23.2 httpx). Results: $RES/cxrlabel.jsonl, $RES/labelstudio*.jsonl, summary.
+# label-studio==1.23.2 httpx). bench.py puts the label in a project title (<= 50 chars): keep
+# labels short. Results: $RES/cxrlabel.jsonl, $RES/labelstudio*.jsonl, summary.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
@@ -38,18 +41,17 @@ SYSTEMS="${SYSTEMS:-cxrlabel labelstudio}"
 RES="${RES:-/tmp/vs-labelstudio}"
 TEMPLATE="$RES/template"
 mkdir -p "$RES"
-export LS_STATE_FILE="$RES/ls-state.env"
 
 log() { echo "[vs] $(date +%T) $*" >&2; }
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-CXR_PID=""; GUNI_PID=""
+CXR_PID=""; LS_PID=""
 cleanup() {
   [ -n "$CXR_PID" ] && kill "$CXR_PID" 2>/dev/null || true
-  [ -n "$GUNI_PID" ] && kill "$GUNI_PID" 2>/dev/null || true
-  LS_PURGE=1 "$PEER/run_ls.sh" stop >/dev/null 2>&1 || true
+  [ -n "$LS_PID" ] && kill "$LS_PID" 2>/dev/null || true
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 if [ ! -f "$TEMPLATE/cxrlabel.sqlite3" ]; then
   log "preparing cxrlabel data ($IMAGES images, $GOLD gold) in $TEMPLATE (once, not timed)"
@@ -79,65 +81,70 @@ run_cxrlabel() {  # C
   kill "$CXR_PID" 2>/dev/null || true; wait "$CXR_PID" 2>/dev/null || true; CXR_PID=""
 }
 
-run_ls() {  # C
-  local c="$1" load
-  "$PEER/run_ls.sh" start >/dev/null
-  load=$(cut -d' ' -f1-3 /proc/loadavg)
-  log "Label Studio C=$c (runserver): load $load"
-  timeout $((${DURATION%.*} + 600)) "$LS_PY" "$PEER/bench.py" --state "$LS_STATE_FILE" \
-      -c "$c" -d "$DURATION" -n "$TASKS" --label "runserver c$c load $load" \
-      --json-out "$RES/labelstudio.jsonl" >"$RES/ls-c$c.log" 2>&1 \
-      || log "LS run C=$c exited non-zero (see $RES/ls-c$c.log)"
-  grep '^# ' "$RES/ls-c$c.log" | tail -3 >&2 || true
-  LS_PURGE=1 "$PEER/run_ls.sh" stop 2>/dev/null
+ls_env() {  # what run_ls.sh sets: local only, no telemetry, SQLite (the pip package default)
+  export LABEL_STUDIO_BASE_DATA_DIR="$1" DJANGO_DB=sqlite DEBUG=false LOG_LEVEL=WARNING
+  export SENTRY_DSN= FRONTEND_SENTRY_DSN= COLLECT_ANALYTICS=false LATEST_VERSION_CHECK=false
+  export FEATURE_FLAGS_OFFLINE=true LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK=true HOST=
+  export SSRF_PROTECTION_ENABLED=true LOCAL_FILES_SERVING_ENABLED=false PYTHONUNBUFFERED=1
+  export http_proxy=http://127.0.0.1:9 https_proxy=http://127.0.0.1:9 no_proxy=127.0.0.1,localhost
+  export HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 NO_PROXY=127.0.0.1,localhost
+}
+LS_TOKEN=0123456789abcdef0123456789abcdef01234567
+LS_TEMPLATE="$RES/ls-template"
+ls_template() {  # `label-studio init` once (its migrations take minutes on a busy machine)
+  [ -f "$LS_TEMPLATE/.ready" ] && return
+  rm -rf "$LS_TEMPLATE"; mkdir -p "$LS_TEMPLATE"; chmod 700 "$LS_TEMPLATE"
+  log "Label Studio: init the template data dir (once, not timed)"
+  ( ls_env "$LS_TEMPLATE"
+    timeout 900 "${LS_VENV:-/tmp/lsenv}/bin/label-studio" init --quiet --no-browser \
+      --username bench-admin@bench.local --password 'BenchAdmin-Passw0rd!' \
+      --user-token "$LS_TOKEN" --enable-legacy-api-token >"$RES/ls-init.log" 2>&1 )
+  touch "$LS_TEMPLATE/.ready"
 }
 
-run_ls_wsgi() {  # C: Label Studio's WSGI app under gunicorn, 2 x cores workers
-  local c="$1" data port workers load
-  [ -x "${LS_VENV:-/tmp/lsenv}/bin/gunicorn" ] || { log "no gunicorn in the LS venv; skipped"; return; }
-  data=$(mktemp -d /tmp/ls-wsgi-data.XXXXXX); chmod 700 "$data"
+run_ls() {  # C MODE (runserver | gunicorn): fresh copy of the data dir, one server, one run
+  local c="$1" mode="$2" data port workers load spid label out
+  if [ "$mode" = gunicorn ] && [ ! -x "${LS_VENV:-/tmp/lsenv}/bin/gunicorn" ]; then
+    log "no gunicorn in the LS venv: the WSGI row is skipped"; return
+  fi
+  ls_template
+  data=$(mktemp -d /tmp/ls-bench-data.XXXXXX); chmod 700 "$data"; cp -a "$LS_TEMPLATE/." "$data/"
   port=$(free_port); workers=$((2 * $(nproc)))
-  (
-    export LABEL_STUDIO_BASE_DATA_DIR="$data" DJANGO_DB=sqlite DEBUG=false LOG_LEVEL=WARNING
-    export SENTRY_DSN= FRONTEND_SENTRY_DSN= COLLECT_ANALYTICS=false LATEST_VERSION_CHECK=false
-    export FEATURE_FLAGS_OFFLINE=true LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK=true HOST=
-    export SSRF_PROTECTION_ENABLED=true LOCAL_FILES_SERVING_ENABLED=false
-    export http_proxy=http://127.0.0.1:9 https_proxy=http://127.0.0.1:9 no_proxy=127.0.0.1,localhost
-    export DJANGO_SETTINGS_MODULE=label_studio.core.settings.label_studio  # as server.py sets it
-    timeout 600 "${LS_VENV:-/tmp/lsenv}/bin/label-studio" init --quiet --no-browser \
-      --username bench-admin@bench.local --password 'BenchAdmin-Passw0rd!' \
-      --user-token 0123456789abcdef0123456789abcdef01234567 --enable-legacy-api-token \
-      >"$data/init.log" 2>&1
-    LSDIR=$("$LS_PY" -c 'import label_studio, os; print(os.path.dirname(label_studio.__file__))')
-    exec timeout 1800 "${LS_VENV:-/tmp/lsenv}/bin/gunicorn" label_studio.core.wsgi:application \
-      --pythonpath "$LSDIR" --bind "127.0.0.1:$port" --workers "$workers" --timeout 60 \
-      >"$data/server.log" 2>&1
-  ) &
-  GUNI_PID=$!
-  for _ in $(seq 1 600); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health")" = 200 ] && break
+  if [ "$mode" = gunicorn ]; then
+    ( ls_env "$data"
+      export DJANGO_SETTINGS_MODULE=label_studio.core.settings.label_studio  # as server.py does
+      lsdir=$("$LS_PY" -c 'import label_studio, os; print(os.path.dirname(label_studio.__file__))')
+      exec timeout 1800 "${LS_VENV:-/tmp/lsenv}/bin/gunicorn" label_studio.core.wsgi:application \
+        --pythonpath "$lsdir" --bind "127.0.0.1:$port" --workers "$workers" --timeout 60 \
+        >"$data/server.log" 2>&1 ) &
+    label="guni$workers"; out="$RES/labelstudio-wsgi.jsonl"
+  else
+    ( ls_env "$data"
+      exec timeout 1800 "${LS_VENV:-/tmp/lsenv}/bin/label-studio" start --no-browser \
+        --internal-host 127.0.0.1 --port "$port" >"$data/server.log" 2>&1 ) &
+    label="rs"; out="$RES/labelstudio.jsonl"
+  fi
+  LS_PID=$!
+  for _ in $(seq 1 900); do
+    code=$(curl -s --noproxy '*' -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health" || true)
+    [ "$code" = 200 ] && break
     sleep 0.5
   done
-  local master; master=$(pgrep -f "gunicorn label_studio.core.wsgi:application --pythonpath" | head -1)
-  cat >"$RES/ls-wsgi-state.env" <<EOF
-BASE_URL=http://127.0.0.1:$port
-TOKEN=0123456789abcdef0123456789abcdef01234567
-ADMIN_EMAIL=bench-admin@bench.local
-ADMIN_PASSWORD=BenchAdmin-Passw0rd!
-PID=$GUNI_PID
-SERVER_PID=$master
-DATA_DIR=$data
-LOG=$data/server.log
-EOF
-  load=$(cut -d' ' -f1-3 /proc/loadavg)
-  log "Label Studio C=$c (gunicorn, $workers workers): load $load"
-  timeout $((${DURATION%.*} + 600)) "$LS_PY" "$PEER/bench.py" --state "$RES/ls-wsgi-state.env" \
-      -c "$c" -d "$DURATION" -n "$TASKS" --label "gunicorn-$workers c$c load $load" \
-      --json-out "$RES/labelstudio-wsgi.jsonl" >"$RES/ls-wsgi-c$c.log" 2>&1 \
-      || log "LS WSGI run C=$c exited non-zero (see $RES/ls-wsgi-c$c.log)"
-  grep '^# ' "$RES/ls-wsgi-c$c.log" | tail -3 >&2 || true
-  kill "$GUNI_PID" 2>/dev/null || true; wait "$GUNI_PID" 2>/dev/null || true; GUNI_PID=""
-  [ -n "$master" ] && kill "$master" 2>/dev/null || true
+  spid=$(pgrep -P "$LS_PID" | head -1)   # the child of `timeout`: label-studio / gunicorn master
+  {
+    echo "BASE_URL=http://127.0.0.1:$port"; echo "TOKEN=$LS_TOKEN"; echo "PID=$LS_PID"
+    echo "SERVER_PID=$spid"; echo "DATA_DIR=$data"; echo "LOG=$data/server.log"
+  } >"$RES/ls-run-state.env"
+  load=$(cut -d' ' -f1 /proc/loadavg)
+  log "Label Studio C=$c ($mode): server pid $spid, load $load"
+  timeout $((${DURATION%.*} + 600)) "$LS_PY" "$PEER/bench.py" --state "$RES/ls-run-state.env" \
+      -c "$c" -d "$DURATION" -n "$TASKS" --label "$label load $load" \
+      --json-out "$out" >"$RES/ls-$mode-c$c.log" 2>&1 \
+      || log "LS $mode C=$c exited non-zero (see $RES/ls-$mode-c$c.log)"
+  grep '^# ' "$RES/ls-$mode-c$c.log" | tail -3 >&2 || true
+  kill "$LS_PID" 2>/dev/null || true; wait "$LS_PID" 2>/dev/null || true
+  [ -n "$spid" ] && kill "$spid" 2>/dev/null || true
+  LS_PID=""
   rm -rf -- "$data"
 }
 
@@ -145,7 +152,7 @@ for c in $CONCS; do
   for system in $SYSTEMS; do
     case "$system" in
       cxrlabel) run_cxrlabel "$c" ;;
-      labelstudio) run_ls "$c"; [ "$LS_WSGI" = 1 ] && run_ls_wsgi "$c" ;;
+      labelstudio) run_ls "$c" runserver; if [ "$LS_WSGI" = 1 ]; then run_ls "$c" gunicorn; fi ;;
     esac
   done
 done

@@ -182,7 +182,7 @@ def _damaged(good: Path, tmp: Path, edit) -> Path:  # noqa: ANN001
 
 @pytest.mark.parametrize("case, expected", [
     ("not a tar", "not a cxrlabel backup"),
-    ("truncated", "damaged"),
+    ("truncated", "damaged|incomplete"),
     ("foreign tar", "no manifest.json"),
     ("foreign manifest", "another format"),
     ("newer format", "newer cxrlabel"),

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from cxrlabel.annotate._time import as_utc
 from cxrlabel.annotate.schemas import EngineError
-from cxrlabel.storage.models import Invite, Job, Role, User, utcnow
+from cxrlabel.storage.models import AuditEvent, Invite, Job, Role, User, utcnow
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{1,39}$")
 MIN_PASSWORD_LENGTH = 8
@@ -127,6 +127,11 @@ def create_invite(
     )
     session.add(invite)
     session.flush()
+    # Who may create accounts is an admin decision: keep it in the append-only audit log.
+    session.add(AuditEvent(at=now, job_id=invite.job_id, actor_id=invite.created_by,
+                           action="admin.invite_created", subject=f"invite:{invite.id}",
+                           payload={"role": role, "max_uses": max_uses,
+                                    "expires_hours": expires_hours}))
     return invite, token
 
 
@@ -169,11 +174,15 @@ def redeem_invite(
     return user, invite
 
 
-def revoke_invite(session: Session, invite_id: int) -> Invite:
+def revoke_invite(session: Session, invite_id: int, actor: User | None = None) -> Invite:
     invite = session.get(Invite, invite_id)
     if invite is None:
         raise AccountError("not_found", "No such invite.", 404)
     invite.revoked = True
+    session.add(AuditEvent(at=utcnow(), job_id=invite.job_id,
+                           actor_id=actor.id if actor is not None else None,
+                           action="admin.invite_revoked", subject=f"invite:{invite.id}",
+                           payload={}))
     return invite
 
 

@@ -204,10 +204,16 @@ def create_backup(settings: Settings, out: Path, *, overwrite: bool = False,
     data_dir = settings.data_dir.resolve()
     if out.resolve().is_relative_to(data_dir / "renditions"):
         raise BackupError("write the backup outside the renditions folder")
+    if backend == "sqlite" and not _sqlite_path(url).is_file():
+        raise BackupError(f"the SQLite database {_sqlite_path(url)} does not exist (wrong "
+                          "--data-dir?)")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".cxrlabel-backup-", dir=out.parent) as tmp:
         staged = Path(tmp)
-        facts = database_facts(url)
+        try:
+            facts = database_facts(url)
+        except Exception as exc:  # noqa: BLE001 - unreachable server, bad credentials...
+            raise BackupError(f"cannot read the database: {exc}") from None
         db_member = SQLITE_MEMBER if backend == "sqlite" else PGDUMP_MEMBER
         db_file = staged / Path(db_member).name
         tool = None

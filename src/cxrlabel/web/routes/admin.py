@@ -84,5 +84,5 @@ def create(request: Request, role: str = Form(Role.ANNOTATOR), job: str = Form("
 @router.post("/admin/invites/{invite_id}/revoke", dependencies=[Depends(csrf_protect)])
 def revoke(request: Request, invite_id: int, user: User = Depends(admin)) -> Response:
     with get_db(request).session() as s:
-        revoke_invite(s, invite_id)
+        revoke_invite(s, invite_id, actor=s.get(User, user.id))
     return _invites_page(request)
