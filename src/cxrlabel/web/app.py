@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -136,6 +137,19 @@ def _install_error_handlers(app: FastAPI) -> None:
             "heading": "We could not do that", "text": exc.message, "tone": "error",
             "link": {"href": "/", "text": "Back to the start page"},
         }, status_code=exc.status)
+
+    # A number in the URL too big for the database (an id like 10**30): SQLite raises
+    # OverflowError, PostgreSQL a DataError. Such an object cannot exist: 404, not a 500.
+    @app.exception_handler(OverflowError)
+    @app.exception_handler(DataError)
+    async def out_of_range(request: Request, exc: Exception) -> Response:
+        message = "no such item (a number in the request is out of range)"
+        if is_api(request) or request.headers.get("x-csrf-token"):
+            return json_error(404, "not_found", message)
+        return render(request, "message.html", {
+            "heading": "Not Found", "text": message, "tone": "error",
+            "link": {"href": "/", "text": "Back to the start page"},
+        }, status_code=404)
 
 
 def run_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000,

@@ -106,7 +106,7 @@ class SessionSigner:
         if not cookie or "." not in cookie or len(cookie) > 4096:
             return None
         body, mac = cookie.rsplit(".", 1)
-        if not hmac.compare_digest(mac, self._mac(body)):
+        if not cookie.isascii() or not hmac.compare_digest(mac, self._mac(body)):
             return None
         try:
             data = json.loads(_unb64(body))
@@ -139,7 +139,8 @@ def write_session_cookie(response: Response, request: Request, signer: SessionSi
 
 
 def csrf_ok(session: SessionData, supplied: str | None) -> bool:
-    return bool(supplied) and hmac.compare_digest(str(supplied), session.csrf)
+    # Compare bytes: compare_digest refuses non-ASCII str, and a forged token may be anything.
+    return bool(supplied) and hmac.compare_digest(str(supplied).encode(), session.csrf.encode())
 
 
 def security_headers(response: Response, path: str) -> None:
