@@ -171,8 +171,12 @@ def run_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
         os.environ["CXRLABEL_DATA_DIR"] = str(settings.data_dir)
         if settings.db_url:
             os.environ["CXRLABEL_DB"] = settings.db_url
+        # uvicorn kills a worker that does not answer its health ping within 5 s by default;
+        # importing the app on a busy machine takes longer, so workers were killed and
+        # restarted in a loop and the server never came up (found by benchmarks/load.py).
         uvicorn.run("cxrlabel.web.app:app_from_env", factory=True, host=host, port=port,
-                    workers=workers, proxy_headers=True, log_level="info")
+                    workers=workers, proxy_headers=True, log_level="info",
+                    timeout_worker_healthcheck=60)
     else:
         uvicorn.run(create_app(settings), host=host, port=port, proxy_headers=True,
                     log_level="info")
