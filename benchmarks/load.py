@@ -85,7 +85,7 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 180.0) -> None:
         cmd = [sys.executable, "-m", "cxrlabel.cli", "--data-dir", str(self.data_dir)]
         if self.db_url:
             cmd += ["--db", self.db_url]

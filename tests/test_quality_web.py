@@ -140,3 +140,25 @@ def test_expert_queue_review_page_and_conflict(web):
     assert client.get("/api/jobs/q-job/review", headers=_h(tokens, "doc")).json() == []
     with env.db.session() as s:
         assert s.scalar(select(User.id).where(User.username == "doc")) == env.users["doc"]
+
+
+def test_review_page_shows_a_clearly_labelled_model_opinion(web, tmp_path):
+    """With a model installed in <data dir>/model, the expert sees its opinion, labelled as such."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    from cxrlabel.ingest.phantom import make_phantom_xray
+    from model_support import untrained_model_dir
+
+    client, env, tokens = web
+    image = env.image("w0")
+    page = client.get(f"/review/q-job/{image.public_id}", headers=_h(tokens, "doc")).text
+    assert 'data-role="model-opinion"' not in page  # no model installed yet
+    rendition = tmp_path / image.rendition_path
+    rendition.parent.mkdir(parents=True, exist_ok=True)
+    make_phantom_xray(1, 128, pneumonia=True).save(rendition, format="JPEG")
+    untrained_model_dir(tmp_path / "model")
+    page = client.get(f"/review/q-job/{image.public_id}", headers=_h(tokens, "doc")).text
+    assert 'data-role="model-opinion"' in page
+    assert "Model opinion" in page and "not a diagnosis" in page
+    assert re.search(r"p\(pneumonia\) = <strong>0\.\d\d</strong>", page)
+    assert 'src="data:image/png;base64,' in page  # the heatmap

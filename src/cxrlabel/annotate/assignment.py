@@ -362,7 +362,8 @@ def _claim_with_row_locks(
             break
         candidates = list(session.scalars(
             query.where(Image.id.not_in(chosen + rejected) if chosen or rejected else true())
-            .limit(want).with_for_update(skip_locked=True, of=Image)
+            # NO KEY UPDATE: excludes other assigners, not the FK checks of inserted rows.
+            .limit(want).with_for_update(skip_locked=True, of=Image, key_share=True)
         ))
         if not candidates:
             break

@@ -92,7 +92,11 @@ def submit_page(
         raise SubmissionError("not_active", _inactive_message(state), 403)
     by_image = _validate_answers(spec, page, answers)
     # Same lock order as the quality engine (job row, then images): no deadlock between them.
-    session.execute(select(Job.id).where(Job.id == job.id).with_for_update())
+    # FOR NO KEY UPDATE: still one submitter at a time, but it does not block the foreign-key
+    # check (KEY SHARE) of an assigner inserting a page of this job while holding image row
+    # locks this submit will wait for: with FOR UPDATE that was a deadlock on PostgreSQL
+    # (benchmarks/loop_postgres.sh, 32 annotators).
+    session.execute(select(Job.id).where(Job.id == job.id).with_for_update(key_share=True))
     if as_utc(page.expires_at) <= now:
         _check_expired_page_still_needed(session, job, spec, page, now)
 
@@ -167,7 +171,8 @@ def _check_expired_page_still_needed(
         select(Image.id, Image.status, Image.trusted_judgments, Image.judgment_target)
         .where(Image.id.in_(work_ids))
         .order_by(Image.id)
-        .with_for_update(of=Image)  # PostgreSQL: lock in id order, no assigner can race us
+        .with_for_update(of=Image, key_share=True)  # PostgreSQL: lock in id order, no
+        # assigner can race us (NO KEY UPDATE, like the assigner's locks: FK checks pass)
     ).all()
     open_counts = dict(session.execute(
         select(reserved.c.image_id, reserved.c.n).where(reserved.c.image_id.in_(work_ids))

@@ -290,7 +290,10 @@ def _lock_job(session: Session, job: Job, annotators: Iterable[int] = ()) -> Non
         session.execute(select(AnnotatorState.id).where(
             AnnotatorState.job_id == job.id, AnnotatorState.user_id.in_(ids))
             .order_by(AnnotatorState.user_id).with_for_update())
-    session.execute(select(Job.id).where(Job.id == job.id).with_for_update())
+    # NO KEY UPDATE: serialises quality updates just the same, without blocking foreign-key
+    # checks of rows inserted for this job (an assigner inserting a page holds image locks a
+    # submission waits for; FOR UPDATE here deadlocked against it on PostgreSQL).
+    session.execute(select(Job.id).where(Job.id == job.id).with_for_update(key_share=True))
 
 
 def _audit(session: Session, job: Job, actor_id: int | None, action: str, subject: str | None,

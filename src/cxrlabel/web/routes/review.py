@@ -70,12 +70,26 @@ def review_page(request: Request, job_name: str, public_id: str,
         image_id = _image_id(s, job.id, public_id)
         queue = service.review_queue(s, job, spec)
         item = next((it for it in queue if it.image_id == image_id), None)
-        status = s.get(Image, image_id).status
+        image = s.get(Image, image_id)
     if item is None:
-        raise HTTPException(404, f"this image is not waiting for review (it is {status})")
+        raise HTTPException(404, f"this image is not waiting for review (it is {image.status})")
     position = [it.image_id for it in queue].index(image_id) + 1
     return render(request, "quality/review_item.html", {
-        "job": job, "spec": spec, "item": item, "position": position, "total": len(queue)})
+        "job": job, "spec": spec, "item": item, "position": position, "total": len(queue),
+        "opinion": _model_opinion(request, image)})
+
+
+def _model_opinion(request: Request, image: Image) -> dict | None:
+    """The triage model's opinion when a model is installed (never needs PyTorch)."""
+    try:
+        from cxrlabel.model.infer import default_model_dir, model_opinion
+    except ImportError:  # the [model] extra (onnxruntime) is not installed
+        return None
+    data_dir = request.app.state.settings.data_dir
+    try:
+        return model_opinion(data_dir / image.rendition_path, default_model_dir(data_dir))
+    except ImportError:
+        return None
 
 
 @router.post("/review/{job_name}/{public_id}", include_in_schema=False,
