@@ -208,3 +208,25 @@ def test_gold_answer_changed_while_annotators_answer_it(db, tmp_path):
     assert all(missed == (answer not in accepted) for answer, missed in graded), graded
     assert len(graded) == len(users)
     assert report.matched, report.differences
+
+
+def test_concurrent_submits_on_shared_images_replay_exactly(db, tmp_path):
+    """Many annotators submit pages with the same images at once: the stored aggregate of
+    each image must be the one the quality log replays to (found by the PostgreSQL load run:
+    rows read before the job lock were used after it)."""
+    seed_job(db, tmp_path, n_work=3, n_gold=12, quiz_length=0, items_per_page=4,
+             gold_per_page=1, jmin=8, jmax=8)
+    gold = gold_answers(db, 1)
+    for round_ in range(2):
+        users = [add_user(db, f"s{round_}-{i}") for i in range(8)]
+        pages = [_serve(db, u) for u in users]
+        answers = [[a.model_copy(update={"answer": ["NORMAL", "PNEUMONIA"][(i + j) % 2]})
+                    if a.image_public_id not in gold else a
+                    for j, a in enumerate(_answers(db, p, gold))] for i, p in enumerate(pages)]
+        results = together(len(users), lambda i: _submit(db, users[i], pages[i], f"c{i}",
+                                                         answers[i]))
+        assert not [r for r in results if isinstance(r, Exception)], results
+    with db.session() as s:
+        job, spec = job_and_spec(s, JOB)
+        report = service.verify_replay(s, job, spec)
+    assert report.matched, report.differences
