@@ -215,16 +215,16 @@ def test_concurrent_submits_on_shared_images_replay_exactly(db, tmp_path):
     each image must be the one the quality log replays to (found by the PostgreSQL load run:
     rows read before the job lock were used after it)."""
     seed_job(db, tmp_path, n_work=3, n_gold=12, quiz_length=0, items_per_page=4,
-             gold_per_page=1, jmin=8, jmax=8)
+             gold_per_page=1, jmin=32, jmax=32)
     gold = gold_answers(db, 1)
-    for round_ in range(2):
+    for round_ in range(4):
         users = [add_user(db, f"s{round_}-{i}") for i in range(8)]
         pages = [_serve(db, u) for u in users]
         answers = [[a.model_copy(update={"answer": ["NORMAL", "PNEUMONIA"][(i + j) % 2]})
                     if a.image_public_id not in gold else a
                     for j, a in enumerate(_answers(db, p, gold))] for i, p in enumerate(pages)]
-        results = together(len(users), lambda i: _submit(db, users[i], pages[i], f"c{i}",
-                                                         answers[i]))
+        results = together(len(users), lambda i, u=users, p=pages, a=answers: _submit(
+            db, u[i], p[i], f"c{i}", a[i]))
         assert not [r for r in results if isinstance(r, Exception)], results
     with db.session() as s:
         job, spec = job_and_spec(s, JOB)

@@ -191,7 +191,8 @@ class DbState(QualityState):
     # loaders
     def _load_annotator(self, user_id: int) -> AnnotatorRec:
         row = self.session.scalar(select(AnnotatorState).where(
-            AnnotatorState.job_id == self.job.id, AnnotatorState.user_id == user_id))
+            AnnotatorState.job_id == self.job.id, AnnotatorState.user_id == user_id)
+            .execution_options(populate_existing=True))
         if row is None:  # joined outside join_job (e.g. a direct import): create the row
             row = AnnotatorState(job_id=self.job.id, user_id=user_id, status=self.default_status,
                                  trust=0.0, flags={})
@@ -204,20 +205,25 @@ class DbState(QualityState):
         if not missing:
             return
         rows = self.session.scalars(select(AnnotatorState).where(
-            AnnotatorState.job_id == self.job.id, AnnotatorState.user_id.in_(missing)))
+            AnnotatorState.job_id == self.job.id, AnnotatorState.user_id.in_(missing))
+            .execution_options(populate_existing=True))
         for row in rows:
             self.annotator_rows[row.user_id] = row
             self.annotators[row.user_id] = _annotator_rec(row)
 
     def _load_image(self, image_id: int) -> ImageRec:
-        row = self.session.get(Image, image_id)
+        # populate_existing: the caller may have loaded this row before it took the job lock
+        # (submit_page reads the page's images to validate the answers); a concurrent
+        # submission committed since then must be seen, or stale values are written back.
+        row = self.session.get(Image, image_id, populate_existing=True)
         if row is None or row.job_id != self.job.id:
             raise QualityError("unknown_image", f"image {image_id} is not part of this job", 404)
         self.image_rows[image_id] = row
         return _image_rec(row)
 
     def _load_gold(self, image_id: int) -> GoldRec | None:
-        row = self.session.scalar(select(GoldItem).where(GoldItem.image_id == image_id))
+        row = self.session.scalar(select(GoldItem).where(GoldItem.image_id == image_id)
+                                  .execution_options(populate_existing=True))
         if row is None:
             return None
         return GoldRec(image_id, tuple(row.accepted_answers), row.active)
@@ -244,7 +250,8 @@ class DbState(QualityState):
     def _load_judgments(self, *where: Any) -> list[JudgmentRec]:
         rows = self.session.scalars(select(Judgment).where(
             Judgment.job_id == self.job.id, *where,
-            Judgment.id.not_in(self.pending_ids or {-1})).order_by(Judgment.id)).all()
+            Judgment.id.not_in(self.pending_ids or {-1})).order_by(Judgment.id)
+            .execution_options(populate_existing=True)).all()
         recs = []
         for row in rows:
             if row.id not in self.judgments:
