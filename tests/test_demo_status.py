@@ -56,3 +56,18 @@ def test_demo_rejects_missing_images_folder(tmp_path: Path) -> None:
                                  "--images", str(tmp_path / "missing")])
     assert result.exit_code == 2
     assert "no such folder" in result.output
+
+
+def test_demo_simulate_fills_the_job_through_the_engine(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    result = runner.invoke(app, ["--data-dir", str(data), "demo", "--no-serve", "--simulate"])
+    assert result.exit_code == 0, result.output
+    assert "label_accuracy=" in result.output
+    status = _status(data)
+    assert status["judgments"]["total"] > 100
+    assert status["images_by_status"].get("finalised", 0) > 0
+    assert status["annotators"]  # simulated annotators are real per-job states
+    # The stored quality state is what replaying the event log gives.
+    replay = runner.invoke(app, ["--data-dir", str(data), "quality", "replay", "--json"])
+    assert replay.exit_code == 0, replay.output
+    assert json.loads(replay.output)["matched"] is True

@@ -117,13 +117,24 @@ def _invite(app: AppContext, job_name: str | None, base_url: str) -> str:
 
 
 def _simulate(app: AppContext, job_name: str | None, seed: int) -> None:
-    from cxrlabel.sim.engine import simulate_into
+    from datetime import timedelta
+
+    from cxrlabel.sim.run import simulate_into
+    from cxrlabel.storage.models import utcnow
 
     with app.db.session() as session:
         job, spec = get_job(session, job_name)
     console.print("Filling the job with a simulated crowd's work (same engine as the web app)...")
-    result = simulate_into(app.db, job, spec, seed=seed)
-    console.print(f"Simulation: {result}")
+    # Started three days ago so the dashboards show a timeline; the review queue is left for
+    # the demo's expert account.
+    result = simulate_into(app.db, job, spec, seed=seed, n_annotators=12,
+                           now=utcnow() - timedelta(days=3), data_dir=app.settings.data_dir,
+                           expert_review=False)
+    keys = ("label_accuracy", "judgments_per_image", "expert_review_fraction",
+            "annotators_removed", "bad_annotators_removed", "cost", "hours")
+    console.print("Simulated crowd: " + ", ".join(
+        f"{k}={result[k]:.3g}" if isinstance(result.get(k), float) else f"{k}={result.get(k)}"
+        for k in keys))
 
 
 def _print_logins(passwords: dict[str, str], base_url: str, invite: str, n_gold: int) -> None:
