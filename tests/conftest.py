@@ -136,9 +136,13 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """A real headless Chromium (Debian package) driven by Playwright; skips locally if absent."""
+    """A real headless Chromium (Debian package) driven by Playwright; skips locally if absent.
+
+    Module-scoped on purpose: Playwright's sync API keeps an asyncio loop running in the main
+    thread while it is open, which would make every later ``asyncio.run()`` (the load tests)
+    fail with "cannot be called from a running event loop"."""
     exe = chromium_path()
     if exe is None:
         if os.environ.get("CI"):
