@@ -119,7 +119,7 @@ def _invite(app: AppContext, job_name: str | None, base_url: str) -> str:
 def _simulate(app: AppContext, job_name: str | None, seed: int) -> None:
     from datetime import timedelta
 
-    from cxrlabel.sim.run import simulate_into
+    from cxrlabel.sim.run import simulate_into, write_result
     from cxrlabel.storage.models import utcnow
 
     with app.db.session() as session:
@@ -130,6 +130,7 @@ def _simulate(app: AppContext, job_name: str | None, seed: int) -> None:
     result = simulate_into(app.db, job, spec, seed=seed, n_annotators=12,
                            now=utcnow() - timedelta(days=3), data_dir=app.settings.data_dir,
                            expert_review=False)
+    write_result(result, app.settings.data_dir, spec.name)  # the proposal quotes these figures
     keys = ("label_accuracy", "judgments_per_image", "expert_review_fraction",
             "annotators_removed", "bad_annotators_removed", "cost", "hours")
     console.print("Simulated crowd: " + ", ".join(
