@@ -176,11 +176,30 @@ def _dump_sqlite(url: str, target: Path) -> None:
         src.close()
 
 
-def _dump_postgres(url: str, target: Path) -> str:
+def _dump_postgres_snapshot(url: str, target: Path) -> tuple[str, dict[str, Any]]:
+    """pg_dump and the manifest's counts from one exported snapshot, so they always agree."""
+    import psycopg
+
+    with psycopg.connect(libpq_url(url)) as conn:
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        tables = {r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
+        counts = {t: int(conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0])
+                  for t in COUNTED_TABLES if t in tables}
+        revision = (conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+                    if "alembic_version" in tables else None)
+        server = conn.execute("SHOW server_version").fetchone()[0]
+        tool = _dump_postgres(url, target, snapshot)  # while the snapshot's transaction is open
+        conn.rollback()
+    return tool, {"alembic_revision": revision, "counts": counts, "server_version": server}
+
+
+def _dump_postgres(url: str, target: Path, snapshot: str | None = None) -> str:
     tool = pg_binary("pg_dump")
     proc = subprocess.run(
         [tool, "--format=custom", "--no-owner", "--no-privileges", "--file", str(target),
-         "--dbname", libpq_url(url)],
+         *(["--snapshot", snapshot] if snapshot else []), "--dbname", libpq_url(url)],
         capture_output=True, text=True, timeout=3600, check=False)
     if proc.returncode != 0:
         raise BackupError(f"pg_dump failed: {proc.stderr.strip().splitlines()[-1:] or proc}")
@@ -210,18 +229,21 @@ def create_backup(settings: Settings, out: Path, *, overwrite: bool = False,
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".cxrlabel-backup-", dir=out.parent) as tmp:
         staged = Path(tmp)
-        try:
-            facts = database_facts(url)
-        except Exception as exc:  # noqa: BLE001 - unreachable server, bad credentials...
-            raise BackupError(f"cannot read the database: {exc}") from None
         db_member = SQLITE_MEMBER if backend == "sqlite" else PGDUMP_MEMBER
         db_file = staged / Path(db_member).name
-        tool = None
-        if backend == "sqlite":
-            _dump_sqlite(url, db_file)
-            tool = f"sqlite3 online backup (SQLite {sqlite3.sqlite_version})"
-        else:
-            tool = _dump_postgres(url, db_file)
+        # The counts must describe the very snapshot that is dumped, not the live database a
+        # moment earlier or later: annotators may be submitting while the backup runs.
+        try:
+            if backend == "sqlite":
+                _dump_sqlite(url, db_file)
+                tool = f"sqlite3 online backup (SQLite {sqlite3.sqlite_version})"
+                facts = database_facts(f"sqlite:///{db_file}")
+            else:
+                tool, facts = _dump_postgres_snapshot(url, db_file)
+        except BackupError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - unreachable server, bad credentials...
+            raise BackupError(f"cannot read the database: {exc}") from None
         # Files after the database: see the module docstring.
         members = [(db_member, db_file), *_data_files(data_dir)]
         files = []
