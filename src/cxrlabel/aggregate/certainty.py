@@ -27,38 +27,25 @@ import scipy.sparse as sp
 from .base import (
     CERTAINTY_LEVELS,
     AggregationResult,
-    Aggregator,
     Judgments,
     normalize_rows,
     softmax_rows,
 )
-from .dawid_skene import expected_accuracy, smoothed_confusion
+from .dawid_skene import DawidSkene, expected_accuracy, smoothed_confusion
 
 #: Starting reliability per level; also the centre of its Beta prior.
 INITIAL_RELIABILITY: tuple[float, ...] = (1.0, 0.8, 0.4)
 
 
-class CertaintyDawidSkene(Aggregator):
+class CertaintyDawidSkene(DawidSkene):
+    """Dawid-Skene's settings (same priors, same EM stopping) plus a reliability per level."""
+
     name = "certainty"
     uses_certainty = True
 
-    def __init__(
-        self,
-        *,
-        tie_break: int | None = None,
-        max_iter: int = 100,
-        tol: float = 1e-5,
-        prior_strength: float = 5.0,
-        prior_accuracy: float = 0.8,
-        smoothing: float = 0.01,
-        reliability_prior: float = 4.0,
-    ) -> None:
-        super().__init__(tie_break=tie_break)
-        self.max_iter = max_iter
-        self.tol = tol
-        self.prior_strength = prior_strength
-        self.prior_accuracy = prior_accuracy
-        self.smoothing = smoothing
+    def __init__(self, *, reliability_prior: float = 4.0, **ds_settings: float | int | None
+                 ) -> None:
+        super().__init__(**ds_settings)  # type: ignore[arg-type]
         self.reliability_prior = reliability_prior
 
     def _fit(self, judgments: Judgments) -> AggregationResult:
