@@ -1,13 +1,20 @@
 """Closed-loop load generator for the annotator loop of a running cxrlabel server (loopback only).
 
-Each simulated annotator has its own account and API token and its own httpx client (keep-alive,
-up to 6 connections like a browser tab). Untimed warm-up: it joins the job (``GET /me``) and
-passes the quiz (the client reads test-question answers from the database: it is a benchmark
-client, not a browser). Then, together, every annotator repeats until ``--seconds`` have passed:
+Each simulated annotator has its own account and API token and its own HTTP client (keep-alive,
+up to 6 connections like a browser tab; ``--client raw``, the default, is a small httptools-based
+client, benchmarks/_rawhttp.py, that costs the shared CPU far less than ``--client httpx``).
+Untimed warm-up: it joins the job (``GET /me``) and passes the quiz (the client reads
+test-question answers from the database: it is a benchmark client, not a browser). Then,
+together, every annotator repeats until ``--seconds`` have passed:
 
 1. ``GET /api/jobs/{job}/pages/next``           -> a page of ``items_per_page`` images
-2. ``GET /img/{public_id}`` for every item      -> the renditions, fetched in parallel
-3. (``--think-ms``)                              -> optional pause, "looking at the images"
+2. ``GET <image_url>`` for every item            -> the renditions (signed URLs), in parallel
+3. (``--think-ms``)                              -> optional pause, "looking at the images":
+                                                   uniform in 0.5-1.5 x think, and each
+                                                   annotator starts at a random point of one
+                                                   think time, so that people do not all click
+                                                   at once (a constant pause kept the closed
+                                                   loop in lock-step bursts)
 4. ``POST /api/jobs/{job}/pages/{id}/submit``   -> one answer per image (test questions right,
                                                    work images random, 74 % PNEUMONIA)
 
@@ -49,6 +56,7 @@ from sqlalchemy import and_, func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _loop_setup import JOB_NAME, SPEC_CHANGES, create_annotators, gold_answers  # noqa: E402
+from _rawhttp import RawClient, RawHTTPError, RawTimeout  # noqa: E402
 
 from cxrlabel.context import spec_from_job_row  # noqa: E402
 from cxrlabel.storage.db import Database  # noqa: E402
@@ -111,7 +119,7 @@ class Stats:
 # --- one annotator -------------------------------------------------------------------------------
 
 class Annotator:
-    def __init__(self, index: int, client: httpx.AsyncClient, job: str, gold: dict[str, str],
+    def __init__(self, index: int, client: Any, job: str, gold: dict[str, str],
                  stats: Stats, args: argparse.Namespace) -> None:
         self.index, self.client, self.job, self.gold = index, client, job, gold
         self.stats, self.args = stats, args
@@ -123,14 +131,14 @@ class Annotator:
         self.consecutive_errors += 1
 
     async def _call(self, name: str, method: str, url: str, timed: bool,
-                    **kw: Any) -> httpx.Response | None:
+                    **kw: Any) -> Any:
         t0 = time.perf_counter()
         try:
             r = await self.client.request(method, url, **kw)
-        except httpx.TimeoutException:
+        except (httpx.TimeoutException, RawTimeout):
             self._error(f"{name}:timeout")
             return None
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, RawHTTPError) as exc:
             self._error(f"{name}:{type(exc).__name__}")
             return None
         ms = (time.perf_counter() - t0) * 1000.0
@@ -190,6 +198,8 @@ class Annotator:
 
     async def run(self, deadline: float) -> None:
         """Loop until the deadline (a loop already started is finished)."""
+        if self.args.think_ms:  # people do not start at the same instant
+            await asyncio.sleep(self.args.think_ms / 1000.0 * self.rng.random())
         while time.perf_counter() < deadline:
             if self.consecutive_errors >= MAX_CONSECUTIVE_ERRORS:
                 self.stats.stopped["too_many_errors"] += 1
@@ -208,7 +218,7 @@ class Annotator:
                 return
             await asyncio.gather(*(self._fetch_image(i["image_url"]) for i in page["items"]))
             if self.args.think_ms:
-                await asyncio.sleep(self.args.think_ms / 1000.0)
+                await asyncio.sleep(self.args.think_ms / 1000.0 * self.rng.uniform(0.5, 1.5))
             result = await self._submit(page, True)
             if result is None:
                 continue
@@ -330,12 +340,19 @@ def verify(db: Database, job_name: str, usernames: list[str], acked: int) -> dic
 
 # --- main ----------------------------------------------------------------------------------------
 
+def _client(args: argparse.Namespace, token: str) -> Any:
+    """One client per annotator, up to 6 keep-alive connections (a browser tab)."""
+    headers = {"Authorization": f"Bearer {token}"}
+    if args.client == "httpx":
+        return httpx.AsyncClient(
+            base_url=args.url, timeout=httpx.Timeout(args.request_timeout), headers=headers,
+            limits=httpx.Limits(max_connections=6, max_keepalive_connections=6))
+    return RawClient(args.url, headers=headers, timeout=args.request_timeout, max_connections=6)
+
+
 async def _load(args: argparse.Namespace, tokens: list[str], gold: dict[str, str],
                 stats: Stats) -> dict[str, Any]:
-    timeout = httpx.Timeout(args.request_timeout)
-    limits = httpx.Limits(max_connections=6, max_keepalive_connections=6)
-    clients = [httpx.AsyncClient(base_url=args.url, timeout=timeout, limits=limits,
-                                 headers={"Authorization": f"Bearer {t}"}) for t in tokens]
+    clients = [_client(args, t) for t in tokens]
     workers = [Annotator(i, c, args.job, gold, stats, args) for i, c in enumerate(clients)]
     sampler = ServerSampler(args.server_pid)
     try:
@@ -372,7 +389,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--url", required=True, help="http://127.0.0.1:PORT (loopback only)")
     ap.add_argument("--annotators", "-c", type=int, default=8)
     ap.add_argument("--seconds", "-d", type=float, default=30.0)
-    ap.add_argument("--think-ms", type=float, default=0.0, help="pause before each submit")
+    ap.add_argument("--think-ms", type=float, default=0.0,
+                    help="mean pause before each submit (uniform 0.5-1.5x; staggered start)")
     ap.add_argument("--data-dir", type=Path, help="the server's data dir (SQLite DB inside)")
     ap.add_argument("--db", help="database URL (PostgreSQL; default: SQLite in --data-dir)")
     ap.add_argument("--job", default=JOB_NAME)
@@ -380,6 +398,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--server-pid", type=int, default=None, help="sample CPU/RSS of this tree")
     ap.add_argument("--request-timeout", type=float, default=30.0)
     ap.add_argument("--max-loops", type=int, default=1_000_000)
+    ap.add_argument("--client", choices=("raw", "httpx"), default="raw",
+                    help="HTTP client: raw (httptools, cheap: benchmarks/_rawhttp.py) or httpx")
     ap.add_argument("--label", default="", help="free text stored in the JSON")
     ap.add_argument("--json", action="store_true", help="print one JSON line on stdout")
     ap.add_argument("--json-out", type=Path, help="append the JSON line to this file")
@@ -394,6 +414,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _run_loop(coro: Any) -> Any:
+    """asyncio.run on uvloop when installed (it comes with uvicorn[standard]): less client CPU."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     url = args.db or f"sqlite:///{(args.data_dir / 'cxrlabel.sqlite3').resolve()}"
     db = Database(url)
@@ -405,7 +435,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             job = s.scalar(select(Job).where(Job.name == args.job))
             items_per_page = spec_from_job_row(job).pages.items_per_page
         stats = Stats()
-        run_info = asyncio.run(_load(args, [t for _u, t in accounts], gold, stats))
+        run_info = _run_loop(_load(args, [t for _u, t in accounts], gold, stats))
         usernames = [u for u, _t in accounts]
         checked = verify(db, args.job, usernames, stats.judgments_acked + stats.warmup_acked)
         # A submit the client gave up on (timeout) may still have been stored by the server:
@@ -420,7 +450,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = {
         "bench": "annotation-loop", "target": "cxrlabel", "label": args.label,
         "url": args.url, "db": "sqlite" if url.startswith("sqlite") else "postgresql",
-        "annotators": args.annotators, "think_ms": args.think_ms,
+        "annotators": args.annotators, "think_ms": args.think_ms, "client": args.client,
         "duration_target_s": args.seconds, **run_info,
         "items_per_page": items_per_page, "spec_changes": list(SPEC_CHANGES),
         "loops_completed": stats.loops,

@@ -70,7 +70,7 @@ for c in $CONCS; do
     psql_c "CREATE DATABASE $db TEMPLATE bench_template"
     port=$(free_port)
     (cd "$ROOT" && exec timeout 1800 "$CXR" --data-dir "$DATA" --db "$PGURL/$db" serve \
-        --port "$port" --workers "$w" >"$RES/server-w$w-c$c.log" 2>&1) &
+        --port "$port" --workers "$w" --no-access-log >"$RES/server-w$w-c$c.log" 2>&1) &
     SERVER_PID=$!
     for _ in $(seq 1 240); do
       curl -s -o /dev/null "http://127.0.0.1:$port/api/openapi.json" && break; sleep 0.5

@@ -6,10 +6,12 @@
 #   CONCS="8" DURATION=20 LS_WSGI=1 benchmarks/vs_labelstudio.sh
 #
 # For every C and system a FRESH server and database:
-#   cxrlabel  : `cxrlabel serve` (uvicorn, 1 process, SQLite WAL) on a copy of a prepared data dir
+#   cxrlabel  : `cxrlabel serve --no-access-log` (uvicorn, 1 process, SQLite WAL) on a copy of a
+#               prepared data dir
 #               (benchmarks/_loop_setup.py: bundled job spec, $IMAGES work images, $GOLD test
 #               questions), driven by benchmarks/annotation_loop.py: next page (10 images, 1 a
-#               hidden test question) -> GET its 10 renditions -> submit 10 answers.
+#               hidden test question) -> GET its 10 renditions (signed URLs) -> submit 10
+#               answers.
 #   LS        : ../shared/peers/labelstudio/bench.py against Label Studio's default server
 #               (`label-studio start` = Django runserver, SQLite, with run_ls.sh's environment;
 #               the data dir is initialised once and copied per run, because `label-studio init`
@@ -64,7 +66,7 @@ run_cxrlabel() {  # C
   rm -rf "$d"; mkdir -p "$d"
   cp "$TEMPLATE/cxrlabel.sqlite3" "$d/" && cp -al "$TEMPLATE/renditions" "$d/renditions"
   port=$(free_port)
-  (cd "$ROOT" && exec timeout 1800 "$CXR" --data-dir "$d" serve --port "$port" \
+  (cd "$ROOT" && exec timeout 1800 "$CXR" --data-dir "$d" serve --port "$port" --no-access-log \
       >"$d/server.log" 2>&1) &
   CXR_PID=$!
   for _ in $(seq 1 240); do

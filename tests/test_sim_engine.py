@@ -194,3 +194,44 @@ def test_sweep_runs_settings_on_copies_of_one_template(phantom_images: Path,
     summary = sw.summarise_settings(rows)
     best, _why = sw.recommend(summary, 0.5)
     assert best is not None and best["setting"] in {s.key for s in settings}
+
+
+def test_gold_of_clear_cases_comes_from_the_pixel_difficulty(phantom_images: Path,
+                                                             tmp_path: Path) -> None:
+    """--gold-clearest: gold only from the clearest part of each class, by the cross-fitted
+    difficulty (pixels), and the simulation still runs on it."""
+    from cxrlabel.sim import sweep as sw
+    from cxrlabel.sim.crowd import load_crowd
+    from cxrlabel.storage.models import GoldItem, Image
+
+    path, spec = _spec()
+    template = sw.build_template(spec, path.read_text(encoding="utf-8"), phantom_images,
+                                 tmp_path, limit=None, seed=0, gold=16, gold_clearest=0.5)
+    assert template.setup["gold_clearest_fraction"] == 0.5
+    db = Database(f"sqlite:///{template.path}")
+    try:
+        with db.session() as s:
+            gold = set(s.scalars(select(GoldItem.image_id)))
+            labels = dict(s.execute(select(Image.id, Image.reference_label)).all())
+    finally:
+        db.dispose()
+    assert len(gold) == 16
+    difficulty = template.truth.difficulty
+    for label in ("NORMAL", "PNEUMONIA"):  # within each class, from its clearer half only
+        ranked = sorted((difficulty[i], i) for i in labels if labels[i] == label)
+        clear_half = {i for _d, i in ranked[: (len(ranked) + 1) // 2]}
+        assert {i for i in gold if labels[i] == label} <= clear_half
+    assert template.setup["gold_mean_difficulty"] < 0.4
+    crowd = load_crowd("good").with_settings(annotators=6)
+    row = sw.run_one(template, tmp_path, spec, crowd, 0, 1.0)
+    assert row["label_accuracy"] is not None and row["quiz_pages"] >= 1
+    # One ingest, several gold policies: a template without gold, gold added to copies.
+    (tmp_path / "bare").mkdir()
+    bare = sw.build_template(spec, path.read_text(encoding="utf-8"), phantom_images,
+                             tmp_path / "bare", limit=None, seed=0, sample_gold=False)
+    assert bare.setup["gold_bank"] == 0
+    clear = sw.with_gold(bare, tmp_path / "clear.sqlite3", spec, n_gold=16, seed=0,
+                         gold_clearest=0.5)
+    every = sw.with_gold(bare, tmp_path / "every.sqlite3", spec, n_gold=16, seed=0)
+    assert clear.setup["gold_bank"] == every.setup["gold_bank"] == 16
+    assert clear.setup["gold_mean_difficulty"] < every.setup["gold_mean_difficulty"]

@@ -94,8 +94,10 @@ def test_whole_session_leaks_nothing_before_submission(leak_env):
             break
         html = r.text
         _, _, pids = page_form(html)
-        for pid in pids:  # every image of the page, exactly as the browser loads it
-            img = client.get(f"/img/{pid}")
+        srcs = re.findall(r'<img[^>]+src="(/img/[^"]+)"', html)
+        assert [src.rsplit("/", 1)[1] for src in srcs] == pids
+        for src in srcs:  # every image of the page, exactly as the browser loads it
+            img = client.get(src)
             assert img.status_code == 200
         if "Quiz" not in html:
             prefetch = client.post("/jobs/test-job/prefetch",
@@ -107,12 +109,14 @@ def test_whole_session_leaks_nothing_before_submission(leak_env):
         _scan(pre_submit, forbidden, f"page {n} before submit")
         # Gold and work items are rendered identically: same markup once ids are blanked.
         sections = re.findall(r'<section class="item".*?</section>', html, re.S)
-        shapes = {re.sub(r"\d+", "#", sec.replace(pid, "PID"))
+        # The signed image URL's MAC differs per image (gold or not); expiry and user do not.
+        shapes = {re.sub(r"\d+", "#", re.sub(r"\.[\w-]{22}/", ".MAC/", sec.replace(pid, "PID")))
                   for sec, pid in zip(sections, pids, strict=True)}
         assert len(shapes) == 1, "gold and work items differ in their markup"
-        headers = [{k: v for k, v in client.client.get(f"/img/{pid}").headers.items()
-                    if k not in ("etag", "content-length", "date")} for pid in pids]
-        assert all(h == headers[0] for h in headers)
+        for urls in ([f"/img/{pid}" for pid in pids], srcs):  # session-checked and signed
+            headers = [{k: v for k, v in client.client.get(url).headers.items()
+                        if k not in ("etag", "content-length", "date")} for url in urls]
+            assert all(h == headers[0] for h in headers)
         gold_positions += [i for i, pid in enumerate(pids) if pid in gold]
         action, data = fill(html, gold, miss_gold=n == 1)
         after = len(client.seen)

@@ -11,7 +11,14 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cxrlabel.config import bundled_jobs_dir
 
@@ -149,6 +156,31 @@ class Quality(_Strict):
 class Review(_Strict):
     cant_tell_fraction: float = Field(default=0.5, gt=0.0, le=1.0)
     quality_flag_votes: int = Field(default=2, ge=1)
+    # Model-assisted review (needs ``cxrlabel model score``): a crowd label that would be
+    # finalised goes to an expert instead when the model's p(PNEUMONIA) is >= this threshold
+    # and the crowd says otherwise, or <= 1 - threshold and the crowd says PNEUMONIA.
+    model_disagreement: float | str = "off"
+
+    @field_validator("model_disagreement", mode="before")
+    @classmethod
+    def _threshold_or_off(cls, value: object) -> float | str:
+        if value == "off":
+            return "off"
+        if not isinstance(value, int | float) or isinstance(value, bool) or not (
+                0.5 < value <= 1.0):
+            raise ValueError(f"must be \"off\" or a number in (0.5, 1.0], got {value!r}")
+        return float(value)
+
+    @property
+    def model_disagreement_threshold(self) -> float | None:
+        return None if self.model_disagreement == "off" else float(self.model_disagreement)
+
+
+class Assignment(_Strict):
+    # "default": open images closest to being finalised first, then the oldest.
+    # "model_uncertainty": the same, but among equally complete images the ones the model is
+    # least sure about (|model_score - 0.5| smallest) first; images without a score last.
+    order: Literal["default", "model_uncertainty"] = "default"
 
 
 class Aggregation(_Strict):
@@ -189,6 +221,7 @@ class JobSpec(_Strict):
     pages: Pages = Pages()
     quality: Quality = Quality()
     review: Review = Review()
+    assignment: Assignment = Assignment()
     aggregation: Aggregation = Aggregation()
     pay: Pay = Pay()
     ingest: Ingest = Ingest()
@@ -204,6 +237,12 @@ class JobSpec(_Strict):
                 f"pages.items_per_page ({self.pages.items_per_page})"
             )
         labels = set(self.label_values)
+        if self.review.model_disagreement != "off" and (
+                len(labels) != 2 or "PNEUMONIA" not in labels):
+            raise ValueError(
+                "review.model_disagreement needs a two-label question with a 'PNEUMONIA' label "
+                "(the model score is p(PNEUMONIA))"
+            )
         for key in self.quality.expected_prevalence:
             if key not in labels:
                 raise ValueError(f"quality.expected_prevalence has unknown label '{key}'")

@@ -9,7 +9,9 @@ Rules (docs/annotator-app.md explains them for people):
   ``gold.per_page`` are hidden test questions at random positions.
 - Work goes to images that are *open* (``status == needs_judgments`` and trusted judgments plus
   open reservations below ``judgment_target`` and below ``judgments.max``), preferring the ones
-  closest to being finalised (fewest missing judgments), then the oldest.
+  closest to being finalised (fewest missing judgments), then the oldest. With
+  ``[assignment] order = "model_uncertainty"`` the tie between equally complete images goes to
+  the one the model is least sure about (``Image.model_score`` nearest 0.5; unscored last).
 - A page reserves its work images until it is submitted or ``pages.reservation_minutes`` pass.
 - Asking again while holding an open page returns that page (the oldest open one).
 - ``judgments.max_per_annotator`` caps the work judgments (done + reserved) per annotator.
@@ -25,14 +27,26 @@ SQLite every transaction starts with ``BEGIN IMMEDIATE`` (storage/db.py): one wr
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, func, select, true, union_all
+from sqlalchemy import (
+    Integer,
+    Select,
+    bindparam,
+    func,
+    insert,
+    literal_column,
+    select,
+    true,
+    union_all,
+)
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, make_transient_to_detached, selectinload
+from sqlalchemy.orm.attributes import set_committed_value
 
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.storage.models import (
@@ -42,11 +56,11 @@ from cxrlabel.storage.models import (
     Image,
     ImageStatus,
     Job,
-    Judgment,
     Page,
     PageItem,
     PageKind,
     User,
+    new_public_id,
 )
 
 # Rounds of lock-and-recount before giving up on filling a page (each round takes fresh rows).
@@ -134,7 +148,7 @@ def next_page_or_reason(
     rng = rng or random.SystemRandom()
     if state.status == AnnotatorStatus.QUIZ:
         return _new_quiz_page(session, job, spec, user, now, rng)
-    return _new_work_page(session, job, spec, user, now, rng)
+    return _new_work_page(session, job, spec, user, now, rng, state, held)
 
 
 def prefetch_page(
@@ -154,7 +168,8 @@ def prefetch_page(
         return held[1]
     if len(held) != 1 or held[0].kind != PageKind.WORK:
         return None
-    page, _reason = _new_work_page(session, job, spec, user, now, rng or random.SystemRandom())
+    page, _reason = _new_work_page(session, job, spec, user, now, rng or random.SystemRandom(),
+                                   state, held)
     return page
 
 
@@ -186,10 +201,14 @@ def seen_image_ids(job: Job, user: User) -> Select:
 
 def open_reservations(job: Job, now: datetime):  # noqa: ANN201 - a SQLAlchemy subquery
     """Per image: work items on served, unsubmitted, unexpired pages."""
+    return _reservations(job.id, now)
+
+
+def _reservations(job_id: Any, now: Any):  # noqa: ANN202 - a SQLAlchemy subquery
     return (
         select(PageItem.image_id.label("image_id"), func.count().label("n"))
         .join(Page, Page.id == PageItem.page_id)
-        .where(Page.job_id == job.id, Page.submitted_at.is_(None), Page.expires_at > now,
+        .where(Page.job_id == job_id, Page.submitted_at.is_(None), Page.expires_at > now,
                PageItem.is_gold.is_(False))
         .group_by(PageItem.image_id)
         .subquery("reserved")
@@ -208,29 +227,43 @@ def _state(session: Session, job: Job, user: User) -> AnnotatorState | None:
 def _locked_state(
     session: Session, job: Job, spec: JobSpec, user: User, now: datetime
 ) -> AnnotatorState:
-    """Join if needed, then lock the state row so one annotator's parallel requests queue."""
-    state = join_job(session, job, spec, user, now)
-    session.execute(
-        select(AnnotatorState.id).where(AnnotatorState.id == state.id).with_for_update()
+    """Lock the state row so one annotator's parallel requests queue (joining first if needed);
+    one query on every request but the first."""
+    locked = (
+        select(AnnotatorState)
+        .where(AnnotatorState.job_id == job.id, AnnotatorState.user_id == user.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)  # the values as of the lock
     )
-    session.refresh(state)
+    state = session.scalar(locked)
+    if state is None:
+        join_job(session, job, spec, user, now)
+        state = session.scalar(locked)
+        assert state is not None
     return state
 
 
 def _unseen_gold(session: Session, job: Job, user: User) -> list[int]:
     # Two small queries instead of ``NOT IN (every image this annotator ever saw)``, which
     # SQLite materialises on every call: that list grows with the annotator's history, the
-    # gold bank does not.
-    active = session.scalars(
-        select(GoldItem.image_id).where(GoldItem.job_id == job.id, GoldItem.active.is_(True))
-    ).all()
-    seen = set(session.scalars(
-        select(PageItem.image_id)
-        .join(Page, Page.id == PageItem.page_id)
-        .join(GoldItem, GoldItem.image_id == PageItem.image_id)
-        .where(Page.job_id == job.id, Page.user_id == user.id)
-    ))
+    # gold bank does not. Prebuilt Core statements: the first returns the whole active bank
+    # (1,500 rows in the benchmark) on every page, so per-row ORM handling showed.
+    params = {"job": job.id, "user": user.id}
+    active = session.execute(_ACTIVE_GOLD, params).scalars().all()
+    seen = set(session.execute(_GOLD_SEEN_BY, params).scalars())
     return sorted(i for i in active if i not in seen)
+
+
+_ACTIVE_GOLD = select(GoldItem.__table__.c.image_id).where(
+    GoldItem.__table__.c.job_id == bindparam("job", type_=Integer),
+    GoldItem.__table__.c.active.is_(True))
+_GOLD_SEEN_BY = (
+    select(PageItem.__table__.c.image_id)
+    .join(Page.__table__, Page.__table__.c.id == PageItem.__table__.c.page_id)
+    .join(GoldItem.__table__, GoldItem.__table__.c.image_id == PageItem.__table__.c.image_id)
+    .where(Page.__table__.c.job_id == bindparam("job", type_=Integer),
+           Page.__table__.c.user_id == bindparam("user", type_=Integer))
+)
 
 
 def _new_quiz_page(
@@ -243,25 +276,18 @@ def _new_quiz_page(
     return _make_page(session, job, spec, user, now, PageKind.QUIZ, [], chosen, rng), None
 
 
-def _work_done_and_reserved(session: Session, job: Job, user: User, now: datetime) -> int:
-    done = session.scalar(
-        select(func.count(Judgment.id)).where(
-            Judgment.job_id == job.id, Judgment.user_id == user.id, Judgment.is_gold.is_(False)
-        )
-    ) or 0
-    reserved = session.scalar(
-        select(func.count(PageItem.id))
-        .join(Page, Page.id == PageItem.page_id)
-        .where(Page.job_id == job.id, Page.user_id == user.id, Page.submitted_at.is_(None),
-               Page.expires_at > now, PageItem.is_gold.is_(False))
-    ) or 0
-    return done + reserved
+def _work_done_and_reserved(state: AnnotatorState, held: list[Page]) -> int:
+    """Work answers given (the quality engine's ``judgments`` counter: every non-gold answer,
+    tainted or not) plus work items on the pages the annotator holds now."""
+    reserved = sum(1 for page in held for item in page.items if not item.is_gold)
+    return state.judgments + reserved
 
 
 def _new_work_page(
-    session: Session, job: Job, spec: JobSpec, user: User, now: datetime, rng: random.Random
+    session: Session, job: Job, spec: JobSpec, user: User, now: datetime, rng: random.Random,
+    state: AnnotatorState, held: list[Page],
 ) -> tuple[Page | None, NoPage | None]:
-    quota = spec.judgments.max_per_annotator - _work_done_and_reserved(session, job, user, now)
+    quota = spec.judgments.max_per_annotator - _work_done_and_reserved(state, held)
     n_work = min(spec.pages.items_per_page - spec.gold.per_page, quota)
     if n_work <= 0:
         return None, QUOTA_REACHED
@@ -284,71 +310,120 @@ def claim_open_images(
 
     One set-based query; on PostgreSQL the chosen rows stay locked until the transaction ends.
     """
-    reserved = open_reservations(job, now)
-    n_reserved = func.coalesce(reserved.c.n, 0)
-    missing = Image.judgment_target - Image.trusted_judgments - n_reserved
-    query = (
-        select(Image.id)
-        .outerjoin(reserved, reserved.c.image_id == Image.id)
-        .where(
-            Image.job_id == job.id,
-            Image.status == ImageStatus.NEEDS_JUDGMENTS,
-            Image.trusted_judgments + n_reserved < Image.judgment_target,
-            Image.trusted_judgments + n_reserved < spec.judgments.max,
-            ~_seen_by(job, user),
-        )
-        .order_by(missing.asc(), Image.id)
-    )
-    # Same query over a short candidate list (same answer, see ``_candidates``) instead of
-    # ranking every open image of the job on every page.
-    fast = query.where(Image.id.in_(_candidates(job, user, reserved, n)))
+    sql = _claim_sql(spec.assignment.order)
+    params = {"job": job.id, "user": user.id, "now": now, "jmax": spec.judgments.max, "n": n}
     if session.get_bind().dialect.name == "sqlite":
         # The whole transaction already holds SQLite's single write lock (BEGIN IMMEDIATE).
-        return list(session.scalars(fast.limit(n)))
-    chosen = _claim_with_row_locks(session, fast, reserved, spec, n)
+        return list(session.scalars(sql.fast_limited, params))
+    # PostgreSQL: the candidate ids first, then the ranking over that explicit list. As one
+    # statement, a job whose tables had no statistics yet (just ingested, before autovacuum's
+    # ANALYZE) got a plan that re-ran the candidate union for every image: seconds per page.
+    params["candidates"] = list(session.scalars(sql.candidates, params))
+    chosen = _claim_with_row_locks(session, sql.listed, sql.reserved, n, params)
     if len(chosen) < n:  # candidates locked by other annotators right now: rank them all
-        rest = query.where(Image.id.not_in(chosen)) if chosen else query
-        chosen += _claim_with_row_locks(session, rest, reserved, spec, n - len(chosen))
+        rest = sql.ranked.where(Image.id.not_in(chosen)) if chosen else sql.ranked
+        chosen += _claim_with_row_locks(session, rest, sql.reserved, n - len(chosen), params)
     return chosen
 
 
-def _seen_by(job: Job, user: User):  # noqa: ANN202 - a SQLAlchemy EXISTS clause
-    """True for an image that was on one of this annotator's pages (an index lookup per image,
-    not a materialised list of everything they ever saw)."""
+@dataclass(frozen=True)
+class _ClaimSql:
+    reserved: Any  # open reservations per image (subquery)
+    ranked: Select  # every open image the annotator has not seen, best first
+    fast: Select  # the same ranking over the short candidate list (``_candidates``)
+    fast_limited: Select  # ... and only the first ``:n``
+    candidates: Any  # the candidate ids alone
+    listed: Select  # the ranking over an explicit list of ids (``:candidates``)
+
+
+@functools.cache
+def _claim_sql(order: str) -> _ClaimSql:
+    """The claim statements, built once per tie order with bound parameters (``:job``,
+    ``:user``, ``:now``, ``:jmax``, ``:n``): building this statement and its cache key took
+    about as long as SQLite takes to run it."""
+    job, user, n = (bindparam(name, type_=Integer) for name in ("job", "user", "n"))
+    reserved = _reservations(job, bindparam("now"))
+    n_reserved = func.coalesce(reserved.c.n, 0)
+    missing = Image.judgment_target - Image.trusted_judgments - n_reserved
+    ranked = (
+        select(Image.id)
+        .outerjoin(reserved, reserved.c.image_id == Image.id)
+        .where(
+            Image.job_id == job,
+            Image.status == ImageStatus.NEEDS_JUDGMENTS,
+            Image.trusted_judgments + n_reserved < Image.judgment_target,
+            Image.trusted_judgments + n_reserved < bindparam("jmax", type_=Integer),
+            ~_seen_by(user),
+        )
+        .order_by(missing.asc(), *_tie_order(order))
+    )
+    # Same query over a short candidate list (same answer, see ``_candidates``) instead of
+    # ranking every open image of the job on every page.
+    candidates = _candidates(job, order, user, reserved, n)
+    fast = ranked.where(Image.id.in_(candidates))
+    listed = ranked.where(Image.id.in_(bindparam("candidates", expanding=True)))
+    return _ClaimSql(reserved, ranked, fast, fast.limit(n), candidates, listed)
+
+
+def _seen_by(user_id: Any):  # noqa: ANN202 - a SQLAlchemy EXISTS clause
+    """True for an image that was on one of this annotator's pages.
+
+    Per candidate image: its few page items (``ix_page_items_image``), each page by primary
+    key. ``user_id + 0`` keeps the planner off ``ix_pages_user_id``: without statistics SQLite
+    otherwise walks all of the annotator's pages for every candidate, a cost that grows with
+    their history (hundreds of pages for a busy annotator, times hundreds of candidates). No
+    job condition: an image's page items are all on pages of its own job.
+    """
     return (
         select(PageItem.id)
         .join(Page, Page.id == PageItem.page_id)
-        .where(PageItem.image_id == Image.id, Page.job_id == job.id, Page.user_id == user.id)
+        .where(PageItem.image_id == Image.id, (Page.user_id + 0) == user_id)
         .exists()
     )
 
 
-def _candidates(job: Job, user: User, reserved: Any, n: int) -> Select:
+def model_uncertainty() -> Any:
+    """``[assignment] order = "model_uncertainty"``'s key: |p - 0.5| (least sure first), 1.0
+    for images without a score (last). Written exactly as ``ix_images_model_order`` indexes it
+    (constants inline, not bound), so both databases scan that index in this order."""
+    return func.coalesce(func.abs(Image.model_score - literal_column("0.5")),
+                         literal_column("1.0"))
+
+
+def _tie_order(order: str) -> tuple[Any, ...]:
+    """The order among open images equally close to being finalised."""
+    if order == "model_uncertainty":
+        return (model_uncertainty(), Image.id)
+    return (Image.id,)
+
+
+def _candidates(job_id: Any, order: str, user_id: Any, reserved: Any, n: Any) -> Select:
     """Image ids that contain the ``n`` best open images of the ranking in ``claim_open_images``.
 
-    The ranking is (missing judgments, id). An image nobody has judged or reserved misses its
-    whole target, so among those the ranking is (judgment_target, id): the first ``n`` of them
-    unseen by this annotator (an ordered index scan, ``ix_images_open_order``) are enough. Every
-    other open image has trusted judgments or reservations; those are few (work in progress)
-    and all are included. The exact conditions are applied by the caller's query.
+    The ranking is (missing judgments, tie order, id). An image nobody has judged or reserved
+    misses its whole target, so among those the ranking is (judgment_target, tie order, id):
+    the first ``n`` of them unseen by this annotator (an ordered index scan,
+    ``ix_images_open_order``, or ``ix_images_model_order`` with model ordering) are enough.
+    Every other open image has trusted judgments or reservations; those are few (work in
+    progress) and all are included. The exact conditions are applied by the caller's query.
     """
     untouched = (
         select(Image.id)
-        .where(Image.job_id == job.id, Image.status == ImageStatus.NEEDS_JUDGMENTS,
+        .where(Image.job_id == job_id, Image.status == ImageStatus.NEEDS_JUDGMENTS,
                Image.trusted_judgments == 0, Image.id.not_in(select(reserved.c.image_id)),
-               ~_seen_by(job, user))
-        .order_by(Image.judgment_target, Image.id)
+               ~_seen_by(user_id))
+        .order_by(Image.judgment_target, *_tie_order(order))
         .limit(n)
         .subquery("untouched")
     )
     in_progress = select(Image.id).where(
-        Image.job_id == job.id, Image.status == ImageStatus.NEEDS_JUDGMENTS,
+        Image.job_id == job_id, Image.status == ImageStatus.NEEDS_JUDGMENTS,
         Image.trusted_judgments > 0)
     return union_all(in_progress, select(reserved.c.image_id), select(untouched.c.id))
 
 
 def _claim_with_row_locks(
-    session: Session, query: Select, reserved: Any, spec: JobSpec, n: int
+    session: Session, query: Select, reserved: Any, n: int, params: dict[str, Any]
 ) -> list[int]:
     """PostgreSQL: lock exactly the rows we want (SKIP LOCKED: rows another annotator is taking
     right now are passed over, not waited for), re-count them under the lock, repeat if some
@@ -363,7 +438,8 @@ def _claim_with_row_locks(
         candidates = list(session.scalars(
             query.where(Image.id.not_in(chosen + rejected) if chosen or rejected else true())
             # NO KEY UPDATE: excludes other assigners, not the FK checks of inserted rows.
-            .limit(want).with_for_update(skip_locked=True, of=Image, key_share=True)
+            .limit(want).with_for_update(skip_locked=True, of=Image, key_share=True),
+            params,
         ))
         if not candidates:
             break
@@ -376,8 +452,9 @@ def _claim_with_row_locks(
                 Image.id.in_(candidates),
                 Image.status == ImageStatus.NEEDS_JUDGMENTS,
                 Image.trusted_judgments + n_reserved < Image.judgment_target,
-                Image.trusted_judgments + n_reserved < spec.judgments.max,
-            )
+                Image.trusted_judgments + n_reserved < bindparam("jmax", type_=Integer),
+            ),
+            params,
         ))
         chosen += [i for i in candidates if i in still_open]
         rejected += [i for i in candidates if i not in still_open]
@@ -392,12 +469,38 @@ def _make_page(
     rng.shuffle(entries)  # gold sits at random positions, indistinguishable from work
     # The caller shows every item's image: load them in one query, not one lazy load per item.
     images = {i.id: i for i in session.scalars(select(Image).where(Image.id.in_(work + gold)))}
-    page = Page(
-        job_id=job.id, user_id=user.id, kind=kind, served_at=now,
-        expires_at=now + timedelta(minutes=spec.pages.reservation_minutes),
-        items=[PageItem(image_id=i, image=images[i], position=pos, is_gold=g)
-               for pos, (i, g) in enumerate(entries)],
-    )
-    session.add(page)
-    session.flush()
+    # Core INSERTs (the ORM unit of work cost more than the statements): the page, then its
+    # items in one statement; the rows join the session as the objects the caller reads.
+    values = {"public_id": new_public_id(), "job_id": job.id, "user_id": user.id, "kind": kind,
+              "served_at": now, "submitted_at": None,
+              "expires_at": now + timedelta(minutes=spec.pages.reservation_minutes)}
+    page = Page(id=session.execute(_INSERT_PAGE, values).scalar_one(), **values)
+    make_transient_to_detached(page)
+    session.add(page)  # persistent as stored: no second INSERT
+    ids = _insert_items(session, page, entries)
+    items = []
+    for pos, (image_id, is_gold) in enumerate(entries):
+        item = PageItem(id=ids[image_id], page_id=page.id, image_id=image_id, position=pos,
+                        is_gold=is_gold)
+        make_transient_to_detached(item)
+        session.add(item)  # persistent as stored: no second INSERT
+        set_committed_value(item, "image", images[image_id])
+        set_committed_value(item, "page", page)
+        items.append(item)
+    set_committed_value(page, "items", items)
     return page
+
+
+_INSERT_PAGE = insert(Page.__table__).returning(Page.__table__.c.id)
+
+
+def _insert_items(session: Session, page: Page, entries: list[tuple[int, bool]]) -> dict[int, int]:
+    """One multi-row INSERT for a page's items (the ORM inserts them one by one on SQLite, to
+    read each id back in order); ids come back keyed by image, which is unique on a page."""
+    table = PageItem.__table__
+    rows = session.execute(
+        insert(table).returning(table.c.image_id, table.c.id),
+        [{"page_id": page.id, "image_id": i, "position": pos, "is_gold": g}
+         for pos, (i, g) in enumerate(entries)],
+    ).all()
+    return {image_id: item_id for image_id, item_id in rows}

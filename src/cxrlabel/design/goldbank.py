@@ -12,6 +12,7 @@ import io
 import math
 import random
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -579,12 +580,25 @@ def sample_from_reference(
     n: int,
     seed: int = 0,
     now: datetime | None = None,
+    *,
+    clearest_fraction: float = 1.0,
+    clarity: Mapping[int, float] | None = None,
 ) -> tuple[ImportSummary, dict[str, int]]:
     """Seed the bank with ``n`` never-judged images that carry a reference label, balanced per
     class, one per patient and no near-duplicates. Reasons are a generic template: for a
-    demo only; a real bank needs an expert's reason per image."""
+    demo only; a real bank needs an expert's reason per image.
+
+    ``clearest_fraction`` < 1 draws the gold only from the clearest part of each class, as a
+    job designer picks clear teaching cases as test questions (a test question on an image
+    experts themselves find borderline measures luck, not care). Clarity is per image id,
+    lower = clearer: ``clarity`` when given (the simulator passes its cross-fitted pixel
+    difficulty), else the image's model score (``Image.model_score``, p of the positive
+    class) read as distance from the reference label. Never the label alone: two images with
+    the same label differ in clarity."""
     if n < 1:
         raise ValueError("sample size must be >= 1")
+    if not 0.0 < clearest_fraction <= 1.0:
+        raise ValueError("clearest_fraction must be in (0, 1]")
     judged = select(Judgment.image_id).where(Judgment.job_id == job.id)
     candidates = session.scalars(
         select(Image).where(
@@ -599,6 +613,10 @@ def sample_from_reference(
     rng = random.Random(seed)
     per_label = {label: [im for im in candidates if im.reference_label == label]
                  for label in spec.label_values}
+    if clearest_fraction < 1.0:
+        scores = clarity if clarity is not None else model_clarity(candidates, spec)
+        per_label = {label: clearest(pool, scores, clearest_fraction)
+                     for label, pool in per_label.items()}
     for pool in per_label.values():
         rng.shuffle(pool)
     quotas = {label: n // len(per_label) for label in per_label}
@@ -617,10 +635,37 @@ def sample_from_reference(
                    summary)
     session.add(AuditEvent(
         at=now, job_id=job.id, action="gold.sample_reference", subject=str(n),
-        payload={"created": summary.created, "seed": seed, "images": summary.public_ids},
+        payload={"created": summary.created, "seed": seed, "images": summary.public_ids,
+                 "clearest_fraction": clearest_fraction},
     ))
     session.flush()
     return summary, dict(Counter(im.reference_label for im in chosen))
+
+
+def clearest(pool: list[Image], clarity: Mapping[int, float], fraction: float) -> list[Image]:
+    """The clearest ``fraction`` of ``pool`` (at least one image), in the pool's order.
+
+    Images without a clarity score are left out: "clear" must be known, not assumed."""
+    scored = [im for im in pool if im.id in clarity]
+    keep = max(1, math.ceil(fraction * len(scored))) if scored else 0
+    ranked = sorted(scored, key=lambda im: (clarity[im.id], im.id))[:keep]
+    kept = {im.id for im in ranked}
+    return [im for im in pool if im.id in kept]
+
+
+def model_clarity(images: list[Image], spec: JobSpec) -> dict[int, float]:
+    """Clarity from ``Image.model_score`` (p of the positive class): the model's distance
+    from each image's reference label (0 = the model is sure of that label)."""
+    labels = spec.label_values
+    if len(labels) != 2:
+        raise ValueError("clarity from model scores needs a two-label job; pass clarity")
+    positive = "PNEUMONIA" if "PNEUMONIA" in labels else labels[-1]
+    out = {im.id: (1.0 - im.model_score if im.reference_label == positive else im.model_score)
+           for im in images if im.model_score is not None}
+    if not out:
+        raise ValueError("no candidate image has a model score: score the job's images "
+                         "first (cxrlabel score) or pass clarity")
+    return out
 
 
 def _pick(per_label: dict[str, list[Image]], quotas: dict[str, int], threshold: int) -> list[Image]:

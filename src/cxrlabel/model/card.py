@@ -92,6 +92,28 @@ def _label_summary(dataset_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def _label_source(dataset_dir: Path) -> str:
+    """Who made the training labels, in one paragraph (read from the dataset's README title).
+
+    A ``cxrlabel export`` is crowd-made; the benchmark's reference datasets say in their title
+    whether they carry expert labels instead.
+    """
+    readme = dataset_dir / "README.md"
+    title = readme.read_text(encoding="utf-8").split("\n", 1)[0] if readme.is_file() else ""
+    if "expert labels" in title and "crowd" not in title:
+        return ("Targets are the dataset's **expert labels** (`p_PNEUMONIA` 0 or 1), not crowd "
+                "labels: this model measures what the network can learn, not the crowd "
+                "pipeline.")
+    if "crowd-like" in title:
+        return ("Targets are expert labels made **crowd-like** on purpose (flipped at a set "
+                "rate, soft confidence): a stand-in for crowd labels, see the README below.")
+    return ("Targets are the export's **soft labels** (`p_PNEUMONIA`, trained with a "
+            "soft-target cross-entropy). In a cxrlabel export they are **crowd-made**: the "
+            "aggregate's probabilities from non-expert annotators through cxrlabel's quality "
+            "control (expert-reviewed and gold images carry the expert's label), and noisier "
+            "than a radiologist's.")
+
+
 def _readme_quality(dataset_dir: Path) -> str:
     """Sections of the export's datasheet about label quality, quoted as they are."""
     readme = dataset_dir / "README.md"
@@ -143,9 +165,7 @@ to expert review (docs/model.md).
 ## Training data and labels
 
 Export: `{tr['dataset_dir']}`. Images per split: {tr['n_images']}.
-Targets are the export's **soft labels** (`p_PNEUMONIA`, trained with a soft-target
-cross-entropy). In a cxrlabel export they are the crowd aggregate's probabilities, made by
-non-expert annotators through cxrlabel's quality control, and noisier than a radiologist's.
+{_label_source(dataset_dir)}
 
 {_label_summary(dataset_dir)}
 
@@ -202,7 +222,7 @@ probability difference {_fmt(meta.get('onnx_parity_max_abs_diff'), 7)}.
   independent test images, and a threshold set for 95 % sensitivity kept only 40-70 %
   specificity there. Expect the flag band to hold more normal children than the figures above
   suggest, and re-check the bands on local data before use.
-- Labels come from a crowd; the model cannot be more right than its labels on average.
+- Where labels come from a crowd, the model cannot be more right than its labels on average.
 - Heatmaps (class activation maps) show where the network found evidence, not a lesion outline.
 """
     path = model_dir / CARD_FILE

@@ -8,6 +8,11 @@ the shared folder): whole patients whose images are all third-party 224 x 224 sq
 as every official test image is, with the official test set's class mix (234 normal, 390
 pneumonia). It comes from the same folders as training, so it is likely easier than the real
 test set. Validation prefers the same kind of patients, plus the 16 official ``val`` images.
+
+With ``crowd=`` the train and validation labels come from a crowd export instead (the product's
+real pipeline: ``cxrlabel simulate`` or a real job, then ``cxrlabel export``), on the very same
+patient splits, while ``test`` keeps the expert labels; so the two label sources are measured on
+the same held-out images.
 """
 
 from __future__ import annotations
@@ -114,6 +119,34 @@ def _subsample(rows: list[_Row], limit: int, seed: int) -> list[_Row]:
     return kept
 
 
+@dataclass(frozen=True)
+class CrowdLabel:
+    """One exported label: hard label, p(PNEUMONIA) and who made it (crowd | expert | gold)."""
+
+    label: str
+    p_pneumonia: float
+    made_by: str
+
+
+def read_crowd_export(export_dir: Path, name_of: dict[str, str]) -> dict[str, CrowdLabel]:
+    """Source file name -> exported label, from a ``cxrlabel export`` folder's metadata.csv.
+
+    An export names images by their public id only (``image_id``); ``name_of`` maps that id to
+    the source file's name (e.g. from the job database's ``Image.source_path``). Kermany file
+    names are unique, so the name alone identifies the image.
+    """
+    out: dict[str, CrowdLabel] = {}
+    with (Path(export_dir) / "metadata.csv").open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            name = name_of.get(row["image_id"])
+            if name is None:
+                raise ValueError(f"export image {row['image_id']} is not in the job database")
+            made_by = ("expert" if row.get("expert_reviewed", "").lower() == "true" else
+                       "gold" if row.get("is_gold", "").lower() == "true" else "crowd")
+            out[name] = CrowdLabel(row["label"], float(row["p_PNEUMONIA"]), made_by)
+    return out
+
+
 def _soft_label(label: str, noise: float, rng: np.random.Generator) -> tuple[str, float]:
     """(crowd label, p_PNEUMONIA): flipped with probability ``noise``, confidence 0.6-1.0."""
     if noise > 0 and rng.random() < noise:
@@ -131,12 +164,21 @@ def build_reference_dataset(
     seed: int = 0,
     label_noise: float = 0.0,
     limit: int | None = None,
+    crowd: dict[str, CrowdLabel] | None = None,
+    crowd_notes: str = "",
 ) -> dict[str, dict[str, int]]:
     """Write ``out_dir/{split}/{label}/<name>`` (symlinks to the shared JPEGs) + metadata.csv.
 
     ``label_noise`` > 0 turns the expert labels into crowd-like soft labels for the train
     split (flip rate and confidence as in ``_soft_label``); ``reference_label`` always keeps
-    the expert label. Returns image counts per split and label.
+    the expert label. Returns image counts per split and (expert) label.
+
+    ``crowd`` (file name -> exported label, see ``read_crowd_export``) replaces the train and
+    validation labels by the crowd's, with ``reference_label`` left empty there (the product
+    has no expert label for them, so validation, calibration and thresholds use the crowd's
+    labels too); images the crowd export lacks are left out (counted as ``unlabelled``). The
+    splits are the same as without ``crowd``. ``crowd_notes`` (Markdown, e.g. the export's
+    quality figures) goes into the README, where the model card quotes it.
     """
     manifest, out_dir = Path(manifest).resolve(), Path(out_dir)
     rows = [r for r in _read_manifest(manifest) if r.split in ("train", "val")]
@@ -155,6 +197,14 @@ def build_reference_dataset(
             split = split_of[row.patient_id]
             noise = label_noise if split == "train" else 0.0
             label, p = _soft_label(row.label, noise, rng)
+            reference, reviewed = row.label, False
+            if crowd is not None and split != "test":
+                made = crowd.get(Path(row.file).name)
+                if made is None:
+                    counts["unlabelled"][row.label] += 1
+                    continue
+                label, p, reference = made.label, made.p_pneumonia, ""
+                reviewed = made.made_by == "expert"
             source = manifest.parent / row.file
             rel = Path(split) / label / Path(row.file).name
             (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -164,22 +214,34 @@ def build_reference_dataset(
                 "file_name": rel.as_posix(), "label": label,
                 "confidence": f"{max(p, 1 - p):.4f}", "p_NORMAL": f"{1 - p:.4f}",
                 "p_PNEUMONIA": f"{p:.4f}", "split": split, "patient_id": row.patient_id,
-                "expert_reviewed": "false", "reference_label": row.label,
+                "expert_reviewed": str(reviewed).lower(), "reference_label": reference,
                 "source_upstream_resized": str(row.upstream_resized).lower(),
             })
             counts[split][row.label] += 1
-    _write_readme(out_dir, manifest, label_noise, seed)
+    _write_readme(out_dir, manifest, label_noise, seed, crowd is not None, crowd_notes)
     return {k: dict(v) for k, v in counts.items()}
 
 
-def _write_readme(out_dir: Path, manifest: Path, label_noise: float, seed: int) -> None:
-    noise = (f"Train labels were made crowd-like: flipped with probability {label_noise}, soft "
-             "confidence uniform in 0.6-1.0." if label_noise else
-             "All labels are the dataset's expert labels (p_PNEUMONIA is 0 or 1).")
+def _write_readme(
+    out_dir: Path, manifest: Path, label_noise: float, seed: int, crowd: bool, notes: str
+) -> None:
+    if crowd:
+        title = "Kermany images, crowd labels"
+        labels = ("Train and validation labels are **crowd-made**: the aggregate (or the "
+                  "expert's review, or the gold answer) of a `cxrlabel export`, soft "
+                  "`p_PNEUMONIA` included. Test labels are the dataset's expert labels.")
+    elif label_noise:
+        title = "Kermany images, expert labels made crowd-like"
+        labels = (f"Train labels were made crowd-like: flipped with probability {label_noise}, "
+                  "soft confidence uniform in 0.6-1.0.")
+    else:
+        title = "Kermany images, expert labels"
+        labels = "All labels are the dataset's expert labels (p_PNEUMONIA is 0 or 1)."
     (out_dir / "README.md").write_text(
-        f"# Reference dataset (Kermany, expert labels)\n\nBuilt by "
+        f"# Reference dataset ({title})\n\nBuilt by "
         f"`cxrlabel.model.reference.build_reference_dataset` from `{manifest}` (seed {seed}).\n\n"
-        f"## Labels\n\n{noise}\n\n## Splits\n\nWhole patients (`personNNN` / `IM-XXXX`). "
+        f"## Labels\n\n{labels}\n\n{notes.strip()}\n\n## Splits\n\n"
+        "Whole patients (`personNNN` / `IM-XXXX`). "
         "`test` is a proxy for the official test set: patients whose images are all "
         "third-party 224 x 224 squashed copies, with that set's class mix. It comes from the "
         "training folders and is likely easier than the real test set.\n",

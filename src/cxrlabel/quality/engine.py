@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import rules
-from .consensus import ConsensusParams, evaluate
+from .consensus import REVIEW_MODEL, ConsensusParams, evaluate
 from .events import (
     AnnotatorReinstated,
     AnnotatorRemoved,
@@ -119,11 +119,13 @@ class Engine:
 
         if rules.is_too_fast(event.seconds, params):
             self._speed_trap(annotator, event, recs, result)
-        active_gold = (
-            event.active_gold if event.active_gold is not None else state.active_gold_count()
-        )
-        if annotator.status == QUIZ and rules.quiz_complete(counts, params, active_gold):
-            self._decide_quiz(annotator, counts, result)
+        if annotator.status == QUIZ:
+            active_gold = (
+                event.active_gold if event.active_gold is not None
+                else state.active_gold_count()
+            )
+            if rules.quiz_complete(counts, params, active_gold):
+                self._decide_quiz(annotator, counts, result)
         if graded and rules.below_minimum_accuracy(annotator, params):
             self.remove(annotator.user_id, rules.low_trust_reason(annotator, params))
             result.warnings.append(
@@ -359,7 +361,9 @@ class Engine:
 
     # --- images -------------------------------------------------------------------------------
     def reevaluate(self, image_ids: Iterable[int]) -> None:
-        for image_id in sorted(set(image_ids)):
+        ordered = sorted(set(image_ids))
+        self.state.prefetch(ordered)  # a removal re-evaluates hundreds: load them together
+        for image_id in ordered:
             self._evaluate(self.state.image(image_id))
 
     def _evaluate(self, image: ImageRec) -> None:
@@ -368,7 +372,7 @@ class Engine:
         judgments = self.state.judgments_on(image.image_id)
         trust_of = {j.user_id: self.state.annotator(j.user_id).trust for j in judgments
                     if not j.tainted}
-        ev = evaluate(judgments, trust_of, self.consensus)
+        ev = evaluate(judgments, trust_of, self.consensus, image.model_score)
         if image.status == EXPERT:  # an expert's label is final; only keep the count true
             image.trusted_judgments = ev.trusted_judgments
             return
@@ -378,11 +382,15 @@ class Engine:
         image.label, image.confidence, image.proba = ev.label, ev.confidence, ev.proba
         image.aggregation_method = ev.method
         if ev.status != before:
+            extra = {}
+            if ev.review_reason == REVIEW_MODEL:  # the model's opinion is part of the reason
+                extra = {"model_score": _round(image.model_score),
+                         "model_disagreement": self.consensus.model_disagreement}
             self.decide(
                 f"quality.image_{ev.status}", f"image:{image.image_id}",
                 previous_status=before, trusted_judgments=ev.trusted_judgments,
                 label=ev.label, confidence=_round(ev.confidence), review_reason=ev.review_reason,
-                judgment_target=ev.judgment_target,
+                judgment_target=ev.judgment_target, **extra,
             )
 
 

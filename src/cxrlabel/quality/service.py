@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from cxrlabel.annotate.schemas import EngineError
 from cxrlabel.jobspec import JobSpec
@@ -175,112 +177,244 @@ def _write_judgment(row: Judgment, rec: JudgmentRec) -> None:
     _set(row, "taint_reason", rec.taint_reason)
 
 
+_ANNOTATOR_COLUMNS = ("status", "status_reason", "trust", "gold_seen", "gold_missed",
+                      "gold_contested", "gold_forgiven", "judgments", "speed_trips", "message",
+                      "flags", "quiz_passed_at", "answer_counts")
+_IMAGE_COLUMNS = ("status", "judgment_target", "trusted_judgments", "label", "confidence",
+                  "proba", "aggregation_method")
+_JUDGMENT_COLUMNS = ("gold_missed", "trust_at_time", "tainted", "taint_reason")
+# Ids per ``IN (...)`` list: far below SQLite's and PostgreSQL's parameter limits.
+_CHUNK = 900
+
+
+# The hot path's statements, built once with bound parameters: building a SQLAlchemy statement
+# and its cache key costs more Python than SQLite takes to run it (about 0.1-0.2 ms each).
+_A, _I, _J = AnnotatorState.__table__, Image.__table__, Judgment.__table__
+_IDS = bindparam("ids", expanding=True)
+_SELECT_ANNOTATORS = select(_A).where(_A.c.job_id == bindparam("job"), _A.c.user_id.in_(_IDS))
+# By primary key only (the job is checked on the rows): with ``AND job_id = ?`` SQLite (no
+# statistics) preferred a job_id index and scanned every image of the job for nine ids.
+_SELECT_IMAGES = select(_I.c.id, _I.c.job_id, _I.c.model_score,
+                        *(_I.c[n] for n in _IMAGE_COLUMNS)).where(_I.c.id.in_(_IDS))
+_SELECT_GOLD = select(GoldItem.__table__.c.image_id, GoldItem.__table__.c.accepted_answers,
+                      GoldItem.__table__.c.active).where(GoldItem.__table__.c.image_id.in_(_IDS))
+_NOT_PENDING = _J.c.id.not_in(bindparam("pending", expanding=True))
+# By image: no job condition (an image's judgments are all of its job, and the engine asks only
+# about images of this job); with one, SQLite walked ``ix_judgments_job``, i.e. every judgment
+# of the job, for each page. Callers sort by id.
+_SELECT_JUDGMENTS_ON = select(_J).where(_J.c.image_id.in_(_IDS), _NOT_PENDING)
+# By annotator: ``job_id + 0`` keeps SQLite on the (user_id, image_id) index for the same reason.
+_SELECT_JUDGMENTS_BY = select(_J).where(
+    _J.c.user_id == bindparam("user"), (_J.c.job_id + 0) == bindparam("job"), _NOT_PENDING)
+# executemany UPDATE by primary key (bind names differ from column names: SQLAlchemy reserves
+# those for its own SET clause).
+_UPDATES = {
+    model: update(model.__table__).where(model.__table__.c.id == bindparam("_id"))
+    .values({name: bindparam("v_" + name) for name in columns})
+    for model, columns in ((AnnotatorState, _ANNOTATOR_COLUMNS), (Image, _IMAGE_COLUMNS),
+                           (Judgment, _JUDGMENT_COLUMNS))
+}
+_INSERT_AUDIT = insert(AuditEvent.__table__)
+
+
+def _chunks(ids: Sequence[int]) -> Iterable[Sequence[int]]:
+    for start in range(0, len(ids), _CHUNK):
+        yield ids[start:start + _CHUNK]
+
+
+def _image_values(rec: ImageRec) -> dict[str, Any]:
+    values = {name: getattr(rec, name) for name in _IMAGE_COLUMNS}
+    values["proba"] = dict(rec.proba) if rec.proba is not None else None
+    return values
+
+
+def _judgment_values(rec: JudgmentRec) -> dict[str, Any]:
+    return {"gold_missed": rec.gold_missed, "trust_at_time": rec.trust_at_time,
+            "tainted": rec.tainted, "taint_reason": rec.taint_reason}
+
+
 class DbState(QualityState):
-    """A ``QualityState`` that loads the rows it is asked about, and writes them back."""
+    """A ``QualityState`` that loads the rows it is asked about, and writes back what changed.
+
+    This runs on every submitted page, so it reads and writes with Core statements (no ORM
+    objects, identity map or unit of work for the rows it touches), loads what a page or a
+    removal needs in a few ``IN`` queries, and writes each table's changed rows with one
+    executemany ``UPDATE``. ORM objects of those rows that the caller's session already holds
+    (``submit_page``'s annotator row and new judgments, an admin action's annotator row) are
+    given the written values, so callers see the result as before.
+    """
 
     def __init__(self, session: Session, job: Job, spec: JobSpec,
                  pending: Sequence[Judgment] = ()) -> None:
         super().__init__(default_status=new_state(spec).default_status,
                          default_target=spec.judgments.min)
         self.session, self.job = session, job
-        self.annotator_rows: dict[int, AnnotatorState] = {}
-        self.image_rows: dict[int, Image] = {}
-        self.judgment_rows: dict[int, Judgment] = {j.id: j for j in pending}
-        self.pending_ids = {j.id for j in pending}
+        # Values as loaded, to write only what changed: annotators by user id (row id, values),
+        # images and judgments by id.
+        self._annotator_rows: dict[int, tuple[int, dict[str, Any]]] = {}
+        self._image_loaded: dict[int, dict[str, Any]] = {}
+        self._judgment_loaded: dict[int, dict[str, Any]] = {}
+        self.pending = {j.id: j for j in pending}
+        self.pending_ids = set(self.pending)
 
-    # loaders
+    # --- loaders -------------------------------------------------------------------------
+    def _remember_annotator(self, row: Any) -> AnnotatorRec:
+        rec = _annotator_rec(row)
+        self._annotator_rows[row.user_id] = (
+            row.id, {name: getattr(row, name) for name in _ANNOTATOR_COLUMNS})
+        return rec
+
     def _load_annotator(self, user_id: int) -> AnnotatorRec:
-        row = self.session.scalar(select(AnnotatorState).where(
-            AnnotatorState.job_id == self.job.id, AnnotatorState.user_id == user_id)
-            .execution_options(populate_existing=True))
-        if row is None:  # joined outside join_job (e.g. a direct import): create the row
-            row = AnnotatorState(job_id=self.job.id, user_id=user_id, status=self.default_status,
-                                 trust=0.0, flags={})
-            self.session.add(row)
-        self.annotator_rows[user_id] = row
-        return _annotator_rec(row)
+        row = self._rows(_SELECT_ANNOTATORS, [user_id])
+        if not row:  # joined outside join_job (e.g. a direct import): create the row
+            self.session.add(AnnotatorState(job_id=self.job.id, user_id=user_id,
+                                            status=self.default_status, trust=0.0, flags={}))
+            self.session.flush()
+            row = self._rows(_SELECT_ANNOTATORS, [user_id])
+        return self._remember_annotator(row[0])
+
+    def _rows(self, statement: Any, ids: Sequence[int], **params: Any) -> list[Any]:
+        """Rows of a prebuilt ``IN (:ids)`` statement, one query per chunk of ids."""
+        conn = self.session.connection()
+        rows: list[Any] = []
+        for chunk in _chunks(ids):
+            rows += conn.execute(statement, {"ids": list(chunk), "job": self.job.id, **params})
+        return rows
 
     def _preload_annotators(self, user_ids: Iterable[int]) -> None:
-        missing = {u for u in user_ids if u not in self.annotators}
-        if not missing:
-            return
-        rows = self.session.scalars(select(AnnotatorState).where(
-            AnnotatorState.job_id == self.job.id, AnnotatorState.user_id.in_(missing))
-            .execution_options(populate_existing=True))
-        for row in rows:
-            self.annotator_rows[row.user_id] = row
-            self.annotators[row.user_id] = _annotator_rec(row)
+        missing = sorted({u for u in user_ids if u not in self.annotators})
+        for row in self._rows(_SELECT_ANNOTATORS, missing):
+            self.annotators[row.user_id] = self._remember_annotator(row)
+
+    def _load_images(self, image_ids: Sequence[int]) -> None:
+        for row in self._rows(_SELECT_IMAGES, image_ids):
+            if row.job_id != self.job.id:
+                continue  # another job's image: ``_load_image`` refuses it
+            rec = _image_rec(row)
+            rec.model_score = row.model_score
+            self.images[row.id] = rec
+            self._image_loaded[row.id] = _image_values(rec)
 
     def _load_image(self, image_id: int) -> ImageRec:
-        # populate_existing: the caller may have loaded this row before it took the job lock
-        # (submit_page reads the page's images to validate the answers); a concurrent
-        # submission committed since then must be seen, or stale values are written back.
-        row = self.session.get(Image, image_id, populate_existing=True)
-        if row is None or row.job_id != self.job.id:
+        self._load_images([image_id])
+        if image_id not in self.images:
             raise QualityError("unknown_image", f"image {image_id} is not part of this job", 404)
-        self.image_rows[image_id] = row
-        return _image_rec(row)
+        return self.images[image_id]
 
     def _load_gold(self, image_id: int) -> GoldRec | None:
-        row = self.session.scalar(select(GoldItem).where(GoldItem.image_id == image_id)
-                                  .execution_options(populate_existing=True))
-        if row is None:
-            return None
-        return GoldRec(image_id, tuple(row.accepted_answers), row.active)
+        self.preload_gold([image_id])
+        return self.gold.get(image_id)
+
+    def preload_gold(self, image_ids: Iterable[int]) -> None:
+        ids = sorted({i for i in image_ids if i not in self.gold})
+        for image_id, accepted, active in self._rows(_SELECT_GOLD, ids):
+            self.gold[image_id] = GoldRec(image_id, tuple(accepted), active)
 
     def _load_counts(self, user_id: int) -> AnswerCounts:
-        base = (Judgment.job_id == self.job.id, Judgment.user_id == user_id,
-                Judgment.id.not_in(self.pending_ids or {-1}))
+        self.annotator(user_id)  # its row holds the kept counts
+        stored = self._annotator_rows[user_id][1]["answer_counts"]
+        if stored is not None:
+            return AnswerCounts.from_dict(stored)
+        return self._count_answers(user_id)
+
+    def _count_answers(self, user_id: int) -> AnswerCounts:
+        """The counts from the annotator's judgments (once; then they are kept on the row)."""
         counts = AnswerCounts()
-        work = (*base, Judgment.is_quiz.is_(False))
-        for answer, n in self.session.execute(
-                select(Judgment.answer, func.count()).where(*work).group_by(Judgment.answer)):
-            counts.labels[answer] = n
-        for certainty, n in self.session.execute(
-                select(Judgment.certainty, func.count()).where(*work)
-                .group_by(Judgment.certainty)):
-            counts.certainty[certainty] = n
-        quiz = self.session.execute(
-            select(func.count(), func.count().filter(Judgment.gold_missed.is_(True)))
-            .where(*base, Judgment.is_quiz.is_(True), Judgment.gold_missed.is_not(None))
-        ).one()
-        counts.quiz_seen, counts.quiz_missed = int(quiz[0]), int(quiz[1])
+        for is_quiz, answer, certainty, missed, n in self.session.execute(
+                select(Judgment.is_quiz, Judgment.answer, Judgment.certainty,
+                       Judgment.gold_missed, func.count())
+                .where((Judgment.job_id + 0) == self.job.id, Judgment.user_id == user_id,
+                       Judgment.id.not_in(self.pending_ids or {-1}))
+                .group_by(Judgment.is_quiz, Judgment.answer, Judgment.certainty,
+                          Judgment.gold_missed)):
+            if not is_quiz:
+                counts.labels[answer] += n
+                counts.certainty[certainty] += n
+            elif missed is not None:
+                counts.quiz_seen += n
+                counts.quiz_missed += n if missed else 0
         return counts
 
-    def _load_judgments(self, *where: Any) -> list[JudgmentRec]:
-        rows = self.session.scalars(select(Judgment).where(
-            Judgment.job_id == self.job.id, *where,
-            Judgment.id.not_in(self.pending_ids or {-1})).order_by(Judgment.id)
-            .execution_options(populate_existing=True)).all()
+    def _judgment_recs(self, rows: Iterable[Any], users: Iterable[int] = ()) -> list[JudgmentRec]:
+        """Records of judgment rows, with their annotators (and ``users``) in one query."""
         recs = []
-        for row in rows:
+        for row in sorted(rows, key=lambda r: r.id):
+            rec = _judgment_rec(row)
             if row.id not in self.judgments:
-                self.judgment_rows[row.id] = row
-            recs.append(_judgment_rec(row))
-        self._preload_annotators(r.user_id for r in recs)
+                self._judgment_loaded[row.id] = _judgment_values(rec)
+            recs.append(rec)
+        self._preload_annotators([*users, *(r.user_id for r in recs)])
         return recs
 
     def _load_judgments_on(self, image_id: int) -> list[JudgmentRec]:
-        return self._load_judgments(Judgment.image_id == image_id)
+        return self._judgment_recs(self._rows(_SELECT_JUDGMENTS_ON, [image_id],
+                                              pending=sorted(self.pending_ids)))
 
-    def preload_judgments_on(self, image_ids: Iterable[int]) -> None:
-        """The judgments on these images in one query (a page's worth), instead of one query
-        per image when the engine asks; ``judgments_on`` then answers from memory."""
+    def preload_judgments_on(self, image_ids: Iterable[int], users: Iterable[int] = ()) -> None:
+        """The judgments on these images in one query per chunk (a page's worth, or every image
+        a removal touches), instead of one query per image when the engine asks; their
+        annotators and ``users`` in one more."""
         ids = sorted({i for i in image_ids if i not in self._images_loaded})
         if ids:
-            self._remember(self._load_judgments(Judgment.image_id.in_(ids)))
+            self._remember(self._judgment_recs(self._rows(
+                _SELECT_JUDGMENTS_ON, ids, pending=sorted(self.pending_ids)), users))
             self._images_loaded.update(ids)
+        else:
+            self._preload_annotators(users)
 
     def _load_judgments_by(self, user_id: int) -> list[JudgmentRec]:
-        return self._load_judgments(Judgment.user_id == user_id)
+        rows = self.session.connection().execute(_SELECT_JUDGMENTS_BY, {
+            "job": self.job.id, "user": user_id, "pending": sorted(self.pending_ids)})
+        return self._judgment_recs(rows)
 
+    def prefetch(self, image_ids: list[int], users: Iterable[int] = ()) -> None:
+        self._load_images([i for i in image_ids if i not in self.images])
+        self.preload_judgments_on(image_ids, users)
+
+    # --- writing -------------------------------------------------------------------------
     def write_back(self, now: datetime) -> None:
+        self._write_annotators(now)
+        changed_images = [
+            {"_id": image_id, **values} for image_id, rec in self.images.items()
+            if (values := _image_values(rec)) != self._image_loaded.get(image_id)
+        ]
+        self._update(Image, changed_images)
+        changed_judgments = [
+            {"_id": judgment_id, **values} for judgment_id, rec in self.judgments.items()
+            if (values := _judgment_values(rec)) != self._judgment_loaded.get(judgment_id)
+        ]
+        self._update(Judgment, changed_judgments)
+
+    def _write_annotators(self, now: datetime) -> None:
+        changed = []
         for user_id, rec in self.annotators.items():
-            _write_annotator(self.annotator_rows[user_id], rec, now)
-        for image_id, rec in self.images.items():
-            _write_image(self.image_rows[image_id], rec)
-        for judgment_id, rec in self.judgments.items():
-            _write_judgment(self.judgment_rows[judgment_id], rec)
+            row_id, before = self._annotator_rows[user_id]
+            values = {name: getattr(rec, name) for name in _ANNOTATOR_COLUMNS[:10]}
+            values["flags"] = dict(rec.flags)
+            values["quiz_passed_at"] = before["quiz_passed_at"]
+            if rec.quiz_passed and values["quiz_passed_at"] is None:
+                values["quiz_passed_at"] = now
+            counts = self._counts.get(user_id)
+            values["answer_counts"] = (
+                counts.to_dict() if counts is not None else before["answer_counts"])
+            if values != before:
+                changed.append({"_id": row_id, **values})
+        self._update(AnnotatorState, changed)
+
+    def _update(self, model: type[Any], rows: list[dict[str, Any]]) -> None:
+        """One executemany UPDATE by primary key; ORM copies in the session get the values."""
+        if not rows:
+            return
+        self.session.connection().execute(
+            _UPDATES[model],
+            [{("v_" + k if k != "_id" else k): v for k, v in r.items()} for r in rows])
+        identity_map = self.session.identity_map
+        for r in rows:
+            obj = identity_map.get(identity_key(model, r["_id"]))
+            if obj is not None:
+                for name, value in r.items():
+                    if name != "_id":
+                        set_committed_value(obj, name, value)
 
 
 # --- shared plumbing -----------------------------------------------------------------------------
@@ -313,16 +447,30 @@ def _audit(session: Session, job: Job, actor_id: int | None, action: str, subjec
 
 def _record_decisions(session: Session, job: Job, decisions: list[Decision],
                       actor_id: int | None, now: datetime) -> None:
-    for d in decisions:
-        _audit(session, job, actor_id, d.action, d.subject, d.payload, now)
+    """The engine's decisions, in order, in one executemany INSERT (after the input event,
+    which the caller added and ``_run`` flushed first: the log's id order is the order)."""
+    if decisions:
+        session.connection().execute(_INSERT_AUDIT, [
+            {"at": now, "job_id": job.id, "actor_id": actor_id, "action": d.action,
+             "subject": d.subject, "payload": d.payload}
+            for d in decisions
+        ])
 
 
 def _run(session: Session, job: Job, spec: JobSpec, event: Event, now: datetime,
-         actor_id: int | None, pending: Sequence[Judgment] = (),
-         preload_images: Iterable[int] = ()) -> tuple[Engine, Any]:
-    """Apply one input event to the stored state and write state and decisions back."""
-    state = DbState(session, job, spec, pending)
-    state.preload_judgments_on(preload_images)
+         actor_id: int | None, *, state: DbState | None = None,
+         preload_images: Iterable[int] = (), preload_gold: Iterable[int] = ()
+         ) -> tuple[Engine, Any]:
+    """Apply one input event to the stored state and write state and decisions back.
+
+    ``preload_*``: rows the event will certainly touch, loaded in one query each up front.
+    """
+    # DbState reads with Core statements, which do not autoflush: make the caller's pending
+    # ORM changes (new judgments, the input audit event, a new gold item) visible first.
+    session.flush()
+    state = state if state is not None else DbState(session, job, spec)
+    state.preload_gold(preload_gold)
+    state.prefetch(sorted(set(preload_images)))
     engine = Engine(state, spec)
     result = engine.apply(event)
     state.write_back(now)
@@ -352,28 +500,36 @@ def _active_gold_count(session: Session, job: Job) -> int:
 # --- a submitted page ----------------------------------------------------------------------------
 
 def on_page_submitted(session: Session, job: Job, spec: JobSpec, user: User, page: Page,
-                      judgments: list[Judgment], now: datetime) -> PageOutcome:
+                      judgments: list[Judgment], now: datetime, *,
+                      job_locked: bool = False) -> PageOutcome:
     """Grade gold, update trust, apply every rule and re-aggregate the page's images.
 
     Called by ``annotate.submission.submit_page`` in the same transaction, after it inserted
-    the page's ``Judgment`` rows.
+    the page's ``Judgment`` rows (having locked the annotator and job rows already:
+    ``job_locked``).
     """
-    _lock_job(session, job)
+    if not job_locked:
+        _lock_job(session, job)
     session.flush()  # the judgments need their ids
     ordered = sorted(judgments, key=lambda j: j.id)
     if any(j.trust_at_time is not None for j in ordered):
         raise QualityError("already_graded", "this page was already graded", 409)
     seconds = (as_utc(now) - as_utc(page.served_at)).total_seconds()
+    state = DbState(session, job, spec, ordered)
+    # The gold bank's size matters only to someone still taking the quiz (when is the quiz
+    # complete): counted for them only; the engine reads it for them only.
+    in_quiz = state.annotator(user.id).status == AnnotatorStatus.QUIZ
     event = PageSubmitted(
         user_id=user.id, page_id=page.id, kind=page.kind, seconds=seconds,
         judgments=tuple(_judgment_in(j) for j in ordered),
-        active_gold=_active_gold_count(session, job),
+        active_gold=_active_gold_count(session, job) if in_quiz else None,
     )
     _audit(session, job, user.id, PAGE_SUBMITTED, f"page:{page.id}",
            _page_payload(event), now)
     # The engine re-aggregates the page's work images: fetch their judgments in one query.
-    engine, result = _run(session, job, spec, event, now, user.id, pending=ordered,
-                          preload_images=[j.image_id for j in ordered if not j.is_gold])
+    engine, result = _run(session, job, spec, event, now, user.id, state=state,
+                          preload_images=[j.image_id for j in ordered if not j.is_gold],
+                          preload_gold=[j.image_id for j in ordered if j.is_gold])
     annotator = engine.state.annotator(user.id)
     return PageOutcome(
         quiz_passed=result.quiz_passed,
@@ -674,7 +830,7 @@ def review_queue(session: Session, job: Job, spec: JobSpec) -> list[ReviewItem]:
     for image in images:
         judgments = by_image[image.id]
         ev = evaluate(judgments, {j.user_id: trust.get(j.user_id, 0.0) for j in judgments},
-                      params)
+                      params, image.model_score)
         counted = [j for j in judgments if not j.tainted and not j.is_gold]
         answers: dict[str, dict[str, int]] = {}
         for j in counted:
@@ -879,9 +1035,17 @@ def _initial_gold(session: Session, job: Job, events: list[Event]) -> list[GoldR
 
 
 def replay(session: Session, job: Job, spec: JobSpec) -> QualityState:
-    """Recompute the whole quality state of a job from its stored event log (reads only)."""
+    """Recompute the whole quality state of a job from its stored event log (reads only).
+
+    With the model-disagreement review rule on, the images' current model scores are inputs
+    too (scores are meant to be set before crowd work starts; re-scoring later changes what
+    replay computes for images already decided, and ``verify_replay`` lists them).
+    """
     events = load_events(session, job)
     state = new_state(spec)
+    if spec.review.model_disagreement_threshold is not None:
+        state.model_scores = dict(session.execute(select(Image.id, Image.model_score).where(
+            Image.job_id == job.id, Image.model_score.is_not(None))).all())
     for gold in _initial_gold(session, job, events):
         state.add_gold(gold)
     engine = Engine(state, spec)
@@ -945,11 +1109,27 @@ def _diff(replayed: dict[str, Any], stored: dict[str, Any], limit: int = 50) -> 
     return out
 
 
+def _diff_counts(session: Session, job: Job, replayed: QualityState) -> list[str]:
+    """Kept answer counts (``annotator_states.answer_counts``) against the replayed ones."""
+    out = []
+    for user_id, stored in session.execute(select(
+            AnnotatorState.user_id, AnnotatorState.answer_counts).where(
+            AnnotatorState.job_id == job.id, AnnotatorState.answer_counts.is_not(None))
+            .order_by(AnnotatorState.user_id)):
+        if stored is None:  # JSON null
+            continue
+        want = replayed.counts(user_id).to_dict()
+        if AnswerCounts.from_dict(stored).to_dict() != want:
+            out.append(f"answer counts {user_id}: stored {stored!r} != replayed {want!r}")
+    return out
+
+
 def verify_replay(session: Session, job: Job, spec: JobSpec, fix: bool = False,
                   now: datetime | None = None) -> ReplayReport:
     """Replay the log and compare with the stored state; ``fix`` writes the replayed state."""
     replayed = replay(session, job, spec)
     differences = _diff(replayed.snapshot(), stored_snapshot(session, job, replayed))
+    differences += _diff_counts(session, job, replayed)
     covered = len(replayed.judgments)
     total = int(session.scalar(select(func.count()).select_from(Judgment).where(
         Judgment.job_id == job.id)) or 0)
@@ -965,10 +1145,14 @@ def verify_replay(session: Session, job: Job, spec: JobSpec, fix: bool = False,
 
 
 def _write_replayed(session: Session, job: Job, state: QualityState, now: datetime) -> None:
-    db = DbState(session, job, spec_of(job))
     for user_id, rec in state.annotators.items():
-        db._load_annotator(user_id)
-        _write_annotator(db.annotator_rows[user_id], rec, now)
+        row = session.scalar(select(AnnotatorState).where(
+            AnnotatorState.job_id == job.id, AnnotatorState.user_id == user_id))
+        if row is None:
+            row = AnnotatorState(job_id=job.id, user_id=user_id, status=rec.status, flags={})
+            session.add(row)
+        _write_annotator(row, rec, now)
+        _set(row, "answer_counts", state.counts(user_id).to_dict())
     for image_id, rec in state.images.items():
         _write_image(session.get(Image, image_id), rec)
     for judgment_id, rec in state.judgments.items():

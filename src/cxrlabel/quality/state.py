@@ -73,6 +73,21 @@ class AnswerCounts:
     def n_answers(self) -> int:
         return sum(self.labels.values())
 
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form (``annotator_states.answer_counts``): plain JSON, zero counts left out
+        so that equal counts always give equal documents."""
+        return {
+            "labels": {k: v for k, v in sorted(self.labels.items()) if v},
+            "certainty": {k: v for k, v in sorted(self.certainty.items()) if v},
+            "quiz_seen": self.quiz_seen,
+            "quiz_missed": self.quiz_missed,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AnswerCounts:
+        return cls(Counter(data.get("labels") or {}), Counter(data.get("certainty") or {}),
+                   int(data.get("quiz_seen", 0)), int(data.get("quiz_missed", 0)))
+
 
 @dataclass
 class AnnotatorRec:
@@ -108,6 +123,9 @@ class ImageRec:
     confidence: float | None = None
     proba: dict[str, float] | None = None
     aggregation_method: str | None = None
+    # The model's p(positive label) for this image (``Image.model_score``): an input of the
+    # model-disagreement review rule, never changed by the engine.
+    model_score: float | None = None
 
 
 @dataclass
@@ -127,6 +145,9 @@ class QualityState:
         self.images: dict[int, ImageRec] = {}
         self.gold: dict[int, GoldRec] = {}
         self.judgments: dict[int, JudgmentRec] = {}
+        # Model scores of images this state creates from nothing (replay); the database-backed
+        # state reads them from the image rows instead.
+        self.model_scores: dict[int, float] = {}
         self._counts: dict[int, AnswerCounts] = {}
         self._by_image: dict[int, dict[int, JudgmentRec]] = {}
         self._by_user: dict[int, dict[int, JudgmentRec]] = {}
@@ -148,6 +169,7 @@ class QualityState:
                 image_id,
                 status=GOLD if image_id in self.gold else NEEDS_JUDGMENTS,
                 judgment_target=self.default_target,
+                model_score=self.model_scores.get(image_id),
             )
             self.images[image_id] = rec
         return rec
@@ -178,6 +200,10 @@ class QualityState:
             self._remember(self._load_judgments_by(user_id))
             self._users_loaded.add(user_id)
         return sorted(self._by_user.get(user_id, {}).values(), key=lambda j: j.id)
+
+    def prefetch(self, image_ids: list[int]) -> None:
+        """A hint: these images and their judgments are about to be evaluated. The
+        database-backed state loads them in a few queries instead of a few per image."""
 
     def active_gold_count(self) -> int:
         return sum(1 for g in self.gold.values() if g.active)

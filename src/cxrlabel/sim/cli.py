@@ -67,6 +67,14 @@ def simulate_command(
                                    help="Most annotators who may arrive [default: the crowd's]."),
     gold: int = typer.Option(None, "--gold", min=1,
                              help="Gold bank size sampled from reference labels [default: ~4 %]."),
+    gold_clearest: float = typer.Option(
+        1.0, "--gold-clearest", min=0.01, max=1.0,
+        help="Draw gold from the clearest fraction of each class only (by the cross-fitted "
+             "pixel difficulty), as a designer picks clear teaching cases [default: 1 = all]."),
+    model_scores: Path = typer.Option(
+        None, "--model-scores",
+        help="CSV file,p_pneumonia: model scores loaded into the images (for the job's "
+             "model-assisted options)."),
 ) -> None:
     """Simulate a crowd on a job through the real engines; report accuracy, cost and time.
 
@@ -78,6 +86,8 @@ def simulate_command(
     crowd_spec = _load_crowd(crowd)
     if not images.exists():
         fail(f"{images}: no such file or folder")
+    if model_scores is not None and not model_scores.is_file():
+        fail(f"{model_scores}: no such file")
     work_dir = app.settings.data_dir / "simulation" / f"work-{spec.name}"
     db = _simulation_db(app.settings.db_url, work_dir, spec.name)
     try:
@@ -86,7 +96,8 @@ def simulate_command(
             crowd_task = progress.add_task("simulated crowd (images settled)", total=None)
             outcome = run_simulation(
                 db, spec, spec_toml, images, data_dir=work_dir, crowd=crowd_spec, seed=seed,
-                limit=limit, gold=gold, n_annotators=annotators,
+                limit=limit, gold=gold, n_annotators=annotators, gold_clearest=gold_clearest,
+                model_scores=model_scores,
                 difficulty_progress=lambda n: progress.advance(features, n),
                 progress=lambda done, total: progress.update(crowd_task, completed=done,
                                                              total=total),
@@ -188,7 +199,17 @@ def design_sweep_command(
     crowds: str = typer.Option("realistic", "--crowds",
                                help="Comma-separated crowd presets or TOML files."),
     limit: int = typer.Option(600, "--limit", min=20, help="Images to sweep on (seeded subset)."),
-    grid: str = typer.Option("small", "--grid", help="small (9 settings) or full (48)."),
+    grid: str = typer.Option("small", "--grid", help="small (9 settings) or full (48); "
+                             "ignored when --setting is given."),
+    setting: list[str] = typer.Option(
+        None, "--setting",
+        help="A setting to simulate (repeat for several): min,max,confidence,gold_per_page,"
+             "min_accuracy,method[,quiz_length[,cant_tell_fraction]]."),
+    gold_clearest: float = typer.Option(
+        1.0, "--gold-clearest", min=0.01, max=1.0,
+        help="Draw gold from the clearest fraction of each class only [default: 1 = all]."),
+    model_scores: Path = typer.Option(
+        None, "--model-scores", help="CSV file,p_pneumonia loaded into the images."),
     seed: int = typer.Option(0, "--seed"),
     target: float = typer.Option(0.95, "--target", min=0.5, max=1.0,
                                  help="Accuracy the recommendation must reach on every crowd."),
@@ -207,27 +228,38 @@ def design_sweep_command(
         fail("--grid must be 'small' or 'full'")
     if not images.exists():
         fail(f"{images}: no such file or folder")
-    settings = sw.small_grid(sw.setting_of(spec)) if grid == "small" else sw.full_grid()
+    if model_scores is not None and not model_scores.is_file():
+        fail(f"{model_scores}: no such file")
+    try:
+        settings = [sw.parse_setting(text) for text in setting or []]
+    except ValueError as exc:
+        fail(str(exc))
+    if not settings:
+        settings = sw.small_grid(sw.setting_of(spec)) if grid == "small" else sw.full_grid()
     folder = Path(tempfile.mkdtemp(prefix="cxrlabel-sweep-"))
     rows: list[dict[str, Any]] = []
     try:
         with _progress(not as_json) as progress:
             features = progress.add_task("ingest + difficulty", total=None)
             template = sw.build_template(spec, spec_toml, images, folder, limit=limit, seed=seed,
-                                         progress=lambda n: progress.advance(features, n))
+                                         progress=lambda n: progress.advance(features, n),
+                                         gold_clearest=gold_clearest, model_scores=model_scores)
             runs = progress.add_task("simulated jobs", total=len(settings) * len(crowd_specs))
             rows = sw.sweep(template, folder, spec, settings, crowd_specs, seed=seed,
                             expert_cost=expert_cost,
-                            on_run=lambda row: progress.advance(runs))
+                            on_run=lambda row: _run_done(progress, runs, row, as_json))
     except (SimSetupError, JobSpecError) as exc:
         fail(str(exc))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     summary = sw.summarise_settings(rows)
+    for row in summary:
+        row["gold_clearest_fraction"] = gold_clearest
     front = sw.pareto(summary)
     best, why = sw.recommend(summary, target)
     document = {"job": spec.name, "images": limit, "crowds": [c.name for c in crowd_specs],
-                "seed": seed, "expert_cost": expert_cost, "runs": rows, "settings": summary,
+                "seed": seed, "expert_cost": expert_cost, "gold_clearest_fraction": gold_clearest,
+                "setup": template.setup, "runs": rows, "settings": summary,
                 "pareto_front": [r["setting"] for r in front], "recommended": best,
                 "reason": why}
     out = app.settings.data_dir / "simulation" / f"{spec.name}-sweep.json"
@@ -243,18 +275,31 @@ def design_sweep_command(
     _print_sweep(summary, front, best, why, out)
 
 
+def _run_done(progress: Progress, task: Any, row: dict[str, Any], quiet: bool) -> None:
+    """Advance the bar and, for people watching a long sweep, show the run's headline."""
+    progress.advance(task)
+    if not quiet:
+        err_console.print(
+            f"{row['setting']} [{row['crowd']}]: accuracy {_fmt(row['label_accuracy'], '%')}, "
+            f"{_fmt(row['judgments_per_image'])} judgments/image, review "
+            f"{_fmt(row['expert_review_fraction'], '%')}, crowd cost/image "
+            f"{row['crowd_cost_per_image']:.3f}")
+
+
 def _print_sweep(summary: list[dict[str, Any]], front: list[dict[str, Any]],
                  best: dict[str, Any] | None, why: str, out: Path) -> None:
     on_front = {r["setting"] for r in front}
     table = Table(title="Design sweep (mean over crowds; * = on the Pareto front)")
     for column in ("setting", "accuracy", "worst crowd", "judgments/image", "expert review",
-                   "cost/image"):
+                   "crowd cost/image", "cost/image"):
         table.add_column(column, justify="left" if column == "setting" else "right")
     for row in sorted(summary, key=lambda r: r["cost_per_image"]):
         mark = "* " if row["setting"] in on_front else "  "
         table.add_row(mark + row["setting"], _fmt(row["label_accuracy"], "%"),
                       _fmt(row["worst_accuracy"], "%"), _fmt(row["judgments_per_image"]),
-                      _fmt(row["expert_review_fraction"], "%"), f"{row['cost_per_image']:.3f}")
+                      _fmt(row["expert_review_fraction"], "%"),
+                      f"{row.get('crowd_cost_per_image', 0.0):.3f}",
+                      f"{row['cost_per_image']:.3f}")
     console.print(table)
     if best:
         console.print(f"[bold]recommended:[/] {best['setting']} - {why}")

@@ -9,6 +9,8 @@ Definitions (also in docs/simulation.md):
   were paid for), divided by the number of work images. ``trusted_judgments_per_image`` counts
   only the ones that still count. Gold answers are reported separately (``gold_overhead``).
 * ``expert_review_fraction``: work images labelled by the expert / work images.
+  ``accuracy_finalised`` / ``accuracy_expert``: label accuracy of the images the crowd settled
+  and of those the expert labelled (where the remaining errors come from).
 * ``annotators_removed``: annotators removed by quality control or disqualified by the quiz;
   ``bad_annotators_removed``: those among them whose persona is a bad one (spammer,
   adversarial, or expected accuracy below the job's ``gold.min_accuracy``).
@@ -71,6 +73,8 @@ def summarise(
     final = [row for row in work if row.status in FINAL_STATUSES and row.label is not None]
     scored = [row for row in final if row.reference_label is not None]
     correct = sum(row.label == row.reference_label for row in scored)
+    by_crowd = [row for row in scored if row.status == ImageStatus.FINALISED]
+    by_expert = [row for row in scored if row.status == ImageStatus.EXPERT]
     judgments = sum(per_image.get(row.id, 0) for row in work)
     expert_on_work = len([row for row in work if row.id in expert_ids or
                           row.status == ImageStatus.EXPERT])
@@ -82,6 +86,11 @@ def summarise(
         "images": n_work,
         "gold_items": len(images) - n_work,
         "label_accuracy": _ratio(correct, len(scored)),
+        # Where the errors come from: labels the crowd settled vs labels the expert gave.
+        "accuracy_finalised": _ratio(sum(r.label == r.reference_label for r in by_crowd),
+                                     len(by_crowd)),
+        "accuracy_expert": _ratio(sum(r.label == r.reference_label for r in by_expert),
+                                  len(by_expert)),
         "labelled_images": len(final),
         "coverage": _ratio(len(final), n_work),
         "judgments_per_image": _ratio(judgments, n_work),

@@ -132,8 +132,13 @@ def default_gold_size(n_images: int, spec: JobSpec) -> int:
     return int(min(max(round(0.04 * n_images), floor), 300))
 
 
-def ensure_gold(db: Database, job: Job, spec: JobSpec, n: int, seed: int, now: datetime) -> int:
-    """Make sure the job has ``n`` active gold items, sampled from reference labels."""
+def ensure_gold(db: Database, job: Job, spec: JobSpec, n: int, seed: int, now: datetime,
+                *, clearest_fraction: float = 1.0,
+                clarity: dict[int, float] | None = None) -> int:
+    """Make sure the job has ``n`` active gold items, sampled from reference labels.
+
+    ``clearest_fraction`` < 1: only from the clearest part of each class, by ``clarity``
+    (the simulation passes its cross-fitted difficulty: pixels, never the label alone)."""
     with db.session() as session:
         have = session.scalar(select(func.count()).select_from(GoldItem).where(
             GoldItem.job_id == job.id, GoldItem.active.is_(True))) or 0
@@ -141,7 +146,8 @@ def ensure_gold(db: Database, job: Job, spec: JobSpec, n: int, seed: int, now: d
             return int(have)
         job_row = session.get(Job, job.id)
         sampler = _gold_sampler()
-        sampler(session, job_row, spec, n - have, seed=seed, now=now)
+        sampler(session, job_row, spec, n - have, seed=seed, now=now,
+                clearest_fraction=clearest_fraction, clarity=clarity)
         return int(session.scalar(select(func.count()).select_from(GoldItem).where(
             GoldItem.job_id == job.id, GoldItem.active.is_(True))) or 0)
 

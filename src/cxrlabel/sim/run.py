@@ -29,8 +29,9 @@ from cxrlabel.sim.prepare import (
     ingest_images,
     list_images,
 )
+from cxrlabel.sim.scores import load_model_scores
 from cxrlabel.storage.db import Database
-from cxrlabel.storage.models import Image, ImageStatus, Job
+from cxrlabel.storage.models import GoldItem, Image, ImageStatus, Job
 
 RESULT_KEYS = ("label_accuracy", "judgments_per_image", "expert_review_fraction",
                "annotators_removed", "bad_annotators_removed", "cost", "hours")
@@ -66,8 +67,14 @@ def prepare_job(
     db: Database, spec: JobSpec, spec_toml: str, images: Path, *, data_dir: Path,
     limit: int | None = None, seed: int = 0, gold: int | None = None,
     start: datetime = DEFAULT_START, progress: Callable[[int], None] | None = None,
+    gold_clearest: float = 1.0, model_scores: Path | None = None, sample_gold: bool = True,
 ) -> tuple[int, Truth, DifficultyResult, dict[str, Any]]:
-    """Job + images + gold + truth in ``db``; returns what the simulation needs."""
+    """Job + images + truth + gold in ``db``; returns what the simulation needs.
+
+    The truth (reference label, cross-fitted difficulty) comes before the gold bank, so that
+    ``gold_clearest`` < 1 can draw the gold from the clearest images of each class only.
+    ``model_scores``: a CSV (``file,p_pneumonia``) loaded into ``Image.model_score``.
+    ``sample_gold=False``: no gold bank (the sweep adds one per gold policy to copies)."""
     job_id = store_job(db, spec, spec_toml)
     with db.session() as session:
         job = session.get(Job, job_id)
@@ -83,15 +90,30 @@ def prepare_job(
     with db.session() as session:
         n_images = session.scalar(select(func.count()).select_from(Image).where(
             Image.job_id == job_id)) or 0
-    n_gold = ensure_gold(db, job, spec, gold or default_gold_size(n_images, spec), seed, start)
     truth, difficulty = build_truth(db, job_id, spec, data_dir=data_dir, seed=seed,
                                     cache_dir=data_dir / "simulation" / "cache",
                                     progress=progress)
+    n_gold = ensure_gold(db, job, spec, gold or default_gold_size(n_images, spec), seed, start,
+                         clearest_fraction=gold_clearest, clarity=truth.difficulty) \
+        if sample_gold else 0
     setup = {"images_source": str(images), "intake": intake, "gold_bank": n_gold,
+             "gold_clearest_fraction": gold_clearest,
+             "gold_mean_difficulty": _round(gold_difficulty(db, job_id, truth)),
              "difficulty_method": difficulty.method,
              "difficulty_model_auc": _round(difficulty.auc),
              "difficulty_model_accuracy": _round(difficulty.accuracy)}
+    if model_scores is not None:
+        setup["model_scores"] = load_model_scores(db, job_id, model_scores)
     return job_id, truth, difficulty, setup
+
+
+def gold_difficulty(db: Database, job_id: int, truth: Truth) -> float | None:
+    """Mean difficulty percentile of the gold bank (0.5 = drawn from all images alike)."""
+    with db.session() as session:
+        ids = list(session.scalars(select(GoldItem.image_id).where(
+            GoldItem.job_id == job_id, GoldItem.active.is_(True))))
+    values = [truth.difficulty[i] for i in ids if i in truth.difficulty]
+    return sum(values) / len(values) if values else None
 
 
 def run_simulation(
@@ -100,11 +122,12 @@ def run_simulation(
     gold: int | None = None, n_annotators: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     difficulty_progress: Callable[[int], None] | None = None,
+    gold_clearest: float = 1.0, model_scores: Path | None = None,
 ) -> SimOutcome:
     crowd_spec = load_crowd(crowd) if isinstance(crowd, str) else crowd
     job_id, truth, difficulty, setup = prepare_job(
         db, spec, spec_toml, images, data_dir=data_dir, limit=limit, seed=seed, gold=gold,
-        progress=difficulty_progress,
+        progress=difficulty_progress, gold_clearest=gold_clearest, model_scores=model_scores,
     )
     outcome = _simulate(db, job_id, spec, crowd_spec, truth, seed=seed,
                         n_annotators=n_annotators, progress=progress)
@@ -141,7 +164,7 @@ def simulate_into(
     crowd: CrowdSpec | str = "realistic", seed: int = 0, n_annotators: int | None = 40,
     now: datetime | None = None, *, data_dir: Path | None = None, gold: int | None = None,
     max_pages: int | None = None, expert_review: bool = True,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None, gold_clearest: float = 1.0,
 ) -> dict[str, Any]:
     """Fill an existing job with a simulated crowd's work through the real engines.
 
@@ -170,10 +193,11 @@ def simulate_into(
             Image.job_id == job_row.id)) or 0
     if n_images == 0:
         raise SimSetupError(f"job {job_row.name!r} has no images")
-    ensure_gold(db, job_row, spec, gold or default_gold_size(n_images, spec), seed, start)
     truth, _difficulty = build_truth(
         db, job_row.id, spec, data_dir=data_dir, seed=seed,
         cache_dir=(data_dir / "simulation" / "cache") if data_dir else None)
+    ensure_gold(db, job_row, spec, gold or default_gold_size(n_images, spec), seed, start,
+                clearest_fraction=gold_clearest, clarity=truth.difficulty)
     outcome = _simulate(db, job_row.id, spec, crowd_spec, truth, seed=seed,
                         n_annotators=n_annotators, start=start, max_pages=max_pages,
                         expert_review=expert_review, progress=progress)
@@ -189,6 +213,8 @@ def job_settings(spec: JobSpec) -> dict[str, Any]:
         "gold_per_page": spec.gold.per_page,
         "min_accuracy": spec.gold.min_accuracy,
         "aggregation": spec.aggregation.method,
+        "quiz_length": spec.gold.quiz_length,
+        "cant_tell_fraction": spec.review.cant_tell_fraction,
         "items_per_page": spec.pages.items_per_page,
         "pay_per_page": spec.pay.per_page,
     }

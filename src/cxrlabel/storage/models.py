@@ -26,8 +26,13 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Sort key of ``[assignment] order = "model_uncertainty"``: distance of the model's p from 0.5
+# (smallest = least sure), 1.0 for unscored images so they come last on every database.
+MODEL_UNCERTAINTY_SQL = "coalesce(abs(model_score - 0.5), 1.0)"
 
 
 def utcnow() -> datetime:
@@ -96,6 +101,10 @@ class Image(Base):
         # in-progress ones (trusted_judgments > 0), without ranking the whole job.
         Index("ix_images_open_order", "job_id", "status", "trusted_judgments",
               "judgment_target", "id"),
+        # The same scan with ``[assignment] order = "model_uncertainty"``: the model's least
+        # sure images first (unscored last); the ORDER BY must repeat this expression exactly.
+        Index("ix_images_model_order", "job_id", "status", "trusted_judgments",
+              "judgment_target", text(MODEL_UNCERTAINTY_SQL), "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -180,6 +189,10 @@ class AnnotatorState(Base):
     message: Mapped[str | None] = mapped_column(Text)  # shown on the annotator's next page
     joined_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     quiz_passed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The answer counts the quality rules need (labels and certainties of non-quiz answers,
+    # quiz answers seen / missed), kept up to date by the engine so a submit does not count
+    # the annotator's whole history; NULL = not computed yet (counted once, then kept).
+    answer_counts: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class Page(Base):

@@ -26,18 +26,19 @@ from cxrlabel.config import Settings
 from cxrlabel.storage.db import Database
 from cxrlabel.web import routes
 from cxrlabel.web.deps import LoginRequired, is_api, render
+from cxrlabel.web.images_fast import ImageUrls, RenditionStore, SignedImages
+from cxrlabel.web.middleware import SessionMiddleware
 from cxrlabel.web.security import (
-    SESSION_COOKIE,
+    ImageUrlSigner,
     LoginRateLimiter,
-    SessionData,
     SessionSigner,
     load_secret_key,
-    security_headers,
-    write_session_cookie,
 )
 from cxrlabel.web.templating import STATIC_DIR
 
 log = logging.getLogger("cxrlabel.web")
+
+KEEP_ALIVE_S = 30.0
 
 
 def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
@@ -49,7 +50,10 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.db = db or Database(settings.database_url)
-    app.state.signer = SessionSigner(load_secret_key(settings.data_dir))
+    secret = load_secret_key(settings.data_dir)
+    app.state.signer = SessionSigner(secret)
+    renditions = RenditionStore(settings.data_dir, app.state.db)
+    app.state.image_urls = ImageUrls(ImageUrlSigner(secret), renditions)
     app.state.login_limiter = LoginRateLimiter()
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     for module in _route_modules():
@@ -67,19 +71,11 @@ def _route_modules() -> list:
 
 
 def _install_middleware(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def sessions_and_headers(request: Request, call_next) -> Response:  # noqa: ANN001
-        signer: SessionSigner = request.app.state.signer
-        session = signer.loads(request.cookies.get(SESSION_COOKIE))
-        if session is None:
-            session = SessionData(changed=True)  # anonymous: carries the CSRF token
-        request.state.session = session
-        response = await call_next(request)
-        session = request.state.session  # a route may have replaced it (sign in / sign out)
-        if session.changed and not request.url.path.startswith(("/static/", "/img/")):
-            write_session_cookie(response, request, signer, session)
-        security_headers(response, request.url.path)
-        return response
+    # Pure ASGI (no BaseHTTPMiddleware task group per request). The last added runs first:
+    # signed image URLs are answered before sessions, routing or FastAPI see the request.
+    app.add_middleware(SessionMiddleware, signer=app.state.signer)
+    app.add_middleware(SignedImages, signer=app.state.image_urls.signer,
+                       store=app.state.image_urls.store)
 
 
 def _error_code(status: int) -> str:
@@ -153,18 +149,28 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 def run_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
-               workers: int = 1) -> None:
-    """Serve the app with uvicorn. Several workers need PostgreSQL: SQLite has one writer and
-    in-memory login rate limits would not be shared in a useful way."""
+               workers: int = 1, *, access_log: bool = True,
+               keep_alive_s: float = KEEP_ALIVE_S) -> None:
+    """Serve the app with uvicorn (uvloop + httptools, installed with ``uvicorn[standard]``).
+    Several workers need PostgreSQL: SQLite has one writer and in-memory login rate limits
+    would not be shared in a useful way. ``access_log=False`` saves a log line per request
+    (a page is a dozen requests); ``keep_alive_s``: how long an idle connection stays open
+    (uvicorn's default of 5 s closed connections that browsers and clients were about to
+    reuse between pages)."""
     import uvicorn
 
     if workers > 1 and settings.is_sqlite:
+        # Measured (docs/benchmarks.md, issue 11): 2 workers on SQLite, writers queued across
+        # processes on a lock file, gave no more judgments/s than 1 (a page's work happens
+        # inside its write transaction, which SQLite runs one at a time) and 3x the memory.
         raise ValueError(
             "--workers > 1 needs PostgreSQL (--db postgresql+psycopg://...); SQLite allows one "
             "writer, so run one worker with SQLite."
         )
     Database(settings.database_url).dispose()  # migrate once, before workers start
     load_secret_key(settings.data_dir)  # create the shared key once, before workers start
+    options = {"host": host, "port": port, "proxy_headers": True, "log_level": "info",
+               "access_log": access_log, "timeout_keep_alive": int(keep_alive_s)}
     if workers > 1:
         import os
 
@@ -174,12 +180,10 @@ def run_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
         # uvicorn kills a worker that does not answer its health ping within 5 s by default;
         # importing the app on a busy machine takes longer, so workers were killed and
         # restarted in a loop and the server never came up (found by benchmarks/load.py).
-        uvicorn.run("cxrlabel.web.app:app_from_env", factory=True, host=host, port=port,
-                    workers=workers, proxy_headers=True, log_level="info",
-                    timeout_worker_healthcheck=60)
+        uvicorn.run("cxrlabel.web.app:app_from_env", factory=True, workers=workers,
+                    timeout_worker_healthcheck=60, **options)
     else:
-        uvicorn.run(create_app(settings), host=host, port=port, proxy_headers=True,
-                    log_level="info")
+        uvicorn.run(create_app(settings), **options)
 
 
 def app_from_env() -> FastAPI:

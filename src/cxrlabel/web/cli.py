@@ -15,13 +15,16 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="Port to listen on."),
     workers: int = typer.Option(1, min=1, help="Worker processes (more than 1 needs PostgreSQL)."),
+    access_log: bool = typer.Option(True, help="Log every request (off: less CPU per request)."),
+    keep_alive: float = typer.Option(30.0, min=1, help="Seconds an idle connection stays open."),
 ) -> None:
     """Serve the annotator web app (admin pages, annotator pages, REST API at /api/docs)."""
     from cxrlabel.web.app import run_server
 
     settings = app_context(ctx).settings
     try:
-        run_server(settings, host=host, port=port, workers=workers)
+        run_server(settings, host=host, port=port, workers=workers, access_log=access_log,
+                   keep_alive_s=keep_alive)
     except ValueError as exc:
         fail(str(exc))
 

@@ -83,7 +83,9 @@ def optional_user(request: Request) -> User | None:
     return user
 
 
-def current_user(request: Request, user: User | None = Depends(optional_user)) -> User:
+# current_user and the role check are ``async def``: they do no I/O, and FastAPI runs every
+# sync dependency in the thread pool (a thread hop each, on every API call).
+async def current_user(request: Request, user: User | None = Depends(optional_user)) -> User:
     if user is None:
         if is_api(request):
             raise HTTPException(401, "sign in or send 'Authorization: Bearer <token>'")
@@ -94,7 +96,7 @@ def current_user(request: Request, user: User | None = Depends(optional_user)) -
 def require_role(*roles: str):  # noqa: ANN201 - a FastAPI dependency
     """A dependency allowing only users with one of ``roles`` (403 otherwise)."""
 
-    def check(user: User = Depends(current_user)) -> User:
+    async def check(user: User = Depends(current_user)) -> User:
         if user.role not in roles:
             raise HTTPException(403, f"this page needs the {' or '.join(roles)} role")
         return user

@@ -10,9 +10,11 @@ from pathlib import Path
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 from sqlalchemy.orm import Session
+from starlette.requests import Request
 
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.storage.models import Job, Page
+from cxrlabel.web.images_fast import ImageUrls
 
 log = logging.getLogger("cxrlabel.web")
 
@@ -21,13 +23,22 @@ _lock = threading.Lock()
 
 
 def image_url(public_id: str) -> str:
-    """Every image an annotator sees has this URL shape: gold and work look the same."""
+    """The session-checked image URL (review, feedback, admin pages). Annotators' work pages
+    get signed URLs (``page_items(page, urls)``); gold and work look the same in both."""
     return f"/img/{public_id}"
 
 
-def page_items(page: Page) -> list[dict[str, str]]:
+def page_items(page: Page, urls: ImageUrls | None = None) -> list[dict[str, str]]:
+    """``{"public_id", "src"}`` per item; with ``urls`` the page's signed, expiring image URLs
+    (served outside the app stack, web/images_fast.py), else the session-checked ``/img/<id>``."""
+    if urls is not None:
+        return urls.page_items(page)
     return [{"public_id": item.image.public_id, "src": image_url(item.image.public_id)}
             for item in page.items]
+
+
+def image_urls(request: Request) -> ImageUrls:
+    return request.app.state.image_urls
 
 
 def new_client_submission_id() -> str:

@@ -119,7 +119,45 @@ class SessionSigner:
         return session
 
 
-def cookie_secure(request: Request) -> bool:
+class ImageUrlSigner:
+    """Signed, expiring image URLs: ``/img/<expiry>.<user id>.<mac>/<public id>``.
+
+    Issued with a page (the page's reservation end + a grace period, so every URL of one page
+    carries the same expiry and a prefetched page keeps the URLs the browser already cached).
+    The MAC (HMAC-SHA256 over public id, user id and expiry, with a key derived from the app
+    secret) proves the image was put on that user's page; checking it needs no database, so
+    the image handler (``web/images_fast.py``) runs outside the app stack. A URL is a
+    capability, like a presigned object-store URL: whoever holds it may fetch that one image
+    until it expires. Gold and work images get the same shape, expiry and headers.
+    """
+
+    GRACE_S = 600  # after the reservation ends: a slow annotator's page still shows its images
+
+    def __init__(self, key: bytes) -> None:
+        self._key = hashlib.sha256(b"cxrlabel-image-url:" + key).digest()
+
+    def _mac(self, public_id: str, user_id: int, expires: int) -> str:
+        msg = f"{public_id}\x00{user_id}\x00{expires}".encode()
+        return _b64(hmac.new(self._key, msg, hashlib.sha256).digest()[:16])
+
+    def url(self, public_id: str, user_id: int, expires: int) -> str:
+        return f"/img/{expires}.{user_id}.{self._mac(public_id, user_id, expires)}/{public_id}"
+
+    def verify(self, token: str, public_id: str, now: float | None = None) -> int | None:
+        """The user id ``token`` (``<expiry>.<user id>.<mac>``) was issued to for
+        ``public_id``, if it is genuine and has not expired; else None."""
+        parts = token.split(".")
+        if (len(token) > 96 or len(parts) != 3 or not token.isascii()
+                or not parts[0].isdigit() or not parts[1].isdigit()):
+            return None
+        expires, user_id = int(parts[0]), int(parts[1])
+        if expires < (now if now is not None else time.time()):
+            return None
+        expected = self._mac(public_id, user_id, expires)
+        return user_id if hmac.compare_digest(parts[2].encode(), expected.encode()) else None
+
+
+def cookie_secure_for(scheme: str) -> bool:
     """``CXRLABEL_COOKIE_SECURE``: ``auto`` (default: Secure when the request is https; run
     uvicorn with --proxy-headers behind a TLS proxy), ``1`` (always) or ``0`` (never)."""
     mode = os.environ.get("CXRLABEL_COOKIE_SECURE", "auto").lower()
@@ -127,15 +165,27 @@ def cookie_secure(request: Request) -> bool:
         return True
     if mode in ("0", "false", "no", "never"):
         return False
-    return request.url.scheme == "https"
+    return scheme == "https"
+
+
+def cookie_secure(request: Request) -> bool:
+    return cookie_secure_for(request.url.scheme)
+
+
+def session_cookie_header(signer: SessionSigner, session: SessionData, *, secure: bool) -> bytes:
+    """The ``Set-Cookie`` value for ``session`` (Starlette formats it)."""
+    response = Response()
+    response.set_cookie(
+        SESSION_COOKIE, signer.dumps(session), max_age=SESSION_MAX_AGE_S, path="/",
+        httponly=True, samesite="lax", secure=secure,
+    )
+    return next(v for k, v in response.raw_headers if k == b"set-cookie")
 
 
 def write_session_cookie(response: Response, request: Request, signer: SessionSigner,
                          session: SessionData) -> None:
-    response.set_cookie(
-        SESSION_COOKIE, signer.dumps(session), max_age=SESSION_MAX_AGE_S, path="/",
-        httponly=True, samesite="lax", secure=cookie_secure(request),
-    )
+    response.headers.append("set-cookie", session_cookie_header(
+        signer, session, secure=cookie_secure(request)).decode("latin-1"))
 
 
 def csrf_ok(session: SessionData, supplied: str | None) -> bool:
@@ -143,17 +193,45 @@ def csrf_ok(session: SessionData, supplied: str | None) -> bool:
     return bool(supplied) and hmac.compare_digest(str(supplied).encode(), session.csrf.encode())
 
 
+def _header_list(csp: str) -> list[tuple[bytes, bytes]]:
+    return [(k.encode(), v.encode()) for k, v in (
+        ("content-security-policy", csp),
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),  # invite tokens live in URLs
+        ("cross-origin-opener-policy", "same-origin"),
+        ("permissions-policy", "camera=(), microphone=(), geolocation=()"),
+    )]
+
+
+# Encoded once: the pure-ASGI middleware (web/middleware.py) and the image handler
+# (web/images_fast.py) add them to raw response headers without building header objects.
+SECURITY_HEADERS = _header_list(CSP)
+DOCS_SECURITY_HEADERS = _header_list(DOCS_CSP)
+NO_STORE = (b"cache-control", b"no-store")  # pages may hold personal data; images override
+
+
+def security_header_list(path: str) -> list[tuple[bytes, bytes]]:
+    docs = path.startswith("/api/docs") or path.startswith("/api/redoc")
+    return DOCS_SECURITY_HEADERS if docs else SECURITY_HEADERS
+
+
+def add_security_headers(raw: list[tuple[bytes, bytes]], path: str) -> list[tuple[bytes, bytes]]:
+    """``raw`` (ASGI response headers) plus every security header it does not set itself."""
+    present = {k.lower() for k, _v in raw}
+    out = list(raw)
+    out.extend(h for h in security_header_list(path) if h[0] not in present)
+    if b"cache-control" not in present:
+        out.append(NO_STORE)
+    return out
+
+
 def security_headers(response: Response, path: str) -> None:
     headers = response.headers
-    docs = path.startswith("/api/docs") or path.startswith("/api/redoc")
-    headers.setdefault("Content-Security-Policy", DOCS_CSP if docs else CSP)
-    headers.setdefault("X-Content-Type-Options", "nosniff")
-    headers.setdefault("X-Frame-Options", "DENY")
-    headers.setdefault("Referrer-Policy", "no-referrer")  # invite tokens live in URLs
-    headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
-    headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
+    for key, value in security_header_list(path):
+        headers.setdefault(key.decode(), value.decode())
     if "cache-control" not in headers:
-        headers["Cache-Control"] = "no-store"  # pages may hold personal data; images override
+        headers["Cache-Control"] = "no-store"
 
 
 class LoginRateLimiter:

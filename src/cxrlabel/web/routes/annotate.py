@@ -23,7 +23,7 @@ from cxrlabel.storage.models import (
 )
 from cxrlabel.web.deps import csrf_protect, get_db, job_and_spec, render, require_role
 from cxrlabel.web.flow import (
-    image_url,
+    image_urls,
     instructions_html,
     new_client_submission_id,
     page_items,
@@ -106,7 +106,8 @@ def work_page(request: Request, job_name: str, user: User = Depends(annotator)) 
                 "heading": "No more images for now", "text": reason.message,
                 "link": {"href": "/", "text": "Back to the start page"},
             })
-        page_id, kind, items = page.public_id, page.kind, page_items(page)
+        page_id, kind = page.public_id, page.kind
+        items = page_items(page, image_urls(request))
         notice = state.message if state.status == AnnotatorStatus.ACTIVE else None
     return _render_page(request, job_name, spec, page_id, kind, items, help_html, notice=notice)
 
@@ -143,7 +144,7 @@ async def submit(request: Request, job_name: str, page_id: str,
                                            Page.job_id == job.id))
         if page is None:
             raise HTTPException(404, "no such page")
-        items = page_items(page)
+        items = page_items(page, image_urls(request))
         kind = page.kind
         help_html = instructions_html(s, job, spec, _data_dir(request))
     answers = answers_from_form(form, [i["public_id"] for i in items])
@@ -216,7 +217,7 @@ def prefetch(request: Request, job_name: str, user: User = Depends(annotator)) -
         with get_db(request).session() as s:
             job, spec = job_and_spec(s, job_name)
             page = prefetch_page(s, job, spec, s.get(User, user.id), utcnow())
-            images = [image_url(i.image.public_id) for i in page.items] if page else []
+            images = [i["src"] for i in page_items(page, image_urls(request))] if page else []
     except EngineError:
         images = []
     return JSONResponse({"images": images})

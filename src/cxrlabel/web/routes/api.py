@@ -18,7 +18,7 @@ from cxrlabel.annotate.schemas import AnswerIn, SubmitResult
 from cxrlabel.annotate.submission import submit_page
 from cxrlabel.storage.models import Job, Role, User, utcnow
 from cxrlabel.web.deps import csrf_protect, get_db, job_and_spec, require_role
-from cxrlabel.web.flow import new_client_submission_id, page_items
+from cxrlabel.web.flow import image_urls, new_client_submission_id, page_items
 
 router = APIRouter(prefix="/api", tags=["api"])
 annotator = require_role(Role.ANNOTATOR)
@@ -33,7 +33,8 @@ class Choice(BaseModel):
 
 class PageItemOut(BaseModel):
     image_public_id: str
-    image_url: str
+    image_url: str = Field(description="Signed URL of the image: needs no credentials, valid "
+                                       "until the page's reservation ends + 10 minutes")
 
 
 class PageOut(BaseModel):
@@ -113,7 +114,7 @@ def get_next_page(request: Request, job_name: str,
             certainty=_choices(spec.certainty.options),
             quality_flags=_choices(spec.quality_flag.options),
             items=[PageItemOut(image_public_id=i["public_id"], image_url=i["src"])
-                   for i in page_items(page)],
+                   for i in page_items(page, image_urls(request))],
         ))
 
 
