@@ -105,7 +105,10 @@ def _bench_spec_text(order: str = "default") -> str:
 
     text = bench_spec_text("bench-hotpath")
     if order != "default":  # model-assisted ordering (not known to code before it existed)
-        text += f'\n[assignment]\norder = "{order}"\n'
+        if '\norder = "default"' in text:
+            text = text.replace('\norder = "default"', f'\norder = "{order}"', 1)
+        else:
+            text += f'\n[assignment]\norder = "{order}"\n'
     return text
 
 
@@ -353,7 +356,9 @@ def run_child(args: argparse.Namespace, pythonpath: Path | None, workdir: Path) 
         cmd.append("--no-analyze")
     if args.db:
         cmd += ["--db", args.db]
-    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"benchmark run failed ({pythonpath or 'working tree'}):\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -111,3 +111,16 @@ def test_model_card_says_who_made_the_labels(tmp_path):
     assert "crowd-made" in _label_source(tmp_path)
     (tmp_path / "README.md").write_text("# Dataset: pneumonia-pediatric\n")  # a real export
     assert "crowd-made" in _label_source(tmp_path)
+
+
+def test_model_card_label_summary_counts_only_the_labels_trained_on(tmp_path):
+    from cxrlabel.model.card import _label_summary
+
+    (tmp_path / "metadata.csv").write_text(
+        "file_name,label,confidence,p_PNEUMONIA,split,expert_reviewed,reference_label\n"
+        "a,PNEUMONIA,0.8,0.8,train,false,NORMAL\n"
+        "b,NORMAL,1.0,0.0,validation,true,NORMAL\n"
+        "c,PNEUMONIA,1.0,1.0,test,false,PNEUMONIA\n")
+    summary = _label_summary(tmp_path)
+    assert "2 train + validation images; 1 labelled PNEUMONIA" in summary
+    assert "on 1/2 of these images (50.0%)" in summary and "Expert-reviewed: 1." in summary

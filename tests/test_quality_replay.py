@@ -128,3 +128,33 @@ def test_random_sequences_replay_exactly(shared_db, steps):
     report = env.verify()
     assert report.matched, report.differences
     assert report.judgments == sum(len(env.judgments_of(n)) for n in names)
+
+
+# The model-disagreement review rule: scores are inputs read from the images on both paths.
+@settings(max_examples=4, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(steps=st.lists(STEP, min_size=5, max_size=20),
+       scores=st.lists(st.one_of(st.none(), st.floats(0.0, 1.0)), min_size=5, max_size=5))
+def test_random_sequences_with_model_disagreement_replay_exactly(shared_db, steps, scores):
+    from sqlalchemy import update
+
+    from cxrlabel.jobspec import parse_job
+    from quality_support import quality_toml, seed
+
+    n = next(_jobs)
+    toml = quality_toml(name=f"prop-m{n}", quiz_length=2, min_gold=2, jmin=2, jmax=3,
+                        min_seconds=10, speed_limit=2, dist_min=5)
+    toml = toml.replace("[review]", "[review]\nmodel_disagreement = 0.7")
+    env = seed(shared_db, parse_job(toml, "quality-test"), toml, work=5)
+    with shared_db.session() as s:
+        for k, score in enumerate(scores):
+            s.execute(update(Image).where(Image.id == env.images[f"w{k}"])
+                      .values(model_score=score))
+    names = [f"p{n}m{k}" for k in range(4)]
+    for name in names:
+        env.add_user(name)
+    env.users["admin"] = env.add_user(f"p{n}madmin", role="admin")
+    for step in steps:
+        _run_step(env, step, names)
+    report = env.verify()
+    assert report.matched, report.differences

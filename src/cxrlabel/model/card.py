@@ -72,23 +72,28 @@ def _label_summary(dataset_dir: Path) -> str:
     if not meta.is_file():
         return "Not available."
     with meta.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+        # The labels the model learned from (train) and was tuned on (validation); a test
+        # split may carry labels of another source (the benchmark's expert labels).
+        rows = [r for r in csv.DictReader(fh)
+                if (r.get("split") or "").strip().lower() in ("train", "validation")]
+    if not rows:
+        return "No train or validation rows."
     conf = [float(r["confidence"]) for r in rows if r.get("confidence")]
     soft = [float(r["p_PNEUMONIA"]) for r in rows]
     reviewed = sum((r.get("expert_reviewed") or "").lower() == "true" for r in rows)
     with_ref = [r for r in rows if r.get("reference_label")]
     agree = sum(r["reference_label"] == r["label"] for r in with_ref)
     lines = [
-        f"- {len(rows)} images; {sum(p >= 0.5 for p in soft)} labelled PNEUMONIA by the "
-        "aggregate.",
+        f"- {len(rows)} train + validation images; {sum(p >= 0.5 for p in soft)} labelled "
+        "PNEUMONIA.",
         f"- Mean label confidence {np.mean(conf):.3f}." if conf else "- No confidence column.",
         f"- Soft labels strictly between 0.02 and 0.98: "
         f"{sum(0.02 < p < 0.98 for p in soft)} images.",
         f"- Expert-reviewed: {reviewed}.",
     ]
     if with_ref:
-        lines.append(f"- Aggregate label agrees with the reference label on {agree}/"
-                     f"{len(with_ref)} images ({agree / len(with_ref):.1%}).")
+        lines.append(f"- Label agrees with the reference label on {agree}/"
+                     f"{len(with_ref)} of these images ({agree / len(with_ref):.1%}).")
     return "\n".join(lines)
 
 
