@@ -119,11 +119,19 @@ class Judgments(_Strict):
     max: int = Field(default=5, ge=1, le=100)
     confidence_target: float = Field(default=0.8, gt=0.5, le=1.0)
     max_per_annotator: int = Field(default=1000, ge=1)
+    # Model-assisted labeling (needs ``cxrlabel model score``): an image may be finalised with
+    # this many trusted judgments (0 = off) when the crowd reaches the confidence target and
+    # the model's p(PNEUMONIA) agrees with at least ``model_confidence`` (see docs/quality.md).
+    min_if_model_agrees: int = Field(default=0, ge=0, le=50)
+    model_confidence: float = Field(default=0.9, gt=0.5, le=1.0)
 
     @model_validator(mode="after")
     def _order(self) -> Judgments:
         if self.max < self.min:
             raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
+        if self.min_if_model_agrees > self.min:
+            raise ValueError(
+                f"min_if_model_agrees ({self.min_if_model_agrees}) must be <= min ({self.min})")
         return self
 
 
@@ -237,10 +245,13 @@ class JobSpec(_Strict):
                 f"pages.items_per_page ({self.pages.items_per_page})"
             )
         labels = set(self.label_values)
-        if self.review.model_disagreement != "off" and (
+        model_rules = (self.review.model_disagreement != "off"
+                       or self.judgments.min_if_model_agrees > 0)
+        if model_rules and (
                 len(labels) != 2 or "PNEUMONIA" not in labels):
             raise ValueError(
-                "review.model_disagreement needs a two-label question with a 'PNEUMONIA' label "
+                "review.model_disagreement and judgments.min_if_model_agrees need a two-label "
+                "question with a 'PNEUMONIA' label "
                 "(the model score is p(PNEUMONIA))"
             )
         for key in self.quality.expected_prevalence:

@@ -20,6 +20,13 @@ goes to expert review instead (``model_disagreement``) when a model score is kno
 model confidently says the other thing: p(positive) >= t while the crowd says the other label,
 or p(positive) <= 1 - t while the crowd says the positive label (``PNEUMONIA``).
 
+With ``judgments.min_if_model_agrees = m`` (0 = off, the default), rule 3 has one exception:
+an image with at least ``m`` (but fewer than ``judgments.min``) trusted judgments is finalised
+when rules 2 and 4 do not apply, the crowd's confidence reaches the target, and the model
+confidently says the same thing (p(positive) >= ``judgments.model_confidence`` for the
+positive label, <= 1 - that for the other). The model is then a tie-breaker that saves the
+last judgments on easy images; it never finalises an image on its own, nor against the crowd.
+
 "Can't tell" answers count as judgments for the target (the annotator did look, and several of
 them are a signal in themselves: rule 4) but carry no weight in the confidence: an honest "I
 cannot decide" must not dilute, or vote for, either label. So three "can't tell" plus two
@@ -68,6 +75,9 @@ class ConsensusParams:
     method: str = "trust"
     # Review rule: a finalised crowd label against a model this confident goes to an expert.
     model_disagreement: float | None = None
+    # Rule 3 exception: this many trusted judgments suffice when a confident model agrees.
+    min_if_model_agrees: int = 0
+    model_confidence: float = 0.9
 
     @classmethod
     def from_spec(cls, spec) -> ConsensusParams:  # noqa: ANN001 - a JobSpec (kept import-light)
@@ -81,6 +91,8 @@ class ConsensusParams:
             quality_flag_votes=spec.review.quality_flag_votes,
             method=spec.aggregation.method,
             model_disagreement=spec.review.model_disagreement_threshold,
+            min_if_model_agrees=spec.judgments.min_if_model_agrees,
+            model_confidence=spec.judgments.model_confidence,
         )
 
     @property
@@ -169,6 +181,28 @@ def model_disagrees(label: str | None, model_score: float | None,
     return model_score >= threshold - 1e-12
 
 
+def model_agrees(label: str | None, model_score: float | None,
+                 params: ConsensusParams) -> bool:
+    """A confident model opinion equal to the crowd's label (the rule 3 exception)."""
+    if params.min_if_model_agrees <= 0 or model_score is None or label is None:
+        return False
+    if label == MODEL_POSITIVE_LABEL:
+        return model_score >= params.model_confidence - 1e-12
+    return model_score <= 1.0 - params.model_confidence + 1e-12
+
+
+def _settled_early(n: int, n_voting: int, label: str | None, confidence: float | None,
+                   model_score: float | None, params: ConsensusParams) -> bool:
+    """Fewer than ``min`` judgments, but enough because the model agrees (rule 3 exception)."""
+    return (
+        0 < params.min_if_model_agrees <= n
+        and (n - n_voting) / n < params.cant_tell_fraction
+        and confidence is not None
+        and confidence >= params.confidence_target - 1e-12
+        and model_agrees(label, model_score, params)
+    )
+
+
 def evaluate(
     judgments: Sequence[JudgmentRec], trust_of: dict[int, float], params: ConsensusParams,
     model_score: float | None = None,
@@ -189,6 +223,8 @@ def evaluate(
     if flags >= params.quality_flag_votes:
         return result(NEEDS_REVIEW, settled_target, REVIEW_QUALITY)
     if n < params.min_judgments:
+        if _settled_early(n, len(voting), label, confidence, model_score, params):
+            return result(FINALISED, n)
         return result(NEEDS_JUDGMENTS, params.min_judgments)
     if (n - len(voting)) / n >= params.cant_tell_fraction:
         return result(NEEDS_REVIEW, settled_target, REVIEW_CANT_TELL)

@@ -1037,13 +1037,15 @@ def _initial_gold(session: Session, job: Job, events: list[Event]) -> list[GoldR
 def replay(session: Session, job: Job, spec: JobSpec) -> QualityState:
     """Recompute the whole quality state of a job from its stored event log (reads only).
 
-    With the model-disagreement review rule on, the images' current model scores are inputs
+    With a model rule on (disagreement review, or fewer judgments when the model agrees), the
+    images' current model scores are inputs
     too (scores are meant to be set before crowd work starts; re-scoring later changes what
     replay computes for images already decided, and ``verify_replay`` lists them).
     """
     events = load_events(session, job)
     state = new_state(spec)
-    if spec.review.model_disagreement_threshold is not None:
+    if (spec.review.model_disagreement_threshold is not None
+            or spec.judgments.min_if_model_agrees > 0):
         state.model_scores = dict(session.execute(select(Image.id, Image.model_score).where(
             Image.job_id == job.id, Image.model_score.is_not(None))).all())
     for gold in _initial_gold(session, job, events):
