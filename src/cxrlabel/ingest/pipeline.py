@@ -192,6 +192,7 @@ def ingest(
             ingestor.commit(finished=True)
         finally:
             ingestor.discard_uncommitted()
+    db.refresh_statistics("images")
     summary.seconds = time.perf_counter() - started
     return summary
 

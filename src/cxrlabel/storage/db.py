@@ -115,6 +115,18 @@ class Database:
         with self._write_lock:
             yield
 
+    def refresh_statistics(self, *tables: str) -> None:
+        """PostgreSQL: ANALYZE after a bulk load, so the first queries on a new job get sane
+        plans (before autovacuum's first pass a claim query can take seconds instead of
+        milliseconds). SQLite: nothing; the engine's queries are written for SQLite without
+        statistics, and ``sqlite_stat1`` could change their plans."""
+        if self.is_sqlite:
+            return
+        with self.engine.connect() as conn:
+            for table in tables:
+                conn.exec_driver_sql(f'ANALYZE "{table}"')
+            conn.commit()
+
     def dispose(self) -> None:
         self.engine.dispose()
 
