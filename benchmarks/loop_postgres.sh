@@ -62,6 +62,15 @@ psql_c "CREATE DATABASE bench_template"
 log "preparing the job ($IMAGES images, $GOLD gold) in the template database (not timed)"
 "$PY" "$HERE/_loop_setup.py" --data-dir "$DATA" --db "$PGURL/bench_template" \
   --images "$IMAGES" --gold "$GOLD"
+# Planner statistics for the bulk-loaded tables (as after ingest; autovacuum would get there
+# later): without them the first claim queries of a run were planned blind. Copied with the
+# template into every run's database.
+"$PY" - "$PORT" <<'EOF'
+import sys, psycopg
+with psycopg.connect(f"host=127.0.0.1 port={sys.argv[1]} user=postgres dbname=bench_template",
+                     autocommit=True) as c:
+    c.execute("ANALYZE")
+EOF
 
 run=0
 for c in $CONCS; do
