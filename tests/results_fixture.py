@@ -10,11 +10,15 @@ in the quiz); expert E. Work images w1..w6, gold images g1 (PNEUMONIA) and g2 (N
     w1     finalised        PNEUMONIA 0.95    A:P B:P   (C:N t)    PNEUMONIA (crowd)  agree 1.0
     w2     finalised        NORMAL 0.85       A:N B:P   (C:N t)    NORMAL (crowd)     agree 0.5
     w3     needs_review     PNEUMONIA 0.55    A:P B:N              PNEUMONIA (crowd)  agree 0.5
-    w4     expert           NORMAL 0.60       A:N B:N   (C:P t)    PNEUMONIA (expert) agree 0.0
+    w4     expert           PNEUMONIA 1.00*   A:N B:N   (C:P t)    PNEUMONIA (expert) agree 0.0
     w5     needs_judgments  -                 -                    - (none)
     w6     finalised        NORMAL 0.70       A:N B:N              NORMAL (crowd)     agree 1.0
     g1     gold [PNEUMONIA]                   A:P B:N   (C:N t)    PNEUMONIA (gold)   agree 0.5
     g2     gold [NORMAL]                      A:N B:N   (C:P t)    NORMAL (gold)      agree 1.0
+
+* As the quality engine leaves it: an expert's label replaces the crowd's on the image, so the
+  results stage recomputes the crowd's own view of w4 (NORMAL, confidence 1.0: A and B agree,
+  C is tainted) from the judgments.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ IMAGES = {
     "w2": ("finalised", N, 0.85, "P1", N, "KERMANY/images/train/NORMAL/IM-0001-0001.jpeg",
            (200, 260), "L"),
     "w3": ("needs_review", P, 0.55, "P2", N, "/uploads/scan-0003.dcm", (64, 64), "L"),
-    "w4": ("expert", N, 0.60, "P3", P, "/other/IM-0004-0001.jpeg", (180, 120), "RGB"),
+    "w4": ("expert", P, 1.0, "P3", P, "/other/IM-0004-0001.jpeg", (180, 120), "RGB"),
     "w5": ("needs_judgments", None, None, "P4", None, "/uploads/scan-0005.dcm", (64, 64), "L"),
     "w6": ("finalised", N, 0.70, "P6", None, "/uploads/scan-0006.dcm", (150, 150), "L"),
     "g1": ("gold", None, None, "P5", P, "KERMANY/images/train/PNEUMONIA/person9_virus_2.jpeg",

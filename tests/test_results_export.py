@@ -104,10 +104,10 @@ def test_export_selection_and_labels(small, tmp_path: Path) -> None:
     # finalised w1 w2 w6, expert w4, gold g1 g2; not w3 (review) nor w5 (unlabelled)
     assert set(rows) == {pub(k) for k in ("w1", "w2", "w4", "w6", "g1", "g2")}
     assert result.skipped == Counter({"needing expert review (use --include-review)": 1})
-    w4 = rows[pub("w4")]  # the expert said PNEUMONIA, the crowd NORMAL 0.6
+    w4 = rows[pub("w4")]  # the expert said PNEUMONIA; the crowd (recomputed) NORMAL
     assert (w4["label"], w4["confidence"], w4["p_PNEUMONIA"], w4["expert_reviewed"]) == \
         ("PNEUMONIA", 1.0, 1.0, True)
-    assert (w4["crowd_label"], w4["crowd_confidence"]) == ("NORMAL", 0.6)
+    assert (w4["crowd_label"], w4["crowd_confidence"]) == ("NORMAL", 1.0)
     assert w4["file_name"].endswith("/PNEUMONIA/img-w4.png")
     w1 = rows[pub("w1")]
     assert (w1["label"], w1["confidence"], w1["p_NORMAL"], w1["p_PNEUMONIA"]) == \

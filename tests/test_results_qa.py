@@ -48,7 +48,8 @@ def test_summary_hand_checked(built) -> None:
     # Fleiss: P_bar = 3/5, P_e = 0.6^2 + 0.4^2 = 0.52 -> (0.6-0.52)/0.48
     assert summary["fleiss_kappa"] == pytest.approx(0.1667, abs=1e-4)
     assert (summary["gold_accuracy"], summary["gold_graded"]) == (0.5, 6)
-    assert summary["mean_confidence"] == pytest.approx(0.73)
+    # crowd confidences of w1 w2 w3 w4 w6; w4's recomputed from A:N B:N = 1.0
+    assert summary["mean_confidence"] == pytest.approx((0.95 + 0.85 + 0.55 + 1.0 + 0.7) / 5)
     assert (summary["reference_agreement"], summary["reference_compared"]) == (0.75, 4)
     assert (summary["expert_agreement"], summary["expert_compared"]) == (0.0, 1)
     assert summary["review_queue"] == 1

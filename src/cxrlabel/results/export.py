@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.results.datasheet import DatasheetInput, describe_source_file, render_datasheet
 from cxrlabel.results.qa import collect_qa, qa_summary
-from cxrlabel.results.reports import images_with_labels
+from cxrlabel.results.reports import crowd_opinions, crowd_view, images_with_labels
 from cxrlabel.results.splits import DEFAULT_RATIOS, SPLIT_NAMES, assign_splits, check_ratios
 from cxrlabel.storage.models import ExpertReview, GoldItem, Image, ImageStatus, Job
 
@@ -108,13 +108,17 @@ def select_records(
     records: list[dict[str, Any]] = []
     skipped: Counter[str] = Counter()
     labels = spec.label_values
+    opinions = crowd_opinions(session, job, spec)
     for image, gold, review in images_with_labels(session, job):
         chosen = _choose_label(image, gold, review, opts, labels)
         if isinstance(chosen, str):
             if chosen:
                 skipped[chosen] += 1
             continue
-        records.append(_record(image, gold, review, chosen, labels, data_dir))
+        record = _record(image, gold, review, chosen, labels, data_dir)
+        crowd = crowd_view(image, review, opinions)
+        record["crowd_label"], record["crowd_confidence"] = crowd.label, crowd.confidence
+        records.append(record)
     return records, skipped
 
 

@@ -33,6 +33,8 @@ from sqlalchemy.orm import Session  # noqa: E402
 from cxrlabel.aggregate import metrics  # noqa: E402
 from cxrlabel.jobspec import JobSpec  # noqa: E402
 from cxrlabel.results.reports import (  # noqa: E402
+    crowd_opinions,
+    crowd_view,
     final_label,
     gold_report,
     images_with_labels,
@@ -108,12 +110,14 @@ class QAData:
 def collect_qa(session: Session, job: Job, spec: JobSpec, now: datetime | None = None) -> QAData:
     index_of: dict[int, int] = {}
     images: list[ImageRow] = []
+    opinions = crowd_opinions(session, job, spec)
     for image, gold, review in images_with_labels(session, job):
         final = final_label(image, gold, review)
+        crowd = crowd_view(image, review, opinions)
         index_of[image.id] = len(images)
         images.append(ImageRow(
             public_id=image.public_id, status=image.status, label=final.label,
-            label_source=final.source, crowd_label=image.label, confidence=image.confidence,
+            label_source=final.source, crowd_label=crowd.label, confidence=crowd.confidence,
             reference_label=image.reference_label,
             expert_label=review.label if review else None, is_gold=gold is not None,
         ))

@@ -26,6 +26,7 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from cxrlabel.jobspec import JobSpec
+from cxrlabel.quality.consensus import ConsensusParams, aggregate_one
 from cxrlabel.storage.models import (
     AnnotatorState,
     Contest,
@@ -198,11 +199,59 @@ def images_with_labels(
     return [tuple(row) for row in session.execute(stmt)]  # type: ignore[misc]
 
 
+@dataclass(frozen=True)
+class CrowdOpinion:
+    label: str | None
+    confidence: float | None
+
+
+def crowd_opinions(session: Session, job: Job, spec: JobSpec) -> dict[int, CrowdOpinion]:
+    """The crowd's own label of every expert-reviewed image, by image id.
+
+    Once an expert decides, the engine stores the expert's label on the image (it is the
+    final one), so the crowd's view must be recomputed to compare the two honestly: the
+    same online rule the engine used (``quality.consensus.aggregate_one``: trusted judgments,
+    "can't tell" not voting, weighted by the annotators' current trust).
+    """
+    params = ConsensusParams.from_spec(spec)
+    trust = dict(session.execute(select(AnnotatorState.user_id, AnnotatorState.trust)
+                                 .where(AnnotatorState.job_id == job.id)).all())
+    rows = session.execute(
+        select(Judgment.image_id, Judgment.user_id, Judgment.answer)
+        .join(ExpertReview, ExpertReview.image_id == Judgment.image_id)
+        .where(Judgment.job_id == job.id, Judgment.tainted.is_(False),
+               Judgment.is_gold.is_(False), Judgment.certainty != params.cant_tell)
+        .order_by(Judgment.id))
+    votes: dict[int, tuple[list[str], list[float]]] = defaultdict(lambda: ([], []))
+    for image_id, user_id, answer in rows:
+        if answer in params.labels:
+            votes[image_id][0].append(answer)
+            votes[image_id][1].append(float(trust.get(user_id, 0.0)))
+    reviewed = session.scalars(select(ExpertReview.image_id).join(
+        Image, Image.id == ExpertReview.image_id).where(Image.job_id == job.id))
+    opinions = {}
+    for image_id in reviewed:
+        answers, weights = votes.get(image_id, ([], []))
+        label, confidence, _proba = aggregate_one(answers, weights, params)
+        opinions[image_id] = CrowdOpinion(label, confidence)
+    return opinions
+
+
+def crowd_view(image: Image, review: ExpertReview | None,
+               opinions: dict[int, CrowdOpinion]) -> CrowdOpinion:
+    """The crowd's label and confidence of one image (recomputed when an expert decided)."""
+    if review is not None and image.id in opinions:
+        return opinions[image.id]
+    return CrowdOpinion(image.label, image.confidence)
+
+
 def aggregated_report(session: Session, job: Job, spec: JobSpec) -> Table:
     answers = untainted_answers(session, job)
     table = Table(aggregated_columns(spec))
+    opinions = crowd_opinions(session, job, spec)
     for image, gold, review in images_with_labels(session, job):
         final = final_label(image, gold, review)
+        crowd = crowd_view(image, review, opinions)
         counts = answers.get(image.id, Counter())
         counted = sum(counts.values())
         agreeing = sum(counts[a] for a in final.accepted)
@@ -210,7 +259,7 @@ def aggregated_report(session: Session, job: Job, spec: JobSpec) -> Table:
         table.rows.append({
             "image": image.public_id, "status": image.status,
             "label": final.label, "label_source": final.source,
-            "crowd_label": image.label, "confidence": image.confidence,
+            "crowd_label": crowd.label, "confidence": crowd.confidence,
             **{f"p_{v}": proba.get(v) for v in spec.label_values},
             "method": image.aggregation_method,
             "trusted_judgments": image.trusted_judgments,
