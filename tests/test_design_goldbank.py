@@ -328,6 +328,32 @@ def test_sample_from_reference_is_balanced_one_per_patient(tmp_path: Path) -> No
     assert "only" in more.output
 
 
+def test_sample_clearest_uses_model_scores_and_refuses_without(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    db = Database(url)
+    with db.session() as s:
+        job, _ = bundled_job(s)
+        for k in range(10):  # p(PNEUMONIA) rises with k: k >= 7 are the clearest pneumonia
+            add_image(s, job, tmp_path, k, reference_label="PNEUMONIA", patient_id=f"p{k}")
+        for k in range(10, 20):  # k <= 12 are the clearest normal
+            add_image(s, job, tmp_path, k, reference_label="NORMAL", patient_id=f"n{k}")
+    refused = _cli(tmp_path, url, "gold", "sample", "--from-reference", "4", "--clearest", "0.3")
+    assert refused.exit_code == 2 and "model score" in refused.output
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(GoldItem)) == 0  # nothing half-done
+        for image in s.scalars(select(Image)):
+            k = int(image.source_path.rsplit("-", 1)[-1].split(".")[0])
+            image.model_score = k / 10 if k < 10 else (k - 10) / 10
+    result = _cli(tmp_path, url, "gold", "sample", "--from-reference", "4", "--clearest", "0.3")
+    assert result.exit_code == 0, result.output
+    with db.session() as s:
+        chosen = [(im.reference_label, im.model_score) for im in s.scalars(
+            select(Image).join(GoldItem, GoldItem.image_id == Image.id))]
+    assert len(chosen) == 4
+    assert all(score >= 0.7 if label == "PNEUMONIA" else score <= 0.2
+               for label, score in chosen), chosen
+
+
 def test_instruction_examples_never_become_gold(tmp_path: Path) -> None:
     """The instructions show these images with their answer: a test question must not be one."""
     url = f"sqlite:///{tmp_path / 'db.sqlite3'}"

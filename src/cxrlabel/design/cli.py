@@ -255,14 +255,22 @@ def gold_sample(
                                        "gold, balanced per class."),
     job_name: str = typer.Option(None, "--job", help=JOB_HELP),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same sample)."),
+    clearest: float = typer.Option(
+        1.0, "--clearest", min=0.01, max=1.0,
+        help="Draw only from this clearest fraction of each class (e.g. 0.7), clarity read "
+             "from the images' model scores (`cxrlabel model score` first). Clear teaching "
+             "cases make fairer test questions; 1.0 = all images."),
 ) -> None:
     """Seed a demo bank from reference labels (e.g. Kermany). The reasons are a generic
     template: real test questions need an expert's reason per image."""
     app = app_context(ctx)
     with app.db.session() as session:
         job, spec = get_job(session, job_name)
-        summary, per_label = goldbank.sample_from_reference(session, job, spec, from_reference,
-                                                            seed)
+        try:
+            summary, per_label = goldbank.sample_from_reference(
+                session, job, spec, from_reference, seed, clearest_fraction=clearest)
+        except ValueError as exc:
+            fail(str(exc))
     if summary.created == 0:
         fail(f"job {spec.name} has no unjudged work image with a reference label to sample")
     counts = ", ".join(f"{k} {v}" for k, v in sorted(per_label.items()))
