@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from cxrlabel.config import shared_data_dir
+from cxrlabel.storage.db import Database
 
 ARTIFACTS = Path(os.environ.get("CXRLABEL_TEST_ARTIFACTS", "test-artifacts")).resolve()
 
@@ -106,6 +107,14 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'test.sqlite3'}"
     return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    """A migrated ``Database`` on each backend of ``db_url``, disposed after the test."""
+    database = Database(db_url)
+    yield database
+    database.dispose()
 
 
 @pytest.fixture(scope="session")

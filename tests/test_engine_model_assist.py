@@ -59,13 +59,6 @@ def test_disagreement_rule_needs_a_pneumonia_label_and_order_is_checked():
 
 # --- ordering ------------------------------------------------------------------------------------
 
-@pytest.fixture
-def db(db_url):
-    database = Database(db_url)
-    yield database
-    database.dispose()
-
-
 def _model_order(spec):
     return spec.model_copy(update={"assignment": Assignment(order="model_uncertainty")})
 

@@ -4,23 +4,14 @@ a removal re-evaluates its images with a bounded number of statements."""
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import event, select, update
 
 from cxrlabel.quality import service
 from cxrlabel.quality.consensus import ConsensusParams, aggregate_one, aggregate_one_with_fit
-from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import AnnotatorState, Job
 from quality_support import make_env, pass_quiz
-
-
-@pytest.fixture
-def db(db_url):
-    database = Database(db_url)
-    yield database
-    database.dispose()
 
 
 def _stored_counts(env, name):

@@ -8,7 +8,6 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from sqlalchemy import select
 
 from cxrlabel.annotate.assignment import join_job, next_page_or_reason
@@ -16,19 +15,11 @@ from cxrlabel.annotate.schemas import AnswerIn
 from cxrlabel.annotate.submission import submit_page
 from cxrlabel.quality import service
 from cxrlabel.quality.service import ReviewConflict
-from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import AnnotatorState, ExpertReview, GoldItem, Image, Job, User
 from quality_support import make_env, pass_quiz
 from web_support import add_user, seed_job
 
 T0 = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def db(db_url):
-    database = Database(db_url)
-    yield database
-    database.dispose()
 
 
 def test_annotation_engine_drives_quality_and_replays(db, tmp_path):

@@ -9,7 +9,6 @@ from sqlalchemy import update
 from cxrlabel.jobspec import JobSpecError, parse_job
 from cxrlabel.quality.consensus import ConsensusParams, evaluate, model_agrees
 from cxrlabel.quality.state import FINALISED, NEEDS_JUDGMENTS, JudgmentRec
-from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import Image
 from quality_support import pass_quiz, quality_toml, seed
 
@@ -64,13 +63,6 @@ def test_off_by_default_and_bad_values_are_one_clear_line():
     with pytest.raises(JobSpecError, match="judgments.model_confidence"):
         parse_job(quality_toml().replace(
             "[judgments]", "[judgments]\nmodel_confidence = 0.4"), "job.toml")
-
-
-@pytest.fixture
-def db(db_url):
-    database = Database(db_url)
-    yield database
-    database.dispose()
 
 
 def test_engine_finalises_early_and_replay_agrees(db):

@@ -8,16 +8,8 @@ from sqlalchemy import select
 
 from cxrlabel.quality import service
 from cxrlabel.quality.service import QualityError, ReviewConflict
-from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import AuditEvent, Contest, GoldItem, Image, Judgment
 from quality_support import make_env, pass_quiz
-
-
-@pytest.fixture
-def db(db_url):
-    database = Database(db_url)
-    yield database
-    database.dispose()
 
 
 def _admin(env, name="admin", role="admin"):

@@ -80,13 +80,6 @@ def _submit(db: Database, user_id: int, page_id: str, client_id: str,
                            utcnow())
 
 
-@pytest.fixture
-def db(db_url):
-    database = Database(db_url)
-    yield database
-    database.dispose()
-
-
 def test_last_slot_goes_to_exactly_one_annotator(db, tmp_path):
     # 3 work images wanting 1 judgment each, 12 annotators asking at the same instant.
     seeded = seed_job(db, tmp_path, n_work=3, n_gold=6, quiz_length=0, items_per_page=2,
