@@ -302,3 +302,35 @@ def test_concurrent_requests_never_overfill_last_slots(env):
     counts = Counter(got)
     assert set(counts) == set(seeded.work_ids) and max(counts.values()) == 1
     assert _overfilled(db) == []
+
+
+def test_gold_draw_matches_sampling_the_whole_unseen_list(env):
+    """The test questions on a page are drawn without loading the bank: the picks must be the
+    ones ``rng.sample`` makes from the full id-ordered list of unseen active gold (so seeded
+    simulations keep their results), with seen and deactivated questions left out."""
+    from cxrlabel.annotate.assignment import _unseen_gold, _unseen_gold_at
+
+    db, tmp = env
+    seeded = seed_job(db, tmp, n_work=12, n_gold=30, quiz_length=0, items_per_page=4)
+    uid = add_user(db, "gold-drawer")
+    for n in range(3):  # three work pages: three gold questions seen
+        (pid, _kind, items), _ = _page(db, seeded, uid, rng=random.Random(n))
+        _submit(db, seeded, uid, pid, _answers(db, items), f"p{n}")
+    with db.session() as s:  # deactivate five questions, one of them seen
+        seen_gold = set(s.scalars(select(PageItem.image_id).where(PageItem.is_gold)))
+        off = sorted(seen_gold)[:1] + sorted(set(seeded.gold_ids) - seen_gold)[:4]
+        for gold in s.scalars(select(GoldItem).where(GoldItem.image_id.in_(off))):
+            gold.active = False
+    expected_pool = sorted(set(seeded.gold_ids) - seen_gold - set(off))
+    assert len(expected_pool) == 30 - 3 - 4
+    with db.session() as s:
+        job, user = _ctx(s, seeded.job_id, uid)
+        n_unseen, seen = _unseen_gold(s, job, user)
+        assert n_unseen == len(expected_pool)
+        for seed in range(20):
+            for k in (1, 3, 8, len(expected_pool)):
+                positions = random.Random(seed).sample(range(n_unseen), k)
+                drawn = _unseen_gold_at(s, job, seen, positions)
+                assert drawn == random.Random(seed).sample(expected_pool, k)
+        # positions past the end (the bank shrank since the count): only the valid ones
+        assert _unseen_gold_at(s, job, seen, [0, n_unseen + 5]) == [expected_pool[0]]

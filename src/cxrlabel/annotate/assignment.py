@@ -243,36 +243,64 @@ def _locked_state(
     return state
 
 
-def _unseen_gold(session: Session, job: Job, user: User) -> list[int]:
-    # Two small queries instead of ``NOT IN (every image this annotator ever saw)``, which
-    # SQLite materialises on every call: that list grows with the annotator's history, the
-    # gold bank does not. Prebuilt Core statements: the first returns the whole active bank
-    # (1,500 rows in the benchmark) on every page, so per-row ORM handling showed.
+def _unseen_gold(session: Session, job: Job, user: User) -> tuple[int, list[int]]:
+    """How many active test questions this annotator has not seen, and the ids they have seen.
+
+    With ``_unseen_gold_at`` a draw is ``rng.sample`` over the unseen ids in id order, as if
+    the whole list were in memory (same rng calls, same picks: simulations stay reproducible),
+    but only the picked rows leave the database. Loading the whole bank on every page (1,500
+    ids in the benchmark) was the largest single cost of serving a page (docs/benchmarks.md).
+    """
     params = {"job": job.id, "user": user.id}
-    active = session.execute(_ACTIVE_GOLD, params).scalars().all()
-    seen = set(session.execute(_GOLD_SEEN_BY, params).scalars())
-    return sorted(i for i in active if i not in seen)
+    seen = sorted(set(session.execute(_ACTIVE_GOLD_SEEN_BY, params).scalars()))
+    return session.execute(_N_ACTIVE_GOLD, params).scalar_one() - len(seen), seen
 
 
-_ACTIVE_GOLD = select(GoldItem.__table__.c.image_id).where(
-    GoldItem.__table__.c.job_id == bindparam("job", type_=Integer),
-    GoldItem.__table__.c.active.is_(True))
-_GOLD_SEEN_BY = (
-    select(PageItem.__table__.c.image_id)
-    .join(Page.__table__, Page.__table__.c.id == PageItem.__table__.c.page_id)
-    .join(GoldItem.__table__, GoldItem.__table__.c.image_id == PageItem.__table__.c.image_id)
+def _unseen_gold_at(
+    session: Session, job: Job, seen: list[int], positions: list[int]
+) -> list[int]:
+    """The unseen test questions at these positions of the id-ordered unseen list."""
+    at = dict(session.execute(
+        _UNSEEN_GOLD_AT, {"job": job.id, "seen": seen, "positions": positions}).all())
+    if len(at) == len(positions):
+        return [at[p] for p in positions]
+    # The bank changed between the count and this read (PostgreSQL, an admin editing gold):
+    # take the positions from the list as it is now.
+    unseen = session.execute(_UNSEEN_RANKED_IDS, {"job": job.id, "seen": seen}).scalars().all()
+    return [unseen[p] for p in positions if p < len(unseen)]
+
+
+_G = GoldItem.__table__
+_PI = PageItem.__table__
+_ACTIVE_GOLD_SEEN_BY = (  # the annotator's pages are few next to the bank: start from them
+    select(_PI.c.image_id)
+    .join(Page.__table__, Page.__table__.c.id == _PI.c.page_id)
+    .join(_G, _G.c.image_id == _PI.c.image_id)
     .where(Page.__table__.c.job_id == bindparam("job", type_=Integer),
-           Page.__table__.c.user_id == bindparam("user", type_=Integer))
+           Page.__table__.c.user_id == bindparam("user", type_=Integer),
+           _G.c.active.is_(True))
 )
+_N_ACTIVE_GOLD = select(func.count()).select_from(_G).where(
+    _G.c.job_id == bindparam("job", type_=Integer), _G.c.active.is_(True))
+_UNSEEN_RANKED = (
+    select(_G.c.image_id, (func.row_number().over(order_by=_G.c.image_id) - 1).label("pos"))
+    .where(_G.c.job_id == bindparam("job", type_=Integer), _G.c.active.is_(True),
+           _G.c.image_id.not_in(bindparam("seen", expanding=True)))
+    .subquery("unseen")
+)
+_UNSEEN_GOLD_AT = select(_UNSEEN_RANKED.c.pos, _UNSEEN_RANKED.c.image_id).where(
+    _UNSEEN_RANKED.c.pos.in_(bindparam("positions", expanding=True)))
+_UNSEEN_RANKED_IDS = select(_UNSEEN_RANKED.c.image_id).order_by(_UNSEEN_RANKED.c.pos)
 
 
 def _new_quiz_page(
     session: Session, job: Job, spec: JobSpec, user: User, now: datetime, rng: random.Random
 ) -> tuple[Page | None, NoPage | None]:
-    unseen = _unseen_gold(session, job, user)
-    if not unseen:
+    n_unseen, seen = _unseen_gold(session, job, user)
+    if n_unseen <= 0:
         return None, NO_GOLD_FOR_QUIZ
-    chosen = rng.sample(unseen, min(spec.gold.quiz_length, len(unseen)))
+    positions = rng.sample(range(n_unseen), min(spec.gold.quiz_length, n_unseen))
+    chosen = _unseen_gold_at(session, job, seen, positions)
     return _make_page(session, job, spec, user, now, PageKind.QUIZ, [], chosen, rng), None
 
 
@@ -293,10 +321,11 @@ def _new_work_page(
         return None, QUOTA_REACHED
     gold: list[int] = []
     if spec.gold.per_page > 0:
-        unseen = _unseen_gold(session, job, user)
-        if len(unseen) < spec.gold.per_page:
+        n_unseen, seen = _unseen_gold(session, job, user)
+        if n_unseen < spec.gold.per_page:
             return None, GOLD_EXHAUSTED
-        gold = rng.sample(unseen, spec.gold.per_page)
+        gold = _unseen_gold_at(session, job, seen,
+                               rng.sample(range(n_unseen), spec.gold.per_page))
     work = claim_open_images(session, job, spec, user, now, n_work)
     if not work:
         return None, NO_OPEN_IMAGES
