@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.responses import Response
 
@@ -21,7 +22,14 @@ from cxrlabel.storage.models import (
     User,
     utcnow,
 )
-from cxrlabel.web.deps import csrf_protect, get_db, job_and_spec, render, require_role
+from cxrlabel.web.deps import (
+    csrf_protect,
+    get_db,
+    job_and_spec,
+    job_ref_and_spec,
+    render,
+    require_role,
+)
 from cxrlabel.web.flow import (
     image_urls,
     instructions_html,
@@ -134,7 +142,14 @@ def _prefill(answers: list[AnswerIn]) -> dict[str, dict[str, str | None]]:
 @router.post("/jobs/{job_name}/pages/{page_id}", dependencies=[Depends(csrf_protect)])
 async def submit(request: Request, job_name: str, page_id: str,
                  user: User = Depends(annotator)) -> Response:
-    form = await request.form()
+    form = await request.form()  # reading the body is I/O: on the event loop
+    # The database work blocks (SQLite's writer lock, the engine): in a worker thread, never
+    # on the event loop, where it stalled every other request (image downloads included).
+    return await run_in_threadpool(_submit_form, request, job_name, page_id, user, form)
+
+
+def _submit_form(request: Request, job_name: str, page_id: str, user: User,
+                 form: FormData) -> Response:
     client_id = form.get("client_submission_id")
     client_id = client_id if isinstance(client_id, str) else ""
     db = get_db(request)
@@ -149,10 +164,9 @@ async def submit(request: Request, job_name: str, page_id: str,
         help_html = instructions_html(s, job, spec, _data_dir(request))
     answers = answers_from_form(form, [i["public_id"] for i in items])
     try:
-        with db.session() as s:
-            job, spec = job_and_spec(s, job_name)
-            result = submit_page(s, job, spec, s.get(User, user.id), page_id, client_id,
-                                 answers, utcnow())
+        with db.session() as s:  # the write transaction: the engine's work only (api.py)
+            job, spec = job_ref_and_spec(s, job_name)
+            result = submit_page(s, job, spec, user, page_id, client_id, answers, utcnow())
     except SubmissionError as exc:
         if exc.code == "already_submitted":
             return RedirectResponse(f"/jobs/{job_name}/pages/{page_id}/feedback", 303)
@@ -194,6 +208,10 @@ def feedback(request: Request, job_name: str, page_id: str,
 @router.post("/jobs/{job_name}/contest", dependencies=[Depends(csrf_protect)])
 async def contest(request: Request, job_name: str, user: User = Depends(annotator)) -> Response:
     form = await request.form()
+    return await run_in_threadpool(_contest_form, request, job_name, user, form)  # see submit
+
+
+def _contest_form(request: Request, job_name: str, user: User, form: FormData) -> Response:
     try:
         judgment_id = int(str(form.get("judgment_id", "")))
     except ValueError:
@@ -214,9 +232,9 @@ async def contest(request: Request, job_name: str, user: User = Depends(annotato
 def prefetch(request: Request, job_name: str, user: User = Depends(annotator)) -> Response:
     """Reserve the next page and list its image URLs so the browser can download them now."""
     try:
-        with get_db(request).session() as s:
-            job, spec = job_and_spec(s, job_name)
-            page = prefetch_page(s, job, spec, s.get(User, user.id), utcnow())
+        with get_db(request).session() as s:  # the engine's work only (api.py)
+            job, spec = job_ref_and_spec(s, job_name)
+            page = prefetch_page(s, job, spec, user, utcnow())
             images = [i["src"] for i in page_items(page, image_urls(request))] if page else []
     except EngineError:
         images = []

@@ -8,6 +8,7 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, Form, Request
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response
 
 from cxrlabel.quality import service
@@ -105,7 +106,8 @@ async def contest_resolve(request: Request, job_name: str, contest_id: int,
     body = ResolveIn(action=str(form.get("action", "")) or "uphold",  # type: ignore[arg-type]
                      reply=str(form.get("reply", "")),
                      accepted_answers=[str(v) for v in form.getlist("accepted")] or None)
-    _resolve(request, job_name, user, contest_id, body)
+    # Database work blocks: in a worker thread, not on the event loop (annotate.submit).
+    await run_in_threadpool(_resolve, request, job_name, user, contest_id, body)
     return RedirectResponse(f"/admin/jobs/{job_name}/contests", status_code=303)
 
 
