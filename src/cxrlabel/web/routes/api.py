@@ -17,7 +17,13 @@ from cxrlabel.annotate.progress import annotator_rows, gold_summary, job_progres
 from cxrlabel.annotate.schemas import AnswerIn, SubmitResult
 from cxrlabel.annotate.submission import submit_page
 from cxrlabel.storage.models import Job, Role, User, utcnow
-from cxrlabel.web.deps import csrf_protect, get_db, job_and_spec, require_role
+from cxrlabel.web.deps import (
+    csrf_protect,
+    get_db,
+    job_and_spec,
+    job_ref_and_spec,
+    require_role,
+)
 from cxrlabel.web.flow import image_urls, new_client_submission_id, page_items
 
 router = APIRouter(prefix="/api", tags=["api"])
@@ -101,9 +107,11 @@ def _choices(options) -> list[Choice]:  # noqa: ANN001
             summary="Get the page to work on (the open one, or a new one)")
 def get_next_page(request: Request, job_name: str,
                   user: User = Depends(annotator)) -> NextPageOut:
+    # ``user`` (loaded by the auth dependency this request) and ``job_ref_and_spec`` keep the
+    # write transaction to the engine's own work: SQLite runs one at a time.
     with get_db(request).session() as s:
-        job, spec = job_and_spec(s, job_name)
-        page, reason = next_page_or_reason(s, job, spec, s.get(User, user.id), utcnow())
+        job, spec = job_ref_and_spec(s, job_name)
+        page, reason = next_page_or_reason(s, job, spec, user, utcnow())
         if page is None:
             assert reason is not None
             return NextPageOut(page=None, reason=reason.code, message=reason.message)
@@ -123,9 +131,9 @@ def get_next_page(request: Request, job_name: str,
              summary="Submit a page (idempotent on client_submission_id)")
 def post_submit(request: Request, job_name: str, page_id: str, body: SubmitIn,
                 user: User = Depends(annotator)) -> SubmitResult:
-    with get_db(request).session() as s:
-        job, spec = job_and_spec(s, job_name)
-        return submit_page(s, job, spec, s.get(User, user.id), page_id,
+    with get_db(request).session() as s:  # see get_next_page
+        job, spec = job_ref_and_spec(s, job_name)
+        return submit_page(s, job, spec, user, page_id,
                            body.client_submission_id, body.answers, utcnow())
 
 
