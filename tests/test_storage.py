@@ -74,3 +74,66 @@ def test_json_and_timestamps_round_trip(db_url: str) -> None:
         assert event.at is not None
         assert len(s.scalars(select(User).where(User.pseudonym.is_not(None))).all()) == 1
     db.dispose()
+
+
+_WRITER = """
+import sys, time
+from sqlalchemy import text
+from cxrlabel.storage.db import Database
+db = Database(sys.argv[1], auto_migrate=False)
+for i in range(int(sys.argv[3])):
+    with db.session() as s:
+        s.execute(text("INSERT INTO t (who, at) VALUES (:w, :at)"),
+                  {"w": sys.argv[2], "at": time.time()})
+db.dispose()
+"""
+
+
+def _writer_process(url: str, who: str, n: int):  # noqa: ANN202 - a Popen
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parent.parent / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.Popen([sys.executable, "-c", _WRITER, url, who, str(n)], env=env,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_sqlite_writers_of_other_processes_queue_on_the_lock_file(tmp_path) -> None:
+    """Writers of several processes (server workers, a CLI command beside the server) queue
+    on an flock of ``<database>-writer.lock``: a writer waits while another process holds it
+    (it neither fails nor slips in), and goes on the moment it is released."""
+    import time
+
+    url = f"sqlite:///{tmp_path / 'x.sqlite3'}"
+    db = Database(url)
+    assert (tmp_path / "x.sqlite3-writer.lock").exists()
+    with db.session() as s:
+        s.execute(text("CREATE TABLE t (who TEXT, at REAL)"))
+    with db._writer():  # this process holds the writer lock for a while
+        child = _writer_process(url, "child", 1)
+        time.sleep(1.5)
+        released = time.time()
+    assert child.wait(60) == 0, child.stderr.read()
+    with db.read_session() as s:
+        (at,) = s.execute(text("SELECT at FROM t WHERE who = 'child'")).one()
+    assert at >= released  # it wrote only after the lock was released
+    db.dispose()
+
+
+def test_sqlite_concurrent_writer_processes_all_succeed(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'x.sqlite3'}"
+    db = Database(url)
+    with db.session() as s:
+        s.execute(text("CREATE TABLE t (who TEXT, at REAL)"))
+    children = [_writer_process(url, f"p{i}", 40) for i in range(3)]
+    with db.session() as s:  # and this process writes meanwhile
+        s.execute(text("INSERT INTO t (who, at) VALUES ('parent', 0)"))
+    for child in children:
+        assert child.wait(120) == 0, child.stderr.read()
+    with db.read_session() as s:
+        counts = dict(s.execute(text("SELECT who, count(*) FROM t GROUP BY who")).all())
+    assert counts == {"p0": 40, "p1": 40, "p2": 40, "parent": 1}
+    db.dispose()

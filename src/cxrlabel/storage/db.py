@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from alembic import command
 from alembic.config import Config
@@ -86,8 +88,11 @@ class Database:
         # moment it is free) instead of in SQLite's busy handler, which polls with sleeps of up
         # to 100 ms: under a few dozen concurrent requests that polling left the server idle
         # while requests waited seconds (benchmarks/annotation_loop.py, docs/benchmarks.md).
-        # Other processes (a CLI command beside the server) still queue in the busy handler.
+        # Processes queue the same way on an flock of a lock file beside the database: the
+        # workers of `serve --workers N`, or a CLI command beside the server.
         self._write_lock = threading.RLock() if self.is_sqlite else None
+        self._write_depth = 0  # changed only by the thread holding _write_lock
+        self._write_lock_file = _writer_lock_file(self.engine) if self.is_sqlite else None
 
     @property
     def is_sqlite(self) -> bool:
@@ -113,7 +118,16 @@ class Database:
             yield
             return
         with self._write_lock:
-            yield
+            lock_file = self._write_lock_file if self._write_depth == 0 else None
+            self._write_depth += 1
+            try:
+                if lock_file is not None:
+                    fcntl.flock(lock_file, fcntl.LOCK_EX)  # releases the GIL while it waits
+                yield
+            finally:
+                if lock_file is not None:
+                    fcntl.flock(lock_file, fcntl.LOCK_UN)
+                self._write_depth -= 1
 
     def refresh_statistics(self, *tables: str) -> None:
         """PostgreSQL: ANALYZE after a bulk load, so the first queries on a new job get sane
@@ -129,6 +143,20 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._write_lock_file is not None:
+            self._write_lock_file.close()
+            self._write_lock_file = None
+
+
+def _writer_lock_file(engine: Engine) -> IO[bytes] | None:
+    """SQLite on a file: ``<database>-writer.lock``, on which every process's writers queue
+    (``flock``) before ``BEGIN IMMEDIATE``, so that writers of several server processes, or a
+    CLI command beside the server, are woken by the kernel the moment the writer before them
+    is done, not by SQLite's busy handler, which polls with sleeps of up to 100 ms."""
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return open(f"{database}-writer.lock", "ab")  # noqa: SIM115 - held for the engine's life
 
 
 def open_database(url: str) -> Database:
