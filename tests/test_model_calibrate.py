@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from cxrlabel.model import calibrate, metrics
-from cxrlabel.model.scoring import disagrees, informativeness
 
 
 def _scores(n: int = 400, seed: int = 0):
@@ -92,12 +91,3 @@ def test_ece_is_zero_for_perfect_calibration_and_large_when_wrong():
     y = np.concatenate([np.r_[np.ones(10), np.zeros(90)], np.r_[np.ones(90), np.zeros(10)]])
     assert metrics.expected_calibration_error(y, p) == pytest.approx(0.0, abs=1e-12)
     assert metrics.expected_calibration_error(1 - y, p) == pytest.approx(0.8)
-
-
-def test_model_assisted_labeling_helpers():
-    assert informativeness(0.5) == 1.0 and informativeness(0.0) == 0.0
-    assert informativeness(0.6) > informativeness(0.9)
-    assert disagrees("NORMAL", 0.9, flag_at=0.7, clear_below=0.1)
-    assert disagrees("PNEUMONIA", 0.05, flag_at=0.7, clear_below=0.1)
-    assert not disagrees("PNEUMONIA", 0.5, flag_at=0.7, clear_below=0.1)
-    assert not disagrees(None, 0.9, flag_at=0.7, clear_below=0.1)

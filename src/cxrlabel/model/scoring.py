@@ -1,13 +1,9 @@
-"""Model-assisted labeling: scores in the database and the rules that use them.
+"""Model-assisted labeling: model scores into the database.
 
 ``score_job`` writes ``Image.model_score`` (calibrated p(PNEUMONIA)) from each image's
-rendition. Two pure helpers say how the rest of cxrlabel should use the score:
-
-- ``informativeness``: 1 at p = 0.5, 0 at p = 0 or 1. Assignment can serve open images in
-  decreasing informativeness (equivalently increasing ``|score - 0.5|``) so the crowd's
-  judgments go where the model is least sure.
-- ``disagrees``: the crowd's aggregate and the model point to opposite bands; quality can
-  route such images to expert review.
+rendition. The rules that use the score live in the engine, once each: the queue order in
+``annotate/assignment.py`` (``model_uncertainty``), review of disagreements and early
+finalising in ``quality/consensus.py`` (``model_disagrees``), all off unless the job asks.
 """
 
 from __future__ import annotations
@@ -24,20 +20,6 @@ from cxrlabel.ingest.decode import DecodeError
 from cxrlabel.model.data import squash
 from cxrlabel.model.infer import OnnxModel, _decode
 from cxrlabel.storage.models import Image
-
-
-def informativeness(score: float) -> float:
-    return 1.0 - 2.0 * abs(score - 0.5)
-
-
-def disagrees(crowd_label: str | None, score: float | None, flag_at: float,
-              clear_below: float) -> bool:
-    """True when the crowd says NORMAL but the model flags, or PNEUMONIA but the model clears."""
-    if crowd_label is None or score is None:
-        return False
-    if crowd_label == "NORMAL":
-        return score >= flag_at
-    return crowd_label == "PNEUMONIA" and score < min(clear_below, flag_at)
 
 
 @dataclass
