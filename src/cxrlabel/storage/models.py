@@ -139,6 +139,10 @@ class Image(Base):
 
 class GoldItem(Base):
     __tablename__ = "gold_items"
+    __table_args__ = (
+        # The active bank in id order, index-only (assignment draws gold by position; 0004).
+        Index("ix_gold_items_job_active_image", "job_id", "active", "image_id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
