@@ -4,6 +4,7 @@
 #
 #   benchmarks/loop_postgres.sh                    # WORKERS="1 2", C=32, 30 s each
 #   WORKERS="1 2 4" CONCS="8 32" DURATION=20 benchmarks/loop_postgres.sh
+#   WAITS=1 WORKERS=2 DURATION=20 benchmarks/loop_postgres.sh   # + what backends wait for
 #
 # A throwaway PostgreSQL cluster (initdb/pg_ctl as the `postgres` user when run as root, like
 # tests/conftest.py's PostgresCluster) on a free port, listening on 127.0.0.1 only. Durability:
@@ -86,12 +87,17 @@ for c in $CONCS; do
     done
     spid=$(pgrep -P "$SERVER_PID" | head -1)
     log "workers=$w C=$c: server pid $spid, load $(cut -d' ' -f1-3 /proc/loadavg)"
+    if [ "${WAITS:-0}" = 1 ]; then  # what the backends wait for, sampled mid-run
+      (sleep 8; "$PY" "$HERE/_pg_waits.py" --port "$PORT" --db "$db" \
+         --seconds $((${DURATION%.*} / 2)) >"$RES/waits-w$w-c$c.txt" 2>&1) &
+    fi
     (cd "$ROOT" && timeout $((${DURATION%.*} + 400)) "$PY" "$HERE/annotation_loop.py" \
         --url "http://127.0.0.1:$port" --db "$PGURL/$db" --annotators "$c" \
         --seconds "$DURATION" --server-pid "$spid" --label "postgres workers=$w" \
         --json-out "$RES/postgres.jsonl") 2>"$RES/loop-w$w-c$c.log" \
         || log "run exited non-zero (see $RES/loop-w$w-c$c.log)"
     tail -6 "$RES/loop-w$w-c$c.log" >&2
+    [ -f "$RES/waits-w$w-c$c.txt" ] && cat "$RES/waits-w$w-c$c.txt" >&2
     kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true
     SERVER_PID=""
   done
