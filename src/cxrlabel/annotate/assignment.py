@@ -28,6 +28,7 @@ SQLite every transaction starts with ``BEGIN IMMEDIATE`` (storage/db.py): one wr
 from __future__ import annotations
 
 import functools
+import itertools
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -45,8 +46,7 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, make_transient_to_detached, selectinload
-from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm import Session
 
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.storage.models import (
@@ -85,6 +85,39 @@ class NoPage:
 
     code: str
     message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServedImage:
+    """What a page shows of an image (its public id and rendition; never a label)."""
+
+    id: int
+    public_id: str
+    rendition_path: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ServedItem:
+    image_id: int
+    position: int
+    is_gold: bool
+    image: ServedImage
+
+
+@dataclass(frozen=True, slots=True)
+class ServedPage:
+    """A page as handed to its annotator, as plain values: what the web app and the simulator
+    read of it. (Building ORM ``Page``/``PageItem``/``Image`` objects for every page served
+    cost more than the page's SQL: docs/benchmarks.md, issue 11.)"""
+
+    id: int
+    public_id: str
+    job_id: int
+    user_id: int
+    kind: str
+    served_at: datetime
+    expires_at: datetime
+    items: tuple[ServedItem, ...]
 
 
 NO_GOLD_FOR_QUIZ = NoPage(
@@ -128,7 +161,7 @@ def join_job(
 def next_page(
     session: Session, job: Job, spec: JobSpec, user: User, now: datetime,
     *, rng: random.Random | None = None,
-) -> Page | None:
+) -> ServedPage | None:
     """The page this annotator should work on now (an open one if they hold it), or None."""
     page, _reason = next_page_or_reason(session, job, spec, user, now, rng=rng)
     return page
@@ -137,7 +170,7 @@ def next_page(
 def next_page_or_reason(
     session: Session, job: Job, spec: JobSpec, user: User, now: datetime,
     *, rng: random.Random | None = None,
-) -> tuple[Page | None, NoPage | None]:
+) -> tuple[ServedPage | None, NoPage | None]:
     """Like ``next_page`` but says why there is no page."""
     state = _locked_state(session, job, spec, user, now)
     if state.status not in (AnnotatorStatus.QUIZ, AnnotatorStatus.ACTIVE):
@@ -154,7 +187,7 @@ def next_page_or_reason(
 def prefetch_page(
     session: Session, job: Job, spec: JobSpec, user: User, now: datetime,
     *, rng: random.Random | None = None,
-) -> Page | None:
+) -> ServedPage | None:
     """Reserve the page after the current one so a browser can download its images early.
 
     Only for active annotators holding exactly one open work page; returns the already
@@ -173,16 +206,35 @@ def prefetch_page(
     return page
 
 
-def open_pages(session: Session, job: Job, user: User, now: datetime) -> list[Page]:
-    """The annotator's unsubmitted, unexpired pages, oldest first."""
-    return list(session.scalars(
-        select(Page)
-        .where(Page.job_id == job.id, Page.user_id == user.id, Page.submitted_at.is_(None),
-               Page.expires_at > now)
-        .order_by(Page.id)
-        # Callers show the items' images: two queries instead of one per item.
-        .options(selectinload(Page.items).selectinload(PageItem.image))
-    ))
+def open_pages(session: Session, job: Job, user: User, now: datetime) -> list[ServedPage]:
+    """The annotator's unsubmitted, unexpired pages, oldest first (one query, items and their
+    images included)."""
+    rows = session.execute(_OPEN_PAGES, {"job": job.id, "user": user.id, "now": now}).all()
+    pages: list[ServedPage] = []
+    for page_id, group in itertools.groupby(rows, key=lambda row: row.id):
+        group = list(group)
+        first = group[0]
+        items = tuple(ServedItem(r.image_id, r.position, bool(r.is_gold),
+                                 ServedImage(r.image_id, r.image_public_id, r.rendition_path))
+                      for r in group)
+        pages.append(ServedPage(page_id, first.public_id, first.job_id, first.user_id,
+                                first.kind, first.served_at, first.expires_at, items))
+    return pages
+
+
+_P_T, _I_T = Page.__table__, Image.__table__
+_OPEN_PAGES = (
+    select(_P_T.c.id, _P_T.c.public_id, _P_T.c.job_id, _P_T.c.user_id, _P_T.c.kind,
+           _P_T.c.served_at, _P_T.c.expires_at, PageItem.__table__.c.image_id,
+           PageItem.__table__.c.position, PageItem.__table__.c.is_gold,
+           _I_T.c.public_id.label("image_public_id"), _I_T.c.rendition_path)
+    .join(PageItem.__table__, PageItem.__table__.c.page_id == _P_T.c.id)
+    .join(_I_T, _I_T.c.id == PageItem.__table__.c.image_id)
+    .where(_P_T.c.job_id == bindparam("job", type_=Integer),
+           _P_T.c.user_id == bindparam("user", type_=Integer),
+           _P_T.c.submitted_at.is_(None), _P_T.c.expires_at > bindparam("now"))
+    .order_by(_P_T.c.id, PageItem.__table__.c.position)
+)
 
 
 def status_message(state: AnnotatorState) -> NoPage:
@@ -297,7 +349,7 @@ _UNSEEN_GOLD_AT = (
 
 def _new_quiz_page(
     session: Session, job: Job, spec: JobSpec, user: User, now: datetime, rng: random.Random
-) -> tuple[Page | None, NoPage | None]:
+) -> tuple[ServedPage | None, NoPage | None]:
     n_unseen, seen = _unseen_gold(session, job, user)
     if n_unseen <= 0:
         return None, NO_GOLD_FOR_QUIZ
@@ -306,7 +358,7 @@ def _new_quiz_page(
     return _make_page(session, job, spec, user, now, PageKind.QUIZ, [], chosen, rng), None
 
 
-def _work_done_and_reserved(state: AnnotatorState, held: list[Page]) -> int:
+def _work_done_and_reserved(state: AnnotatorState, held: list[ServedPage]) -> int:
     """Work answers given (the quality engine's ``judgments`` counter: every non-gold answer,
     tainted or not) plus work items on the pages the annotator holds now."""
     reserved = sum(1 for page in held for item in page.items if not item.is_gold)
@@ -315,8 +367,8 @@ def _work_done_and_reserved(state: AnnotatorState, held: list[Page]) -> int:
 
 def _new_work_page(
     session: Session, job: Job, spec: JobSpec, user: User, now: datetime, rng: random.Random,
-    state: AnnotatorState, held: list[Page],
-) -> tuple[Page | None, NoPage | None]:
+    state: AnnotatorState, held: list[ServedPage],
+) -> tuple[ServedPage | None, NoPage | None]:
     quota = spec.judgments.max_per_annotator - _work_done_and_reserved(state, held)
     n_work = min(spec.pages.items_per_page - spec.gold.per_page, quota)
     if n_work <= 0:
@@ -495,43 +547,31 @@ def _claim_with_row_locks(
 def _make_page(
     session: Session, job: Job, spec: JobSpec, user: User, now: datetime, kind: str,
     work: list[int], gold: list[int], rng: random.Random,
-) -> Page:
+) -> ServedPage:
     entries = [(image_id, False) for image_id in work] + [(image_id, True) for image_id in gold]
     rng.shuffle(entries)  # gold sits at random positions, indistinguishable from work
-    # The caller shows every item's image: load them in one query, not one lazy load per item.
-    images = {i.id: i for i in session.scalars(select(Image).where(Image.id.in_(work + gold)))}
     # Core INSERTs (the ORM unit of work cost more than the statements): the page, then its
-    # items in one statement; the rows join the session as the objects the caller reads.
+    # items in one statement; the caller gets plain values, not ORM objects (ServedPage).
     values = {"public_id": new_public_id(), "job_id": job.id, "user_id": user.id, "kind": kind,
               "served_at": now, "submitted_at": None,
               "expires_at": now + timedelta(minutes=spec.pages.reservation_minutes)}
-    page = Page(id=session.execute(_INSERT_PAGE, values).scalar_one(), **values)
-    make_transient_to_detached(page)
-    session.add(page)  # persistent as stored: no second INSERT
-    ids = _insert_items(session, page, entries)
-    items = []
-    for pos, (image_id, is_gold) in enumerate(entries):
-        item = PageItem(id=ids[image_id], page_id=page.id, image_id=image_id, position=pos,
-                        is_gold=is_gold)
-        make_transient_to_detached(item)
-        session.add(item)  # persistent as stored: no second INSERT
-        set_committed_value(item, "image", images[image_id])
-        set_committed_value(item, "page", page)
-        items.append(item)
-    set_committed_value(page, "items", items)
-    return page
+    page_id = session.execute(_INSERT_PAGE, values).scalar_one()
+    _insert_items(session, page_id, entries)
+    images = {row.id: ServedImage(row.id, row.public_id, row.rendition_path)
+              for row in session.execute(_PAGE_IMAGES, {"ids": work + gold})}
+    items = tuple(ServedItem(image_id, pos, is_gold, images[image_id])
+                  for pos, (image_id, is_gold) in enumerate(entries))
+    return ServedPage(page_id, values["public_id"], job.id, user.id, kind, now,
+                      values["expires_at"], items)
 
 
+_PAGE_IMAGES = select(_I_T.c.id, _I_T.c.public_id, _I_T.c.rendition_path).where(
+    _I_T.c.id.in_(bindparam("ids", expanding=True)))
 _INSERT_PAGE = insert(Page.__table__).returning(Page.__table__.c.id)
 
 
-def _insert_items(session: Session, page: Page, entries: list[tuple[int, bool]]) -> dict[int, int]:
-    """One multi-row INSERT for a page's items (the ORM inserts them one by one on SQLite, to
-    read each id back in order); ids come back keyed by image, which is unique on a page."""
-    table = PageItem.__table__
-    rows = session.execute(
-        insert(table).returning(table.c.image_id, table.c.id),
-        [{"page_id": page.id, "image_id": i, "position": pos, "is_gold": g}
-         for pos, (i, g) in enumerate(entries)],
-    ).all()
-    return {image_id: item_id for image_id, item_id in rows}
+def _insert_items(session: Session, page_id: int, entries: list[tuple[int, bool]]) -> None:
+    """One multi-row INSERT for a page's items (the ORM inserts them one by one on SQLite)."""
+    session.execute(insert(PageItem.__table__),
+                    [{"page_id": page_id, "image_id": i, "position": pos, "is_gold": g}
+                     for pos, (i, g) in enumerate(entries)])

@@ -12,6 +12,7 @@ from markupsafe import Markup
 from sqlalchemy.orm import Session
 from starlette.requests import Request
 
+from cxrlabel.annotate.assignment import ServedPage
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.storage.models import Job, Page
 from cxrlabel.web.images_fast import ImageUrls
@@ -28,7 +29,7 @@ def image_url(public_id: str) -> str:
     return f"/img/{public_id}"
 
 
-def page_items(page: Page, urls: ImageUrls | None = None) -> list[dict[str, str]]:
+def page_items(page: Page | ServedPage, urls: ImageUrls | None = None) -> list[dict[str, str]]:
     """``{"public_id", "src"}`` per item; with ``urls`` the page's signed, expiring image URLs
     (served outside the app stack, web/images_fast.py), else the session-checked ``/img/<id>``."""
     if urls is not None:

@@ -32,6 +32,7 @@ import anyio.to_thread
 from sqlalchemy import select
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from cxrlabel.annotate.assignment import ServedPage
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import Image, Page, PageItem
 from cxrlabel.web.security import SECURITY_HEADERS, ImageUrlSigner
@@ -236,7 +237,7 @@ class ImageUrls:
     def __init__(self, signer: ImageUrlSigner, store: RenditionStore) -> None:
         self.signer, self.store = signer, store
 
-    def expiry(self, page: Page) -> int:
+    def expiry(self, page: Page | ServedPage) -> int:
         """Same for every image of the page, and the same each time the page is served, so
         the URLs the browser prefetched are the ones the page shows."""
         ends = page.expires_at
@@ -244,7 +245,7 @@ class ImageUrls:
             ends = ends.replace(tzinfo=UTC)
         return int(ends.timestamp()) + self.signer.GRACE_S
 
-    def page_items(self, page: Page) -> list[dict[str, str]]:
+    def page_items(self, page: Page | ServedPage) -> list[dict[str, str]]:
         expires = self.expiry(page)
         out = []
         for item in page.items:
