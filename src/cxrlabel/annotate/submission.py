@@ -24,7 +24,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from cxrlabel.annotate._time import as_utc
 from cxrlabel.annotate.assignment import DEFAULT_STATUS_MESSAGES, open_reservations
@@ -101,21 +102,31 @@ def submit_page(
     if as_utc(page.expires_at) <= now:
         _check_expired_page_still_needed(session, job, spec, items, now)
 
-    submission = Submission(user_id=user.id, page_id=page.id,
-                            client_submission_id=client_submission_id, response={},
-                            created_at=now)
-    session.add(submission)
-    session.flush()
-    judgments = _insert_judgments(session, job, user, page, items, submission, by_image, now)
-    page.submitted_at = now
+    # Core statements, not ORM objects, for the rows of a submit (the unit of work and the
+    # instances cost more than the SQL: docs/benchmarks.md, issue 11).
+    conn = session.connection()
+    submission_id = conn.execute(_INSERT_SUBMISSION, {
+        "user_id": user.id, "page_id": page.id, "client_submission_id": client_submission_id,
+        "response": {}, "created_at": now}).scalar_one()
+    judgments = _insert_judgments(session, job, user, page, items, submission_id, by_image, now)
+    conn.execute(_MARK_SUBMITTED, {"page": page.id, "now": now})
+    set_committed_value(page, "submitted_at", now)  # the session's copy, as stored
 
     outcome = _grade(session, job, spec, user, page, judgments, now)
     # ``state`` needs no refresh: the quality engine gives the session's copy what it wrote.
     result = _result(session, page, judgments, outcome, state)
-    submission.response = result.model_dump(mode="json")
+    conn.execute(_STORE_RESPONSE, {"submission": submission_id,
+                                   "response": result.model_dump(mode="json")})
     _after_submit(session, job, spec, user, page, state, now)
-    session.flush()
     return result
+
+
+_S, _PG = Submission.__table__, Page.__table__
+_INSERT_SUBMISSION = insert(_S).returning(_S.c.id)
+_STORE_RESPONSE = update(_S).where(_S.c.id == bindparam("submission")).values(
+    response=bindparam("response", type_=_S.c.response.type))
+_MARK_SUBMITTED = update(_PG).where(_PG.c.id == bindparam("page")).values(
+    submitted_at=bindparam("now", type_=_PG.c.submitted_at.type))
 
 
 def stored_result(session: Session, user: User, page: Page) -> SubmitResult | None:
@@ -212,35 +223,47 @@ def _check_expired_page_still_needed(
 
 # --- storing -------------------------------------------------------------------------------------
 
+@dataclass(frozen=True, slots=True)
+class StoredJudgment:
+    """A judgment just inserted by this submit, as the quality engine reads it (plain values;
+    the engine writes its grading back with Core statements)."""
+
+    id: int
+    image_id: int
+    answer: str
+    certainty: str
+    quality_flag: str | None
+    is_gold: bool
+    is_quiz: bool
+    trust_at_time: float | None = None
+
+
 def _insert_judgments(
     session: Session, job: Job, user: User, page: Page, items: list[_Item],
-    submission: Submission, by_image: dict[int, AnswerIn], now: datetime,
-) -> list[Judgment]:
-    """One multi-row INSERT (the ORM would insert row by row on SQLite to read each id back);
-    the rows then join the session as the persistent objects the quality engine grades."""
+    submission_id: int, by_image: dict[int, AnswerIn], now: datetime,
+) -> list[StoredJudgment]:
+    """One multi-row INSERT (the ORM would insert row by row on SQLite to read each id back)."""
     elapsed = max((now - as_utc(page.served_at)).total_seconds(), 0.0)
     per_item = elapsed / max(len(items), 1)
+    is_quiz = page.kind == PageKind.QUIZ
     values = []
     for item in items:
         answer = by_image[item.image_id]
         values.append({
             "job_id": job.id, "image_id": item.image_id, "user_id": user.id, "page_id": page.id,
-            "submission_id": submission.id, "answer": answer.answer,
+            "submission_id": submission_id, "answer": answer.answer,
             "certainty": answer.certainty, "quality_flag": answer.quality_flag,
-            "is_gold": item.is_gold, "is_quiz": page.kind == PageKind.QUIZ,
+            "is_gold": item.is_gold, "is_quiz": is_quiz,
             "gold_missed": None, "trust_at_time": None, "tainted": False, "taint_reason": None,
             "served_at": page.served_at, "submitted_at": now, "seconds": per_item,
         })
     table = Judgment.__table__
     ids = dict(session.execute(
         insert(table).returning(table.c.image_id, table.c.id), values).all())
-    judgments = []
-    for row in values:  # (user, image) is unique: the image id names the new row
-        judgment = Judgment(id=ids[row["image_id"]], **row)
-        make_transient_to_detached(judgment)
-        session.add(judgment)  # persistent as stored: no second INSERT
-        judgments.append(judgment)
-    return judgments
+    # (user, image) is unique: the image id names the new row
+    return [StoredJudgment(ids[row["image_id"]], row["image_id"], row["answer"],
+                           row["certainty"], row["quality_flag"], row["is_gold"], is_quiz)
+            for row in values]
 
 
 _P = Page.__table__
@@ -275,7 +298,7 @@ def _after_submit(
 
 def _grade(
     session: Session, job: Job, spec: JobSpec, user: User, page: Page,
-    judgments: list[Judgment], now: datetime,
+    judgments: list[StoredJudgment], now: datetime,
 ) -> PageOutcome:
     """The quality engine decides everything that follows from a page of answers."""
     return quality_service.on_page_submitted(session, job, spec, user, page, judgments, now,
@@ -285,7 +308,7 @@ def _grade(
 # --- response ------------------------------------------------------------------------------------
 
 def _result(
-    session: Session, page: Page, judgments: list[Judgment], outcome: Any,
+    session: Session, page: Page, judgments: list[StoredJudgment], outcome: Any,
     state: AnnotatorState,
 ) -> SubmitResult:
     """The response stored for replays; ``outcome`` is quality's ``PageOutcome``."""

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -245,7 +245,7 @@ class DbState(QualityState):
     """
 
     def __init__(self, session: Session, job: Job, spec: JobSpec,
-                 pending: Sequence[Judgment] = ()) -> None:
+                 pending: Sequence[SubmittedJudgment] = ()) -> None:
         super().__init__(default_status=new_state(spec).default_status,
                          default_target=spec.judgments.min)
         self.session, self.job = session, job
@@ -499,8 +499,22 @@ def _active_gold_count(session: Session, job: Job) -> int:
 
 # --- a submitted page ----------------------------------------------------------------------------
 
+class SubmittedJudgment(Protocol):
+    """A judgment of the page being graded: a ``Judgment`` row, or the plain record the submit
+    path builds from its INSERT (``annotate.submission.StoredJudgment``)."""
+
+    id: int
+    image_id: int
+    answer: str
+    certainty: str
+    quality_flag: str | None
+    is_gold: bool
+    is_quiz: bool
+    trust_at_time: float | None
+
+
 def on_page_submitted(session: Session, job: Job, spec: JobSpec, user: User, page: Page,
-                      judgments: list[Judgment], now: datetime, *,
+                      judgments: Sequence[SubmittedJudgment], now: datetime, *,
                       job_locked: bool = False) -> PageOutcome:
     """Grade gold, update trust, apply every rule and re-aggregate the page's images.
 
@@ -543,7 +557,7 @@ def on_page_submitted(session: Session, job: Job, spec: JobSpec, user: User, pag
     )
 
 
-def _judgment_in(j: Judgment) -> JudgmentIn:
+def _judgment_in(j: SubmittedJudgment) -> JudgmentIn:
     return JudgmentIn(id=j.id, image_id=j.image_id, answer=j.answer, certainty=j.certainty,
                       quality_flag=j.quality_flag, is_gold=bool(j.is_gold),
                       is_quiz=bool(j.is_quiz))
