@@ -160,9 +160,10 @@ def run_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
     import uvicorn
 
     if workers > 1 and settings.is_sqlite:
-        # Measured (docs/benchmarks.md, issue 11): 2 workers on SQLite, writers queued across
-        # processes on a lock file, gave no more judgments/s than 1 (a page's work happens
-        # inside its write transaction, which SQLite runs one at a time) and 3x the memory.
+        # Measured (docs/benchmarks.md, issue 11, steps 11 and 20): 2 workers on SQLite,
+        # writers queued across processes on the writer lock file (storage/db.py), gave 0-14 %
+        # more judgments/s than 1 for 2.3-3x the memory: a page's work happens inside its write
+        # transaction, which SQLite runs one at a time.
         raise ValueError(
             "--workers > 1 needs PostgreSQL (--db postgresql+psycopg://...); SQLite allows one "
             "writer, so run one worker with SQLite."
