@@ -22,10 +22,16 @@ from cxrlabel.storage.models import (
     User,
     utcnow,
 )
-from cxrlabel.web.app import create_app, run_server
+from cxrlabel.web.app import run_server
 from cxrlabel.web.security import LoginRateLimiter
 from cxrlabel.web.templating import render_standalone_work_page, render_work_page
-from web_support import GOLD_REASON_PREFIX, add_user, gold_answers, seed_job
+from web_support import (
+    GOLD_REASON_PREFIX,
+    add_user,
+    csrf_from_html,
+    gold_answers,
+    web_app_with_small_job,
+)
 
 PASSWORD = "correct horse battery"
 
@@ -33,15 +39,12 @@ PASSWORD = "correct horse battery"
 @pytest.fixture
 def web(db_url, tmp_path):
     db = Database(db_url)
-    seeded = seed_job(db, tmp_path, n_work=12, n_gold=8, quiz_length=3, items_per_page=4,
-                      min_accuracy=0.6)
-    app = create_app(Settings(data_dir=tmp_path, db_url=db_url), db=db)
+    app, seeded = web_app_with_small_job(db, tmp_path, db_url)
     yield app, db, seeded
     db.dispose()
 
 
-def csrf(html: str) -> str:
-    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+csrf = csrf_from_html
 
 
 def login(client: TestClient, username: str, password: str = PASSWORD):

@@ -10,7 +10,6 @@ from another thread and check that the server keeps answering meanwhile.
 from __future__ import annotations
 
 import asyncio
-import re
 import threading
 import time
 from pathlib import Path
@@ -19,10 +18,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from cxrlabel.config import Settings
 from cxrlabel.storage.db import Database
-from cxrlabel.web.app import create_app
-from web_support import add_user, gold_answers, seed_job
+from web_support import add_user, csrf_from_html, gold_answers, web_app_with_small_job
 
 PASSWORD = "correct horse battery"
 HOLD_S = 1.5
@@ -32,15 +29,12 @@ HOLD_S = 1.5
 def env(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
     db = Database(url)
-    seeded = seed_job(db, tmp_path, n_work=12, n_gold=8, quiz_length=3, items_per_page=4,
-                      min_accuracy=0.6)
-    app = create_app(Settings(data_dir=tmp_path, db_url=url), db=db)
+    app, seeded = web_app_with_small_job(db, tmp_path, url)
     yield app, db, seeded
     db.dispose()
 
 
-def _csrf(html: str) -> str:
-    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+_csrf = csrf_from_html
 
 
 def _signed_in_on_a_work_page(app, db, seeded) -> tuple[TestClient, dict]:  # noqa: ANN001

@@ -24,7 +24,7 @@ from cxrlabel.storage.models import Image, User
 from cxrlabel.web.app import create_app
 from cxrlabel.web.images_fast import RenditionStore, SignedImages
 from cxrlabel.web.security import ImageUrlSigner, load_secret_key
-from web_support import add_user, gold_answers, seed_job
+from web_support import add_user, gold_answers, web_app_with_small_job
 
 PASSWORD = "correct horse battery"
 SIGNED = re.compile(r"^/img/(\d+)\.(\d+)\.([A-Za-z0-9_-]{22})/([A-Za-z0-9_-]+)$")
@@ -34,9 +34,7 @@ SIGNED = re.compile(r"^/img/(\d+)\.(\d+)\.([A-Za-z0-9_-]{22})/([A-Za-z0-9_-]+)$"
 def env(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
     db = Database(url)
-    seeded = seed_job(db, tmp_path, n_work=12, n_gold=8, quiz_length=3, items_per_page=4,
-                      min_accuracy=0.6)
-    app = create_app(Settings(data_dir=tmp_path, db_url=url), db=db)
+    app, seeded = web_app_with_small_job(db, tmp_path, url)
     yield app, db, seeded, tmp_path
     db.dispose()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,6 +137,22 @@ def seed_job(
 
 
 _HASHES: dict[str, str] = {}
+
+
+def web_app_with_small_job(db: Database, data_dir: Path, db_url: str):  # noqa: ANN201
+    """The web app over ``db`` with the web tests' usual job: 12 work and 8 gold images, a quiz
+    of 3, pages of 4, minimum accuracy 0.6. Returns ``(app, seeded)``."""
+    from cxrlabel.config import Settings
+    from cxrlabel.web.app import create_app
+
+    seeded = seed_job(db, data_dir, n_work=12, n_gold=8, quiz_length=3, items_per_page=4,
+                      min_accuracy=0.6)
+    return create_app(Settings(data_dir=data_dir, db_url=db_url), db=db), seeded
+
+
+def csrf_from_html(html: str) -> str:
+    """The CSRF token of a rendered form."""
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
 
 
 def add_user(db: Database, username: str, role: str = "annotator",
