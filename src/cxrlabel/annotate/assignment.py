@@ -63,6 +63,9 @@ from cxrlabel.storage.models import (
     new_public_id,
 )
 
+# Core tables of the prebuilt statements below.
+_P, _PI, _I, _G = Page.__table__, PageItem.__table__, Image.__table__, GoldItem.__table__
+
 # Rounds of lock-and-recount before giving up on filling a page (each round takes fresh rows).
 _MAX_LOCK_ROUNDS = 4
 
@@ -211,29 +214,27 @@ def open_pages(session: Session, job: Job, user: User, now: datetime) -> list[Se
     images included)."""
     rows = session.execute(_OPEN_PAGES, {"job": job.id, "user": user.id, "now": now}).all()
     pages: list[ServedPage] = []
-    for page_id, group in itertools.groupby(rows, key=lambda row: row.id):
-        group = list(group)
-        first = group[0]
+    for page_id, page_rows in itertools.groupby(rows, key=lambda row: row.id):
+        item_rows = list(page_rows)
+        first = item_rows[0]
         items = tuple(ServedItem(r.image_id, r.position, bool(r.is_gold),
                                  ServedImage(r.image_id, r.image_public_id, r.rendition_path))
-                      for r in group)
+                      for r in item_rows)
         pages.append(ServedPage(page_id, first.public_id, first.job_id, first.user_id,
                                 first.kind, first.served_at, first.expires_at, items))
     return pages
 
 
-_P_T, _I_T = Page.__table__, Image.__table__
 _OPEN_PAGES = (
-    select(_P_T.c.id, _P_T.c.public_id, _P_T.c.job_id, _P_T.c.user_id, _P_T.c.kind,
-           _P_T.c.served_at, _P_T.c.expires_at, PageItem.__table__.c.image_id,
-           PageItem.__table__.c.position, PageItem.__table__.c.is_gold,
-           _I_T.c.public_id.label("image_public_id"), _I_T.c.rendition_path)
-    .join(PageItem.__table__, PageItem.__table__.c.page_id == _P_T.c.id)
-    .join(_I_T, _I_T.c.id == PageItem.__table__.c.image_id)
-    .where(_P_T.c.job_id == bindparam("job", type_=Integer),
-           _P_T.c.user_id == bindparam("user", type_=Integer),
-           _P_T.c.submitted_at.is_(None), _P_T.c.expires_at > bindparam("now"))
-    .order_by(_P_T.c.id, PageItem.__table__.c.position)
+    select(_P.c.id, _P.c.public_id, _P.c.job_id, _P.c.user_id, _P.c.kind, _P.c.served_at,
+           _P.c.expires_at, _PI.c.image_id, _PI.c.position, _PI.c.is_gold,
+           _I.c.public_id.label("image_public_id"), _I.c.rendition_path)
+    .join(_PI, _PI.c.page_id == _P.c.id)
+    .join(_I, _I.c.id == _PI.c.image_id)
+    .where(_P.c.job_id == bindparam("job", type_=Integer),
+           _P.c.user_id == bindparam("user", type_=Integer),
+           _P.c.submitted_at.is_(None), _P.c.expires_at > bindparam("now"))
+    .order_by(_P.c.id, _PI.c.position)
 )
 
 
@@ -323,14 +324,12 @@ def _unseen_gold_at(
     return picked
 
 
-_G = GoldItem.__table__
-_PI = PageItem.__table__
 _ACTIVE_GOLD_SEEN_BY = (  # the annotator's pages are few next to the bank: start from them
     select(_PI.c.image_id)
-    .join(Page.__table__, Page.__table__.c.id == _PI.c.page_id)
+    .join(_P, _P.c.id == _PI.c.page_id)
     .join(_G, _G.c.image_id == _PI.c.image_id)
-    .where(Page.__table__.c.job_id == bindparam("job", type_=Integer),
-           Page.__table__.c.user_id == bindparam("user", type_=Integer),
+    .where(_P.c.job_id == bindparam("job", type_=Integer),
+           _P.c.user_id == bindparam("user", type_=Integer),
            _G.c.active.is_(True))
 )
 _N_ACTIVE_GOLD = select(func.count()).select_from(_G).where(
@@ -565,13 +564,13 @@ def _make_page(
                       values["expires_at"], items)
 
 
-_PAGE_IMAGES = select(_I_T.c.id, _I_T.c.public_id, _I_T.c.rendition_path).where(
-    _I_T.c.id.in_(bindparam("ids", expanding=True)))
-_INSERT_PAGE = insert(Page.__table__).returning(Page.__table__.c.id)
+_PAGE_IMAGES = select(_I.c.id, _I.c.public_id, _I.c.rendition_path).where(
+    _I.c.id.in_(bindparam("ids", expanding=True)))
+_INSERT_PAGE = insert(_P).returning(_P.c.id)
 
 
 def _insert_items(session: Session, page_id: int, entries: list[tuple[int, bool]]) -> None:
     """One multi-row INSERT for a page's items (the ORM inserts them one by one on SQLite)."""
-    session.execute(insert(PageItem.__table__),
+    session.execute(insert(_PI),
                     [{"page_id": page_id, "image_id": i, "position": pos, "is_gold": g}
                      for pos, (i, g) in enumerate(entries)])
