@@ -121,12 +121,12 @@ def submit_page(
     return result
 
 
-_S, _PG = Submission.__table__, Page.__table__
+_S, _P = Submission.__table__, Page.__table__
 _INSERT_SUBMISSION = insert(_S).returning(_S.c.id)
 _STORE_RESPONSE = update(_S).where(_S.c.id == bindparam("submission")).values(
     response=bindparam("response", type_=_S.c.response.type))
-_MARK_SUBMITTED = update(_PG).where(_PG.c.id == bindparam("page")).values(
-    submitted_at=bindparam("now", type_=_PG.c.submitted_at.type))
+_MARK_SUBMITTED = update(_P).where(_P.c.id == bindparam("page")).values(
+    submitted_at=bindparam("now", type_=_P.c.submitted_at.type))
 
 
 def stored_result(session: Session, user: User, page: Page) -> SubmitResult | None:
@@ -266,7 +266,6 @@ def _insert_judgments(
             for row in values]
 
 
-_P = Page.__table__
 _OTHER_OPEN_PAGES = update(_P).where(
     _P.c.job_id == bindparam("job"), _P.c.user_id == bindparam("user"),
     _P.c.submitted_at.is_(None), _P.c.expires_at > bindparam("now"),
