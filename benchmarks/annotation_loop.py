@@ -111,6 +111,7 @@ class Stats:
     loops: int = 0
     judgments_acked: int = 0  # 'saved' of every successful submit in the timed phase
     work_acked: int = 0
+    items_completed: int = 0  # items of the pages whose submit was acknowledged (timed phase)
     warmup_acked: int = 0  # quiz pages (before the clock starts)
     image_bytes: int = 0
     stopped: Counter = field(default_factory=Counter)  # why workers stopped
@@ -226,6 +227,7 @@ class Annotator:
                 self._error("submit:unexpected_replay")
                 continue
             self.stats.loops += 1
+            self.stats.items_completed += len(page["items"])
             self.stats.judgments_acked += int(result["saved"])
             self.stats.work_acked += int(result["saved"]) - int(result["gold_seen"])
             self.stats.latency["loop"].append((time.perf_counter() - t0) * 1000.0)
@@ -454,6 +456,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "duration_target_s": args.seconds, **run_info,
         "items_per_page": items_per_page, "spec_changes": list(SPEC_CHANGES),
         "loops_completed": stats.loops,
+        # Pages near the end of a job hold fewer than items_per_page items: count what was served.
+        "items_completed": stats.items_completed,
+        "judgments_acknowledged": stats.judgments_acked,
         "loops_per_s": round(stats.loops / elapsed, 2),
         "judgments_per_s": round(stats.judgments_acked / elapsed, 1),
         "work_judgments_per_s": round(stats.work_acked / elapsed, 1),

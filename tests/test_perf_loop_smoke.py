@@ -72,8 +72,12 @@ def test_annotation_loop_stores_exactly_what_it_acknowledged(live_server) -> Non
     assert result["errors"]["total"] == 0, result["errors"]
     assert result["annotators_active"] == 4  # everyone passed the quiz
     assert result["loops_completed"] > 0
-    # Every page has items_per_page answers, so judgments follow loops exactly.
     assert result["judgments_per_s"] > 0
+    # A fast machine reaches the end of the job, where pages hold fewer than items_per_page
+    # items: the invariant is one image fetch and one stored answer per item actually served.
+    served = result["items_completed"]
+    assert 0 < served <= result["loops_completed"] * result["items_per_page"]
+    assert result["judgments_acknowledged"] == served
     checked = result["verify"]
     assert checked["stored_judgments"] == checked["acknowledged_judgments"] > 0
     assert checked["images_over_target"] == 0
@@ -81,5 +85,4 @@ def test_annotation_loop_stores_exactly_what_it_acknowledged(live_server) -> Non
     assert checked["trusted_count_mismatches"] == 0
     assert checked["tainted_judgments"] == 0 and checked["inactive_users"] == 0
     assert result["ok"] is True
-    assert result["latency"]["image"]["count"] == (
-        result["loops_completed"] * result["items_per_page"])
+    assert result["latency"]["image"]["count"] == served
