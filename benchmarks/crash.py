@@ -53,11 +53,15 @@ from load import (  # noqa: E402
 )
 
 from cxrlabel.storage.db import Database  # noqa: E402
-from cxrlabel.storage.models import Image, ImageStatus, Job, Page, PageItem, User  # noqa: E402
-
-
-def as_utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+from cxrlabel.storage.models import (  # noqa: E402
+    Image,
+    ImageStatus,
+    Job,
+    Page,
+    PageItem,
+    User,
+    as_utc,
+)
 
 
 def open_pages_at(db_url: str, now: datetime, usernames: list[str]

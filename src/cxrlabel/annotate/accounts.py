@@ -16,9 +16,8 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cxrlabel.annotate._time import as_utc
-from cxrlabel.annotate.schemas import EngineError
-from cxrlabel.storage.models import AuditEvent, Invite, Job, Role, User, utcnow
+from cxrlabel.errors import EngineError
+from cxrlabel.storage.models import AuditEvent, Invite, Job, Role, User, as_utc, utcnow
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{1,39}$")
 MIN_PASSWORD_LENGTH = 8

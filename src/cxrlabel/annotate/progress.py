@@ -8,7 +8,6 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from cxrlabel.annotate._time import as_utc
 from cxrlabel.annotate.accounts import invite_problem
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.storage.models import (
@@ -22,6 +21,7 @@ from cxrlabel.storage.models import (
     Judgment,
     Page,
     User,
+    as_utc,
 )
 
 

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cxrlabel.errors import EngineError
+from cxrlabel.quality.records import MissedGold
 
-class EngineError(Exception):
-    """A refusal the caller should show as-is: a stable ``code``, a human ``message`` and the
-    HTTP status a web layer should use (the engine itself never imports a web framework)."""
-
-    def __init__(self, code: str, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.code, self.message, self.status = code, message, status
+__all__ = ["AnswerIn", "EngineError", "MissedGold", "SubmissionError", "SubmitResult"]
 
 
 class SubmissionError(EngineError):
@@ -25,16 +21,6 @@ class AnswerIn(BaseModel):
     answer: str = Field(min_length=1, max_length=32)
     certainty: str = Field(min_length=1, max_length=16)
     quality_flag: str | None = Field(default=None, max_length=32)
-
-
-class MissedGold(BaseModel):
-    """Feedback for one missed test question; only ever sent *after* the page is submitted."""
-
-    judgment_id: int
-    image_public_id: str
-    given_answer: str
-    accepted_answers: list[str]
-    reason: str
 
 
 class SubmitResult(BaseModel):

@@ -13,7 +13,7 @@ Policy (docs/annotator-app.md):
 - Removed or disqualified annotators cannot submit (403 ``not_active``).
 
 After inserting the judgments (flushed, same transaction) the quality engine grades the page
-(``cxrlabel.quality.service.on_page_submitted``).
+(``cxrlabel.quality.grading.on_page_submitted``).
 """
 
 from __future__ import annotations
@@ -21,18 +21,16 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from cxrlabel.annotate._time import as_utc
 from cxrlabel.annotate.assignment import DEFAULT_STATUS_MESSAGES, open_reservations
-from cxrlabel.annotate.schemas import AnswerIn, MissedGold, SubmissionError, SubmitResult
+from cxrlabel.annotate.schemas import AnswerIn, SubmissionError, SubmitResult
 from cxrlabel.jobspec import JobSpec
-from cxrlabel.quality import service as quality_service
-from cxrlabel.quality.service import PageOutcome
+from cxrlabel.quality import grading as quality_service
+from cxrlabel.quality.records import PageOutcome, SubmittedJudgment
 from cxrlabel.storage.models import (
     AnnotatorState,
     AnnotatorStatus,
@@ -45,6 +43,7 @@ from cxrlabel.storage.models import (
     PageKind,
     Submission,
     User,
+    as_utc,
 )
 
 MAX_CLIENT_ID_LENGTH = 64
@@ -223,25 +222,10 @@ def _check_expired_page_still_needed(
 
 # --- storing -------------------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
-class StoredJudgment:
-    """A judgment just inserted by this submit, as the quality engine reads it (plain values;
-    the engine writes its grading back with Core statements)."""
-
-    id: int
-    image_id: int
-    answer: str
-    certainty: str
-    quality_flag: str | None
-    is_gold: bool
-    is_quiz: bool
-    trust_at_time: float | None = None
-
-
 def _insert_judgments(
     session: Session, job: Job, user: User, page: Page, items: list[_Item],
     submission_id: int, by_image: dict[int, AnswerIn], now: datetime,
-) -> list[StoredJudgment]:
+) -> list[SubmittedJudgment]:
     """One multi-row INSERT (the ORM would insert row by row on SQLite to read each id back)."""
     elapsed = max((now - as_utc(page.served_at)).total_seconds(), 0.0)
     per_item = elapsed / max(len(items), 1)
@@ -261,8 +245,8 @@ def _insert_judgments(
     ids = dict(session.execute(
         insert(table).returning(table.c.image_id, table.c.id), values).all())
     # (user, image) is unique: the image id names the new row
-    return [StoredJudgment(ids[row["image_id"]], row["image_id"], row["answer"],
-                           row["certainty"], row["quality_flag"], row["is_gold"], is_quiz)
+    return [SubmittedJudgment(ids[row["image_id"]], row["image_id"], row["answer"],
+                              row["certainty"], row["quality_flag"], row["is_gold"], is_quiz)
             for row in values]
 
 
@@ -297,7 +281,7 @@ def _after_submit(
 
 def _grade(
     session: Session, job: Job, spec: JobSpec, user: User, page: Page,
-    judgments: list[StoredJudgment], now: datetime,
+    judgments: list[SubmittedJudgment], now: datetime,
 ) -> PageOutcome:
     """The quality engine decides everything that follows from a page of answers."""
     return quality_service.on_page_submitted(session, job, spec, user, page, judgments, now,
@@ -307,22 +291,16 @@ def _grade(
 # --- response ------------------------------------------------------------------------------------
 
 def _result(
-    session: Session, page: Page, judgments: list[StoredJudgment], outcome: Any,
+    session: Session, page: Page, judgments: list[SubmittedJudgment], outcome: PageOutcome,
     state: AnnotatorState,
 ) -> SubmitResult:
-    """The response stored for replays; ``outcome`` is quality's ``PageOutcome``."""
-    missed = [
-        MissedGold(judgment_id=m.judgment_id, image_public_id=m.image_public_id,
-                   given_answer=m.given_answer, accepted_answers=list(m.accepted_answers),
-                   reason=m.reason)
-        for m in outcome.missed_gold
-    ]
+    """The response stored for replays (missed gold only ever after the submit)."""
     return SubmitResult(
         page_id=page.public_id,
         kind=page.kind,
         saved=len(judgments),
         gold_seen=sum(1 for j in judgments if j.is_gold),
-        missed_gold=missed,
+        missed_gold=list(outcome.missed_gold),
         quiz_passed=outcome.quiz_passed,
         quiz_accuracy=outcome.quiz_accuracy,
         annotator_status=state.status,

@@ -2,7 +2,7 @@
 
 Everything is inline (CSS, JS, images as data URIs), so the file opens offline in any browser
 and makes no request. The work page is the annotator web app's own template, CSS and JS
-(``cxrlabel.web.templating``), so the preview cannot drift from the real job.
+(``cxrlabel.templating``), so the preview cannot drift from the real job.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from cxrlabel.design.instructions import (
 )
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.storage.models import Job, utcnow
-from cxrlabel.web.templating import render_standalone_work_page
+from cxrlabel.templating import render_standalone_work_page
 
 TEMPLATES = Path(__file__).parent / "templates"
 

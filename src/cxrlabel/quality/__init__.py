@@ -2,8 +2,11 @@
 expert review, and a replayable audit trail.
 
 Pure core (no web or database imports): ``trust``, ``rules``, ``consensus``, ``state``,
-``events``, ``engine``. Database adapter: ``service`` (imported explicitly by its users, so
-importing this package stays light). Commands: ``cli``.
+``events``, ``engine``, ``records`` (what annotate hands to quality and gets back). Database
+side (imported explicitly by its users, so importing this package stays light): ``store`` (state
+adapter), ``grading`` (a submitted page), ``commands`` (admin, annotator and expert actions),
+``views`` (read views for pages), ``audit`` (replay); ``service`` re-exports them under one name
+for scripts and tests. CLI commands: ``cli``.
 """
 
 from .engine import Decision, Engine, PageResult, new_state, replay

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cxrlabel.context import app_context, console, fail, get_job
-from cxrlabel.quality import service
+from cxrlabel.quality import audit, commands, store, views
 from cxrlabel.storage.models import Role, User, utcnow
 
 JOB_OPTION = typer.Option(None, "--job", help="Job name [default: pneumonia-pediatric].")
@@ -54,7 +54,7 @@ def _user(session: Session, username: str) -> User:
 def _guard(action):  # noqa: ANN001, ANN202 - turn refusals into one clean line
     try:
         return action()
-    except service.QualityError as exc:
+    except store.QualityError as exc:
         fail(exc.message)
 
 
@@ -69,7 +69,7 @@ def replay_command(
     with app_context(ctx).db.session() as session:
         job_row, spec = get_job(session, job)
         with console.status("Replaying the quality log..."):
-            report = service.verify_replay(session, job_row, spec, fix=fix, now=utcnow())
+            report = audit.verify_replay(session, job_row, spec, fix=fix, now=utcnow())
     summary = {"job": job_row.name, "matched": report.matched, "events": report.events,
                "annotators": report.annotators, "images": report.images,
                "judgments": report.judgments,
@@ -98,7 +98,7 @@ def annotators_list(ctx: typer.Context, job: str = JOB_OPTION,
     """Trust, judgments, gold seen/missed/contested/forgiven, speed trips, flags, state."""
     with app_context(ctx).db.session() as session:
         job_row, _ = get_job(session, job)
-        rows = service.contributors(session, job_row)
+        rows = views.contributors(session, job_row)
     if as_json:
         console.print_json(json.dumps([
             {**{k: v for k, v in r.__dict__.items() if k != "joined_at"},
@@ -124,7 +124,7 @@ def annotators_remove(ctx: typer.Context, username: str,
     with app_context(ctx).db.session() as session:
         job_row, spec = get_job(session, job)
         user = _user(session, username)
-        _guard(lambda: service.remove_annotator(session, job_row, spec, _admin(session, admin),
+        _guard(lambda: commands.remove_annotator(session, job_row, spec, _admin(session, admin),
                                                 user.id, reason, utcnow()))
     console.print(f"Removed {username} from {job_row.name}.")
 
@@ -137,7 +137,7 @@ def annotators_reinstate(ctx: typer.Context, username: str,
     with app_context(ctx).db.session() as session:
         job_row, spec = get_job(session, job)
         user = _user(session, username)
-        _guard(lambda: service.reinstate_annotator(session, job_row, spec,
+        _guard(lambda: commands.reinstate_annotator(session, job_row, spec,
                                                    _admin(session, admin), user.id, reason,
                                                    utcnow()))
     console.print(f"Reinstated {username} in {job_row.name}.")
@@ -150,7 +150,7 @@ def contests_list(ctx: typer.Context, job: str = JOB_OPTION,
     """Contests with the gold item, the annotator's answer and reason, and any reply."""
     with app_context(ctx).db.session() as session:
         job_row, _ = get_job(session, job)
-        rows = service.list_contests(session, job_row, None if status == "all" else status)
+        rows = views.list_contests(session, job_row, None if status == "all" else status)
     if as_json:
         console.print_json(json.dumps([
             {**{k: v for k, v in c.__dict__.items() if not k.endswith("_at")},
@@ -176,7 +176,7 @@ def contests_resolve(
     """Uphold a test question's answer, or change its accepted answers (regrades everyone)."""
     with app_context(ctx).db.session() as session:
         job_row, spec = get_job(session, job)
-        contest = _guard(lambda: service.resolve_contest(
+        contest = _guard(lambda: commands.resolve_contest(
             session, job_row, spec, _admin(session, admin), contest_id, action, reply, accept,
             utcnow()))
         status = contest.status

@@ -39,6 +39,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes (stored as UTC); compare everything as aware UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
 def new_public_id() -> str:
     """An unguessable, meaningless identifier for URLs (128 bits)."""
     return secrets.token_urlsafe(16)

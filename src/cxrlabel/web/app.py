@@ -21,9 +21,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from cxrlabel import __version__
-from cxrlabel.annotate.schemas import EngineError
 from cxrlabel.config import Settings
+from cxrlabel.errors import EngineError
 from cxrlabel.storage.db import Database
+from cxrlabel.templating import STATIC_DIR
 from cxrlabel.web import routes
 from cxrlabel.web.deps import LoginRequired, is_api, render
 from cxrlabel.web.images_fast import ImageUrls, RenditionStore, SignedImages
@@ -34,7 +35,6 @@ from cxrlabel.web.security import (
     SessionSigner,
     load_secret_key,
 )
-from cxrlabel.web.templating import STATIC_DIR
 
 log = logging.getLogger("cxrlabel.web")
 

@@ -25,6 +25,7 @@ from cxrlabel.context import spec_from_job_row
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import Job, User
+from cxrlabel.templating import env
 from cxrlabel.web.security import (
     CSRF_FIELD,
     CSRF_HEADER,
@@ -32,7 +33,6 @@ from cxrlabel.web.security import (
     csrf_ok,
     password_fingerprint,
 )
-from cxrlabel.web.templating import env
 
 templates = Jinja2Templates(env=env)
 

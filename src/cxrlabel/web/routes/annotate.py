@@ -10,8 +10,9 @@ from starlette.datastructures import FormData
 from starlette.responses import Response
 
 from cxrlabel.annotate.assignment import join_job, next_page_or_reason, prefetch_page
-from cxrlabel.annotate.schemas import AnswerIn, EngineError, SubmissionError
+from cxrlabel.annotate.schemas import AnswerIn, SubmissionError
 from cxrlabel.annotate.submission import stored_result, submit_page
+from cxrlabel.errors import EngineError
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.storage.models import (
     AnnotatorStatus,
@@ -22,6 +23,7 @@ from cxrlabel.storage.models import (
     User,
     utcnow,
 )
+from cxrlabel.templating import render_work_page, viewer_keys
 from cxrlabel.web.deps import (
     csrf_protect,
     get_db,
@@ -36,7 +38,6 @@ from cxrlabel.web.flow import (
     new_client_submission_id,
     page_items,
 )
-from cxrlabel.web.templating import render_work_page, viewer_keys
 
 router = APIRouter(include_in_schema=False)
 annotator = require_role(Role.ANNOTATOR)
@@ -218,7 +219,7 @@ def _contest_form(request: Request, job_name: str, user: User, form: FormData) -
         raise HTTPException(422, "judgment_id must be a number") from None
     reason = str(form.get("reason", ""))[:4000]
     page_id = str(form.get("page_id", ""))
-    from cxrlabel.quality.service import contest_gold
+    from cxrlabel.quality.commands import contest_gold
 
     with get_db(request).session() as s:
         job, _spec = job_and_spec(s, job_name)

@@ -141,7 +141,7 @@ def post_submit(request: Request, job_name: str, page_id: str, body: SubmitIn,
              dependencies=[Depends(csrf_protect)], summary="Contest a missed test question")
 def post_contest(request: Request, job_name: str, body: ContestIn,
                  user: User = Depends(annotator)) -> ContestOut:
-    from cxrlabel.quality.service import contest_gold
+    from cxrlabel.quality.commands import contest_gold
 
     with get_db(request).session() as s:
         job, _spec = job_and_spec(s, job_name)

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response
 
-from cxrlabel.quality import service
+from cxrlabel.quality import audit, commands, views
 from cxrlabel.storage.models import Role, User, utcnow
 from cxrlabel.web.deps import csrf_protect, get_db, job_and_spec, render, require_role
 
@@ -45,11 +45,11 @@ def _annotator_action(request: Request, job_name: str, user: User, user_id: int,
         job, spec = job_and_spec(s, job_name)
         actor = s.get(User, user.id)
         if action == "remove":
-            row = service.remove_annotator(s, job, spec, actor, user_id, text, utcnow())
+            row = commands.remove_annotator(s, job, spec, actor, user_id, text, utcnow())
         elif action == "reinstate":
-            row = service.reinstate_annotator(s, job, spec, actor, user_id, text, utcnow())
+            row = commands.reinstate_annotator(s, job, spec, actor, user_id, text, utcnow())
         else:
-            row = service.send_message(s, job, actor, user_id, text, utcnow())
+            row = commands.send_message(s, job, actor, user_id, text, utcnow())
         return {"user_id": user_id, "status": row.status, "message": row.message}
 
 
@@ -57,13 +57,13 @@ def _resolve(request: Request, job_name: str, user: User, contest_id: int,
              body: ResolveIn) -> dict:
     with get_db(request).session() as s:
         job, spec = job_and_spec(s, job_name)
-        contest = service.resolve_contest(s, job, spec, s.get(User, user.id), contest_id,
+        contest = commands.resolve_contest(s, job, spec, s.get(User, user.id), contest_id,
                                           body.action, body.reply, body.accepted_answers,
                                           utcnow())
         return {"contest_id": contest.id, "status": contest.status, "reply": contest.reply}
 
 
-def _contributor_json(c: service.Contributor) -> dict:
+def _contributor_json(c: views.Contributor) -> dict:
     return {**asdict(c), "joined_at": c.joined_at.isoformat()}
 
 
@@ -73,7 +73,7 @@ def _contributor_json(c: service.Contributor) -> dict:
 def contributors_page(request: Request, job_name: str, user: User = Depends(admin)) -> Response:
     with get_db(request).session() as s:
         job, _ = job_and_spec(s, job_name)
-        rows = service.contributors(s, job)
+        rows = views.contributors(s, job)
     return render(request, "quality/contributors.html", {"job": job, "rows": rows})
 
 
@@ -90,9 +90,9 @@ def contributor_action(request: Request, job_name: str, user_id: int,
 def contests_page(request: Request, job_name: str, user: User = Depends(admin)) -> Response:
     with get_db(request).session() as s:
         job, spec = job_and_spec(s, job_name)
-        open_ = service.list_contests(s, job, "open")
-        closed = service.list_contests(s, job, None)
-        stats = service.gold_stats(s, job)
+        open_ = views.list_contests(s, job, "open")
+        closed = views.list_contests(s, job, None)
+        stats = views.gold_stats(s, job)
     return render(request, "quality/contests.html", {
         "job": job, "spec": spec, "open": open_,
         "closed": [c for c in closed if c.status != "open"][-50:], "stats": stats})
@@ -117,7 +117,7 @@ async def contest_resolve(request: Request, job_name: str, contest_id: int,
 def api_contributors(request: Request, job_name: str, user: User = Depends(admin)) -> list[dict]:
     with get_db(request).session() as s:
         job, _ = job_and_spec(s, job_name)
-        return [_contributor_json(c) for c in service.contributors(s, job)]
+        return [_contributor_json(c) for c in views.contributors(s, job)]
 
 
 @router.post("/api/jobs/{job_name}/contributors/{user_id}/remove", summary="Remove an annotator",
@@ -147,7 +147,7 @@ def api_contests(request: Request, job_name: str, status: str = "open",
                  user: User = Depends(admin)) -> list[dict]:
     with get_db(request).session() as s:
         job, _ = job_and_spec(s, job_name)
-        rows = service.list_contests(s, job, None if status == "all" else status)
+        rows = views.list_contests(s, job, None if status == "all" else status)
     return [{**asdict(c), "created_at": c.created_at.isoformat(),
              "resolved_at": c.resolved_at.isoformat() if c.resolved_at else None}
             for c in rows]
@@ -165,7 +165,7 @@ def api_resolve(request: Request, job_name: str, contest_id: int, body: ResolveI
 def api_gold_stats(request: Request, job_name: str, user: User = Depends(admin)) -> list[dict]:
     with get_db(request).session() as s:
         job, _ = job_and_spec(s, job_name)
-        stats = service.gold_stats(s, job)
+        stats = views.gold_stats(s, job)
     return [{**asdict(g), "pct_missed": g.pct_missed, "pct_contested": g.pct_contested}
             for g in stats]
 
@@ -175,7 +175,7 @@ def api_gold_stats(request: Request, job_name: str, user: User = Depends(admin))
 def api_replay(request: Request, job_name: str, user: User = Depends(admin)) -> dict:
     with get_db(request).session() as s:
         job, spec = job_and_spec(s, job_name)
-        report = service.verify_replay(s, job, spec)
+        report = audit.verify_replay(s, job, spec)
     return {"matched": report.matched, "events": report.events,
             "judgments": report.judgments, "differences": report.differences,
             "unprocessed_judgments": report.unprocessed_judgments}

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from starlette.responses import RedirectResponse, Response
 
-from cxrlabel.quality import service
+from cxrlabel.quality import commands, views
 from cxrlabel.storage.models import Image, Role, User, utcnow
 from cxrlabel.web.deps import csrf_protect, get_db, job_and_spec, render, require_role
 
@@ -42,7 +42,7 @@ def _record(request: Request, job_name: str, public_id: str, user: User,
             body: ExpertLabelIn) -> dict:
     with get_db(request).session() as s:
         job, spec = job_and_spec(s, job_name)
-        review = service.record_expert_label(
+        review = commands.record_expert_label(
             s, job, spec, s.get(User, user.id), _image_id(s, job.id, public_id), body.label,
             body.reason, utcnow(), promote_to_gold=body.promote_to_gold,
             gold_reason=body.gold_reason)
@@ -57,7 +57,7 @@ def _record(request: Request, job_name: str, public_id: str, user: User,
 def queue_page(request: Request, job_name: str, user: User = Depends(expert)) -> Response:
     with get_db(request).session() as s:
         job, spec = job_and_spec(s, job_name)
-        items = service.review_queue(s, job, spec)
+        items = views.review_queue(s, job, spec)
     return render(request, "quality/review_queue.html",
                   {"job": job, "items": items, "spec": spec})
 
@@ -68,7 +68,7 @@ def review_page(request: Request, job_name: str, public_id: str,
     with get_db(request).session() as s:
         job, spec = job_and_spec(s, job_name)
         image_id = _image_id(s, job.id, public_id)
-        queue = service.review_queue(s, job, spec)
+        queue = views.review_queue(s, job, spec)
         item = next((it for it in queue if it.image_id == image_id), None)
         image = s.get(Image, image_id)
     if item is None:
@@ -110,7 +110,7 @@ def review_submit(request: Request, job_name: str, public_id: str,
 def api_queue(request: Request, job_name: str, user: User = Depends(expert)) -> list[dict]:
     with get_db(request).session() as s:
         job, spec = job_and_spec(s, job_name)
-        items = service.review_queue(s, job, spec)
+        items = views.review_queue(s, job, spec)
     return [{k: v for k, v in asdict(it).items() if k != "image_id"} for it in items]
 
 

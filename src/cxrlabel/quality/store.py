@@ -1,0 +1,437 @@
+"""Database adapter of the quality engine: rows in, events through ``Engine``, rows and audit out.
+
+Everything here runs inside the caller's transaction (the web app's request or the simulator's
+unit of work). Each mutating entry point first locks the job row (``lock_job``), so on
+PostgreSQL quality updates of one job are serialised and the audit log's order is the order in
+which the decisions were made; that order is what ``audit.replay`` follows. (SQLite already
+serialises writers with ``BEGIN IMMEDIATE``.)
+
+The audit log holds two kinds of rows:
+
+* inputs (``INPUT_ACTIONS``): a submitted page, an admin removing or reinstating someone, a gold
+  correction, a contest, an expert label. Replaying them in order recomputes the whole state;
+* decisions (``quality.*``): what the engine concluded and why (reason plus the numbers used).
+
+Users of this adapter: ``grading`` (a submitted page), ``admin`` (commands), ``views`` (read
+views for pages) and ``audit`` (replay and its check).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
+
+from cxrlabel.errors import EngineError
+from cxrlabel.jobspec import JobSpec
+from cxrlabel.storage.models import AnnotatorState, AuditEvent, GoldItem, Image, Job, Judgment
+
+from .engine import Decision, Engine, new_state
+from .events import Event, JudgmentIn
+from .records import SubmittedJudgment
+from .state import (
+    AnnotatorRec,
+    AnswerCounts,
+    GoldRec,
+    ImageRec,
+    JudgmentRec,
+    QualityState,
+)
+
+# Audit actions that are inputs of the quality state (replayed in log order).
+# Audit actions that are inputs of the quality state (replayed in log order).
+PAGE_SUBMITTED = "page.submitted"
+GOLD_CHANGED = "gold.changed"
+CONTEST_OPENED = "contest.opened"
+ADMIN_REMOVED = "admin.annotator_removed"
+ADMIN_REINSTATED = "admin.annotator_reinstated"
+EXPERT_LABELED = "expert.labeled"
+INPUT_ACTIONS = (
+    PAGE_SUBMITTED, GOLD_CHANGED, CONTEST_OPENED, ADMIN_REMOVED, ADMIN_REINSTATED, EXPERT_LABELED
+)
+# Audit actions that change nothing the engine computes.
+CONTEST_UPHELD = "contest.upheld"
+CONTEST_CHANGED = "contest.changed"
+MESSAGE_SENT = "admin.message_sent"
+GOLD_EDITED = "gold.edited"
+
+
+class QualityError(EngineError):
+    """A refused quality action (bad input, wrong role, conflict); nothing was changed."""
+
+
+class ReviewConflict(QualityError):
+    def __init__(self, message: str) -> None:
+        super().__init__("review_conflict", message, 409)
+
+
+
+# --- rows <-> records ---------------------------------------------------------------------------
+
+def annotator_rec(row: AnnotatorState) -> AnnotatorRec:
+    return AnnotatorRec(
+        user_id=row.user_id, status=row.status, status_reason=row.status_reason,
+        trust=row.trust, gold_seen=row.gold_seen, gold_missed=row.gold_missed,
+        gold_contested=row.gold_contested, gold_forgiven=row.gold_forgiven,
+        judgments=row.judgments, speed_trips=row.speed_trips, flags=dict(row.flags or {}),
+        message=row.message, quiz_passed=row.quiz_passed_at is not None,
+    )
+
+
+def image_rec(row: Image) -> ImageRec:
+    return ImageRec(
+        image_id=row.id, status=row.status, judgment_target=row.judgment_target,
+        trusted_judgments=row.trusted_judgments, label=row.label, confidence=row.confidence,
+        proba=dict(row.proba) if row.proba is not None else None,
+        aggregation_method=row.aggregation_method,
+    )
+
+
+def judgment_rec(row: Judgment) -> JudgmentRec:
+    return JudgmentRec(
+        id=row.id, image_id=row.image_id, user_id=row.user_id, page_id=row.page_id,
+        answer=row.answer, certainty=row.certainty, quality_flag=row.quality_flag,
+        is_gold=row.is_gold, is_quiz=row.is_quiz, gold_missed=row.gold_missed,
+        trust_at_time=row.trust_at_time, taints=JudgmentRec.parse_taints(row.taint_reason),
+    )
+
+
+def set_changed(row: Any, name: str, value: Any) -> None:
+    if getattr(row, name) != value:
+        setattr(row, name, value)
+
+
+def write_annotator(row: AnnotatorState, rec: AnnotatorRec, now: datetime) -> None:
+    for name in ("status", "status_reason", "trust", "gold_seen", "gold_missed",
+                 "gold_contested", "gold_forgiven", "judgments", "speed_trips", "message"):
+        set_changed(row, name, getattr(rec, name))
+    set_changed(row, "flags", dict(rec.flags))
+    if rec.quiz_passed and row.quiz_passed_at is None:
+        row.quiz_passed_at = now
+
+
+def write_image(row: Image, rec: ImageRec) -> None:
+    for name in ("status", "judgment_target", "trusted_judgments", "label", "confidence",
+                 "proba", "aggregation_method"):
+        set_changed(row, name, getattr(rec, name))
+
+
+def write_judgment(row: Judgment, rec: JudgmentRec) -> None:
+    set_changed(row, "gold_missed", rec.gold_missed)
+    set_changed(row, "trust_at_time", rec.trust_at_time)
+    set_changed(row, "tainted", rec.tainted)
+    set_changed(row, "taint_reason", rec.taint_reason)
+
+
+_ANNOTATOR_COLUMNS = ("status", "status_reason", "trust", "gold_seen", "gold_missed",
+                      "gold_contested", "gold_forgiven", "judgments", "speed_trips", "message",
+                      "flags", "quiz_passed_at", "answer_counts")
+_IMAGE_COLUMNS = ("status", "judgment_target", "trusted_judgments", "label", "confidence",
+                  "proba", "aggregation_method")
+_JUDGMENT_COLUMNS = ("gold_missed", "trust_at_time", "tainted", "taint_reason")
+# Ids per ``IN (...)`` list: far below SQLite's and PostgreSQL's parameter limits.
+_CHUNK = 900
+
+
+# The hot path's statements, built once with bound parameters: building a SQLAlchemy statement
+# and its cache key costs more Python than SQLite takes to run it (about 0.1-0.2 ms each).
+_A, _I, _J = AnnotatorState.__table__, Image.__table__, Judgment.__table__
+_IDS = bindparam("ids", expanding=True)
+_SELECT_ANNOTATORS = select(_A).where(_A.c.job_id == bindparam("job"), _A.c.user_id.in_(_IDS))
+# By primary key only (the job is checked on the rows): with ``AND job_id = ?`` SQLite (no
+# statistics) preferred a job_id index and scanned every image of the job for nine ids.
+_SELECT_IMAGES = select(_I.c.id, _I.c.job_id, _I.c.model_score,
+                        *(_I.c[n] for n in _IMAGE_COLUMNS)).where(_I.c.id.in_(_IDS))
+_SELECT_GOLD = select(GoldItem.__table__.c.image_id, GoldItem.__table__.c.accepted_answers,
+                      GoldItem.__table__.c.active).where(GoldItem.__table__.c.image_id.in_(_IDS))
+_NOT_PENDING = _J.c.id.not_in(bindparam("pending", expanding=True))
+# By image: no job condition (an image's judgments are all of its job, and the engine asks only
+# about images of this job); with one, SQLite walked ``ix_judgments_job``, i.e. every judgment
+# of the job, for each page. Callers sort by id.
+_SELECT_JUDGMENTS_ON = select(_J).where(_J.c.image_id.in_(_IDS), _NOT_PENDING)
+# By annotator: ``job_id + 0`` keeps SQLite on the (user_id, image_id) index for the same reason.
+_SELECT_JUDGMENTS_BY = select(_J).where(
+    _J.c.user_id == bindparam("user"), (_J.c.job_id + 0) == bindparam("job"), _NOT_PENDING)
+# executemany UPDATE by primary key (bind names differ from column names: SQLAlchemy reserves
+# those for its own SET clause).
+_UPDATES = {
+    model: update(model.__table__).where(model.__table__.c.id == bindparam("_id"))
+    .values({name: bindparam("v_" + name) for name in columns})
+    for model, columns in ((AnnotatorState, _ANNOTATOR_COLUMNS), (Image, _IMAGE_COLUMNS),
+                           (Judgment, _JUDGMENT_COLUMNS))
+}
+_INSERT_AUDIT = insert(AuditEvent.__table__)
+
+
+def _chunks(ids: Sequence[int]) -> Iterable[Sequence[int]]:
+    for start in range(0, len(ids), _CHUNK):
+        yield ids[start:start + _CHUNK]
+
+
+def _image_values(rec: ImageRec) -> dict[str, Any]:
+    values = {name: getattr(rec, name) for name in _IMAGE_COLUMNS}
+    values["proba"] = dict(rec.proba) if rec.proba is not None else None
+    return values
+
+
+def _judgment_values(rec: JudgmentRec) -> dict[str, Any]:
+    return {"gold_missed": rec.gold_missed, "trust_at_time": rec.trust_at_time,
+            "tainted": rec.tainted, "taint_reason": rec.taint_reason}
+
+
+class DbState(QualityState):
+    """A ``QualityState`` that loads the rows it is asked about, and writes back what changed.
+
+    This runs on every submitted page, so it reads and writes with Core statements (no ORM
+    objects, identity map or unit of work for the rows it touches), loads what a page or a
+    removal needs in a few ``IN`` queries, and writes each table's changed rows with one
+    executemany ``UPDATE``. ORM objects of those rows that the caller's session already holds
+    (``submit_page``'s annotator row and new judgments, an admin action's annotator row) are
+    given the written values, so callers see the result as before.
+    """
+
+    def __init__(self, session: Session, job: Job, spec: JobSpec,
+                 pending: Sequence[SubmittedJudgment] = ()) -> None:
+        super().__init__(default_status=new_state(spec).default_status,
+                         default_target=spec.judgments.min)
+        self.session, self.job = session, job
+        # Values as loaded, to write only what changed: annotators by user id (row id, values),
+        # images and judgments by id.
+        self._annotator_rows: dict[int, tuple[int, dict[str, Any]]] = {}
+        self._image_loaded: dict[int, dict[str, Any]] = {}
+        self._judgment_loaded: dict[int, dict[str, Any]] = {}
+        self.pending = {j.id: j for j in pending}
+        self.pending_ids = set(self.pending)
+
+    # --- loaders -------------------------------------------------------------------------
+    def _remember_annotator(self, row: Any) -> AnnotatorRec:
+        rec = annotator_rec(row)
+        self._annotator_rows[row.user_id] = (
+            row.id, {name: getattr(row, name) for name in _ANNOTATOR_COLUMNS})
+        return rec
+
+    def _load_annotator(self, user_id: int) -> AnnotatorRec:
+        row = self._rows(_SELECT_ANNOTATORS, [user_id])
+        if not row:  # joined outside join_job (e.g. a direct import): create the row
+            self.session.add(AnnotatorState(job_id=self.job.id, user_id=user_id,
+                                            status=self.default_status, trust=0.0, flags={}))
+            self.session.flush()
+            row = self._rows(_SELECT_ANNOTATORS, [user_id])
+        return self._remember_annotator(row[0])
+
+    def _rows(self, statement: Any, ids: Sequence[int], **params: Any) -> list[Any]:
+        """Rows of a prebuilt ``IN (:ids)`` statement, one query per chunk of ids."""
+        conn = self.session.connection()
+        rows: list[Any] = []
+        for chunk in _chunks(ids):
+            rows += conn.execute(statement, {"ids": list(chunk), "job": self.job.id, **params})
+        return rows
+
+    def _preload_annotators(self, user_ids: Iterable[int]) -> None:
+        missing = sorted({u for u in user_ids if u not in self.annotators})
+        for row in self._rows(_SELECT_ANNOTATORS, missing):
+            self.annotators[row.user_id] = self._remember_annotator(row)
+
+    def _load_images(self, image_ids: Sequence[int]) -> None:
+        for row in self._rows(_SELECT_IMAGES, image_ids):
+            if row.job_id != self.job.id:
+                continue  # another job's image: ``_load_image`` refuses it
+            rec = image_rec(row)
+            rec.model_score = row.model_score
+            self.images[row.id] = rec
+            self._image_loaded[row.id] = _image_values(rec)
+
+    def _load_image(self, image_id: int) -> ImageRec:
+        self._load_images([image_id])
+        if image_id not in self.images:
+            raise QualityError("unknown_image", f"image {image_id} is not part of this job", 404)
+        return self.images[image_id]
+
+    def _load_gold(self, image_id: int) -> GoldRec | None:
+        self.preload_gold([image_id])
+        return self.gold.get(image_id)
+
+    def preload_gold(self, image_ids: Iterable[int]) -> None:
+        ids = sorted({i for i in image_ids if i not in self.gold})
+        for image_id, accepted, active in self._rows(_SELECT_GOLD, ids):
+            self.gold[image_id] = GoldRec(image_id, tuple(accepted), active)
+
+    def _load_counts(self, user_id: int) -> AnswerCounts:
+        self.annotator(user_id)  # its row holds the kept counts
+        stored = self._annotator_rows[user_id][1]["answer_counts"]
+        if stored is not None:
+            return AnswerCounts.from_dict(stored)
+        return self._count_answers(user_id)
+
+    def _count_answers(self, user_id: int) -> AnswerCounts:
+        """The counts from the annotator's judgments (once; then they are kept on the row)."""
+        counts = AnswerCounts()
+        for is_quiz, answer, certainty, missed, n in self.session.execute(
+                select(Judgment.is_quiz, Judgment.answer, Judgment.certainty,
+                       Judgment.gold_missed, func.count())
+                .where((Judgment.job_id + 0) == self.job.id, Judgment.user_id == user_id,
+                       Judgment.id.not_in(self.pending_ids or {-1}))
+                .group_by(Judgment.is_quiz, Judgment.answer, Judgment.certainty,
+                          Judgment.gold_missed)):
+            if not is_quiz:
+                counts.labels[answer] += n
+                counts.certainty[certainty] += n
+            elif missed is not None:
+                counts.quiz_seen += n
+                counts.quiz_missed += n if missed else 0
+        return counts
+
+    def _judgment_recs(self, rows: Iterable[Any], users: Iterable[int] = ()) -> list[JudgmentRec]:
+        """Records of judgment rows, with their annotators (and ``users``) in one query."""
+        recs = []
+        for row in sorted(rows, key=lambda r: r.id):
+            rec = judgment_rec(row)
+            if row.id not in self.judgments:
+                self._judgment_loaded[row.id] = _judgment_values(rec)
+            recs.append(rec)
+        self._preload_annotators([*users, *(r.user_id for r in recs)])
+        return recs
+
+    def _load_judgments_on(self, image_id: int) -> list[JudgmentRec]:
+        return self._judgment_recs(self._rows(_SELECT_JUDGMENTS_ON, [image_id],
+                                              pending=sorted(self.pending_ids)))
+
+    def preload_judgments_on(self, image_ids: Iterable[int], users: Iterable[int] = ()) -> None:
+        """The judgments on these images in one query per chunk (a page's worth, or every image
+        a removal touches), instead of one query per image when the engine asks; their
+        annotators and ``users`` in one more."""
+        ids = sorted({i for i in image_ids if i not in self._images_loaded})
+        if ids:
+            self._remember(self._judgment_recs(self._rows(
+                _SELECT_JUDGMENTS_ON, ids, pending=sorted(self.pending_ids)), users))
+            self._images_loaded.update(ids)
+        else:
+            self._preload_annotators(users)
+
+    def _load_judgments_by(self, user_id: int) -> list[JudgmentRec]:
+        rows = self.session.connection().execute(_SELECT_JUDGMENTS_BY, {
+            "job": self.job.id, "user": user_id, "pending": sorted(self.pending_ids)})
+        return self._judgment_recs(rows)
+
+    def prefetch(self, image_ids: list[int], users: Iterable[int] = ()) -> None:
+        self._load_images([i for i in image_ids if i not in self.images])
+        self.preload_judgments_on(image_ids, users)
+
+    # --- writing -------------------------------------------------------------------------
+    def write_back(self, now: datetime) -> None:
+        self._write_annotators(now)
+        changed_images = [
+            {"_id": image_id, **values} for image_id, rec in self.images.items()
+            if (values := _image_values(rec)) != self._image_loaded.get(image_id)
+        ]
+        self._update(Image, changed_images)
+        changed_judgments = [
+            {"_id": judgment_id, **values} for judgment_id, rec in self.judgments.items()
+            if (values := _judgment_values(rec)) != self._judgment_loaded.get(judgment_id)
+        ]
+        self._update(Judgment, changed_judgments)
+
+    def _write_annotators(self, now: datetime) -> None:
+        changed = []
+        for user_id, rec in self.annotators.items():
+            row_id, before = self._annotator_rows[user_id]
+            values = {name: getattr(rec, name) for name in _ANNOTATOR_COLUMNS[:10]}
+            values["flags"] = dict(rec.flags)
+            values["quiz_passed_at"] = before["quiz_passed_at"]
+            if rec.quiz_passed and values["quiz_passed_at"] is None:
+                values["quiz_passed_at"] = now
+            counts = self._counts.get(user_id)
+            values["answer_counts"] = (
+                counts.to_dict() if counts is not None else before["answer_counts"])
+            if values != before:
+                changed.append({"_id": row_id, **values})
+        self._update(AnnotatorState, changed)
+
+    def _update(self, model: type[Any], rows: list[dict[str, Any]]) -> None:
+        """One executemany UPDATE by primary key; ORM copies in the session get the values."""
+        if not rows:
+            return
+        self.session.connection().execute(
+            _UPDATES[model],
+            [{("v_" + k if k != "_id" else k): v for k, v in r.items()} for r in rows])
+        identity_map = self.session.identity_map
+        for r in rows:
+            obj = identity_map.get(identity_key(model, r["_id"]))
+            if obj is not None:
+                for name, value in r.items():
+                    if name != "_id":
+                        set_committed_value(obj, name, value)
+
+
+# --- shared plumbing -----------------------------------------------------------------------------
+
+def lock_job(session: Session, job: Job, annotators: Iterable[int] = ()) -> None:
+    """Serialise quality updates of one job (row locks on PostgreSQL; SQLite is serial).
+
+    Lock order, shared with ``annotate.submission``: the annotator-state rows the action will
+    write (by user id), then the job row. A page submission writes only its own annotator's
+    row, so an admin action and a submission can never wait on each other in a cycle.
+    """
+    ids = sorted(set(annotators))
+    if ids:
+        session.execute(select(AnnotatorState.id).where(
+            AnnotatorState.job_id == job.id, AnnotatorState.user_id.in_(ids))
+            .order_by(AnnotatorState.user_id).with_for_update())
+    # NO KEY UPDATE: serialises quality updates just the same, without blocking foreign-key
+    # checks of rows inserted for this job (an assigner inserting a page holds image locks a
+    # submission waits for; FOR UPDATE here deadlocked against it on PostgreSQL).
+    session.execute(select(Job.id).where(Job.id == job.id).with_for_update(key_share=True))
+
+
+def add_audit(session: Session, job: Job, actor_id: int | None, action: str, subject: str | None,
+              payload: dict[str, Any], now: datetime) -> AuditEvent:
+    event = AuditEvent(at=now, job_id=job.id, actor_id=actor_id, action=action, subject=subject,
+                       payload=payload)
+    session.add(event)
+    return event
+
+
+def _record_decisions(session: Session, job: Job, decisions: list[Decision],
+                      actor_id: int | None, now: datetime) -> None:
+    """The engine's decisions, in order, in one executemany INSERT (after the input event,
+    which the caller added and ``run_event`` flushed first: the log's id order is the order)."""
+    if decisions:
+        session.connection().execute(_INSERT_AUDIT, [
+            {"at": now, "job_id": job.id, "actor_id": actor_id, "action": d.action,
+             "subject": d.subject, "payload": d.payload}
+            for d in decisions
+        ])
+
+
+def run_event(session: Session, job: Job, spec: JobSpec, event: Event, now: datetime,
+              actor_id: int | None, *, state: DbState | None = None,
+              preload_images: Iterable[int] = (), preload_gold: Iterable[int] = ()
+              ) -> tuple[Engine, Any]:
+    """Apply one input event to the stored state and write state and decisions back.
+
+    ``preload_*``: rows the event will certainly touch, loaded in one query each up front.
+    """
+    # DbState reads with Core statements, which do not autoflush: make the caller's pending
+    # ORM changes (new judgments, the input audit event, a new gold item) visible first.
+    session.flush()
+    state = state if state is not None else DbState(session, job, spec)
+    state.preload_gold(preload_gold)
+    state.prefetch(sorted(set(preload_images)))
+    engine = Engine(state, spec)
+    result = engine.apply(event)
+    state.write_back(now)
+    _record_decisions(session, job, engine.decisions, actor_id, now)
+    session.flush()
+    return engine, result
+
+
+
+def judgment_in(j: SubmittedJudgment) -> JudgmentIn:
+    return JudgmentIn(id=j.id, image_id=j.image_id, answer=j.answer, certainty=j.certainty,
+                      quality_flag=j.quality_flag, is_gold=bool(j.is_gold),
+                      is_quiz=bool(j.is_quiz))
