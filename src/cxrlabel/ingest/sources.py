@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".dic", ""})
@@ -28,6 +29,9 @@ class SourceItem:
     label: str | None = None  # reference label, canonical spelling
     patient_id: str | None = None  # from a manifest
     problem: str | None = None  # set: skip the file with this reason
+    # Bytes from elsewhere than ``path`` (a DICOMweb retrieve; ``path`` is then the instance's
+    # URL): called at most once, and not at all when ``path`` was already pulled.
+    fetch: Callable[[], bytes] | None = field(default=None, compare=False, repr=False)
 
 
 def discover(source: Path, label_values: list[str]) -> list[SourceItem]:
