@@ -1,4 +1,5 @@
-"""What to ingest: a folder walked recursively, a CSV manifest, or a single file.
+"""What to ingest: a folder walked recursively, a CSV manifest, Label Studio task JSON, or a
+single file (a DICOMweb server lists its own items: ingest/dicomweb.py).
 
 A bad PATH or manifest raises :class:`SourceError` (the CLI exits 2); a bad *row* or an
 unsupported file becomes a :class:`SourceItem` with a ``problem``, reported like any failure.
@@ -42,6 +43,10 @@ def discover(source: Path, label_values: list[str]) -> list[SourceItem]:
         return walk_folder(source, label_values)
     if source.suffix.lower() == ".csv":
         return read_manifest(source, label_values)
+    if source.suffix.lower() == ".json":  # Label Studio tasks (with reference labels)
+        from cxrlabel.ingest.labelstudio import read_tasks
+
+        return read_tasks(source, label_values)
     return [SourceItem(str(source.resolve()))]
 
 

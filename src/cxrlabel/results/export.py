@@ -7,6 +7,7 @@ Layout (contract with the model code, docs/contracts.md)::
     DIR/<split>/metadata.parquet           file_name relative to DIR/<split> (HF imagefolder;
                                            metadata.csv when pyarrow is not installed)
     DIR/labels.{csv,jsonl,parquet}         only for --format csv|jsonl|parquet
+    DIR/labelstudio-{tasks.json,config.xml} only for --format labelstudio (results.labelstudio)
     DIR/README.md                          datasheet (its YAML header declares the features)
 
 Why per-split metadata files: Hugging Face ``datasets`` (checked with 5.x) ignores a root
@@ -38,6 +39,7 @@ from sqlalchemy.orm import Session
 
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.results.datasheet import DatasheetInput, describe_source_file, render_datasheet
+from cxrlabel.results.labelstudio import write_labelstudio
 from cxrlabel.results.qa import collect_qa, qa_summary
 from cxrlabel.results.reports import crowd_opinions, crowd_view, images_with_labels
 from cxrlabel.results.sources import SourceNamer
@@ -45,7 +47,7 @@ from cxrlabel.results.splits import DEFAULT_RATIOS, SPLIT_NAMES, assign_splits, 
 from cxrlabel.results.typed import have_pyarrow, write_parquet
 from cxrlabel.storage.models import ExpertReview, GoldItem, Image, ImageStatus, Job
 
-EXPORT_FORMATS = ("imagefolder", "csv", "jsonl", "parquet")
+EXPORT_FORMATS = ("imagefolder", "csv", "jsonl", "parquet", "labelstudio")
 # The contract's columns first, then additive ones (p_<label> follow the job's labels).
 CONTRACT_HEAD = ["file_name", "label", "confidence"]
 CONTRACT_TAIL = ["split", "patient_id", "expert_reviewed", "reference_label",
@@ -259,7 +261,8 @@ def run_export(
         failed = _write_images(records, tmp, opts.size, on_start, on_image)
         records = [r for r in records if r["width"] is not None]
         columns = export_columns(spec)
-        tables = _write_tables(records, columns, tmp, opts.format, spec.label_values)
+        tables = _write_tables(records, columns, tmp, opts.format, spec.label_values,
+                               out_dir.name)
         sheet = DatasheetInput(
             job_name=job.name, spec=spec, format=opts.format,
             created_at=(now or datetime.now(UTC)).isoformat(timespec="seconds"),
@@ -332,7 +335,8 @@ def write_metadata_csv(path: Path, rows: list[dict[str, Any]], columns: list[str
 
 
 def _write_tables(
-    records: list[dict[str, Any]], columns: list[str], root: Path, fmt: str, labels: list[str]
+    records: list[dict[str, Any]], columns: list[str], root: Path, fmt: str, labels: list[str],
+    folder_name: str,
 ) -> list[str]:
     rows = _public(records, columns)
     write_metadata_csv(root / "metadata.csv", rows, columns)
@@ -362,6 +366,8 @@ def _write_tables(
         # Typed like the per-split files, but the label stays its name (as in metadata.csv).
         write_parquet(root / "labels.parquet", rows, columns, labels, class_label=False)
         written.append("labels.parquet")
+    elif fmt == "labelstudio":
+        written += write_labelstudio(root, rows, labels, folder_name)
     return written
 
 
