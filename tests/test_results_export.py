@@ -436,3 +436,15 @@ def test_reports_name_the_source(sixteen) -> None:
     sources = dict(zip(aggregated.column("image"), aggregated.column("source"), strict=True))
     assert sources["s0007"] == "dicom:1.2.3.4.5.6/1.2.3.4.5.6.7"
     assert sources["s0000"] == "/hospital/export/0.png"
+
+
+def test_source_of_a_dicomweb_instance_and_a_missing_dicom() -> None:
+    from types import SimpleNamespace
+
+    from cxrlabel.results.sources import SourceNamer
+
+    namer = SourceNamer()
+    url = "dicomweb+http://pacs:8042/dicom-web/studies/1.2.3/series/1.2.3.1/instances/1.2.3.1.7"
+    assert namer(SimpleNamespace(source_path=url, source_format="dicom")) == "dicom:1.2.3/1.2.3.1.7"
+    gone = SimpleNamespace(source_path="/no/such/file.dcm", source_format="dicom")
+    assert namer(gone) == "/no/such/file.dcm"  # the header cannot be read: the path
