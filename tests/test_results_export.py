@@ -448,3 +448,14 @@ def test_source_of_a_dicomweb_instance_and_a_missing_dicom() -> None:
     assert namer(SimpleNamespace(source_path=url, source_format="dicom")) == "dicom:1.2.3/1.2.3.1.7"
     gone = SimpleNamespace(source_path="/no/such/file.dcm", source_format="dicom")
     assert namer(gone) == "/no/such/file.dcm"  # the header cannot be read: the path
+
+
+def test_no_source_leaves_the_column_out_everywhere(sixteen, tmp_path: Path) -> None:
+    out = tmp_path / "shared-copy"
+    _cli_export(sixteen, out, "--no-source", "--format", "jsonl")
+    meta = pd.read_csv(out / "metadata.csv")
+    assert "source" not in meta and "image_id" in meta
+    text = "".join(p.read_text(errors="ignore") for p in out.rglob("*")
+                   if p.is_file() and p.suffix in (".csv", ".jsonl", ".md"))
+    text += "".join(pd.read_parquet(p).to_csv() for p in out.glob("*/metadata.parquet"))
+    assert "/hospital/" not in text and "dicom:1.2.3" not in text

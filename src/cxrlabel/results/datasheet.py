@@ -273,9 +273,11 @@ def _section_files(d: DatasheetInput) -> str:
                  "after `pip install 'cxrlabel[parquet]'`")
     layout = ("`{train,validation,test}/<label>/<image id>.png`; `metadata.csv` at the root "
               f"(`file_name` relative to this folder) and {per_split}; `file_name` relative to "
-              "that split folder, as the Hugging Face `imagefolder` loader wants). The "
-              "`source` column names each image's original file or DICOM study/instance: "
-              "keep it with the data owner")
+              "that split folder, as the Hugging Face `imagefolder` loader wants)")
+    if "source" in d.columns:
+        layout += (". The `source` column names each image's original file or DICOM "
+                   "study/instance: keep it with the data owner (`cxrlabel export "
+                   "--no-source` writes a copy without it)")
     tables = ", ".join(f"`{t}`" for t in d.table_files)
     return (
         "## Files and columns\n\n"

@@ -71,6 +71,7 @@ class ExportOptions:
     seed: int = 0
     ratios: tuple[float, float, float] = DEFAULT_RATIOS
     overwrite: bool = False
+    include_source: bool = True  # False (--no-source) for a copy that leaves the hospital
 
     def check(self) -> None:
         if self.format not in EXPORT_FORMATS:
@@ -99,9 +100,9 @@ class ExportResult:
         return {s: counts.get(s, 0) for s in SPLIT_NAMES}
 
 
-def export_columns(spec: JobSpec) -> list[str]:
-    return [*CONTRACT_HEAD, *[f"p_{v}" for v in spec.label_values], *CONTRACT_TAIL,
-            *EXTRA_COLUMNS]
+def export_columns(spec: JobSpec, include_source: bool = True) -> list[str]:
+    extra = EXTRA_COLUMNS if include_source else [c for c in EXTRA_COLUMNS if c != "source"]
+    return [*CONTRACT_HEAD, *[f"p_{v}" for v in spec.label_values], *CONTRACT_TAIL, *extra]
 
 
 # --- which images, with which label ------------------------------------------------------------
@@ -260,7 +261,7 @@ def run_export(
     try:
         failed = _write_images(records, tmp, opts.size, on_start, on_image)
         records = [r for r in records if r["width"] is not None]
-        columns = export_columns(spec)
+        columns = export_columns(spec, opts.include_source)
         tables = _write_tables(records, columns, tmp, opts.format, spec.label_values,
                                out_dir.name)
         sheet = DatasheetInput(
