@@ -129,6 +129,9 @@ def test_export_selection_and_labels(small, tmp_path: Path) -> None:
     # the same patient (P1: w1, w2) is in one split
     assert rows[pub("w1")]["split"] == rows[pub("w2")]["split"]
     assert "patient_id" in meta and "source_path" not in meta and "sha256" not in meta
+    # ``source``: the original path (a DICOM whose file is gone falls back on its path too)
+    assert rows[pub("w2")]["source"].endswith("/kermany/images/train/NORMAL/IM-0001-0001.jpeg")
+    assert rows[pub("w6")]["source"] == "/uploads/scan-0006.dcm"
 
 
 def test_include_review_and_min_confidence(small, tmp_path: Path) -> None:
@@ -250,10 +253,11 @@ def test_bulk_export_patient_aware_and_near_ratios(bulk) -> None:
         assert abs((group["label"] == "NORMAL").mean() - overall) < 0.12, split
     # every file_name is relative to the export folder and exists
     assert all((out / f).is_file() for f in meta["file_name"])
-    # per-split metadata.csv: file_name relative to the split folder, same rows
+    # per-split metadata.parquet: file_name relative to the split folder, same rows
     for split, group in meta.groupby("split"):
-        per = pd.read_csv(out / split / "metadata.csv")
+        per = pd.read_parquet(out / split / "metadata.parquet")
         assert sorted(split + "/" + per["file_name"]) == sorted(group["file_name"])
+        assert not (out / split / "metadata.csv").exists()  # one format per folder (HF rule)
 
 
 def test_bulk_export_loads_with_hf_datasets(bulk) -> None:
@@ -263,17 +267,21 @@ def test_bulk_export_loads_with_hf_datasets(bulk) -> None:
     assert set(ds) == {"train", "validation", "test"}
     assert sum(ds[s].num_rows for s in ds) == n
     meta = pd.read_csv(out / "metadata.csv")
+    label = ds["train"].features["label"]
+    assert isinstance(label, datasets.ClassLabel) and label.names == ["NORMAL", "PNEUMONIA"]
     for split in ds:
         assert ds[split].num_rows == (meta["split"] == split).sum()
+        assert ds[split].features == ds["train"].features
         row = ds[split][0]
         assert row["image"].size == (40, 32)
-        assert row["label"] in ("NORMAL", "PNEUMONIA") and row["split"] == split
-        assert {"confidence", "p_NORMAL", "patient_id", "expert_reviewed"} <= set(row)
+        assert label.int2str(row["label"]) in ("NORMAL", "PNEUMONIA") and row["split"] == split
+        assert {"confidence", "p_NORMAL", "patient_id", "expert_reviewed", "source"} <= set(row)
     # the image and its metadata row belong together (label matches the folder name)
     train = ds["train"].select(range(min(10, ds["train"].num_rows)))
     by_id = meta.set_index("image_id")
     for row in train:
-        assert by_id.loc[row["image_id"], "label"] == row["label"]
+        assert by_id.loc[row["image_id"], "label"] == label.int2str(row["label"])
+        assert by_id.loc[row["image_id"], "source"] == row["source"]
 
 
 def test_bulk_export_torch_style_loading(bulk) -> None:
@@ -287,3 +295,167 @@ def test_bulk_export_torch_style_loading(bulk) -> None:
         assert img.mode == "L" and img.size == (40, 32)
     assert classes == ["NORMAL", "PNEUMONIA"]
     assert ((train["p_NORMAL"] + train["p_PNEUMONIA"]).round(6) == 1.0).all()
+
+
+# --- a 16-image job whose splits differ in which columns are empty (issue 19) ------------------
+
+def _sixteen_image_job(data_dir: Path) -> None:
+    """16 images of 8 patients: 3 gold (no crowd label, no aggregation method), one reference
+    label, one image from a real DICOM file with known UIDs; the rest crowd-labelled."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from cxrlabel.storage.models import GoldItem
+
+    dcm = data_dir / "hospital" / "dx-0001.dcm"
+    dcm.parent.mkdir(parents=True)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.StudyInstanceUID, ds.SOPInstanceUID = "1.2.3.4.5.6", "1.2.3.4.5.6.7"
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    pydicom.dcmwrite(dcm, ds, enforce_file_format=True)
+    db = Database(f"sqlite:///{data_dir / 'cxrlabel.sqlite3'}")
+    with db.session() as s:
+        job, _ = get_job(s, None)
+        for n in range(16):
+            label = "NORMAL" if n % 3 == 0 else "PNEUMONIA"
+            gold = n in (2, 5, 11)
+            rendition = f"renditions/s{n}.jpg"
+            write_rendition(data_dir / rendition, (48, 40), "L", shade=9 * n)
+            image = Image(
+                job_id=job.id, public_id=f"s{n:04d}",
+                source_path=str(dcm) if n == 7 else f"/hospital/export/{n}.png",
+                source_format="dicom" if n == 7 else "png", sha256=f"{n:064d}",
+                pixel_sha256=f"{n:064d}", phash="0" * 16, width=48, height=40,
+                patient_id=f"pat{n // 2}", reference_label=label if n == 0 else None,
+                rendition_path=rendition, thumb_path=rendition,
+                status="gold" if gold else "finalised", label=None if gold else label,
+                confidence=None if gold else 0.9, trusted_judgments=0 if gold else 3,
+                aggregation_method=None if gold else "ds",
+                proba=None if gold else {label: 0.9, ("PNEUMONIA" if label == "NORMAL"
+                                                      else "NORMAL"): 0.1})
+            s.add(image)
+            s.flush()
+            if gold:
+                s.add(GoldItem(job_id=job.id, image_id=image.id, accepted_answers=[label]))
+    db.dispose()
+
+
+@pytest.fixture(scope="module")
+def sixteen(tmp_path_factory: pytest.TempPathFactory):
+    data_dir = tmp_path_factory.mktemp("export-16")
+    _sixteen_image_job(data_dir)
+    return data_dir
+
+
+def _cli_export(data_dir: Path, out: Path, *extra: str) -> None:
+    result = CliRunner().invoke(app, ["--data-dir", str(data_dir), "export", "-o", str(out),
+                                      "--seed", "3", *extra])
+    assert result.exit_code == 0, result.output
+
+
+def _columns_empty_in_some_split_only(meta: pd.DataFrame) -> set[str]:
+    empty = {c for c in meta.columns
+             if any(g[c].isna().all() for _s, g in meta.groupby("split"))
+             and not meta[c].isna().all()}
+    return empty
+
+
+def test_sixteen_image_export_loads_unchanged_in_hf_datasets(sixteen, tmp_path: Path) -> None:
+    """The failure of issue 19: an empty column in one split made the splits' schemas differ
+    (string vs float64) and `label` was a plain string."""
+    datasets = pytest.importorskip("datasets")
+    out = tmp_path / "export"
+    _cli_export(sixteen, out)
+    meta = pd.read_csv(out / "metadata.csv")
+    assert len(meta) == 16 and set(meta["split"]) == {"train", "validation", "test"}
+    # the case that used to fail is really there: a text column empty in one split only
+    assert {"reference_label", "crowd_label", "aggregation_method"} & \
+        _columns_empty_in_some_split_only(meta)
+    for loaded in (datasets.load_dataset("imagefolder", data_dir=str(out)),
+                   datasets.load_dataset(str(out))):  # the latter reads the dataset card
+        assert set(loaded) == {"train", "validation", "test"}
+        features = loaded["train"].features
+        assert isinstance(features["label"], datasets.ClassLabel)
+        assert features["label"].names == ["NORMAL", "PNEUMONIA"]
+        assert features["crowd_label"] == datasets.Value("string")
+        assert features["reference_label"] == datasets.Value("string")
+        assert features["trusted_judgments"] == datasets.Value("int64")
+        assert all(loaded[s].features == features for s in loaded)
+        assert sum(loaded[s].num_rows for s in loaded) == 16
+        rows = {r["image_id"]: r for s in loaded for r in loaded[s]}
+        assert rows["s0007"]["source"] == "dicom:1.2.3.4.5.6/1.2.3.4.5.6.7"
+        assert rows["s0003"]["source"] == "/hospital/export/3.png"
+        assert rows["s0002"]["crowd_label"] is None and rows["s0002"]["is_gold"] is True
+        assert features["label"].int2str(rows["s0003"]["label"]) == "NORMAL"
+    card = (out / "README.md").read_text()
+    assert "dataset_info:" in card and '"class_label"' in card
+
+
+def test_sixteen_image_export_loads_in_pandas_and_pyarrow(sixteen, tmp_path: Path) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    out = tmp_path / "export"
+    _cli_export(sixteen, out, "--format", "parquet")
+    table = pq.read_table(out / "labels.parquet")
+    assert table.schema.field("crowd_label").type == "string"
+    assert table.schema.field("expert_reviewed").type == "bool"
+    frame = table.to_pandas()
+    meta = pd.read_csv(out / "metadata.csv")
+    assert frame["label"].tolist() == meta["label"].tolist()  # names, as in metadata.csv
+    assert frame.set_index("image_id").loc["s0007", "source"] == "dicom:1.2.3.4.5.6/1.2.3.4.5.6.7"
+    for split in ("train", "validation", "test"):  # per-split files share one schema
+        assert pq.read_schema(out / split / "metadata.parquet").remove_metadata() == \
+            pq.read_schema(out / "train" / "metadata.parquet").remove_metadata()
+
+
+def test_export_without_pyarrow_keeps_csv_and_says_so(sixteen, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from cxrlabel.results import export
+
+    monkeypatch.setattr(export, "have_pyarrow", lambda: False)  # as on a bare install
+    out = tmp_path / "export"
+    _cli_export(sixteen, out)
+    assert (out / "train" / "metadata.csv").is_file()
+    assert not list(out.glob("*/metadata.parquet"))
+    assert "pip install 'cxrlabel[parquet]'" in (out / "README.md").read_text()
+
+
+def test_reports_name_the_source(sixteen) -> None:
+    from cxrlabel.results.reports import build_report
+
+    db = Database(f"sqlite:///{sixteen / 'cxrlabel.sqlite3'}")
+    try:
+        with db.session() as s:
+            job, spec = get_job(s, None)
+            aggregated = build_report("aggregated", s, job, spec)
+    finally:
+        db.dispose()
+    sources = dict(zip(aggregated.column("image"), aggregated.column("source"), strict=True))
+    assert sources["s0007"] == "dicom:1.2.3.4.5.6/1.2.3.4.5.6.7"
+    assert sources["s0000"] == "/hospital/export/0.png"
+
+
+def test_source_of_a_dicomweb_instance_and_a_missing_dicom() -> None:
+    from types import SimpleNamespace
+
+    from cxrlabel.results.sources import SourceNamer
+
+    namer = SourceNamer()
+    url = "dicomweb+http://pacs:8042/dicom-web/studies/1.2.3/series/1.2.3.1/instances/1.2.3.1.7"
+    assert namer(SimpleNamespace(source_path=url, source_format="dicom")) == "dicom:1.2.3/1.2.3.1.7"
+    gone = SimpleNamespace(source_path="/no/such/file.dcm", source_format="dicom")
+    assert namer(gone) == "/no/such/file.dcm"  # the header cannot be read: the path
+
+
+def test_no_source_leaves_the_column_out_everywhere(sixteen, tmp_path: Path) -> None:
+    out = tmp_path / "shared-copy"
+    _cli_export(sixteen, out, "--no-source", "--format", "jsonl")
+    meta = pd.read_csv(out / "metadata.csv")
+    assert "source" not in meta and "image_id" in meta
+    text = "".join(p.read_text(errors="ignore") for p in out.rglob("*")
+                   if p.is_file() and p.suffix in (".csv", ".jsonl", ".md"))
+    text += "".join(pd.read_parquet(p).to_csv() for p in out.glob("*/metadata.parquet"))
+    assert "/hospital/" not in text and "dicom:1.2.3" not in text

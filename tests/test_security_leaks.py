@@ -31,7 +31,7 @@ from cxrlabel.jobspec import parse_job
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import GoldItem, Image, ImageStatus, Job
 from cxrlabel.web.app import create_app
-from fixtures_images import PHI_STRINGS, dicom_bytes, dicom_dataset
+from fixtures_images import PHI, PHI_STRINGS, dicom_bytes, dicom_dataset
 from security_support import login_cookie
 from web_support import add_user, job_toml
 
@@ -167,6 +167,9 @@ def test_no_phi_and_no_gold_reach_annotators(phi_env):
     vikram("GET", "/api/jobs/test-job/me")
     assert len(u_marks) >= 3 and len(v_marks) >= 3
     _scan(ursula.seen + vikram.seen, PHI_NEEDLES, "annotator session")
+    # The admin-only ``source`` (original file path, DICOM UIDs) never reaches an annotator.
+    source_dir = app.state.settings.data_dir.parent / "source"
+    _scan(ursula.seen + vikram.seen, [str(source_dir), "study-0", "dicom:"], "source column")
     reasons = [f"{GOLD_REASON}{n}" for n in range(8)]
     for rec, marks, other, other_marks in ((ursula, u_marks, "ann-vikram", v_marks),
                                            (vikram, v_marks, "ann-ursula", u_marks)):
@@ -207,7 +210,21 @@ def test_no_phi_reaches_experts_or_admins(phi_env):
         r = boss("GET", url)
         assert r.status_code == 200, url
     assert any("PNEUMONIA" in text for _l, text in boss.seen)  # the scan sees real content
-    _scan(doc.seen + boss.seen, PHI_NEEDLES, "expert/admin pages")
+    # The admin's full and aggregated reports name each image's source study and instance
+    # (the original UIDs, to join labels back to the hospital's records; issue 19), and
+    # nothing else from the headers; every other page carries no UID at all.
+    uids = {PHI["StudyInstanceUID"], PHI["SOPInstanceUID"]}
+    sourced = [(label, text) for label, text in boss.seen
+               if re.search(r"/reports/(full|aggregated)\.", label)]
+    assert len(sourced) == 4 and all(
+        f"dicom:{PHI['StudyInstanceUID']}/{PHI['SOPInstanceUID']}" in text
+        for _l, text in sourced)
+    without_uids = [(label, text.replace(f"dicom:{PHI['StudyInstanceUID']}/"
+                                         f"{PHI['SOPInstanceUID']}", "dicom:SOURCE"))
+                    for label, text in sourced]
+    _scan([x for x in boss.seen if x not in sourced] + doc.seen, PHI_NEEDLES,
+          "expert/admin pages")
+    _scan(without_uids, [n for n in PHI_NEEDLES if n not in uids], "admin reports")
 
 
 def test_renditions_on_disk_carry_no_phi(phi_env):

@@ -44,7 +44,8 @@ RULES: dict[tuple[str, str], Rule] = {
     # public
     ("GET", "/api/openapi.json"): R(EVERYONE),
     ("GET", "/api/docs"): R(EVERYONE),
-    ("GET", "/docs/oauth2-redirect"): R(EVERYONE),
+    ("GET", "/api/docs/init.js"): R(EVERYONE),
+    ("GET", "/api/docs/assets/{name}"): R(EVERYONE, params={"name": "swagger-ui.css"}),
     ("GET", "/static"): R(EVERYONE, url="/static/app.css"),
     ("GET", "/login"): R(EVERYONE),
     ("GET", "/join/{token}"): R(EVERYONE),

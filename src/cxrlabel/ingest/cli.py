@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
 from cxrlabel.context import app_context, console, err_console, fail, get_job
+from cxrlabel.ingest.dicomweb import (
+    DicomWebClient,
+    DicomWebQuery,
+    discover_dicomweb,
+    is_dicomweb,
+)
 from cxrlabel.ingest.pipeline import IngestBusy, IngestSummary, ingest
 from cxrlabel.ingest.sources import SourceError
 
@@ -19,27 +26,59 @@ def register(app: typer.Typer) -> None:
     @app.command("ingest")
     def ingest_command(
         ctx: typer.Context,
-        path: Path = typer.Argument(
+        path: str = typer.Argument(
             ..., help="A folder (searched recursively; split/CLASS/file keeps CLASS as the "
-            "reference label), a CSV manifest (path[,label][,patient_id]) or one image file."),
+            "reference label), a CSV manifest (path[,label][,patient_id]), one image file, or "
+            "a PACS: dicomweb+http://HOST:PORT/PATH (QIDO-RS + WADO-RS; re-runs fetch only "
+            "new instances)."),
         job: str = typer.Option(None, "--job", help="Job name [default: pneumonia-pediatric]."),
         workers: int = typer.Option(
             min(2, os.cpu_count() or 1), "--workers", min=0,
             help="Worker processes for decoding (0 = decode in this process)."),
+        since: datetime = typer.Option(None, "--since", formats=["%Y-%m-%d"],
+                                       help="DICOMweb: studies on or after this date."),
+        until: datetime = typer.Option(None, "--until", formats=["%Y-%m-%d"],
+                                       help="DICOMweb: studies on or before this date."),
+        modality: str = typer.Option(None, "--modality",
+                                     help="DICOMweb: only series of this modality (CR, DX)."),
+        study: str = typer.Option(None, "--study", help="DICOMweb: one StudyInstanceUID."),
     ) -> None:
         """Add images to a job: safe decode, DICOM de-identification, renditions, dedup."""
         app_ctx = app_context(ctx)
         settings = app_ctx.settings
         with app_ctx.db.session() as session:
             job_row, spec = get_job(session, job)
+        query = DicomWebQuery(since and since.date(), until and until.date(), modality, study)
         try:
-            summary = ingest(app_ctx.db, settings.data_dir, job_row, spec, path,
-                             workers=workers, console=err_console)
+            summary = _run(app_ctx.db, settings.data_dir, job_row, spec, path, query, workers)
         except SourceError as exc:
             fail(str(exc))
         except IngestBusy as exc:
             fail(str(exc))
         print_summary(summary)
+
+
+def _run(db, data_dir: Path, job_row, spec, path: str, query: DicomWebQuery,  # noqa: ANN001
+         workers: int) -> IngestSummary:
+    if not is_dicomweb(path):
+        if query != DicomWebQuery():
+            raise SourceError("--since/--until/--modality/--study apply to a dicomweb+http:// "
+                              "source only")
+        return ingest(db, data_dir, job_row, spec, Path(path), workers=workers,
+                      console=err_console)
+    client = DicomWebClient.from_source(path)
+    try:
+        err_console.print(f"searching {client.base_url} (QIDO-RS) ...", highlight=False)
+        items = discover_dicomweb(client, query)
+        err_console.print(f"{len(items)} instance(s) selected; fetching the new ones (WADO-RS)",
+                          highlight=False)
+        summary = ingest(db, data_dir, job_row, spec, path, workers=workers,
+                         console=err_console, items=items)
+    finally:
+        client.close()
+    console.print(f"downloaded {client.retrieved} instance(s); {summary.already_present} "
+                  "pulled before were not fetched again", highlight=False)
+    return summary
 
 
 def print_summary(summary: IngestSummary) -> None:

@@ -243,18 +243,13 @@ def _dicom_pixels(ds, limits: DecodeLimits) -> np.ndarray:  # noqa: ANN001 - pyd
     _check_dimensions(cols, rows, limits)
     if frames > 1:
         raise DecodeError(f"multi-frame DICOM ({frames} frames) is not supported")
+    _check_decoder(ds)
     try:
         arr = ds.pixel_array
-    except NotImplementedError:
-        raise DecodeError(
-            f"DICOM transfer syntax {ds.file_meta.TransferSyntaxUID.name} cannot be decoded "
-            "(install pylibjpeg or python-gdcm)"
-        ) from None
     except MemoryError:
         raise DecodeError("image too large to decode in memory") from None
     except Exception as exc:  # noqa: BLE001
-        raise DecodeError(f"malformed DICOM: pixel data cannot be decoded "
-                          f"({type(exc).__name__})") from None
+        raise _pixel_error(ds, exc) from None
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if arr.ndim == 3:  # colour (e.g. secondary capture): luminance, no windowing
         if arr.shape[-1] != 3:
@@ -274,6 +269,56 @@ def _dicom_pixels(ds, limits: DecodeLimits) -> np.ndarray:  # noqa: ANN001 - pyd
     if photometric == "MONOCHROME1":  # low values are white in MONOCHROME1
         out = 255 - out
     return out
+
+
+# Compressed transfer syntaxes are decoded by pydicom's plugins: python-gdcm (JPEG baseline,
+# extended 8-bit, lossless, JPEG-LS, JPEG 2000), pylibjpeg-openjpeg (JPEG 2000), pylibjpeg-rle
+# and pydicom itself (RLE), all runtime dependencies. 12-bit JPEG Extended is the one syntax
+# GDCM refuses; pylibjpeg-libjpeg decodes it but is GPLv3, so it stays an opt-in extra.
+INSTALL_HINT = "pip install 'cxrlabel' again to get its DICOM decoders (python-gdcm, pylibjpeg)"
+SYNTAX_HINTS = {
+    "1.2.840.10008.1.2.4.51": "12-bit JPEG Extended needs pylibjpeg-libjpeg (GPLv3): "
+                              "pip install 'cxrlabel[dicom-gpl]'",
+}
+
+
+def _syntax(ds) -> tuple[str, str]:  # noqa: ANN001 - pydicom Dataset
+    """(UID, name) of the transfer syntax; names come from the standard, never the file."""
+    meta = getattr(ds, "file_meta", None)
+    uid = meta.get("TransferSyntaxUID") if meta is not None else None
+    if uid is None:
+        return "", "unknown transfer syntax"
+    return str(uid), (uid.name if uid.is_transfer_syntax else "unknown transfer syntax")
+
+
+def _check_decoder(ds) -> None:  # noqa: ANN001 - pydicom Dataset
+    """Refuse early, naming the fix, when no installed plugin can decode this syntax."""
+    from pydicom.pixels import get_decoder
+
+    uid, name = _syntax(ds)
+    if not uid:
+        return  # pydicom assumes a default; let it try
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        raise DecodeError(f"DICOM transfer syntax {name} is not supported") from None
+    if not decoder.is_available:
+        hint = SYNTAX_HINTS.get(uid, INSTALL_HINT)
+        raise DecodeError(f"DICOM transfer syntax {name} cannot be decoded: no decoder "
+                          f"installed ({hint})")
+
+
+def _pixel_error(ds, exc: Exception) -> DecodeError:  # noqa: ANN001 - pydicom Dataset
+    """Why the pixels failed, without quoting the file: a decoder that refuses this kind of
+    image (pydicom: "... does not support ...") is not a damaged file."""
+    uid, name = _syntax(ds)
+    text = str(exc)
+    if isinstance(exc, RuntimeError) and "does not support" in text:
+        hint = SYNTAX_HINTS.get(uid, "no installed decoder handles this variant")
+        return DecodeError(f"DICOM transfer syntax {name} cannot be decoded for this image "
+                           f"({hint})")
+    return DecodeError(f"malformed DICOM: pixel data cannot be decoded "
+                       f"({type(exc).__name__}, {name})")
 
 
 def _voi_to_uint8(values: np.ndarray, ds, apply_voi_lut) -> np.ndarray:  # noqa: ANN001

@@ -163,20 +163,23 @@ def ingest(
     data_dir: Path,
     job: Job,
     spec: JobSpec,
-    source: Path,
+    source: Path | str,
     *,
     workers: int = 0,
     limits: DecodeLimits = DEFAULT_LIMITS,
     console: Console | None = None,
     batch_size: int = BATCH_SIZE,
+    items: list[SourceItem] | None = None,
 ) -> IngestSummary:
     """Ingest a folder, CSV manifest or file into ``job``. Raises SourceError for a bad PATH.
 
     ``workers`` > 0 decodes in that many worker processes; 0 decodes inline. ``console``
-    shows a progress bar when given.
+    shows a progress bar when given. ``items`` replaces discovering ``source`` (a DICOMweb
+    server lists its own, see ingest/dicomweb.py); ``source`` then only names the run.
     """
     started = time.perf_counter()
-    items = discover(Path(source), spec.label_values)
+    if items is None:
+        items = discover(Path(source), spec.label_values)
     data_dir = Path(data_dir)
     salt = load_or_create_salt(data_dir)
     with _job_lock(data_dir, job.name):
@@ -276,6 +279,11 @@ class _Ingestor:
             ).all()
             self.old_issue_paths = set(s.scalars(
                 select(IngestIssue.source_path).where(IngestIssue.job_id == self.job_id)))
+            # What a remote source need not send again: accepted images and duplicates
+            # (failures are retried: they may have been a network error).
+            self.pulled = {r.source_path for r in rows} | set(s.scalars(
+                select(IngestIssue.source_path).where(IngestIssue.job_id == self.job_id,
+                                                      IngestIssue.kind != FAILED)))
         for r in rows:
             known = _Known(r.source_path, r.reference_label, r.thumb_path, image_id=r.id)
             self._remember(known, r.sha256, r.pixel_sha256, int(r.phash, 16))
@@ -291,8 +299,10 @@ class _Ingestor:
     def precheck(self, item: SourceItem) -> tuple[str, bytes | _Early]:
         if item.problem:
             return "", _Early(FAILED, item.problem)
+        if item.fetch is not None and item.path in self.pulled:
+            return "", _Early("already_present")  # never downloaded again
         try:
-            data = read_limited(item.path)
+            data = item.fetch() if item.fetch is not None else read_limited(item.path)
         except DecodeError as exc:
             return "", _Early(FAILED, exc.reason)
         sha = hashlib.sha256(data).hexdigest()

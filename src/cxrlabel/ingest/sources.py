@@ -1,4 +1,5 @@
-"""What to ingest: a folder walked recursively, a CSV manifest, or a single file.
+"""What to ingest: a folder walked recursively, a CSV manifest, Label Studio task JSON, or a
+single file (a DICOMweb server lists its own items: ingest/dicomweb.py).
 
 A bad PATH or manifest raises :class:`SourceError` (the CLI exits 2); a bad *row* or an
 unsupported file becomes a :class:`SourceItem` with a ``problem``, reported like any failure.
@@ -8,7 +9,8 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".dic", ""})
@@ -28,6 +30,9 @@ class SourceItem:
     label: str | None = None  # reference label, canonical spelling
     patient_id: str | None = None  # from a manifest
     problem: str | None = None  # set: skip the file with this reason
+    # Bytes from elsewhere than ``path`` (a DICOMweb retrieve; ``path`` is then the instance's
+    # URL): called at most once, and not at all when ``path`` was already pulled.
+    fetch: Callable[[], bytes] | None = field(default=None, compare=False, repr=False)
 
 
 def discover(source: Path, label_values: list[str]) -> list[SourceItem]:
@@ -38,6 +43,10 @@ def discover(source: Path, label_values: list[str]) -> list[SourceItem]:
         return walk_folder(source, label_values)
     if source.suffix.lower() == ".csv":
         return read_manifest(source, label_values)
+    if source.suffix.lower() == ".json":  # Label Studio tasks (with reference labels)
+        from cxrlabel.ingest.labelstudio import read_tasks
+
+        return read_tasks(source, label_values)
     return [SourceItem(str(source.resolve()))]
 
 

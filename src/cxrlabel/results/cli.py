@@ -96,6 +96,9 @@ def export_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the split assignment."),
     ratios: str = typer.Option("0.8,0.1,0.1", "--ratios", help="train,validation,test."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing export."),
+    no_source: bool = typer.Option(
+        False, "--no-source", help="Leave out the admin-only `source` column (original paths, "
+        "DICOM UIDs): for a copy shared outside the hospital."),
     job: str = JobOption,
 ) -> None:
     """Export the labelled images as an ML dataset with patient-aware train/validation/test
@@ -103,7 +106,8 @@ def export_command(
     try:
         opts = ExportOptions(format=fmt, min_confidence=min_confidence,
                              include_review=include_review, size=size, seed=seed,
-                             ratios=parse_ratios(ratios), overwrite=overwrite)
+                             ratios=parse_ratios(ratios), overwrite=overwrite,
+                             include_source=not no_source)
         opts.check()
     except (ExportError, SplitError) as exc:
         fail(str(exc))

@@ -9,6 +9,7 @@ license and task if the folder is uploaded as a dataset repository.
 from __future__ import annotations
 
 import csv
+import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from cxrlabel.jobspec import JobSpec
+from cxrlabel.results.typed import card_features
 
 # Kermany/Kaggle file stems: person123_bacteria_456, IM-0001-0001, NORMAL2-IM-0123-0001.
 KERMANY_NAME = re.compile(r"^(person\d+_(bacteria|virus)_\d+|(NORMAL2-)?IM-\d{4}-\d{4})$")
@@ -109,7 +111,7 @@ def render_datasheet(d: DatasheetInput) -> str:
     kermany = sum(1 for r in d.records if r["_kermany"])
     all_kermany = bool(d.records) and kermany == len(d.records)
     parts = [
-        _front_matter(all_kermany, d.job_name),
+        _front_matter(all_kermany, d.job_name, card_features(d.columns, d.spec.label_values)),
         f"# Dataset: {d.spec.title}\n",
         f"Exported by cxrlabel from job `{d.job_name}` on {d.created_at} (format "
         f"`{d.format}`). {len(d.records)} images, labels NORMAL vs PNEUMONIA from pediatric "
@@ -128,13 +130,16 @@ def render_datasheet(d: DatasheetInput) -> str:
     return "\n".join(parts)
 
 
-def _front_matter(all_kermany: bool, job_name: str) -> str:
+def _front_matter(all_kermany: bool, job_name: str, features: list[dict[str, Any]]) -> str:
+    """The dataset card's YAML header; the features (JSON is valid YAML) are what
+    ``load_dataset(DIR)`` and the Hub use, the same as the per-split Parquet files carry."""
     license_id = "cc-by-4.0" if all_kermany else "other"
     return ("---\n"
             f"license: {license_id}\n"
             "task_categories:\n- image-classification\n"
             "tags:\n- medical\n- chest-x-ray\n- crowdsourcing\n"
             f"pretty_name: cxrlabel export of {job_name}\n"
+            f"dataset_info:\n  features: {json.dumps(features)}\n"
             "---\n")
 
 
@@ -260,10 +265,19 @@ def _section_distribution(d: DatasheetInput) -> str:
 
 
 def _section_files(d: DatasheetInput) -> str:
+    typed = any(t.endswith("/metadata.parquet") for t in d.table_files)
+    per_split = ("one typed `metadata.parquet` per split folder (same columns, `label` a "
+                 "`ClassLabel`" if typed else
+                 "one `metadata.csv` per split folder (pyarrow was not installed: a column "
+                 "empty in one split only may stop `datasets` from loading it; export again "
+                 "after `pip install 'cxrlabel[parquet]'`")
     layout = ("`{train,validation,test}/<label>/<image id>.png`; `metadata.csv` at the root "
-              "(`file_name` relative to this folder) and one `metadata.csv` per split folder "
-              "(`file_name` relative to that split folder, as the Hugging Face `imagefolder` "
-              "loader wants)")
+              f"(`file_name` relative to this folder) and {per_split}; `file_name` relative to "
+              "that split folder, as the Hugging Face `imagefolder` loader wants)")
+    if "source" in d.columns:
+        layout += (". The `source` column names each image's original file or DICOM "
+                   "study/instance: keep it with the data owner (`cxrlabel export "
+                   "--no-source` writes a copy without it)")
     tables = ", ".join(f"`{t}`" for t in d.table_files)
     return (
         "## Files and columns\n\n"

@@ -4,13 +4,17 @@ Layout (contract with the model code, docs/contracts.md)::
 
     DIR/train/<label>/<public_id>.png      (also validation/, test/)
     DIR/metadata.csv                       file_name relative to DIR (pandas, our trainer)
-    DIR/<split>/metadata.csv               file_name relative to DIR/<split> (HF imagefolder)
+    DIR/<split>/metadata.parquet           file_name relative to DIR/<split> (HF imagefolder;
+                                           metadata.csv when pyarrow is not installed)
     DIR/labels.{csv,jsonl,parquet}         only for --format csv|jsonl|parquet
-    DIR/README.md                          datasheet
+    DIR/labelstudio-{tasks.json,config.xml} only for --format labelstudio (results.labelstudio)
+    DIR/README.md                          datasheet (its YAML header declares the features)
 
-Why two kinds of ``metadata.csv``: Hugging Face ``datasets`` (checked with 5.x) ignores a
-root ``metadata.csv`` when the images sit in split folders; it reads one per split folder, with
-``file_name`` relative to it. The root file keeps the contract's DIR-relative paths.
+Why per-split metadata files: Hugging Face ``datasets`` (checked with 5.x) ignores a root
+``metadata.csv`` when the images sit in split folders; it reads one per split folder, with
+``file_name`` relative to it. The root file keeps the contract's DIR-relative paths. The
+per-split files are typed Parquet (see ``results.typed``) so every split has the same features
+and ``label`` is a ``ClassLabel``, even when a column is empty in one split.
 
 The export is written into a hidden temporary folder next to DIR and renamed at the end, so a
 crash never leaves a half export under DIR, and an existing DIR is only replaced on request.
@@ -35,18 +39,23 @@ from sqlalchemy.orm import Session
 
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.results.datasheet import DatasheetInput, describe_source_file, render_datasheet
+from cxrlabel.results.labelstudio import write_labelstudio
 from cxrlabel.results.qa import collect_qa, qa_summary
 from cxrlabel.results.reports import crowd_opinions, crowd_view, images_with_labels
+from cxrlabel.results.sources import SourceNamer
 from cxrlabel.results.splits import DEFAULT_RATIOS, SPLIT_NAMES, assign_splits, check_ratios
+from cxrlabel.results.typed import have_pyarrow, write_parquet
 from cxrlabel.storage.models import ExpertReview, GoldItem, Image, ImageStatus, Job
 
-EXPORT_FORMATS = ("imagefolder", "csv", "jsonl", "parquet")
+EXPORT_FORMATS = ("imagefolder", "csv", "jsonl", "parquet", "labelstudio")
 # The contract's columns first, then additive ones (p_<label> follow the job's labels).
 CONTRACT_HEAD = ["file_name", "label", "confidence"]
 CONTRACT_TAIL = ["split", "patient_id", "expert_reviewed", "reference_label",
                  "source_upstream_resized"]
+# ``source`` (original path, or DICOM Study/SOP Instance UIDs) is for the admin: it lets labels
+# be joined back to the hospital's records, and is never shown to annotators.
 EXTRA_COLUMNS = ["image_id", "is_gold", "needs_review", "crowd_label", "crowd_confidence",
-                 "aggregation_method", "trusted_judgments", "width", "height"]
+                 "aggregation_method", "trusted_judgments", "width", "height", "source"]
 
 
 class ExportError(ValueError):
@@ -62,6 +71,7 @@ class ExportOptions:
     seed: int = 0
     ratios: tuple[float, float, float] = DEFAULT_RATIOS
     overwrite: bool = False
+    include_source: bool = True  # False (--no-source) for a copy that leaves the hospital
 
     def check(self) -> None:
         if self.format not in EXPORT_FORMATS:
@@ -90,9 +100,9 @@ class ExportResult:
         return {s: counts.get(s, 0) for s in SPLIT_NAMES}
 
 
-def export_columns(spec: JobSpec) -> list[str]:
-    return [*CONTRACT_HEAD, *[f"p_{v}" for v in spec.label_values], *CONTRACT_TAIL,
-            *EXTRA_COLUMNS]
+def export_columns(spec: JobSpec, include_source: bool = True) -> list[str]:
+    extra = EXTRA_COLUMNS if include_source else [c for c in EXTRA_COLUMNS if c != "source"]
+    return [*CONTRACT_HEAD, *[f"p_{v}" for v in spec.label_values], *CONTRACT_TAIL, *extra]
 
 
 # --- which images, with which label ------------------------------------------------------------
@@ -109,6 +119,7 @@ def select_records(
     skipped: Counter[str] = Counter()
     labels = spec.label_values
     opinions = crowd_opinions(session, job, spec)
+    source_of = SourceNamer()
     for image, gold, review in images_with_labels(session, job):
         chosen = _choose_label(image, gold, review, opts, labels)
         if isinstance(chosen, str):
@@ -118,6 +129,7 @@ def select_records(
         record = _record(image, gold, review, chosen, labels, data_dir)
         crowd = crowd_view(image, review, opinions)
         record["crowd_label"], record["crowd_confidence"] = crowd.label, crowd.confidence
+        record["source"] = source_of(image)
         records.append(record)
     return records, skipped
 
@@ -182,7 +194,7 @@ def _record(
         "crowd_label": image.label, "crowd_confidence": image.confidence,
         "aggregation_method": image.aggregation_method,
         "trusted_judgments": image.trusted_judgments,
-        "width": None, "height": None,
+        "width": None, "height": None, "source": None,
         "_rendition": rendition if rendition.is_absolute() else data_dir / rendition,
         # Images without a patient id form their own group (keyed by their public id).
         "_group": f"patient:{image.patient_id}" if image.patient_id
@@ -249,8 +261,9 @@ def run_export(
     try:
         failed = _write_images(records, tmp, opts.size, on_start, on_image)
         records = [r for r in records if r["width"] is not None]
-        columns = export_columns(spec)
-        tables = _write_tables(records, columns, tmp, opts.format)
+        columns = export_columns(spec, opts.include_source)
+        tables = _write_tables(records, columns, tmp, opts.format, spec.label_values,
+                               out_dir.name)
         sheet = DatasheetInput(
             job_name=job.name, spec=spec, format=opts.format,
             created_at=(now or datetime.now(UTC)).isoformat(timespec="seconds"),
@@ -278,7 +291,8 @@ def _require_pyarrow() -> None:
     try:
         import pyarrow  # noqa: F401
     except ImportError:
-        raise ExportError("--format parquet needs pyarrow: pip install pyarrow") from None
+        raise ExportError("--format parquet needs pyarrow: pip install 'cxrlabel[parquet]'"
+                          ) from None
 
 
 def _write_images(
@@ -322,15 +336,23 @@ def write_metadata_csv(path: Path, rows: list[dict[str, Any]], columns: list[str
 
 
 def _write_tables(
-    records: list[dict[str, Any]], columns: list[str], root: Path, fmt: str
+    records: list[dict[str, Any]], columns: list[str], root: Path, fmt: str, labels: list[str],
+    folder_name: str,
 ) -> list[str]:
     rows = _public(records, columns)
     write_metadata_csv(root / "metadata.csv", rows, columns)
     written = ["metadata.csv"]
+    typed = have_pyarrow()
     for split in SPLIT_NAMES:
         in_split = [dict(r, file_name=r["file_name"].split("/", 1)[1])
                     for r in rows if r["split"] == split]
-        if in_split:
+        if not in_split:
+            continue
+        if typed:
+            write_parquet(root / split / "metadata.parquet", in_split, columns, labels,
+                          class_label=True)
+            written.append(f"{split}/metadata.parquet")
+        else:
             write_metadata_csv(root / split / "metadata.csv", in_split, columns)
             written.append(f"{split}/metadata.csv")
     if fmt == "csv":
@@ -342,10 +364,11 @@ def _write_tables(
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
         written.append("labels.jsonl")
     elif fmt == "parquet":
-        import pandas as pd
-
-        pd.DataFrame(rows, columns=columns).to_parquet(root / "labels.parquet", index=False)
+        # Typed like the per-split files, but the label stays its name (as in metadata.csv).
+        write_parquet(root / "labels.parquet", rows, columns, labels, class_label=False)
         written.append("labels.parquet")
+    elif fmt == "labelstudio":
+        written += write_labelstudio(root, rows, labels, folder_name)
     return written
 
 

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.quality.consensus import ConsensusParams, aggregate_one
+from cxrlabel.results.sources import SourceNamer
 from cxrlabel.storage.models import (
     AnnotatorState,
     Contest,
@@ -104,18 +105,25 @@ def share(numerator: int, denominator: int) -> float | None:
     return numerator / denominator if denominator else None
 
 
+@dataclass(frozen=True)
+class _Source:
+    source_path: str
+    source_format: str
+
+
 # --- full: one row per judgment ----------------------------------------------------------------
 
 FULL_COLUMNS = [
     "judgment_id", "image", "annotator", "answer", "certainty", "quality_flag",
     "is_quiz", "is_gold", "gold_missed", "trust_at_time", "trust_now",
-    "tainted", "taint_reason", "served_at", "submitted_at", "seconds",
+    "tainted", "taint_reason", "served_at", "submitted_at", "seconds", "source",
 ]
 
 
 def full_report(session: Session, job: Job) -> Table:
     stmt = (
-        select(Judgment, Image.public_id, User.pseudonym, AnnotatorState.trust)
+        select(Judgment, Image.public_id, User.pseudonym, AnnotatorState.trust,
+               Image.source_path, Image.source_format)
         .join(Image, Image.id == Judgment.image_id)
         .join(User, User.id == Judgment.user_id)
         .outerjoin(AnnotatorState, and_(AnnotatorState.user_id == Judgment.user_id,
@@ -124,7 +132,8 @@ def full_report(session: Session, job: Job) -> Table:
         .order_by(Judgment.id)
     )
     table = Table(FULL_COLUMNS)
-    for j, image_id, pseudonym, trust_now in session.execute(stmt):
+    source_of = SourceNamer()
+    for j, image_id, pseudonym, trust_now, path, fmt in session.execute(stmt):
         table.rows.append({
             "judgment_id": j.id, "image": image_id, "annotator": pseudonym,
             "answer": j.answer, "certainty": j.certainty, "quality_flag": j.quality_flag,
@@ -132,7 +141,7 @@ def full_report(session: Session, job: Job) -> Table:
             "trust_at_time": j.trust_at_time, "trust_now": trust_now,
             "tainted": j.tainted, "taint_reason": j.taint_reason,
             "served_at": iso(j.served_at), "submitted_at": iso(j.submitted_at),
-            "seconds": j.seconds,
+            "seconds": j.seconds, "source": source_of(_Source(path, fmt)),
         })
     return table
 
@@ -144,7 +153,7 @@ def aggregated_columns(spec: JobSpec) -> list[str]:
         "image", "status", "label", "label_source", "crowd_label", "confidence",
         *[f"p_{v}" for v in spec.label_values],
         "method", "trusted_judgments", "judgment_target", "counted_judgments", "agreement",
-        "is_gold", "expert_label", "expert_reason", "reference_label", "patient_id",
+        "is_gold", "expert_label", "expert_reason", "reference_label", "patient_id", "source",
     ]
 
 
@@ -249,6 +258,7 @@ def aggregated_report(session: Session, job: Job, spec: JobSpec) -> Table:
     answers = untainted_answers(session, job)
     table = Table(aggregated_columns(spec))
     opinions = crowd_opinions(session, job, spec)
+    source_of = SourceNamer()
     for image, gold, review in images_with_labels(session, job):
         final = final_label(image, gold, review)
         crowd = crowd_view(image, review, opinions)
@@ -270,7 +280,7 @@ def aggregated_report(session: Session, job: Job, spec: JobSpec) -> Table:
             "expert_label": review.label if review else None,
             "expert_reason": review.reason if review else None,
             "reference_label": image.reference_label,
-            "patient_id": image.patient_id,
+            "patient_id": image.patient_id, "source": source_of(image),
         })
     return table
 

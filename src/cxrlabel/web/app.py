@@ -46,7 +46,8 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     app = FastAPI(
         title="cxrlabel", version=__version__,
         description="Crowd labeling of pediatric chest X-rays: annotator and admin API.",
-        docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json",
+        # /api/docs is served offline by web/routes/apidocs.py (no CDN, strict CSP).
+        docs_url=None, redoc_url=None, openapi_url="/api/openapi.json",
     )
     app.state.settings = settings
     app.state.db = db or Database(settings.database_url)
