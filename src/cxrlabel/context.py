@@ -43,8 +43,11 @@ class AppContext:
 
 
 def app_context(ctx: typer.Context) -> AppContext:
+    """The database and settings of this invocation; the root callback leaves only Settings."""
     root = ctx.find_root()
-    if not isinstance(root.obj, AppContext):
+    if isinstance(root.obj, Settings):
+        root.obj = AppContext(root.obj)
+    elif not isinstance(root.obj, AppContext):
         root.obj = AppContext(Settings.from_env())
     return root.obj
 
