@@ -19,11 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
-import click
 import typer
 import typer.main
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
+
+if TYPE_CHECKING:  # Typer vendors its own click: these are its classes, not the click package's
+    from typer._click import Command, Context, HelpFormatter
 
 from cxrlabel import __version__
 from cxrlabel.config import Settings
@@ -168,7 +171,7 @@ STAGES: list[Stage] = [
 ]
 
 
-def stage_commands(stage: Stage) -> dict[str, click.Command]:
+def stage_commands(stage: Stage) -> dict[str, Command]:
     """Import the stage and build its click commands; refuse a mismatch with the declaration."""
     module = stage.load()
     holder = typer.Typer()
@@ -182,7 +185,7 @@ def stage_commands(stage: Stage) -> dict[str, click.Command]:
     return commands
 
 
-def summary_of(command: click.Command) -> str:
+def summary_of(command: Command) -> str:
     """The first paragraph of a command's help, as ``--help`` lists it."""
     text = inspect.cleandoc(command.short_help or command.help or "")
     return text.split("\n\n")[0].replace("\n", " ").strip()
@@ -191,21 +194,21 @@ def summary_of(command: click.Command) -> str:
 class LazyGroup(TyperGroup):
     """The root group: lists every declared command, imports a stage only when it is used."""
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: Context) -> list[str]:
         return [name for stage in STAGES for name in stage.commands]
 
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+    def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
         if cmd_name not in self.commands:
             stage = next((s for s in STAGES if cmd_name in s.commands), None)
             if stage is None:
                 return None
             if ctx.resilient_parsing or getattr(ctx, "_listing_commands", False):
                 # The root --help only needs the summary: don't import the stage for it.
-                return click.Command(cmd_name, help=stage.commands[cmd_name])
+                return TyperCommand(cmd_name, help=stage.commands[cmd_name])
             self.commands.update(stage_commands(stage))
         return self.commands.get(cmd_name)
 
-    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+    def format_help(self, ctx: Context, formatter: HelpFormatter) -> None:
         ctx._listing_commands = True  # type: ignore[attr-defined]
         try:
             super().format_help(ctx, formatter)

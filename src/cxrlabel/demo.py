@@ -164,7 +164,7 @@ def demo_command(
     serve: bool = typer.Option(True, "--serve/--no-serve", help="Start the server at the end."),
 ) -> None:
     """Create a ready-to-use demo job (offline) and start the server."""
-    app = app_context(ctx)
+    app = app_context(ctx, creates_data=True)
     source = images
     if source is None:
         source = make_phantom_manifest(app.settings.data_dir / "demo-phantoms")
