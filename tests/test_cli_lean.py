@@ -120,3 +120,6 @@ def test_an_unknown_command_is_refused() -> None:
     result = CliRunner().invoke(cli.app, ["no-such-command"])
     assert result.exit_code == 2
     assert "No such command" in result.output
+    typo = CliRunner().invoke(cli.app, ["stauts"])
+    assert typo.exit_code == 2
+    assert "Did you mean 'status'?" in typo.output

@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from difflib import get_close_matches
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -207,6 +208,17 @@ class LazyGroup(TyperGroup):
                 return TyperCommand(cmd_name, help=stage.commands[cmd_name])
             self.commands.update(stage_commands(stage))
         return self.commands.get(cmd_name)
+
+    def resolve_command(self, ctx: Context, args: list[str]) -> tuple:
+        # Typer suggests close matches from the commands already loaded (none, here): suggest
+        # from every declared command instead.
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and not ctx.resilient_parsing \
+                and self.get_command(ctx, name) is None:
+            matches = get_close_matches(name, self.list_commands(ctx))
+            hint = f" Did you mean {', '.join(map(repr, matches))}?" if matches else ""
+            ctx.fail(f"No such command {name!r}.{hint}")
+        return super().resolve_command(ctx, args)
 
     def format_help(self, ctx: Context, formatter: HelpFormatter) -> None:
         ctx._listing_commands = True  # type: ignore[attr-defined]
