@@ -63,9 +63,14 @@ def test_demo_simulate_fills_the_job_through_the_engine(tmp_path: Path) -> None:
     result = runner.invoke(app, ["--data-dir", str(data), "demo", "--no-serve", "--simulate"])
     assert result.exit_code == 0, result.output
     assert "label_accuracy=" in result.output
+    assert "open http" not in result.output  # --no-serve: no server to open
     status = _status(data)
     assert status["judgments"]["total"] > 100
-    assert status["images_by_status"].get("finalised", 0) > 0
+    by_status = status["images_by_status"]
+    assert by_status.get("finalised", 0) > 0
+    # The crowd keeps arriving until every work image is finalised or waiting for the expert.
+    assert by_status.get("needs_judgments", 0) == 0
+    assert by_status.get("finalised", 0) + by_status.get("needs_review", 0) == 72 - status["gold"]
     assert status["annotators"]  # simulated annotators are real per-job states
     # The stored quality state is what replaying the event log gives.
     replay = runner.invoke(app, ["--data-dir", str(data), "quality", "replay", "--json"])

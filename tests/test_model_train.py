@@ -136,22 +136,29 @@ def test_cam_mean_is_the_logit():
 
 def test_predict_cli_contract(trained, inputs, tmp_path):
     out, heat = tmp_path / "preds.csv", tmp_path / "heat"
+    # A path that does not exist is a usage error, not a row of the CSV.
+    missing = CliRunner().invoke(app, [
+        "predict", "--model", str(trained.model_dir), str(inputs),
+        str(inputs / "missing.png"), "-o", str(out),
+    ])
+    assert missing.exit_code == 2
+    assert "missing.png" in missing.output and "does not exist" in missing.output
+    assert not out.exists()
     result = CliRunner().invoke(app, [
         "predict", "--model", str(trained.model_dir), str(inputs),
-        str(inputs / "missing.png"), "-o", str(out), "--heatmaps", str(heat),
+        "-o", str(out), "--heatmaps", str(heat),
     ])
     assert result.exit_code == 0, result.output
     rows = {Path(r["file"]).relative_to(inputs).as_posix(): r
             for r in csv.DictReader(out.open())}
     assert set(rows) == {"a.png", "sub/b.jpg", "sub/deeper/a.png", "sub/c.dcm", "sub/broken.png",
-                         "empty.jpeg", "missing.png", "bad.dcm"}  # notes.txt: not an image
+                         "empty.jpeg", "bad.dcm"}  # notes.txt: not an image
     for name in ("a.png", "sub/b.jpg", "sub/deeper/a.png", "sub/c.dcm"):
         row = rows[name]
         assert row["error"] == "" and row["band"] in ("flag", "review", "clear")
         assert 0.0 <= float(row["p_pneumonia"]) <= 1.0
         assert Path(row["heatmap"]).is_file()
     assert "empty" in rows["empty.jpeg"]["error"]
-    assert "not found" in rows["missing.png"]["error"]
     assert rows["sub/broken.png"]["error"] and rows["sub/broken.png"]["band"] == ""
     assert "DICOM" in rows["bad.dcm"]["error"] and rows["bad.dcm"]["p_pneumonia"] == ""
     # two inputs named a.png get two heatmaps

@@ -27,25 +27,51 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+# Shown when a command that only reads or changes data is pointed at a data dir that is not there.
+CREATING_COMMANDS = "`cxrlabel ingest PATH`, `cxrlabel demo` or `cxrlabel user add`"
+
+
 @dataclass
 class AppContext:
     settings: Settings
     _db: Database | None = None
+    # Set by the commands that start an installation (ingest, demo, user add...): only they may
+    # create the data dir and its database.
+    may_create: bool = False
 
     @property
     def db(self) -> Database:
         if self._db is None:
+            if not self.may_create:
+                self.require_existing_data()
             try:
                 self._db = Database(self.settings.database_url)
             except Exception as exc:  # connection refused, bad URL, locked file...
                 fail(f"cannot open database {self.settings.database_url!r}: {exc}")
         return self._db
 
+    def require_existing_data(self) -> None:
+        """Refuse a data dir that does not exist (a typo would otherwise get a new, empty
+        database). An explicit --db is the user's choice and is opened as given."""
+        data_dir = self.settings.data_dir
+        if self.settings.db_url is None and not data_dir.is_dir():
+            fail(f"data dir {str(data_dir)!r} does not exist, so there is no cxrlabel data "
+                 f"there; check --data-dir / CXRLABEL_DATA_DIR, or start one with "
+                 f"{CREATING_COMMANDS}")
 
-def app_context(ctx: typer.Context) -> AppContext:
+
+def app_context(ctx: typer.Context, *, creates_data: bool = False) -> AppContext:
+    """The database and settings of this invocation (the root callback leaves only Settings).
+
+    ``creates_data``: this command may start a new data dir and database; every other command
+    refuses a data dir that does not exist.
+    """
     root = ctx.find_root()
-    if not isinstance(root.obj, AppContext):
+    if isinstance(root.obj, Settings):
+        root.obj = AppContext(root.obj)
+    elif not isinstance(root.obj, AppContext):
         root.obj = AppContext(Settings.from_env())
+    root.obj.may_create = root.obj.may_create or creates_data
     return root.obj
 
 

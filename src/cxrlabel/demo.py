@@ -125,28 +125,52 @@ def _simulate(app: AppContext, job_name: str | None, seed: int) -> None:
     with app.db.session() as session:
         job, spec = get_job(session, job_name)
     console.print("Filling the job with a simulated crowd's work (same engine as the web app)...")
-    # Started three days ago so the dashboards show a timeline; the review queue is left for
-    # the demo's expert account.
-    result = simulate_into(app.db, job, spec, seed=seed, n_annotators=12,
+    # Started three days ago so the dashboards show a timeline. The crowd keeps arriving until
+    # every work image is finalised or waiting for an expert; the review queue is left for the
+    # demo's expert account.
+    result = simulate_into(app.db, job, spec, seed=seed, n_annotators=None,
                            now=utcnow() - timedelta(days=3), data_dir=app.settings.data_dir,
-                           expert_review=False)
+                           expert_review=False, until_settled=True)
     write_result(result, app.settings.data_dir, spec.name)  # the proposal quotes these figures
     keys = ("label_accuracy", "judgments_per_image", "expert_review_fraction",
             "annotators_removed", "bad_annotators_removed", "cost", "hours")
     console.print("Simulated crowd: " + ", ".join(
         f"{k}={result[k]:.3g}" if isinstance(result.get(k), float) else f"{k}={result.get(k)}"
         for k in keys))
+    _print_settled(app, job.id)
 
 
-def _print_logins(passwords: dict[str, str], base_url: str, invite: str, n_gold: int) -> None:
-    table = Table(title=f"cxrlabel demo — open {base_url}")
+def _print_settled(app: AppContext, job_id: int) -> None:
+    """How the work images ended; any still open is said plainly (the crowd bound was hit)."""
+    from cxrlabel.storage.models import Image, ImageStatus
+
+    with app.db.session() as session:
+        counts = dict(session.execute(
+            select(Image.status, func.count()).where(Image.job_id == job_id)
+            .group_by(Image.status)).all())
+    finalised = counts.get(ImageStatus.FINALISED, 0) + counts.get(ImageStatus.EXPERT, 0)
+    review = counts.get(ImageStatus.NEEDS_REVIEW, 0)
+    open_ = counts.get(ImageStatus.NEEDS_JUDGMENTS, 0)
+    console.print(f"Work images: {finalised} finalised, {review} waiting for expert review "
+                  f"(log in as expert), {open_} still open.")
+    if open_:
+        console.print("[yellow]warning:[/] the simulated crowd stopped before every image "
+                      "was settled (most annotators reached)")
+
+
+def _print_logins(passwords: dict[str, str], base_url: str | None, invite: str,
+                  n_gold: int) -> None:
+    # Without a server there is nothing to open yet: the title says how to start it.
+    title = f"open {base_url}" if base_url else "start the server with `cxrlabel serve`"
+    table = Table(title=f"cxrlabel demo — {title}")
     table.add_column("user")
     table.add_column("role")
     table.add_column("password")
     for username, role in DEMO_USERS:
         table.add_row(username, role, passwords[username])
     console.print(table)
-    console.print(f"New annotators can join with this invite link: [bold]{invite}[/]")
+    when = "" if base_url else " (once the server runs)"
+    console.print(f"New annotators can join{when} with this invite link: [bold]{invite}[/]")
     console.print(f"Gold bank: {n_gold} test questions. Passwords are kept in demo-logins.json "
                   "in the data dir.")
 
@@ -157,14 +181,16 @@ def demo_command(
                                 "instead of synthetic phantom images."),
     job: str = typer.Option(None, "--job", help="Job name or TOML file [default: bundled]."),
     simulate: bool = typer.Option(False, "--simulate", help="Fill the job with a simulated "
-                                  "crowd's work so dashboards, reports and exports have content."),
+                                  "crowd's work (every work image ends finalised or in the "
+                                  "expert review queue) so dashboards, reports and exports "
+                                  "have content."),
     seed: int = typer.Option(0, "--seed", help="Seed for the simulated crowd."),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port"),
     serve: bool = typer.Option(True, "--serve/--no-serve", help="Start the server at the end."),
 ) -> None:
     """Create a ready-to-use demo job (offline) and start the server."""
-    app = app_context(ctx)
+    app = app_context(ctx, creates_data=True)
     source = images
     if source is None:
         source = make_phantom_manifest(app.settings.data_dir / "demo-phantoms")
@@ -179,7 +205,7 @@ def demo_command(
     invite = _invite(app, job, base_url)
     if simulate:
         _simulate(app, job, seed)
-    _print_logins(passwords, base_url, invite, n_gold)
+    _print_logins(passwords, base_url if serve else None, invite, n_gold)
     if serve:
         from cxrlabel.web.app import run_server
 

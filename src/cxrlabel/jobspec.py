@@ -119,7 +119,7 @@ class Judgments(_Strict):
     max: int = Field(default=5, ge=1, le=100)
     confidence_target: float = Field(default=0.8, gt=0.5, le=1.0)
     max_per_annotator: int = Field(default=1000, ge=1)
-    # Model-assisted labeling (needs ``cxrlabel model score``): an image may be finalised with
+    # Model-assisted labeling (needs ``cxrlabel score``): an image may be finalised with
     # this many trusted judgments (0 = off) when the crowd reaches the confidence target and
     # the model's p(PNEUMONIA) agrees with at least ``model_confidence`` (see docs/quality.md).
     min_if_model_agrees: int = Field(default=0, ge=0, le=50)
@@ -164,7 +164,7 @@ class Quality(_Strict):
 class Review(_Strict):
     cant_tell_fraction: float = Field(default=0.5, gt=0.0, le=1.0)
     quality_flag_votes: int = Field(default=2, ge=1)
-    # Model-assisted review (needs ``cxrlabel model score``): a crowd label that would be
+    # Model-assisted review (needs ``cxrlabel score``): a crowd label that would be
     # finalised goes to an expert instead when the model's p(PNEUMONIA) is >= this threshold
     # and the crowd says otherwise, or <= 1 - threshold and the crowd says PNEUMONIA.
     model_disagreement: float | str = "off"

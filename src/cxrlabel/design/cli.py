@@ -258,7 +258,7 @@ def gold_sample(
     clearest: float = typer.Option(
         1.0, "--clearest", min=0.01, max=1.0,
         help="Draw only from this clearest fraction of each class (e.g. 0.7), clarity read "
-             "from the images' model scores (`cxrlabel model score` first). Clear teaching "
+             "from the images' model scores (`cxrlabel score` first). Clear teaching "
              "cases make fairer test questions; 1.0 = all images."),
 ) -> None:
     """Seed a demo bank from reference labels (e.g. Kermany). The reasons are a generic

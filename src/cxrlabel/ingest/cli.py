@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
         study: str = typer.Option(None, "--study", help="DICOMweb: one StudyInstanceUID."),
     ) -> None:
         """Add images to a job: safe decode, DICOM de-identification, renditions, dedup."""
-        app_ctx = app_context(ctx)
+        app_ctx = app_context(ctx, creates_data=True)
         settings = app_ctx.settings
         with app_ctx.db.session() as session:
             job_row, spec = get_job(session, job)
@@ -56,6 +56,11 @@ def register(app: typer.Typer) -> None:
         except IngestBusy as exc:
             fail(str(exc))
         print_summary(summary)
+        if summary.total and len(summary.failed) == summary.total:
+            # Nothing usable came in (e.g. a text file, or a folder of unreadable files): a
+            # script must not carry on as if the images were there.
+            fail(f"no image could be read from {str(path)!r}: all {summary.total} file(s) "
+                 "failed (reasons above)", code=1)
 
 
 def _run(db, data_dir: Path, job_row, spec, path: str, query: DicomWebQuery,  # noqa: ANN001

@@ -62,7 +62,7 @@ def _open_model(model_dir: Path, threads: int | None):
 
 
 def predict(
-    paths: list[Path] = typer.Argument(..., help="Image files or folders (searched "
+    paths: list[Path] = typer.Argument(..., exists=True, help="Image files or folders (searched "
                                        "recursively for .png .jpg .jpeg .dcm .dicom)."),
     model_dir: Path = typer.Option(..., "--model", help="Model folder from `cxrlabel train`."),
     output: Path = typer.Option(Path("preds.csv"), "-o", "--output", help="CSV to write."),

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy import func, select
 
-from cxrlabel.context import app_context, console, err_console, fail
+from cxrlabel.context import AppContext, app_context, console, err_console, fail
 from cxrlabel.jobspec import JobSpec, JobSpecError, load_job, resolve_job_path
 from cxrlabel.sim.baseline import BASELINE_NAME, run_baseline
 from cxrlabel.sim.crowd import CrowdSpec, CrowdSpecError, load_crowd
@@ -75,19 +75,35 @@ def simulate_command(
         None, "--model-scores",
         help="CSV file,p_pneumonia: model scores loaded into the images (for the job's "
              "model-assisted options)."),
+    into_job: str = typer.Option(
+        None, "--into-job",
+        help="Simulate in this installation's own database (data dir / --db) on job NAME "
+             "(a stored job, or a bundled job / job file, created on first use), so that "
+             "report, export and train find its labels. The crowd keeps arriving until every "
+             "image is finalised or reviewed. The job must have no crowd work yet."),
 ) -> None:
     """Simulate a crowd on a job through the real engines; report accuracy, cost and time.
 
     Runs in a fresh SQLite database under <data-dir>/simulation/ (or in --db, which must not
-    hold this job yet) and writes the result to <data-dir>/simulation/<job>.json.
+    hold this job yet) and writes the result to <data-dir>/simulation/<job>.json. With
+    --into-job the simulation fills that job in the installation's own database instead.
     """
-    app = app_context(ctx)
-    spec, spec_toml = _load_spec(job)
     crowd_spec = _load_crowd(crowd)
     if not images.exists():
         fail(f"{images}: no such file or folder")
     if model_scores is not None and not model_scores.is_file():
         fail(f"{model_scores}: no such file")
+    if into_job is not None:
+        if job is not None:
+            fail("--into-job NAME uses that job's own settings; leave out --job")
+        outcome, spec = _simulate_into_job(
+            app_context(ctx, creates_data=True), into_job, images, crowd_spec, seed=seed,
+            limit=limit, gold=gold, annotators=annotators, gold_clearest=gold_clearest,
+            model_scores=model_scores, show_progress=not as_json)
+        _report(ctx, outcome, crowd_spec, spec, seed, plots, as_json)
+        return
+    app = app_context(ctx)
+    spec, spec_toml = _load_spec(job)
     work_dir = app.settings.data_dir / "simulation" / f"work-{spec.name}"
     db = _simulation_db(app.settings.db_url, work_dir, spec.name)
     try:
@@ -106,6 +122,46 @@ def simulate_command(
         fail(str(exc))
     finally:
         db.dispose()
+    _report(ctx, outcome, crowd_spec, spec, seed, plots, as_json)
+
+
+def _simulate_into_job(
+    app: AppContext, name: str, images: Path, crowd: CrowdSpec, *, seed: int,
+    limit: int | None, gold: int | None, annotators: int | None, gold_clearest: float,
+    model_scores: Path | None, show_progress: bool,
+) -> tuple[SimOutcome, JobSpec]:
+    """The simulation in the installation's own database, on a job without crowd work."""
+    from cxrlabel.context import get_job
+    from cxrlabel.sim.run import fill_job
+    from cxrlabel.storage.models import ImageStatus, Judgment
+
+    with app.db.session() as session:
+        job_row, spec = get_job(session, name)
+        judged = session.scalar(select(func.count(Judgment.id)).where(
+            Judgment.job_id == job_row.id, Judgment.is_gold.is_(False))) or 0
+        settled = session.scalar(select(func.count(Image.id)).where(
+            Image.job_id == job_row.id, Image.status != ImageStatus.NEEDS_JUDGMENTS,
+            Image.status != ImageStatus.GOLD)) or 0
+    if judged or settled:
+        fail(f"job {job_row.name!r} already has crowd work ({judged} judgments); --into-job "
+             "fills a job that has none (use another job, or a fresh data dir)")
+    try:
+        with _progress(show_progress) as progress:
+            crowd_task = progress.add_task("simulated crowd (images settled)", total=None)
+            outcome = fill_job(
+                app.db, job_row, spec, images, crowd, seed, annotators,
+                data_dir=app.settings.data_dir, gold=gold, gold_clearest=gold_clearest,
+                until_settled=True, limit=limit, model_scores=model_scores,
+                progress=lambda done, total: progress.update(crowd_task, completed=done,
+                                                             total=total))
+    except (SimSetupError, CrowdSpecError) as exc:
+        fail(str(exc))
+    return outcome, spec
+
+
+def _report(ctx: typer.Context, outcome: SimOutcome, crowd_spec: CrowdSpec, spec: JobSpec,
+            seed: int, plots: Path | None, as_json: bool) -> None:
+    app = app_context(ctx)
     result = outcome.result
     curve = _baseline(outcome, crowd_spec, spec, seed)
     result["baseline"] = {"name": BASELINE_NAME, "label_accuracy": curve.get(5),
@@ -118,6 +174,10 @@ def simulate_command(
         typer.echo(json.dumps(result, sort_keys=True))
         return
     _print_result(result, path, plots)
+    into = result.get("setup", {}).get("into_job")
+    if into:
+        console.print(f"labels are in job {into!r} of this data dir: cxrlabel report aggregated "
+                      f"--job {into} ..., cxrlabel export --job {into} -o DIR")
 
 
 def _simulation_db(db_url: str | None, work_dir: Path, job_name: str) -> Database:

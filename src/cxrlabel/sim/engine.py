@@ -16,8 +16,11 @@ Events (a heap on the simulated clock):
   a break (another session later) or for good.
 
 Someone arriving while no image needs judgments does not join; the clock stops after
-``crowd.max_days``. The expert then works through the review queue. All randomness comes from
-``seed``.
+``crowd.max_days``. With ``until_settled`` the crowd instead keeps arriving (further rosters of
+the same mix) until no image needs judgments, bounded by ``max_annotators`` arrivals, so every
+work image ends finalised or in the review queue (what ``cxrlabel demo --simulate`` and
+``simulate --into-job`` promise). The expert then works through the review queue. All
+randomness comes from ``seed``.
 """
 
 from __future__ import annotations
@@ -123,6 +126,8 @@ class Simulation:
         max_pages: int | None = None,
         expert_review: bool = True,
         progress: Callable[[int, int], None] | None = None,
+        until_settled: bool = False,
+        max_annotators: int | None = None,
     ) -> None:
         self.db, self.job_id, self.spec, self.crowd, self.truth = db, job_id, spec, crowd, truth
         self.seed, self.start = seed, start
@@ -130,7 +135,11 @@ class Simulation:
         self.max_pages = max_pages
         self.expert_review = expert_review
         self.progress = progress
-        self.end_of_time = start + timedelta(days=crowd.max_days)
+        self.until_settled = until_settled
+        # The bound on a crowd that keeps arriving: ten rosters' worth by default.
+        self.max_annotators = max_annotators or 10 * self.n_annotators
+        self.end_of_time = (datetime.max.replace(tzinfo=UTC) if until_settled
+                            else start + timedelta(days=crowd.max_days))
         self.record = SimRecord(start=start, crowd_end=start, end=start)
         self._heap: list[tuple[datetime, int, str, int]] = []
         self._seq = itertools.count()
@@ -150,11 +159,37 @@ class Simulation:
             self.record.timings["total"] = time.perf_counter() - started
 
     def _run(self) -> SimRecord:
-        master = np.random.default_rng([self.seed, 1])
-        roster = self.crowd.roster(master, self.n_annotators)
         names = _Usernames(self.db)
-        t = self.start
-        for index, persona in enumerate(roster):
+        self._arrivals(names, self.start, self.n_annotators, batch=0)
+        batch = 0
+        while True:
+            stopped_by = self._drain()
+            if stopped_by is not None:
+                self.record.stopped_by = stopped_by
+                break
+            if self._count_open() == 0:
+                break
+            room = self.max_annotators - len(self.record.annotators)
+            if not self.until_settled or room <= 0:
+                self.record.stopped_by = "crowd_exhausted"
+                break
+            # Work is still open and everyone has left: the next wave of the same crowd.
+            batch += 1
+            self._arrivals(names, self.record.crowd_end, min(self.n_annotators, room), batch)
+        if self.expert_review:
+            started = time.perf_counter()
+            self._review(self.record.crowd_end)
+            self.record.timings["expert_review"] += time.perf_counter() - started
+        self.record.end = max(self.record.end, self.record.crowd_end)
+        return self.record
+
+    def _arrivals(self, names: _Usernames, t: datetime, n: int, batch: int) -> None:
+        """Schedule ``n`` arrivals from ``t`` on (Poisson process, the crowd's persona mix).
+
+        Batch 0 draws exactly what the simulator always drew, so earlier results replay."""
+        master = np.random.default_rng([self.seed, 1] if batch == 0 else [self.seed, 1, batch])
+        for persona in self.crowd.roster(master, n):
+            index = len(self.record.annotators)
             annotator = SimAnnotator(
                 index=index, persona=persona,
                 rng=np.random.default_rng([self.seed, 2, index]),
@@ -164,24 +199,17 @@ class Simulation:
             self.record.annotators.append(annotator)
             self._push(t, "arrive", index)
             t += timedelta(hours=float(master.exponential(1.0 / self.crowd.arrivals_per_hour)))
+
+    def _drain(self) -> str | None:
+        """Play events until none is left; the reason when a limit stopped the crowd first."""
         while self._heap:
             when, _seq, kind, index = heapq.heappop(self._heap)
             if when > self.end_of_time:
-                self.record.stopped_by = "max_days"
-                break
+                return "max_days"
             if self._page_limit_reached():
-                self.record.stopped_by = "page_limit"
-                break
+                return "page_limit"
             getattr(self, f"_on_{kind}")(self.record.annotators[index], when)
-        else:
-            if self._count_open() > 0:
-                self.record.stopped_by = "crowd_exhausted"
-        if self.expert_review:
-            started = time.perf_counter()
-            self._review(self.record.crowd_end)
-            self.record.timings["expert_review"] += time.perf_counter() - started
-        self.record.end = max(self.record.end, self.record.crowd_end)
-        return self.record
+        return None
 
     def _push(self, when: datetime, kind: str, index: int) -> None:
         heapq.heappush(self._heap, (when, next(self._seq), kind, index))

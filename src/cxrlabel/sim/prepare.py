@@ -1,16 +1,13 @@
 """Setting a simulation up: images in (through the real ingest), a gold bank, and the "truth"
 the simulated people see (reference label and difficulty per image).
 
-Images come in through ``cxrlabel.ingest`` (the same pipeline ``cxrlabel ingest`` runs). Only
-while that pipeline is not importable does ``insert_images_directly`` add minimal ``Image``
-rows itself (hashes and a real pHash, no renditions); the result notes which path was used.
+Images come in through ``cxrlabel.ingest`` (the same pipeline ``cxrlabel ingest`` runs); a
+broken ingest module is an error, never a silent fallback.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
-import importlib
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,14 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image as PILImage
 from sqlalchemy import func, select
 
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.sim.difficulty import DifficultyResult, compute_difficulty
 from cxrlabel.sim.engine import Truth
 from cxrlabel.storage.db import Database
-from cxrlabel.storage.models import GoldItem, Image, ImageStatus, Job
+from cxrlabel.storage.models import GoldItem, Image, Job
 
 
 class SimSetupError(ValueError):
@@ -80,50 +76,16 @@ def ingest_images(
     db: Database, job: Job, spec: JobSpec, entries: Sequence[SourceEntry], data_dir: Path,
     now: datetime, console: Any = None,
 ) -> str:
-    """Bring ``entries`` into ``job``; returns "ingest" or "direct" (which path was used)."""
-    try:
-        pipeline = importlib.import_module("cxrlabel.ingest.pipeline")
-    except ModuleNotFoundError as exc:
-        if exc.name != "cxrlabel.ingest.pipeline":
-            raise
-        insert_images_directly(db, job.id, spec, entries, now)
-        return "direct"
+    """Bring ``entries`` into ``job`` through the ingest pipeline; returns "ingest" (recorded as
+    the result's ``setup.intake``)."""
+    from cxrlabel.ingest import pipeline
+
     with db.session() as session:
         job_row = session.get(Job, job.id)
     with tempfile.TemporaryDirectory(prefix="cxrlabel-sim-") as tmp:
         manifest = write_manifest(entries, Path(tmp))
         pipeline.ingest(db, data_dir, job_row, spec, manifest, console=console)
     return "ingest"
-
-
-def insert_images_directly(
-    db: Database, job_id: int, spec: JobSpec, entries: Sequence[SourceEntry], now: datetime,
-) -> int:
-    """Minimal ``Image`` rows (no renditions): only while the ingest pipeline is missing."""
-    from cxrlabel.ingest.phash import phash, to_hex
-
-    added = 0
-    with db.session() as session:
-        known = set(session.scalars(select(Image.sha256).where(Image.job_id == job_id)))
-        for entry in entries:
-            data = Path(entry.path).read_bytes()
-            digest = hashlib.sha256(data).hexdigest()
-            if digest in known:
-                continue
-            known.add(digest)
-            with PILImage.open(entry.path) as img:
-                grey = img.convert("L")
-                width, height = grey.size
-                hashed = to_hex(phash(grey))
-            session.add(Image(
-                job_id=job_id, source_path=entry.path, source_format="jpeg", sha256=digest,
-                pixel_sha256=digest, phash=hashed, width=width, height=height,
-                patient_id=entry.patient_id, reference_label=entry.label, rendition_path="",
-                thumb_path="", status=ImageStatus.NEEDS_JUDGMENTS,
-                judgment_target=spec.judgments.min, created_at=now,
-            ))
-            added += 1
-    return added
 
 
 def default_gold_size(n_images: int, spec: JobSpec) -> int:

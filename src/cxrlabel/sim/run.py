@@ -140,14 +140,15 @@ def _simulate(
     db: Database, job_id: int, spec: JobSpec, crowd: CrowdSpec, truth: Truth, *, seed: int,
     n_annotators: int | None = None, start: datetime = DEFAULT_START,
     max_pages: int | None = None, expert_review: bool = True,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None, until_settled: bool = False,
 ) -> SimOutcome:
     with db.session() as session:
         work_ids = list(session.scalars(select(Image.id).where(
             Image.job_id == job_id, Image.status != ImageStatus.GOLD).order_by(Image.id)))
     sim = Simulation(db, job_id, spec, crowd, truth, seed=seed, start=start,
                      n_annotators=n_annotators, max_pages=max_pages,
-                     expert_review=expert_review, progress=progress)
+                     expert_review=expert_review, progress=progress,
+                     until_settled=until_settled)
     record = sim.run()
     result = summarise(db, job_id, spec, crowd, record)
     result["job"] = spec.name
@@ -165,18 +166,39 @@ def simulate_into(
     now: datetime | None = None, *, data_dir: Path | None = None, gold: int | None = None,
     max_pages: int | None = None, expert_review: bool = True,
     progress: Callable[[int, int], None] | None = None, gold_clearest: float = 1.0,
+    until_settled: bool = False,
 ) -> dict[str, Any]:
     """Fill an existing job with a simulated crowd's work through the real engines.
 
     ``images``: optionally a folder or manifest to ingest into the job first (None: work on the
     images the job already has). ``now``: when the simulated crowd starts (default: a fixed
     Monday morning; pass ``utcnow()`` minus a few days for a lifelike demo timeline).
-    ``n_annotators``: most annotators who arrive. ``max_pages``: stop after this many submitted
-    pages (leave some work open for a live demo). Gold is sampled from reference labels when
+    ``n_annotators``: most annotators who arrive (with ``until_settled``: per wave).
+    ``max_pages``: stop after this many submitted pages (leave some work open for a live demo).
+    ``until_settled``: the crowd keeps arriving until every work image is finalised or in the
+    review queue (bounded; see ``Simulation``). Gold is sampled from reference labels when
     the job has fewer than ``gold`` (default: about 4 % of images) active gold items.
     Simulated annotators are real ``User`` rows named ``sim-<persona>-<n>`` that cannot log in.
     Returns the result document (see ``metrics.py``).
     """
+    return fill_job(db, job, spec, images, crowd, seed, n_annotators, now, data_dir=data_dir,
+                    gold=gold, max_pages=max_pages, expert_review=expert_review,
+                    progress=progress, gold_clearest=gold_clearest,
+                    until_settled=until_settled).result
+
+
+def fill_job(
+    db: Database, job: Job | str, spec: JobSpec, images: Path | str | None = None,
+    crowd: CrowdSpec | str = "realistic", seed: int = 0, n_annotators: int | None = 40,
+    now: datetime | None = None, *, data_dir: Path | None = None, gold: int | None = None,
+    max_pages: int | None = None, expert_review: bool = True,
+    progress: Callable[[int, int], None] | None = None, gold_clearest: float = 1.0,
+    until_settled: bool = False, limit: int | None = None, model_scores: Path | None = None,
+) -> SimOutcome:
+    """:func:`simulate_into`, returning the whole outcome (truth, work ids: for the baseline).
+
+    ``limit``: ingest a seeded random subset of that many images. ``model_scores``: a CSV
+    (``file,p_pneumonia``) loaded into the job's images before the crowd starts."""
     start = now or DEFAULT_START
     crowd_spec = load_crowd(crowd) if isinstance(crowd, str) else crowd
     with db.session() as session:
@@ -186,22 +208,29 @@ def simulate_into(
             raise SimSetupError(f"no job named {job!r}")
         job_row = row
     if images is not None:
-        entries = list_images(Path(images), spec)
+        entries = choose_subset(list_images(Path(images), spec), limit, seed)
         ingest_images(db, job_row, spec, entries, data_dir or Path("."), start)
     with db.session() as session:
         n_images = session.scalar(select(func.count()).select_from(Image).where(
             Image.job_id == job_row.id)) or 0
     if n_images == 0:
         raise SimSetupError(f"job {job_row.name!r} has no images")
-    truth, _difficulty = build_truth(
+    truth, difficulty = build_truth(
         db, job_row.id, spec, data_dir=data_dir, seed=seed,
         cache_dir=(data_dir / "simulation" / "cache") if data_dir else None)
     ensure_gold(db, job_row, spec, gold or default_gold_size(n_images, spec), seed, start,
                 clearest_fraction=gold_clearest, clarity=truth.difficulty)
+    setup: dict[str, Any] = {"images_source": str(images) if images is not None else None,
+                             "into_job": job_row.name, "difficulty_method": difficulty.method}
+    if model_scores is not None:
+        setup["model_scores"] = load_model_scores(db, job_row.id, model_scores)
     outcome = _simulate(db, job_row.id, spec, crowd_spec, truth, seed=seed,
                         n_annotators=n_annotators, start=start, max_pages=max_pages,
-                        expert_review=expert_review, progress=progress)
-    return outcome.result
+                        expert_review=expert_review, progress=progress,
+                        until_settled=until_settled)
+    outcome.difficulty = difficulty
+    outcome.result["setup"] = setup
+    return outcome
 
 
 def job_settings(spec: JobSpec) -> dict[str, Any]:
@@ -233,5 +262,5 @@ def _round(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(value, digits)
 
 
-__all__: Sequence[str] = ("RESULT_KEYS", "SimOutcome", "run_simulation", "simulate_into",
-                          "write_result")
+__all__: Sequence[str] = ("RESULT_KEYS", "SimOutcome", "fill_job", "run_simulation",
+                          "simulate_into", "write_result")

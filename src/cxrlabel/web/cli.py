@@ -13,7 +13,7 @@ invite_app = typer.Typer(help="Invite links for new annotators.", no_args_is_hel
 def serve(
     ctx: typer.Context,
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
-    port: int = typer.Option(8000, help="Port to listen on."),
+    port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on."),
     workers: int = typer.Option(1, min=1, help="Worker processes (more than 1 needs PostgreSQL)."),
     access_log: bool = typer.Option(True, help="Log every request (off: less CPU per request)."),
     keep_alive: float = typer.Option(30.0, min=1, help="Seconds an idle connection stays open."),
@@ -21,7 +21,9 @@ def serve(
     """Serve the annotator web app (admin pages, annotator pages, REST API at /api/docs)."""
     from cxrlabel.web.app import run_server
 
-    settings = app_context(ctx).settings
+    app = app_context(ctx)
+    app.require_existing_data()  # serving a typo'd data dir would show an empty, new database
+    settings = app.settings
     try:
         run_server(settings, host=host, port=port, workers=workers, access_log=access_log,
                    keep_alive_s=keep_alive)
@@ -43,7 +45,7 @@ def user_add(
 
     if password is None:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
-    db = app_context(ctx).db
+    db = app_context(ctx, creates_data=True).db  # the first admin may start an installation
     try:
         with db.session() as s:
             user = create_user(s, username, password, role)
