@@ -465,7 +465,7 @@ How to read this (text kept in the script; tables regenerated on every run):
   majority vote (ZenCrowd US/all, CheXpert 8 readers, CrowdScale), crowd-kit's early stop near
   its MV start scores higher than any converged DS, ours or crowd-kit's run to 100 iterations
   (the note column); the regression test marks these sets as expected failures. GLAD against
-  crowd-kit's GLAD run to its own stopping rule on 11 more sets (separately; too slow for this
+  crowd-kit's GLAD run to its own stopping rule on 12 more sets (separately; too slow for this
   script's default): more than 0.3 points below on ZenCrowd US (-5.44), S_Rel (-4.19), ZenCrowd
   all (-2.94) and NIH pneumothorax (-0.66); figures and what was tried in docs/aggregation.md.
 """
