@@ -31,7 +31,7 @@ from .base import (
     normalize_rows,
     softmax_rows,
 )
-from .dawid_skene import DawidSkene, expected_accuracy, smoothed_confusion
+from .dawid_skene import DawidSkene, expected_accuracy, prior_centre, smoothed_confusion
 
 #: Starting reliability per level; also the centre of its Beta prior.
 INITIAL_RELIABILITY: tuple[float, ...] = (1.0, 0.8, 0.4)
@@ -50,6 +50,7 @@ class CertaintyDawidSkene(DawidSkene):
 
     def _fit(self, judgments: Judgments) -> AggregationResult:
         levels = _levels(judgments)
+        self._diagonal = self.prior_diagonal(judgments)
         n_items, n_classes = judgments.n_items, judgments.n_classes
         reliability = np.array(INITIAL_RELIABILITY)
         guess = np.bincount(judgments.labels, minlength=n_classes) + 1.0
@@ -116,9 +117,8 @@ class CertaintyDawidSkene(DawidSkene):
             informative = item_post * own / lik  # P(true = k, informative | answer)
         flat = np.asarray(onehot @ informative)
         counts = flat.reshape(judgments.n_workers, n_classes, n_classes).transpose(0, 2, 1)
-        confusion = smoothed_confusion(
-            counts, self.prior_strength, self.prior_accuracy, self.smoothing
-        )
+        centre = prior_centre(counts, self._diagonal, pooled=self.error_pattern == "pooled")
+        confusion = smoothed_confusion(counts, self.prior_strength, centre, self.smoothing)
         reliability = self._update_reliability(levels, informative.sum(axis=1))
         class_prior = posterior.sum(axis=0) + 1.0
         return class_prior / class_prior.sum(), confusion, reliability

@@ -9,12 +9,29 @@ Priors (why): a worker with a handful of answers would get confusion rows of exa
 and ones, and a single zero makes one answer veto a class. Worse, with a rare class (2
 pneumonia cases in 810 images) maximum-likelihood EM happily re-purposes the rare class as a
 "hard items" cluster with 5-15 % sensitivity for every reader and loses to majority vote.
-Each confusion row therefore gets a Dirichlet prior worth ``prior_strength`` answers,
-centred on a diagonal-dominant row (``prior_accuracy`` on the diagonal, the rest spread
-evenly), plus ``smoothing`` pseudo-counts per cell. A sparse worker or a rare-class row stays
-near "a decent annotator"; a row with hundreds of answers is barely affected. (A prior centred
-on the pooled confusion of all workers was tried first: it drifts with the degenerate
-cluster and does not prevent it.) The class prior gets one pseudo-count per class.
+Each confusion row therefore gets a Dirichlet prior worth ``prior_strength`` answers, centred
+on "the average worker of this crowd", plus ``smoothing`` pseudo-counts per cell. A sparse
+worker or a rare-class row stays near that average; a row with hundreds of answers is barely
+affected. The centre is fitted to the data (empirical Bayes), in two parts:
+
+* its diagonal (how often the average worker is right) comes from the pairwise agreement
+  rate of the crowd, a method-of-moments estimate: if workers are right with probability p
+  and spread errors evenly, two answers to one item agree with probability
+  a = p^2 + (1 - p)^2 / (K - 1), solved for p. It does not depend on EM's class assignment,
+  so a degenerate cluster cannot pull it along (which is what sank a centre pooled from the
+  EM's own confusion estimates). It is clipped to [1/K + 0.05, 0.95]: above chance so that a
+  class keeps its meaning (the rare-class protection), and short of certainty;
+* its off-diagonal (which wrong answers are likely) is the pooled expected confusion of all
+  workers plus one pseudo-count per cell, so graded scales (relevance 0-3, weather
+  sentiment) shrink sparse workers towards confusing neighbouring grades, not any grade.
+
+Why not a centre fixed at 80 % right, errors spread evenly (the previous prior): with many
+weak, sparse workers and many classes it shrinks every one of them towards "a decent
+annotator"; on S_Rel (766 workers, 4 grades, a median of 20 answers each) the adaptive centre
+gives 0.623 against 0.610. Why not fit the Dirichlet by marginal likelihood (Minka's fixed
+point, per true class): tried, and on the rare-class and few-reader sets the fitted centre
+follows the degenerate cluster (CrowdScale 0.853, NIH abnormal 0.922 against 0.877 and 0.949
+here); docs/aggregation.md has the comparison. The class prior gets one pseudo-count per class.
 
 Gold items are clamped to their known class in every E-step, so they anchor the confusion
 matrices and their labels never change.
@@ -38,7 +55,8 @@ class DawidSkene(Aggregator):
         max_iter: int = 100,
         tol: float = 1e-5,
         prior_strength: float = 5.0,
-        prior_accuracy: float = 0.8,
+        prior_accuracy: float | None = None,
+        error_pattern: str = "pooled",
         smoothing: float = 0.01,
     ) -> None:
         super().__init__(tie_break=tie_break)
@@ -46,11 +64,22 @@ class DawidSkene(Aggregator):
         self.tol = tol
         self.prior_strength = prior_strength
         self.prior_accuracy = prior_accuracy
+        if error_pattern not in ("pooled", "even"):
+            raise ValueError("error_pattern must be 'pooled' or 'even'")
+        self.error_pattern = error_pattern
         self.smoothing = smoothing
+
+    def prior_diagonal(self, judgments: Judgments) -> float:
+        """The prior centre's diagonal: ``prior_accuracy`` if given, else estimated from the
+        crowd's pairwise agreement (see the module docstring)."""
+        if self.prior_accuracy is not None:
+            return self.prior_accuracy
+        return agreement_accuracy(judgments)
 
     def _fit(self, judgments: Judgments) -> AggregationResult:
         answer_matrix = judgments.worker_label_matrix()
         answer_matrix_t = answer_matrix.T.tocsr()
+        self._diagonal = self.prior_diagonal(judgments)
         # Start from the vote share: EM then only has to refine a sensible consensus.
         posterior = judgments.clamp_gold(normalize_rows(judgments.vote_counts()))
         converged, n_iter = False, 0
@@ -79,9 +108,8 @@ class DawidSkene(Aggregator):
         self, answer_matrix_t: sp.csr_matrix, posterior: np.ndarray, judgments: Judgments
     ) -> tuple[np.ndarray, np.ndarray]:
         counts = confusion_counts(answer_matrix_t, posterior, judgments.n_workers)
-        confusion = smoothed_confusion(
-            counts, self.prior_strength, self.prior_accuracy, self.smoothing
-        )
+        centre = prior_centre(counts, self._diagonal, pooled=self.error_pattern == "pooled")
+        confusion = smoothed_confusion(counts, self.prior_strength, centre, self.smoothing)
         class_prior = posterior.sum(axis=0) + 1.0
         return class_prior / class_prior.sum(), confusion
 
@@ -95,15 +123,41 @@ def confusion_counts(
     return flat.reshape(n_workers, n_classes, n_classes).transpose(0, 2, 1)
 
 
-def smoothed_confusion(
-    counts: np.ndarray, prior_strength: float, prior_accuracy: float, smoothing: float
-) -> np.ndarray:
-    """Posterior-mean confusion rows under a Dirichlet prior centred on a diagonal-dominant
-    matrix (``prior_accuracy`` on the diagonal)."""
+def agreement_accuracy(judgments: Judgments, fallback: float = 0.8) -> float:
+    """Accuracy p of a symmetric worker that matches the crowd's pairwise agreement rate a:
+    a = p^2 + (1 - p)^2 / (K - 1), so p = (1 + sqrt(1 - K + a K (K - 1))) / K. Clipped to
+    [1/K + 0.05, 0.95]; ``fallback`` when no item has two answers."""
+    k = judgments.n_classes
+    if k < 2:
+        return 1.0
+    counts = judgments.vote_counts()
+    per_item = counts.sum(axis=1)
+    pairs = float((per_item * (per_item - 1)).sum())
+    if pairs <= 0:
+        return fallback
+    agree = float((counts * (counts - 1)).sum()) / pairs
+    accuracy = (1.0 + np.sqrt(max(1.0 - k + agree * k * (k - 1), 0.0))) / k
+    return float(np.clip(accuracy, 1.0 / k + 0.05, 0.95))
+
+
+def prior_centre(counts: np.ndarray, diagonal: float, *, pooled: bool = True) -> np.ndarray:
+    """(K, K) prior centre: ``diagonal`` on the diagonal; the rest of each row spread like the
+    pooled off-diagonal expected counts of all workers (+1 per cell), or evenly."""
     n_classes = counts.shape[1]
-    off_diagonal = (1.0 - prior_accuracy) / max(n_classes - 1, 1)
-    centre = np.full((n_classes, n_classes), off_diagonal)
-    np.fill_diagonal(centre, prior_accuracy if n_classes > 1 else 1.0)
+    if n_classes == 1:
+        return np.ones((1, 1))
+    errors = counts.sum(axis=0) + 1.0 if pooled else np.ones((n_classes, n_classes))
+    np.fill_diagonal(errors, 0.0)
+    centre = errors / errors.sum(axis=1, keepdims=True) * (1.0 - diagonal)
+    np.fill_diagonal(centre, diagonal)
+    return centre
+
+
+def smoothed_confusion(
+    counts: np.ndarray, prior_strength: float, centre: np.ndarray, smoothing: float
+) -> np.ndarray:
+    """Posterior-mean confusion rows under a Dirichlet prior worth ``prior_strength`` answers
+    centred on ``centre`` (K x K, rows summing to 1), plus ``smoothing`` per cell."""
     confusion = counts + prior_strength * centre[None, :, :] + smoothing
     confusion /= confusion.sum(axis=2, keepdims=True)
     return confusion
