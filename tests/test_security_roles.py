@@ -55,6 +55,9 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/"): R(SIGNED_IN),
     ("GET", "/account"): R(SIGNED_IN),
     ("POST", "/account/token"): R(SIGNED_IN, form={}),
+    ("GET", "/account/password"): R(SIGNED_IN),
+    ("POST", "/account/password"): R(SIGNED_IN, form={"current": "x", "password": "a",
+                                                      "password2": "b"}),
     # admin pages and API
     ("GET", "/admin"): R(ADMINS),
     ("GET", "/admin/jobs/{job_name}/annotators"): R(ADMINS),
@@ -62,6 +65,9 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/admin/invites"): R(ADMINS),
     ("POST", "/admin/invites"): R(ADMINS, form={"role": "annotator", "uses": "1"}),
     ("POST", "/admin/invites/{invite_id}/revoke"): R(ADMINS, form={}),
+    ("GET", "/admin/users"): R(ADMINS),
+    ("POST", "/admin/users/{user_id}/{action}"): R(ADMINS, form={}, params={"action": "enable"}),
+    ("POST", "/api/users/{user_id}/{action}"): R(ADMINS, params={"action": "enable"}),
     ("GET", "/admin/jobs/{job_name}/contributors"): R(ADMINS),
     ("POST", "/admin/jobs/{job_name}/contributors/{user_id}/{action}"):
         R(ADMINS, form={"text": "hello"}, params={"action": "message"}),

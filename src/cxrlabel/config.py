@@ -24,6 +24,10 @@ def bundled_jobs_dir() -> Path:
 class Settings:
     data_dir: Path
     db_url: str | None = None
+    # Sign-in sessions (annotate/sessions.py): a session ends after this long without a
+    # request, and in any case this long after sign-in.
+    session_idle_minutes: float = 8 * 60
+    session_max_hours: float = 7 * 24
 
     @property
     def database_url(self) -> str:
@@ -46,4 +50,19 @@ class Settings:
     @classmethod
     def from_env(cls, data_dir: str | Path | None = None, db_url: str | None = None) -> Settings:
         data = Path(data_dir or os.environ.get("CXRLABEL_DATA_DIR", DEFAULT_DATA_DIR))
-        return cls(data_dir=data, db_url=db_url or os.environ.get("CXRLABEL_DB") or None)
+        return cls(data_dir=data, db_url=db_url or os.environ.get("CXRLABEL_DB") or None,
+                   session_idle_minutes=_env_float("CXRLABEL_SESSION_IDLE_MINUTES", 8 * 60),
+                   session_max_hours=_env_float("CXRLABEL_SESSION_MAX_HOURS", 7 * 24))
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of minutes/hours, not {raw!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{name} must be a positive number, not {raw!r}")
+    return value

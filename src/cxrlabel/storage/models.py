@@ -176,6 +176,23 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class UserSession(Base):
+    """A signed-in browser session (server side, so it can be revoked).
+
+    The cookie carries a random token; only its SHA-256 is stored. Signing out deletes the
+    row; a password change or an admin disabling the account deletes all the user's rows.
+    ``last_seen_at`` is touched at most once a minute (``annotate/sessions.py``) so the
+    annotation loop does not write on every request."""
+
+    __tablename__ = "user_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class AnnotatorState(Base):
     """Per-job state of one annotator, maintained by the quality engine."""
 

@@ -29,6 +29,7 @@ from cxrlabel.web import routes
 from cxrlabel.web.deps import LoginRequired, is_api, render
 from cxrlabel.web.images_fast import ImageUrls, RenditionStore, SignedImages
 from cxrlabel.web.middleware import SessionMiddleware
+from cxrlabel.web.passwords import PasswordPool
 from cxrlabel.web.security import (
     ImageUrlSigner,
     LoginRateLimiter,
@@ -56,6 +57,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     renditions = RenditionStore(settings.data_dir, app.state.db)
     app.state.image_urls = ImageUrls(ImageUrlSigner(secret), renditions)
     app.state.login_limiter = LoginRateLimiter()
+    app.state.password_pool = PasswordPool()
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     for module in _route_modules():
         app.include_router(module.router)

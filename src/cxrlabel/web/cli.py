@@ -1,4 +1,5 @@
-"""CLI: ``cxrlabel serve``, ``cxrlabel user add|token``, ``cxrlabel invite create``."""
+"""CLI: ``cxrlabel serve``, ``cxrlabel user add|token|passwd|disable|enable``,
+``cxrlabel invite create``."""
 
 from __future__ import annotations
 
@@ -69,6 +70,49 @@ def user_token(ctx: typer.Context, username: str = typer.Argument(...)) -> None:
             fail(f"no user named {username!r}")
         token = issue_api_token(s, user)
     typer.echo(token)
+
+
+@user_app.command("passwd")
+def user_passwd(
+    ctx: typer.Context,
+    username: str = typer.Argument(...),
+    password: str = typer.Option(None, help="New password (asked for, hidden, when not given)."),
+) -> None:
+    """Set USERNAME's password (policy checked) and sign them out everywhere."""
+    from cxrlabel.annotate.accounts import AccountError, find_user, set_password
+
+    if password is None:
+        password = typer.prompt("New password", hide_input=True, confirmation_prompt=True)
+    try:
+        with app_context(ctx).db.session() as s:
+            ended = set_password(s, find_user(s, username), password)
+    except AccountError as exc:
+        fail(exc.message)
+    console.print(f"password changed; {ended} session(s) ended", markup=False)
+
+
+def _set_active(ctx: typer.Context, username: str, active: bool) -> None:
+    from cxrlabel.annotate.accounts import AccountError, find_user, set_active
+
+    try:
+        with app_context(ctx).db.session() as s:
+            ended = set_active(s, find_user(s, username), active)
+    except AccountError as exc:
+        fail(exc.message)
+    state = "enabled" if active else f"disabled; {ended} session(s) ended"
+    console.print(f"{username}: {state}", markup=False, highlight=False)
+
+
+@user_app.command("disable")
+def user_disable(ctx: typer.Context, username: str = typer.Argument(...)) -> None:
+    """Disable USERNAME: their sessions end now and sign-in and API tokens stop working."""
+    _set_active(ctx, username, False)
+
+
+@user_app.command("enable")
+def user_enable(ctx: typer.Context, username: str = typer.Argument(...)) -> None:
+    """Enable USERNAME again (they sign in anew)."""
+    _set_active(ctx, username, True)
 
 
 @invite_app.command("create")

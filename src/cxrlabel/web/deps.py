@@ -21,17 +21,17 @@ from sqlalchemy.orm import Session
 from starlette.responses import Response
 
 from cxrlabel.annotate.accounts import user_for_api_token
+from cxrlabel.annotate.sessions import SessionPolicy, session_user, touch_session
 from cxrlabel.context import spec_from_job_row
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.storage.db import Database
-from cxrlabel.storage.models import Job, User
+from cxrlabel.storage.models import Job, User, utcnow
 from cxrlabel.templating import env
 from cxrlabel.web.security import (
     CSRF_FIELD,
     CSRF_HEADER,
     SessionData,
     csrf_ok,
-    password_fingerprint,
 )
 
 templates = Jinja2Templates(env=env)
@@ -74,14 +74,32 @@ def optional_user(request: Request) -> User | None:
         request.state.via_token = True
     else:
         sess = session_data(request)
-        if sess.user_id is not None:
-            with db.read_session() as s:
-                found = s.get(User, sess.user_id)
-                if (found is not None and found.active
-                        and sess.pw == password_fingerprint(found.password_hash)):
-                    user = found
+        if sess.user_id is not None and sess.sid:
+            user = _session_user(request, db, sess.sid)
     request.state.user = user
     return user
+
+
+def session_policy(request: Request) -> SessionPolicy:
+    policy = getattr(request.app.state, "session_policy", None)
+    if policy is None:
+        policy = request.app.state.session_policy = SessionPolicy.from_settings(
+            request.app.state.settings)
+    return policy
+
+
+def _session_user(request: Request, db: Database, token: str) -> User | None:
+    """The user of a live server-side session: one indexed read; a write (``last_seen_at``)
+    at most once a minute per session."""
+    now = utcnow()
+    with db.read_session() as s:  # reads only: never waits for SQLite's writer
+        found = session_user(s, token, now, session_policy(request))
+    if found is None:
+        return None
+    if found.needs_touch:
+        with db.session() as s:
+            touch_session(s, token, now)
+    return found.user
 
 
 # current_user and the role check are ``async def``: they do no I/O, and FastAPI runs every

@@ -2,8 +2,9 @@
 
 Session cookie: ``base64url(json payload).base64url(HMAC-SHA256)``, HttpOnly, SameSite=Lax,
 Secure when the request came over https (or always/never, see ``CXRLABEL_COOKIE_SECURE``). The
-payload holds the user id, a CSRF token, the issue time and a fingerprint of the password hash,
-so changing a password signs out every other session. Signing in issues a fresh session (no
+payload holds the user id, a CSRF token, the issue time and the token of a server-side session
+(``annotate/sessions.py``): the cookie alone signs nobody in, so sign-out, a password change or
+an admin disabling the account ends it for good. Signing in issues a fresh session (no
 fixation). The signing key comes from ``CXRLABEL_SECRET_KEY`` or ``<data dir>/secret_key``
 (created once, mode 0600), so several workers share it.
 """
@@ -75,20 +76,16 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def password_fingerprint(password_hash: str) -> str:
-    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
-
-
 @dataclass
 class SessionData:
     user_id: int | None = None
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     issued: float = field(default_factory=time.time)
-    pw: str | None = None  # fingerprint of the password hash at sign-in
+    sid: str | None = None  # token of the server-side session (user_sessions row)
     changed: bool = False  # must be written back to the cookie
 
     def to_payload(self) -> dict[str, Any]:
-        return {"u": self.user_id, "c": self.csrf, "t": int(self.issued), "p": self.pw}
+        return {"u": self.user_id, "c": self.csrf, "t": int(self.issued), "s": self.sid}
 
 
 class SessionSigner:
@@ -111,9 +108,11 @@ class SessionSigner:
         try:
             data = json.loads(_unb64(body))
             session = SessionData(user_id=data["u"], csrf=str(data["c"]),
-                                  issued=float(data["t"]), pw=data.get("p"))
+                                  issued=float(data["t"]), sid=data.get("s"))
         except (ValueError, KeyError, TypeError):
             return None
+        if session.user_id is not None and not isinstance(session.sid, str):
+            session.user_id = None  # signed before server-side sessions: sign in again
         if (now or time.time()) - session.issued > SESSION_MAX_AGE_S:
             return None
         return session
@@ -235,13 +234,32 @@ def security_headers(response: Response, path: str) -> None:
 
 
 class LoginRateLimiter:
-    """At most ``max_failures`` failed sign-ins per ``window_s`` per client address and per
-    username (in memory, per worker process)."""
+    """Failed sign-ins, counted per (client address, username) and per client address, over a
+    sliding ``window_s`` (in memory, per worker process).
 
-    def __init__(self, max_failures: int = 10, window_s: float = 900.0) -> None:
+    ``begin`` checks and reserves an attempt in one step under a lock, and an attempt still
+    being checked counts against the budget: 49 concurrent guesses were all let through
+    against a budget of 10 when the check and the count were separate. The budget is per
+    address *and* username, so an attacker locks out themselves, not the account's owner
+    signing in from elsewhere; one address trying many usernames meets ``ip_max_failures``.
+    ``retry_after``/``failed``/``succeeded`` are the plain per-key calls (sign-up uses them).
+    """
+
+    def __init__(self, max_failures: int = 10, window_s: float = 900.0,
+                 ip_max_failures: int | None = None) -> None:
         self.max_failures, self.window_s = max_failures, window_s
+        self.ip_max_failures = ip_max_failures or 5 * max_failures
         self._failures: dict[str, deque[float]] = {}
+        self._in_flight: dict[str, int] = {}
         self._lock = threading.Lock()
+
+    @staticmethod
+    def login_keys(client: str, username: str) -> list[str]:
+        name = username.strip().lower()
+        return [f"ip+user:{client}\x00{name}", f"ip:{client}"]
+
+    def _limit(self, key: str) -> int:
+        return self.ip_max_failures if key.startswith("ip:") else self.max_failures
 
     def _recent(self, key: str, now: float) -> deque[float]:
         q = self._failures.setdefault(key, deque())
@@ -249,15 +267,45 @@ class LoginRateLimiter:
             q.popleft()
         return q
 
+    def _wait(self, key: str, now: float, in_flight: int = 0) -> int:
+        q = self._recent(key, now)
+        if len(q) + in_flight < self._limit(key):
+            return 0
+        return int(self.window_s - (now - q[0])) + 1 if len(q) >= self._limit(key) else 1
+
+    def begin(self, keys: list[str], now: float | None = None) -> int:
+        """Reserve one attempt on every key, atomically; returns 0 when reserved, else the
+        seconds to wait (nothing reserved). Always pair a 0 with ``finish``."""
+        now = now or time.monotonic()
+        with self._lock:
+            wait = max((self._wait(k, now, self._in_flight.get(k, 0)) for k in keys), default=0)
+            if wait:
+                return wait
+            for key in keys:
+                self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        return 0
+
+    def finish(self, keys: list[str], *, failed: bool, now: float | None = None) -> None:
+        """End an attempt reserved by ``begin``: a failure is counted, a success clears the
+        address+username budget."""
+        now = now or time.monotonic()
+        with self._lock:
+            for key in keys:
+                left = self._in_flight.get(key, 1) - 1
+                if left:
+                    self._in_flight[key] = left
+                else:
+                    self._in_flight.pop(key, None)
+                if failed:
+                    self._recent(key, now).append(now)
+            if not failed:
+                self._failures.pop(keys[0], None)
+
     def retry_after(self, keys: list[str], now: float | None = None) -> int:
         """Seconds to wait before trying again, 0 when allowed."""
         now = now or time.monotonic()
         with self._lock:
-            waits = [
-                int(self.window_s - (now - q[0])) + 1
-                for q in (self._recent(k, now) for k in keys) if len(q) >= self.max_failures
-            ]
-        return max(waits, default=0)
+            return max((self._wait(k, now) for k in keys), default=0)
 
     def failed(self, keys: list[str], now: float | None = None) -> None:
         now = now or time.monotonic()

@@ -1,21 +1,24 @@
-"""Sign in, sign out, join by invite, account (API token), and the start page."""
+"""Sign in, sign out, join by invite, account (API token, password), and the start page."""
 
 from __future__ import annotations
-
-import time
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from cxrlabel.annotate.accounts import (
     AccountError,
-    authenticate,
+    change_own_password,
     find_invite,
+    hash_password,
     invite_problem,
     issue_api_token,
+    load_credentials,
+    needs_rehash,
     redeem_invite,
+    verify_password,
 )
 from cxrlabel.storage.models import AnnotatorState, Job, Role, User, utcnow
 from cxrlabel.web.deps import (
@@ -25,8 +28,10 @@ from cxrlabel.web.deps import (
     job_and_spec,
     optional_user,
     render,
+    session_data,
 )
-from cxrlabel.web.security import SessionData, password_fingerprint
+from cxrlabel.web.passwords import PasswordPoolBusy
+from cxrlabel.web.signin import sign_in, sign_out
 
 router = APIRouter(include_in_schema=False)
 
@@ -38,12 +43,8 @@ def safe_next(url: str | None, default: str = "/") -> str:
     return default
 
 
-def sign_in(request: Request, user: User) -> None:
-    # A fresh session (new CSRF token) on every sign-in: no session fixation.
-    request.state.session = SessionData(
-        user_id=user.id, pw=password_fingerprint(user.password_hash), changed=True
-    )
-    request.state.user = user
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
 
 @router.get("/")
@@ -68,35 +69,63 @@ def login_form(request: Request, next: str = "/") -> Response:  # noqa: A002 - q
 
 
 @router.post("/login", dependencies=[Depends(csrf_protect)])
-def login(request: Request, username: str = Form(""), password: str = Form(""),
-          next: str = Form("/")) -> Response:  # noqa: A002
+async def login(request: Request, username: str = Form(""), password: str = Form(""),
+                next: str = Form("/")) -> Response:  # noqa: A002
+    """``async``: the password check waits on the capped hashing pool (``web/passwords.py``)
+    without holding one of the request threads other pages need."""
     limiter = request.app.state.login_limiter
-    client = request.client.host if request.client else "unknown"
-    keys = [f"ip:{client}", f"user:{username.strip().lower()}"]
-    wait = limiter.retry_after(keys)
+    keys = limiter.login_keys(client_address(request), username)
+    context = {"next_url": safe_next(next), "username": username}
+    wait = limiter.begin(keys)
     if wait:
-        response = render(request, "login.html", {
-            "error": f"Too many failed attempts. Please wait {max(1, wait // 60)} minute(s) "
-                     "and try again.", "next_url": safe_next(next), "username": username,
-        }, status_code=429)
+        response = render(request, "login.html", {**context, "error": (
+            f"Too many failed attempts. Please wait {max(1, wait // 60)} minute(s) and try "
+            "again.")}, status_code=429)
         response.headers["Retry-After"] = str(wait)
         return response
-    with get_db(request).session() as s:
-        user = authenticate(s, username, password)
+    user = None
+    try:
+        user = await _check_password(request, username, password)
+    except PasswordPoolBusy:
+        limiter.finish(keys, failed=False)
+        response = render(request, "login.html", {**context, "error": (
+            "The server is busy. Please try again in a moment.")}, status_code=503)
+        response.headers["Retry-After"] = "5"
+        return response
+    limiter.finish(keys, failed=user is None)
     if user is None:
-        limiter.failed(keys, time.monotonic())
-        return render(request, "login.html", {
-            "error": "Wrong username or password.", "next_url": safe_next(next),
-            "username": username,
-        }, status_code=401)
-    limiter.succeeded([keys[1]])
-    sign_in(request, user)
+        return render(request, "login.html", {**context,
+                                              "error": "Wrong username or password."}, 401)
+    await run_in_threadpool(sign_in, request, user)
     return RedirectResponse(safe_next(next), status_code=303)
+
+
+async def _check_password(request: Request, username: str, password: str) -> User | None:
+    """The active user with these credentials, else None: one read, then argon2 on the pool."""
+    db = get_db(request)
+
+    def load() -> tuple[User | None, str]:
+        with db.read_session() as s:
+            return load_credentials(s, username)
+
+    user, stored = await run_in_threadpool(load)
+    pool = request.app.state.password_pool
+    if not await pool.run(verify_password, stored, password) or user is None or not user.active:
+        return None
+    if needs_rehash(stored):  # argon2 parameters were raised since this hash was made
+        new_hash = await pool.run(hash_password, password)
+        await run_in_threadpool(_store_hash, db, user.id, new_hash)
+    return user
+
+
+def _store_hash(db, user_id: int, new_hash: str) -> None:  # noqa: ANN001 - Database
+    with db.session() as s:
+        s.get_one(User, user_id).password_hash = new_hash
 
 
 @router.post("/logout", dependencies=[Depends(csrf_protect)])
 def logout(request: Request) -> Response:
-    request.state.session = SessionData(changed=True)
+    sign_out(request)
     return RedirectResponse("/login", status_code=303)
 
 
@@ -161,3 +190,24 @@ def new_token(request: Request, user: User = Depends(current_user)) -> Response:
     with get_db(request).session() as s:
         token = issue_api_token(s, s.get(User, user.id))
     return render(request, "account.html", {"token": token})
+
+
+@router.get("/account/password")
+def password_form(request: Request, user: User = Depends(current_user)) -> Response:
+    return render(request, "password.html")
+
+
+@router.post("/account/password", dependencies=[Depends(csrf_protect)])
+def change_password(request: Request, current: str = Form(""), password: str = Form(""),
+                    password2: str = Form(""), user: User = Depends(current_user)) -> Response:
+    """Change one's own password; every other session of the account ends."""
+    if password != password2:
+        return render(request, "password.html", {"error": "The new passwords differ."}, 422)
+    try:
+        with get_db(request).session() as s:
+            ended = change_own_password(s, s.get_one(User, user.id), current, password,
+                                        keep_session=session_data(request).sid)
+    except AccountError as exc:
+        status = exc.status if exc.status != 400 else 422
+        return render(request, "password.html", {"error": exc.message}, status)
+    return render(request, "password.html", {"done": True, "ended": ended})

@@ -1,0 +1,306 @@
+"""Accounts hardening (issue 18): revocable server-side sessions, password change, disable and
+enable (web and CLI), password policy, the login throttle under concurrency, and argon2 on its
+own capped pool. Each test failed on the code before issue 18."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import timedelta
+
+import anyio
+import anyio.to_thread
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import event, select, update
+from typer.testing import CliRunner
+
+from cxrlabel.annotate.accounts import AccountError, check_password_rules, common_passwords
+from cxrlabel.cli import app as cli_app
+from cxrlabel.config import Settings
+from cxrlabel.storage.db import Database
+from cxrlabel.storage.models import UserSession, utcnow
+from cxrlabel.web.app import create_app
+from cxrlabel.web.passwords import PasswordPool, PasswordPoolBusy
+from cxrlabel.web.security import LoginRateLimiter
+from web_support import add_user, csrf_from_html, seed_job
+
+PASSWORD = "correct horse battery"
+NEW_PASSWORD = "purple elephant tuba"
+ME = "/api/jobs/test-job/me"
+
+
+@pytest.fixture
+def web(db_url, tmp_path):
+    db = Database(db_url)
+    seed_job(db, tmp_path, n_work=8, n_gold=4, quiz_length=2, items_per_page=4)
+    app = create_app(Settings(data_dir=tmp_path, db_url=db_url), db=db)
+    yield app, db, tmp_path
+    db.dispose()
+
+
+def login(client: TestClient, username: str, password: str = PASSWORD):  # noqa: ANN201
+    token = csrf_from_html(client.get("/login").text)
+    return client.post("/login", data={"username": username, "password": password,
+                                       "csrf_token": token, "next": "/"},
+                       follow_redirects=False)
+
+
+def signed_in(app, username: str, address: str = "testclient") -> TestClient:  # noqa: ANN001
+    client = TestClient(app, follow_redirects=False, client=(address, 50000))
+    assert login(client, username).status_code == 303
+    return client
+
+
+def cookie_of(client: TestClient) -> str:
+    return client.cookies.get("cxrlabel_session")
+
+
+def replay(app, cookie: str) -> int:  # noqa: ANN001
+    """Status of an API call from a fresh client that only carries ``cookie``."""
+    other = TestClient(app, follow_redirects=False)
+    return other.get(ME, headers={"Cookie": f"cxrlabel_session={cookie}"}).status_code
+
+
+# --- sessions ------------------------------------------------------------------------------------
+
+def test_cookie_replayed_after_logout_is_refused(web):
+    app, db, _ = web
+    add_user(db, "ann1")
+    client = signed_in(app, "ann1")
+    cookie = cookie_of(client)
+    assert replay(app, cookie) == 200
+    token = csrf_from_html(client.get("/account").text)
+    assert client.post("/logout", data={"csrf_token": token}).status_code == 303
+    assert replay(app, cookie) == 401  # before issue 18: 200 for 14 days
+    with db.read_session() as s:
+        assert s.scalar(select(UserSession.id)) is None
+
+
+def test_password_change_ends_every_other_session(web):
+    app, db, _ = web
+    add_user(db, "ann1")
+    here, elsewhere = signed_in(app, "ann1"), signed_in(app, "ann1")
+    old_other = cookie_of(elsewhere)
+    token = csrf_from_html(here.get("/account/password").text)
+    form = {"csrf_token": token, "current": "wrong one", "password": NEW_PASSWORD,
+            "password2": NEW_PASSWORD}
+    assert here.post("/account/password", data=form).status_code == 403
+    weak = {**form, "current": PASSWORD, "password": "password", "password2": "password"}
+    r = here.post("/account/password", data=weak)
+    assert r.status_code == 422 and "common" in r.text
+    r = here.post("/account/password", data={**form, "current": PASSWORD})
+    assert r.status_code == 200 and "signed out everywhere else (1 other session)" in r.text
+    assert here.get(ME).status_code == 200  # the browser that changed it stays signed in
+    assert replay(app, old_other) == 401
+    assert login(TestClient(app), "ann1", PASSWORD).status_code == 401
+    assert login(TestClient(app), "ann1", NEW_PASSWORD).status_code == 303
+
+
+def test_admin_disable_ends_sessions_and_enable_restores_sign_in(web):
+    app, db, _ = web
+    boss = add_user(db, "boss", role="admin")
+    uid = add_user(db, "ann1")
+    admin, victim = signed_in(app, "boss"), signed_in(app, "ann1")
+    token = csrf_from_html(admin.get("/admin/users").text)
+    r = admin.post(f"/api/users/{uid}/disable", headers={"X-CSRF-Token": token})
+    assert r.status_code == 200 and r.json()["sessions_ended"] == 1
+    assert victim.get(ME).status_code == 401
+    assert login(TestClient(app), "ann1").status_code == 401
+    r = admin.post(f"/admin/users/{uid}/enable", data={"csrf_token": token})
+    assert r.status_code == 200 and "ann1: enabled" in r.text
+    assert login(TestClient(app), "ann1").status_code == 303
+    own = admin.post(f"/api/users/{boss}/disable", headers={"X-CSRF-Token": token})
+    assert own.status_code == 400  # an admin cannot lock themselves out
+
+
+def test_cli_passwd_disable_enable(web, tmp_path):
+    app, db, data_dir = web
+    add_user(db, "ann1")
+    client = signed_in(app, "ann1")
+    runner = CliRunner()
+    base = ["--data-dir", str(data_dir), "--db", db.url]
+    r = runner.invoke(cli_app, [*base, "user", "passwd", "ann1", "--password", "ann1ann1ann1"])
+    assert r.exit_code == 2 and "username" in r.output
+    r = runner.invoke(cli_app, [*base, "user", "passwd", "ann1", "--password", NEW_PASSWORD])
+    assert r.exit_code == 0, r.output
+    assert "1 session(s) ended" in r.output and client.get(ME).status_code == 401
+    client = signed_in_with(app, "ann1", NEW_PASSWORD)
+    r = runner.invoke(cli_app, [*base, "user", "disable", "ann1"])
+    assert r.exit_code == 0 and "disabled; 1 session(s) ended" in r.output
+    assert client.get(ME).status_code == 401
+    assert login(TestClient(app), "ann1", NEW_PASSWORD).status_code == 401
+    assert runner.invoke(cli_app, [*base, "user", "enable", "ann1"]).exit_code == 0
+    assert login(TestClient(app), "ann1", NEW_PASSWORD).status_code == 303
+    r = runner.invoke(cli_app, [*base, "user", "disable", "[red]nobody"])
+    assert r.exit_code == 2 and "[red]nobody" in r.output
+
+
+def signed_in_with(app, username: str, password: str) -> TestClient:  # noqa: ANN001
+    client = TestClient(app, follow_redirects=False)
+    assert login(client, username, password).status_code == 303
+    return client
+
+
+def test_idle_and_absolute_timeouts_from_settings(db_url, tmp_path):
+    db = Database(db_url)
+    seed_job(db, tmp_path, n_work=8, n_gold=4, quiz_length=2, items_per_page=4)
+    settings = Settings(data_dir=tmp_path, db_url=db_url, session_idle_minutes=30,
+                        session_max_hours=24)
+    app = create_app(settings, db=db)
+    try:
+        add_user(db, "ann1")
+        client = signed_in(app, "ann1")
+        now = utcnow()
+
+        def age(created: timedelta, seen: timedelta) -> int:
+            with db.session() as s:
+                s.execute(update(UserSession).values(created_at=now - created,
+                                                     last_seen_at=now - seen))
+            return client.get(ME).status_code
+
+        assert age(timedelta(hours=1), timedelta(minutes=29)) == 200
+        with db.read_session() as s:  # that request touched last_seen_at (older than a minute)
+            seen = s.scalar(select(UserSession.last_seen_at))
+        assert abs((seen.replace(tzinfo=now.tzinfo) - utcnow()).total_seconds()) < 60
+        assert age(timedelta(hours=1), timedelta(minutes=31)) == 401  # idle
+        assert age(timedelta(hours=25), timedelta(seconds=1)) == 401  # absolute
+    finally:
+        db.dispose()
+
+
+def test_signed_in_request_costs_one_session_read_and_no_write(web):
+    """The annotation loop's per-request cost: one indexed read of user_sessions, and a write
+    (``last_seen_at``) at most once a minute."""
+    app, db, _ = web
+    add_user(db, "ann1")
+    client = signed_in(app, "ann1")
+    statements: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args) -> None:  # noqa: ANN001
+        if "user_sessions" in statement:
+            statements.append(statement.split()[0].upper())
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        assert client.get(ME).status_code == 200
+    finally:
+        event.remove(db.engine, "before_cursor_execute", record)
+    assert statements == ["SELECT"]
+
+
+# --- password policy -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("password", ["password", " " * 8, "\t" * 12, "ann-carol",
+                                      "my-ann-carol-pw", "Baseball1", "1qaz2wsx", "short"])
+def test_password_policy_refuses(password):
+    with pytest.raises(AccountError) as exc:
+        check_password_rules(password, "ann-carol")
+    assert exc.value.code == "weak_password"
+
+
+def test_password_policy_accepts_a_passphrase_and_ships_the_list_offline():
+    check_password_rules(PASSWORD, "ann-carol")
+    assert len(common_passwords()) >= 9000 and "baseball1" in common_passwords()
+
+
+def test_weak_password_refused_at_sign_up(web):
+    from cxrlabel.annotate.accounts import create_invite
+
+    app, db, _ = web
+    with db.session() as s:
+        _invite, token = create_invite(s, max_uses=5, now=utcnow())
+    client = TestClient(app, follow_redirects=False)
+    for pw in ("password", " " * 8, "newbie42newbie42"):
+        form = {"csrf_token": csrf_from_html(client.get(f"/join/{token}").text),
+                "username": "newbie42", "password": pw, "password2": pw}
+        r = client.post(f"/join/{token}", data=form)
+        assert r.status_code == 422, (pw, r.status_code)
+
+
+# --- login throttle ------------------------------------------------------------------------------
+
+def test_throttle_is_atomic_under_concurrent_guesses(web):
+    """49 simultaneous wrong guesses against a budget of 10: exactly 10 are checked (401), the
+    rest refused (429). Before issue 18 the check and the count were separate steps and 49
+    were let through."""
+    app, db, _ = web
+    add_user(db, "ann1")
+    app.state.login_limiter = LoginRateLimiter(max_failures=10, window_s=900)
+
+    async def storm() -> list[int]:
+        transport = httpx.ASGITransport(app=app, client=("10.9.9.9", 4000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            token = csrf_from_html((await c.get("/login")).text)
+            form = {"username": "ann1", "password": "wrong guess!", "csrf_token": token}
+            replies = await asyncio.gather(*(c.post("/login", data=form) for _ in range(49)))
+        return [r.status_code for r in replies]
+
+    codes = asyncio.run(storm())
+    assert codes.count(401) == 10 and codes.count(429) == 39
+
+
+def test_throttle_locks_out_the_attacker_not_the_user(web):
+    app, db, _ = web
+    add_user(db, "ann1")
+    app.state.login_limiter = LoginRateLimiter(max_failures=3, window_s=900)
+    attacker = TestClient(app, follow_redirects=False, client=("203.0.113.66", 1234))
+    for _ in range(3):
+        assert login(attacker, "ann1", "guess guess").status_code == 401
+    r = login(attacker, "ann1")  # even the right password, from the attacker's address
+    assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
+    owner = TestClient(app, follow_redirects=False, client=("198.51.100.7", 1234))
+    assert login(owner, "ann1").status_code == 303  # before issue 18: 429, locked out
+
+
+def test_throttle_caps_one_address_trying_many_usernames():
+    limiter = LoginRateLimiter(max_failures=3, window_s=900, ip_max_failures=5)
+    for i in range(5):
+        keys = limiter.login_keys("10.0.0.1", f"user{i}")
+        assert limiter.begin(keys) == 0
+        limiter.finish(keys, failed=True)
+    assert limiter.begin(limiter.login_keys("10.0.0.1", "user9")) > 0
+    assert limiter.begin(limiter.login_keys("10.0.0.2", "user9")) == 0
+
+
+# --- argon2 pool ---------------------------------------------------------------------------------
+
+def test_password_pool_caps_hashing_and_leaves_request_threads_free():
+    """With every hashing slot busy and more checks queued, the request thread pool (FastAPI's
+    sync routes) has all its threads free; beyond the queue cap a check is refused at once."""
+    pool = PasswordPool(workers=2, max_waiting=3)
+    release, running, peak = threading.Event(), [0], [0]
+    lock = threading.Lock()
+
+    def slow_hash() -> bool:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        release.wait(10)
+        with lock:
+            running[0] -= 1
+        return True
+
+    async def main() -> tuple[int, bool, list[bool]]:
+        async with anyio.create_task_group() as tg:
+            results: list[bool] = []
+
+            async def one() -> None:
+                results.append(await pool.run(slow_hash))
+
+            for _ in range(5):
+                tg.start_soon(one)
+            while pool._pending < 5:  # noqa: SLF001 - the test waits for the queue to fill
+                await anyio.sleep(0.01)
+            borrowed = anyio.to_thread.current_default_thread_limiter().borrowed_tokens
+            try:
+                await pool.run(slow_hash)
+                refused = False
+            except PasswordPoolBusy:
+                refused = True
+            release.set()
+        return borrowed, refused, results
+
+    borrowed, refused, results = anyio.run(main)
+    assert borrowed == 0 and refused and results == [True] * 5 and peak[0] == 2
