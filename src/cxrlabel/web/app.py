@@ -28,7 +28,7 @@ from cxrlabel.templating import STATIC_DIR
 from cxrlabel.web import routes
 from cxrlabel.web.deps import LoginRequired, is_api, render
 from cxrlabel.web.images_fast import ImageUrls, RenditionStore, SignedImages
-from cxrlabel.web.middleware import SessionMiddleware
+from cxrlabel.web.middleware import BodyLimitMiddleware, SessionMiddleware
 from cxrlabel.web.passwords import PasswordPool
 from cxrlabel.web.security import (
     ImageUrlSigner,
@@ -75,7 +75,9 @@ def _route_modules() -> list:
 
 def _install_middleware(app: FastAPI) -> None:
     # Pure ASGI (no BaseHTTPMiddleware task group per request). The last added runs first:
-    # signed image URLs are answered before sessions, routing or FastAPI see the request.
+    # signed image URLs are answered before sessions, routing or FastAPI see the request;
+    # body limits apply after the session cookie is decoded and before anything parses a body.
+    app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(SessionMiddleware, signer=app.state.signer)
     app.add_middleware(SignedImages, signer=app.state.image_urls.signer,
                        store=app.state.image_urls.store)

@@ -167,6 +167,20 @@ def cookie_secure_for(scheme: str) -> bool:
     return scheme == "https"
 
 
+def hsts_header(scheme: str) -> tuple[bytes, bytes] | None:
+    """``Strict-Transport-Security`` for responses served over HTTPS: the request came over
+    https (behind a TLS proxy, uvicorn's ``--proxy-headers`` turns a trusted
+    ``X-Forwarded-Proto: https`` into the scheme; ``cxrlabel serve`` enables it), or the site
+    is declared https-only with ``CXRLABEL_COOKIE_SECURE=1``. ``CXRLABEL_HSTS_MAX_AGE``:
+    seconds (default a year; 0 turns the header off)."""
+    if not (scheme == "https" or cookie_secure_for("http")):
+        return None
+    max_age = os.environ.get("CXRLABEL_HSTS_MAX_AGE", "31536000").strip()
+    if not max_age.isdigit() or int(max_age) == 0:
+        return None
+    return (b"strict-transport-security", f"max-age={int(max_age)}".encode())
+
+
 def cookie_secure(request: Request) -> bool:
     return cookie_secure_for(request.url.scheme)
 
