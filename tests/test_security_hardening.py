@@ -118,7 +118,7 @@ def test_api_invite_with_bad_expiry_is_a_clear_4xx(web, hours):
     app, db, _ = web
     add_user(db, "boss", role="admin")
     client, csrf = signed_in(app, "boss")
-    body = '{"role": "annotator", "expires_hours": %s}' % hours
+    body = '{"role": "annotator", "expires_hours": ' + hours + '}'
     r = client.post("/api/invites", content=body,
                     headers={"Content-Type": "application/json", "X-CSRF-Token": csrf})
     assert 400 <= r.status_code < 500, (hours, r.status_code)  # before issue 18: 500 for NaN
