@@ -18,8 +18,9 @@ backup taken while annotators work is consistent (files of images ingested durin
 may be included without a row, which is harmless).
 
 Restore refuses a non-empty data dir (or a PostgreSQL database that already holds a job)
-unless ``force``, checks every checksum before touching the target, and refuses archives
-that are not cxrlabel backups with one clear sentence.
+unless ``force``, checks every checksum, the staged database's soundness, schema revision and
+row counts before touching the target, refuses archives that are not cxrlabel backups with
+one clear sentence, and leaves the database and secrets owner-only (0600/0700).
 """
 
 from __future__ import annotations
@@ -412,6 +413,65 @@ def _restore_postgres(dump: Path, url: str) -> None:
         raise BackupError(f"pg_restore failed: {last}")
 
 
+def known_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    from cxrlabel.storage.db import alembic_config
+
+    return {rev.revision for rev in ScriptDirectory.from_config(
+        alembic_config("sqlite://")).walk_revisions()}
+
+
+def check_staged_database(dump: Path, backend: str, manifest: dict[str, Any]) -> None:
+    """The manifest's database checks, on the staged dump, before anything is replaced.
+    SQLite: the file is a sound database whose schema revision this cxrlabel knows and whose
+    row counts are the manifest's. PostgreSQL: ``pg_restore --list`` reads the whole dump's
+    table of contents (the row counts are compared after the restore, which runs in one
+    transaction)."""
+    revision = manifest["database"].get("alembic_revision")
+    if revision is not None and revision not in known_revisions():
+        raise BackupError(f"this backup's schema revision {revision!r} is unknown to this "
+                          "cxrlabel (made by a newer version?); upgrade cxrlabel to restore it")
+    if backend != "sqlite":
+        proc = subprocess.run([pg_binary("pg_restore"), "--list", str(dump)],
+                              capture_output=True, text=True, timeout=600, check=False)
+        if proc.returncode != 0:
+            raise BackupError("the backup's PostgreSQL dump cannot be read by pg_restore")
+        return
+    try:
+        with sqlite3.connect(f"file:{dump}?mode=ro", uri=True) as conn:
+            ok = conn.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        raise BackupError(f"the backup's database is not a sound SQLite file ({exc})") from None
+    if ok != "ok":
+        raise BackupError(f"the backup's database fails SQLite's integrity check: {ok}")
+    facts = database_facts(f"sqlite:///{dump}")
+    wanted = manifest.get("counts", {})
+    different = {k: (v, facts["counts"].get(k)) for k, v in wanted.items()
+                 if facts["counts"].get(k) != v}
+    if different or facts["alembic_revision"] != revision:
+        raise BackupError("the backup's database does not match its manifest (counts or "
+                          f"schema revision): {different or facts['alembic_revision']}")
+
+
+def make_private(data_dir: Path, url: str) -> None:
+    """Owner-only permissions on what holds secrets: the SQLite database (0600), the
+    session-signing key (0600) and ``secrets/`` (0700, its files 0600). Tar extraction and
+    ``shutil.move`` left them 0644/0755 after a restore."""
+    if backend_of(url) == "sqlite":
+        from cxrlabel.storage.db import make_sqlite_private
+
+        make_sqlite_private(_sqlite_path(url))
+    key = data_dir / "secret_key"
+    if key.is_file():
+        key.chmod(0o600)
+    secrets_dir = data_dir / "secrets"
+    if secrets_dir.is_dir():
+        secrets_dir.chmod(0o700)
+        for path in secrets_dir.rglob("*"):
+            path.chmod(0o700 if path.is_dir() else 0o600)
+
+
 def restore_backup(settings: Settings, archive: Path, *, force: bool = False,
                    progress: Progress | None = None) -> RestoreSummary:
     """Restore ``archive`` into ``settings``' data dir and database, then migrate to head.
@@ -440,8 +500,10 @@ def restore_backup(settings: Settings, archive: Path, *, force: bool = False,
     data_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".cxrlabel-restore-", dir=data_dir.parent))
     try:
+        # Every check first, on the staged copy; only then is the live data touched.
         extract_verified(archive, staging, progress)
         dump = staging / manifest["database"]["member"]
+        check_staged_database(dump, backend, manifest)
         if backend == "sqlite":
             _restore_sqlite(dump, url)
         else:
@@ -459,13 +521,9 @@ def restore_backup(settings: Settings, archive: Path, *, force: bool = False,
                     else 1
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    make_private(data_dir, url)
     from cxrlabel.storage.db import Database  # migrations bring an older backup to head
 
     Database(url).dispose()
     counts = database_facts(url)["counts"]
-    wanted = manifest.get("counts", {})
-    different = {k: (v, counts.get(k)) for k, v in wanted.items() if counts.get(k) != v}
-    if different:
-        raise BackupError(f"the restored database does not match the backup's counts: "
-                          f"{different}")
     return RestoreSummary(manifest, data_dir, url, files, counts)

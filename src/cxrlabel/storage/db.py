@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,6 +47,7 @@ def create_db_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            make_sqlite_private(Path(parsed.database))
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         # Let SQLAlchemy, not pysqlite, emit BEGIN so our BEGIN IMMEDIATE is used.
@@ -55,6 +57,25 @@ def create_db_engine(url: str) -> Engine:
         event.listen(engine, "begin", _sqlite_begin_immediate)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def make_sqlite_private(path: Path) -> None:
+    """The database holds password hashes and labels: owner-only (0600). Created empty with
+    that mode before SQLite opens it (an empty file is an empty database), so its -wal and
+    -shm files, which SQLite creates with the main file's mode, are private too; an existing
+    file (an older install, a restored copy) is tightened."""
+    if not path.exists():
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
+    for suffix in ("", "-wal", "-shm"):
+        file = Path(f"{path}{suffix}")
+        try:
+            if file.stat().st_mode & 0o077:
+                file.chmod(0o600)
+        except (FileNotFoundError, PermissionError):
+            pass  # not there, or not ours (a read-only copy): nothing to tighten
 
 
 def alembic_config(url: str) -> Config:
