@@ -6,7 +6,7 @@ import fcntl
 import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO
 
@@ -65,10 +65,8 @@ def make_sqlite_private(path: Path) -> None:
     -shm files, which SQLite creates with the main file's mode, are private too; an existing
     file (an older install, a restored copy) is tightened."""
     if not path.exists():
-        try:
+        with suppress(FileExistsError):  # another process created it first: tightened below
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        except FileExistsError:
-            pass
     for suffix in ("", "-wal", "-shm"):
         file = Path(f"{path}{suffix}")
         try:
