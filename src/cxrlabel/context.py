@@ -17,6 +17,7 @@ from cxrlabel.config import DEFAULT_JOB, Settings
 from cxrlabel.jobspec import JobSpec, JobSpecError, load_job, parse_job, resolve_job_path
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import Job, utcnow
+from cxrlabel.terminal import printable
 
 console = Console()
 err_console = Console(stderr=True)
@@ -24,8 +25,10 @@ err_console = Console(stderr=True)
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print one clear line on stderr and exit; the CLI never shows a traceback for user errors."""
-    # Escaped: messages quote file and user names, which must print as written, not as markup.
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    # Escaped: messages quote file and user names, which must print as written, not as markup
+    # or raw control characters (cxrlabel/terminal.py).
+    err_console.print(f"[bold red]error:[/] {escape(printable(message))}", highlight=False,
+                      soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -174,6 +174,9 @@ def _validate(
             problems.append(
                 f"line {line}: difficulty '{difficulty}' must be one of {', '.join(DIFFICULTIES)}"
             )
+        if len(matches) == 1 and matches[0].status == ImageStatus.HELD:
+            problems.append(f"line {line}: image '{ref}' is held for review (burned-in text); "
+                            "release it with `cxrlabel held release` first")
         if len(matches) == 1 and matches[0].id in examples:
             problems.append(f"line {line}: image '{ref}' is an instruction example: annotators "
                             "see its answer in the instructions, so it cannot be a test question")

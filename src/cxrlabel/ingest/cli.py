@@ -18,11 +18,55 @@ from cxrlabel.ingest.dicomweb import (
 )
 from cxrlabel.ingest.pipeline import IngestBusy, IngestSummary, ingest
 from cxrlabel.ingest.sources import SourceError
+from cxrlabel.terminal import plain
 
 LISTED_PER_KIND = 20  # the rest is in the ingest_issues table
 
 
+held_app = typer.Typer(help="Images held for review (burned-in text in DICOM pixels).",
+                       no_args_is_help=True)
+
+
+@held_app.command("list")
+def held_list(ctx: typer.Context,
+              job: str = typer.Option(None, "--job", help="Job name.")) -> None:
+    """List the images held for review (not served, never gold) with their source files."""
+    from cxrlabel.ingest.held import held_images
+
+    with app_context(ctx).db.session() as s:
+        job_row, _spec = get_job(s, job)
+        rows = held_images(s, job_row)
+        table = Table(title=f"{len(rows)} held image(s)", title_justify="left")
+        table.add_column("public id")
+        table.add_column("source file", overflow="fold")
+        for image in rows:
+            table.add_row(plain(image.public_id), plain(image.source_path))
+    console.print(table)
+
+
+@held_app.command("release")
+def held_release(
+    ctx: typer.Context,
+    images: list[str] = typer.Argument(None, help="Public ids or source paths to release."),
+    all_held: bool = typer.Option(False, "--all", help="Release every held image of the job."),
+    job: str = typer.Option(None, "--job", help="Job name."),
+) -> None:
+    """Release held images to annotators, after checking their burned-in text."""
+    from cxrlabel.ingest.held import HeldError, release_held
+
+    if not images and not all_held:
+        fail("name the images to release (public id or source path), or pass --all")
+    try:
+        with app_context(ctx).db.session() as s:
+            job_row, _spec = get_job(s, job)
+            released = len(release_held(s, job_row, images or [], release_all=all_held))
+    except HeldError as exc:
+        fail(str(exc))
+    console.print(f"released {released} image(s) to the work queue", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
+    app.add_typer(held_app, name="held")
     @app.command("ingest")
     def ingest_command(
         ctx: typer.Context,
@@ -87,8 +131,9 @@ def _run(db, data_dir: Path, job_row, spec, path: str, query: DicomWebQuery,  # 
 
 
 def print_summary(summary: IngestSummary) -> None:
-    console.print(f"Ingest of {summary.source}: {summary.total} file(s) in "
-                  f"{summary.seconds:.1f} s", highlight=False, soft_wrap=True)
+    # File names are printed as Text (never parsed as markup, control characters escaped).
+    console.print(plain(f"Ingest of {summary.source}: {summary.total} file(s) in "
+                        f"{summary.seconds:.1f} s"), highlight=False, soft_wrap=True)
     table = Table()
     table.add_column("outcome")
     table.add_column("files", justify="right")
@@ -107,10 +152,11 @@ def print_summary(summary: IngestSummary) -> None:
             _print_issues(title, records)
     if summary.burned_in:
         console.print(f"[yellow]warning:[/] {len(summary.burned_in)} DICOM image(s) may have "
-                      "burned-in annotations (text in the pixels, possibly identifying); check "
-                      "them before annotators see them (Image.burned_in_annotation):")
+                      "burned-in annotations (text in the pixels, possibly identifying): held "
+                      "for review, not served and never gold; check them, then `cxrlabel held "
+                      "release` (list: `cxrlabel held list`):")
         for path in summary.burned_in[:LISTED_PER_KIND]:
-            console.print(f"  {path}", highlight=False)
+            console.print(plain(f"  {path}"), highlight=False)
     if summary.swept_orphans:
         console.print(f"removed {summary.swept_orphans} leftover file(s) of an interrupted run")
 
@@ -123,7 +169,7 @@ def _print_issues(title: str, records: list) -> None:  # noqa: ANN001
         reason = record.reason
         if record.duplicate_of_path:
             reason += f" -> {record.duplicate_of_path}"
-        table.add_row(record.source_path, reason)
+        table.add_row(plain(record.source_path), plain(reason))
     if len(records) > LISTED_PER_KIND:
         table.add_row(f"... and {len(records) - LISTED_PER_KIND} more", "(see ingest_issues)")
     console.print(table)

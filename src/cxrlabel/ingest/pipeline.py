@@ -383,7 +383,9 @@ class _Ingestor:
             source_format=p.source_format, sha256=sha, pixel_sha256=p.pixel_sha256,
             phash=to_hex(p.phash), width=p.width, height=p.height, patient_id=patient,
             reference_label=item.label, rendition_path=rel_rendition, thumb_path=rel_thumb,
-            burned_in_annotation=p.burned_in_annotation, status=ImageStatus.NEEDS_JUDGMENTS,
+            burned_in_annotation=p.burned_in_annotation,
+            # Burned-in text may identify the patient: held until an admin has looked.
+            status=ImageStatus.HELD if p.burned_in_annotation else ImageStatus.NEEDS_JUDGMENTS,
             judgment_target=self.spec.judgments.min, trusted_judgments=0,
         )
         known = _Known(item.path, item.label, rel_thumb, row=row, sig=p.signature)

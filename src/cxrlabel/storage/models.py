@@ -68,7 +68,10 @@ class ImageStatus:
     NEEDS_REVIEW = "needs_review"
     EXPERT = "expert"  # finalised by an expert
     GOLD = "gold"  # a test question, never aggregated as work
-    ALL = (NEEDS_JUDGMENTS, FINALISED, NEEDS_REVIEW, EXPERT, GOLD)
+    # Held for admin review (a DICOM flagged as having burned-in text, possibly identifying):
+    # never served, never sampled as gold, until released (``cxrlabel held release``).
+    HELD = "held"
+    ALL = (NEEDS_JUDGMENTS, FINALISED, NEEDS_REVIEW, EXPERT, GOLD, HELD)
 
 
 class AnnotatorStatus:
