@@ -53,7 +53,7 @@ STATE_COLOURS = {"active": "#2b6cb0", "quiz": "#a0aec0", "removed": "#c53030",
                  "disqualified": "#744210"}
 STATUS_COLOURS = {ImageStatus.NEEDS_JUDGMENTS: "#a0aec0", ImageStatus.FINALISED: "#2f855a",
                   ImageStatus.NEEDS_REVIEW: "#dd6b20", ImageStatus.EXPERT: "#6b46c1",
-                  ImageStatus.GOLD: "#b7791f"}
+                  ImageStatus.GOLD: "#b7791f", ImageStatus.HELD: "#718096"}
 
 
 # --- data --------------------------------------------------------------------------------------
