@@ -31,7 +31,8 @@ from cxrlabel.storage.models import AuditEvent, Invite, Job, Role, User, as_utc,
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{1,39}$")
 MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 256  # argon2 handles more, but a cap stops denial of service by huge input
-MAX_INVITE_HOURS = 24 * 366  # a year: longer is a mistake (and 1e300 hours overflows a date)
+# A year, as the API schema; longer is a mistake (and 1e300 hours overflows a date).
+MAX_INVITE_HOURS = 24 * 365
 
 _hasher = PasswordHasher()
 # Verified against when the username does not exist, so timing does not reveal valid usernames.
