@@ -166,6 +166,9 @@ def test_idle_and_absolute_timeouts_from_settings(db_url, tmp_path):
         assert abs((seen.replace(tzinfo=now.tzinfo) - utcnow()).total_seconds()) < 60
         assert age(timedelta(hours=1), timedelta(minutes=31)) == 401  # idle
         assert age(timedelta(hours=25), timedelta(seconds=1)) == 401  # absolute
+        signed_in(app, "ann1")  # a sign-in purges the expired rows
+        with db.read_session() as s:
+            assert len(s.scalars(select(UserSession.id)).all()) == 1
     finally:
         db.dispose()
 

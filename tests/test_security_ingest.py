@@ -142,3 +142,30 @@ def test_held_images_are_never_served(tmp_path):
         assert served and not served & held_public
     finally:
         db.dispose()
+
+
+def test_migration_holds_burned_in_images_ingested_before(tmp_path):
+    from alembic import command
+
+    from cxrlabel.storage.db import alembic_config
+    from cxrlabel.storage.models import GoldItem
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    db = Database(url)
+    try:
+        seeded = seed_job(db, tmp_path, n_work=4, n_gold=2)
+        burned = [seeded.work_ids[0], seeded.gold_ids[0]]
+        cfg = alembic_config(url)
+        command.downgrade(cfg, "0005_user_sessions_revocable")
+        with db.session() as s:  # as ingest stored them before issue 18
+            s.execute(update(Image).where(Image.id.in_(burned))
+                      .values(burned_in_annotation=True))
+        command.upgrade(cfg, "head")
+        with db.read_session() as s:
+            statuses = dict(s.execute(select(Image.id, Image.status)).all())
+            gold_active = dict(s.execute(select(GoldItem.image_id, GoldItem.active)).all())
+        assert statuses[burned[0]] == statuses[burned[1]] == ImageStatus.HELD
+        assert statuses[seeded.work_ids[1]] == ImageStatus.NEEDS_JUDGMENTS
+        assert gold_active[burned[1]] is False and gold_active[seeded.gold_ids[1]] is True
+    finally:
+        db.dispose()

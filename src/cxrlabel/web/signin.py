@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from cxrlabel.annotate.sessions import end_session, start_session
+from cxrlabel.annotate.sessions import (
+    SessionPolicy,
+    end_session,
+    purge_expired_sessions,
+    start_session,
+)
 from cxrlabel.storage.models import User, utcnow
 from cxrlabel.web.security import SessionData
 
@@ -18,9 +23,11 @@ from cxrlabel.web.security import SessionData
 def sign_in(request: Request, user: User) -> None:
     """Sign ``user`` in on this browser: a new server-side session, written to the cookie
     when the response starts (``web/middleware.py``)."""
-    db = request.app.state.db
+    db, now = request.app.state.db, utcnow()
+    policy = SessionPolicy.from_settings(request.app.state.settings)
     with db.session() as s:
-        token = start_session(s, user.id, utcnow())
+        purge_expired_sessions(s, now, policy)  # keeps the table to the live sessions
+        token = start_session(s, user.id, now)
     request.state.session = SessionData(user_id=user.id, sid=token, changed=True)
     request.state.user = user
 
