@@ -113,6 +113,7 @@ STAGES: list[Stage] = [
     Stage(_ingest, {
         "ingest": "Add images to a job: safe decode, DICOM de-identification, renditions, "
         "dedup.",
+        "held": "Images held for review (burned-in text in DICOM pixels).",
     }),
     Stage(_status, {
         "status": "Counts of images, duplicates, failures, judgments and annotators.",
