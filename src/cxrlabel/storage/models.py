@@ -196,6 +196,21 @@ class UserSession(Base):
     last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class UserIdentity(Base):
+    """An account at an OpenID Connect provider (issuer + subject) bound to a user: the
+    provider's ``sub`` never changes, unlike a username or e-mail claim
+    (``annotate/identities.py``)."""
+
+    __tablename__ = "user_identities"
+    __table_args__ = (UniqueConstraint("issuer", "subject", name="uq_identity_issuer_subject"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    issuer: Mapped[str] = mapped_column(String(255))
+    subject: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class AnnotatorState(Base):
     """Per-job state of one annotator, maintained by the quality engine."""
 

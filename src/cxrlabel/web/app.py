@@ -29,6 +29,7 @@ from cxrlabel.web import routes
 from cxrlabel.web.deps import LoginRequired, is_api, render
 from cxrlabel.web.images_fast import ImageUrls, RenditionStore, SignedImages
 from cxrlabel.web.middleware import BodyLimitMiddleware, SessionMiddleware
+from cxrlabel.web.oidc import FlowCookie, OidcClient
 from cxrlabel.web.passwords import PasswordPool
 from cxrlabel.web.security import (
     ImageUrlSigner,
@@ -58,6 +59,9 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     app.state.image_urls = ImageUrls(ImageUrlSigner(secret), renditions)
     app.state.login_limiter = LoginRateLimiter()
     app.state.password_pool = PasswordPool()
+    # Sign-in with the hospital's OpenID Connect provider, when configured (routes/oidc.py).
+    app.state.oidc = OidcClient(settings.oidc) if settings.oidc else None
+    app.state.oidc_flows = FlowCookie(secret)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     for module in _route_modules():
         app.include_router(module.router)

@@ -1,0 +1,440 @@
+"""Sign-in with the hospital's OpenID Connect provider (issue 18), against a real provider: npm
+``oidc-provider`` v9 started by the test on a loopback port (tests/oidc_support.py), and the
+app served by uvicorn on another. Covers the full flow (httpx and real Chromium), role mapping
+from the ``groups`` claim, auto-provisioning and "must exist" mode, and the refusals: wrong
+state, injected code (PKCE), tampered / foreign / expired ID token, wrong nonce or audience,
+unmapped groups, disabled account; sign-out and disabling end the session."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from urllib.parse import parse_qs, urljoin, urlsplit
+
+import httpx
+import jwt
+import pytest
+import uvicorn
+from cryptography.hazmat.primitives.asymmetric import rsa
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from cxrlabel.annotate.accounts import set_active
+from cxrlabel.annotate.identities import (
+    NO_PASSWORD,
+    SignInRefused,
+    role_from_claims,
+    sign_in_identity,
+)
+from cxrlabel.config import OidcSettings, Settings, parse_role_map
+from cxrlabel.storage.db import Database
+from cxrlabel.storage.models import User, UserIdentity, UserSession
+from cxrlabel.web.app import create_app
+from cxrlabel.web.oidc import Flow, OidcClient, OidcError
+from oidc_support import CLIENT_ID, CLIENT_SECRET, free_port, running_provider
+from web_support import add_user, csrf_from_html
+
+ROLES = {"crowd": "annotator", "radiology": "expert", "cxr-admins": "admin"}
+PROVIDER_NAME = "Hospital SSO"
+
+
+@dataclass
+class Site:
+    url: str
+    app: object
+    db: Database
+    settings: OidcSettings
+    groups_file: Path
+
+    def set_groups(self, login: str, *groups: str) -> None:
+        """What the provider says ``login``'s groups are from now on."""
+        current = json.loads(self.groups_file.read_text())
+        self.groups_file.write_text(json.dumps({**current, login: list(groups)}))
+
+    def set_oidc(self, **changes: object) -> None:
+        self.app.state.oidc = OidcClient(replace(self.settings, **changes))
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory):
+    """The app on a free port, signing in through a real provider started for it."""
+    data_dir = tmp_path_factory.mktemp("oidc-site")
+    port = free_port()
+    redirect_uri = f"http://127.0.0.1:{port}/auth/oidc/callback"
+    groups_file = data_dir / "groups.json"
+    with running_provider(redirect_uri, groups_file) as issuer:
+        oidc = OidcSettings(issuer=issuer, client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
+                            redirect_uri=redirect_uri, roles=ROLES, name=PROVIDER_NAME)
+        db_url = f"sqlite:///{data_dir / 'oidc.sqlite3'}"
+        db = Database(db_url)
+        app = create_app(Settings(data_dir=data_dir, db_url=db_url, oidc=oidc), db=db)
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                               log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.started, "uvicorn did not start"
+        yield Site(f"http://127.0.0.1:{port}", app, db, oidc, groups_file)
+        server.should_exit = True
+        thread.join(10)
+        db.dispose()
+
+
+@pytest.fixture(autouse=True)
+def default_oidc(request: pytest.FixtureRequest):
+    """Each test starts from the module's settings (some switch the provisioning mode)."""
+    yield
+    if "site" in request.fixturenames:
+        site = request.getfixturevalue("site")
+        site.app.state.oidc = OidcClient(site.settings)
+
+
+# --- driving the provider's development login pages -----------------------------------------
+
+def _form_action(response: httpx.Response) -> str:
+    action = re.search(r'<form[^>]*action="([^"]+)"', response.text).group(1)
+    return urljoin(str(response.url), action.replace("&amp;", "&"))
+
+
+def walk(client: httpx.Client, response: httpx.Response, login: str,
+         stop_at: str | None = None) -> httpx.Response:
+    """Follow redirects and fill the provider's login (any password) and consent forms until
+    a page outside them; with ``stop_at``, stop at the redirect to that URL prefix instead
+    (the response whose ``Location`` is the callback, not followed)."""
+    for _ in range(20):
+        if response.is_redirect:
+            location = urljoin(str(response.url), response.headers["location"])
+            if stop_at and location.startswith(stop_at):
+                return response
+            response = client.get(location)
+        elif 'name="login"' in response.text:
+            response = client.post(_form_action(response), data={
+                "prompt": "login", "login": login, "password": "any password"})
+        elif 'name="prompt" value="consent"' in response.text:
+            response = client.post(_form_action(response), data={"prompt": "consent"})
+        else:
+            return response
+    raise AssertionError("too many steps at the provider")
+
+
+def oidc_sign_in(site: Site, login: str, *groups: str, client: httpx.Client | None = None
+                 ) -> tuple[httpx.Client, httpx.Response]:
+    """Click "Sign in with ..." on the login page and go through the provider as ``login``
+    (whom the provider puts in ``groups``)."""
+    site.set_groups(login, *groups)
+    client = client or httpx.Client(follow_redirects=False, timeout=30)
+    page = client.get(f"{site.url}/login?next=/account")
+    link = re.search(r'href="(/auth/oidc/login[^"]*)"', page.text).group(1)
+    response = walk(client, client.get(site.url + link.replace("&amp;", "&")), login)
+    return client, response
+
+
+def session_rows(site: Site, username: str) -> int:
+    with site.db.read_session() as s:
+        user = s.scalar(select(User).where(User.username == username))
+        return len(s.scalars(select(UserSession).where(UserSession.user_id == user.id)).all())
+
+
+def replay_status(site: Site, cookie: str) -> int:
+    """What a fresh client carrying only ``cookie`` gets from a signed-in page."""
+    with httpx.Client(follow_redirects=False) as other:
+        other.cookies.set("cxrlabel_session", cookie)
+        return other.get(f"{site.url}/account").status_code
+
+
+# --- settings and role mapping (no provider needed) ---------------------------------------------
+
+def test_settings_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.setenv("CXRLABEL_OIDC_ISSUER", "https://login.hospital.example")
+    monkeypatch.setenv("CXRLABEL_OIDC_CLIENT_ID", "cxrlabel")
+    monkeypatch.setenv("CXRLABEL_OIDC_CLIENT_SECRET", "s3cret")
+    monkeypatch.setenv("CXRLABEL_OIDC_REDIRECT_URI",
+                       "https://label.hospital.example/auth/oidc/callback")
+    monkeypatch.setenv("CXRLABEL_OIDC_ROLES", "Radiology=expert, crowd=annotator")
+    monkeypatch.setenv("CXRLABEL_OIDC_PROVISION", "existing")
+    monkeypatch.setenv("CXRLABEL_OIDC_NAME", "St. Elsewhere login")
+    oidc = Settings.from_env(tmp_path).oidc
+    assert oidc.roles == {"Radiology": "expert", "crowd": "annotator"}
+    assert (oidc.provision, oidc.name, oidc.role_claim) == ("existing", "St. Elsewhere login",
+                                                            "groups")
+    monkeypatch.setenv("CXRLABEL_OIDC_ROLES", "crowd=superuser")
+    with pytest.raises(ValueError, match="CXRLABEL_OIDC_ROLES"):
+        Settings.from_env(tmp_path)
+    monkeypatch.setenv("CXRLABEL_OIDC_ROLES", "crowd=annotator")
+    monkeypatch.setenv("CXRLABEL_OIDC_REDIRECT_URI", "https://label.hospital.example/cb")
+    with pytest.raises(ValueError, match="/auth/oidc/callback"):
+        Settings.from_env(tmp_path)
+    monkeypatch.delenv("CXRLABEL_OIDC_CLIENT_SECRET")
+    with pytest.raises(ValueError, match="CXRLABEL_OIDC_CLIENT_SECRET"):
+        Settings.from_env(tmp_path)
+    monkeypatch.delenv("CXRLABEL_OIDC_ISSUER")
+    assert Settings.from_env(tmp_path).oidc is None
+    with pytest.raises(ValueError, match="not 'claim value=role'"):
+        parse_role_map("crowd")
+
+
+def test_role_from_claims_takes_the_highest_mapped_value():
+    assert role_from_claims({"groups": ["crowd", "radiology", "x"]}, "groups", ROLES) == "expert"
+    assert role_from_claims({"groups": "cxr-admins"}, "groups", ROLES) == "admin"
+    assert role_from_claims({"groups": ["visitors"]}, "groups", ROLES) is None
+    assert role_from_claims({"groups": {"crowd": 1}}, "groups", ROLES) is None
+    assert role_from_claims({}, "groups", ROLES) is None
+
+
+def test_not_configured_no_button_and_404(tmp_path: Path):
+    db_url = f"sqlite:///{tmp_path / 'plain.sqlite3'}"
+    db = Database(db_url)
+    try:
+        client = TestClient(create_app(Settings(data_dir=tmp_path, db_url=db_url), db=db))
+        assert "Sign in with" not in client.get("/login").text
+        assert client.get("/auth/oidc/login", follow_redirects=False).status_code == 404
+    finally:
+        db.dispose()
+
+
+def test_sign_in_identity_on_each_database(db: Database):
+    """Provisioning and refusals against SQLite and PostgreSQL (the new table and its unique
+    issuer + subject), without a provider: the claims are what a verified ID token gives."""
+    oidc = OidcSettings(issuer="https://login.hospital.example", client_id="c",
+                        client_secret="s", redirect_uri="https://x.example/auth/oidc/callback",
+                        roles=ROLES)
+    with db.session() as s:
+        user = sign_in_identity(s, oidc, {"sub": "u-1", "preferred_username": "olga",
+                                          "groups": ["crowd"]})
+        assert (user.username, user.role, user.password_hash) == ("olga", "annotator",
+                                                                  NO_PASSWORD)
+        again = sign_in_identity(s, oidc, {"sub": "u-1", "preferred_username": "renamed",
+                                           "groups": ["cxr-admins"]})
+        assert (again.id, again.role) == (user.id, "admin")
+        with pytest.raises(SignInRefused, match="not in a group"):
+            sign_in_identity(s, oidc, {"sub": "u-2", "groups": ["visitors"]})
+        odd = sign_in_identity(s, oidc, {"sub": "u-3", "preferred_username": "p@q r",
+                                         "groups": ["crowd"]})
+        assert odd.username == "p_q_r"
+    existing = replace(oidc, provision="existing")
+    with db.session() as s, pytest.raises(SignInRefused, match="no cxrlabel account"):
+        sign_in_identity(s, existing, {"sub": "u-4", "preferred_username": "pat",
+                                       "groups": ["crowd"]})
+    with db.read_session() as s:
+        assert s.scalar(select(User).where(User.username == "pat")) is None
+
+
+# --- the full flow over HTTP ------------------------------------------------------------------
+
+def test_full_flow_signs_in_with_mapped_role_and_logout_ends_session(site: Site):
+    client, page = oidc_sign_in(site, "alice", "crowd")
+    assert page.status_code == 200, (page.url, page.text[:3000])
+    assert str(page.url) == f"{site.url}/account"
+    assert "alice" in page.text
+    assert "cxrlabel_oidc" not in client.cookies  # the flow cookie is single-use
+    with site.db.read_session() as s:
+        alice = s.scalar(select(User).where(User.username == "alice"))
+        identity = s.scalar(select(UserIdentity).where(UserIdentity.user_id == alice.id))
+    assert alice.role == "annotator" and alice.active
+    assert (identity.issuer, identity.subject) == (site.settings.issuer, "alice")
+    assert session_rows(site, "alice") == 1
+    cookie = client.cookies["cxrlabel_session"]
+    assert replay_status(site, cookie) == 200
+
+    csrf = csrf_from_html(page.text)
+    assert client.post(f"{site.url}/logout", data={"csrf_token": csrf}).status_code == 303
+    assert session_rows(site, "alice") == 0
+    assert replay_status(site, cookie) == 303  # to /login: the replayed cookie signs nobody in
+
+
+def test_login_page_offers_the_provider(site: Site):
+    page = httpx.get(f"{site.url}/login?next=/jobs/x")
+    assert f"Sign in with {PROVIDER_NAME}" in page.text
+    assert 'href="/auth/oidc/login?next=/jobs/x"' in page.text
+
+
+def test_role_follows_the_groups_at_each_sign_in(site: Site):
+    oidc_sign_in(site, "carol", "crowd", "radiology")
+    with site.db.read_session() as s:
+        assert s.scalar(select(User.role).where(User.username == "carol")) == "expert"
+    oidc_sign_in(site, "carol", "crowd")  # removed from radiology at the provider
+    with site.db.read_session() as s:
+        assert s.scalar(select(User.role).where(User.username == "carol")) == "annotator"
+        assert len(s.scalars(select(User).where(User.username.like("carol%"))).all()) == 1
+
+
+def test_unmapped_groups_are_refused_with_a_clear_page(site: Site):
+    client, page = oidc_sign_in(site, "dave", "visitors")
+    assert page.status_code == 403
+    assert "not in a group that may use cxrlabel" in page.text
+    assert "cxrlabel_session" not in client.cookies or replay_status(
+        site, client.cookies["cxrlabel_session"]) == 303
+    with site.db.read_session() as s:
+        assert s.scalar(select(User).where(User.username == "dave")) is None
+
+
+def test_existing_mode_links_admin_created_user_and_refuses_unknown(site: Site):
+    site.set_oidc(provision="existing")
+    _, page = oidc_sign_in(site, "frank", "crowd")
+    assert page.status_code == 403 and "no cxrlabel account for you" in page.text
+    erin_id = add_user(site.db, "erin", role="annotator")
+    _, page = oidc_sign_in(site, "erin", "radiology")
+    assert page.status_code == 200 and str(page.url).endswith("/account")
+    with site.db.read_session() as s:
+        erin = s.get(User, erin_id)
+        assert erin.role == "expert"
+        assert s.scalar(select(UserIdentity.subject).where(
+            UserIdentity.user_id == erin_id)) == "erin"
+        assert s.scalar(select(User).where(User.username == "frank")) is None
+
+
+def test_auto_mode_never_takes_over_a_linked_username(site: Site):
+    """A second provider account claiming the same preferred_username gets its own user."""
+    oidc_sign_in(site, "gina", "crowd")
+    with site.db.session() as s:  # pretend gina's provider account was renamed
+        s.execute(UserIdentity.__table__.update().where(UserIdentity.subject == "gina")
+                  .values(subject="gina-old"))
+    oidc_sign_in(site, "gina", "crowd")
+    with site.db.read_session() as s:
+        names = sorted(s.scalars(select(User.username).where(User.username.like("gina%"))))
+    assert len(names) == 2 and names[0] == "gina" and names[1].startswith("gina-")
+
+
+def test_disabling_ends_the_session_and_refuses_sign_in(site: Site):
+    client, page = oidc_sign_in(site, "hank", "crowd")
+    cookie = client.cookies["cxrlabel_session"]
+    with site.db.session() as s:
+        set_active(s, s.scalar(select(User).where(User.username == "hank")), False)
+    assert replay_status(site, cookie) == 303
+    _, page = oidc_sign_in(site, "hank", "crowd")
+    assert page.status_code == 403 and "disabled" in page.text
+
+
+# --- refusals: state, injected code ---------------------------------------------------------------
+
+def _to_callback(site: Site, login: str, *groups: str) -> tuple[httpx.Client, str]:
+    """Go through the provider and stop at the redirect to the callback: (client, its URL)."""
+    site.set_groups(login, *groups)
+    client = httpx.Client(follow_redirects=False, timeout=30)
+    start = client.get(f"{site.url}/auth/oidc/login?next=/account")
+    last = walk(client, start, login, stop_at=site.settings.redirect_uri)
+    return client, urljoin(str(last.url), last.headers["location"])
+
+
+def _with_query(url: str, **params: str) -> str:
+    query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()} | params
+    return f"{site_base(url)}/auth/oidc/callback?" + "&".join(f"{k}={v}" for k, v in
+                                                             query.items())
+
+
+def site_base(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def test_wrong_state_is_refused(site: Site):
+    client, callback = _to_callback(site, "ivan", "crowd")
+    page = client.get(_with_query(callback, state="forged-state"))
+    assert page.status_code == 400 and "does not belong to this browser" in page.text
+    assert client.get(f"{site.url}/account").status_code == 303  # not signed in
+    # The flow is over: even the right state no longer works from this browser.
+    assert client.get(callback).status_code == 400
+    # A callback with no flow cookie at all (another browser) is refused too.
+    assert httpx.get(callback).status_code == 400
+    with site.db.read_session() as s:
+        assert s.scalar(select(User).where(User.username == "ivan")) is None
+
+
+def test_code_injected_into_another_browser_is_refused(site: Site):
+    """An attacker's code, replayed into a victim's sign-in (even with the victim's state):
+    the PKCE verifier of the victim's flow does not match, so the provider refuses it."""
+    _, attacker_callback = _to_callback(site, "mallory", "cxr-admins")
+    victim, victim_callback = _to_callback(site, "victor", "crowd")
+    attacker_code = parse_qs(urlsplit(attacker_callback).query)["code"][0]
+    page = victim.get(_with_query(victim_callback, code=attacker_code))
+    assert page.status_code == 403 and "Sign-in failed" in page.text
+    with site.db.read_session() as s:
+        assert s.scalar(select(User).where(User.username == "mallory")) is None
+
+
+# --- the ID token checks, on real tokens from the provider ---------------------------------
+
+def _real_tokens(site: Site, login: str, *groups: str) -> tuple[OidcClient, Flow, dict]:
+    """A flow run by the test itself: the provider's token response for it."""
+    site.set_groups(login, *groups)
+    client = OidcClient(site.settings)
+    flow = Flow.start("/")
+    browser = httpx.Client(follow_redirects=False, timeout=30)
+    last = walk(browser, browser.get(client.authorization_url(flow)), login,
+                stop_at=site.settings.redirect_uri)
+    code = parse_qs(urlsplit(last.headers["location"]).query)["code"][0]
+    return client, flow, client._exchange(flow, code)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _with_payload(token: str, **changes: object) -> str:
+    """The token with changed claims and its original signature (so: not genuine)."""
+    header, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return ".".join([header, _b64(json.dumps(claims | changes).encode()), signature])
+
+
+def test_id_token_signature_issuer_audience_expiry_and_nonce(site: Site):
+    client, flow, tokens = _real_tokens(site, "judy", "crowd")
+    token = tokens["id_token"]
+    claims = client.verify_id_token(token, flow.nonce)
+    assert claims["sub"] == "judy" and claims["aud"] == CLIENT_ID
+
+    def refused(id_token: str, nonce: str = flow.nonce, now: float | None = None) -> str:
+        with pytest.raises(OidcError) as caught:
+            client.verify_id_token(id_token, nonce, now=now)
+        return caught.value.detail
+
+    assert "Signature" in refused(_with_payload(token, sub="admin"))
+    assert "nonce" in refused(token, nonce=Flow.start("/").nonce)
+    assert "expired" in refused(token, now=claims["exp"] + 3600)
+    assert "future" in refused(token, now=claims["iat"] - 3600)
+    # Genuine signature, wrong audience: a token the provider issued to another client.
+    other = OidcClient(replace(site.settings, client_id="another-app"))
+    with pytest.raises(OidcError, match="(?i)audience"):
+        other.verify_id_token(token, flow.nonce)
+    # Signed by someone else's key, claiming the provider's kid; and alg "none".
+    forged_claims = {**claims, "sub": "admin"}
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    kid = jwt.get_unverified_header(token)["kid"]
+    assert "Signature" in refused(jwt.encode(forged_claims, key, "RS256", headers={"kid": kid}))
+    unsigned = jwt.encode(forged_claims, None, algorithm="none")
+    assert "not allowed" in refused(unsigned)
+    assert "not allowed" in refused(jwt.encode(forged_claims, CLIENT_SECRET, "HS256"))
+
+
+# --- real Chromium --------------------------------------------------------------------------------
+
+@pytest.mark.browser
+def test_chromium_signs_in_through_the_provider(site: Site, browser, artifacts_dir: Path):
+    context = browser.new_context(viewport={"width": 1366, "height": 900})
+    page = context.new_page()
+    try:
+        page.goto(f"{site.url}/login?next=/account")
+        page.screenshot(path=str(artifacts_dir / "oidc_login_page_desktop.png"))
+        page.get_by_role("link", name=f"Sign in with {PROVIDER_NAME}").click()
+        site.set_groups("kate", "radiology")
+        page.locator('input[name="login"]').fill("kate")
+        page.locator('input[name="password"]').fill("any password")
+        page.get_by_role("button", name="Sign-in").click()
+        page.get_by_role("button", name="Continue").click()
+        page.wait_for_url(f"{site.url}/account")
+        assert "kate" in page.content()
+        page.screenshot(path=str(artifacts_dir / "oidc_signed_in_desktop.png"), full_page=True)
+        cookies = {c["name"]: c for c in context.cookies(site.url)}
+        assert cookies["cxrlabel_session"]["httpOnly"]
+        assert "cxrlabel_oidc" not in cookies
+        with site.db.read_session() as s:
+            assert s.scalar(select(User.role).where(User.username == "kate")) == "expert"
+    finally:
+        context.close()
