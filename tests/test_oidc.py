@@ -23,6 +23,7 @@ import uvicorn
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
 from sqlalchemy import select
+from typer.testing import CliRunner
 
 from cxrlabel.annotate.accounts import set_active
 from cxrlabel.annotate.identities import (
@@ -31,6 +32,7 @@ from cxrlabel.annotate.identities import (
     role_from_claims,
     sign_in_identity,
 )
+from cxrlabel.cli import app as cli_app
 from cxrlabel.config import OidcSettings, Settings, parse_role_map
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import User, UserIdentity, UserSession
@@ -178,6 +180,14 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     assert Settings.from_env(tmp_path).oidc is None
     with pytest.raises(ValueError, match="not 'claim value=role'"):
         parse_role_map("crowd")
+
+
+def test_cli_reports_a_bad_oidc_setting_in_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path):
+    monkeypatch.setenv("CXRLABEL_OIDC_ISSUER", "https://login.hospital.example")
+    result = CliRunner().invoke(cli_app, ["--data-dir", str(tmp_path), "serve"])
+    assert result.exit_code == 2
+    assert "CXRLABEL_OIDC_CLIENT_ID" in result.output and "Traceback" not in result.output
 
 
 def test_role_from_claims_takes_the_highest_mapped_value():

@@ -51,6 +51,10 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/join/{token}"): R(EVERYONE),
     ("POST", "/join/{token}"): R(EVERYONE, form={"username": "x", "password": "a",
                                                  "password2": "b"}),
+    # OpenID Connect sign-in: not configured here, so 404 for everyone; with a provider they
+    # are public and checked in tests/test_oidc.py (state, PKCE, ID token, role mapping).
+    ("GET", "/auth/oidc/login"): R(frozenset()),
+    ("GET", "/auth/oidc/callback"): R(frozenset()),
     # any signed-in account
     ("GET", "/"): R(SIGNED_IN),
     ("GET", "/account"): R(SIGNED_IN),

@@ -264,7 +264,12 @@ def main_options(
 ) -> None:
     # Only the settings here: the database layer is imported by the commands that use it
     # (cxrlabel.context.app_context), so `cxrlabel aggregate` never loads SQLAlchemy.
-    ctx.obj = Settings.from_env(data_dir=data_dir, db_url=db)
+    try:
+        ctx.obj = Settings.from_env(data_dir=data_dir, db_url=db)
+    except ValueError as exc:  # a bad CXRLABEL_* setting: one line, not a traceback
+        from cxrlabel.context import fail
+
+        fail(str(exc))
 
 
 def main() -> None:
