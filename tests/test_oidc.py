@@ -228,6 +228,8 @@ def test_sign_in_identity_on_each_database(db: Database):
         odd = sign_in_identity(s, oidc, {"sub": "u-3", "preferred_username": "p@q r",
                                          "groups": ["crowd"]})
         assert odd.username == "p_q_r"
+        with pytest.raises(SignInRefused, match="unusable account id"):
+            sign_in_identity(s, oidc, {"sub": "x" * 256, "groups": ["crowd"]})
     existing = replace(oidc, provision="existing")
     with db.session() as s, pytest.raises(SignInRefused, match="no cxrlabel account"):
         sign_in_identity(s, existing, {"sub": "u-4", "preferred_username": "pat",
@@ -355,6 +357,16 @@ def test_wrong_state_is_refused(site: Site):
     assert httpx.get(callback).status_code == 400
     with site.db.read_session() as s:
         assert s.scalar(select(User).where(User.username == "ivan")) is None
+
+
+def test_provider_refusal_is_shown_and_signs_nobody_in(site: Site):
+    """The person pressed cancel at the provider: its error comes back with our state."""
+    client, callback = _to_callback(site, "lena", "crowd")
+    page = client.get(_with_query(callback, code="", error="access_denied",
+                                  error_description="<b>cancelled</b>"))
+    assert page.status_code == 403
+    assert "did not sign you in: &lt;b&gt;cancelled&lt;/b&gt;" in page.text
+    assert client.get(f"{site.url}/account").status_code == 303
 
 
 def test_code_injected_into_another_browser_is_refused(site: Site):

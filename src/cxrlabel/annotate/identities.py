@@ -55,6 +55,8 @@ def sign_in_identity(session: Session, settings: OidcSettings, claims: Mapping[s
             f"Your account at {settings.name} is not in a group that may use cxrlabel "
             f"(claim '{settings.role_claim}'). Ask the administrator to grant access."))
     subject = str(claims["sub"])
+    if not subject or len(subject) > 255:  # the column's size; OpenID Connect allows 255
+        raise SignInRefused("oidc_bad_subject", f"{settings.name} sent an unusable account id.")
     user = session.scalar(select(User).join(UserIdentity, UserIdentity.user_id == User.id).where(
         UserIdentity.issuer == settings.issuer, UserIdentity.subject == subject))
     if user is None:
