@@ -245,6 +245,8 @@ def test_full_flow_signs_in_with_mapped_role_and_logout_ends_session(site: Site)
     assert page.status_code == 200, (page.url, page.text[:3000])
     assert str(page.url) == f"{site.url}/account"
     assert "alice" in page.text
+    assert f"You sign in through {PROVIDER_NAME}" in page.text
+    assert "Change your password" not in page.text  # a provisioned account has no password
     assert "cxrlabel_oidc" not in client.cookies  # the flow cookie is single-use
     with site.db.read_session() as s:
         alice = s.scalar(select(User).where(User.username == "alice"))
