@@ -15,12 +15,12 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from cxrlabel.cli import app
-from cxrlabel.context import ensure_job
 from cxrlabel.ingest import pipeline
 from cxrlabel.ingest.phantom import make_phantom_xray
 from cxrlabel.ingest.pipeline import IngestBusy, ingest
 from cxrlabel.ingest.sources import SourceError
 from cxrlabel.jobspec import resolve_job_path
+from cxrlabel.jobstore import ensure_job
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import Image as ImageRow
 from cxrlabel.storage.models import ImageStatus, IngestIssue, IngestRun

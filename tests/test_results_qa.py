@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from cxrlabel.annotate.accounts import issue_api_token
 from cxrlabel.cli import app
 from cxrlabel.config import Settings
-from cxrlabel.context import get_job, spec_from_job_row
+from cxrlabel.context import get_job
+from cxrlabel.jobstore import spec_from_job_row
 from cxrlabel.results.qa import collect_qa, qa_figures, qa_summary, render_qa_html
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import Job, User

@@ -222,8 +222,8 @@ def _contest_form(request: Request, job_name: str, user: User, form: FormData) -
     from cxrlabel.quality.commands import contest_gold
 
     with get_db(request).session() as s:
-        job, _spec = job_and_spec(s, job_name)
-        contest_gold(s, job, s.get(User, user.id), judgment_id, reason, utcnow())
+        job, spec = job_and_spec(s, job_name)
+        contest_gold(s, job, spec, s.get(User, user.id), judgment_id, reason, utcnow())
     target = (f"/jobs/{job_name}/pages/{page_id}/feedback" if page_id.replace("-", "").replace(
         "_", "").isalnum() else f"/jobs/{job_name}/page")
     return RedirectResponse(target, status_code=303)

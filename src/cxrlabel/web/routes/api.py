@@ -144,9 +144,9 @@ def post_contest(request: Request, job_name: str, body: ContestIn,
     from cxrlabel.quality.commands import contest_gold
 
     with get_db(request).session() as s:
-        job, _spec = job_and_spec(s, job_name)
-        contest = contest_gold(s, job, s.get(User, user.id), body.judgment_id, body.reason,
-                               utcnow())
+        job, spec = job_and_spec(s, job_name)
+        contest = contest_gold(s, job, spec, s.get(User, user.id), body.judgment_id,
+                               body.reason, utcnow())
         return ContestOut(contest_id=contest.id, status=contest.status)
 
 
