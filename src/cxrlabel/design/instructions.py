@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from markdown_it import MarkdownIt
 from markupsafe import Markup, escape
 from PIL import Image as PILImage
 from PIL import ImageDraw, ImageFont
@@ -35,6 +34,7 @@ from cxrlabel.design.goldbank import find_images
 from cxrlabel.ingest.phantom import make_phantom_xray
 from cxrlabel.jobspec import Example, JobSpec, Mark
 from cxrlabel.storage.models import Image, Job
+from cxrlabel.templating import markdown_html
 
 # Longest side of an embedded example: big enough to see the finding, small enough that a
 # self-contained HTML file with a handful of examples stays well under a few MB.
@@ -242,11 +242,6 @@ def illustrated_examples(
     return result
 
 
-def markdown_to_html(text: str) -> str:
-    """Render trusted, admin-written Markdown; raw HTML stays escaped (defence in depth)."""
-    return MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
-
-
 def examples_html(examples: list[IllustratedExample]) -> Markup:
     figures = []
     for ex in examples:
@@ -277,5 +272,5 @@ def instructions_html(spec: JobSpec, examples: list[IllustratedExample]) -> Mark
     before, marker, after = text.partition(EXAMPLES_PLACEHOLDER)
     gallery = examples_html(examples)
     if not marker:
-        return Markup(markdown_to_html(text)) + gallery
-    return Markup(markdown_to_html(before)) + gallery + Markup(markdown_to_html(after))
+        return markdown_html(text) + gallery
+    return markdown_html(before) + gallery + markdown_html(after)

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jinja2 import Environment, FileSystemLoader
 from markupsafe import Markup
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -32,7 +31,7 @@ from cxrlabel.design.estimate import (
     inputs_from_spec,
 )
 from cxrlabel.design.goldbank import GoldReport, GoldWarning, check_gold
-from cxrlabel.design.instructions import IllustratedExample, illustrated_examples, markdown_to_html
+from cxrlabel.design.instructions import IllustratedExample, illustrated_examples
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.storage.models import (
     AnnotatorState,
@@ -45,8 +44,8 @@ from cxrlabel.storage.models import (
     Judgment,
     utcnow,
 )
+from cxrlabel.templating import document_env, markdown_env, markdown_html
 
-TEMPLATES = Path(__file__).parent / "templates"
 # Used for the estimate when no image is ingested yet; the proposal says it is an assumption.
 ASSUMED_IMAGES = 1000
 FIGURE_LINE = re.compile(r"^\[\[figure:(?P<name>[a-z_]+)\]\]$", re.MULTILINE)
@@ -343,9 +342,7 @@ def build_proposal(
         examples = illustrated_examples(spec, session, job, data_dir)
     headings, words = _instructions_outline(spec)
     spec_text = job.spec_toml if job is not None else spec.model_dump_json()
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=False,
-                      trim_blocks=False, keep_trailing_newline=True)
-    markdown = env.get_template("proposal.md.j2").render(
+    markdown = markdown_env.get_template("design:proposal.md.j2").render(
         spec=spec, live=live, gold=gold, estimate=point, low=low, high=high,
         images_assumed=not images and not live.work_images,
         jpi_source="from the simulation" if sim_jpi else
@@ -391,13 +388,12 @@ def render_html(proposal: Proposal) -> str:
         return re.sub(r"<p>\[\[figure:(?P<name>[a-z_]+)\]\]</p>", figure, html)
 
     sections = [
-        {"id": _slug(title), "title": title, "html": Markup(with_figures(markdown_to_html(body)))}
+        {"id": _slug(title), "title": title, "html": Markup(with_figures(str(markdown_html(body))))}
         for title, body in proposal.sections()
     ]
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True)
-    return env.get_template("proposal.html.j2").render(
+    return document_env.get_template("design:proposal.html.j2").render(
         title=proposal.title,
-        preamble=Markup(markdown_to_html(proposal.preamble().split("\n", 1)[1])),
+        preamble=Markup(markdown_html(proposal.preamble().split("\n", 1)[1])),
         sections=sections,
     )
 

@@ -16,7 +16,6 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -24,7 +23,6 @@ import matplotlib
 matplotlib.use("Agg")  # headless; set before anything imports pyplot
 
 import numpy as np  # noqa: E402
-from jinja2 import Environment, FileSystemLoader, select_autoescape  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sqlalchemy import select  # noqa: E402
@@ -47,8 +45,8 @@ from cxrlabel.storage.models import (  # noqa: E402
     User,
     utcnow,
 )
+from cxrlabel.templating import document_env  # noqa: E402
 
-TEMPLATES_DIR = Path(__file__).parent / "templates"
 STATE_COLOURS = {"active": "#2b6cb0", "quiz": "#a0aec0", "removed": "#c53030",
                  "disqualified": "#744210"}
 STATUS_COLOURS = {ImageStatus.NEEDS_JUDGMENTS: "#a0aec0", ImageStatus.FINALISED: "#2f855a",
@@ -562,14 +560,9 @@ def summary_cards(summary: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
-def template_env() -> Environment:
-    return Environment(loader=FileSystemLoader(str(TEMPLATES_DIR)),
-                       autoescape=select_autoescape(["html"]))
-
-
 def render_qa_html(qa: QAData) -> str:
     summary = qa_summary(qa)
-    return template_env().get_template("qa_report.html").render(
+    return document_env.get_template("results:qa_report.html").render(
         job=qa.job_name, generated_at=summary["generated_at"], cards=summary_cards(summary),
         figures=qa_figures(qa, summary), summary=summary,
     )
