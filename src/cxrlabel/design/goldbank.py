@@ -33,6 +33,7 @@ from cxrlabel.storage.models import (
     Judgment,
     utcnow,
 )
+from cxrlabel.vocab import PNEUMONIA
 
 REQUIRED_COLUMNS = ("image", "accepted_answers", "reason")
 OPTIONAL_COLUMNS = ("difficulty",)
@@ -659,7 +660,7 @@ def model_clarity(images: list[Image], spec: JobSpec) -> dict[int, float]:
     labels = spec.label_values
     if len(labels) != 2:
         raise ValueError("clarity from model scores needs a two-label job; pass clarity")
-    positive = "PNEUMONIA" if "PNEUMONIA" in labels else labels[-1]
+    positive = PNEUMONIA if PNEUMONIA in labels else labels[-1]
     out = {im.id: (1.0 - im.model_score if im.reference_label == positive else im.model_score)
            for im in images if im.model_score is not None}
     if not out:

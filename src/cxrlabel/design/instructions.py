@@ -35,6 +35,7 @@ from cxrlabel.ingest.phantom import make_phantom_xray
 from cxrlabel.jobspec import Example, JobSpec, Mark
 from cxrlabel.storage.models import Image, Job
 from cxrlabel.templating import markdown_html
+from cxrlabel.vocab import NORMAL
 
 # Longest side of an embedded example: big enough to see the finding, small enough that a
 # self-contained HTML file with a handful of examples stays well under a few MB.
@@ -126,7 +127,7 @@ def phantom_for_example(example: Example, size: tuple[int, int] = (512, 420)) ->
     healthy phantom (same look as the demo data), plus, for a pneumonia example, an opaque patch
     painted exactly where the first ellipse/box mark is, so picture and mark always agree."""
     base = make_phantom_xray(7, size).convert("L")
-    if example.answer and example.answer.upper() != "NORMAL":
+    if example.answer and example.answer.upper() != NORMAL:
         region = next((m for m in example.marks if m.shape != "arrow"), None)
         base = _paint_opacity(base, region.at if region else [0.15, 0.45, 0.42, 0.8])
     return base

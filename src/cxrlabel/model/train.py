@@ -36,6 +36,7 @@ from cxrlabel.model.data import (
 )
 from cxrlabel.model.infer import MODEL_JSON, ONNX_FILE
 from cxrlabel.model.net import DEFAULT_WIDTHS, TriageNet
+from cxrlabel.vocab import PNEUMONIA
 
 TORCH_WEIGHTS = "model.pt"
 
@@ -73,7 +74,7 @@ class Split:
     def calibration_target(self) -> np.ndarray:
         """Expert labels where the export has them, else the crowd's soft label."""
         return np.array([
-            float(e.reference_label == "PNEUMONIA") if e.reference_label else e.p_pneumonia
+            float(e.reference_label == PNEUMONIA) if e.reference_label else e.p_pneumonia
             for e in self.examples
         ])
 

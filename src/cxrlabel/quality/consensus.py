@@ -47,12 +47,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from cxrlabel.aggregate import fit
+from cxrlabel.vocab import PNEUMONIA
 
 from .state import FINALISED, NEEDS_JUDGMENTS, NEEDS_REVIEW, JudgmentRec
 
 ONLINE_METHODS = ("trust", "mv")
 # On an exact tie the label shown is the one that is harmful to miss; a tie never finalises.
-TIE_BREAK_LABEL = "PNEUMONIA"
+TIE_BREAK_LABEL = PNEUMONIA
 TIE_ATOL = 1e-12  # the tolerance of ``cxrlabel.aggregate.base.argmax_tie_break``
 
 REVIEW_QUALITY = "image_quality"
@@ -60,7 +61,7 @@ REVIEW_CANT_TELL = "cant_tell"
 REVIEW_NO_CONSENSUS = "no_consensus"
 REVIEW_MODEL = "model_disagreement"
 # The label a model score is the probability of (``Image.model_score`` = p(PNEUMONIA)).
-MODEL_POSITIVE_LABEL = "PNEUMONIA"
+MODEL_POSITIVE_LABEL = PNEUMONIA
 
 
 @dataclass(frozen=True)

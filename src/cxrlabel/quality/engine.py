@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from cxrlabel.vocab import TAINT_REMOVED, TAINT_SPEED
+
 from . import rules
 from .consensus import REVIEW_MODEL, ConsensusParams, evaluate
 from .events import (
@@ -33,8 +35,6 @@ from .state import (
     GOLD,
     QUIZ,
     REMOVED,
-    TAINT_REMOVED,
-    TAINT_SPEED,
     AnnotatorRec,
     GoldRec,
     ImageRec,

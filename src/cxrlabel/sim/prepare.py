@@ -27,6 +27,7 @@ from cxrlabel.sim.difficulty import DifficultyResult, compute_difficulty
 from cxrlabel.sim.engine import Truth
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import GoldItem, Image, ImageStatus, Job
+from cxrlabel.vocab import PNEUMONIA
 
 
 class SimSetupError(ValueError):
@@ -199,7 +200,7 @@ def build_truth(
 
 
 def _positive_label(spec: JobSpec) -> str:
-    return "PNEUMONIA" if "PNEUMONIA" in spec.label_values else spec.label_values[-1]
+    return PNEUMONIA if PNEUMONIA in spec.label_values else spec.label_values[-1]
 
 
 def _readable_path(source: str, rendition: str, data_dir: Path | None) -> Path | None:

@@ -30,6 +30,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+# The stored enumerations (plain strings, portable across SQLite and PostgreSQL) are defined once
+# in ``cxrlabel.vocab``, which the pure quality core uses too; importable from here as before.
+from cxrlabel.vocab import AnnotatorStatus as AnnotatorStatus
+from cxrlabel.vocab import ImageStatus as ImageStatus
+from cxrlabel.vocab import PageKind as PageKind
+from cxrlabel.vocab import Role as Role
+
 # Sort key of ``[assignment] order = "model_uncertainty"``: distance of the model's p from 0.5
 # (smallest = least sure), 1.0 for unscored images so they come last on every database.
 MODEL_UNCERTAINTY_SQL = "coalesce(abs(model_score - 0.5), 1.0)"
@@ -51,37 +58,6 @@ def new_public_id() -> str:
 
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
-
-
-# --- enumerations kept as plain strings (portable across SQLite and PostgreSQL) -----------------
-
-class Role:
-    ADMIN = "admin"
-    ANNOTATOR = "annotator"
-    EXPERT = "expert"
-    ALL = (ADMIN, ANNOTATOR, EXPERT)
-
-
-class ImageStatus:
-    NEEDS_JUDGMENTS = "needs_judgments"
-    FINALISED = "finalised"
-    NEEDS_REVIEW = "needs_review"
-    EXPERT = "expert"  # finalised by an expert
-    GOLD = "gold"  # a test question, never aggregated as work
-    ALL = (NEEDS_JUDGMENTS, FINALISED, NEEDS_REVIEW, EXPERT, GOLD)
-
-
-class AnnotatorStatus:
-    QUIZ = "quiz"  # joined, quiz not yet passed
-    ACTIVE = "active"
-    REMOVED = "removed"  # removed by quality control or admin; reversible by reinstating
-    DISQUALIFIED = "disqualified"  # failed the quiz; final for this job
-    ALL = (QUIZ, ACTIVE, REMOVED, DISQUALIFIED)
-
-
-class PageKind:
-    QUIZ = "quiz"
-    WORK = "work"
 
 
 # --- tables ------------------------------------------------------------------------------------
