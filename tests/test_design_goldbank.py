@@ -384,3 +384,16 @@ def test_instruction_examples_never_become_gold(tmp_path: Path) -> None:
         s.flush()
         codes = [w.code for w in goldbank.check_gold(s, job, spec).warnings]
     assert "instruction_example" in codes
+
+
+def test_gold_checks_use_ingests_near_duplicate_distance() -> None:
+    """One threshold: gold checks shortlist pairs up to ingest's NEAR_DUP_MAX_PHASH (they used
+    a private 6 while ingest used 8)."""
+    from cxrlabel.ingest.dedup import NEAR_DUP_MAX_PHASH
+
+    zero = "0" * 16
+    at_limit = f"{(1 << NEAR_DUP_MAX_PHASH) - 1:016x}"  # NEAR_DUP_MAX_PHASH bits differ
+    beyond = f"{(1 << (NEAR_DUP_MAX_PHASH + 1)) - 1:016x}"
+    assert goldbank.shortlist_distance() == NEAR_DUP_MAX_PHASH
+    assert goldbank.near_duplicate_pairs([zero, at_limit]) == [(0, 1, NEAR_DUP_MAX_PHASH)]
+    assert goldbank.near_duplicate_pairs([zero, beyond]) == []

@@ -41,9 +41,6 @@ OPTIONAL_COLUMNS = ("difficulty",)
 EXPORT_ONLY_COLUMNS = ("public_id", "source_file", "source", "active", "seen", "missed")
 DIFFICULTIES = ("easy", "medium", "hard")
 ANSWER_SEPARATOR = ";"
-# Hamming distance (of 64) at or below which two perceptual hashes are the same picture. Used
-# only when the ingest stage does not provide its own documented threshold.
-FALLBACK_NEAR_DUPLICATE_DISTANCE = 6
 # Gold class shares may differ from the expected prevalence by this much before we warn: a
 # balanced bank (50/50) against a 26/74 prior is fine, an all-PNEUMONIA bank is not.
 DEFAULT_IMBALANCE_TOLERANCE = 0.25
@@ -338,24 +335,20 @@ def _popcount64(values: np.ndarray) -> np.ndarray:
     return np.unpackbits(as_bytes, axis=-1).sum(axis=-1)
 
 
-def _near_duplicate_threshold() -> int:
-    """The ingest stage's documented threshold when it provides one, else our fallback."""
-    try:
-        from cxrlabel.ingest import phash as ingest_phash  # type: ignore[attr-defined]
-    except ImportError:
-        return FALLBACK_NEAR_DUPLICATE_DISTANCE
-    for name in ("NEAR_DUPLICATE_DISTANCE", "NEAR_DUPLICATE_THRESHOLD", "DEFAULT_THRESHOLD"):
-        value = getattr(ingest_phash, name, None)
-        if isinstance(value, int):
-            return value
-    return FALLBACK_NEAR_DUPLICATE_DISTANCE
+def shortlist_distance() -> int:
+    """The one near-duplicate pHash distance: ingest's ``NEAR_DUP_MAX_PHASH`` (imported on use:
+    ``ingest.dedup`` pulls in the image decoders, about a second of import time)."""
+    from cxrlabel.ingest.dedup import NEAR_DUP_MAX_PHASH
+
+    return NEAR_DUP_MAX_PHASH
 
 
 def near_duplicate_pairs(
     a: list[str], b: list[str] | None = None, threshold: int | None = None
 ) -> list[tuple[int, int, int]]:
-    """(i, j, distance) for phash pairs within ``threshold``; within ``a`` when ``b`` is None."""
-    threshold = _near_duplicate_threshold() if threshold is None else threshold
+    """(i, j, distance) for phash pairs within ``threshold`` (default: ingest's shortlist
+    distance, ``NEAR_DUP_MAX_PHASH``); within ``a`` when ``b`` is None."""
+    threshold = shortlist_distance() if threshold is None else threshold
     if not a or (b is not None and not b):
         return []
     left = _hashes_to_uint64(a)
@@ -517,7 +510,8 @@ def _work_overlap_warnings(session: Session, job: Job, rows: list[GoldRow]) -> l
 
 def _confirmed(images_a: list[Image], images_b: list[Image], pairs: list[tuple[int, int, int]],
                data_dir: Path | None) -> list[tuple[int, int, int]]:
-    """Keep the pHash pairs whose pixels also match (pHash alone confuses different X-rays)."""
+    """Keep the pHash pairs whose pixels also match (pHash alone confuses different X-rays);
+    without the data folder every shortlisted pair is kept (the warning says "possible")."""
     if data_dir is None:
         return pairs
     from cxrlabel.ingest.dedup import NEAR_DUP_MAX_MAD, signature_from_file
@@ -544,14 +538,11 @@ def _confirmed(images_a: list[Image], images_b: list[Image], pairs: list[tuple[i
 def _near_duplicate_warnings(
     session: Session, job: Job, rows: list[GoldRow], data_dir: Path | None = None
 ) -> list[GoldWarning]:
-    from cxrlabel.ingest.dedup import NEAR_DUP_MAX_PHASH
-
-    threshold = NEAR_DUP_MAX_PHASH if data_dir is not None else None
     kind = "near-duplicates" if data_dir is not None else "possible near-duplicates"
     gold_images = [r.image for r in rows]
     hashes = [im.phash for im in gold_images]
     warnings = []
-    pairs = near_duplicate_pairs(hashes, threshold=threshold)
+    pairs = near_duplicate_pairs(hashes)
     for i, j, d in _confirmed(gold_images, gold_images, pairs, data_dir):
         warnings.append(GoldWarning(
             "near_duplicate",
@@ -561,7 +552,7 @@ def _near_duplicate_warnings(
     work = session.scalars(
         select(Image).where(Image.job_id == job.id, Image.status != ImageStatus.GOLD)
     ).all()
-    pairs = near_duplicate_pairs(hashes, [im.phash for im in work], threshold=threshold)
+    pairs = near_duplicate_pairs(hashes, [im.phash for im in work])
     for i, j, d in _confirmed(gold_images, list(work), pairs, data_dir):
         warnings.append(GoldWarning(
             "near_duplicate_work",
@@ -623,7 +614,7 @@ def sample_from_reference(
     quotas = {label: n // len(per_label) for label in per_label}
     for label in list(per_label)[: n % len(per_label)]:
         quotas[label] += 1
-    chosen = _pick(per_label, quotas, _near_duplicate_threshold())
+    chosen = _pick(per_label, quotas, shortlist_distance())
     summary = ImportSummary()
     if not chosen:
         return summary, {}
