@@ -195,7 +195,7 @@ class ReliableAnnotator(Annotator):
             await asyncio.sleep(RETRY_PAUSE_S)
         return None  # gave up: this page was never acknowledged
 
-    async def run(self, deadline: float) -> None:  # noqa: C901 - one readable loop
+    async def run(self, deadline: float) -> None:  # one readable loop
         while time.perf_counter() < deadline and not self.gone():
             if self.consecutive_errors >= 200:
                 self.stats.stopped["too_many_errors"] += 1

@@ -54,7 +54,7 @@ class Env:
 
     def request(self, client: TestClient, role: str, method: str, url: str, *,
                 form: dict | None = None, json: object = None, headers: dict | None = None,
-                csrf: bool = True):  # noqa: ANN201
+                csrf: bool = True):
         """One request as ``role`` (its cookie and, for writes, its CSRF token)."""
         client.cookies.clear()
         hdrs = dict(headers or {})

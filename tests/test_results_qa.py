@@ -216,7 +216,7 @@ def test_dashboard_in_chromium_under_csp(dash_pages, browser, artifacts_dir: Pat
     page.on("console", lambda m: violations.append(m.text)
             if "Content Security Policy" in m.text else None)
 
-    def serve(route) -> None:  # noqa: ANN001
+    def serve(route) -> None:
         path = route.request.url.removeprefix("http://cxrlabel.test")
         status, ctype, body, csp = responses.get(path, (404, "text/plain", b"", None))
         headers = {"content-type": ctype}

@@ -91,7 +91,7 @@ def test_clarity_defaults_to_the_model_score_and_needs_one(twenty) -> None:
     assert all(abs(im.model_score - 0.5) > 0.4 for im in chosen)
 
 
-def _ids_of_gold(session) -> list[int]:  # noqa: ANN001 - a Session
+def _ids_of_gold(session) -> list[int]:  # a Session
     return list(session.scalars(select(GoldItem.image_id)))
 
 

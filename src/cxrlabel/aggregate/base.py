@@ -165,7 +165,8 @@ class AggregationResult:
     @property
     def confidence(self) -> np.ndarray:
         """Probability of the chosen label, per item."""
-        return self.proba[np.arange(self.labels.shape[0]), self.labels]
+        result: np.ndarray = self.proba[np.arange(self.labels.shape[0]), self.labels]
+        return result
 
 
 class Aggregator(ABC):
@@ -263,7 +264,8 @@ def softmax_rows(log_matrix: np.ndarray) -> np.ndarray:
     shifted = log_matrix - log_matrix.max(axis=1, keepdims=True)
     np.exp(shifted, out=shifted)
     shifted /= shifted.sum(axis=1, keepdims=True)
-    return shifted
+    result: np.ndarray = shifted
+    return result
 
 
 def _as_index_array(values: np.ndarray, name: str) -> np.ndarray:

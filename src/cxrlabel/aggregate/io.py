@@ -263,7 +263,8 @@ def _trust_array(trust: pd.DataFrame | None, workers: pd.Index) -> np.ndarray | 
             stacklevel=3,
         )
         values[missing] = fill
-    return values
+    result: np.ndarray = values
+    return result
 
 
 def _tie_break_code(tie_break: str | None, classes: list[str]) -> int | None:

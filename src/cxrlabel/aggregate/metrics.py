@@ -94,7 +94,8 @@ def cohen_kappa_vs_consensus(
         expected = np.einsum("wj,wj->w", table.sum(axis=2), table.sum(axis=1)) / total**2
         kappa = (observed - expected) / (1.0 - expected)
     kappa[(total == 0) | np.isclose(expected, 1.0)] = np.nan
-    return kappa
+    result: np.ndarray = kappa
+    return result
 
 
 def item_entropy(proba_or_counts: np.ndarray, base: float = 2.0) -> np.ndarray:
@@ -107,7 +108,8 @@ def item_entropy(proba_or_counts: np.ndarray, base: float = 2.0) -> np.ndarray:
         terms = np.where(p > 0, -p * np.log(np.where(p > 0, p, 1.0)), 0.0)
     entropy = terms.sum(axis=1) / np.log(base)
     entropy[sums[:, 0] == 0] = np.nan
-    return entropy
+    result: np.ndarray = entropy
+    return result
 
 
 @dataclass(frozen=True)

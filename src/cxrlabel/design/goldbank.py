@@ -148,7 +148,8 @@ def _read_csv(text: str, source: str) -> list[dict[str, str]]:
 def _validate(
     session: Session, job: Job, spec: JobSpec, rows: list[dict[str, str]]
 ) -> tuple[list[_Row], list[str]]:
-    parsed, problems, seen = [], [], {}
+    parsed, problems = [], []
+    seen: dict[int, int] = {}  # image id -> the line it was first on
     examples = instruction_example_ids(session, job, spec)
     for line, row in enumerate(rows, start=2):  # line 1 is the header
         ref = row.get("image", "")
@@ -621,7 +622,7 @@ def sample_from_reference(
     now = now or utcnow()
     texts = {c.value: c for c in spec.question.labels}
     for image in chosen:
-        choice = texts[image.reference_label]
+        choice = texts[_reference_label(image)]
         reason = GENERIC_REASON.format(text=choice.text, hint=choice.hint).replace("  ", " ")
         _make_gold(session, job, image, [choice.value], reason, "medium", "reference", now,
                    summary)
@@ -631,7 +632,14 @@ def sample_from_reference(
                  "clearest_fraction": clearest_fraction},
     ))
     session.flush()
-    return summary, dict(Counter(im.reference_label for im in chosen))
+    return summary, dict(Counter(_reference_label(im) for im in chosen))
+
+
+def _reference_label(image: Image) -> str:
+    """The label of an image drawn by label (``per_label`` holds labelled images only)."""
+    if image.reference_label is None:
+        raise ValueError(f"image {image.public_id} has no reference label")
+    return image.reference_label
 
 
 def clearest(pool: list[Image], clarity: Mapping[int, float], fraction: float) -> list[Image]:

@@ -194,7 +194,7 @@ def _label(draw: ImageDraw.ImageDraw, anchor: tuple, text: str, font, size: tupl
     draw.text((x, y - top), text, fill=MARK_COLOUR, font=font)
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     for name in ("DejaVuSans-Bold.ttf", "DejaVuSans.ttf", "LiberationSans-Bold.ttf"):
         try:
             return ImageFont.truetype(name, size)

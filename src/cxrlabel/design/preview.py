@@ -94,7 +94,7 @@ def _gold_examples(
     )
 
 
-def zip_longest_all(groups) -> list[list]:  # noqa: ANN001
+def zip_longest_all(groups) -> list[list]:
     """Round-robin over several lists: [[a1, b1], [a2, b2], [a3]]."""
     groups = [list(g) for g in groups]
     rounds = max((len(g) for g in groups), default=0)

@@ -125,7 +125,7 @@ def live_numbers(session: Session | None, job: Job | None) -> LiveNumbers:
     if session is None or job is None:
         return LiveNumbers()
 
-    def grouped(column, *where) -> dict:  # noqa: ANN001
+    def grouped(column, *where) -> dict:
         rows = session.execute(select(column, func.count()).where(*where).group_by(column))
         return {k: n for k, n in rows.all() if k is not None}
 
@@ -197,7 +197,7 @@ def _format_simulation(sim: dict, currency: str) -> Callable[[str], str]:
 # --- figures --------------------------------------------------------------------------------
 
 
-def _figure(width: float = 6.4, height: float = 3.2):  # noqa: ANN202
+def _figure(width: float = 6.4, height: float = 3.2):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -206,7 +206,7 @@ def _figure(width: float = 6.4, height: float = 3.2):  # noqa: ANN202
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def figure_cost_vs_judgments(spec: JobSpec, inputs: EstimateInputs):  # noqa: ANN201
+def figure_cost_vs_judgments(spec: JobSpec, inputs: EstimateInputs):
     lo, hi = spec.judgments.min, spec.judgments.max
     xs = [lo + (hi - lo) * k / 40 for k in range(41)] if hi > lo else [lo]
     costs = [estimate(_replace(inputs, judgments_per_image=x)).cost for x in xs]
@@ -224,7 +224,7 @@ def figure_cost_vs_judgments(spec: JobSpec, inputs: EstimateInputs):  # noqa: AN
     return fig
 
 
-def figure_days_vs_pool(inputs: EstimateInputs):  # noqa: ANN201
+def figure_days_vs_pool(inputs: EstimateInputs):
     pools = sorted({5, 10, 20, 40, 80, 160, inputs.annotators})
     days = [estimate(_replace(inputs, annotators=n)).calendar_days for n in pools]
     fig = _figure()
@@ -239,7 +239,7 @@ def figure_days_vs_pool(inputs: EstimateInputs):  # noqa: ANN201
     return fig
 
 
-def figure_gold_balance(report: GoldReport, spec: JobSpec):  # noqa: ANN201
+def figure_gold_balance(report: GoldReport, spec: JobSpec):
     labels = [*spec.label_values] + (["any"] if "any" in report.by_label else [])
     gold_share = [report.by_label.get(k, 0) / max(report.n_gold, 1) for k in labels]
     expected = [spec.quality.expected_prevalence.get(k, math.nan) for k in labels]
@@ -264,14 +264,14 @@ def _replace(inputs: EstimateInputs, **changes) -> EstimateInputs:
     return replace(inputs, **changes)
 
 
-def figure_svg(fig) -> str:  # noqa: ANN001
+def figure_svg(fig) -> str:
     buffer = io.StringIO()
     fig.savefig(buffer, format="svg")
     svg = buffer.getvalue()
     return svg[svg.index("<svg"):]  # drop the XML prolog and DOCTYPE (which names a URL)
 
 
-def figure_png(fig) -> bytes:  # noqa: ANN001
+def figure_png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     return buffer.getvalue()

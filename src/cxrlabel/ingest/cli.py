@@ -71,7 +71,7 @@ def print_summary(summary: IngestSummary) -> None:
         console.print(f"removed {summary.swept_orphans} leftover file(s) of an interrupted run")
 
 
-def _print_issues(title: str, records: list) -> None:  # noqa: ANN001
+def _print_issues(title: str, records: list) -> None:
     table = Table(title=title, title_justify="left")
     table.add_column("file", overflow="fold")
     table.add_column("reason", overflow="fold")

@@ -14,6 +14,7 @@ import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -125,7 +126,7 @@ def load_splits(
                 continue
             task = progress.add_task(f"decoding {name}", total=len(items), info="")
             pixels = load_batch([e.path for e in items], size,
-                                on_done=lambda t=task: progress.advance(t))
+                                on_done=partial(progress.advance, task))
             splits[name] = Split(items, pixels)
     return splits
 

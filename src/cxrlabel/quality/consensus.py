@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -50,6 +51,9 @@ from cxrlabel.aggregate import fit
 from cxrlabel.vocab import PNEUMONIA
 
 from .state import FINALISED, NEEDS_JUDGMENTS, NEEDS_REVIEW, JudgmentRec
+
+if TYPE_CHECKING:  # the spec is only read here; no pydantic import at run time
+    from cxrlabel.jobspec import JobSpec
 
 ONLINE_METHODS = ("trust", "mv")
 # On an exact tie the label shown is the one that is harmful to miss; a tie never finalises.
@@ -81,7 +85,7 @@ class ConsensusParams:
     model_confidence: float = 0.9
 
     @classmethod
-    def from_spec(cls, spec) -> ConsensusParams:  # noqa: ANN001 - a JobSpec (kept import-light)
+    def from_spec(cls, spec: JobSpec) -> ConsensusParams:
         return cls(
             labels=tuple(spec.label_values),
             cant_tell=spec.certainty.cant_tell,

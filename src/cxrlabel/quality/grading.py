@@ -26,11 +26,12 @@ from cxrlabel.storage.models import (
 )
 
 from .events import PageSubmitted
-from .records import MissedGold, PageOutcome, SubmittedJudgment
+from .records import MissedGold, PageOutcome
 from .state import JudgmentRec
 from .store import (
     PAGE_SUBMITTED,
     DbState,
+    GradedJudgment,
     QualityError,
     add_audit,
     judgment_in,
@@ -40,7 +41,7 @@ from .store import (
 
 
 def on_page_submitted(session: Session, job: Job, spec: JobSpec, user: User, page: Page,
-                      judgments: Sequence[SubmittedJudgment], now: datetime, *,
+                      judgments: Sequence[GradedJudgment], now: datetime, *,
                       job_locked: bool = False) -> PageOutcome:
     """Grade gold, update trust, apply every rule and re-aggregate the page's images.
 

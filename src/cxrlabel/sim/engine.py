@@ -26,7 +26,7 @@ import heapq
 import itertools
 import random
 import time
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -96,7 +96,8 @@ class SimRecord:
     expert_seconds: float = 0.0
     stopped_by: str = "done"  # done | max_days | crowd_exhausted | page_limit
     timeline: list[tuple[float, int]] = field(default_factory=list)  # (hours, images settled)
-    timings: Counter[str] = field(default_factory=Counter)  # wall seconds per engine call
+    # wall seconds per engine call
+    timings: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
 
     def persona_of(self) -> dict[int, str]:
         return {a.user_id: a.persona.name for a in self.annotators if a.user_id is not None}
@@ -106,8 +107,9 @@ class SimRecord:
 class Truth:
     """What the simulated people 'see': per image id, the true label and the difficulty."""
 
-    label: dict[int, str]
-    difficulty: dict[int, float]
+    # By image id (by public id in the HTTP driver, which sees no database ids).
+    label: dict[Any, str]
+    difficulty: dict[Any, float]
 
 
 class Simulation:

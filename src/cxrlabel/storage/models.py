@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -24,6 +24,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
     text,
@@ -58,6 +59,8 @@ def new_public_id() -> str:
 
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+    # Every mapped class here has a ``Table`` (for the Core statements of the hot paths).
+    __table__: ClassVar[Table]
 
 
 # --- tables ------------------------------------------------------------------------------------

@@ -92,7 +92,7 @@ async def current_user(request: Request, user: User | None = Depends(optional_us
     return user
 
 
-def require_role(*roles: str):  # noqa: ANN201 - a FastAPI dependency
+def require_role(*roles: str):  # a FastAPI dependency
     """A dependency allowing only users with one of ``roles`` (403 otherwise)."""
 
     async def check(user: User = Depends(current_user)) -> User:

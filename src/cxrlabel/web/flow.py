@@ -58,7 +58,7 @@ def instructions_html(session: Session, job: Job, spec: JobSpec, data_dir: Path)
         from cxrlabel.design.instructions import instructions_html as design_instructions
 
         html = design_instructions(spec, illustrated_examples(spec, session, job, data_dir))
-    except Exception:  # noqa: BLE001 - examples are a nicety; the text must always show
+    except Exception:  # examples are a nicety; the text must always show
         log.exception("illustrated examples failed for job %s; showing the text only", job.name)
         html = markdown_html(spec.instructions_markdown())
     with _lock:

@@ -162,7 +162,7 @@ class SignedImages:
             if self._loading.get(user_id) is done:
                 del self._loading[user_id]
 
-    async def _answer(self, send: Send, status: int, text: bytes, extra=()) -> None:  # noqa: ANN001
+    async def _answer(self, send: Send, status: int, text: bytes, extra=()) -> None:
         await send({"type": "http.response.start", "status": status, "headers": [
             (b"content-type", b"text/plain; charset=utf-8"),
             (b"content-length", str(len(text)).encode()), (b"cache-control", b"no-store"),
@@ -184,12 +184,12 @@ class SignedImages:
             entry = self.store.cached(public_id) or await self._load(public_id, user_id)
         path = self.store.resolve(entry) if entry is not None else None
         data = None
-        if path is not None and (entry.etag is None or _ZEROCOPY not in scope.get(
-                "extensions", {})):
+        if entry is not None and path is not None and (entry.etag is None or _ZEROCOPY not in
+                                                      scope.get("extensions", {})):
             data = _read(path)
             if data is not None and entry.etag is None:
                 entry.etag = strong_etag(data).encode()
-        if path is None or entry.etag is None:
+        if entry is None or path is None or entry.etag is None:
             await self._answer(send, 404, b"no such image")
             return
         headers = [(b"etag", entry.etag), (b"cache-control", _CACHE_CONTROL),

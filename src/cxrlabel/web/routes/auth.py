@@ -63,13 +63,13 @@ def home(request: Request, user: User | None = Depends(optional_user)) -> Respon
 
 
 @router.get("/login")
-def login_form(request: Request, next: str = "/") -> Response:  # noqa: A002 - query name
+def login_form(request: Request, next: str = "/") -> Response:  # query name
     return render(request, "login.html", {"next_url": safe_next(next)})
 
 
 @router.post("/login", dependencies=[Depends(csrf_protect)])
 def login(request: Request, username: str = Form(""), password: str = Form(""),
-          next: str = Form("/")) -> Response:  # noqa: A002
+          next: str = Form("/")) -> Response:
     limiter = request.app.state.login_limiter
     client = request.client.host if request.client else "unknown"
     keys = [f"ip:{client}", f"user:{username.strip().lower()}"]
@@ -159,5 +159,5 @@ def account(request: Request, user: User = Depends(current_user)) -> Response:
 @router.post("/account/token", dependencies=[Depends(csrf_protect)])
 def new_token(request: Request, user: User = Depends(current_user)) -> Response:
     with get_db(request).session() as s:
-        token = issue_api_token(s, s.get(User, user.id))
+        token = issue_api_token(s, s.get_one(User, user.id))
     return render(request, "account.html", {"token": token})

@@ -42,7 +42,7 @@ def _etag(path: Path, data: bytes) -> str:
     return tag
 
 
-def _rendition_if_allowed(session, user: User, public_id: str) -> str | None:  # noqa: ANN001
+def _rendition_if_allowed(session, user: User, public_id: str) -> str | None:
     """The rendition path of an image this user may see, in one query (None otherwise)."""
     query = select(Image.rendition_path).where(Image.public_id == public_id)
     if user.role not in (Role.ADMIN, Role.EXPERT):
