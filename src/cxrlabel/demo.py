@@ -66,7 +66,7 @@ def _ingest(app: AppContext, source: Path, job_name: str | None) -> None:
 
 
 def _seed_gold(app: AppContext, job_name: str | None) -> int:
-    from cxrlabel.design.goldbank import sample_from_reference
+    from cxrlabel.design.goldseed import sample_from_reference
 
     with app.db.session() as session:
         job, spec = get_job(session, job_name)

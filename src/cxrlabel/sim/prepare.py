@@ -156,7 +156,7 @@ def ensure_gold(db: Database, job: Job, spec: JobSpec, n: int, seed: int, now: d
 def _gold_sampler() -> Callable[..., Any]:
     """The gold-bank tool's ``sample_from_reference`` (design/), the same as
     ``cxrlabel gold sample --from-reference N``."""
-    from cxrlabel.design.goldbank import sample_from_reference
+    from cxrlabel.design.goldseed import sample_from_reference
 
     return sample_from_reference
 
