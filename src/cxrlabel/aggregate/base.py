@@ -261,11 +261,10 @@ def normalize_rows(matrix: np.ndarray, fallback: np.ndarray | None = None) -> np
 
 def softmax_rows(log_matrix: np.ndarray) -> np.ndarray:
     """Numerically stable row softmax of log-probabilities."""
-    shifted = log_matrix - log_matrix.max(axis=1, keepdims=True)
+    shifted: np.ndarray = log_matrix - log_matrix.max(axis=1, keepdims=True)
     np.exp(shifted, out=shifted)
     shifted /= shifted.sum(axis=1, keepdims=True)
-    result: np.ndarray = shifted
-    return result
+    return shifted
 
 
 def _as_index_array(values: np.ndarray, name: str) -> np.ndarray:
