@@ -1,5 +1,5 @@
 """Replay: the quality state recomputed from the audit log, and its check against the stored
-rows (``cxrlabel quality verify``; ``fix`` writes the replayed state back).
+rows (``cxrlabel quality replay``; ``--fix`` writes the replayed state back).
 
 The log's inputs (``store.INPUT_ACTIONS``) in id order are the events; replaying them through
 the pure ``Engine`` must give the state the incremental path stored.

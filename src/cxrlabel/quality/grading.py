@@ -1,6 +1,6 @@
 """Grading a submitted page: gold, trust, every rule, and the page's images re-aggregated.
 
-``annotate.submission.submit_page`` calls ``on_page_submitted`` in its own transaction, right
+``annotate.submission.submit_page`` calls ``on_page_submitted`` in the same transaction, right
 after inserting the page's judgments; the decisions go through ``store.run_event`` like every
 other quality input, so replaying the audit log (``audit.replay``) runs the same code.
 """
