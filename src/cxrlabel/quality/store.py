@@ -44,7 +44,6 @@ from .state import (
 )
 
 # Audit actions that are inputs of the quality state (replayed in log order).
-# Audit actions that are inputs of the quality state (replayed in log order).
 PAGE_SUBMITTED = "page.submitted"
 GOLD_CHANGED = "gold.changed"
 CONTEST_OPENED = "contest.opened"
@@ -68,7 +67,6 @@ class QualityError(EngineError):
 class ReviewConflict(QualityError):
     def __init__(self, message: str) -> None:
         super().__init__("review_conflict", message, 409)
-
 
 
 # --- rows <-> records ---------------------------------------------------------------------------
@@ -430,7 +428,6 @@ def run_event(session: Session, job: Job, spec: JobSpec, event: Event, now: date
     _record_decisions(session, job, engine.decisions, actor_id, now)
     session.flush()
     return engine, result
-
 
 
 def judgment_in(j: GradedJudgment) -> JudgmentIn:
