@@ -27,13 +27,18 @@ install-dev: $(VENV)/.installed-dev
 demo: install
 	$(BIN)/cxrlabel demo
 
-## make test: create .venv, install dev extras, run the whole suite (lint included).
+## make test: create .venv, install dev extras, run the whole suite (lint, import contracts and
+## types included: the house rules in pyproject.toml, see docs/architecture.md).
 test: install-dev
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
+	$(BIN)/mypy src
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install-dev
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
+	$(BIN)/mypy src
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache test-artifacts
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .import_linter_cache test-artifacts

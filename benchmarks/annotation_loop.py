@@ -55,12 +55,12 @@ import httpx
 from sqlalchemy import and_, func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _loop_setup import JOB_NAME, SPEC_CHANGES, create_annotators, gold_answers  # noqa: E402
-from _rawhttp import RawClient, RawHTTPError, RawTimeout  # noqa: E402
+from _loop_setup import JOB_NAME, SPEC_CHANGES, create_annotators, gold_answers
+from _rawhttp import RawClient, RawHTTPError, RawTimeout
 
-from cxrlabel.context import spec_from_job_row  # noqa: E402
-from cxrlabel.storage.db import Database  # noqa: E402
-from cxrlabel.storage.models import Image, ImageStatus, Job, Judgment, User  # noqa: E402
+from cxrlabel.jobstore import spec_from_job_row
+from cxrlabel.storage.db import Database
+from cxrlabel.storage.models import Image, ImageStatus, Job, Judgment, User
 
 MAX_CONSECUTIVE_ERRORS = 20
 WARMUP_LIMIT_S = 180.0

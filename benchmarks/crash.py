@@ -37,8 +37,8 @@ from typing import Any
 from sqlalchemy import func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _loop_setup import JOB_NAME  # noqa: E402
-from load import (  # noqa: E402
+from _loop_setup import JOB_NAME
+from load import (
     HERE,
     Ledger,
     LoadConfig,
@@ -52,8 +52,8 @@ from load import (  # noqa: E402
     warmup_pages,
 )
 
-from cxrlabel.storage.db import Database  # noqa: E402
-from cxrlabel.storage.models import (  # noqa: E402
+from cxrlabel.storage.db import Database
+from cxrlabel.storage.models import (
     Image,
     ImageStatus,
     Job,

@@ -26,9 +26,9 @@ def run_one(source: Path, workers: int) -> dict:
     """Ingest in this process; the figures as a dict."""
     from sqlalchemy import select
 
-    from cxrlabel.context import ensure_job
     from cxrlabel.ingest.pipeline import ingest
     from cxrlabel.jobspec import resolve_job_path
+    from cxrlabel.jobstore import ensure_job
     from cxrlabel.storage.db import Database
     from cxrlabel.storage.models import Image
 

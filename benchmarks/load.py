@@ -47,7 +47,7 @@ sys.path.insert(0, str(HERE))
 from _loop_setup import JOB_NAME, create_annotators, gold_answers, prepare_job  # noqa: E402
 from annotation_loop import Annotator, Stats, summary  # noqa: E402
 
-from cxrlabel.context import spec_from_job_row  # noqa: E402
+from cxrlabel.jobstore import spec_from_job_row  # noqa: E402
 from cxrlabel.quality.service import verify_replay  # noqa: E402
 from cxrlabel.storage.db import Database  # noqa: E402
 from cxrlabel.storage.models import (  # noqa: E402
@@ -195,7 +195,7 @@ class ReliableAnnotator(Annotator):
             await asyncio.sleep(RETRY_PAUSE_S)
         return None  # gave up: this page was never acknowledged
 
-    async def run(self, deadline: float) -> None:  # noqa: C901 - one readable loop
+    async def run(self, deadline: float) -> None:  # one readable loop
         while time.perf_counter() < deadline and not self.gone():
             if self.consecutive_errors >= 200:
                 self.stats.stopped["too_many_errors"] += 1

@@ -13,9 +13,9 @@ import numpy as np
 from PIL import Image as PILImage
 from sqlalchemy.orm import Session
 
-from cxrlabel.context import ensure_job
 from cxrlabel.ingest.phash import phash, to_hex
 from cxrlabel.jobspec import JobSpec, resolve_job_path
+from cxrlabel.jobstore import ensure_job
 from cxrlabel.storage.models import Image, ImageStatus, Job
 
 

@@ -91,7 +91,7 @@ def running_provider(redirect_uri: str, groups_file: Path) -> Iterator[str]:
                 proc.kill()
 
 
-def _wait_for(issuer: str, proc: subprocess.Popen, log) -> None:  # noqa: ANN001
+def _wait_for(issuer: str, proc: subprocess.Popen, log) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -182,7 +182,7 @@ def build_job(session: Session, data_dir: Path) -> Job:
     return job
 
 
-def _add_judgments(session, job, users, images) -> dict[tuple[str, str], Judgment]:  # noqa: ANN001
+def _add_judgments(session, job, users, images) -> dict[tuple[str, str], Judgment]:
     out = {}
     minute = 0
     for who in "ABC":

@@ -54,7 +54,7 @@ class Env:
 
     def request(self, client: TestClient, role: str, method: str, url: str, *,
                 form: dict | None = None, json: object = None, headers: dict | None = None,
-                csrf: bool = True):  # noqa: ANN201
+                csrf: bool = True):
         """One request as ``role`` (its cookie and, for writes, its CSRF token)."""
         client.cookies.clear()
         hdrs = dict(headers or {})
@@ -133,7 +133,7 @@ def build_env(db_url: str, data_dir: Path) -> Env:
         quiz_page = s.scalar(select(Page).where(Page.public_id == quiz_a))
         missed = s.scalars(select(Judgment).where(Judgment.page_id == quiz_page.id,
                                                   Judgment.gold_missed.is_(True))).all()
-        contest = service.contest_gold(s, job, s.get(User, ids[A]), missed[0].id,
+        contest = service.contest_gold(s, job, spec, s.get(User, ids[A]), missed[0].id,
                                        "I think it is the other one", now)
         done_page = s.scalar(select(Page).where(Page.public_id == done_a))
         work_missed = s.scalar(select(Judgment.id).where(Judgment.page_id == done_page.id,

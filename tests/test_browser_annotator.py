@@ -53,12 +53,12 @@ def live(tmp_path):
     db.dispose()
 
 
-def _current_pid(page) -> str:  # noqa: ANN001
+def _current_pid(page) -> str:
     src = page.locator(".item.current img").get_attribute("src")
     return src.rsplit("/", 1)[1]
 
 
-def _answer_page_by_keyboard(page, gold, *, miss_gold: bool) -> list[str]:  # noqa: ANN001
+def _answer_page_by_keyboard(page, gold, *, miss_gold: bool) -> list[str]:
     """Label every image with keys only: N/P, 1, J; returns the page's image ids."""
     n_items = page.locator(".item").count()
     pids = []

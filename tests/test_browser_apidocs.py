@@ -50,7 +50,7 @@ def test_api_docs_render_offline_under_a_strict_csp(browser, live, artifacts_dir
     page = context.new_page()
     outside, problems = [], []
 
-    def only_this_server(route) -> None:  # noqa: ANN001
+    def only_this_server(route) -> None:
         if route.request.url.startswith(live):
             route.continue_()
         else:

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from cxrlabel.cli import app
-from cxrlabel.design import goldbank
+from cxrlabel.design import goldbank, goldseed
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import (
     AuditEvent,
@@ -366,7 +366,7 @@ def test_instruction_examples_never_become_gold(tmp_path: Path) -> None:
         for k in range(2, 10):
             label = "NORMAL" if k < 6 else "PNEUMONIA"
             add_image(s, job, tmp_path, k, reference_label=label, patient_id=f"p{k}")
-        summary, by_label = goldbank.sample_from_reference(s, job, spec, 8, seed=0)
+        summary, by_label = goldseed.sample_from_reference(s, job, spec, 8, seed=0)
         # Five NORMAL candidates, one of them an example: the four others are taken.
         assert shown.public_id not in summary.public_ids
         assert by_label == {"NORMAL": 4, "PNEUMONIA": 4}
@@ -384,3 +384,16 @@ def test_instruction_examples_never_become_gold(tmp_path: Path) -> None:
         s.flush()
         codes = [w.code for w in goldbank.check_gold(s, job, spec).warnings]
     assert "instruction_example" in codes
+
+
+def test_gold_checks_use_ingests_near_duplicate_distance() -> None:
+    """One threshold: gold checks shortlist pairs up to ingest's NEAR_DUP_MAX_PHASH (they used
+    a private 6 while ingest used 8)."""
+    from cxrlabel.ingest.dedup import NEAR_DUP_MAX_PHASH
+
+    zero = "0" * 16
+    at_limit = f"{(1 << NEAR_DUP_MAX_PHASH) - 1:016x}"  # NEAR_DUP_MAX_PHASH bits differ
+    beyond = f"{(1 << (NEAR_DUP_MAX_PHASH + 1)) - 1:016x}"
+    assert goldbank.shortlist_distance() == NEAR_DUP_MAX_PHASH
+    assert goldbank.near_duplicate_pairs([zero, at_limit]) == [(0, 1, NEAR_DUP_MAX_PHASH)]
+    assert goldbank.near_duplicate_pairs([zero, beyond]) == []

@@ -89,7 +89,7 @@ def test_preview_renders_offline_in_chromium(
     context = browser.new_context(offline=True, viewport={"width": 1280, "height": 900})
     seen: list[str] = []
 
-    def guard(route) -> None:  # noqa: ANN001
+    def guard(route) -> None:
         seen.append(route.request.url)
         if route.request.url == path.as_uri():
             route.continue_()

@@ -104,7 +104,7 @@ def _upload(base: str, n: int, study: int, *, modality: str = "DX",
     return ds.SOPInstanceUID
 
 
-def _ingest(data_dir: Path, source: str, *options: str):  # noqa: ANN202
+def _ingest(data_dir: Path, source: str, *options: str):
     return CliRunner().invoke(app, ["--data-dir", str(data_dir), "ingest", source,
                                     "--workers", "0", *options])
 

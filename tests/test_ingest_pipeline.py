@@ -15,12 +15,12 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from cxrlabel.cli import app
-from cxrlabel.context import ensure_job
 from cxrlabel.ingest import pipeline
 from cxrlabel.ingest.phantom import make_phantom_xray
 from cxrlabel.ingest.pipeline import IngestBusy, ingest
 from cxrlabel.ingest.sources import SourceError
 from cxrlabel.jobspec import resolve_job_path
+from cxrlabel.jobstore import ensure_job
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import Image as ImageRow
 from cxrlabel.storage.models import ImageStatus, IngestIssue, IngestRun
@@ -91,7 +91,7 @@ def _files_in_db(db: Database) -> set[str]:
     return {p for row in rows for p in row}
 
 
-def _count(db: Database, model) -> int:  # noqa: ANN001
+def _count(db: Database, model) -> int:
     with db.session() as s:
         return s.scalar(select(func.count()).select_from(model))
 
@@ -327,7 +327,7 @@ def test_crash_at_commit_then_kill_leftovers_are_cleaned(sqlite_job, monkeypatch
     real_update = pipeline._Ingestor._update_run
     commits = []
 
-    def crash_on_second_batch(self, s, finished):  # noqa: ANN001
+    def crash_on_second_batch(self, s, finished):
         commits.append(1)
         if len(commits) == 2:
             raise RuntimeError("simulated crash during commit")

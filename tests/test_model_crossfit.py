@@ -7,12 +7,12 @@ import pytest
 
 pytest.importorskip("torch", reason="the [model] extra (PyTorch) is not installed")
 
-from rich.console import Console  # noqa: E402
+from rich.console import Console
 
-from cxrlabel.model import crossfit  # noqa: E402
-from cxrlabel.model.data import load_batch, read_export  # noqa: E402
-from cxrlabel.model.train import TrainConfig  # noqa: E402
-from model_support import write_synthetic_export  # noqa: E402
+from cxrlabel.model import crossfit
+from cxrlabel.model.data import load_batch, read_export
+from cxrlabel.model.train import TrainConfig
+from model_support import write_synthetic_export
 
 
 def test_patient_folds_keep_patients_whole_and_balance_classes():

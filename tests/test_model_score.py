@@ -8,17 +8,17 @@ import pytest
 pytest.importorskip("torch", reason="the [model] extra (PyTorch) is needed to build a model")
 pytest.importorskip("onnxruntime", reason="the [model] extra (onnxruntime) is not installed")
 
-from PIL import Image as PILImage  # noqa: E402
-from sqlalchemy import select  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
+from PIL import Image as PILImage
+from sqlalchemy import select
+from typer.testing import CliRunner
 
-from cxrlabel.cli import app  # noqa: E402
-from cxrlabel.context import get_job  # noqa: E402
-from cxrlabel.model.data import squash  # noqa: E402
-from cxrlabel.model.infer import OnnxModel  # noqa: E402
-from cxrlabel.storage.db import Database  # noqa: E402
-from cxrlabel.storage.models import Image  # noqa: E402
-from model_support import synthetic_xray, untrained_model_dir  # noqa: E402
+from cxrlabel.cli import app
+from cxrlabel.context import get_job
+from cxrlabel.model.data import squash
+from cxrlabel.model.infer import OnnxModel
+from cxrlabel.storage.db import Database
+from cxrlabel.storage.models import Image
+from model_support import synthetic_xray, untrained_model_dir
 
 
 def _add_images(db: Database, data_dir, n: int) -> tuple[str, list[str]]:

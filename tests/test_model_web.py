@@ -11,18 +11,18 @@ import pytest
 pytest.importorskip("torch", reason="the [model] extra (PyTorch) is needed to build a model")
 pytest.importorskip("onnxruntime", reason="the [model] extra (onnxruntime) is not installed")
 
-from fastapi.testclient import TestClient  # noqa: E402
-from PIL import Image  # noqa: E402
-from sqlalchemy import select  # noqa: E402
+from fastapi.testclient import TestClient
+from PIL import Image
+from sqlalchemy import select
 
-from cxrlabel.annotate.accounts import issue_api_token  # noqa: E402
-from cxrlabel.config import Settings  # noqa: E402
-from cxrlabel.model.infer import MODEL_DIR_ENV  # noqa: E402
-from cxrlabel.storage.db import Database  # noqa: E402
-from cxrlabel.storage.models import User  # noqa: E402
-from cxrlabel.web.app import create_app  # noqa: E402
-from model_support import synthetic_xray, untrained_model_dir  # noqa: E402
-from web_support import add_user  # noqa: E402
+from cxrlabel.annotate.accounts import issue_api_token
+from cxrlabel.config import Settings
+from cxrlabel.model.infer import MODEL_DIR_ENV
+from cxrlabel.storage.db import Database
+from cxrlabel.storage.models import User
+from cxrlabel.web.app import create_app
+from model_support import synthetic_xray, untrained_model_dir
+from web_support import add_user
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ def test_cli_replay_annotators_and_contests(tmp_path):
     env.submit("ann", {"w0": "PNEUMONIA", "g3": "PNEUMONIA"})
     missed = next(j for j in env.judgments_of("ann") if j.image_id == env.images["g3"])
     contest = env.call(lambda s, job: service.contest_gold(
-        s, job, env.user(s, "ann"), missed.id, "I see an opacity", env.tick()))
+        s, job, env.spec, env.user(s, "ann"), missed.id, "I see an opacity", env.tick()))
     runner = CliRunner()
     base = ["--db", url, "--data-dir", str(tmp_path)]
 

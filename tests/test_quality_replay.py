@@ -75,7 +75,7 @@ def _run_step(env, step, names):
             if gold:
                 judgment = rng.choice(gold)
                 contest = env.call(lambda s, job: service.contest_gold(
-                    s, job, env.user(s, name), judgment.id, "I disagree", env.tick()))
+                    s, job, env.spec, env.user(s, name), judgment.id, "I disagree", env.tick()))
                 answers = rng.choice([["NORMAL"], ["PNEUMONIA"], ["NORMAL", "PNEUMONIA"]])
                 try:
                     env.call(lambda s, job: service.resolve_contest(

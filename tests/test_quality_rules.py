@@ -128,11 +128,12 @@ def test_forgiving_after_a_gold_change_restores_trust_and_refinalises(db):
 
     g4_judgment = next(j for j in env.judgments_of("cat") if j.image_id == env.images["g4"])
     contest = env.call(lambda s, job: service.contest_gold(
-        s, job, env.user(s, "cat"), g4_judgment.id, "the left lower lobe is clear", env.tick()))
+        s, job, env.spec, env.user(s, "cat"), g4_judgment.id, "the left lower lobe is clear",
+        env.tick()))
     assert env.annotator("cat").gold_contested == 1
     with pytest.raises(QualityError, match="already contested"):
         env.call(lambda s, job: service.contest_gold(
-            s, job, env.user(s, "cat"), g4_judgment.id, "again", env.tick()))
+            s, job, env.spec, env.user(s, "cat"), g4_judgment.id, "again", env.tick()))
     _admin(env)
     env.call(lambda s, job: service.resolve_contest(
         s, job, env.spec, env.user(s, "admin"), contest.id, "change", "", ["NORMAL"],
@@ -165,7 +166,7 @@ def test_uphold_keeps_the_gold_and_stores_the_reply(db):
     env.submit("ann", {"g0": "NORMAL", "g1": "NORMAL", "g2": "PNEUMONIA"})
     missed = next(j for j in env.judgments_of("ann") if j.gold_missed)
     contest = env.call(lambda s, job: service.contest_gold(
-        s, job, env.user(s, "ann"), missed.id, "looks clear to me", env.tick()))
+        s, job, env.spec, env.user(s, "ann"), missed.id, "looks clear to me", env.tick()))
     _admin(env)
     with pytest.raises(QualityError, match="explain"):
         env.call(lambda s, job: service.resolve_contest(

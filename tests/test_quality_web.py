@@ -86,7 +86,7 @@ def test_contest_queue_and_resolution(web):
     env.submit("cat", {"g4": "NORMAL"})
     judgment = next(j for j in env.judgments_of("cat") if j.image_id == env.images["g4"])
     contest = env.call(lambda s, job: service.contest_gold(
-        s, job, env.user(s, "cat"), judgment.id, "clear lungs", env.tick()))
+        s, job, env.spec, env.user(s, "cat"), judgment.id, "clear lungs", env.tick()))
     html = client.get("/admin/jobs/q-job/contests", headers=_h(tokens, "admin")).text
     assert f'data-contest="{contest.id}"' in html and "clear lungs" in html
     listed = client.get("/api/jobs/q-job/contests", headers=_h(tokens, "admin")).json()

@@ -44,7 +44,7 @@ def files(folder: Path) -> dict[str, bytes]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def cli_run(data_dir: Path, db_url: str | None, *args: str):  # noqa: ANN201
+def cli_run(data_dir: Path, db_url: str | None, *args: str):
     base = ["--data-dir", str(data_dir)] + (["--db", db_url] if db_url else [])
     return runner.invoke(cli, [*base, *args])
 
@@ -171,7 +171,7 @@ def good_archive(tmp_path_factory) -> Path:
     return out
 
 
-def _damaged(good: Path, tmp: Path, edit) -> Path:  # noqa: ANN001
+def _damaged(good: Path, tmp: Path, edit) -> Path:
     members = {}
     with tarfile.open(good) as tar:
         for m in tar.getmembers():
@@ -192,7 +192,7 @@ def _damaged(good: Path, tmp: Path, edit) -> Path:  # noqa: ANN001
     ("missing member", "incomplete"),
 ])
 def test_bad_archives_are_refused_clearly(good_archive, tmp_path, case, expected):
-    def manifest_edit(change):  # noqa: ANN001, ANN202
+    def manifest_edit(change):
         def edit(m: dict[str, bytes]) -> None:
             data = json.loads(m["manifest.json"])
             change(data, m)

@@ -15,8 +15,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-import crash  # noqa: E402
-import load  # noqa: E402
+import crash
+import load
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -50,7 +50,7 @@ def together(n: int, work: Callable[[int], object]) -> list[object]:
         barrier.wait()
         try:
             return work(i)
-        except Exception as exc:  # noqa: BLE001 - the outcome under test
+        except Exception as exc:  # the outcome under test
             return exc
 
     with ThreadPoolExecutor(n) as pool:
@@ -73,7 +73,7 @@ def _answers(db: Database, page_id: str, gold: dict[str, list[str]]) -> list[Ans
 
 
 def _submit(db: Database, user_id: int, page_id: str, client_id: str,
-            answers: list[AnswerIn]):  # noqa: ANN202
+            answers: list[AnswerIn]):
     with db.session() as s:
         job, spec = job_and_spec(s, JOB)
         return submit_page(s, job, spec, s.get(User, user_id), page_id, client_id, answers,
@@ -145,7 +145,7 @@ def test_two_experts_finalise_the_same_image(db, tmp_path):
     with db.session() as s:
         s.get(Image, image_id).status = ImageStatus.NEEDS_REVIEW
 
-    def label(i: int):  # noqa: ANN202
+    def label(i: int):
         with db.session() as s:
             job, spec = job_and_spec(s, JOB)
             return service.record_expert_label(
@@ -176,7 +176,7 @@ def test_gold_answer_changed_while_annotators_answer_it(db, tmp_path):
         gold_id, old = target.id, list(target.accepted_answers)
     new = ["NORMAL", "PNEUMONIA"]  # widen: both answers now count as right
 
-    def act(i: int):  # noqa: ANN202
+    def act(i: int):
         if i == len(users):
             with db.session() as s:
                 job, spec = job_and_spec(s, JOB)

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from cxrlabel.annotate.accounts import issue_api_token
 from cxrlabel.cli import app
 from cxrlabel.config import Settings
-from cxrlabel.context import get_job, spec_from_job_row
+from cxrlabel.context import get_job
+from cxrlabel.jobstore import spec_from_job_row
 from cxrlabel.results.qa import collect_qa, qa_figures, qa_summary, render_qa_html
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import Job, User
@@ -215,7 +216,7 @@ def test_dashboard_in_chromium_under_csp(dash_pages, browser, artifacts_dir: Pat
     page.on("console", lambda m: violations.append(m.text)
             if "Content Security Policy" in m.text else None)
 
-    def serve(route) -> None:  # noqa: ANN001
+    def serve(route) -> None:
         path = route.request.url.removeprefix("http://cxrlabel.test")
         status, ctype, body, csp = responses.get(path, (404, "text/plain", b"", None))
         headers = {"content-type": ctype}

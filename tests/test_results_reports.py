@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cxrlabel.cli import app
-from cxrlabel.context import spec_from_job_row
+from cxrlabel.jobstore import spec_from_job_row
 from cxrlabel.results.reports import (
     aggregated_report,
     build_report,

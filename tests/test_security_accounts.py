@@ -40,14 +40,14 @@ def web(db_url, tmp_path):
     db.dispose()
 
 
-def login(client: TestClient, username: str, password: str = PASSWORD):  # noqa: ANN201
+def login(client: TestClient, username: str, password: str = PASSWORD):
     token = csrf_from_html(client.get("/login").text)
     return client.post("/login", data={"username": username, "password": password,
                                        "csrf_token": token, "next": "/"},
                        follow_redirects=False)
 
 
-def signed_in(app, username: str, address: str = "testclient") -> TestClient:  # noqa: ANN001
+def signed_in(app, username: str, address: str = "testclient") -> TestClient:
     client = TestClient(app, follow_redirects=False, client=(address, 50000))
     assert login(client, username).status_code == 303
     return client
@@ -57,7 +57,7 @@ def cookie_of(client: TestClient) -> str:
     return client.cookies.get("cxrlabel_session")
 
 
-def replay(app, cookie: str) -> int:  # noqa: ANN001
+def replay(app, cookie: str) -> int:
     """Status of an API call from a fresh client that only carries ``cookie``."""
     other = TestClient(app, follow_redirects=False)
     return other.get(ME, headers={"Cookie": f"cxrlabel_session={cookie}"}).status_code
@@ -137,7 +137,7 @@ def test_cli_passwd_disable_enable(web, tmp_path):
     assert r.exit_code == 2 and "[red]nobody" in r.output
 
 
-def signed_in_with(app, username: str, password: str) -> TestClient:  # noqa: ANN001
+def signed_in_with(app, username: str, password: str) -> TestClient:
     client = TestClient(app, follow_redirects=False)
     assert login(client, username, password).status_code == 303
     return client
@@ -181,7 +181,7 @@ def test_signed_in_request_costs_one_session_read_and_no_write(web):
     client = signed_in(app, "ann1")
     statements: list[str] = []
 
-    def record(_conn, _cursor, statement, *_args) -> None:  # noqa: ANN001
+    def record(_conn, _cursor, statement, *_args) -> None:
         if "user_sessions" in statement:
             statements.append(statement.split()[0].upper())
 
@@ -294,7 +294,7 @@ def test_password_pool_caps_hashing_and_leaves_request_threads_free():
 
             for _ in range(5):
                 tg.start_soon(one)
-            while pool._pending < 5:  # noqa: SLF001 - the test waits for the queue to fill
+            while pool._pending < 5:
                 await anyio.sleep(0.01)
             borrowed = anyio.to_thread.current_default_thread_limiter().borrowed_tokens
             try:

@@ -37,7 +37,7 @@ def archive(tmp_path_factory) -> Path:
     return out
 
 
-def rewritten(good: Path, out: Path, change) -> Path:  # noqa: ANN001
+def rewritten(good: Path, out: Path, change) -> Path:
     """A copy of ``good`` whose manifest was edited by ``change`` (checksums still match)."""
     with tarfile.open(good) as tar:
         members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}

@@ -28,7 +28,7 @@ def env(tmp_path_factory):
     e.db.dispose()
 
 
-def _check(response, where: str) -> None:  # noqa: ANN001
+def _check(response, where: str) -> None:
     assert response.status_code < 500 or response.status_code == 503, \
         f"{where}: {response.status_code} {response.text[:300]}"
     if response.status_code >= 400 and where.split()[1].startswith("/api/"):
@@ -50,7 +50,7 @@ def test_api_fuzz_as_each_role(env):
         @given(case=operation.as_strategy())
         @settings(max_examples=4, deadline=None, derandomize=True, database=None,
                   suppress_health_check=list(HealthCheck))
-        def fuzz(case) -> None:  # noqa: ANN001
+        def fuzz(case) -> None:
             for role in (A, ADMIN, EXPERT):
                 token = env.ids["tokens"][role]
                 response = case.call(headers={"Authorization": f"Bearer {token}"})

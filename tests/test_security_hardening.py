@@ -30,7 +30,7 @@ def web(tmp_path):
     db.dispose()
 
 
-def signed_in(app, username: str) -> tuple[TestClient, str]:  # noqa: ANN001
+def signed_in(app, username: str) -> tuple[TestClient, str]:
     client = TestClient(app, follow_redirects=False)
     token = csrf_from_html(client.get("/login").text)
     r = client.post("/login", data={"username": username, "password": PASSWORD,

@@ -24,7 +24,7 @@ def env(tmp_path_factory):
     e.db.dispose()
 
 
-def _csp(headers) -> dict[str, str]:  # noqa: ANN001
+def _csp(headers) -> dict[str, str]:
     policy = headers["content-security-policy"]
     return {d.split()[0]: d.strip() for d in policy.split(";") if d.strip()}
 

@@ -47,7 +47,7 @@ class Recorder:
     def __init__(self, client: TestClient, cookie: str, csrf: str) -> None:
         self.client, self.cookie, self.csrf, self.seen = client, cookie, csrf, []
 
-    def __call__(self, method: str, url: str, **kw):  # noqa: ANN003, ANN204
+    def __call__(self, method: str, url: str, **kw):
         self.client.cookies.clear()
         headers = {"Cookie": f"cxrlabel_session={self.cookie}", **kw.pop("headers", {})}
         if method != "GET" and "data" not in kw:
@@ -59,7 +59,7 @@ class Recorder:
         return r
 
 
-def _scan(seen, needles, where: str) -> None:  # noqa: ANN001
+def _scan(seen, needles, where: str) -> None:
     for label, text in seen:
         for needle in needles:
             assert needle not in text, f"{needle!r} leaked in {label} ({where})"

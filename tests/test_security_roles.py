@@ -132,12 +132,12 @@ RULES: dict[tuple[str, str], Rule] = {
 SIGN_OUT = {("POST", "/login"), ("POST", "/logout")}
 
 
-def app_routes(app) -> set[tuple[str, str]]:  # noqa: ANN001
+def app_routes(app) -> set[tuple[str, str]]:
     """(method, path) of every route, including those of included routers (FastAPI >= 0.16x
     keeps them as ``_IncludedRouter`` entries) and mounts (as GET)."""
     found: set[tuple[str, str]] = set()
 
-    def add(route) -> None:  # noqa: ANN001
+    def add(route) -> None:
         methods = getattr(route, "methods", None) or {"GET"}
         for m in methods - {"HEAD"}:
             found.add((m, route.path))
@@ -170,7 +170,7 @@ def test_every_route_has_a_rule(env):
     assert not stale, f"rules for routes that no longer exist: {stale}"
 
 
-def _url(env, path: str, rule: Rule) -> str:  # noqa: ANN001
+def _url(env, path: str, rule: Rule) -> str:
     if rule.url:
         return rule.url
     values = {**env.ids}
@@ -179,21 +179,21 @@ def _url(env, path: str, rule: Rule) -> str:  # noqa: ANN001
     return path.format(**{k: values[k] for k in re.findall(r"{(\w+)}", path)})
 
 
-def _body(env, body):  # noqa: ANN001, ANN202 - "$name" values name A's objects
+def _body(env, body):  # "$name" values name A's objects
     if not isinstance(body, dict):
         return body
     return {k: env.ids[v[1:]] if isinstance(v, str) and v.startswith("$") else v
             for k, v in body.items()}
 
 
-def _denied(response) -> bool:  # noqa: ANN001
+def _denied(response) -> bool:
     if response.status_code in (401, 403, 404):
         return True
     return response.status_code in (302, 303, 307) and \
         response.headers.get("location", "").startswith("/login")
 
 
-def _order(item) -> tuple:  # noqa: ANN001
+def _order(item) -> tuple:
     # Image access first (B may legitimately be given A's work image on a later page of
     # B's own); writes that change what later requests see go last.
     (method, path), _rule = item

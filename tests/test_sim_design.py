@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from cxrlabel.design import goldbank
+from cxrlabel.design import goldseed
 from cxrlabel.jobspec import JobSpecError, load_job, resolve_job_path
 from cxrlabel.sim.engine import Truth
 from cxrlabel.sim.prepare import SimSetupError
@@ -55,7 +55,7 @@ def test_gold_is_drawn_only_from_the_clearest_cases_of_each_class(twenty) -> Non
         ids = sorted(s.scalars(select(Image.id)))
         # Clarity unrelated to the label: within each class the odd positions are the clear ones.
         clarity = {image_id: (0.1 if i % 2 else 0.9) + i / 1000 for i, image_id in enumerate(ids)}
-        _summary, by_label = goldbank.sample_from_reference(
+        _summary, by_label = goldseed.sample_from_reference(
             s, job, spec, 6, seed=1, clearest_fraction=0.5, clarity=clarity)
     assert by_label == {"NORMAL": 3, "PNEUMONIA": 3}  # still balanced
     gold = _gold_ids(db)
@@ -66,7 +66,7 @@ def test_gold_is_drawn_only_from_the_clearest_cases_of_each_class(twenty) -> Non
         s.execute(GoldItem.__table__.delete())
         for image in s.scalars(select(Image)):
             image.status = "needs_judgments"
-        goldbank.sample_from_reference(s, job, spec, 10, seed=2, clearest_fraction=0.5,
+        goldseed.sample_from_reference(s, job, spec, 10, seed=2, clearest_fraction=0.5,
                                        clarity=clarity)
     assert _gold_ids(db) == {i for i in ids if clarity[i] < 0.5}
 
@@ -76,22 +76,22 @@ def test_clarity_defaults_to_the_model_score_and_needs_one(twenty) -> None:
     with db.session() as s:
         job, spec = bundled_job(s)
         with pytest.raises(ValueError, match="model score"):
-            goldbank.sample_from_reference(s, job, spec, 4, clearest_fraction=0.5)
+            goldseed.sample_from_reference(s, job, spec, 4, clearest_fraction=0.5)
         with pytest.raises(ValueError, match="clearest_fraction"):
-            goldbank.sample_from_reference(s, job, spec, 4, clearest_fraction=0.0)
+            goldseed.sample_from_reference(s, job, spec, 4, clearest_fraction=0.0)
         images = list(s.scalars(select(Image).order_by(Image.id)))
         for i, image in enumerate(images):  # the model is sure of the first 5 of each class
             sure = i % 10 < 5
             positive = image.reference_label == "PNEUMONIA"
             image.model_score = (0.97 if positive else 0.03) if sure else 0.5
         s.flush()
-        goldbank.sample_from_reference(s, job, spec, 4, seed=0, clearest_fraction=0.5)
+        goldseed.sample_from_reference(s, job, spec, 4, seed=0, clearest_fraction=0.5)
         chosen = [s.get(Image, i) for i in _ids_of_gold(s)]
     assert len(chosen) == 4
     assert all(abs(im.model_score - 0.5) > 0.4 for im in chosen)
 
 
-def _ids_of_gold(session) -> list[int]:  # noqa: ANN001 - a Session
+def _ids_of_gold(session) -> list[int]:  # a Session
     return list(session.scalars(select(GoldItem.image_id)))
 
 
@@ -99,7 +99,7 @@ def test_default_sampling_is_unchanged_by_the_new_option(twenty) -> None:
     db, tmp_path = twenty
     with db.session() as s:
         job, spec = bundled_job(s)
-        goldbank.sample_from_reference(s, job, spec, 6, seed=3)
+        goldseed.sample_from_reference(s, job, spec, 6, seed=3)
     first = _gold_ids(db)
     other = Database(f"sqlite:///{tmp_path / 'other.sqlite3'}")
     try:
@@ -108,7 +108,7 @@ def test_default_sampling_is_unchanged_by_the_new_option(twenty) -> None:
             for k in range(20):
                 add_image(s, job, tmp_path, k, name=f"case-{k}.jpeg", patient_id=f"p{k}",
                           reference_label="NORMAL" if k < 10 else "PNEUMONIA")
-            goldbank.sample_from_reference(s, job, spec, 6, seed=3, clearest_fraction=1.0,
+            goldseed.sample_from_reference(s, job, spec, 6, seed=3, clearest_fraction=1.0,
                                            clarity={})
         assert _gold_ids(other) == first
     finally:

@@ -12,8 +12,8 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from cxrlabel.cli import app
-from cxrlabel.context import ensure_job
 from cxrlabel.jobspec import load_job, resolve_job_path
+from cxrlabel.jobstore import ensure_job
 from cxrlabel.sim.crowd import mixed_crowd
 from cxrlabel.sim.run import RESULT_KEYS, simulate_into
 from cxrlabel.storage.db import Database

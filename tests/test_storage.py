@@ -89,7 +89,7 @@ db.dispose()
 """
 
 
-def _writer_process(url: str, who: str, n: int):  # noqa: ANN202 - a Popen
+def _writer_process(url: str, who: str, n: int):  # a Popen
     import os
     import subprocess
     import sys

@@ -37,7 +37,7 @@ def env(tmp_path: Path):
 _csrf = csrf_from_html
 
 
-def _signed_in_on_a_work_page(app, db, seeded) -> tuple[TestClient, dict]:  # noqa: ANN001
+def _signed_in_on_a_work_page(app, db, seeded) -> tuple[TestClient, dict]:
     add_user(db, "ann1")
     client = TestClient(app)
     token = _csrf(client.get("/login").text)

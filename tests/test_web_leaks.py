@@ -26,10 +26,10 @@ class Recorder:
     def __init__(self, client: TestClient) -> None:
         self.client, self.seen = client, []
 
-    def __getattr__(self, name: str):  # noqa: ANN204
+    def __getattr__(self, name: str):
         method = getattr(self.client, name)
 
-        def call(url, *args, **kwargs):  # noqa: ANN001, ANN202
+        def call(url, *args, **kwargs):
             response = method(url, *args, **kwargs)
             for r in [*response.history, response]:
                 headers = "\n".join(f"{k}: {v}" for k, v in r.headers.items())

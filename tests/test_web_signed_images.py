@@ -244,7 +244,7 @@ def test_zero_copy_send_is_used_when_the_server_offers_it(tmp_path):
     store.remember("img-a", "renditions/a.png")
     signer = ImageUrlSigner(b"k")
 
-    async def inner_app(scope, receive, send):  # noqa: ANN001, ANN202
+    async def inner_app(scope, receive, send):
         raise AssertionError("signed URLs must not reach the app")
 
     handler = SignedImages(inner_app, signer=signer, store=store)
@@ -324,7 +324,7 @@ def test_concurrent_misses_of_one_page_cost_one_lookup(env):
     other_worker = create_app(Settings(data_dir=db_path_dir(db), db_url=db.url), db=db)
     selects: list[str] = []
 
-    def count(conn, cursor, statement, *args):  # noqa: ANN001, ANN002
+    def count(conn, cursor, statement, *args):
         if "FROM images" in statement:
             selects.append(statement)
 

@@ -139,7 +139,7 @@ def seed_job(
 _HASHES: dict[str, str] = {}
 
 
-def web_app_with_small_job(db: Database, data_dir: Path, db_url: str):  # noqa: ANN201
+def web_app_with_small_job(db: Database, data_dir: Path, db_url: str):
     """The web app over ``db`` with the web tests' usual job: 12 work and 8 gold images, a quiz
     of 3, pages of 4, minimum accuracy 0.6. Returns ``(app, seeded)``."""
     from cxrlabel.config import Settings
@@ -178,12 +178,12 @@ def gold_answers(db: Database, job_id: int) -> dict[str, list[str]]:
         return {pid: list(acc) for pid, acc in rows}
 
 
-def load(db: Database, model, ident):  # noqa: ANN001, ANN201
+def load(db: Database, model, ident):
     with db.session() as s:
         return s.get(model, ident)
 
 
-def get_user(s, user_id: int) -> User:  # noqa: ANN001
+def get_user(s, user_id: int) -> User:
     user = s.get(User, user_id)
     assert user is not None
     return user

@@ -96,7 +96,7 @@ class OidcSettings:
     def __post_init__(self) -> None:
         from urllib.parse import urlsplit
 
-        from cxrlabel.storage.models import Role
+        from cxrlabel.vocab import Role
 
         if not self.issuer.startswith(("https://", "http://")):
             raise ValueError(f"CXRLABEL_OIDC_ISSUER must be an http(s) URL, not {self.issuer!r}")

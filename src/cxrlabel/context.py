@@ -1,22 +1,22 @@
-"""Shared plumbing for CLI commands: settings, database, the current job, clean failures."""
+"""Plumbing for CLI commands only (Typer, Rich): settings, database, the current job, clean
+failures. The job store itself (``spec_from_job_row``, ``ensure_job``, the spec cache) is
+``cxrlabel.jobstore``, shared with the web app and quality."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cxrlabel.config import DEFAULT_JOB, Settings
-from cxrlabel.jobspec import JobSpec, JobSpecError, load_job, parse_job, resolve_job_path
+from cxrlabel.jobspec import JobSpec, JobSpecError, resolve_job_path
+from cxrlabel.jobstore import ensure_job, find_job, job_names, spec_of
 from cxrlabel.storage.db import Database
-from cxrlabel.storage.models import Job, utcnow
+from cxrlabel.storage.models import Job
 from cxrlabel.terminal import printable
 
 console = Console()
@@ -80,42 +80,16 @@ def app_context(ctx: typer.Context, *, creates_data: bool = False) -> AppContext
     return root.obj
 
 
-def spec_from_job_row(job: Job) -> JobSpec:
-    return parse_job(job.spec_toml, f"job {job.name} (stored)", _job_base_dir(job.name))
-
-
-def _job_base_dir(name: str) -> Path:
-    try:
-        return resolve_job_path(name).parent
-    except JobSpecError:
-        return Path(".")
-
-
-def ensure_job(session: Session, spec_path: Path) -> tuple[Job, JobSpec]:
-    """Create the job from its file, or update the stored spec when the file changed."""
-    spec = load_job(spec_path)
-    text = spec_path.read_text(encoding="utf-8")
-    digest = hashlib.sha256(text.encode()).hexdigest()
-    job = session.scalar(select(Job).where(Job.name == spec.name))
-    if job is None:
-        job = Job(name=spec.name, spec_toml=text, spec_sha256=digest)
-        session.add(job)
-        session.flush()
-    elif job.spec_sha256 != digest:
-        job.spec_toml, job.spec_sha256, job.updated_at = text, digest, utcnow()
-    return job, spec
-
-
 def get_job(session: Session, name: str | None) -> tuple[Job, JobSpec]:
     """A stored job by name; when only the bundled default is asked for, create it on first use."""
     wanted = name or DEFAULT_JOB
-    job = session.scalar(select(Job).where(Job.name == wanted))
+    job = find_job(session, wanted)
     if job is not None:
-        return job, spec_from_job_row(job)
+        return job, spec_of(job)
     try:
         path = resolve_job_path(wanted)
     except JobSpecError:
-        known = session.scalars(select(Job.name)).all()
+        known = job_names(session)
         fail(f"no job named {wanted!r} (known: {', '.join(known) or 'none'})")
     try:
         return ensure_job(session, path)

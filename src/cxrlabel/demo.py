@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 
 from cxrlabel.context import AppContext, app_context, console, fail, get_job
 from cxrlabel.storage.models import GoldItem, Role, User
+from cxrlabel.vocab import NORMAL, PNEUMONIA
 
 DEMO_USERS = [
     ("admin", Role.ADMIN),
@@ -27,7 +28,7 @@ DEMO_USERS = [
     ("annotator2", Role.ANNOTATOR),
     ("annotator3", Role.ANNOTATOR),
 ]
-PHANTOMS = {"NORMAL": 30, "PNEUMONIA": 42}  # roughly the source hospital's class balance
+PHANTOMS = {NORMAL: 30, PNEUMONIA: 42}  # roughly the source hospital's class balance
 
 
 def make_phantom_manifest(folder: Path, counts: dict[str, int] = PHANTOMS) -> Path:
@@ -43,7 +44,7 @@ def make_phantom_manifest(folder: Path, counts: dict[str, int] = PHANTOMS) -> Pa
             seed += 1
             path = folder / f"phantom-{label.lower()}-{i:03d}.png"
             if not path.exists():
-                make_phantom_xray(seed, 512, pneumonia=label == "PNEUMONIA").save(path)
+                make_phantom_xray(seed, 512, pneumonia=label == PNEUMONIA).save(path)
             rows.append({"path": path.name, "label": label, "patient_id": f"phantom-{seed:03d}"})
     with manifest.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=["path", "label", "patient_id"])
@@ -65,7 +66,7 @@ def _ingest(app: AppContext, source: Path, job_name: str | None) -> None:
 
 
 def _seed_gold(app: AppContext, job_name: str | None) -> int:
-    from cxrlabel.design.goldbank import sample_from_reference
+    from cxrlabel.design.goldseed import sample_from_reference
 
     with app.db.session() as session:
         job, spec = get_job(session, job_name)

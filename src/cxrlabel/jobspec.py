@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from cxrlabel.config import bundled_jobs_dir
+from cxrlabel.vocab import PNEUMONIA
 
 KERMANY_PATIENT_PATTERN = (
     r"(?P<pid>person\d+)_(?:bacteria|virus)"  # person123_bacteria_456
@@ -248,7 +249,7 @@ class JobSpec(_Strict):
         model_rules = (self.review.model_disagreement != "off"
                        or self.judgments.min_if_model_agrees > 0)
         if model_rules and (
-                len(labels) != 2 or "PNEUMONIA" not in labels):
+                len(labels) != 2 or PNEUMONIA not in labels):
             raise ValueError(
                 "review.model_disagreement and judgments.min_if_model_agrees need a two-label "
                 "question with a 'PNEUMONIA' label "

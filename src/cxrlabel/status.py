@@ -30,7 +30,7 @@ from cxrlabel.storage.models import (
 )
 
 
-def _grouped(session: Session, column, where: list) -> dict[str, int]:  # noqa: ANN001
+def _grouped(session: Session, column, where: list) -> dict[str, int]:
     stmt = select(column, func.count()).select_from(column.class_).where(*where).group_by(column)
     return {str(key) if key is not None else "none": n for key, n in session.execute(stmt)}
 

@@ -1,7 +1,9 @@
-"""The shared Jinja2 environment, usable without a request (web pages, previews, tests, e-mails).
+"""One templating floor for every room: the Jinja2 environment and the Markdown renderer.
 
-It lives on the ground floor, not in ``web``, so the job-design preview (``design.preview``) can
-render the real work page without importing the web package (which imports ``design``).
+The web app's pages, the job-design preview and proposal (``design``) and the QA report
+(``results``) all render through ``env`` (and its two overlays below), usable without a
+request (previews, tests, e-mails). It lives on the ground floor, not in ``web``, so ``design``
+can render the real work page without importing the web package (which imports ``design``).
 
 The work page (``work_page.html``) is a fragment that needs no request: the job-design preview
 renders it with data-URI images and inlines ``static/viewer.css`` and ``static/viewer.js``.
@@ -12,21 +14,47 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PrefixLoader, select_autoescape
+from markdown_it import MarkdownIt
 from markupsafe import Markup
 
 from cxrlabel.jobspec import JobSpec
 
-WEB_DIR = Path(__file__).parent / "web"
+PACKAGE_DIR = Path(__file__).parent
+WEB_DIR = PACKAGE_DIR / "web"
 TEMPLATES_DIR = WEB_DIR / "templates"
 STATIC_DIR = WEB_DIR / "static"
+# Templates of the other rooms are named "<room>:<file>" ("design:preview.html.j2"); the web
+# app's own names (which have no colon) come from its folder.
+ROOM_TEMPLATES = {
+    "design": PACKAGE_DIR / "design" / "templates",
+    "results": PACKAGE_DIR / "results" / "templates",
+}
 
 env = Environment(
-    loader=FileSystemLoader(TEMPLATES_DIR),
+    loader=ChoiceLoader([
+        PrefixLoader({room: FileSystemLoader(folder) for room, folder in ROOM_TEMPLATES.items()},
+                     delimiter=":"),
+        FileSystemLoader(TEMPLATES_DIR),
+    ]),
     autoescape=select_autoescape(default=True, default_for_string=True),
     trim_blocks=True,
     lstrip_blocks=True,
 )
+# Stand-alone HTML documents (preview, proposal, QA report) keep Jinja's default whitespace.
+document_env = env.overlay(trim_blocks=False, lstrip_blocks=False)
+# Markdown documents (the design proposal): no HTML escaping, the trailing newline kept.
+markdown_env = env.overlay(autoescape=False, trim_blocks=False, lstrip_blocks=False,
+                           keep_trailing_newline=True)
+
+# CommonMark plus tables; raw HTML in the text is escaped and commonmark's link validation drops
+# javascript: URLs (job instructions are admin-written, but shown to every annotator).
+_markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
+
+
+def markdown_html(text: str) -> Markup:
+    """Markdown rendered as safe HTML (the one Markdown renderer of the project)."""
+    return Markup(_markdown.render(text))
 
 
 def static_text(name: str) -> Markup:

@@ -165,7 +165,8 @@ class AggregationResult:
     @property
     def confidence(self) -> np.ndarray:
         """Probability of the chosen label, per item."""
-        return self.proba[np.arange(self.labels.shape[0]), self.labels]
+        result: np.ndarray = self.proba[np.arange(self.labels.shape[0]), self.labels]
+        return result
 
 
 class Aggregator(ABC):
@@ -260,7 +261,7 @@ def normalize_rows(matrix: np.ndarray, fallback: np.ndarray | None = None) -> np
 
 def softmax_rows(log_matrix: np.ndarray) -> np.ndarray:
     """Numerically stable row softmax of log-probabilities."""
-    shifted = log_matrix - log_matrix.max(axis=1, keepdims=True)
+    shifted: np.ndarray = log_matrix - log_matrix.max(axis=1, keepdims=True)
     np.exp(shifted, out=shifted)
     shifted /= shifted.sum(axis=1, keepdims=True)
     return shifted

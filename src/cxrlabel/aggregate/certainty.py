@@ -71,8 +71,8 @@ class CertaintyDawidSkene(DawidSkene):
         converged, n_iter = False, 0
         confusion = np.empty((judgments.n_workers, n_classes, n_classes))
         class_prior = np.full(n_classes, 1.0 / n_classes)
-        for n_iter in range(1, self.max_iter + 1):  # noqa: B007 - n_iter is reported
-            class_prior, confusion, reliability = self._m_step(
+        for n_iter in range(1, self.max_iter + 1):  # n_iter is reported
+            class_prior, confusion, reliability = self._m_step_levels(
                 judgments, levels, posterior, confusion, reliability, guess, onehot, n_iter == 1
             )
             log_lik = np.log(_answer_likelihood(judgments, levels, confusion, reliability, guess))
@@ -95,7 +95,7 @@ class CertaintyDawidSkene(DawidSkene):
             converged=converged,
         )
 
-    def _m_step(
+    def _m_step_levels(
         self,
         judgments: Judgments,
         levels: np.ndarray,
@@ -156,4 +156,5 @@ def _answer_likelihood(
 ) -> np.ndarray:
     r = reliability[levels][:, None]
     informative = r * _confusion_column(judgments, confusion)
-    return informative + (1.0 - r) * guess[judgments.labels][:, None]
+    result: np.ndarray = informative + (1.0 - r) * guess[judgments.labels][:, None]
+    return result

@@ -177,4 +177,5 @@ def e_step(
 def expected_accuracy(class_prior: np.ndarray, confusion: np.ndarray) -> np.ndarray:
     """P(worker answers the true class) under the fitted model."""
     diagonal = np.diagonal(confusion, axis1=1, axis2=2)
-    return diagonal @ class_prior
+    result: np.ndarray = diagonal @ class_prior
+    return result

@@ -115,10 +115,12 @@ class GLAD(Aggregator):
 
             x = alpha[workers] * np.exp(b)[items][:, None]
             s = _sigmoid(x)
-            grad_b = np.bincount(items, (weight * (is_answer - s) * x).sum(axis=1), len(b))
+            grad_b: np.ndarray = np.bincount(items, (weight * (is_answer - s) * x).sum(axis=1),
+                                             len(b))
             # Fisher scoring (expected curvature) keeps the step an ascent direction
             # even where the objective is not concave in b.
-            curv_b = np.bincount(items, (weight * s * (1 - s) * x**2).sum(axis=1), len(b))
+            curv_b: np.ndarray = np.bincount(items, (weight * s * (1 - s) * x**2).sum(axis=1),
+                                             len(b))
             grad_b -= b / self.b_var
             curv_b += 1.0 / self.b_var
             b = b + np.clip(grad_b / curv_b, -_MAX_NEWTON_STEP, _MAX_NEWTON_STEP)
@@ -150,7 +152,8 @@ def _log_likelihood(
     x = alpha[judgments.workers] * np.exp(b)[judgments.items][:, None]
     log_right = -np.logaddexp(0.0, -x)
     log_wrong = -np.logaddexp(0.0, x) - (np.log(k - 1) if k > 1 else 0.0)
-    return np.where(is_answer > 0, log_right, log_wrong)
+    result: np.ndarray = np.where(is_answer > 0, log_right, log_wrong)
+    return result
 
 
 def _sum_per_item(judgments: Judgments, per_answer: np.ndarray) -> np.ndarray:
@@ -162,7 +165,8 @@ def _sum_per_item(judgments: Judgments, per_answer: np.ndarray) -> np.ndarray:
 
 def _class_prior(posterior: np.ndarray) -> np.ndarray:
     prior = posterior.sum(axis=0) + 1.0
-    return prior / prior.sum()
+    result: np.ndarray = prior / prior.sum()
+    return result
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

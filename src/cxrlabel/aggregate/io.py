@@ -250,7 +250,7 @@ def _trust_array(trust: pd.DataFrame | None, workers: pd.Index) -> np.ndarray | 
     if trust is None:
         return None
     by_worker = trust.set_index("worker")["trust"]
-    values = by_worker.reindex(workers).to_numpy(dtype=float)
+    values: np.ndarray = by_worker.reindex(workers).to_numpy(dtype=float)
     missing = np.isnan(values)
     if missing.all():
         raise AggregationInputError("TRUST lists none of the workers in ANSWERS")

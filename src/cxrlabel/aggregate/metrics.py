@@ -92,7 +92,7 @@ def cohen_kappa_vs_consensus(
     with np.errstate(invalid="ignore", divide="ignore"):
         observed = np.trace(table, axis1=1, axis2=2) / total
         expected = np.einsum("wj,wj->w", table.sum(axis=2), table.sum(axis=1)) / total**2
-        kappa = (observed - expected) / (1.0 - expected)
+        kappa: np.ndarray = (observed - expected) / (1.0 - expected)
     kappa[(total == 0) | np.isclose(expected, 1.0)] = np.nan
     return kappa
 
@@ -105,7 +105,7 @@ def item_entropy(proba_or_counts: np.ndarray, base: float = 2.0) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         p = matrix / sums
         terms = np.where(p > 0, -p * np.log(np.where(p > 0, p, 1.0)), 0.0)
-    entropy = terms.sum(axis=1) / np.log(base)
+    entropy: np.ndarray = terms.sum(axis=1) / np.log(base)
     entropy[sums[:, 0] == 0] = np.nan
     return entropy
 

@@ -50,6 +50,8 @@ class TrustWeighted(Aggregator):
 
 def gold_accuracy_trust(judgments: Judgments, default_trust: float | None = None) -> np.ndarray:
     """Each worker's accuracy on the gold items they answered (vectorised lookup)."""
+    if judgments.gold_items is None or judgments.gold_labels is None:
+        raise ValueError("gold accuracy needs the judgments' gold items")
     gold_of_item = np.full(judgments.n_items, -1, dtype=np.int64)
     gold_of_item[judgments.gold_items] = judgments.gold_labels
     answer_gold = gold_of_item[judgments.items]

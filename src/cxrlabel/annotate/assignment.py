@@ -35,6 +35,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    CompoundSelect,
     Integer,
     Select,
     bindparam,
@@ -252,12 +253,12 @@ def seen_image_ids(job: Job, user: User) -> Select:
     )
 
 
-def open_reservations(job: Job, now: datetime):  # noqa: ANN201 - a SQLAlchemy subquery
+def open_reservations(job: Job, now: datetime):  # a SQLAlchemy subquery
     """Per image: work items on served, unsubmitted, unexpired pages."""
     return _reservations(job.id, now)
 
 
-def _reservations(job_id: Any, now: Any):  # noqa: ANN202 - a SQLAlchemy subquery
+def _reservations(job_id: Any, now: Any):  # a SQLAlchemy subquery
     return (
         select(PageItem.image_id.label("image_id"), func.count().label("n"))
         .join(Page, Page.id == PageItem.page_id)
@@ -447,7 +448,7 @@ def _claim_sql(order: str) -> _ClaimSql:
     return _ClaimSql(reserved, ranked, fast, fast.limit(n), candidates, listed)
 
 
-def _seen_by(user_id: Any):  # noqa: ANN202 - a SQLAlchemy EXISTS clause
+def _seen_by(user_id: Any):  # a SQLAlchemy EXISTS clause
     """True for an image that was on one of this annotator's pages.
 
     Per candidate image: its few page items (``ix_page_items_image``), each page by primary
@@ -479,7 +480,7 @@ def _tie_order(order: str) -> tuple[Any, ...]:
     return (Image.id,)
 
 
-def _candidates(job_id: Any, order: str, user_id: Any, reserved: Any, n: Any) -> Select:
+def _candidates(job_id: Any, order: str, user_id: Any, reserved: Any, n: Any) -> CompoundSelect:
     """Image ids that contain the ``n`` best open images of the ranking in ``claim_open_images``.
 
     The ranking is (missing judgments, tie order, id). An image nobody has judged or reserved
@@ -551,9 +552,10 @@ def _make_page(
     rng.shuffle(entries)  # gold sits at random positions, indistinguishable from work
     # Core INSERTs (the ORM unit of work cost more than the statements): the page, then its
     # items in one statement; the caller gets plain values, not ORM objects (ServedPage).
-    values = {"public_id": new_public_id(), "job_id": job.id, "user_id": user.id, "kind": kind,
-              "served_at": now, "submitted_at": None,
-              "expires_at": now + timedelta(minutes=spec.pages.reservation_minutes)}
+    values: dict[str, Any] = {
+        "public_id": new_public_id(), "job_id": job.id, "user_id": user.id, "kind": kind,
+        "served_at": now, "submitted_at": None,
+        "expires_at": now + timedelta(minutes=spec.pages.reservation_minutes)}
     page_id = session.execute(_INSERT_PAGE, values).scalar_one()
     _insert_items(session, page_id, entries)
     images = {row.id: ServedImage(row.id, row.public_id, row.rendition_path)

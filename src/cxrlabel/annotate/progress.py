@@ -93,7 +93,7 @@ def gold_summary(session: Session, job: Job) -> list[dict[str, Any]]:
 
 
 def invite_rows(session: Session, now: datetime) -> list[dict[str, Any]]:
-    jobs = dict(session.execute(select(Job.id, Job.name)).all())
+    jobs: dict[int | None, str] = dict(session.execute(select(Job.id, Job.name)).all())
     out = []
     for inv in session.scalars(select(Invite).order_by(Invite.id.desc())):
         problem = invite_problem(inv, now)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
@@ -206,7 +207,7 @@ def _check_expired_page_still_needed(
         .with_for_update(of=Image, key_share=True)  # PostgreSQL: lock in id order, no
         # assigner can race us (NO KEY UPDATE, like the assigner's locks: FK checks pass)
     ).all()
-    open_counts = dict(session.execute(
+    open_counts: dict[int, int] = dict(session.execute(
         select(reserved.c.image_id, reserved.c.n).where(reserved.c.image_id.in_(work_ids))
     ).all())
     for image_id, status, trusted, target in rows:
@@ -230,7 +231,7 @@ def _insert_judgments(
     elapsed = max((now - as_utc(page.served_at)).total_seconds(), 0.0)
     per_item = elapsed / max(len(items), 1)
     is_quiz = page.kind == PageKind.QUIZ
-    values = []
+    values: list[dict[str, Any]] = []
     for item in items:
         answer = by_image[item.image_id]
         values.append({
@@ -242,7 +243,7 @@ def _insert_judgments(
             "served_at": page.served_at, "submitted_at": now, "seconds": per_item,
         })
     table = Judgment.__table__
-    ids = dict(session.execute(
+    ids: dict[int, int] = dict(session.execute(
         insert(table).returning(table.c.image_id, table.c.id), values).all())
     # (user, image) is unique: the image id names the new row
     return [SubmittedJudgment(ids[row["image_id"]], row["image_id"], row["answer"],

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cxrlabel.context import app_context, console, fail, get_job
-from cxrlabel.design import goldbank
+from cxrlabel.design import goldbank, goldseed
 from cxrlabel.design.estimate import (
     DEFAULT_ANNOTATORS,
     DEFAULT_HOURS_PER_ANNOTATOR_PER_DAY,
@@ -267,7 +267,7 @@ def gold_sample(
     with app.db.session() as session:
         job, spec = get_job(session, job_name)
         try:
-            summary, per_label = goldbank.sample_from_reference(
+            summary, per_label = goldseed.sample_from_reference(
                 session, job, spec, from_reference, seed, clearest_fraction=clearest)
         except ValueError as exc:
             fail(str(exc))

@@ -1,4 +1,5 @@
-"""The test-question (gold) bank: import/export as CSV, listing, health checks, seeding.
+"""The test-question (gold) bank: import/export as CSV, listing, health checks (seeding from
+reference labels: ``goldseed``).
 
 A gold item is an image with an expert answer and a reason. Annotators see it like any other
 image; the quality engine grades their answer and shows the reason when they miss it. Each gold
@@ -10,9 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-import random
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -40,19 +39,10 @@ OPTIONAL_COLUMNS = ("difficulty",)
 EXPORT_ONLY_COLUMNS = ("public_id", "source_file", "source", "active", "seen", "missed")
 DIFFICULTIES = ("easy", "medium", "hard")
 ANSWER_SEPARATOR = ";"
-# Hamming distance (of 64) at or below which two perceptual hashes are the same picture. Used
-# only when the ingest stage does not provide its own documented threshold.
-FALLBACK_NEAR_DUPLICATE_DISTANCE = 6
 # Gold class shares may differ from the expected prevalence by this much before we warn: a
 # balanced bank (50/50) against a 26/74 prior is fine, an all-PNEUMONIA bank is not.
 DEFAULT_IMBALANCE_TOLERANCE = 0.25
 DEFAULT_MIN_PER_CLASS = 2
-
-GENERIC_REASON = (
-    "Reference label from the source dataset: {text}. {hint} "
-    "[Generic reason from `gold sample`: replace it with an expert's explanation of this image.]"
-)
-
 
 class GoldImportError(ValueError):
     """The CSV cannot be imported; ``problems`` lists every problem found, with row numbers."""
@@ -150,7 +140,8 @@ def _read_csv(text: str, source: str) -> list[dict[str, str]]:
 def _validate(
     session: Session, job: Job, spec: JobSpec, rows: list[dict[str, str]]
 ) -> tuple[list[_Row], list[str]]:
-    parsed, problems, seen = [], [], {}
+    parsed, problems = [], []
+    seen: dict[int, int] = {}  # image id -> the line it was first on
     examples = instruction_example_ids(session, job, spec)
     for line, row in enumerate(rows, start=2):  # line 1 is the header
         ref = row.get("image", "")
@@ -220,7 +211,7 @@ def import_gold_csv(
     now = now or utcnow()
     summary = ImportSummary()
     for row in parsed:
-        _make_gold(session, job, row.image, row.answers, row.reason, row.difficulty, "import",
+        make_gold(session, job, row.image, row.answers, row.reason, row.difficulty, "import",
                    now, summary)
     session.add(AuditEvent(
         at=now, job_id=job.id, actor_id=actor_id, action="gold.import", subject=path.name,
@@ -231,7 +222,7 @@ def import_gold_csv(
     return summary
 
 
-def _make_gold(
+def make_gold(
     session: Session, job: Job, image: Image, answers: list[str], reason: str,
     difficulty: str, source: str, now: datetime, summary: ImportSummary,
 ) -> GoldItem:
@@ -340,24 +331,20 @@ def _popcount64(values: np.ndarray) -> np.ndarray:
     return np.unpackbits(as_bytes, axis=-1).sum(axis=-1)
 
 
-def _near_duplicate_threshold() -> int:
-    """The ingest stage's documented threshold when it provides one, else our fallback."""
-    try:
-        from cxrlabel.ingest import phash as ingest_phash  # type: ignore[attr-defined]
-    except ImportError:
-        return FALLBACK_NEAR_DUPLICATE_DISTANCE
-    for name in ("NEAR_DUPLICATE_DISTANCE", "NEAR_DUPLICATE_THRESHOLD", "DEFAULT_THRESHOLD"):
-        value = getattr(ingest_phash, name, None)
-        if isinstance(value, int):
-            return value
-    return FALLBACK_NEAR_DUPLICATE_DISTANCE
+def shortlist_distance() -> int:
+    """The one near-duplicate pHash distance: ingest's ``NEAR_DUP_MAX_PHASH`` (imported on use:
+    ``ingest.dedup`` pulls in the image decoders, about a second of import time)."""
+    from cxrlabel.ingest.dedup import NEAR_DUP_MAX_PHASH
+
+    return NEAR_DUP_MAX_PHASH
 
 
 def near_duplicate_pairs(
     a: list[str], b: list[str] | None = None, threshold: int | None = None
 ) -> list[tuple[int, int, int]]:
-    """(i, j, distance) for phash pairs within ``threshold``; within ``a`` when ``b`` is None."""
-    threshold = _near_duplicate_threshold() if threshold is None else threshold
+    """(i, j, distance) for phash pairs within ``threshold`` (default: ingest's shortlist
+    distance, ``NEAR_DUP_MAX_PHASH``); within ``a`` when ``b`` is None."""
+    threshold = shortlist_distance() if threshold is None else threshold
     if not a or (b is not None and not b):
         return []
     left = _hashes_to_uint64(a)
@@ -519,7 +506,8 @@ def _work_overlap_warnings(session: Session, job: Job, rows: list[GoldRow]) -> l
 
 def _confirmed(images_a: list[Image], images_b: list[Image], pairs: list[tuple[int, int, int]],
                data_dir: Path | None) -> list[tuple[int, int, int]]:
-    """Keep the pHash pairs whose pixels also match (pHash alone confuses different X-rays)."""
+    """Keep the pHash pairs whose pixels also match (pHash alone confuses different X-rays);
+    without the data folder every shortlisted pair is kept (the warning says "possible")."""
     if data_dir is None:
         return pairs
     from cxrlabel.ingest.dedup import NEAR_DUP_MAX_MAD, signature_from_file
@@ -546,14 +534,11 @@ def _confirmed(images_a: list[Image], images_b: list[Image], pairs: list[tuple[i
 def _near_duplicate_warnings(
     session: Session, job: Job, rows: list[GoldRow], data_dir: Path | None = None
 ) -> list[GoldWarning]:
-    from cxrlabel.ingest.dedup import NEAR_DUP_MAX_PHASH
-
-    threshold = NEAR_DUP_MAX_PHASH if data_dir is not None else None
     kind = "near-duplicates" if data_dir is not None else "possible near-duplicates"
     gold_images = [r.image for r in rows]
     hashes = [im.phash for im in gold_images]
     warnings = []
-    pairs = near_duplicate_pairs(hashes, threshold=threshold)
+    pairs = near_duplicate_pairs(hashes)
     for i, j, d in _confirmed(gold_images, gold_images, pairs, data_dir):
         warnings.append(GoldWarning(
             "near_duplicate",
@@ -563,7 +548,7 @@ def _near_duplicate_warnings(
     work = session.scalars(
         select(Image).where(Image.job_id == job.id, Image.status != ImageStatus.GOLD)
     ).all()
-    pairs = near_duplicate_pairs(hashes, [im.phash for im in work], threshold=threshold)
+    pairs = near_duplicate_pairs(hashes, [im.phash for im in work])
     for i, j, d in _confirmed(gold_images, list(work), pairs, data_dir):
         warnings.append(GoldWarning(
             "near_duplicate_work",
@@ -571,121 +556,3 @@ def _near_duplicate_warnings(
             f"(phash distance {d}): annotators may recognise the test question",
         ))
     return warnings
-
-
-# --- seeding from reference labels -----------------------------------------------------------
-
-
-def sample_from_reference(
-    session: Session,
-    job: Job,
-    spec: JobSpec,
-    n: int,
-    seed: int = 0,
-    now: datetime | None = None,
-    *,
-    clearest_fraction: float = 1.0,
-    clarity: Mapping[int, float] | None = None,
-) -> tuple[ImportSummary, dict[str, int]]:
-    """Seed the bank with ``n`` never-judged images that carry a reference label, balanced per
-    class, one per patient and no near-duplicates. Reasons are a generic template: for a
-    demo only; a real bank needs an expert's reason per image.
-
-    ``clearest_fraction`` < 1 draws the gold only from the clearest part of each class, as a
-    job designer picks clear teaching cases as test questions (a test question on an image
-    experts themselves find borderline measures luck, not care). Clarity is per image id,
-    lower = clearer: ``clarity`` when given (the simulator passes its cross-fitted pixel
-    difficulty), else the image's model score (``Image.model_score``, p of the positive
-    class) read as distance from the reference label. Never the label alone: two images with
-    the same label differ in clarity."""
-    if n < 1:
-        raise ValueError("sample size must be >= 1")
-    if not 0.0 < clearest_fraction <= 1.0:
-        raise ValueError("clearest_fraction must be in (0, 1]")
-    judged = select(Judgment.image_id).where(Judgment.job_id == job.id)
-    candidates = session.scalars(
-        select(Image).where(
-            Image.job_id == job.id,
-            Image.status == ImageStatus.NEEDS_JUDGMENTS,
-            Image.reference_label.in_(spec.label_values),
-            Image.id.not_in(judged),
-        ).order_by(Image.id)
-    ).all()
-    examples = instruction_example_ids(session, job, spec)
-    candidates = [im for im in candidates if im.id not in examples]
-    rng = random.Random(seed)
-    per_label = {label: [im for im in candidates if im.reference_label == label]
-                 for label in spec.label_values}
-    if clearest_fraction < 1.0:
-        scores = clarity if clarity is not None else model_clarity(candidates, spec)
-        per_label = {label: clearest(pool, scores, clearest_fraction)
-                     for label, pool in per_label.items()}
-    for pool in per_label.values():
-        rng.shuffle(pool)
-    quotas = {label: n // len(per_label) for label in per_label}
-    for label in list(per_label)[: n % len(per_label)]:
-        quotas[label] += 1
-    chosen = _pick(per_label, quotas, _near_duplicate_threshold())
-    summary = ImportSummary()
-    if not chosen:
-        return summary, {}
-    now = now or utcnow()
-    texts = {c.value: c for c in spec.question.labels}
-    for image in chosen:
-        choice = texts[image.reference_label]
-        reason = GENERIC_REASON.format(text=choice.text, hint=choice.hint).replace("  ", " ")
-        _make_gold(session, job, image, [choice.value], reason, "medium", "reference", now,
-                   summary)
-    session.add(AuditEvent(
-        at=now, job_id=job.id, action="gold.sample_reference", subject=str(n),
-        payload={"created": summary.created, "seed": seed, "images": summary.public_ids,
-                 "clearest_fraction": clearest_fraction},
-    ))
-    session.flush()
-    return summary, dict(Counter(im.reference_label for im in chosen))
-
-
-def clearest(pool: list[Image], clarity: Mapping[int, float], fraction: float) -> list[Image]:
-    """The clearest ``fraction`` of ``pool`` (at least one image), in the pool's order.
-
-    Images without a clarity score are left out: "clear" must be known, not assumed."""
-    scored = [im for im in pool if im.id in clarity]
-    keep = max(1, math.ceil(fraction * len(scored))) if scored else 0
-    ranked = sorted(scored, key=lambda im: (clarity[im.id], im.id))[:keep]
-    kept = {im.id for im in ranked}
-    return [im for im in pool if im.id in kept]
-
-
-def model_clarity(images: list[Image], spec: JobSpec) -> dict[int, float]:
-    """Clarity from ``Image.model_score`` (p of the positive class): the model's distance
-    from each image's reference label (0 = the model is sure of that label)."""
-    labels = spec.label_values
-    if len(labels) != 2:
-        raise ValueError("clarity from model scores needs a two-label job; pass clarity")
-    positive = "PNEUMONIA" if "PNEUMONIA" in labels else labels[-1]
-    out = {im.id: (1.0 - im.model_score if im.reference_label == positive else im.model_score)
-           for im in images if im.model_score is not None}
-    if not out:
-        raise ValueError("no candidate image has a model score: score the job's images "
-                         "first (cxrlabel score) or pass clarity")
-    return out
-
-
-def _pick(per_label: dict[str, list[Image]], quotas: dict[str, int], threshold: int) -> list[Image]:
-    chosen: list[Image] = []
-    patients: set[str] = set()
-    for label, pool in per_label.items():
-        taken = 0
-        for image in pool:
-            if taken == quotas[label]:
-                break
-            if image.patient_id and image.patient_id in patients:
-                continue  # one gold per patient: siblings would test the same picture twice
-            if chosen and near_duplicate_pairs([image.phash], [c.phash for c in chosen],
-                                               threshold):
-                continue
-            chosen.append(image)
-            taken += 1
-            if image.patient_id:
-                patients.add(image.patient_id)
-    return chosen

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from markdown_it import MarkdownIt
 from markupsafe import Markup, escape
 from PIL import Image as PILImage
 from PIL import ImageDraw, ImageFont
@@ -35,6 +34,8 @@ from cxrlabel.design.goldbank import find_images
 from cxrlabel.ingest.phantom import make_phantom_xray
 from cxrlabel.jobspec import Example, JobSpec, Mark
 from cxrlabel.storage.models import Image, Job
+from cxrlabel.templating import markdown_html
+from cxrlabel.vocab import NORMAL
 
 # Longest side of an embedded example: big enough to see the finding, small enough that a
 # self-contained HTML file with a handful of examples stays well under a few MB.
@@ -126,7 +127,7 @@ def phantom_for_example(example: Example, size: tuple[int, int] = (512, 420)) ->
     healthy phantom (same look as the demo data), plus, for a pneumonia example, an opaque patch
     painted exactly where the first ellipse/box mark is, so picture and mark always agree."""
     base = make_phantom_xray(7, size).convert("L")
-    if example.answer and example.answer.upper() != "NORMAL":
+    if example.answer and example.answer.upper() != NORMAL:
         region = next((m for m in example.marks if m.shape != "arrow"), None)
         base = _paint_opacity(base, region.at if region else [0.15, 0.45, 0.42, 0.8])
     return base
@@ -193,7 +194,7 @@ def _label(draw: ImageDraw.ImageDraw, anchor: tuple, text: str, font, size: tupl
     draw.text((x, y - top), text, fill=MARK_COLOUR, font=font)
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     for name in ("DejaVuSans-Bold.ttf", "DejaVuSans.ttf", "LiberationSans-Bold.ttf"):
         try:
             return ImageFont.truetype(name, size)
@@ -242,11 +243,6 @@ def illustrated_examples(
     return result
 
 
-def markdown_to_html(text: str) -> str:
-    """Render trusted, admin-written Markdown; raw HTML stays escaped (defence in depth)."""
-    return MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
-
-
 def examples_html(examples: list[IllustratedExample]) -> Markup:
     figures = []
     for ex in examples:
@@ -277,5 +273,5 @@ def instructions_html(spec: JobSpec, examples: list[IllustratedExample]) -> Mark
     before, marker, after = text.partition(EXAMPLES_PLACEHOLDER)
     gallery = examples_html(examples)
     if not marker:
-        return Markup(markdown_to_html(text)) + gallery
-    return Markup(markdown_to_html(before)) + gallery + Markup(markdown_to_html(after))
+        return markdown_html(text) + gallery
+    return markdown_html(before) + gallery + markdown_html(after)

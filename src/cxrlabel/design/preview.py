@@ -13,7 +13,6 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from PIL import Image as PILImage
 from sqlalchemy.orm import Session
 
@@ -26,9 +25,7 @@ from cxrlabel.design.instructions import (
 )
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.storage.models import Job, utcnow
-from cxrlabel.templating import render_standalone_work_page
-
-TEMPLATES = Path(__file__).parent / "templates"
+from cxrlabel.templating import document_env, render_standalone_work_page
 
 DEFAULT_GOLD_EXAMPLES = 6
 
@@ -39,11 +36,6 @@ class GoldExample:
     answers: list[str]  # label texts
     reason: str
     difficulty: str
-
-
-def _environment() -> Environment:
-    return Environment(loader=FileSystemLoader(TEMPLATES),
-                       autoescape=select_autoescape(default=True))
 
 
 def image_data_uri(image: PILImage.Image, max_side: int = EXAMPLE_MAX_SIDE) -> str:
@@ -102,7 +94,7 @@ def _gold_examples(
     )
 
 
-def zip_longest_all(groups) -> list[list]:  # noqa: ANN001
+def zip_longest_all(groups) -> list[list]:
     """Round-robin over several lists: [[a1, b1], [a2, b2], [a3]]."""
     groups = [list(g) for g in groups]
     rounds = max((len(g) for g in groups), default=0)
@@ -126,7 +118,7 @@ def render_preview(
     examples = illustrated_examples(spec, session, job, data_dir)
     gold, gold_note = _gold_examples(spec, examples, session, job, data_dir, gold_examples)
     spec_text = job.spec_toml if job is not None else spec.model_dump_json()
-    return _environment().get_template("preview.html.j2").render(
+    return document_env.get_template("design:preview.html.j2").render(
         spec=spec,
         spec_sha=hashlib.sha256(spec_text.encode()).hexdigest(),
         generated_at=utcnow().strftime("%Y-%m-%d %H:%M UTC"),

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jinja2 import Environment, FileSystemLoader
 from markupsafe import Markup
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -32,7 +31,7 @@ from cxrlabel.design.estimate import (
     inputs_from_spec,
 )
 from cxrlabel.design.goldbank import GoldReport, GoldWarning, check_gold
-from cxrlabel.design.instructions import IllustratedExample, illustrated_examples, markdown_to_html
+from cxrlabel.design.instructions import IllustratedExample, illustrated_examples
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.storage.models import (
     AnnotatorState,
@@ -45,8 +44,8 @@ from cxrlabel.storage.models import (
     Judgment,
     utcnow,
 )
+from cxrlabel.templating import document_env, markdown_env, markdown_html
 
-TEMPLATES = Path(__file__).parent / "templates"
 # Used for the estimate when no image is ingested yet; the proposal says it is an assumption.
 ASSUMED_IMAGES = 1000
 FIGURE_LINE = re.compile(r"^\[\[figure:(?P<name>[a-z_]+)\]\]$", re.MULTILINE)
@@ -126,7 +125,7 @@ def live_numbers(session: Session | None, job: Job | None) -> LiveNumbers:
     if session is None or job is None:
         return LiveNumbers()
 
-    def grouped(column, *where) -> dict:  # noqa: ANN001
+    def grouped(column, *where) -> dict:
         rows = session.execute(select(column, func.count()).where(*where).group_by(column))
         return {k: n for k, n in rows.all() if k is not None}
 
@@ -198,7 +197,7 @@ def _format_simulation(sim: dict, currency: str) -> Callable[[str], str]:
 # --- figures --------------------------------------------------------------------------------
 
 
-def _figure(width: float = 6.4, height: float = 3.2):  # noqa: ANN202
+def _figure(width: float = 6.4, height: float = 3.2):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -207,7 +206,7 @@ def _figure(width: float = 6.4, height: float = 3.2):  # noqa: ANN202
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def figure_cost_vs_judgments(spec: JobSpec, inputs: EstimateInputs):  # noqa: ANN201
+def figure_cost_vs_judgments(spec: JobSpec, inputs: EstimateInputs):
     lo, hi = spec.judgments.min, spec.judgments.max
     xs = [lo + (hi - lo) * k / 40 for k in range(41)] if hi > lo else [lo]
     costs = [estimate(_replace(inputs, judgments_per_image=x)).cost for x in xs]
@@ -225,7 +224,7 @@ def figure_cost_vs_judgments(spec: JobSpec, inputs: EstimateInputs):  # noqa: AN
     return fig
 
 
-def figure_days_vs_pool(inputs: EstimateInputs):  # noqa: ANN201
+def figure_days_vs_pool(inputs: EstimateInputs):
     pools = sorted({5, 10, 20, 40, 80, 160, inputs.annotators})
     days = [estimate(_replace(inputs, annotators=n)).calendar_days for n in pools]
     fig = _figure()
@@ -240,7 +239,7 @@ def figure_days_vs_pool(inputs: EstimateInputs):  # noqa: ANN201
     return fig
 
 
-def figure_gold_balance(report: GoldReport, spec: JobSpec):  # noqa: ANN201
+def figure_gold_balance(report: GoldReport, spec: JobSpec):
     labels = [*spec.label_values] + (["any"] if "any" in report.by_label else [])
     gold_share = [report.by_label.get(k, 0) / max(report.n_gold, 1) for k in labels]
     expected = [spec.quality.expected_prevalence.get(k, math.nan) for k in labels]
@@ -265,14 +264,14 @@ def _replace(inputs: EstimateInputs, **changes) -> EstimateInputs:
     return replace(inputs, **changes)
 
 
-def figure_svg(fig) -> str:  # noqa: ANN001
+def figure_svg(fig) -> str:
     buffer = io.StringIO()
     fig.savefig(buffer, format="svg")
     svg = buffer.getvalue()
     return svg[svg.index("<svg"):]  # drop the XML prolog and DOCTYPE (which names a URL)
 
 
-def figure_png(fig) -> bytes:  # noqa: ANN001
+def figure_png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     return buffer.getvalue()
@@ -343,9 +342,7 @@ def build_proposal(
         examples = illustrated_examples(spec, session, job, data_dir)
     headings, words = _instructions_outline(spec)
     spec_text = job.spec_toml if job is not None else spec.model_dump_json()
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=False,
-                      trim_blocks=False, keep_trailing_newline=True)
-    markdown = env.get_template("proposal.md.j2").render(
+    markdown = markdown_env.get_template("design:proposal.md.j2").render(
         spec=spec, live=live, gold=gold, estimate=point, low=low, high=high,
         images_assumed=not images and not live.work_images,
         jpi_source="from the simulation" if sim_jpi else
@@ -391,13 +388,12 @@ def render_html(proposal: Proposal) -> str:
         return re.sub(r"<p>\[\[figure:(?P<name>[a-z_]+)\]\]</p>", figure, html)
 
     sections = [
-        {"id": _slug(title), "title": title, "html": Markup(with_figures(markdown_to_html(body)))}
+        {"id": _slug(title), "title": title, "html": Markup(with_figures(str(markdown_html(body))))}
         for title, body in proposal.sections()
     ]
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True)
-    return env.get_template("proposal.html.j2").render(
+    return document_env.get_template("design:proposal.html.j2").render(
         title=proposal.title,
-        preamble=Markup(markdown_to_html(proposal.preamble().split("\n", 1)[1])),
+        preamble=Markup(markdown_html(proposal.preamble().split("\n", 1)[1])),
         sections=sections,
     )
 

@@ -107,7 +107,7 @@ def register(app: typer.Typer) -> None:
                  "failed (reasons above)", code=1)
 
 
-def _run(db, data_dir: Path, job_row, spec, path: str, query: DicomWebQuery,  # noqa: ANN001
+def _run(db, data_dir: Path, job_row, spec, path: str, query: DicomWebQuery,
          workers: int) -> IngestSummary:
     if not is_dicomweb(path):
         if query != DicomWebQuery():
@@ -161,7 +161,7 @@ def print_summary(summary: IngestSummary) -> None:
         console.print(f"removed {summary.swept_orphans} leftover file(s) of an interrupted run")
 
 
-def _print_issues(title: str, records: list) -> None:  # noqa: ANN001
+def _print_issues(title: str, records: list) -> None:
     table = Table(title=title, title_justify="left")
     table.add_column("file", overflow="fold")
     table.add_column("reason", overflow="fold")

@@ -165,7 +165,7 @@ def _decode_raster(data: bytes, limits: DecodeLimits) -> np.ndarray:
             raise DecodeError("corrupt image: header cannot be read") from None
         except MemoryError:
             raise DecodeError("image too large to decode in memory") from None
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is a corrupt file
+        except Exception as exc:  # any decoder failure is a corrupt file
             raise DecodeError(f"corrupt or truncated image data ({_short(exc)})") from None
 
 
@@ -210,13 +210,13 @@ def _decode_dicom_quietly(
         ds = pydicom.dcmread(io.BytesIO(data))
     except InvalidDicomError:
         raise DecodeError("malformed DICOM: not a valid DICOM file") from None
-    except Exception as exc:  # noqa: BLE001 - only the type: messages may quote header values
+    except Exception as exc:  # only the type: messages may quote header values
         raise DecodeError(f"malformed DICOM: header cannot be parsed ({type(exc).__name__})") \
             from None
     # From here on only the de-identified copy is used; the original dataset is dropped.
     try:
         result = deid.deidentify(ds, salt)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise DecodeError(f"malformed DICOM: cannot de-identify ({type(exc).__name__})") \
             from None
     del ds
@@ -230,7 +230,7 @@ def _decode_dicom_quietly(
     return pixels, info
 
 
-def _dicom_pixels(ds, limits: DecodeLimits) -> np.ndarray:  # noqa: ANN001 - pydicom Dataset
+def _dicom_pixels(ds, limits: DecodeLimits) -> np.ndarray:  # pydicom Dataset
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     if "PixelData" not in ds:
@@ -248,7 +248,7 @@ def _dicom_pixels(ds, limits: DecodeLimits) -> np.ndarray:  # noqa: ANN001 - pyd
         arr = ds.pixel_array
     except MemoryError:
         raise DecodeError("image too large to decode in memory") from None
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise _pixel_error(ds, exc) from None
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if arr.ndim == 3:  # colour (e.g. secondary capture): luminance, no windowing
@@ -263,7 +263,7 @@ def _dicom_pixels(ds, limits: DecodeLimits) -> np.ndarray:  # noqa: ANN001 - pyd
         out = _voi_to_uint8(values, ds, apply_voi_lut)
     except DecodeError:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise DecodeError(f"malformed DICOM: invalid LUT or window ({type(exc).__name__})") \
             from None
     if photometric == "MONOCHROME1":  # low values are white in MONOCHROME1
@@ -282,7 +282,7 @@ SYNTAX_HINTS = {
 }
 
 
-def _syntax(ds) -> tuple[str, str]:  # noqa: ANN001 - pydicom Dataset
+def _syntax(ds) -> tuple[str, str]:  # ds: a pydicom Dataset
     """(UID, name) of the transfer syntax; names come from the standard, never the file."""
     meta = getattr(ds, "file_meta", None)
     uid = meta.get("TransferSyntaxUID") if meta is not None else None
@@ -291,7 +291,7 @@ def _syntax(ds) -> tuple[str, str]:  # noqa: ANN001 - pydicom Dataset
     return str(uid), (uid.name if uid.is_transfer_syntax else "unknown transfer syntax")
 
 
-def _check_decoder(ds) -> None:  # noqa: ANN001 - pydicom Dataset
+def _check_decoder(ds) -> None:  # ds: a pydicom Dataset
     """Refuse early, naming the fix, when no installed plugin can decode this syntax."""
     from pydicom.pixels import get_decoder
 
@@ -308,7 +308,7 @@ def _check_decoder(ds) -> None:  # noqa: ANN001 - pydicom Dataset
                           f"installed ({hint})")
 
 
-def _pixel_error(ds, exc: Exception) -> DecodeError:  # noqa: ANN001 - pydicom Dataset
+def _pixel_error(ds, exc: Exception) -> DecodeError:  # ds: a pydicom Dataset
     """Why the pixels failed, without quoting the file: a decoder that refuses this kind of
     image (pydicom: "... does not support ...") is not a damaged file."""
     uid, name = _syntax(ds)
@@ -321,7 +321,7 @@ def _pixel_error(ds, exc: Exception) -> DecodeError:  # noqa: ANN001 - pydicom D
                        f"({type(exc).__name__}, {name})")
 
 
-def _voi_to_uint8(values: np.ndarray, ds, apply_voi_lut) -> np.ndarray:  # noqa: ANN001
+def _voi_to_uint8(values: np.ndarray, ds, apply_voi_lut) -> np.ndarray:
     """VOI LUT sequence if present, else the first window, else the full range (PS3.3 C.11.2)."""
     if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
         return _minmax_to_uint8(apply_voi_lut(values, ds, prefer_lut=True).astype(np.float64))
@@ -335,7 +335,7 @@ def _voi_to_uint8(values: np.ndarray, ds, apply_voi_lut) -> np.ndarray:  # noqa:
     return _minmax_to_uint8(values)
 
 
-def _is_multi(value) -> bool:  # noqa: ANN001
+def _is_multi(value) -> bool:
     return isinstance(value, list | tuple) or type(value).__name__ == "MultiValue"
 
 

@@ -22,8 +22,8 @@ def phash(image: Image.Image | np.ndarray) -> int:
     side = HASH_SIZE * HIGHFREQ_FACTOR
     # reducing_gap: a box pre-shrink makes large images fast without changing the result much.
     small = im.convert("L").resize((side, side), Image.Resampling.LANCZOS, reducing_gap=4.0)
-    small = np.asarray(small, dtype=np.float64)
-    low = dctn(small, type=2, norm="ortho")[:HASH_SIZE, :HASH_SIZE]
+    pixels = np.asarray(small, dtype=np.float64)
+    low = dctn(pixels, type=2, norm="ortho")[:HASH_SIZE, :HASH_SIZE]
     bits = (low > np.median(low)).ravel()
     return int(np.packbits(bits).view(">u8")[0])
 

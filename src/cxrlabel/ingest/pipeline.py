@@ -243,7 +243,7 @@ def _resolve(entry: tuple[SourceItem, str, Future | _Early]) -> tuple[SourceItem
         return item, sha, job
     try:
         return item, sha, job.result()
-    except Exception as exc:  # noqa: BLE001 - a crashed worker fails this file, not the run
+    except Exception as exc:  # a crashed worker fails this file, not the run
         return item, sha, f"internal error while processing ({type(exc).__name__})"
 
 
@@ -370,7 +370,7 @@ class _Ingestor:
             self._ensure_dir(files[0].parent)
             write_atomic(files[0], p.rendition, make_dirs=False)
             write_atomic(files[1], p.thumb, make_dirs=False)
-        except Exception as exc:  # noqa: BLE001 - disk full, read-only dir...
+        except Exception as exc:  # disk full, read-only dir...
             remove_quietly(files)
             self._issue(item.path, FAILED, f"could not write rendition ({_brief(exc)})")
             return

@@ -81,7 +81,7 @@ def remove_quietly(paths: list[Path]) -> None:
 
 def sweep_orphans(data_dir: Path, job_name: str, known_public_ids: set[str]) -> list[Path]:
     """Delete our temp files and files of images that have no database row (left by a kill)."""
-    removed = []
+    removed: list[Path] = []
     root = data_dir / job_dir(job_name)
     if not root.is_dir():
         return removed

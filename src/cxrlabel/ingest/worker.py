@@ -81,5 +81,5 @@ def process_safely(data: bytes, salt: bytes | None, limits: DecodeLimits) -> Pro
         return process_bytes(data, salt, limits)
     except MemoryError:
         return "image too large to process in memory"
-    except Exception as exc:  # noqa: BLE001 - only the type: the message may quote file content
+    except Exception as exc:  # only the type: the message may quote file content
         return f"internal error while processing ({type(exc).__name__})"

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from cxrlabel.ingest.decode import DecodeError, decode_image
+from cxrlabel.vocab import NORMAL, PNEUMONIA
 
 SQUASH_SIDE = 224  # the side of the upstream square copies
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})
@@ -48,7 +49,7 @@ class Example:
     @property
     def evaluation_target(self) -> int:
         """1 for pneumonia: the expert label when known, else the crowd's hard label."""
-        return int((self.reference_label or self.label) == "PNEUMONIA")
+        return int((self.reference_label or self.label) == PNEUMONIA)
 
 
 def _parse_bool(text: str | None) -> bool | None:
@@ -84,7 +85,7 @@ def _example(root: Path, row: dict[str, str], line: int, meta: Path) -> Example:
         raise DatasetError(f"{meta}:{line}: p_PNEUMONIA is not a number") from None
     if not 0.0 <= p <= 1.0:
         raise DatasetError(f"{meta}:{line}: p_PNEUMONIA {p} outside [0, 1]")
-    label = (row.get("label") or "").strip() or ("PNEUMONIA" if p >= 0.5 else "NORMAL")
+    label = (row.get("label") or "").strip() or (PNEUMONIA if p >= 0.5 else NORMAL)
     return Example(
         path=root / row["file_name"],
         p_pneumonia=p,

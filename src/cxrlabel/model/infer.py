@@ -114,7 +114,7 @@ def predict_paths(
                 decoded.append((i, _decode(paths[i])))
             except DecodeError as exc:
                 results[i].error = exc.reason
-            except Exception as exc:  # noqa: BLE001 - one bad input must not stop a batch
+            except Exception as exc:  # one bad input must not stop a batch
                 results[i].error = f"cannot read image ({type(exc).__name__})"
             if on_done:
                 on_done()

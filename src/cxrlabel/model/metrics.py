@@ -77,8 +77,9 @@ def bootstrap_ci(
 ) -> tuple[float, float, float]:
     """(estimate, low, high): percentile interval over patient-grouped resamples."""
     y, p = np.asarray(y), np.asarray(p)
-    values = [statistic(y[idx], p[idx]) for idx in group_bootstrap_indices(groups, n_boot, seed)]
-    values = np.asarray([v for v in values if np.isfinite(v)])
+    resampled = [statistic(y[idx], p[idx])
+                 for idx in group_bootstrap_indices(groups, n_boot, seed)]
+    values = np.asarray([v for v in resampled if np.isfinite(v)])
     estimate = statistic(y, p)
     if values.size == 0:
         return estimate, float("nan"), float("nan")

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrlabel.vocab import NORMAL, PNEUMONIA
+
 METADATA_COLUMNS = (
     "file_name", "label", "confidence", "p_NORMAL", "p_PNEUMONIA", "split", "patient_id",
     "expert_reviewed", "reference_label", "source_upstream_resized",
@@ -59,7 +61,7 @@ def _groups(rows: list[_Row]) -> dict[str, list[_Row]]:
 
 
 def _label_of(group: list[_Row]) -> str:
-    return max(("NORMAL", "PNEUMONIA"), key=lambda c: sum(r.label == c for r in group))
+    return max((NORMAL, PNEUMONIA), key=lambda c: sum(r.label == c for r in group))
 
 
 def _take(
@@ -91,11 +93,11 @@ def assign_splits(
         if any(r.split == "val" for r in groups[pid]):
             split[pid] = "validation"
             taken.add(pid)
-    for cls, wanted in zip(("NORMAL", "PNEUMONIA"), test_counts, strict=True):
+    for cls, wanted in zip((NORMAL, PNEUMONIA), test_counts, strict=True):
         pool = [pid for pid in squashed_only if _label_of(groups[pid]) == cls]
         for pid in _take(pool, groups, wanted, taken):
             split[pid] = "test"
-    for cls in ("NORMAL", "PNEUMONIA"):
+    for cls in (NORMAL, PNEUMONIA):
         n_cls = sum(len(g) for g in groups.values() if _label_of(g) == cls)
         pool = [pid for pid in squashed_only + order if _label_of(groups[pid]) == cls]
         for pid in _take(pool, groups, round(n_cls * val_fraction), taken):
@@ -111,7 +113,7 @@ def _subsample(rows: list[_Row], limit: int, seed: int) -> list[_Row]:
     order = list(groups)
     np.random.default_rng(seed).shuffle(order)
     kept: list[_Row] = []
-    for cls in ("NORMAL", "PNEUMONIA"):
+    for cls in (NORMAL, PNEUMONIA):
         share = sum(r.label == cls for r in rows) / len(rows)
         taken = _take([p for p in order if _label_of(groups[p]) == cls], groups,
                       round(limit * share), set())
@@ -150,9 +152,9 @@ def read_crowd_export(export_dir: Path, name_of: dict[str, str]) -> dict[str, Cr
 def _soft_label(label: str, noise: float, rng: np.random.Generator) -> tuple[str, float]:
     """(crowd label, p_PNEUMONIA): flipped with probability ``noise``, confidence 0.6-1.0."""
     if noise > 0 and rng.random() < noise:
-        label = "PNEUMONIA" if label == "NORMAL" else "NORMAL"
+        label = PNEUMONIA if label == NORMAL else NORMAL
     confidence = 1.0 if noise == 0 else float(rng.uniform(0.6, 1.0))
-    return label, confidence if label == "PNEUMONIA" else 1.0 - confidence
+    return label, confidence if label == PNEUMONIA else 1.0 - confidence
 
 
 def build_reference_dataset(

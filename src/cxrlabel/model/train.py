@@ -14,6 +14,7 @@ import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ from cxrlabel.model.data import (
 )
 from cxrlabel.model.infer import MODEL_JSON, ONNX_FILE
 from cxrlabel.model.net import DEFAULT_WIDTHS, TriageNet
+from cxrlabel.vocab import PNEUMONIA
 
 TORCH_WEIGHTS = "model.pt"
 
@@ -73,7 +75,7 @@ class Split:
     def calibration_target(self) -> np.ndarray:
         """Expert labels where the export has them, else the crowd's soft label."""
         return np.array([
-            float(e.reference_label == "PNEUMONIA") if e.reference_label else e.p_pneumonia
+            float(e.reference_label == PNEUMONIA) if e.reference_label else e.p_pneumonia
             for e in self.examples
         ])
 
@@ -124,7 +126,7 @@ def load_splits(
                 continue
             task = progress.add_task(f"decoding {name}", total=len(items), info="")
             pixels = load_batch([e.path for e in items], size,
-                                on_done=lambda t=task: progress.advance(t))
+                                on_done=partial(progress.advance, task))
             splits[name] = Split(items, pixels)
     return splits
 

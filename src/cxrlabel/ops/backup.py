@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import create_engine, func, inspect, select, text
 from sqlalchemy.engine import make_url
@@ -177,20 +177,28 @@ def _dump_sqlite(url: str, target: Path) -> None:
         src.close()
 
 
+def _first(cursor: Any) -> Any:
+    """The first column of a query's one row (each query here returns exactly one)."""
+    row = cursor.fetchone()
+    if row is None:
+        raise RuntimeError("the database returned no row")
+    return row[0]
+
+
 def _dump_postgres_snapshot(url: str, target: Path) -> tuple[str, dict[str, Any]]:
     """pg_dump and the manifest's counts from one exported snapshot, so they always agree."""
     import psycopg
 
     with psycopg.connect(libpq_url(url)) as conn:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        snapshot = _first(conn.execute("SELECT pg_export_snapshot()"))
         tables = {r[0] for r in conn.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
-        counts = {t: int(conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0])
+        counts = {t: int(_first(conn.execute(f'SELECT count(*) FROM "{t}"')))
                   for t in COUNTED_TABLES if t in tables}
-        revision = (conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+        revision = (_first(conn.execute("SELECT version_num FROM alembic_version"))
                     if "alembic_version" in tables else None)
-        server = conn.execute("SHOW server_version").fetchone()[0]
+        server = _first(conn.execute("SHOW server_version"))
         tool = _dump_postgres(url, target, snapshot)  # while the snapshot's transaction is open
         conn.rollback()
     return tool, {"alembic_revision": revision, "counts": counts, "server_version": server}
@@ -243,7 +251,7 @@ def create_backup(settings: Settings, out: Path, *, overwrite: bool = False,
                 tool, facts = _dump_postgres_snapshot(url, db_file)
         except BackupError:
             raise
-        except Exception as exc:  # noqa: BLE001 - unreachable server, bad credentials...
+        except Exception as exc:  # unreachable server, bad credentials...
             raise BackupError(f"cannot read the database: {exc}") from None
         # Files after the database: see the module docstring.
         members = [(db_member, db_file), *_data_files(data_dir)]
@@ -264,7 +272,7 @@ def create_backup(settings: Settings, out: Path, *, overwrite: bool = False,
             "files": files,
         }
         partial = staged / "archive.part"
-        mode = "w:gz" if out.name.endswith((".gz", ".tgz")) else "w"
+        mode: Literal["w:gz", "w"] = "w:gz" if out.name.endswith((".gz", ".tgz")) else "w"
         with tarfile.open(partial, mode) as tar:
             blob = json.dumps(manifest, indent=2).encode()
             info = tarfile.TarInfo(MANIFEST)
@@ -389,7 +397,7 @@ def _postgres_has_data(url: str) -> bool:
             if "jobs" not in inspect(conn).get_table_names():
                 return False
             return bool(conn.execute(text("SELECT count(*) FROM jobs")).scalar())
-    except Exception as exc:  # noqa: BLE001 - connection problems become one sentence
+    except Exception as exc:  # connection problems become one sentence
         raise BackupError(f"cannot connect to the target database: {exc}") from None
     finally:
         engine.dispose()

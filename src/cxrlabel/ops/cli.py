@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
 from cxrlabel.context import app_context, console, fail
 
@@ -14,7 +14,7 @@ from cxrlabel.context import app_context, console, fail
 def _progress_bar() -> tuple[Progress, Callable[[str, int, int], None]]:
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    console=console, transient=True)
-    tasks: dict[str, int] = {}
+    tasks: dict[str, TaskID] = {}
 
     def advance(what: str, done: int, total: int) -> None:
         if what not in tasks:

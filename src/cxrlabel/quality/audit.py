@@ -1,5 +1,5 @@
 """Replay: the quality state recomputed from the audit log, and its check against the stored
-rows (``cxrlabel quality verify``; ``fix`` writes the replayed state back).
+rows (``cxrlabel quality replay``; ``--fix`` writes the replayed state back).
 
 The log's inputs (``store.INPUT_ACTIONS``) in id order are the events; replaying them through
 the pure ``Engine`` must give the state the incremental path stored.
@@ -7,9 +7,10 @@ the pure ``Engine`` must give the state the incremental path stored.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -46,6 +47,8 @@ from .store import (
     write_image,
     write_judgment,
 )
+
+RowT = TypeVar("RowT", Image, Judgment)
 
 
 def load_events(session: Session, job: Job) -> list[Event]:
@@ -110,8 +113,11 @@ def replay(session: Session, job: Job, spec: JobSpec) -> QualityState:
     state = new_state(spec)
     if (spec.review.model_disagreement_threshold is not None
             or spec.judgments.min_if_model_agrees > 0):
-        state.model_scores = dict(session.execute(select(Image.id, Image.model_score).where(
-            Image.job_id == job.id, Image.model_score.is_not(None))).all())
+        state.model_scores = {
+            image_id: score for image_id, score in session.execute(
+                select(Image.id, Image.model_score).where(
+                    Image.job_id == job.id, Image.model_score.is_not(None)))
+            if score is not None}
     for gold in _initial_gold(session, job, events):
         state.add_gold(gold)
     engine = Engine(state, spec)
@@ -142,15 +148,12 @@ def stored_snapshot(session: Session, job: Job, replayed: QualityState) -> dict[
             AnnotatorState.job_id == job.id,
             AnnotatorState.user_id.in_(list(replayed.annotators) or [-1]))):
         mirror.annotators[row.user_id] = annotator_rec(row)
+    for image in _rows_by_id(session, Image, list(replayed.images)):
+        mirror.images[image.id] = image_rec(image)
     tainted_column: dict[int, bool] = {}
-    for ids, model in ((list(replayed.images), Image), (list(replayed.judgments), Judgment)):
-        for chunk in range(0, len(ids), 5000):
-            for row in session.scalars(select(model).where(model.id.in_(ids[chunk:chunk + 5000]))):
-                if model is Image:
-                    mirror.images[row.id] = image_rec(row)
-                else:
-                    mirror.judgments[row.id] = judgment_rec(row)
-                    tainted_column[row.id] = bool(row.tainted)
+    for judgment in _rows_by_id(session, Judgment, list(replayed.judgments)):
+        mirror.judgments[judgment.id] = judgment_rec(judgment)
+        tainted_column[judgment.id] = bool(judgment.tainted)
     for g in session.scalars(select(GoldItem).where(GoldItem.job_id == job.id)):
         mirror.gold[g.image_id] = GoldRec(g.image_id, tuple(g.accepted_answers), g.active)
     snapshot = mirror.snapshot()
@@ -158,6 +161,13 @@ def stored_snapshot(session: Session, job: Job, replayed: QualityState) -> dict[
     snapshot["judgments"] = {jid: (tainted_column[jid], *view[1:])
                              for jid, view in snapshot["judgments"].items()}
     return snapshot
+
+
+def _rows_by_id(session: Session, model: type[RowT], ids: list[int]) -> Iterator[RowT]:
+    """The rows of ``model`` with these ids, 5,000 ids per query."""
+    for chunk in range(0, len(ids), 5000):
+        yield from session.scalars(select(model).where(
+            model.id.in_(ids[chunk:chunk + 5000])))
 
 
 def _diff(replayed: dict[str, Any], stored: dict[str, Any], limit: int = 50) -> list[str]:
@@ -219,12 +229,12 @@ def _write_replayed(session: Session, job: Job, state: QualityState, now: dateti
             session.add(row)
         write_annotator(row, rec, now)
         set_changed(row, "answer_counts", state.counts(user_id).to_dict())
-    for image_id, rec in state.images.items():
-        write_image(session.get(Image, image_id), rec)
-    for judgment_id, rec in state.judgments.items():
-        write_judgment(session.get(Judgment, judgment_id), rec)
-    for image_id, rec in state.gold.items():
-        row = session.scalar(select(GoldItem).where(GoldItem.image_id == image_id))
-        if row is not None and sorted(row.accepted_answers) != sorted(rec.accepted):
-            row.accepted_answers = list(rec.accepted)
+    for image_id, image_rec_ in state.images.items():
+        write_image(session.get_one(Image, image_id), image_rec_)
+    for judgment_id, judgment_rec_ in state.judgments.items():
+        write_judgment(session.get_one(Judgment, judgment_id), judgment_rec_)
+    for image_id, gold_rec in state.gold.items():
+        gold = session.scalar(select(GoldItem).where(GoldItem.image_id == image_id))
+        if gold is not None and sorted(gold.accepted_answers) != sorted(gold_rec.accepted):
+            gold.accepted_answers = list(gold_rec.accepted)
     session.flush()

@@ -51,7 +51,7 @@ def _user(session: Session, username: str) -> User:
     return user
 
 
-def _guard(action):  # noqa: ANN001, ANN202 - turn refusals into one clean line
+def _guard(action):  # turn refusals into one clean line
     try:
         return action()
     except store.QualityError as exc:

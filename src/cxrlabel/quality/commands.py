@@ -70,8 +70,8 @@ def _require_role(user: User, *roles: str) -> None:
 
 # --- contests and gold corrections ---------------------------------------------------------------
 
-def contest_gold(session: Session, job: Job, user: User, judgment_id: int, reason: str,
-                 now: datetime) -> Contest:
+def contest_gold(session: Session, job: Job, spec: JobSpec, user: User, judgment_id: int,
+                 reason: str, now: datetime) -> Contest:
     """An annotator disputes the accepted answer of a test question they answered."""
     reason = (reason or "").strip()
     if not reason:
@@ -92,15 +92,9 @@ def contest_gold(session: Session, job: Job, user: User, judgment_id: int, reaso
     add_audit(session, job, user.id, CONTEST_OPENED, f"contest:{contest.id}",
               {"contest_id": contest.id, "judgment_id": judgment_id, "user_id": user.id,
                "gold_id": gold.id, "reason": contest.reason}, now)
-    run_event(session, job, spec_of(job), ContestOpened(contest.id, judgment_id, user.id), now,
+    run_event(session, job, spec, ContestOpened(contest.id, judgment_id, user.id), now,
               user.id)
     return contest
-
-
-def spec_of(job: Job) -> JobSpec:
-    from cxrlabel.context import spec_from_job_row
-
-    return spec_from_job_row(job)
 
 
 def _check_answers(spec: JobSpec, answers: Iterable[str] | None) -> list[str]:

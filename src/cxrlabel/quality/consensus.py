@@ -43,16 +43,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cxrlabel.aggregate import fit
+from cxrlabel.vocab import PNEUMONIA
 
 from .state import FINALISED, NEEDS_JUDGMENTS, NEEDS_REVIEW, JudgmentRec
 
+if TYPE_CHECKING:  # the spec is only read here; no pydantic import at run time
+    from cxrlabel.jobspec import JobSpec
+
 ONLINE_METHODS = ("trust", "mv")
 # On an exact tie the label shown is the one that is harmful to miss; a tie never finalises.
-TIE_BREAK_LABEL = "PNEUMONIA"
+TIE_BREAK_LABEL = PNEUMONIA
 TIE_ATOL = 1e-12  # the tolerance of ``cxrlabel.aggregate.base.argmax_tie_break``
 
 REVIEW_QUALITY = "image_quality"
@@ -60,7 +65,7 @@ REVIEW_CANT_TELL = "cant_tell"
 REVIEW_NO_CONSENSUS = "no_consensus"
 REVIEW_MODEL = "model_disagreement"
 # The label a model score is the probability of (``Image.model_score`` = p(PNEUMONIA)).
-MODEL_POSITIVE_LABEL = "PNEUMONIA"
+MODEL_POSITIVE_LABEL = PNEUMONIA
 
 
 @dataclass(frozen=True)
@@ -80,7 +85,7 @@ class ConsensusParams:
     model_confidence: float = 0.9
 
     @classmethod
-    def from_spec(cls, spec) -> ConsensusParams:  # noqa: ANN001 - a JobSpec (kept import-light)
+    def from_spec(cls, spec: JobSpec) -> ConsensusParams:
         return cls(
             labels=tuple(spec.label_values),
             cant_tell=spec.certainty.cant_tell,

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from cxrlabel.vocab import TAINT_REMOVED, TAINT_SPEED
 
 from . import rules
 from .consensus import REVIEW_MODEL, ConsensusParams, evaluate
@@ -23,6 +25,7 @@ from .events import (
     Event,
     ExpertLabeled,
     GoldChanged,
+    JudgmentIn,
     PageSubmitted,
 )
 from .rules import RuleParams
@@ -33,14 +36,16 @@ from .state import (
     GOLD,
     QUIZ,
     REMOVED,
-    TAINT_REMOVED,
-    TAINT_SPEED,
     AnnotatorRec,
+    AnswerCounts,
     GoldRec,
     ImageRec,
     JudgmentRec,
     QualityState,
 )
+
+if TYPE_CHECKING:  # the spec is only read here; no pydantic import at run time
+    from cxrlabel.jobspec import JobSpec
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,7 @@ class PageResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def new_state(spec) -> QualityState:  # noqa: ANN001 - a JobSpec
+def new_state(spec: JobSpec) -> QualityState:
     return QualityState(
         default_status=QUIZ if spec.gold.quiz_length > 0 else ACTIVE,
         default_target=spec.judgments.min,
@@ -68,7 +73,7 @@ def new_state(spec) -> QualityState:  # noqa: ANN001 - a JobSpec
 
 
 class Engine:
-    def __init__(self, state: QualityState, spec) -> None:  # noqa: ANN001 - a JobSpec
+    def __init__(self, state: QualityState, spec: JobSpec) -> None:
         self.state = state
         self.rules = RuleParams.from_spec(spec)
         self.consensus = ConsensusParams.from_spec(spec)
@@ -146,14 +151,14 @@ class Engine:
         return result
 
     @staticmethod
-    def _record(event: PageSubmitted, j) -> JudgmentRec:  # noqa: ANN001 - a JudgmentIn
+    def _record(event: PageSubmitted, j: JudgmentIn) -> JudgmentRec:
         return JudgmentRec(
             id=j.id, image_id=j.image_id, user_id=event.user_id, page_id=event.page_id,
             answer=j.answer, certainty=j.certainty, quality_flag=j.quality_flag,
             is_gold=j.is_gold, is_quiz=j.is_quiz,
         )
 
-    def _grade(self, annotator: AnnotatorRec, counts, rec: JudgmentRec) -> None:  # noqa: ANN001
+    def _grade(self, annotator: AnnotatorRec, counts: AnswerCounts, rec: JudgmentRec) -> None:
         if not rec.is_gold:
             return
         gold = self.state.gold_of(rec.image_id)
@@ -191,7 +196,8 @@ class Engine:
             )
             result.warnings.append("You were removed from this job for answering too fast.")
 
-    def _decide_quiz(self, annotator: AnnotatorRec, counts, result: PageResult) -> None:  # noqa: ANN001
+    def _decide_quiz(self, annotator: AnnotatorRec, counts: AnswerCounts,
+                     result: PageResult) -> None:
         passed = rules.quiz_passes(counts, self.rules)
         score = rules.quiz_trust(counts, self.rules)
         correct = counts.quiz_seen - counts.quiz_missed
@@ -212,7 +218,8 @@ class Engine:
             self.decide("quality.quiz_failed", f"user:{annotator.user_id}", **inputs)
             self._taint_all(annotator.user_id)
 
-    def _distribution(self, annotator: AnnotatorRec, counts, result: PageResult) -> None:  # noqa: ANN001
+    def _distribution(self, annotator: AnnotatorRec, counts: AnswerCounts,
+                      result: PageResult) -> None:
         evidence = rules.distribution_evidence(counts, self.rules)
         before = annotator.flags.get("distribution")
         if evidence is None:
@@ -398,7 +405,7 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
 
 
-def replay(events: Iterable[Event], spec, state: QualityState | None = None) -> Engine:  # noqa: ANN001
+def replay(events: Iterable[Event], spec: JobSpec, state: QualityState | None = None) -> Engine:
     """Apply every event in order to a fresh state (or ``state``); returns the engine."""
     engine = Engine(state if state is not None else new_state(spec), spec)
     for event in events:

@@ -1,6 +1,6 @@
 """Grading a submitted page: gold, trust, every rule, and the page's images re-aggregated.
 
-``annotate.submission.submit_page`` calls ``on_page_submitted`` in its own transaction, right
+``annotate.submission.submit_page`` calls ``on_page_submitted`` in the same transaction, right
 after inserting the page's judgments; the decisions go through ``store.run_event`` like every
 other quality input, so replaying the audit log (``audit.replay``) runs the same code.
 """
@@ -26,11 +26,12 @@ from cxrlabel.storage.models import (
 )
 
 from .events import PageSubmitted
-from .records import MissedGold, PageOutcome, SubmittedJudgment
+from .records import MissedGold, PageOutcome
 from .state import JudgmentRec
 from .store import (
     PAGE_SUBMITTED,
     DbState,
+    GradedJudgment,
     QualityError,
     add_audit,
     judgment_in,
@@ -40,7 +41,7 @@ from .store import (
 
 
 def on_page_submitted(session: Session, job: Job, spec: JobSpec, user: User, page: Page,
-                      judgments: Sequence[SubmittedJudgment], now: datetime, *,
+                      judgments: Sequence[GradedJudgment], now: datetime, *,
                       job_locked: bool = False) -> PageOutcome:
     """Grade gold, update trust, apply every rule and re-aggregate the page's images.
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .state import ACTIVE, QUIZ, AnnotatorRec, AnswerCounts
 from .trust import beta_trust
+
+if TYPE_CHECKING:  # the spec is only read here; no pydantic import at run time
+    from cxrlabel.jobspec import JobSpec
 
 # Removal kinds: the prefix of ``AnnotatorRec.status_reason``.
 REMOVED_LOW_TRUST = "low_trust"
@@ -36,7 +39,7 @@ class RuleParams:
     expected_prevalence: dict[str, float]
 
     @classmethod
-    def from_spec(cls, spec) -> RuleParams:  # noqa: ANN001 - a JobSpec
+    def from_spec(cls, spec: JobSpec) -> RuleParams:
         return cls(
             quiz_length=spec.gold.quiz_length,
             min_accuracy=spec.gold.min_accuracy,

@@ -20,7 +20,6 @@ from .commands import (
     remove_annotator,
     resolve_contest,
     send_message,
-    spec_of,
     update_gold,
 )
 from .grading import on_page_submitted
@@ -63,7 +62,6 @@ __all__ = [
     "resolve_contest",
     "review_queue",
     "send_message",
-    "spec_of",
     "stored_snapshot",
     "update_gold",
     "verify_replay",

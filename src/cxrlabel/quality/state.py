@@ -1,7 +1,7 @@
 """The quality state: plain records for annotators, images, gold items and judgments.
 
 ``QualityState`` keeps them in dictionaries. Lookups of something it does not hold go through
-``_load_*`` hooks that return nothing here; ``service.py`` overrides them to load rows from the
+``_load_*`` hooks that return nothing here; ``store.DbState`` overrides them to load rows from the
 database on demand, so the incremental path on each submission touches only the rows it needs
 while running exactly the same rules as a full replay (which starts from an empty state).
 """
@@ -12,17 +12,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-# Judgment taint reasons (a judgment may carry several; it counts only when it carries none).
-TAINT_REMOVED = "annotator_removed"
-TAINT_SPEED = "speed_trap"
-TAINT_ORDER = (TAINT_REMOVED, TAINT_SPEED)
+from cxrlabel.vocab import TAINT_ORDER, AnnotatorStatus, ImageStatus
 
-# Annotator statuses (same strings as ``storage.models.AnnotatorStatus``; no DB import here).
-QUIZ, ACTIVE, REMOVED, DISQUALIFIED = "quiz", "active", "removed", "disqualified"
-
-# Image statuses (``storage.models.ImageStatus``).
-NEEDS_JUDGMENTS, FINALISED, NEEDS_REVIEW = "needs_judgments", "finalised", "needs_review"
-EXPERT, GOLD = "expert", "gold"
+# Short names of the statuses the rules compute with (defined once in ``cxrlabel.vocab``, the
+# same strings ``storage.models`` stores).
+QUIZ, ACTIVE = AnnotatorStatus.QUIZ, AnnotatorStatus.ACTIVE
+REMOVED, DISQUALIFIED = AnnotatorStatus.REMOVED, AnnotatorStatus.DISQUALIFIED
+NEEDS_JUDGMENTS, FINALISED = ImageStatus.NEEDS_JUDGMENTS, ImageStatus.FINALISED
+NEEDS_REVIEW, EXPERT, GOLD = ImageStatus.NEEDS_REVIEW, ImageStatus.EXPERT, ImageStatus.GOLD
 
 
 @dataclass

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import BindParameter, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
@@ -43,7 +43,6 @@ from .state import (
     QualityState,
 )
 
-# Audit actions that are inputs of the quality state (replayed in log order).
 # Audit actions that are inputs of the quality state (replayed in log order).
 PAGE_SUBMITTED = "page.submitted"
 GOLD_CHANGED = "gold.changed"
@@ -68,7 +67,6 @@ class QualityError(EngineError):
 class ReviewConflict(QualityError):
     def __init__(self, message: str) -> None:
         super().__init__("review_conflict", message, 409)
-
 
 
 # --- rows <-> records ---------------------------------------------------------------------------
@@ -134,6 +132,8 @@ _ANNOTATOR_COLUMNS = ("status", "status_reason", "trust", "gold_seen", "gold_mis
 _IMAGE_COLUMNS = ("status", "judgment_target", "trusted_judgments", "label", "confidence",
                   "proba", "aggregation_method")
 _JUDGMENT_COLUMNS = ("gold_missed", "trust_at_time", "tainted", "taint_reason")
+# A judgment being graded: the record the submit path builds, or a stored row (replay, tests).
+GradedJudgment = SubmittedJudgment | Judgment
 # Ids per ``IN (...)`` list: far below SQLite's and PostgreSQL's parameter limits.
 _CHUNK = 900
 
@@ -141,7 +141,7 @@ _CHUNK = 900
 # The hot path's statements, built once with bound parameters: building a SQLAlchemy statement
 # and its cache key costs more Python than SQLite takes to run it (about 0.1-0.2 ms each).
 _A, _I, _J = AnnotatorState.__table__, Image.__table__, Judgment.__table__
-_IDS = bindparam("ids", expanding=True)
+_IDS: BindParameter[Any] = bindparam("ids", expanding=True)
 _SELECT_ANNOTATORS = select(_A).where(_A.c.job_id == bindparam("job"), _A.c.user_id.in_(_IDS))
 # By primary key only (the job is checked on the rows): with ``AND job_id = ?`` SQLite (no
 # statistics) preferred a job_id index and scanned every image of the job for nine ids.
@@ -196,7 +196,7 @@ class DbState(QualityState):
     """
 
     def __init__(self, session: Session, job: Job, spec: JobSpec,
-                 pending: Sequence[SubmittedJudgment] = ()) -> None:
+                 pending: Sequence[GradedJudgment] = ()) -> None:
         super().__init__(default_status=new_state(spec).default_status,
                          default_target=spec.judgments.min)
         self.session, self.job = session, job
@@ -430,8 +430,7 @@ def run_event(session: Session, job: Job, spec: JobSpec, event: Event, now: date
     return engine, result
 
 
-
-def judgment_in(j: SubmittedJudgment) -> JudgmentIn:
+def judgment_in(j: GradedJudgment) -> JudgmentIn:
     return JudgmentIn(id=j.id, image_id=j.image_id, answer=j.answer, certainty=j.certainty,
                       quality_flag=j.quality_flag, is_gold=bool(j.is_gold),
                       is_quiz=bool(j.is_quiz))

@@ -27,7 +27,7 @@ import json
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -206,7 +206,7 @@ def _record(
 def assign_record_splits(
     records: list[dict[str, Any]], ratios: tuple[float, float, float], seed: int
 ) -> None:
-    groups: dict[str, list[str]] = {}
+    groups: dict[Hashable, list[str]] = {}
     for r in records:
         groups.setdefault(r["_group"], []).append(r["label"])
     result = assign_splits(groups, ratios, seed)
@@ -219,8 +219,9 @@ def assign_record_splits(
 
 def write_image(src: Path, dest: Path, size: int | None) -> tuple[int, int]:
     """Copy one rendition as PNG, downscaled so its longest side is at most ``size``."""
-    with PILImage.open(src) as img:
-        img.load()
+    with PILImage.open(src) as opened:
+        opened.load()
+        img: PILImage.Image = opened
         if img.mode not in ("L", "RGB"):
             img = img.convert("L" if img.mode in ("I", "I;16", "F", "LA", "1") else "RGB")
         if size is not None and max(img.size) > size:

@@ -16,30 +16,28 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # headless; set before anything imports pyplot
 
-import numpy as np  # noqa: E402
-from jinja2 import Environment, FileSystemLoader, select_autoescape  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from sqlalchemy import select  # noqa: E402
-from sqlalchemy.orm import Session  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from cxrlabel.aggregate import metrics  # noqa: E402
-from cxrlabel.jobspec import JobSpec  # noqa: E402
-from cxrlabel.results.reports import (  # noqa: E402
+from cxrlabel.aggregate import metrics
+from cxrlabel.jobspec import JobSpec
+from cxrlabel.results.reports import (
     crowd_opinions,
     crowd_view,
     final_label,
     gold_report,
     images_with_labels,
 )
-from cxrlabel.storage.models import (  # noqa: E402
+from cxrlabel.storage.models import (
     AnnotatorState,
     ImageStatus,
     Job,
@@ -47,8 +45,8 @@ from cxrlabel.storage.models import (  # noqa: E402
     User,
     utcnow,
 )
+from cxrlabel.templating import document_env
 
-TEMPLATES_DIR = Path(__file__).parent / "templates"
 STATE_COLOURS = {"active": "#2b6cb0", "quiz": "#a0aec0", "removed": "#c53030",
                  "disqualified": "#744210"}
 STATUS_COLOURS = {ImageStatus.NEEDS_JUDGMENTS: "#a0aec0", ImageStatus.FINALISED: "#2f855a",
@@ -295,7 +293,7 @@ def _svg(fig: Figure) -> str:
     return text.strip()
 
 
-def _empty(ax, message: str = "No data yet") -> None:  # noqa: ANN001
+def _empty(ax, message: str = "No data yet") -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes,
             fontsize=12, color="#718096")
     ax.set_xticks([])
@@ -386,7 +384,8 @@ def fig_confidence(qa: QAData) -> QAFigure:
         _empty(ax)
     else:
         low = min(0.5, float(conf.min()))
-        ax.hist(conf, bins=np.linspace(low, 1.0, 21), color="#2b6cb0", edgecolor="white")
+        ax.hist(conf, bins=np.linspace(low, 1.0, 21).tolist(), color="#2b6cb0",
+                edgecolor="white")
         ax.axvline(qa.confidence_target, color="#c53030", ls="--",
                    label=f"confidence target {qa.confidence_target:g}")
         ax.set_xlabel("confidence of the crowd label")
@@ -405,7 +404,7 @@ def fig_agreement(qa: QAData, summary: dict[str, Any]) -> QAFigure:
     if not values:
         _empty(ax)
     else:
-        ax.hist(values, bins=np.linspace(0, 1, 11), color="#2f855a", edgecolor="white")
+        ax.hist(values, bins=np.linspace(0, 1, 11).tolist(), color="#2f855a", edgecolor="white")
         ax.set_xlabel("share of untainted judgments agreeing with the image's label")
         ax.set_ylabel("images")
         _integer_y(ax)
@@ -426,7 +425,7 @@ def fig_trust(qa: QAData) -> QAFigure:
     else:
         states = [s for s in STATE_COLOURS if any(a.state == s for a in qa.annotators)]
         data = [[a.trust for a in qa.annotators if a.state == s] for s in states]
-        ax.hist(data, bins=np.linspace(0, 1, 21), stacked=True, label=states,
+        ax.hist(data, bins=np.linspace(0, 1, 21).tolist(), stacked=True, label=states,
                 color=[STATE_COLOURS[s] for s in states], edgecolor="white")
         ax.set_xlabel("trust (estimated probability of a correct answer)")
         ax.set_ylabel("annotators")
@@ -447,8 +446,9 @@ def fig_speed(qa: QAData) -> QAFigure:
         for state in STATE_COLOURS:
             group = [a for a in points if a.state == state]
             if group:
-                ax.scatter([max(a.median_seconds, 0.1) for a in group],
-                           [a.gold_accuracy for a in group],
+                # (``points`` holds only annotators with both numbers; ``or 0.0`` is for mypy)
+                ax.scatter([max(a.median_seconds or 0.0, 0.1) for a in group],
+                           [a.gold_accuracy or 0.0 for a in group],
                            s=[30 + 6 * np.sqrt(a.judgments) for a in group],
                            color=STATE_COLOURS[state], alpha=0.75, label=state,
                            edgecolor="white")
@@ -525,7 +525,7 @@ def fig_calibration(qa: QAData) -> QAFigure:
                     "with.", _svg(fig))
 
 
-def _integer_y(ax) -> None:  # noqa: ANN001
+def _integer_y(ax) -> None:
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
 
 
@@ -562,14 +562,9 @@ def summary_cards(summary: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
-def template_env() -> Environment:
-    return Environment(loader=FileSystemLoader(str(TEMPLATES_DIR)),
-                       autoescape=select_autoescape(["html"]))
-
-
 def render_qa_html(qa: QAData) -> str:
     summary = qa_summary(qa)
-    return template_env().get_template("qa_report.html").render(
+    return document_env.get_template("results:qa_report.html").render(
         job=qa.job_name, generated_at=summary["generated_at"], cards=summary_cards(summary),
         figures=qa_figures(qa, summary), summary=summary,
     )

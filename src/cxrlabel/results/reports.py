@@ -311,7 +311,7 @@ def contributors_report(session: Session, job: Job) -> Table:
     )
     table = Table(CONTRIBUTOR_COLUMNS)
     for state, pseudonym in session.execute(stmt):
-        secs = seconds.get(state.user_id, [])
+        user_seconds = seconds.get(state.user_id, [])
         table.rows.append({
             "annotator": pseudonym, "state": state.status, "state_reason": state.status_reason,
             "trust": state.trust, "judgments": state.judgments,
@@ -320,7 +320,7 @@ def contributors_report(session: Session, job: Job) -> Table:
             "gold_contested": state.gold_contested, "gold_forgiven": state.gold_forgiven,
             "gold_accuracy": share(state.gold_seen - state.gold_missed, state.gold_seen),
             "speed_trips": state.speed_trips,
-            "median_seconds": statistics.median(secs) if secs else None,
+            "median_seconds": statistics.median(user_seconds) if user_seconds else None,
             "flags": dict(state.flags or {}),
             "joined_at": iso(state.joined_at), "quiz_passed_at": iso(state.quiz_passed_at),
         })
@@ -336,7 +336,7 @@ GOLD_COLUMNS = [
 ]
 
 
-def _count_by(session: Session, key_column, *where) -> Counter[Any]:  # noqa: ANN001
+def _count_by(session: Session, key_column, *where) -> Counter[Any]:
     stmt = select(key_column, func.count()).where(*where).group_by(key_column)
     return Counter({k: n for k, n in session.execute(stmt)})
 

@@ -58,6 +58,6 @@ def _header_uids(path: str) -> tuple[str, str] | None:
         ds = pydicom.dcmread(path, stop_before_pixels=True,
                              specific_tags=["StudyInstanceUID", "SOPInstanceUID"])
         study, sop = str(ds.get("StudyInstanceUID", "")), str(ds.get("SOPInstanceUID", ""))
-    except Exception:  # noqa: BLE001 - a moved or damaged file: fall back on the path
+    except Exception:
         return None
     return (study, sop) if study and sop else None

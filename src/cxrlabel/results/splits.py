@@ -39,7 +39,7 @@ def parse_ratios(text: str) -> tuple[float, float, float]:
         ratios = tuple(float(p) for p in parts)
     except ValueError:
         raise SplitError(f"--ratios must be numbers like 0.8,0.1,0.1; got {text!r}") from None
-    return check_ratios(ratios)  # type: ignore[arg-type]
+    return check_ratios(ratios)
 
 
 def check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:

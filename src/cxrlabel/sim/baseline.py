@@ -17,6 +17,7 @@ from cxrlabel.aggregate import fit
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.sim.crowd import CrowdSpec
 from cxrlabel.sim.engine import Truth, _ordered_certainties
+from cxrlabel.vocab import PNEUMONIA
 
 BASELINE_NAME = "fixed-5 majority vote, no quality control (plain computation)"
 
@@ -70,7 +71,7 @@ def majority_accuracy_curve(
     ref = reference or truth.label
     expected = np.array([labels.index(ref[i]) for i in image_ids])
     rank = _rank_within_item(items)
-    tie = labels.index("PNEUMONIA") if "PNEUMONIA" in labels else None
+    tie = labels.index(PNEUMONIA) if PNEUMONIA in labels else None
     curve = {}
     for k in ks:
         keep = rank < k

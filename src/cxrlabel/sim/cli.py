@@ -40,7 +40,7 @@ def _load_crowd(name: str) -> CrowdSpec:
 
 
 @contextmanager
-def _progress(enabled: bool):  # noqa: ANN202 - a context manager of a Rich Progress
+def _progress(enabled: bool):  # a context manager of a Rich Progress
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=err_console, disable=not enabled,
                         transient=True)

@@ -29,6 +29,8 @@ from scipy.optimize import minimize
 from scipy.special import expit
 from scipy.stats import rankdata
 
+from cxrlabel.vocab import PNEUMONIA
+
 SIZE = 32
 HIST_BINS = 16
 FEATURE_VERSION = 1
@@ -146,7 +148,7 @@ def compute_difficulty(
     paths: Sequence[str | Path],
     labels: Sequence[str | None],
     groups: Sequence[str | None],
-    positive: str = "PNEUMONIA",
+    positive: str = PNEUMONIA,
     *,
     k: int = 5,
     seed: int = 0,

@@ -2,8 +2,8 @@
 
 Every simulated action is one database transaction that calls exactly what the web app calls:
 ``annotate.assignment.join_job`` / ``next_page_or_reason`` when an annotator asks for a page,
-``annotate.submission.submit_page`` (which calls ``quality.service.on_page_submitted``) when
-they submit, and ``quality.service.review_queue`` / ``record_expert_label`` for the
+``annotate.submission.submit_page`` (which calls ``quality.grading.on_page_submitted``) when
+they submit, and ``quality.views.review_queue`` / ``quality.commands.record_expert_label`` for the
 radiologist. Nothing here decides anything about quality, assignment or aggregation; the
 simulator only chooses *what the people do and when* (personas, arrivals, page times).
 
@@ -29,7 +29,7 @@ import heapq
 import itertools
 import random
 import time
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -42,6 +42,8 @@ from cxrlabel.annotate.assignment import join_job, next_page_or_reason
 from cxrlabel.annotate.schemas import AnswerIn, SubmissionError
 from cxrlabel.annotate.submission import submit_page
 from cxrlabel.jobspec import JobSpec
+from cxrlabel.quality.commands import record_expert_label
+from cxrlabel.quality.views import review_queue
 from cxrlabel.sim.crowd import CrowdSpec
 from cxrlabel.sim.personas import Persona
 from cxrlabel.storage.db import Database
@@ -97,7 +99,8 @@ class SimRecord:
     expert_seconds: float = 0.0
     stopped_by: str = "done"  # done | max_days | crowd_exhausted | page_limit
     timeline: list[tuple[float, int]] = field(default_factory=list)  # (hours, images settled)
-    timings: Counter[str] = field(default_factory=Counter)  # wall seconds per engine call
+    # wall seconds per engine call
+    timings: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
 
     def persona_of(self) -> dict[int, str]:
         return {a.user_id: a.persona.name for a in self.annotators if a.user_id is not None}
@@ -107,8 +110,9 @@ class SimRecord:
 class Truth:
     """What the simulated people 'see': per image id, the true label and the difficulty."""
 
-    label: dict[int, str]
-    difficulty: dict[int, float]
+    # By image id (by public id in the HTTP driver, which sees no database ids).
+    label: dict[Any, str]
+    difficulty: dict[Any, float]
 
 
 class Simulation:
@@ -325,11 +329,6 @@ class Simulation:
 
     # --- the expert --------------------------------------------------------------------------
     def _review(self, now: datetime) -> None:
-        from cxrlabel.quality import service
-
-        record_label = getattr(service, "record_expert_label", None)
-        if record_label is None:  # the quality engineer has not landed expert review yet
-            return
         expert_rng = np.random.default_rng([self.seed, 3])
         expert = self.crowd.expert
         with self.db.session() as session:
@@ -342,21 +341,14 @@ class Simulation:
                 label = expert.answer(expert_rng, self.truth.label[image_id],
                                       self.truth.difficulty.get(image_id, 0.5), self._labels,
                                       self._certainties, []).answer
-                record_label(session, job, self.spec, user, image_id, label,
-                             "simulated radiologist review", now)
+                record_expert_label(session, job, self.spec, user, image_id, label,
+                                    "simulated radiologist review", now)
                 self.record.expert_reviews += 1
                 self.record.expert_seconds += seconds
         self.record.end = now
 
     def _review_ids(self, session: Any) -> list[int]:
-        from cxrlabel.quality import service
-
-        queue = getattr(service, "review_queue", None)
-        if queue is None:
-            return list(session.scalars(select(Image.id).where(
-                Image.job_id == self.job_id, Image.status == ImageStatus.NEEDS_REVIEW
-            ).order_by(Image.id)))
-        return [_image_id_of(entry) for entry in queue(session, self._job(session), self.spec)]
+        return [item.image_id for item in review_queue(session, self._job(session), self.spec)]
 
     # --- helpers -------------------------------------------------------------------------------
     def _job(self, session: Any) -> Job:
@@ -383,19 +375,6 @@ class Simulation:
             ).all())
         self._n_work = sum(n for status, n in counts.items() if status != ImageStatus.GOLD)
         return int(counts.get(ImageStatus.NEEDS_JUDGMENTS, 0))
-
-
-def _image_id_of(entry: Any) -> int:
-    for name in ("image_id", "id"):
-        value = getattr(entry, name, None)
-        if isinstance(value, int):
-            return value
-    image = getattr(entry, "image", None)
-    if image is not None:
-        return int(image.id)
-    if isinstance(entry, dict):
-        return int(entry.get("image_id") or entry["id"])
-    return int(entry)
 
 
 def _expert_user(session: Any, now: datetime) -> User:

@@ -32,6 +32,8 @@ from scipy.optimize import brentq
 from scipy.special import expit
 from scipy.stats import norm
 
+from cxrlabel.vocab import NORMAL, PNEUMONIA
+
 Strategy = Literal["skilled", "random", "constant", "adversarial"]
 CertaintyStyle = Literal["calibrated", "overconfident", "always_definitely", "random"]
 
@@ -229,14 +231,14 @@ PERSONAS: dict[str, Persona] = {
         Persona("fast_sloppy", accuracy=0.64, slope=1.0, seconds_per_item=1.7,
                 seconds_sigma=0.3, certainty_style="overconfident", pages_per_session=25,
                 sessions=1.5),
-        Persona("biased_normal", accuracy=0.76, slope=1.2, bias_label="NORMAL", bias=0.45,
+        Persona("biased_normal", accuracy=0.76, slope=1.2, bias_label=NORMAL, bias=0.45,
                 seconds_per_item=4.0, pages_per_session=15),
-        Persona("biased_pneumonia", accuracy=0.76, slope=1.2, bias_label="PNEUMONIA", bias=0.45,
+        Persona("biased_pneumonia", accuracy=0.76, slope=1.2, bias_label=PNEUMONIA, bias=0.45,
                 seconds_per_item=4.0, pages_per_session=15),
         Persona("spammer_random", accuracy=0.5, strategy="random", certainty_style="random",
                 seconds_per_item=2.6, pages_per_session=40, sessions=2.0, flag_rate=0.0),
         Persona("spammer_constant", accuracy=0.5, strategy="constant",
-                constant_label="PNEUMONIA", certainty_style="always_definitely",
+                constant_label=PNEUMONIA, certainty_style="always_definitely",
                 seconds_per_item=2.4, pages_per_session=40, sessions=2.0, flag_rate=0.0),
         Persona("adversarial", accuracy=0.80, slope=1.2, strategy="adversarial",
                 certainty_style="always_definitely", seconds_per_item=4.0,

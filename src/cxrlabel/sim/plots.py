@@ -10,7 +10,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 OUT_COLOURS = {"active": "#2b8a3e", "quiz": "#868e96", "removed": "#e03131",
                "disqualified": "#f08c00"}

@@ -23,6 +23,7 @@ from cxrlabel.sim.difficulty import DifficultyResult, compute_difficulty
 from cxrlabel.sim.engine import Truth
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import GoldItem, Image, Job
+from cxrlabel.vocab import PNEUMONIA
 
 
 class SimSetupError(ValueError):
@@ -117,7 +118,7 @@ def ensure_gold(db: Database, job: Job, spec: JobSpec, n: int, seed: int, now: d
 def _gold_sampler() -> Callable[..., Any]:
     """The gold-bank tool's ``sample_from_reference`` (design/), the same as
     ``cxrlabel gold sample --from-reference N``."""
-    from cxrlabel.design.goldbank import sample_from_reference
+    from cxrlabel.design.goldseed import sample_from_reference
 
     return sample_from_reference
 
@@ -161,7 +162,7 @@ def build_truth(
 
 
 def _positive_label(spec: JobSpec) -> str:
-    return "PNEUMONIA" if "PNEUMONIA" in spec.label_values else spec.label_values[-1]
+    return PNEUMONIA if PNEUMONIA in spec.label_values else spec.label_values[-1]
 
 
 def _readable_path(source: str, rendition: str, data_dir: Path | None) -> Path | None:

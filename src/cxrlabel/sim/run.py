@@ -77,7 +77,7 @@ def prepare_job(
     ``sample_gold=False``: no gold bank (the sweep adds one per gold policy to copies)."""
     job_id = store_job(db, spec, spec_toml)
     with db.session() as session:
-        job = session.get(Job, job_id)
+        job = session.get_one(Job, job_id)
         has_judged = session.scalar(
             select(func.count()).select_from(Image).where(
                 Image.job_id == job_id, Image.status != ImageStatus.NEEDS_JUDGMENTS,

@@ -191,7 +191,7 @@ def with_gold(template: Template, path: Path, spec: JobSpec, *, n_gold: int, see
     db = Database(f"sqlite:///{path}")
     try:
         with db.session() as session:
-            job = session.get(Job, template.job_id)
+            job = session.get_one(Job, template.job_id)
         n = ensure_gold(db, job, spec, n_gold, seed, DEFAULT_START,
                         clearest_fraction=gold_clearest, clarity=template.truth.difficulty)
         mean = gold_difficulty(db, template.job_id, template.truth)
@@ -238,7 +238,7 @@ def simulate_copy(template: Template, folder: Path, spec: JobSpec, crowd: CrowdS
     db = Database(f"sqlite:///{copy}")
     try:
         with db.session() as session:
-            job = session.get(Job, template.job_id)
+            job = session.get_one(Job, template.job_id)
             job.spec_toml = dump_toml(spec.model_dump(exclude={"base_dir"}))
             session.execute(update(Image).where(
                 Image.job_id == template.job_id, Image.status == ImageStatus.NEEDS_JUDGMENTS

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DBAPI objects
+def _sqlite_pragmas(dbapi_connection, _record) -> None:  # DBAPI objects
     cursor = dbapi_connection.cursor()
     # WAL lets readers proceed during a write; NORMAL sync is durable under WAL for app crashes.
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -32,7 +32,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DBAPI 
 READ_ONLY_OPTION = "cxrlabel_read_only"
 
 
-def _sqlite_begin_immediate(conn) -> None:  # noqa: ANN001
+def _sqlite_begin_immediate(conn) -> None:
     if conn.get_execution_options().get(READ_ONLY_OPTION):
         # A read-only unit of work (Database.read_session): a deferred BEGIN takes no write
         # lock, so under WAL it reads a consistent snapshot beside the one writer.
@@ -175,7 +175,7 @@ def _writer_lock_file(engine: Engine) -> IO[bytes] | None:
     database = engine.url.database
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
-    return open(f"{database}-writer.lock", "ab")  # noqa: SIM115 - held for the engine's life
+    return open(f"{database}-writer.lock", "ab")  # held for the engine's life
 
 
 def open_database(url: str) -> Database:

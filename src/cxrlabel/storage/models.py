@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -24,11 +24,19 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# The stored enumerations (plain strings, portable across SQLite and PostgreSQL) are defined once
+# in ``cxrlabel.vocab``, which the pure quality core uses too; importable from here as before.
+from cxrlabel.vocab import AnnotatorStatus as AnnotatorStatus
+from cxrlabel.vocab import ImageStatus as ImageStatus
+from cxrlabel.vocab import PageKind as PageKind
+from cxrlabel.vocab import Role as Role
 
 # Sort key of ``[assignment] order = "model_uncertainty"``: distance of the model's p from 0.5
 # (smallest = least sure), 1.0 for unscored images so they come last on every database.
@@ -51,40 +59,8 @@ def new_public_id() -> str:
 
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
-
-
-# --- enumerations kept as plain strings (portable across SQLite and PostgreSQL) -----------------
-
-class Role:
-    ADMIN = "admin"
-    ANNOTATOR = "annotator"
-    EXPERT = "expert"
-    ALL = (ADMIN, ANNOTATOR, EXPERT)
-
-
-class ImageStatus:
-    NEEDS_JUDGMENTS = "needs_judgments"
-    FINALISED = "finalised"
-    NEEDS_REVIEW = "needs_review"
-    EXPERT = "expert"  # finalised by an expert
-    GOLD = "gold"  # a test question, never aggregated as work
-    # Held for admin review (a DICOM flagged as having burned-in text, possibly identifying):
-    # never served, never sampled as gold, until released (``cxrlabel held release``).
-    HELD = "held"
-    ALL = (NEEDS_JUDGMENTS, FINALISED, NEEDS_REVIEW, EXPERT, GOLD, HELD)
-
-
-class AnnotatorStatus:
-    QUIZ = "quiz"  # joined, quiz not yet passed
-    ACTIVE = "active"
-    REMOVED = "removed"  # removed by quality control or admin; reversible by reinstating
-    DISQUALIFIED = "disqualified"  # failed the quiz; final for this job
-    ALL = (QUIZ, ACTIVE, REMOVED, DISQUALIFIED)
-
-
-class PageKind:
-    QUIZ = "quiz"
-    WORK = "work"
+    # Every mapped class here has a ``Table`` (for the Core statements of the hot paths).
+    __table__: ClassVar[Table]
 
 
 # --- tables ------------------------------------------------------------------------------------

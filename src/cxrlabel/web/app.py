@@ -10,6 +10,7 @@ import importlib
 import logging
 import pkgutil
 from http import HTTPStatus
+from typing import Any
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
@@ -108,7 +109,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
         if is_api(request) or request.headers.get("x-csrf-token"):
-            response = json_error(exc.status_code, _error_code(exc.status_code), message)
+            response: Response = json_error(exc.status_code, _error_code(exc.status_code),
+                                            message)
         else:
             response = render(request, "message.html", {
                 "heading": HTTPStatus(exc.status_code).phrase, "text": message, "tone": "error",
@@ -179,8 +181,9 @@ def run_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
         )
     Database(settings.database_url).dispose()  # migrate once, before workers start
     load_secret_key(settings.data_dir)  # create the shared key once, before workers start
-    options = {"host": host, "port": port, "proxy_headers": True, "log_level": "info",
-               "access_log": access_log, "timeout_keep_alive": int(keep_alive_s)}
+    options: dict[str, Any] = {
+        "host": host, "port": port, "proxy_headers": True, "log_level": "info",
+        "access_log": access_log, "timeout_keep_alive": int(keep_alive_s)}
     if workers > 1:
         import os
 

@@ -10,8 +10,6 @@ Routers in ``web/routes/*.py`` use these; e.g.::
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import Depends, HTTPException, Request
@@ -22,8 +20,8 @@ from starlette.responses import Response
 
 from cxrlabel.annotate.accounts import user_for_api_token
 from cxrlabel.annotate.sessions import SessionPolicy, session_user, touch_session
-from cxrlabel.context import spec_from_job_row
 from cxrlabel.jobspec import JobSpec
+from cxrlabel.jobstore import cached_spec, spec_of
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import Job, User, utcnow
 from cxrlabel.templating import env
@@ -112,7 +110,7 @@ async def current_user(request: Request, user: User | None = Depends(optional_us
     return user
 
 
-def require_role(*roles: str):  # noqa: ANN201 - a FastAPI dependency
+def require_role(*roles: str):  # a FastAPI dependency
     """A dependency allowing only users with one of ``roles`` (403 otherwise)."""
 
     async def check(user: User = Depends(current_user)) -> User:
@@ -138,16 +136,12 @@ async def csrf_protect(request: Request) -> None:
         raise HTTPException(403, "the form expired or came from another site; reload the page")
 
 
-_spec_cache: dict[tuple[int, str], JobSpec] = {}
-_spec_lock = threading.Lock()
-
-
 def job_and_spec(session: Session, name: str) -> tuple[Job, JobSpec]:
     """A stored job by name (404 if unknown) and its parsed spec (cached per spec version)."""
     job = session.scalar(select(Job).where(Job.name == name))
     if job is None:
         raise HTTPException(404, f"no job named {name!r}")
-    return job, _cached_spec(job.id, job.spec_sha256, lambda: job)
+    return job, spec_of(job)
 
 
 def job_ref_and_spec(session: Session, name: str) -> tuple[Job, JobSpec]:
@@ -161,23 +155,12 @@ def job_ref_and_spec(session: Session, name: str) -> tuple[Job, JobSpec]:
     if row is None:
         raise HTTPException(404, f"no job named {name!r}")
     job_id, sha = row
-    spec = _cached_spec(job_id, sha, lambda: session.get_one(Job, job_id))
+    spec = cached_spec(name, sha, lambda: session.get_one(Job, job_id))
     return Job(id=job_id, name=name, spec_sha256=sha), spec
 
 
 _JOB_REF = select(Job.__table__.c.id, Job.__table__.c.spec_sha256).where(
     Job.__table__.c.name == bindparam("name"))
-
-
-def _cached_spec(job_id: int, sha: str, load_row: Callable[[], Job]) -> JobSpec:
-    key = (job_id, sha)
-    with _spec_lock:
-        spec = _spec_cache.get(key)
-    if spec is None:
-        spec = spec_from_job_row(load_row())
-        with _spec_lock:
-            _spec_cache[key] = spec
-    return spec
 
 
 def render(request: Request, name: str, context: dict[str, Any] | None = None,

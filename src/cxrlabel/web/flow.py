@@ -7,7 +7,6 @@ import secrets
 import threading
 from pathlib import Path
 
-from markdown_it import MarkdownIt
 from markupsafe import Markup
 from sqlalchemy.orm import Session
 from starlette.requests import Request
@@ -15,6 +14,7 @@ from starlette.requests import Request
 from cxrlabel.annotate.assignment import ServedPage
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.storage.models import Job, Page
+from cxrlabel.templating import markdown_html
 from cxrlabel.web.images_fast import ImageUrls
 
 log = logging.getLogger("cxrlabel.web")
@@ -46,11 +46,6 @@ def new_client_submission_id() -> str:
     return secrets.token_urlsafe(18)
 
 
-def markdown_html(text: str) -> Markup:
-    # Raw HTML in the Markdown is escaped; commonmark's link validation drops javascript: URLs.
-    return Markup(MarkdownIt("commonmark", {"html": False}).enable("table").render(text))
-
-
 def instructions_html(session: Session, job: Job, spec: JobSpec, data_dir: Path) -> Markup:
     """The job's instructions with its illustrated examples (cached per spec version)."""
     key = (job.id, job.spec_sha256)
@@ -63,7 +58,7 @@ def instructions_html(session: Session, job: Job, spec: JobSpec, data_dir: Path)
         from cxrlabel.design.instructions import instructions_html as design_instructions
 
         html = design_instructions(spec, illustrated_examples(spec, session, job, data_dir))
-    except Exception:  # noqa: BLE001 - examples are a nicety; the text must always show
+    except Exception:  # examples are a nicety; the text must always show
         log.exception("illustrated examples failed for job %s; showing the text only", job.name)
         html = markdown_html(spec.instructions_markdown())
     with _lock:

@@ -20,7 +20,6 @@ thread hop would cost more than the read). The server offers no ``http.response.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import re
 import threading
@@ -35,12 +34,20 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from cxrlabel.annotate.assignment import ServedPage
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import Image, Page, PageItem
+from cxrlabel.web.imagefiles import (
+    CACHE_CONTROL,
+    MEDIA_TYPES,
+    OTHER_MEDIA_TYPE,
+    etag_matches,
+    path_inside,
+    strong_etag,
+)
 from cxrlabel.web.security import SECURITY_HEADERS, ImageUrlSigner
 
-CACHE_CONTROL = "private, max-age=31536000, immutable"
-MEDIA_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png",
-               ".webp": "image/webp"}
+# Raw ASGI headers are bytes: the shared values (``imagefiles``), encoded once.
+_CACHE_CONTROL = CACHE_CONTROL.encode()
 _MEDIA_BYTES = {k: v.encode() for k, v in MEDIA_TYPES.items()}
+_OTHER_MEDIA_BYTES = OTHER_MEDIA_TYPE.encode()
 _PUBLIC_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _ZEROCOPY = "http.response.zerocopysend"
 
@@ -81,10 +88,7 @@ class RenditionStore:
     def resolve(self, entry: _Entry) -> Path | None:
         """The entry's file inside the data dir (None when the path would leave it)."""
         if entry.path is None:
-            path = (self.data_dir / entry.rel).resolve()
-            if not path.is_relative_to(self.data_dir):
-                return None
-            entry.path = path
+            entry.path = path_inside(self.data_dir, entry.rel)
         return entry.path
 
     def cached(self, public_id: str) -> _Entry | None:
@@ -158,7 +162,7 @@ class SignedImages:
             if self._loading.get(user_id) is done:
                 del self._loading[user_id]
 
-    async def _answer(self, send: Send, status: int, text: bytes, extra=()) -> None:  # noqa: ANN001
+    async def _answer(self, send: Send, status: int, text: bytes, extra=()) -> None:
         await send({"type": "http.response.start", "status": status, "headers": [
             (b"content-type", b"text/plain; charset=utf-8"),
             (b"content-length", str(len(text)).encode()), (b"cache-control", b"no-store"),
@@ -180,17 +184,17 @@ class SignedImages:
             entry = self.store.cached(public_id) or await self._load(public_id, user_id)
         path = self.store.resolve(entry) if entry is not None else None
         data = None
-        if path is not None and (entry.etag is None or _ZEROCOPY not in scope.get(
-                "extensions", {})):
+        if entry is not None and path is not None and (entry.etag is None or _ZEROCOPY not in
+                                                      scope.get("extensions", {})):
             data = _read(path)
             if data is not None and entry.etag is None:
-                entry.etag = b'"' + hashlib.sha256(data).hexdigest()[:32].encode() + b'"'
-        if path is None or entry.etag is None:
+                entry.etag = strong_etag(data).encode()
+        if entry is None or path is None or entry.etag is None:
             await self._answer(send, 404, b"no such image")
             return
-        headers = [(b"etag", entry.etag), (b"cache-control", CACHE_CONTROL.encode()),
+        headers = [(b"etag", entry.etag), (b"cache-control", _CACHE_CONTROL),
                    *SECURITY_HEADERS]
-        if entry.etag in _if_none_match(scope):
+        if etag_matches(entry.etag, _if_none_match(scope)):
             await send({"type": "http.response.start", "status": 304, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
             return
@@ -221,7 +225,7 @@ class SignedImages:
 
 
 def _media_type(path: Path) -> bytes:
-    return _MEDIA_BYTES.get(path.suffix.lower(), b"application/octet-stream")
+    return _MEDIA_BYTES.get(path.suffix.lower(), _OTHER_MEDIA_BYTES)
 
 
 def _if_none_match(scope: Scope) -> bytes:

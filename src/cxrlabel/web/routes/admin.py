@@ -75,7 +75,7 @@ def create(request: Request, role: str = Form(Role.ANNOTATOR), job: str = Form("
                     raise HTTPException(404, f"no job named {job!r}")
             _invite, token = create_invite(s, role=role, max_uses=uses,
                                            expires_hours=expires_hours, job=job_row,
-                                           created_by=s.get(User, user.id), now=utcnow())
+                                           created_by=s.get_one(User, user.id), now=utcnow())
     except AccountError as exc:
         return _invites_page(request, status_code=422, error=exc.message)
     return _invites_page(request, new_link=invite_link(base_url(request), token))
@@ -84,5 +84,5 @@ def create(request: Request, role: str = Form(Role.ANNOTATOR), job: str = Form("
 @router.post("/admin/invites/{invite_id}/revoke", dependencies=[Depends(csrf_protect)])
 def revoke(request: Request, invite_id: int, user: User = Depends(admin)) -> Response:
     with get_db(request).session() as s:
-        revoke_invite(s, invite_id, actor=s.get(User, user.id))
+        revoke_invite(s, invite_id, actor=s.get_one(User, user.id))
     return _invites_page(request)

@@ -43,7 +43,7 @@ router = APIRouter(include_in_schema=False)
 annotator = require_role(Role.ANNOTATOR)
 
 
-def _data_dir(request: Request):  # noqa: ANN202
+def _data_dir(request: Request):
     return request.app.state.settings.data_dir
 
 
@@ -60,7 +60,7 @@ def _inactive_page(request: Request, spec: JobSpec, status: str, message: str) -
 def job_entry(request: Request, job_name: str, user: User = Depends(annotator)) -> Response:
     with get_db(request).session() as s:
         job, spec = job_and_spec(s, job_name)
-        join_job(s, job, spec, s.get(User, user.id), utcnow())
+        join_job(s, job, spec, s.get_one(User, user.id), utcnow())
         started = s.scalar(select(Page.id).where(Page.job_id == job.id,
                                                  Page.user_id == user.id).limit(1))
     target = "page" if started else "instructions"
@@ -81,7 +81,7 @@ def instructions(request: Request, job_name: str, user: User = Depends(annotator
 
 
 def _render_page(request: Request, job_name: str, spec: JobSpec, page_id: str, kind: str,
-                 items: list[dict[str, str]], help_html, *, error: str | None = None,  # noqa: ANN001
+                 items: list[dict[str, str]], help_html, *, error: str | None = None,
                  prefill: dict | None = None, notice: str | None = None,
                  status_code: int = 200) -> Response:
     fragment = render_work_page(
@@ -103,7 +103,7 @@ def work_page(request: Request, job_name: str, user: User = Depends(annotator)) 
     now = utcnow()
     with get_db(request).session() as s:
         job, spec = job_and_spec(s, job_name)
-        me = s.get(User, user.id)
+        me = s.get_one(User, user.id)
         page, reason = next_page_or_reason(s, job, spec, me, now)
         state = join_job(s, job, spec, me, now)
         help_html = instructions_html(s, job, spec, _data_dir(request))
@@ -193,8 +193,8 @@ def feedback(request: Request, job_name: str, page_id: str,
         job, spec = job_and_spec(s, job_name)
         page = s.scalar(select(Page).where(Page.public_id == page_id, Page.user_id == user.id,
                                            Page.job_id == job.id))
-        result = stored_result(s, s.get(User, user.id), page) if page is not None else None
-        if result is None:
+        result = stored_result(s, s.get_one(User, user.id), page) if page is not None else None
+        if page is None or result is None:
             raise HTTPException(404, "no submitted page with this id")
         contested = set(s.scalars(
             select(Contest.judgment_id).join(Judgment, Judgment.id == Contest.judgment_id)
@@ -222,8 +222,8 @@ def _contest_form(request: Request, job_name: str, user: User, form: FormData) -
     from cxrlabel.quality.commands import contest_gold
 
     with get_db(request).session() as s:
-        job, _spec = job_and_spec(s, job_name)
-        contest_gold(s, job, s.get(User, user.id), judgment_id, reason, utcnow())
+        job, spec = job_and_spec(s, job_name)
+        contest_gold(s, job, spec, s.get_one(User, user.id), judgment_id, reason, utcnow())
     target = (f"/jobs/{job_name}/pages/{page_id}/feedback" if page_id.replace("-", "").replace(
         "_", "").isalnum() else f"/jobs/{job_name}/page")
     return RedirectResponse(target, status_code=303)

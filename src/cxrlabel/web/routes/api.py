@@ -99,7 +99,7 @@ class InviteOut(BaseModel):
     expires_at: datetime | None
 
 
-def _choices(options) -> list[Choice]:  # noqa: ANN001
+def _choices(options) -> list[Choice]:
     return [Choice(value=c.value, text=c.text, key=c.key) for c in options]
 
 
@@ -144,9 +144,9 @@ def post_contest(request: Request, job_name: str, body: ContestIn,
     from cxrlabel.quality.commands import contest_gold
 
     with get_db(request).session() as s:
-        job, _spec = job_and_spec(s, job_name)
-        contest = contest_gold(s, job, s.get(User, user.id), body.judgment_id, body.reason,
-                               utcnow())
+        job, spec = job_and_spec(s, job_name)
+        contest = contest_gold(s, job, spec, s.get_one(User, user.id), body.judgment_id,
+                               body.reason, utcnow())
         return ContestOut(contest_id=contest.id, status=contest.status)
 
 
@@ -154,7 +154,7 @@ def post_contest(request: Request, job_name: str, body: ContestIn,
 def my_stats(request: Request, job_name: str, user: User = Depends(annotator)) -> StatsOut:
     with get_db(request).session() as s:
         job, spec = job_and_spec(s, job_name)
-        st = join_job(s, job, spec, s.get(User, user.id), utcnow())
+        st = join_job(s, job, spec, s.get_one(User, user.id), utcnow())
         return StatsOut(status=st.status, trust=st.trust, judgments=st.judgments,
                         gold_seen=st.gold_seen, gold_missed=st.gold_missed,
                         gold_contested=st.gold_contested, message=st.message)
@@ -171,7 +171,7 @@ def post_invite(request: Request, body: InviteIn, user: User = Depends(admin)) -
                 raise HTTPException(404, f"no job named {body.job!r}")
         invite, token = create_invite(s, role=body.role, max_uses=body.uses,
                                       expires_hours=body.expires_hours, job=job,
-                                      created_by=s.get(User, user.id), now=utcnow())
+                                      created_by=s.get_one(User, user.id), now=utcnow())
         return InviteOut(invite_id=invite.id,
                          link=invite_link(str(request.base_url), token),
                          expires_at=invite.expires_at)

@@ -20,6 +20,7 @@ from cxrlabel.annotate.accounts import (
     redeem_invite,
     verify_password,
 )
+from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import AnnotatorState, Job, Role, User, utcnow
 from cxrlabel.web.deps import (
     csrf_protect,
@@ -64,13 +65,13 @@ def home(request: Request, user: User | None = Depends(optional_user)) -> Respon
 
 
 @router.get("/login")
-def login_form(request: Request, next: str = "/") -> Response:  # noqa: A002 - query name
+def login_form(request: Request, next: str = "/") -> Response:  # query name
     return render(request, "login.html", {"next_url": safe_next(next)})
 
 
 @router.post("/login", dependencies=[Depends(csrf_protect)])
 async def login(request: Request, username: str = Form(""), password: str = Form(""),
-                next: str = Form("/")) -> Response:  # noqa: A002
+                next: str = Form("/")) -> Response:
     """``async``: the password check waits on the capped hashing pool (``web/passwords.py``)
     without holding one of the request threads other pages need."""
     limiter = request.app.state.login_limiter
@@ -118,7 +119,7 @@ async def _check_password(request: Request, username: str, password: str) -> Use
     return user
 
 
-def _store_hash(db, user_id: int, new_hash: str) -> None:  # noqa: ANN001 - Database
+def _store_hash(db: Database, user_id: int, new_hash: str) -> None:
     with db.session() as s:
         s.get_one(User, user_id).password_hash = new_hash
 
@@ -188,7 +189,7 @@ def account(request: Request, user: User = Depends(current_user)) -> Response:
 @router.post("/account/token", dependencies=[Depends(csrf_protect)])
 def new_token(request: Request, user: User = Depends(current_user)) -> Response:
     with get_db(request).session() as s:
-        token = issue_api_token(s, s.get(User, user.id))
+        token = issue_api_token(s, s.get_one(User, user.id))
     return render(request, "account.html", {"token": token})
 
 

@@ -43,7 +43,7 @@ def _annotator_action(request: Request, job_name: str, user: User, user_id: int,
                       text: str) -> dict:
     with get_db(request).session() as s:
         job, spec = job_and_spec(s, job_name)
-        actor = s.get(User, user.id)
+        actor = s.get_one(User, user.id)
         if action == "remove":
             row = commands.remove_annotator(s, job, spec, actor, user_id, text, utcnow())
         elif action == "reinstate":
@@ -57,7 +57,7 @@ def _resolve(request: Request, job_name: str, user: User, contest_id: int,
              body: ResolveIn) -> dict:
     with get_db(request).session() as s:
         job, spec = job_and_spec(s, job_name)
-        contest = commands.resolve_contest(s, job, spec, s.get(User, user.id), contest_id,
+        contest = commands.resolve_contest(s, job, spec, s.get_one(User, user.id), contest_id,
                                           body.action, body.reply, body.accepted_answers,
                                           utcnow())
         return {"contest_id": contest.id, "status": contest.status, "reply": contest.reply}

@@ -1,13 +1,13 @@
 """Image renditions by opaque public id, never original files.
 
 Every image URL is ``/img/<public_id>`` with identical headers for gold and work images (strong
-ETag from the public id and content, ``immutable``), and no Last-Modified header: file dates
-could tell test questions (imported at another time) from work images.
+ETag from the content, ``immutable``), and no Last-Modified header: file dates could tell test
+questions (imported at another time) from work images. Headers, media types, ETag and the path
+check are shared with the signed-URL path (``web/imagefiles.py``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from pathlib import Path
 
@@ -17,12 +17,16 @@ from starlette.responses import Response
 
 from cxrlabel.storage.models import Image, Page, PageItem, Role, User
 from cxrlabel.web.deps import current_user, get_db
+from cxrlabel.web.imagefiles import (
+    CACHE_CONTROL,
+    etag_matches,
+    media_type,
+    path_inside,
+    strong_etag,
+)
 
 router = APIRouter(include_in_schema=False)
 
-CACHE_CONTROL = "private, max-age=31536000, immutable"
-MEDIA_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png",
-               ".webp": "image/webp"}
 _etags: dict[tuple[str, int, int], str] = {}
 _lock = threading.Lock()
 
@@ -33,12 +37,12 @@ def _etag(path: Path, data: bytes) -> str:
     with _lock:
         tag = _etags.get(key)
         if tag is None:
-            tag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+            tag = strong_etag(data)
             _etags[key] = tag
     return tag
 
 
-def _rendition_if_allowed(session, user: User, public_id: str) -> str | None:  # noqa: ANN001
+def _rendition_if_allowed(session, user: User, public_id: str) -> str | None:
     """The rendition path of an image this user may see, in one query (None otherwise)."""
     query = select(Image.rendition_path).where(Image.public_id == public_id)
     if user.role not in (Role.ADMIN, Role.EXPERT):
@@ -57,13 +61,12 @@ def image(request: Request, public_id: str, user: User = Depends(current_user)) 
         rel = _rendition_if_allowed(s, user, public_id)
     if rel is None:
         raise HTTPException(404, "no such image")  # same answer: existence is not revealed
-    path = (data_dir / rel).resolve()
-    if not path.is_relative_to(data_dir) or not path.is_file():
+    path = path_inside(data_dir, rel)
+    if path is None or not path.is_file():
         raise HTTPException(404, "no such image")
     data = path.read_bytes()
     etag = _etag(path, data)
     headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL, "Vary": "Cookie"}
-    if etag in request.headers.get("if-none-match", ""):
+    if etag_matches(etag, request.headers.get("if-none-match", "")):
         return Response(status_code=304, headers=headers)
-    media = MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
-    return Response(data, media_type=media, headers=headers)
+    return Response(data, media_type=media_type(path), headers=headers)

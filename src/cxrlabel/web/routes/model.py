@@ -19,7 +19,7 @@ reviewer = require_role(Role.EXPERT, Role.ADMIN)
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024  # a large uncompressed DICOM is ~30 MB
 
 
-def _model(request: Request):  # noqa: ANN202 - OnnxModel, imported lazily
+def _model(request: Request):  # OnnxModel, imported lazily
     try:
         from cxrlabel.model.infer import ModelUnavailable, default_model_dir, get_model
     except ImportError:  # pragma: no cover - numpy/Pillow are core dependencies

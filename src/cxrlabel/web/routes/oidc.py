@@ -42,7 +42,7 @@ def _client(request: Request) -> OidcClient:
 
 
 @router.get("/auth/oidc/login")
-def oidc_login(request: Request, next: str = "/") -> Response:  # noqa: A002 - query name
+def oidc_login(request: Request, next: str = "/") -> Response:
     client = _client(request)
     flow = Flow.start(safe_next(next))
     try:

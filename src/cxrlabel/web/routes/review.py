@@ -30,7 +30,7 @@ class ExpertLabelIn(BaseModel):
     gold_reason: str | None = Field(default=None, max_length=4000)
 
 
-def _image_id(session, job_id: int, public_id: str) -> int:  # noqa: ANN001
+def _image_id(session, job_id: int, public_id: str) -> int:
     image_id = session.scalar(select(Image.id).where(Image.public_id == public_id,
                                                      Image.job_id == job_id))
     if image_id is None:
@@ -43,7 +43,7 @@ def _record(request: Request, job_name: str, public_id: str, user: User,
     with get_db(request).session() as s:
         job, spec = job_and_spec(s, job_name)
         review = commands.record_expert_label(
-            s, job, spec, s.get(User, user.id), _image_id(s, job.id, public_id), body.label,
+            s, job, spec, s.get_one(User, user.id), _image_id(s, job.id, public_id), body.label,
             body.reason, utcnow(), promote_to_gold=body.promote_to_gold,
             gold_reason=body.gold_reason)
         return {"image": public_id, "label": review.label,
@@ -70,7 +70,7 @@ def review_page(request: Request, job_name: str, public_id: str,
         image_id = _image_id(s, job.id, public_id)
         queue = views.review_queue(s, job, spec)
         item = next((it for it in queue if it.image_id == image_id), None)
-        image = s.get(Image, image_id)
+        image = s.get_one(Image, image_id)
     if item is None:
         raise HTTPException(404, f"this image is not waiting for review (it is {image.status})")
     position = [it.image_id for it in queue].index(image_id) + 1

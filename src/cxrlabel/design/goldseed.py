@@ -1,0 +1,153 @@
+"""Seeding the gold bank from reference labels (``cxrlabel gold sample --from-reference N``):
+balanced per class, one image per patient, no near-duplicates, optionally the clearest cases
+only. For demos and simulations; a real bank needs an expert's reason per image.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from collections.abc import Mapping
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cxrlabel.design.goldbank import (
+    ImportSummary,
+    instruction_example_ids,
+    make_gold,
+    near_duplicate_pairs,
+    shortlist_distance,
+)
+from cxrlabel.jobspec import JobSpec
+from cxrlabel.storage.models import AuditEvent, Image, ImageStatus, Job, Judgment, utcnow
+from cxrlabel.vocab import PNEUMONIA
+
+GENERIC_REASON = (
+    "Reference label from the source dataset: {text}. {hint} "
+    "[Generic reason from `gold sample`: replace it with an expert's explanation of this image.]"
+)
+
+
+def sample_from_reference(
+    session: Session,
+    job: Job,
+    spec: JobSpec,
+    n: int,
+    seed: int = 0,
+    now: datetime | None = None,
+    *,
+    clearest_fraction: float = 1.0,
+    clarity: Mapping[int, float] | None = None,
+) -> tuple[ImportSummary, dict[str, int]]:
+    """Seed the bank with ``n`` never-judged images that carry a reference label, balanced per
+    class, one per patient and no near-duplicates. Reasons are a generic template: for a
+    demo only; a real bank needs an expert's reason per image.
+
+    ``clearest_fraction`` < 1 draws the gold only from the clearest part of each class, as a
+    job designer picks clear teaching cases as test questions (a test question on an image
+    experts themselves find borderline measures luck, not care). Clarity is per image id,
+    lower = clearer: ``clarity`` when given (the simulator passes its cross-fitted pixel
+    difficulty), else the image's model score (``Image.model_score``, p of the positive
+    class) read as distance from the reference label. Never the label alone: two images with
+    the same label differ in clarity."""
+    if n < 1:
+        raise ValueError("sample size must be >= 1")
+    if not 0.0 < clearest_fraction <= 1.0:
+        raise ValueError("clearest_fraction must be in (0, 1]")
+    judged = select(Judgment.image_id).where(Judgment.job_id == job.id)
+    candidates = session.scalars(
+        select(Image).where(
+            Image.job_id == job.id,
+            Image.status == ImageStatus.NEEDS_JUDGMENTS,
+            Image.reference_label.in_(spec.label_values),
+            Image.id.not_in(judged),
+        ).order_by(Image.id)
+    ).all()
+    examples = instruction_example_ids(session, job, spec)
+    candidates = [im for im in candidates if im.id not in examples]
+    rng = random.Random(seed)
+    per_label = {label: [im for im in candidates if im.reference_label == label]
+                 for label in spec.label_values}
+    if clearest_fraction < 1.0:
+        scores = clarity if clarity is not None else model_clarity(candidates, spec)
+        per_label = {label: clearest(pool, scores, clearest_fraction)
+                     for label, pool in per_label.items()}
+    for pool in per_label.values():
+        rng.shuffle(pool)
+    quotas = {label: n // len(per_label) for label in per_label}
+    for label in list(per_label)[: n % len(per_label)]:
+        quotas[label] += 1
+    chosen = _pick(per_label, quotas, shortlist_distance())
+    summary = ImportSummary()
+    if not chosen:
+        return summary, {}
+    now = now or utcnow()
+    texts = {c.value: c for c in spec.question.labels}
+    for image in chosen:
+        choice = texts[_reference_label(image)]
+        reason = GENERIC_REASON.format(text=choice.text, hint=choice.hint).replace("  ", " ")
+        make_gold(session, job, image, [choice.value], reason, "medium", "reference", now,
+                   summary)
+    session.add(AuditEvent(
+        at=now, job_id=job.id, action="gold.sample_reference", subject=str(n),
+        payload={"created": summary.created, "seed": seed, "images": summary.public_ids,
+                 "clearest_fraction": clearest_fraction},
+    ))
+    session.flush()
+    return summary, dict(Counter(_reference_label(im) for im in chosen))
+
+
+def _reference_label(image: Image) -> str:
+    """The label of an image drawn by label (``per_label`` holds labelled images only)."""
+    if image.reference_label is None:
+        raise ValueError(f"image {image.public_id} has no reference label")
+    return image.reference_label
+
+
+def clearest(pool: list[Image], clarity: Mapping[int, float], fraction: float) -> list[Image]:
+    """The clearest ``fraction`` of ``pool`` (at least one image), in the pool's order.
+
+    Images without a clarity score are left out: "clear" must be known, not assumed."""
+    scored = [im for im in pool if im.id in clarity]
+    keep = max(1, math.ceil(fraction * len(scored))) if scored else 0
+    ranked = sorted(scored, key=lambda im: (clarity[im.id], im.id))[:keep]
+    kept = {im.id for im in ranked}
+    return [im for im in pool if im.id in kept]
+
+
+def model_clarity(images: list[Image], spec: JobSpec) -> dict[int, float]:
+    """Clarity from ``Image.model_score`` (p of the positive class): the model's distance
+    from each image's reference label (0 = the model is sure of that label)."""
+    labels = spec.label_values
+    if len(labels) != 2:
+        raise ValueError("clarity from model scores needs a two-label job; pass clarity")
+    positive = PNEUMONIA if PNEUMONIA in labels else labels[-1]
+    out = {im.id: (1.0 - im.model_score if im.reference_label == positive else im.model_score)
+           for im in images if im.model_score is not None}
+    if not out:
+        raise ValueError("no candidate image has a model score: score the job's images "
+                         "first (cxrlabel score) or pass clarity")
+    return out
+
+
+def _pick(per_label: dict[str, list[Image]], quotas: dict[str, int], threshold: int) -> list[Image]:
+    chosen: list[Image] = []
+    patients: set[str] = set()
+    for label, pool in per_label.items():
+        taken = 0
+        for image in pool:
+            if taken == quotas[label]:
+                break
+            if image.patient_id and image.patient_id in patients:
+                continue  # one gold per patient: siblings would test the same picture twice
+            if chosen and near_duplicate_pairs([image.phash], [c.phash for c in chosen],
+                                               threshold):
+                continue
+            chosen.append(image)
+            taken += 1
+            if image.patient_id:
+                patients.add(image.patient_id)
+    return chosen
