@@ -150,7 +150,7 @@ def prior_centre(counts: np.ndarray, diagonal: float, *, pooled: bool = True) ->
     np.fill_diagonal(errors, 0.0)
     centre = errors / errors.sum(axis=1, keepdims=True) * (1.0 - diagonal)
     np.fill_diagonal(centre, diagonal)
-    return centre
+    return np.asarray(centre, dtype=float)
 
 
 def smoothed_confusion(

@@ -17,6 +17,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
@@ -68,7 +69,7 @@ def end_user_sessions(session: Session, user_id: int, *, keep_token: str | None 
     query = delete(UserSession).where(UserSession.user_id == user_id)
     if keep_token:
         query = query.where(UserSession.token_sha256 != token_hash(keep_token))
-    return session.execute(query).rowcount or 0
+    return _rows_changed(session.execute(query))
 
 
 _LOOKUP = (select(User, UserSession.created_at, UserSession.last_seen_at)
@@ -100,4 +101,9 @@ def purge_expired_sessions(session: Session, now: datetime, policy: SessionPolic
     query = delete(UserSession).where(
         (UserSession.last_seen_at < now - policy.idle)
         | (UserSession.created_at < now - policy.absolute))
-    return session.execute(query).rowcount or 0
+    return _rows_changed(session.execute(query))
+
+
+def _rows_changed(result: Any) -> int:
+    """Rows a DELETE/UPDATE touched (a CursorResult's rowcount; typed as plain Result)."""
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -15,10 +15,10 @@ the ``source`` column of exports and reports) and never reaches an annotator.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import Any, TypeGuard
 
 import httpx
 
@@ -203,8 +203,8 @@ def _series_of(client: DicomWebClient, study_uid: str, modality: str | None) -> 
     return uids
 
 
-def _is_uid(value: str | None) -> bool:
-    return bool(value) and len(value) <= 64 and bool(_UID.match(value))
+def _is_uid(value: str | None) -> TypeGuard[str]:
+    return value is not None and 0 < len(value) <= 64 and bool(_UID.match(value))
 
 
 def discover_dicomweb(client: DicomWebClient, query: DicomWebQuery) -> list[SourceItem]:
@@ -214,6 +214,10 @@ def discover_dicomweb(client: DicomWebClient, query: DicomWebQuery) -> list[Sour
     if not instances:
         raise SourceError(f"DICOMweb server {client.base_url}: no instance matches "
                           f"{query.study_params() or 'the query'}")
-    return [SourceItem(instance_url(client.base_url, *uids),
-                       fetch=lambda uids=uids: client.retrieve(*uids))
+    return [SourceItem(instance_url(client.base_url, *uids), fetch=_fetcher(client, uids))
             for uids in instances]
+
+
+def _fetcher(client: DicomWebClient, uids: tuple[str, str, str]) -> Callable[[], bytes]:
+    """Download one instance when the pipeline reaches it (not at discovery)."""
+    return lambda: client.retrieve(*uids)

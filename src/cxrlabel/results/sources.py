@@ -19,8 +19,10 @@ _DICOMWEB = re.compile(r"/studies/(?P<study>[0-9.]+)/series/[0-9.]+/instances/(?
 
 
 class _HasSource(Protocol):
-    source_path: str
-    source_format: str
+    @property
+    def source_path(self) -> str: ...
+    @property
+    def source_format(self) -> str: ...
 
 
 def dicom_source(study_uid: str, sop_uid: str) -> str:

@@ -82,7 +82,7 @@ def ingest_images(
     from cxrlabel.ingest import pipeline
 
     with db.session() as session:
-        job_row = session.get(Job, job.id)
+        job_row = session.get_one(Job, job.id)
     with tempfile.TemporaryDirectory(prefix="cxrlabel-sim-") as tmp:
         manifest = write_manifest(entries, Path(tmp))
         pipeline.ingest(db, data_dir, job_row, spec, manifest, console=console)

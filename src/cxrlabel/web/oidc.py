@@ -225,14 +225,14 @@ class OidcClient:
         form = {"grant_type": "authorization_code", "code": code,
                 "redirect_uri": self.settings.redirect_uri, "code_verifier": flow.verifier}
         methods = meta.get("token_endpoint_auth_methods_supported") or ["client_secret_basic"]
-        auth = None
+        auth: dict[str, Any] = {}  # httpx: no ``auth`` argument at all means no client auth
         if "client_secret_basic" in methods:
-            auth = (self.settings.client_id, self.settings.client_secret)
+            auth["auth"] = (self.settings.client_id, self.settings.client_secret)
         else:
             form.update(client_id=self.settings.client_id,
                         client_secret=self.settings.client_secret)
         try:
-            response = self._http.post(meta["token_endpoint"], data=form, auth=auth,
+            response = self._http.post(meta["token_endpoint"], data=form, **auth,
                                        headers={"Accept": "application/json"})
             body = response.json()
         except (httpx.HTTPError, ValueError) as exc:
