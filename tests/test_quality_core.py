@@ -248,7 +248,10 @@ OPS = st.lists(
 def test_random_event_sequences_keep_invariants_and_replay(ops, strict):
     spec = make_spec(quiz_length=2, min_gold=2, jmin=2, jmax=4, min_seconds=10,
                      speed_limit=2, dist_min=6, dist_remove=strict,
-                     min_accuracy=0.7 if strict else 0.5)
+                     min_accuracy=0.7 if strict else 0.5,
+                     # Not strict: removal for harm only, with peers judging early, and retakes.
+                     strict=strict, min_peer_pairs=30 if strict else 3,
+                     quiz_retakes=0 if strict else 1)
     events, reference = _build_events(ops, spec)
 
     # Incremental: each event on a fresh state that loads stored copies, then writes back.

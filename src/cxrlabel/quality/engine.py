@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import rules
+from . import rules, skill
 from .consensus import REVIEW_MODEL, ConsensusParams, evaluate
 from .events import (
     AnnotatorReinstated,
@@ -40,6 +40,11 @@ from .state import (
     ImageRec,
     JudgmentRec,
     QualityState,
+)
+
+RETAKE_MESSAGE = (
+    "You did not reach this job's accuracy on the quiz yet. Please read the instructions and "
+    "the examples again; the next quiz has different images."
 )
 
 
@@ -119,19 +124,23 @@ class Engine:
 
         if rules.is_too_fast(event.seconds, params):
             self._speed_trap(annotator, event, recs, result)
+        peers = self._count_peer_pairs(recs)
         if annotator.status == QUIZ:
             active_gold = (
                 event.active_gold if event.active_gold is not None
                 else state.active_gold_count()
             )
             if rules.quiz_complete(counts, params, active_gold):
-                self._decide_quiz(annotator, counts, result)
+                self._decide_quiz(annotator, counts, result, active_gold)
         if graded and rules.below_minimum_accuracy(annotator, params):
             self.remove(annotator.user_id, rules.low_trust_reason(annotator, params))
             result.warnings.append(
                 "Your accuracy on the test questions fell below this job's minimum, so you were "
                 "removed from it. An administrator can review this."
             )
+        self._check_harm(annotator, result)
+        for peer_id in sorted(peers - {annotator.user_id}):  # their evidence grew too
+            self._check_harm(state.annotator(peer_id), None)
         self._distribution(annotator, counts, result)
         for rec in recs:
             rec.trust_at_time = annotator.trust
@@ -166,6 +175,43 @@ class Engine:
             counts.quiz_seen += 1
             counts.quiz_missed += int(rec.gold_missed)
 
+    def _count_peer_pairs(self, recs: list[JudgmentRec]) -> set[int]:
+        """Peer agreement (``skill.py``): each new counted label on a work image pairs with
+        every earlier counted label of another annotator on it; both get the pair. Tainted
+        and "can't tell" answers are not labels. Returns the peers whose counts changed."""
+        state, cant_tell = self.state, self.consensus.cant_tell
+        new = [r for r in recs if not r.is_gold and not r.tainted and r.certainty != cant_tell]
+        if not new:
+            return set()
+        state.prefetch(sorted({r.image_id for r in new}))
+        counts = state.counts(new[0].user_id)
+        peers: set[int] = set()
+        for rec in new:
+            for other in state.judgments_on(rec.image_id):
+                if (other.id >= rec.id or other.user_id == rec.user_id or other.is_gold
+                        or other.tainted or other.certainty == cant_tell):
+                    continue
+                agree = int(other.answer == rec.answer)
+                counts.peer_pairs += 1
+                counts.peer_agree += agree
+                other_counts = state.counts(other.user_id)
+                other_counts.peer_pairs += 1
+                other_counts.peer_agree += agree
+                peers.add(other.user_id)
+        return peers
+
+    def _check_harm(self, annotator: AnnotatorRec, result: PageResult | None) -> None:
+        """Remove an annotator whose answers make labels worse (``skill.harm``)."""
+        counts = self.state.counts(annotator.user_id)
+        verdict = rules.harm_verdict(annotator, counts, self.rules)
+        if verdict is None:
+            return
+        self.remove(annotator.user_id, verdict.status_reason)
+        message = skill.REMOVAL_REASONS[verdict.code]
+        annotator.message = message
+        if result is not None:
+            result.warnings.append(message)
+
     def _trust(self, annotator: AnnotatorRec) -> float:
         return self.rules.trust(annotator.gold_seen - annotator.gold_missed, annotator.gold_seen)
 
@@ -191,7 +237,8 @@ class Engine:
             )
             result.warnings.append("You were removed from this job for answering too fast.")
 
-    def _decide_quiz(self, annotator: AnnotatorRec, counts, result: PageResult) -> None:  # noqa: ANN001
+    def _decide_quiz(self, annotator: AnnotatorRec, counts, result: PageResult,  # noqa: ANN001
+                     active_gold: int) -> None:
         passed = rules.quiz_passes(counts, self.rules)
         score = rules.quiz_trust(counts, self.rules)
         correct = counts.quiz_seen - counts.quiz_missed
@@ -203,6 +250,15 @@ class Engine:
             annotator.status, annotator.status_reason = ACTIVE, None
             annotator.quiz_passed = True
             self.decide("quality.quiz_passed", f"user:{annotator.user_id}", **inputs)
+        elif rules.quiz_retake_allowed(counts, self.rules, active_gold):
+            # Not final: re-read the instructions and take a new quiz on other questions.
+            counts.quiz_failures += 1
+            counts.quiz_seen = counts.quiz_missed = 0
+            annotator.message = RETAKE_MESSAGE
+            result.warnings.append(RETAKE_MESSAGE)
+            self.decide("quality.quiz_retake", f"user:{annotator.user_id}",
+                        attempt=counts.quiz_failures, retakes=self.rules.quiz_retakes,
+                        **inputs)
         else:
             annotator.status = DISQUALIFIED
             annotator.status_reason = (
@@ -271,6 +327,7 @@ class Engine:
             **annotator.flags,
             "reinstated": {"by_admin": by is not None, "reason": reason,
                            "gold_seen": annotator.gold_seen,
+                           "peer_pairs": self.state.counts(user_id).peer_pairs,
                            "speed_trips": annotator.speed_trips},
         }
         untainted: list[int] = []
@@ -339,8 +396,13 @@ class Engine:
               and (annotator.trust >= self.rules.min_accuracy - 1e-12
                    or annotator.gold_seen < self.rules.min_gold_before_removal)):
             self.reinstate(annotator.user_id, "trust restored after a gold correction")
+        elif (annotator.removal_kind in rules.HARM_KINDS
+              and skill.harm(rules.skill_evidence(annotator, counts), self.rules.harm) is None):
+            self.reinstate(annotator.user_id, "skill restored after a gold correction")
         elif rules.below_minimum_accuracy(annotator, self.rules):
             self.remove(annotator.user_id, rules.low_trust_reason(annotator, self.rules))
+        else:
+            self._check_harm(annotator, None)
         # Their trust changed, so every image they weigh on is re-aggregated.
         self.reevaluate(r.image_id for r in self.state.judgments_by(annotator.user_id)
                         if not r.is_gold)
