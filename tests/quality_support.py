@@ -35,7 +35,7 @@ def quality_toml(
     jmax: int = 5, target: float = 0.8, min_seconds: float = 10.0, speed_limit: int = 2,
     dist_min: int = 6, dist_remove: bool = False, method: str = "trust",
     cant_tell_fraction: float = 0.5, flag_votes: int = 2, items_per_page: int = 10,
-    strict: bool = True, quiz_retakes: int = 0, min_peer_pairs: int = 30,
+    strict: bool = True, quiz_retakes: int = 0, min_peer_pairs: int = 30, online: str = "auto",
 ) -> str:
     return f'''
 name = "{name}"
@@ -84,6 +84,7 @@ cant_tell_fraction = {cant_tell_fraction}
 quality_flag_votes = {flag_votes}
 [aggregation]
 method = "{method}"
+online = "{online}"
 '''
 
 

@@ -168,7 +168,7 @@ class Engine:
         gold = self.state.gold_of(rec.image_id)
         if gold is None:  # a gold item that no longer exists cannot grade anyone
             return
-        rec.gold_missed = rec.answer not in gold.accepted
+        rec.gold_missed = gold_missed(rec, gold, self.consensus.cant_tell)
         annotator.gold_seen += 1
         annotator.gold_missed += int(rec.gold_missed)
         if rec.is_quiz:
@@ -363,7 +363,7 @@ class Engine:
         for rec in state.judgments_on(event.image_id):
             if not rec.is_gold:
                 continue
-            missed = rec.answer not in gold.accepted
+            missed = gold_missed(rec, gold, self.consensus.cant_tell)
             if rec.gold_missed is None or missed == rec.gold_missed:
                 continue
             annotator = state.annotator(rec.user_id)
@@ -454,6 +454,14 @@ class Engine:
                 label=ev.label, confidence=_round(ev.confidence), review_reason=ev.review_reason,
                 judgment_target=ev.judgment_target, **extra,
             )
+
+
+def gold_missed(rec: JudgmentRec, gold: GoldRec, cant_tell: str) -> bool:
+    """A wrong answer to a test question, except an honest "can't tell" on a gold item marked
+    hard: an expert-calibration case that a careful non-expert may rightly not decide."""
+    if rec.certainty == cant_tell and gold.difficulty == "hard":
+        return False
+    return rec.answer not in gold.accepted
 
 
 def _round(value: float | None) -> float | None:

@@ -146,6 +146,8 @@ class GoldRec:
     image_id: int
     accepted: tuple[str, ...]
     active: bool = True
+    # easy | medium | hard (``GoldItem.difficulty``): "can't tell" on a hard one is no miss.
+    difficulty: str = "medium"
 
 
 class QualityState:
