@@ -20,6 +20,7 @@ from cxrlabel.quality.events import (
     AnnotatorReinstated,
     AnnotatorRemoved,
     ContestOpened,
+    ContestUpheld,
     ExpertLabeled,
     GoldChanged,
     JudgmentIn,
@@ -224,7 +225,10 @@ def _build_events(ops, spec):
                                 if answer_bits % 3 else (LABELS[1],), by=99)
         elif kind == "contest":
             mine = [j for j in ref.judgments_by(user) if j.is_gold]
-            if mine:
+            pending = ref.annotator(user).flags.get("contested") or []
+            if pending and answer_bits % 2:  # an admin upholds an open contest
+                event = ContestUpheld(len(events) + 1, pending[pick % len(pending)], user)
+            elif mine:
                 event = ContestOpened(len(events) + 1, mine[pick % len(mine)].id, user)
         elif kind == "expert":
             image_id = WORK[pick % len(WORK)]

@@ -92,3 +92,25 @@ def test_a_failed_quiz_is_retaken_on_other_questions_then_final(db):
         assert s.scalar(select(AuditEvent.id).where(
             AuditEvent.action == "quality.quiz_failed", AuditEvent.job_id == env.job_id))
     _assert_replays(env)
+
+
+def test_a_contested_miss_does_not_count_until_the_contest_is_resolved(db):
+    from cxrlabel.quality import service
+
+    env = make_env(db)  # prior 1:1, trust = (correct + 1) / (seen + 2)
+    env.add_user("ann")
+    env.add_user("admin", role="admin")
+    pass_quiz(env, "ann")
+    env.submit("ann", {"w0": "PNEUMONIA", "g3": "PNEUMONIA"})  # g3 is NORMAL: a miss
+    assert env.annotator("ann").trust == 4 / 6
+    missed = next(j for j in env.judgments_of("ann") if j.image_id == env.images["g3"])
+    contest = env.call(lambda s, job: service.contest_gold(
+        s, job, env.user(s, "ann"), missed.id, "I see a patch", env.tick()))
+    ann = env.annotator("ann")
+    assert ann.flags["contested"] == [missed.id] and ann.trust == 4 / 5  # as if unseen
+    env.call(lambda s, job: service.resolve_contest(
+        s, job, env.spec, env.user(s, "admin"), contest.id, "uphold", "it is clear", None,
+        env.tick()))
+    ann = env.annotator("ann")
+    assert "contested" not in ann.flags and ann.trust == 4 / 6  # the miss counts again
+    _assert_replays(env)

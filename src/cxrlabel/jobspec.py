@@ -153,15 +153,6 @@ class Gold(_Strict):
     quiz_retakes: int = Field(default=1, ge=0, le=5)
 
 
-class Training(_Strict):
-    """Practice before the quiz: clear gold cases with immediate feedback, counted for
-    nothing (Toloka's training pool). 0 items = no training."""
-
-    items: int = Field(default=0, ge=0, le=50)
-    # Show the expert's reason and the accepted answer after every practice answer.
-    feedback: bool = True
-
-
 class Pages(_Strict):
     items_per_page: int = Field(default=10, ge=1, le=100)
     min_seconds_per_page: float = Field(default=20.0, ge=0.0)
@@ -254,7 +245,6 @@ class JobSpec(_Strict):
     instructions: Instructions
     judgments: Judgments = Judgments()
     gold: Gold = Gold()
-    training: Training = Training()
     pages: Pages = Pages()
     quality: Quality = Quality()
     review: Review = Review()

@@ -20,6 +20,7 @@ from .events import (
     AnnotatorReinstated,
     AnnotatorRemoved,
     ContestOpened,
+    ContestUpheld,
     Event,
     ExpertLabeled,
     GoldChanged,
@@ -87,6 +88,8 @@ class Engine:
             self.gold_changed(event)
         elif isinstance(event, ContestOpened):
             self.contest_opened(event)
+        elif isinstance(event, ContestUpheld):
+            self.contest_upheld(event)
         elif isinstance(event, AnnotatorRemoved):
             self.remove(event.user_id, f"{rules.REMOVED_ADMIN}: {event.reason}", by=event.by)
         elif isinstance(event, AnnotatorReinstated):
@@ -213,7 +216,7 @@ class Engine:
             result.warnings.append(message)
 
     def _trust(self, annotator: AnnotatorRec) -> float:
-        return self.rules.trust(annotator.gold_seen - annotator.gold_missed, annotator.gold_seen)
+        return self.rules.trust(*rules.counted_gold(annotator))
 
     def _speed_trap(self, annotator: AnnotatorRec, event: PageSubmitted,
                     recs: list[JudgmentRec], result: PageResult) -> None:
@@ -346,9 +349,38 @@ class Engine:
 
     # --- gold corrections and contests --------------------------------------------------------
     def contest_opened(self, event: ContestOpened) -> None:
-        self.state.annotator(event.user_id).gold_contested += 1
+        """Counted; and a contested *miss* stops counting against trust until an admin
+        resolves the contest (upheld: it counts again; changed: the gold is regraded)."""
+        annotator = self.state.annotator(event.user_id)
+        annotator.gold_contested += 1
+        rec = self._own_judgment(event.user_id, event.judgment_id)
+        pending = rules.contested_pending(annotator)
+        deferred = bool(rec and rec.is_gold and rec.gold_missed and rec.id not in pending)
         self.decide("quality.contest_counted", f"user:{event.user_id}",
+                    contest_id=event.contest_id, judgment_id=event.judgment_id,
+                    miss_deferred=deferred)
+        if deferred:
+            self._set_pending(annotator, [*pending, event.judgment_id])
+
+    def contest_upheld(self, event: ContestUpheld) -> None:
+        annotator = self.state.annotator(event.user_id)
+        pending = rules.contested_pending(annotator)
+        if event.judgment_id not in pending:
+            return
+        self.decide("quality.contest_miss_counted", f"user:{event.user_id}",
                     contest_id=event.contest_id, judgment_id=event.judgment_id)
+        self._set_pending(annotator, [j for j in pending if j != event.judgment_id])
+
+    def _own_judgment(self, user_id: int, judgment_id: int) -> JudgmentRec | None:
+        rec = self.state.judgments.get(judgment_id)
+        if rec is None:
+            rec = next((j for j in self.state.judgments_by(user_id) if j.id == judgment_id), None)
+        return rec if rec is not None and rec.user_id == user_id else None
+
+    def _set_pending(self, annotator: AnnotatorRec, pending: list[int]) -> None:
+        flags = {k: v for k, v in annotator.flags.items() if k != "contested"}
+        annotator.flags = {**flags, "contested": sorted(pending)} if pending else flags
+        self._after_regrade(annotator)
 
     def gold_changed(self, event: GoldChanged) -> None:
         """Regrade every answer to this gold item against the corrected accepted answers."""
@@ -363,6 +395,13 @@ class Engine:
         for rec in state.judgments_on(event.image_id):
             if not rec.is_gold:
                 continue
+            annotator = state.annotator(rec.user_id)
+            pending = rules.contested_pending(annotator)
+            if rec.id in pending:  # the correction resolves this contest: it counts again
+                rest = [j for j in pending if j != rec.id]
+                flags = {k: v for k, v in annotator.flags.items() if k != "contested"}
+                annotator.flags = {**flags, "contested": rest} if rest else flags
+                affected.setdefault(rec.user_id, {"forgiven": 0, "newly_missed": 0})
             missed = gold_missed(rec, gold, self.consensus.cant_tell)
             if rec.gold_missed is None or missed == rec.gold_missed:
                 continue

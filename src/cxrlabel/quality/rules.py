@@ -118,11 +118,21 @@ def below_minimum_accuracy(annotator: AnnotatorRec, params: RuleParams) -> bool:
 HARM_KINDS = (skill.REASON_ADVERSARIAL, skill.REASON_PEER_DISAGREEMENT, skill.REASON_LOW_ACCURACY)
 
 
+def contested_pending(annotator: AnnotatorRec) -> list[int]:
+    """Missed gold answers under an open contest: they count neither way until resolved."""
+    return list(annotator.flags.get("contested") or [])
+
+
+def counted_gold(annotator: AnnotatorRec) -> tuple[int, int]:
+    """(correct, seen) over the gold answers that count (open contests left out)."""
+    seen = annotator.gold_seen - len(contested_pending(annotator))
+    return annotator.gold_seen - annotator.gold_missed, seen
+
+
 def skill_evidence(annotator: AnnotatorRec, counts: AnswerCounts) -> skill.SkillEvidence:
-    return skill.SkillEvidence(
-        gold_seen=annotator.gold_seen, gold_correct=annotator.gold_seen - annotator.gold_missed,
-        peer_pairs=counts.peer_pairs, peer_agree=counts.peer_agree,
-    )
+    correct, seen = counted_gold(annotator)
+    return skill.SkillEvidence(gold_seen=seen, gold_correct=correct,
+                               peer_pairs=counts.peer_pairs, peer_agree=counts.peer_agree)
 
 
 def harm_verdict(annotator: AnnotatorRec, counts: AnswerCounts,
