@@ -225,7 +225,8 @@ def _build_events(ops, spec):
                                 if answer_bits % 3 else (LABELS[1],), by=99)
         elif kind == "contest":
             mine = [j for j in ref.judgments_by(user) if j.is_gold]
-            pending = ref.annotator(user).flags.get("contested") or []
+            known = ref.annotators.get(user)  # (a lookup would create the record)
+            pending = (known.flags.get("contested") or []) if known else []
             if pending and answer_bits % 2:  # an admin upholds an open contest
                 event = ContestUpheld(len(events) + 1, pending[pick % len(pending)], user)
             elif mine:

@@ -10,7 +10,8 @@ Rules (all thresholds from the job spec):
 1. Only *trusted* judgments count: untainted answers on work images.
 2. ``spec.review.quality_flag_votes`` image-quality flags -> expert review, at any count.
 3. Fewer than ``judgments.min`` trusted judgments -> needs judgments (target = min).
-4. "Can't tell" answers make up >= ``review.cant_tell_fraction`` -> expert review.
+4. "Can't tell" answers make up >= ``review.cant_tell_fraction`` (and are at least two) ->
+   expert review.
 5. Confidence >= ``judgments.confidence_target`` -> finalised.
 6. ``judgments.max`` reached without the target -> expert review (no consensus).
 7. Otherwise ask for one more judgment (target = trusted + 1, at most max).
@@ -60,6 +61,10 @@ POSTERIOR_TRUST_RANGE = (0.5, 0.98)
 TIE_BREAK_LABEL = "PNEUMONIA"
 TIE_ATOL = 1e-12  # the tolerance of ``cxrlabel.aggregate.base.argmax_tie_break``
 
+# One "can't tell" is one person's doubt, two are a signal: with ``judgments.min = 2`` a single
+# "can't tell" among two answers asks for a third judgment instead of an expert. (With
+# min >= 3 a fraction >= 1/2 already means at least two.)
+CANT_TELL_MIN = 2
 REVIEW_QUALITY = "image_quality"
 REVIEW_CANT_TELL = "cant_tell"
 REVIEW_NO_CONSENSUS = "no_consensus"
@@ -288,7 +293,8 @@ def evaluate(
         if _settled_early(n, len(voting), label, confidence, model_score, params):
             return result(FINALISED, n)
         return result(NEEDS_JUDGMENTS, params.min_judgments)
-    if (n - len(voting)) / n >= params.cant_tell_fraction:
+    n_cant_tell = n - len(voting)
+    if n_cant_tell >= CANT_TELL_MIN and n_cant_tell / n >= params.cant_tell_fraction:
         return result(NEEDS_REVIEW, settled_target, REVIEW_CANT_TELL)
     if confidence is not None and confidence >= params.confidence_target - 1e-12:
         if model_disagrees(label, model_score, params):
