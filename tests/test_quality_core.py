@@ -86,6 +86,17 @@ def test_cant_tell_counts_for_the_target_but_not_the_confidence():
     assert (ev.status, ev.trusted_judgments, ev.confidence) == ("finalised", 3, 1.0)
 
 
+def test_one_cant_tell_among_two_asks_for_a_third_judgment_two_go_to_review():
+    """With the online posterior (a trust share would finalise on the one remaining vote)."""
+    params = ConsensusParams.from_spec(make_spec(jmin=2, jmax=5, cant_tell_fraction=0.5,
+                                                 target=0.95, online="posterior"))
+    one = [_j(1, 1, "PNEUMONIA"), _j(2, 2, "NORMAL", "cant_tell")]
+    ev = evaluate(one, {1: 0.7, 2: 0.8}, params)
+    assert (ev.status, ev.judgment_target) == ("needs_judgments", 3)
+    two = [*one, _j(3, 3, "PNEUMONIA", "cant_tell")]
+    assert evaluate(two, {1: 0.7, 2: 0.8, 3: 0.8}, params).review_reason == "cant_tell"
+
+
 def test_trust_weighted_confidence_and_taints():
     params = ConsensusParams.from_spec(make_spec(jmin=3, jmax=5, target=0.8))
     js = [_j(1, 1, "PNEUMONIA"), _j(2, 2, "NORMAL"), _j(3, 3, "NORMAL", taints=["speed_trap"])]

@@ -62,8 +62,10 @@ TIE_BREAK_LABEL = "PNEUMONIA"
 TIE_ATOL = 1e-12  # the tolerance of ``cxrlabel.aggregate.base.argmax_tie_break``
 
 # One "can't tell" is one person's doubt, two are a signal: with ``judgments.min = 2`` a single
-# "can't tell" among two answers asks for a third judgment instead of an expert. (With
-# min >= 3 a fraction >= 1/2 already means at least two.)
+# "can't tell" among two answers asks for a third judgment instead of an expert. Only with the
+# online posterior, where one remaining answer settles the image only if the posterior (prior
+# and that annotator's trust) reaches the target; a trust share of one answer is always 1.0.
+# With min >= 3 a fraction >= 1/2 already means at least two.
 CANT_TELL_MIN = 2
 REVIEW_QUALITY = "image_quality"
 REVIEW_CANT_TELL = "cant_tell"
@@ -294,7 +296,8 @@ def evaluate(
             return result(FINALISED, n)
         return result(NEEDS_JUDGMENTS, params.min_judgments)
     n_cant_tell = n - len(voting)
-    if n_cant_tell >= CANT_TELL_MIN and n_cant_tell / n >= params.cant_tell_fraction:
+    least = CANT_TELL_MIN if params.online_method == POSTERIOR else 1
+    if n_cant_tell >= least and n_cant_tell / n >= params.cant_tell_fraction:
         return result(NEEDS_REVIEW, settled_target, REVIEW_CANT_TELL)
     if confidence is not None and confidence >= params.confidence_target - 1e-12:
         if model_disagrees(label, model_score, params):
