@@ -249,6 +249,8 @@ class Engine:
         result.quiz_accuracy = correct / counts.quiz_seen
         inputs = dict(correct=correct, seen=counts.quiz_seen, quiz_trust=round(score, 6),
                       min_accuracy=self.rules.min_accuracy)
+        if annotator.message == RETAKE_MESSAGE:  # the retake is over either way
+            annotator.message = None
         if passed:
             annotator.status, annotator.status_reason = ACTIVE, None
             annotator.quiz_passed = True
