@@ -35,6 +35,7 @@ def quality_toml(
     jmax: int = 5, target: float = 0.8, min_seconds: float = 10.0, speed_limit: int = 2,
     dist_min: int = 6, dist_remove: bool = False, method: str = "trust",
     cant_tell_fraction: float = 0.5, flag_votes: int = 2, items_per_page: int = 10,
+    strict: bool = True, quiz_retakes: int = 0, min_peer_pairs: int = 30, online: str = "auto",
 ) -> str:
     return f'''
 name = "{name}"
@@ -63,6 +64,8 @@ quiz_length = {quiz_length}
 min_accuracy = {min_accuracy}
 per_page = 1
 min_gold_before_removal = {min_gold}
+remove_below_min_accuracy = {"true" if strict else "false"}
+quiz_retakes = {quiz_retakes}
 prior_correct = {prior_correct}
 prior_missed = {prior_missed}
 [pages]
@@ -75,11 +78,13 @@ distribution_min_entropy_bits = 0.2
 distribution_max_prevalence_gap = 0.45
 distribution_remove = {"true" if dist_remove else "false"}
 expected_prevalence = {{ NORMAL = 0.3, PNEUMONIA = 0.7 }}
+min_peer_pairs = {min_peer_pairs}
 [review]
 cant_tell_fraction = {cant_tell_fraction}
 quality_flag_votes = {flag_votes}
 [aggregation]
 method = "{method}"
+online = "{online}"
 '''
 
 

@@ -125,6 +125,12 @@ def test_failing_quiz_disqualifies_for_good(env):
     uid = add_user(db, "ann1")
     (pid, _, items), _ = _page(db, seeded, uid)
     result = _submit(db, seeded, uid, pid, _answers(db, items, correct_gold=False))
+    # The job allows one retake (gold.quiz_retakes = 1): a new quiz on the other questions.
+    assert result.quiz_passed is False and result.annotator_status == "quiz"
+    assert "instructions" in result.message
+    (pid, kind, retake), _ = _page(db, seeded, uid)
+    assert kind == "quiz" and not {i for _, i, _ in retake} & {i for _, i, _ in items}
+    result = _submit(db, seeded, uid, pid, _answers(db, retake, correct_gold=False), "c-2")
     assert result.quiz_passed is False and result.annotator_status == "disqualified"
     assert len(result.missed_gold) == 3 and result.message
     page, reason = _page(db, seeded, uid, T0 + timedelta(days=1))

@@ -42,10 +42,10 @@ def _mutate(old: str, new: str) -> str:
 
 CASES = [
     # (replace this, with this, expected fragments of the message)
-    ("min = 3\nmax = 5", "min = 6\nmax = 5", ["field 'judgments'", "max (5) must be >= min (6)"]),
+    ("min = 2\nmax = 6", "min = 7\nmax = 6", ["field 'judgments'", "max (6) must be >= min (7)"]),
     ("items_per_page = 10", "items_per_page = 0",
      ["field 'pages.items_per_page'", "greater than or equal to 1", "bad.toml:"]),
-    ("min_accuracy = 0.75", "min_accuracy = 'high'", ["field 'gold.min_accuracy'", "number"]),
+    ("min_accuracy = 0.7", "min_accuracy = 'high'", ["field 'gold.min_accuracy'", "number"]),
     ("quiz_length = 8", "quiz_lenght = 8", ["field 'gold.quiz_lenght'", "unknown field"]),
     ('name = "pneumonia-pediatric"', 'name = "Bad Name!"', ["field 'name'", "pattern"]),
     ("per_page = 1\n", "per_page = 10\n", ["gold.per_page (10) must be smaller"]),

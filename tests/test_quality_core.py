@@ -20,6 +20,7 @@ from cxrlabel.quality.events import (
     AnnotatorReinstated,
     AnnotatorRemoved,
     ContestOpened,
+    ContestUpheld,
     ExpertLabeled,
     GoldChanged,
     JudgmentIn,
@@ -85,6 +86,17 @@ def test_cant_tell_counts_for_the_target_but_not_the_confidence():
     assert (ev.status, ev.trusted_judgments, ev.confidence) == ("finalised", 3, 1.0)
 
 
+def test_one_cant_tell_among_two_asks_for_a_third_judgment_two_go_to_review():
+    """With the online posterior (a trust share would finalise on the one remaining vote)."""
+    params = ConsensusParams.from_spec(make_spec(jmin=2, jmax=5, cant_tell_fraction=0.5,
+                                                 target=0.95, online="posterior"))
+    one = [_j(1, 1, "PNEUMONIA"), _j(2, 2, "NORMAL", "cant_tell")]
+    ev = evaluate(one, {1: 0.7, 2: 0.8}, params)
+    assert (ev.status, ev.judgment_target) == ("needs_judgments", 3)
+    two = [*one, _j(3, 3, "PNEUMONIA", "cant_tell")]
+    assert evaluate(two, {1: 0.7, 2: 0.8, 3: 0.8}, params).review_reason == "cant_tell"
+
+
 def test_trust_weighted_confidence_and_taints():
     params = ConsensusParams.from_spec(make_spec(jmin=3, jmax=5, target=0.8))
     js = [_j(1, 1, "PNEUMONIA"), _j(2, 2, "NORMAL"), _j(3, 3, "NORMAL", taints=["speed_trap"])]
@@ -95,6 +107,39 @@ def test_trust_weighted_confidence_and_taints():
     assert mv.proba["PNEUMONIA"] == pytest.approx(0.5) and mv.label == "PNEUMONIA"  # tie rule
     ds = ConsensusParams.from_spec(make_spec(method="ds"))
     assert ds.online_method == "trust"
+
+
+def test_cant_tell_on_hard_gold_is_no_miss_but_on_clear_gold_it_is():
+    from cxrlabel.quality.engine import gold_missed
+    from cxrlabel.quality.state import GoldRec
+
+    hard, clear = GoldRec(1, ("PNEUMONIA",), difficulty="hard"), GoldRec(1, ("PNEUMONIA",))
+    unsure = _j(1, 1, "NORMAL", "cant_tell")
+    assert gold_missed(unsure, hard, "cant_tell") is False
+    assert gold_missed(unsure, clear, "cant_tell") is True
+    assert gold_missed(_j(2, 1, "NORMAL"), hard, "cant_tell") is True  # a wrong label still is
+
+
+def test_online_posterior_weighs_trust_certainty_and_prevalence():
+    from dataclasses import replace
+
+    params = replace(ConsensusParams.from_spec(make_spec(jmin=2, jmax=5, target=0.9)),
+                     online="posterior")
+    assert params.online_method == "posterior"
+    assert params.prior == pytest.approx((0.3, 0.7))
+    sure = [_j(1, 1, "NORMAL"), _j(2, 2, "NORMAL")]
+    ev = evaluate(sure, {1: 0.85, 2: 0.85}, params)
+    # log-odds: log(0.3/0.7) + 2 log(0.85/0.15) = 2.62 -> p(NORMAL) = 0.932
+    assert ev.label == "NORMAL" and ev.confidence == pytest.approx(0.9323, abs=1e-3)
+    assert ev.status == "finalised"
+    unsure = [_j(1, 1, "NORMAL", "probably"), _j(2, 2, "NORMAL", "probably")]
+    ev = evaluate(unsure, {1: 0.85, 2: 0.85}, params)
+    assert ev.confidence < 0.9 and ev.status == "needs_judgments"  # asks for a third
+    weak = evaluate(sure, {1: 0.5, 2: 0.45}, params)  # no better than a coin: the prior wins
+    assert weak.label == "PNEUMONIA" and weak.confidence == pytest.approx(0.7)
+    split = [_j(1, 1, "NORMAL"), _j(2, 2, "PNEUMONIA")]
+    tie = evaluate(split, {1: 0.8, 2: 0.8}, replace(params, prior=None))
+    assert tie.label == "PNEUMONIA" and tie.proba["NORMAL"] == pytest.approx(0.5)
 
 
 # --- property test ------------------------------------------------------------------------------
@@ -191,7 +236,11 @@ def _build_events(ops, spec):
                                 if answer_bits % 3 else (LABELS[1],), by=99)
         elif kind == "contest":
             mine = [j for j in ref.judgments_by(user) if j.is_gold]
-            if mine:
+            known = ref.annotators.get(user)  # (a lookup would create the record)
+            pending = (known.flags.get("contested") or []) if known else []
+            if pending and answer_bits % 2:  # an admin upholds an open contest
+                event = ContestUpheld(len(events) + 1, pending[pick % len(pending)], user)
+            elif mine:
                 event = ContestOpened(len(events) + 1, mine[pick % len(mine)].id, user)
         elif kind == "expert":
             image_id = WORK[pick % len(WORK)]
@@ -223,6 +272,8 @@ def _check_invariants(state: QualityState, spec) -> None:
         voted = {j.answer for j in counted if j.certainty != params.cant_tell}
         if not voted:
             assert image.proba is None and image.label is None
+        elif params.online_method == "posterior":  # the prior gives every label some mass
+            assert sum(image.proba.values()) == pytest.approx(1.0)
         else:
             assert {k for k, p in image.proba.items() if p > 0} <= voted
             assert image.label in voted or image.confidence == pytest.approx(0.5)
@@ -248,7 +299,10 @@ OPS = st.lists(
 def test_random_event_sequences_keep_invariants_and_replay(ops, strict):
     spec = make_spec(quiz_length=2, min_gold=2, jmin=2, jmax=4, min_seconds=10,
                      speed_limit=2, dist_min=6, dist_remove=strict,
-                     min_accuracy=0.7 if strict else 0.5)
+                     min_accuracy=0.7 if strict else 0.5,
+                     # Not strict: removal for harm only, with peers judging early, and retakes.
+                     strict=strict, min_peer_pairs=30 if strict else 3,
+                     quiz_retakes=0 if strict else 1, online="auto" if strict else "posterior")
     events, reference = _build_events(ops, spec)
 
     # Incremental: each event on a fresh state that loads stored copies, then writes back.

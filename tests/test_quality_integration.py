@@ -52,8 +52,13 @@ def test_annotation_engine_drives_quality_and_replays(db, tmp_path):
                                      f"{name}-{_round}", answers, now + timedelta(seconds=40))
                 results.setdefault(name, []).append(result)
     assert results["bad"][0].quiz_passed is False
-    assert results["bad"][0].annotator_status == "disqualified"
+    # The job allows one retake (gold.quiz_retakes = 1): a second quiz, on other questions,
+    # and its failure is final.
+    assert results["bad"][0].annotator_status == "quiz"
+    assert results["bad"][1].annotator_status == "disqualified"
     assert len(results["bad"][0].missed_gold) == 3
+    first, second = ({m.image_public_id for m in r.missed_gold} for r in results["bad"][:2])
+    assert len(second) == 3 and not first & second
     assert all(r.quiz_passed for r in (results[n][0] for n in ("good1", "good2", "good3")))
     with db.session() as s:
         job = s.get(Job, seeded.job_id)

@@ -187,7 +187,7 @@ def test_sweep_runs_settings_on_copies_of_one_template(phantom_images: Path,
     settings = [sw.setting_of(spec), sw.Setting(2, 4, 0.8, 1, 0.65, "mv")]
     rows = sw.sweep(template, tmp_path, spec, settings, [crowd], seed=0)
     assert [r["setting"] for r in rows] == [s.key for s in settings]
-    assert rows[0]["min_judgments"] == 3 and rows[1]["aggregation"] == "mv"
+    assert rows[0]["min_judgments"] == 2 and rows[1]["aggregation"] == "mv"
     for row in rows:
         assert 0.0 < row["label_accuracy"] <= 1.0 and row["cost_per_image"] > 0
     assert not list(tmp_path.glob("run-*"))  # each run's copy is cleaned up

@@ -53,9 +53,21 @@ def test_harder_images_are_answered_worse() -> None:
 def test_expected_accuracy_matches_sampled_accuracy_for_every_persona() -> None:
     prevalence = {"NORMAL": 0.26, "PNEUMONIA": 0.74}
     for name, persona in PERSONAS.items():
-        _truth, _difficulty, answers = _answers(persona, pages_done=100)
+        _truth, _difficulty, answers = _answers(persona, pages_done=100, feedback_pages=100)
         expected = persona.expected_accuracy(prevalence, LABELS)
         assert abs(_accuracy(answers) - expected) < 0.03, name
+
+
+def test_slow_learner_improves_with_feedback_and_harvester_is_perfect_on_gold_only() -> None:
+    learner = PERSONAS["slow_learner"]
+    before = _accuracy(_answers(learner)[2])
+    after = _accuracy(_answers(learner, feedback_pages=50)[2])
+    assert abs(before - learner.start_accuracy) < 0.03 and abs(after - learner.accuracy) < 0.03
+    harvester = PERSONAS["gold_harvester"]
+    assert _accuracy(_answers(harvester, is_gold=True)[2]) == 1.0
+    assert _accuracy(_answers(harvester, pages_done=5)[2]) < 0.35
+    assert harvester.is_bad({"NORMAL": 0.26, "PNEUMONIA": 0.74}, LABELS, 0.75)
+    assert not learner.is_bad({"NORMAL": 0.26, "PNEUMONIA": 0.74}, LABELS, 0.75)
 
 
 def test_biased_persona_leans_to_its_label() -> None:

@@ -265,10 +265,15 @@ def test_full_annotator_flow_with_feedback_and_contest(web):
     assert r.headers["location"] == "/jobs/test-job/page"
 
 
-def test_failed_quiz_is_final_and_kind(web):
+def test_failed_quiz_is_retaken_once_then_final_and_kind(web):
     app, db, seeded = web
     gold = gold_answers(db, seeded.job_id)
     client = annotator_client(app, db, "ann1")
+    html = client.get("/jobs/test-job/page").text
+    action, data = fill(html, gold, miss_gold=True)
+    r = client.post(action, data=data, follow_redirects=True)
+    # One retake (gold.quiz_retakes = 1): told to re-read the instructions, then a new quiz.
+    assert "read the instructions" in r.text and "Continue" in r.text
     html = client.get("/jobs/test-job/page").text
     action, data = fill(html, gold, miss_gold=True)
     r = client.post(action, data=data, follow_redirects=True)

@@ -140,11 +140,18 @@ class Gold(_Strict):
     quiz_length: int = Field(default=8, ge=0, le=100)
     min_accuracy: float = Field(default=0.75, gt=0.0, le=1.0)
     per_page: int = Field(default=1, ge=0)
-    # Removal for low trust only after this many gold answers (quiz included).
+    # No removal rule looks at gold before this many gold answers (quiz included).
     min_gold_before_removal: int = Field(default=5, ge=1)
+    # The strict rule of old: remove every annotator whose trust falls below min_accuracy.
+    # Off by default: weak-but-honest annotators are down-weighted, not removed; removal is
+    # for harm (quality.harm_accuracy, peer disagreement, speed, one button; docs/quality.md).
+    remove_below_min_accuracy: bool = False
     # Beta prior on accuracy: trust = (correct + a) / (seen + a + b).
     prior_correct: float = Field(default=2.0, ge=0.0)
     prior_missed: float = Field(default=1.0, ge=0.0)
+    # Quiz retakes after a failed attempt (on other test questions, after re-reading the
+    # instructions); the failure after the last retake is final.
+    quiz_retakes: int = Field(default=1, ge=0, le=5)
 
 
 class Pages(_Strict):
@@ -160,6 +167,12 @@ class Quality(_Strict):
     distribution_max_prevalence_gap: float = Field(default=0.45, gt=0.0, le=1.0)
     distribution_remove: bool = False
     expected_prevalence: dict[str, float] = {}
+    # Removal for harm (quality/skill.py): the crowd's typical accuracy on work images (turns
+    # agreement with peers into accuracy), the accuracy credibly below which an annotator's
+    # answers make labels worse, and the peer pairs needed before peers may remove anyone.
+    peer_accuracy: float = Field(default=0.75, gt=0.5, le=1.0)
+    harm_accuracy: float = Field(default=0.6, ge=0.0, le=1.0)
+    min_peer_pairs: int = Field(default=30, ge=1)
 
 
 class Review(_Strict):
@@ -194,6 +207,12 @@ class Assignment(_Strict):
 
 class Aggregation(_Strict):
     method: Literal["trust", "mv", "ds", "glad", "certainty"] = "trust"
+    # The online decision (dynamic judgments, review routing): "auto" = ``method`` when it is
+    # defined for one image, else "trust"; "posterior" = the one-coin Bayesian posterior with
+    # each annotator's trust as accuracy, scaled by the certainty weight, and
+    # quality.expected_prevalence as prior (docs/quality.md): confident answers from trusted
+    # annotators settle an image sooner, weak or unsure ones ask for more.
+    online: Literal["auto", "posterior"] = "auto"
 
 
 class Pay(_Strict):

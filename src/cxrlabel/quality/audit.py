@@ -16,13 +16,22 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from cxrlabel.jobspec import JobSpec
-from cxrlabel.storage.models import AnnotatorState, AuditEvent, GoldItem, Image, Job, Judgment
+from cxrlabel.storage.models import (
+    AnnotatorState,
+    AuditEvent,
+    Contest,
+    GoldItem,
+    Image,
+    Job,
+    Judgment,
+)
 
 from .engine import Engine, new_state
 from .events import (
     AnnotatorReinstated,
     AnnotatorRemoved,
     ContestOpened,
+    ContestUpheld,
     Event,
     ExpertLabeled,
     GoldChanged,
@@ -33,6 +42,7 @@ from .store import (
     ADMIN_REINSTATED,
     ADMIN_REMOVED,
     CONTEST_OPENED,
+    CONTEST_UPHELD,
     EXPERT_LABELED,
     GOLD_CHANGED,
     INPUT_ACTIONS,
@@ -75,6 +85,13 @@ def load_events(session: Session, job: Job) -> list[Event]:
             events.append(GoldChanged(p["image_id"], tuple(p["new"]), a.actor_id))
         elif a.action == CONTEST_OPENED:
             events.append(ContestOpened(p["contest_id"], p["judgment_id"], p["user_id"]))
+        elif a.action == CONTEST_UPHELD:
+            judgment_id, user_id = p.get("judgment_id"), p.get("user_id")
+            if judgment_id is None:  # logged before the payload named them
+                contest = session.get_one(Contest, p["contest_id"])
+                judgment_id, user_id = contest.judgment_id, contest.user_id
+            assert user_id is not None  # a contest always names its annotator
+            events.append(ContestUpheld(p["contest_id"], judgment_id, user_id))
         elif a.action == ADMIN_REMOVED:
             events.append(AnnotatorRemoved(p["user_id"], p["reason"], a.actor_id))
         elif a.action == ADMIN_REINSTATED:
@@ -95,7 +112,9 @@ def _initial_gold(session: Session, job: Job, events: list[Event]) -> list[GoldR
             .order_by(AuditEvent.id)):
         first_old.setdefault(a.payload["image_id"], a.payload["old"])
     return [
-        GoldRec(g.image_id, tuple(first_old.get(g.image_id, g.accepted_answers)), g.active)
+        # Difficulty as it is today (an input, like the model score: edit it before answers).
+        GoldRec(g.image_id, tuple(first_old.get(g.image_id, g.accepted_answers)), g.active,
+                g.difficulty or "medium")
         for g in session.scalars(select(GoldItem).where(GoldItem.job_id == job.id))
         if g.image_id not in promoted
     ]
@@ -155,7 +174,8 @@ def stored_snapshot(session: Session, job: Job, replayed: QualityState) -> dict[
         mirror.judgments[judgment.id] = judgment_rec(judgment)
         tainted_column[judgment.id] = bool(judgment.tainted)
     for g in session.scalars(select(GoldItem).where(GoldItem.job_id == job.id)):
-        mirror.gold[g.image_id] = GoldRec(g.image_id, tuple(g.accepted_answers), g.active)
+        mirror.gold[g.image_id] = GoldRec(g.image_id, tuple(g.accepted_answers), g.active,
+                                          g.difficulty or "medium")
     snapshot = mirror.snapshot()
     # Compare the stored ``tainted`` column itself, not only the reason it is parsed from.
     snapshot["judgments"] = {jid: (tainted_column[jid], *view[1:])

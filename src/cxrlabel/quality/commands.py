@@ -34,6 +34,7 @@ from .events import (
     AnnotatorReinstated,
     AnnotatorRemoved,
     ContestOpened,
+    ContestUpheld,
     ExpertLabeled,
     GoldChanged,
 )
@@ -131,7 +132,10 @@ def resolve_contest(session: Session, job: Job, spec: JobSpec, admin: User, cont
             raise QualityError("reply_required", "explain to the annotator why the answer stands")
         contest.status, contest.reply, contest.resolved_at = "upheld", reply, now
         add_audit(session, job, admin.id, CONTEST_UPHELD, f"contest:{contest.id}",
-                  {"contest_id": contest.id, "gold_id": gold.id, "reply": reply}, now)
+                  {"contest_id": contest.id, "gold_id": gold.id, "reply": reply,
+                   "judgment_id": contest.judgment_id, "user_id": contest.user_id}, now)
+        run_event(session, job, spec, ContestUpheld(contest.id, contest.judgment_id,
+                                                    contest.user_id), now, admin.id)
         session.flush()
         return contest
     answers = _check_answers(spec, new_accepted_answers)

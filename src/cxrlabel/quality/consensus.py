@@ -10,7 +10,8 @@ Rules (all thresholds from the job spec):
 1. Only *trusted* judgments count: untainted answers on work images.
 2. ``spec.review.quality_flag_votes`` image-quality flags -> expert review, at any count.
 3. Fewer than ``judgments.min`` trusted judgments -> needs judgments (target = min).
-4. "Can't tell" answers make up >= ``review.cant_tell_fraction`` -> expert review.
+4. "Can't tell" answers make up >= ``review.cant_tell_fraction`` (and are at least two) ->
+   expert review.
 5. Confidence >= ``judgments.confidence_target`` -> finalised.
 6. ``judgments.max`` reached without the target -> expert review (no consensus).
 7. Otherwise ask for one more judgment (target = trusted + 1, at most max).
@@ -41,6 +42,7 @@ whole job and run in the results stage, so the online decision uses "trust" for 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -56,10 +58,20 @@ if TYPE_CHECKING:  # the spec is only read here; no pydantic import at run time
     from cxrlabel.jobspec import JobSpec
 
 ONLINE_METHODS = ("trust", "mv")
+POSTERIOR = "posterior"
+# Trust is clipped to this range before it becomes a log-likelihood ratio: nobody's single
+# answer may be certain, and trust below a coin's carries no information.
+POSTERIOR_TRUST_RANGE = (0.5, 0.98)
 # On an exact tie the label shown is the one that is harmful to miss; a tie never finalises.
 TIE_BREAK_LABEL = PNEUMONIA
 TIE_ATOL = 1e-12  # the tolerance of ``cxrlabel.aggregate.base.argmax_tie_break``
 
+# One "can't tell" is one person's doubt, two are a signal: with ``judgments.min = 2`` a single
+# "can't tell" among two answers asks for a third judgment instead of an expert. Only with the
+# online posterior, where one remaining answer settles the image only if the posterior (prior
+# and that annotator's trust) reaches the target; a trust share of one answer is always 1.0.
+# With min >= 3 a fraction >= 1/2 already means at least two.
+CANT_TELL_MIN = 2
 REVIEW_QUALITY = "image_quality"
 REVIEW_CANT_TELL = "cant_tell"
 REVIEW_NO_CONSENSUS = "no_consensus"
@@ -83,6 +95,10 @@ class ConsensusParams:
     # Rule 3 exception: this many trusted judgments suffice when a confident model agrees.
     min_if_model_agrees: int = 0
     model_confidence: float = 0.9
+    # The online posterior (``aggregation.online = "posterior"``).
+    online: str = "auto"
+    prior: tuple[float, ...] | None = None  # per label, from quality.expected_prevalence
+    certainty_weights: tuple[tuple[str, float], ...] = ()
 
     @classmethod
     def from_spec(cls, spec: JobSpec) -> ConsensusParams:
@@ -98,11 +114,25 @@ class ConsensusParams:
             model_disagreement=spec.review.model_disagreement_threshold,
             min_if_model_agrees=spec.judgments.min_if_model_agrees,
             model_confidence=spec.judgments.model_confidence,
+            online=spec.aggregation.online,
+            prior=_prior(spec),
+            certainty_weights=tuple(sorted(spec.certainty_weights.items())),
         )
 
     @property
     def online_method(self) -> str:
+        if self.online == POSTERIOR:
+            return POSTERIOR
         return self.method if self.method in ONLINE_METHODS else "trust"
+
+
+def _prior(spec: JobSpec) -> tuple[float, ...] | None:
+    prevalence = spec.quality.expected_prevalence
+    labels = spec.label_values
+    if not prevalence or any(prevalence.get(label, 0.0) <= 0 for label in labels):
+        return None
+    total = sum(prevalence[label] for label in labels)
+    return tuple(prevalence[label] / total for label in labels)
 
 
 @dataclass(frozen=True)
@@ -122,7 +152,8 @@ def trusted(judgments: Sequence[JudgmentRec]) -> list[JudgmentRec]:
 
 
 def aggregate_one(
-    answers: Sequence[str], weights: Sequence[float], params: ConsensusParams
+    answers: Sequence[str], weights: Sequence[float], params: ConsensusParams,
+    certainties: Sequence[str] | None = None,
 ) -> tuple[str | None, float | None, dict[str, float] | None]:
     """Label, confidence and per-label probability for one image's weighted answers.
 
@@ -133,6 +164,8 @@ def aggregate_one(
     """
     if not answers:
         return None, None, None
+    if params.online_method == POSTERIOR:
+        return posterior_one(answers, weights, certainties or ["" for _ in answers], params)
     labels = params.labels
     index = {label: k for k, label in enumerate(labels)}
     votes = [0.0] * len(labels)
@@ -145,6 +178,41 @@ def aggregate_one(
     # Every answer from an annotator with trust 0 carries no information: a uniform row.
     proba = [v / total for v in votes] if total > 0 else [1.0 / len(labels)] * len(labels)
     best = max(range(len(labels)), key=lambda k: (proba[k], -k))  # first maximum
+    tie = index.get(TIE_BREAK_LABEL)
+    if tie is not None and proba[tie] >= proba[best] - TIE_ATOL:
+        best = tie
+    return labels[best], proba[best], dict(zip(labels, proba, strict=True))
+
+
+def posterior_one(
+    answers: Sequence[str], weights: Sequence[float], certainties: Sequence[str],
+    params: ConsensusParams,
+) -> tuple[str, float, dict[str, float]]:
+    """One-coin Bayesian posterior of the image's label (Dawid-Skene with one accuracy per
+    annotator, Raykar's certainty-aware variant in spirit).
+
+    Each answer adds log(acc (K - 1) / (1 - acc)) to its label's score, where acc is the
+    annotator's trust moved towards a coin by the certainty weight (``probably`` = 0.6 of the
+    way): acc = 1/2 + (trust - 1/2) w. The prior is the expected prevalence (uniform when the
+    job gives none). The label is the posterior's mode (ties: ``TIE_BREAK_LABEL``) and the
+    confidence its probability, so ``confidence_target`` reads as "the chance the label is
+    right" and the crowd stops as soon as that is high enough.
+    """
+    labels = params.labels
+    k = len(labels)
+    index = {label: i for i, label in enumerate(labels)}
+    cw = dict(params.certainty_weights)
+    low, high = POSTERIOR_TRUST_RANGE
+    score = [math.log(p) for p in params.prior] if params.prior else [0.0] * k
+    for answer, weight, certainty in zip(answers, weights, certainties, strict=True):
+        trust = min(max(float(weight), low), high)
+        accuracy = 0.5 + (trust - 0.5) * cw.get(certainty, 1.0)
+        score[index[answer]] += math.log(accuracy * (k - 1) / (1.0 - accuracy))
+    top = max(score)
+    exp = [math.exp(v - top) for v in score]
+    total = sum(exp)
+    proba = [v / total for v in exp]
+    best = max(range(k), key=lambda i: (proba[i], -i))
     tie = index.get(TIE_BREAK_LABEL)
     if tie is not None and proba[tie] >= proba[best] - TIE_ATOL:
         best = tie
@@ -216,7 +284,8 @@ def evaluate(
     n = len(counted)
     voting = [j for j in counted if j.certainty != params.cant_tell]
     label, confidence, proba = aggregate_one(
-        [j.answer for j in voting], [trust_of[j.user_id] for j in voting], params
+        [j.answer for j in voting], [trust_of[j.user_id] for j in voting], params,
+        [j.certainty for j in voting],
     )
     method = params.online_method if voting else None
 
@@ -231,7 +300,9 @@ def evaluate(
         if _settled_early(n, len(voting), label, confidence, model_score, params):
             return result(FINALISED, n)
         return result(NEEDS_JUDGMENTS, params.min_judgments)
-    if (n - len(voting)) / n >= params.cant_tell_fraction:
+    n_cant_tell = n - len(voting)
+    least = CANT_TELL_MIN if params.online_method == POSTERIOR else 1
+    if n_cant_tell >= least and n_cant_tell / n >= params.cant_tell_fraction:
         return result(NEEDS_REVIEW, settled_target, REVIEW_CANT_TELL)
     if confidence is not None and confidence >= params.confidence_target - 1e-12:
         if model_disagrees(label, model_score, params):

@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from cxrlabel.vocab import TAINT_REMOVED, TAINT_SPEED
 
-from . import rules
+from . import rules, skill
 from .consensus import REVIEW_MODEL, ConsensusParams, evaluate
 from .events import (
     AnnotatorReinstated,
     AnnotatorRemoved,
     ContestOpened,
+    ContestUpheld,
     Event,
     ExpertLabeled,
     GoldChanged,
@@ -46,6 +47,11 @@ from .state import (
 
 if TYPE_CHECKING:  # the spec is only read here; no pydantic import at run time
     from cxrlabel.jobspec import JobSpec
+
+RETAKE_MESSAGE = (
+    "You did not reach this job's accuracy on the quiz yet. Please read the instructions and "
+    "the examples again; the next quiz has different images."
+)
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,8 @@ class Engine:
             self.gold_changed(event)
         elif isinstance(event, ContestOpened):
             self.contest_opened(event)
+        elif isinstance(event, ContestUpheld):
+            self.contest_upheld(event)
         elif isinstance(event, AnnotatorRemoved):
             self.remove(event.user_id, f"{rules.REMOVED_ADMIN}: {event.reason}", by=event.by)
         elif isinstance(event, AnnotatorReinstated):
@@ -124,19 +132,23 @@ class Engine:
 
         if rules.is_too_fast(event.seconds, params):
             self._speed_trap(annotator, event, recs, result)
+        peers = self._count_peer_pairs(recs)
         if annotator.status == QUIZ:
             active_gold = (
                 event.active_gold if event.active_gold is not None
                 else state.active_gold_count()
             )
             if rules.quiz_complete(counts, params, active_gold):
-                self._decide_quiz(annotator, counts, result)
+                self._decide_quiz(annotator, counts, result, active_gold)
         if graded and rules.below_minimum_accuracy(annotator, params):
             self.remove(annotator.user_id, rules.low_trust_reason(annotator, params))
             result.warnings.append(
                 "Your accuracy on the test questions fell below this job's minimum, so you were "
                 "removed from it. An administrator can review this."
             )
+        self._check_harm(annotator, result)
+        for peer_id in sorted(peers - {annotator.user_id}):  # their evidence grew too
+            self._check_harm(state.annotator(peer_id), None)
         self._distribution(annotator, counts, result)
         for rec in recs:
             rec.trust_at_time = annotator.trust
@@ -164,15 +176,52 @@ class Engine:
         gold = self.state.gold_of(rec.image_id)
         if gold is None:  # a gold item that no longer exists cannot grade anyone
             return
-        rec.gold_missed = rec.answer not in gold.accepted
+        rec.gold_missed = gold_missed(rec, gold, self.consensus.cant_tell)
         annotator.gold_seen += 1
         annotator.gold_missed += int(rec.gold_missed)
         if rec.is_quiz:
             counts.quiz_seen += 1
             counts.quiz_missed += int(rec.gold_missed)
 
+    def _count_peer_pairs(self, recs: list[JudgmentRec]) -> set[int]:
+        """Peer agreement (``skill.py``): each new counted label on a work image pairs with
+        every earlier counted label of another annotator on it; both get the pair. Tainted
+        and "can't tell" answers are not labels. Returns the peers whose counts changed."""
+        state, cant_tell = self.state, self.consensus.cant_tell
+        new = [r for r in recs if not r.is_gold and not r.tainted and r.certainty != cant_tell]
+        if not new:
+            return set()
+        state.prefetch(sorted({r.image_id for r in new}))
+        counts = state.counts(new[0].user_id)
+        peers: set[int] = set()
+        for rec in new:
+            for other in state.judgments_on(rec.image_id):
+                if (other.id >= rec.id or other.user_id == rec.user_id or other.is_gold
+                        or other.tainted or other.certainty == cant_tell):
+                    continue
+                agree = int(other.answer == rec.answer)
+                counts.peer_pairs += 1
+                counts.peer_agree += agree
+                other_counts = state.counts(other.user_id)
+                other_counts.peer_pairs += 1
+                other_counts.peer_agree += agree
+                peers.add(other.user_id)
+        return peers
+
+    def _check_harm(self, annotator: AnnotatorRec, result: PageResult | None) -> None:
+        """Remove an annotator whose answers make labels worse (``skill.harm``)."""
+        counts = self.state.counts(annotator.user_id)
+        verdict = rules.harm_verdict(annotator, counts, self.rules)
+        if verdict is None:
+            return
+        self.remove(annotator.user_id, verdict.status_reason)
+        message = skill.REMOVAL_REASONS[verdict.code]
+        annotator.message = message
+        if result is not None:
+            result.warnings.append(message)
+
     def _trust(self, annotator: AnnotatorRec) -> float:
-        return self.rules.trust(annotator.gold_seen - annotator.gold_missed, annotator.gold_seen)
+        return self.rules.trust(*rules.counted_gold(annotator))
 
     def _speed_trap(self, annotator: AnnotatorRec, event: PageSubmitted,
                     recs: list[JudgmentRec], result: PageResult) -> None:
@@ -197,7 +246,7 @@ class Engine:
             result.warnings.append("You were removed from this job for answering too fast.")
 
     def _decide_quiz(self, annotator: AnnotatorRec, counts: AnswerCounts,
-                     result: PageResult) -> None:
+                     result: PageResult, active_gold: int) -> None:
         passed = rules.quiz_passes(counts, self.rules)
         score = rules.quiz_trust(counts, self.rules)
         correct = counts.quiz_seen - counts.quiz_missed
@@ -205,10 +254,21 @@ class Engine:
         result.quiz_accuracy = correct / counts.quiz_seen
         inputs = dict(correct=correct, seen=counts.quiz_seen, quiz_trust=round(score, 6),
                       min_accuracy=self.rules.min_accuracy)
+        if annotator.message == RETAKE_MESSAGE:  # the retake is over either way
+            annotator.message = None
         if passed:
             annotator.status, annotator.status_reason = ACTIVE, None
             annotator.quiz_passed = True
             self.decide("quality.quiz_passed", f"user:{annotator.user_id}", **inputs)
+        elif rules.quiz_retake_allowed(counts, self.rules, active_gold):
+            # Not final: re-read the instructions and take a new quiz on other questions.
+            counts.quiz_failures += 1
+            counts.quiz_seen = counts.quiz_missed = 0
+            annotator.message = RETAKE_MESSAGE
+            result.warnings.append(RETAKE_MESSAGE)
+            self.decide("quality.quiz_retake", f"user:{annotator.user_id}",
+                        attempt=counts.quiz_failures, retakes=self.rules.quiz_retakes,
+                        **inputs)
         else:
             annotator.status = DISQUALIFIED
             annotator.status_reason = (
@@ -278,6 +338,7 @@ class Engine:
             **annotator.flags,
             "reinstated": {"by_admin": by is not None, "reason": reason,
                            "gold_seen": annotator.gold_seen,
+                           "peer_pairs": self.state.counts(user_id).peer_pairs,
                            "speed_trips": annotator.speed_trips},
         }
         untainted: list[int] = []
@@ -296,9 +357,38 @@ class Engine:
 
     # --- gold corrections and contests --------------------------------------------------------
     def contest_opened(self, event: ContestOpened) -> None:
-        self.state.annotator(event.user_id).gold_contested += 1
+        """Counted; and a contested *miss* stops counting against trust until an admin
+        resolves the contest (upheld: it counts again; changed: the gold is regraded)."""
+        annotator = self.state.annotator(event.user_id)
+        annotator.gold_contested += 1
+        rec = self._own_judgment(event.user_id, event.judgment_id)
+        pending = rules.contested_pending(annotator)
+        deferred = bool(rec and rec.is_gold and rec.gold_missed and rec.id not in pending)
         self.decide("quality.contest_counted", f"user:{event.user_id}",
+                    contest_id=event.contest_id, judgment_id=event.judgment_id,
+                    miss_deferred=deferred)
+        if deferred:
+            self._set_pending(annotator, [*pending, event.judgment_id])
+
+    def contest_upheld(self, event: ContestUpheld) -> None:
+        annotator = self.state.annotator(event.user_id)
+        pending = rules.contested_pending(annotator)
+        if event.judgment_id not in pending:
+            return
+        self.decide("quality.contest_miss_counted", f"user:{event.user_id}",
                     contest_id=event.contest_id, judgment_id=event.judgment_id)
+        self._set_pending(annotator, [j for j in pending if j != event.judgment_id])
+
+    def _own_judgment(self, user_id: int, judgment_id: int) -> JudgmentRec | None:
+        rec = self.state.judgments.get(judgment_id)
+        if rec is None:
+            rec = next((j for j in self.state.judgments_by(user_id) if j.id == judgment_id), None)
+        return rec if rec is not None and rec.user_id == user_id else None
+
+    def _set_pending(self, annotator: AnnotatorRec, pending: list[int]) -> None:
+        flags = {k: v for k, v in annotator.flags.items() if k != "contested"}
+        annotator.flags = {**flags, "contested": sorted(pending)} if pending else flags
+        self._after_regrade(annotator)
 
     def gold_changed(self, event: GoldChanged) -> None:
         """Regrade every answer to this gold item against the corrected accepted answers."""
@@ -313,7 +403,14 @@ class Engine:
         for rec in state.judgments_on(event.image_id):
             if not rec.is_gold:
                 continue
-            missed = rec.answer not in gold.accepted
+            annotator = state.annotator(rec.user_id)
+            pending = rules.contested_pending(annotator)
+            if rec.id in pending:  # the correction resolves this contest: it counts again
+                rest = [j for j in pending if j != rec.id]
+                flags = {k: v for k, v in annotator.flags.items() if k != "contested"}
+                annotator.flags = {**flags, "contested": rest} if rest else flags
+                affected.setdefault(rec.user_id, {"forgiven": 0, "newly_missed": 0})
+            missed = gold_missed(rec, gold, self.consensus.cant_tell)
             if rec.gold_missed is None or missed == rec.gold_missed:
                 continue
             annotator = state.annotator(rec.user_id)
@@ -346,8 +443,13 @@ class Engine:
               and (annotator.trust >= self.rules.min_accuracy - 1e-12
                    or annotator.gold_seen < self.rules.min_gold_before_removal)):
             self.reinstate(annotator.user_id, "trust restored after a gold correction")
+        elif (annotator.removal_kind in rules.HARM_KINDS
+              and skill.harm(rules.skill_evidence(annotator, counts), self.rules.harm) is None):
+            self.reinstate(annotator.user_id, "skill restored after a gold correction")
         elif rules.below_minimum_accuracy(annotator, self.rules):
             self.remove(annotator.user_id, rules.low_trust_reason(annotator, self.rules))
+        else:
+            self._check_harm(annotator, None)
         # Their trust changed, so every image they weigh on is re-aggregated.
         self.reevaluate(r.image_id for r in self.state.judgments_by(annotator.user_id)
                         if not r.is_gold)
@@ -399,6 +501,14 @@ class Engine:
                 label=ev.label, confidence=_round(ev.confidence), review_reason=ev.review_reason,
                 judgment_target=ev.judgment_target, **extra,
             )
+
+
+def gold_missed(rec: JudgmentRec, gold: GoldRec, cant_tell: str) -> bool:
+    """A wrong answer to a test question, except an honest "can't tell" on a gold item marked
+    hard: an expert-calibration case that a careful non-expert may rightly not decide."""
+    if rec.certainty == cant_tell and gold.difficulty == "hard":
+        return False
+    return rec.answer not in gold.accepted
 
 
 def _round(value: float | None) -> float | None:

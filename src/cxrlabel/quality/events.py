@@ -50,6 +50,15 @@ class ContestOpened:
 
 
 @dataclass(frozen=True)
+class ContestUpheld:
+    """An admin kept the gold answer of a contest: the contested miss counts again."""
+
+    contest_id: int
+    judgment_id: int
+    user_id: int
+
+
+@dataclass(frozen=True)
 class AnnotatorRemoved:
     """An admin removed an annotator (automatic removals are decisions, not inputs)."""
 
@@ -77,6 +86,7 @@ Event = (
     PageSubmitted
     | GoldChanged
     | ContestOpened
+    | ContestUpheld
     | AnnotatorRemoved
     | AnnotatorReinstated
     | ExpertLabeled

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from . import skill
 from .state import ACTIVE, QUIZ, AnnotatorRec, AnswerCounts
 from .trust import beta_trust
 
@@ -37,6 +38,9 @@ class RuleParams:
     distribution_max_prevalence_gap: float
     distribution_remove: bool
     expected_prevalence: dict[str, float]
+    remove_below_min_accuracy: bool = True
+    quiz_retakes: int = 0
+    harm: skill.HarmParams = skill.HarmParams()
 
     @classmethod
     def from_spec(cls, spec: JobSpec) -> RuleParams:
@@ -53,6 +57,14 @@ class RuleParams:
             distribution_max_prevalence_gap=spec.quality.distribution_max_prevalence_gap,
             distribution_remove=spec.quality.distribution_remove,
             expected_prevalence=dict(spec.quality.expected_prevalence),
+            remove_below_min_accuracy=spec.gold.remove_below_min_accuracy,
+            quiz_retakes=spec.gold.quiz_retakes,
+            harm=skill.HarmParams(
+                peer_accuracy=spec.quality.peer_accuracy,
+                harm_accuracy=spec.quality.harm_accuracy,
+                min_gold=spec.gold.min_gold_before_removal,
+                min_peer_pairs=spec.quality.min_peer_pairs,
+            ),
         )
 
     def trust(self, correct: int, seen: int) -> float:
@@ -71,6 +83,14 @@ def quiz_trust(counts: AnswerCounts, params: RuleParams) -> float:
     return params.trust(counts.quiz_seen - counts.quiz_missed, counts.quiz_seen)
 
 
+def quiz_retake_allowed(counts: AnswerCounts, params: RuleParams, active_gold: int) -> bool:
+    """Another attempt, on test questions not seen yet, when the job allows one more and the
+    gold bank still has a full quiz of unseen questions."""
+    attempts_done = counts.quiz_failures + 1
+    unseen = active_gold - attempts_done * params.quiz_length
+    return counts.quiz_failures < params.quiz_retakes and unseen >= params.quiz_length
+
+
 def quiz_passes(counts: AnswerCounts, params: RuleParams) -> bool:
     """Pass when the trust earned on the quiz reaches the job's minimum accuracy.
 
@@ -84,13 +104,51 @@ def quiz_passes(counts: AnswerCounts, params: RuleParams) -> bool:
 
 def below_minimum_accuracy(annotator: AnnotatorRec, params: RuleParams) -> bool:
     """Trust below the minimum after enough gold, with new evidence since an admin reinstated
-    them (an admin's reinstatement is not undone by the numbers that existed when they chose)."""
+    them (an admin's reinstatement is not undone by the numbers that existed when they chose).
+    Only with ``gold.remove_below_min_accuracy`` (the strict rule; off by default)."""
+    if not params.remove_below_min_accuracy:
+        return False
     if annotator.status != ACTIVE or annotator.gold_seen < params.min_gold_before_removal:
         return False
     if annotator.trust >= params.min_accuracy - 1e-12:
         return False
     reinstated = annotator.flags.get("reinstated") or {}
     return annotator.gold_seen > int(reinstated.get("gold_seen", -1))
+
+
+# --- removal for harm (quality/skill.py) --------------------------------------------------------
+
+HARM_KINDS = (skill.REASON_ADVERSARIAL, skill.REASON_PEER_DISAGREEMENT, skill.REASON_LOW_ACCURACY)
+
+
+def contested_pending(annotator: AnnotatorRec) -> list[int]:
+    """Missed gold answers under an open contest: they count neither way until resolved."""
+    return list(annotator.flags.get("contested") or [])
+
+
+def counted_gold(annotator: AnnotatorRec) -> tuple[int, int]:
+    """(correct, seen) over the gold answers that count (open contests left out)."""
+    seen = annotator.gold_seen - len(contested_pending(annotator))
+    return annotator.gold_seen - annotator.gold_missed, seen
+
+
+def skill_evidence(annotator: AnnotatorRec, counts: AnswerCounts) -> skill.SkillEvidence:
+    correct, seen = counted_gold(annotator)
+    return skill.SkillEvidence(gold_seen=seen, gold_correct=correct,
+                               peer_pairs=counts.peer_pairs, peer_agree=counts.peer_agree)
+
+
+def harm_verdict(annotator: AnnotatorRec, counts: AnswerCounts,
+                 params: RuleParams) -> skill.Harm | None:
+    """``skill.harm`` for an active annotator, with new evidence since an admin reinstated
+    them (gold or peer pairs: the admin's decision is not undone by the same numbers)."""
+    if annotator.status != ACTIVE:
+        return None
+    reinstated = annotator.flags.get("reinstated") or {}
+    if reinstated and (annotator.gold_seen <= int(reinstated.get("gold_seen", -1))
+                       and counts.peer_pairs <= int(reinstated.get("peer_pairs", -1))):
+        return None
+    return skill.harm(skill_evidence(annotator, counts), params.harm)
 
 
 def low_trust_reason(annotator: AnnotatorRec, params: RuleParams) -> str:

@@ -63,8 +63,13 @@ class AnswerCounts:
 
     labels: Counter[str] = field(default_factory=Counter)
     certainty: Counter[str] = field(default_factory=Counter)
-    quiz_seen: int = 0
+    quiz_seen: int = 0  # in the current quiz attempt
     quiz_missed: int = 0
+    quiz_failures: int = 0  # failed quiz attempts that led to a retake
+    # Peer agreement on work items (``skill.py``): pairs of labels two annotators gave the same
+    # work image (neither tainted nor "can't tell" when the second arrived), and agreements.
+    peer_pairs: int = 0
+    peer_agree: int = 0
 
     @property
     def n_answers(self) -> int:
@@ -73,17 +78,25 @@ class AnswerCounts:
     def to_dict(self) -> dict[str, Any]:
         """The stored form (``annotator_states.answer_counts``): plain JSON, zero counts left out
         so that equal counts always give equal documents."""
-        return {
+        stored: dict[str, Any] = {
             "labels": {k: v for k, v in sorted(self.labels.items()) if v},
             "certainty": {k: v for k, v in sorted(self.certainty.items()) if v},
             "quiz_seen": self.quiz_seen,
             "quiz_missed": self.quiz_missed,
         }
+        for name in _OPTIONAL_COUNTS:  # absent when zero: documents from before stay equal
+            if getattr(self, name):
+                stored[name] = getattr(self, name)
+        return stored
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AnswerCounts:
         return cls(Counter(data.get("labels") or {}), Counter(data.get("certainty") or {}),
-                   int(data.get("quiz_seen", 0)), int(data.get("quiz_missed", 0)))
+                   int(data.get("quiz_seen", 0)), int(data.get("quiz_missed", 0)),
+                   **{name: int(data.get(name, 0)) for name in _OPTIONAL_COUNTS})
+
+
+_OPTIONAL_COUNTS = ("quiz_failures", "peer_pairs", "peer_agree")
 
 
 @dataclass
@@ -130,6 +143,8 @@ class GoldRec:
     image_id: int
     accepted: tuple[str, ...]
     active: bool = True
+    # easy | medium | hard (``GoldItem.difficulty``): "can't tell" on a hard one is no miss.
+    difficulty: str = "medium"
 
 
 class QualityState:

@@ -50,11 +50,14 @@ CONTEST_OPENED = "contest.opened"
 ADMIN_REMOVED = "admin.annotator_removed"
 ADMIN_REINSTATED = "admin.annotator_reinstated"
 EXPERT_LABELED = "expert.labeled"
+# An upheld contest makes its deferred miss count again (older logs: it changed nothing, and
+# replaying it changes nothing either, as no miss was deferred then).
+CONTEST_UPHELD = "contest.upheld"
 INPUT_ACTIONS = (
-    PAGE_SUBMITTED, GOLD_CHANGED, CONTEST_OPENED, ADMIN_REMOVED, ADMIN_REINSTATED, EXPERT_LABELED
+    PAGE_SUBMITTED, GOLD_CHANGED, CONTEST_OPENED, ADMIN_REMOVED, ADMIN_REINSTATED, EXPERT_LABELED,
+    CONTEST_UPHELD,
 )
 # Audit actions that change nothing the engine computes.
-CONTEST_UPHELD = "contest.upheld"
 CONTEST_CHANGED = "contest.changed"
 MESSAGE_SENT = "admin.message_sent"
 GOLD_EDITED = "gold.edited"
@@ -148,7 +151,8 @@ _SELECT_ANNOTATORS = select(_A).where(_A.c.job_id == bindparam("job"), _A.c.user
 _SELECT_IMAGES = select(_I.c.id, _I.c.job_id, _I.c.model_score,
                         *(_I.c[n] for n in _IMAGE_COLUMNS)).where(_I.c.id.in_(_IDS))
 _SELECT_GOLD = select(GoldItem.__table__.c.image_id, GoldItem.__table__.c.accepted_answers,
-                      GoldItem.__table__.c.active).where(GoldItem.__table__.c.image_id.in_(_IDS))
+                      GoldItem.__table__.c.active, GoldItem.__table__.c.difficulty,
+                      ).where(GoldItem.__table__.c.image_id.in_(_IDS))
 _NOT_PENDING = _J.c.id.not_in(bindparam("pending", expanding=True))
 # By image: no job condition (an image's judgments are all of its job, and the engine asks only
 # about images of this job); with one, SQLite walked ``ix_judgments_job``, i.e. every judgment
@@ -258,8 +262,9 @@ class DbState(QualityState):
 
     def preload_gold(self, image_ids: Iterable[int]) -> None:
         ids = sorted({i for i in image_ids if i not in self.gold})
-        for image_id, accepted, active in self._rows(_SELECT_GOLD, ids):
-            self.gold[image_id] = GoldRec(image_id, tuple(accepted), active)
+        for image_id, accepted, active, difficulty in self._rows(_SELECT_GOLD, ids):
+            self.gold[image_id] = GoldRec(image_id, tuple(accepted), active,
+                                          difficulty or "medium")
 
     def _load_counts(self, user_id: int) -> AnswerCounts:
         self.annotator(user_id)  # its row holds the kept counts

@@ -43,6 +43,8 @@ class ReviewItem:
     # label -> certainty -> count, over trusted judgments only; no annotator identities.
     answers: dict[str, dict[str, int]]
     quality_flags: dict[str, int]
+    # The model's p(PNEUMONIA) when the job has model scores (an opinion, never the label).
+    model_score: float | None = None
 
 
 def review_queue(session: Session, job: Job, spec: JobSpec) -> list[ReviewItem]:
@@ -75,7 +77,7 @@ def review_queue(session: Session, job: Job, spec: JobSpec) -> list[ReviewItem]:
             label=image.label, confidence=image.confidence, proba=image.proba,
             uncertainty=1.0 - (image.confidence if image.confidence is not None else 0.0),
             trusted_judgments=image.trusted_judgments, answers=answers,
-            quality_flags=dict(sorted(flags.items())),
+            quality_flags=dict(sorted(flags.items())), model_score=image.model_score,
         ))
     items.sort(key=lambda it: (-it.uncertainty, it.image_id))
     return items

@@ -19,7 +19,7 @@ from cxrlabel.jobspec import JobSpec, JobSpecError, load_job, resolve_job_path
 from cxrlabel.sim.baseline import BASELINE_NAME, run_baseline
 from cxrlabel.sim.crowd import CrowdSpec, CrowdSpecError, load_crowd
 from cxrlabel.sim.prepare import SimSetupError
-from cxrlabel.sim.run import SimOutcome, run_simulation, write_result
+from cxrlabel.sim.run import DEFAULT_GOLD_CLEAREST, SimOutcome, run_simulation, write_result
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import Image, Job
 
@@ -68,9 +68,9 @@ def simulate_command(
     gold: int = typer.Option(None, "--gold", min=1,
                              help="Gold bank size sampled from reference labels [default: ~4 %]."),
     gold_clearest: float = typer.Option(
-        1.0, "--gold-clearest", min=0.01, max=1.0,
+        DEFAULT_GOLD_CLEAREST, "--gold-clearest", min=0.01, max=1.0,
         help="Draw gold from the clearest fraction of each class only (by the cross-fitted "
-             "pixel difficulty), as a designer picks clear teaching cases [default: 1 = all]."),
+             "pixel difficulty), as a designer picks clear teaching cases (1 = all)."),
     model_scores: Path = typer.Option(
         None, "--model-scores",
         help="CSV file,p_pneumonia: model scores loaded into the images (for the job's "

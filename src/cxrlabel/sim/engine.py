@@ -255,21 +255,25 @@ class Simulation:
                 self._leave(a, now, for_good=code in LEAVING_CODES)
                 return
             is_quiz = page.kind == PageKind.QUIZ
-            items = [(item.image_id, item.position) for item in page.items]
+            items = [(item.image_id, item.position, item.is_gold) for item in page.items]
             public = dict(session.execute(select(Image.id, Image.public_id).where(
-                Image.id.in_([image_id for image_id, _ in items]))).all())
-            answers = [self._answer(a, image_id, public[image_id], is_quiz)
-                       for image_id, _ in sorted(items, key=lambda item: item[1])]
+                Image.id.in_([image_id for image_id, _, _ in items]))).all())
+            answers = [self._answer(a, image_id, public[image_id], is_quiz, is_gold)
+                       for image_id, _, is_gold in sorted(items, key=lambda item: item[1])]
             a.pending = {"page": page.public_id, "answers": answers, "quiz": is_quiz,
                          "served": now}
             seconds = a.persona.page_seconds(a.rng, len(page.items))
         self._push(now + timedelta(seconds=seconds), "submit", a.index)
 
-    def _answer(self, a: SimAnnotator, image_id: int, public_id: str, is_quiz: bool) -> AnswerIn:
+    def _answer(self, a: SimAnnotator, image_id: int, public_id: str, is_quiz: bool,
+                is_gold: bool = False) -> AnswerIn:
+        # ``is_gold`` reaches only the gold-harvester persona, which stands for accounts that
+        # learned the bank elsewhere; honest personas never look at it.
         simulated = a.persona.answer(
             a.rng, self.truth.label[image_id], self.truth.difficulty.get(image_id, 0.5),
             self._labels, self._certainties, self._flags,
-            pages_done=a.work_pages, is_quiz=is_quiz,
+            pages_done=a.work_pages, is_quiz=is_quiz, is_gold=is_gold,
+            feedback_pages=a.pages_submitted,
         )
         return AnswerIn(image_public_id=public_id, answer=simulated.answer,
                         certainty=simulated.certainty, quality_flag=simulated.quality_flag)

@@ -13,7 +13,10 @@ Definitions (also in docs/simulation.md):
   and of those the expert labelled (where the remaining errors come from).
 * ``annotators_removed``: annotators removed by quality control or disqualified by the quiz;
   ``bad_annotators_removed``: those among them whose persona is a bad one (spammer,
-  adversarial, or expected accuracy below the job's ``gold.min_accuracy``).
+  adversarial, gold harvester, or expected accuracy below the job's ``gold.min_accuracy``);
+  ``bad_annotators``: bad ones who arrived; ``removal_precision`` = bad removed / removed,
+  ``removal_recall`` = bad removed / bad; ``honest_retention``: share of the other (honest)
+  arrivals still allowed to work at the end; ``by_persona[...]["retention"]`` per persona.
 * ``cost``: submitted pages (quiz and work, also from annotators removed later) x
   ``pay.per_page`` (quiz pages paid, as the design estimator assumes by default;
   ``cost_quiz_unpaid`` is the Appen rule: quiz pages are not paid); ``hours``: simulated
@@ -129,12 +132,15 @@ def removal_stats(
     removed = {uid for uid, s in states.items() if s.status in OUT_STATUSES and
                uid in {a.user_id for a in arrived}}
     hits = len(removed & bad)
+    honest = {a.user_id for a in arrived} - bad
     return {
         "annotators_removed": len(removed),
         "bad_annotators_removed": hits,
         "bad_annotators": len(bad),
         "removal_precision": _ratio(hits, len(removed)),
         "removal_recall": _ratio(hits, len(bad)),
+        # Honest annotators (not a bad persona) still allowed to work at the end.
+        "honest_retention": _ratio(len(honest - removed), len(honest)),
     }
 
 
@@ -147,9 +153,11 @@ def by_persona(record: SimRecord, states: dict[int, AnnotatorState]) -> dict[str
     for name, members in sorted(groups.items()):
         rows = [states.get(a.user_id) for a in members]
         trusts = [r.trust for r in rows if r is not None and r.gold_seen > 0]
+        removed = sum(1 for r in rows if r is not None and r.status in OUT_STATUSES)
         out[name] = {
             "annotators": len(members),
-            "removed": sum(1 for r in rows if r is not None and r.status in OUT_STATUSES),
+            "removed": removed,
+            "retention": _ratio(len(members) - removed, len(members)),
             "pages": sum(a.pages_submitted for a in members),
             "work_judgments": sum(r.judgments for r in rows if r is not None),
             "mean_trust": round(sum(trusts) / len(trusts), 4) if trusts else None,

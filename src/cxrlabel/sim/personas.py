@@ -16,7 +16,13 @@ why majority vote alone cannot reach expert agreement.
 Strategies: ``skilled`` (the model above, optionally biased toward one label), ``random``
 (spammer: uniform answers), ``constant`` (spammer: always one label), ``adversarial``
 (answers honestly in the quiz and its first pages to get in, then gives the opposite of what
-it believes most of the time).
+it believes most of the time), ``harvester`` (issue 18's gold harvester or colluding account:
+knows the gold bank, so answers every test question right, and gives the opposite of what it
+believes on work images with ``flip_rate``).
+
+Learning: with ``start_accuracy`` set, the persona starts at that accuracy and reaches
+``accuracy`` linearly after ``learn_pages`` pages with feedback (quiz and work pages: each
+shows the missed test questions with the expert's reason) - the honest slow learner.
 """
 
 from __future__ import annotations
@@ -34,10 +40,10 @@ from scipy.stats import norm
 
 from cxrlabel.vocab import NORMAL, PNEUMONIA
 
-Strategy = Literal["skilled", "random", "constant", "adversarial"]
+Strategy = Literal["skilled", "random", "constant", "adversarial", "harvester"]
 CertaintyStyle = Literal["calibrated", "overconfident", "always_definitely", "random"]
 
-STRATEGIES: tuple[str, ...] = ("skilled", "random", "constant", "adversarial")
+STRATEGIES: tuple[str, ...] = ("skilled", "random", "constant", "adversarial", "harvester")
 CERTAINTY_STYLES: tuple[str, ...] = ("calibrated", "overconfident", "always_definitely", "random")
 
 # The bundled job's certainty values; a job with other values maps them by position
@@ -98,6 +104,8 @@ class Persona:
     pages_per_session: float = 15.0  # median pages before leaving a session
     sessions: float = 1.5  # mean number of working sessions (returns after a break)
     bad: bool | None = None  # None: decided from the expected accuracy (see ``is_bad``)
+    start_accuracy: float | None = None  # learner: accuracy before any feedback
+    learn_pages: float = 10.0  # learner: pages with feedback to reach ``accuracy``
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -106,6 +114,10 @@ class Persona:
             raise ValueError(
                 f"persona {self.name}: certainty_style must be one of {CERTAINTY_STYLES}"
             )
+        if self.start_accuracy is not None and not 0.0 <= self.start_accuracy <= 1.0:
+            raise ValueError(f"persona {self.name}: start_accuracy must be in [0, 1]")
+        if self.learn_pages <= 0:
+            raise ValueError(f"persona {self.name}: learn_pages must be positive")
         for name in ("accuracy", "bias", "flip_rate", "flag_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -123,10 +135,18 @@ class Persona:
         alpha = solve_alpha(self.accuracy, self.slope)
         return expit(alpha - self.slope * difficulty_z(difficulty))
 
-    def p_correct_one(self, difficulty: float) -> float:
+    def p_correct_one(self, difficulty: float, feedback_pages: int = 0) -> float:
         """``p_correct`` for one image, without NumPy overhead (the simulator's hot path)."""
         z = _STANDARD_NORMAL.inv_cdf(min(max(float(difficulty), 0.0005), 0.9995))
-        return 1.0 / (1.0 + math.exp(-(solve_alpha(self.accuracy, self.slope) - self.slope * z)))
+        accuracy = round(self.accuracy_after(feedback_pages), 3)  # cached alphas stay few
+        return 1.0 / (1.0 + math.exp(-(solve_alpha(accuracy, self.slope) - self.slope * z)))
+
+    def accuracy_after(self, feedback_pages: int) -> float:
+        """Mean accuracy after this many pages with feedback (learners improve linearly)."""
+        if self.start_accuracy is None:
+            return self.accuracy
+        progress = min(1.0, max(0, feedback_pages) / self.learn_pages)
+        return self.start_accuracy + (self.accuracy - self.start_accuracy) * progress
 
     def answer(
         self,
@@ -139,9 +159,12 @@ class Persona:
         *,
         pages_done: int = 0,
         is_quiz: bool = False,
+        is_gold: bool = False,
+        feedback_pages: int = 0,
     ) -> SimAnswer:
-        """One answer for one image; ``pages_done`` counts this annotator's work pages so far."""
-        p = self.p_correct_one(difficulty)
+        """One answer for one image; ``pages_done`` counts this annotator's work pages so far,
+        ``feedback_pages`` every page submitted (quiz included: each gave feedback)."""
+        p = self.p_correct_one(difficulty, feedback_pages)
         believed = truth if rng.random() < p else _other(rng, truth, labels)
         answer, felt = believed, p
         if self.strategy == "random":
@@ -151,6 +174,11 @@ class Persona:
         elif self.strategy == "adversarial":
             honest = is_quiz or pages_done < self.honest_pages
             if not honest and rng.random() < self.flip_rate:
+                answer, felt = _other(rng, believed, labels), 1.0
+        elif self.strategy == "harvester":
+            if is_gold or is_quiz:  # it knows the gold bank
+                answer, felt = truth, 1.0
+            elif rng.random() < self.flip_rate:
                 answer, felt = _other(rng, believed, labels), 1.0
         elif self.bias_label is not None and rng.random() < self.bias:
             answer = self.bias_label
@@ -188,7 +216,7 @@ class Persona:
             return 1.0 / len(labels)
         if self.strategy == "constant":
             return prevalence.get(self.constant_label or labels[0], 1.0 / len(labels))
-        if self.strategy == "adversarial":
+        if self.strategy in ("adversarial", "harvester"):
             return skill * (1 - self.flip_rate) + (1 - skill) * self.flip_rate
         if self.bias_label is None or self.bias == 0:
             return skill
@@ -200,7 +228,7 @@ class Persona:
         or one whose expected accuracy is below the job's minimum accuracy."""
         if self.bad is not None:
             return self.bad
-        if self.strategy in ("random", "constant", "adversarial"):
+        if self.strategy in ("random", "constant", "adversarial", "harvester"):
             return True
         return self.expected_accuracy(prevalence, labels) < min_accuracy
 
@@ -242,6 +270,14 @@ PERSONAS: dict[str, Persona] = {
                 seconds_per_item=2.4, pages_per_session=40, sessions=2.0, flag_rate=0.0),
         Persona("adversarial", accuracy=0.80, slope=1.2, strategy="adversarial",
                 certainty_style="always_definitely", seconds_per_item=4.0,
+                pages_per_session=20, sessions=2.0, flag_rate=0.0),
+        # Honest, starts below the quiz bar and improves with the feedback on missed test
+        # questions: the annotator training and a quiz retake are for.
+        Persona("slow_learner", accuracy=0.78, start_accuracy=0.62, learn_pages=8,
+                slope=1.2, seconds_per_item=6.0, pages_per_session=15, sessions=2.0),
+        # Perfect on the gold (learned by other accounts), opposite on most work: issue 18.
+        Persona("gold_harvester", accuracy=0.80, slope=1.2, strategy="harvester",
+                flip_rate=0.9, certainty_style="always_definitely", seconds_per_item=4.0,
                 pages_per_session=20, sessions=2.0, flag_rate=0.0),
     ]
 }

@@ -33,6 +33,10 @@ from cxrlabel.sim.scores import load_model_scores
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import GoldItem, Image, ImageStatus, Job
 
+# Gold from the clearest half of each class by default: test questions are clear teaching cases
+# (Appen's rule); hard cases are for experts' calibration (docs/simulation.md).
+DEFAULT_GOLD_CLEAREST = 0.5
+
 RESULT_KEYS = ("label_accuracy", "judgments_per_image", "expert_review_fraction",
                "annotators_removed", "bad_annotators_removed", "cost", "hours")
 
@@ -122,7 +126,7 @@ def run_simulation(
     gold: int | None = None, n_annotators: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     difficulty_progress: Callable[[int], None] | None = None,
-    gold_clearest: float = 1.0, model_scores: Path | None = None,
+    gold_clearest: float = DEFAULT_GOLD_CLEAREST, model_scores: Path | None = None,
 ) -> SimOutcome:
     crowd_spec = load_crowd(crowd) if isinstance(crowd, str) else crowd
     job_id, truth, difficulty, setup = prepare_job(
