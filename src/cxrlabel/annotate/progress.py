@@ -9,6 +9,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from cxrlabel.annotate.accounts import invite_problem
+from cxrlabel.annotate.exposure import revealed_counts
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.storage.models import (
     AnnotatorState,
@@ -83,11 +84,12 @@ def gold_summary(session: Session, job: Job) -> list[dict[str, Any]]:
     rows = session.execute(
         select(GoldItem, Image.public_id).join(Image, Image.id == GoldItem.image_id)
         .where(GoldItem.job_id == job.id).order_by(GoldItem.id)).all()
+    revealed = revealed_counts(session, job)
     return [
         {"id": g.id, "public_id": pid, "accepted": list(g.accepted_answers), "reason": g.reason,
          "difficulty": g.difficulty, "active": g.active,
          "seen": stats.get(g.image_id, (0, 0))[0], "missed": stats.get(g.image_id, (0, 0))[1],
-         "contests": contests.get(g.id, 0)}
+         "revealed_to": revealed.get(g.image_id, 0), "contests": contests.get(g.id, 0)}
         for g, pid in rows
     ]
 

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from cxrlabel.annotate.assignment import DEFAULT_STATUS_MESSAGES, open_reservations
+from cxrlabel.annotate.exposure import retire_revealed
 from cxrlabel.annotate.schemas import AnswerIn, SubmissionError, SubmitResult
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.quality import grading as quality_service
@@ -113,6 +114,8 @@ def submit_page(
     set_committed_value(page, "submitted_at", now)  # the session's copy, as stored
 
     outcome = _grade(session, job, spec, user, page, judgments, now)
+    if outcome.missed_gold:  # their answers were just revealed in the feedback
+        retire_revealed(session, job, spec, [j.image_id for j in judgments if j.is_gold], now)
     # ``state`` needs no refresh: the quality engine gives the session's copy what it wrote.
     result = _result(session, page, judgments, outcome, state)
     conn.execute(_STORE_RESPONSE, {"submission": submission_id,

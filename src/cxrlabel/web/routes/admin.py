@@ -7,6 +7,7 @@ from sqlalchemy import select
 from starlette.responses import Response
 
 from cxrlabel.annotate.accounts import AccountError, create_invite, invite_link, revoke_invite
+from cxrlabel.annotate.exposure import bank_exposure
 from cxrlabel.annotate.progress import annotator_rows, gold_summary, invite_rows, job_progress
 from cxrlabel.storage.models import Job, Role, User, utcnow
 from cxrlabel.web.deps import csrf_protect, get_db, job_and_spec, render, require_role
@@ -41,9 +42,10 @@ def annotators(request: Request, job_name: str, user: User = Depends(admin)) -> 
 @router.get("/admin/jobs/{job_name}/gold")
 def gold(request: Request, job_name: str, user: User = Depends(admin)) -> Response:
     with get_db(request).session() as s:
-        job, _spec = job_and_spec(s, job_name)
+        job, spec = job_and_spec(s, job_name)
         rows = gold_summary(s, job)
-    return render(request, "admin/gold.html", {"job": job, "gold": rows})
+        exposure = bank_exposure(s, job, spec)
+    return render(request, "admin/gold.html", {"job": job, "gold": rows, "exposure": exposure})
 
 
 def _invites_page(request: Request, new_link: str | None = None, status_code: int = 200,

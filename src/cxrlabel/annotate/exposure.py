@@ -1,0 +1,112 @@
+"""Gold bank exposure: how many annotators have been shown each test question's answer, and
+retirement of the ones shown to too many.
+
+The missed-test-question feedback shows the accepted answer and the expert's reason: that is
+how annotators learn, and it is also the one place an answer leaves the server. An item whose
+answer several accounts have seen can be shared, so it stops being a test: after it has been
+*revealed* (missed, feedback shown) to ``gold.retire_after_reveals`` distinct annotators it is
+retired (``active = False``, never put on a new page; pages already served keep it and are
+graded as usual). Each retirement is written to the audit log (``gold.retired``); it is not a
+quality input, so ``quality replay`` is unaffected (it reads the bank's current ``active``).
+
+``gold.retire_after_reveals = 0`` turns retirement off (exposure is still counted and shown).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import distinct, func, select
+from sqlalchemy.orm import Session
+
+from cxrlabel.jobspec import JobSpec
+from cxrlabel.storage.models import AuditEvent, GoldItem, Job, Judgment
+
+GOLD_RETIRED = "gold.retired"
+SMALL_BANK_WORK_PAGES = 10  # an active bank smaller than a quiz + this many pages is "small"
+
+
+def revealed_counts(session: Session, job: Job,
+                    image_ids: Iterable[int] | None = None) -> dict[int, int]:
+    """Gold image id -> distinct annotators who were shown its answer (they missed it)."""
+    query = (select(Judgment.image_id, func.count(distinct(Judgment.user_id)))
+             .where(Judgment.job_id == job.id, Judgment.is_gold.is_(True),
+                    Judgment.gold_missed.is_(True))
+             .group_by(Judgment.image_id))
+    if image_ids is not None:
+        query = query.where(Judgment.image_id.in_(list(image_ids)))
+    return {image_id: int(n) for image_id, n in session.execute(query)}
+
+
+def retire_revealed(session: Session, job: Job, spec: JobSpec, image_ids: Iterable[int],
+                    now: datetime) -> list[int]:
+    """Retire the active gold among ``image_ids`` revealed to the limit; their image ids."""
+    limit = spec.gold.retire_after_reveals
+    image_ids = list(image_ids)
+    if limit <= 0 or not image_ids:
+        return []
+    counts = revealed_counts(session, job, image_ids)
+    over = [image_id for image_id, n in counts.items() if n >= limit]
+    if not over:
+        return []
+    retired = []
+    for gold in session.scalars(select(GoldItem).where(
+            GoldItem.job_id == job.id, GoldItem.image_id.in_(over), GoldItem.active.is_(True))
+            .order_by(GoldItem.id)):
+        gold.active = False
+        retired.append(gold.image_id)
+        session.add(AuditEvent(at=now, job_id=job.id, actor_id=None, action=GOLD_RETIRED,
+                               subject=f"gold:{gold.id}", payload={
+                                   "gold_id": gold.id, "image_id": gold.image_id,
+                                   "revealed_to": counts[gold.image_id], "limit": limit}))
+    session.flush()
+    return retired
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """The bank's exposure, for the gold check and the admin dashboard."""
+
+    active: int
+    retired_revealed: int  # retired by the reveal limit (audit log)
+    limit: int  # gold.retire_after_reveals (0: off)
+    revealed: dict[int, int]  # gold image id -> distinct annotators shown its answer
+    small_bank_threshold: int
+
+    @property
+    def max_revealed(self) -> int:
+        return max(self.revealed.values(), default=0)
+
+    @property
+    def small(self) -> bool:
+        return self.active < self.small_bank_threshold
+
+    def warnings(self) -> list[tuple[str, str]]:
+        """(code, message) pairs, empty when nothing needs the admin."""
+        out = []
+        if self.small:
+            out.append(("small_bank", (
+                f"only {self.active} active gold: fewer than a quiz plus "
+                f"{SMALL_BANK_WORK_PAGES} work pages need ({self.small_bank_threshold}); "
+                "add gold (cxrlabel gold import / sample) before annotators run out")))
+        if self.retired_revealed:
+            out.append(("retired_revealed", (
+                f"{self.retired_revealed} gold retired after their answer was shown to "
+                f"{self.limit} annotators (gold.retire_after_reveals)")))
+        return out
+
+
+def bank_exposure(session: Session, job: Job, spec: JobSpec) -> Exposure:
+    active = int(session.scalar(select(func.count()).select_from(GoldItem).where(
+        GoldItem.job_id == job.id, GoldItem.active.is_(True))) or 0)
+    retired_subjects = set(session.scalars(select(AuditEvent.subject).where(
+        AuditEvent.job_id == job.id, AuditEvent.action == GOLD_RETIRED)))
+    retired = [gold_id for gold_id in session.scalars(select(GoldItem.id).where(
+        GoldItem.job_id == job.id, GoldItem.active.is_(False)))
+        if f"gold:{gold_id}" in retired_subjects]  # still retired (an import may reactivate)
+    threshold = spec.gold.quiz_length + SMALL_BANK_WORK_PAGES * spec.gold.per_page
+    return Exposure(active=active, retired_revealed=len(retired),
+                    limit=spec.gold.retire_after_reveals, revealed=revealed_counts(session, job),
+                    small_bank_threshold=threshold)
