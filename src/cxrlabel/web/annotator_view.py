@@ -19,18 +19,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cxrlabel.annotate.aliases import Aliases
-from cxrlabel.annotate.schemas import AnswerIn, EngineError, SubmitResult
+from cxrlabel.annotate.schemas import AnswerIn, SubmitResult
+from cxrlabel.quality.commands import not_contestable
 from cxrlabel.storage.models import Image, Job, Judgment, Page, PageItem
 
 # Never a public id or an alias (url-safe base64 has no "~"): an unknown alias is refused by
 # the engine as "an answer names an image not on this page".
 _UNKNOWN_IMAGE = "~"
-
-
-def not_contestable() -> EngineError:
-    """The single refusal for a contest on anything but one's own missed test question."""
-    return EngineError("not_contestable",
-                       "There is no missed test question of yours with this id.", 404)
 
 
 class MissedGoldOut(BaseModel):
