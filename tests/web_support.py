@@ -24,6 +24,7 @@ def job_toml(
     *, name: str = "test-job", items_per_page: int = 4, gold_per_page: int = 1,
     quiz_length: int = 3, min_accuracy: float = 0.6, jmin: int = 2, jmax: int = 3,
     max_per_annotator: int = 1000, reservation_minutes: float = 30.0,
+    retire_after_reveals: int = 3,
 ) -> str:
     return f'''
 name = "{name}"
@@ -60,6 +61,7 @@ max_per_annotator = {max_per_annotator}
 quiz_length = {quiz_length}
 min_accuracy = {min_accuracy}
 per_page = {gold_per_page}
+retire_after_reveals = {retire_after_reveals}
 [pages]
 items_per_page = {items_per_page}
 min_seconds_per_page = 0.0

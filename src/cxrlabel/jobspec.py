@@ -154,7 +154,7 @@ class Gold(_Strict):
     quiz_retakes: int = Field(default=1, ge=0, le=5)
     # Retire a test question once its answer has been shown (missed-gold feedback) to this
     # many distinct annotators: a widely known answer no longer tests anyone (0: never).
-    retire_after_reveals: int = Field(default=5, ge=0, le=100000)
+    retire_after_reveals: int = Field(default=3, ge=0, le=100000)
 
 
 class Pages(_Strict):

@@ -2,7 +2,8 @@
 retirement of the ones shown to too many.
 
 The missed-test-question feedback shows the accepted answer and the expert's reason: that is
-how annotators learn, and it is also the one place an answer leaves the server. An item whose
+how annotators learn, and it is also the one place an answer leaves the server (a failed quiz
+is told its score only: those misses reveal nothing and are not counted). An item whose
 answer several accounts have seen can be shared, so it stops being a test: after it has been
 *revealed* (missed, feedback shown) to ``gold.retire_after_reveals`` distinct annotators it is
 retired (``active = False``, never put on a new page; pages already served keep it and are
@@ -22,7 +23,14 @@ from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import Session
 
 from cxrlabel.jobspec import JobSpec
-from cxrlabel.storage.models import AuditEvent, GoldItem, Job, Judgment
+from cxrlabel.storage.models import (
+    AnnotatorState,
+    AnnotatorStatus,
+    AuditEvent,
+    GoldItem,
+    Job,
+    Judgment,
+)
 
 GOLD_RETIRED = "gold.retired"
 SMALL_BANK_WORK_PAGES = 10  # an active bank smaller than a quiz + this many pages is "small"
@@ -30,10 +38,15 @@ SMALL_BANK_WORK_PAGES = 10  # an active bank smaller than a quiz + this many pag
 
 def revealed_counts(session: Session, job: Job,
                     image_ids: Iterable[int] | None = None) -> dict[int, int]:
-    """Gold image id -> distinct annotators who were shown its answer (they missed it)."""
+    """Gold image id -> distinct annotators who were shown its answer: they missed it, and
+    were not failing the quiz (a failed quiz gets its score only, ``web/annotator_view.py``)."""
+    failed_quiz = (select(AnnotatorState.id).where(
+        AnnotatorState.job_id == Judgment.job_id, AnnotatorState.user_id == Judgment.user_id,
+        AnnotatorState.status == AnnotatorStatus.DISQUALIFIED).exists())
     query = (select(Judgment.image_id, func.count(distinct(Judgment.user_id)))
              .where(Judgment.job_id == job.id, Judgment.is_gold.is_(True),
-                    Judgment.gold_missed.is_(True))
+                    Judgment.gold_missed.is_(True),
+                    ~(Judgment.is_quiz.is_(True) & failed_quiz))
              .group_by(Judgment.image_id))
     if image_ids is not None:
         query = query.where(Judgment.image_id.in_(list(image_ids)))

@@ -63,8 +63,13 @@ def answers_in(answers: list[AnswerIn], alias_map: dict[str, str]) -> list[Answe
 
 
 def result_out(result: SubmitResult, aliases: Aliases, user_id: int) -> SubmitResultOut:
-    """The result with the annotator's aliases in place of shared and sequential ids."""
+    """The result with the annotator's aliases in place of shared and sequential ids. A failed
+    quiz gets its score but not the accepted answers: the account cannot continue, so the
+    answers would teach it nothing, and throwaway accounts failing the quiz on purpose were
+    how the whole gold bank was collected (annotate/exposure.py counts no reveal for them)."""
     data = result.model_dump()
+    if result.kind == "quiz" and result.quiz_passed is False:
+        data["missed_gold"] = []
     data["missed_gold"] = [
         {**m, "judgment_id": aliases.answer(m["judgment_id"], user_id),
          "image_public_id": aliases.image(m["image_public_id"], user_id)}
