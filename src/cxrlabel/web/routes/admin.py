@@ -9,6 +9,7 @@ from starlette.responses import Response
 from cxrlabel.annotate.accounts import AccountError, create_invite, invite_link, revoke_invite
 from cxrlabel.annotate.exposure import bank_exposure
 from cxrlabel.annotate.progress import annotator_rows, gold_summary, invite_rows, job_progress
+from cxrlabel.annotate.signups import duplicate_signals
 from cxrlabel.storage.models import Job, Role, User, utcnow
 from cxrlabel.web.deps import csrf_protect, get_db, job_and_spec, render, require_role
 
@@ -53,9 +54,10 @@ def _invites_page(request: Request, new_link: str | None = None, status_code: in
     with get_db(request).session() as s:
         rows = invite_rows(s, utcnow())
         jobs = [{"name": n} for n in s.scalars(select(Job.name).order_by(Job.id))]
+        signals = duplicate_signals(s)
     return render(request, "admin/invites.html", {
         "invites": rows, "jobs": jobs, "roles": Role.ALL, "new_link": new_link,
-        "flash": error,
+        "flash": error, "signals": signals,
     }, status_code=status_code)
 
 
