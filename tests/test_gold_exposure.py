@@ -1,0 +1,137 @@
+"""Gold bank exposure and rotation (annotate/exposure.py, issue 18): an item whose answer has
+been shown to ``gold.retire_after_reveals`` annotators is retired; a failed quiz reveals
+nothing; the gold check, the gold list and the admin gold page show exposure and warn."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from cxrlabel.annotate.assignment import next_page
+from cxrlabel.annotate.exposure import GOLD_RETIRED, bank_exposure, revealed_counts
+from cxrlabel.annotate.progress import gold_summary
+from cxrlabel.annotate.schemas import AnswerIn
+from cxrlabel.annotate.submission import submit_page
+from cxrlabel.cli import app as cli_app
+from cxrlabel.config import Settings
+from cxrlabel.design.goldbank import check_gold
+from cxrlabel.storage.db import Database
+from cxrlabel.storage.models import AuditEvent, GoldItem, Image, User, utcnow
+from cxrlabel.web.app import create_app
+from cxrlabel.web.deps import job_and_spec
+from web_support import add_user, gold_answers, seed_job
+
+
+@pytest.fixture
+def env(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    db = Database(url)
+    # A bank as large as the quiz: every newcomer gets the same three test questions.
+    seeded = seed_job(db, tmp_path, n_work=8, n_gold=3, quiz_length=3, items_per_page=4,
+                      min_accuracy=0.6, retire_after_reveals=2)
+    yield db, seeded, tmp_path, url
+    db.dispose()
+
+
+def _quiz(db: Database, username: str, gold: dict, miss: set[str]) -> list[str]:
+    """Take the quiz, missing the items in ``miss``; returns the quiz's public ids."""
+    uid = add_user(db, username)
+    with db.session() as s:
+        job, spec = job_and_spec(s, "test-job")
+        user = s.get(User, uid)
+        page = next_page(s, job, spec, user, utcnow())
+        pids = [i.image.public_id for i in page.items]
+        answers = []
+        for pid in pids:
+            right = gold[pid][0]
+            answer = ("NORMAL" if right == "PNEUMONIA" else "PNEUMONIA") if pid in miss else right
+            answers.append(AnswerIn(image_public_id=pid, answer=answer, certainty="definitely"))
+        submit_page(s, job, spec, user, page.public_id, f"c-{username}", answers, utcnow())
+    return pids
+
+
+def _image_id(db: Database, public_id: str) -> int:
+    with db.session() as s:
+        return s.scalar(select(Image.id).where(Image.public_id == public_id))
+
+
+def test_item_is_retired_once_revealed_to_the_limit(env):
+    db, seeded, _data_dir, _url = env
+    gold = gold_answers(db, seeded.job_id)
+    target = sorted(gold)[0]
+    target_id = _image_id(db, target)
+    _quiz(db, "fails-all", gold, set(gold))  # disqualified: told the score only
+    with db.session() as s:
+        job, spec = job_and_spec(s, "test-job")
+        assert revealed_counts(s, job) == {}  # a failed quiz reveals nothing
+    _quiz(db, "first", gold, {target})  # passes 2/3, sees the answer of ``target``
+    with db.session() as s:
+        job, spec = job_and_spec(s, "test-job")
+        assert revealed_counts(s, job) == {target_id: 1}
+        assert s.scalar(select(GoldItem.active).where(GoldItem.image_id == target_id)) is True
+    _quiz(db, "second", gold, {target})  # the second reveal: retired
+    with db.session() as s:
+        job, spec = job_and_spec(s, "test-job")
+        assert s.scalar(select(GoldItem.active).where(GoldItem.image_id == target_id)) is False
+        events = s.scalars(select(AuditEvent).where(AuditEvent.action == GOLD_RETIRED)).all()
+        assert [e.payload["revealed_to"] for e in events] == [2]
+        row = next(r for r in gold_summary(s, job) if r["public_id"] == target)
+        assert row["revealed_to"] == 2 and row["active"] is False
+        exposure = bank_exposure(s, job, spec)
+        assert (exposure.active, exposure.retired_revealed, exposure.max_revealed) == (2, 1, 2)
+        codes = {w.code for w in check_gold(s, job, spec).warnings}
+        assert {"small_bank", "retired_revealed"} <= codes
+    later = _quiz(db, "third", gold, set())  # the retired item is not served again
+    assert target not in later and len(later) == 2
+
+
+def test_retirement_off_with_zero(tmp_path):
+    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    db = Database(url)
+    try:
+        seeded = seed_job(db, tmp_path, n_work=8, n_gold=3, quiz_length=3, items_per_page=4,
+                          min_accuracy=0.6, retire_after_reveals=0)
+        gold = gold_answers(db, seeded.job_id)
+        target = sorted(gold)[0]
+        target_id = _image_id(db, target)
+        for name in ("one", "two", "three"):
+            _quiz(db, name, gold, {target})
+        with db.session() as s:
+            assert all(g.active for g in s.scalars(select(GoldItem)))
+            job, _spec = job_and_spec(s, "test-job")
+            assert revealed_counts(s, job) == {target_id: 3}
+    finally:
+        db.dispose()
+
+
+def test_gold_check_list_and_admin_page_show_exposure(env):
+    db, seeded, data_dir, url = env
+    gold = gold_answers(db, seeded.job_id)
+    target = sorted(gold)[0]
+    _quiz(db, "first", gold, {target})
+    _quiz(db, "second", gold, {target})
+    runner = CliRunner(env={"COLUMNS": "250"})
+    base = ["--data-dir", str(data_dir), "--db", url]
+    checked = runner.invoke(cli_app, [*base, "gold", "check", "--job", "test-job"])
+    assert checked.exit_code == 0, checked.output
+    assert "exposure" in checked.output and "1 retired" in checked.output
+    assert "small_bank" in checked.output and "retired_revealed" in checked.output
+    listed = runner.invoke(cli_app, [*base, "gold", "list", "--job", "test-job"])
+    assert listed.exit_code == 0 and "revealed" in listed.output
+    app = create_app(Settings(data_dir=data_dir, db_url=url), db=db)
+    add_user(db, "boss", "admin")
+    client = TestClient(app)
+    html = client.get("/login").text
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+    client.post("/login", data={"username": "boss", "password": "correct horse battery",
+                                "csrf_token": csrf, "next": "/"})
+    page = client.get("/admin/jobs/test-job/gold").text
+    assert "Revealed to" in page and 'data-warning="small_bank"' in page
+    assert "1 retired so far" in page
+    api = client.get("/api/jobs/test-job/gold").json()
+    assert sorted(r["revealed_to"] for r in api) == [0, 0, 2]
