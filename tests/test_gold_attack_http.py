@@ -100,7 +100,7 @@ def test_harvesting_accounts_cannot_recover_the_gold_bank(server):
     quitters = _accounts(db, base, "quitter", 4)
     pooled = harvest(quitters, truth, LABELS, "fail_quiz")
     assert [log.final_status for log in pooled.logs] == ["disqualified"] * 4
-    assert sum(len(log.items) for log in pooled.logs) == 16  # they did see their quizzes
+    assert all(len(log.items) >= 4 for log in pooled.logs)  # they did see their quizzes
     assert pooled.known == {}, "a failed quiz revealed accepted answers"
 
     # 2. The attacker adapts: pass the quiz honestly, then miss every hidden test question.
@@ -255,9 +255,12 @@ def test_cheater_perfect_on_gold_is_removed_by_peer_agreement(server):
         rel = dict(s.execute(select(Image.id, Image.rendition_path)).all())
     gold_shas = {hashlib.sha256((data_dir / rel[i]).read_bytes()).hexdigest()
                  for i in seeded.gold_ids}
+    def honest_answer(item, _quiz: bool) -> str:  # noqa: ANN001
+        return truth[item.content_sha256]
+
     honest = _accounts(db, base, "honest", 3)
-    for account in honest:  # peers: the truth on everything
-        account.work(lambda item, _quiz: truth[item.content_sha256])
+    for account in honest[:2]:  # peers first: a few pages each, work left for the cheater
+        account.work(honest_answer, max_pages=4)
     cheater = _accounts(db, base, "oracle-cheater", 1)[0]
 
     def choose(item, is_quiz: bool) -> str:  # noqa: ANN001
@@ -266,7 +269,8 @@ def test_cheater_perfect_on_gold_is_removed_by_peer_agreement(server):
             return label  # recognised: perfect on every test question
         return "PNEUMONIA" if label == "NORMAL" else "NORMAL"
 
-    cheater.work(choose)
+    cheater.work(choose, max_pages=8)
+    honest[2].work(honest_answer)  # more peers on the cheater's images
     assert cheater.log.pages >= 2
     with db.session() as s:
         uid = s.scalar(select(User.id).where(User.username == "oracle-cheater-0"))

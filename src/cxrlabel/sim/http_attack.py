@@ -124,9 +124,10 @@ class HttpAccount:
         self.log.final_status = result.get("annotator_status")
         return result
 
-    def work(self, choose: Callable[[SeenItem, bool], str]) -> None:
-        """Pages until the account is stopped or gets no page; ``choose(item, is_quiz)``."""
-        for _ in range(MAX_PAGES):
+    def work(self, choose: Callable[[SeenItem, bool], str], max_pages: int = MAX_PAGES) -> None:
+        """Pages until the account is stopped, gets no page or did ``max_pages``;
+        ``choose(item, is_quiz)`` answers one item."""
+        for _ in range(min(max_pages, MAX_PAGES)):
             page = self.next_page()
             if page is None:
                 return
