@@ -269,7 +269,7 @@ def test_cheater_perfect_on_gold_is_removed_by_peer_agreement(server):
             return label  # recognised: perfect on every test question
         return "PNEUMONIA" if label == "NORMAL" else "NORMAL"
 
-    cheater.work(choose, max_pages=8)
+    cheater.work(choose, max_pages=14)  # enough work for 30+ peer pairs
     honest[2].work(honest_answer)  # more peers on the cheater's images
     assert cheater.log.pages >= 2
     with db.session() as s:
