@@ -50,7 +50,7 @@ LABELS = ["NORMAL", "PNEUMONIA"]
 def server(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
     db = Database(url)
-    seeded = seed_job(db, tmp_path, n_work=40, n_gold=40, quiz_length=4, items_per_page=4,
+    seeded = seed_job(db, tmp_path, n_work=80, n_gold=40, quiz_length=4, items_per_page=4,
                       gold_per_page=1, min_accuracy=0.75, jmin=2, jmax=3,
                       retire_after_reveals=1)
     app = create_app(Settings(data_dir=tmp_path, db_url=url), db=db)
@@ -105,8 +105,8 @@ def test_harvesting_accounts_cannot_recover_the_gold_bank(server):
 
     # 2. The attacker adapts: pass the quiz honestly, then miss every hidden test question.
     missers = _accounts(db, base, "misser", 4)
-    more = harvest(missers, truth, LABELS, "miss_on_work")
-    assert all(log.final_status == "removed" for log in more.logs)
+    more = harvest(missers, truth, LABELS, "miss_on_work", max_pages=6)
+    assert all(log.pages >= 2 for log in more.logs)  # they got past the quiz to work pages
     revealed = more.revealed_shas()
     assert revealed, "the feedback must still explain a miss (the scan can fail)"
     for log in more.logs:
@@ -144,8 +144,12 @@ def test_harvesting_accounts_cannot_recover_the_gold_bank(server):
 
     # 3. The cheater: honest on the quiz, harvested answers on what it recognises, lies on
     #    the rest. It recognises nothing, misses the hidden test questions and is removed.
+    honest = _accounts(db, base, "honest", 3)
+    for account in honest[:2]:  # the crowd around the cheater: its peers on work images
+        account.work(lambda item, _quiz: truth[item.content_sha256], max_pages=4)
     cheater = _accounts(db, base, "cheater", 1)[0]
     log = cheat(cheater, pooled, truth, LABELS)
+    honest[2].work(lambda item, _quiz: truth[item.content_sha256])
     assert log.pages >= 2, "the cheater got through the quiz to work pages"
     assert log.recognised == []
     assert log.final_status == "removed"
@@ -159,7 +163,7 @@ def test_harvesting_accounts_cannot_recover_the_gold_bank(server):
         # ... and its wrong answers count for nothing: every work answer was a lie.
         assert all(j.answer != truth_label for j, truth_label in _labels(work, s, data_dir,
                                                                          truth))
-    for account in quitters + missers + [cheater]:
+    for account in quitters + missers + honest + [cheater]:
         account.close()
 
 
@@ -178,14 +182,14 @@ def test_contest_refusals_are_indistinguishable(server):
     a, b = _accounts(db, base, "contester", 2)
     answered: dict[str, list] = {"a": [], "b": []}
     for name, account in (("a", a), ("b", b)):
-        for _ in range(3):  # quiz, then two work pages: answer the truth except one item
+        for _ in range(2):  # the quiz right, then a work page all wrong (its gold missed)
             page = account.next_page()
             assert page is not None
             seen = {i["image_public_id"]: account.fetch(i) for i in page["items"]}
             answers = {pid: truth[item.content_sha256] for pid, item in seen.items()}
-            if page["kind"] == "work":  # miss exactly the page's first item's truth
-                first = next(iter(answers))
-                answers[first] = "PNEUMONIA" if answers[first] == "NORMAL" else "NORMAL"
+            if page["kind"] == "work":
+                answers = {pid: "PNEUMONIA" if a == "NORMAL" else "NORMAL"
+                           for pid, a in answers.items()}
             answered[name].append(account.submit(page, answers))
     missed_a = [m for r in answered["a"] for m in r["missed_gold"]]
     missed_b = [m for r in answered["b"] for m in r["missed_gold"]]

@@ -135,3 +135,36 @@ def test_gold_check_list_and_admin_page_show_exposure(env):
     assert "1 retired so far" in page
     api = client.get("/api/jobs/test-job/gold").json()
     assert sorted(r["revealed_to"] for r in api) == [0, 0, 2]
+
+
+def test_engine_refuses_every_contest_but_a_missed_one_the_same_way(env):
+    """quality.commands.contest_gold: a correct gold answer, a work answer, another account's
+    missed gold and an unknown id all get the one ``not_contestable`` refusal."""
+    from cxrlabel.quality.commands import contest_gold
+    from cxrlabel.quality.service import QualityError
+    from cxrlabel.storage.models import Judgment
+
+    db, seeded, _data_dir, _url = env
+    gold = gold_answers(db, seeded.job_id)
+    target = sorted(gold)[0]
+    _quiz(db, "mine", gold, {target})
+    _quiz(db, "theirs", gold, {target})
+    with db.session() as s:
+        me = s.scalar(select(User).where(User.username == "mine"))
+        them = s.scalar(select(User.id).where(User.username == "theirs"))
+        mine = s.scalars(select(Judgment).where(Judgment.user_id == me.id)).all()
+        missed = next(j.id for j in mine if j.gold_missed)
+        correct = next(j.id for j in mine if j.is_gold and not j.gold_missed)
+        other = s.scalar(select(Judgment.id).where(Judgment.user_id == them,
+                                                   Judgment.gold_missed.is_(True)))
+    refusals = set()
+    for judgment_id in (correct, other, 10**6):
+        with db.session() as s:
+            job, _spec = job_and_spec(s, "test-job")
+            with pytest.raises(QualityError) as info:
+                contest_gold(s, job, s.get(User, me.id), judgment_id, "I disagree", utcnow())
+            refusals.add((info.value.code, info.value.status, info.value.message))
+    assert len(refusals) == 1 and next(iter(refusals))[:2] == ("not_contestable", 404)
+    with db.session() as s:
+        job, _spec = job_and_spec(s, "test-job")
+        assert contest_gold(s, job, s.get(User, me.id), missed, "I disagree", utcnow()).id

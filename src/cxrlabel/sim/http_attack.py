@@ -143,8 +143,9 @@ class HttpAccount:
 
 
 def harvest(accounts: list[HttpAccount], truth: dict[str, str], labels: list[str],
-            strategy: str) -> Harvest:
-    """Run the harvesting accounts one after another and pool what they learned."""
+            strategy: str, max_pages: int = MAX_PAGES) -> Harvest:
+    """Run the harvesting accounts one after another (each for at most ``max_pages``) and
+    pool what they learned."""
     pooled = Harvest()
     for account in accounts:
         def choose(item: SeenItem, is_quiz: bool) -> str:
@@ -152,7 +153,7 @@ def harvest(accounts: list[HttpAccount], truth: dict[str, str], labels: list[str
             if strategy == "fail_quiz" or not is_quiz:
                 return _opposite(label, labels)
             return label  # miss_on_work: get through the quiz honestly
-        account.work(choose)
+        account.work(choose, max_pages)
         pooled.add(account.log)
     return pooled
 
