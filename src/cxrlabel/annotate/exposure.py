@@ -5,7 +5,8 @@ The missed-test-question feedback shows the accepted answer and the expert's rea
 how annotators learn, and it is also the one place an answer leaves the server (a failed quiz
 is told its score only: those misses reveal nothing and are not counted). An item whose
 answer several accounts have seen can be shared, so it stops being a test: after it has been
-*revealed* (missed, feedback shown) to ``gold.retire_after_reveals`` distinct annotators it is
+*revealed* (missed, feedback shown: ``gold_reveals``) to ``gold.retire_after_reveals``
+distinct annotators it is
 retired (``active = False``, never put on a new page; pages already served keep it and are
 graded as usual). Each retirement is written to the audit log (``gold.retired``); it is not a
 quality input, so ``quality replay`` is unaffected (it reads the bank's current ``active``).
@@ -23,33 +24,36 @@ from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import Session
 
 from cxrlabel.jobspec import JobSpec
-from cxrlabel.storage.models import (
-    AnnotatorState,
-    AnnotatorStatus,
-    AuditEvent,
-    GoldItem,
-    Job,
-    Judgment,
-)
+from cxrlabel.storage.models import AuditEvent, GoldItem, GoldReveal, Job
 
 GOLD_RETIRED = "gold.retired"
 SMALL_BANK_WORK_PAGES = 10  # an active bank smaller than a quiz + this many pages is "small"
 
 
+def answers_shown(kind: str, quiz_passed: bool | None) -> bool:
+    """Whether a submitted page's feedback shows the accepted answers of its missed test
+    questions: always, except to a failed quiz attempt (its score only)."""
+    return not (kind == "quiz" and quiz_passed is False)
+
+
+def record_reveals(session: Session, job: Job, user_id: int, image_ids: Iterable[int],
+                   now: datetime) -> None:
+    """Remember that ``user_id`` was shown the answers of these test questions."""
+    known = set(session.scalars(select(GoldReveal.image_id).where(
+        GoldReveal.user_id == user_id, GoldReveal.image_id.in_(list(image_ids)))))
+    for image_id in sorted(set(image_ids) - known):
+        session.add(GoldReveal(job_id=job.id, image_id=image_id, user_id=user_id,
+                               created_at=now))
+    session.flush()
+
+
 def revealed_counts(session: Session, job: Job,
                     image_ids: Iterable[int] | None = None) -> dict[int, int]:
-    """Gold image id -> distinct annotators who were shown its answer: they missed it, and
-    were not failing the quiz (a failed quiz gets its score only, ``web/annotator_view.py``)."""
-    failed_quiz = (select(AnnotatorState.id).where(
-        AnnotatorState.job_id == Judgment.job_id, AnnotatorState.user_id == Judgment.user_id,
-        AnnotatorState.status == AnnotatorStatus.DISQUALIFIED).exists())
-    query = (select(Judgment.image_id, func.count(distinct(Judgment.user_id)))
-             .where(Judgment.job_id == job.id, Judgment.is_gold.is_(True),
-                    Judgment.gold_missed.is_(True),
-                    ~(Judgment.is_quiz.is_(True) & failed_quiz))
-             .group_by(Judgment.image_id))
+    """Gold image id -> distinct annotators who were shown its accepted answer."""
+    query = (select(GoldReveal.image_id, func.count(distinct(GoldReveal.user_id)))
+             .where(GoldReveal.job_id == job.id).group_by(GoldReveal.image_id))
     if image_ids is not None:
-        query = query.where(Judgment.image_id.in_(list(image_ids)))
+        query = query.where(GoldReveal.image_id.in_(list(image_ids)))
     return {image_id: int(n) for image_id, n in session.execute(query)}
 
 
@@ -76,6 +80,17 @@ def retire_revealed(session: Session, job: Job, spec: JobSpec, image_ids: Iterab
                                    "revealed_to": counts[gold.image_id], "limit": limit}))
     session.flush()
     return retired
+
+
+def after_feedback(session: Session, job: Job, spec: JobSpec, user_id: int, kind: str,
+                   quiz_passed: bool | None, missed_image_ids: list[int],
+                   now: datetime) -> None:
+    """A page was graded: record the reveals its feedback makes and retire what hit the
+    limit (called by ``annotate.submission.submit_page`` in the submit's transaction)."""
+    if not missed_image_ids or not answers_shown(kind, quiz_passed):
+        return
+    record_reveals(session, job, user_id, missed_image_ids, now)
+    retire_revealed(session, job, spec, missed_image_ids, now)
 
 
 @dataclass(frozen=True)

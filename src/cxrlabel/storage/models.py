@@ -337,6 +337,20 @@ class Invite(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class GoldReveal(Base):
+    """A test question's accepted answer shown to one annotator (missed-gold feedback): the
+    gold bank's exposure, counted per distinct annotator (``annotate/exposure.py``)."""
+
+    __tablename__ = "gold_reveals"
+    __table_args__ = (UniqueConstraint("image_id", "user_id", name="uq_gold_reveal"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class Signup(Base):
     """How an account was created by invite: the signals the admin's duplicate-account list
     groups by (a device cookie's hash, the client network's prefix). Never shown to

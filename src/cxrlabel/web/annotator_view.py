@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cxrlabel.annotate.aliases import Aliases
+from cxrlabel.annotate.exposure import answers_shown
 from cxrlabel.annotate.schemas import AnswerIn, SubmitResult
 from cxrlabel.quality.commands import not_contestable
 from cxrlabel.storage.models import Image, Job, Judgment, Page, PageItem
@@ -68,7 +69,7 @@ def result_out(result: SubmitResult, aliases: Aliases, user_id: int) -> SubmitRe
     answers would teach it nothing, and throwaway accounts failing the quiz on purpose were
     how the whole gold bank was collected (annotate/exposure.py counts no reveal for them)."""
     data = result.model_dump()
-    if result.kind == "quiz" and result.quiz_passed is False:
+    if not answers_shown(result.kind, result.quiz_passed):
         data["missed_gold"] = []
     data["missed_gold"] = [
         {**m, "judgment_id": aliases.answer(m["judgment_id"], user_id),
