@@ -8,8 +8,11 @@ answer several accounts have seen can be shared, so it stops being a test: after
 *revealed* (missed, feedback shown: ``gold_reveals``) to ``gold.retire_after_reveals``
 distinct annotators it is
 retired (``active = False``, never put on a new page; pages already served keep it and are
-graded as usual). Each retirement is written to the audit log (``gold.retired``); it is not a
-quality input, so ``quality replay`` is unaffected (it reads the bank's current ``active``).
+graded as usual), unless that would take the active bank below its floor (a quiz plus
+``SMALL_BANK_WORK_PAGES`` work pages): then it stays, and the gold check and the admin page
+warn (``kept_over_limit``, ``small_bank``) so that the admin adds gold. Each retirement is
+written to the audit log (``gold.retired``); it is not a quality input, so ``quality replay``
+is unaffected (it reads the bank's current ``active``).
 
 ``gold.retire_after_reveals = 0`` turns retirement off (exposure is still counted and shown).
 """
@@ -68,10 +71,11 @@ def retire_revealed(session: Session, job: Job, spec: JobSpec, image_ids: Iterab
     over = [image_id for image_id, n in counts.items() if n >= limit]
     if not over:
         return []
+    spare = _active_count(session, job) - small_bank_threshold(spec)
     retired = []
     for gold in session.scalars(select(GoldItem).where(
             GoldItem.job_id == job.id, GoldItem.image_id.in_(over), GoldItem.active.is_(True))
-            .order_by(GoldItem.id)):
+            .order_by(GoldItem.id).limit(max(spare, 0))):
         gold.active = False
         retired.append(gold.image_id)
         session.add(AuditEvent(at=now, job_id=job.id, actor_id=None, action=GOLD_RETIRED,
@@ -80,6 +84,18 @@ def retire_revealed(session: Session, job: Job, spec: JobSpec, image_ids: Iterab
                                    "revealed_to": counts[gold.image_id], "limit": limit}))
     session.flush()
     return retired
+
+
+def small_bank_threshold(spec: JobSpec) -> int:
+    """The floor of the active bank: a quiz plus ``SMALL_BANK_WORK_PAGES`` work pages. Retiring
+    below it would stop the job (no quiz, no work pages), so the item stays and the gold check
+    and admin page say so (add gold)."""
+    return spec.gold.quiz_length + SMALL_BANK_WORK_PAGES * spec.gold.per_page
+
+
+def _active_count(session: Session, job: Job) -> int:
+    return int(session.scalar(select(func.count()).select_from(GoldItem).where(
+        GoldItem.job_id == job.id, GoldItem.active.is_(True))) or 0)
 
 
 def after_feedback(session: Session, job: Job, spec: JobSpec, user_id: int, kind: str,
@@ -102,6 +118,7 @@ class Exposure:
     limit: int  # gold.retire_after_reveals (0: off)
     revealed: dict[int, int]  # gold image id -> distinct annotators shown its answer
     small_bank_threshold: int
+    kept_over_limit: int = 0  # active items revealed to the limit, kept at the bank's floor
 
     @property
     def max_revealed(self) -> int:
@@ -109,16 +126,21 @@ class Exposure:
 
     @property
     def small(self) -> bool:
-        return self.active < self.small_bank_threshold
+        return self.active <= self.small_bank_threshold  # at the floor: no retirement left
 
     def warnings(self) -> list[tuple[str, str]]:
         """(code, message) pairs, empty when nothing needs the admin."""
         out = []
         if self.small:
             out.append(("small_bank", (
-                f"only {self.active} active gold: fewer than a quiz plus "
+                f"only {self.active} active gold: no more than a quiz plus "
                 f"{SMALL_BANK_WORK_PAGES} work pages need ({self.small_bank_threshold}); "
                 "add gold (cxrlabel gold import / sample) before annotators run out")))
+        if self.kept_over_limit:
+            out.append(("kept_over_limit", (
+                f"{self.kept_over_limit} active gold have been revealed to {self.limit} or more "
+                "annotators but are kept: retiring them would leave the bank below its floor "
+                f"({self.small_bank_threshold}); add gold")))
         if self.retired_revealed:
             out.append(("retired_revealed", (
                 f"{self.retired_revealed} gold retired after their answer was shown to "
@@ -127,14 +149,20 @@ class Exposure:
 
 
 def bank_exposure(session: Session, job: Job, spec: JobSpec) -> Exposure:
-    active = int(session.scalar(select(func.count()).select_from(GoldItem).where(
-        GoldItem.job_id == job.id, GoldItem.active.is_(True))) or 0)
+    active = _active_count(session, job)
     retired_subjects = set(session.scalars(select(AuditEvent.subject).where(
         AuditEvent.job_id == job.id, AuditEvent.action == GOLD_RETIRED)))
     retired = [gold_id for gold_id in session.scalars(select(GoldItem.id).where(
         GoldItem.job_id == job.id, GoldItem.active.is_(False)))
         if f"gold:{gold_id}" in retired_subjects]  # still retired (an import may reactivate)
-    threshold = spec.gold.quiz_length + SMALL_BANK_WORK_PAGES * spec.gold.per_page
-    return Exposure(active=active, retired_revealed=len(retired),
-                    limit=spec.gold.retire_after_reveals, revealed=revealed_counts(session, job),
-                    small_bank_threshold=threshold)
+    revealed = revealed_counts(session, job)
+    limit = spec.gold.retire_after_reveals
+    kept = 0
+    if limit > 0:
+        over = [i for i, n in revealed.items() if n >= limit]
+        kept = int(session.scalar(select(func.count()).select_from(GoldItem).where(
+            GoldItem.job_id == job.id, GoldItem.active.is_(True),
+            GoldItem.image_id.in_(over))) or 0) if over else 0
+    return Exposure(active=active, retired_revealed=len(retired), limit=limit,
+                    revealed=revealed, small_bank_threshold=small_bank_threshold(spec),
+                    kept_over_limit=kept)
