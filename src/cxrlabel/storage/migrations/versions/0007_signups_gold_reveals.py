@@ -8,8 +8,8 @@ per hour) count these rows; the admin's duplicate-account list groups by them
 ``gold_reveals``: one row per (test question, annotator) whose accepted answer the feedback
 showed; the gold bank's exposure and its retirement rule count them (``annotate/exposure.py``).
 
-Revision ID: 0005_signups_gold_reveals
-Revises: 0004
+Revision ID: 0007_signups_gold_reveals
+Revises: 0006_hold_burned_in_dicoms
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005_signups_gold_reveals"
-down_revision = "0004"
+revision = "0007_signups_gold_reveals"
+down_revision = "0006_hold_burned_in_dicoms"
 branch_labels = None
 depends_on = None
 
