@@ -60,6 +60,11 @@ def test_network_prefixes() -> None:
     assert signups.network_of("2001:db8:1:2::5") == "2001:db8:1::/48"
     assert signups.network_of("testclient") == "unknown"
     assert signups.network_of(None) == "unknown"
+    assert signups.network_of("127.0.0.1") == "127.0.0.0/24"
+
+
+def _from(app, address: str) -> TestClient:  # noqa: ANN001
+    return TestClient(app, client=(address, 50000))
 
 
 def test_one_network_gets_a_limited_number_of_accounts_per_hour(env, monkeypatch):
@@ -68,15 +73,19 @@ def test_one_network_gets_a_limited_number_of_accounts_per_hour(env, monkeypatch
     token = _invite(db)
     before = _users(db)
     for k in range(3):
-        r = _join(TestClient(app), token, f"new-{k}")
+        r = _join(_from(app, f"203.0.113.{k + 1}"), token, f"new-{k}")
         assert r.status_code == 303, r.text
-    refused = _join(TestClient(app), token, "new-3")
+    refused = _join(_from(app, "203.0.113.99"), token, "new-3")
     assert refused.status_code == 429 and "Too many accounts" in refused.text
     assert _users(db) == before + 3  # the refused sign-up created nothing
+    assert _join(_from(app, "198.51.100.7"), token, "elsewhere").status_code == 303
+    # no client addresses (loopback, unknown): no per-network limit, it would be everyone's
+    for k in range(4):
+        assert _join(TestClient(app), token, f"local-{k}").status_code == 303
     with db.session() as s:  # an hour later the network may sign up again
         for row in s.scalars(select(Signup)):
             row.created_at = utcnow() - signups.WINDOW
-    assert _join(TestClient(app), token, "new-4").status_code == 303
+    assert _join(_from(app, "203.0.113.50"), token, "new-4").status_code == 303
 
 
 def test_one_link_gets_a_limited_number_of_accounts_per_hour(env, monkeypatch):

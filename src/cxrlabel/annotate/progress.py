@@ -43,13 +43,16 @@ def job_progress(session: Session, job: Job, spec: JobSpec, now: datetime) -> di
         AnnotatorState.job_id == job.id))
     gold = session.scalar(select(func.count(GoldItem.id)).where(
         GoldItem.job_id == job.id, GoldItem.active.is_(True)))
+    inactive = session.scalar(select(func.count(GoldItem.id)).where(
+        GoldItem.job_id == job.id, GoldItem.active.is_(False)))
     return {
         "name": job.name, "title": spec.title,
         "by_status": {s: by_status.get(s, 0) for s in ImageStatus.ALL},
         "histogram": [(int(k), int(n)) for k, n in histogram],
         "work_images": sum(n for s, n in by_status.items() if s != ImageStatus.GOLD),
         "judgments": judgments or 0, "open_pages": open_pages or 0,
-        "annotators": annotators or 0, "gold": gold or 0,
+        "annotators": annotators or 0, "gold": gold or 0,  # active test questions
+        "gold_inactive": inactive or 0,  # retired (exposure, annotate/exposure.py) or switched off
         "jmin": spec.judgments.min, "jmax": spec.judgments.max,
     }
 

@@ -5,9 +5,10 @@ link already has a use cap (``invites.max_uses``); on top of it:
 
 - **Rate limits**: at most ``CXRLABEL_SIGNUPS_PER_INVITE_HOUR`` (default 20) accounts per
   invite link and ``CXRLABEL_SIGNUPS_PER_NETWORK_HOUR`` (default 10) per client network (IPv4
-  /24, IPv6 /48) in any hour, counted in the database (``signups``), so every worker process
-  sees the same count. A refusal is a 429 and creates nothing.
-- **Signals for the admin** (``duplicate_signals``; admin page ``/admin/signals``,
+  /24, IPv6 /48; not for loopback or unknown addresses, which behind a proxy without
+  ``--proxy-headers`` would be everyone) in any hour, counted in the database (``signups``),
+  so every worker process sees the same count. A refusal is a 429 and creates nothing.
+- **Signals for the admin** (``duplicate_signals``; admin page ``/admin/invites``,
   ``cxrlabel invite signals``): accounts created from one browser (same device cookie), from one
   network, or whose answers are near-identical (same answer *and* certainty on almost every
   image both answered). These are leads for a person to look at, not verdicts: a ward's
@@ -64,13 +65,22 @@ def device_hash(cookie: str | None) -> str | None:
     return sha256_hex(cookie) if cookie else None
 
 
+def _shared_by_everyone(network: str) -> bool:
+    """Loopback or unknown: the server sees no client addresses (a reverse proxy without
+    ``--proxy-headers``, a local test): a per-network limit would limit everyone together."""
+    if network == "unknown":
+        return True
+    return ipaddress.ip_network(network).is_loopback
+
+
 def check_signup_allowed(session: Session, invite: Invite, network: str, now: datetime) -> None:
     """Raise a 429 ``too_many_signups`` when this link or network is over its hourly limit."""
     since = now - WINDOW
     by_invite = session.scalar(select(func.count(Signup.id)).where(
         Signup.invite_id == invite.id, Signup.created_at > since)) or 0
-    by_network = session.scalar(select(func.count(Signup.id)).where(
-        Signup.network == network, Signup.created_at > since)) or 0
+    by_network = 0 if _shared_by_everyone(network) else session.scalar(
+        select(func.count(Signup.id)).where(Signup.network == network,
+                                            Signup.created_at > since)) or 0
     if by_invite >= per_invite_limit() or by_network >= per_network_limit():
         raise AccountError("too_many_signups", "Too many accounts were created here recently. "
                            "Please try again in an hour.", 429)
@@ -108,7 +118,8 @@ def _grouped(session: Session, column, kind: str, names: dict[int, str],  # noqa
         groups[key].append(user_id)
     return [Signal(kind, tuple(names.get(u, str(u)) for u in users),
                    f"{len(users)} accounts {what}" + (f" {key}" if kind == "same_network" else ""))
-            for key, users in groups.items() if len(users) > 1 and key != "unknown"]
+            for key, users in groups.items()
+            if len(users) > 1 and not (kind == "same_network" and _shared_by_everyone(key))]
 
 
 def _same_answers(session: Session, job: Job, names: dict[int, str]) -> list[Signal]:
