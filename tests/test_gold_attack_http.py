@@ -167,7 +167,7 @@ def test_harvesting_accounts_cannot_recover_the_gold_bank(server):
         account.close()
 
 
-def _labels(judgments, session, data_dir: Path, truth: dict[str, str]):  # noqa: ANN001, ANN202
+def _labels(judgments, session, data_dir: Path, truth: dict[str, str]):
     rel = dict(session.execute(select(Image.id, Image.rendition_path)).all())
     for j in judgments:
         sha = hashlib.sha256((data_dir / rel[j.image_id]).read_bytes()).hexdigest()
@@ -259,7 +259,7 @@ def test_cheater_perfect_on_gold_is_removed_by_peer_agreement(server):
         rel = dict(s.execute(select(Image.id, Image.rendition_path)).all())
     gold_shas = {hashlib.sha256((data_dir / rel[i]).read_bytes()).hexdigest()
                  for i in seeded.gold_ids}
-    def honest_answer(item, _quiz: bool) -> str:  # noqa: ANN001
+    def honest_answer(item, _quiz: bool) -> str:
         return truth[item.content_sha256]
 
     honest = _accounts(db, base, "honest", 3)
@@ -267,7 +267,7 @@ def test_cheater_perfect_on_gold_is_removed_by_peer_agreement(server):
         account.work(honest_answer, max_pages=4)
     cheater = _accounts(db, base, "oracle-cheater", 1)[0]
 
-    def choose(item, is_quiz: bool) -> str:  # noqa: ANN001
+    def choose(item, is_quiz: bool) -> str:
         label = truth[item.content_sha256]
         if is_quiz or item.content_sha256 in gold_shas:
             return label  # recognised: perfect on every test question

@@ -132,7 +132,7 @@ def test_the_bank_floor_keeps_items_over_the_limit(env):
         assert "kept_over_limit" in {code for code, _m in bank.warnings()}
 
 
-def _image_id_in(session, public_id: str) -> int:  # noqa: ANN001
+def _image_id_in(session, public_id: str) -> int:
     return session.scalar(select(Image.id).where(Image.public_id == public_id))
 
 

@@ -41,7 +41,7 @@ def _invite(db: Database, uses: int = 100) -> str:
     return token
 
 
-def _join(client: TestClient, token: str, username: str):  # noqa: ANN202
+def _join(client: TestClient, token: str, username: str):
     html = client.get(f"/join/{token}").text
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
     return client.post(f"/join/{token}", data={
@@ -63,7 +63,7 @@ def test_network_prefixes() -> None:
     assert signups.network_of("127.0.0.1") == "127.0.0.0/24"
 
 
-def _from(app, address: str) -> TestClient:  # noqa: ANN001
+def _from(app, address: str) -> TestClient:
     return TestClient(app, client=(address, 50000))
 
 

@@ -110,7 +110,7 @@ def duplicate_signals(session: Session, job: Job | None = None) -> list[Signal]:
     return out
 
 
-def _grouped(session: Session, column, kind: str, names: dict[int, str],  # noqa: ANN001
+def _grouped(session: Session, column, kind: str, names: dict[int, str],
              what: str) -> list[Signal]:
     groups: dict[str, list[int]] = defaultdict(list)
     for key, user_id in session.execute(select(column, Signup.user_id).where(

@@ -8,8 +8,8 @@ per hour) count these rows; the admin's duplicate-account list groups by them
 ``gold_reveals``: one row per (test question, annotator) whose accepted answer the feedback
 showed; the gold bank's exposure and its retirement rule count them (``annotate/exposure.py``).
 
-Revision ID: 0007_signups_gold_reveals
-Revises: 0006_hold_burned_in_dicoms
+Revision ID: 0008_signups_gold_reveals
+Revises: 0007_oidc_user_identities
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007_signups_gold_reveals"
-down_revision = "0006_hold_burned_in_dicoms"
+revision = "0008_signups_gold_reveals"
+down_revision = "0007_oidc_user_identities"
 branch_labels = None
 depends_on = None
 
