@@ -166,5 +166,5 @@ def build_env(db_url: str, data_dir: Path) -> Env:
                    review_image=review_image, contest_id=contest_id, invite_id=invite_id,
                    token=token, user_id=ids[B],
                    judgment_id=aliases.answer(work_missed, ids[A]),
-                   removed_id=ids[REMOVED])
+                   removed_id=ids[REMOVED], gold_image=next(iter(gold)))
     return env

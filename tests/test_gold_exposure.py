@@ -209,9 +209,11 @@ def test_engine_refuses_every_contest_but_a_missed_one_the_same_way(env):
         with db.session() as s:
             job, _spec = job_and_spec(s, "test-job")
             with pytest.raises(QualityError) as info:
-                contest_gold(s, job, s.get(User, me.id), judgment_id, "I disagree", utcnow())
+                contest_gold(s, job, _spec, s.get(User, me.id), judgment_id, "I disagree",
+                             utcnow())
             refusals.add((info.value.code, info.value.status, info.value.message))
     assert len(refusals) == 1 and next(iter(refusals))[:2] == ("not_contestable", 404)
     with db.session() as s:
         job, _spec = job_and_spec(s, "test-job")
-        assert contest_gold(s, job, s.get(User, me.id), missed, "I disagree", utcnow()).id
+        assert contest_gold(s, job, _spec, s.get(User, me.id), missed, "I disagree",
+                            utcnow()).id
