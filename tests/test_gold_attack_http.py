@@ -250,9 +250,6 @@ def test_cheater_perfect_on_gold_is_removed_by_peer_agreement(server):
     same image recurring across many accounts, pixels of an item not yet retired) is perfect
     on gold and lies on the work. Gold alone cannot catch it; agreement with peers on work
     items must (the skill estimate and harm rule of issue 17, quality/skill.py)."""
-    pytest.importorskip("cxrlabel.quality.skill",
-                        reason="pending: the peer-agreement skill estimate (issue 17, "
-                               "branch h/quality) is not merged yet")
     base, db, seeded, data_dir = server
     truth = _truth(db, data_dir, seeded.gold_ids)
     with db.session() as s:
