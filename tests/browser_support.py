@@ -158,8 +158,9 @@ def login(page, base: str, username: str, password: str = PASSWORD) -> None:  # 
     page.goto(f"{base}/login")
     page.fill("#username", username)
     page.fill("#password", password)
-    page.keyboard.press("Enter")
-    page.wait_for_load_state("networkidle")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    assert "/login" not in page.url, f"{username} could not sign in"
 
 
 def assert_image_visible(page, selector: str, min_px: int = 150) -> dict:  # noqa: ANN001

@@ -20,10 +20,12 @@ from browser_support import (
     login,
     serve,
 )
-from cxrlabel.storage.models import Image, ImageStatus, PageItem
-from web_support import add_user
+from cxrlabel.annotate.accounts import create_invite
+from cxrlabel.storage.models import AnnotatorState, Image, ImageStatus, Job, PageItem, User
+from web_support import add_user, gold_answers
 
 pytestmark = pytest.mark.browser
+MIN_SECONDS = 1.0  # the job's minimum per page; careful people here wait a little longer
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,7 @@ def live(tmp_path_factory, shared_data):
     tmp = tmp_path_factory.mktemp("journeys")
     db, job_id, spec = build_real_job(tmp, shared_data / "kermany", per_class=24, n_gold=16,
                                       quiz_length=3, items_per_page=4, jmin=2, jmax=2,
-                                      min_accuracy=0.6)
+                                      min_accuracy=0.6, min_seconds_per_page=MIN_SECONDS)
     # Two simulated annotators disagree on the first images: those go to expert review.
     crowd_work(db, job_id, spec, ["sim-a", "sim-b"],
                [("NORMAL", "probably"), ("PNEUMONIA", "cant_tell")], pages=2)
@@ -107,4 +109,229 @@ def test_expert_reviews_with_js_on_and_goes_to_the_next_image(browser, live, art
     _shot(page, artifacts_dir, f"expert-next-{size}")
     assert len(_review_ids(db, job_id)) == len(queued) - 1
     assert not errors, errors
+    context.close()
+
+
+# --- annotators -------------------------------------------------------------------------------
+
+def _invite(db, job_id) -> str:  # noqa: ANN001
+    with db.session() as s:
+        _invite_row, token = create_invite(s, max_uses=1, job=s.get(Job, job_id))
+    return token
+
+
+def _join(page, base: str, token: str, username: str) -> None:  # noqa: ANN001
+    page.goto(f"{base}/join/{token}")
+    page.fill("#username", username)
+    page.fill("#password", "correct horse battery")
+    page.fill("#password2", "correct horse battery")
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"**/jobs/{JOB}/instructions")
+
+
+def _current_pid(page) -> str:  # noqa: ANN001
+    return page.locator(".item.current img").get_attribute("src").rsplit("/", 1)[1]
+
+
+def _answer_page(page, gold, *, miss_gold: bool = False, all_wrong: bool = False) -> None:  # noqa: ANN001
+    n_items = page.locator(".item").count()
+    for i in range(n_items):
+        pid = _current_pid(page)
+        answer = gold.get(pid, ["NORMAL"])[0]
+        if (pid in gold and miss_gold) or all_wrong:
+            answer = "PNEUMONIA" if answer == "NORMAL" else "NORMAL"
+        page.keyboard.press("n" if answer == "NORMAL" else "p")
+        page.keyboard.press("1")
+        if i < n_items - 1:
+            page.keyboard.press("j")
+
+
+def _submit_carefully(page) -> None:  # noqa: ANN001
+    """A careful person takes longer than the job's minimum per page."""
+    page.wait_for_timeout(MIN_SECONDS * 1000 + 300)
+    page.click("[data-role=submit]")
+
+
+def _state(db, username: str) -> AnnotatorState:  # noqa: ANN001
+    with db.session() as s:
+        return s.scalar(select(AnnotatorState).join(User, User.id == AnnotatorState.user_id)
+                        .where(User.username == username))
+
+
+def test_annotator_journey_status_panel_and_contest_outcome(browser, live, artifacts_dir):
+    """Items 3, 5 and 6: instructions from the top, the status panel on every work page, a
+    contest and its outcome (upheld with a reply) shown back to the annotator."""
+    base, db, job_id, _spec = live
+    gold = gold_answers(db, job_id)
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    _join(page, base, _invite(db, job_id), "careful-ann")
+
+    page.wait_for_load_state("load")
+    assert page.evaluate("window.scrollY") == 0  # not scrolled past the instructions
+    assert page.locator("h1").first.is_visible()
+    assert page.get_by_role("heading", name="Keyboard").count() <= 1
+    _shot(page, artifacts_dir, "annotator-instructions-desktop")
+    page.click("[data-role=start]")
+
+    page.wait_for_url(f"**/jobs/{JOB}/page")
+    assert_image_visible(page, ".item.current .viewport img")
+    _answer_page(page, gold)
+    _shot(page, artifacts_dir, "annotator-quiz-desktop")
+    _submit_carefully(page)
+    page.wait_for_url("**/feedback")
+    assert "You passed the quiz" in page.locator("h1").inner_text()
+    page.click("[data-role=continue]")
+
+    page.wait_for_url(f"**/jobs/{JOB}/page")
+    assert_image_visible(page, ".item.current .viewport img")
+    panel = page.locator("[data-role=standing]")
+    assert panel.is_visible()
+    text = panel.inner_text()
+    assert "minimum 60 %" in text and "3 of 3" in text and "0 done" in text, text
+    assert "Earned: 0.00 USD" in text and "0.10 per page" in text, text
+    assert f"at least {MIN_SECONDS:.0f} s per page" in text, text
+    _shot(page, artifacts_dir, "annotator-work-status-panel-desktop")
+
+    _answer_page(page, gold, miss_gold=True)
+    _submit_carefully(page)
+    page.wait_for_url("**/feedback")
+    feedback_url = page.url
+    assert "Page saved" in page.locator("h1").inner_text()
+    page.fill("article.missed textarea", "The right lower zone looks clear to me.")
+    page.click("article.missed button[type=submit]")
+    outcome = page.locator("[data-role=contest-outcome]")
+    assert "a job administrator will review" in outcome.inner_text()
+    _shot(page, artifacts_dir, "annotator-contest-sent-desktop")
+
+    # The admin upholds the answer with a reply, in the admin's own browser.
+    admin = browser.new_context(viewport=DESKTOP)
+    admin_page = admin.new_page()
+    login(admin_page, base, "admin")
+    admin_page.goto(f"{base}/admin/jobs/{JOB}/contests")
+    reply = "The haziness behind the heart is consolidation; compare the left side."
+    admin_page.fill("section.contest textarea[name=reply]", reply)
+    _shot(admin_page, artifacts_dir, "admin-contest-desktop")
+    admin_page.click("section.contest button[value=uphold]")
+    admin_page.wait_for_load_state("networkidle")
+    admin.close()
+
+    page.goto(feedback_url)
+    outcome = page.locator("[data-role=contest-outcome]")
+    assert "the expert answer stands" in outcome.inner_text() and reply in outcome.inner_text()
+    assert "will review" not in page.locator("main").inner_text()
+    _shot(page, artifacts_dir, "annotator-contest-outcome-desktop")
+
+    page.click("[data-role=continue]")
+    page.wait_for_url(f"**/jobs/{JOB}/page")
+    text = page.locator("[data-role=standing]").inner_text()
+    assert "1 done" in text and "Earned: 0.10 USD" in text, text
+    assert not errors, errors
+    context.close()
+
+
+def test_removed_and_reinstated_annotators_are_told_why(browser, live, artifacts_dir):
+    """Item 2: removal for low trust shows that reason, not an old speed warning; the speed
+    trap and an admin's removal say theirs; reinstatement is announced."""
+    base, db, job_id, spec = live
+    add_user(db, "removed-ann")
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    login(page, base, "removed-ann")
+    page.goto(f"{base}/jobs/{JOB}")  # joins the job
+    stale = ("That page was submitted in 0 s, faster than the 1 s a careful look at every "
+             "image takes, so its answers were not counted. After 2 more such page(s) you "
+             "will be removed from this job.")
+    cases = {
+        "low-trust": ("low_trust: trust 0.412 < minimum 0.60 after 8 gold answers (5 missed)",
+                      "fell below the job's minimum of 60%"),
+        "speed": ("speed_trap: 3 pages faster than 1 s", "faster than a careful look"),
+        "admin": ("admin: answers copied from another site", "answers copied from another site"),
+    }
+    for name, (reason, expected) in cases.items():
+        with db.session() as s:
+            state = s.scalar(select(AnnotatorState).join(User).where(
+                User.username == "removed-ann"))
+            # As the engine leaves it: the speed warning of an earlier page is still stored.
+            state.status, state.status_reason, state.message = "removed", reason, stale
+        page.goto(f"{base}/jobs/{JOB}/page")
+        body = page.locator("main").inner_text()
+        assert expected in body, body
+        assert "more such page" not in body
+        _shot(page, artifacts_dir, f"annotator-removed-{name}-desktop")
+
+    # Reinstated by the admin through the contributors page.
+    with db.session() as s:
+        state = s.scalar(select(AnnotatorState).join(User).where(User.username == "removed-ann"))
+        state.status, state.status_reason, state.message = "removed", cases["admin"][0], stale
+        uid = state.user_id
+    admin = browser.new_context(viewport=DESKTOP)
+    admin_page = admin.new_page()
+    login(admin_page, base, "admin")
+    admin_page.goto(f"{base}/admin/jobs/{JOB}/contributors")
+    admin_page.fill(f"form[action$='/{uid}/reinstate'] input[name=text]", "checked: own work")
+    admin_page.click(f"form[action$='/{uid}/reinstate'] button")
+    admin_page.wait_for_load_state("networkidle")
+    admin.close()
+    assert _state(db, "removed-ann").status in ("active", "quiz")
+    page.goto(f"{base}/jobs/{JOB}/page")
+    notice = page.locator("[data-role=notice]")
+    assert notice.is_visible() and "reinstated" in notice.inner_text()
+    assert "more such page" not in notice.inner_text()
+    _shot(page, artifacts_dir, "annotator-reinstated-desktop")
+    context.close()
+
+
+def test_failed_quiz_on_a_phone(browser, live, artifacts_dir):
+    """Items 2 and 5 on a phone: after Next the X-ray is on screen; a fast, wrong quiz says
+    the quiz was failed (not the speed text, not 'Page saved')."""
+    base, db, job_id, _spec = live
+    gold = gold_answers(db, job_id)
+    context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    _join(page, base, _invite(db, job_id), "phone-ann")
+    page.click("[data-role=start]")
+    page.wait_for_url(f"**/jobs/{JOB}/page")
+    box = assert_image_visible(page, ".item.current .viewport img")
+    assert box["width"] <= PHONE["width"]
+    _shot(page, artifacts_dir, "annotator-quiz-phone")
+    page.locator("[data-action=next]").click()  # scrolled down to the button first
+    port = page.locator(".item.current .viewport").bounding_box()
+    assert port["y"] >= -1 and port["y"] + port["height"] / 2 <= PHONE["height"], port
+    _shot(page, artifacts_dir, "annotator-after-next-phone")
+    page.locator("[data-action=prev]").click()
+    _answer_page(page, gold, all_wrong=True)
+    page.click("[data-role=submit]")  # at once: faster than the job's minimum
+    page.wait_for_url("**/feedback")
+    body = page.locator("main").inner_text()
+    assert "You did not pass the quiz" in body and "0 of 3" in body, body
+    assert "more such page" not in body and "Page saved" not in body
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"] + 1
+    _shot(page, artifacts_dir, "annotator-quiz-failed-phone")
+    context.close()
+
+
+ADMIN_PAGES = ["/admin", f"/admin/jobs/{JOB}/annotators", f"/admin/jobs/{JOB}/gold",
+               "/admin/invites", f"/admin/jobs/{JOB}/contributors", f"/admin/jobs/{JOB}/contests",
+               f"/admin/jobs/{JOB}/dashboard", f"/review/{JOB}"]
+
+
+def test_admin_pages_fit_a_phone(browser, live, artifacts_dir):
+    """Item 5: no admin page scrolls sideways at 390 px (wide tables scroll inside)."""
+    base, *_ = live
+    context = browser.new_context(viewport=PHONE, is_mobile=True)
+    page = context.new_page()
+    login(page, base, "admin")
+    wide = {}
+    for path in ADMIN_PAGES:
+        response = page.goto(f"{base}{path}")
+        assert response.status == 200, path
+        page.wait_for_load_state("networkidle")
+        width = page.evaluate("document.documentElement.scrollWidth")
+        if width > PHONE["width"] + 1:
+            wide[path] = width
+        _shot(page, artifacts_dir, "admin" + path.replace("/", "-").replace(JOB, "job") + "-phone")
+    assert not wide, wide
     context.close()

@@ -51,9 +51,13 @@ def disqualified_message(correct: int | None, seen: int | None, min_accuracy: fl
             "jobs.")
 
 
-def reinstated_message(flags: dict[str, Any]) -> str | None:
+def reinstated_message(flags: dict[str, Any], gold_seen: int | None = None) -> str | None:
+    """Announced until the annotator's next graded page (the engine records ``gold_seen`` at
+    reinstatement), not forever."""
     info = flags.get("reinstated") if flags else None
     if not info:
+        return None
+    if gold_seen is not None and gold_seen > int(info.get("gold_seen", -1)):
         return None
     reason = str(info.get("reason") or "").strip()
     return ("Welcome back: an administrator reinstated you on this job"
@@ -69,7 +73,9 @@ def standing_message(status: str, status_reason: str | None, flags: dict[str, An
     if status == DISQUALIFIED:
         correct, seen = quiz or (None, None)
         return disqualified_message(correct, seen, min_accuracy)
-    return stored_message or reinstated_message(flags or {})
+    gold_seen = quiz[1] if quiz else None
+    # A reinstatement outranks whatever warning was stored before the removal.
+    return reinstated_message(flags or {}, gold_seen) or stored_message
 
 
 @dataclass(frozen=True)

@@ -133,8 +133,8 @@ def work_page(request: Request, job_name: str, user: User = Depends(annotator)) 
             })
         page_id, kind = page.public_id, page.kind
         items = page_items(page, image_urls(request))
-        notice = _current_message(state, spec) if state.status == AnnotatorStatus.ACTIVE \
-            else None
+        notice = _current_message(state, spec) if state.status in (
+            AnnotatorStatus.ACTIVE, AnnotatorStatus.QUIZ) else None
         standing = read_standing(s, job, spec, user.id) if kind == "work" else None
     return _render_page(request, job_name, spec, page_id, kind, items, help_html, notice=notice,
                         standing=standing)
