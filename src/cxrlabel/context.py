@@ -90,7 +90,8 @@ def get_job(session: Session, name: str | None) -> tuple[Job, JobSpec]:
         path = resolve_job_path(wanted)
     except JobSpecError:
         known = job_names(session)
-        fail(f"no job named {wanted!r} (known: {', '.join(known) or 'none'})")
+        fail(f"no job named {wanted!r} (known: {', '.join(known) or 'none'}); create it with "
+             f"`cxrlabel job create {wanted}` (add --from FILE.toml for other settings)")
     try:
         return ensure_job(session, path)
     except JobSpecError as exc:

@@ -44,6 +44,22 @@ ANSWER_SEPARATOR = ";"
 DEFAULT_IMBALANCE_TOLERANCE = 0.25
 DEFAULT_MIN_PER_CLASS = 2
 
+# What a sampled test question says when an annotator misses it. Honest but not teaching: fine
+# for the demo and the simulator (``active=True``); ``cxrlabel gold sample`` adds the
+# placeholder mark and leaves the items inactive until an expert's reason replaces it.
+REFERENCE_REASON = "Reference label from the source dataset: {text}. {hint}"
+PLACEHOLDER_MARK = "[Generic reason from `gold sample`"
+GENERIC_REASON = (
+    REFERENCE_REASON + " " + PLACEHOLDER_MARK
+    + ": replace it with an expert's explanation of this image.]"
+)
+
+
+def is_placeholder_reason(reason: str | None) -> bool:
+    """A reason nobody wrote: never shown to annotators, never makes a gold item active."""
+    return reason is None or not reason.strip() or PLACEHOLDER_MARK in reason
+
+
 class GoldImportError(ValueError):
     """The CSV cannot be imported; ``problems`` lists every problem found, with row numbers."""
 
@@ -234,8 +250,9 @@ def make_gold(
         summary.created += 1
     else:
         gold.accepted_answers, gold.reason, gold.difficulty = answers, reason, difficulty
-        gold.active = True
         summary.updated += 1
+    # Active only with a real reason: a placeholder would be shown to whoever misses it.
+    gold.active = not is_placeholder_reason(reason)
     image.status = ImageStatus.GOLD
     summary.public_ids.append(image.public_id)
     return gold
@@ -415,7 +432,16 @@ def check_gold(
             f" but the plan needs up to {planned:.0f} ({who}); add "
             f"{math.ceil((planned - bound) * spec.gold.per_page)} gold",
         ))
-    no_reason = [r for r in rows if not r.gold.reason.strip()]
+    waiting = [r for r in gold_rows(session, job)
+               if not r.gold.active and is_placeholder_reason(r.gold.reason)]
+    if waiting:
+        warnings.append(GoldWarning(
+            "placeholder_reason",
+            f"{len(waiting)} sampled gold wait for an expert's reason and are inactive until "
+            "then (gold export, write the reasons, gold import): " + _names(
+                r.image for r in waiting),
+        ))
+    no_reason = [r for r in rows if is_placeholder_reason(r.gold.reason)]
     if no_reason:
         warnings.append(GoldWarning(
             "no_reason",

@@ -231,7 +231,10 @@ def feedback(request: Request, job_name: str, page_id: str,
             if status != result.annotator_status or status in (
                 AnnotatorStatus.REMOVED, AnnotatorStatus.DISQUALIFIED) else result.message
     labels = {c.value: c.text for c in spec.question.labels}
+    from cxrlabel.design.goldbank import is_placeholder_reason
+
     return render(request, "feedback.html", {
+        "is_placeholder": is_placeholder_reason,
         "spec": spec, "job_name": job_name, "result": result, "label_text": labels,
         "contested": contested, "current_answers": current, "status": status,
         "message": message,
