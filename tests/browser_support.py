@@ -39,6 +39,17 @@ REAL_REASONS = {
 }
 
 
+def with_bundled_instructions(text: str) -> str:
+    """The job's instructions replaced by the real, long ones of the bundled job (a page
+    longer than the screen: autofocus on its last button used to scroll past all of it)."""
+    from cxrlabel.config import bundled_jobs_dir
+
+    markdown = (bundled_jobs_dir() / "pneumonia-pediatric.md").read_text(encoding="utf-8")
+    start = text.index('markdown = """') + len('markdown = """')
+    end = text.index('"""', start)
+    return text[:start] + "\n" + markdown.replace("\\", "\\\\") + text[end:]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -80,7 +91,7 @@ def build_real_job(tmp: Path, kermany: Path, *, per_class: int = 24, n_gold: int
     from cxrlabel.ingest.pipeline import ingest
 
     db = Database(f"sqlite:///{tmp / 'web.sqlite3'}")
-    text = job_toml(name=JOB, **spec_kwargs)
+    text = with_bundled_instructions(job_toml(name=JOB, **spec_kwargs))
     spec = parse_job(text)
     with db.session() as s:
         import hashlib

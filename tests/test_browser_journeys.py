@@ -81,6 +81,10 @@ def test_expert_reviews_with_js_on_and_goes_to_the_next_image(browser, live, art
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     login(page, base, "expert")
+    # Item 1: the review page itself, with JavaScript on, shows the X-ray and the choices.
+    page.goto(f"{base}/review/{JOB}/{queued[0]}")
+    assert_image_visible(page, ".viewport img")
+    assert page.get_by_role("radio", name=spec.question.labels[0].text).is_visible()
     page.goto(f"{base}/review/{JOB}")
     rows = page.locator("[data-role=review-queue] tbody tr")
     assert rows.count() == len(queued)
@@ -172,9 +176,9 @@ def test_annotator_journey_status_panel_and_contest_outcome(browser, live, artif
     page.wait_for_load_state("load")
     assert page.evaluate("window.scrollY") == 0  # not scrolled past the instructions
     assert page.locator("h1").first.is_visible()
-    assert page.get_by_role("heading", name="Keyboard").count() <= 1
+    assert page.get_by_role("heading", name="Keyboard", exact=True).count() == 1
     _shot(page, artifacts_dir, "annotator-instructions-desktop")
-    page.click("[data-role=start]")
+    page.get_by_role("link", name="Start the quiz").click()
 
     page.wait_for_url(f"**/jobs/{JOB}/page")
     assert_image_visible(page, ".item.current .viewport img")
@@ -292,7 +296,7 @@ def test_failed_quiz_on_a_phone(browser, live, artifacts_dir):
     context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
     page = context.new_page()
     _join(page, base, _invite(db, job_id), "phone-ann")
-    page.click("[data-role=start]")
+    page.get_by_role("link", name="Start the quiz").click()
     page.wait_for_url(f"**/jobs/{JOB}/page")
     box = assert_image_visible(page, ".item.current .viewport img")
     assert box["width"] <= PHONE["width"]
@@ -334,4 +338,35 @@ def test_admin_pages_fit_a_phone(browser, live, artifacts_dir):
             wide[path] = width
         _shot(page, artifacts_dir, "admin" + path.replace("/", "-").replace(JOB, "job") + "-phone")
     assert not wide, wide
+    context.close()
+
+
+def test_admin_small_items(browser, live, artifacts_dir):
+    """Item 9: a 404 while signed in shows who is signed in (not *Sign in*); the QA report
+    opens in the browser instead of downloading; the dashboard's agreement card and chart
+    title say the same number."""
+    base, *_ = live
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    login(page, base, "admin")
+    response = page.goto(f"{base}/no/such/page")
+    assert response.status == 404
+    nav = page.locator("header nav").inner_text()
+    assert "admin" in nav and "Sign in" not in nav, nav
+    _shot(page, artifacts_dir, "admin-404-signed-in-desktop")
+
+    response = page.goto(f"{base}/admin/jobs/{JOB}/reports/qa.html")  # a download would raise
+    assert response.status == 200 and "inline" in response.headers["content-disposition"]
+    assert page.locator("h1").first.is_visible()
+    _shot(page, artifacts_dir, "admin-qa-report-desktop")
+
+    page.goto(f"{base}/admin/jobs/{JOB}/dashboard")
+    cards = dict(zip(page.locator(".qa-dash .card .k").all_inner_texts(),
+                     page.locator(".qa-dash .card .v").all_inner_texts(), strict=True))
+    svg = page.evaluate("""() => atob(document.querySelector('#fig-calibration img').src
+                                          .split(',')[1])""")
+    agreement = cards["agreement with reference"]
+    if agreement != "n/a":
+        assert f"agreement {agreement.replace('%', '')}" in svg.replace("%", ""), agreement
+    _shot(page, artifacts_dir, "admin-dashboard-desktop")
     context.close()

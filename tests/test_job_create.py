@@ -77,3 +77,15 @@ def test_job_create_then_ingest_into_it_and_sample_inactive_gold(tmp_path):
     with db.session() as s:
         assert all(g.active for g in s.scalars(select(GoldItem)))
     db.dispose()
+
+
+def test_invite_links_use_the_port_the_server_listens_on(tmp_path):
+    from cxrlabel.web.cli import remember_served_url
+
+    data = tmp_path / "data"
+    assert _cli(data, "job", "create", "ward-8").exit_code == 0
+    default = _cli(data, "invite", "create", "--job", "ward-8")
+    assert default.exit_code == 0 and "http://127.0.0.1:8000/join/" in default.output
+    remember_served_url(data, "0.0.0.0", 8765)  # what `cxrlabel serve --port 8765` records
+    link = _cli(data, "invite", "create", "--job", "ward-8")
+    assert link.exit_code == 0 and "http://127.0.0.1:8765/join/" in link.output, link.output
