@@ -127,6 +127,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/api/jobs/{job_name}/contests"): R(ONLY_A, json={"reason": "no",
                                                                     "judgment_id": "$judgment_id"}),
     ("GET", "/img/{public_id}"): R(IMAGE_VIEWERS),
+    ("GET", "/thumb/{public_id}"): R(REVIEWERS),  # expert queue previews, never annotators
 }
 # Sign-out ends the caller's session: it is checked on its own below, last.
 SIGN_OUT = {("POST", "/login"), ("POST", "/logout")}

@@ -33,7 +33,8 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 # Shown when a command that only reads or changes data is pointed at a data dir that is not there.
-CREATING_COMMANDS = "`cxrlabel ingest PATH`, `cxrlabel demo` or `cxrlabel user add`"
+CREATING_COMMANDS = ("`cxrlabel job create NAME`, `cxrlabel ingest PATH`, `cxrlabel demo` or "
+                     "`cxrlabel user add`")
 
 
 @dataclass

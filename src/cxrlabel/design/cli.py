@@ -49,7 +49,7 @@ def job_create(
         text = renamed_job_toml(source, name)
     except JobFileError as exc:
         fail(str(exc))
-    app = app_context(ctx)
+    app = app_context(ctx, creates_data=True)  # the first step for real data
     with app.db.session() as session:
         if session.scalar(select(Job.id).where(Job.name == name)) is not None:
             fail(f"a job named {name!r} already exists")
