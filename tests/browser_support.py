@@ -47,7 +47,9 @@ def with_bundled_instructions(text: str) -> str:
     markdown = (bundled_jobs_dir() / "pneumonia-pediatric.md").read_text(encoding="utf-8")
     start = text.index('markdown = """') + len('markdown = """')
     end = text.index('"""', start)
-    return text[:start] + "\n" + markdown.replace("\\", "\\\\") + text[end:]
+    text = text[:start] + "\n" + markdown.replace("\\", "\\\\") + text[end:]
+    # The bundled job's long option text: on a phone it used to wrap under its radio button.
+    return text.replace('text = "Unreadable"', 'text = "Unreadable (too dark, too bright or blurred)"')
 
 
 def free_port() -> int:
@@ -183,3 +185,13 @@ def assert_image_visible(page, selector: str, min_px: int = 150) -> dict:  # noq
     loaded = img.evaluate("el => el.complete && el.naturalWidth > 0")
     assert loaded, f"{selector} did not load"
     return box
+
+
+def assert_choice_texts_beside_buttons(page) -> None:  # noqa: ANN001
+    """Every visible answer option: its text starts on the radio button's line, to its right
+    (a long text wraps within its own column, never under the button)."""
+    for choice in page.locator(".item.current label.choice").all():
+        button = choice.locator("input").bounding_box()
+        text = choice.locator(".text").bounding_box()
+        assert text["x"] >= button["x"] + button["width"], (choice.inner_text(), button, text)
+        assert text["y"] < button["y"] + button["height"], (choice.inner_text(), button, text)

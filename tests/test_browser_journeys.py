@@ -14,6 +14,7 @@ from browser_support import (
     DESKTOP,
     JOB,
     PHONE,
+    assert_choice_texts_beside_buttons,
     assert_image_visible,
     build_real_job,
     crowd_work,
@@ -300,6 +301,7 @@ def test_failed_quiz_on_a_phone(browser, live, artifacts_dir):
     page.wait_for_url(f"**/jobs/{JOB}/page")
     box = assert_image_visible(page, ".item.current .viewport img")
     assert box["width"] <= PHONE["width"]
+    assert_choice_texts_beside_buttons(page)  # item 9: radio texts never wrap under the button
     _shot(page, artifacts_dir, "annotator-quiz-phone")
     page.locator("[data-action=next]").click()  # scrolled down to the button first
     port = page.locator(".item.current .viewport").bounding_box()
