@@ -49,7 +49,8 @@ def with_bundled_instructions(text: str) -> str:
     end = text.index('"""', start)
     text = text[:start] + "\n" + markdown.replace("\\", "\\\\") + text[end:]
     # The bundled job's long option text: on a phone it used to wrap under its radio button.
-    return text.replace('text = "Unreadable"', 'text = "Unreadable (too dark, too bright or blurred)"')
+    return text.replace('text = "Unreadable"',
+                        'text = "Unreadable (too dark, too bright or blurred)"')
 
 
 def free_port() -> int:
