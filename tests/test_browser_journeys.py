@@ -22,7 +22,15 @@ from browser_support import (
     serve,
 )
 from cxrlabel.annotate.accounts import create_invite
-from cxrlabel.storage.models import AnnotatorState, Image, ImageStatus, Job, PageItem, User
+from cxrlabel.storage.models import (
+    AnnotatorState,
+    GoldItem,
+    Image,
+    ImageStatus,
+    Job,
+    PageItem,
+    User,
+)
 from web_support import add_user, gold_answers
 
 pytestmark = pytest.mark.browser
@@ -340,6 +348,36 @@ def test_admin_pages_fit_a_phone(browser, live, artifacts_dir):
             wide[path] = width
         _shot(page, artifacts_dir, "admin" + path.replace("/", "-").replace(JOB, "job") + "-phone")
     assert not wide, wide
+    context.close()
+
+
+def test_admin_writes_a_real_reason_for_sampled_gold(browser, live, artifacts_dir):
+    """Item 8 in the admin's browser: a sampled test question with the placeholder reason is
+    inactive and flagged; the admin writes the reason on the gold page and it becomes active."""
+    from cxrlabel.design.goldbank import GENERIC_REASON
+
+    base, db, job_id, _spec = live
+    with db.session() as s:
+        gold = s.scalars(select(GoldItem).where(GoldItem.job_id == job_id)
+                         .order_by(GoldItem.id.desc())).first()
+        gold.reason = GENERIC_REASON.format(text="Healthy", hint="")
+        gold.active = False
+        public_id = s.get(Image, gold.image_id).public_id
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    login(page, base, "admin")
+    page.goto(f"{base}/admin/jobs/{JOB}/gold")
+    row = page.locator(f"tr[data-public-id='{public_id}']")
+    assert "Needs an expert's reason" in row.inner_text()
+    assert "Generic reason" not in row.locator("textarea").input_value()
+    row.locator("textarea").fill("The costophrenic angles are sharp and both lungs are clear.")
+    _shot(page, artifacts_dir, "admin-gold-reason-desktop")
+    row.get_by_role("button", name="Save reason").click()
+    page.wait_for_load_state("networkidle")
+    row = page.locator(f"tr[data-public-id='{public_id}']")
+    assert "Saved." in row.inner_text() and "Needs an expert" not in row.inner_text()
+    with db.session() as s:
+        assert s.get(GoldItem, gold.id).active
     context.close()
 
 

@@ -66,6 +66,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/admin"): R(ADMINS),
     ("GET", "/admin/jobs/{job_name}/annotators"): R(ADMINS),
     ("GET", "/admin/jobs/{job_name}/gold"): R(ADMINS),
+    ("POST", "/admin/jobs/{job_name}/gold/{public_id}/reason"):
+        R(ADMINS, form={"reason": "An expert's reason."}, params={"public_id": "gold_image"}),
     ("GET", "/admin/invites"): R(ADMINS),
     ("POST", "/admin/invites"): R(ADMINS, form={"role": "annotator", "uses": "1"}),
     ("POST", "/admin/invites/{invite_id}/revoke"): R(ADMINS, form={}),

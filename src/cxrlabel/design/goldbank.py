@@ -73,6 +73,26 @@ class GoldImportError(ValueError):
 # --- image references ----------------------------------------------------------------------
 
 
+def set_gold_reason(session: Session, job: Job, public_id: str, reason: str,
+                    by_user_id: int | None, now: datetime | None = None) -> GoldItem:
+    """An expert's reason for one test question (the admin gold page). A real reason makes a
+    sampled item active; a placeholder or empty one is refused. Audited."""
+    reason = (reason or "").strip()
+    if is_placeholder_reason(reason):
+        raise ValueError("write the reason annotators will read when they miss this image")
+    gold = session.scalar(select(GoldItem).join(Image, Image.id == GoldItem.image_id).where(
+        GoldItem.job_id == job.id, Image.public_id == public_id))
+    if gold is None:
+        raise LookupError("no test question with this image in this job")
+    was_active = gold.active
+    gold.reason, gold.active = reason[:4000], True
+    session.add(AuditEvent(at=now or utcnow(), job_id=job.id, actor_id=by_user_id,
+                           action="gold.reason_set", subject=public_id,
+                           payload={"activated": not was_active}))
+    session.flush()
+    return gold
+
+
 def find_images(session: Session, job: Job, reference: str) -> list[Image]:
     """Images of the job a reference names: public id, sha256, source path or file name."""
     reference = reference.strip()
