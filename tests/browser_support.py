@@ -139,7 +139,7 @@ def crowd_work(db: Database, job_id: int, spec, names: list[str], answers: list[
 
 
 class LiveServer:
-    def __init__(self, app) -> None:  # noqa: ANN001
+    def __init__(self, app) -> None:
         self.port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
                                                     log_level="warning"))
@@ -153,7 +153,7 @@ class LiveServer:
         assert self.server.started, "uvicorn did not start"
         return f"http://127.0.0.1:{self.port}"
 
-    def __exit__(self, *exc) -> None:  # noqa: ANN002
+    def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(10)
 
@@ -168,7 +168,7 @@ def reference_labels(db: Database, job_id: int) -> dict[str, str]:
             Image.job_id == job_id)).all())
 
 
-def login(page, base: str, username: str, password: str = PASSWORD) -> None:  # noqa: ANN001
+def login(page, base: str, username: str, password: str = PASSWORD) -> None:
     page.goto(f"{base}/login")
     page.fill("#username", username)
     page.fill("#password", password)
@@ -177,7 +177,7 @@ def login(page, base: str, username: str, password: str = PASSWORD) -> None:  # 
     assert "/login" not in page.url, f"{username} could not sign in"
 
 
-def assert_image_visible(page, selector: str, min_px: int = 150) -> dict:  # noqa: ANN001
+def assert_image_visible(page, selector: str, min_px: int = 150) -> dict:
     """The image is on screen, loaded, and has a real size (not a 0x0 or hidden box)."""
     img = page.locator(selector)
     img.wait_for(state="visible")
@@ -188,7 +188,7 @@ def assert_image_visible(page, selector: str, min_px: int = 150) -> dict:  # noq
     return box
 
 
-def assert_choice_texts_beside_buttons(page) -> None:  # noqa: ANN001
+def assert_choice_texts_beside_buttons(page) -> None:
     """Every visible answer option: its text starts on the radio button's line, to its right
     (a long text wraps within its own column, never under the button)."""
     for choice in page.locator(".item.current label.choice").all():

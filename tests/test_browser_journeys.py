@@ -53,11 +53,11 @@ def live(tmp_path_factory, shared_data):
     db.dispose()
 
 
-def _shot(page, artifacts_dir, name: str) -> None:  # noqa: ANN001
+def _shot(page, artifacts_dir, name: str) -> None:
     page.screenshot(path=str(artifacts_dir / f"journey-{name}.png"), full_page=True)
 
 
-def _review_ids(db, job_id) -> list[str]:  # noqa: ANN001
+def _review_ids(db, job_id) -> list[str]:
     with db.session() as s:
         return list(s.scalars(select(Image.public_id).where(
             Image.job_id == job_id, Image.status == ImageStatus.NEEDS_REVIEW)))
@@ -127,13 +127,13 @@ def test_expert_reviews_with_js_on_and_goes_to_the_next_image(browser, live, art
 
 # --- annotators -------------------------------------------------------------------------------
 
-def _invite(db, job_id) -> str:  # noqa: ANN001
+def _invite(db, job_id) -> str:
     with db.session() as s:
         _invite_row, token = create_invite(s, max_uses=1, job=s.get(Job, job_id))
     return token
 
 
-def _join(page, base: str, token: str, username: str) -> None:  # noqa: ANN001
+def _join(page, base: str, token: str, username: str) -> None:
     page.goto(f"{base}/join/{token}")
     page.fill("#username", username)
     page.fill("#password", "correct horse battery")
@@ -142,11 +142,11 @@ def _join(page, base: str, token: str, username: str) -> None:  # noqa: ANN001
     page.wait_for_url(f"**/jobs/{JOB}/instructions")
 
 
-def _current_pid(page) -> str:  # noqa: ANN001
+def _current_pid(page) -> str:
     return page.locator(".item.current img").get_attribute("src").rsplit("/", 1)[1]
 
 
-def _answer_page(page, gold, *, miss_gold: bool = False, all_wrong: bool = False) -> None:  # noqa: ANN001
+def _answer_page(page, gold, *, miss_gold: bool = False, all_wrong: bool = False) -> None:
     n_items = page.locator(".item").count()
     for i in range(n_items):
         pid = _current_pid(page)
@@ -159,13 +159,13 @@ def _answer_page(page, gold, *, miss_gold: bool = False, all_wrong: bool = False
             page.keyboard.press("j")
 
 
-def _submit_carefully(page) -> None:  # noqa: ANN001
+def _submit_carefully(page) -> None:
     """A careful person takes longer than the job's minimum per page."""
     page.wait_for_timeout(MIN_SECONDS * 1000 + 300)
     page.click("[data-role=submit]")
 
 
-def _state(db, username: str) -> AnnotatorState:  # noqa: ANN001
+def _state(db, username: str) -> AnnotatorState:
     with db.session() as s:
         return s.scalar(select(AnnotatorState).join(User, User.id == AnnotatorState.user_id)
                         .where(User.username == username))
@@ -354,7 +354,7 @@ def test_admin_pages_fit_a_phone(browser, live, artifacts_dir):
 def test_admin_writes_a_real_reason_for_sampled_gold(browser, live, artifacts_dir):
     """Item 8 in the admin's browser: a sampled test question with the placeholder reason is
     inactive and flagged; the admin writes the reason on the gold page and it becomes active."""
-    from cxrlabel.design.goldbank import GENERIC_REASON
+    from cxrlabel.design.goldreason import GENERIC_REASON
 
     base, db, job_id, _spec = live
     with db.session() as s:

@@ -15,18 +15,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cxrlabel.design.goldbank import (
-    GENERIC_REASON,
-    REFERENCE_REASON,
     ImportSummary,
     instruction_example_ids,
     make_gold,
     near_duplicate_pairs,
     shortlist_distance,
 )
+from cxrlabel.design.goldreason import GENERIC_REASON, REFERENCE_REASON
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.storage.models import AuditEvent, Image, ImageStatus, Job, Judgment, utcnow
 from cxrlabel.vocab import PNEUMONIA
-
 
 
 def sample_from_reference(

@@ -126,7 +126,7 @@ def pages_left(work_done: int, max_per_annotator: int, per_page_work: int,
     return int(min(math.ceil(by_cap), by_gold))
 
 
-def read_standing(session, job, spec, user_id: int) -> Standing | None:  # noqa: ANN001
+def read_standing(session, job, spec, user_id: int) -> Standing | None:
     """The status panel's numbers for one annotator on one job (a few indexed counts)."""
     from sqlalchemy import func, select
 

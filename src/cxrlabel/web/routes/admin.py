@@ -43,7 +43,7 @@ def gold(request: Request, job_name: str, user: User = Depends(admin)) -> Respon
     with get_db(request).session() as s:
         job, _spec = job_and_spec(s, job_name)
         rows = gold_summary(s, job)
-    from cxrlabel.design.goldbank import is_placeholder_reason
+    from cxrlabel.design.goldreason import is_placeholder_reason
 
     return render(request, "admin/gold.html", {
         "job": job, "gold": rows, "saved": request.query_params.get("saved"),
@@ -55,7 +55,7 @@ def gold(request: Request, job_name: str, user: User = Depends(admin)) -> Respon
 def gold_reason(request: Request, job_name: str, public_id: str, reason: str = Form(""),
                 user: User = Depends(admin)) -> Response:
     """An expert's reason for a test question; a sampled (inactive) one becomes active."""
-    from cxrlabel.design.goldbank import set_gold_reason
+    from cxrlabel.design.goldreason import set_gold_reason
 
     with get_db(request).session() as s:
         job, _spec = job_and_spec(s, job_name)

@@ -97,7 +97,7 @@ def instructions(request: Request, job_name: str, user: User = Depends(annotator
 def _render_page(request: Request, job_name: str, spec: JobSpec, page_id: str, kind: str,
                  items: list[dict[str, str]], help_html, *, error: str | None = None,
                  prefill: dict | None = None, notice: str | None = None,
-                 standing=None, status_code: int = 200) -> Response:  # noqa: ANN001
+                 standing=None, status_code: int = 200) -> Response:
     fragment = render_work_page(
         spec, items, page_id=page_id, page_kind=kind, preview=False,
         submit_url=f"/jobs/{job_name}/pages/{page_id}",
@@ -219,7 +219,7 @@ def feedback(request: Request, job_name: str, page_id: str,
             select(Contest).join(Judgment, Judgment.id == Contest.judgment_id)
             .where(Judgment.page_id == page.id))}
         # Today's accepted answers: an admin may have changed them since the page was marked.
-        current = dict(s.execute(
+        current: dict[int, list[str]] = dict(s.execute(
             select(Judgment.id, GoldItem.accepted_answers)
             .join(GoldItem, (GoldItem.image_id == Judgment.image_id)
                   & (GoldItem.job_id == Judgment.job_id))
@@ -231,7 +231,7 @@ def feedback(request: Request, job_name: str, page_id: str,
             if status != result.annotator_status or status in (
                 AnnotatorStatus.REMOVED, AnnotatorStatus.DISQUALIFIED) else result.message
     labels = {c.value: c.text for c in spec.question.labels}
-    from cxrlabel.design.goldbank import is_placeholder_reason
+    from cxrlabel.design.goldreason import is_placeholder_reason
 
     return render(request, "feedback.html", {
         "is_placeholder": is_placeholder_reason,

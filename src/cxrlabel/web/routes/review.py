@@ -64,7 +64,7 @@ def queue_page(request: Request, job_name: str, user: User = Depends(expert)) ->
         "done": request.query_params.get("done") == "1"})
 
 
-def _summaries(items: list, spec) -> dict[str, str]:  # noqa: ANN001
+def _summaries(items: list, spec) -> dict[str, str]:
     weights = spec.certainty_weights
     return {it.public_id: crowd_summary(it.label, it.confidence, it.answers, weights)
             for it in items}

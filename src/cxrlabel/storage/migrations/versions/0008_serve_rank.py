@@ -9,8 +9,8 @@ claim's candidate scan stays one ordered index range, O(1) in the job size.
 
 Existing rows are filled here in batches (one UPDATE per image: a hash, not SQL).
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0008_serve_rank
+Revises: 0007_oidc_user_identities
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import hashlib
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0008_serve_rank"
+down_revision = "0007_oidc_user_identities"
 branch_labels = None
 depends_on = None
 
