@@ -90,7 +90,7 @@ class LiveJob:
 
 def build_real_job(tmp: Path, kermany: Path, *, per_class: int = 24, n_gold: int = 16,
                    **spec_kwargs) -> tuple[Database, int, object]:
-    from cxrlabel.design.goldbank import sample_from_reference
+    from cxrlabel.design.goldseed import sample_from_reference
     from cxrlabel.ingest.pipeline import ingest
 
     db = Database(f"sqlite:///{tmp / 'web.sqlite3'}")
