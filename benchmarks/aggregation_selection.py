@@ -19,7 +19,8 @@ remedies that need no gold, each a fixed rule (nothing tuned per data set):
 * ``ds class-prior~share c``: class prior with a Dirichlet prior centred on the raw vote share,
   worth c x (number of items);
 * GLAD: tied (classic) ability, tied with a fixed uniform class prior (as crowd-kit's GLAD),
-  and tied vs class-conditional chosen by held-out answer log-likelihood.
+  tied vs class-conditional chosen by held-out answer log-likelihood, and wrong answers spread
+  like the crowd's pooled error pattern instead of evenly (``error_pattern="pooled"``).
 
 Then leave-one-dataset-out: for each set, pick the candidate that keeps the most of the
 *other* sets within 0.3 points of crowd-kit (ties: higher mean difference) and score it on the
@@ -278,6 +279,7 @@ def glad_candidates(data: Dataset) -> dict[str, np.ndarray]:
     labels = {
         "glad (default, class-conditional)": GLAD().fit_judgments(full).labels,
         "glad tied": GLAD(class_ability=False).fit_judgments(full).labels,
+        "glad pooled error pattern": GLAD(error_pattern="pooled").fit_judgments(full).labels,
         "glad tied, uniform class prior": _UniformPriorGLAD(class_ability=False)
         .fit_judgments(full).labels,
     }
