@@ -85,7 +85,7 @@ class GLAD(Aggregator):
         for n_iter in range(1, self.max_iter + 1):  # noqa: B007 - n_iter is reported
             class_prior = _class_prior(posterior)
             alpha, b = self._m_step(judgments, is_answer, posterior, alpha, b)
-            log_error = self._log_error_pattern(judgments, posterior)
+            log_error = self._log_error_pattern(judgments, is_answer, posterior)
             log_lik = _log_likelihood(judgments, is_answer, alpha, b, log_error)
             new_posterior = judgments.clamp_gold(
                 softmax_rows(_sum_per_item(judgments, log_lik) + np.log(class_prior)[None, :])
@@ -138,15 +138,15 @@ class GLAD(Aggregator):
             b = b + np.clip(grad_b / curv_b, -_MAX_NEWTON_STEP, _MAX_NEWTON_STEP)
         return alpha, b
 
-    def _log_error_pattern(self, judgments: Judgments, posterior: np.ndarray) -> np.ndarray:
+    def _log_error_pattern(
+        self, judgments: Judgments, is_answer: np.ndarray, posterior: np.ndarray
+    ) -> np.ndarray:
         """(K, K) log P(answer j | true k, answer wrong); the diagonal is unused (0)."""
         k = judgments.n_classes
         if self.error_pattern == "even" or k < 2:
             errors = np.ones((k, k))
-        else:
-            answered = np.zeros((judgments.n_answers, k))
-            answered[np.arange(judgments.n_answers), judgments.labels] = 1.0
-            errors = posterior[judgments.items].T @ answered + 1.0  # (true, answered)
+        else:  # is_answer is the one-hot table of the answers
+            errors = posterior[judgments.items].T @ is_answer + 1.0  # (true, answered)
         np.fill_diagonal(errors, 0.0)
         with np.errstate(divide="ignore"):
             log_error = np.log(errors / np.maximum(errors.sum(axis=1, keepdims=True), 1e-300))
