@@ -65,6 +65,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/admin"): R(ADMINS),
     ("GET", "/admin/jobs/{job_name}/annotators"): R(ADMINS),
     ("GET", "/admin/jobs/{job_name}/gold"): R(ADMINS),
+    ("POST", "/admin/jobs/{job_name}/gold/{public_id}/reason"):
+        R(ADMINS, form={"reason": "An expert's reason."}, params={"public_id": "gold_image"}),
     ("GET", "/admin/invites"): R(ADMINS),
     ("POST", "/admin/invites"): R(ADMINS, form={"role": "annotator", "uses": "1"}),
     ("POST", "/admin/invites/{invite_id}/revoke"): R(ADMINS, form={}),
@@ -128,6 +130,7 @@ RULES: dict[tuple[str, str], Rule] = {
     # A's own alias of the image: valid for A only (experts and admins use the shared id:
     # test_reviewers_see_images_by_shared_id)
     ("GET", "/img/{public_id}"): R(ONLY_A),
+    ("GET", "/thumb/{public_id}"): R(REVIEWERS),  # expert queue previews, never annotators
 }
 # Sign-out ends the caller's session: it is checked on its own below, last.
 SIGN_OUT = {("POST", "/login"), ("POST", "/logout")}

@@ -24,6 +24,7 @@ def job_toml(
     *, name: str = "test-job", items_per_page: int = 4, gold_per_page: int = 1,
     quiz_length: int = 3, min_accuracy: float = 0.6, jmin: int = 2, jmax: int = 3,
     max_per_annotator: int = 1000, reservation_minutes: float = 30.0,
+    min_seconds_per_page: float = 0.0,
     retire_after_reveals: int = 3,
 ) -> str:
     return f'''
@@ -64,7 +65,7 @@ per_page = {gold_per_page}
 retire_after_reveals = {retire_after_reveals}
 [pages]
 items_per_page = {items_per_page}
-min_seconds_per_page = 0.0
+min_seconds_per_page = {min_seconds_per_page}
 reservation_minutes = {reservation_minutes}
 '''
 

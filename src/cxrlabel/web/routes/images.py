@@ -57,10 +57,24 @@ def _rendition_if_allowed(session, user: User, image_id: str,
 
 @router.get("/img/{public_id}")
 def image(request: Request, public_id: str, user: User = Depends(current_user)) -> Response:
-    data_dir: Path = request.app.state.settings.data_dir.resolve()
     aliases = request.app.state.image_urls.aliases
     with get_db(request).read_session() as s:  # reads only: never waits for SQLite's writer
         rel = _rendition_if_allowed(s, user, public_id, aliases)
+    return _file_response(request, rel, aliases, user)
+
+
+@router.get("/thumb/{public_id}")
+def thumbnail(request: Request, public_id: str, user: User = Depends(current_user)) -> Response:
+    """Small previews for the expert queue and admin pages (never for annotators)."""
+    rel = None
+    if user.role in (Role.ADMIN, Role.EXPERT):
+        with get_db(request).read_session() as s:
+            rel = s.scalar(select(Image.thumb_path).where(Image.public_id == public_id))
+    return _file_response(request, rel, request.app.state.image_urls.aliases, user)
+
+
+def _file_response(request: Request, rel: str | None, aliases: Aliases, user: User) -> Response:
+    data_dir: Path = request.app.state.settings.data_dir.resolve()
     if rel is None:
         raise HTTPException(404, "no such image")  # same answer: existence is not revealed
     path = path_inside(data_dir, rel)

@@ -8,8 +8,8 @@ per hour) count these rows; the admin's duplicate-account list groups by them
 ``gold_reveals``: one row per (test question, annotator) whose accepted answer the feedback
 showed; the gold bank's exposure and its retirement rule count them (``annotate/exposure.py``).
 
-Revision ID: 0008_signups_gold_reveals
-Revises: 0007_oidc_user_identities
+Revision ID: 0009_signups_gold_reveals
+Revises: 0008_serve_rank
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008_signups_gold_reveals"
-down_revision = "0007_oidc_user_identities"
+revision = "0009_signups_gold_reveals"
+down_revision = "0008_serve_rank"
 branch_labels = None
 depends_on = None
 
