@@ -130,7 +130,7 @@ RULES: dict[tuple[str, str], Rule] = {
     # A's own alias of the image: valid for A only (experts and admins use the shared id:
     # test_reviewers_see_images_by_shared_id)
     ("GET", "/img/{public_id}"): R(ONLY_A),
-    ("GET", "/thumb/{public_id}"): R(REVIEWERS),  # expert queue previews, never annotators
+    ("GET", "/thumb/{public_id}"): R(REVIEWERS, params={"public_id": "shared_public_id"}),
 }
 # Sign-out ends the caller's session: it is checked on its own below, last.
 SIGN_OUT = {("POST", "/login"), ("POST", "/logout")}
