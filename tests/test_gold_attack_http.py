@@ -28,8 +28,8 @@ import uvicorn
 from sqlalchemy import select
 
 from cxrlabel.annotate.accounts import issue_api_token
-from cxrlabel.annotate.exposure import GOLD_RETIRED
 from cxrlabel.config import Settings
+from cxrlabel.design.exposure import GOLD_RETIRED
 from cxrlabel.sim.http_attack import HttpAccount, cheat, harvest
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import (

@@ -1,4 +1,4 @@
-"""Gold bank exposure and rotation (annotate/exposure.py, issue 18): an item whose answer has
+"""Gold bank exposure and rotation (design/exposure.py, issue 18): an item whose answer has
 been shown to ``gold.retire_after_reveals`` annotators is retired; a failed quiz reveals
 nothing; the gold check, the gold list and the admin gold page show exposure and warn."""
 
@@ -12,14 +12,14 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from cxrlabel.annotate import exposure
 from cxrlabel.annotate.assignment import next_page
-from cxrlabel.annotate.exposure import GOLD_RETIRED, bank_exposure, revealed_counts
 from cxrlabel.annotate.progress import gold_summary
 from cxrlabel.annotate.schemas import AnswerIn
 from cxrlabel.annotate.submission import submit_page
 from cxrlabel.cli import app as cli_app
 from cxrlabel.config import Settings
+from cxrlabel.design import exposure
+from cxrlabel.design.exposure import GOLD_RETIRED, bank_exposure, revealed_counts
 from cxrlabel.design.goldbank import check_gold
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import AuditEvent, GoldItem, Image, User, utcnow

@@ -9,7 +9,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from cxrlabel.annotate.accounts import invite_problem
-from cxrlabel.annotate.exposure import revealed_counts
+from cxrlabel.design.exposure import revealed_counts
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.storage.models import (
     AnnotatorState,
@@ -52,7 +52,7 @@ def job_progress(session: Session, job: Job, spec: JobSpec, now: datetime) -> di
         "work_images": sum(n for s, n in by_status.items() if s != ImageStatus.GOLD),
         "judgments": judgments or 0, "open_pages": open_pages or 0,
         "annotators": annotators or 0, "gold": gold or 0,  # active test questions
-        "gold_inactive": inactive or 0,  # retired (exposure, annotate/exposure.py) or switched off
+        "gold_inactive": inactive or 0,  # retired (exposure, design/exposure.py) or switched off
         "jmin": spec.judgments.min, "jmax": spec.judgments.max,
     }
 

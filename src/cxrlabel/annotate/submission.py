@@ -28,8 +28,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from cxrlabel.annotate.assignment import DEFAULT_STATUS_MESSAGES, open_reservations
-from cxrlabel.annotate.exposure import after_feedback
 from cxrlabel.annotate.schemas import AnswerIn, SubmissionError, SubmitResult
+from cxrlabel.design.exposure import after_feedback
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.quality import grading as quality_service
 from cxrlabel.quality.records import PageOutcome, SubmittedJudgment

@@ -11,7 +11,6 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cxrlabel.annotate.exposure import revealed_counts
 from cxrlabel.context import app_context, console, fail, get_job
 from cxrlabel.design import goldbank, goldseed
 from cxrlabel.design.estimate import (
@@ -20,6 +19,7 @@ from cxrlabel.design.estimate import (
     estimate,
     inputs_from_spec,
 )
+from cxrlabel.design.exposure import revealed_counts
 from cxrlabel.jobspec import resolve_job_path
 
 JOB_HELP = "Job name (or job file) [default: pneumonia-pediatric]."

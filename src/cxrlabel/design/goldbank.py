@@ -20,7 +20,7 @@ import numpy as np
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from cxrlabel.annotate.exposure import Exposure, bank_exposure
+from cxrlabel.design.exposure import Exposure, bank_exposure
 from cxrlabel.design.goldreason import is_placeholder_reason
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.storage.models import (

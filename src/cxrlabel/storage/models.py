@@ -355,7 +355,7 @@ class Invite(Base):
 
 class GoldReveal(Base):
     """A test question's accepted answer shown to one annotator (missed-gold feedback): the
-    gold bank's exposure, counted per distinct annotator (``annotate/exposure.py``)."""
+    gold bank's exposure, counted per distinct annotator (``design/exposure.py``)."""
 
     __tablename__ = "gold_reveals"
     __table_args__ = (UniqueConstraint("image_id", "user_id", name="uq_gold_reveal"),)

@@ -19,8 +19,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cxrlabel.annotate.aliases import Aliases
-from cxrlabel.annotate.exposure import answers_shown
 from cxrlabel.annotate.schemas import AnswerIn, SubmitResult
+from cxrlabel.design.exposure import answers_shown
 from cxrlabel.quality.commands import not_contestable
 from cxrlabel.storage.models import Image, Job, Judgment, Page, PageItem
 
@@ -67,7 +67,7 @@ def result_out(result: SubmitResult, aliases: Aliases, user_id: int) -> SubmitRe
     """The result with the annotator's aliases in place of shared and sequential ids. A failed
     quiz gets its score but not the accepted answers: the account cannot continue, so the
     answers would teach it nothing, and throwaway accounts failing the quiz on purpose were
-    how the whole gold bank was collected (annotate/exposure.py counts no reveal for them)."""
+    how the whole gold bank was collected (design/exposure.py counts no reveal for them)."""
     data = result.model_dump()
     if not answers_shown(result.kind, result.quiz_passed):
         data["missed_gold"] = []

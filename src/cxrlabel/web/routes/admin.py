@@ -7,9 +7,9 @@ from sqlalchemy import select
 from starlette.responses import RedirectResponse, Response
 
 from cxrlabel.annotate.accounts import AccountError, create_invite, invite_link, revoke_invite
-from cxrlabel.annotate.exposure import bank_exposure
 from cxrlabel.annotate.progress import annotator_rows, gold_summary, invite_rows, job_progress
 from cxrlabel.annotate.signups import duplicate_signals
+from cxrlabel.design.exposure import bank_exposure
 from cxrlabel.storage.models import Job, Role, User, utcnow
 from cxrlabel.web.deps import csrf_protect, get_db, job_and_spec, render, require_role
 

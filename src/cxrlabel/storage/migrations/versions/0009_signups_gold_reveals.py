@@ -6,7 +6,7 @@ per hour) count these rows; the admin's duplicate-account list groups by them
 (``annotate/signups.py``).
 
 ``gold_reveals``: one row per (test question, annotator) whose accepted answer the feedback
-showed; the gold bank's exposure and its retirement rule count them (``annotate/exposure.py``).
+showed; the gold bank's exposure and its retirement rule count them (``design/exposure.py``).
 
 Revision ID: 0009_signups_gold_reveals
 Revises: 0008_serve_rank
