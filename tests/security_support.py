@@ -118,10 +118,11 @@ def build_env(db_url: str, data_dir: Path) -> Env:
     roles = {EXPERT: "expert", ADMIN: "admin"}
     ids = {role: add_user(db, name, roles.get(role, "annotator")) for role, name in names.items()}
     # Quiz: A passes missing one test question (2/3 >= 0.6), B and the removed one pass,
-    # the disqualified one misses all three.
+    # the disqualified one misses all three, on the quiz and on its one retake (issue 17).
     quiz_a = _answer(db, seeded.job_id, ids[A], gold, miss_gold=1)
     _answer(db, seeded.job_id, ids[B], gold)
     _answer(db, seeded.job_id, ids[REMOVED], gold)
+    _answer(db, seeded.job_id, ids[DISQ], gold, miss_gold=3)
     _answer(db, seeded.job_id, ids[DISQ], gold, miss_gold=3)
     done_a = _answer(db, seeded.job_id, ids[A], gold, miss_gold=1)  # a work page, gold missed
     open_a = _answer(db, seeded.job_id, ids[A], gold, submit=False)  # held, unsubmitted

@@ -10,7 +10,7 @@ from rich.markup import escape
 from cxrlabel.context import app_context, console, fail
 
 # Escaped: fail() prints Rich markup, which would swallow a bare "[model]".
-INSTALL_HINT = "install the optional extra: pip install 'cxrlabel\\[model]'"
+INSTALL_HINT = "install the optional extra: pip install 'cxrlabel[model]'"
 
 
 def train(
