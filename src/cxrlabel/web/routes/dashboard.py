@@ -23,14 +23,7 @@ import base64
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import Response
 
-from cxrlabel.results.qa import (
-    QAFigure,
-    collect_qa,
-    qa_figures,
-    qa_summary,
-    render_qa_html,
-    summary_cards,
-)
+from cxrlabel.results.qa import QAFigure, render_qa_report, summary_cards
 from cxrlabel.results.reports import (
     FORMATS,
     REPORT_KINDS,
@@ -38,6 +31,7 @@ from cxrlabel.results.reports import (
     table_to_csv,
     table_to_json,
 )
+from cxrlabel.results.snapshot import QASnapshot, QASnapshots
 from cxrlabel.storage.models import Role
 from cxrlabel.web.deps import get_db, job_and_spec, render, require_role
 
@@ -98,14 +92,24 @@ def dashboard_css() -> Response:
                     headers={"Cache-Control": "max-age=300"})
 
 
+def qa_snapshot(request: Request, job_name: str) -> QASnapshot:
+    """The job's QA figures from the app's snapshot cache (recomputed at most once a minute
+    while the job changes; see cxrlabel.results.snapshot). A read session: computing them
+    takes seconds and must not hold SQLite's one write lock that annotators' pages wait for."""
+    snapshots = getattr(request.app.state, "qa_snapshots", None)
+    if snapshots is None:
+        snapshots = request.app.state.qa_snapshots = QASnapshots(min_interval=REFRESH_SECONDS)
+    with get_db(request).read_session() as session:
+        job, spec = job_and_spec(session, job_name)
+        return snapshots.get(session, job, spec)
+
+
 @router.get("/admin/jobs/{job_name}/dashboard", dependencies=admin_only)
 def dashboard(request: Request, job_name: str, partial: bool = False) -> Response:
-    with get_db(request).session() as session:
-        job, spec = job_and_spec(session, job_name)
-        qa = collect_qa(session, job, spec)
-    summary = qa_summary(qa)
-    figures = [(fig, svg_data_uri(fig)) for fig in qa_figures(qa, summary)]
-    context = {"job": job.name, "summary": summary, "cards": summary_cards(summary),
+    snapshot = qa_snapshot(request, job_name)
+    summary = snapshot.summary
+    figures = [(fig, svg_data_uri(fig)) for fig in snapshot.figures]
+    context = {"job": snapshot.qa.job_name, "summary": summary, "cards": summary_cards(summary),
                "figures": figures, "generated_at": summary["generated_at"],
                "refresh": REFRESH_SECONDS}
     name = "results/_dashboard_body.html" if partial else "results/dashboard.html"
@@ -114,17 +118,16 @@ def dashboard(request: Request, job_name: str, partial: bool = False) -> Respons
 
 @router.get("/admin/jobs/{job_name}/reports/qa.html", dependencies=admin_only)
 def qa_download(request: Request, job_name: str) -> Response:
-    with get_db(request).session() as session:
-        job, spec = job_and_spec(session, job_name)
-        html = render_qa_html(collect_qa(session, job, spec))
-    return _download(html, "text/html; charset=utf-8", f"{job.name}-qa.html")
+    snapshot = qa_snapshot(request, job_name)
+    html = render_qa_report(snapshot.qa.job_name, snapshot.summary, snapshot.figures)
+    return _download(html, "text/html; charset=utf-8", f"{snapshot.qa.job_name}-qa.html")
 
 
 @router.get("/admin/jobs/{job_name}/reports/{kind}.{fmt}", dependencies=admin_only)
 def report_download(request: Request, job_name: str, kind: str, fmt: str) -> Response:
     if kind not in REPORT_KINDS or fmt not in FORMATS:
         raise HTTPException(status_code=404, detail="unknown report")
-    with get_db(request).session() as session:
+    with get_db(request).read_session() as session:
         job, spec = job_and_spec(session, job_name)
         table = build_report(kind, session, job, spec)
     body = table_to_csv(table) if fmt == "csv" else table_to_json(table)
