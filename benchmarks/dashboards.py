@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Runs in the tree's interpreter: serve the app, time each route, print one JSON line.
 PROBE = """
 import json, sys, time
+from pathlib import Path
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 from cxrlabel.annotate.accounts import issue_api_token
@@ -50,7 +51,7 @@ from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import Job, User
 from cxrlabel.web.app import create_app
 
-data_dir, job_name, repeat = sys.argv[1], sys.argv[2], int(sys.argv[3])
+data_dir, job_name, repeat = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 db = Database(f"sqlite:///{data_dir}/cxrlabel.sqlite3")
 with db.session() as s:
     user = s.scalar(select(User).where(User.username == "bench-admin"))

@@ -94,14 +94,16 @@ def dashboard_css() -> Response:
 
 def qa_snapshot(request: Request, job_name: str) -> QASnapshot:
     """The job's QA figures from the app's snapshot cache (recomputed at most once a minute
-    while the job changes; see cxrlabel.results.snapshot). A read session: computing them
-    takes seconds and must not hold SQLite's one write lock that annotators' pages wait for."""
+    while the job changes, in the background once a first snapshot exists; see
+    cxrlabel.results.snapshot). Read sessions: computing them takes seconds and must not hold
+    SQLite's one write lock that annotators' pages wait for."""
     snapshots = getattr(request.app.state, "qa_snapshots", None)
     if snapshots is None:
         snapshots = request.app.state.qa_snapshots = QASnapshots(min_interval=REFRESH_SECONDS)
-    with get_db(request).read_session() as session:
+    db = get_db(request)
+    with db.read_session() as session:
         job, spec = job_and_spec(session, job_name)
-        return snapshots.get(session, job, spec)
+        return snapshots.get(session, job, spec, reopen=db.read_session)
 
 
 @router.get("/admin/jobs/{job_name}/dashboard", dependencies=admin_only)
