@@ -19,6 +19,7 @@ the stylesheet are served by this router for the same reason (``script-src 'self
 from __future__ import annotations
 
 import base64
+import threading
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import Response
@@ -73,6 +74,7 @@ DASHBOARD_CSS = """\
 """
 
 router = APIRouter(include_in_schema=False)
+_snapshots_created = threading.Lock()
 admin_only = [Depends(require_role(Role.ADMIN))]
 
 
@@ -97,9 +99,11 @@ def qa_snapshot(request: Request, job_name: str) -> QASnapshot:
     while the job changes, in the background once a first snapshot exists; see
     cxrlabel.results.snapshot). Read sessions: computing them takes seconds and must not hold
     SQLite's one write lock that annotators' pages wait for."""
-    snapshots = getattr(request.app.state, "qa_snapshots", None)
-    if snapshots is None:
-        snapshots = request.app.state.qa_snapshots = QASnapshots(min_interval=REFRESH_SECONDS)
+    with _snapshots_created:  # two first requests must share one cache, not race to make two
+        snapshots = getattr(request.app.state, "qa_snapshots", None)
+        if snapshots is None:
+            snapshots = request.app.state.qa_snapshots = QASnapshots(
+                min_interval=REFRESH_SECONDS)
     db = get_db(request)
     with db.read_session() as session:
         job, spec = job_and_spec(session, job_name)
