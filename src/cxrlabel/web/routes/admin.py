@@ -24,7 +24,7 @@ def base_url(request: Request) -> str:
 @router.get("/admin")
 def index(request: Request, user: User = Depends(admin)) -> Response:
     now = utcnow()
-    with get_db(request).session() as s:
+    with get_db(request).read_session() as s:  # counts only: never wait for the write lock
         jobs = []
         for name in s.scalars(select(Job.name).order_by(Job.id)).all():
             job, spec = job_and_spec(s, name)
