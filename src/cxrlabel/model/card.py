@@ -134,6 +134,21 @@ def _readme_quality(dataset_dir: Path) -> str:
     return "Quoted from the export's datasheet:\n\n" + body
 
 
+def _warnings(problems: list[str]) -> str:
+    """A loud section at the top when training data were too few or calibration degenerated."""
+    if not problems:
+        return ""
+    lines = "\n".join(f"- {p}" for p in problems)
+    return f"""
+## Warnings
+
+**Do not use this model for triage before these are fixed** (more labelled images, or a
+check of the export):
+
+{lines}
+"""
+
+
 def write_card(model_dir: Path, meta: dict, dataset_dir: Path) -> Path:
     ops, th, tr = meta["operating_points"], meta["thresholds"], meta["training"]
     evaluation = meta["metrics"]
@@ -141,6 +156,7 @@ def write_card(model_dir: Path, meta: dict, dataset_dir: Path) -> Path:
     card = f"""# Model card: cxrlabel pneumonia triage model
 
 Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by cxrlabel {meta['cxrlabel_version']}.
+{_warnings(meta.get('warnings', []))}
 
 ## Intended use
 

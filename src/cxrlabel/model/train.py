@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cxrlabel import __version__
-from cxrlabel.model import calibrate, metrics
+from cxrlabel.model import calibrate, health, metrics
 from cxrlabel.model.augment import AugmentConfig, augment
 from cxrlabel.model.data import (
     INPUT_MEAN,
@@ -113,6 +113,9 @@ def load_splits(
         console.print("no validation rows in the export: carving 15 % of patients from train")
         examples = carve_validation(examples, 0.15, seed)
     by_split = {s: [e for e in examples if e.split == s] for s in ("train", "validation", "test")}
+    refusal = health.size_refusal(len(by_split["train"]), len(by_split["validation"]))
+    if refusal:
+        raise DatasetError(refusal)
     for name in ("train", "validation"):
         targets = {e.evaluation_target for e in by_split[name]}
         if targets != {0, 1}:
@@ -151,6 +154,34 @@ def torch_logits(
         logits.append(logit.cpu().numpy())
         cams.append(cam.cpu().numpy())
     return np.concatenate(logits), np.concatenate(cams)
+
+
+def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """Fixed test-time views of (N, 1, S, S) in [0, 1]: as is, zoomed 6 %, two exposures."""
+    n = x.shape[0]
+    theta = torch.tensor([[1 / 1.06, 0, 0], [0, 1 / 1.06, 0]], dtype=x.dtype).expand(n, 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    zoomed = F.grid_sample(x, grid, mode="bilinear", padding_mode="border",
+                           align_corners=False)
+    clamped = x.clamp(1e-4, 1.0)
+    return [x, zoomed, clamped ** 0.85, clamped ** 1.15]
+
+
+@torch.no_grad()
+def predict_logits(
+    model: TriageNet, pixels: np.ndarray, device: torch.device, tta: bool = False,
+    batch_size: int = 128,
+) -> np.ndarray:
+    """Logits of uint8 (N, S, S); with ``tta`` the mean logit over ``tta_views``."""
+    if not tta:
+        return torch_logits(model, pixels, device, batch_size)[0]
+    model.eval().to(memory_format=torch.channels_last)
+    out = []
+    for start in range(0, len(pixels), batch_size):
+        x = _to_tensor(pixels[start:start + batch_size], device)
+        views = [model(_normalise(v))[0] for v in tta_views(x)]
+        out.append(torch.stack(views).mean(dim=0).cpu().numpy())
+    return np.concatenate(out)
 
 
 def _train_epoch(
@@ -240,7 +271,31 @@ def fit(
     return model.eval(), history, stop
 
 
-def export_onnx(model: TriageNet, size: int, path: Path) -> None:
+def onnx_metadata(meta: dict) -> dict[str, str]:
+    """What a consumer of ``model.onnx`` alone needs: preprocessing, temperature, thresholds.
+
+    ONNX ``metadata_props`` are string pairs; nested values are JSON. ONNX Runtime reads them
+    with ``session.get_modelmeta().custom_metadata_map``.
+    """
+    preprocessing = {
+        "grayscale": True, "squash_to": meta["squash_side"], "resize_to": meta["input_size"],
+        "scale": "x / 255", "mean": meta["input_mean"], "std": meta["input_std"],
+        "layout": "N,1,S,S float32",
+    }
+    return {
+        "cxrlabel_version": meta["cxrlabel_version"],
+        "temperature": repr(float(meta["temperature"])),
+        "thresholds": json.dumps(meta["thresholds"]),
+        "preprocessing": json.dumps(preprocessing),
+        "output": "p_pneumonia = sigmoid(logit / temperature); band flag if p >= flag, "
+                  "clear if p < clear, else review",
+        "warnings": json.dumps(meta.get("warnings", [])),
+    }
+
+
+def export_onnx(
+    model: TriageNet, size: int, path: Path, metadata: dict[str, str] | None = None
+) -> None:
     model = model.cpu().eval().to(memory_format=torch.contiguous_format)
     with warnings.catch_warnings():
         # The TorchScript exporter is deprecated in favour of one that needs onnxscript; ours
@@ -252,6 +307,13 @@ def export_onnx(model: TriageNet, size: int, path: Path) -> None:
             dynamic_axes={"image": {0: "n"}, "logit": {0: "n"}, "cam": {0: "n"}},
             opset_version=17, dynamo=False,
         )
+    if metadata:
+        import onnx
+
+        proto = onnx.load(str(path))
+        for key, value in metadata.items():
+            proto.metadata_props.add(key=key, value=value)
+        onnx.save(proto, str(path))
 
 
 def pick_device() -> torch.device:
@@ -292,6 +354,10 @@ def train(
         val.y, val_p, val.groups, cfg.min_sensitivity, cfg.min_npv, seed=cfg.seed
     )
     flag_at, clear_below = ops.flag.chosen, ops.clear.chosen
+    problems = health.size_warnings(len(splits["train"].examples), len(val.examples))
+    problems += health.calibration_warnings(temperature_fit, val_p, flag_at, clear_below)
+    for problem in problems:
+        console.print(f"[yellow]warning: {problem}[/]")
     evaluation = {"validation": metrics.evaluate(val.y, val_p, val.groups, flag_at, clear_below)}
     # Thresholds are fixed above; only now is the test split scored.
     if "test" in splits:
@@ -304,7 +370,6 @@ def train(
     model_dir.mkdir(parents=True, exist_ok=True)
     model = model.cpu()
     torch.save(model.state_dict(), model_dir / TORCH_WEIGHTS)
-    export_onnx(model, cfg.size, model_dir / ONNX_FILE)
     meta = {
         "format": 1,
         "cxrlabel_version": __version__,
@@ -334,7 +399,9 @@ def train(
         },
         "history": history,
         "metrics": evaluation,
+        "warnings": problems,
     }
+    export_onnx(model, cfg.size, model_dir / ONNX_FILE, onnx_metadata(meta))
     meta["onnx_parity_max_abs_diff"] = _onnx_parity(model_dir, meta, val.pixels[:32])
     (model_dir / MODEL_JSON).write_text(json.dumps(meta, indent=2), encoding="utf-8")
     from cxrlabel.model.card import write_card, write_plots
