@@ -51,6 +51,9 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--schemes", nargs="+", default=list(newpatient.SCHEMES),
                     choices=newpatient.SCHEMES)
     ap.add_argument("--out", type=Path, default=Path("/tmp/model_newpatient"))
+    ap.add_argument("--write-estimate", type=Path, default=None,
+                    help="also write the summary the model card quotes (e.g. "
+                         "src/cxrlabel/model/newpatient_estimate.json)")
     return ap.parse_args()
 
 
@@ -63,6 +66,10 @@ def _subset(examples, share: float, seed: int = 0) -> np.ndarray:
 
 def _fmt_ci(ev: dict) -> str:
     return f"{ev['auc']:.3f} [{ev['auc_ci'][0]:.3f}, {ev['auc_ci'][1]:.3f}]"
+
+
+def _ci(pair) -> str:
+    return f"[{pair[0]:.3f}, {pair[1]:.3f}]"
 
 
 def _row(name: str, proxy: str, ev: dict) -> str:
@@ -102,6 +109,8 @@ def main() -> None:
                 r = newpatient.run_holdout(examples, pixels, split, replace(cfg), console,
                                            tta=args.tta)
                 results.append(r)
+                np.savez(args.out / f"{scheme}_{seed}_{len(results)}.npz", y=r.y, p=r.p,
+                         groups=r.groups, flag_at=r.flag_at, clear_below=r.clear_below)
                 ev = metrics.evaluate(r.y, r.p, r.groups, r.flag_at, r.clear_below)
                 print(_row(f"{r.name} seed {seed} ({r.seconds / 60:.1f} min)",
                            f"{r.proxy_auc:.3f}", ev), flush=True)
@@ -109,6 +118,9 @@ def main() -> None:
         th = newpatient.thresholds_across(results)
         print(_row(f"**{scheme} pooled**",
                    f"{np.mean([r.proxy_auc for r in results]):.3f}", pooled), flush=True)
+        print(f"  {scheme}: flag sensitivity 95 % CI {_ci(pooled['flag_sensitivity_ci'])}, "
+              f"specificity {_ci(pooled['flag_specificity_ci'])}, clear NPV "
+              f"{_ci(pooled['clear_npv_ci'])}", flush=True)
         report["schemes"][scheme] = {
             "pooled": pooled, "thresholds": th,
             "runs": [{"name": r.name, "seed": r.seed, "proxy_auc": r.proxy_auc,
@@ -125,6 +137,9 @@ def main() -> None:
               f"{ops['flag']['q95']:.3f}); clear {ops['clear']['point']:.3f} "
               f"({ops['clear']['q05']:.3f}-{ops['clear']['q95']:.3f})")
     (args.out / "report.json").write_text(json.dumps(report, indent=2, default=float))
+    if args.write_estimate:
+        args.write_estimate.write_text(
+            json.dumps(estimate_summary(report, args), indent=2, default=float) + "\n")
 
 
 def _pooled(results) -> dict:
@@ -142,7 +157,36 @@ def _pooled(results) -> dict:
     ev["flag_specificity"] = float((~flagged[y == 0]).mean())
     ev["clear_npv"] = float((y[cleared] == 0).mean()) if cleared.any() else float("nan")
     ev["clear_specificity"] = float(cleared[y == 0].mean())
+    ev["flag_sensitivity_ci"] = _rate_ci(y, flagged, groups, 1)
+    ev["flag_specificity_ci"] = _rate_ci(y, ~flagged, groups, 0)
+    ev["clear_npv_ci"] = list(metrics.bootstrap_ci(
+        lambda yy, cc: float((yy[cc > 0] == 0).mean()) if (cc > 0).any() else float("nan"),
+        y, cleared.astype(float), groups, 500)[1:])
     return ev
+
+
+def _rate_ci(y, hit, groups, cls: int) -> list[float]:
+    """Patient-bootstrap 95 % interval of the share of class ``cls`` with ``hit``."""
+    def share(yy, hh):
+        return float(hh[yy == cls].mean()) if (yy == cls).any() else float("nan")
+    return list(metrics.bootstrap_ci(share, y, hit.astype(float), groups, 500)[1:])
+
+
+def estimate_summary(report: dict, args: argparse.Namespace) -> dict:
+    """What the model card quotes: the recipe and its pooled new-patient figures."""
+    out = {"measured_by": "benchmarks/model_newpatient.py", "size": args.size,
+           "epochs": args.epochs, "augment": args.augment, "tta": args.tta,
+           "seeds": args.seeds, "date": time.strftime("%Y-%m-%d"), "schemes": {}}
+    for scheme, rep in report["schemes"].items():
+        ev = rep["pooled"]
+        out["schemes"][scheme] = {
+            k: ev[k] for k in ("n", "auc", "auc_ci", "flag_sensitivity", "flag_sensitivity_ci",
+                               "flag_specificity", "flag_specificity_ci", "clear_npv",
+                               "clear_npv_ci", "clear_specificity")}
+        out["schemes"][scheme]["proxy_auc"] = float(np.mean([r["proxy_auc"]
+                                                             for r in rep["runs"]]))
+        out["schemes"][scheme]["flag_threshold"] = rep["thresholds"]["pooled"]["flag"]
+    return out
 
 
 if __name__ == "__main__":

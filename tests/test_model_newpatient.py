@@ -110,6 +110,28 @@ def test_thresholds_across_runs_are_pooled_with_a_spread():
     assert (p[y == 1] >= flag["point"]).mean() >= 0.95
 
 
+def test_card_quotes_the_new_patient_estimate_and_its_recipe(tmp_path):
+    import json
+
+    from cxrlabel.model.card import new_patient_section
+
+    assert "No new-patient estimate" in new_patient_section({"input_size": 96},
+                                                           tmp_path / "absent.json")
+    figures = {"n": 2313, "auc": 0.9871, "auc_ci": [0.983, 0.991], "proxy_auc": 0.99,
+               "flag_sensitivity": 0.972, "flag_sensitivity_ci": [0.96, 0.98],
+               "flag_specificity": 0.907, "flag_specificity_ci": [0.88, 0.93],
+               "clear_npv": 0.992, "clear_npv_ci": [0.98, 1.0], "clear_specificity": 0.441}
+    est = {"measured_by": "benchmarks/model_newpatient.py", "size": 96, "epochs": 3,
+           "augment": "default", "tta": False, "seeds": [0], "date": "2026-12-03",
+           "schemes": {"squashed_cv": figures}}
+    path = tmp_path / "estimate.json"
+    path.write_text(json.dumps(est))
+    text = new_patient_section({"input_size": 96}, path)
+    assert "0.987 [0.983, 0.991]" in text and "0.907 [0.880, 0.930]" in text
+    assert "not 96 px" not in text
+    assert "trained at 128 px, not 96 px" in new_patient_section({"input_size": 128}, path)
+
+
 torch = pytest.importorskip("torch", reason="the [model] extra (PyTorch) is not installed")
 
 

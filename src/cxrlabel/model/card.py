@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -134,6 +135,45 @@ def _readme_quality(dataset_dir: Path) -> str:
     return "Quoted from the export's datasheet:\n\n" + body
 
 
+ESTIMATE_FILE = Path(__file__).with_name("newpatient_estimate.json")
+
+
+def _ci(pair: list[float]) -> str:
+    return f"[{pair[0]:.3f}, {pair[1]:.3f}]"
+
+
+def new_patient_section(meta: dict, estimate_file: Path = ESTIMATE_FILE) -> str:
+    """Expected figures on new patients, from the recipe's measured new-patient estimate.
+
+    The validation figures above come from a split drawn like the training data; what holds on
+    new patients was measured separately (benchmarks/model_newpatient.py) for a recipe, and is
+    quoted here with the recipe, so a reader sees when this model was trained differently.
+    """
+    title = "### Expected on new patients\n\n"
+    if not estimate_file.is_file():
+        return title + ("No new-patient estimate is bundled: expect lower figures than the "
+                        "validation ones above (see docs/model.md).")
+    est = json.loads(estimate_file.read_text(encoding="utf-8"))
+    rows = ["| scheme | images | proxy AUC | AUC [95 % CI] | flag sensitivity | "
+            "flag specificity | clear NPV | normals cleared |", "|---|---|---|---|---|---|---|---|"]
+    for name, s in est["schemes"].items():
+        rows.append(f"| {name} | {s['n']} | {s['proxy_auc']:.3f} | {s['auc']:.3f} "
+                    f"{_ci(s['auc_ci'])} | {s['flag_sensitivity']:.3f} "
+                    f"{_ci(s['flag_sensitivity_ci'])} | {s['flag_specificity']:.3f} "
+                    f"{_ci(s['flag_specificity_ci'])} | {s['clear_npv']:.3f} "
+                    f"{_ci(s['clear_npv_ci'])} | {s['clear_specificity']:.3f} |")
+    same = est["size"] == meta["input_size"]
+    recipe = (f"{est['size']} px, {est['epochs']} epochs, {est['augment']} augmentation"
+              f"{', test-time augmentation' if est['tta'] else ''}; measured {est['date']}")
+    note = ("" if same else f"\n\n**This model was trained at {meta['input_size']} px, not "
+            f"{est['size']} px: the figures describe the recipe, not this model.**")
+    return (title + f"Internal new-patient estimate ({est['measured_by']}, expert labels, "
+            f"Kermany train+val images; recipe: {recipe}). Thresholds as each run chose them "
+            f"on its own validation split; 95 % patient-bootstrap intervals. The kept-aside "
+            f"official test split has read lower than this estimate so far.\n\n"
+            + "\n".join(rows) + note)
+
+
 def _warnings(problems: list[str]) -> str:
     """A loud section at the top when training data were too few or calibration degenerated."""
     if not problems:
@@ -226,6 +266,8 @@ pneumonia share; where pneumonia is rarer NPV is higher, where it is commoner, l
 ## Metrics
 
 {_metrics_table(evaluation)}
+
+{new_patient_section(meta)}
 
 {"Test figures were computed once, after the thresholds were fixed." if has_test else
  "The export has no test split: the figures above are validation figures, which overstate "
