@@ -13,7 +13,7 @@ import json
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,7 @@ from cxrlabel.model.data import (
     read_export,
 )
 from cxrlabel.model.infer import MODEL_JSON, ONNX_FILE
-from cxrlabel.model.net import DEFAULT_WIDTHS, TriageNet
+from cxrlabel.model.net import DEFAULT_WIDTHS, SeedEnsemble, TriageNet, build
 
 TORCH_WEIGHTS = "model.pt"
 
@@ -54,6 +54,8 @@ class TrainConfig:
     # Optional budget in CPU-minutes of this process (all threads): on a shared machine it
     # measures the work done, whatever the other tenants take.
     max_cpu_minutes: float | None = None
+    # Models trained with seeds seed, seed+1, ... on the same split and averaged (one ONNX).
+    ensemble: int = 1
     widths: tuple[int, ...] = DEFAULT_WIDTHS
     min_sensitivity: float = 0.95
     min_npv: float = 0.97
@@ -293,6 +295,40 @@ def onnx_metadata(meta: dict) -> dict[str, str]:
     }
 
 
+def fit_members(
+    splits: dict[str, Split], cfg: TrainConfig, device: torch.device, console: Console,
+    started: float,
+) -> tuple[TriageNet | SeedEnsemble, list[dict], str, dict]:
+    """``fit`` once per ensemble member (seeds seed, seed+1, ...), sharing the time budget.
+
+    Returns the model, the first member's history, the last stop reason and the spread of
+    each member's own temperature and flag/clear thresholds on validation (how much a
+    threshold moves with the seed alone).
+    """
+    n = max(1, cfg.ensemble)
+    members, history, stop = [], [], ""
+    spread: dict[str, list[float]] = {"temperature": [], "flag": [], "clear": []}
+    val = splits["validation"]
+    for k in range(n):
+        budget = replace(cfg, seed=cfg.seed + k, max_minutes=cfg.max_minutes * (k + 1) / n,
+                         max_cpu_minutes=cfg.max_cpu_minutes and cfg.max_cpu_minutes * (k + 1) / n)
+        if n > 1:
+            console.print(f"ensemble member {k + 1}/{n}, seed {budget.seed}")
+        member, member_history, stop = fit(splits, budget, device, console, started)
+        members.append(member)
+        history = history or member_history
+        logits, _ = torch_logits(member, val.pixels, device)
+        temperature, _ = calibrate.fit_temperature(logits, val.calibration_target)
+        ops = calibrate.choose_operating_points(
+            val.y, calibrate.sigmoid(logits / temperature), val.groups, cfg.min_sensitivity,
+            cfg.min_npv, n_boot=100, seed=budget.seed)
+        spread["temperature"].append(temperature)
+        spread["flag"].append(ops.flag.chosen)
+        spread["clear"].append(ops.clear.chosen)
+    model = members[0] if n == 1 else SeedEnsemble(members).eval()
+    return model, history, stop, spread
+
+
 def export_onnx(
     model: TriageNet, size: int, path: Path, metadata: dict[str, str] | None = None
 ) -> None:
@@ -341,7 +377,7 @@ def train(
     console.print(f"training on {device} ({torch.get_num_threads()} CPU threads), "
                   f"{cfg.size} px, seed {cfg.seed}")
     splits = load_splits(Path(dataset_dir), cfg.size, cfg.seed, console)
-    model, history, stop = fit(splits, cfg, device, console, started)
+    model, history, stop, seed_spread = fit_members(splits, cfg, device, console, started)
     train_seconds = time.monotonic() - started
     cpu_seconds = time.process_time()
     console.print(f"{stop} after {len(history)} epochs, {train_seconds / 60:.1f} min")
@@ -370,11 +406,14 @@ def train(
     model_dir.mkdir(parents=True, exist_ok=True)
     model = model.cpu()
     torch.save(model.state_dict(), model_dir / TORCH_WEIGHTS)
+    # TriageNet only: a seed ensemble's graph is the members' mean, see net.SeedEnsemble.
     meta = {
         "format": 1,
         "cxrlabel_version": __version__,
         "arch": "TriageNet",
         "widths": list(cfg.widths),
+        "ensemble": max(1, cfg.ensemble),
+        "seed_spread": seed_spread,
         "input_size": cfg.size,
         "squash_side": SQUASH_SIDE,
         "input_mean": INPUT_MEAN,
@@ -417,7 +456,7 @@ def _onnx_parity(model_dir: Path, meta: dict, pixels: np.ndarray) -> float | Non
         from cxrlabel.model.infer import OnnxModel
     except ImportError:
         return None
-    model = TriageNet(tuple(meta["widths"]))
+    model = build(tuple(meta["widths"]), meta.get("ensemble", 1))
     model.load_state_dict(torch.load(model_dir / TORCH_WEIGHTS, weights_only=True))
     logits, _ = torch_logits(model, pixels, torch.device("cpu"))
     p_torch = calibrate.sigmoid(logits / meta["temperature"])
