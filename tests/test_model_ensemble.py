@@ -37,7 +37,7 @@ def test_train_with_an_ensemble_of_two(tmp_path):
     out = tmp_path / "model"
     result = CliRunner().invoke(app, ["train", str(export), "-o", str(out), "--size", "64",
                                       "--epochs", "1", "--batch-size", "8", "--threads", "2",
-                                      "--ensemble", "2"])
+                                      "--ensemble", "2", "--augment", "strong"])
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "model.json").read_text())
     assert meta["ensemble"] == 2
@@ -46,4 +46,12 @@ def test_train_with_an_ensemble_of_two(tmp_path):
     pixels = load_batch(sorted(export.rglob("*.png"))[:3], 64)
     p, cam = OnnxModel(out).probabilities(pixels)
     assert p.shape == (3,) and cam.shape == (3, 4, 4) and np.all((p > 0) & (p < 1))
-    assert "Seed ensemble of 2 members" in (out / "MODEL_CARD.md").read_text()
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "Seed ensemble of 2 members" in card
+    assert meta["training"]["augment"]["blur_prob"] > 0 and "Gaussian blur" in card
+
+
+def test_train_refuses_an_unknown_augment_preset(tmp_path):
+    result = CliRunner().invoke(app, ["train", str(tmp_path), "-o", str(tmp_path / "m"),
+                                      "--augment", "wild"])
+    assert result.exit_code == 2 and "default or strong" in result.output

@@ -174,6 +174,13 @@ def new_patient_section(meta: dict, estimate_file: Path = ESTIMATE_FILE) -> str:
             + "\n".join(rows) + note)
 
 
+def _blur(augment: dict) -> str:
+    if not augment.get("blur_prob"):
+        return ""
+    return (f", Gaussian blur (sigma up to {augment['max_blur_sigma']} px on "
+            f"{augment['blur_prob']:.0%} of images)")
+
+
 def _seed_spread(meta: dict) -> str:
     """How far each ensemble member's own thresholds sit apart: the seed's share of noise."""
     spread = meta.get("seed_spread")
@@ -254,8 +261,9 @@ scratch on grayscale images squashed to {meta['squash_side']} px and downscaled 
 {meta['input_size']} px (the squash matches how the official val/test copies were made).
 Augmentation: rotation +/- {tr['augment']['max_rotation_deg']} deg, shift +/-
 {tr['augment']['max_shift']:.0%}, zoom {tr['augment']['scale_range']}, gamma, contrast,
-brightness, noise; no horizontal flip (the heart is on the left). Early stopping on
-validation loss: {tr['stop_reason']}; best epoch {tr['best_epoch']} of {tr['epochs_run']};
+brightness, noise{_blur(tr['augment'])}; no horizontal flip (the heart is on the left).
+Early stopping on validation loss: {tr['stop_reason']}; best epoch {tr['best_epoch']} of
+{tr['epochs_run']};
 {tr['seconds'] / 60:.1f} min on {tr['device']} ({tr['torch_threads']} threads), seed
 {tr['config']['seed']}.
 
