@@ -83,3 +83,12 @@ def test_onnx_file_carries_its_metadata(small_model):
     pixels = load_batch(sorted(export.rglob("*.png"))[:4], 64)
     p, cam = OnnxModel(result.model_dir).probabilities(pixels)
     assert p.shape == (4,) and np.all((p > 0) & (p < 1)) and cam.shape == (4, 4, 4)
+
+
+def test_predict_repeats_the_training_warnings(small_model, tmp_path):
+    export, result = small_model
+    image = sorted(export.rglob("*.png"))[0]
+    run = CliRunner().invoke(app, ["predict", "--model", str(result.model_dir), str(image),
+                                   "-o", str(tmp_path / "p.csv")])
+    assert run.exit_code == 0, run.output
+    assert "training reported" in run.output and "training images" in run.output

@@ -85,6 +85,8 @@ def predict(
     from cxrlabel.model.infer import predict_paths, write_csv
 
     model = _open_model(model_dir, threads)
+    for problem in model.meta.get("warnings", []):
+        console.print(f"[yellow]warning: this model's training reported: {escape(problem)}[/]")
     files = find_images(paths)
     if not files:
         fail("no image files found in the given paths")
