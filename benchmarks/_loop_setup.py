@@ -46,6 +46,7 @@ from cxrlabel.web.security import load_secret_key
 
 JOB_NAME = "bench-loop"
 SPEC_CHANGES = ("min_seconds_per_page = 0 (speed trap off for a machine client)",
+                "harm_accuracy = 0 (removal for harm off: the clients answer work at random)",
                 "max_per_annotator = 10000000", "instructions inline")
 DEFAULT_PASSWORD = "bench-loop-password"
 
@@ -56,6 +57,9 @@ def bench_spec_text(name: str = JOB_NAME) -> str:
     subs = [
         (r'(?m)^name = ".*"$', f'name = "{name}"'),
         (r"(?m)^min_seconds_per_page = .*$", "min_seconds_per_page = 0.0"),
+        # The load clients answer work images at random, which the peer-agreement rule
+        # (quality/skill.py) rightly removes; the loop measures the write path, not QC.
+        (r"(?m)^harm_accuracy = .*$", "harm_accuracy = 0.0"),
         (r"(?m)^max_per_annotator = .*$", "max_per_annotator = 10000000"),
         (r'(?m)^file = "pneumonia-pediatric.md"$',
          'markdown = "Label each image: healthy (clear lungs) or pneumonia (cloudy patches)."'),
