@@ -166,7 +166,7 @@ def good_archive(tmp_path_factory) -> Path:
     src = tmp_path_factory.mktemp("src")
     env = build_env(f"sqlite:///{src / 'cxrlabel.sqlite3'}", src)
     env.db.dispose()
-    out = src.parent / "good.tar"
+    out = tmp_path_factory.mktemp("archive") / "good.tar"  # own folder: modules share basetemp
     create_backup(Settings(data_dir=src), out)
     return out
 

@@ -32,7 +32,8 @@ def archive(tmp_path_factory) -> Path:
     (src / "secret_key").write_text("k" * 40)
     (src / "secrets").mkdir(exist_ok=True)
     (src / "secrets" / "pseudonym_salt").write_text("salt")
-    out = src.parent / "good.tar"
+    # Its own folder: the session's base temp dir is shared with other modules' backups.
+    out = tmp_path_factory.mktemp("archive") / "good.tar"
     create_backup(Settings(data_dir=src), out)
     return out
 
