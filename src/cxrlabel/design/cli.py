@@ -120,7 +120,7 @@ def estimate_command(
         job, spec = get_job(session, job_name)
         if images is None:
             images = session.scalar(select(func.count()).select_from(Image).where(
-                Image.job_id == job.id, Image.status != ImageStatus.GOLD)) or 0
+                Image.job_id == job.id, Image.status.not_in(ImageStatus.NOT_WORK))) or 0
     if images == 0:
         fail(f"job {spec.name} has no work images yet: pass --images N")
     inputs = inputs_from_spec(spec, images, judgments_per_image, annotators, hours_per_day)
