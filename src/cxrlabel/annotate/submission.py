@@ -13,7 +13,8 @@ Policy (docs/annotator-app.md):
 - Removed or disqualified annotators cannot submit (403 ``not_active``).
 
 A training page (annotate/training.py) stores training answers instead of judgments and is
-never graded: it counts for nothing. After inserting the judgments (flushed, same transaction) the quality engine grades the page
+never graded: it counts for nothing. After inserting the judgments (flushed, same
+transaction) the quality engine grades the page
 (``cxrlabel.quality.grading.on_page_submitted``).
 """
 
