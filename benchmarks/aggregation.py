@@ -468,6 +468,9 @@ How to read this (text kept in the script; tables regenerated on every run):
   crowd-kit's GLAD run to its own stopping rule on 12 more sets (separately; too slow for this
   script's default): more than 0.3 points below on ZenCrowd US (-5.44), S_Rel (-4.19), ZenCrowd
   all (-2.94) and NIH pneumothorax (-0.66); figures and what was tried in docs/aggregation.md.
+  Data-only remedies (held-out-likelihood early stopping, one-coin vs full model selection,
+  partial pooling, class-prior priors) with leave-one-dataset-out validation: none closes
+  them; see "Aggregation: data-only model selection" below (benchmarks/aggregation_selection.py).
 """
 
 

@@ -163,5 +163,5 @@ def build_env(db_url: str, data_dir: Path) -> Env:
     env.ids.update(job_name=JOB, page_id=open_a, done_page=done_a, public_id=a_image,
                    review_image=review_image, contest_id=contest_id, invite_id=invite_id,
                    token=token, user_id=ids[B], judgment_id=work_missed,
-                   removed_id=ids[REMOVED])
+                   removed_id=ids[REMOVED], gold_image=next(iter(gold)))
     return env

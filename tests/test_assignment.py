@@ -340,3 +340,26 @@ def test_gold_draw_matches_sampling_the_whole_unseen_list(env):
                 assert drawn == random.Random(seed).sample(expected_pool, k)
         # positions past the end (the bank shrank since the count): only the valid ones
         assert _unseen_gold_at(s, job, seen, [0, n_unseen + 5]) == [expected_pool[0]]
+
+
+def test_work_is_served_in_shuffled_order_not_ingest_order(env):
+    """A Kaggle folder lists one class first; the first pages must not be all one class.
+    The order is the job's ``serve_rank`` (a hash), so it is the same on every replay."""
+    db, tmp = env
+    seeded = seed_job(db, tmp, n_work=80, n_gold=12, quiz_length=0, items_per_page=4, jmin=1,
+                      jmax=1)
+    first_half = set(seeded.work_ids[:40])  # "NORMAL": ingested first, as a folder lists it
+    uid = add_user(db, "ann1")
+    served: list[int] = []
+    for n in range(7):
+        now = T0 + timedelta(minutes=10 * (n + 1))
+        (pid, kind, items), _ = _page(db, seeded, uid, now, rng=random.Random(n))
+        served += [i for _, i, g in items if not g]
+        _submit(db, seeded, uid, pid, _answers(db, items), f"p{n}", now)
+    assert len(served) == 21
+    assert set(served) & first_half and set(served) - first_half
+    with db.session() as s:
+        ranks = dict(s.execute(select(Image.id, Image.serve_rank).where(
+            Image.id.in_(seeded.work_ids))).all())
+    # Pages take the next images in rank order (their positions on a page are shuffled).
+    assert set(served) == set(sorted(seeded.work_ids, key=lambda i: (ranks[i], i))[:21])

@@ -98,7 +98,8 @@ def test_annotator_session_in_chromium(browser, live, artifacts_dir):
     page.keyboard.press("Enter")
     page.wait_for_url("**/jobs/test-job/instructions")
     assert page.locator("h1").first.inner_text() == "How to label"
-    page.keyboard.press("Enter")  # the focused "Start the quiz" button
+    assert page.evaluate("window.scrollY") == 0  # the instructions are read from the top
+    page.click("[data-role=start]")
 
     # Quiz, by keyboard. Submitting too early is blocked on the client.
     page.wait_for_url("**/jobs/test-job/page")
@@ -154,7 +155,7 @@ def test_annotator_session_in_chromium(browser, live, artifacts_dir):
                     full_page=True)
     page.fill("article.missed textarea", "I think the lungs look clear.")
     page.click("article.missed button[type=submit]")
-    page.wait_for_selector("text=an expert will review your comment")
+    page.wait_for_selector("text=a job administrator will review your comment")
 
     # Work page 2 (the prefetched one): all right, keyboard only.
     page.click("[data-role=continue]")

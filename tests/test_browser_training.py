@@ -60,7 +60,7 @@ def test_training_feedback_in_chromium(browser, live, artifacts_dir):
     page.goto(f"{base}/jobs/test-job")
     page.wait_for_url("**/jobs/test-job/instructions")
     assert "Start the training" in page.content()
-    page.keyboard.press("Enter")  # the focused start button
+    page.click("[data-role=start]")
 
     for round_no in (1, 2):
         page.wait_for_url("**/jobs/test-job/page")

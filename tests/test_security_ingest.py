@@ -15,7 +15,8 @@ from cxrlabel.annotate.assignment import next_page
 from cxrlabel.annotate.schemas import AnswerIn
 from cxrlabel.annotate.submission import submit_page
 from cxrlabel.cli import app as cli_app
-from cxrlabel.design.goldbank import GoldImportError, import_gold_csv, sample_from_reference
+from cxrlabel.design.goldbank import GoldImportError, import_gold_csv
+from cxrlabel.design.goldseed import sample_from_reference
 from cxrlabel.ingest.phantom import make_phantom_xray
 from cxrlabel.ingest.pipeline import ingest
 from cxrlabel.jobspec import load_job, resolve_job_path

@@ -66,6 +66,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/admin"): R(ADMINS),
     ("GET", "/admin/jobs/{job_name}/annotators"): R(ADMINS),
     ("GET", "/admin/jobs/{job_name}/gold"): R(ADMINS),
+    ("POST", "/admin/jobs/{job_name}/gold/{public_id}/reason"):
+        R(ADMINS, form={"reason": "An expert's reason."}, params={"public_id": "gold_image"}),
     ("GET", "/admin/invites"): R(ADMINS),
     ("POST", "/admin/invites"): R(ADMINS, form={"role": "annotator", "uses": "1"}),
     ("POST", "/admin/invites/{invite_id}/revoke"): R(ADMINS, form={}),
@@ -127,6 +129,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/api/jobs/{job_name}/contests"): R(ONLY_A, json={"reason": "no",
                                                                     "judgment_id": "$judgment_id"}),
     ("GET", "/img/{public_id}"): R(IMAGE_VIEWERS),
+    ("GET", "/thumb/{public_id}"): R(REVIEWERS),  # expert queue previews, never annotators
 }
 # Sign-out ends the caller's session: it is checked on its own below, last.
 SIGN_OUT = {("POST", "/login"), ("POST", "/logout")}

@@ -254,7 +254,7 @@ def test_full_annotator_flow_with_feedback_and_contest(web):
     r = client.post("/jobs/test-job/contest", data={
         "csrf_token": csrf(r.text), "judgment_id": judgment_id, "page_id": page_id,
         "reason": "The left lung looks clear to me."}, follow_redirects=True)
-    assert "an expert will review your comment" in r.text
+    assert "a job administrator will review your comment" in r.text
     with db.session() as s:
         contest = s.scalars(select(Contest)).one()
         assert contest.reason == "The left lung looks clear to me."

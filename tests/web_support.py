@@ -23,7 +23,7 @@ def job_toml(
     *, name: str = "test-job", items_per_page: int = 4, gold_per_page: int = 1,
     quiz_length: int = 3, min_accuracy: float = 0.6, jmin: int = 2, jmax: int = 3,
     max_per_annotator: int = 1000, reservation_minutes: float = 30.0,
-    training_items: int = 0, training_per_page: int = 2,
+    min_seconds_per_page: float = 0.0, training_items: int = 0, training_per_page: int = 2,
 ) -> str:
     training = (f"[training]\nenabled = true\nitems = {training_items}\n"
                 f"per_page = {training_per_page}\n" if training_items else "")
@@ -64,7 +64,7 @@ min_accuracy = {min_accuracy}
 per_page = {gold_per_page}
 [pages]
 items_per_page = {items_per_page}
-min_seconds_per_page = 0.0
+min_seconds_per_page = {min_seconds_per_page}
 reservation_minutes = {reservation_minutes}
 ''' + training
 

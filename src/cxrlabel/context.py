@@ -33,7 +33,8 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 # Shown when a command that only reads or changes data is pointed at a data dir that is not there.
-CREATING_COMMANDS = "`cxrlabel ingest PATH`, `cxrlabel demo` or `cxrlabel user add`"
+CREATING_COMMANDS = ("`cxrlabel job create NAME`, `cxrlabel ingest PATH`, `cxrlabel demo` or "
+                     "`cxrlabel user add`")
 
 
 @dataclass
@@ -90,7 +91,8 @@ def get_job(session: Session, name: str | None) -> tuple[Job, JobSpec]:
         path = resolve_job_path(wanted)
     except JobSpecError:
         known = job_names(session)
-        fail(f"no job named {wanted!r} (known: {', '.join(known) or 'none'})")
+        fail(f"no job named {wanted!r} (known: {', '.join(known) or 'none'}); create it with "
+             f"`cxrlabel job create {wanted}` (add --from FILE.toml for other settings)")
     try:
         return ensure_job(session, path)
     except JobSpecError as exc:

@@ -11,7 +11,9 @@ Rules (docs/annotator-app.md explains them for people):
   ``gold.per_page`` are hidden test questions at random positions.
 - Work goes to images that are *open* (``status == needs_judgments`` and trusted judgments plus
   open reservations below ``judgment_target`` and below ``judgments.max``), preferring the ones
-  closest to being finalised (fewest missing judgments), then the oldest. With
+  closest to being finalised (fewest missing judgments), then in the job's shuffled serving
+  order (``Image.serve_rank``, a per-job hash of the file: not the folder order, which lists
+  one class first in a Kaggle layout). With
   ``[assignment] order = "model_uncertainty"`` the tie between equally complete images goes to
   the one the model is least sure about (``Image.model_score`` nearest 0.5; unscored last).
 - A page reserves its work images until it is submitted or ``pages.reservation_minutes`` pass.
@@ -484,14 +486,14 @@ def _tie_order(order: str) -> tuple[Any, ...]:
     """The order among open images equally close to being finalised."""
     if order == "model_uncertainty":
         return (model_uncertainty(), Image.id)
-    return (Image.id,)
+    return (Image.serve_rank, Image.id)
 
 
 def _candidates(job_id: Any, order: str, user_id: Any, reserved: Any, n: Any) -> CompoundSelect:
     """Image ids that contain the ``n`` best open images of the ranking in ``claim_open_images``.
 
-    The ranking is (missing judgments, tie order, id). An image nobody has judged or reserved
-    misses its whole target, so among those the ranking is (judgment_target, tie order, id):
+    The ranking is (missing judgments, tie order). An image nobody has judged or reserved
+    misses its whole target, so among those the ranking is (judgment_target, tie order):
     the first ``n`` of them unseen by this annotator (an ordered index scan,
     ``ix_images_open_order``, or ``ix_images_model_order`` with model ordering) are enough.
     Every other open image has trusted judgments or reservations; those are few (work in

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -18,6 +19,7 @@ from cxrlabel.design.estimate import (
     estimate,
     inputs_from_spec,
 )
+from cxrlabel.jobspec import resolve_job_path
 
 JOB_HELP = "Job name (or job file) [default: pneumonia-pediatric]."
 
@@ -25,6 +27,36 @@ gold_app = typer.Typer(
     help="The test-question (gold) bank: import, export, list, check, sample.",
     no_args_is_help=True,
 )
+job_app = typer.Typer(help="Jobs: create a named job for real data.", no_args_is_help=True)
+
+
+@job_app.command("create")
+def job_create(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="The new job's name (letters, digits, - and _)."),
+    from_file: Path = typer.Option(None, "--from", help="Job file (TOML) to copy the settings "
+                                   "from [default: the bundled pneumonia-pediatric job]."),
+) -> None:
+    """Create an empty job NAME (then `cxrlabel ingest FOLDER --job NAME`). Real images get
+    their own job, so the demo's synthetic phantoms never mix with them."""
+    from sqlalchemy import select
+
+    from cxrlabel.design.jobfile import JobFileError, renamed_job_toml
+    from cxrlabel.storage.models import Job
+
+    source = from_file or resolve_job_path(None)
+    try:
+        text = renamed_job_toml(source, name)
+    except JobFileError as exc:
+        fail(str(exc))
+    app = app_context(ctx, creates_data=True)  # the first step for real data
+    with app.db.session() as session:
+        if session.scalar(select(Job.id).where(Job.name == name)) is not None:
+            fail(f"a job named {name!r} already exists")
+        session.add(Job(name=name, spec_toml=text,
+                        spec_sha256=hashlib.sha256(text.encode()).hexdigest()))
+    console.print(f"Created job [bold]{name}[/] from {source}. Next: "
+                  f"cxrlabel ingest FOLDER --job {name}")
 
 
 def preview_command(
@@ -261,21 +293,24 @@ def gold_sample(
              "from the images' model scores (`cxrlabel score` first). Clear teaching "
              "cases make fairer test questions; 1.0 = all images."),
 ) -> None:
-    """Seed a demo bank from reference labels (e.g. Kermany). The reasons are a generic
-    template: real test questions need an expert's reason per image."""
+    """Draw test questions from reference labels (e.g. Kermany), balanced per class. They
+    stay inactive until an expert's reason replaces the placeholder (gold export / import)."""
     app = app_context(ctx)
     with app.db.session() as session:
         job, spec = get_job(session, job_name)
         try:
             summary, per_label = goldseed.sample_from_reference(
-                session, job, spec, from_reference, seed, clearest_fraction=clearest)
+                session, job, spec, from_reference, seed, clearest_fraction=clearest,
+                needs_reasons=True)
         except ValueError as exc:
             fail(str(exc))
     if summary.created == 0:
         fail(f"job {spec.name} has no unjudged work image with a reference label to sample")
     counts = ", ".join(f"{k} {v}" for k, v in sorted(per_label.items()))
-    console.print(f"{summary.created} gold sampled from reference labels ({counts}). "
-                  "Replace the generic reasons with an expert's before a real launch.")
+    console.print(f"{summary.created} gold sampled from reference labels ({counts}). They "
+                  "stay [bold]inactive[/] (never shown) until each has an expert's reason: "
+                  f"cxrlabel gold export --job {spec.name} -o FILE.csv, write the reasons, "
+                  "cxrlabel gold import FILE.csv.")
     if summary.created < from_reference:
         console.print(f"[yellow]warning[/] only {summary.created} of {from_reference} found "
                       "(one per patient, no near-duplicates, never judged)")
@@ -360,4 +395,5 @@ def register(app: typer.Typer) -> None:
     app.command("estimate")(estimate_command)
     app.add_typer(gold_app, name="gold")
     app.add_typer(training_app, name="training")
+    app.add_typer(job_app, name="job")
 

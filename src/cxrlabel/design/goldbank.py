@@ -20,6 +20,7 @@ import numpy as np
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from cxrlabel.design.goldreason import is_placeholder_reason
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.storage.models import (
     AuditEvent,
@@ -237,8 +238,9 @@ def make_gold(
         summary.created += 1
     else:
         gold.accepted_answers, gold.reason, gold.difficulty = answers, reason, difficulty
-        gold.active = True
         summary.updated += 1
+    # Active only with a real reason: a placeholder would be shown to whoever misses it.
+    gold.active = not is_placeholder_reason(reason)
     image.status = ImageStatus.GOLD
     summary.public_ids.append(image.public_id)
     return gold
@@ -418,7 +420,16 @@ def check_gold(
             f" but the plan needs up to {planned:.0f} ({who}); add "
             f"{math.ceil((planned - bound) * spec.gold.per_page)} gold",
         ))
-    no_reason = [r for r in rows if not r.gold.reason.strip()]
+    waiting = [r for r in gold_rows(session, job)
+               if not r.gold.active and is_placeholder_reason(r.gold.reason)]
+    if waiting:
+        warnings.append(GoldWarning(
+            "placeholder_reason",
+            f"{len(waiting)} sampled gold wait for an expert's reason and are inactive until "
+            "then (gold export, write the reasons, gold import): " + _names(
+                r.image for r in waiting),
+        ))
+    no_reason = [r for r in rows if is_placeholder_reason(r.gold.reason)]
     if no_reason:
         warnings.append(GoldWarning(
             "no_reason",

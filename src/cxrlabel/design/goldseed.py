@@ -21,14 +21,10 @@ from cxrlabel.design.goldbank import (
     near_duplicate_pairs,
     shortlist_distance,
 )
+from cxrlabel.design.goldreason import GENERIC_REASON, REFERENCE_REASON
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.storage.models import AuditEvent, Image, ImageStatus, Job, Judgment, utcnow
 from cxrlabel.vocab import PNEUMONIA
-
-GENERIC_REASON = (
-    "Reference label from the source dataset: {text}. {hint} "
-    "[Generic reason from `gold sample`: replace it with an expert's explanation of this image.]"
-)
 
 
 def sample_from_reference(
@@ -41,10 +37,13 @@ def sample_from_reference(
     *,
     clearest_fraction: float = 1.0,
     clarity: Mapping[int, float] | None = None,
+    needs_reasons: bool = False,
 ) -> tuple[ImportSummary, dict[str, int]]:
     """Seed the bank with ``n`` never-judged images that carry a reference label, balanced per
-    class, one per patient and no near-duplicates. Reasons are a generic template: for a
-    demo only; a real bank needs an expert's reason per image.
+    class, one per patient and no near-duplicates. Reasons say it is the source's reference
+    label (the demo and the simulator use them as they are). ``needs_reasons`` (``cxrlabel
+    gold sample``): the reasons carry the placeholder mark and the items stay inactive until
+    an expert's reason replaces it (``gold import`` or the admin gold page).
 
     ``clearest_fraction`` < 1 draws the gold only from the clearest part of each class, as a
     job designer picks clear teaching cases as test questions (a test question on an image
@@ -62,7 +61,8 @@ def sample_from_reference(
     texts = {c.value: c for c in spec.question.labels}
     for image in chosen:
         choice = texts[_reference_label(image)]
-        reason = GENERIC_REASON.format(text=choice.text, hint=choice.hint).replace("  ", " ")
+        template = GENERIC_REASON if needs_reasons else REFERENCE_REASON
+        reason = template.format(text=choice.text, hint=choice.hint or "").replace("  ", " ")
         make_gold(session, job, image, [choice.value], reason, "medium", "reference", now,
                    summary)
     session.add(AuditEvent(

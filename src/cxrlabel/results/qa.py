@@ -477,14 +477,17 @@ def fig_gold(qa: QAData, top: int = 15) -> QAFigure:
         ax.barh(y - 0.2, [r["pct_missed"] for r in rows], 0.4, color="#c53030", label="% missed")
         ax.barh(y + 0.2, [r["pct_contested"] for r in rows], 0.4, color="#dd6b20",
                 label="% contested")
-        ax.set_yticks(y, [f"{r['image'][:8]}… ({r['times_answered']})" for r in rows],
-                      fontsize=8)
+        # The whole image id (as on the admin gold and contests pages, searchable there): a
+        # truncated one matched nothing an admin could look up.
+        ax.set_yticks(y, [f"{r['image']} {'/'.join(r['accepted_answers'])} "
+                          f"({r['times_answered']})" for r in rows], fontsize=7)
         ax.invert_yaxis()
         ax.set_xlim(0, 100)
         ax.set_xlabel("% of answers")
         ax.legend(fontsize=8, loc="lower right")
     return QAFigure("gold", "Gold questions most often missed or contested",
-                    f"Up to {top} gold items (image id and answers received). A gold item many "
+                    f"Up to {top} gold items (image id, accepted answer, answers received). A gold "
+                    "item many "
                     "people miss and contest may have a wrong or debatable answer.", _svg(fig))
 
 
@@ -517,7 +520,9 @@ def fig_calibration(qa: QAData) -> QAFigure:
         ax_r.set_yticks(range(len(qa.labels)), qa.labels, fontsize=8)
         ax_r.set_xlabel("label (crowd or expert)")
         ax_r.set_ylabel("source reference label")
-        accuracy = np.trace(confusion) / n_ref
+        # Rounded exactly as the summary card's value (``_num``), so the two never differ by
+        # 0.1 point (rounding 0.12345 once gives 12.3 %, via 0.1235 gives 12.4 %).
+        accuracy = _num(np.trace(confusion) / n_ref)
         ax_r.set_title(f"agreement {accuracy:.1%} (n={n_ref})", fontsize=10)
     return QAFigure("calibration", "Calibration and agreement with reference labels",
                     "Left: when a probability says 80 %, about 80 % should be right (points on "

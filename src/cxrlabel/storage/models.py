@@ -11,6 +11,7 @@ Design notes (why, not what):
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -57,6 +58,19 @@ def new_public_id() -> str:
     return secrets.token_urlsafe(16)
 
 
+def serve_rank(job_id: int, sha256: str) -> int:
+    """An image's place in its job's serving order: a hash of (job, file content), so the
+    order is random with respect to folder layout and class (a Kaggle folder lists NORMAL
+    first), the same on every replay, and different per job. 31 bits: a plain INTEGER."""
+    digest = hashlib.sha256(f"cxrlabel-serve-order:{job_id}:{sha256}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") >> 1
+
+
+def _serve_rank_default(context: Any) -> int:
+    params = context.get_current_parameters()
+    return serve_rank(params["job_id"], params["sha256"])
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
     # Every mapped class here has a ``Table`` (for the Core statements of the hot paths).
@@ -81,10 +95,10 @@ class Image(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "sha256", name="uq_image_job_sha256"),
         Index("ix_images_job_status", "job_id", "status"),
-        # Assignment's candidate scan: unjudged open images in (target, id) order, and the
-        # in-progress ones (trusted_judgments > 0), without ranking the whole job.
+        # Assignment's candidate scan: unjudged open images in (target, serve_rank, id) order,
+        # and the in-progress ones (trusted_judgments > 0), without ranking the whole job.
         Index("ix_images_open_order", "job_id", "status", "trusted_judgments",
-              "judgment_target", "id"),
+              "judgment_target", "serve_rank", "id"),
         # The same scan with ``[assignment] order = "model_uncertainty"``: the model's least
         # sure images first (unscored last); the ORDER BY must repeat this expression exactly.
         Index("ix_images_model_order", "job_id", "status", "trusted_judgments",
@@ -116,6 +130,8 @@ class Image(Base):
     trusted_judgments: Mapped[int] = mapped_column(Integer, default=0)
     judgment_target: Mapped[int] = mapped_column(Integer, default=0)  # trusted judgments wanted
     model_score: Mapped[float | None] = mapped_column(Float)  # p(PNEUMONIA) from a model
+    # Default serving order (``serve_rank`` above): shuffled, not the ingest (folder) order.
+    serve_rank: Mapped[int] = mapped_column(Integer, default=_serve_rank_default)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     gold: Mapped[GoldItem | None] = relationship(back_populates="image", uselist=False)

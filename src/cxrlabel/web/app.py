@@ -99,6 +99,21 @@ def json_error(status: int, code: str, message: str, **extra) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
 
 
+async def _know_the_user(request: Request) -> None:
+    """An unknown URL runs no route dependency, so the error page would show *Sign in* to a
+    signed-in person: look the session up here (a read, in the thread pool)."""
+    if hasattr(request.state, "user"):
+        return
+    from starlette.concurrency import run_in_threadpool
+
+    from cxrlabel.web.deps import optional_user
+
+    try:
+        await run_in_threadpool(optional_user, request)
+    except StarletteHTTPException:
+        request.state.user = None
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(LoginRequired)
     async def login_required(request: Request, exc: LoginRequired) -> Response:
@@ -112,6 +127,7 @@ def _install_error_handlers(app: FastAPI) -> None:
             response: Response = json_error(exc.status_code, _error_code(exc.status_code),
                                             message)
         else:
+            await _know_the_user(request)
             response = render(request, "message.html", {
                 "heading": HTTPStatus(exc.status_code).phrase, "text": message, "tone": "error",
                 "link": {"href": "/", "text": "Back to the start page"},

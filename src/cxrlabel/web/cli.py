@@ -3,9 +3,33 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from cxrlabel.context import app_context, console, fail
+
+SERVED_URL_FILE = "server-url.txt"
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def remember_served_url(data_dir: Path, host: str, port: int) -> None:
+    """So ``invite create`` prints links to the port people will actually open."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        (data_dir / SERVED_URL_FILE).write_text(f"http://{shown}:{port}\n", encoding="utf-8")
+    except OSError:
+        pass  # a read-only data dir still serves; links then need --base-url
+
+
+def served_url(data_dir: Path) -> str:
+    try:
+        url = (data_dir / SERVED_URL_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        return DEFAULT_URL
+    return url or DEFAULT_URL
+
 
 user_app = typer.Typer(help="Manage accounts.", no_args_is_help=True)
 invite_app = typer.Typer(help="Invite links for new annotators.", no_args_is_help=True)
@@ -25,6 +49,7 @@ def serve(
     app = app_context(ctx)
     app.require_existing_data()  # serving a typo'd data dir would show an empty, new database
     settings = app.settings
+    remember_served_url(settings.data_dir, host, port)
     try:
         run_server(settings, host=host, port=port, workers=workers, access_log=access_log,
                    keep_alive_s=keep_alive)
@@ -123,8 +148,9 @@ def invite_create(
     role: str = typer.Option("annotator", help="Role of the accounts it creates."),
     job: str = typer.Option(None, help="Send new accounts straight to this job."),
     base_url: str = typer.Option(
-        "http://127.0.0.1:8000", "--base-url", envvar="CXRLABEL_BASE_URL",
-        help="Public address of the server, used to build the link.",
+        None, "--base-url", envvar="CXRLABEL_BASE_URL",
+        help="Public address of the server, used to build the link [default: the address "
+        "`cxrlabel serve` last listened on for this data dir, else http://127.0.0.1:8000].",
     ),
 ) -> None:
     """Create an invite link and print it (the link is shown only once)."""
@@ -144,7 +170,7 @@ def invite_create(
                                            expires_hours=expires_hours, job=job_row)
         except AccountError as exc:
             fail(exc.message)
-    typer.echo(invite_link(base_url, token))
+    typer.echo(invite_link(base_url or served_url(app_context(ctx).settings.data_dir), token))
 
 
 def register(app: typer.Typer) -> None:

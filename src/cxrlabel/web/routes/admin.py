@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from sqlalchemy import select
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 
 from cxrlabel.annotate.accounts import AccountError, create_invite, invite_link, revoke_invite
 from cxrlabel.annotate.progress import annotator_rows, gold_summary, invite_rows, job_progress
@@ -43,7 +43,30 @@ def gold(request: Request, job_name: str, user: User = Depends(admin)) -> Respon
     with get_db(request).session() as s:
         job, _spec = job_and_spec(s, job_name)
         rows = gold_summary(s, job)
-    return render(request, "admin/gold.html", {"job": job, "gold": rows})
+    from cxrlabel.design.goldreason import is_placeholder_reason
+
+    return render(request, "admin/gold.html", {
+        "job": job, "gold": rows, "saved": request.query_params.get("saved"),
+        "is_placeholder": is_placeholder_reason})
+
+
+@router.post("/admin/jobs/{job_name}/gold/{public_id}/reason",
+             dependencies=[Depends(csrf_protect)])
+def gold_reason(request: Request, job_name: str, public_id: str, reason: str = Form(""),
+                user: User = Depends(admin)) -> Response:
+    """An expert's reason for a test question; a sampled (inactive) one becomes active."""
+    from cxrlabel.design.goldreason import set_gold_reason
+
+    with get_db(request).session() as s:
+        job, _spec = job_and_spec(s, job_name)
+        try:
+            set_gold_reason(s, job, public_id, reason, user.id, utcnow())
+        except LookupError as exc:
+            raise HTTPException(404, str(exc)) from None
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+    return RedirectResponse(f"/admin/jobs/{job_name}/gold?saved={public_id}#gold-{public_id}",
+                            status_code=303)
 
 
 def _invites_page(request: Request, new_link: str | None = None, status_code: int = 200,

@@ -14,9 +14,12 @@ from cxrlabel.annotate.schemas import AnswerIn, SubmissionError
 from cxrlabel.annotate.submission import stored_result, submit_page
 from cxrlabel.errors import EngineError
 from cxrlabel.jobspec import JobSpec
+from cxrlabel.quality.annotator_status import read_standing, standing_message
 from cxrlabel.storage.models import (
+    AnnotatorState,
     AnnotatorStatus,
     Contest,
+    GoldItem,
     Judgment,
     Page,
     PageKind,
@@ -46,6 +49,17 @@ annotator = require_role(Role.ANNOTATOR)
 
 def _data_dir(request: Request):
     return request.app.state.settings.data_dir
+
+
+def _current_message(state: AnnotatorState | None, spec: JobSpec,
+                     stored: str | None = None) -> str | None:
+    """The message true for the annotator's status *now* (quality/annotator_status.py)."""
+    if state is None:
+        return stored
+    return standing_message(state.status, state.status_reason, state.flags,
+                            stored if stored is not None else state.message,
+                            spec.gold.min_accuracy,
+                            quiz=(state.gold_seen - state.gold_missed, state.gold_seen))
 
 
 def _inactive_page(request: Request, spec: JobSpec, status: str, message: str) -> Response:
@@ -84,7 +98,7 @@ def instructions(request: Request, job_name: str, user: User = Depends(annotator
 def _render_page(request: Request, job_name: str, spec: JobSpec, page_id: str, kind: str,
                  items: list[dict[str, str]], help_html, *, error: str | None = None,
                  prefill: dict | None = None, notice: str | None = None,
-                 status_code: int = 200) -> Response:
+                 standing=None, status_code: int = 200) -> Response:
     fragment = render_work_page(
         spec, items, page_id=page_id, page_kind=kind, preview=False,
         submit_url=f"/jobs/{job_name}/pages/{page_id}",
@@ -96,6 +110,7 @@ def _render_page(request: Request, job_name: str, spec: JobSpec, page_id: str, k
     return render(request, "annotate_page.html", {
         "spec": spec, "job_name": job_name, "page_kind": kind, "items": items,
         "work_page": fragment, "instructions": help_html, "notice": notice,
+        "standing": standing,
     }, status_code=status_code)
 
 
@@ -111,15 +126,19 @@ def work_page(request: Request, job_name: str, user: User = Depends(annotator)) 
         if page is None:
             assert reason is not None
             if state.status in (AnnotatorStatus.REMOVED, AnnotatorStatus.DISQUALIFIED):
-                return _inactive_page(request, spec, state.status, reason.message)
+                return _inactive_page(request, spec, state.status,
+                                      _current_message(state, spec) or reason.message)
             return render(request, "message.html", {
                 "heading": "No more images for now", "text": reason.message,
                 "link": {"href": "/", "text": "Back to the start page"},
             })
         page_id, kind = page.public_id, page.kind
         items = page_items(page, image_urls(request))
-        notice = state.message if state.status == AnnotatorStatus.ACTIVE else None
-    return _render_page(request, job_name, spec, page_id, kind, items, help_html, notice=notice)
+        notice = _current_message(state, spec) if state.status in (
+            AnnotatorStatus.ACTIVE, AnnotatorStatus.QUIZ) else None
+        standing = read_standing(s, job, spec, user.id) if kind == "work" else None
+    return _render_page(request, job_name, spec, page_id, kind, items, help_html, notice=notice,
+                        standing=standing)
 
 
 def answers_from_form(form: FormData, public_ids: list[str]) -> list[AnswerIn]:
@@ -198,13 +217,29 @@ def feedback(request: Request, job_name: str, page_id: str,
         result = stored_result(s, s.get_one(User, user.id), page) if page is not None else None
         if page is None or result is None:
             raise HTTPException(404, "no submitted page with this id")
-        contested = set(s.scalars(
-            select(Contest.judgment_id).join(Judgment, Judgment.id == Contest.judgment_id)
-            .where(Judgment.page_id == page.id)))
+        contested = {c.judgment_id: c for c in s.scalars(
+            select(Contest).join(Judgment, Judgment.id == Contest.judgment_id)
+            .where(Judgment.page_id == page.id))}
+        # Today's accepted answers: an admin may have changed them since the page was marked.
+        current: dict[int, list[str]] = dict(s.execute(
+            select(Judgment.id, GoldItem.accepted_answers)
+            .join(GoldItem, (GoldItem.image_id == Judgment.image_id)
+                  & (GoldItem.job_id == Judgment.job_id))
+            .where(Judgment.page_id == page.id, Judgment.is_gold)).all())
+        state = s.scalar(select(AnnotatorState).where(AnnotatorState.job_id == job.id,
+                                                      AnnotatorState.user_id == user.id))
+        status = state.status if state is not None else result.annotator_status
+        message = _current_message(state, spec, result.message) \
+            if status != result.annotator_status or status in (
+                AnnotatorStatus.REMOVED, AnnotatorStatus.DISQUALIFIED) else result.message
     labels = {c.value: c.text for c in spec.question.labels}
+    from cxrlabel.design.goldreason import is_placeholder_reason
+
     return render(request, "feedback.html", {
+        "is_placeholder": is_placeholder_reason,
         "spec": spec, "job_name": job_name, "result": result, "label_text": labels,
-        "contested": contested,
+        "contested": contested, "current_answers": current, "status": status,
+        "message": message,
     })
 
 

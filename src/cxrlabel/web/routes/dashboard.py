@@ -67,7 +67,8 @@ DASHBOARD_CSS = """\
                  padding: .5rem .7rem; }
 .qa-dash .card .v { font-size: 1.3rem; font-weight: 600; }
 .qa-dash .card .k { font-size: .78rem; color: #4a5568; }
-.qa-dash .figs { display: grid; grid-template-columns: repeat(auto-fit, minmax(560px, 1fr));
+.qa-dash .figs { display: grid;
+                 grid-template-columns: repeat(auto-fit, minmax(min(560px, 100%), 1fr));
                  gap: 1rem; }
 .qa-dash figure { margin: 0; border: 1px solid #e2e8f0; border-radius: 6px; padding: .7rem;
                   background: #fff; }
@@ -117,7 +118,8 @@ def qa_download(request: Request, job_name: str) -> Response:
     with get_db(request).session() as session:
         job, spec = job_and_spec(session, job_name)
         html = render_qa_html(collect_qa(session, job, spec))
-    return _download(html, "text/html; charset=utf-8", f"{job.name}-qa.html")
+    # Opens in the browser (it is a page to read); "Save as" still names the file.
+    return _download(html, "text/html; charset=utf-8", f"{job.name}-qa.html", inline=True)
 
 
 @router.get("/admin/jobs/{job_name}/reports/{kind}.{fmt}", dependencies=admin_only)
@@ -132,8 +134,8 @@ def report_download(request: Request, job_name: str, kind: str, fmt: str) -> Res
     return _download(body, media, f"{job.name}-{kind}.{fmt}")
 
 
-def _download(body: str, media_type: str, filename: str) -> Response:
+def _download(body: str, media_type: str, filename: str, *, inline: bool = False) -> Response:
     return Response(body, media_type=media_type, headers={
-        "Content-Disposition": f'attachment; filename="{filename}"',
+        "Content-Disposition": f'{"inline" if inline else "attachment"}; filename="{filename}"',
         "Cache-Control": "no-store",
     })

@@ -56,9 +56,23 @@ def _rendition_if_allowed(session, user: User, public_id: str) -> str | None:
 
 @router.get("/img/{public_id}")
 def image(request: Request, public_id: str, user: User = Depends(current_user)) -> Response:
-    data_dir: Path = request.app.state.settings.data_dir.resolve()
     with get_db(request).read_session() as s:  # reads only: never waits for SQLite's writer
         rel = _rendition_if_allowed(s, user, public_id)
+    return _file_response(request, rel)
+
+
+@router.get("/thumb/{public_id}")
+def thumbnail(request: Request, public_id: str, user: User = Depends(current_user)) -> Response:
+    """Small previews for the expert queue and admin pages (never for annotators)."""
+    rel = None
+    if user.role in (Role.ADMIN, Role.EXPERT):
+        with get_db(request).read_session() as s:
+            rel = s.scalar(select(Image.thumb_path).where(Image.public_id == public_id))
+    return _file_response(request, rel)
+
+
+def _file_response(request: Request, rel: str | None) -> Response:
+    data_dir: Path = request.app.state.settings.data_dir.resolve()
     if rel is None:
         raise HTTPException(404, "no such image")  # same answer: existence is not revealed
     path = path_inside(data_dir, rel)

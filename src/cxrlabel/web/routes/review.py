@@ -14,6 +14,7 @@ from sqlalchemy import select
 from starlette.responses import RedirectResponse, Response
 
 from cxrlabel.quality import commands, views
+from cxrlabel.quality.review_summary import crowd_summary
 from cxrlabel.storage.models import Image, Role, User, utcnow
 from cxrlabel.web.deps import csrf_protect, get_db, job_and_spec, render, require_role
 
@@ -58,8 +59,15 @@ def queue_page(request: Request, job_name: str, user: User = Depends(expert)) ->
     with get_db(request).session() as s:
         job, spec = job_and_spec(s, job_name)
         items = views.review_queue(s, job, spec)
-    return render(request, "quality/review_queue.html",
-                  {"job": job, "items": items, "spec": spec})
+    return render(request, "quality/review_queue.html", {
+        "job": job, "items": items, "spec": spec, "summaries": _summaries(items, spec),
+        "done": request.query_params.get("done") == "1"})
+
+
+def _summaries(items: list, spec) -> dict[str, str]:
+    weights = spec.certainty_weights
+    return {it.public_id: crowd_summary(it.label, it.confidence, it.answers, weights)
+            for it in items}
 
 
 @router.get("/review/{job_name}/{public_id}", include_in_schema=False)
@@ -76,6 +84,7 @@ def review_page(request: Request, job_name: str, public_id: str,
     position = [it.image_id for it in queue].index(image_id) + 1
     return render(request, "quality/review_item.html", {
         "job": job, "spec": spec, "item": item, "position": position, "total": len(queue),
+        "summary": _summaries([item], spec)[item.public_id],
         "opinion": _model_opinion(request, image)})
 
 
@@ -101,7 +110,13 @@ def review_submit(request: Request, job_name: str, public_id: str,
     _record(request, job_name, public_id, user, ExpertLabelIn(
         label=label, reason=reason or None, promote_to_gold=bool(promote_to_gold),
         gold_reason=gold_reason or None))
-    return RedirectResponse(f"/review/{job_name}", status_code=303)
+    # Straight on to the next image (the queue is only a detour); the queue when none is left.
+    with get_db(request).session() as s:
+        job, spec = job_and_spec(s, job_name)
+        queue = views.review_queue(s, job, spec)
+    if queue:
+        return RedirectResponse(f"/review/{job_name}/{queue[0].public_id}", status_code=303)
+    return RedirectResponse(f"/review/{job_name}?done=1", status_code=303)
 
 
 # --- JSON API ------------------------------------------------------------------------------------

@@ -132,7 +132,13 @@
     this.items.forEach(function (item, i) { item.classList.toggle("current", i === index); });
     this.current = index;
     if (this.position) this.position.textContent = String(index + 1);
-    if (focus !== false) this.items[index].querySelector(".viewport").focus({ preventScroll: true });
+    if (focus === false) return;
+    var item = this.items[index];
+    item.querySelector(".viewport").focus({ preventScroll: true });
+    // On a phone the buttons sit below the answers: after "Next" the new X-ray would be above
+    // the screen. Bring the item's top into view whenever it is not on screen.
+    var top = item.getBoundingClientRect().top;
+    if (top < 0 || top > window.innerHeight * 0.5) item.scrollIntoView({ block: "start" });
   };
   WorkPage.prototype.missing = function (item) {
     var out = [];
