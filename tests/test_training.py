@@ -258,3 +258,30 @@ def test_simulated_crowd_trains_first_and_replays(tmp_path: Path, db_url: str) -
             # training pages are pages with feedback: the slow learner starts the quiz better
             assert a.pages_submitted >= a.training_pages + a.quiz_pages
     assert outcome.result["training_pages"] == record.training_pages > 0
+
+
+def test_cli_training_sample_and_list(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cxrlabel.cli import app
+    from design_support import add_image, bundled_job
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    db = Database(url)
+    with db.session() as s:
+        job, _ = bundled_job(s)
+        for k in range(12):
+            add_image(s, job, tmp_path, k, reference_label="PNEUMONIA" if k % 2 else "NORMAL",
+                      patient_id=f"p{k}")
+    runner = CliRunner()
+    args = ["--data-dir", str(tmp_path), "--db", url, "training"]
+    result = runner.invoke(app, [*args, "sample", "--from-reference", "4", "--seed", "2"])
+    assert result.exit_code == 0, result.output
+    assert "4 training cases sampled (NORMAL 2, PNEUMONIA 2)" in result.output
+    listed = runner.invoke(app, [*args, "list"])
+    assert listed.exit_code == 0 and listed.output.count("Reference label") == 4
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(TrainingItem)) == 4
+        assert s.scalar(select(func.count()).select_from(Image).where(
+            Image.status == ImageStatus.TRAINING)) == 4
+    db.dispose()
