@@ -36,14 +36,17 @@ import numpy as np
 from sqlalchemy import func, insert, select
 
 from cxrlabel.annotate.accounts import create_user, issue_api_token
+from cxrlabel.annotate.aliases import Aliases
 from cxrlabel.ingest.phantom import make_phantom_xray
 from cxrlabel.ingest.renditions import make_renditions, relative_paths
 from cxrlabel.jobspec import JobSpec, parse_job, resolve_job_path
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import GoldItem, Image, ImageStatus, Job, User
+from cxrlabel.web.security import load_secret_key
 
 JOB_NAME = "bench-loop"
 SPEC_CHANGES = ("min_seconds_per_page = 0 (speed trap off for a machine client)",
+                "harm_accuracy = 0 (removal for harm off: the clients answer work at random)",
                 "max_per_annotator = 10000000", "instructions inline")
 DEFAULT_PASSWORD = "bench-loop-password"
 
@@ -54,6 +57,9 @@ def bench_spec_text(name: str = JOB_NAME) -> str:
     subs = [
         (r'(?m)^name = ".*"$', f'name = "{name}"'),
         (r"(?m)^min_seconds_per_page = .*$", "min_seconds_per_page = 0.0"),
+        # The load clients answer work images at random, which the peer-agreement rule
+        # (quality/skill.py) rightly removes; the loop measures the write path, not QC.
+        (r"(?m)^harm_accuracy = .*$", "harm_accuracy = 0.0"),
         (r"(?m)^max_per_annotator = .*$", "max_per_annotator = 10000000"),
         (r'(?m)^file = "pneumonia-pediatric.md"$',
          'markdown = "Label each image: healthy (clear lungs) or pneumonia (cloudy patches)."'),
@@ -149,16 +155,25 @@ def create_annotators(db: Database, n: int, prefix: str) -> list[tuple[str, str]
     return out
 
 
-def gold_answers(db: Database, name: str = JOB_NAME) -> dict[str, str]:
-    """Test-question answers by image public id: the benchmark client reads them from the
-    database (a browser never gets them) so its annotators pass the quiz and stay trusted."""
+def gold_answers(db: Database, name: str = JOB_NAME,
+                 data_dir: Path | None = None) -> dict[str, str]:
+    """Test-question answers by image id as each annotator sees it: the benchmark client reads
+    them from the database (a browser never gets them) so its annotators pass the quiz and
+    stay trusted. Annotators see images under their own aliases (``annotate/aliases.py``): with
+    the server's data dir (its secret key) every existing annotator's aliases are included."""
     with db.session() as s:
         rows = s.execute(
             select(Image.public_id, GoldItem.accepted_answers)
             .join(GoldItem, GoldItem.image_id == Image.id)
             .join(Job, Job.id == Image.job_id).where(Job.name == name)
         ).all()
-    return {pid: answers[0] for pid, answers in rows}
+        users = list(s.scalars(select(User.id).where(User.role == "annotator")))
+    out = {pid: answers[0] for pid, answers in rows}
+    if data_dir is not None:
+        aliases = Aliases(load_secret_key(data_dir))
+        out.update({aliases.image(pid, uid): answers[0] for pid, answers in rows
+                    for uid in users})
+    return out
 
 
 def count_users(db: Database, prefix: str) -> int:

@@ -432,7 +432,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         prefix = args.prefix or f"lb{int(time.time()) % 10**6}-{os.getpid() % 1000}"
         accounts = create_annotators(db, args.annotators, prefix)
-        gold = gold_answers(db, args.job)
+        gold = gold_answers(db, args.job, args.data_dir)
         with db.session() as s:
             job = s.scalar(select(Job).where(Job.name == args.job))
             items_per_page = spec_from_job_row(job).pages.items_per_page

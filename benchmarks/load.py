@@ -387,7 +387,7 @@ def prepare(data_dir: Path, db_url: str | None, *, images: int, gold: int,
                     text = re.sub(rf"(?m)^{key} = .*$", f"{key} = {value}", text, count=1)
                 job.spec_toml, job.spec_sha256 = text, hashlib.sha256(text.encode()).hexdigest()
         accounts = create_annotators(db, annotators, "rel")
-        answers = gold_answers(db)
+        answers = gold_answers(db, data_dir=data_dir)
     finally:
         db.dispose()
     return url, [u for u, _ in accounts], [t for _, t in accounts], answers

@@ -124,6 +124,10 @@ def write_rendition(path: Path, size: tuple[int, int], mode: str, shade: int) ->
 def build_job(session: Session, data_dir: Path) -> Job:
     """Create the job described in the module docstring; returns the Job row."""
     text = (bundled_jobs_dir() / "pneumonia-pediatric.toml").read_text(encoding="utf-8")
+    # The figures below were checked by hand with the method's own online rule (trust vote);
+    # the bundled job's default moved to the posterior (issue 17), which these reports do not
+    # depend on, so the fixture pins the rule its hand-checked numbers assume.
+    text = text.replace('online = "posterior"', 'online = "auto"')
     job = Job(name="pneumonia-pediatric", spec_toml=text, spec_sha256="0" * 64)
     session.add(job)
     session.flush()

@@ -28,7 +28,7 @@ from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import Image, ImageStatus, Job, Judgment, Page, User, utcnow
 from cxrlabel.web.app import create_app
 from cxrlabel.web.deps import job_and_spec
-from web_support import add_user, gold_answers, seed_job
+from web_support import add_user, gold_answers, remember_app, seed_job
 
 PASSWORD = "correct horse battery"
 ANON, A, B, REMOVED, DISQ, EXPERT, ADMIN = (
@@ -118,10 +118,11 @@ def build_env(db_url: str, data_dir: Path) -> Env:
     roles = {EXPERT: "expert", ADMIN: "admin"}
     ids = {role: add_user(db, name, roles.get(role, "annotator")) for role, name in names.items()}
     # Quiz: A passes missing one test question (2/3 >= 0.6), B and the removed one pass,
-    # the disqualified one misses all three.
+    # the disqualified one misses all three, on the quiz and on its one retake (issue 17).
     quiz_a = _answer(db, seeded.job_id, ids[A], gold, miss_gold=1)
     _answer(db, seeded.job_id, ids[B], gold)
     _answer(db, seeded.job_id, ids[REMOVED], gold)
+    _answer(db, seeded.job_id, ids[DISQ], gold, miss_gold=3)
     _answer(db, seeded.job_id, ids[DISQ], gold, miss_gold=3)
     done_a = _answer(db, seeded.job_id, ids[A], gold, miss_gold=1)  # a work page, gold missed
     open_a = _answer(db, seeded.job_id, ids[A], gold, submit=False)  # held, unsubmitted
@@ -151,7 +152,8 @@ def build_env(db_url: str, data_dir: Path) -> Env:
         invite, token = create_invite(s, role="annotator", max_uses=50, expires_hours=24,
                                       job=job, now=now)
         contest_id, invite_id = contest.id, invite.id
-    app = create_app(Settings(data_dir=data_dir, db_url=db_url), db=db)
+    app = remember_app(create_app(Settings(data_dir=data_dir, db_url=db_url), db=db))
+    aliases = app.state.image_urls.aliases  # annotators name images and answers by their own ids
     env = Env(app=app, db=db, data_dir=data_dir, job_id=seeded.job_id, user_ids=ids, gold=gold)
     client = env.client()
     for role, name in names.items():
@@ -160,8 +162,10 @@ def build_env(db_url: str, data_dir: Path) -> Env:
     html = client.get("/login").text
     env.csrf[ANON] = re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
     env.cookies[ANON] = client.cookies.get("cxrlabel_session")
-    env.ids.update(job_name=JOB, page_id=open_a, done_page=done_a, public_id=a_image,
+    env.ids.update(job_name=JOB, page_id=open_a, done_page=done_a,
+                   public_id=aliases.image(a_image, ids[A]), shared_public_id=a_image,
                    review_image=review_image, contest_id=contest_id, invite_id=invite_id,
-                   token=token, user_id=ids[B], judgment_id=work_missed,
+                   token=token, user_id=ids[B],
+                   judgment_id=aliases.answer(work_missed, ids[A]),
                    removed_id=ids[REMOVED], gold_image=next(iter(gold)))
     return env

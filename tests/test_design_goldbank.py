@@ -200,13 +200,13 @@ def test_check_warns_about_too_few_gold_for_the_plan(tmp_path: Path) -> None:
     _make_bank(db, tmp_path, ["NORMAL"] * 4 + ["PNEUMONIA"] * 8)  # bound (12 - 8) / 1 = 4 pages
     with db.session() as s:
         job, _ = bundled_job(s)
-        for k in range(30):  # 30 work images x 3 judgments / 9 per page = 10 pages
+        for k in range(30):  # 30 work images x 2 judgments (bundled min) / 9 per page = 7 pages
             add_image(s, job, tmp_path, 500 + k)
     report = _check(db, annotators=1)
-    assert report.pages_bound == 4 and report.planned_pages_per_annotator == 10
+    assert report.pages_bound == 4 and report.planned_pages_per_annotator == 7
     too_few = [w for w in report.warnings if w.code == "too_few"]
     assert too_few and "supports 4 work pages" in too_few[0].message
-    assert "add 6 gold" in too_few[0].message
+    assert "add 3 gold" in too_few[0].message
     assert "too_few" not in _check(db, annotators=5).codes()  # 2 pages each: enough
     # Fewer gold than the quiz is its own, blunter message.
     db2 = Database(f"sqlite:///{tmp_path / 'db2.sqlite3'}")

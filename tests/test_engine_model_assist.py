@@ -86,8 +86,11 @@ def test_model_uncertainty_serves_least_sure_untouched_images_first(db, tmp_path
         rest = claim_open_images(s, job, _model_order(seeded.spec), user, T0, 12)
         assert rest[:4] == [work[7], work[2], work[9], work[4]]
         assert rest[-2:] == [work[0], work[1]]  # unscored last, oldest first among them
-        # Default order ignores the scores: oldest first.
-        assert claim_open_images(s, job, seeded.spec, user, T0, 3) == work[:3]
+        # Default order ignores the scores: the job's shuffled serving order (serve_rank).
+        ranks = dict(s.execute(select(Image.id, Image.serve_rank)
+                               .where(Image.id.in_(work))).all())
+        assert claim_open_images(s, job, seeded.spec, user, T0, 3) == sorted(
+            work, key=lambda i: (ranks[i], i))[:3]
 
 
 def test_model_uncertainty_still_finishes_started_images_first(db, tmp_path):

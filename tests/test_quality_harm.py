@@ -105,7 +105,7 @@ def test_a_contested_miss_does_not_count_until_the_contest_is_resolved(db):
     assert env.annotator("ann").trust == 4 / 6
     missed = next(j for j in env.judgments_of("ann") if j.image_id == env.images["g3"])
     contest = env.call(lambda s, job: service.contest_gold(
-        s, job, env.user(s, "ann"), missed.id, "I see a patch", env.tick()))
+        s, job, env.spec, env.user(s, "ann"), missed.id, "I see a patch", env.tick()))
     ann = env.annotator("ann")
     assert ann.flags["contested"] == [missed.id] and ann.trust == 4 / 5  # as if unseen
     env.call(lambda s, job: service.resolve_contest(

@@ -101,9 +101,13 @@ def phi_env(tmp_path_factory):
         gold_ids = [str(g) for g in s.scalars(select(GoldItem.id))]
     users = {"ann-ursula": "annotator", "ann-vikram": "annotator", "doc-who": "expert",
              "boss": "admin"}
-    for name, role in users.items():
-        add_user(db, name, role)
+    uids = {name: add_user(db, name, role) for name, role in users.items()}
     app = create_app(Settings(data_dir=data_dir, db_url=db_url), db=db)
+    aliases = app.state.image_urls.aliases  # annotators see images under their own ids
+    shared = dict(gold)
+    gold = {aliases.image(pid, uids[name]): label for pid, label in shared.items()
+            for name, role in users.items() if role == "annotator"}
+    app.state.test_shared_gold_ids = list(shared)
     client = TestClient(app, follow_redirects=False)
     sessions = {name: login_cookie(client, name) for name in users}
     yield app, db, gold, gold_ids, sessions
@@ -185,6 +189,8 @@ def test_no_phi_and_no_gold_reach_annotators(phi_env):
         _scan(rec.seen, theirs, "other annotator's data")
     # The scan can fail: test-question images were served (their ids are in the pages).
     assert any(pid in text for _l, text in ursula.seen for pid in gold)
+    # ... under each annotator's own ids: the shared public ids never reach an annotator.
+    _scan(ursula.seen + vikram.seen, app.state.test_shared_gold_ids, "shared image ids")
 
 
 def test_no_phi_reaches_experts_or_admins(phi_env):

@@ -27,7 +27,6 @@ ANNOTATORS = frozenset({A, B, REMOVED, DISQ})
 ONLY_A = frozenset({A})
 ADMINS = frozenset({ADMIN})
 REVIEWERS = frozenset({EXPERT, ADMIN})
-IMAGE_VIEWERS = frozenset({A, EXPERT, ADMIN})
 
 
 @dataclass(frozen=True)
@@ -128,8 +127,10 @@ RULES: dict[tuple[str, str], Rule] = {
         R(ONLY_A, json={"client_submission_id": "zz", "answers": []}),
     ("POST", "/api/jobs/{job_name}/contests"): R(ONLY_A, json={"reason": "no",
                                                                     "judgment_id": "$judgment_id"}),
-    ("GET", "/img/{public_id}"): R(IMAGE_VIEWERS),
-    ("GET", "/thumb/{public_id}"): R(REVIEWERS),  # expert queue previews, never annotators
+    # A's own alias of the image: valid for A only (experts and admins use the shared id:
+    # test_reviewers_see_images_by_shared_id)
+    ("GET", "/img/{public_id}"): R(ONLY_A),
+    ("GET", "/thumb/{public_id}"): R(REVIEWERS, params={"public_id": "shared_public_id"}),
 }
 # Sign-out ends the caller's session: it is checked on its own below, last.
 SIGN_OUT = {("POST", "/login"), ("POST", "/logout")}
@@ -264,6 +265,16 @@ def test_bearer_token_cannot_reach_another_annotators_objects(env):
     assert client.get("/api/jobs/test-job/quality/replay", headers=h).status_code == 403
     assert client.get("/api/jobs/test-job/me",
                       headers={"Authorization": "Bearer forged"}).status_code == 401
+
+
+def test_reviewers_see_images_by_shared_id(env):
+    """Experts and admins name images by the shared public id; annotators by theirs only."""
+    client = env.client()
+    shared = f"/img/{env.ids['shared_public_id']}"
+    for role in (EXPERT, ADMIN):
+        assert env.request(client, role, "GET", shared).status_code == 200
+    for role in (A, B):
+        assert env.request(client, role, "GET", shared).status_code == 404
 
 
 def test_sign_in_and_out_for_every_role(env):

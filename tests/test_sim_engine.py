@@ -168,6 +168,7 @@ def test_http_driver_works_a_live_server_over_loopback(phantom_images: Path,
     try:
         stats = http_driver.drive(f"http://127.0.0.1:{port}", spec.name, spec, annotators,
                                   http_driver.truth_by_public_id(db, job.id, truth),
+                                  aliases=app.state.image_urls.aliases,
                                   pages_per_annotator=3, time_limit_s=60)
     finally:
         server.should_exit = True

@@ -249,7 +249,7 @@ def test_full_annotator_flow_with_feedback_and_contest(web):
     with db.session() as s:
         assert s.scalar(select(func.count(Submission.id))) == 2
         assert s.scalar(select(func.count(Judgment.id))) == 3 + 4
-    judgment_id = re.search(r'name="judgment_id" value="(\d+)"', r.text).group(1)
+    judgment_id = re.search(r'name="judgment_id" value="([^"]+)"', r.text).group(1)
     page_id = re.search(r'name="page_id" value="([^"]+)"', r.text).group(1)
     r = client.post("/jobs/test-job/contest", data={
         "csrf_token": csrf(r.text), "judgment_id": judgment_id, "page_id": page_id,

@@ -18,13 +18,14 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from cxrlabel.annotate.aliases import Aliases
 from cxrlabel.config import Settings
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import Image, User
 from cxrlabel.web.app import create_app
 from cxrlabel.web.images_fast import RenditionStore, SignedImages
 from cxrlabel.web.security import ImageUrlSigner, load_secret_key
-from web_support import add_user, gold_answers, web_app_with_small_job
+from web_support import add_user, gold_answers, resolve_alias, web_app_with_small_job
 
 PASSWORD = "correct horse battery"
 SIGNED = re.compile(r"^/img/(\d+)\.(\d+)\.([A-Za-z0-9_-]{22})/([A-Za-z0-9_-]+)$")
@@ -74,7 +75,9 @@ def _csrf(client: TestClient) -> str:
     return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
 
 
-def _file(data_dir: Path, db: Database, public_id: str) -> bytes:
+def _file(data_dir: Path, db: Database, alias: str) -> bytes:
+    """The rendition bytes of the image an annotator sees as ``alias``."""
+    public_id = resolve_alias(db, alias) or alias
     with db.session() as s:
         rel = s.scalar(select(Image.rendition_path).where(Image.public_id == public_id))
     return (data_dir / rel).read_bytes()
@@ -187,22 +190,22 @@ def test_prefetched_urls_are_the_ones_the_next_page_shows(env):
 def test_url_from_another_worker_is_served_after_one_lookup(env):
     """Several workers (or a restart): a fresh process has never seen the URL's image."""
     app, db, _seeded, data_dir = env
-    add_user(db, "ann1")
+    uid = add_user(db, "ann1")
     client = TestClient(app)
     _login(client, "ann1")
     page = _api_page(client)
     other_worker = create_app(Settings(data_dir=data_dir, db_url=db.url), db=db)
     store = other_worker.state.image_urls.store
     pid = page["items"][0]["image_public_id"]
-    assert store.cached(pid) is None
+    assert store.cached(uid, pid) is None
     r = TestClient(other_worker).get(page["items"][0]["image_url"])
     assert r.status_code == 200 and r.content == _file(data_dir, db, pid)
     # That one look-up remembered the whole page: its other images need no query.
-    assert all(store.cached(i["image_public_id"]) is not None for i in page["items"])
+    assert all(store.cached(uid, i["image_public_id"]) is not None for i in page["items"])
+    on_page = {resolve_alias(db, i["image_public_id"]) for i in page["items"]}
     with db.session() as s:
-        elsewhere = s.scalar(select(Image.public_id).where(
-            Image.public_id.not_in([i["image_public_id"] for i in page["items"]])))
-    assert store.cached(elsewhere) is None
+        elsewhere = s.scalar(select(Image.public_id).where(Image.public_id.not_in(on_page)))
+    assert store.cached(uid, store.aliases.image(elsewhere, uid)) is None
     for item in page["items"][1:]:
         assert TestClient(other_worker).get(item["image_url"]).status_code == 200
 
@@ -210,13 +213,13 @@ def test_url_from_another_worker_is_served_after_one_lookup(env):
 def test_rendition_store_is_bounded_and_stays_in_the_data_dir(tmp_path):
     db = Database(f"sqlite:///{tmp_path / 'db.sqlite3'}")
     try:
-        store = RenditionStore(tmp_path, db, max_entries=3)
+        store = RenditionStore(tmp_path, db, Aliases(b"k"), max_entries=3)
         for n in range(5):
-            store.remember(f"id{n}", f"renditions/{n}.jpg")
-        assert [store.cached(f"id{n}") is not None for n in range(5)] == [False, False, True,
-                                                                           True, True]
-        store.remember("escape", "../outside.jpg")
-        assert store.resolve(store.cached("escape")) is None  # never outside the data dir
+            store.remember(1, f"id{n}", f"renditions/{n}.jpg")
+        assert [store.cached(1, f"id{n}") is not None for n in range(5)] == [False, False, True,
+                                                                              True, True]
+        store.remember(1, "escape", "../outside.jpg")
+        assert store.resolve(store.cached(1, "escape")) is None  # never outside the data dir
         (tmp_path.parent / "outside.jpg").write_bytes(b"not yours")
         signer = ImageUrlSigner(b"k")
         app = SignedImages(None, signer=signer, store=store)  # type: ignore[arg-type]
@@ -229,7 +232,7 @@ def test_rendition_store_is_bounded_and_stays_in_the_data_dir(tmp_path):
         asyncio.run(app({"type": "http", "method": "GET", "path": url, "headers": []},
                         None, send))
         assert sent[0]["status"] == 404 and b"not yours" not in sent[1]["body"]
-        assert store.load("unknown") is None
+        assert store.load("unknown", 1) is None
     finally:
         db.dispose()
 
@@ -240,8 +243,8 @@ def test_zero_copy_send_is_used_when_the_server_offers_it(tmp_path):
     db = Database(f"sqlite:///{tmp_path / 'db.sqlite3'}")
     (tmp_path / "renditions").mkdir()
     (tmp_path / "renditions" / "a.png").write_bytes(b"\x89PNG fake image bytes")
-    store = RenditionStore(tmp_path, db)
-    store.remember("img-a", "renditions/a.png")
+    store = RenditionStore(tmp_path, db, Aliases(b"k"))
+    store.remember(7, "img-a", "renditions/a.png")
     signer = ImageUrlSigner(b"k")
 
     async def inner_app(scope, receive, send):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from PIL import Image as PILImage
 from PIL import ImageDraw
+from sqlalchemy import select
 
 from cxrlabel.annotate.accounts import hash_password
 from cxrlabel.jobspec import JobSpec, parse_job
@@ -23,7 +24,8 @@ def job_toml(
     *, name: str = "test-job", items_per_page: int = 4, gold_per_page: int = 1,
     quiz_length: int = 3, min_accuracy: float = 0.6, jmin: int = 2, jmax: int = 3,
     max_per_annotator: int = 1000, reservation_minutes: float = 30.0,
-    min_seconds_per_page: float = 0.0, training_items: int = 0, training_per_page: int = 2,
+    min_seconds_per_page: float = 0.0,
+    retire_after_reveals: int = 3, training_items: int = 0, training_per_page: int = 2,
 ) -> str:
     training = (f"[training]\nenabled = true\nitems = {training_items}\n"
                 f"per_page = {training_per_page}\n" if training_items else "")
@@ -62,6 +64,7 @@ max_per_annotator = {max_per_annotator}
 quiz_length = {quiz_length}
 min_accuracy = {min_accuracy}
 per_page = {gold_per_page}
+retire_after_reveals = {retire_after_reveals}
 [pages]
 items_per_page = {items_per_page}
 min_seconds_per_page = {min_seconds_per_page}
@@ -150,7 +153,7 @@ def web_app_with_small_job(db: Database, data_dir: Path, db_url: str):
 
     seeded = seed_job(db, data_dir, n_work=12, n_gold=8, quiz_length=3, items_per_page=4,
                       min_accuracy=0.6)
-    return create_app(Settings(data_dir=data_dir, db_url=db_url), db=db), seeded
+    return remember_app(create_app(Settings(data_dir=data_dir, db_url=db_url), db=db)), seeded
 
 
 def csrf_from_html(html: str) -> str:
@@ -170,15 +173,84 @@ def add_user(db: Database, username: str, role: str = "annotator",
         return user.id
 
 
-def gold_answers(db: Database, job_id: int) -> dict[str, list[str]]:
-    """public id -> accepted answers of every gold image (what must never leak)."""
+_APP_ALIASES: list = []  # the Aliases of every app these helpers built (see remember_app)
+
+
+def remember_app(app):
+    """Let ``gold_answers`` resolve the annotator aliases this app hands out."""
+    _APP_ALIASES.append(app.state.image_urls.aliases)
+    return app
+
+
+class GoldAnswers(dict):
+    """public id -> accepted answers of every gold image (what must never leak). An annotator
+    sees images under their own aliases (annotate/aliases.py): looking one up resolves it, as an
+    oracle that knows the app's secret would (a test's stand-in for a perfect annotator)."""
+
+    def __init__(self, rows: dict[str, list[str]], db: Database, data_dir: Path | None) -> None:
+        super().__init__(rows)
+        self._db, self._data_dir = db, data_dir
+
+    def _aliases(self) -> list:
+        from cxrlabel.annotate.aliases import Aliases
+        from cxrlabel.web.security import load_secret_key
+
+        found = list(_APP_ALIASES)
+        dirs = [self._data_dir] if self._data_dir else []
+        if self._db.url.startswith("sqlite:///"):
+            dirs.append(Path(self._db.url.removeprefix("sqlite:///")).parent)
+        found += [Aliases(load_secret_key(d)) for d in dirs if (d / "secret_key").exists()]
+        return found
+
+    def public_id(self, alias: str) -> str:
+        """The public id of the gold image an annotator sees as ``alias`` (KeyError if none)."""
+        if dict.__contains__(self, alias):
+            return alias
+        found = resolve_alias(self._db, alias, list(self), self._aliases())
+        if found is None:
+            raise KeyError(alias)
+        return found
+
+    def __missing__(self, alias: str) -> list[str]:
+        return dict.__getitem__(self, self.public_id(alias))
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            self[key]
+        except KeyError:
+            return False
+        return True
+
+    def get(self, key, default=None):
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+
+def resolve_alias(db: Database, alias: str, public_ids: list[str] | None = None,
+                  aliases: list | None = None) -> str | None:
+    """The public id behind an annotator's image alias (any user, any app built here)."""
+    with db.read_session() as s:  # may run inside a test's open write session
+        users = list(s.scalars(select(User.id)))
+        if public_ids is None:
+            public_ids = list(s.scalars(select(Image.public_id)))
+    for alias_maker in aliases if aliases is not None else _APP_ALIASES:
+        for uid in users:
+            for pid in public_ids:
+                if alias_maker.image(pid, uid) == alias:
+                    return pid
+    return None
+
+
+def gold_answers(db: Database, job_id: int, data_dir: Path | None = None) -> GoldAnswers:
     with db.session() as s:
         rows = s.execute(
             GoldItem.__table__.join(Image.__table__).select()
             .with_only_columns(Image.public_id, GoldItem.accepted_answers)
             .where(GoldItem.job_id == job_id)
         ).all()
-        return {pid: list(acc) for pid, acc in rows}
+        return GoldAnswers({pid: list(acc) for pid, acc in rows}, db, data_dir)
 
 
 def load(db: Database, model, ident):

@@ -152,6 +152,9 @@ class Gold(_Strict):
     # Quiz retakes after a failed attempt (on other test questions, after re-reading the
     # instructions); the failure after the last retake is final.
     quiz_retakes: int = Field(default=1, ge=0, le=5)
+    # Retire a test question once its answer has been shown (missed-gold feedback) to this
+    # many distinct annotators: a widely known answer no longer tests anyone (0: never).
+    retire_after_reveals: int = Field(default=3, ge=0, le=100000)
 
 
 class Training(_Strict):

@@ -64,6 +64,9 @@ def collect_status(session: Session, job_name: str | None = None) -> dict[str, A
         "failed": issues.get("failed", 0),
         "gold": count(select(func.count(GoldItem.id)).where(GoldItem.job_id.in_(ids),
                                                              GoldItem.active)),
+        # retired after too many reveals (design/exposure.py) or switched off
+        "gold_inactive": count(select(func.count(GoldItem.id)).where(
+            GoldItem.job_id.in_(ids), GoldItem.active.is_(False))),
         "judgments": judgments,
         "annotators": _grouped(session, AnnotatorState.status, [AnnotatorState.job_id.in_(ids)]),
         "review_queue": by_status.get(ImageStatus.NEEDS_REVIEW, 0),

@@ -9,6 +9,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from cxrlabel.annotate.accounts import invite_problem
+from cxrlabel.design.exposure import revealed_counts
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.storage.models import (
     AnnotatorState,
@@ -42,13 +43,16 @@ def job_progress(session: Session, job: Job, spec: JobSpec, now: datetime) -> di
         AnnotatorState.job_id == job.id))
     gold = session.scalar(select(func.count(GoldItem.id)).where(
         GoldItem.job_id == job.id, GoldItem.active.is_(True)))
+    inactive = session.scalar(select(func.count(GoldItem.id)).where(
+        GoldItem.job_id == job.id, GoldItem.active.is_(False)))
     return {
         "name": job.name, "title": spec.title,
         "by_status": {s: by_status.get(s, 0) for s in ImageStatus.ALL},
         "histogram": [(int(k), int(n)) for k, n in histogram],
         "work_images": sum(n for s, n in by_status.items() if s not in ImageStatus.NOT_WORK),
         "judgments": judgments or 0, "open_pages": open_pages or 0,
-        "annotators": annotators or 0, "gold": gold or 0,
+        "annotators": annotators or 0, "gold": gold or 0,  # active test questions
+        "gold_inactive": inactive or 0,  # retired (exposure, design/exposure.py) or switched off
         "jmin": spec.judgments.min, "jmax": spec.judgments.max,
     }
 
@@ -83,11 +87,12 @@ def gold_summary(session: Session, job: Job) -> list[dict[str, Any]]:
     rows = session.execute(
         select(GoldItem, Image.public_id).join(Image, Image.id == GoldItem.image_id)
         .where(GoldItem.job_id == job.id).order_by(GoldItem.id)).all()
+    revealed = revealed_counts(session, job)
     return [
         {"id": g.id, "public_id": pid, "accepted": list(g.accepted_answers), "reason": g.reason,
          "difficulty": g.difficulty, "active": g.active,
          "seen": stats.get(g.image_id, (0, 0))[0], "missed": stats.get(g.image_id, (0, 0))[1],
-         "contests": contests.get(g.id, 0)}
+         "revealed_to": revealed.get(g.image_id, 0), "contests": contests.get(g.id, 0)}
         for g, pid in rows
     ]
 

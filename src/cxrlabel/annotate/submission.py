@@ -32,6 +32,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from cxrlabel.annotate.assignment import DEFAULT_STATUS_MESSAGES, open_reservations
 from cxrlabel.annotate.schemas import AnswerIn, SubmissionError, SubmitResult
 from cxrlabel.annotate.training import store_training_answers
+from cxrlabel.design.exposure import after_feedback
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.quality import grading as quality_service
 from cxrlabel.quality.records import PageOutcome, SubmittedJudgment
@@ -119,6 +120,8 @@ def submit_page(
     set_committed_value(page, "submitted_at", now)  # the session's copy, as stored
 
     outcome = _grade(session, job, spec, user, page, judgments, now)
+    after_feedback(session, job, spec, user.id, page.kind, outcome.quiz_passed,
+                   _missed_image_ids(judgments, outcome), now)
     # ``state`` needs no refresh: the quality engine gives the session's copy what it wrote.
     result = _result(session, page, judgments, outcome, state)
     conn.execute(_STORE_RESPONSE, {"submission": submission_id,
@@ -336,6 +339,12 @@ def _result(
         annotator_status=state.status,
         message=outcome.message or state.message or DEFAULT_STATUS_MESSAGES.get(state.status),
     )
+
+
+def _missed_image_ids(judgments: list[SubmittedJudgment], outcome: PageOutcome) -> list[int]:
+    """The test questions of this page the annotator missed (as just graded)."""
+    missed = {m.judgment_id for m in outcome.missed_gold}
+    return [j.image_id for j in judgments if j.id in missed]
 
 
 def _inactive_message(state: AnnotatorState | None) -> str:

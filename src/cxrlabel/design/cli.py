@@ -19,6 +19,7 @@ from cxrlabel.design.estimate import (
     estimate,
     inputs_from_spec,
 )
+from cxrlabel.design.exposure import revealed_counts
 from cxrlabel.jobspec import resolve_job_path
 
 JOB_HELP = "Job name (or job file) [default: pneumonia-pediatric]."
@@ -229,17 +230,19 @@ def gold_list(
     with app.db.session() as session:
         job, spec = get_job(session, job_name)
         rows = goldbank.gold_rows(session, job)
+        revealed = revealed_counts(session, job)
     table = Table(title=f"Gold bank of job {spec.name} ({len(rows)} items)")
     table.add_column("source file", no_wrap=True)
-    for column in ("answers", "difficulty", "reason", "seen", "missed", "contests", "active"):
+    for column in ("answers", "difficulty", "reason", "seen", "missed", "revealed to",
+                   "contests", "active"):
         table.add_column(column, overflow="fold")
     for r in rows:
         rate = f"{r.missed} ({r.miss_rate:.0%})" if r.miss_rate is not None else "0"
         table.add_row(
             Path(r.image.source_path).name, ";".join(r.gold.accepted_answers),
             r.gold.difficulty, (r.gold.reason[:80] + "…") if len(r.gold.reason) > 80
-            else r.gold.reason or "[red](none)[/]", str(r.seen), rate, str(r.contests),
-            "yes" if r.gold.active else "no",
+            else r.gold.reason or "[red](none)[/]", str(r.seen), rate,
+            str(revealed.get(r.image.id, 0)), str(r.contests), "yes" if r.gold.active else "no",
         )
     console.print(table)
 
@@ -270,6 +273,14 @@ def gold_check(
         f"(({report.n_gold} gold - {spec.gold.quiz_length} quiz) / {spec.gold.per_page} per "
         f"page); planned: {report.planned_pages_per_annotator:.0f}"
     )
+    exposure = report.exposure
+    if exposure is not None:
+        limit = (f"retired once shown to {exposure.limit} annotators"
+                 if exposure.limit else "never retired (gold.retire_after_reveals = 0)")
+        console.print(
+            f"exposure: answers shown to at most [bold]{exposure.max_revealed}[/] annotators per "
+            f"item ({len(exposure.revealed)} items shown to anyone); items are {limit}; "
+            f"{exposure.retired_revealed} retired so far")
     for warning in report.warnings:
         console.print(f"[yellow]warning[/] {escape(f'[{warning.code}]')} {escape(warning.message)}",
                       highlight=False)

@@ -20,6 +20,7 @@ import numpy as np
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from cxrlabel.design.exposure import Exposure, bank_exposure
 from cxrlabel.design.goldreason import is_placeholder_reason
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.storage.models import (
@@ -322,6 +323,7 @@ class GoldReport:
     pages_bound: float  # work pages one annotator can do before running out of unseen gold
     planned_pages_per_annotator: float
     warnings: list[GoldWarning]
+    exposure: Exposure | None = None  # answers shown to annotators, retirement by exposure
 
     def codes(self) -> set[str]:
         return {w.code for w in self.warnings}
@@ -438,6 +440,8 @@ def check_gold(
         ))
     warnings += _work_overlap_warnings(session, job, rows)
     warnings += _near_duplicate_warnings(session, job, rows, data_dir)
+    exposure = bank_exposure(session, job, spec)
+    warnings += [GoldWarning(code, message) for code, message in exposure.warnings()]
     shown = instruction_example_ids(session, job, spec)
     in_instructions = [r for r in rows if r.image.id in shown]
     if in_instructions:
@@ -460,6 +464,7 @@ def check_gold(
         pages_bound=bound,
         planned_pages_per_annotator=planned,
         warnings=warnings,
+        exposure=exposure,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -134,6 +135,84 @@ def _readme_quality(dataset_dir: Path) -> str:
     return "Quoted from the export's datasheet:\n\n" + body
 
 
+ESTIMATE_FILE = Path(__file__).with_name("newpatient_estimate.json")
+
+
+def _ci(pair: list[float]) -> str:
+    return f"[{pair[0]:.3f}, {pair[1]:.3f}]"
+
+
+def new_patient_section(meta: dict, estimate_file: Path = ESTIMATE_FILE) -> str:
+    """Expected figures on new patients, from the recipe's measured new-patient estimate.
+
+    The validation figures above come from a split drawn like the training data; what holds on
+    new patients was measured separately (benchmarks/model_newpatient.py) for a recipe, and is
+    quoted here with the recipe, so a reader sees when this model was trained differently.
+    """
+    title = "### Expected on new patients\n\n"
+    if not estimate_file.is_file():
+        return title + ("No new-patient estimate is bundled: expect lower figures than the "
+                        "validation ones above (see docs/model.md).")
+    est = json.loads(estimate_file.read_text(encoding="utf-8"))
+    rows = ["| scheme | images | proxy AUC | AUC [95 % CI] | flag sensitivity | "
+            "flag specificity | clear NPV | normals cleared |", "|---|---|---|---|---|---|---|---|"]
+    for name, s in est["schemes"].items():
+        rows.append(f"| {name} | {s['n']} | {s['proxy_auc']:.3f} | {s['auc']:.3f} "
+                    f"{_ci(s['auc_ci'])} | {s['flag_sensitivity']:.3f} "
+                    f"{_ci(s['flag_sensitivity_ci'])} | {s['flag_specificity']:.3f} "
+                    f"{_ci(s['flag_specificity_ci'])} | {s['clear_npv']:.3f} "
+                    f"{_ci(s['clear_npv_ci'])} | {s['clear_specificity']:.3f} |")
+    same = est["size"] == meta["input_size"]
+    recipe = (f"{est['size']} px, {est['epochs']} epochs, {est['augment']} augmentation"
+              f"{', test-time augmentation' if est['tta'] else ''}; measured {est['date']}")
+    note = ("" if same else f"\n\n**This model was trained at {meta['input_size']} px, not "
+            f"{est['size']} px: the figures describe the recipe, not this model.**")
+    return (title + f"Internal new-patient estimate ({est['measured_by']}, expert labels, "
+            f"Kermany train+val images; recipe: {recipe}). Thresholds as each run chose them "
+            f"on its own validation split; 95 % patient-bootstrap intervals. **The kept-aside "
+            f"official Kermany test split has read much lower than this estimate** (issue 21: "
+            f"AUC 0.949, flag specificity 0.745 at sensitivity 0.972, crowd labels, 128 px): "
+            f"treat these figures as an upper bound for another hospital's images.\n\n"
+            + "\n".join(rows) + note)
+
+
+def _blur(augment: dict) -> str:
+    if not augment.get("blur_prob"):
+        return ""
+    return (f", Gaussian blur (sigma up to {augment['max_blur_sigma']} px on "
+            f"{augment['blur_prob']:.0%} of images)")
+
+
+def _seed_spread(meta: dict) -> str:
+    """How far each ensemble member's own thresholds sit apart: the seed's share of noise."""
+    spread = meta.get("seed_spread")
+    if not spread or len(spread["flag"]) < 2:
+        return ("A single model (no seed ensemble): between training seeds the flag threshold "
+                "has moved from 0.62 to 0.83 on the Kermany data; `--ensemble 3` averages "
+                "seeds and steadies it.")
+    def span(values: list[float]) -> str:
+        return f"{min(values):.4f}-{max(values):.4f}"
+    return (f"Seed ensemble of {len(spread['flag'])} members (mean logit, one ONNX graph). "
+            f"Each member alone would have set the flag threshold at {span(spread['flag'])}, "
+            f"the clear threshold at {span(spread['clear'])} and T at "
+            f"{span(spread['temperature'])}; the stored values are fitted on the ensemble.")
+
+
+def _warnings(problems: list[str]) -> str:
+    """A loud section at the top when training data were too few or calibration degenerated."""
+    if not problems:
+        return ""
+    lines = "\n".join(f"- {p}" for p in problems)
+    return f"""
+## Warnings
+
+**Do not use this model for triage before these are fixed** (more labelled images, or a
+check of the export):
+
+{lines}
+"""
+
+
 def write_card(model_dir: Path, meta: dict, dataset_dir: Path) -> Path:
     ops, th, tr = meta["operating_points"], meta["thresholds"], meta["training"]
     evaluation = meta["metrics"]
@@ -141,6 +220,7 @@ def write_card(model_dir: Path, meta: dict, dataset_dir: Path) -> Path:
     card = f"""# Model card: cxrlabel pneumonia triage model
 
 Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by cxrlabel {meta['cxrlabel_version']}.
+{_warnings(meta.get('warnings', []))}
 
 ## Intended use
 
@@ -183,8 +263,9 @@ scratch on grayscale images squashed to {meta['squash_side']} px and downscaled 
 {meta['input_size']} px (the squash matches how the official val/test copies were made).
 Augmentation: rotation +/- {tr['augment']['max_rotation_deg']} deg, shift +/-
 {tr['augment']['max_shift']:.0%}, zoom {tr['augment']['scale_range']}, gamma, contrast,
-brightness, noise; no horizontal flip (the heart is on the left). Early stopping on
-validation loss: {tr['stop_reason']}; best epoch {tr['best_epoch']} of {tr['epochs_run']};
+brightness, noise{_blur(tr['augment'])}; no horizontal flip (the heart is on the left).
+Early stopping on validation loss: {tr['stop_reason']}; best epoch {tr['best_epoch']} of
+{tr['epochs_run']};
 {tr['seconds'] / 60:.1f} min on {tr['device']} ({tr['torch_threads']} threads), seed
 {tr['config']['seed']}.
 
@@ -203,6 +284,8 @@ easier than new data, so sharpening on it would add overconfidence).
 {ops['clear']['q05']:.4f} / {ops['clear']['q50']:.4f} / {ops['clear']['q95']:.4f} | \
 **{ops['clear']['chosen']:.4f}** |
 
+{_seed_spread(meta)}
+
 Stored thresholds are the lower 5 % of 500 patient-grouped bootstrap resamples of validation
 (lower is safer for both). NPV depends on prevalence: it was set at the validation split's
 pneumonia share; where pneumonia is rarer NPV is higher, where it is commoner, lower.
@@ -210,6 +293,8 @@ pneumonia share; where pneumonia is rarer NPV is higher, where it is commoner, l
 ## Metrics
 
 {_metrics_table(evaluation)}
+
+{new_patient_section(meta)}
 
 {"Test figures were computed once, after the thresholds were fixed." if has_test else
  "The export has no test split: the figures above are validation figures, which overstate "

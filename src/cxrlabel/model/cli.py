@@ -10,7 +10,7 @@ from rich.markup import escape
 from cxrlabel.context import app_context, console, fail
 
 # Escaped: fail() prints Rich markup, which would swallow a bare "[model]".
-INSTALL_HINT = "install the optional extra: pip install 'cxrlabel\\[model]'"
+INSTALL_HINT = "install the optional extra: pip install 'cxrlabel[model]'"
 
 
 def train(
@@ -27,9 +27,17 @@ def train(
     max_minutes: float = typer.Option(25.0, help="Wall-clock budget, decoding included."),
     min_sensitivity: float = typer.Option(0.95, help="Flag band: sensitivity on validation."),
     min_npv: float = typer.Option(0.97, help="Clear band: negative predictive value."),
+    augment: str = typer.Option("default", help="Augmentation preset: default, or strong "
+                                "(wider geometry/exposure plus blur; docs/model.md)."),
+    ensemble: int = typer.Option(1, min=1, max=8, help="Models trained with seeds seed, "
+                                 "seed+1, ... and averaged into one ONNX file; they share "
+                                 "the time budget."),
 ) -> None:
     """Train the triage CNN from an export's soft labels; calibrate; export ONNX; model card."""
+    if augment not in ("default", "strong"):
+        fail(f"--augment must be default or strong, not {augment!r}")
     try:
+        from cxrlabel.model.augment import AugmentConfig
         from cxrlabel.model.data import DatasetError
         from cxrlabel.model.train import TrainConfig
         from cxrlabel.model.train import train as run_training
@@ -37,7 +45,8 @@ def train(
         fail(f"training needs PyTorch ({exc.name} missing): {INSTALL_HINT}")
     cfg = TrainConfig(size=size, max_epochs=epochs, batch_size=batch_size, lr=lr,
                       patience=patience, seed=seed, threads=threads, max_minutes=max_minutes,
-                      min_sensitivity=min_sensitivity, min_npv=min_npv)
+                      min_sensitivity=min_sensitivity, min_npv=min_npv, ensemble=ensemble,
+                      augment=AugmentConfig.strong() if augment == "strong" else AugmentConfig())
     try:
         result = run_training(dataset_dir, output, cfg, console)
     except DatasetError as exc:
@@ -76,6 +85,8 @@ def predict(
     from cxrlabel.model.infer import predict_paths, write_csv
 
     model = _open_model(model_dir, threads)
+    for problem in model.meta.get("warnings", []):
+        console.print(f"[yellow]warning: this model's training reported: {escape(problem)}[/]")
     files = find_images(paths)
     if not files:
         fail("no image files found in the given paths")

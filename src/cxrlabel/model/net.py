@@ -46,3 +46,29 @@ class TriageNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cam = self.head(self.dropout(self.features(x)))[:, 0]
         return cam.mean(dim=(1, 2)), cam
+
+
+class SeedEnsemble(nn.Module):
+    """Several TriageNets trained with different seeds; the mean logit and the mean CAM.
+
+    Averaging logits keeps the CAM contract (the CAM's spatial mean is still the logit) and
+    exports to one ONNX graph, so ``predict`` runs it unchanged. Seeds disagree most on new
+    patients; their mean moves less, and so do thresholds chosen on it.
+    """
+
+    def __init__(self, members: list[TriageNet]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs = [member(x) for member in self.members]
+        logit = torch.stack([o[0] for o in outputs]).mean(dim=0)
+        cam = torch.stack([o[1] for o in outputs]).mean(dim=0)
+        return logit, cam
+
+
+def build(widths: tuple[int, ...], n_members: int = 1) -> nn.Module:
+    """The architecture a model folder describes: one TriageNet or a seed ensemble."""
+    if n_members <= 1:
+        return TriageNet(widths)
+    return SeedEnsemble([TriageNet(widths) for _ in range(n_members)])

@@ -13,7 +13,7 @@ import json
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cxrlabel import __version__
-from cxrlabel.model import calibrate, metrics
+from cxrlabel.model import calibrate, health, metrics
 from cxrlabel.model.augment import AugmentConfig, augment
 from cxrlabel.model.data import (
     INPUT_MEAN,
@@ -36,7 +36,7 @@ from cxrlabel.model.data import (
     read_export,
 )
 from cxrlabel.model.infer import MODEL_JSON, ONNX_FILE
-from cxrlabel.model.net import DEFAULT_WIDTHS, TriageNet
+from cxrlabel.model.net import DEFAULT_WIDTHS, SeedEnsemble, TriageNet, build
 from cxrlabel.vocab import PNEUMONIA
 
 TORCH_WEIGHTS = "model.pt"
@@ -56,6 +56,8 @@ class TrainConfig:
     # Optional budget in CPU-minutes of this process (all threads): on a shared machine it
     # measures the work done, whatever the other tenants take.
     max_cpu_minutes: float | None = None
+    # Models trained with seeds seed, seed+1, ... on the same split and averaged (one ONNX).
+    ensemble: int = 1
     widths: tuple[int, ...] = DEFAULT_WIDTHS
     min_sensitivity: float = 0.95
     min_npv: float = 0.97
@@ -115,6 +117,9 @@ def load_splits(
         console.print("no validation rows in the export: carving 15 % of patients from train")
         examples = carve_validation(examples, 0.15, seed)
     by_split = {s: [e for e in examples if e.split == s] for s in ("train", "validation", "test")}
+    refusal = health.size_refusal(len(by_split["train"]), len(by_split["validation"]))
+    if refusal:
+        raise DatasetError(refusal)
     for name in ("train", "validation"):
         targets = {e.evaluation_target for e in by_split[name]}
         if targets != {0, 1}:
@@ -153,6 +158,34 @@ def torch_logits(
         logits.append(logit.cpu().numpy())
         cams.append(cam.cpu().numpy())
     return np.concatenate(logits), np.concatenate(cams)
+
+
+def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """Fixed test-time views of (N, 1, S, S) in [0, 1]: as is, zoomed 6 %, two exposures."""
+    n = x.shape[0]
+    theta = torch.tensor([[1 / 1.06, 0, 0], [0, 1 / 1.06, 0]], dtype=x.dtype).expand(n, 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    zoomed = F.grid_sample(x, grid, mode="bilinear", padding_mode="border",
+                           align_corners=False)
+    clamped = x.clamp(1e-4, 1.0)
+    return [x, zoomed, clamped ** 0.85, clamped ** 1.15]
+
+
+@torch.no_grad()
+def predict_logits(
+    model: TriageNet, pixels: np.ndarray, device: torch.device, tta: bool = False,
+    batch_size: int = 128,
+) -> np.ndarray:
+    """Logits of uint8 (N, S, S); with ``tta`` the mean logit over ``tta_views``."""
+    if not tta:
+        return torch_logits(model, pixels, device, batch_size)[0]
+    model.eval().to(memory_format=torch.channels_last)
+    out = []
+    for start in range(0, len(pixels), batch_size):
+        x = _to_tensor(pixels[start:start + batch_size], device)
+        views = [model(_normalise(v))[0] for v in tta_views(x)]
+        out.append(torch.stack(views).mean(dim=0).cpu().numpy())
+    return np.concatenate(out)
 
 
 def _train_epoch(
@@ -242,7 +275,67 @@ def fit(
     return model.eval(), history, stop
 
 
-def export_onnx(model: TriageNet, size: int, path: Path) -> None:
+def onnx_metadata(meta: dict) -> dict[str, str]:
+    """What a consumer of ``model.onnx`` alone needs: preprocessing, temperature, thresholds.
+
+    ONNX ``metadata_props`` are string pairs; nested values are JSON. ONNX Runtime reads them
+    with ``session.get_modelmeta().custom_metadata_map``.
+    """
+    preprocessing = {
+        "grayscale": True, "squash_to": meta["squash_side"], "resize_to": meta["input_size"],
+        "scale": "x / 255", "mean": meta["input_mean"], "std": meta["input_std"],
+        "layout": "N,1,S,S float32",
+    }
+    return {
+        "cxrlabel_version": meta["cxrlabel_version"],
+        "temperature": repr(float(meta["temperature"])),
+        "thresholds": json.dumps(meta["thresholds"]),
+        "preprocessing": json.dumps(preprocessing),
+        "output": "p_pneumonia = sigmoid(logit / temperature); band flag if p >= flag, "
+                  "clear if p < clear, else review",
+        "warnings": json.dumps(meta.get("warnings", [])),
+    }
+
+
+def fit_members(
+    splits: dict[str, Split], cfg: TrainConfig, device: torch.device, console: Console,
+    started: float,
+) -> tuple[TriageNet | SeedEnsemble, list[dict], str, dict]:
+    """``fit`` once per ensemble member (seeds seed, seed+1, ...), sharing the time budget.
+
+    Returns the model, the first member's history, the last stop reason and the spread of
+    each member's own temperature and flag/clear thresholds on validation (how much a
+    threshold moves with the seed alone).
+    """
+    n = max(1, cfg.ensemble)
+    members: list[TriageNet] = []
+    history: list[dict[str, float]] = []
+    stop = ""
+    spread: dict[str, list[float]] = {"temperature": [], "flag": [], "clear": []}
+    val = splits["validation"]
+    for k in range(n):
+        budget = replace(cfg, seed=cfg.seed + k, max_minutes=cfg.max_minutes * (k + 1) / n,
+                         max_cpu_minutes=cfg.max_cpu_minutes and cfg.max_cpu_minutes * (k + 1) / n)
+        if n > 1:
+            console.print(f"ensemble member {k + 1}/{n}, seed {budget.seed}")
+        member, member_history, stop = fit(splits, budget, device, console, started)
+        members.append(member)
+        history = history or member_history
+        logits, _ = torch_logits(member, val.pixels, device)
+        temperature, _ = calibrate.fit_temperature(logits, val.calibration_target)
+        ops = calibrate.choose_operating_points(
+            val.y, calibrate.sigmoid(logits / temperature), val.groups, cfg.min_sensitivity,
+            cfg.min_npv, n_boot=100, seed=budget.seed)
+        spread["temperature"].append(temperature)
+        spread["flag"].append(ops.flag.chosen)
+        spread["clear"].append(ops.clear.chosen)
+    model = members[0] if n == 1 else SeedEnsemble(members).eval()
+    return model, history, stop, spread
+
+
+def export_onnx(
+    model: TriageNet, size: int, path: Path, metadata: dict[str, str] | None = None
+) -> None:
     model = model.cpu().eval().to(memory_format=torch.contiguous_format)
     with warnings.catch_warnings():
         # The TorchScript exporter is deprecated in favour of one that needs onnxscript; ours
@@ -254,6 +347,13 @@ def export_onnx(model: TriageNet, size: int, path: Path) -> None:
             dynamic_axes={"image": {0: "n"}, "logit": {0: "n"}, "cam": {0: "n"}},
             opset_version=17, dynamo=False,
         )
+    if metadata:
+        import onnx
+
+        proto = onnx.load(str(path))
+        for key, value in metadata.items():
+            proto.metadata_props.add(key=key, value=value)
+        onnx.save(proto, str(path))
 
 
 def pick_device() -> torch.device:
@@ -281,7 +381,7 @@ def train(
     console.print(f"training on {device} ({torch.get_num_threads()} CPU threads), "
                   f"{cfg.size} px, seed {cfg.seed}")
     splits = load_splits(Path(dataset_dir), cfg.size, cfg.seed, console)
-    model, history, stop = fit(splits, cfg, device, console, started)
+    model, history, stop, seed_spread = fit_members(splits, cfg, device, console, started)
     train_seconds = time.monotonic() - started
     cpu_seconds = time.process_time()
     console.print(f"{stop} after {len(history)} epochs, {train_seconds / 60:.1f} min")
@@ -294,6 +394,10 @@ def train(
         val.y, val_p, val.groups, cfg.min_sensitivity, cfg.min_npv, seed=cfg.seed
     )
     flag_at, clear_below = ops.flag.chosen, ops.clear.chosen
+    problems = health.size_warnings(len(splits["train"].examples), len(val.examples))
+    problems += health.calibration_warnings(temperature_fit, val_p, flag_at, clear_below)
+    for problem in problems:
+        console.print(f"[yellow]warning: {problem}[/]")
     evaluation = {"validation": metrics.evaluate(val.y, val_p, val.groups, flag_at, clear_below)}
     # Thresholds are fixed above; only now is the test split scored.
     if "test" in splits:
@@ -306,12 +410,14 @@ def train(
     model_dir.mkdir(parents=True, exist_ok=True)
     model = model.cpu()
     torch.save(model.state_dict(), model_dir / TORCH_WEIGHTS)
-    export_onnx(model, cfg.size, model_dir / ONNX_FILE)
+    # TriageNet only: a seed ensemble's graph is the members' mean, see net.SeedEnsemble.
     meta = {
         "format": 1,
         "cxrlabel_version": __version__,
         "arch": "TriageNet",
         "widths": list(cfg.widths),
+        "ensemble": max(1, cfg.ensemble),
+        "seed_spread": seed_spread,
         "input_size": cfg.size,
         "squash_side": SQUASH_SIDE,
         "input_mean": INPUT_MEAN,
@@ -336,7 +442,9 @@ def train(
         },
         "history": history,
         "metrics": evaluation,
+        "warnings": problems,
     }
+    export_onnx(model, cfg.size, model_dir / ONNX_FILE, onnx_metadata(meta))
     meta["onnx_parity_max_abs_diff"] = _onnx_parity(model_dir, meta, val.pixels[:32])
     (model_dir / MODEL_JSON).write_text(json.dumps(meta, indent=2), encoding="utf-8")
     from cxrlabel.model.card import write_card, write_plots
@@ -352,7 +460,7 @@ def _onnx_parity(model_dir: Path, meta: dict, pixels: np.ndarray) -> float | Non
         from cxrlabel.model.infer import OnnxModel
     except ImportError:
         return None
-    model = TriageNet(tuple(meta["widths"]))
+    model = build(tuple(meta["widths"]), meta.get("ensemble", 1))
     model.load_state_dict(torch.load(model_dir / TORCH_WEIGHTS, weights_only=True))
     logits, _ = torch_logits(model, pixels, torch.device("cpu"))
     p_torch = calibrate.sigmoid(logits / meta["temperature"])

@@ -71,19 +71,28 @@ def _require_role(user: User, *roles: str) -> None:
 
 # --- contests and gold corrections ---------------------------------------------------------------
 
+def not_contestable() -> QualityError:
+    """The one refusal for a contest on anything but one's own *missed* test question: an
+    unknown id, someone else's answer, a work answer and a correct gold answer all get it, so
+    contests cannot be used to find out which answer on a page was a test question."""
+    return QualityError("not_contestable",
+                        "There is no missed test question of yours with this id.", 404)
+
+
 def contest_gold(session: Session, job: Job, spec: JobSpec, user: User, judgment_id: int,
                  reason: str, now: datetime) -> Contest:
-    """An annotator disputes the accepted answer of a test question they answered."""
+    """An annotator disputes the accepted answer of a test question they missed."""
     reason = (reason or "").strip()
     if not reason:
         raise QualityError("reason_required", "say why you think the accepted answer is wrong")
     lock_job(session, job, [user.id])
     judgment = session.get(Judgment, judgment_id)
-    if judgment is None or judgment.job_id != job.id or judgment.user_id != user.id:
-        raise QualityError("unknown_judgment", "no such answer of yours in this job", 404)
+    if (judgment is None or judgment.job_id != job.id or judgment.user_id != user.id
+            or not judgment.is_gold or not judgment.gold_missed):
+        raise not_contestable()
     gold = session.scalar(select(GoldItem).where(GoldItem.image_id == judgment.image_id))
-    if not judgment.is_gold or gold is None:
-        raise QualityError("not_gold", "only test questions can be contested")
+    if gold is None:
+        raise not_contestable()
     if session.scalar(select(Contest.id).where(Contest.judgment_id == judgment_id)):
         raise QualityError("already_contested", "you already contested this answer", 409)
     contest = Contest(gold_id=gold.id, judgment_id=judgment_id, user_id=user.id,

@@ -29,6 +29,7 @@ import numpy as np
 from sqlalchemy import select
 
 from cxrlabel.annotate.accounts import issue_api_token
+from cxrlabel.annotate.aliases import Aliases
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.sim.crowd import CrowdSpec
 from cxrlabel.sim.engine import UNUSABLE_PASSWORD, Truth, _ordered_certainties, _Usernames
@@ -46,6 +47,7 @@ class HttpAnnotator:
     token: str
     persona: Persona
     seed: int
+    user_id: int = 0  # the server shows this user images under their own aliases
 
 
 @dataclass
@@ -102,7 +104,7 @@ def create_annotators(db: Database, crowd: CrowdSpec, n: int, seed: int = 0
             session.add(user)
             session.flush()
             out.append(HttpAnnotator(user.username, issue_api_token(session, user), persona,
-                                     seed * 100003 + index))
+                                     seed * 100003 + index, user.id))
     return out
 
 
@@ -115,13 +117,24 @@ def truth_by_public_id(db: Database, job_id: int, truth: Truth) -> Truth:
                  {public[i]: v for i, v in truth.difficulty.items() if i in public})
 
 
+def truth_for(truth: Truth, aliases: Aliases | None, user_id: int) -> Truth:
+    """``truth`` (keyed by public id) re-keyed by the ids one annotator sees: their own
+    aliases (``annotate/aliases.py``; the simulator knows the server's key, a browser never
+    does)."""
+    if aliases is None:
+        return truth
+    return Truth({aliases.image(pid, user_id): v for pid, v in truth.label.items()},
+                 {aliases.image(pid, user_id): v for pid, v in truth.difficulty.items()})
+
+
 def drive(
     base_url: str, job: str, spec: JobSpec, annotators: Sequence[HttpAnnotator], truth: Truth,
-    *, pages_per_annotator: int = 5, time_limit_s: float = 60.0, time_scale: float = 0.0,
-    request_timeout_s: float = 30.0,
+    *, aliases: Aliases | None = None, pages_per_annotator: int = 5, time_limit_s: float = 60.0,
+    time_scale: float = 0.0, request_timeout_s: float = 30.0,
 ) -> HttpStats:
     """Run every annotator concurrently until their pages are done, no work is left, or the
-    time limit passes. ``truth`` must be keyed by public id (``truth_by_public_id``)."""
+    time limit passes. ``truth`` must be keyed by public id (``truth_by_public_id``);
+    ``aliases`` (built from the server's secret key) maps it to what each annotator sees."""
     check_loopback(base_url)
     if len(annotators) > MAX_ANNOTATORS:
         raise ValueError(f"at most {MAX_ANNOTATORS} annotators")
@@ -129,7 +142,7 @@ def drive(
     deadline = time.monotonic() + time_limit_s
     started = time.monotonic()
     worker = _Worker(base_url.rstrip("/"), job, spec, truth, stats, deadline,
-                     pages_per_annotator, time_scale, request_timeout_s)
+                     pages_per_annotator, time_scale, request_timeout_s, aliases)
     with ThreadPoolExecutor(max_workers=max(1, len(annotators))) as pool:
         list(pool.map(worker.run, annotators))
     stats.wall_seconds = time.monotonic() - started
@@ -147,9 +160,11 @@ class _Worker:
     pages: int
     time_scale: float
     timeout: float
+    aliases: Aliases | None = None
 
     def run(self, annotator: HttpAnnotator) -> None:
         rng = np.random.default_rng(annotator.seed)
+        truth = truth_for(self.truth, self.aliases, annotator.user_id)
         headers = {"Authorization": f"Bearer {annotator.token}"}
         labels, certainties = self.spec.label_values, _ordered_certainties(self.spec)
         work_pages = 0
@@ -168,7 +183,7 @@ class _Worker:
                 for item in body["items"]:
                     pid = item["image_public_id"]
                     a = annotator.persona.answer(
-                        rng, self.truth.label[pid], self.truth.difficulty.get(pid, 0.5),
+                        rng, truth.label[pid], truth.difficulty.get(pid, 0.5),
                         labels, certainties, [], pages_done=work_pages, is_quiz=is_quiz)
                     answers.append({"image_public_id": pid, "answer": a.answer,
                                     "certainty": a.certainty, "quality_flag": None})

@@ -391,6 +391,37 @@ class Invite(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class GoldReveal(Base):
+    """A test question's accepted answer shown to one annotator (missed-gold feedback): the
+    gold bank's exposure, counted per distinct annotator (``design/exposure.py``)."""
+
+    __tablename__ = "gold_reveals"
+    __table_args__ = (UniqueConstraint("image_id", "user_id", name="uq_gold_reveal"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Signup(Base):
+    """How an account was created by invite: the signals the admin's duplicate-account list
+    groups by (a device cookie's hash, the client network's prefix). Never shown to
+    annotators."""
+
+    __tablename__ = "signups"
+    __table_args__ = (Index("ix_signups_invite_time", "invite_id", "created_at"),
+                      Index("ix_signups_network_time", "network", "created_at"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), unique=True)
+    invite_id: Mapped[int | None] = mapped_column(ForeignKey("invites.id"))
+    network: Mapped[str] = mapped_column(String(64))  # e.g. 203.0.113.0/24, 2001:db8::/48
+    device: Mapped[str | None] = mapped_column(String(64), index=True)  # sha256 of the cookie
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class IngestRun(Base):
     __tablename__ = "ingest_runs"
 

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from cxrlabel import __version__
+from cxrlabel.annotate.aliases import Aliases
 from cxrlabel.config import Settings
 from cxrlabel.errors import EngineError
 from cxrlabel.storage.db import Database
@@ -56,7 +57,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     app.state.db = db or Database(settings.database_url)
     secret = load_secret_key(settings.data_dir)
     app.state.signer = SessionSigner(secret)
-    renditions = RenditionStore(settings.data_dir, app.state.db)
+    renditions = RenditionStore(settings.data_dir, app.state.db, Aliases(secret))
     app.state.image_urls = ImageUrls(ImageUrlSigner(secret), renditions)
     app.state.login_limiter = LoginRateLimiter()
     app.state.password_pool = PasswordPool()

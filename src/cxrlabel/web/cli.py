@@ -177,3 +177,30 @@ def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
     app.add_typer(user_app, name="user")
     app.add_typer(invite_app, name="invite")
+
+
+@invite_app.command("signals")
+def invite_signals(
+    ctx: typer.Context,
+    job_name: str = typer.Option(None, "--job", help="Compare answers in this job only."),
+) -> None:
+    """Possible duplicate accounts: same browser, same network, near-identical answers."""
+    from rich.markup import escape
+    from sqlalchemy import select
+
+    from cxrlabel.annotate.signups import duplicate_signals
+    from cxrlabel.storage.models import Job
+
+    with app_context(ctx).db.session() as s:
+        job = None
+        if job_name:
+            job = s.scalar(select(Job).where(Job.name == job_name))
+            if job is None:
+                fail(f"no job named {job_name!r}")
+        signals = duplicate_signals(s, job)
+    if not signals:
+        console.print("no duplicate-account signals")
+        return
+    for sig in signals:
+        console.print(f"[yellow]{sig.kind}[/] {escape(', '.join(sig.usernames))}: "
+                      f"{escape(sig.detail)}", highlight=False)

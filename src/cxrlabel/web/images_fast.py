@@ -1,12 +1,16 @@
-"""Signed image URLs (``/img/<expiry>.<user>.<mac>/<public id>``) served outside the app stack.
+"""Signed image URLs (``/img/<expiry>.<user>.<mac>/<alias>``) served outside the app stack.
 
 The annotator's pages and the page API hand out signed URLs (``security.ImageUrlSigner``):
 the MAC proves the image is on one of that user's pages, so serving one needs no session, no
 token look-up and no permission query. This pure ASGI middleware sits in front of everything
 else and answers those URLs itself: check the MAC and expiry, find the rendition, send its
 bytes with ``immutable`` cache headers and a strong ETag (304 on ``If-None-Match``). Every other
-request, including the unsigned ``/img/<public id>`` that the review, feedback and admin pages
+request, including the unsigned ``/img/<id>`` that the review, feedback and admin pages
 use (session + permission query, ``routes/images.py``), passes through untouched.
+
+The last path segment is the annotator's own alias of the image (``annotate/aliases.py``) and the
+ETag is an HMAC of the content hash and the user: neither matches what another account gets
+for the same image, so accounts cannot pool what they were shown by id or header.
 
 Answers: 403 for a forged, altered or expired signature, 404 for a valid one whose image or
 file is gone; neither sends any file bytes. Gold and work images get byte-identical headers
@@ -20,6 +24,7 @@ thread hop would cost more than the read). The server offers no ``http.response.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import re
 import threading
@@ -31,6 +36,7 @@ import anyio.to_thread
 from sqlalchemy import select
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from cxrlabel.annotate.aliases import Aliases
 from cxrlabel.annotate.assignment import ServedPage
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import Image, Page, PageItem
@@ -40,7 +46,6 @@ from cxrlabel.web.imagefiles import (
     OTHER_MEDIA_TYPE,
     etag_matches,
     path_inside,
-    strong_etag,
 )
 from cxrlabel.web.security import SECURITY_HEADERS, ImageUrlSigner
 
@@ -53,35 +58,41 @@ _ZEROCOPY = "http.response.zerocopysend"
 
 
 class _Entry:
-    __slots__ = ("etag", "path", "rel")
+    __slots__ = ("etag", "path", "rel", "user_id")
 
-    def __init__(self, rel: str) -> None:
+    def __init__(self, rel: str, user_id: int) -> None:
         self.rel = rel  # as stored in the database, relative to the data dir
+        self.user_id = user_id  # the alias is this user's: so is the ETag
         self.path: Path | None = None  # resolved and checked on first use
-        self.etag: bytes | None = None  # strong: hash of the content, set on first read
+        self.etag: bytes | None = None  # strong: per-user HMAC of the content hash (1st read)
 
 
 class RenditionStore:
-    """Public id -> rendition file, bounded LRU. Filled when a signed URL is issued (the page
-    is served by this process); a miss (URL issued by another worker, or before a restart)
-    costs one read-only query."""
+    """(User, alias) -> rendition file, bounded LRU. Filled when a signed URL is issued (the
+    page is served by this process); a miss (URL issued by another worker, or before a
+    restart) costs one read-only query."""
 
-    def __init__(self, data_dir: Path, db: Database, max_entries: int = 50_000) -> None:
+    RECENT_PAGES = 64  # a miss looks for the alias among the user's latest pages
+
+    def __init__(self, data_dir: Path, db: Database, aliases: Aliases,
+                 max_entries: int = 50_000) -> None:
         self.data_dir = data_dir.resolve()
         self.db = db
+        self.aliases = aliases
         self.max_entries = max_entries
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._entries: OrderedDict[tuple[int, str], _Entry] = OrderedDict()
         self._lock = threading.Lock()
 
-    def remember(self, public_id: str, rendition_path: str | None) -> None:
+    def remember(self, user_id: int, alias: str, rendition_path: str | None) -> None:
         """Cheap (a dict insert): called for every image of every page served."""
         if not rendition_path:
             return
+        key = (user_id, alias)
         with self._lock:
-            if public_id in self._entries:
-                self._entries.move_to_end(public_id)
+            if key in self._entries:
+                self._entries.move_to_end(key)
                 return
-            self._entries[public_id] = _Entry(rendition_path)
+            self._entries[key] = _Entry(rendition_path, user_id)
             if len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
 
@@ -91,33 +102,33 @@ class RenditionStore:
             entry.path = path_inside(self.data_dir, entry.rel)
         return entry.path
 
-    def cached(self, public_id: str) -> _Entry | None:
+    def cached(self, user_id: int, alias: str) -> _Entry | None:
         with self._lock:
-            return self._entries.get(public_id)
+            return self._entries.get((user_id, alias))
 
-    def load(self, public_id: str, user_id: int | None = None) -> _Entry | None:
-        """The entry, from the database on a miss (blocking: call from a worker thread). With
-        the URL's user, the whole page it came from is remembered in the same read: the other
-        images of that page then hit the map (one miss per page, not per image)."""
-        entry = self.cached(public_id)
+    def load(self, alias: str, user_id: int) -> _Entry | None:
+        """The entry, from the database on a miss (blocking: call from a worker thread). An
+        alias cannot be looked up, only recomputed: the images of the user's latest pages
+        are read in one query and all remembered (one miss per page, not per image)."""
+        entry = self.cached(user_id, alias)
         if entry is not None:
             return entry
         with self.db.read_session() as s:
-            image = s.execute(select(Image.id, Image.rendition_path)
-                              .where(Image.public_id == public_id)).first()
-            if image is None:
-                return None
-            self.remember(public_id, image.rendition_path)
-            if user_id is not None:
-                page_id = (select(PageItem.page_id).join(Page, Page.id == PageItem.page_id)
-                           .where(PageItem.image_id == image.id, Page.user_id == user_id)
-                           .order_by(PageItem.page_id.desc()).limit(1).scalar_subquery())
-                for pid, rel in s.execute(
-                        select(Image.public_id, Image.rendition_path)
-                        .join(PageItem, PageItem.image_id == Image.id)
-                        .where(PageItem.page_id == page_id)):
-                    self.remember(pid, rel)
-        return self.cached(public_id)
+            rows = user_images(s, user_id, self.RECENT_PAGES)
+        for public_id, rel in rows:
+            self.remember(user_id, self.aliases.image(public_id, user_id), rel)
+        return self.cached(user_id, alias)
+
+
+def user_images(session, user_id: int, recent_pages: int | None = None) -> list:
+    """(public id, rendition path) of every image on the user's pages (the latest
+    ``recent_pages`` only, when given): what an alias of theirs may name."""
+    pages = select(Page.id).where(Page.user_id == user_id)
+    if recent_pages is not None:
+        pages = pages.order_by(Page.id.desc()).limit(recent_pages)
+    return list(session.execute(
+        select(Image.public_id, Image.rendition_path).join(PageItem, PageItem.image_id == Image.id)
+        .where(PageItem.page_id.in_(pages.scalar_subquery())).distinct()).all())
 
 
 def _read(path: Path) -> bytes | None:
@@ -143,20 +154,20 @@ class SignedImages:
                 return
         await self.app(scope, receive, send)
 
-    async def _load(self, public_id: str, user_id: int) -> _Entry | None:
+    async def _load(self, alias: str, user_id: int) -> _Entry | None:
         """A miss: one read in a worker thread. A browser asks for a page's images at once, so
         concurrent misses of one user wait for the first one's read (it loads the whole page)
         instead of each running its own."""
         running = self._loading.get(user_id)
         if running is not None:
             await asyncio.shield(running)
-            entry = self.store.cached(public_id)
+            entry = self.store.cached(user_id, alias)
             if entry is not None:
                 return entry
         done = asyncio.get_running_loop().create_future()
         self._loading[user_id] = done
         try:
-            return await anyio.to_thread.run_sync(self.store.load, public_id, user_id)
+            return await anyio.to_thread.run_sync(self.store.load, alias, user_id)
         finally:
             done.set_result(None)
             if self._loading.get(user_id) is done:
@@ -174,21 +185,21 @@ class SignedImages:
         if method not in ("GET", "HEAD"):
             await self._answer(send, 405, b"method not allowed", [(b"allow", b"GET, HEAD")])
             return
-        token, _, public_id = rest.partition("/")
-        user_id = self.signer.verify(token, public_id)
+        token, _, alias = rest.partition("/")
+        user_id = self.signer.verify(token, alias)
         if user_id is None:
             await self._answer(send, 403, b"this image link is not valid or has expired")
             return
         entry = None
-        if _PUBLIC_ID.fullmatch(public_id):
-            entry = self.store.cached(public_id) or await self._load(public_id, user_id)
+        if _PUBLIC_ID.fullmatch(alias):
+            entry = self.store.cached(user_id, alias) or await self._load(alias, user_id)
         path = self.store.resolve(entry) if entry is not None else None
         data = None
         if entry is not None and path is not None and (entry.etag is None or _ZEROCOPY not in
                                                       scope.get("extensions", {})):
             data = _read(path)
             if data is not None and entry.etag is None:
-                entry.etag = strong_etag(data).encode()
+                entry.etag = self.store.aliases.etag(hashlib.sha256(data).hexdigest(), user_id)
         if entry is None or path is None or entry.etag is None:
             await self._answer(send, 404, b"no such image")
             return
@@ -249,12 +260,18 @@ class ImageUrls:
             ends = ends.replace(tzinfo=UTC)
         return int(ends.timestamp()) + self.signer.GRACE_S
 
+    @property
+    def aliases(self) -> Aliases:
+        return self.store.aliases
+
     def page_items(self, page: Page | ServedPage) -> list[dict[str, str]]:
+        """``{"public_id": <the user's alias>, "src": <signed URL>}`` per item, in order."""
         expires = self.expiry(page)
         out = []
         for item in page.items:
             image = item.image
-            self.store.remember(image.public_id, image.rendition_path)
-            out.append({"public_id": image.public_id,
-                        "src": self.signer.url(image.public_id, page.user_id, expires)})
+            alias = self.aliases.image(image.public_id, page.user_id)
+            self.store.remember(page.user_id, alias, image.rendition_path)
+            out.append({"public_id": alias,
+                        "src": self.signer.url(alias, page.user_id, expires)})
         return out

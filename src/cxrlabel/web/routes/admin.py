@@ -8,6 +8,8 @@ from starlette.responses import RedirectResponse, Response
 
 from cxrlabel.annotate.accounts import AccountError, create_invite, invite_link, revoke_invite
 from cxrlabel.annotate.progress import annotator_rows, gold_summary, invite_rows, job_progress
+from cxrlabel.annotate.signups import duplicate_signals
+from cxrlabel.design.exposure import bank_exposure
 from cxrlabel.storage.models import Job, Role, User, utcnow
 from cxrlabel.web.deps import csrf_protect, get_db, job_and_spec, render, require_role
 
@@ -22,7 +24,7 @@ def base_url(request: Request) -> str:
 @router.get("/admin")
 def index(request: Request, user: User = Depends(admin)) -> Response:
     now = utcnow()
-    with get_db(request).session() as s:
+    with get_db(request).read_session() as s:  # counts only: never wait for the write lock
         jobs = []
         for name in s.scalars(select(Job.name).order_by(Job.id)).all():
             job, spec = job_and_spec(s, name)
@@ -41,13 +43,14 @@ def annotators(request: Request, job_name: str, user: User = Depends(admin)) -> 
 @router.get("/admin/jobs/{job_name}/gold")
 def gold(request: Request, job_name: str, user: User = Depends(admin)) -> Response:
     with get_db(request).session() as s:
-        job, _spec = job_and_spec(s, job_name)
+        job, spec = job_and_spec(s, job_name)
         rows = gold_summary(s, job)
+        exposure = bank_exposure(s, job, spec)
     from cxrlabel.design.goldreason import is_placeholder_reason
 
     return render(request, "admin/gold.html", {
         "job": job, "gold": rows, "saved": request.query_params.get("saved"),
-        "is_placeholder": is_placeholder_reason})
+        "is_placeholder": is_placeholder_reason, "exposure": exposure})
 
 
 @router.post("/admin/jobs/{job_name}/gold/{public_id}/reason",
@@ -74,9 +77,10 @@ def _invites_page(request: Request, new_link: str | None = None, status_code: in
     with get_db(request).session() as s:
         rows = invite_rows(s, utcnow())
         jobs = [{"name": n} for n in s.scalars(select(Job.name).order_by(Job.id))]
+        signals = duplicate_signals(s)
     return render(request, "admin/invites.html", {
         "invites": rows, "jobs": jobs, "roles": Role.ALL, "new_link": new_link,
-        "flash": error,
+        "flash": error, "signals": signals,
     }, status_code=status_code)
 
 

@@ -28,6 +28,7 @@ from cxrlabel.storage.models import (
     utcnow,
 )
 from cxrlabel.templating import render_work_page, viewer_keys
+from cxrlabel.web.annotator_view import answers_in, missed_gold_judgment, result_out
 from cxrlabel.web.deps import (
     csrf_protect,
     get_db,
@@ -181,13 +182,16 @@ def _submit_form(request: Request, job_name: str, page_id: str, user: User,
         if page is None:
             raise HTTPException(404, "no such page")
         items = page_items(page, image_urls(request))
+        alias_map = image_urls(request).aliases.image_map(
+            [item.image.public_id for item in page.items], user.id)
         kind = page.kind
         help_html = instructions_html(s, job, spec, _data_dir(request))
     answers = answers_from_form(form, [i["public_id"] for i in items])
     try:
         with db.session() as s:  # the write transaction: the engine's work only (api.py)
             job, spec = job_ref_and_spec(s, job_name)
-            result = submit_page(s, job, spec, user, page_id, client_id, answers, utcnow())
+            result = submit_page(s, job, spec, user, page_id, client_id,
+                                 answers_in(answers, alias_map), utcnow())
     except SubmissionError as exc:
         if exc.code == "already_submitted":
             return RedirectResponse(f"/jobs/{job_name}/pages/{page_id}/feedback", 303)
@@ -217,21 +221,24 @@ def feedback(request: Request, job_name: str, page_id: str,
         result = stored_result(s, s.get_one(User, user.id), page) if page is not None else None
         if page is None or result is None:
             raise HTTPException(404, "no submitted page with this id")
-        contested = {c.judgment_id: c for c in s.scalars(
+        aliases = image_urls(request).aliases  # the annotator's own answer ids, not ours
+        contested = {aliases.answer(c.judgment_id, user.id): c for c in s.scalars(
             select(Contest).join(Judgment, Judgment.id == Contest.judgment_id)
             .where(Judgment.page_id == page.id))}
         # Today's accepted answers: an admin may have changed them since the page was marked.
-        current: dict[int, list[str]] = dict(s.execute(
+        current: dict[str, list[str]] = {aliases.answer(jid, user.id): answers
+                                         for jid, answers in s.execute(
             select(Judgment.id, GoldItem.accepted_answers)
             .join(GoldItem, (GoldItem.image_id == Judgment.image_id)
                   & (GoldItem.job_id == Judgment.job_id))
-            .where(Judgment.page_id == page.id, Judgment.is_gold)).all())
+            .where(Judgment.page_id == page.id, Judgment.is_gold)).all()}
         state = s.scalar(select(AnnotatorState).where(AnnotatorState.job_id == job.id,
                                                       AnnotatorState.user_id == user.id))
         status = state.status if state is not None else result.annotator_status
         message = _current_message(state, spec, result.message) \
             if status != result.annotator_status or status in (
                 AnnotatorStatus.REMOVED, AnnotatorStatus.DISQUALIFIED) else result.message
+    result = result_out(result, aliases, user.id)  # the annotator's own ids only
     labels = {c.value: c.text for c in spec.question.labels}
     from cxrlabel.design.goldreason import is_placeholder_reason
 
@@ -250,16 +257,15 @@ async def contest(request: Request, job_name: str, user: User = Depends(annotato
 
 
 def _contest_form(request: Request, job_name: str, user: User, form: FormData) -> Response:
-    try:
-        judgment_id = int(str(form.get("judgment_id", "")))
-    except ValueError:
-        raise HTTPException(422, "judgment_id must be a number") from None
+    answer_id = str(form.get("judgment_id", ""))[:64]  # the opaque id from the feedback
     reason = str(form.get("reason", ""))[:4000]
     page_id = str(form.get("page_id", ""))
     from cxrlabel.quality.commands import contest_gold
 
     with get_db(request).session() as s:
         job, spec = job_and_spec(s, job_name)
+        judgment_id = missed_gold_judgment(s, image_urls(request).aliases, job, user.id,
+                                           answer_id)
         contest_gold(s, job, spec, s.get_one(User, user.id), judgment_id, reason, utcnow())
     target = (f"/jobs/{job_name}/pages/{page_id}/feedback" if page_id.replace("-", "").replace(
         "_", "").isalnum() else f"/jobs/{job_name}/page")

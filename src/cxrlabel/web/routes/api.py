@@ -14,9 +14,16 @@ from sqlalchemy import select
 from cxrlabel.annotate.accounts import create_invite, invite_link
 from cxrlabel.annotate.assignment import join_job, next_page_or_reason
 from cxrlabel.annotate.progress import annotator_rows, gold_summary, job_progress
-from cxrlabel.annotate.schemas import AnswerIn, SubmitResult
+from cxrlabel.annotate.schemas import AnswerIn
 from cxrlabel.annotate.submission import submit_page
 from cxrlabel.storage.models import Job, Role, User, utcnow
+from cxrlabel.web.annotator_view import (
+    SubmitResultOut,
+    answers_in,
+    missed_gold_judgment,
+    page_alias_map,
+    result_out,
+)
 from cxrlabel.web.deps import (
     csrf_protect,
     get_db,
@@ -67,7 +74,8 @@ class SubmitIn(BaseModel):
 
 
 class ContestIn(BaseModel):
-    judgment_id: int
+    judgment_id: str = Field(max_length=64, description="The opaque id of your answer, from "
+                             "the missed-test-question feedback")
     reason: str = Field(min_length=1, max_length=4000)
 
 
@@ -126,15 +134,19 @@ def get_next_page(request: Request, job_name: str,
         ))
 
 
-@router.post("/jobs/{job_name}/pages/{page_id}/submit", response_model=SubmitResult,
+@router.post("/jobs/{job_name}/pages/{page_id}/submit", response_model=SubmitResultOut,
              dependencies=[Depends(csrf_protect)],
              summary="Submit a page (idempotent on client_submission_id)")
 def post_submit(request: Request, job_name: str, page_id: str, body: SubmitIn,
-                user: User = Depends(annotator)) -> SubmitResult:
+                user: User = Depends(annotator)) -> SubmitResultOut:
+    aliases = image_urls(request).aliases
+    with get_db(request).read_session() as s:  # outside the write transaction
+        answers = answers_in(body.answers, page_alias_map(s, aliases, user.id, page_id))
     with get_db(request).session() as s:  # see get_next_page
         job, spec = job_ref_and_spec(s, job_name)
-        return submit_page(s, job, spec, user, page_id,
-                           body.client_submission_id, body.answers, utcnow())
+        result = submit_page(s, job, spec, user, page_id,
+                             body.client_submission_id, answers, utcnow())
+    return result_out(result, aliases, user.id)
 
 
 @router.post("/jobs/{job_name}/contests", response_model=ContestOut, status_code=201,
@@ -145,7 +157,9 @@ def post_contest(request: Request, job_name: str, body: ContestIn,
 
     with get_db(request).session() as s:
         job, spec = job_and_spec(s, job_name)
-        contest = contest_gold(s, job, spec, s.get_one(User, user.id), body.judgment_id,
+        judgment_id = missed_gold_judgment(s, image_urls(request).aliases, job, user.id,
+                                           body.judgment_id)
+        contest = contest_gold(s, job, spec, s.get_one(User, user.id), judgment_id,
                                body.reason, utcnow())
         return ContestOut(contest_id=contest.id, status=contest.status)
 

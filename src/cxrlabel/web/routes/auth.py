@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse
 from sqlalchemy import select
@@ -20,6 +22,12 @@ from cxrlabel.annotate.accounts import (
     redeem_invite,
     verify_password,
 )
+from cxrlabel.annotate.signups import (
+    check_signup_allowed,
+    device_hash,
+    network_of,
+    record_signup,
+)
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import AnnotatorState, Job, Role, User, utcnow
 from cxrlabel.web.deps import (
@@ -32,6 +40,7 @@ from cxrlabel.web.deps import (
     session_data,
 )
 from cxrlabel.web.passwords import PasswordPoolBusy
+from cxrlabel.web.security import cookie_secure
 from cxrlabel.web.signin import sign_in, sign_out
 
 router = APIRouter(include_in_schema=False)
@@ -143,8 +152,23 @@ def _invite_context(request: Request, token: str) -> tuple[str | None, str | Non
     return problem, title
 
 
+DEVICE_COOKIE = "cxrlabel_device"  # a random id per browser: a duplicate-account signal
+
+
+def _with_device_cookie(request: Request, response: Response) -> Response:
+    if not request.cookies.get(DEVICE_COOKIE):
+        response.set_cookie(DEVICE_COOKIE, secrets.token_urlsafe(18), max_age=365 * 86400,
+                            path="/join", httponly=True, samesite="lax",
+                            secure=cookie_secure(request))
+    return response
+
+
 @router.get("/join/{token}")
 def join_form(request: Request, token: str) -> Response:
+    return _with_device_cookie(request, _join_form(request, token))
+
+
+def _join_form(request: Request, token: str) -> Response:
     problem, title = _invite_context(request, token)
     if problem:
         return render(request, "message.html", {"heading": "This link cannot be used",
@@ -168,9 +192,16 @@ def join(request: Request, token: str, username: str = Form(""), password: str =
     context = {"token": token, "job_title": title, "username": username}
     if password != password2:
         return render(request, "join.html", {**context, "error": "The passwords differ."}, 422)
+    network = network_of(client)
     try:
         with get_db(request).session() as s:
-            user, invite = redeem_invite(s, token, username, password, utcnow())
+            now = utcnow()
+            invite = find_invite(s, token, lock=True)
+            if invite is not None:  # an unusable one is refused by redeem_invite below
+                check_signup_allowed(s, invite, network, now)
+            user, invite = redeem_invite(s, token, username, password, now)
+            record_signup(s, user, invite, network,
+                          device_hash(request.cookies.get(DEVICE_COOKIE)), now)
             job = s.get(Job, invite.job_id) if invite.job_id is not None else None
             target = f"/jobs/{job.name}" if job is not None else "/"
     except AccountError as exc:

@@ -19,18 +19,12 @@ the stylesheet are served by this router for the same reason (``script-src 'self
 from __future__ import annotations
 
 import base64
+import threading
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import Response
 
-from cxrlabel.results.qa import (
-    QAFigure,
-    collect_qa,
-    qa_figures,
-    qa_summary,
-    render_qa_html,
-    summary_cards,
-)
+from cxrlabel.results.qa import QAFigure, render_qa_report, summary_cards
 from cxrlabel.results.reports import (
     FORMATS,
     REPORT_KINDS,
@@ -38,6 +32,7 @@ from cxrlabel.results.reports import (
     table_to_csv,
     table_to_json,
 )
+from cxrlabel.results.snapshot import QASnapshot, QASnapshots
 from cxrlabel.storage.models import Role
 from cxrlabel.web.deps import get_db, job_and_spec, render, require_role
 
@@ -80,6 +75,7 @@ DASHBOARD_CSS = """\
 """
 
 router = APIRouter(include_in_schema=False)
+_snapshots_created = threading.Lock()
 admin_only = [Depends(require_role(Role.ADMIN))]
 
 
@@ -99,14 +95,28 @@ def dashboard_css() -> Response:
                     headers={"Cache-Control": "max-age=300"})
 
 
+def qa_snapshot(request: Request, job_name: str) -> QASnapshot:
+    """The job's QA figures from the app's snapshot cache (recomputed at most once a minute
+    while the job changes, in the background once a first snapshot exists; see
+    cxrlabel.results.snapshot). Read sessions: computing them takes seconds and must not hold
+    SQLite's one write lock that annotators' pages wait for."""
+    with _snapshots_created:  # two first requests must share one cache, not race to make two
+        snapshots = getattr(request.app.state, "qa_snapshots", None)
+        if snapshots is None:
+            snapshots = request.app.state.qa_snapshots = QASnapshots(
+                min_interval=REFRESH_SECONDS)
+    db = get_db(request)
+    with db.read_session() as session:
+        job, spec = job_and_spec(session, job_name)
+        return snapshots.get(session, job, spec, reopen=db.read_session)
+
+
 @router.get("/admin/jobs/{job_name}/dashboard", dependencies=admin_only)
 def dashboard(request: Request, job_name: str, partial: bool = False) -> Response:
-    with get_db(request).session() as session:
-        job, spec = job_and_spec(session, job_name)
-        qa = collect_qa(session, job, spec)
-    summary = qa_summary(qa)
-    figures = [(fig, svg_data_uri(fig)) for fig in qa_figures(qa, summary)]
-    context = {"job": job.name, "summary": summary, "cards": summary_cards(summary),
+    snapshot = qa_snapshot(request, job_name)
+    summary = snapshot.summary
+    figures = [(fig, svg_data_uri(fig)) for fig in snapshot.figures]
+    context = {"job": snapshot.qa.job_name, "summary": summary, "cards": summary_cards(summary),
                "figures": figures, "generated_at": summary["generated_at"],
                "refresh": REFRESH_SECONDS}
     name = "results/_dashboard_body.html" if partial else "results/dashboard.html"
@@ -115,18 +125,18 @@ def dashboard(request: Request, job_name: str, partial: bool = False) -> Respons
 
 @router.get("/admin/jobs/{job_name}/reports/qa.html", dependencies=admin_only)
 def qa_download(request: Request, job_name: str) -> Response:
-    with get_db(request).session() as session:
-        job, spec = job_and_spec(session, job_name)
-        html = render_qa_html(collect_qa(session, job, spec))
+    snapshot = qa_snapshot(request, job_name)
+    html = render_qa_report(snapshot.qa.job_name, snapshot.summary, snapshot.figures)
     # Opens in the browser (it is a page to read); "Save as" still names the file.
-    return _download(html, "text/html; charset=utf-8", f"{job.name}-qa.html", inline=True)
+    return _download(html, "text/html; charset=utf-8", f"{snapshot.qa.job_name}-qa.html",
+                     inline=True)
 
 
 @router.get("/admin/jobs/{job_name}/reports/{kind}.{fmt}", dependencies=admin_only)
 def report_download(request: Request, job_name: str, kind: str, fmt: str) -> Response:
     if kind not in REPORT_KINDS or fmt not in FORMATS:
         raise HTTPException(status_code=404, detail="unknown report")
-    with get_db(request).session() as session:
+    with get_db(request).read_session() as session:
         job, spec = job_and_spec(session, job_name)
         table = build_report(kind, session, job, spec)
     body = table_to_csv(table) if fmt == "csv" else table_to_json(table)

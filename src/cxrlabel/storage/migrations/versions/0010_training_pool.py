@@ -1,8 +1,8 @@
 """Training pool before the quiz (issue 17): training cases kept apart from the gold bank, and
 the answers given on training pages (counted for nothing).
 
-Revision ID: 0009_training_pool
-Revises: 0008_serve_rank
+Revision ID: 0010_training_pool
+Revises: 0009_signups_gold_reveals
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009_training_pool"
-down_revision = "0008_serve_rank"
+revision = "0010_training_pool"
+down_revision = "0009_signups_gold_reveals"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,176 @@
+"""Issue 21: the new-patient estimate's splits, threshold pooling, TTA and blur augmentation."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cxrlabel.model.data import Example
+from cxrlabel.model.newpatient import (
+    HoldoutResult,
+    check_split,
+    originals_to_squashed,
+    squashed_cv,
+    thresholds_across,
+)
+
+
+def _examples(n_patients: int = 60, seed: int = 0) -> list[Example]:
+    """Patients with 1-3 images each, some squashed copies, some originals, some both."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n_patients):
+        label = "PNEUMONIA" if k % 3 else "NORMAL"
+        for j in range(int(rng.integers(1, 4))):
+            out.append(Example(path=Path(f"p{k}_{j}.png"), p_pneumonia=float(label != "NORMAL"),
+                               split="train", patient_id=f"P{k}", label=label,
+                               reference_label=label,
+                               upstream_resized=bool(rng.random() < 0.7)))
+    return out
+
+
+def _assert_sound(examples, split):
+    train_patients = {examples[i].patient_id for i in split.train}
+    scored_patients = {examples[i].patient_id for i in split.scored}
+    assert not train_patients & scored_patients
+    assert all(examples[i].upstream_resized is True for i in split.scored)
+    assert len(split.scored) > 0 and len(split.train) > 0
+    check_split(examples, split)  # the guard run_holdout applies agrees
+
+
+def test_squashed_cv_scores_each_squashed_copy_once_with_new_patients():
+    examples = _examples()
+    splits = squashed_cv(examples, n_folds=3, seed=1)
+    for split in splits:
+        _assert_sound(examples, split)
+    scored = np.concatenate([s.scored for s in splits])
+    squashed = [i for i, e in enumerate(examples) if e.upstream_resized]
+    assert sorted(scored.tolist()) == squashed  # every squashed copy, exactly once
+    # What a fold leaves unused are the originals of its held-out patients: every image of a
+    # training patient is trained on.
+    for split in splits:
+        used = set(split.train.tolist()) | set(split.scored.tolist())
+        train_patients = {examples[i].patient_id for i in split.train}
+        unused = [examples[i] for i in range(len(examples)) if i not in used]
+        assert all(e.upstream_resized is False for e in unused)
+        assert not {e.patient_id for e in unused} & train_patients
+
+
+def test_originals_to_squashed_trains_on_originals_only():
+    examples = _examples()
+    split = originals_to_squashed(examples)
+    _assert_sound(examples, split)
+    assert all(examples[i].upstream_resized is False for i in split.train)
+
+
+def test_check_split_catches_a_leak():
+    examples = _examples()
+    split = squashed_cv(examples, 2)[0]
+    leaky = type(split)(split.name, np.append(split.train, split.scored[0]), split.scored)
+    with pytest.raises(AssertionError, match="both sides"):
+        check_split(examples, leaky)
+
+
+MANIFEST = Path(os.environ.get("CXRLABEL_SHARED_DATA", "../shared/data")) / "kermany" / \
+    "manifest.csv"
+
+
+@pytest.mark.skipif(not MANIFEST.is_file(), reason="shared Kermany data not on this machine")
+def test_splits_hold_on_the_real_manifest():
+    with MANIFEST.open(newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["split"] in ("train", "val")]
+    examples = [Example(Path(r["file"]), float(r["label"] == "PNEUMONIA"), "train",
+                        r["patient_id"], r["label"], r["label"],
+                        r["upstream_resized"] == "true") for r in rows]
+    for split in [*squashed_cv(examples, 3), originals_to_squashed(examples)]:
+        _assert_sound(examples, split)
+        assert {examples[i].label for i in split.scored} == {"NORMAL", "PNEUMONIA"}
+
+
+def test_thresholds_across_runs_are_pooled_with_a_spread():
+    rng = np.random.default_rng(0)
+    runs = []
+    for seed in range(3):
+        y = rng.integers(0, 2, 300)
+        p = np.clip(0.5 * y + 0.25 + rng.normal(0, 0.15, 300), 0, 1)
+        runs.append(HoldoutResult(f"r{seed}", seed, p, p, y, np.arange(300).astype(str), 1.0,
+                                  0.5, 0.2, 0.99, 1, 1.0))
+    th = thresholds_across(runs)
+    flag = th["pooled"]["flag"]
+    assert flag["q05"] <= flag["q50"] <= flag["q95"]
+    assert flag["chosen"] <= flag["point"]
+    assert len(th["per_run_flag"]) == 3
+    # The pooled rule keeps the asked sensitivity on the pooled scores.
+    y = np.concatenate([r.y for r in runs])
+    p = np.concatenate([r.p for r in runs])
+    assert (p[y == 1] >= flag["point"]).mean() >= 0.95
+
+
+def test_card_quotes_the_new_patient_estimate_and_its_recipe(tmp_path):
+    import json
+
+    from cxrlabel.model.card import new_patient_section
+
+    assert "No new-patient estimate" in new_patient_section({"input_size": 96},
+                                                           tmp_path / "absent.json")
+    figures = {"n": 2313, "auc": 0.9871, "auc_ci": [0.983, 0.991], "proxy_auc": 0.99,
+               "flag_sensitivity": 0.972, "flag_sensitivity_ci": [0.96, 0.98],
+               "flag_specificity": 0.907, "flag_specificity_ci": [0.88, 0.93],
+               "clear_npv": 0.992, "clear_npv_ci": [0.98, 1.0], "clear_specificity": 0.441}
+    est = {"measured_by": "benchmarks/model_newpatient.py", "size": 96, "epochs": 3,
+           "augment": "default", "tta": False, "seeds": [0], "date": "2026-12-03",
+           "schemes": {"squashed_cv": figures}}
+    path = tmp_path / "estimate.json"
+    path.write_text(json.dumps(est))
+    text = new_patient_section({"input_size": 96}, path)
+    assert "0.987 [0.983, 0.991]" in text and "0.907 [0.880, 0.930]" in text
+    assert "not 96 px" not in text
+    assert "trained at 128 px, not 96 px" in new_patient_section({"input_size": 128}, path)
+
+
+torch = pytest.importorskip("torch", reason="the [model] extra (PyTorch) is not installed")
+
+
+def test_tta_views_keep_shape_and_range():
+    from cxrlabel.model.train import tta_views
+
+    x = torch.rand(3, 1, 32, 32)
+    views = tta_views(x)
+    assert len(views) == 4 and torch.equal(views[0], x)
+    for v in views:
+        assert v.shape == x.shape and float(v.min()) >= 0 and float(v.max()) <= 1
+
+
+def test_predict_logits_with_tta_matches_the_mean_of_views():
+    from cxrlabel.model.net import TriageNet
+    from cxrlabel.model.train import predict_logits, torch_logits
+
+    torch.manual_seed(0)
+    model = TriageNet().eval()
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 64, 64), dtype=np.uint8)
+    plain = predict_logits(model, pixels, torch.device("cpu"))
+    assert np.allclose(plain, torch_logits(model, pixels, torch.device("cpu"))[0])
+    tta = predict_logits(model, pixels, torch.device("cpu"), tta=True)
+    assert tta.shape == (5,) and not np.allclose(tta, plain)
+
+
+def test_blur_smooths_and_off_means_untouched():
+    from cxrlabel.model.augment import AugmentConfig, augment, gaussian_blur
+
+    x = torch.zeros(2, 1, 16, 16)
+    x[:, :, 8, 8] = 1.0
+    blurred = gaussian_blur(x, torch.tensor([0.01, 1.0]))
+    assert torch.allclose(blurred[0], x[0], atol=1e-6)  # tiny sigma: unchanged
+    assert float(blurred[1].max()) < 0.5 and float(blurred[1].sum()) == pytest.approx(1.0)
+    # Default augmentation draws no blur numbers: seeded results stay as before.
+    cfg = AugmentConfig()
+    a = augment(torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(1)), cfg,
+                torch.Generator().manual_seed(2))
+    strong = AugmentConfig.strong()
+    b = augment(torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(1)), strong,
+                torch.Generator().manual_seed(2))
+    assert a.shape == b.shape and float(b.min()) >= 0 and float(b.max()) <= 1

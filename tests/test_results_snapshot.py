@@ -1,0 +1,130 @@
+"""The dashboard's QA snapshot (cxrlabel.results.snapshot) on SQLite and PostgreSQL: it follows
+the job's version through real writes (page submissions, an admin removal, an expert label),
+serves the previous snapshot for at most ``min_interval`` while the job changes, expires after
+``max_age``, and what it serves equals a recomputation from scratch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+
+from cxrlabel.quality import service
+from cxrlabel.results.qa import collect_qa, qa_summary
+from cxrlabel.results.snapshot import QASnapshot, QASnapshots, job_version
+from cxrlabel.storage.db import Database
+from cxrlabel.storage.models import Job, Judgment
+from quality_support import QEnv, make_env, pass_quiz
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _get(env: QEnv, snapshots: QASnapshots) -> QASnapshot:
+    with env.db.read_session() as s:
+        return snapshots.get(s, s.get_one(Job, env.job_id), env.spec)
+
+
+def _version(env: QEnv) -> tuple[int, int, str]:
+    with env.db.read_session() as s:
+        return job_version(s, s.get_one(Job, env.job_id))
+
+
+def _recount(env: QEnv) -> dict[str, Any]:
+    """The summary computed from scratch, without its timestamp, and the stored judgments."""
+    with env.db.read_session() as s:
+        summary = qa_summary(collect_qa(s, s.get_one(Job, env.job_id), env.spec))
+        stored = s.scalar(select(func.count(Judgment.id)).where(Judgment.job_id == env.job_id))
+    summary.pop("generated_at")
+    assert summary["judgments"] == stored
+    return summary
+
+
+def _summary(snapshot: QASnapshot) -> dict[str, Any]:
+    return {k: v for k, v in snapshot.summary.items() if k != "generated_at"}
+
+
+def _crowd(env: QEnv) -> None:
+    for who in ("ann", "bob"):
+        env.add_user(who)
+        pass_quiz(env, who)
+
+
+def test_snapshot_follows_the_job_version(db: Database) -> None:
+    env = make_env(db, work=4)
+    env.add_user("admin", role="admin")
+    _crowd(env)
+    clock = FakeClock()
+    snapshots = QASnapshots(min_interval=60, max_age=600, clock=clock)
+
+    first = _get(env, snapshots)
+    assert _summary(first) == _recount(env)
+    clock.now += 30
+    assert _get(env, snapshots) is first  # nothing changed: no recomputation
+
+    before = _version(env)
+    env.submit("ann", {"w0": "PNEUMONIA", "w1": "NORMAL"})
+    assert _version(env) != before  # a page submission moves the version
+    clock.now += 10
+    assert _get(env, snapshots) is first  # changed, but computed < 60 s ago: stale on purpose
+    clock.now += 25  # 65 s after the first computation
+    second = _get(env, snapshots)
+    assert second is not first and second.version == _version(env)
+    assert _summary(second) == _recount(env)
+    assert second.summary["judgments"] == first.summary["judgments"] + 2
+
+    before = _version(env)
+    env.call(lambda s, job: service.remove_annotator(
+        s, job, env.spec, env.user(s, "admin"), env.users["bob"], "test", env.tick()))
+    assert _version(env) != before  # an admin action moves it too
+    clock.now += 61
+    third = _get(env, snapshots)
+    assert _summary(third) == _recount(env)
+    assert third.summary["annotators_by_state"].get("removed") == 1
+
+
+def test_unchanged_snapshot_expires_after_max_age(db: Database) -> None:
+    env = make_env(db, work=2)
+    clock = FakeClock()
+    snapshots = QASnapshots(min_interval=60, max_age=600, clock=clock)
+    first = _get(env, snapshots)
+    clock.now += 599
+    assert _get(env, snapshots) is first
+    clock.now += 2
+    renewed = _get(env, snapshots)
+    assert renewed is not first and _summary(renewed) == _summary(first)
+
+
+def test_expert_label_moves_the_version(db: Database) -> None:
+    env = make_env(db, work=2)
+    env.add_user("exp", role="expert")
+    before = _version(env)
+    env.call(lambda s, job: service.record_expert_label(
+        s, job, env.spec, env.user(s, "exp"), env.images["w0"], "NORMAL", None, env.tick()))
+    assert _version(env) != before
+
+
+def test_outdated_snapshot_is_served_while_the_next_is_computed(db: Database) -> None:
+    env = make_env(db, work=4)
+    _crowd(env)
+    clock = FakeClock()
+    snapshots = QASnapshots(min_interval=60, max_age=600, clock=clock)
+
+    def get() -> QASnapshot:
+        with db.read_session() as s:
+            return snapshots.get(s, s.get_one(Job, env.job_id), env.spec,
+                                 reopen=db.read_session)
+
+    first = get()  # no snapshot yet: this request computes it
+    env.submit("bob", {"w2": "NORMAL", "w3": "NORMAL"})
+    clock.now += 61
+    assert get() is first  # outdated: served at once, the successor computed meanwhile
+    snapshots.wait(timeout=120)
+    second = get()
+    assert second is not first and second.version == _version(env)
+    assert _summary(second) == _recount(env)

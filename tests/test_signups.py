@@ -1,0 +1,154 @@
+"""Invite sign-ups: per-link and per-network hourly limits, and the duplicate-account signals
+the admin sees (annotate/signups.py, issue 18: one multi-use link gave unlimited accounts)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from cxrlabel.annotate import signups
+from cxrlabel.annotate.accounts import create_invite
+from cxrlabel.annotate.assignment import next_page
+from cxrlabel.annotate.schemas import AnswerIn
+from cxrlabel.annotate.submission import submit_page
+from cxrlabel.cli import app as cli_app
+from cxrlabel.storage.db import Database
+from cxrlabel.storage.models import Job, Signup, User, utcnow
+from cxrlabel.web.deps import job_and_spec
+from web_support import add_user, gold_answers, web_app_with_small_job
+
+PASSWORD = "plum orbit sailing 42"
+
+
+@pytest.fixture
+def env(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    db = Database(url)
+    app, seeded = web_app_with_small_job(db, tmp_path, url)
+    yield app, db, seeded, tmp_path
+    db.dispose()
+
+
+def _invite(db: Database, uses: int = 100) -> str:
+    with db.session() as s:
+        job = s.scalar(select(Job))
+        _invite_row, token = create_invite(s, max_uses=uses, job=job, now=utcnow())
+    return token
+
+
+def _join(client: TestClient, token: str, username: str):
+    html = client.get(f"/join/{token}").text
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+    return client.post(f"/join/{token}", data={
+        "username": username, "password": PASSWORD, "password2": PASSWORD,
+        "csrf_token": csrf}, follow_redirects=False)
+
+
+def _users(db: Database) -> int:
+    with db.session() as s:
+        return s.scalar(select(func.count(User.id)))
+
+
+def test_network_prefixes() -> None:
+    assert signups.network_of("203.0.113.77") == "203.0.113.0/24"
+    assert signups.network_of("::ffff:203.0.113.9") == "203.0.113.0/24"
+    assert signups.network_of("2001:db8:1:2::5") == "2001:db8:1::/48"
+    assert signups.network_of("testclient") == "unknown"
+    assert signups.network_of(None) == "unknown"
+    assert signups.network_of("127.0.0.1") == "127.0.0.0/24"
+
+
+def _from(app, address: str) -> TestClient:
+    return TestClient(app, client=(address, 50000))
+
+
+def test_one_network_gets_a_limited_number_of_accounts_per_hour(env, monkeypatch):
+    app, db, _seeded, _ = env
+    monkeypatch.setenv("CXRLABEL_SIGNUPS_PER_NETWORK_HOUR", "3")
+    token = _invite(db)
+    before = _users(db)
+    for k in range(3):
+        r = _join(_from(app, f"203.0.113.{k + 1}"), token, f"new-{k}")
+        assert r.status_code == 303, r.text
+    refused = _join(_from(app, "203.0.113.99"), token, "new-3")
+    assert refused.status_code == 429 and "Too many accounts" in refused.text
+    assert _users(db) == before + 3  # the refused sign-up created nothing
+    assert _join(_from(app, "198.51.100.7"), token, "elsewhere").status_code == 303
+    # no client addresses (loopback, unknown): no per-network limit, it would be everyone's
+    for k in range(4):
+        assert _join(TestClient(app), token, f"local-{k}").status_code == 303
+    with db.session() as s:  # an hour later the network may sign up again
+        for row in s.scalars(select(Signup)):
+            row.created_at = utcnow() - signups.WINDOW
+    assert _join(_from(app, "203.0.113.50"), token, "new-4").status_code == 303
+
+
+def test_one_link_gets_a_limited_number_of_accounts_per_hour(env, monkeypatch):
+    app, db, _seeded, _ = env
+    monkeypatch.setenv("CXRLABEL_SIGNUPS_PER_INVITE_HOUR", "2")
+    first, second = _invite(db), _invite(db)
+    assert _join(TestClient(app), first, "a-0").status_code == 303
+    assert _join(TestClient(app), first, "a-1").status_code == 303
+    assert _join(TestClient(app), first, "a-2").status_code == 429
+    assert _join(TestClient(app), second, "b-0").status_code == 303  # per link
+
+
+def test_accounts_from_one_browser_are_listed_for_the_admin(env, tmp_path):
+    app, db, _seeded, data_dir = env
+    token = _invite(db)
+    browser = TestClient(app)  # one browser: its device cookie survives sign-outs
+    assert _join(browser, token, "twin-1").status_code == 303
+    browser.cookies.delete("cxrlabel_session")
+    assert _join(browser, token, "twin-2").status_code == 303
+    assert _join(TestClient(app), token, "other-1").status_code == 303
+    with db.session() as s:
+        found = signups.duplicate_signals(s)
+    device = [sig for sig in found if sig.kind == "same_device"]
+    assert [set(sig.usernames) for sig in device] == [{"twin-1", "twin-2"}]
+    # the admin page lists them ...
+    add_user(db, "boss", "admin")
+    admin = TestClient(app)
+    html = admin.get("/login").text
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+    admin.post("/login", data={"username": "boss", "password": "correct horse battery",
+                               "csrf_token": csrf, "next": "/"})
+    page = admin.get("/admin/invites").text
+    assert "same device" in page and "twin-1, twin-2" in page
+    # ... and so does the CLI
+    result = CliRunner().invoke(cli_app, ["--data-dir", str(data_dir), "--db", db.url,
+                                          "invite", "signals"])
+    assert result.exit_code == 0, result.output
+    assert "same_device" in result.output and "twin-1, twin-2" in result.output
+
+
+def _work(db: Database, username: str, gold: dict, certainty: str, pages: int) -> None:
+    uid = add_user(db, username)
+    for _ in range(pages):
+        with db.session() as s:
+            job, spec = job_and_spec(s, "test-job")
+            user = s.get(User, uid)
+            page = next_page(s, job, spec, user, utcnow())
+            if page is None:
+                return
+            answers = [AnswerIn(image_public_id=i.image.public_id,
+                                answer=gold.get(i.image.public_id, ["NORMAL"])[0],
+                                certainty=certainty) for i in page.items]
+            submit_page(s, job, spec, user, page.public_id, f"c-{page.public_id}", answers,
+                        utcnow())
+
+
+def test_near_identical_answer_patterns_are_a_signal(env, monkeypatch):
+    app, db, seeded, _ = env
+    monkeypatch.setattr(signups, "SAME_ANSWERS_MIN_COMMON", 4)
+    gold = gold_answers(db, seeded.job_id)
+    _work(db, "copy-a", gold, "definitely", 4)
+    _work(db, "copy-b", gold, "definitely", 4)
+    _work(db, "honest", gold, "probably", 4)  # same labels, its own certainty
+    with db.session() as s:
+        found = [sig for sig in signups.duplicate_signals(s) if sig.kind == "same_answers"]
+    assert [set(sig.usernames) for sig in found] == [{"copy-a", "copy-b"}]
