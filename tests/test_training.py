@@ -103,9 +103,11 @@ def test_instructions_then_training_with_feedback_then_quiz(web) -> None:
     app, db, seeded, training = web
     with db.session() as s:
         public = dict(s.execute(select(Image.id, Image.public_id)).all())
-    training_answer = {public[i]: a for i, a in training.items()}
-    gold = gold_answers(db, seeded.job_id)
-    add_user(db, "ann1")
+    uid = add_user(db, "ann1")
+    # the annotator sees per-user image aliases (annotate/aliases.py), never shared ids
+    alias = app.state.image_urls.aliases
+    training_answer = {alias.image(public[i], uid): a for i, a in training.items()}
+    gold = {alias.image(pid, uid): acc for pid, acc in gold_answers(db, seeded.job_id).items()}
     client = TestClient(app)
     _login(client, "ann1")
     r = client.get("/jobs/test-job", follow_redirects=False)
@@ -151,8 +153,9 @@ def test_instructions_then_training_with_feedback_then_quiz(web) -> None:
 
 def test_training_answers_never_become_judgments_gold_or_work(web) -> None:
     app, db, seeded, training = web
-    gold = gold_answers(db, seeded.job_id)
-    add_user(db, "ann1")
+    uid = add_user(db, "ann1")
+    alias = app.state.image_urls.aliases
+    gold = {alias.image(pid, uid): acc for pid, acc in gold_answers(db, seeded.job_id).items()}
     client = TestClient(app)
     _login(client, "ann1")
     for _ in range(8):  # training, quiz, then work pages
