@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import csv
 import random
-import socket
-import threading
-import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-import uvicorn
 from sqlalchemy import select
 
 from cxrlabel.annotate.assignment import next_page_or_reason
@@ -27,6 +23,7 @@ from cxrlabel.jobspec import parse_job
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import GoldItem, Image, Job, User, utcnow
 from cxrlabel.web.app import create_app
+from live_server import LiveServer, free_port  # noqa: F401 (re-exported)
 from web_support import add_user, job_toml
 
 PASSWORD = "correct horse battery"
@@ -53,10 +50,6 @@ def with_bundled_instructions(text: str) -> str:
                         'text = "Unreadable (too dark, too bright or blurred)"')
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def kaggle_folder(kermany: Path, dest: Path, per_class: int) -> None:
@@ -138,24 +131,6 @@ def crowd_work(db: Database, job_id: int, spec, names: list[str], answers: list[
                             now + timedelta(minutes=2))
 
 
-class LiveServer:
-    def __init__(self, app) -> None:
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert self.server.started, "uvicorn did not start"
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 def serve(db: Database, data_dir: Path) -> LiveServer:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -15,14 +14,11 @@ import pytest
 
 from cxrlabel.config import shared_data_dir
 from cxrlabel.storage.db import Database
+from live_server import free_port as _free_port
 
 ARTIFACTS = Path(os.environ.get("CXRLABEL_TEST_ARTIFACTS", "test-artifacts")).resolve()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pg_bin(name: str) -> str | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -20,15 +19,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from live_server import free_port
+
 PROVIDER_SCRIPT = Path(__file__).parent / "oidc" / "provider.mjs"
 CLIENT_ID = "cxrlabel"
 CLIENT_SECRET = "test-client-secret-for-cxrlabel-sign-in"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def node_tools() -> tuple[str, str]:

@@ -6,24 +6,15 @@ recorded, so a CDN reference (the issue: a blank page offline) fails the test.
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
-
 import pytest
-import uvicorn
 
 from cxrlabel.config import Settings
 from cxrlabel.storage.db import Database
 from cxrlabel.web.app import create_app
+from live_server import LiveServer
 
 pytestmark = pytest.mark.browser
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -31,17 +22,8 @@ def live(tmp_path):
     url = f"sqlite:///{tmp_path / 'web.sqlite3'}"
     db = Database(url)
     app = create_app(Settings(data_dir=tmp_path, db_url=url), db=db)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with LiveServer(app) as base_url:
+        yield base_url
     db.dispose()
 
 

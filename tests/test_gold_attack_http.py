@@ -16,15 +16,11 @@ is removed with every work answer tainted.
 from __future__ import annotations
 
 import hashlib
-import socket
-import threading
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import select
 
 from cxrlabel.annotate.accounts import issue_api_token
@@ -41,6 +37,7 @@ from cxrlabel.storage.models import (
     User,
 )
 from cxrlabel.web.app import create_app
+from live_server import LiveServer
 from web_support import add_user, seed_job
 
 LABELS = ["NORMAL", "PNEUMONIA"]
@@ -54,19 +51,8 @@ def server(tmp_path: Path):
                       gold_per_page=1, min_accuracy=0.75, jmin=2, jmax=3,
                       retire_after_reveals=1)
     app = create_app(Settings(data_dir=tmp_path, db_url=url), db=db)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert srv.started
-    yield f"http://127.0.0.1:{port}", db, seeded, tmp_path
-    srv.should_exit = True
-    thread.join(10)
+    with LiveServer(app) as base_url:
+        yield base_url, db, seeded, tmp_path
     db.dispose()
 
 

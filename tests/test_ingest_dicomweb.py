@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from cxrlabel.ingest.phantom import make_phantom_xray
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import Image
 from fixtures_images import PHI_STRINGS, dicom_bytes, dicom_dataset
+from live_server import free_port as _free_port
 from test_ingest_deid import _dump_database, _files_containing
 
 ORTHANC = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists()
@@ -41,10 +41,6 @@ def _plugin() -> Path | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

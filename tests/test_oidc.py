@@ -10,8 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import threading
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import parse_qs, urljoin, urlsplit
@@ -19,7 +17,6 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 import httpx
 import jwt
 import pytest
-import uvicorn
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -38,6 +35,7 @@ from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import User, UserIdentity, UserSession
 from cxrlabel.web.app import create_app
 from cxrlabel.web.oidc import Flow, OidcClient, OidcError
+from live_server import LiveServer
 from oidc_support import CLIENT_ID, CLIENT_SECRET, free_port, running_provider
 from web_support import add_user, csrf_from_html
 
@@ -75,17 +73,8 @@ def site(tmp_path_factory: pytest.TempPathFactory):
         db_url = f"sqlite:///{data_dir / 'oidc.sqlite3'}"
         db = Database(db_url)
         app = create_app(Settings(data_dir=data_dir, db_url=db_url, oidc=oidc), db=db)
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                               log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 30
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert server.started, "uvicorn did not start"
-        yield Site(f"http://127.0.0.1:{port}", app, db, oidc, groups_file)
-        server.should_exit = True
-        thread.join(10)
+        with LiveServer(app, port) as base_url:
+            yield Site(base_url, app, db, oidc, groups_file)
         db.dispose()
 
 

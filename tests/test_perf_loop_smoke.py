@@ -8,14 +8,10 @@ prints, docs/benchmarks.md).
 
 from __future__ import annotations
 
-import socket
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
@@ -26,12 +22,7 @@ from _loop_setup import prepare_job  # noqa: E402
 from cxrlabel.config import Settings  # noqa: E402
 from cxrlabel.storage.db import Database  # noqa: E402
 from cxrlabel.web.app import create_app  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from live_server import LiveServer  # noqa: E402
 
 
 @pytest.fixture
@@ -39,18 +30,8 @@ def live_server(tmp_path: Path):
     settings = Settings(data_dir=tmp_path)
     db = Database(settings.database_url)
     prepare_job(db, tmp_path, n_images=400, n_gold=150, n_files=3)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, db=db), host="127.0.0.1",
-                                           port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", tmp_path
-    server.should_exit = True
-    thread.join(10)
+    with LiveServer(create_app(settings, db=db)) as base_url:
+        yield base_url, tmp_path
     db.dispose()
 
 

@@ -18,6 +18,7 @@ from cxrlabel.sim.crowd import mixed_crowd
 from cxrlabel.sim.run import RESULT_KEYS, simulate_into
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import AnnotatorState, AnnotatorStatus, Job, Role, User
+from live_server import LiveServer
 
 OUT = (AnnotatorStatus.REMOVED, AnnotatorStatus.DISQUALIFIED)
 
@@ -130,11 +131,7 @@ def test_spammers_are_removed_and_the_stored_state_replays(
 
 def test_http_driver_works_a_live_server_over_loopback(phantom_images: Path,
                                                        tmp_path: Path) -> None:
-    import socket
-    import threading
-    import time
 
-    import uvicorn
 
     from cxrlabel.config import Settings
     from cxrlabel.sim import http_driver
@@ -155,24 +152,12 @@ def test_http_driver_works_a_live_server_over_loopback(phantom_images: Path,
     with pytest.raises(ValueError, match="loopback"):
         http_driver.drive("http://example.org", spec.name, spec, annotators, truth)
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     app = create_app(Settings(data_dir=tmp_path, db_url=url), db=db)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
-        stats = http_driver.drive(f"http://127.0.0.1:{port}", spec.name, spec, annotators,
+    with LiveServer(app) as base_url:
+        stats = http_driver.drive(base_url, spec.name, spec, annotators,
                                   http_driver.truth_by_public_id(db, job.id, truth),
                                   aliases=app.state.image_urls.aliases,
                                   pages_per_annotator=3, time_limit_s=60)
-    finally:
-        server.should_exit = True
-        thread.join(10)
         db.dispose()
     summary = stats.summary()
     assert stats.pages_submitted >= 4  # every annotator at least took the quiz
