@@ -5,16 +5,13 @@ Screenshots go to the artifacts dir."""
 
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
-import uvicorn
 
 from cxrlabel.config import Settings
 from cxrlabel.storage.db import Database
 from cxrlabel.web.app import create_app
-from test_browser_annotator import _answer_page_by_keyboard, _free_port
+from live_server import LiveServer
+from test_browser_annotator import _answer_page_by_keyboard
 from test_training import TRAINING_REASON, _make_training
 from web_support import add_user, seed_job
 
@@ -30,17 +27,8 @@ def live(tmp_path):
                       min_accuracy=0.6, phantom=True, training_items=4, training_per_page=2)
     _make_training(db, seeded, 4)
     app = create_app(Settings(data_dir=tmp_path, db_url=url), db=db)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}", db
-    server.should_exit = True
-    thread.join(10)
+    with LiveServer(app) as base_url:
+        yield base_url, db
     db.dispose()
 
 
