@@ -47,3 +47,15 @@ def test_crowd_summary_says_what_the_confidence_rests_on():
     assert text == ("Leans NORMAL, confidence 1.00, from only 1 of 3 answers "
                     "(2 could not tell).")
     assert "No leaning" in crowd_summary(None, None, {"NORMAL": {"cant_tell": 2}}, weights)
+
+
+def test_removal_for_harm_shows_the_skill_reason_text():
+    """Removal for harm (quality/skill.py) is explained in skill.REMOVAL_REASONS' words, not
+    as if an administrator had removed the annotator."""
+    from cxrlabel.quality import skill
+
+    for code in skill.HARM_REASONS:
+        text = standing_message("removed", f"{code}: peer-implied accuracy 0.31 [0.2, 0.4]",
+                                {}, STALE, 0.6)
+        assert text.startswith(skill.REMOVAL_REASONS[code])
+        assert "An administrator removed you" not in text and "more such" not in text

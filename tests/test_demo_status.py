@@ -72,8 +72,10 @@ def test_demo_simulate_fills_the_job_through_the_engine(tmp_path: Path) -> None:
     assert by_status.get("needs_judgments", 0) == 0
     # (gold images: the active test questions and those retired after too many reveals)
     assert by_status.get("gold", 0) == status["gold"] + status["gold_inactive"]
+    training = by_status.get("training", 0)  # the bundled job's training pool (issue 17)
+    assert training == 6
     assert by_status.get("finalised", 0) + by_status.get("needs_review", 0) == \
-        72 - by_status.get("gold", 0)
+        72 - by_status.get("gold", 0) - training
     assert status["annotators"]  # simulated annotators are real per-job states
     # The stored quality state is what replaying the event log gives.
     replay = runner.invoke(app, ["--data-dir", str(data), "quality", "replay", "--json"])

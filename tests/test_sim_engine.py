@@ -12,7 +12,7 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from cxrlabel.cli import app
-from cxrlabel.jobspec import load_job, resolve_job_path
+from cxrlabel.jobspec import Training, load_job, resolve_job_path
 from cxrlabel.jobstore import ensure_job
 from cxrlabel.sim.crowd import mixed_crowd
 from cxrlabel.sim.run import RESULT_KEYS, simulate_into
@@ -72,7 +72,9 @@ def test_cli_simulate_is_deterministic_and_writes_its_result(
     result = json.loads(outputs[0])
     for key in RESULT_KEYS:
         assert key in result
-    assert result["images"] == 64 - 20 and result["gold_items"] == 20
+    # the bundled job's training pool (6 cases) is neither work nor gold
+    assert result["training_items"] == 6 and result["training_pages"] > 0
+    assert result["images"] == 64 - 20 - 6 and result["gold_items"] == 20
     assert result["setup"]["intake"] == "ingest"
     assert 0.5 < result["label_accuracy"] <= 1.0
     assert result["judgments_per_image"] >= 1.0
@@ -97,6 +99,9 @@ def test_spammers_are_removed_and_the_stored_state_replays(
     from cxrlabel.quality.service import verify_replay
 
     path, spec = _spec()
+    # The scenario as written before training existed (training reorders every random pick;
+    # test_training.py runs the simulator with training on).
+    spec = spec.model_copy(update={"training": Training(enabled=False)})
     db = Database(db_url)
     try:
         with db.session() as session:

@@ -33,22 +33,25 @@ def test_simulate_into_job_fills_the_installation_job(manifest: Path, tmp_path: 
                              "--crowd", "good", "--annotators", "6", "--gold", "10",
                              "--seed", "3", "--json"))
     assert out["setup"]["into_job"] == JOB
-    assert out["images"] == 40 - 10
+    # the bundled job's training pool (6 cases, issue 17) is neither work nor gold
+    assert out["training_items"] == 6 and out["images"] == 40 - 10 - 6
 
     status = json.loads(_invoke(data, "status", "--json"))
     assert status["jobs"] == [JOB]
     by_status = status["images_by_status"]
     # Every work image is settled: the crowd kept arriving, the simulated expert reviewed.
     assert by_status.get("needs_judgments", 0) == 0 and by_status.get("needs_review", 0) == 0
-    assert by_status.get("finalised", 0) + by_status.get("expert", 0) == 30
+    assert by_status.get("finalised", 0) + by_status.get("expert", 0) == 24
+    assert by_status.get("training", 0) == 6
     assert not (data / "simulation" / f"work-{JOB}").exists()  # no hidden side database
 
     export = tmp_path / "dataset"
     _invoke(data, "export", "-o", str(export), "--format", "imagefolder")
     rows = (export / "metadata.csv").read_text().strip().splitlines()
-    assert len(rows) - 1 == 40  # one row per image: 30 labelled by the crowd, 10 gold
+    # one row per image: 24 labelled by the crowd, 10 gold (the 6 training cases are left out)
+    assert len(rows) - 1 == 34
     images = [p for p in export.rglob("*") if p.suffix in {".png", ".jpg", ".jpeg"}]
-    assert len(images) == 40
+    assert len(images) == 34
 
 
 def test_simulate_into_job_refuses_a_job_with_crowd_work(manifest: Path, tmp_path: Path) -> None:

@@ -25,8 +25,10 @@ def job_toml(
     quiz_length: int = 3, min_accuracy: float = 0.6, jmin: int = 2, jmax: int = 3,
     max_per_annotator: int = 1000, reservation_minutes: float = 30.0,
     min_seconds_per_page: float = 0.0,
-    retire_after_reveals: int = 3,
+    retire_after_reveals: int = 3, training_items: int = 0, training_per_page: int = 2,
 ) -> str:
+    training = (f"[training]\nenabled = true\nitems = {training_items}\n"
+                f"per_page = {training_per_page}\n" if training_items else "")
     return f'''
 name = "{name}"
 title = "Test job: healthy or pneumonia?"
@@ -67,7 +69,7 @@ retire_after_reveals = {retire_after_reveals}
 items_per_page = {items_per_page}
 min_seconds_per_page = {min_seconds_per_page}
 reservation_minutes = {reservation_minutes}
-'''
+''' + training
 
 
 def png_bytes(seed: int, size: int = 96) -> bytes:

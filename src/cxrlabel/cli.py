@@ -125,6 +125,7 @@ STAGES: list[Stage] = [
         "and live data.",
         "estimate": "Cost and calendar time of labeling N images with this job's settings.",
         "gold": "The test-question (gold) bank: import, export, list, check, sample.",
+        "training": "The training pool shown before the quiz (never test questions): sample, list.",
         "job": "Jobs: create a named job for real data.",
     }),
     Stage(_web, {

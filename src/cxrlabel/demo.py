@@ -16,9 +16,11 @@ from pathlib import Path
 import typer
 from rich.table import Table
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from cxrlabel.context import AppContext, app_context, console, fail, get_job
-from cxrlabel.storage.models import GoldItem, Role, User
+from cxrlabel.jobspec import JobSpec
+from cxrlabel.storage.models import GoldItem, Job, Role, User, utcnow
 from cxrlabel.vocab import NORMAL, PNEUMONIA
 
 DEMO_USERS = [
@@ -80,9 +82,22 @@ def _seed_gold(app: AppContext, job_name: str | None) -> int:
                 sample_from_reference(session, job, spec, wanted - have, seed=0)
             except ValueError as exc:
                 console.print(f"[yellow]Could not seed gold from reference labels: {exc}[/]")
-        return session.scalar(
+        n_gold = session.scalar(
             select(func.count(GoldItem.id)).where(GoldItem.job_id == job.id, GoldItem.active)
         ) or 0
+        _seed_training(session, job, spec)
+        return n_gold
+
+
+def _seed_training(session: Session, job: Job, spec: JobSpec) -> None:
+    """With ``[training] enabled``: a training pool from reference labels (after the gold, so
+    never a test question), as ``cxrlabel training sample``."""
+    from cxrlabel.design.trainingpool import ensure_training
+
+    try:
+        ensure_training(session, job, spec, seed=1, now=utcnow())
+    except ValueError as exc:
+        console.print(f"[yellow]Could not seed the training pool from reference labels: {exc}[/]")
 
 
 def _accounts(app: AppContext) -> dict[str, str]:

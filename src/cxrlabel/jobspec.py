@@ -157,6 +157,15 @@ class Gold(_Strict):
     retire_after_reveals: int = Field(default=3, ge=0, le=100000)
 
 
+class Training(_Strict):
+    """Practice before the quiz (issue 17): clear cases from the training pool (never gold),
+    each page followed by the right answers and the expert's reasons; counted for nothing."""
+
+    enabled: bool = False
+    items: int = Field(default=6, ge=1, le=100)  # training cases each newcomer answers
+    per_page: int = Field(default=3, ge=1, le=20)  # feedback after every page of this many
+
+
 class Pages(_Strict):
     items_per_page: int = Field(default=10, ge=1, le=100)
     min_seconds_per_page: float = Field(default=20.0, ge=0.0)
@@ -249,6 +258,7 @@ class JobSpec(_Strict):
     instructions: Instructions
     judgments: Judgments = Judgments()
     gold: Gold = Gold()
+    training: Training = Training()
     pages: Pages = Pages()
     quality: Quality = Quality()
     review: Review = Review()

@@ -33,7 +33,12 @@ class ImageStatus:
     # Held for admin review (a DICOM flagged as having burned-in text, possibly identifying):
     # never served, never sampled as gold, until released (``cxrlabel held release``).
     HELD = "held"
-    ALL = (NEEDS_JUDGMENTS, FINALISED, NEEDS_REVIEW, EXPERT, GOLD, HELD)
+    # A training case (issue 17): shown with its answer and reason before the quiz, so it is
+    # kept out of the gold bank (its answer is no secret) and out of the work (never judged).
+    TRAINING = "training"
+    ALL = (NEEDS_JUDGMENTS, FINALISED, NEEDS_REVIEW, EXPERT, GOLD, HELD, TRAINING)
+    # Statuses of images that are not work to label (counted apart in progress and metrics).
+    NOT_WORK = (GOLD, TRAINING)
 
 
 class AnnotatorStatus:
@@ -45,6 +50,7 @@ class AnnotatorStatus:
 
 
 class PageKind:
+    TRAINING = "training"  # practice before the quiz: feedback after each page, counts for nothing
     QUIZ = "quiz"
     WORK = "work"
 

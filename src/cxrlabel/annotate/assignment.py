@@ -4,6 +4,8 @@ Rules (docs/annotator-app.md explains them for people):
 
 - An annotator never gets the same image twice (any image ever put on one of their pages is
   excluded) and only ever sees their own pages, so never another annotator's answers.
+- With ``[training] enabled`` a new annotator first gets training pages (clear cases from the
+  training pool, never gold; feedback after each page; counted for nothing: annotate/training.py).
 - A new annotator gets a quiz page (``gold.quiz_length`` test questions) until the quality
   engine marks them active; then work pages of ``pages.items_per_page`` items of which
   ``gold.per_page`` are hidden test questions at random positions.
@@ -51,6 +53,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from cxrlabel.annotate.training import training_images_due
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.storage.models import (
     AnnotatorState,
@@ -186,6 +189,10 @@ def next_page_or_reason(
         return held[0], None
     rng = rng or random.SystemRandom()
     if state.status == AnnotatorStatus.QUIZ:
+        training = training_images_due(session, job, spec, user, rng)
+        if training:  # practice first (annotate/training.py): no gold on these pages
+            return _make_page(session, job, spec, user, now, PageKind.TRAINING, training, [],
+                              rng), None
         return _new_quiz_page(session, job, spec, user, now, rng)
     return _new_work_page(session, job, spec, user, now, rng, state, held)
 

@@ -33,7 +33,7 @@ def job_progress(session: Session, job: Job, spec: JobSpec, now: datetime) -> di
     ).all())
     histogram = session.execute(
         select(Image.trusted_judgments, func.count())
-        .where(Image.job_id == job.id, Image.status != ImageStatus.GOLD)
+        .where(Image.job_id == job.id, Image.status.not_in(ImageStatus.NOT_WORK))
         .group_by(Image.trusted_judgments).order_by(Image.trusted_judgments)
     ).all()
     judgments = session.scalar(select(func.count(Judgment.id)).where(Judgment.job_id == job.id))
@@ -49,7 +49,7 @@ def job_progress(session: Session, job: Job, spec: JobSpec, now: datetime) -> di
         "name": job.name, "title": spec.title,
         "by_status": {s: by_status.get(s, 0) for s in ImageStatus.ALL},
         "histogram": [(int(k), int(n)) for k, n in histogram],
-        "work_images": sum(n for s, n in by_status.items() if s != ImageStatus.GOLD),
+        "work_images": sum(n for s, n in by_status.items() if s not in ImageStatus.NOT_WORK),
         "judgments": judgments or 0, "open_pages": open_pages or 0,
         "annotators": annotators or 0, "gold": gold or 0,  # active test questions
         "gold_inactive": inactive or 0,  # retired (exposure, design/exposure.py) or switched off

@@ -12,7 +12,9 @@ Policy (docs/annotator-app.md):
   ``page_expired`` and nothing is stored (the annotator simply gets a new page).
 - Removed or disqualified annotators cannot submit (403 ``not_active``).
 
-After inserting the judgments (flushed, same transaction) the quality engine grades the page
+A training page (annotate/training.py) stores training answers instead of judgments and is
+never graded: it counts for nothing. After inserting the judgments (flushed, same
+transaction) the quality engine grades the page
 (``cxrlabel.quality.grading.on_page_submitted``).
 """
 
@@ -29,6 +31,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from cxrlabel.annotate.assignment import DEFAULT_STATUS_MESSAGES, open_reservations
 from cxrlabel.annotate.schemas import AnswerIn, SubmissionError, SubmitResult
+from cxrlabel.annotate.training import store_training_answers
 from cxrlabel.design.exposure import after_feedback
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.quality import grading as quality_service
@@ -94,6 +97,9 @@ def submit_page(
     if state is None or state.status not in (AnnotatorStatus.QUIZ, AnnotatorStatus.ACTIVE):
         raise SubmissionError("not_active", _inactive_message(state), 403)
     by_image = _validate_answers(spec, items, answers)
+    if page.kind == PageKind.TRAINING:  # practice: stored apart, never graded (training.py)
+        return _submit_training(session, job, user, page, items, client_submission_id,
+                                by_image, state, now)
     # Same lock order as the quality engine (job row, then images): no deadlock between them.
     # FOR NO KEY UPDATE: still one submitter at a time, but it does not block the foreign-key
     # check (KEY SHARE) of an assigner inserting a page of this job while holding image row
@@ -130,6 +136,29 @@ _STORE_RESPONSE = update(_S).where(_S.c.id == bindparam("submission")).values(
     response=bindparam("response", type_=_S.c.response.type))
 _MARK_SUBMITTED = update(_P).where(_P.c.id == bindparam("page")).values(
     submitted_at=bindparam("now", type_=_P.c.submitted_at.type))
+
+
+def _submit_training(
+    session: Session, job: Job, user: User, page: Page, items: list[_Item],
+    client_submission_id: str, by_image: dict[int, AnswerIn], state: AnnotatorState,
+    now: datetime,
+) -> SubmitResult:
+    """A training page: its answers and feedback are stored, the quality engine is not called
+    (no judgment, no trust, no label, no audit event: replay never sees it). Late submits are
+    always accepted: a training page reserves no work."""
+    conn = session.connection()
+    submission_id = conn.execute(_INSERT_SUBMISSION, {
+        "user_id": user.id, "page_id": page.id, "client_submission_id": client_submission_id,
+        "response": {}, "created_at": now}).scalar_one()
+    feedback = store_training_answers(session, job, user, page,
+                                      [item.image_id for item in items], by_image, now)
+    conn.execute(_MARK_SUBMITTED, {"page": page.id, "now": now})
+    set_committed_value(page, "submitted_at", now)
+    result = SubmitResult(page_id=page.public_id, kind=page.kind, saved=len(feedback),
+                          gold_seen=0, annotator_status=state.status, training=feedback)
+    conn.execute(_STORE_RESPONSE, {"submission": submission_id,
+                                   "response": result.model_dump(mode="json")})
+    return result
 
 
 def stored_result(session: Session, user: User, page: Page) -> SubmitResult | None:

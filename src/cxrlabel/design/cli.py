@@ -153,7 +153,7 @@ def estimate_command(
         job, spec = get_job(session, job_name)
         if images is None:
             images = session.scalar(select(func.count()).select_from(Image).where(
-                Image.job_id == job.id, Image.status != ImageStatus.GOLD)) or 0
+                Image.job_id == job.id, Image.status.not_in(ImageStatus.NOT_WORK))) or 0
     if images == 0:
         fail(f"job {spec.name} has no work images yet: pass --images N")
     inputs = inputs_from_spec(spec, images, judgments_per_image, annotators, hours_per_day)
@@ -327,6 +327,68 @@ def gold_sample(
                       "(one per patient, no near-duplicates, never judged)")
 
 
+training_app = typer.Typer(
+    help="The training pool shown before the quiz (never test questions): sample, list.",
+    no_args_is_help=True,
+)
+
+
+@training_app.command("sample")
+def training_sample(
+    ctx: typer.Context,
+    from_reference: int = typer.Option(..., "--from-reference", min=1,
+                                       help="How many images with a reference label to make "
+                                       "training cases, balanced per class."),
+    job_name: str = typer.Option(None, "--job", help=JOB_HELP),
+    seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same sample)."),
+    clearest: float = typer.Option(
+        1.0, "--clearest", min=0.01, max=1.0,
+        help="Draw only from this clearest fraction of each class (model scores first)."),
+) -> None:
+    """Add training cases from reference labels: never-judged work images, never gold (their
+    answers are shown to every newcomer). Reasons are a generic template: replace them with
+    an expert's."""
+    from cxrlabel.design.trainingpool import sample_training
+
+    app = app_context(ctx)
+    with app.db.session() as session:
+        job, spec = get_job(session, job_name)
+        try:
+            per_label = sample_training(session, job, spec, from_reference, seed,
+                                        clearest_fraction=clearest)
+        except ValueError as exc:
+            fail(str(exc))
+    if not per_label:
+        fail(f"job {spec.name} has no unjudged work image with a reference label to sample")
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(per_label.items()))
+    console.print(f"{sum(per_label.values())} training cases sampled ({counts}).")
+    if not spec.training.enabled:
+        console.print("[yellow]warning[/] training is off in this job: set [training] "
+                      "enabled = true in the job file to show them")
+
+
+@training_app.command("list")
+def training_list(
+    ctx: typer.Context, job_name: str = typer.Option(None, "--job", help=JOB_HELP),
+) -> None:
+    """The training pool: image, answer, reason."""
+    from sqlalchemy import select
+
+    from cxrlabel.storage.models import Image, TrainingItem
+
+    app = app_context(ctx)
+    table = Table("image", "answer", "reason")
+    with app.db.session() as session:
+        job, _spec = get_job(session, job_name)
+        for public_id, answer, reason in session.execute(
+                select(Image.public_id, TrainingItem.answer, TrainingItem.reason)
+                .join(Image, Image.id == TrainingItem.image_id)
+                .where(TrainingItem.job_id == job.id, TrainingItem.active.is_(True))
+                .order_by(TrainingItem.id)):
+            table.add_row(public_id, answer, escape(reason))
+    console.print(table)
+
+
 # --- plumbing -------------------------------------------------------------------------------
 
 
@@ -343,5 +405,6 @@ def register(app: typer.Typer) -> None:
     app.command("proposal")(proposal_command)
     app.command("estimate")(estimate_command)
     app.add_typer(gold_app, name="gold")
+    app.add_typer(training_app, name="training")
     app.add_typer(job_app, name="job")
 

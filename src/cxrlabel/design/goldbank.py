@@ -170,6 +170,9 @@ def _validate(
         if len(matches) == 1 and matches[0].status == ImageStatus.HELD:
             problems.append(f"line {line}: image '{ref}' is held for review (burned-in text); "
                             "release it with `cxrlabel held release` first")
+        if len(matches) == 1 and matches[0].status == ImageStatus.TRAINING:
+            problems.append(f"line {line}: image '{ref}' is a training case: newcomers see its "
+                            "answer in training, so it cannot be a test question")
         if len(matches) == 1 and matches[0].id in examples:
             problems.append(f"line {line}: image '{ref}' is an instruction example: annotators "
                             "see its answer in the instructions, so it cannot be a test question")
@@ -401,7 +404,7 @@ def check_gold(
     warnings += _balance_warnings(by_label, n_gold, spec, tolerance, min_per_class)
     work_images = session.scalar(
         select(func.count()).select_from(Image).where(
-            Image.job_id == job.id, Image.status != ImageStatus.GOLD
+            Image.job_id == job.id, Image.status.not_in(ImageStatus.NOT_WORK)
         )
     ) or 0
     bound = pages_bound(n_gold, spec)

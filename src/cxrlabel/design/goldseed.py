@@ -52,6 +52,35 @@ def sample_from_reference(
     difficulty), else the image's model score (``Image.model_score``, p of the positive
     class) read as distance from the reference label. Never the label alone: two images with
     the same label differ in clarity."""
+    chosen = pick_reference_images(session, job, spec, n, seed,
+                                   clearest_fraction=clearest_fraction, clarity=clarity)
+    summary = ImportSummary()
+    if not chosen:
+        return summary, {}
+    now = now or utcnow()
+    texts = {c.value: c for c in spec.question.labels}
+    for image in chosen:
+        choice = texts[_reference_label(image)]
+        template = GENERIC_REASON if needs_reasons else REFERENCE_REASON
+        reason = template.format(text=choice.text, hint=choice.hint or "").replace("  ", " ")
+        make_gold(session, job, image, [choice.value], reason, "medium", "reference", now,
+                   summary)
+    session.add(AuditEvent(
+        at=now, job_id=job.id, action="gold.sample_reference", subject=str(n),
+        payload={"created": summary.created, "seed": seed, "images": summary.public_ids,
+                 "clearest_fraction": clearest_fraction},
+    ))
+    session.flush()
+    return summary, dict(Counter(_reference_label(im) for im in chosen))
+
+
+def pick_reference_images(
+    session: Session, job: Job, spec: JobSpec, n: int, seed: int = 0, *,
+    clearest_fraction: float = 1.0, clarity: Mapping[int, float] | None = None,
+) -> list[Image]:
+    """``n`` never-judged work images with a reference label, balanced per class, one per
+    patient, no near-duplicates (the gold sampler's and the training pool's draw). Gold,
+    training and held images are not work (``needs_judgments``), so never drawn again."""
     if n < 1:
         raise ValueError("sample size must be >= 1")
     if not 0.0 < clearest_fraction <= 1.0:
@@ -79,25 +108,7 @@ def sample_from_reference(
     quotas = {label: n // len(per_label) for label in per_label}
     for label in list(per_label)[: n % len(per_label)]:
         quotas[label] += 1
-    chosen = _pick(per_label, quotas, shortlist_distance())
-    summary = ImportSummary()
-    if not chosen:
-        return summary, {}
-    now = now or utcnow()
-    texts = {c.value: c for c in spec.question.labels}
-    for image in chosen:
-        choice = texts[_reference_label(image)]
-        template = GENERIC_REASON if needs_reasons else REFERENCE_REASON
-        reason = template.format(text=choice.text, hint=choice.hint or "").replace("  ", " ")
-        make_gold(session, job, image, [choice.value], reason, "medium", "reference", now,
-                   summary)
-    session.add(AuditEvent(
-        at=now, job_id=job.id, action="gold.sample_reference", subject=str(n),
-        payload={"created": summary.created, "seed": seed, "images": summary.public_ids,
-                 "clearest_fraction": clearest_fraction},
-    ))
-    session.flush()
-    return summary, dict(Counter(_reference_label(im) for im in chosen))
+    return _pick(per_label, quotas, shortlist_distance())
 
 
 def _reference_label(image: Image) -> str:

@@ -133,10 +133,10 @@ def live_numbers(session: Session | None, job: Job | None) -> LiveNumbers:
     gold_ids = select(GoldItem.id).where(GoldItem.job_id == job.id)
     return LiveNumbers(
         images_total=sum(by_status.values()),
-        work_images=sum(n for s, n in by_status.items() if s != ImageStatus.GOLD),
+        work_images=sum(n for s, n in by_status.items() if s not in ImageStatus.NOT_WORK),
         by_status=by_status,
         by_reference=grouped(Image.reference_label, Image.job_id == job.id,
-                             Image.status != ImageStatus.GOLD),
+                             Image.status.not_in(ImageStatus.NOT_WORK)),
         annotators=grouped(AnnotatorState.status, AnnotatorState.job_id == job.id),
         judgments=session.scalar(
             select(func.count()).select_from(Judgment).where(Judgment.job_id == job.id)

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from cxrlabel.quality import skill
 from cxrlabel.quality.rules import (
     REMOVED_DISTRIBUTION,
     REMOVED_LOW_TRUST,
@@ -37,6 +38,9 @@ def removal_message(status_reason: str | None, min_accuracy: float) -> str:
         return ("You were removed from this job: your answers did not look like careful "
                 "answers to these images (for example always the same button). An "
                 "administrator can review this and reinstate you.")
+    harm = skill.reason_text(status_reason) if code in skill.HARM_REASONS else None
+    if harm is not None:  # removal for harm (skill.py): its own words, one place for all pages
+        return f"{harm} An administrator can review this and reinstate you."
     why = detail.strip() if code == "admin" else (status_reason or "").strip()
     return ("An administrator removed you from this job"
             + (f": {why}" if why else ".") + " Your answers are not counted.")

@@ -75,6 +75,9 @@ REMOVAL_REASONS: dict[str, str] = {
 }
 
 #: Messages for honest annotators who stay (shown on their next page): how to improve.
+# The codes of removal for harm (``harm``): the annotator's pages show their text above.
+HARM_REASONS = (REASON_ADVERSARIAL, REASON_PEER_DISAGREEMENT, REASON_LOW_ACCURACY)
+
 IMPROVE_MESSAGES: dict[str, str] = {
     "weaker_than_peers": (
         "Your answers agree with the other annotators a little less often than most. They "

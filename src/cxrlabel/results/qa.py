@@ -51,7 +51,8 @@ STATE_COLOURS = {"active": "#2b6cb0", "quiz": "#a0aec0", "removed": "#c53030",
                  "disqualified": "#744210"}
 STATUS_COLOURS = {ImageStatus.NEEDS_JUDGMENTS: "#a0aec0", ImageStatus.FINALISED: "#2f855a",
                   ImageStatus.NEEDS_REVIEW: "#dd6b20", ImageStatus.EXPERT: "#6b46c1",
-                  ImageStatus.GOLD: "#b7791f", ImageStatus.HELD: "#718096"}
+                  ImageStatus.GOLD: "#b7791f", ImageStatus.HELD: "#718096",
+                  ImageStatus.TRAINING: "#d69e2e"}
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -325,7 +326,8 @@ def fig_progress(qa: QAData) -> QAFigure:
                 seen[idx] += 1
                 if seen[idx] == qa.min_judgments:
                     reached.append(t)
-        n_work = sum(1 for img in qa.images if not img.is_gold)
+        n_work = sum(1 for img in qa.images
+                     if not img.is_gold and img.status != ImageStatus.TRAINING)
         if reached:
             shown = _thinned(len(reached))
             ax_i.step(np.array(reached)[shown], np.arange(1, len(reached) + 1)[shown],

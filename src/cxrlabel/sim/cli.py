@@ -141,7 +141,7 @@ def _simulate_into_job(
             Judgment.job_id == job_row.id, Judgment.is_gold.is_(False))) or 0
         settled = session.scalar(select(func.count(Image.id)).where(
             Image.job_id == job_row.id, Image.status != ImageStatus.NEEDS_JUDGMENTS,
-            Image.status != ImageStatus.GOLD)) or 0
+            Image.status.not_in(ImageStatus.NOT_WORK))) or 0
     if judged or settled:
         fail(f"job {job_row.name!r} already has crowd work ({judged} judgments); --into-job "
              "fills a job that has none (use another job, or a fresh data dir)")
@@ -244,7 +244,8 @@ def _print_result(result: dict[str, Any], path: Path, plots: Path | None) -> Non
     table.add_row("hours (first arrival to last page)", _fmt(result["hours"]), "-")
     console.print(table)
     console.print(f"images {result['images']} (+{result['gold_items']} gold), pages "
-                  f"{result['pages']} ({result['quiz_pages']} quiz), annotators "
+                  f"{result['pages']} ({result['quiz_pages']} quiz, "
+                  f"{result.get('training_pages', 0)} training), annotators "
                   f"{result['annotators_arrived']}, stopped: {result['stopped_by']}")
     console.print(f"result written to {path}")
     if plots:

@@ -78,6 +78,7 @@ class SimAnnotator:
     work_pages: int = 0
     pages_submitted: int = 0
     quiz_pages: int = 0
+    training_pages: int = 0  # practice pages before the quiz (each with feedback)
     seconds_worked: float = 0.0
     rejected_pages: int = 0
     gone: bool = False
@@ -94,6 +95,7 @@ class SimRecord:
     end: datetime = DEFAULT_START
     pages_submitted: int = 0
     quiz_pages: int = 0
+    training_pages: int = 0
     rejected_submissions: dict[str, int] = field(default_factory=dict)
     expert_reviews: int = 0
     expert_seconds: float = 0.0
@@ -261,7 +263,7 @@ class Simulation:
             answers = [self._answer(a, image_id, public[image_id], is_quiz, is_gold)
                        for image_id, _, is_gold in sorted(items, key=lambda item: item[1])]
             a.pending = {"page": page.public_id, "answers": answers, "quiz": is_quiz,
-                         "served": now}
+                         "training": page.kind == PageKind.TRAINING, "served": now}
             seconds = a.persona.page_seconds(a.rng, len(page.items))
         self._push(now + timedelta(seconds=seconds), "submit", a.index)
 
@@ -313,6 +315,9 @@ class Simulation:
         if pending["quiz"]:
             a.quiz_pages += 1
             self.record.quiz_pages += 1
+        elif pending["training"]:
+            a.training_pages += 1
+            self.record.training_pages += 1
         else:
             a.work_pages += 1
         self.record.crowd_end = max(self.record.crowd_end, now)
@@ -377,7 +382,7 @@ class Simulation:
                 select(Image.status, func.count()).where(Image.job_id == self.job_id)
                 .group_by(Image.status)
             ).all())
-        self._n_work = sum(n for status, n in counts.items() if status != ImageStatus.GOLD)
+        self._n_work = sum(n for status, n in counts.items() if status not in ImageStatus.NOT_WORK)
         return int(counts.get(ImageStatus.NEEDS_JUDGMENTS, 0))
 
 

@@ -71,7 +71,9 @@ def summarise(
             .where(Image.job_id == job_id)))
         states = {row.user_id: row for row in session.scalars(
             select(AnnotatorState).where(AnnotatorState.job_id == job_id))}
-    work = [row for row in images if row.status != ImageStatus.GOLD or row.id in expert_ids]
+    work = [row for row in images
+            if row.status not in ImageStatus.NOT_WORK or row.id in expert_ids]
+    n_training = sum(row.status == ImageStatus.TRAINING for row in images)
     n_work = len(work)
     final = [row for row in work if row.status in FINAL_STATUSES and row.label is not None]
     scored = [row for row in final if row.reference_label is not None]
@@ -87,7 +89,8 @@ def summarise(
         "job": None,  # filled by the caller
         "crowd": crowd.name,
         "images": n_work,
-        "gold_items": len(images) - n_work,
+        "gold_items": len(images) - n_work - n_training,
+        "training_items": n_training,  # the training pool (issue 17): neither work nor gold
         "label_accuracy": _ratio(correct, len(scored)),
         # Where the errors come from: labels the crowd settled vs labels the expert gave.
         "accuracy_finalised": _ratio(sum(r.label == r.reference_label for r in by_crowd),
@@ -106,9 +109,11 @@ def summarise(
         **removal,
         "pages": record.pages_submitted,
         "quiz_pages": record.quiz_pages,
+        "training_pages": record.training_pages,  # paid like any page; "unpaid" below = free
         "cost": round(record.pages_submitted * spec.pay.per_page, 2),
         "cost_quiz_unpaid": round(
-            (record.pages_submitted - record.quiz_pages) * spec.pay.per_page, 2),
+            (record.pages_submitted - record.quiz_pages - record.training_pages)
+            * spec.pay.per_page, 2),
         "currency": spec.pay.currency,
         "cost_per_image": _ratio(record.pages_submitted * spec.pay.per_page, n_work, 4),
         "hours": round((record.crowd_end - record.start).total_seconds() / 3600, 2),

@@ -21,8 +21,9 @@ knows the gold bank, so answers every test question right, and gives the opposit
 believes on work images with ``flip_rate``).
 
 Learning: with ``start_accuracy`` set, the persona starts at that accuracy and reaches
-``accuracy`` linearly after ``learn_pages`` pages with feedback (quiz and work pages: each
-shows the missed test questions with the expert's reason) - the honest slow learner.
+``accuracy`` linearly after ``learn_pages`` pages with feedback (training pages show every
+case's answer and reason; quiz and work pages the missed test questions with the expert's
+reason) - the honest slow learner.
 """
 
 from __future__ import annotations
@@ -163,7 +164,8 @@ class Persona:
         feedback_pages: int = 0,
     ) -> SimAnswer:
         """One answer for one image; ``pages_done`` counts this annotator's work pages so far,
-        ``feedback_pages`` every page submitted (quiz included: each gave feedback)."""
+        ``feedback_pages`` every page submitted (training and quiz included: each gave
+        feedback)."""
         p = self.p_correct_one(difficulty, feedback_pages)
         believed = truth if rng.random() < p else _other(rng, truth, labels)
         answer, felt = believed, p

@@ -115,6 +115,21 @@ def ensure_gold(db: Database, job: Job, spec: JobSpec, n: int, seed: int, now: d
             GoldItem.job_id == job.id, GoldItem.active.is_(True))) or 0)
 
 
+# Training cases come from the clearer half of each class (clear teaching cases, issue 17).
+TRAINING_CLEAREST = 0.5
+
+
+def ensure_training(db: Database, job: Job, spec: JobSpec, seed: int, now: datetime,
+                    clarity: dict[int, float] | None = None) -> int:
+    """With ``[training] enabled``: a training pool of ``training.items`` clear cases (drawn
+    after the gold, from the images left, so never gold), as ``cxrlabel training sample``."""
+    from cxrlabel.design.trainingpool import ensure_training as top_up
+
+    with db.session() as session:
+        return top_up(session, session.get_one(Job, job.id), spec, seed + 1, now,
+                      clearest_fraction=TRAINING_CLEAREST if clarity else 1.0, clarity=clarity)
+
+
 def _gold_sampler() -> Callable[..., Any]:
     """The gold-bank tool's ``sample_from_reference`` (design/), the same as
     ``cxrlabel gold sample --from-reference N``."""

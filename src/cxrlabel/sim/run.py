@@ -26,6 +26,7 @@ from cxrlabel.sim.prepare import (
     choose_subset,
     default_gold_size,
     ensure_gold,
+    ensure_training,
     ingest_images,
     list_images,
 )
@@ -85,7 +86,7 @@ def prepare_job(
         has_judged = session.scalar(
             select(func.count()).select_from(Image).where(
                 Image.job_id == job_id, Image.status != ImageStatus.NEEDS_JUDGMENTS,
-                Image.status != ImageStatus.GOLD)) or 0
+                Image.status.not_in(ImageStatus.NOT_WORK))) or 0
     if has_judged:
         raise SimSetupError(f"job {spec.name!r} in this database already has judged images; "
                             "simulate into an empty database (or use simulate_into)")
@@ -100,7 +101,10 @@ def prepare_job(
     n_gold = ensure_gold(db, job, spec, gold or default_gold_size(n_images, spec), seed, start,
                          clearest_fraction=gold_clearest, clarity=truth.difficulty) \
         if sample_gold else 0
+    n_training = ensure_training(db, job, spec, seed, start, truth.difficulty) \
+        if sample_gold else 0
     setup = {"images_source": str(images), "intake": intake, "gold_bank": n_gold,
+             "training_pool": n_training,
              "gold_clearest_fraction": gold_clearest,
              "gold_mean_difficulty": _round(gold_difficulty(db, job_id, truth)),
              "difficulty_method": difficulty.method,
@@ -148,7 +152,7 @@ def _simulate(
 ) -> SimOutcome:
     with db.session() as session:
         work_ids = list(session.scalars(select(Image.id).where(
-            Image.job_id == job_id, Image.status != ImageStatus.GOLD).order_by(Image.id)))
+            Image.job_id == job_id, Image.status.not_in(ImageStatus.NOT_WORK)).order_by(Image.id)))
     sim = Simulation(db, job_id, spec, crowd, truth, seed=seed, start=start,
                      n_annotators=n_annotators, max_pages=max_pages,
                      expert_review=expert_review, progress=progress,
@@ -224,6 +228,7 @@ def fill_job(
         cache_dir=(data_dir / "simulation" / "cache") if data_dir else None)
     ensure_gold(db, job_row, spec, gold or default_gold_size(n_images, spec), seed, start,
                 clearest_fraction=gold_clearest, clarity=truth.difficulty)
+    ensure_training(db, job_row, spec, seed, start, truth.difficulty)
     setup: dict[str, Any] = {"images_source": str(images) if images is not None else None,
                              "into_job": job_row.name, "difficulty_method": difficulty.method}
     if model_scores is not None:

@@ -157,6 +157,44 @@ class GoldItem(Base):
     image: Mapped[Image] = relationship(back_populates="gold")
 
 
+class TrainingItem(Base):
+    """A training case (issue 17): an image with its answer and the expert's reason, shown to
+    newcomers before the quiz with that answer. Kept apart from ``gold_items`` on purpose: a
+    training answer is no secret, so a training image is never a test question (its status is
+    ``training``: never work, never sampled or imported as gold)."""
+
+    __tablename__ = "training_items"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), unique=True)
+    answer: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class TrainingAnswer(Base):
+    """An answer on a training page. Counted for nothing: not a ``Judgment``, so the quality
+    engine, trust, aggregation and replay never see it; kept for the annotator's progress."""
+
+    __tablename__ = "training_answers"
+    __table_args__ = (
+        UniqueConstraint("user_id", "image_id", name="uq_training_answer_user_image"),
+        Index("ix_training_answers_job_user", "job_id", "user_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    page_id: Mapped[int] = mapped_column(ForeignKey("pages.id"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
+    answer: Mapped[str] = mapped_column(String(32))
+    certainty: Mapped[str] = mapped_column(String(16))
+    correct: Mapped[bool] = mapped_column(Boolean)
+    submitted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class User(Base):
     __tablename__ = "users"
 

@@ -75,6 +75,9 @@ def result_out(result: SubmitResult, aliases: Aliases, user_id: int) -> SubmitRe
         {**m, "judgment_id": aliases.answer(m["judgment_id"], user_id),
          "image_public_id": aliases.image(m["image_public_id"], user_id)}
         for m in data["missed_gold"]]
+    # Training feedback shows training cases (never gold), under the annotator's aliases too.
+    data["training"] = [{**t, "image_public_id": aliases.image(t["image_public_id"], user_id)}
+                        for t in data["training"]]
     return SubmitResultOut.model_validate(data)
 
 

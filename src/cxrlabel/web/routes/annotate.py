@@ -22,6 +22,7 @@ from cxrlabel.storage.models import (
     GoldItem,
     Judgment,
     Page,
+    PageKind,
     Role,
     User,
     utcnow,
@@ -203,7 +204,8 @@ def _submit_form(request: Request, job_name: str, page_id: str, user: User,
                 "link": {"href": f"/jobs/{job_name}/page", "text": "Get a new page"},
             }, status_code=409)
         raise
-    if result.missed_gold or result.kind == "quiz" or result.annotator_status not in (
+    if result.missed_gold or result.kind in (PageKind.QUIZ, PageKind.TRAINING) or \
+            result.annotator_status not in (
             AnnotatorStatus.ACTIVE,):
         return RedirectResponse(f"/jobs/{job_name}/pages/{page_id}/feedback", status_code=303)
     return RedirectResponse(f"/jobs/{job_name}/page", status_code=303)
