@@ -78,7 +78,9 @@ def test_cli_simulate_is_deterministic_and_writes_its_result(
     assert result["setup"]["intake"] == "ingest"
     assert 0.5 < result["label_accuracy"] <= 1.0
     assert result["judgments_per_image"] >= 1.0
-    assert result["cost"] == pytest.approx(result["pages"] * 0.10)
+    # Training pages are practice, unpaid unless the job says pay.training_paid.
+    assert result["training_pages"] > 0
+    assert result["cost"] == pytest.approx((result["pages"] - result["training_pages"]) * 0.10)
     assert (tmp_path / "plots" / "accuracy_vs_judgments.png").stat().st_size > 1000
     assert (tmp_path / "plots" / "trust_by_persona.png").stat().st_size > 1000
 

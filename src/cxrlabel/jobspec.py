@@ -231,6 +231,9 @@ class Pay(_Strict):
     per_page: float = Field(default=0.10, ge=0.0)
     currency: str = "USD"
     pages_per_hour: float = Field(default=40.0, gt=0.0)
+    # Training pages are practice with feedback, counted for nothing (as Toloka's training
+    # pools); a job may choose to pay them.
+    training_paid: bool = False
 
 
 class Ingest(_Strict):

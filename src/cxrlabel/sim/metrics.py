@@ -109,13 +109,13 @@ def summarise(
         **removal,
         "pages": record.pages_submitted,
         "quiz_pages": record.quiz_pages,
-        "training_pages": record.training_pages,  # paid like any page; "unpaid" below = free
-        "cost": round(record.pages_submitted * spec.pay.per_page, 2),
+        "training_pages": record.training_pages,  # paid only with pay.training_paid
+        "cost": round(_paid_pages(record, spec) * spec.pay.per_page, 2),
         "cost_quiz_unpaid": round(
             (record.pages_submitted - record.quiz_pages - record.training_pages)
             * spec.pay.per_page, 2),
         "currency": spec.pay.currency,
-        "cost_per_image": _ratio(record.pages_submitted * spec.pay.per_page, n_work, 4),
+        "cost_per_image": _ratio(_paid_pages(record, spec) * spec.pay.per_page, n_work, 4),
         "hours": round((record.crowd_end - record.start).total_seconds() / 3600, 2),
         "expert_hours": round(record.expert_seconds / 3600, 2),
         "annotator_hours": round(sum(a.seconds_worked for a in record.annotators) / 3600, 2),
@@ -208,3 +208,9 @@ def accuracy_by_judgments(db: Database, job_id: int) -> dict[int, tuple[int, int
 
 def _ratio(numerator: float, denominator: float, digits: int = 4) -> float | None:
     return round(numerator / denominator, digits) if denominator else None
+
+
+def _paid_pages(record: SimRecord, spec: JobSpec) -> int:
+    """Pages the crowd is paid for: every submitted page, training only when the job pays it."""
+    unpaid = 0 if spec.pay.training_paid else record.training_pages
+    return record.pages_submitted - unpaid
