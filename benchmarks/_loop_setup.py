@@ -45,9 +45,12 @@ from cxrlabel.storage.models import GoldItem, Image, ImageStatus, Job, User
 from cxrlabel.web.security import load_secret_key
 
 JOB_NAME = "bench-loop"
-SPEC_CHANGES = ("min_seconds_per_page = 0 (speed trap off for a machine client)",
-                "harm_accuracy = 0 (removal for harm off: the clients answer work at random)",
-                "max_per_annotator = 10000000", "instructions inline")
+SPEC_CHANGES = (
+    "min_seconds_per_page = 0 (speed trap off for a machine client)",
+    "harm_accuracy = 0 (removal for harm off: the clients answer work at random)",
+    "max_per_annotator = 10000000",
+    "instructions inline",
+)
 DEFAULT_PASSWORD = "bench-loop-password"
 
 
@@ -61,8 +64,10 @@ def bench_spec_text(name: str = JOB_NAME) -> str:
         # (quality/skill.py) rightly removes; the loop measures the write path, not QC.
         (r"(?m)^harm_accuracy = .*$", "harm_accuracy = 0.0"),
         (r"(?m)^max_per_annotator = .*$", "max_per_annotator = 10000000"),
-        (r'(?m)^file = "pneumonia-pediatric.md"$',
-         'markdown = "Label each image: healthy (clear lungs) or pneumonia (cloudy patches)."'),
+        (
+            r'(?m)^file = "pneumonia-pediatric.md"$',
+            'markdown = "Label each image: healthy (clear lungs) or pneumonia (cloudy patches)."',
+        ),
     ]
     for pattern, repl in subs:
         text, n = re.subn(pattern, repl, text, count=1)
@@ -95,8 +100,15 @@ def _phantom_files(folder: Path, n_files: int) -> list[tuple[Path, str]]:
     return out
 
 
-def prepare_job(db: Database, data_dir: Path, *, n_images: int, n_gold: int,
-                n_files: int = 48, name: str = JOB_NAME) -> Prepared:
+def prepare_job(
+    db: Database,
+    data_dir: Path,
+    *,
+    n_images: int,
+    n_gold: int,
+    n_files: int = 48,
+    name: str = JOB_NAME,
+) -> Prepared:
     """Create the benchmark job with ``n_images`` work images and ``n_gold`` test questions."""
     started = time.perf_counter()
     text = bench_spec_text(name)
@@ -120,27 +132,48 @@ def prepare_job(db: Database, data_dir: Path, *, n_images: int, n_gold: int,
         os.link(src, target)  # same bytes, the image's own path: as served in production
         is_gold = i >= n_images
         sha = hashlib.sha256(f"{name}:{i}".encode()).hexdigest()
-        rows.append({
-            "job_id": job_id, "public_id": public_id, "source_path": f"bench/{i}.png",
-            "source_format": "png", "sha256": sha, "pixel_sha256": sha,
-            "phash": f"{i:016x}", "width": 512, "height": 512, "patient_id": f"bench-{i}",
-            "reference_label": label, "rendition_path": rel, "thumb_path": rel,
-            "status": ImageStatus.GOLD if is_gold else ImageStatus.NEEDS_JUDGMENTS,
-            "judgment_target": 0 if is_gold else spec.judgments.min,
-            "trusted_judgments": 0, "burned_in_annotation": False,
-        })
+        rows.append(
+            {
+                "job_id": job_id,
+                "public_id": public_id,
+                "source_path": f"bench/{i}.png",
+                "source_format": "png",
+                "sha256": sha,
+                "pixel_sha256": sha,
+                "phash": f"{i:016x}",
+                "width": 512,
+                "height": 512,
+                "patient_id": f"bench-{i}",
+                "reference_label": label,
+                "rendition_path": rel,
+                "thumb_path": rel,
+                "status": ImageStatus.GOLD if is_gold else ImageStatus.NEEDS_JUDGMENTS,
+                "judgment_target": 0 if is_gold else spec.judgments.min,
+                "trusted_judgments": 0,
+                "burned_in_annotation": False,
+            }
+        )
         if is_gold:
             gold_rows.append((public_id, label))
     with db.session() as s:
         for start in range(0, len(rows), 2000):
-            s.execute(insert(Image), rows[start:start + 2000])
+            s.execute(insert(Image), rows[start : start + 2000])
         ids = dict(s.execute(select(Image.public_id, Image.id).where(Image.job_id == job_id)).all())
-        s.execute(insert(GoldItem), [
-            {"job_id": job_id, "image_id": ids[pid], "accepted_answers": [label],
-             "reason": f"Reference label of this synthetic phantom: {label}.",
-             "difficulty": "easy", "source": "reference", "active": True}
-            for pid, label in gold_rows
-        ])
+        s.execute(
+            insert(GoldItem),
+            [
+                {
+                    "job_id": job_id,
+                    "image_id": ids[pid],
+                    "accepted_answers": [label],
+                    "reason": f"Reference label of this synthetic phantom: {label}.",
+                    "difficulty": "easy",
+                    "source": "reference",
+                    "active": True,
+                }
+                for pid, label in gold_rows
+            ],
+        )
     return Prepared(job_id, spec, n_images, n_gold, time.perf_counter() - started)
 
 
@@ -155,8 +188,9 @@ def create_annotators(db: Database, n: int, prefix: str) -> list[tuple[str, str]
     return out
 
 
-def gold_answers(db: Database, name: str = JOB_NAME,
-                 data_dir: Path | None = None) -> dict[str, str]:
+def gold_answers(
+    db: Database, name: str = JOB_NAME, data_dir: Path | None = None
+) -> dict[str, str]:
     """Test-question answers by image id as each annotator sees it: the benchmark client reads
     them from the database (a browser never gets them) so its annotators pass the quiz and
     stay trusted. Annotators see images under their own aliases (``annotate/aliases.py``): with
@@ -165,21 +199,22 @@ def gold_answers(db: Database, name: str = JOB_NAME,
         rows = s.execute(
             select(Image.public_id, GoldItem.accepted_answers)
             .join(GoldItem, GoldItem.image_id == Image.id)
-            .join(Job, Job.id == Image.job_id).where(Job.name == name)
+            .join(Job, Job.id == Image.job_id)
+            .where(Job.name == name)
         ).all()
         users = list(s.scalars(select(User.id).where(User.role == "annotator")))
     out = {pid: answers[0] for pid, answers in rows}
     if data_dir is not None:
         aliases = Aliases(load_secret_key(data_dir))
-        out.update({aliases.image(pid, uid): answers[0] for pid, answers in rows
-                    for uid in users})
+        out.update({aliases.image(pid, uid): answers[0] for pid, answers in rows for uid in users})
     return out
 
 
 def count_users(db: Database, prefix: str) -> int:
     with db.session() as s:
-        return int(s.scalar(select(func.count(User.id)).where(User.username.like(f"{prefix}-%")))
-                   or 0)
+        return int(
+            s.scalar(select(func.count(User.id)).where(User.username.like(f"{prefix}-%"))) or 0
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,12 +229,16 @@ def main(argv: list[str] | None = None) -> int:
     url = args.db or f"sqlite:///{(args.data_dir / 'cxrlabel.sqlite3').resolve()}"
     db = Database(url)
     try:
-        p = prepare_job(db, args.data_dir, n_images=args.images, n_gold=args.gold,
-                        n_files=args.files)
+        p = prepare_job(
+            db, args.data_dir, n_images=args.images, n_gold=args.gold, n_files=args.files
+        )
     finally:
         db.dispose()
-    print(f"job {JOB_NAME!r}: {p.work_images} work images, {p.gold_images} gold, "
-          f"{p.seconds:.1f} s ({url})", file=sys.stderr)
+    print(
+        f"job {JOB_NAME!r}: {p.work_images} work images, {p.gold_images} gold, "
+        f"{p.seconds:.1f} s ({url})",
+        file=sys.stderr,
+    )
     return 0
 
 

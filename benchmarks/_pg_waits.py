@@ -30,9 +30,15 @@ def statement_kind(sql: str) -> str:
     verb = sql.split(" ", 1)[0].upper() if sql else "-"
     table = re.search(r"\b(?:FROM|INTO|UPDATE)\s+(\w+)", sql, re.IGNORECASE)
     lock = re.search(r"FOR (NO KEY UPDATE|UPDATE|SHARE|KEY SHARE)( SKIP LOCKED)?", sql)
-    return " ".join(p for p in (verb, table.group(1) if table else "",
-                                "FOR " + lock.group(1) + (lock.group(2) or "") if lock else "")
-                    if p)
+    return " ".join(
+        p
+        for p in (
+            verb,
+            table.group(1) if table else "",
+            "FOR " + lock.group(1) + (lock.group(2) or "") if lock else "",
+        )
+        if p
+    )
 
 
 def main() -> int:
@@ -44,8 +50,9 @@ def main() -> int:
     args = ap.parse_args()
     seen: Counter[tuple[str, str, str]] = Counter()
     samples = 0
-    with psycopg.connect(f"host=127.0.0.1 port={args.port} user=postgres dbname={args.db}",
-                         autocommit=True) as conn:
+    with psycopg.connect(
+        f"host=127.0.0.1 port={args.port} user=postgres dbname={args.db}", autocommit=True
+    ) as conn:
         deadline = time.monotonic() + args.seconds
         while time.monotonic() < deadline:
             samples += 1

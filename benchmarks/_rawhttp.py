@@ -30,8 +30,9 @@ class RawTimeout(RawHTTPError):
 class RawResponse:
     __slots__ = ("content", "headers", "status_code")
 
-    def __init__(self, status_code: int, headers: list[tuple[bytes, bytes]],
-                 content: bytes) -> None:
+    def __init__(
+        self, status_code: int, headers: list[tuple[bytes, bytes]], content: bytes
+    ) -> None:
         self.status_code, self.headers, self.content = status_code, headers, content
 
     def json(self) -> Any:
@@ -98,8 +99,14 @@ class _Connection(asyncio.Protocol):
 class RawClient:
     """``await client.request("GET", "/path", json=...)`` -> ``RawResponse``."""
 
-    def __init__(self, base_url: str, *, headers: dict[str, str] | None = None,
-                 timeout: float = 30.0, max_connections: int = 6) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30.0,
+        max_connections: int = 6,
+    ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError("RawClient speaks plain http to loopback only")
@@ -117,8 +124,9 @@ class RawClient:
         self._all.add(conn)
         return conn
 
-    async def request(self, method: str, path: str, *, json: Any = None,
-                      headers: dict[str, str] | None = None) -> RawResponse:
+    async def request(
+        self, method: str, path: str, *, json: Any = None, headers: dict[str, str] | None = None
+    ) -> RawResponse:
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         if json is not None:
             body = jsonlib.dumps(json, separators=(",", ":")).encode()
@@ -137,8 +145,7 @@ class RawClient:
                 if conn is None:
                     conn = await asyncio.wait_for(self._connect(), self.timeout)
                 waiter = conn.send(raw)
-                timer = asyncio.get_running_loop().call_later(
-                    self.timeout, _expire, waiter)
+                timer = asyncio.get_running_loop().call_later(self.timeout, _expire, waiter)
                 try:
                     response = await waiter
                 finally:

@@ -147,7 +147,10 @@ def class_prior(posterior: np.ndarray) -> np.ndarray:
 
 
 def run_em(
-    judgments: Judgments, step: Step, diagonal: float, max_iter: int = 100,
+    judgments: Judgments,
+    step: Step,
+    diagonal: float,
+    max_iter: int = 100,
     heldout: Heldout | None = None,
 ) -> tuple[list[np.ndarray], list[float]]:
     """EM from the vote share; returns the posterior after every iteration (index 0 = the
@@ -192,8 +195,14 @@ def folds(data: Dataset) -> list[tuple[Judgments, Heldout]]:
 def judgments_of(data: Dataset, mask: np.ndarray | None = None) -> Judgments:
     e = data.encoded
     keep = np.ones(len(e.items), bool) if mask is None else mask
-    return Judgments.build(e.items[keep], e.worker_codes[keep], e.labels[keep], len(e.classes),
-                           n_items=len(e.tasks), n_workers=len(e.workers))
+    return Judgments.build(
+        e.items[keep],
+        e.worker_codes[keep],
+        e.labels[keep],
+        len(e.classes),
+        n_items=len(e.tasks),
+        n_workers=len(e.workers),
+    )
 
 
 def ds_candidates(data: Dataset) -> dict[str, np.ndarray]:
@@ -229,9 +238,11 @@ def ds_candidates(data: Dataset) -> dict[str, np.ndarray]:
         "ds class-prior~share 1": final(share_prior_step(1.0)),
     }
     posteriors["ds select@heldout-LL"] = posteriors[
-        "ds one-coin" if by_ll["coin"] > by_ll["full"] else "ds (default)"]
+        "ds one-coin" if by_ll["coin"] > by_ll["full"] else "ds (default)"
+    ]
     posteriors["ds select@heldout-agree"] = posteriors[
-        "ds one-coin" if by_agree["coin"] > by_agree["full"] else "ds (default)"]
+        "ds one-coin" if by_agree["coin"] > by_agree["full"] else "ds (default)"
+    ]
     return {name: p.argmax(axis=1) for name, p in posteriors.items()}
 
 
@@ -281,11 +292,13 @@ def glad_candidates(data: Dataset) -> dict[str, np.ndarray]:
         "glad tied": GLAD(class_ability=False).fit_judgments(full).labels,
         "glad pooled error pattern": GLAD(error_pattern="pooled").fit_judgments(full).labels,
         "glad tied, uniform class prior": _UniformPriorGLAD(class_ability=False)
-        .fit_judgments(full).labels,
+        .fit_judgments(full)
+        .labels,
     }
     tied_wins = glad_heldout_log_lik(data, False) > glad_heldout_log_lik(data, True)
     labels["glad select@heldout-LL"] = labels[
-        "glad tied" if tied_wins else "glad (default, class-conditional)"]
+        "glad tied" if tied_wins else "glad (default, class-conditional)"
+    ]
     return labels
 
 
@@ -323,8 +336,10 @@ def report(title: str, deltas: dict[str, dict[str, float]]) -> None:
     within = sum(d >= -TOLERANCE for _, d in loo.values())
     picks = sorted({p for p, _ in loo.values()})
     mean = 100 * np.mean([d for _, d in loo.values()])
-    print(f"\nleave-one-dataset-out: {within}/{len(loo)} held-out sets within 0.3 points, "
-          f"mean Δ {mean:+.2f}; candidates picked: {', '.join(picks)}")
+    print(
+        f"\nleave-one-dataset-out: {within}/{len(loo)} held-out sets within 0.3 points, "
+        f"mean Δ {mean:+.2f}; candidates picked: {', '.join(picks)}"
+    )
 
 
 def crowdkit_ds_accuracy(data: Dataset) -> float:
@@ -353,11 +368,13 @@ def main(argv: list[str]) -> int:
         ds = {c: data.accuracy(lab) - ck for c, lab in ds_candidates(data).items()}
         ds_deltas[name] = ds
         line = f"{name}: crowd-kit DS {ck:.4f}; " + ", ".join(
-            f"{c} {100 * d:+.2f}" for c, d in ds.items())
+            f"{c} {100 * d:+.2f}" for c, d in ds.items()
+        )
         if name in CK_GLAD_MEASURED:
             ck_glad = CK_GLAD_MEASURED[name]
-            glad_deltas[name] = {c: data.accuracy(lab) - ck_glad
-                                 for c, lab in glad_candidates(data).items()}
+            glad_deltas[name] = {
+                c: data.accuracy(lab) - ck_glad for c, lab in glad_candidates(data).items()
+            }
             line += "; " + ", ".join(f"{c} {100 * d:+.2f}" for c, d in glad_deltas[name].items())
         print(line, flush=True)
     report("Dawid-Skene candidates against crowd-kit's DS", ds_deltas)

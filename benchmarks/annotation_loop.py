@@ -69,6 +69,7 @@ PNEUMONIA_SHARE = 0.74
 
 # --- safety --------------------------------------------------------------------------------------
 
+
 def require_loopback(url: str) -> str:
     """The URL, if its host resolves only to loopback addresses; else SystemExit."""
     parts = urlsplit(url)
@@ -80,12 +81,15 @@ def require_loopback(url: str) -> str:
         raise SystemExit(f"refusing {url!r}: cannot resolve host ({exc})") from None
     addresses = {info[4][0] for info in infos}
     if not addresses or not all(ipaddress.ip_address(a).is_loopback for a in addresses):
-        raise SystemExit(f"refusing {url!r}: load is only generated against loopback "
-                         f"(resolves to {sorted(addresses)})")
+        raise SystemExit(
+            f"refusing {url!r}: load is only generated against loopback "
+            f"(resolves to {sorted(addresses)})"
+        )
     return url.rstrip("/")
 
 
 # --- statistics ----------------------------------------------------------------------------------
+
 
 def percentile(sorted_ms: list[float], p: float) -> float | None:
     """Nearest-rank percentile (as the Label Studio benchmark computes it)."""
@@ -97,16 +101,21 @@ def percentile(sorted_ms: list[float], p: float) -> float | None:
 
 def summary(samples: list[float]) -> dict[str, Any]:
     s = sorted(samples)
-    return {"count": len(s), "p50_ms": percentile(s, 50), "p95_ms": percentile(s, 95),
-            "p99_ms": percentile(s, 99),
-            "mean_ms": round(sum(s) / len(s), 2) if s else None,
-            "max_ms": round(s[-1], 2) if s else None}
+    return {
+        "count": len(s),
+        "p50_ms": percentile(s, 50),
+        "p95_ms": percentile(s, 95),
+        "p99_ms": percentile(s, 99),
+        "mean_ms": round(sum(s) / len(s), 2) if s else None,
+        "max_ms": round(s[-1], 2) if s else None,
+    }
 
 
 @dataclass
 class Stats:
-    latency: dict[str, list[float]] = field(default_factory=lambda: {
-        "next": [], "image": [], "submit": [], "loop": []})
+    latency: dict[str, list[float]] = field(
+        default_factory=lambda: {"next": [], "image": [], "submit": [], "loop": []}
+    )
     errors: Counter = field(default_factory=Counter)
     loops: int = 0
     judgments_acked: int = 0  # 'saved' of every successful submit in the timed phase
@@ -119,9 +128,17 @@ class Stats:
 
 # --- one annotator -------------------------------------------------------------------------------
 
+
 class Annotator:
-    def __init__(self, index: int, client: Any, job: str, gold: dict[str, str],
-                 stats: Stats, args: argparse.Namespace) -> None:
+    def __init__(
+        self,
+        index: int,
+        client: Any,
+        job: str,
+        gold: dict[str, str],
+        stats: Stats,
+        args: argparse.Namespace,
+    ) -> None:
         self.index, self.client, self.job, self.gold = index, client, job, gold
         self.stats, self.args = stats, args
         self.rng = random.Random(index)
@@ -131,8 +148,7 @@ class Annotator:
         self.stats.errors[kind] += 1
         self.consecutive_errors += 1
 
-    async def _call(self, name: str, method: str, url: str, timed: bool,
-                    **kw: Any) -> Any:
+    async def _call(self, name: str, method: str, url: str, timed: bool, **kw: Any) -> Any:
         t0 = time.perf_counter()
         try:
             r = await self.client.request(method, url, **kw)
@@ -156,18 +172,31 @@ class Annotator:
         for item in page["items"]:
             pid = item["image_public_id"]
             answer = self.gold.get(pid) or (
-                "PNEUMONIA" if self.rng.random() < PNEUMONIA_SHARE else "NORMAL")
+                "PNEUMONIA" if self.rng.random() < PNEUMONIA_SHARE else "NORMAL"
+            )
             certainty = "definitely" if self.rng.random() < 0.7 else "probably"
-            out.append({"image_public_id": pid, "answer": answer, "certainty": certainty,
-                        "quality_flag": None})
+            out.append(
+                {
+                    "image_public_id": pid,
+                    "answer": answer,
+                    "certainty": certainty,
+                    "quality_flag": None,
+                }
+            )
         return out
 
     async def _submit(self, page: dict, timed: bool) -> dict | None:
-        body = {"client_submission_id": page["client_submission_id"],
-                "answers": self._answers(page)}
-        r = await self._call("submit", "POST",
-                             f"/api/jobs/{self.job}/pages/{page['page_id']}/submit", timed,
-                             json=body)
+        body = {
+            "client_submission_id": page["client_submission_id"],
+            "answers": self._answers(page),
+        }
+        r = await self._call(
+            "submit",
+            "POST",
+            f"/api/jobs/{self.job}/pages/{page['page_id']}/submit",
+            timed,
+            json=body,
+        )
         return r.json() if r is not None else None
 
     async def warm_up(self) -> bool:
@@ -236,6 +265,7 @@ class Annotator:
 
 # --- server sampling (/proc) ---------------------------------------------------------------------
 
+
 def _tree(pid: int) -> list[int]:
     """pid and all its descendants (uvicorn's worker processes)."""
     children: dict[int, list[int]] = {}
@@ -299,13 +329,19 @@ class ServerSampler:
             self._task.cancel()
         cpu, rss = _cpu_and_rss(self.pid)
         used = cpu - self.cpu0
-        return {"pid": self.pid, "processes": len(_tree(self.pid)), "cpu_s": round(used, 2),
-                "avg_cores": round(used / elapsed, 2) if elapsed else None,
-                "rss_before_mb": round(self.rss_idle or 0.0, 1),
-                "rss_peak_mb": round(max(self.rss_peak, rss), 1), "rss_after_mb": round(rss, 1)}
+        return {
+            "pid": self.pid,
+            "processes": len(_tree(self.pid)),
+            "cpu_s": round(used, 2),
+            "avg_cores": round(used / elapsed, 2) if elapsed else None,
+            "rss_before_mb": round(self.rss_idle or 0.0, 1),
+            "rss_peak_mb": round(max(self.rss_peak, rss), 1),
+            "rss_after_mb": round(rss, 1),
+        }
 
 
 # --- verification --------------------------------------------------------------------------------
+
 
 def verify(db: Database, job_name: str, usernames: list[str], acked: int) -> dict[str, Any]:
     """Stored == acknowledged for this run's annotators; no image over its target."""
@@ -313,58 +349,114 @@ def verify(db: Database, job_name: str, usernames: list[str], acked: int) -> dic
         job = s.scalar(select(Job).where(Job.name == job_name))
         spec = spec_from_job_row(job)
         user_ids = select(User.id).where(User.username.in_(usernames))
-        stored = int(s.scalar(select(func.count(Judgment.id)).where(
-            Judgment.job_id == job.id, Judgment.user_id.in_(user_ids))) or 0)
-        over_target = int(s.scalar(select(func.count(Image.id)).where(
-            Image.job_id == job.id, Image.status != ImageStatus.GOLD,
-            Image.trusted_judgments > Image.judgment_target)) or 0)
-        work = (select(Judgment.image_id, func.count().label("n"))
-                .where(Judgment.job_id == job.id, Judgment.is_gold.is_(False),
-                       Judgment.tainted.is_(False))
-                .group_by(Judgment.image_id).subquery())
-        over_max = int(s.scalar(select(func.count()).select_from(work).where(
-            work.c.n > spec.judgments.max)) or 0)
-        count_mismatch = int(s.scalar(select(func.count(Image.id)).select_from(Image).outerjoin(
-            work, work.c.image_id == Image.id).where(and_(
-                Image.job_id == job.id, Image.status != ImageStatus.GOLD,
-                func.coalesce(work.c.n, 0) != Image.trusted_judgments))) or 0)
-        tainted = int(s.scalar(select(func.count(Judgment.id)).where(
-            Judgment.job_id == job.id, Judgment.user_id.in_(user_ids),
-            Judgment.tainted.is_(True))) or 0)
-        inactive = int(s.scalar(select(func.count()).select_from(User).where(
-            User.username.in_(usernames), User.active.is_(False))) or 0)
+        stored = int(
+            s.scalar(
+                select(func.count(Judgment.id)).where(
+                    Judgment.job_id == job.id, Judgment.user_id.in_(user_ids)
+                )
+            )
+            or 0
+        )
+        over_target = int(
+            s.scalar(
+                select(func.count(Image.id)).where(
+                    Image.job_id == job.id,
+                    Image.status != ImageStatus.GOLD,
+                    Image.trusted_judgments > Image.judgment_target,
+                )
+            )
+            or 0
+        )
+        work = (
+            select(Judgment.image_id, func.count().label("n"))
+            .where(
+                Judgment.job_id == job.id, Judgment.is_gold.is_(False), Judgment.tainted.is_(False)
+            )
+            .group_by(Judgment.image_id)
+            .subquery()
+        )
+        over_max = int(
+            s.scalar(select(func.count()).select_from(work).where(work.c.n > spec.judgments.max))
+            or 0
+        )
+        count_mismatch = int(
+            s.scalar(
+                select(func.count(Image.id))
+                .select_from(Image)
+                .outerjoin(work, work.c.image_id == Image.id)
+                .where(
+                    and_(
+                        Image.job_id == job.id,
+                        Image.status != ImageStatus.GOLD,
+                        func.coalesce(work.c.n, 0) != Image.trusted_judgments,
+                    )
+                )
+            )
+            or 0
+        )
+        tainted = int(
+            s.scalar(
+                select(func.count(Judgment.id)).where(
+                    Judgment.job_id == job.id,
+                    Judgment.user_id.in_(user_ids),
+                    Judgment.tainted.is_(True),
+                )
+            )
+            or 0
+        )
+        inactive = int(
+            s.scalar(
+                select(func.count())
+                .select_from(User)
+                .where(User.username.in_(usernames), User.active.is_(False))
+            )
+            or 0
+        )
     ok = stored == acked and over_target == 0 and over_max == 0 and count_mismatch == 0
-    return {"stored_judgments": stored, "acknowledged_judgments": acked,
-            "images_over_target": over_target, "images_over_max": over_max,
-            "trusted_count_mismatches": count_mismatch, "tainted_judgments": tainted,
-            "inactive_users": inactive, "ok": ok}
+    return {
+        "stored_judgments": stored,
+        "acknowledged_judgments": acked,
+        "images_over_target": over_target,
+        "images_over_max": over_max,
+        "trusted_count_mismatches": count_mismatch,
+        "tainted_judgments": tainted,
+        "inactive_users": inactive,
+        "ok": ok,
+    }
 
 
 # --- main ----------------------------------------------------------------------------------------
+
 
 def _client(args: argparse.Namespace, token: str) -> Any:
     """One client per annotator, up to 6 keep-alive connections (a browser tab)."""
     headers = {"Authorization": f"Bearer {token}"}
     if args.client == "httpx":
         return httpx.AsyncClient(
-            base_url=args.url, timeout=httpx.Timeout(args.request_timeout), headers=headers,
-            limits=httpx.Limits(max_connections=6, max_keepalive_connections=6))
+            base_url=args.url,
+            timeout=httpx.Timeout(args.request_timeout),
+            headers=headers,
+            limits=httpx.Limits(max_connections=6, max_keepalive_connections=6),
+        )
     return RawClient(args.url, headers=headers, timeout=args.request_timeout, max_connections=6)
 
 
-async def _load(args: argparse.Namespace, tokens: list[str], gold: dict[str, str],
-                stats: Stats) -> dict[str, Any]:
+async def _load(
+    args: argparse.Namespace, tokens: list[str], gold: dict[str, str], stats: Stats
+) -> dict[str, Any]:
     clients = [_client(args, t) for t in tokens]
     workers = [Annotator(i, c, args.job, gold, stats, args) for i, c in enumerate(clients)]
     sampler = ServerSampler(args.server_pid)
     try:
         t_warm = time.perf_counter()
-        ready = await asyncio.wait_for(asyncio.gather(*(w.warm_up() for w in workers)),
-                                       WARMUP_LIMIT_S)
+        ready = await asyncio.wait_for(
+            asyncio.gather(*(w.warm_up() for w in workers)), WARMUP_LIMIT_S
+        )
         warm_s = time.perf_counter() - t_warm
         active = [w for w, ok in zip(workers, ready, strict=True) if ok]
-        stats.errors.update({"warmup_failed": len(workers) - len(active)} if
-                            len(active) < len(workers) else {})
+        stats.errors.update(
+            {"warmup_failed": len(workers) - len(active)} if len(active) < len(workers) else {}
+        )
         for w in active:
             w.consecutive_errors = 0
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -380,10 +472,15 @@ async def _load(args: argparse.Namespace, tokens: list[str], gold: dict[str, str
     finally:
         await asyncio.gather(*(c.aclose() for c in clients))
     client_cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
-    return {"elapsed_s": round(elapsed, 2), "warmup_s": round(warm_s, 2),
-            "annotators_active": len(active), "client_cpu_s": round(client_cpu, 2),
-            "loadavg_start": [round(x, 2) for x in load0],
-            "loadavg_end": [round(x, 2) for x in os.getloadavg()], "server": server}
+    return {
+        "elapsed_s": round(elapsed, 2),
+        "warmup_s": round(warm_s, 2),
+        "annotators_active": len(active),
+        "client_cpu_s": round(client_cpu, 2),
+        "loadavg_start": [round(x, 2) for x in load0],
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        "server": server,
+    }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -391,8 +488,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--url", required=True, help="http://127.0.0.1:PORT (loopback only)")
     ap.add_argument("--annotators", "-c", type=int, default=8)
     ap.add_argument("--seconds", "-d", type=float, default=30.0)
-    ap.add_argument("--think-ms", type=float, default=0.0,
-                    help="mean pause before each submit (uniform 0.5-1.5x; staggered start)")
+    ap.add_argument(
+        "--think-ms",
+        type=float,
+        default=0.0,
+        help="mean pause before each submit (uniform 0.5-1.5x; staggered start)",
+    )
     ap.add_argument("--data-dir", type=Path, help="the server's data dir (SQLite DB inside)")
     ap.add_argument("--db", help="database URL (PostgreSQL; default: SQLite in --data-dir)")
     ap.add_argument("--job", default=JOB_NAME)
@@ -400,8 +501,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--server-pid", type=int, default=None, help="sample CPU/RSS of this tree")
     ap.add_argument("--request-timeout", type=float, default=30.0)
     ap.add_argument("--max-loops", type=int, default=1_000_000)
-    ap.add_argument("--client", choices=("raw", "httpx"), default="raw",
-                    help="HTTP client: raw (httptools, cheap: benchmarks/_rawhttp.py) or httpx")
+    ap.add_argument(
+        "--client",
+        choices=("raw", "httpx"),
+        default="raw",
+        help="HTTP client: raw (httptools, cheap: benchmarks/_rawhttp.py) or httpx",
+    )
     ap.add_argument("--label", default="", help="free text stored in the JSON")
     ap.add_argument("--json", action="store_true", help="print one JSON line on stdout")
     ap.add_argument("--json-out", type=Path, help="append the JSON line to this file")
@@ -443,18 +548,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # A submit the client gave up on (timeout) may still have been stored by the server:
         # then stored exceeds acknowledged by whole pages. That is not a loss, but not "ok".
         checked["submit_timeouts"] = stats.errors.get("submit:timeout", 0)
-        checked["stored_minus_acked"] = (checked["stored_judgments"]
-                                         - checked["acknowledged_judgments"])
+        checked["stored_minus_acked"] = (
+            checked["stored_judgments"] - checked["acknowledged_judgments"]
+        )
     finally:
         db.dispose()
     elapsed = run_info["elapsed_s"] or 1e-9
     errors = sum(stats.errors.values())
     out = {
-        "bench": "annotation-loop", "target": "cxrlabel", "label": args.label,
-        "url": args.url, "db": "sqlite" if url.startswith("sqlite") else "postgresql",
-        "annotators": args.annotators, "think_ms": args.think_ms, "client": args.client,
-        "duration_target_s": args.seconds, **run_info,
-        "items_per_page": items_per_page, "spec_changes": list(SPEC_CHANGES),
+        "bench": "annotation-loop",
+        "target": "cxrlabel",
+        "label": args.label,
+        "url": args.url,
+        "db": "sqlite" if url.startswith("sqlite") else "postgresql",
+        "annotators": args.annotators,
+        "think_ms": args.think_ms,
+        "client": args.client,
+        "duration_target_s": args.seconds,
+        **run_info,
+        "items_per_page": items_per_page,
+        "spec_changes": list(SPEC_CHANGES),
         "loops_completed": stats.loops,
         # Pages near the end of a job hold fewer than items_per_page items: count what was served.
         "items_completed": stats.items_completed,
@@ -462,8 +575,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "loops_per_s": round(stats.loops / elapsed, 2),
         "judgments_per_s": round(stats.judgments_acked / elapsed, 1),
         "work_judgments_per_s": round(stats.work_acked / elapsed, 1),
-        "requests_per_s": round(sum(len(v) for k, v in stats.latency.items() if k != "loop")
-                                / elapsed, 1),
+        "requests_per_s": round(
+            sum(len(v) for k, v in stats.latency.items() if k != "loop") / elapsed, 1
+        ),
         "image_mb_per_s": round(stats.image_bytes / elapsed / 1e6, 2),
         "latency": {k: summary(v) for k, v in stats.latency.items()},
         "errors": {"total": errors, "by_kind": dict(stats.errors)},
@@ -482,17 +596,19 @@ def _print_human(r: dict[str, Any]) -> None:
         return f"{s['p50_ms']}/{s['p95_ms']}/{s['p99_ms']} ms"
 
     srv = r.get("server") or {}
-    print(f"cxrlabel annotation loop: {r['annotators']} annotators, {r['elapsed_s']} s, "
-          f"load avg {r['loadavg_start'][0]} -> {r['loadavg_end'][0]}\n"
-          f"  loops/s {r['loops_per_s']}  judgments/s {r['judgments_per_s']} "
-          f"(work {r['work_judgments_per_s']})  requests/s {r['requests_per_s']}\n"
-          f"  p50/p95/p99  next {p('next')}  image {p('image')}  submit {p('submit')}  "
-          f"loop {p('loop')}\n"
-          f"  errors {r['errors']}  stopped {r['stopped']}\n"
-          f"  verify {r['verify']}\n"
-          f"  server cores {srv.get('avg_cores')}  RSS idle {srv.get('rss_before_mb')} MB "
-          f"peak {srv.get('rss_peak_mb')} MB  client CPU {r['client_cpu_s']} s",
-          file=sys.stderr)
+    print(
+        f"cxrlabel annotation loop: {r['annotators']} annotators, {r['elapsed_s']} s, "
+        f"load avg {r['loadavg_start'][0]} -> {r['loadavg_end'][0]}\n"
+        f"  loops/s {r['loops_per_s']}  judgments/s {r['judgments_per_s']} "
+        f"(work {r['work_judgments_per_s']})  requests/s {r['requests_per_s']}\n"
+        f"  p50/p95/p99  next {p('next')}  image {p('image')}  submit {p('submit')}  "
+        f"loop {p('loop')}\n"
+        f"  errors {r['errors']}  stopped {r['stopped']}\n"
+        f"  verify {r['verify']}\n"
+        f"  server cores {srv.get('avg_cores')}  RSS idle {srv.get('rss_before_mb')} MB "
+        f"peak {srv.get('rss_peak_mb')} MB  client CPU {r['client_cpu_s']} s",
+        file=sys.stderr,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

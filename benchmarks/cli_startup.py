@@ -24,9 +24,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_ANSWERS = Path(
-    os.environ.get("CXRLABEL_SHARED_DATA", "/work/shared/data")
-) / "crowd" / "act_zencrowd_in" / "answers.csv"
+DEFAULT_ANSWERS = (
+    Path(os.environ.get("CXRLABEL_SHARED_DATA", "/work/shared/data"))
+    / "crowd"
+    / "act_zencrowd_in"
+    / "answers.csv"
+)
 
 # Runs the CLI entry point in a fresh interpreter, then reports what it imported.
 PROBE = """
@@ -47,7 +50,12 @@ def commands(answers: Path, out_dir: Path) -> dict[str, list[str]]:
         "--version": ["--version"],
         "--help": ["--help"],
         f"aggregate -m ds {answers.parent.name}": [
-            "aggregate", str(answers), "-m", "ds", "-o", str(out_dir / "out.csv"),
+            "aggregate",
+            str(answers),
+            "-m",
+            "ds",
+            "-o",
+            str(out_dir / "out.csv"),
         ],
     }
 
@@ -55,8 +63,9 @@ def commands(answers: Path, out_dir: Path) -> dict[str, list[str]]:
 def time_once(src: Path, args: list[str]) -> tuple[float, int, str]:
     env = {**os.environ, "PYTHONPATH": str(src)}
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", PROBE, *args], env=env, capture_output=True,
-                          text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, *args], env=env, capture_output=True, text=True, check=False
+    )
     seconds = time.perf_counter() - start
     probe = [line for line in proc.stderr.splitlines() if line.startswith("PROBE ")]
     if not probe:
@@ -66,8 +75,10 @@ def time_once(src: Path, args: list[str]) -> tuple[float, int, str]:
 
 
 def baseline_tree(commit: str, where: Path) -> Path:
-    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "--quiet",
-                    str(where), commit], check=True)
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", "--quiet", str(where), commit],
+        check=True,
+    )
     return where
 
 
@@ -75,8 +86,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--baseline", default="ac09999", help="Commit to compare against.")
     parser.add_argument("--repeat", type=int, default=5, help="Runs per command and tree.")
-    parser.add_argument("--answers", type=Path, default=DEFAULT_ANSWERS,
-                        help="Crowd answers CSV (task,worker,label) for the aggregate row.")
+    parser.add_argument(
+        "--answers",
+        type=Path,
+        default=DEFAULT_ANSWERS,
+        help="Crowd answers CSV (task,worker,label) for the aggregate row.",
+    )
     args = parser.parse_args()
     if not args.answers.is_file():
         raise SystemExit(f"answers file not found: {args.answers} (pass --answers)")
@@ -92,8 +107,9 @@ def main() -> None:
                     for tree, src in trees.items():  # interleaved: load drifts hit both alike
                         results.setdefault((label, tree), []).append(time_once(src, cmd))
         finally:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base)],
-                           check=False)
+            subprocess.run(
+                ["git", "-C", str(REPO), "worktree", "remove", "--force", str(base)], check=False
+            )
     print_table(results, list(trees), args.repeat)
 
 
@@ -108,8 +124,10 @@ def print_table(results: dict, trees: list[str], repeat: int) -> None:
             times = [t for t, _, _ in runs]
             medians[tree] = statistics.median(times)
             _, n_modules, heavy = runs[-1]
-            print(f"{label:34} {tree:18} {medians[tree]:9.2f} {min(times):7.2f} "
-                  f"{n_modules:8d}  {heavy}")
+            print(
+                f"{label:34} {tree:18} {medians[tree]:9.2f} {min(times):7.2f} "
+                f"{n_modules:8d}  {heavy}"
+            )
         base, new = (medians[t] for t in trees)
         print(f"{'':34} {'speed-up':18} {base / new:8.1f}x")
 

@@ -64,26 +64,34 @@ from cxrlabel.storage.models import (
 )
 
 
-def open_pages_at(db_url: str, now: datetime, usernames: list[str]
-                  ) -> tuple[int, dict[int, tuple[int, datetime, list[int]]]]:
+def open_pages_at(
+    db_url: str, now: datetime, usernames: list[str]
+) -> tuple[int, dict[int, tuple[int, datetime, list[int]]]]:
     """(open pages at ``now``, and of those the ones of ``usernames``: page id -> (user id,
     expires_at, work image ids))."""
     db = Database(db_url)
     try:
         with db.session() as s:
-            pages = s.scalars(select(Page).where(Page.submitted_at.is_(None),
-                                                 Page.expires_at > now)).all()
+            pages = s.scalars(
+                select(Page).where(Page.submitted_at.is_(None), Page.expires_at > now)
+            ).all()
             mine = set(s.scalars(select(User.id).where(User.username.in_(usernames))))
             return len(pages), {
-                p.id: (p.user_id, as_utc(p.expires_at),
-                       [i.image_id for i in p.items if not i.is_gold])
-                for p in pages if p.user_id in mine}
+                p.id: (
+                    p.user_id,
+                    as_utc(p.expires_at),
+                    [i.image_id for i in p.items if not i.is_gold],
+                )
+                for p in pages
+                if p.user_id in mine
+            }
     finally:
         db.dispose()
 
 
-def orphan_check(db_url: str, orphans: dict[int, tuple[int, datetime, list[int]]]
-                 ) -> dict[str, Any]:
+def orphan_check(
+    db_url: str, orphans: dict[int, tuple[int, datetime, list[int]]]
+) -> dict[str, Any]:
     """Each work image on an abandoned page: served again after the page expired, or no longer
     needing judgments. The abandoned pages themselves must be unsubmitted and expired."""
     db = Database(db_url)
@@ -98,25 +106,37 @@ def orphan_check(db_url: str, orphans: dict[int, tuple[int, datetime, list[int]]
                     still_reserved += 1
                 for image_id in images:
                     again = s.scalar(
-                        select(func.count(PageItem.id)).join(Page, Page.id == PageItem.page_id)
-                        .where(PageItem.image_id == image_id, Page.id != page_id,
-                               Page.served_at >= expires))
+                        select(func.count(PageItem.id))
+                        .join(Page, Page.id == PageItem.page_id)
+                        .where(
+                            PageItem.image_id == image_id,
+                            Page.id != page_id,
+                            Page.served_at >= expires,
+                        )
+                    )
                     image = s.get(Image, image_id)
                     if again:
                         served_again += 1
-                    elif (image.status != ImageStatus.NEEDS_JUDGMENTS
-                          or image.trusted_judgments >= image.judgment_target):
+                    elif (
+                        image.status != ImageStatus.NEEDS_JUDGMENTS
+                        or image.trusted_judgments >= image.judgment_target
+                    ):
                         finished += 1
                     else:
                         stuck += 1
                         stuck_ids.append(image_id)
     finally:
         db.dispose()
-    return {"abandoned_pages": len(orphans),
-            "abandoned_images": served_again + finished + stuck,
-            "served_again_after_expiry": served_again, "no_longer_needed": finished,
-            "stuck": stuck, "stuck_ids": stuck_ids[:10], "still_reserved_pages": still_reserved,
-            "ok": stuck == 0 and still_reserved == 0}
+    return {
+        "abandoned_pages": len(orphans),
+        "abandoned_images": served_again + finished + stuck,
+        "served_again_after_expiry": served_again,
+        "no_longer_needed": finished,
+        "stuck": stuck,
+        "stuck_ids": stuck_ids[:10],
+        "still_reserved_pages": still_reserved,
+        "ok": stuck == 0 and still_reserved == 0,
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -125,8 +145,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"{data_dir} is not empty: give a fresh --data-dir")
     data_dir.mkdir(parents=True, exist_ok=True)
     if args.seconds < args.kill_at + args.down_s + args.reservation_s + 15:
-        raise SystemExit("--seconds must leave the load running past the reservation time "
-                         "after the restart (kill-at + down-s + reservation-s + 15)")
+        raise SystemExit(
+            "--seconds must leave the load running past the reservation time "
+            "after the restart (kill-at + down-s + reservation-s + 15)"
+        )
     cluster, db_url = None, args.db
     if args.pg and not db_url:
         sys.path.insert(0, str(HERE.parent / "tests"))
@@ -137,8 +159,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         db_url = cluster.create_database()
     try:
         url, usernames, tokens, gold = prepare(
-            data_dir, db_url, images=args.images, gold=args.gold, annotators=args.annotators,
-            spec_edits={"reservation_minutes": f"{args.reservation_s / 60:.4f}"})
+            data_dir,
+            db_url,
+            images=args.images,
+            gold=args.gold,
+            annotators=args.annotators,
+            spec_edits={"reservation_minutes": f"{args.reservation_s / 60:.4f}"},
+        )
         server = Server(data_dir, db_url, args.workers, free_port(), data_dir / "server.log")
         server.start()
         events: dict[str, Any] = {}
@@ -154,20 +181,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 a.walk_away = asyncio.Event()
                 a.walk_away.set()
             n_open, orphans = await asyncio.to_thread(
-                open_pages_at, url, killed, [usernames[a.index] for a in walkers])
+                open_pages_at, url, killed, [usernames[a.index] for a in walkers]
+            )
             events["orphans"], events["open_pages_at_kill"] = orphans, n_open
             await asyncio.sleep(args.down_s)
             await asyncio.to_thread(server.start)
             events["restarted_at_s"] = round(time.perf_counter() - start, 1)
             events["downtime_s"] = round((datetime.now(UTC) - killed).total_seconds(), 1)
 
-        cfg = LoadConfig(annotators=args.annotators, seconds=args.seconds,
-                         think_median_s=args.think_median_s,
-                         no_think_share=args.no_think_share, double_submit_share=0.05)
+        cfg = LoadConfig(
+            annotators=args.annotators,
+            seconds=args.seconds,
+            think_median_s=args.think_median_s,
+            no_think_share=args.no_think_share,
+            double_submit_share=0.05,
+        )
         stats, ledger = Stats(), Ledger()
         try:
-            info = asyncio.run(drive(server.url, JOB_NAME, tokens, gold, cfg, stats, ledger,
-                                     during=kill_and_restart))
+            info = asyncio.run(
+                drive(
+                    server.url, JOB_NAME, tokens, gold, cfg, stats, ledger, during=kill_and_restart
+                )
+            )
         finally:
             server.stop()
         orphans = events.get("orphans", {})
@@ -190,12 +225,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     fig = figures(stats, info)
     connection_errors = sum(n for k, n in stats.errors.items() if ":http_" not in k)
     result = {
-        "bench": "crash-kill9", "db": "postgresql" if db_url else "sqlite",
-        "workers": args.workers, "annotators": args.annotators, "job_id": job_id,
-        **{k: v for k, v in events.items() if k != "orphans"}, **info, **fig,
+        "bench": "crash-kill9",
+        "db": "postgresql" if db_url else "sqlite",
+        "workers": args.workers,
+        "annotators": args.annotators,
+        "job_id": job_id,
+        **{k: v for k, v in events.items() if k != "orphans"},
+        **info,
+        **fig,
         "connection_errors_during_outage": connection_errors,
         "retried_submits_acknowledged": ledger.retried_after_error,
-        "verify": checked, "reservations": reserved,
+        "verify": checked,
+        "reservations": reserved,
         "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
     }
     # 5xx are allowed only as the dying server's last words; none after the restart is the

@@ -111,10 +111,13 @@ def copy_database(src_dir: Path, dst_dir: Path) -> None:
 
 
 def run_tree(src: Path, data_dir: Path, job: str, repeat: int) -> dict[str, list[float]]:
-    proc = subprocess.run([sys.executable, "-c", PROBE, str(data_dir), job, str(repeat)],
-                          env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin",
-                               "CXRLABEL_DATA_DIR": str(data_dir)},
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, str(data_dir), job, str(repeat)],
+        env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin", "CXRLABEL_DATA_DIR": str(data_dir)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise SystemExit(f"{src}: probe failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
@@ -129,8 +132,12 @@ def percentile(values: list[float], q: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", type=Path, required=True,
-                        help="Data dir of an installation with a worked job (SQLite).")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        required=True,
+        help="Data dir of an installation with a worked job (SQLite).",
+    )
     parser.add_argument("--job", default="pneumonia-pediatric")
     parser.add_argument("--baseline", default="main", help="Commit to compare against.")
     parser.add_argument("--repeat", type=int, default=10, help="Requests per route and round.")
@@ -140,8 +147,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dashboards-") as tmp:
         tmp_dir = Path(tmp)
         base = tmp_dir / "baseline"
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "--quiet",
-                        str(base), args.baseline], check=True)
+        subprocess.run(
+            [
+                "git",
+                "-C",
+                str(REPO),
+                "worktree",
+                "add",
+                "--detach",
+                "--quiet",
+                str(base),
+                args.baseline,
+            ],
+            check=True,
+        )
         try:
             trees = {f"baseline {args.baseline}": base / "src", "this tree": REPO / "src"}
             results: dict[tuple[str, str], list[float]] = {}
@@ -155,14 +174,17 @@ def main() -> None:
                         results.setdefault((route, tree), []).extend(times)
                         firsts.setdefault((route, tree), []).append(times[0])
         finally:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base)],
-                           check=False)
+            subprocess.run(
+                ["git", "-C", str(REPO), "worktree", "remove", "--force", str(base)], check=False
+            )
     print_table(results, firsts, list(trees), args)
 
 
 def print_table(results: dict, firsts: dict, trees: list[str], args: argparse.Namespace) -> None:
-    print(f"dashboards on job {args.job!r} ({args.data_dir}), {args.rounds * args.repeat} "
-          f"requests a route and tree ({args.rounds} rounds), ms")
+    print(
+        f"dashboards on job {args.job!r} ({args.data_dir}), {args.rounds * args.repeat} "
+        f"requests a route and tree ({args.rounds} rounds), ms"
+    )
     print(f"{'route':48} {'tree':16} {'first':>8} {'p50':>8} {'p95':>8} {'max':>8}")
     for route in dict.fromkeys(r for r, _ in results):
         p50s = {}
@@ -170,8 +192,10 @@ def print_table(results: dict, firsts: dict, trees: list[str], args: argparse.Na
             times = [t * 1000 for t in results[(route, tree)]]
             first = statistics.mean(firsts[(route, tree)]) * 1000
             p50s[tree] = percentile(times, 0.5)
-            print(f"{route[-48:]:48} {tree[:16]:16} {first:8.0f} {p50s[tree]:8.1f} "
-                  f"{percentile(times, 0.95):8.1f} {max(times):8.1f}")
+            print(
+                f"{route[-48:]:48} {tree[:16]:16} {first:8.0f} {p50s[tree]:8.1f} "
+                f"{percentile(times, 0.95):8.1f} {max(times):8.1f}"
+            )
         base, new = (p50s[t] for t in trees)
         print(f"{'':48} {'p50 speed-up':16} {base / new:8.1f}x")
 

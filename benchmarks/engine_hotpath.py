@@ -52,6 +52,7 @@ PAGE_SECONDS = 60.0  # simulated time an annotator spends on a page (no speed-tr
 
 # --- workload ------------------------------------------------------------------------------------
 
+
 @dataclass
 class Calls:
     """Durations (s) and SQL statement counts of one kind of call."""
@@ -112,8 +113,9 @@ def _bench_spec_text(order: str = "default") -> str:
     return text
 
 
-def _seed_job(db: Any, n_images: int, n_gold: int, seed: int,
-              order: str = "default") -> tuple[int, Any, dict[int, str]]:
+def _seed_job(
+    db: Any, n_images: int, n_gold: int, seed: int, order: str = "default"
+) -> tuple[int, Any, dict[int, str]]:
     """Job + image rows (no files: nothing here reads pixels); returns job id, spec, truth.
     With model ordering, 90 % of the images get a random model score."""
     from sqlalchemy import insert, select
@@ -125,8 +127,11 @@ def _seed_job(db: Any, n_images: int, n_gold: int, seed: int,
     spec = parse_job(text, "benchmark job")
     rng = random.Random(seed)
     with db.session() as s:
-        job = Job(name="bench-hotpath", spec_toml=text,
-                  spec_sha256=hashlib.sha256(text.encode()).hexdigest())
+        job = Job(
+            name="bench-hotpath",
+            spec_toml=text,
+            spec_sha256=hashlib.sha256(text.encode()).hexdigest(),
+        )
         s.add(job)
         s.flush()
         job_id = job.id
@@ -135,30 +140,50 @@ def _seed_job(db: Any, n_images: int, n_gold: int, seed: int,
         is_gold = i >= n_images
         label = "PNEUMONIA" if rng.random() < 0.74 else "NORMAL"
         sha = hashlib.sha256(f"hotpath:{seed}:{i}".encode()).hexdigest()
-        rows.append({
-            "job_id": job_id, "public_id": secrets.token_urlsafe(16),
-            "source_path": f"bench/{i}.png", "source_format": "png", "sha256": sha,
-            "pixel_sha256": sha, "phash": f"{i:016x}", "width": 512, "height": 512,
-            "patient_id": f"p{i}", "reference_label": label,
-            "rendition_path": f"r/{i}.jpg", "thumb_path": f"r/{i}-t.jpg",
-            "status": ImageStatus.GOLD if is_gold else ImageStatus.NEEDS_JUDGMENTS,
-            "judgment_target": 0 if is_gold else spec.judgments.min,
-            "trusted_judgments": 0, "burned_in_annotation": False,
-        })
+        rows.append(
+            {
+                "job_id": job_id,
+                "public_id": secrets.token_urlsafe(16),
+                "source_path": f"bench/{i}.png",
+                "source_format": "png",
+                "sha256": sha,
+                "pixel_sha256": sha,
+                "phash": f"{i:016x}",
+                "width": 512,
+                "height": 512,
+                "patient_id": f"p{i}",
+                "reference_label": label,
+                "rendition_path": f"r/{i}.jpg",
+                "thumb_path": f"r/{i}-t.jpg",
+                "status": ImageStatus.GOLD if is_gold else ImageStatus.NEEDS_JUDGMENTS,
+                "judgment_target": 0 if is_gold else spec.judgments.min,
+                "trusted_judgments": 0,
+                "burned_in_annotation": False,
+            }
+        )
         if order != "default" and rng.random() < 0.9:
             rows[-1]["model_score"] = rng.random()
         labels.append(label)
     with db.session() as s:
         for start in range(0, len(rows), 2000):
-            s.execute(insert(Image), rows[start:start + 2000])
+            s.execute(insert(Image), rows[start : start + 2000])
         ids = list(s.scalars(select(Image.id).where(Image.job_id == job_id).order_by(Image.id)))
         truth = dict(zip(ids, labels, strict=True))
-        s.execute(insert(GoldItem), [
-            {"job_id": job_id, "image_id": image_id, "accepted_answers": [truth[image_id]],
-             "reason": "reference label", "difficulty": "easy", "source": "reference",
-             "active": True}
-            for image_id in ids[n_images:]
-        ])
+        s.execute(
+            insert(GoldItem),
+            [
+                {
+                    "job_id": job_id,
+                    "image_id": image_id,
+                    "accepted_answers": [truth[image_id]],
+                    "reason": "reference label",
+                    "difficulty": "easy",
+                    "source": "reference",
+                    "active": True,
+                }
+                for image_id in ids[n_images:]
+            ],
+        )
     return job_id, spec, truth
 
 
@@ -173,8 +198,9 @@ class Annotator:
     page: Any = None  # (public id, answers) of the page being worked on
 
 
-def _answer(a: Annotator, truth: dict[int, str], image_id: int, is_gold: bool,
-            drift_after: int) -> tuple[str, str]:
+def _answer(
+    a: Annotator, truth: dict[int, str], image_id: int, is_gold: bool, drift_after: int
+) -> tuple[str, str]:
     other = {"NORMAL": "PNEUMONIA", "PNEUMONIA": "NORMAL"}
     right = truth[image_id]
     drifting = a.drifter and a.work_pages >= drift_after
@@ -209,8 +235,10 @@ def run_workload(url: str, args: argparse.Namespace) -> dict[str, Any]:
         with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text("ANALYZE"))
     counter = StatementCounter(db.engine)
-    calls = {k: Calls() for k in ("next", "submit", "quality", "quiz_next", "quiz_submit",
-                                  "removal_submit")}
+    calls = {
+        k: Calls()
+        for k in ("next", "submit", "quality", "quiz_next", "quiz_submit", "removal_submit")
+    }
 
     # Time the quality engine inside submit_page (submission calls it through the module).
     original = service.on_page_submitted
@@ -233,8 +261,13 @@ def run_workload(url: str, args: argparse.Namespace) -> dict[str, Any]:
             s.add(user)
             s.flush()
             join_job(s, job, spec, user, T0)
-            annotators.append(Annotator(user.id, random.Random(args.seed * 1000 + k),
-                                        drifter=args.drifters and k % 5 == 4))
+            annotators.append(
+                Annotator(
+                    user.id,
+                    random.Random(args.seed * 1000 + k),
+                    drifter=args.drifters and k % 5 == 4,
+                )
+            )
 
     started_all = time.perf_counter()
     pages = removals = 0
@@ -246,8 +279,7 @@ def run_workload(url: str, args: argparse.Namespace) -> dict[str, Any]:
             with counter.phase() as frame, db.session() as s:
                 t = time.perf_counter()
                 job, user = s.get(Job, job_id), s.get(User, a.user_id)
-                page, _reason = next_page_or_reason(s, job, spec, user, a.clock,
-                                                    rng=a.rng)
+                page, _reason = next_page_or_reason(s, job, spec, user, a.clock, rng=a.rng)
                 if page is None:
                     a.gone = True
                     continue
@@ -269,8 +301,9 @@ def run_workload(url: str, args: argparse.Namespace) -> dict[str, Any]:
             with counter.phase() as frame, db.session() as s:
                 t = time.perf_counter()
                 job, user = s.get(Job, job_id), s.get(User, a.user_id)
-                result = submit_page(s, job, spec, user, public_id, f"c-{public_id}", answers,
-                                     a.clock)
+                result = submit_page(
+                    s, job, spec, user, public_id, f"c-{public_id}", answers, a.clock
+                )
                 elapsed = time.perf_counter() - t
             a.clock += timedelta(seconds=5)
             pages += 1
@@ -293,15 +326,20 @@ def run_workload(url: str, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "code": str(Path(cxrlabel.__file__).resolve().parent.parent),
         "database": url.split(":", 1)[0],
-        "images": args.images, "gold": args.gold, "annotators": args.annotators,
+        "images": args.images,
+        "gold": args.gold,
+        "annotators": args.annotators,
         "order": args.order,
-        "pages_submitted": pages, "removals": removals, "wall_s": round(wall, 2),
+        "pages_submitted": pages,
+        "removals": removals,
+        "wall_s": round(wall, 2),
         "replay_matches": report.matched,
         "calls": {k: v.summary() for k, v in calls.items()},
     }
 
 
 # --- databases and the baseline ------------------------------------------------------------------
+
 
 @contextmanager
 def database_url(args: argparse.Namespace, workdir: Path) -> Iterator[str]:
@@ -333,8 +371,9 @@ def database_url(args: argparse.Namespace, workdir: Path) -> Iterator[str]:
 
 def extract_ref(ref: str, into: Path) -> Path:
     """``src/`` of a git commit, via ``git archive`` (reads the repository, changes nothing)."""
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "src"], check=True,
-                             capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", ref, "src"], check=True, capture_output=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into / "src"
 
@@ -343,11 +382,27 @@ def run_child(args: argparse.Namespace, pythonpath: Path | None, workdir: Path) 
     env = dict(os.environ)
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath) + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, __file__, "--child", "--workdir", str(workdir),
-           "--images", str(args.images), "--gold", str(args.gold),
-           "--annotators", str(args.annotators), "--pages", str(args.pages),
-           "--seed", str(args.seed), "--drift-after", str(args.drift_after),
-           "--order", args.order]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--workdir",
+        str(workdir),
+        "--images",
+        str(args.images),
+        "--gold",
+        str(args.gold),
+        "--annotators",
+        str(args.annotators),
+        "--pages",
+        str(args.pages),
+        "--seed",
+        str(args.seed),
+        "--drift-after",
+        str(args.drift_after),
+        "--order",
+        args.order,
+    ]
     if not args.drifters:
         cmd.append("--no-drifters")
     if args.postgres:
@@ -364,20 +419,26 @@ def run_child(args: argparse.Namespace, pythonpath: Path | None, workdir: Path) 
 
 # --- output --------------------------------------------------------------------------------------
 
-ROWS = (("next", "next page (work)"), ("submit", "submit (work)"),
-        ("quality", "  of which quality"), ("quiz_next", "next page (quiz)"),
-        ("quiz_submit", "submit (quiz)"), ("removal_submit", "submit causing removal"))
+ROWS = (
+    ("next", "next page (work)"),
+    ("submit", "submit (work)"),
+    ("quality", "  of which quality"),
+    ("quiz_next", "next page (quiz)"),
+    ("quiz_submit", "submit (quiz)"),
+    ("removal_submit", "submit causing removal"),
+)
 
 
 def print_table(runs: list[tuple[str, dict[str, Any]]]) -> None:
     for name, run in runs:
-        print(f"{name}: {run['code']} on {run['database']}, order {run.get('order')}, "
-              f"{run['images']} images, "
-              f"{run['annotators']} annotators, {run['pages_submitted']} pages, "
-              f"{run['removals']} removals, {run['wall_s']} s, replay matches: "
-              f"{run['replay_matches']}")
-    header = f"{'call':<24}" + "".join(
-        f"{name[:18]:>40}" for name, _ in runs)
+        print(
+            f"{name}: {run['code']} on {run['database']}, order {run.get('order')}, "
+            f"{run['images']} images, "
+            f"{run['annotators']} annotators, {run['pages_submitted']} pages, "
+            f"{run['removals']} removals, {run['wall_s']} s, replay matches: "
+            f"{run['replay_matches']}"
+        )
+    header = f"{'call':<24}" + "".join(f"{name[:18]:>40}" for name, _ in runs)
     print(header)
     print(f"{'':<24}" + "".join(f"{'mean / p50 / p95 ms, statements':>40}" for _ in runs))
     for key, label in ROWS:
@@ -387,8 +448,10 @@ def print_table(runs: list[tuple[str, dict[str, Any]]]) -> None:
             if not c.get("n"):
                 cells.append(f"{'-':>40}")
                 continue
-            cells.append(f"{c['mean_ms']:>10.2f} /{c['p50_ms']:>7.2f} /{c['p95_ms']:>8.2f}"
-                         f"  {c['statements']:>6.1f} (n={c['n']})".rjust(40))
+            cells.append(
+                f"{c['mean_ms']:>10.2f} /{c['p50_ms']:>7.2f} /{c['p95_ms']:>8.2f}"
+                f"  {c['statements']:>6.1f} (n={c['n']})".rjust(40)
+            )
         print(f"{label:<24}" + "".join(cells))
     if len(runs) == 2:
         (_, before), (_, after) = runs
@@ -396,8 +459,10 @@ def print_table(runs: list[tuple[str, dict[str, Any]]]) -> None:
         for key, label in ROWS:
             b, a = before["calls"][key], after["calls"][key]
             if b.get("n") and a.get("n") and a["mean_ms"] > 0:
-                print(f"  {label:<24}{b['mean_ms'] / a['mean_ms']:>6.2f}x   "
-                      f"{b['statements']:.1f} -> {a['statements']:.1f}")
+                print(
+                    f"  {label:<24}{b['mean_ms'] / a['mean_ms']:>6.2f}x   "
+                    f"{b['statements']:.1f} -> {a['statements']:.1f}"
+                )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -407,15 +472,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--annotators", type=int, default=20)
     ap.add_argument("--pages", type=int, default=40, help="work pages per annotator (at most)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--drift-after", type=int, default=15,
-                    help="work pages before a drifter turns careless")
+    ap.add_argument(
+        "--drift-after", type=int, default=15, help="work pages before a drifter turns careless"
+    )
     ap.add_argument("--no-drifters", dest="drifters", action="store_false")
-    ap.add_argument("--order", default="default", choices=("default", "model_uncertainty"),
-                    help="[assignment] order of the job (model scores are then seeded)")
+    ap.add_argument(
+        "--order",
+        default="default",
+        choices=("default", "model_uncertainty"),
+        help="[assignment] order of the job (model scores are then seeded)",
+    )
     ap.add_argument("--postgres", action="store_true", help="throwaway PostgreSQL cluster")
     ap.add_argument("--db", help="PostgreSQL server URL (a fresh database per run)")
-    ap.add_argument("--no-analyze", dest="analyze", action="store_false",
-                    help="PostgreSQL: time the first pages of a freshly loaded job (no ANALYZE)")
+    ap.add_argument(
+        "--no-analyze",
+        dest="analyze",
+        action="store_false",
+        help="PostgreSQL: time the first pages of a freshly loaded job (no ANALYZE)",
+    )
     ap.add_argument("--baseline-ref", help="git commit to compare with, in the same run")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

@@ -43,15 +43,24 @@ def run_one(source: Path, workers: int) -> dict:
         with db.session() as s:
             labels = Counter(s.scalars(select(Image.reference_label)))
         db.dispose()
-    me, kids = (resource.getrusage(resource.RUSAGE_SELF),
-                resource.getrusage(resource.RUSAGE_CHILDREN))
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
     own, children = me.ru_maxrss / 1024, kids.ru_maxrss / 1024
     return {
-        "workers": workers, "seconds": seconds, "images": summary.total,
-        "ingested": summary.ingested, "near_duplicates": len(summary.near_duplicates),
-        "exact_duplicates": len(summary.exact_duplicates), "failed": len(summary.failed),
-        "labels": dict(labels), "peak_rss_main_mib": own, "peak_rss_worker_mib": children,
-        "cpu_main_s": me.ru_utime + me.ru_stime, "cpu_workers_s": kids.ru_utime + kids.ru_stime,
+        "workers": workers,
+        "seconds": seconds,
+        "images": summary.total,
+        "ingested": summary.ingested,
+        "near_duplicates": len(summary.near_duplicates),
+        "exact_duplicates": len(summary.exact_duplicates),
+        "failed": len(summary.failed),
+        "labels": dict(labels),
+        "peak_rss_main_mib": own,
+        "peak_rss_worker_mib": children,
+        "cpu_main_s": me.ru_utime + me.ru_stime,
+        "cpu_workers_s": kids.ru_utime + kids.ru_stime,
     }
 
 
@@ -59,21 +68,27 @@ def measure(source: Path, workers: int) -> dict:
     """Run one configuration in a fresh interpreter (clean peak-RSS figures)."""
     out = subprocess.run(
         [sys.executable, __file__, "--child", "--workers", str(workers), "--source", str(source)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def report(name: str, r: dict) -> None:
     rate = r["images"] / r["seconds"]
-    print(f"{name:<34} {r['seconds']:7.1f} s  {rate:7.1f} images/s  "
-          f"peak RSS main {r['peak_rss_main_mib']:6.0f} MiB, per worker "
-          f"{r['peak_rss_worker_mib']:6.0f} MiB   ingested {r['ingested']} "
-          f"labels {r['labels']} near-dup {r['near_duplicates']} "
-          f"exact-dup {r['exact_duplicates']} failed {r['failed']}")
+    print(
+        f"{name:<34} {r['seconds']:7.1f} s  {rate:7.1f} images/s  "
+        f"peak RSS main {r['peak_rss_main_mib']:6.0f} MiB, per worker "
+        f"{r['peak_rss_worker_mib']:6.0f} MiB   ingested {r['ingested']} "
+        f"labels {r['labels']} near-dup {r['near_duplicates']} "
+        f"exact-dup {r['exact_duplicates']} failed {r['failed']}"
+    )
     # CPU seconds show how much of the wall time was ours on a shared machine.
-    print(f"{'':<34} CPU: main {r['cpu_main_s']:.1f} s (incl. start-up), workers "
-          f"{r['cpu_workers_s']:.1f} s")
+    print(
+        f"{'':<34} CPU: main {r['cpu_main_s']:.1f} s (incl. start-up), workers "
+        f"{r['cpu_workers_s']:.1f} s"
+    )
 
 
 def main() -> None:
@@ -81,8 +96,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--source", type=Path,
-                        default=shared_data_dir() / "kermany" / "images")
+    parser.add_argument("--source", type=Path, default=shared_data_dir() / "kermany" / "images")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -66,6 +66,7 @@ RETRY_PAUSE_S = 0.5
 
 # --- server ------------------------------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -75,8 +76,9 @@ def free_port() -> int:
 class Server:
     """``cxrlabel serve`` in its own process group (so kill -9 reaches every worker)."""
 
-    def __init__(self, data_dir: Path, db_url: str | None, workers: int, port: int,
-                 log: Path) -> None:
+    def __init__(
+        self, data_dir: Path, db_url: str | None, workers: int, port: int, log: Path
+    ) -> None:
         self.data_dir, self.db_url, self.workers, self.port = data_dir, db_url, workers, port
         self.log = log
         self.proc: subprocess.Popen | None = None
@@ -89,13 +91,21 @@ class Server:
         cmd = [sys.executable, "-m", "cxrlabel.cli", "--data-dir", str(self.data_dir)]
         if self.db_url:
             cmd += ["--db", self.db_url]
-        cmd += ["serve", "--host", "127.0.0.1", "--port", str(self.port),
-                "--workers", str(self.workers)]
+        cmd += [
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
+        ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("CXRLABEL_DB", None)
         with self.log.open("ab") as fh:
-            self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -131,6 +141,7 @@ class Server:
 
 # --- the annotator -----------------------------------------------------------------------------
 
+
 @dataclass
 class Ledger:
     """What clients were told: page public id -> judgments saved (from 200 responses)."""
@@ -144,8 +155,15 @@ class Ledger:
 class ReliableAnnotator(Annotator):
     """The performance client's annotator with think time, double submits and retries."""
 
-    def __init__(self, *args: Any, ledger: Ledger, think_median_s: float, no_think: bool,
-                 double_submit_share: float, **kw: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        ledger: Ledger,
+        think_median_s: float,
+        no_think: bool,
+        double_submit_share: float,
+        **kw: Any,
+    ) -> None:
         super().__init__(*args, **kw)
         self.ledger, self.think_median_s, self.no_think = ledger, think_median_s, no_think
         self.double_submit_share = double_submit_share
@@ -219,8 +237,10 @@ class ReliableAnnotator(Annotator):
                 await asyncio.sleep(min(pause, max(0.0, deadline - time.perf_counter()) + 1))
             if self.gone():
                 break  # the page stays reserved until it expires
-            submit = {"client_submission_id": page["client_submission_id"],
-                      "answers": self._answers(page)}
+            submit = {
+                "client_submission_id": page["client_submission_id"],
+                "answers": self._answers(page),
+            }
             result = await self._submit_until_acked(page, submit, deadline)
             if result is None:
                 continue
@@ -228,8 +248,11 @@ class ReliableAnnotator(Annotator):
             if self.rng.random() < self.double_submit_share:
                 self.ledger.replays_expected += 1
                 again = await self._submit_until_acked(page, submit, deadline)
-                if again is not None and again.get("replayed") and \
-                        again.get("saved") == result.get("saved"):
+                if (
+                    again is not None
+                    and again.get("replayed")
+                    and again.get("saved") == result.get("saved")
+                ):
                     self.ledger.replays_ok += 1
             self.stats.loops += 1
             self.stats.judgments_acked += int(result["saved"])
@@ -240,68 +263,119 @@ class ReliableAnnotator(Annotator):
 
 # --- checks ------------------------------------------------------------------------------------
 
-def check_database(db: Database, job_name: str, usernames: list[str], ledger: Ledger,
-                   warmup_pages: dict[str, int]) -> dict[str, Any]:
+
+def check_database(
+    db: Database, job_name: str, usernames: list[str], ledger: Ledger, warmup_pages: dict[str, int]
+) -> dict[str, Any]:
     """Lost, duplicated, half-stored and over-target work, plus a replay of the quality log."""
     acked = {**warmup_pages, **ledger.acked}
     with db.session() as s:
         job = s.scalar(select(Job).where(Job.name == job_name))
         spec = spec_from_job_row(job)
         users = select(User.id).where(User.username.in_(usernames))
-        per_page = dict(s.execute(
-            select(Page.public_id, func.count(Judgment.id))
-            .join(Judgment, Judgment.page_id == Page.id)
-            .where(Page.job_id == job.id, Page.user_id.in_(users))
-            .group_by(Page.public_id)).all())
-        items = dict(s.execute(
-            select(Page.public_id, func.count(PageItem.id))
-            .join(PageItem, PageItem.page_id == Page.id)
-            .where(Page.job_id == job.id, Page.user_id.in_(users),
-                   Page.submitted_at.is_not(None))
-            .group_by(Page.public_id)).all())
-        submissions = dict(s.execute(
-            select(Page.public_id, func.count(Submission.id))
-            .join(Submission, Submission.page_id == Page.id)
-            .where(Page.job_id == job.id, Page.user_id.in_(users))
-            .group_by(Page.public_id)).all())
-        duplicates = int(s.scalar(select(func.count()).select_from(
-            select(Judgment.user_id, Judgment.image_id)
-            .where(Judgment.job_id == job.id)
-            .group_by(Judgment.user_id, Judgment.image_id)
-            .having(func.count() > 1).subquery())) or 0)
-        work = (select(Judgment.image_id, func.count().label("n"))
-                .where(Judgment.job_id == job.id, Judgment.is_gold.is_(False),
-                       Judgment.tainted.is_(False))
-                .group_by(Judgment.image_id).subquery())
-        over_target = int(s.scalar(
-            select(func.count()).select_from(work).join(Image, Image.id == work.c.image_id)
-            .where((work.c.n > Image.judgment_target) | (work.c.n > spec.judgments.max))) or 0)
-        over_target_status = int(s.scalar(select(func.count(Image.id)).where(
-            Image.job_id == job.id, Image.status != ImageStatus.GOLD,
-            Image.trusted_judgments > Image.judgment_target)) or 0)
+        per_page = dict(
+            s.execute(
+                select(Page.public_id, func.count(Judgment.id))
+                .join(Judgment, Judgment.page_id == Page.id)
+                .where(Page.job_id == job.id, Page.user_id.in_(users))
+                .group_by(Page.public_id)
+            ).all()
+        )
+        items = dict(
+            s.execute(
+                select(Page.public_id, func.count(PageItem.id))
+                .join(PageItem, PageItem.page_id == Page.id)
+                .where(
+                    Page.job_id == job.id, Page.user_id.in_(users), Page.submitted_at.is_not(None)
+                )
+                .group_by(Page.public_id)
+            ).all()
+        )
+        submissions = dict(
+            s.execute(
+                select(Page.public_id, func.count(Submission.id))
+                .join(Submission, Submission.page_id == Page.id)
+                .where(Page.job_id == job.id, Page.user_id.in_(users))
+                .group_by(Page.public_id)
+            ).all()
+        )
+        duplicates = int(
+            s.scalar(
+                select(func.count()).select_from(
+                    select(Judgment.user_id, Judgment.image_id)
+                    .where(Judgment.job_id == job.id)
+                    .group_by(Judgment.user_id, Judgment.image_id)
+                    .having(func.count() > 1)
+                    .subquery()
+                )
+            )
+            or 0
+        )
+        work = (
+            select(Judgment.image_id, func.count().label("n"))
+            .where(
+                Judgment.job_id == job.id, Judgment.is_gold.is_(False), Judgment.tainted.is_(False)
+            )
+            .group_by(Judgment.image_id)
+            .subquery()
+        )
+        over_target = int(
+            s.scalar(
+                select(func.count())
+                .select_from(work)
+                .join(Image, Image.id == work.c.image_id)
+                .where((work.c.n > Image.judgment_target) | (work.c.n > spec.judgments.max))
+            )
+            or 0
+        )
+        over_target_status = int(
+            s.scalar(
+                select(func.count(Image.id)).where(
+                    Image.job_id == job.id,
+                    Image.status != ImageStatus.GOLD,
+                    Image.trusted_judgments > Image.judgment_target,
+                )
+            )
+            or 0
+        )
         replay = verify_replay(s, job, spec)
     lost = {pid: n for pid, n in acked.items() if per_page.get(pid, 0) != n}
-    half = {pid: (per_page.get(pid, 0), n) for pid, n in items.items()
-            if per_page.get(pid, 0) != n or submissions.get(pid, 0) != 1}
+    half = {
+        pid: (per_page.get(pid, 0), n)
+        for pid, n in items.items()
+        if per_page.get(pid, 0) != n or submissions.get(pid, 0) != 1
+    }
     unacked = sorted(set(per_page) - set(acked))  # stored, but the client never heard back
     stored = sum(per_page.values())
     out = {
-        "acknowledged_pages": len(acked), "acknowledged_judgments": sum(acked.values()),
-        "stored_judgments": stored, "lost_pages": len(lost), "lost_judgments":
-            sum(n - per_page.get(pid, 0) for pid, n in lost.items()),
+        "acknowledged_pages": len(acked),
+        "acknowledged_judgments": sum(acked.values()),
+        "stored_judgments": stored,
+        "lost_pages": len(lost),
+        "lost_judgments": sum(n - per_page.get(pid, 0) for pid, n in lost.items()),
         "stored_not_acknowledged_pages": len(unacked),
-        "half_stored_pages": len(half), "duplicate_judgments": duplicates,
+        "half_stored_pages": len(half),
+        "duplicate_judgments": duplicates,
         "images_over_target": over_target + over_target_status,
-        "replay_matched": replay.matched, "replay_differences": replay.differences[:5],
+        "replay_matched": replay.matched,
+        "replay_differences": replay.differences[:5],
         "replay_events": replay.events,
-        "double_submits": ledger.replays_expected, "double_submits_replayed": ledger.replays_ok,
+        "double_submits": ledger.replays_expected,
+        "double_submits_replayed": ledger.replays_ok,
     }
-    out["ok"] = (not lost and not half and duplicates == 0 and out["images_over_target"] == 0
-                 and replay.matched and ledger.replays_ok == ledger.replays_expected)
+    out["ok"] = (
+        not lost
+        and not half
+        and duplicates == 0
+        and out["images_over_target"] == 0
+        and replay.matched
+        and ledger.replays_ok == ledger.replays_expected
+    )
     return out
 
 
 # --- the run -----------------------------------------------------------------------------------
+
 
 @dataclass
 class LoadConfig:
@@ -314,21 +388,45 @@ class LoadConfig:
     seed: int = 1
 
 
-async def drive(url: str, job: str, tokens: list[str], gold: dict[str, str], cfg: LoadConfig,
-                stats: Stats, ledger: Ledger, *, during: Any = None) -> dict[str, Any]:
+async def drive(
+    url: str,
+    job: str,
+    tokens: list[str],
+    gold: dict[str, str],
+    cfg: LoadConfig,
+    stats: Stats,
+    ledger: Ledger,
+    *,
+    during: Any = None,
+) -> dict[str, Any]:
     """Warm up every annotator (quiz), then run the loop for ``cfg.seconds``. ``during`` is an
     optional coroutine function ``(start_time, annotators) -> None`` run alongside (the crash
     run's kill -9)."""
     args = argparse.Namespace(max_loops=10**9, think_ms=0)
     limits = httpx.Limits(max_connections=6, max_keepalive_connections=6)
-    clients = [httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(cfg.request_timeout),
-                                 limits=limits, headers={"Authorization": f"Bearer {t}"})
-               for t in tokens]
+    clients = [
+        httpx.AsyncClient(
+            base_url=url,
+            timeout=httpx.Timeout(cfg.request_timeout),
+            limits=limits,
+            headers={"Authorization": f"Bearer {t}"},
+        )
+        for t in tokens
+    ]
     n_fast = round(cfg.no_think_share * len(tokens))
     workers = [
-        ReliableAnnotator(i, c, job, gold, stats, args, ledger=ledger,
-                          think_median_s=cfg.think_median_s, no_think=i < n_fast,
-                          double_submit_share=cfg.double_submit_share)
+        ReliableAnnotator(
+            i,
+            c,
+            job,
+            gold,
+            stats,
+            args,
+            ledger=ledger,
+            think_median_s=cfg.think_median_s,
+            no_think=i < n_fast,
+            double_submit_share=cfg.double_submit_share,
+        )
         for i, c in enumerate(clients)
     ]
     try:
@@ -345,10 +443,14 @@ async def drive(url: str, job: str, tokens: list[str], gold: dict[str, str], cfg
         elapsed = time.perf_counter() - start
     finally:
         await asyncio.gather(*(c.aclose() for c in clients))
-    return {"elapsed_s": round(elapsed, 1), "warmup_s": round(warm, 1),
-            "annotators_active": len(active), "annotators_no_think": n_fast,
-            "loadavg_start": [round(x, 2) for x in load0],
-            "loadavg_end": [round(x, 2) for x in os.getloadavg()]}
+    return {
+        "elapsed_s": round(elapsed, 1),
+        "warmup_s": round(warm, 1),
+        "annotators_active": len(active),
+        "annotators_no_think": n_fast,
+        "loadavg_start": [round(x, 2) for x in load0],
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def figures(stats: Stats, info: dict[str, Any]) -> dict[str, Any]:
@@ -357,20 +459,29 @@ def figures(stats: Stats, info: dict[str, Any]) -> dict[str, Any]:
     return {
         "latency": {k: summary(v) for k, v in stats.latency.items()},
         "throughput": {
-            "requests_per_s": round(sum(len(v) for k, v in stats.latency.items()
-                                        if k != "loop") / elapsed, 1),
+            "requests_per_s": round(
+                sum(len(v) for k, v in stats.latency.items() if k != "loop") / elapsed, 1
+            ),
             "pages_per_s": round(stats.loops / elapsed, 2),
             "judgments_per_s": round(stats.judgments_acked / elapsed, 1),
             "work_judgments_per_s": round(stats.work_acked / elapsed, 1),
             "submits_per_s": round(len(stats.latency["submit"]) / elapsed, 2),
         },
-        "errors": dict(stats.errors), "http_5xx": five_xx, "stopped": dict(stats.stopped),
+        "errors": dict(stats.errors),
+        "http_5xx": five_xx,
+        "stopped": dict(stats.stopped),
     }
 
 
-def prepare(data_dir: Path, db_url: str | None, *, images: int, gold: int,
-            annotators: int, spec_edits: dict[str, str] | None = None,
-            ) -> tuple[str, list[str], list[str], dict[str, str]]:
+def prepare(
+    data_dir: Path,
+    db_url: str | None,
+    *,
+    images: int,
+    gold: int,
+    annotators: int,
+    spec_edits: dict[str, str] | None = None,
+) -> tuple[str, list[str], list[str], dict[str, str]]:
     """A fresh job; returns (database url, usernames, tokens, gold answers)."""
     import hashlib
     import re
@@ -403,7 +514,8 @@ def warmup_pages(db_url: str, usernames: list[str]) -> dict[str, int]:
                 .join(Judgment, Judgment.page_id == Page.id)
                 .join(User, User.id == Page.user_id)
                 .where(User.username.in_(usernames), Page.kind == "quiz")
-                .group_by(Page.public_id)).all()
+                .group_by(Page.public_id)
+            ).all()
         return dict(rows)
     finally:
         db.dispose()
@@ -425,13 +537,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         db_url = cluster.create_database()
     try:
         url, usernames, tokens, gold = prepare(
-            data_dir, db_url, images=args.images, gold=args.gold, annotators=args.annotators)
-        server = Server(data_dir, db_url, args.workers, args.port or free_port(),
-                        data_dir / "server.log")
+            data_dir, db_url, images=args.images, gold=args.gold, annotators=args.annotators
+        )
+        server = Server(
+            data_dir, db_url, args.workers, args.port or free_port(), data_dir / "server.log"
+        )
         server.start()
-        cfg = LoadConfig(annotators=args.annotators, seconds=args.seconds,
-                         think_median_s=args.think_median_s, no_think_share=args.no_think_share,
-                         double_submit_share=args.double_submit_share)
+        cfg = LoadConfig(
+            annotators=args.annotators,
+            seconds=args.seconds,
+            think_median_s=args.think_median_s,
+            no_think_share=args.no_think_share,
+            double_submit_share=args.double_submit_share,
+        )
         stats, ledger = Stats(), Ledger()
         try:
             info = asyncio.run(drive(server.url, JOB_NAME, tokens, gold, cfg, stats, ledger))
@@ -447,27 +565,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if cluster is not None:
             cluster.stop()
     result = {
-        "bench": "reliability-load", "db": "postgresql" if db_url else "sqlite",
-        "workers": args.workers, "annotators": args.annotators,
-        "think_median_s": args.think_median_s, "no_think_share": args.no_think_share,
-        "images": args.images, "gold": args.gold, **info, **figures(stats, info),
-        "verify": checked, "uptime": subprocess.run(["uptime"], capture_output=True,
-                                                    text=True).stdout.strip(),
+        "bench": "reliability-load",
+        "db": "postgresql" if db_url else "sqlite",
+        "workers": args.workers,
+        "annotators": args.annotators,
+        "think_median_s": args.think_median_s,
+        "no_think_share": args.no_think_share,
+        "images": args.images,
+        "gold": args.gold,
+        **info,
+        **figures(stats, info),
+        "verify": checked,
+        "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
     }
-    result["ok"] = (checked["ok"] and result["http_5xx"] == 0
-                    and result["annotators_active"] == args.annotators)
+    result["ok"] = (
+        checked["ok"] and result["http_5xx"] == 0 and result["annotators_active"] == args.annotators
+    )
     return result
 
 
 def print_human(r: dict[str, Any]) -> None:
-    lines = [f"reliability load: {r['annotators']} annotators ({r['annotators_active']} active "
-             f"after the quiz, {r['annotators_no_think']} without think time), {r['db']}, "
-             f"{r['workers']} worker(s), {r['elapsed_s']} s (warm-up {r['warmup_s']} s)",
-             f"  {r['uptime']}",
-             "  endpoint   count     p50 ms    p95 ms    p99 ms"]
+    lines = [
+        f"reliability load: {r['annotators']} annotators ({r['annotators_active']} active "
+        f"after the quiz, {r['annotators_no_think']} without think time), {r['db']}, "
+        f"{r['workers']} worker(s), {r['elapsed_s']} s (warm-up {r['warmup_s']} s)",
+        f"  {r['uptime']}",
+        "  endpoint   count     p50 ms    p95 ms    p99 ms",
+    ]
     for name, s in r["latency"].items():
-        lines.append(f"  {name:<9}{s['count']:>7}{s['p50_ms'] or 0:>11}{s['p95_ms'] or 0:>10}"
-                     f"{s['p99_ms'] or 0:>10}")
+        lines.append(
+            f"  {name:<9}{s['count']:>7}{s['p50_ms'] or 0:>11}{s['p95_ms'] or 0:>10}"
+            f"{s['p99_ms'] or 0:>10}"
+        )
     lines.append(f"  throughput {r['throughput']}")
     lines.append(f"  errors {r['errors']}  5xx {r['http_5xx']}  stopped {r['stopped']}")
     lines.append(f"  verify {r['verify']}")

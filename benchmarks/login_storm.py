@@ -117,15 +117,19 @@ async def storm(base: str, clients: int, seconds: float) -> dict:
 
         await asyncio.gather(*(one() for _ in range(clients)))
     others = Counter(c for c in codes if c not in (401, 503))  # 0 = network error/timeout
-    return {"logins_401": codes.count(401), "logins_503": codes.count(503),
-            "logins_other": dict(others)}
+    return {
+        "logins_401": codes.count(401),
+        "logins_503": codes.count(503),
+        "logins_other": dict(others),
+    }
 
 
 async def measure(base: str, seconds: float) -> dict:
     async with httpx.AsyncClient(base_url=base, timeout=120) as me:
         token = csrf((await me.get("/login")).text)
-        r = await me.post("/login", data={"username": USERNAME, "password": PASSWORD,
-                                          "csrf_token": token})
+        r = await me.post(
+            "/login", data={"username": USERNAME, "password": PASSWORD, "csrf_token": token}
+        )
         assert r.status_code == 303, r.status_code
         latencies, end = [], time.monotonic() + seconds
         while time.monotonic() < end:
@@ -135,24 +139,48 @@ async def measure(base: str, seconds: float) -> dict:
             assert r.status_code == 200, r.status_code
             await asyncio.sleep(0.05)
     latencies.sort()
-    return {"requests": len(latencies),
-            "p50_ms": round(statistics.median(latencies), 1),
-            "p95_ms": round(latencies[int(0.95 * (len(latencies) - 1))], 1),
-            "max_ms": round(latencies[-1], 1)}
+    return {
+        "requests": len(latencies),
+        "p50_ms": round(statistics.median(latencies), 1),
+        "p95_ms": round(latencies[int(0.95 * (len(latencies) - 1))], 1),
+        "max_ms": round(latencies[-1], 1),
+    }
 
 
 def run_mode(data_dir: Path, mode: str, clients: int, seconds: float) -> dict:
     port = free_port()
     env = {**os.environ, "CXRLABEL_DATA_DIR": str(data_dir)}
-    server = subprocess.Popen([sys.executable, __file__, "--serve", mode, "--data-dir",
-                               str(data_dir), "--port", str(port)], env=env)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--serve",
+            mode,
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            str(port),
+        ],
+        env=env,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         asyncio.run(wait_up(base))
         quiet = asyncio.run(measure(base, min(seconds, 3.0)))
         attackers = subprocess.Popen(
-            [sys.executable, __file__, "--storm-client", base, "--storm", str(clients),
-             "--seconds", str(seconds + 2)], stdout=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                __file__,
+                "--storm-client",
+                base,
+                "--storm",
+                str(clients),
+                "--seconds",
+                str(seconds + 2),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(1.0)  # let the storm fill the queues
         loaded = asyncio.run(measure(base, seconds))
         out, _ = attackers.communicate(timeout=seconds + 120)
@@ -184,11 +212,15 @@ def main() -> None:
         prepare(data_dir)
         rows = [run_mode(data_dir, mode, args.storm, seconds) for mode in ("baseline", "capped")]
     print(f"GET /account while {args.storm} clients send wrong passwords ({seconds:.0f} s each)")
-    print(f"{'mode':10} {'quiet p50':>9} {'p50':>8} {'p95':>8} {'max':>8} {'n':>5} "
-          f"{'401s':>6} {'503s':>6}")
+    print(
+        f"{'mode':10} {'quiet p50':>9} {'p50':>8} {'p95':>8} {'max':>8} {'n':>5} "
+        f"{'401s':>6} {'503s':>6}"
+    )
     for r in rows:
-        print(f"{r['mode']:10} {r['quiet_p50_ms']:>9} {r['p50_ms']:>8} {r['p95_ms']:>8} "
-              f"{r['max_ms']:>8} {r['requests']:>5} {r['logins_401']:>6} {r['logins_503']:>6}")
+        print(
+            f"{r['mode']:10} {r['quiet_p50_ms']:>9} {r['p50_ms']:>8} {r['p95_ms']:>8} "
+            f"{r['max_ms']:>8} {r['requests']:>5} {r['logins_401']:>6} {r['logins_503']:>6}"
+        )
     print(json.dumps(rows))
 
 

@@ -68,7 +68,7 @@ def speed(model_dir: Path, meta: dict, pixels: np.ndarray, threads: int) -> dict
     out["torch_images_per_s"] = len(pixels) / (time.perf_counter() - t0)
     t0 = time.perf_counter()
     for start in range(0, len(pixels), 32):
-        onnx.probabilities(pixels[start:start + 32])
+        onnx.probabilities(pixels[start : start + 32])
     out["onnx_images_per_s"] = len(pixels) / (time.perf_counter() - t0)
     return out
 
@@ -91,10 +91,17 @@ def transfer_check(y, p, groups, n_splits: int = 10, seed: int = 0) -> list[dict
         a = np.array([g in half for g in groups])
         ops = calibrate.choose_operating_points(y[a], p[a], groups[a], n_boot=200)
         sens, spec = metrics.sensitivity_specificity(y[~a], p[~a], ops.flag.chosen)
-        rows.append({"flag": ops.flag.chosen, "clear": ops.clear.chosen,
-                     "sens": sens, "spec": spec,
-                     "npv": metrics.negative_predictive_value(
-                         y[~a], p[~a], min(ops.clear.chosen, ops.flag.chosen))})
+        rows.append(
+            {
+                "flag": ops.flag.chosen,
+                "clear": ops.clear.chosen,
+                "sens": sens,
+                "spec": spec,
+                "npv": metrics.negative_predictive_value(
+                    y[~a], p[~a], min(ops.clear.chosen, ops.flag.chosen)
+                ),
+            }
+        )
     return rows
 
 
@@ -133,26 +140,36 @@ def crowd_notes(export_dir: Path, sim_json: Path | None) -> str:
             f"({sim['trusted_judgments_per_image']:.2f} trusted); "
             f"{sim['expert_review_fraction']:.1%} of images labelled by the simulated "
             f"radiologist; {sim['annotators_removed']} of {sim['annotators_arrived']} "
-            "annotators removed.")
+            "annotators removed."
+        )
     readme = export_dir / "README.md"
     if readme.is_file():
         sections = re.split(r"(?m)^(?=## )", readme.read_text(encoding="utf-8"))
-        notes += [s.strip() for s in sections
-                  if s.startswith(("## Labeling process", "## Quality figures"))]
+        notes += [
+            s.strip()
+            for s in sections
+            if s.startswith(("## Labeling process", "## Quality figures"))
+        ]
     return "\n\n".join(notes)
 
 
 def build_dataset(args: argparse.Namespace, manifest: Path, dataset: Path) -> dict:
     if args.labels == "expert":
-        return build_reference_dataset(manifest, dataset, seed=args.split_seed,
-                                       label_noise=args.label_noise, limit=args.limit)
+        return build_reference_dataset(
+            manifest, dataset, seed=args.split_seed, label_noise=args.label_noise, limit=args.limit
+        )
     export_dir = Path(args.labels.removeprefix("crowd:"))
     if not args.labels.startswith("crowd:") or not args.crowd_db:
         sys.exit("--labels is 'expert' or 'crowd:EXPORT_DIR' (with --crowd-db)")
     crowd = read_crowd_export(export_dir, export_source_names(args.crowd_db))
-    return build_reference_dataset(manifest, dataset, seed=args.split_seed, limit=args.limit,
-                                   crowd=crowd, crowd_notes=crowd_notes(export_dir,
-                                                                        args.crowd_sim))
+    return build_reference_dataset(
+        manifest,
+        dataset,
+        seed=args.split_seed,
+        limit=args.limit,
+        crowd=crowd,
+        crowd_notes=crowd_notes(export_dir, args.crowd_sim),
+    )
 
 
 def main() -> None:
@@ -161,30 +178,59 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-minutes", type=float, default=90.0, help="wall-clock guard")
-    parser.add_argument("--max-cpu-minutes", type=float, default=50.0,
-                        help="CPU budget: 50 CPU-min is 25 min on 2 dedicated cores")
+    parser.add_argument(
+        "--max-cpu-minutes",
+        type=float,
+        default=50.0,
+        help="CPU budget: 50 CPU-min is 25 min on 2 dedicated cores",
+    )
     parser.add_argument("--epochs", type=int, default=14)
-    parser.add_argument("--skip-train", action="store_true",
-                        help="reuse OUT/model and OUT/dataset, redo only the measurements")
+    parser.add_argument(
+        "--skip-train",
+        action="store_true",
+        help="reuse OUT/model and OUT/dataset, redo only the measurements",
+    )
     parser.add_argument("--seed", type=int, default=0, help="training seed")
-    parser.add_argument("--split-seed", type=int, default=0,
-                        help="seed of the patient splits (keep it to compare runs)")
-    parser.add_argument("--labels", default="expert",
-                        help="'expert' or 'crowd:EXPORT_DIR' (a cxrlabel export)")
-    parser.add_argument("--crowd-db", default=None,
-                        help="database URL of the job behind a crowd export")
-    parser.add_argument("--crowd-sim", type=Path, default=None,
-                        help="cxrlabel simulate's result JSON, quoted in the model card")
-    parser.add_argument("--label-noise", type=float, default=0.0,
-                        help="flip rate for crowd-like soft train labels (0 = expert labels)")
+    parser.add_argument(
+        "--split-seed",
+        type=int,
+        default=0,
+        help="seed of the patient splits (keep it to compare runs)",
+    )
+    parser.add_argument(
+        "--labels", default="expert", help="'expert' or 'crowd:EXPORT_DIR' (a cxrlabel export)"
+    )
+    parser.add_argument(
+        "--crowd-db", default=None, help="database URL of the job behind a crowd export"
+    )
+    parser.add_argument(
+        "--crowd-sim",
+        type=Path,
+        default=None,
+        help="cxrlabel simulate's result JSON, quoted in the model card",
+    )
+    parser.add_argument(
+        "--label-noise",
+        type=float,
+        default=0.0,
+        help="flip rate for crowd-like soft train labels (0 = expert labels)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="images, for a quick dry run")
-    parser.add_argument("--compare", type=Path, nargs="+", default=None,
-                        help="print earlier runs' report.json side by side, then exit")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="print earlier runs' report.json side by side, then exit",
+    )
     args = parser.parse_args()
     console = Console()
     if args.compare:
-        compare([json.loads((out / "report.json").read_text()) for out in args.compare],
-                [str(out) for out in args.compare], console)
+        compare(
+            [json.loads((out / "report.json").read_text()) for out in args.compare],
+            [str(out) for out in args.compare],
+            console,
+        )
         return
     torch.set_num_threads(args.threads)
     started, load_before = time.monotonic(), os.getloadavg()
@@ -200,9 +246,14 @@ def main() -> None:
         counts = build_dataset(args, manifest, dataset)
         (args.out / "counts.json").write_text(json.dumps(counts))
         console.print(f"reference dataset {dataset}: {counts}")
-        cfg = TrainConfig(size=args.size, threads=args.threads, max_minutes=args.max_minutes,
-                          max_cpu_minutes=args.max_cpu_minutes, max_epochs=args.epochs,
-                          seed=args.seed)
+        cfg = TrainConfig(
+            size=args.size,
+            threads=args.threads,
+            max_minutes=args.max_minutes,
+            max_cpu_minutes=args.max_cpu_minutes,
+            max_epochs=args.epochs,
+            seed=args.seed,
+        )
         meta = train(dataset, model_dir, cfg, console).meta
 
     examples = [e for e in read_export(dataset) if e.split in ("validation", "test")]
@@ -216,18 +267,30 @@ def main() -> None:
     groups = np.array([e.patient_id for e in examples])
     transfer = transfer_check(y, p, groups)
     is_val = np.array([e.split == "validation" for e in examples])
-    validation_vs_expert = metrics.evaluate(y[is_val], p[is_val], groups[is_val],
-                                            meta["thresholds"]["flag"],
-                                            meta["thresholds"]["clear"])
+    validation_vs_expert = metrics.evaluate(
+        y[is_val],
+        p[is_val],
+        groups[is_val],
+        meta["thresholds"]["flag"],
+        meta["thresholds"]["clear"],
+    )
     speeds = speed(model_dir, meta, pixels[:512], args.threads)
     files = find_images([dataset / "test"])[:200]
     speeds["predict_files_per_s"] = end_to_end_speed(model_dir, files, args.threads)
 
-    report = {"counts": counts, "meta": meta, "speed": speeds, "transfer": transfer,
-              "validation_vs_expert": validation_vs_expert,
-              "label_noise": args.label_noise, "labels": args.labels,
-              "command": " ".join(sys.argv), "loadavg_before": load_before,
-              "loadavg_after": os.getloadavg(), "wall_seconds": time.monotonic() - started}
+    report = {
+        "counts": counts,
+        "meta": meta,
+        "speed": speeds,
+        "transfer": transfer,
+        "validation_vs_expert": validation_vs_expert,
+        "label_noise": args.label_noise,
+        "labels": args.labels,
+        "command": " ".join(sys.argv),
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+        "wall_seconds": time.monotonic() - started,
+    }
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
     print_report(report, console)
 
@@ -237,11 +300,13 @@ def print_report(report: dict, console: Console) -> None:
     test, val = meta["metrics"]["test"], meta["metrics"]["validation"]
     tr, ops = meta["training"], meta["operating_points"]
     console.print("\n[bold]Triage model benchmark[/] (targets on held-out data: " + TARGETS + ")")
-    console.print(f"training: {tr['seconds'] / 60:.1f} min wall, "
-                  f"{tr.get('cpu_seconds', float('nan')) / 60:.1f} CPU-min, "
-                  f"{tr['epochs_run']} epochs "
-                  f"(best {tr['best_epoch']}), {tr['stop_reason']}; {tr['torch_threads']} "
-                  f"threads; images {tr['n_images']}")
+    console.print(
+        f"training: {tr['seconds'] / 60:.1f} min wall, "
+        f"{tr.get('cpu_seconds', float('nan')) / 60:.1f} CPU-min, "
+        f"{tr['epochs_run']} epochs "
+        f"(best {tr['best_epoch']}), {tr['stop_reason']}; {tr['torch_threads']} "
+        f"threads; images {tr['n_images']}"
+    )
     for name, m in (("validation", val), ("proxy test", test)):
         console.print(
             f"{name:>11}: AUC {m['auc']:.4f} [{m['auc_ci'][0]:.4f}, {m['auc_ci'][1]:.4f}]  "
@@ -249,70 +314,121 @@ def print_report(report: dict, console: Console) -> None:
             f"ECE {m['ece']:.3f}  flag sens/spec {m['flag_sensitivity']:.3f}/"
             f"{m['flag_specificity']:.3f}  clear NPV {m['clear_npv']:.3f} "
             f"(sens {m['clear_sensitivity']:.3f})  bands {m['share_flag']:.2f}/"
-            f"{m['share_review']:.2f}/{m['share_clear']:.2f}")
+            f"{m['share_review']:.2f}/{m['share_clear']:.2f}"
+        )
     for label, auc, acc in ANCHORS:
         console.print(f"  anchor: {label}: AUC {auc}, accuracy {acc}")
-    console.print(f"temperature {meta['temperature']:.3f} (fit {meta['temperature_fit']:.3f}); "
-                  f"flag {ops['flag']['chosen']:.4f} (point {ops['flag']['point']:.4f}, "
-                  f"5-95 % {ops['flag']['q05']:.4f}-{ops['flag']['q95']:.4f}); clear "
-                  f"{ops['clear']['chosen']:.4f} (point {ops['clear']['point']:.4f}, "
-                  f"5-95 % {ops['clear']['q05']:.4f}-{ops['clear']['q95']:.4f})")
+    console.print(
+        f"temperature {meta['temperature']:.3f} (fit {meta['temperature_fit']:.3f}); "
+        f"flag {ops['flag']['chosen']:.4f} (point {ops['flag']['point']:.4f}, "
+        f"5-95 % {ops['flag']['q05']:.4f}-{ops['flag']['q95']:.4f}); clear "
+        f"{ops['clear']['chosen']:.4f} (point {ops['clear']['point']:.4f}, "
+        f"5-95 % {ops['clear']['q05']:.4f}-{ops['clear']['q95']:.4f})"
+    )
     t = report["transfer"]
     for key in ("flag", "clear", "sens", "spec", "npv"):
         values = np.array([r[key] for r in t], dtype=float)
-        console.print(f"transfer over {len(t)} half-splits: {key} min {np.nanmin(values):.4f} "
-                      f"median {np.nanmedian(values):.4f} max {np.nanmax(values):.4f}")
-    console.print(f"CPU inference ({tr['torch_threads']} threads, batch 32, {meta['input_size']}"
-                  f" px): PyTorch {speeds['torch_images_per_s']:.0f} img/s, ONNX Runtime "
-                  f"{speeds['onnx_images_per_s']:.0f} img/s; predict end-to-end "
-                  f"{speeds['predict_files_per_s']:.0f} files/s; ONNX parity "
-                  f"{meta['onnx_parity_max_abs_diff']:.1e}")
+        console.print(
+            f"transfer over {len(t)} half-splits: {key} min {np.nanmin(values):.4f} "
+            f"median {np.nanmedian(values):.4f} max {np.nanmax(values):.4f}"
+        )
+    console.print(
+        f"CPU inference ({tr['torch_threads']} threads, batch 32, {meta['input_size']}"
+        f" px): PyTorch {speeds['torch_images_per_s']:.0f} img/s, ONNX Runtime "
+        f"{speeds['onnx_images_per_s']:.0f} img/s; predict end-to-end "
+        f"{speeds['predict_files_per_s']:.0f} files/s; ONNX parity "
+        f"{meta['onnx_parity_max_abs_diff']:.1e}"
+    )
 
 
 COMPARE_ROWS = [
     ("AUC [95 % CI]", lambda m: f"{m['auc']:.4f} [{m['auc_ci'][0]:.4f}, {m['auc_ci'][1]:.4f}]"),
-    ("accuracy at p = 0.5 [95 % CI]",
-     lambda m: f"{m['accuracy']:.3f} [{m['accuracy_ci'][0]:.3f}, {m['accuracy_ci'][1]:.3f}]"),
+    (
+        "accuracy at p = 0.5 [95 % CI]",
+        lambda m: f"{m['accuracy']:.3f} [{m['accuracy_ci'][0]:.3f}, {m['accuracy_ci'][1]:.3f}]",
+    ),
     ("ECE (15 bins)", lambda m: f"{m['ece']:.3f}"),
-    ("flag: sensitivity / specificity",
-     lambda m: f"{m['flag_sensitivity']:.3f} / {m['flag_specificity']:.3f}"),
-    ("clear: NPV / pneumonia kept out of clear",
-     lambda m: f"{m['clear_npv']:.3f} / {m['clear_sensitivity']:.3f}"),
-    ("share flag / review / clear",
-     lambda m: f"{m['share_flag']:.2f} / {m['share_review']:.2f} / {m['share_clear']:.2f}"),
-    ("normal in flag; pneumonia in clear",
-     lambda m: f"{m['normal_in_flag']} of {m['n'] - m['n_pneumonia']}; "
-               f"{m['pneumonia_in_clear']} of {m['n_pneumonia']}"),
+    (
+        "flag: sensitivity / specificity",
+        lambda m: f"{m['flag_sensitivity']:.3f} / {m['flag_specificity']:.3f}",
+    ),
+    (
+        "clear: NPV / pneumonia kept out of clear",
+        lambda m: f"{m['clear_npv']:.3f} / {m['clear_sensitivity']:.3f}",
+    ),
+    (
+        "share flag / review / clear",
+        lambda m: f"{m['share_flag']:.2f} / {m['share_review']:.2f} / {m['share_clear']:.2f}",
+    ),
+    (
+        "normal in flag; pneumonia in clear",
+        lambda m: (
+            f"{m['normal_in_flag']} of {m['n'] - m['n_pneumonia']}; "
+            f"{m['pneumonia_in_clear']} of {m['n_pneumonia']}"
+        ),
+    ),
 ]
 
 
 def compare(reports: list[dict], names: list[str], console: Console) -> None:
     """A Markdown table of the proxy-test figures of several runs (same splits assumed)."""
-    heads = [f"{r.get('labels', 'expert')} seed {r['meta']['training']['config']['seed']}"
-             for r in reports]
+    heads = [
+        f"{r.get('labels', 'expert')} seed {r['meta']['training']['config']['seed']}"
+        for r in reports
+    ]
     console.print("runs: " + "; ".join(f"{h} = {n}" for h, n in zip(heads, names, strict=True)))
     lines = ["| proxy test | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
-    lines += [f"| {label} | " + " | ".join(fn(r["meta"]["metrics"]["test"]) for r in reports)
-              + " |" for label, fn in COMPARE_ROWS]
+    lines += [
+        f"| {label} | " + " | ".join(fn(r["meta"]["metrics"]["test"]) for r in reports) + " |"
+        for label, fn in COMPARE_ROWS
+    ]
     extra = [
-        ("temperature (fit)", lambda r: f"{r['meta']['temperature']:.3f} "
-                                        f"({r['meta']['temperature_fit']:.3f})"),
-        ("flag threshold stored (point)", lambda r: f"{r['meta']['thresholds']['flag']:.4f} "
-         f"({r['meta']['operating_points']['flag']['point']:.4f})"),
-        ("clear threshold stored (point)", lambda r: f"{r['meta']['thresholds']['clear']:.4f} "
-         f"({r['meta']['operating_points']['clear']['point']:.4f})"),
-        ("validation AUC (its own labels)",
-         lambda r: f"{r['meta']['metrics']['validation']['auc']:.4f}"),
-        ("validation AUC / flag sens, spec vs expert labels",
-         lambda r: "n/a" if "validation_vs_expert" not in r else
-         f"{r['validation_vs_expert']['auc']:.4f} / "
-         f"{r['validation_vs_expert']['flag_sensitivity']:.3f}, "
-         f"{r['validation_vs_expert']['flag_specificity']:.3f}"),
-        ("epochs (best)", lambda r: f"{r['meta']['training']['epochs_run']} "
-                                    f"({r['meta']['training']['best_epoch']})"),
+        (
+            "temperature (fit)",
+            lambda r: f"{r['meta']['temperature']:.3f} ({r['meta']['temperature_fit']:.3f})",
+        ),
+        (
+            "flag threshold stored (point)",
+            lambda r: (
+                f"{r['meta']['thresholds']['flag']:.4f} "
+                f"({r['meta']['operating_points']['flag']['point']:.4f})"
+            ),
+        ),
+        (
+            "clear threshold stored (point)",
+            lambda r: (
+                f"{r['meta']['thresholds']['clear']:.4f} "
+                f"({r['meta']['operating_points']['clear']['point']:.4f})"
+            ),
+        ),
+        (
+            "validation AUC (its own labels)",
+            lambda r: f"{r['meta']['metrics']['validation']['auc']:.4f}",
+        ),
+        (
+            "validation AUC / flag sens, spec vs expert labels",
+            lambda r: (
+                "n/a"
+                if "validation_vs_expert" not in r
+                else f"{r['validation_vs_expert']['auc']:.4f} / "
+                f"{r['validation_vs_expert']['flag_sensitivity']:.3f}, "
+                f"{r['validation_vs_expert']['flag_specificity']:.3f}"
+            ),
+        ),
+        (
+            "epochs (best)",
+            lambda r: (
+                f"{r['meta']['training']['epochs_run']} ({r['meta']['training']['best_epoch']})"
+            ),
+        ),
         ("train images", lambda r: str(r["meta"]["training"]["n_images"]["train"])),
-        ("training wall / CPU min", lambda r: f"{r['meta']['training']['seconds'] / 60:.1f} / "
-         f"{r['meta']['training'].get('cpu_seconds', float('nan')) / 60:.1f}"),
+        (
+            "training wall / CPU min",
+            lambda r: (
+                f"{r['meta']['training']['seconds'] / 60:.1f} / "
+                f"{r['meta']['training'].get('cpu_seconds', float('nan')) / 60:.1f}"
+            ),
+        ),
     ]
     lines += [f"| {label} | " + " | ".join(fn(r) for r in reports) + " |" for label, fn in extra]
     console.print("\n".join(lines), markup=False, soft_wrap=True)

@@ -48,19 +48,27 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--augment", choices=("default", "strong"), default="default")
     ap.add_argument("--tta", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--schemes", nargs="+", default=list(newpatient.SCHEMES),
-                    choices=newpatient.SCHEMES)
+    ap.add_argument(
+        "--schemes", nargs="+", default=list(newpatient.SCHEMES), choices=newpatient.SCHEMES
+    )
     ap.add_argument("--out", type=Path, default=Path("/tmp/model_newpatient"))
-    ap.add_argument("--write-estimate", type=Path, default=None,
-                    help="also write the summary the model card quotes (e.g. "
-                         "src/cxrlabel/model/newpatient_estimate.json)")
+    ap.add_argument(
+        "--write-estimate",
+        type=Path,
+        default=None,
+        help="also write the summary the model card quotes (e.g. "
+        "src/cxrlabel/model/newpatient_estimate.json)",
+    )
     return ap.parse_args()
 
 
 def _subset(examples, share: float, seed: int = 0) -> np.ndarray:
     patients = sorted({e.patient_id for e in examples})
-    keep = set(np.random.default_rng(seed).choice(
-        patients, size=max(2, round(len(patients) * share)), replace=False))
+    keep = set(
+        np.random.default_rng(seed).choice(
+            patients, size=max(2, round(len(patients) * share)), replace=False
+        )
+    )
     return np.array([i for i, e in enumerate(examples) if e.patient_id in keep])
 
 
@@ -73,9 +81,11 @@ def _ci(pair) -> str:
 
 
 def _row(name: str, proxy: str, ev: dict) -> str:
-    return (f"| {name} | {ev['n']} | {proxy} | {_fmt_ci(ev)} | {ev['flag_sensitivity']:.3f} / "
-            f"{ev['flag_specificity']:.3f} | {ev['clear_npv']:.3f} / "
-            f"{ev['clear_specificity']:.3f} |")
+    return (
+        f"| {name} | {ev['n']} | {proxy} | {_fmt_ci(ev)} | {ev['flag_sensitivity']:.3f} / "
+        f"{ev['flag_specificity']:.3f} | {ev['clear_npv']:.3f} / "
+        f"{ev['clear_specificity']:.3f} |"
+    )
 
 
 def main() -> None:
@@ -89,57 +99,102 @@ def main() -> None:
     pixels = cached_pixels(examples, args.size, args.out / f"pixels_{args.size}.npy")
     keep = _subset(examples, args.patients)
     examples, pixels = [examples[i] for i in keep], pixels[keep]
-    print(f"{len(examples)} images, {len({e.patient_id for e in examples})} patients, "
-          f"decode {time.monotonic() - t0:.0f} s, {args.size} px, {args.epochs} epochs, "
-          f"augment {args.augment}, TTA {args.tta}, {args.threads} threads")
+    print(
+        f"{len(examples)} images, {len({e.patient_id for e in examples})} patients, "
+        f"decode {time.monotonic() - t0:.0f} s, {args.size} px, {args.epochs} epochs, "
+        f"augment {args.augment}, TTA {args.tta}, {args.threads} threads"
+    )
     aug = AugmentConfig.strong() if args.augment == "strong" else AugmentConfig()
-    header = ("| run | n scored | proxy AUC (carved val) | new-patient AUC [95 % CI] | "
-              "flag sens / spec | clear NPV / normals cleared |\n|---|---|---|---|---|---|")
+    header = (
+        "| run | n scored | proxy AUC (carved val) | new-patient AUC [95 % CI] | "
+        "flag sens / spec | clear NPV / normals cleared |\n|---|---|---|---|---|---|"
+    )
     report = {"args": {k: str(v) for k, v in vars(args).items()}, "schemes": {}}
     print(header)
     for scheme in args.schemes:
         results = []
         for seed in args.seeds:
-            cfg = TrainConfig(size=args.size, max_epochs=args.epochs, patience=args.epochs,
-                              seed=seed, threads=args.threads, batch_size=64, augment=aug,
-                              max_minutes=600)
-            splits = (newpatient.squashed_cv(examples, args.folds, seed) if scheme ==
-                      "squashed_cv" else [newpatient.originals_to_squashed(examples)])
+            cfg = TrainConfig(
+                size=args.size,
+                max_epochs=args.epochs,
+                patience=args.epochs,
+                seed=seed,
+                threads=args.threads,
+                batch_size=64,
+                augment=aug,
+                max_minutes=600,
+            )
+            splits = (
+                newpatient.squashed_cv(examples, args.folds, seed)
+                if scheme == "squashed_cv"
+                else [newpatient.originals_to_squashed(examples)]
+            )
             for split in splits:
-                r = newpatient.run_holdout(examples, pixels, split, replace(cfg), console,
-                                           tta=args.tta)
+                r = newpatient.run_holdout(
+                    examples, pixels, split, replace(cfg), console, tta=args.tta
+                )
                 results.append(r)
-                np.savez(args.out / f"{scheme}_{seed}_{len(results)}.npz", y=r.y, p=r.p,
-                         groups=r.groups, flag_at=r.flag_at, clear_below=r.clear_below)
+                np.savez(
+                    args.out / f"{scheme}_{seed}_{len(results)}.npz",
+                    y=r.y,
+                    p=r.p,
+                    groups=r.groups,
+                    flag_at=r.flag_at,
+                    clear_below=r.clear_below,
+                )
                 ev = metrics.evaluate(r.y, r.p, r.groups, r.flag_at, r.clear_below)
-                print(_row(f"{r.name} seed {seed} ({r.seconds / 60:.1f} min)",
-                           f"{r.proxy_auc:.3f}", ev), flush=True)
+                print(
+                    _row(
+                        f"{r.name} seed {seed} ({r.seconds / 60:.1f} min)", f"{r.proxy_auc:.3f}", ev
+                    ),
+                    flush=True,
+                )
         pooled = _pooled(results)
         th = newpatient.thresholds_across(results)
-        print(_row(f"**{scheme} pooled**",
-                   f"{np.mean([r.proxy_auc for r in results]):.3f}", pooled), flush=True)
-        print(f"  {scheme}: flag sensitivity 95 % CI {_ci(pooled['flag_sensitivity_ci'])}, "
-              f"specificity {_ci(pooled['flag_specificity_ci'])}, clear NPV "
-              f"{_ci(pooled['clear_npv_ci'])}", flush=True)
+        print(
+            _row(f"**{scheme} pooled**", f"{np.mean([r.proxy_auc for r in results]):.3f}", pooled),
+            flush=True,
+        )
+        print(
+            f"  {scheme}: flag sensitivity 95 % CI {_ci(pooled['flag_sensitivity_ci'])}, "
+            f"specificity {_ci(pooled['flag_specificity_ci'])}, clear NPV "
+            f"{_ci(pooled['clear_npv_ci'])}",
+            flush=True,
+        )
         report["schemes"][scheme] = {
-            "pooled": pooled, "thresholds": th,
-            "runs": [{"name": r.name, "seed": r.seed, "proxy_auc": r.proxy_auc,
-                      "auc": metrics.roc_auc(r.y, r.p), "temperature": r.temperature,
-                      "flag_at": r.flag_at, "clear_below": r.clear_below,
-                      "seconds": r.seconds, "epochs": r.epochs_run} for r in results]}
+            "pooled": pooled,
+            "thresholds": th,
+            "runs": [
+                {
+                    "name": r.name,
+                    "seed": r.seed,
+                    "proxy_auc": r.proxy_auc,
+                    "auc": metrics.roc_auc(r.y, r.p),
+                    "temperature": r.temperature,
+                    "flag_at": r.flag_at,
+                    "clear_below": r.clear_below,
+                    "seconds": r.seconds,
+                    "epochs": r.epochs_run,
+                }
+                for r in results
+            ],
+        }
     print()
     for scheme, rep in report["schemes"].items():
         ops = rep["thresholds"]["pooled"]
         flags = rep["thresholds"]["validation_flag"]
-        print(f"{scheme}: flag threshold chosen per run on validation "
-              f"{min(flags):.3f}-{max(flags):.3f}; on pooled new-patient scores "
-              f"{ops['flag']['point']:.3f} (bootstrap 5-95 % {ops['flag']['q05']:.3f}-"
-              f"{ops['flag']['q95']:.3f}); clear {ops['clear']['point']:.3f} "
-              f"({ops['clear']['q05']:.3f}-{ops['clear']['q95']:.3f})")
+        print(
+            f"{scheme}: flag threshold chosen per run on validation "
+            f"{min(flags):.3f}-{max(flags):.3f}; on pooled new-patient scores "
+            f"{ops['flag']['point']:.3f} (bootstrap 5-95 % {ops['flag']['q05']:.3f}-"
+            f"{ops['flag']['q95']:.3f}); clear {ops['clear']['point']:.3f} "
+            f"({ops['clear']['q05']:.3f}-{ops['clear']['q95']:.3f})"
+        )
     (args.out / "report.json").write_text(json.dumps(report, indent=2, default=float))
     if args.write_estimate:
         args.write_estimate.write_text(
-            json.dumps(estimate_summary(report, args), indent=2, default=float) + "\n")
+            json.dumps(estimate_summary(report, args), indent=2, default=float) + "\n"
+        )
 
 
 def _pooled(results) -> dict:
@@ -159,32 +214,57 @@ def _pooled(results) -> dict:
     ev["clear_specificity"] = float(cleared[y == 0].mean())
     ev["flag_sensitivity_ci"] = _rate_ci(y, flagged, groups, 1)
     ev["flag_specificity_ci"] = _rate_ci(y, ~flagged, groups, 0)
-    ev["clear_npv_ci"] = list(metrics.bootstrap_ci(
-        lambda yy, cc: float((yy[cc > 0] == 0).mean()) if (cc > 0).any() else float("nan"),
-        y, cleared.astype(float), groups, 500)[1:])
+    ev["clear_npv_ci"] = list(
+        metrics.bootstrap_ci(
+            lambda yy, cc: float((yy[cc > 0] == 0).mean()) if (cc > 0).any() else float("nan"),
+            y,
+            cleared.astype(float),
+            groups,
+            500,
+        )[1:]
+    )
     return ev
 
 
 def _rate_ci(y, hit, groups, cls: int) -> list[float]:
     """Patient-bootstrap 95 % interval of the share of class ``cls`` with ``hit``."""
+
     def share(yy, hh):
         return float(hh[yy == cls].mean()) if (yy == cls).any() else float("nan")
+
     return list(metrics.bootstrap_ci(share, y, hit.astype(float), groups, 500)[1:])
 
 
 def estimate_summary(report: dict, args: argparse.Namespace) -> dict:
     """What the model card quotes: the recipe and its pooled new-patient figures."""
-    out = {"measured_by": "benchmarks/model_newpatient.py", "size": args.size,
-           "epochs": args.epochs, "augment": args.augment, "tta": args.tta,
-           "seeds": args.seeds, "date": time.strftime("%Y-%m-%d"), "schemes": {}}
+    out = {
+        "measured_by": "benchmarks/model_newpatient.py",
+        "size": args.size,
+        "epochs": args.epochs,
+        "augment": args.augment,
+        "tta": args.tta,
+        "seeds": args.seeds,
+        "date": time.strftime("%Y-%m-%d"),
+        "schemes": {},
+    }
     for scheme, rep in report["schemes"].items():
         ev = rep["pooled"]
         out["schemes"][scheme] = {
-            k: ev[k] for k in ("n", "auc", "auc_ci", "flag_sensitivity", "flag_sensitivity_ci",
-                               "flag_specificity", "flag_specificity_ci", "clear_npv",
-                               "clear_npv_ci", "clear_specificity")}
-        out["schemes"][scheme]["proxy_auc"] = float(np.mean([r["proxy_auc"]
-                                                             for r in rep["runs"]]))
+            k: ev[k]
+            for k in (
+                "n",
+                "auc",
+                "auc_ci",
+                "flag_sensitivity",
+                "flag_sensitivity_ci",
+                "flag_specificity",
+                "flag_specificity_ci",
+                "clear_npv",
+                "clear_npv_ci",
+                "clear_specificity",
+            )
+        }
+        out["schemes"][scheme]["proxy_auc"] = float(np.mean([r["proxy_auc"] for r in rep["runs"]]))
         out["schemes"][scheme]["flag_threshold"] = rep["thresholds"]["pooled"]["flag"]
     return out
 

@@ -41,12 +41,17 @@ def manifest_examples(manifest: Path) -> tuple[list[str], list[Example]]:
             if row["split"] not in ("train", "val"):
                 continue
             files.append(row["file"])
-            examples.append(Example(
-                path=manifest.parent / row["file"],
-                p_pneumonia=float(row["label"] == "PNEUMONIA"), split="train",
-                patient_id=row["patient_id"], label=row["label"],
-                reference_label=row["label"],
-                upstream_resized=row["upstream_resized"].strip().lower() == "true"))
+            examples.append(
+                Example(
+                    path=manifest.parent / row["file"],
+                    p_pneumonia=float(row["label"] == "PNEUMONIA"),
+                    split="train",
+                    patient_id=row["patient_id"],
+                    label=row["label"],
+                    reference_label=row["label"],
+                    upstream_resized=row["upstream_resized"].strip().lower() == "true",
+                )
+            )
     return files, examples
 
 
@@ -79,10 +84,16 @@ def main() -> None:
     manifest = shared_data_dir() / "kermany" / "manifest.csv"
     files, examples = manifest_examples(manifest)
     pixels = cached_pixels(examples, args.size, args.out / f"pixels_{args.size}.npy")
-    console.print(f"{len(examples)} images decoded at {args.size} px "
-                  f"({time.monotonic() - started:.0f} s)")
-    cfg = TrainConfig(size=args.size, max_epochs=args.epochs, threads=args.threads,
-                      seed=args.seed, max_minutes=args.max_minutes_per_fold)
+    console.print(
+        f"{len(examples)} images decoded at {args.size} px ({time.monotonic() - started:.0f} s)"
+    )
+    cfg = TrainConfig(
+        size=args.size,
+        max_epochs=args.epochs,
+        threads=args.threads,
+        seed=args.seed,
+        max_minutes=args.max_minutes_per_fold,
+    )
     result = cross_fit(examples, pixels, cfg, n_folds=args.folds, console=console)
 
     y = np.array([e.evaluation_target for e in examples])
@@ -97,35 +108,43 @@ def main() -> None:
     with (args.out / "oof_detail.csv").open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["file", "patient_id", "label", "fold", "logit", "p_pneumonia"])
-        for f, e, k, z, p in zip(files, examples, result.fold, result.logits, result.p,
-                                 strict=True):
+        for f, e, k, z, p in zip(
+            files, examples, result.fold, result.logits, result.p, strict=True
+        ):
             writer.writerow([f, e.patient_id, e.label, int(k), f"{z:.6f}", f"{p:.6f}"])
     usage = resource.getrusage(resource.RUSAGE_SELF)
     report = {
-        "command": "python benchmarks/model_oof.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
-        "n": len(examples), "auc": auc, "accuracy": acc,
+        "command": "python benchmarks/model_oof.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+        "n": len(examples),
+        "auc": auc,
+        "accuracy": acc,
         "ece": metrics.expected_calibration_error(y, result.p),
         "wall_seconds": time.monotonic() - started,
         "cpu_seconds": usage.ru_utime + usage.ru_stime,
-        "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
         "folds": [{k: v for k, v in vars(f).items()} for f in result.folds],
     }
     (args.out / "report.json").write_text(json.dumps(report, indent=2, default=float))
-    console.print(f"\n[bold]Out-of-fold ({args.folds}-fold, patient-grouped)[/]: "
-                  f"AUC {auc[0]:.4f} [{auc[1]:.4f}, {auc[2]:.4f}], accuracy {acc[0]:.3f} "
-                  f"[{acc[1]:.3f}, {acc[2]:.3f}], ECE {report['ece']:.3f}; "
-                  f"{report['wall_seconds'] / 60:.1f} min wall, "
-                  f"{report['cpu_seconds'] / 60:.1f} CPU-min; load {load_before} -> "
-                  f"{report['loadavg_after']}")
+    console.print(
+        f"\n[bold]Out-of-fold ({args.folds}-fold, patient-grouped)[/]: "
+        f"AUC {auc[0]:.4f} [{auc[1]:.4f}, {auc[2]:.4f}], accuracy {acc[0]:.3f} "
+        f"[{acc[1]:.3f}, {acc[2]:.3f}], ECE {report['ece']:.3f}; "
+        f"{report['wall_seconds'] / 60:.1f} min wall, "
+        f"{report['cpu_seconds'] / 60:.1f} CPU-min; load {load_before} -> "
+        f"{report['loadavg_after']}"
+    )
     for f in result.folds:
         m = f.held_out
-        console.print(f"  fold {f.fold}: train {f.n_train} / val {f.n_validation} / scored "
-                      f"{f.n_scored}; epochs {f.epochs_run} (best {f.best_epoch}); T "
-                      f"{f.temperature:.3f}; flag {f.flag_at:.4f} clear {f.clear_below:.4f}; "
-                      f"held-out AUC {m['auc']:.4f}, flag sens/spec "
-                      f"{m['flag_sensitivity']:.3f}/{m['flag_specificity']:.3f}, clear NPV "
-                      f"{m['clear_npv']:.3f}")
+        console.print(
+            f"  fold {f.fold}: train {f.n_train} / val {f.n_validation} / scored "
+            f"{f.n_scored}; epochs {f.epochs_run} (best {f.best_epoch}); T "
+            f"{f.temperature:.3f}; flag {f.flag_at:.4f} clear {f.clear_below:.4f}; "
+            f"held-out AUC {m['auc']:.4f}, flag sens/spec "
+            f"{m['flag_sensitivity']:.3f}/{m['flag_specificity']:.3f}, clear NPV "
+            f"{m['clear_npv']:.3f}"
+        )
     console.print(f"scores: {args.scores}")
 
 

@@ -33,7 +33,11 @@ from cxrlabel.ingest.phash import PhashIndex, hamming, phash
 from cxrlabel.ingest.worker import mean_abs_diff, signature
 
 VARIANTS = [  # (JPEG quality, scale): the re-encodings a copy picks up on the way
-    (95, 1.0), (75, 0.75), (60, 0.5), (40, 0.33), (85, 1.6),
+    (95, 1.0),
+    (75, 0.75),
+    (60, 0.5),
+    (40, 0.33),
+    (85, 1.6),
 ]
 
 
@@ -53,8 +57,10 @@ def mad224(a: Image.Image, b: Image.Image) -> float:
 def describe(name: str, values: list[float]) -> None:
     v = np.array(values)
     qs = np.percentile(v, [0, 1, 5, 50, 95, 99, 100])
-    print(f"{name:>24}: n={len(v):6d}  min={qs[0]:.1f} p1={qs[1]:.1f} p5={qs[2]:.1f} "
-          f"median={qs[3]:.1f} p95={qs[4]:.1f} p99={qs[5]:.1f} max={qs[6]:.1f}")
+    print(
+        f"{name:>24}: n={len(v):6d}  min={qs[0]:.1f} p1={qs[1]:.1f} p5={qs[2]:.1f} "
+        f"median={qs[3]:.1f} p95={qs[4]:.1f} p99={qs[5]:.1f} max={qs[6]:.1f}"
+    )
 
 
 def main() -> None:
@@ -95,23 +101,30 @@ def main() -> None:
         d[i] = 99
         j = int(np.argmin(d))
         nearest.append((int(d[j]), f, names[j]))
-        shortlisted_mad += [mean_abs_diff(sigs[f], sigs[names[k]])
-                            for k in np.flatnonzero(d <= NEAR_DUP_MAX_PHASH) if k > i]
+        shortlisted_mad += [
+            mean_abs_diff(sigs[f], sigs[names[k]])
+            for k in np.flatnonzero(d <= NEAR_DUP_MAX_PHASH)
+            if k > i
+        ]
     describe("pHash: copies", copies)
     describe("pHash: same patient", same_patient)
     describe("pHash: nearest other", [n[0] for n in nearest])
     describe("64x64 MAD: copies", copies_mad)
     describe("64x64 MAD: same patient", same_patient_mad)
     describe(f"64x64 MAD: pHash<={NEAR_DUP_MAX_PHASH} pairs", shortlisted_mad)
-    print(f"ingest uses pHash <= {NEAR_DUP_MAX_PHASH} and MAD <= {NEAR_DUP_MAX_MAD}: "
-          f"copies caught {np.mean((np.array(copies) <= NEAR_DUP_MAX_PHASH) & (np.array(copies_mad) <= NEAR_DUP_MAX_MAD)):.2%}, "  # noqa: E501
-          f"shortlisted different-image pairs flagged "
-          f"{int(np.sum(np.array(shortlisted_mad) <= NEAR_DUP_MAX_MAD))}")
+    print(
+        f"ingest uses pHash <= {NEAR_DUP_MAX_PHASH} and MAD <= {NEAR_DUP_MAX_MAD}: "
+        f"copies caught {np.mean((np.array(copies) <= NEAR_DUP_MAX_PHASH) & (np.array(copies_mad) <= NEAR_DUP_MAX_MAD)):.2%}, "  # noqa: E501
+        f"shortlisted different-image pairs flagged "
+        f"{int(np.sum(np.array(shortlisted_mad) <= NEAR_DUP_MAX_MAD))}"
+    )
     for threshold in range(4, 16, 2):
         caught = np.mean(np.array(copies) <= threshold)
         false = np.mean(np.array(same_patient) <= threshold)
-        print(f"threshold {threshold:2d}: copies caught {caught:7.2%}   "
-              f"same-patient pairs flagged {false:7.2%}")
+        print(
+            f"threshold {threshold:2d}: copies caught {caught:7.2%}   "
+            f"same-patient pairs flagged {false:7.2%}"
+        )
     print("closest pairs in the whole set (pHash distance, MAD 64x64, MAD 224x224, a, b):")
     seen = set()
     for d, a, b in sorted(nearest)[:16]:
@@ -119,17 +132,20 @@ def main() -> None:
         if key in seen:
             continue
         seen.add(key)
-        print(f"  {d:2d}  {mean_abs_diff(sigs[a], sigs[b]):5.1f}  "
-              f"{mad224(images[a], images[b]):5.1f}  {a}  {b}")
+        print(
+            f"  {d:2d}  {mean_abs_diff(sigs[a], sigs[b]):5.1f}  "
+            f"{mad224(images[a], images[b]):5.1f}  {a}  {b}"
+        )
     if args.plot:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+
         fig, ax = plt.subplots(figsize=(7, 3.5))
         bins = np.arange(0, 40)
         ax.hist(copies, bins=bins, alpha=0.7, label="re-encoded/resized copies", density=True)
-        ax.hist(same_patient, bins=bins, alpha=0.7, label="same patient, other image",
-                density=True)
+        ax.hist(same_patient, bins=bins, alpha=0.7, label="same patient, other image", density=True)
         ax.set_xlabel("pHash Hamming distance (64 bits)")
         ax.set_ylabel("fraction")
         ax.legend()

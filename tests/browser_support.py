@@ -46,10 +46,9 @@ def with_bundled_instructions(text: str) -> str:
     end = text.index('"""', start)
     text = text[:start] + "\n" + markdown.replace("\\", "\\\\") + text[end:]
     # The bundled job's long option text: on a phone it used to wrap under its radio button.
-    return text.replace('text = "Unreadable"',
-                        'text = "Unreadable (too dark, too bright or blurred)"')
-
-
+    return text.replace(
+        'text = "Unreadable"', 'text = "Unreadable (too dark, too bright or blurred)"'
+    )
 
 
 def kaggle_folder(kermany: Path, dest: Path, per_class: int) -> None:
@@ -81,8 +80,9 @@ class LiveJob:
     expert_ids: list[str]  # public ids the fixture sent to expert review
 
 
-def build_real_job(tmp: Path, kermany: Path, *, per_class: int = 24, n_gold: int = 16,
-                   **spec_kwargs) -> tuple[Database, int, object]:
+def build_real_job(
+    tmp: Path, kermany: Path, *, per_class: int = 24, n_gold: int = 16, **spec_kwargs
+) -> tuple[Database, int, object]:
     from cxrlabel.design.goldseed import sample_from_reference
     from cxrlabel.ingest.pipeline import ingest
 
@@ -109,8 +109,9 @@ def build_real_job(tmp: Path, kermany: Path, *, per_class: int = 24, n_gold: int
     return db, job.id, spec
 
 
-def crowd_work(db: Database, job_id: int, spec, names: list[str], answers: list[tuple],
-               pages: int) -> None:
+def crowd_work(
+    db: Database, job_id: int, spec, names: list[str], answers: list[tuple], pages: int
+) -> None:
     """Simulated annotators pass the quiz and submit ``pages`` work pages each, through the
     same engine as the web app; ``answers[k]`` is annotator k's (answer, certainty)."""
     now = utcnow() - timedelta(hours=2)
@@ -121,16 +122,28 @@ def crowd_work(db: Database, job_id: int, spec, names: list[str], answers: list[
             with db.session() as s:
                 job, user = s.get(Job, job_id), s.get(User, uid)
                 page, _ = next_page_or_reason(s, job, spec, user, now, rng=random.Random(n))
-                gold = {g.image_id: g.accepted_answers[0] for g in s.scalars(
-                    select(GoldItem).where(GoldItem.job_id == job_id))}
-                given = [AnswerIn(image_public_id=it.image.public_id,
-                                  answer=gold.get(it.image_id, answers[k][0]),
-                                  certainty="definitely" if it.image_id in gold
-                                  else answers[k][1]) for it in page.items]
-                submit_page(s, job, spec, user, page.public_id, f"{name}-{n}", given,
-                            now + timedelta(minutes=2))
-
-
+                gold = {
+                    g.image_id: g.accepted_answers[0]
+                    for g in s.scalars(select(GoldItem).where(GoldItem.job_id == job_id))
+                }
+                given = [
+                    AnswerIn(
+                        image_public_id=it.image.public_id,
+                        answer=gold.get(it.image_id, answers[k][0]),
+                        certainty="definitely" if it.image_id in gold else answers[k][1],
+                    )
+                    for it in page.items
+                ]
+                submit_page(
+                    s,
+                    job,
+                    spec,
+                    user,
+                    page.public_id,
+                    f"{name}-{n}",
+                    given,
+                    now + timedelta(minutes=2),
+                )
 
 
 def serve(db: Database, data_dir: Path) -> LiveServer:
@@ -139,8 +152,11 @@ def serve(db: Database, data_dir: Path) -> LiveServer:
 
 def reference_labels(db: Database, job_id: int) -> dict[str, str]:
     with db.session() as s:
-        return dict(s.execute(select(Image.public_id, Image.reference_label).where(
-            Image.job_id == job_id)).all())
+        return dict(
+            s.execute(
+                select(Image.public_id, Image.reference_label).where(Image.job_id == job_id)
+            ).all()
+        )
 
 
 def login(page, base: str, username: str, password: str = PASSWORD) -> None:

@@ -19,8 +19,6 @@ from live_server import free_port as _free_port
 ARTIFACTS = Path(os.environ.get("CXRLABEL_TEST_ARTIFACTS", "test-artifacts")).resolve()
 
 
-
-
 def _pg_bin(name: str) -> str | None:
     found = shutil.which(name)
     if found:
@@ -52,8 +50,10 @@ class PostgresCluster:
             shutil.chown(self.dir, "postgres")
         data = str(self.dir / "data")
         self._run(self.initdb, "-D", data, "-A", "trust", "-U", "postgres", "-E", "UTF8")
-        opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off " \
-               "-c max_connections=300"
+        opts = (
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c max_connections=300"
+        )
         self._run(self.pg_ctl, "-D", data, "-o", opts, "-l", str(self.dir / "log"), "-w", "start")
 
     def stop(self) -> None:
@@ -136,8 +136,13 @@ def chromium_path() -> str | None:
 
 
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
 ]
 
 

@@ -54,10 +54,20 @@ def add_image(
         width, height = im.size
     sha = hashlib.sha256(data + str(seed).encode()).hexdigest()
     image = Image(
-        job_id=job.id, source_path=f"/data/src/{name or f'img-{seed}.jpeg'}",
-        source_format="png", sha256=sha, pixel_sha256=sha, phash=hash_hex, width=width,
-        height=height, patient_id=patient_id, reference_label=reference_label,
-        rendition_path=rel, thumb_path=rel, status=status, judgment_target=3,
+        job_id=job.id,
+        source_path=f"/data/src/{name or f'img-{seed}.jpeg'}",
+        source_format="png",
+        sha256=sha,
+        pixel_sha256=sha,
+        phash=hash_hex,
+        width=width,
+        height=height,
+        patient_id=patient_id,
+        reference_label=reference_label,
+        rendition_path=rel,
+        thumb_path=rel,
+        status=status,
+        judgment_target=3,
     )
     session.add(image)
     session.flush()

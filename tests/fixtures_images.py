@@ -42,9 +42,12 @@ PHI = {
 }
 PHI_IN_SEQUENCE = {"PatientName": "Doe^Jane^Sequencia", "PatientID": "OTHER-ID-5566"}
 PHI_PRIVATE = "Secret-Private-Value-8812"
-PHI_STRINGS = ([v.replace("^", " ") for v in PHI.values()] + list(PHI.values())
-               + list(PHI_IN_SEQUENCE.values()) + [PHI_PRIVATE, "Janet", "Quincy", "7734215",
-                                                   "Elmwood", "Sequencia", "8812"])
+PHI_STRINGS = (
+    [v.replace("^", " ") for v in PHI.values()]
+    + list(PHI.values())
+    + list(PHI_IN_SEQUENCE.values())
+    + [PHI_PRIVATE, "Janet", "Quincy", "7734215", "Elmwood", "Sequencia", "8812"]
+)
 
 
 def jpeg_bytes(im: Image.Image, quality: int = 90, **kwargs: object) -> bytes:
@@ -69,7 +72,7 @@ def corrupt_jpeg() -> bytes:
     """A JPEG whose Huffman table is overwritten: the decoder rejects it."""
     good = bytearray(jpeg_bytes(make_phantom_xray(1, 256)))
     dht = good.find(b"\xff\xc4")
-    good[dht + 4:dht + 40] = b"\xff" * 36
+    good[dht + 4 : dht + 40] = b"\xff" * 36
     return bytes(good)
 
 
@@ -83,24 +86,33 @@ def zero_png(width: int, height: int) -> bytes:
 
     At 10000 x 10000 it is a decompression bomb: ~100 KB on disk, 100 MB once decoded.
     """
+
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return (struct.pack(">I", len(body)) + kind + body
-                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(body))
+            + kind
+            + body
+            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+        )
 
     comp = zlib.compressobj(9)
     row = b"\x00" * (width + 1)  # filter byte + pixels
     parts = [comp.compress(row) for _ in range(height)]
     parts.append(comp.flush())
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", b"".join(parts))
+        + chunk(b"IEND", b"")
+    )
 
 
 def huge_jpeg_header(width: int = 60000, height: int = 60000) -> bytes:
     """A real small JPEG whose frame header is patched to claim enormous dimensions."""
     data = bytearray(jpeg_bytes(make_phantom_xray(3, 64)))
     sof = data.find(b"\xff\xc0")
-    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
     return bytes(data)
 
 

@@ -23,16 +23,16 @@ class LiveServer:
 
     def __init__(self, app: Any, port: int | None = None) -> None:
         self.port = port or free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> str:
         self.thread.start()
         deadline = time.monotonic() + 30
         while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, \
-                "uvicorn did not start"
+            assert self.thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
             time.sleep(0.05)
         return f"http://127.0.0.1:{self.port}"
 

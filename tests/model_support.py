@@ -13,8 +13,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-COLUMNS = ("file_name", "label", "confidence", "p_NORMAL", "p_PNEUMONIA", "split",
-           "patient_id", "expert_reviewed", "reference_label", "source_upstream_resized")
+COLUMNS = (
+    "file_name",
+    "label",
+    "confidence",
+    "p_NORMAL",
+    "p_PNEUMONIA",
+    "split",
+    "patient_id",
+    "expert_reviewed",
+    "reference_label",
+    "source_upstream_resized",
+)
 
 
 def synthetic_xray(rng: np.random.Generator, pneumonia: bool, width: int, height: int):
@@ -46,11 +56,20 @@ def write_synthetic_export(out: Path, n: int = 48, seed: int = 0) -> Path:
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         width, height = int(rng.integers(80, 120)), int(rng.integers(70, 110))
         Image.fromarray(synthetic_xray(rng, pneumonia, width, height)).save(out / rel)
-        rows.append({"file_name": rel.as_posix(), "label": label,
-                     "confidence": f"{max(p, 1 - p):.3f}", "p_NORMAL": f"{1 - p:.3f}",
-                     "p_PNEUMONIA": f"{p:.3f}", "split": split, "patient_id": f"P{i // 2}",
-                     "expert_reviewed": "false", "reference_label": "",
-                     "source_upstream_resized": ""})
+        rows.append(
+            {
+                "file_name": rel.as_posix(),
+                "label": label,
+                "confidence": f"{max(p, 1 - p):.3f}",
+                "p_NORMAL": f"{1 - p:.3f}",
+                "p_PNEUMONIA": f"{p:.3f}",
+                "split": split,
+                "patient_id": f"P{i // 2}",
+                "expert_reviewed": "false",
+                "reference_label": "",
+                "source_upstream_resized": "",
+            }
+        )
     with (out / "metadata.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         writer.writeheader()
@@ -70,7 +89,11 @@ def untrained_model_dir(folder: Path, size: int = 64, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
     export_onnx(TriageNet().eval(), size, folder / "model.onnx")
-    meta = {"input_size": size, "temperature": 1.0, "thresholds": {"flag": 0.6, "clear": 0.3},
-            "widths": [16, 32, 64, 128]}
+    meta = {
+        "input_size": size,
+        "temperature": 1.0,
+        "thresholds": {"flag": 0.6, "clear": 0.3},
+        "widths": [16, 32, 64, 128],
+    }
     (folder / "model.json").write_text(json.dumps(meta))
     return folder

@@ -26,8 +26,6 @@ CLIENT_ID = "cxrlabel"
 CLIENT_SECRET = "test-client-secret-for-cxrlabel-sign-in"
 
 
-
-
 def node_tools() -> tuple[str, str]:
     """(node, npm), or skip with the reason: the provider runs on Node.js."""
     node, npm = shutil.which("node"), shutil.which("npm")
@@ -50,7 +48,11 @@ def provider_dir(npm: str) -> Path:
     (staging / "package.json").write_text('{"private": true, "type": "module"}\n')
     done = subprocess.run(
         [npm, "install", "--no-audit", "--no-fund", "--loglevel=error", "oidc-provider@9"],
-        cwd=staging, capture_output=True, text=True, timeout=300)
+        cwd=staging,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if done.returncode != 0:
         shutil.rmtree(staging, ignore_errors=True)
         pytest.fail(f"npm install oidc-provider@9 failed:\n{done.stderr[-2000:]}")
@@ -74,9 +76,12 @@ def running_provider(redirect_uri: str, groups_file: Path) -> Iterator[str]:
     port = free_port()
     issuer = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen([node, str(script), str(port), redirect_uri, CLIENT_SECRET,
-                                 str(groups_file)], cwd=folder, stdout=log,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [node, str(script), str(port), redirect_uri, CLIENT_SECRET, str(groups_file)],
+            cwd=folder,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             _wait_for(issuer, proc, log)
             yield issuer

@@ -30,12 +30,28 @@ T0 = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
 
 
 def quality_toml(
-    *, name: str = "q-job", quiz_length: int = 3, min_accuracy: float = 0.6,
-    min_gold: int = 3, prior_correct: float = 1.0, prior_missed: float = 1.0, jmin: int = 3,
-    jmax: int = 5, target: float = 0.8, min_seconds: float = 10.0, speed_limit: int = 2,
-    dist_min: int = 6, dist_remove: bool = False, method: str = "trust",
-    cant_tell_fraction: float = 0.5, flag_votes: int = 2, items_per_page: int = 10,
-    strict: bool = True, quiz_retakes: int = 0, min_peer_pairs: int = 30, online: str = "auto",
+    *,
+    name: str = "q-job",
+    quiz_length: int = 3,
+    min_accuracy: float = 0.6,
+    min_gold: int = 3,
+    prior_correct: float = 1.0,
+    prior_missed: float = 1.0,
+    jmin: int = 3,
+    jmax: int = 5,
+    target: float = 0.8,
+    min_seconds: float = 10.0,
+    speed_limit: int = 2,
+    dist_min: int = 6,
+    dist_remove: bool = False,
+    method: str = "trust",
+    cant_tell_fraction: float = 0.5,
+    flag_votes: int = 2,
+    items_per_page: int = 10,
+    strict: bool = True,
+    quiz_retakes: int = 0,
+    min_peer_pairs: int = 30,
+    online: str = "auto",
 ) -> str:
     return f'''
 name = "{name}"
@@ -117,14 +133,27 @@ class QEnv:
             s.add(user)
             s.flush()
             if role == "annotator":
-                s.add(AnnotatorState(
-                    job_id=self.job_id, user_id=user.id, trust=0.0, flags={}, joined_at=T0,
-                    status=status or ("quiz" if self.spec.gold.quiz_length else "active")))
+                s.add(
+                    AnnotatorState(
+                        job_id=self.job_id,
+                        user_id=user.id,
+                        trust=0.0,
+                        flags={},
+                        joined_at=T0,
+                        status=status or ("quiz" if self.spec.gold.quiz_length else "active"),
+                    )
+                )
             self.users[name] = user.id
             return user.id
 
-    def submit(self, who: str, answers: dict[str, Answer], *, seconds: float = 60.0,
-               kind: str | None = None) -> service.PageOutcome:
+    def submit(
+        self,
+        who: str,
+        answers: dict[str, Answer],
+        *,
+        seconds: float = 60.0,
+        kind: str | None = None,
+    ) -> service.PageOutcome:
         """One page by ``who``: image name -> answer | (answer, certainty[, flag])."""
         now = self.tick()
         uid = self.users[who]
@@ -133,30 +162,57 @@ class QEnv:
             ids = [self.images[name] for name in answers]
             gold = set(s.scalars(select(GoldItem.image_id).where(GoldItem.image_id.in_(ids))))
             if kind is None:
-                state = s.scalar(select(AnnotatorState).where(
-                    AnnotatorState.job_id == self.job_id, AnnotatorState.user_id == uid))
+                state = s.scalar(
+                    select(AnnotatorState).where(
+                        AnnotatorState.job_id == self.job_id, AnnotatorState.user_id == uid
+                    )
+                )
                 kind = "quiz" if state.status == "quiz" else "work"
             served = now - timedelta(seconds=seconds)
-            page = Page(job_id=job.id, user_id=uid, kind=kind, served_at=served,
-                        expires_at=served + timedelta(minutes=30), submitted_at=now)
-            page.items = [PageItem(image_id=i, position=k, is_gold=i in gold)
-                          for k, i in enumerate(ids)]
+            page = Page(
+                job_id=job.id,
+                user_id=uid,
+                kind=kind,
+                served_at=served,
+                expires_at=served + timedelta(minutes=30),
+                submitted_at=now,
+            )
+            page.items = [
+                PageItem(image_id=i, position=k, is_gold=i in gold) for k, i in enumerate(ids)
+            ]
             s.add(page)
             s.flush()
             self._n += 1
-            sub = Submission(user_id=uid, page_id=page.id, client_submission_id=f"c{self._n}",
-                             response={}, created_at=now)
+            sub = Submission(
+                user_id=uid,
+                page_id=page.id,
+                client_submission_id=f"c{self._n}",
+                response={},
+                created_at=now,
+            )
             s.add(sub)
             s.flush()
             rows = []
             for name, value in answers.items():
                 answer, certainty, flag = _unpack(value)
                 image_id = self.images[name]
-                rows.append(Judgment(
-                    job_id=job.id, image_id=image_id, user_id=uid, page_id=page.id,
-                    submission_id=sub.id, answer=answer, certainty=certainty,
-                    quality_flag=flag, is_gold=image_id in gold, is_quiz=kind == "quiz",
-                    served_at=served, submitted_at=now, seconds=seconds / len(answers)))
+                rows.append(
+                    Judgment(
+                        job_id=job.id,
+                        image_id=image_id,
+                        user_id=uid,
+                        page_id=page.id,
+                        submission_id=sub.id,
+                        answer=answer,
+                        certainty=certainty,
+                        quality_flag=flag,
+                        is_gold=image_id in gold,
+                        is_quiz=kind == "quiz",
+                        served_at=served,
+                        submitted_at=now,
+                        seconds=seconds / len(answers),
+                    )
+                )
             s.add_all(rows)
             s.flush()
             return service.on_page_submitted(s, job, self.spec, user, page, rows, now)
@@ -175,14 +231,21 @@ class QEnv:
 
     def annotator(self, name: str) -> AnnotatorState:
         with self.db.session() as s:
-            return s.scalar(select(AnnotatorState).where(
-                AnnotatorState.job_id == self.job_id,
-                AnnotatorState.user_id == self.users[name]))
+            return s.scalar(
+                select(AnnotatorState).where(
+                    AnnotatorState.job_id == self.job_id, AnnotatorState.user_id == self.users[name]
+                )
+            )
 
     def judgments_of(self, name: str) -> list[Judgment]:
         with self.db.session() as s:
-            return list(s.scalars(select(Judgment).where(
-                Judgment.user_id == self.users[name]).order_by(Judgment.id)))
+            return list(
+                s.scalars(
+                    select(Judgment)
+                    .where(Judgment.user_id == self.users[name])
+                    .order_by(Judgment.id)
+                )
+            )
 
     def verify(self) -> service.ReplayReport:
         with self.db.session() as s:
@@ -197,21 +260,43 @@ def _unpack(value: Answer) -> tuple[str, str, str | None]:
     return value[0], value[1], value[2]
 
 
-def seed(db: Database, spec: JobSpec, toml: str, *, work: int = 6,
-         gold: tuple[str, ...] = ("PNEUMONIA", "NORMAL", "PNEUMONIA", "NORMAL", "PNEUMONIA",
-                                  "NORMAL", "PNEUMONIA", "NORMAL")) -> QEnv:
+def seed(
+    db: Database,
+    spec: JobSpec,
+    toml: str,
+    *,
+    work: int = 6,
+    gold: tuple[str, ...] = (
+        "PNEUMONIA",
+        "NORMAL",
+        "PNEUMONIA",
+        "NORMAL",
+        "PNEUMONIA",
+        "NORMAL",
+        "PNEUMONIA",
+        "NORMAL",
+    ),
+) -> QEnv:
     with db.session() as s:
         job = Job(name=spec.name, spec_toml=toml, spec_sha256="0" * 64)
         s.add(job)
         s.flush()
         env = QEnv(db=db, spec=spec, job_id=job.id)
         for k in range(work):
-            env.images[f"w{k}"] = _add_image(s, job, f"w{k}", ImageStatus.NEEDS_JUDGMENTS,
-                                             spec.judgments.min)
+            env.images[f"w{k}"] = _add_image(
+                s, job, f"w{k}", ImageStatus.NEEDS_JUDGMENTS, spec.judgments.min
+            )
         for k, answer in enumerate(gold):
             image_id = _add_image(s, job, f"g{k}", ImageStatus.GOLD, spec.judgments.min)
-            s.add(GoldItem(job_id=job.id, image_id=image_id, accepted_answers=[answer],
-                           reason=f"reason g{k}", difficulty="easy"))
+            s.add(
+                GoldItem(
+                    job_id=job.id,
+                    image_id=image_id,
+                    accepted_answers=[answer],
+                    reason=f"reason g{k}",
+                    difficulty="easy",
+                )
+            )
             env.images[f"g{k}"] = image_id
     return env
 
@@ -223,18 +308,40 @@ def make_env(db: Database, work: int = 6, **kw: Any) -> QEnv:
 
 def _add_image(s: Any, job: Job, name: str, status: str, target: int) -> int:
     digest = f"{job.id:08d}{name:>56}".replace(" ", "0")
-    image = Image(job_id=job.id, source_path=f"{name}.png", source_format="png", sha256=digest,
-                  pixel_sha256=digest, phash="0" * 16, width=8, height=8,
-                  rendition_path=f"{name}.jpg", thumb_path=f"{name}-t.jpg", status=status,
-                  judgment_target=target)
+    image = Image(
+        job_id=job.id,
+        source_path=f"{name}.png",
+        source_format="png",
+        sha256=digest,
+        pixel_sha256=digest,
+        phash="0" * 16,
+        width=8,
+        height=8,
+        rendition_path=f"{name}.jpg",
+        thumb_path=f"{name}-t.jpg",
+        status=status,
+        judgment_target=target,
+    )
     s.add(image)
     s.flush()
     return image.id
 
 
 def pass_quiz(env: QEnv, who: str, answers: tuple[str, ...] = ("g0", "g1", "g2")) -> None:
-    right = {f"g{k}": a for k, a in enumerate(
-        ("PNEUMONIA", "NORMAL", "PNEUMONIA", "NORMAL", "PNEUMONIA", "NORMAL", "PNEUMONIA",
-         "NORMAL"))}
+    right = {
+        f"g{k}": a
+        for k, a in enumerate(
+            (
+                "PNEUMONIA",
+                "NORMAL",
+                "PNEUMONIA",
+                "NORMAL",
+                "PNEUMONIA",
+                "NORMAL",
+                "PNEUMONIA",
+                "NORMAL",
+            )
+        )
+    }
     outcome = env.submit(who, {g: right[g] for g in answers}, kind="quiz")
     assert outcome.quiz_passed is True, outcome

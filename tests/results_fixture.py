@@ -49,32 +49,64 @@ P, N = "PNEUMONIA", "NORMAL"
 
 # image key -> (status, crowd label, confidence, patient, reference, source path, size, mode)
 IMAGES = {
-    "w1": ("finalised", P, 0.95, "P1", P, "KERMANY/images/train/PNEUMONIA/person1_bacteria_1.jpeg",
-           (300, 240), "L"),
-    "w2": ("finalised", N, 0.85, "P1", N, "KERMANY/images/train/NORMAL/IM-0001-0001.jpeg",
-           (200, 260), "L"),
+    "w1": (
+        "finalised",
+        P,
+        0.95,
+        "P1",
+        P,
+        "KERMANY/images/train/PNEUMONIA/person1_bacteria_1.jpeg",
+        (300, 240),
+        "L",
+    ),
+    "w2": (
+        "finalised",
+        N,
+        0.85,
+        "P1",
+        N,
+        "KERMANY/images/train/NORMAL/IM-0001-0001.jpeg",
+        (200, 260),
+        "L",
+    ),
     "w3": ("needs_review", P, 0.55, "P2", N, "/uploads/scan-0003.dcm", (64, 64), "L"),
     "w4": ("expert", P, 1.0, "P3", P, "/other/IM-0004-0001.jpeg", (180, 120), "RGB"),
     "w5": ("needs_judgments", None, None, "P4", None, "/uploads/scan-0005.dcm", (64, 64), "L"),
     "w6": ("finalised", N, 0.70, "P6", None, "/uploads/scan-0006.dcm", (150, 150), "L"),
-    "g1": ("gold", None, None, "P5", P, "KERMANY/images/train/PNEUMONIA/person9_virus_2.jpeg",
-           (256, 256), "L"),
+    "g1": (
+        "gold",
+        None,
+        None,
+        "P5",
+        P,
+        "KERMANY/images/train/PNEUMONIA/person9_virus_2.jpeg",
+        (256, 256),
+        "L",
+    ),
     "g2": ("gold", None, None, None, N, "/uploads/scan-0008.dcm", (100, 80), "L"),
 }
 GOLD = {"g1": ([P], "obvious consolidation", "easy"), "g2": ([N], "clear lungs", "medium")}
 
 # (annotator, image, answer, certainty, quality flag, gold_missed); C's rows are all tainted.
 JUDGMENTS = [
-    ("A", "g1", P, "definitely", None, False), ("A", "g2", N, "definitely", None, False),
-    ("A", "w1", P, "definitely", None, None), ("A", "w2", N, "definitely", None, None),
-    ("A", "w3", P, "definitely", None, None), ("A", "w4", N, "definitely", None, None),
+    ("A", "g1", P, "definitely", None, False),
+    ("A", "g2", N, "definitely", None, False),
+    ("A", "w1", P, "definitely", None, None),
+    ("A", "w2", N, "definitely", None, None),
+    ("A", "w3", P, "definitely", None, None),
+    ("A", "w4", N, "definitely", None, None),
     ("A", "w6", N, "definitely", None, None),
-    ("B", "g1", N, "probably", None, True), ("B", "g2", N, "probably", None, False),
-    ("B", "w1", P, "probably", None, None), ("B", "w2", P, "probably", None, None),
-    ("B", "w3", N, "cant_tell", "unreadable", None), ("B", "w4", N, "probably", None, None),
+    ("B", "g1", N, "probably", None, True),
+    ("B", "g2", N, "probably", None, False),
+    ("B", "w1", P, "probably", None, None),
+    ("B", "w2", P, "probably", None, None),
+    ("B", "w3", N, "cant_tell", "unreadable", None),
+    ("B", "w4", N, "probably", None, None),
     ("B", "w6", N, "probably", None, None),
-    ("C", "g1", N, "definitely", None, True), ("C", "g2", P, "definitely", None, True),
-    ("C", "w1", N, "definitely", None, None), ("C", "w2", N, "definitely", None, None),
+    ("C", "g1", N, "definitely", None, True),
+    ("C", "g2", P, "definitely", None, True),
+    ("C", "w1", N, "definitely", None, None),
+    ("C", "w2", N, "definitely", None, None),
     ("C", "w4", P, "definitely", None, None),
 ]
 SECONDS = {"A": [10.0] * 7, "B": [3.0, 3.0, 3.0, 5.0, 5.0, 5.0, 5.0], "C": [1.0] * 5}
@@ -132,56 +164,119 @@ def build_job(session: Session, data_dir: Path) -> Job:
     session.add(job)
     session.flush()
     kermany = write_kermany_source(data_dir / "src")
-    users = {who: User(username=f"user-{who}", pseudonym=pseudonym(who), password_hash="x",
-                       role="annotator") for who in "ABCD"}
+    users = {
+        who: User(
+            username=f"user-{who}", pseudonym=pseudonym(who), password_hash="x", role="annotator"
+        )
+        for who in "ABCD"
+    }
     users["E"] = User(username="expert", pseudonym="exp-e", password_hash="x", role="expert")
     session.add_all(users.values())
     session.flush()
     images = {}
-    for i, (key, (status, label, conf, patient, ref, src, size, mode)) in enumerate(
-            IMAGES.items()):
+    for i, (key, (status, label, conf, patient, ref, src, size, mode)) in enumerate(IMAGES.items()):
         rendition = f"renditions/{pub(key)}.{'png' if mode == 'RGB' else 'jpg'}"
         write_rendition(data_dir / rendition, size, mode, shade=20 * i)
         image = Image(
-            job_id=job.id, public_id=pub(key), source_path=src.replace("KERMANY", str(kermany)),
-            source_format="jpeg", sha256=f"{i:064d}", pixel_sha256=f"{i:064d}",
-            phash=f"{i:016d}", width=size[0], height=size[1], patient_id=patient,
-            reference_label=ref, rendition_path=rendition, thumb_path=rendition,
-            status=status, label=label, confidence=conf,
+            job_id=job.id,
+            public_id=pub(key),
+            source_path=src.replace("KERMANY", str(kermany)),
+            source_format="jpeg",
+            sha256=f"{i:064d}",
+            pixel_sha256=f"{i:064d}",
+            phash=f"{i:016d}",
+            width=size[0],
+            height=size[1],
+            patient_id=patient,
+            reference_label=ref,
+            rendition_path=rendition,
+            thumb_path=rendition,
+            status=status,
+            label=label,
+            confidence=conf,
             proba=None if label is None else {label: conf, (N if label == P else P): 1 - conf},
             aggregation_method=None if label is None else "trust",
-            trusted_judgments=0, judgment_target=3,
+            trusted_judgments=0,
+            judgment_target=3,
         )
         session.add(image)
         images[key] = image
     session.flush()
     for key, (accepted, reason, difficulty) in GOLD.items():
-        session.add(GoldItem(job_id=job.id, image_id=images[key].id, accepted_answers=accepted,
-                             reason=reason, difficulty=difficulty))
-    session.add(ExpertReview(image_id=images["w4"].id, expert_id=users["E"].id, label=P,
-                             reason="consolidation in the right lower lobe"))
-    for who, (status, reason, trust, n, seen, missed, contested, forgiven, speed, flags) in \
-            STATES.items():
-        session.add(AnnotatorState(
-            job_id=job.id, user_id=users[who].id, status=status, status_reason=reason,
-            trust=trust, judgments=n, gold_seen=seen, gold_missed=missed,
-            gold_contested=contested, gold_forgiven=forgiven, speed_trips=speed, flags=flags,
-            joined_at=T0 - timedelta(hours=1),
-            quiz_passed_at=None if who == "D" else T0 - timedelta(minutes=30)))
+        session.add(
+            GoldItem(
+                job_id=job.id,
+                image_id=images[key].id,
+                accepted_answers=accepted,
+                reason=reason,
+                difficulty=difficulty,
+            )
+        )
+    session.add(
+        ExpertReview(
+            image_id=images["w4"].id,
+            expert_id=users["E"].id,
+            label=P,
+            reason="consolidation in the right lower lobe",
+        )
+    )
+    for who, (
+        status,
+        reason,
+        trust,
+        n,
+        seen,
+        missed,
+        contested,
+        forgiven,
+        speed,
+        flags,
+    ) in STATES.items():
+        session.add(
+            AnnotatorState(
+                job_id=job.id,
+                user_id=users[who].id,
+                status=status,
+                status_reason=reason,
+                trust=trust,
+                judgments=n,
+                gold_seen=seen,
+                gold_missed=missed,
+                gold_contested=contested,
+                gold_forgiven=forgiven,
+                speed_trips=speed,
+                flags=flags,
+                joined_at=T0 - timedelta(hours=1),
+                quiz_passed_at=None if who == "D" else T0 - timedelta(minutes=30),
+            )
+        )
     session.flush()
     judgments = _add_judgments(session, job, users, images)
     for who, key, status in CONTESTS:
         gold = images[key].gold
-        session.add(Contest(gold_id=gold.id, judgment_id=judgments[(who, key)].id,
-                            user_id=users[who].id, reason="I disagree", status=status))
+        session.add(
+            Contest(
+                gold_id=gold.id,
+                judgment_id=judgments[(who, key)].id,
+                user_id=users[who].id,
+                reason="I disagree",
+                status=status,
+            )
+        )
     # g1 was also served once on a page that expired unanswered: shown 4 times, answered 3.
-    expired = Page(job_id=job.id, user_id=users["D"].id, kind="quiz", served_at=T0,
-                   expires_at=T0 + timedelta(minutes=30))
+    expired = Page(
+        job_id=job.id,
+        user_id=users["D"].id,
+        kind="quiz",
+        served_at=T0,
+        expires_at=T0 + timedelta(minutes=30),
+    )
     expired.items.append(PageItem(image_id=images["g1"].id, position=0, is_gold=True))
     session.add(expired)
     for key, image in images.items():
-        image.trusted_judgments = sum(1 for w, k, *_ in JUDGMENTS
-                                      if k == key and w != "C" and not key.startswith("g"))
+        image.trusted_judgments = sum(
+            1 for w, k, *_ in JUDGMENTS if k == key and w != "C" and not key.startswith("g")
+        )
     session.flush()
     return job
 
@@ -191,29 +286,47 @@ def _add_judgments(session, job, users, images) -> dict[tuple[str, str], Judgmen
     minute = 0
     for who in "ABC":
         rows = [r for r in JUDGMENTS if r[0] == who]
-        page = Page(job_id=job.id, user_id=users[who].id, kind="work", served_at=T0,
-                    expires_at=T0 + timedelta(hours=1), submitted_at=T0 + timedelta(minutes=30))
+        page = Page(
+            job_id=job.id,
+            user_id=users[who].id,
+            kind="work",
+            served_at=T0,
+            expires_at=T0 + timedelta(hours=1),
+            submitted_at=T0 + timedelta(minutes=30),
+        )
         for pos, (_, key, *_rest) in enumerate(rows):
-            page.items.append(PageItem(image_id=images[key].id, position=pos,
-                                       is_gold=key.startswith("g")))
+            page.items.append(
+                PageItem(image_id=images[key].id, position=pos, is_gold=key.startswith("g"))
+            )
         session.add(page)
         session.flush()
-        sub = Submission(user_id=users[who].id, page_id=page.id,
-                         client_submission_id=f"c-{who}", response={})
+        sub = Submission(
+            user_id=users[who].id, page_id=page.id, client_submission_id=f"c-{who}", response={}
+        )
         session.add(sub)
         session.flush()
-        for (_, key, answer, certainty, flag, missed), secs in zip(rows, SECONDS[who],
-                                                                    strict=True):
+        for (_, key, answer, certainty, flag, missed), secs in zip(rows, SECONDS[who], strict=True):
             minute += 1
             submitted = T0 + timedelta(minutes=minute)
             j = Judgment(
-                job_id=job.id, image_id=images[key].id, user_id=users[who].id, page_id=page.id,
-                submission_id=sub.id, answer=answer, certainty=certainty, quality_flag=flag,
-                is_gold=key.startswith("g"), is_quiz=key.startswith("g") and who == "A",
-                gold_missed=missed, trust_at_time=TRUST_AT_TIME[who],
-                tainted=who == "C", taint_reason=TAINT_REASON if who == "C" else None,
-                served_at=submitted - timedelta(seconds=secs), submitted_at=submitted,
-                seconds=secs)
+                job_id=job.id,
+                image_id=images[key].id,
+                user_id=users[who].id,
+                page_id=page.id,
+                submission_id=sub.id,
+                answer=answer,
+                certainty=certainty,
+                quality_flag=flag,
+                is_gold=key.startswith("g"),
+                is_quiz=key.startswith("g") and who == "A",
+                gold_missed=missed,
+                trust_at_time=TRUST_AT_TIME[who],
+                tainted=who == "C",
+                taint_reason=TAINT_REASON if who == "C" else None,
+                served_at=submitted - timedelta(seconds=secs),
+                submitted_at=submitted,
+                seconds=secs,
+            )
             session.add(j)
             out[(who, key)] = j
     session.flush()

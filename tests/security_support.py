@@ -32,7 +32,14 @@ from web_support import add_user, gold_answers, remember_app, seed_job
 
 PASSWORD = "correct horse battery"
 ANON, A, B, REMOVED, DISQ, EXPERT, ADMIN = (
-    "anonymous", "annotator_a", "annotator_b", "removed", "disqualified", "expert", "admin")
+    "anonymous",
+    "annotator_a",
+    "annotator_b",
+    "removed",
+    "disqualified",
+    "expert",
+    "admin",
+)
 ROLES = (ANON, A, B, REMOVED, DISQ, EXPERT, ADMIN)
 JOB = "test-job"
 
@@ -52,9 +59,18 @@ class Env:
     def client(self) -> TestClient:
         return TestClient(self.app, follow_redirects=False)
 
-    def request(self, client: TestClient, role: str, method: str, url: str, *,
-                form: dict | None = None, json: object = None, headers: dict | None = None,
-                csrf: bool = True):
+    def request(
+        self,
+        client: TestClient,
+        role: str,
+        method: str,
+        url: str,
+        *,
+        form: dict | None = None,
+        json: object = None,
+        headers: dict | None = None,
+        csrf: bool = True,
+    ):
         """One request as ``role`` (its cookie and, for writes, its CSRF token)."""
         client.cookies.clear()
         hdrs = dict(headers or {})
@@ -68,8 +84,15 @@ class Env:
         return client.request(method, url, data=form, json=json, headers=hdrs)
 
 
-def _answer(db: Database, job_id: int, user_id: int, gold: dict[str, list[str]], *,
-            miss_gold: int = 0, submit: bool = True) -> str:
+def _answer(
+    db: Database,
+    job_id: int,
+    user_id: int,
+    gold: dict[str, list[str]],
+    *,
+    miss_gold: int = 0,
+    submit: bool = True,
+) -> str:
     """Serve the user's next page and (optionally) answer it; ``miss_gold`` test questions
     are answered wrongly. Returns the page public id."""
     with db.session() as s:
@@ -98,8 +121,10 @@ def login_cookie(client: TestClient, username: str) -> tuple[str, str]:
     client.cookies.clear()
     html = client.get("/login").text
     token = re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
-    r = client.post("/login", data={"username": username, "password": PASSWORD,
-                                    "csrf_token": token, "next": "/"})
+    r = client.post(
+        "/login",
+        data={"username": username, "password": PASSWORD, "csrf_token": token, "next": "/"},
+    )
     assert r.status_code == 303, r.text[:300]
     cookie = r.cookies.get("cxrlabel_session") or client.cookies.get("cxrlabel_session")
     client.cookies.clear()
@@ -110,11 +135,26 @@ def login_cookie(client: TestClient, username: str) -> tuple[str, str]:
 
 def build_env(db_url: str, data_dir: Path) -> Env:
     db = Database(db_url)
-    seeded = seed_job(db, data_dir, n_work=16, n_gold=10, quiz_length=3, items_per_page=4,
-                      min_accuracy=0.6, jmin=2, jmax=3)
+    seeded = seed_job(
+        db,
+        data_dir,
+        n_work=16,
+        n_gold=10,
+        quiz_length=3,
+        items_per_page=4,
+        min_accuracy=0.6,
+        jmin=2,
+        jmax=3,
+    )
     gold = gold_answers(db, seeded.job_id)
-    names = {A: "ann-alice", B: "ann-bob", REMOVED: "ann-removed", DISQ: "ann-disq",
-             EXPERT: "doc-expert", ADMIN: "boss-admin"}
+    names = {
+        A: "ann-alice",
+        B: "ann-bob",
+        REMOVED: "ann-removed",
+        DISQ: "ann-disq",
+        EXPERT: "doc-expert",
+        ADMIN: "boss-admin",
+    }
     roles = {EXPERT: "expert", ADMIN: "admin"}
     ids = {role: add_user(db, name, roles.get(role, "annotator")) for role, name in names.items()}
     # Quiz: A passes missing one test question (2/3 >= 0.6), B and the removed one pass,
@@ -132,25 +172,37 @@ def build_env(db_url: str, data_dir: Path) -> Env:
         admin = s.get(User, ids[ADMIN])
         service.remove_annotator(s, job, spec, admin, ids[REMOVED], "security test", now)
         quiz_page = s.scalar(select(Page).where(Page.public_id == quiz_a))
-        missed = s.scalars(select(Judgment).where(Judgment.page_id == quiz_page.id,
-                                                  Judgment.gold_missed.is_(True))).all()
-        contest = service.contest_gold(s, job, spec, s.get(User, ids[A]), missed[0].id,
-                                       "I think it is the other one", now)
+        missed = s.scalars(
+            select(Judgment).where(Judgment.page_id == quiz_page.id, Judgment.gold_missed.is_(True))
+        ).all()
+        contest = service.contest_gold(
+            s, job, spec, s.get(User, ids[A]), missed[0].id, "I think it is the other one", now
+        )
         done_page = s.scalar(select(Page).where(Page.public_id == done_a))
-        work_missed = s.scalar(select(Judgment.id).where(Judgment.page_id == done_page.id,
-                                                         Judgment.gold_missed.is_(True)))
+        work_missed = s.scalar(
+            select(Judgment.id).where(
+                Judgment.page_id == done_page.id, Judgment.gold_missed.is_(True)
+            )
+        )
         open_page = s.scalar(select(Page).where(Page.public_id == open_a))
         a_image = next(i.image.public_id for i in open_page.items if not i.is_gold)
-        b_seen = {i.image_id for p in s.scalars(select(Page).where(Page.user_id != ids[A]))
-                  for i in p.items}
-        review = s.scalar(select(Image).where(Image.job_id == job.id,
-                                              Image.status == ImageStatus.NEEDS_JUDGMENTS,
-                                              Image.id.not_in(b_seen | {i.image_id for i in
-                                                                        open_page.items})))
+        b_seen = {
+            i.image_id
+            for p in s.scalars(select(Page).where(Page.user_id != ids[A]))
+            for i in p.items
+        }
+        review = s.scalar(
+            select(Image).where(
+                Image.job_id == job.id,
+                Image.status == ImageStatus.NEEDS_JUDGMENTS,
+                Image.id.not_in(b_seen | {i.image_id for i in open_page.items}),
+            )
+        )
         review.status = ImageStatus.NEEDS_REVIEW
         review_image = review.public_id
-        invite, token = create_invite(s, role="annotator", max_uses=50, expires_hours=24,
-                                      job=job, now=now)
+        invite, token = create_invite(
+            s, role="annotator", max_uses=50, expires_hours=24, job=job, now=now
+        )
         contest_id, invite_id = contest.id, invite.id
     app = remember_app(create_app(Settings(data_dir=data_dir, db_url=db_url), db=db))
     aliases = app.state.image_urls.aliases  # annotators name images and answers by their own ids
@@ -162,10 +214,19 @@ def build_env(db_url: str, data_dir: Path) -> Env:
     html = client.get("/login").text
     env.csrf[ANON] = re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
     env.cookies[ANON] = client.cookies.get("cxrlabel_session")
-    env.ids.update(job_name=JOB, page_id=open_a, done_page=done_a,
-                   public_id=aliases.image(a_image, ids[A]), shared_public_id=a_image,
-                   review_image=review_image, contest_id=contest_id, invite_id=invite_id,
-                   token=token, user_id=ids[B],
-                   judgment_id=aliases.answer(work_missed, ids[A]),
-                   removed_id=ids[REMOVED], gold_image=next(iter(gold)))
+    env.ids.update(
+        job_name=JOB,
+        page_id=open_a,
+        done_page=done_a,
+        public_id=aliases.image(a_image, ids[A]),
+        shared_public_id=a_image,
+        review_image=review_image,
+        contest_id=contest_id,
+        invite_id=invite_id,
+        token=token,
+        user_id=ids[B],
+        judgment_id=aliases.answer(work_missed, ids[A]),
+        removed_id=ids[REMOVED],
+        gold_image=next(iter(gold)),
+    )
     return env

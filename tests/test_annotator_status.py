@@ -29,23 +29,40 @@ def test_disqualified_gets_the_quiz_score_and_reinstated_is_welcomed_once():
 
 
 def test_panel_numbers():
-    s = Standing(gold_seen=5, gold_correct=3, min_accuracy=0.6, pages_done=4, pages_left=7,
-                 pay_per_page=0.25, currency="USD", min_seconds_per_page=8,
-                 speed_trips=1, speed_trap_limit=3)
+    s = Standing(
+        gold_seen=5,
+        gold_correct=3,
+        min_accuracy=0.6,
+        pages_done=4,
+        pages_left=7,
+        pay_per_page=0.25,
+        currency="USD",
+        min_seconds_per_page=8,
+        speed_trips=1,
+        speed_trap_limit=3,
+    )
     assert s.accuracy == 0.6 and s.near_minimum and s.earnings == 1.0
     assert "at least 8 s" in s.pace_text() and "2 more" in s.pace_text()
-    assert pages_left(work_done=6, max_per_annotator=12, per_page_work=3, unseen_gold=10,
-                      gold_per_page=1) == 2
-    assert pages_left(work_done=0, max_per_annotator=1000, per_page_work=3, unseen_gold=5,
-                      gold_per_page=1) == 5
+    assert (
+        pages_left(
+            work_done=6, max_per_annotator=12, per_page_work=3, unseen_gold=10, gold_per_page=1
+        )
+        == 2
+    )
+    assert (
+        pages_left(
+            work_done=0, max_per_annotator=1000, per_page_work=3, unseen_gold=5, gold_per_page=1
+        )
+        == 5
+    )
 
 
 def test_crowd_summary_says_what_the_confidence_rests_on():
     weights = {"definitely": 1.0, "probably": 0.6, "cant_tell": 0.0}
-    text = crowd_summary("NORMAL", 1.0, {"NORMAL": {"probably": 1},
-                                         "PNEUMONIA": {"cant_tell": 2}}, weights)
-    assert text == ("Leans NORMAL, confidence 1.00, from only 1 of 3 answers "
-                    "(2 could not tell).")
+    text = crowd_summary(
+        "NORMAL", 1.0, {"NORMAL": {"probably": 1}, "PNEUMONIA": {"cant_tell": 2}}, weights
+    )
+    assert text == ("Leans NORMAL, confidence 1.00, from only 1 of 3 answers (2 could not tell).")
     assert "No leaning" in crowd_summary(None, None, {"NORMAL": {"cant_tell": 2}}, weights)
 
 
@@ -55,7 +72,8 @@ def test_removal_for_harm_shows_the_skill_reason_text():
     from cxrlabel.quality import skill
 
     for code in skill.HARM_REASONS:
-        text = standing_message("removed", f"{code}: peer-implied accuracy 0.31 [0.2, 0.4]",
-                                {}, STALE, 0.6)
+        text = standing_message(
+            "removed", f"{code}: peer-implied accuracy 0.31 [0.2, 0.4]", {}, STALE, 0.6
+        )
         assert text.startswith(skill.REMOVAL_REASONS[code])
         assert "An administrator removed you" not in text and "more such" not in text

@@ -43,12 +43,16 @@ def _ctx(s, job_id, user_id):
 def _page(db, seeded, uid, now=T0, rng=None):
     with db.session() as s:
         job, user = _ctx(s, seeded.job_id, uid)
-        page, reason = next_page_or_reason(s, job, seeded.spec, user, now,
-                                           rng=rng or random.Random(1))
+        page, reason = next_page_or_reason(
+            s, job, seeded.spec, user, now, rng=rng or random.Random(1)
+        )
         if page is None:
             return None, reason
-        return (page.public_id, page.kind,
-                [(i.image.public_id, i.image_id, i.is_gold) for i in page.items]), None
+        return (
+            page.public_id,
+            page.kind,
+            [(i.image.public_id, i.image_id, i.is_gold) for i in page.items],
+        ), None
 
 
 def _answers(db, items, *, correct_gold=True, answer="NORMAL"):
@@ -142,8 +146,9 @@ def test_failing_quiz_disqualifies_for_good(env):
 
 def test_reservations_block_then_expire(env):
     db, tmp = env
-    seeded = seed_job(db, tmp, n_work=3, n_gold=4, quiz_length=0, items_per_page=4, jmin=1,
-                      reservation_minutes=30)
+    seeded = seed_job(
+        db, tmp, n_work=3, n_gold=4, quiz_length=0, items_per_page=4, jmin=1, reservation_minutes=30
+    )
     a, b = add_user(db, "aa"), add_user(db, "bb")
     (_, _, items_a), _ = _page(db, seeded, a)
     assert sorted(i for _, i, g in items_a if not g) == sorted(seeded.work_ids)
@@ -155,8 +160,9 @@ def test_reservations_block_then_expire(env):
 
 def test_max_judgments_per_annotator(env):
     db, tmp = env
-    seeded = seed_job(db, tmp, n_work=20, n_gold=4, quiz_length=0, items_per_page=4,
-                      max_per_annotator=5)
+    seeded = seed_job(
+        db, tmp, n_work=20, n_gold=4, quiz_length=0, items_per_page=4, max_per_annotator=5
+    )
     uid = add_user(db, "ann1")
     (pid, _, items), _ = _page(db, seeded, uid)
     assert len(items) == 4
@@ -219,8 +225,9 @@ def test_submission_is_idempotent_and_validated(env):
 
 def test_expired_page_policy(env):
     db, tmp = env
-    seeded = seed_job(db, tmp, n_work=3, n_gold=4, quiz_length=0, items_per_page=4, jmin=1,
-                      reservation_minutes=10)
+    seeded = seed_job(
+        db, tmp, n_work=3, n_gold=4, quiz_length=0, items_per_page=4, jmin=1, reservation_minutes=10
+    )
     a, b, c = add_user(db, "aa"), add_user(db, "bb"), add_user(db, "cc")
     (pid_a, _, items_a), _ = _page(db, seeded, a)
     late = T0 + timedelta(minutes=15)
@@ -267,13 +274,21 @@ def test_prefetch_reserves_next_page_and_restarts_its_clock(env):
 def _overfilled(db) -> list[tuple[int, int, int]]:
     with db.session() as s:
         now = T0 + timedelta(minutes=1)
-        reserved = dict(s.execute(
-            select(PageItem.image_id, func.count()).join(Page)
-            .where(Page.submitted_at.is_(None), Page.expires_at > now,
-                   PageItem.is_gold.is_(False)).group_by(PageItem.image_id)).all())
-        return [(i.id, i.trusted_judgments + reserved.get(i.id, 0), i.judgment_target)
-                for i in s.scalars(select(Image).where(Image.status == "needs_judgments"))
-                if i.trusted_judgments + reserved.get(i.id, 0) > i.judgment_target]
+        reserved = dict(
+            s.execute(
+                select(PageItem.image_id, func.count())
+                .join(Page)
+                .where(
+                    Page.submitted_at.is_(None), Page.expires_at > now, PageItem.is_gold.is_(False)
+                )
+                .group_by(PageItem.image_id)
+            ).all()
+        )
+        return [
+            (i.id, i.trusted_judgments + reserved.get(i.id, 0), i.judgment_target)
+            for i in s.scalars(select(Image).where(Image.status == "needs_judgments"))
+            if i.trusted_judgments + reserved.get(i.id, 0) > i.judgment_target
+        ]
 
 
 def test_concurrent_requests_never_overfill_last_slots(env):
@@ -346,8 +361,9 @@ def test_work_is_served_in_shuffled_order_not_ingest_order(env):
     """A Kaggle folder lists one class first; the first pages must not be all one class.
     The order is the job's ``serve_rank`` (a hash), so it is the same on every replay."""
     db, tmp = env
-    seeded = seed_job(db, tmp, n_work=80, n_gold=12, quiz_length=0, items_per_page=4, jmin=1,
-                      jmax=1)
+    seeded = seed_job(
+        db, tmp, n_work=80, n_gold=12, quiz_length=0, items_per_page=4, jmin=1, jmax=1
+    )
     first_half = set(seeded.work_ids[:40])  # "NORMAL": ingested first, as a folder lists it
     uid = add_user(db, "ann1")
     served: list[int] = []
@@ -359,7 +375,8 @@ def test_work_is_served_in_shuffled_order_not_ingest_order(env):
     assert len(served) == 21
     assert set(served) & first_half and set(served) - first_half
     with db.session() as s:
-        ranks = dict(s.execute(select(Image.id, Image.serve_rank).where(
-            Image.id.in_(seeded.work_ids))).all())
+        ranks = dict(
+            s.execute(select(Image.id, Image.serve_rank).where(Image.id.in_(seeded.work_ids))).all()
+        )
     # Pages take the next images in rank order (their positions on a page are shuffled).
     assert set(served) == set(sorted(seeded.work_ids, key=lambda i: (ranks[i], i))[:21])

@@ -36,8 +36,18 @@ def _free_port() -> int:
 def live(tmp_path):
     url = f"sqlite:///{tmp_path / 'web.sqlite3'}"
     db = Database(url)
-    seeded = seed_job(db, tmp_path, n_work=16, n_gold=8, quiz_length=3, items_per_page=4,
-                      jmin=1, jmax=1, min_accuracy=0.6, phantom=True)
+    seeded = seed_job(
+        db,
+        tmp_path,
+        n_work=16,
+        n_gold=8,
+        quiz_length=3,
+        items_per_page=4,
+        jmin=1,
+        jmax=1,
+        min_accuracy=0.6,
+        phantom=True,
+    )
     app = create_app(Settings(data_dir=tmp_path, db_url=url), db=db)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -141,8 +151,9 @@ def test_annotator_session_in_chromium(browser, live, artifacts_dir):
     page.wait_for_load_state("networkidle")  # the next page was reserved and prefetched
     with db.session() as s:
         user = s.scalar(select(User).where(User.username == "browser-ann"))
-        open_pages = s.scalar(select(func.count(Page.id)).where(
-            Page.user_id == user.id, Page.submitted_at.is_(None)))
+        open_pages = s.scalar(
+            select(func.count(Page.id)).where(Page.user_id == user.id, Page.submitted_at.is_(None))
+        )
     assert open_pages == 2
     page1 = _answer_page_by_keyboard(page, gold, miss_gold=True)
     assert any(pid in gold for pid in page1)
@@ -151,8 +162,7 @@ def test_annotator_session_in_chromium(browser, live, artifacts_dir):
     missed = page.locator("article.missed")
     assert missed.count() == 1
     assert "EXPERT-REASON-" in missed.inner_text() and "Expert answer" in missed.inner_text()
-    page.screenshot(path=str(artifacts_dir / "annotator-feedback-missed-gold.png"),
-                    full_page=True)
+    page.screenshot(path=str(artifacts_dir / "annotator-feedback-missed-gold.png"), full_page=True)
     page.fill("article.missed textarea", "I think the lungs look clear.")
     page.click("article.missed button[type=submit]")
     page.wait_for_selector("text=a job administrator will review your comment")
@@ -168,8 +178,12 @@ def test_annotator_session_in_chromium(browser, live, artifacts_dir):
     assert not errors, errors
 
     # Phone layout of the same page.
-    phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True,
-                                has_touch=True, storage_state=context.storage_state())
+    phone = browser.new_context(
+        viewport={"width": 390, "height": 844},
+        is_mobile=True,
+        has_touch=True,
+        storage_state=context.storage_state(),
+    )
     mobile = phone.new_page()
     mobile.goto(f"{base}/jobs/test-job/page")
     mobile.wait_for_selector(".item.current img")
@@ -179,19 +193,24 @@ def test_annotator_session_in_chromium(browser, live, artifacts_dir):
 
     with db.session() as s:
         user = s.scalar(select(User).where(User.username == "browser-ann"))
-        assert s.scalar(select(func.count(Judgment.id)).where(Judgment.user_id == user.id)) \
+        assert (
+            s.scalar(select(func.count(Judgment.id)).where(Judgment.user_id == user.id))
             == 3 + 4 + 4
+        )
         assert s.scalar(select(func.count(Contest.id))) == 1
-        first_user_images = set(s.scalars(
-            select(PageItem.image_id).join(Page).where(Page.user_id == user.id,
-                                                       PageItem.is_gold.is_(False))))
+        first_user_images = set(
+            s.scalars(
+                select(PageItem.image_id)
+                .join(Page)
+                .where(Page.user_id == user.id, PageItem.is_gold.is_(False))
+            )
+        )
         assert set(page1 + page2)  # sanity
 
     # A second annotator (API) never gets images whose target (1) the first one filled or holds.
     add_user(db, "second-ann")
     with db.session() as s:
-        api_token = issue_api_token(s, s.scalar(select(User).where(
-            User.username == "second-ann")))
+        api_token = issue_api_token(s, s.scalar(select(User).where(User.username == "second-ann")))
     import httpx
 
     api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {api_token}"})
@@ -201,17 +220,28 @@ def test_annotator_session_in_chromium(browser, live, artifacts_dir):
         if body["page"] is None:
             break
         p = body["page"]
-        answers = [{"image_public_id": i["image_public_id"],
-                    "answer": gold.get(i["image_public_id"], ["NORMAL"])[0],
-                    "certainty": "definitely"} for i in p["items"]]
-        r = api.post(f"/api/jobs/test-job/pages/{p['page_id']}/submit",
-                     json={"client_submission_id": f"s{n}", "answers": answers})
+        answers = [
+            {
+                "image_public_id": i["image_public_id"],
+                "answer": gold.get(i["image_public_id"], ["NORMAL"])[0],
+                "certainty": "definitely",
+            }
+            for i in p["items"]
+        ]
+        r = api.post(
+            f"/api/jobs/test-job/pages/{p['page_id']}/submit",
+            json={"client_submission_id": f"s{n}", "answers": answers},
+        )
         assert r.status_code == 200, r.text
         received += [i["image_public_id"] for i in p["items"]]
     with db.session() as s:
-        second_ids = set(s.scalars(select(Page.id).join(User).where(
-            User.username == "second-ann")))
-        second_work = set(s.scalars(select(PageItem.image_id).where(
-            PageItem.page_id.in_(second_ids), PageItem.is_gold.is_(False))))
+        second_ids = set(s.scalars(select(Page.id).join(User).where(User.username == "second-ann")))
+        second_work = set(
+            s.scalars(
+                select(PageItem.image_id).where(
+                    PageItem.page_id.in_(second_ids), PageItem.is_gold.is_(False)
+                )
+            )
+        )
     assert received and second_work
     assert not second_work & first_user_images

@@ -16,7 +16,6 @@ from live_server import LiveServer
 pytestmark = pytest.mark.browser
 
 
-
 @pytest.fixture
 def live(tmp_path):
     url = f"sqlite:///{tmp_path / 'web.sqlite3'}"
@@ -53,8 +52,10 @@ def test_api_docs_render_offline_under_a_strict_csp(browser, live, artifacts_dir
     box = operations.first.bounding_box()
     assert box and box["width"] > 300 and box["height"] > 20, box  # styled, really drawn
     assert page.locator(".opblock-summary-path", has_text="/api/openapi.json").count() == 0
-    assert page.locator(".opblock-summary-path",
-                        has_text="/api/jobs/{job_name}/pages/next").count() == 1
+    assert (
+        page.locator(".opblock-summary-path", has_text="/api/jobs/{job_name}/pages/next").count()
+        == 1
+    )
     operations.first.locator(".opblock-summary").click()  # expanding draws more UI
     page.locator(".try-out__btn").first.wait_for(state="visible", timeout=10_000)
     page.screenshot(path=str(artifacts_dir / "api-docs.png"))

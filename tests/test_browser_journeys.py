@@ -40,12 +40,27 @@ MIN_SECONDS = 1.0  # the job's minimum per page; careful people here wait a litt
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, shared_data):
     tmp = tmp_path_factory.mktemp("journeys")
-    db, job_id, spec = build_real_job(tmp, shared_data / "kermany", per_class=24, n_gold=16,
-                                      quiz_length=3, items_per_page=4, jmin=2, jmax=2,
-                                      min_accuracy=0.6, min_seconds_per_page=MIN_SECONDS)
+    db, job_id, spec = build_real_job(
+        tmp,
+        shared_data / "kermany",
+        per_class=24,
+        n_gold=16,
+        quiz_length=3,
+        items_per_page=4,
+        jmin=2,
+        jmax=2,
+        min_accuracy=0.6,
+        min_seconds_per_page=MIN_SECONDS,
+    )
     # Two simulated annotators disagree on the first images: those go to expert review.
-    crowd_work(db, job_id, spec, ["sim-a", "sim-b"],
-               [("NORMAL", "probably"), ("PNEUMONIA", "cant_tell")], pages=2)
+    crowd_work(
+        db,
+        job_id,
+        spec,
+        ["sim-a", "sim-b"],
+        [("NORMAL", "probably"), ("PNEUMONIA", "cant_tell")],
+        pages=2,
+    )
     add_user(db, "expert", role="expert")
     add_user(db, "admin", role="admin")
     with serve(db, tmp) as base:
@@ -59,8 +74,13 @@ def _shot(page, artifacts_dir, name: str) -> None:
 
 def _review_ids(db, job_id) -> list[str]:
     with db.session() as s:
-        return list(s.scalars(select(Image.public_id).where(
-            Image.job_id == job_id, Image.status == ImageStatus.NEEDS_REVIEW)))
+        return list(
+            s.scalars(
+                select(Image.public_id).where(
+                    Image.job_id == job_id, Image.status == ImageStatus.NEEDS_REVIEW
+                )
+            )
+        )
 
 
 def test_first_served_work_has_both_classes(live):
@@ -68,17 +88,22 @@ def test_first_served_work_has_both_classes(live):
     _base, db, job_id, _spec = live
     refs = {}
     with db.session() as s:
-        rows = s.execute(select(Image.reference_label).join(PageItem, PageItem.image_id == Image.id)
-                         .where(Image.job_id == job_id, PageItem.is_gold.is_(False))
-                         .order_by(PageItem.id).limit(20)).all()
+        rows = s.execute(
+            select(Image.reference_label)
+            .join(PageItem, PageItem.image_id == Image.id)
+            .where(Image.job_id == job_id, PageItem.is_gold.is_(False))
+            .order_by(PageItem.id)
+            .limit(20)
+        ).all()
         refs = [r for (r,) in rows]
     assert len(refs) >= 6
     assert {"NORMAL", "PNEUMONIA"} <= set(refs), refs
 
 
 @pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
-def test_expert_reviews_with_js_on_and_goes_to_the_next_image(browser, live, artifacts_dir,
-                                                               viewport):
+def test_expert_reviews_with_js_on_and_goes_to_the_next_image(
+    browser, live, artifacts_dir, viewport
+):
     """Items 1 and 7: the review page shows the X-ray with JS on, the queue has thumbnails and
     an honest summary, and recording a label opens the next image."""
     base, db, job_id, spec = live
@@ -127,6 +152,7 @@ def test_expert_reviews_with_js_on_and_goes_to_the_next_image(browser, live, art
 
 # --- annotators -------------------------------------------------------------------------------
 
+
 def _invite(db, job_id) -> str:
     with db.session() as s:
         _invite_row, token = create_invite(s, max_uses=1, job=s.get(Job, job_id))
@@ -167,8 +193,11 @@ def _submit_carefully(page) -> None:
 
 def _state(db, username: str) -> AnnotatorState:
     with db.session() as s:
-        return s.scalar(select(AnnotatorState).join(User, User.id == AnnotatorState.user_id)
-                        .where(User.username == username))
+        return s.scalar(
+            select(AnnotatorState)
+            .join(User, User.id == AnnotatorState.user_id)
+            .where(User.username == username)
+        )
 
 
 def test_annotator_journey_status_panel_and_contest_outcome(browser, live, artifacts_dir):
@@ -254,19 +283,24 @@ def test_removed_and_reinstated_annotators_are_told_why(browser, live, artifacts
     page = context.new_page()
     login(page, base, "removed-ann")
     page.goto(f"{base}/jobs/{JOB}")  # joins the job
-    stale = ("That page was submitted in 0 s, faster than the 1 s a careful look at every "
-             "image takes, so its answers were not counted. After 2 more such page(s) you "
-             "will be removed from this job.")
+    stale = (
+        "That page was submitted in 0 s, faster than the 1 s a careful look at every "
+        "image takes, so its answers were not counted. After 2 more such page(s) you "
+        "will be removed from this job."
+    )
     cases = {
-        "low-trust": ("low_trust: trust 0.412 < minimum 0.60 after 8 gold answers (5 missed)",
-                      "fell below the job's minimum of 60%"),
+        "low-trust": (
+            "low_trust: trust 0.412 < minimum 0.60 after 8 gold answers (5 missed)",
+            "fell below the job's minimum of 60%",
+        ),
         "speed": ("speed_trap: 3 pages faster than 1 s", "faster than a careful look"),
         "admin": ("admin: answers copied from another site", "answers copied from another site"),
     }
     for name, (reason, expected) in cases.items():
         with db.session() as s:
-            state = s.scalar(select(AnnotatorState).join(User).where(
-                User.username == "removed-ann"))
+            state = s.scalar(
+                select(AnnotatorState).join(User).where(User.username == "removed-ann")
+            )
             # As the engine leaves it: the speed warning of an earlier page is still stored.
             state.status, state.status_reason, state.message = "removed", reason, stale
         page.goto(f"{base}/jobs/{JOB}/page")
@@ -340,9 +374,16 @@ def test_failed_quiz_on_a_phone(browser, live, artifacts_dir):
     context.close()
 
 
-ADMIN_PAGES = ["/admin", f"/admin/jobs/{JOB}/annotators", f"/admin/jobs/{JOB}/gold",
-               "/admin/invites", f"/admin/jobs/{JOB}/contributors", f"/admin/jobs/{JOB}/contests",
-               f"/admin/jobs/{JOB}/dashboard", f"/review/{JOB}"]
+ADMIN_PAGES = [
+    "/admin",
+    f"/admin/jobs/{JOB}/annotators",
+    f"/admin/jobs/{JOB}/gold",
+    "/admin/invites",
+    f"/admin/jobs/{JOB}/contributors",
+    f"/admin/jobs/{JOB}/contests",
+    f"/admin/jobs/{JOB}/dashboard",
+    f"/review/{JOB}",
+]
 
 
 def test_admin_pages_fit_a_phone(browser, live, artifacts_dir):
@@ -371,8 +412,9 @@ def test_admin_writes_a_real_reason_for_sampled_gold(browser, live, artifacts_di
 
     base, db, job_id, _spec = live
     with db.session() as s:
-        gold = s.scalars(select(GoldItem).where(GoldItem.job_id == job_id)
-                         .order_by(GoldItem.id.desc())).first()
+        gold = s.scalars(
+            select(GoldItem).where(GoldItem.job_id == job_id).order_by(GoldItem.id.desc())
+        ).first()
         gold.reason = GENERIC_REASON.format(text="Healthy", hint="")
         gold.active = False
         public_id = s.get(Image, gold.image_id).public_id
@@ -414,8 +456,13 @@ def test_admin_small_items(browser, live, artifacts_dir):
     _shot(page, artifacts_dir, "admin-qa-report-desktop")
 
     page.goto(f"{base}/admin/jobs/{JOB}/dashboard")
-    cards = dict(zip(page.locator(".qa-dash .card .k").all_inner_texts(),
-                     page.locator(".qa-dash .card .v").all_inner_texts(), strict=True))
+    cards = dict(
+        zip(
+            page.locator(".qa-dash .card .k").all_inner_texts(),
+            page.locator(".qa-dash .card .v").all_inner_texts(),
+            strict=True,
+        )
+    )
     svg = page.evaluate("""() => atob(document.querySelector('#fig-calibration img').src
                                           .split(',')[1])""")
     agreement = cards["agreement with reference"]

@@ -23,8 +23,18 @@ PASSWORD = "correct horse battery"
 def live(tmp_path):
     url = f"sqlite:///{tmp_path / 'web.sqlite3'}"
     db = Database(url)
-    seeded = seed_job(db, tmp_path, n_work=16, n_gold=8, quiz_length=3, items_per_page=4,
-                      min_accuracy=0.6, phantom=True, training_items=4, training_per_page=2)
+    seeded = seed_job(
+        db,
+        tmp_path,
+        n_work=16,
+        n_gold=8,
+        quiz_length=3,
+        items_per_page=4,
+        min_accuracy=0.6,
+        phantom=True,
+        training_items=4,
+        training_per_page=2,
+    )
     _make_training(db, seeded, 4)
     app = create_app(Settings(data_dir=tmp_path, db_url=url), db=db)
     with LiveServer(app) as base_url:
@@ -65,12 +75,14 @@ def test_training_feedback_in_chromium(browser, live, artifacts_dir):
         for i in range(2):
             img = cases.nth(i).locator("img")
             img.scroll_into_view_if_needed()
-            page.wait_for_function("img => img.complete && img.naturalWidth > 0",
-                                   arg=img.element_handle())
+            page.wait_for_function(
+                "img => img.complete && img.naturalWidth > 0", arg=img.element_handle()
+            )
             box = img.bounding_box()
             assert box is not None and box["width"] >= 100 and box["height"] >= 80, box
-        page.screenshot(path=str(artifacts_dir / f"annotator-training-feedback-{round_no}.png"),
-                        full_page=True)
+        page.screenshot(
+            path=str(artifacts_dir / f"annotator-training-feedback-{round_no}.png"), full_page=True
+        )
         page.keyboard.press("Enter")  # "Continue" is focused
 
     page.wait_for_url("**/jobs/test-job/page")

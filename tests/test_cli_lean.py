@@ -22,8 +22,15 @@ from cxrlabel import cli
 HEAVY = ("scipy", "pandas", "sqlalchemy", "fastapi", "starlette", "torch", "onnxruntime")
 # Web, database and simulator code: `aggregate` must load none of it.
 NOT_FOR_AGGREGATE = (
-    "sqlalchemy", "fastapi", "starlette", "torch",
-    "cxrlabel.web", "cxrlabel.storage", "cxrlabel.sim", "cxrlabel.context", "cxrlabel.quality",
+    "sqlalchemy",
+    "fastapi",
+    "starlette",
+    "torch",
+    "cxrlabel.web",
+    "cxrlabel.storage",
+    "cxrlabel.sim",
+    "cxrlabel.context",
+    "cxrlabel.quality",
 )
 
 PROBE = """
@@ -48,7 +55,11 @@ def _run_cli(*args: str) -> tuple[int, set[str], str]:
     env = {**os.environ, "PYTHONPATH": path}
     proc = subprocess.run(
         [sys.executable, "-c", PROBE, json.dumps(list(args))],
-        capture_output=True, text=True, env=env, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
     )
     output, _, probe = proc.stdout.rpartition("MODULES=")
     assert probe, proc.stderr

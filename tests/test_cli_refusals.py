@@ -17,8 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_predict_on_a_missing_path_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "preds.csv"
-    result = runner.invoke(app, ["predict", "--model", str(tmp_path), str(tmp_path / "nope.png"),
-                                 "-o", str(out)])
+    result = runner.invoke(
+        app, ["predict", "--model", str(tmp_path), str(tmp_path / "nope.png"), "-o", str(out)]
+    )
     assert result.exit_code == 2
     assert "nope.png" in result.output and "does not exist" in result.output
     assert not out.exists()
@@ -33,8 +34,12 @@ def test_serve_refuses_a_port_out_of_range(tmp_path: Path) -> None:
 
 def test_a_missing_data_dir_is_refused_not_created(tmp_path: Path) -> None:
     typo = tmp_path / "typo" / "dir"
-    for args in (["status"], ["status", "--json"], ["report", "full", "-o",
-                                                   str(tmp_path / "r.csv")], ["serve"]):
+    for args in (
+        ["status"],
+        ["status", "--json"],
+        ["report", "full", "-o", str(tmp_path / "r.csv")],
+        ["serve"],
+    ):
         result = runner.invoke(app, ["--data-dir", str(typo), *args])
         assert result.exit_code == 2, (args, result.output)
         assert "does not exist" in result.output and "--data-dir" in result.output
@@ -43,16 +48,30 @@ def test_a_missing_data_dir_is_refused_not_created(tmp_path: Path) -> None:
 
 def test_a_command_that_creates_data_may_start_a_data_dir(tmp_path: Path) -> None:
     new = tmp_path / "new"
-    result = runner.invoke(app, ["--data-dir", str(new), "user", "add", "admin", "--role",
-                                 "admin", "--password", "a-long-enough-password"])
+    result = runner.invoke(
+        app,
+        [
+            "--data-dir",
+            str(new),
+            "user",
+            "add",
+            "admin",
+            "--role",
+            "admin",
+            "--password",
+            "a-long-enough-password",
+        ],
+    )
     assert result.exit_code == 0, result.output
     status = runner.invoke(app, ["--data-dir", str(new), "status", "--json"])
     assert status.exit_code == 0, status.output
 
 
 def test_ingest_of_a_non_image_file_fails(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["--data-dir", str(tmp_path / "data"), "ingest",
-                                 str(REPO / "README.md"), "--workers", "0"])
+    result = runner.invoke(
+        app,
+        ["--data-dir", str(tmp_path / "data"), "ingest", str(REPO / "README.md"), "--workers", "0"],
+    )
     assert result.exit_code == 1
     assert "not an image" in result.output
     assert "no image could be read" in result.output
@@ -80,4 +99,5 @@ def test_help_texts_name_only_commands_that_exist() -> None:
                 assert first in commands, f"{name}: help names `cxrlabel {first}`"
                 if isinstance(commands[first], TyperGroup) and second:
                     assert f"{first} {second}" in commands, (
-                        f"{name}: help names `cxrlabel {first} {second}`")
+                        f"{name}: help names `cxrlabel {first} {second}`"
+                    )

@@ -52,8 +52,10 @@ def test_status_on_empty_data_dir_and_unknown_job(tmp_path: Path) -> None:
 
 
 def test_demo_rejects_missing_images_folder(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["--data-dir", str(tmp_path), "demo", "--no-serve",
-                                 "--images", str(tmp_path / "missing")])
+    result = runner.invoke(
+        app,
+        ["--data-dir", str(tmp_path), "demo", "--no-serve", "--images", str(tmp_path / "missing")],
+    )
     assert result.exit_code == 2
     assert "no such folder" in result.output
 
@@ -74,8 +76,10 @@ def test_demo_simulate_fills_the_job_through_the_engine(tmp_path: Path) -> None:
     assert by_status.get("gold", 0) == status["gold"] + status["gold_inactive"]
     training = by_status.get("training", 0)  # the bundled job's training pool (issue 17)
     assert training == 6
-    assert by_status.get("finalised", 0) + by_status.get("needs_review", 0) == \
-        72 - by_status.get("gold", 0) - training
+    assert (
+        by_status.get("finalised", 0) + by_status.get("needs_review", 0)
+        == 72 - by_status.get("gold", 0) - training
+    )
     assert status["annotators"]  # simulated annotators are real per-job states
     # The stored quality state is what replaying the event log gives.
     replay = runner.invoke(app, ["--data-dir", str(data), "quality", "replay", "--json"])

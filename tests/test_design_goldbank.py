@@ -37,8 +37,15 @@ def _seed(tmp_path: Path, db_url: str):
         job, _ = bundled_job(s)
         for i in range(6):
             label = "PNEUMONIA" if i % 2 else "NORMAL"
-            add_image(s, job, tmp_path, i, name=f"case-{i}.jpeg", reference_label=label,
-                      patient_id=f"p{i}")
+            add_image(
+                s,
+                job,
+                tmp_path,
+                i,
+                name=f"case-{i}.jpeg",
+                reference_label=label,
+                patient_id=f"p{i}",
+            )
     return db, tmp_path, db_url
 
 
@@ -60,36 +67,54 @@ def seeded_sqlite(tmp_path: Path):
 
 def _gold_count(db: Database) -> tuple[int, int]:
     with db.session() as s:
-        return (s.scalar(select(func.count()).select_from(GoldItem)),
-                s.scalar(select(func.count()).select_from(Image).where(
-                    Image.status == ImageStatus.GOLD)))
+        return (
+            s.scalar(select(func.count()).select_from(GoldItem)),
+            s.scalar(
+                select(func.count()).select_from(Image).where(Image.status == ImageStatus.GOLD)
+            ),
+        )
 
 
 def test_import_makes_images_gold_by_every_kind_of_reference(seeded) -> None:
     db, data_dir, url = seeded
     with db.session() as s:
         first = s.scalar(select(Image).where(Image.source_path.endswith("case-0.jpeg")))
-        pid, sha = first.public_id, s.scalar(
-            select(Image.sha256).where(Image.source_path.endswith("case-1.jpeg")))
-    csv = write_csv(data_dir / "bank.csv", f"""
+        pid, sha = (
+            first.public_id,
+            s.scalar(select(Image.sha256).where(Image.source_path.endswith("case-1.jpeg"))),
+        )
+    csv = write_csv(
+        data_dir / "bank.csv",
+        f"""
 image,accepted_answers,reason,difficulty
 {pid},NORMAL,Clear dark lungs and a sharp diaphragm.,easy
 {sha},pneumonia,White patch in the right upper zone.,medium
 case-2.jpeg,NORMAL;PNEUMONIA,Borderline: both accepted.,hard
 /data/src/case-3.jpeg,PNEUMONIA,,
-""")
+""",
+    )
     result = _cli(data_dir, url, "gold", "import", str(csv))
     assert result.exit_code == 0, result.output
     assert "4 added" in result.output
     with db.session() as s:
-        golds = {Path(im.source_path).name: g for g, im in s.execute(
-            select(GoldItem, Image).join(Image, Image.id == GoldItem.image_id)).all()}
+        golds = {
+            Path(im.source_path).name: g
+            for g, im in s.execute(
+                select(GoldItem, Image).join(Image, Image.id == GoldItem.image_id)
+            ).all()
+        }
         assert golds["case-1.jpeg"].accepted_answers == ["PNEUMONIA"]  # canonical case
         assert golds["case-2.jpeg"].accepted_answers == ["NORMAL", "PNEUMONIA"]
         assert golds["case-2.jpeg"].difficulty == "hard"
         assert golds["case-3.jpeg"].difficulty == "medium" and golds["case-3.jpeg"].reason == ""
-        assert s.scalar(select(func.count()).select_from(AuditEvent).where(
-            AuditEvent.action == "gold.import")) == 1
+        assert (
+            s.scalar(
+                select(func.count())
+                .select_from(AuditEvent)
+                .where(AuditEvent.action == "gold.import")
+            )
+            == 1
+        )
     assert _gold_count(db) == (4, 4)
     # Re-importing updates instead of duplicating.
     write_csv(csv, f"image,accepted_answers,reason\n{pid},NORMAL,Better reason.\n")
@@ -98,19 +123,22 @@ case-2.jpeg,NORMAL;PNEUMONIA,Borderline: both accepted.,hard
     assert _gold_count(db) == (4, 4)
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("image,accepted_answers,reason\nno-such-image.jpeg,NORMAL,x\n", "unknown image"),
-    ("image,accepted_answers,reason\ncase-0.jpeg,PNEUMONA,x\n", "'PNEUMONA' is not a label"),
-    ("image,reason\ncase-0.jpeg,x\n", "missing column 'accepted_answers'"),
-    ("image,accepted_answers,reason,difficulty\ncase-0.jpeg,NORMAL,x,trivial\n", "difficulty"),
-    ("image,accepted_answers,reason\ncase-0.jpeg,NORMAL,x\ncase-0.jpeg,NORMAL,y\n",
-     "line 4: same image as line 3"),
-    ("image,accepted_answers,reason\ncase-0.jpeg,,x\n", "no accepted answer"),
-    ("", "empty"),
-])
-def test_import_errors_exit_2_and_import_nothing(
-    seeded_sqlite, content: str, message: str
-) -> None:
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("image,accepted_answers,reason\nno-such-image.jpeg,NORMAL,x\n", "unknown image"),
+        ("image,accepted_answers,reason\ncase-0.jpeg,PNEUMONA,x\n", "'PNEUMONA' is not a label"),
+        ("image,reason\ncase-0.jpeg,x\n", "missing column 'accepted_answers'"),
+        ("image,accepted_answers,reason,difficulty\ncase-0.jpeg,NORMAL,x,trivial\n", "difficulty"),
+        (
+            "image,accepted_answers,reason\ncase-0.jpeg,NORMAL,x\ncase-0.jpeg,NORMAL,y\n",
+            "line 4: same image as line 3",
+        ),
+        ("image,accepted_answers,reason\ncase-0.jpeg,,x\n", "no accepted answer"),
+        ("", "empty"),
+    ],
+)
+def test_import_errors_exit_2_and_import_nothing(seeded_sqlite, content: str, message: str) -> None:
     db, data_dir, url = seeded_sqlite
     # A good row first: it must not be imported when a later row is bad.
     if content.startswith("image,accepted_answers,reason\n"):
@@ -128,8 +156,9 @@ def test_import_errors_exit_2_and_import_nothing(
 def test_import_rejects_a_non_utf8_file(seeded_sqlite) -> None:
     db, data_dir, url = seeded_sqlite
     bad = data_dir / "latin1.csv"
-    bad.write_bytes("image,accepted_answers,reason\ncase-0.jpeg,NORMAL,tr\xe8s clair\n"
-                    .encode("latin-1"))
+    bad.write_bytes(
+        "image,accepted_answers,reason\ncase-0.jpeg,NORMAL,tr\xe8s clair\n".encode("latin-1")
+    )
     result = _cli(data_dir, url, "gold", "import", str(bad))
     assert result.exit_code == 2 and "UTF-8" in result.output
     assert _gold_count(db) == (0, 0)
@@ -137,11 +166,14 @@ def test_import_rejects_a_non_utf8_file(seeded_sqlite) -> None:
 
 def test_export_round_trips(seeded, tmp_path: Path) -> None:
     db, data_dir, url = seeded
-    csv = write_csv(data_dir / "bank.csv", """
+    csv = write_csv(
+        data_dir / "bank.csv",
+        """
 image,accepted_answers,reason,difficulty
 case-0.jpeg,NORMAL,"Clear lungs, sharp diaphragm.",easy
 case-1.jpeg,PNEUMONIA,Patch.,hard
-""")
+""",
+    )
     assert _cli(data_dir, url, "gold", "import", str(csv)).exit_code == 0
     out = tmp_path / "export.csv"
     assert _cli(data_dir, url, "gold", "export", "-o", str(out)).exit_code == 0
@@ -158,15 +190,21 @@ case-1.jpeg,PNEUMONIA,Patch.,hard
 # --- check ------------------------------------------------------------------------------------
 
 
-def _make_bank(db: Database, data_dir: Path, answers: list[str], *, reason: str = "Reason.",
-               start: int = 100, png: bytes | None = None) -> list[int]:
+def _make_bank(
+    db: Database,
+    data_dir: Path,
+    answers: list[str],
+    *,
+    reason: str = "Reason.",
+    start: int = 100,
+    png: bytes | None = None,
+) -> list[int]:
     ids = []
     with db.session() as s:
         job, spec = bundled_job(s)
         for k, answer in enumerate(answers):
             im = add_image(s, job, data_dir, start + k, status=ImageStatus.GOLD, png=png)
-            s.add(GoldItem(job_id=job.id, image_id=im.id, accepted_answers=[answer],
-                           reason=reason))
+            s.add(GoldItem(job_id=job.id, image_id=im.id, accepted_answers=[answer], reason=reason))
             ids.append(im.id)
     return ids
 
@@ -234,13 +272,22 @@ def test_check_warns_about_gold_already_judged_as_work(tmp_path: Path) -> None:
         page = Page(job_id=job.id, user_id=user.id, kind="work", expires_at=now)
         s.add(page)
         s.flush()
-        sub = Submission(user_id=user.id, page_id=page.id, client_submission_id="c1",
-                         response={})
+        sub = Submission(user_id=user.id, page_id=page.id, client_submission_id="c1", response={})
         s.add(sub)
         s.flush()
-        s.add(Judgment(job_id=job.id, image_id=ids[0], user_id=user.id, page_id=page.id,
-                       submission_id=sub.id, answer="NORMAL", certainty="definitely",
-                       is_gold=False, served_at=now))
+        s.add(
+            Judgment(
+                job_id=job.id,
+                image_id=ids[0],
+                user_id=user.id,
+                page_id=page.id,
+                submission_id=sub.id,
+                answer="NORMAL",
+                certainty="definitely",
+                is_gold=False,
+                served_at=now,
+            )
+        )
     report = _check(db)
     assert report.codes() == {"judged_as_work"}
     assert "1 gold image(s)" in report.warnings[0].message
@@ -347,11 +394,14 @@ def test_sample_clearest_uses_model_scores_and_refuses_without(tmp_path: Path) -
     result = _cli(tmp_path, url, "gold", "sample", "--from-reference", "4", "--clearest", "0.3")
     assert result.exit_code == 0, result.output
     with db.session() as s:
-        chosen = [(im.reference_label, im.model_score) for im in s.scalars(
-            select(Image).join(GoldItem, GoldItem.image_id == Image.id))]
+        chosen = [
+            (im.reference_label, im.model_score)
+            for im in s.scalars(select(Image).join(GoldItem, GoldItem.image_id == Image.id))
+        ]
     assert len(chosen) == 4
-    assert all(score >= 0.7 if label == "PNEUMONIA" else score <= 0.2
-               for label, score in chosen), chosen
+    assert all(score >= 0.7 if label == "PNEUMONIA" else score <= 0.2 for label, score in chosen), (
+        chosen
+    )
 
 
 def test_instruction_examples_never_become_gold(tmp_path: Path) -> None:
@@ -361,8 +411,9 @@ def test_instruction_examples_never_become_gold(tmp_path: Path) -> None:
     with db.session() as s:
         job, spec = bundled_job(s)
         example = spec.instructions.examples[0]
-        shown = add_image(s, job, tmp_path, 1, name=example.image, reference_label="NORMAL",
-                          patient_id="p1")
+        shown = add_image(
+            s, job, tmp_path, 1, name=example.image, reference_label="NORMAL", patient_id="p1"
+        )
         for k in range(2, 10):
             label = "NORMAL" if k < 6 else "PNEUMONIA"
             add_image(s, job, tmp_path, k, reference_label=label, patient_id=f"p{k}")
@@ -370,17 +421,17 @@ def test_instruction_examples_never_become_gold(tmp_path: Path) -> None:
         # Five NORMAL candidates, one of them an example: the four others are taken.
         assert shown.public_id not in summary.public_ids
         assert by_label == {"NORMAL": 4, "PNEUMONIA": 4}
-    csv_path = write_csv(tmp_path / "gold.csv",
-                         f"image,accepted_answers,reason,difficulty\n"
-                         f"{example.image},NORMAL,clear lungs,easy\n")
+    csv_path = write_csv(
+        tmp_path / "gold.csv",
+        f"image,accepted_answers,reason,difficulty\n{example.image},NORMAL,clear lungs,easy\n",
+    )
     result = _cli(tmp_path, url, "gold", "import", str(csv_path))
     assert result.exit_code == 2
     assert "instruction example" in result.output
     with db.session() as s:
         job, spec = bundled_job(s)
         image = goldbank.find_images(s, job, example.image)[0]
-        s.add(GoldItem(job_id=job.id, image_id=image.id, accepted_answers=["NORMAL"],
-                       reason="r"))
+        s.add(GoldItem(job_id=job.id, image_id=image.id, accepted_answers=["NORMAL"], reason="r"))
         s.flush()
         codes = [w.code for w in goldbank.check_gold(s, job, spec).warnings]
     assert "instruction_example" in codes

@@ -16,8 +16,10 @@ from design_support import add_image, bundled_job
 
 def test_marks_are_drawn_on_a_copy_where_the_job_says() -> None:
     original = PILImage.new("L", (400, 200), 90)
-    marks = [Mark(shape="ellipse", at=[0.1, 0.1, 0.5, 0.9]),
-             Mark(shape="arrow", at=[0.9, 0.9, 0.7, 0.5], label="look")]
+    marks = [
+        Mark(shape="ellipse", at=[0.1, 0.1, 0.5, 0.9]),
+        Mark(shape="arrow", at=[0.9, 0.9, 0.7, 0.5], label="look"),
+    ]
     marked = ins.draw_marks(original, marks)
     assert original.getpixel((40, 100)) == 90  # untouched
     assert marked.mode == "RGB" and marked.size == (400, 200)
@@ -67,9 +69,16 @@ def test_job_images_in_the_database_come_first(tmp_path: Path) -> None:
 
 def test_instructions_html_places_the_gallery_and_escapes_html() -> None:
     base = load_job(resolve_job_path(None))
-    spec = base.model_copy(update={"instructions": base.instructions.model_copy(update={
-        "markdown": "# Title\n<script>x()</script>\n<!-- examples -->\n## After", "file": None,
-    })})
+    spec = base.model_copy(
+        update={
+            "instructions": base.instructions.model_copy(
+                update={
+                    "markdown": "# Title\n<script>x()</script>\n<!-- examples -->\n## After",
+                    "file": None,
+                }
+            )
+        }
+    )
     example = ins.IllustratedExample("cap <b>", "NORMAL", "Healthy", b"\xff", b"\xff", "s", "r")
     html = str(ins.instructions_html(spec, [example]))
     assert "<script>" not in html and "&lt;script&gt;" in html

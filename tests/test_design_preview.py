@@ -46,9 +46,14 @@ def test_preview_shows_instructions_work_page_and_test_questions(preview_html: s
     assert "Common pitfalls" in preview_html and "thymus" in preview_html
     assert preview_html.count('class="example"') == len(spec.instructions.examples)
     # The work page: question, certainty and quality flag, viewer controls (escaped in srcdoc).
-    for text in (spec.question.prompt, spec.certainty.prompt, "Can&amp;#39;t tell",
-                 "data-action=&#34;zoom-in&#34;", "data-filter=&#34;contrast&#34;",
-                 "Not a chest X-ray"):
+    for text in (
+        spec.question.prompt,
+        spec.certainty.prompt,
+        "Can&amp;#39;t tell",
+        "data-action=&#34;zoom-in&#34;",
+        "data-filter=&#34;contrast&#34;",
+        "Not a chest X-ray",
+    ):
         assert text in preview_html, text
     assert preview_html.count('class="gold test-question"') >= 2
     assert preview_html.count('class="correct-answer"') >= 2
@@ -64,11 +69,29 @@ def test_preview_uses_the_job_gold_bank(tmp_path: Path) -> None:
         add_image(s, job, tmp_path, 1, name="NORMAL2-IM-1116-0001.jpeg")
         for k, answer in enumerate(["NORMAL", "PNEUMONIA", "PNEUMONIA"]):
             im = add_image(s, job, tmp_path, 10 + k, status=ImageStatus.GOLD)
-            s.add(GoldItem(job_id=job.id, image_id=im.id, accepted_answers=[answer],
-                           reason=f"EXPERT-REASON-{k}"))
+            s.add(
+                GoldItem(
+                    job_id=job.id,
+                    image_id=im.id,
+                    accepted_answers=[answer],
+                    reason=f"EXPERT-REASON-{k}",
+                )
+            )
     out = tmp_path / "out" / "preview.html"
-    result = CliRunner().invoke(app, ["--data-dir", str(tmp_path), "--db", url, "preview",
-                                      "-o", str(out), "--gold-examples", "2"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "--data-dir",
+            str(tmp_path),
+            "--db",
+            url,
+            "preview",
+            "-o",
+            str(out),
+            "--gold-examples",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     html = out.read_text()
     assert external_refs(html).external == []

@@ -16,15 +16,30 @@ from cxrlabel.storage.models import GoldItem, ImageStatus, Job
 from design_support import add_image, bundled_job, external_refs
 
 SECTIONS = [
-    "Goal and users", "Labels and why", "Certainty capture and its use downstream",
-    "Instructions in summary", "Test questions", "Quiz and minimum accuracy",
-    "Judgments per image and dynamic judgments", "Aggregation method", "Expert-review routing",
-    "Annotator removal and re-collection", "Expected label accuracy and cost (simulation)",
-    "Cost and time estimate", "Risks and limitations", "How the job improves over time",
+    "Goal and users",
+    "Labels and why",
+    "Certainty capture and its use downstream",
+    "Instructions in summary",
+    "Test questions",
+    "Quiz and minimum accuracy",
+    "Judgments per image and dynamic judgments",
+    "Aggregation method",
+    "Expert-review routing",
+    "Annotator removal and re-collection",
+    "Expected label accuracy and cost (simulation)",
+    "Cost and time estimate",
+    "Risks and limitations",
+    "How the job improves over time",
 ]
-SIMULATION = {"label_accuracy": 0.934, "judgments_per_image": 3.6,
-              "expert_review_fraction": 0.08, "annotators_removed": 7,
-              "bad_annotators_removed": 6, "cost": 1234.5, "hours": 321.0}
+SIMULATION = {
+    "label_accuracy": 0.934,
+    "judgments_per_image": 3.6,
+    "expert_review_fraction": 0.08,
+    "annotators_removed": 7,
+    "bad_annotators_removed": 6,
+    "cost": 1234.5,
+    "hours": 321.0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +54,15 @@ def job_dir(tmp_path_factory) -> tuple[Path, str]:
             add_image(s, job, root, k, reference_label="NORMAL" if k % 4 == 0 else "PNEUMONIA")
         for k in range(12):
             im = add_image(s, job, root, 100 + k, status=ImageStatus.GOLD)
-            s.add(GoldItem(job_id=job.id, image_id=im.id, reason="Expert reason.",
-                           accepted_answers=["NORMAL" if k < 5 else "PNEUMONIA"],
-                           difficulty="hard" if k == 0 else "medium"))
+            s.add(
+                GoldItem(
+                    job_id=job.id,
+                    image_id=im.id,
+                    reason="Expert reason.",
+                    accepted_answers=["NORMAL" if k < 5 else "PNEUMONIA"],
+                    difficulty="hard" if k == 0 else "medium",
+                )
+            )
     db.dispose()
     return root, url
 
@@ -110,11 +131,14 @@ def test_simulation_found_in_the_data_dir(job_dir, tmp_path: Path) -> None:
         default.unlink()
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("{not json", "not valid JSON"),
-    ('["a list"]', "expected a JSON object"),
-    ('{"label_accuracy": "high"}', "'label_accuracy' must be a number"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ('["a list"]', "expected a JSON object"),
+        ('{"label_accuracy": "high"}', "'label_accuracy' must be a number"),
+    ],
+)
 def test_bad_simulation_file_is_a_clear_error(job_dir, tmp_path, content, message) -> None:
     sim = tmp_path / "sim.json"
     sim.write_text(content)
@@ -143,7 +167,8 @@ def test_pdf_and_screenshot(browser, job_dir, tmp_path: Path, artifacts_dir: Pat
     assert page.locator("nav.toc li").count() == len(SECTIONS)
     page.screenshot(path=str(artifacts_dir / "design-proposal.png"))  # title and contents
     page.locator("#cost-and-time-estimate").screenshot(
-        path=str(artifacts_dir / "design-proposal-estimate.png"))
+        path=str(artifacts_dir / "design-proposal-estimate.png")
+    )
     context.close()
 
 

@@ -62,7 +62,8 @@ def _documented_commands() -> set[str]:
 @pytest.mark.parametrize("command", _command_paths())
 def test_every_cli_command_is_documented(command: str) -> None:
     assert command in _documented_commands(), (
-        f"`{command}` is not mentioned in README.md or docs/*.md")
+        f"`{command}` is not mentioned in README.md or docs/*.md"
+    )
 
 
 def _record_type(annotation: Any) -> type[BaseModel] | None:
@@ -97,8 +98,9 @@ def _sections() -> dict[str, str]:
     sections: dict[str, str] = {}
     for heading, body in zip(parts[1::2], parts[2::2], strict=True):
         table = re.match(r"`\[([a-z_]+)\]`", heading)
-        sections["" if heading.startswith("Top level") else table.group(1) if table else heading] \
-            = body
+        sections[
+            "" if heading.startswith("Top level") else table.group(1) if table else heading
+        ] = body
     return sections
 
 
@@ -121,4 +123,5 @@ def test_every_job_file_field_is_documented(section: str, field: str) -> None:
     where = f"[{section}]" if section else "the top level"
     assert section in sections, f"docs/job-spec.md has no section for {where}"
     assert f"`{field}`" in sections[section], (
-        f"job-file field `{field}` of {where} is not documented in docs/job-spec.md")
+        f"job-file field `{field}` of {where} is not documented in docs/job-spec.md"
+    )

@@ -22,27 +22,36 @@ T0 = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
 
 # --- job spec ------------------------------------------------------------------------------------
 
+
 def test_options_default_off_and_parse():
     spec = parse_job(quality_toml(), "job.toml")
     assert spec.assignment.order == "default"
     assert spec.review.model_disagreement == "off"
     assert spec.review.model_disagreement_threshold is None
-    on = parse_job(quality_toml().replace("[review]", "[review]\nmodel_disagreement = 0.9")
-                   + '[assignment]\norder = "model_uncertainty"\n', "job.toml")
+    on = parse_job(
+        quality_toml().replace("[review]", "[review]\nmodel_disagreement = 0.9")
+        + '[assignment]\norder = "model_uncertainty"\n',
+        "job.toml",
+    )
     assert on.review.model_disagreement_threshold == 0.9
     assert on.assignment.order == "model_uncertainty"
 
 
-@pytest.mark.parametrize("value, message", [
-    ("0.4", "must be \"off\" or a number in (0.5, 1.0]"),
-    ("1.5", "must be \"off\" or a number in (0.5, 1.0]"),
-    ('"sometimes"', "must be \"off\" or a number in (0.5, 1.0]"),
-    ("true", "must be \"off\" or a number in (0.5, 1.0]"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("0.4", 'must be "off" or a number in (0.5, 1.0]'),
+        ("1.5", 'must be "off" or a number in (0.5, 1.0]'),
+        ('"sometimes"', 'must be "off" or a number in (0.5, 1.0]'),
+        ("true", 'must be "off" or a number in (0.5, 1.0]'),
+    ],
+)
 def test_bad_disagreement_threshold_is_one_clear_line(value, message):
     with pytest.raises(JobSpecError) as err:
-        parse_job(quality_toml().replace("[review]", f"[review]\nmodel_disagreement = {value}"),
-                  "job.toml")
+        parse_job(
+            quality_toml().replace("[review]", f"[review]\nmodel_disagreement = {value}"),
+            "job.toml",
+        )
     assert "field 'review.model_disagreement'" in str(err.value)
     assert message in str(err.value)
     assert str(err.value).startswith("job.toml:")
@@ -51,13 +60,18 @@ def test_bad_disagreement_threshold_is_one_clear_line(value, message):
 def test_disagreement_rule_needs_a_pneumonia_label_and_order_is_checked():
     toml = quality_toml().replace("[review]", "[review]\nmodel_disagreement = 0.9")
     with pytest.raises(JobSpecError, match="PNEUMONIA"):
-        parse_job(toml.replace('value = "PNEUMONIA"', 'value = "ABNORMAL"')
-                  .replace("PNEUMONIA = 0.7", "ABNORMAL = 0.7"), "job.toml")
+        parse_job(
+            toml.replace('value = "PNEUMONIA"', 'value = "ABNORMAL"').replace(
+                "PNEUMONIA = 0.7", "ABNORMAL = 0.7"
+            ),
+            "job.toml",
+        )
     with pytest.raises(JobSpecError, match="assignment.order"):
         parse_job(quality_toml() + '[assignment]\norder = "random"\n', "job.toml")
 
 
 # --- ordering ------------------------------------------------------------------------------------
+
 
 def _model_order(spec):
     return spec.model_copy(update={"assignment": Assignment(order="model_uncertainty")})
@@ -75,8 +89,9 @@ def test_model_uncertainty_serves_least_sure_untouched_images_first(db, tmp_path
     # Scores: the most informative are work[7] (0.5), work[2] (0.45), work[9] (0.6);
     # work[0] and work[1] have no score and must come after every scored image.
     scores = {i: 0.99 for i in work}
-    scores.update({work[7]: 0.5, work[2]: 0.45, work[9]: 0.6, work[4]: 0.2,
-                   work[0]: None, work[1]: None})
+    scores.update(
+        {work[7]: 0.5, work[2]: 0.45, work[9]: 0.6, work[4]: 0.2, work[0]: None, work[1]: None}
+    )
     _set_scores(db, scores)
     uid = add_user(db, "ann-1")
     with db.session() as s:
@@ -87,10 +102,11 @@ def test_model_uncertainty_serves_least_sure_untouched_images_first(db, tmp_path
         assert rest[:4] == [work[7], work[2], work[9], work[4]]
         assert rest[-2:] == [work[0], work[1]]  # unscored last, oldest first among them
         # Default order ignores the scores: the job's shuffled serving order (serve_rank).
-        ranks = dict(s.execute(select(Image.id, Image.serve_rank)
-                               .where(Image.id.in_(work))).all())
-        assert claim_open_images(s, job, seeded.spec, user, T0, 3) == sorted(
-            work, key=lambda i: (ranks[i], i))[:3]
+        ranks = dict(s.execute(select(Image.id, Image.serve_rank).where(Image.id.in_(work))).all())
+        assert (
+            claim_open_images(s, job, seeded.spec, user, T0, 3)
+            == sorted(work, key=lambda i: (ranks[i], i))[:3]
+        )
 
 
 def test_model_uncertainty_still_finishes_started_images_first(db, tmp_path):
@@ -124,14 +140,18 @@ def test_model_order_claim_scans_its_index_on_sqlite(tmp_path):
         s.scalars = capture  # type: ignore[method-assign]
         claim_open_images(s, job, _model_order(seeded.spec), user, T0, 2)
         s.scalars = original  # type: ignore[method-assign]
-        sql = str(statements[-1].compile(dialect=s.get_bind().dialect,
-                                         compile_kwargs={"literal_binds": True}))
+        sql = str(
+            statements[-1].compile(
+                dialect=s.get_bind().dialect, compile_kwargs={"literal_binds": True}
+            )
+        )
         plan = " | ".join(row[3] for row in s.execute(text("EXPLAIN QUERY PLAN " + sql)))
     database.dispose()
     assert "ix_images_model_order" in plan, plan
 
 
 # --- review rule ---------------------------------------------------------------------------------
+
 
 def _env(db, threshold: str = "0.9"):
     name = "mdis-" + threshold.strip('"').replace(".", "")
@@ -154,14 +174,29 @@ def test_confident_model_disagreement_goes_to_review_and_is_audited(db):
     env = _env(db)
     scores = {"w0": 0.95, "w1": 0.5, "w2": 0.05, "w3": None, "w4": 0.92}
     _set_scores(db, {env.images[k]: v for k, v in scores.items()})
-    _label_all(env, "0.9", {"w0": "NORMAL", "w1": "NORMAL", "w2": "PNEUMONIA",
-                            "w3": "NORMAL", "w4": "PNEUMONIA"})
+    _label_all(
+        env,
+        "0.9",
+        {"w0": "NORMAL", "w1": "NORMAL", "w2": "PNEUMONIA", "w3": "NORMAL", "w4": "PNEUMONIA"},
+    )
     status = {k: env.image(k).status for k in scores}
-    assert status == {"w0": "needs_review", "w1": "finalised", "w2": "needs_review",
-                      "w3": "finalised", "w4": "finalised"}
+    assert status == {
+        "w0": "needs_review",
+        "w1": "finalised",
+        "w2": "needs_review",
+        "w3": "finalised",
+        "w4": "finalised",
+    }
     with db.session() as s:
-        events = {e.subject: e.payload for e in s.scalars(select(AuditEvent).where(
-            AuditEvent.job_id == env.job_id, AuditEvent.action == "quality.image_needs_review"))}
+        events = {
+            e.subject: e.payload
+            for e in s.scalars(
+                select(AuditEvent).where(
+                    AuditEvent.job_id == env.job_id,
+                    AuditEvent.action == "quality.image_needs_review",
+                )
+            )
+        }
     w0 = events[f"image:{env.images['w0']}"]
     assert w0["review_reason"] == "model_disagreement"
     assert w0["model_score"] == 0.95 and w0["model_disagreement"] == 0.9
@@ -170,14 +205,24 @@ def test_confident_model_disagreement_goes_to_review_and_is_audited(db):
     queue = env.call(service.review_queue, env.spec)
     assert {q.public_id: q.reason for q in queue} == {
         env.image("w0").public_id: "model_disagreement",
-        env.image("w2").public_id: "model_disagreement"}
+        env.image("w2").public_id: "model_disagreement",
+    }
     report = env.verify()  # replay reads the same scores and reaches the same decisions
     assert report.matched, report.differences
     # An expert settles it like any other review.
     env.users["expert"] = env.add_user("expert-09", role="expert")
-    env.call(lambda s, job: service.record_expert_label(
-        s, job, env.spec, env.user(s, "expert"), env.images["w0"], "PNEUMONIA", "model right",
-        env.tick()))
+    env.call(
+        lambda s, job: service.record_expert_label(
+            s,
+            job,
+            env.spec,
+            env.user(s, "expert"),
+            env.images["w0"],
+            "PNEUMONIA",
+            "model right",
+            env.tick(),
+        )
+    )
     assert env.image("w0").status == "expert"
     assert env.verify().matched
 
@@ -204,10 +249,16 @@ def test_replay_flags_a_rescored_image(db):
 def test_evaluate_rule_thresholds():
     from cxrlabel.quality.consensus import ConsensusParams, model_disagrees
 
-    params = ConsensusParams(labels=("NORMAL", "PNEUMONIA"), cant_tell="cant_tell",
-                             min_judgments=3, max_judgments=5, confidence_target=0.8,
-                             cant_tell_fraction=0.5, quality_flag_votes=2,
-                             model_disagreement=0.9)
+    params = ConsensusParams(
+        labels=("NORMAL", "PNEUMONIA"),
+        cant_tell="cant_tell",
+        min_judgments=3,
+        max_judgments=5,
+        confidence_target=0.8,
+        cant_tell_fraction=0.5,
+        quality_flag_votes=2,
+        model_disagreement=0.9,
+    )
     assert model_disagrees("NORMAL", 0.9, params)
     assert not model_disagrees("NORMAL", 0.89, params)
     assert model_disagrees("PNEUMONIA", 0.1, params)
@@ -215,4 +266,3 @@ def test_evaluate_rule_thresholds():
     assert not model_disagrees("PNEUMONIA", None, params)
     off = ConsensusParams(**{**params.__dict__, "model_disagreement": None})
     assert not model_disagrees("NORMAL", 1.0, off)
-

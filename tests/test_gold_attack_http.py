@@ -47,9 +47,19 @@ LABELS = ["NORMAL", "PNEUMONIA"]
 def server(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
     db = Database(url)
-    seeded = seed_job(db, tmp_path, n_work=80, n_gold=40, quiz_length=4, items_per_page=4,
-                      gold_per_page=1, min_accuracy=0.75, jmin=2, jmax=3,
-                      retire_after_reveals=1)
+    seeded = seed_job(
+        db,
+        tmp_path,
+        n_work=80,
+        n_gold=40,
+        quiz_length=4,
+        items_per_page=4,
+        gold_per_page=1,
+        min_accuracy=0.75,
+        jmin=2,
+        jmax=3,
+        retire_after_reveals=1,
+    )
     app = create_app(Settings(data_dir=tmp_path, db_url=url), db=db)
     with LiveServer(app) as base_url:
         yield base_url, db, seeded, tmp_path
@@ -113,18 +123,21 @@ def test_harvesting_accounts_cannot_recover_the_gold_bank(server):
     assert shared, "no image was shown to two accounts: the correlation check would be empty"
     logs = pooled.logs
     for i, a in enumerate(logs):
-        for b in logs[i + 1:]:
+        for b in logs[i + 1 :]:
             assert not a.ids() & b.ids(), (a.name, b.name)
             assert not a.etags() & b.etags(), (a.name, b.name)
 
     # Every revealed test question is retired (limit 1): no new page will carry it.
     with db.session() as s:
-        sha_of = {hashlib.sha256((data_dir / rel).read_bytes()).hexdigest(): image_id
-                  for image_id, rel in s.execute(select(Image.id, Image.rendition_path))}
+        sha_of = {
+            hashlib.sha256((data_dir / rel).read_bytes()).hexdigest(): image_id
+            for image_id, rel in s.execute(select(Image.id, Image.rendition_path))
+        }
         active = {g.image_id: g.active for g in s.scalars(select(GoldItem))}
         assert all(not active[sha_of[sha]] for sha in revealed)
-        retired_events = s.scalars(select(AuditEvent).where(
-            AuditEvent.action == GOLD_RETIRED)).all()
+        retired_events = s.scalars(
+            select(AuditEvent).where(AuditEvent.action == GOLD_RETIRED)
+        ).all()
         assert len(retired_events) == len(revealed)
         assert sum(active.values()) == len(active) - len(revealed)
 
@@ -142,13 +155,13 @@ def test_harvesting_accounts_cannot_recover_the_gold_bank(server):
     with db.session() as s:
         uid = s.scalar(select(User.id).where(User.username == "cheater-0"))
         state = s.scalar(select(AnnotatorState).where(AnnotatorState.user_id == uid))
-        work = s.scalars(select(Judgment).where(Judgment.user_id == uid,
-                                                Judgment.is_gold.is_(False))).all()
+        work = s.scalars(
+            select(Judgment).where(Judgment.user_id == uid, Judgment.is_gold.is_(False))
+        ).all()
         assert state.status == "removed" and state.gold_missed >= 1
         assert work and all(j.tainted for j in work)
         # ... and its wrong answers count for nothing: every work answer was a lie.
-        assert all(j.answer != truth_label for j, truth_label in _labels(work, s, data_dir,
-                                                                         truth))
+        assert all(j.answer != truth_label for j, truth_label in _labels(work, s, data_dir, truth))
     for account in quitters + missers + honest + [cheater]:
         account.close()
 
@@ -174,32 +187,41 @@ def test_contest_refusals_are_indistinguishable(server):
             seen = {i["image_public_id"]: account.fetch(i) for i in page["items"]}
             answers = {pid: truth[item.content_sha256] for pid, item in seen.items()}
             if page["kind"] == "work":
-                answers = {pid: "PNEUMONIA" if a == "NORMAL" else "NORMAL"
-                           for pid, a in answers.items()}
+                answers = {
+                    pid: "PNEUMONIA" if a == "NORMAL" else "NORMAL" for pid, a in answers.items()
+                }
             answered[name].append(account.submit(page, answers))
     missed_a = [m for r in answered["a"] for m in r["missed_gold"]]
     missed_b = [m for r in answered["b"] for m in r["missed_gold"]]
     assert missed_a and missed_b, "each account missed a test question (the check can fail)"
     with db.session() as s:
         uid_a = s.scalar(select(User.id).where(User.username == "contester-0"))
-        ids = list(s.scalars(select(Judgment.id).where(Judgment.user_id == uid_a)
-                             .order_by(Judgment.id)))
+        ids = list(
+            s.scalars(select(Judgment.id).where(Judgment.user_id == uid_a).order_by(Judgment.id))
+        )
     refusals = [
-        "0", "1", str(ids[0]), str(ids[-1]),  # sequential database ids (the old oracle)
-        "x" * 22, "",  # made up
+        "0",
+        "1",
+        str(ids[0]),
+        str(ids[-1]),  # sequential database ids (the old oracle)
+        "x" * 22,
+        "",  # made up
         missed_b[0]["judgment_id"],  # another account's missed gold
         missed_a[0]["image_public_id"],  # an image id, not an answer id
     ]
     bodies = set()
     for answer_id in refusals:
-        r = a.client.post("/api/jobs/test-job/contests",
-                          json={"judgment_id": answer_id, "reason": "I disagree"})
+        r = a.client.post(
+            "/api/jobs/test-job/contests", json={"judgment_id": answer_id, "reason": "I disagree"}
+        )
         bodies.add((r.status_code, r.text))
     assert len(bodies) == 1, bodies
     status, text = bodies.pop()
     assert status == 404 and "not_contestable" in text
-    ok = a.client.post("/api/jobs/test-job/contests",
-                       json={"judgment_id": missed_a[0]["judgment_id"], "reason": "I disagree"})
+    ok = a.client.post(
+        "/api/jobs/test-job/contests",
+        json={"judgment_id": missed_a[0]["judgment_id"], "reason": "I disagree"},
+    )
     assert ok.status_code == 201, ok.text
     # Answer ids are opaque: no digits-only ids, no order.
     assert not any(m["judgment_id"].isdigit() for m in missed_a + missed_b)
@@ -240,8 +262,10 @@ def test_cheater_perfect_on_gold_is_removed_by_peer_agreement(server):
     truth = _truth(db, data_dir, seeded.gold_ids)
     with db.session() as s:
         rel = dict(s.execute(select(Image.id, Image.rendition_path)).all())
-    gold_shas = {hashlib.sha256((data_dir / rel[i]).read_bytes()).hexdigest()
-                 for i in seeded.gold_ids}
+    gold_shas = {
+        hashlib.sha256((data_dir / rel[i]).read_bytes()).hexdigest() for i in seeded.gold_ids
+    }
+
     def honest_answer(item, _quiz: bool) -> str:
         return truth[item.content_sha256]
 
@@ -264,8 +288,9 @@ def test_cheater_perfect_on_gold_is_removed_by_peer_agreement(server):
         state = s.scalar(select(AnnotatorState).where(AnnotatorState.user_id == uid))
         assert state.gold_missed == 0  # gold could not catch it
         assert state.status == "removed"
-        work = s.scalars(select(Judgment).where(Judgment.user_id == uid,
-                                                Judgment.is_gold.is_(False))).all()
+        work = s.scalars(
+            select(Judgment).where(Judgment.user_id == uid, Judgment.is_gold.is_(False))
+        ).all()
         assert work and all(j.tainted for j in work)
     for account in [*honest, cheater]:
         account.close()

@@ -35,8 +35,16 @@ def env(tmp_path: Path, monkeypatch):
     # A quiz of 3 from a bank of 4; the bank's floor is the quiz alone (no work pages), so
     # one item may be retired before the floor keeps the rest.
     monkeypatch.setattr(exposure, "SMALL_BANK_WORK_PAGES", 0)
-    seeded = seed_job(db, tmp_path, n_work=8, n_gold=4, quiz_length=3, items_per_page=4,
-                      min_accuracy=0.6, retire_after_reveals=2)
+    seeded = seed_job(
+        db,
+        tmp_path,
+        n_work=8,
+        n_gold=4,
+        quiz_length=3,
+        items_per_page=4,
+        min_accuracy=0.6,
+        retire_after_reveals=2,
+    )
     yield db, seeded, tmp_path, url
     db.dispose()
 
@@ -69,9 +77,18 @@ def _quiz_with(db: Database, prefix: str, gold: dict, target: str) -> str:
             user = s.get(User, uid)
             page = next_page(s, job, spec, user, utcnow())
             pids = [i.image.public_id for i in page.items]
-            answers = [AnswerIn(image_public_id=pid, certainty="definitely", answer=(
-                gold[pid][0] if pid != target else
-                ("NORMAL" if gold[pid][0] == "PNEUMONIA" else "PNEUMONIA"))) for pid in pids]
+            answers = [
+                AnswerIn(
+                    image_public_id=pid,
+                    certainty="definitely",
+                    answer=(
+                        gold[pid][0]
+                        if pid != target
+                        else ("NORMAL" if gold[pid][0] == "PNEUMONIA" else "PNEUMONIA")
+                    ),
+                )
+                for pid in pids
+            ]
             submit_page(s, job, spec, user, page.public_id, f"c-{name}", answers, utcnow())
         if target in pids:
             return name
@@ -141,8 +158,16 @@ def test_retirement_off_with_zero(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
     db = Database(url)
     try:
-        seeded = seed_job(db, tmp_path, n_work=8, n_gold=4, quiz_length=3, items_per_page=4,
-                          min_accuracy=0.6, retire_after_reveals=0)
+        seeded = seed_job(
+            db,
+            tmp_path,
+            n_work=8,
+            n_gold=4,
+            quiz_length=3,
+            items_per_page=4,
+            min_accuracy=0.6,
+            retire_after_reveals=0,
+        )
         gold = gold_answers(db, seeded.job_id)
         target = sorted(gold)[0]
         target_id = _image_id(db, target)
@@ -175,8 +200,15 @@ def test_gold_check_list_and_admin_page_show_exposure(env):
     client = TestClient(app)
     html = client.get("/login").text
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
-    client.post("/login", data={"username": "boss", "password": "correct horse battery",
-                                "csrf_token": csrf, "next": "/"})
+    client.post(
+        "/login",
+        data={
+            "username": "boss",
+            "password": "correct horse battery",
+            "csrf_token": csrf,
+            "next": "/",
+        },
+    )
     page = client.get("/admin/jobs/test-job/gold").text
     assert "Revealed to" in page and 'data-warning="small_bank"' in page
     assert "1 retired so far" in page
@@ -202,18 +234,17 @@ def test_engine_refuses_every_contest_but_a_missed_one_the_same_way(env):
         mine = s.scalars(select(Judgment).where(Judgment.user_id == me.id)).all()
         missed = next(j.id for j in mine if j.gold_missed)
         correct = next(j.id for j in mine if j.is_gold and not j.gold_missed)
-        other = s.scalar(select(Judgment.id).where(Judgment.user_id == them,
-                                                   Judgment.gold_missed.is_(True)))
+        other = s.scalar(
+            select(Judgment.id).where(Judgment.user_id == them, Judgment.gold_missed.is_(True))
+        )
     refusals = set()
     for judgment_id in (correct, other, 10**6):
         with db.session() as s:
             job, _spec = job_and_spec(s, "test-job")
             with pytest.raises(QualityError) as info:
-                contest_gold(s, job, _spec, s.get(User, me.id), judgment_id, "I disagree",
-                             utcnow())
+                contest_gold(s, job, _spec, s.get(User, me.id), judgment_id, "I disagree", utcnow())
             refusals.add((info.value.code, info.value.status, info.value.message))
     assert len(refusals) == 1 and next(iter(refusals))[:2] == ("not_contestable", 404)
     with db.session() as s:
         job, _spec = job_and_spec(s, "test-job")
-        assert contest_gold(s, job, _spec, s.get(User, me.id), missed, "I disagree",
-                            utcnow()).id
+        assert contest_gold(s, job, _spec, s.get(User, me.id), missed, "I disagree", utcnow()).id

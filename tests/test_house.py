@@ -16,4 +16,5 @@ MODULES = sorted(p for p in SRC.rglob("*.py") if "migrations" not in p.parts)
 def test_no_module_over_600_lines(path: Path) -> None:
     lines = len(path.read_text(encoding="utf-8").splitlines())
     assert lines <= MAX_LINES, (
-        f"{path.relative_to(SRC)} has {lines} lines (> {MAX_LINES}): split it by job")
+        f"{path.relative_to(SRC)} has {lines} lines (> {MAX_LINES}): split it by job"
+    )

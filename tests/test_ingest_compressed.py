@@ -42,8 +42,9 @@ OPENJPEG = {
     "jpeg2000-lossless": ("JPEG2000Lossless", 12, True, {}),
     "jpeg2000": ("JPEG2000", 12, False, {"j2k_cr": [8]}),
 }
-needs_dcmtk = pytest.mark.skipif(shutil.which("dcmcjpeg") is None,
-                                 reason="dcmtk not installed (apt-get install dcmtk)")
+needs_dcmtk = pytest.mark.skipif(
+    shutil.which("dcmcjpeg") is None, reason="dcmtk not installed (apt-get install dcmtk)"
+)
 
 
 def _original(seed: int, bits: int) -> pydicom.Dataset:
@@ -65,8 +66,9 @@ def _encode(name: str, seed: int, folder: Path) -> tuple[Path, Path, str, bool]:
     original.write_bytes(dicom_bytes(_original(seed, bits)))
     compressed = folder / f"{name}.dcm"
     if name in DCMTK:
-        subprocess.run([*command, str(original), str(compressed)], check=True,
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            [*command, str(original), str(compressed)], check=True, capture_output=True, timeout=60
+        )
     else:
         ds = pydicom.dcmread(original)
         ds.compress(syntax, encoding_plugin="pylibjpeg", **options)
@@ -74,8 +76,9 @@ def _encode(name: str, seed: int, folder: Path) -> tuple[Path, Path, str, bool]:
     return original, compressed, syntax, lossless
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=needs_dcmtk) for n in DCMTK]
-                         + list(OPENJPEG))
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=needs_dcmtk) for n in DCMTK] + list(OPENJPEG)
+)
 def test_compressed_dicom_decodes_like_the_original(name: str, tmp_path: Path) -> None:
     original, compressed, syntax, lossless = _encode(name, 3, tmp_path)
     header = pydicom.dcmread(compressed, stop_before_pixels=True)
@@ -126,8 +129,12 @@ def test_twelve_bit_jpeg_extended_is_decoded_or_refused_with_the_fix(tmp_path: P
     original = tmp_path / "o.dcm"
     original.write_bytes(dicom_bytes(_original(5, 12)))
     compressed = tmp_path / "ext.dcm"
-    subprocess.run(["dcmcjpeg", "+ee", str(original), str(compressed)], check=True,
-                   capture_output=True, timeout=60)
+    subprocess.run(
+        ["dcmcjpeg", "+ee", str(original), str(compressed)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     assert pydicom.dcmread(compressed).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.51"
     try:
         import libjpeg  # noqa: F401 - pylibjpeg-libjpeg
@@ -154,8 +161,11 @@ def test_missing_decoders_give_the_install_hint(tmp_path: Path) -> None:
         except DecodeError as exc:
             print(exc)
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=120, check=True).stdout
-    assert "JPEG Lossless, Non-Hierarchical, First-Order Prediction (Process 14 [Selection " \
-           "Value 1]) cannot be decoded: no decoder installed" in out, out
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    assert (
+        "JPEG Lossless, Non-Hierarchical, First-Order Prediction (Process 14 [Selection "
+        "Value 1]) cannot be decoded: no decoder installed" in out
+    ), out
     assert "python-gdcm" in out

@@ -39,8 +39,18 @@ from fixtures_images import (
         (malformed_dicom, "malformed DICOM"),
         (dicom_truncated_pixels, "malformed DICOM"),
     ],
-    ids=["corrupt-jpeg", "truncated-png", "zero-bytes", "text-as-jpeg", "bomb", "huge",
-         "huge-header", "tiny", "malformed-dicom", "dicom-short-pixels"],
+    ids=[
+        "corrupt-jpeg",
+        "truncated-png",
+        "zero-bytes",
+        "text-as-jpeg",
+        "bomb",
+        "huge",
+        "huge-header",
+        "tiny",
+        "malformed-dicom",
+        "dicom-short-pixels",
+    ],
 )
 def test_bad_files_raise_decode_error_with_reason(tmp_path, make, reason) -> None:
     path = write(tmp_path / "file.jpeg", make())
@@ -64,8 +74,13 @@ def test_decode_reasons_never_quote_dicom_values() -> None:
 
 def test_jpeg_png_and_modes_become_8bit_gray() -> None:
     phantom = make_phantom_xray(7, (300, 240))
-    for data in (jpeg_bytes(phantom), png_bytes(phantom), png_bytes(phantom.convert("RGB")),
-                 png_bytes(phantom.convert("RGBA")), jpeg_bytes(phantom.convert("CMYK"))):
+    for data in (
+        jpeg_bytes(phantom),
+        png_bytes(phantom),
+        png_bytes(phantom.convert("RGB")),
+        png_bytes(phantom.convert("RGBA")),
+        jpeg_bytes(phantom.convert("CMYK")),
+    ):
         decoded = decode_image(data)
         assert decoded.pixels.dtype == np.uint8 and decoded.pixels.shape == (240, 300)
         diff = np.abs(decoded.pixels.astype(int) - np.asarray(phantom, dtype=int)).mean()
@@ -91,6 +106,7 @@ def test_exif_orientation_is_applied() -> None:
 
 # --- DICOM grey levels ---------------------------------------------------------------------------
 
+
 def _ramp(lo: int, hi: int) -> np.ndarray:
     return np.tile(np.linspace(lo, hi, 256).round().astype(np.uint16), (64, 1))
 
@@ -106,20 +122,29 @@ def test_dicom_16bit_rescale_without_window_uses_full_range() -> None:
 
 def test_dicom_window_clips_outside_and_stretches_inside() -> None:
     # Stored 0..4095, rescale to -1024..3071; window centre 500 width 400 -> 300..700 visible.
-    ds = dicom_dataset(_ramp(0, 4095), bits_stored=12, RescaleSlope=1, RescaleIntercept=-1024,
-                       WindowCenter=500, WindowWidth=400)
+    ds = dicom_dataset(
+        _ramp(0, 4095),
+        bits_stored=12,
+        RescaleSlope=1,
+        RescaleIntercept=-1024,
+        WindowCenter=500,
+        WindowWidth=400,
+    )
     out = decode_image(dicom_bytes(ds)).pixels[0]
     values = np.linspace(0, 4095, 256).round() - 1024
     assert np.all(out[values < 290] == 0) and np.all(out[values > 710] == 255)
     middle = out[(values > 320) & (values < 680)]
     assert middle.min() > 0 and middle.max() < 255 and np.all(np.diff(middle.astype(int)) >= 0)
-    assert np.array_equal(window_to_uint8(np.array([300.0, 500.0, 700.0]), 500, 400),
-                          np.array([0, 128, 255], dtype=np.uint8))
+    assert np.array_equal(
+        window_to_uint8(np.array([300.0, 500.0, 700.0]), 500, 400),
+        np.array([0, 128, 255], dtype=np.uint8),
+    )
 
 
 def test_dicom_multivalued_window_uses_the_first() -> None:
-    ds = dicom_dataset(_ramp(0, 4095), bits_stored=12, WindowCenter=[1000, 3000],
-                       WindowWidth=[200, 200])
+    ds = dicom_dataset(
+        _ramp(0, 4095), bits_stored=12, WindowCenter=[1000, 3000], WindowWidth=[200, 200]
+    )
     out = decode_image(dicom_bytes(ds)).pixels[0]
     values = np.linspace(0, 4095, 256).round()
     assert np.all(out[values > 1200] == 255)
@@ -130,8 +155,13 @@ def test_dicom_voi_lut_sequence_wins_over_window() -> None:
     lut.LUTDescriptor = [4096, 0, 12]
     lut.LUTData = (4095 - np.arange(4096)).astype(np.uint16).tolist()  # an inverting LUT
     lut["LUTData"].VR = "US"
-    ds = dicom_dataset(_ramp(0, 4095), bits_stored=12, WindowCenter=100, WindowWidth=10,
-                       VOILUTSequence=Sequence([lut]))
+    ds = dicom_dataset(
+        _ramp(0, 4095),
+        bits_stored=12,
+        WindowCenter=100,
+        WindowWidth=10,
+        VOILUTSequence=Sequence([lut]),
+    )
     out = decode_image(dicom_bytes(ds)).pixels[0]
     assert out[0] == 255 and out[-1] == 0  # the LUT (inverting), not the window, was applied
     assert np.all(np.diff(out.astype(int)) <= 0)
@@ -141,8 +171,9 @@ def test_dicom_monochrome1_is_inverted() -> None:
     phantom = np.asarray(make_phantom_xray(11, 128), dtype=np.uint16) * 16  # 12-bit range
     mono2 = decode_image(dicom_bytes(dicom_dataset(phantom, bits_stored=12))).pixels
     stored_inverted = (4095 - phantom).astype(np.uint16)  # how a MONOCHROME1 device stores it
-    mono1 = decode_image(dicom_bytes(dicom_dataset(stored_inverted, photometric="MONOCHROME1",
-                                                   bits_stored=12))).pixels
+    mono1 = decode_image(
+        dicom_bytes(dicom_dataset(stored_inverted, photometric="MONOCHROME1", bits_stored=12))
+    ).pixels
     assert np.abs(mono1.astype(int) - mono2.astype(int)).max() <= 1
     # Lungs (dark in the phantom) stay dark after decoding the MONOCHROME1 file.
     assert mono1[61, 42] < 100 < mono1[64, 64]

@@ -105,14 +105,18 @@ def test_no_phi_in_database_or_data_dir(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("CXRLABEL_PSEUDONYM_SALT", raising=False)
     src = tmp_path / "incoming"
     write(src / "PNEUMONIA" / "scan001.dcm", dicom_bytes(_phantom_dicom(1)))
-    write(src / "PNEUMONIA" / "scan002.dcm",  # same patient, other image
-          dicom_bytes(_phantom_dicom(2, BurnedInAnnotation="YES")))
+    write(
+        src / "PNEUMONIA" / "scan002.dcm",  # same patient, other image
+        dicom_bytes(_phantom_dicom(2, BurnedInAnnotation="YES")),
+    )
     write(src / "NORMAL" / "scan003.dcm", dicom_truncated_pixels())  # fails after parsing
     # A JPEG with identifying EXIF and a comment, and a PNG with a text chunk.
     exif = Image.Exif()
     exif[0x010E] = f"Patient {PHI['PatientName']} {PHI['PatientID']}"  # ImageDescription
-    write(src / "NORMAL" / "photo1.jpg",
-          jpeg_bytes(make_phantom_xray(3, 256), exif=exif.tobytes(), comment=PHI_PRIVATE))
+    write(
+        src / "NORMAL" / "photo1.jpg",
+        jpeg_bytes(make_phantom_xray(3, 256), exif=exif.tobytes(), comment=PHI_PRIVATE),
+    )
     info = PngImagePlugin.PngInfo()
     info.add_text("Comment", f"{PHI['InstitutionName']} {PHI['PatientBirthDate']}")
     write(src / "NORMAL" / "scan4.png", png_bytes(make_phantom_xray(4, 256), pnginfo=info))

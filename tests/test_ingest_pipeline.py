@@ -39,6 +39,7 @@ SUBSET_PER_CLASS = 20
 
 # --- fixtures -----------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="session")
 def kermany_rows(shared_data: Path) -> list[dict[str, str]]:
     with (shared_data / "kermany" / "manifest.csv").open() as fh:
@@ -81,8 +82,11 @@ def sqlite_job(tmp_path):
 
 
 def _files_on_disk(data_dir: Path) -> set[str]:
-    return {p.relative_to(data_dir).as_posix() for p in (data_dir / "renditions").rglob("*")
-            if p.is_file() and not p.name.startswith(".")}
+    return {
+        p.relative_to(data_dir).as_posix()
+        for p in (data_dir / "renditions").rglob("*")
+        if p.is_file() and not p.name.startswith(".")
+    }
 
 
 def _files_in_db(db: Database) -> set[str]:
@@ -97,6 +101,7 @@ def _count(db: Database, model) -> int:
 
 
 # --- real data ----------------------------------------------------------------------------------
+
 
 def test_ingest_kermany_subset_and_rerun(db_url, kermany_subset, tmp_path) -> None:
     root, chosen = kermany_subset
@@ -117,8 +122,10 @@ def test_ingest_kermany_subset_and_rerun(db_url, kermany_subset, tmp_path) -> No
         assert image.status == ImageStatus.NEEDS_JUDGMENTS
         assert image.judgment_target == spec.judgments.min and image.trusted_judgments == 0
         assert image.source_format == "jpeg" and len(image.phash) == 16
-        assert image.rendition_path == f"renditions/{job.name}/{image.public_id[:2]}/" \
-                                       f"{image.public_id}.jpg"
+        assert (
+            image.rendition_path == f"renditions/{job.name}/{image.public_id[:2]}/"
+            f"{image.public_id}.jpg"
+        )
         assert Path(row["file"]).stem not in image.rendition_path + image.thumb_path
         with Image.open(data_dir / image.rendition_path) as web:
             assert web.format == "JPEG" and web.mode == "L"
@@ -166,21 +173,25 @@ def test_manifest_subset_with_bad_rows(sqlite_job, kermany_subset) -> None:
     assert got == {f"P-{r['patient_id']}": r["label"] for r in rows}
 
 
-def test_near_duplicates_caught_but_same_patient_kept(sqlite_job, kermany_rows,
-                                                      shared_data) -> None:
+def test_near_duplicates_caught_but_same_patient_kept(
+    sqlite_job, kermany_rows, shared_data
+) -> None:
     db, job, spec, data_dir = sqlite_job
     by_patient: dict[str, list[dict]] = defaultdict(list)
     for r in kermany_rows:
         by_patient[r["patient_id"]].append(r)
-    first, second = next(rows for p, rows in sorted(by_patient.items())
-                         if len(rows) >= 2 and rows[0]["upstream_resized"] == "false")[:2]
+    first, second = next(
+        rows
+        for p, rows in sorted(by_patient.items())
+        if len(rows) >= 2 and rows[0]["upstream_resized"] == "false"
+    )[:2]
     src = data_dir.parent / "incoming" / "PNEUMONIA"
     original = Image.open(shared_data / "kermany" / first["file"])
     write(src / Path(first["file"]).name, (shared_data / "kermany" / first["file"]).read_bytes())
-    write(src / Path(second["file"]).name,
-          (shared_data / "kermany" / second["file"]).read_bytes())
-    small = original.resize((original.width * 3 // 5, original.height * 3 // 5),
-                            Image.Resampling.BICUBIC)
+    write(src / Path(second["file"]).name, (shared_data / "kermany" / second["file"]).read_bytes())
+    small = original.resize(
+        (original.width * 3 // 5, original.height * 3 // 5), Image.Resampling.BICUBIC
+    )
     write(src / "copy_q60_small.jpg", jpeg_bytes(small, quality=60))
     write(src / "copy_lossless.png", png_bytes(original))
     summary = ingest(db, data_dir, job, spec, src.parent)
@@ -196,8 +207,10 @@ def test_near_duplicates_caught_but_same_patient_kept(sqlite_job, kermany_rows,
 
     # A later run still catches a copy of an image from an earlier run (via its thumbnail).
     later = data_dir.parent / "later"
-    write(later / "copy_q75.jpg", jpeg_bytes(original.resize(
-        (original.width // 2, original.height // 2)), quality=75))
+    write(
+        later / "copy_q75.jpg",
+        jpeg_bytes(original.resize((original.width // 2, original.height // 2)), quality=75),
+    )
     summary = ingest(db, data_dir, job, spec, later)
     assert summary.ingested == 0 and len(summary.near_duplicates) == 1
 
@@ -220,8 +233,11 @@ def test_near_duplicate_thresholds_hold_on_real_data(kermany_rows, shared_data) 
         copy = Image.open(buf)
         copy_mad.append(mean_abs_diff(signature(ims[0]), signature(copy)))
         copy_dist.append(hamming(phash(ims[0]), phash(copy)))
-        patient_mad += [mean_abs_diff(signature(a), signature(b))
-                        for i, a in enumerate(ims) for b in ims[i + 1:]]
+        patient_mad += [
+            mean_abs_diff(signature(a), signature(b))
+            for i, a in enumerate(ims)
+            for b in ims[i + 1 :]
+        ]
     assert len(groups) >= 20
     assert max(copy_dist) <= pipeline.NEAR_DUP_MAX_PHASH
     assert max(copy_mad) <= pipeline.NEAR_DUP_MAX_MAD
@@ -229,6 +245,7 @@ def test_near_duplicate_thresholds_hold_on_real_data(kermany_rows, shared_data) 
 
 
 # --- bad input, CLI -----------------------------------------------------------------------------
+
 
 def _bad_folder(root: Path) -> Path:
     write(root / "NORMAL" / "good1.png", png_bytes(make_phantom_xray(1, 200)))
@@ -250,8 +267,16 @@ def test_cli_reports_bad_files_and_exits_0_then_reruns(tmp_path) -> None:
     args = ["--data-dir", str(tmp_path / "data"), "ingest", str(src), "--workers", "0"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    for text in ("ingested", "corrupt", "truncated", "empty file", "not an image",
-                 "decompression bomb", "malformed DICOM", "extension .txt"):
+    for text in (
+        "ingested",
+        "corrupt",
+        "truncated",
+        "empty file",
+        "not an image",
+        "decompression bomb",
+        "malformed DICOM",
+        "extension .txt",
+    ):
         assert text in result.output
     db = Database(f"sqlite:///{tmp_path / 'data' / 'cxrlabel.sqlite3'}")
     assert _count(db, ImageRow) == 2 and _count(db, IngestIssue) == 7
@@ -288,6 +313,7 @@ def test_source_error_names_the_manifest_problem(tmp_path) -> None:
 
 
 # --- crash safety -------------------------------------------------------------------------------
+
 
 def _phantom_folder(root: Path, n: int) -> Path:
     for i in range(n):
@@ -349,8 +375,9 @@ def test_crash_at_commit_then_kill_leftovers_are_cleaned(sqlite_job, monkeypatch
     summary = ingest(db, data_dir, job, spec, src, batch_size=3)
     assert summary.swept_orphans == 3
     assert summary.ingested == 4 and summary.already_present == 3
-    assert _files_on_disk(data_dir) - {"renditions/pneumonia-pediatric/zz/notes-by-admin.txt"} \
-        == _files_in_db(db)
+    assert _files_on_disk(data_dir) - {
+        "renditions/pneumonia-pediatric/zz/notes-by-admin.txt"
+    } == _files_in_db(db)
     assert len(_files_in_db(db)) == 14
 
 
@@ -368,13 +395,15 @@ def test_worker_processes_give_the_same_result(sqlite_job, tmp_path) -> None:
     summary = ingest(db, data_dir, job, spec, src, workers=2)
     assert summary.ingested == 6 and len(summary.failed) == 1
     with db.session() as s:
-        pooled = {Path(r.source_path).name: (r.pixel_sha256, r.phash)
-                  for r in s.scalars(select(ImageRow))}
+        pooled = {
+            Path(r.source_path).name: (r.pixel_sha256, r.phash) for r in s.scalars(select(ImageRow))
+        }
     db2, job2, spec2 = _open(f"sqlite:///{tmp_path / 'inline' / 'db.sqlite3'}", tmp_path)
     ingest(db2, tmp_path / "inline", job2, spec2, src, workers=0)
     with db2.session() as s:
-        inline = {Path(r.source_path).name: (r.pixel_sha256, r.phash)
-                  for r in s.scalars(select(ImageRow))}
+        inline = {
+            Path(r.source_path).name: (r.pixel_sha256, r.phash) for r in s.scalars(select(ImageRow))
+        }
     assert pooled == inline and len(pooled) == 6
     db2.dispose()
 

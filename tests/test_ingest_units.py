@@ -70,8 +70,14 @@ def test_rendition_names_are_opaque_and_recognised() -> None:
 
 
 def test_walk_labels_from_parent_folder(tmp_path) -> None:
-    for rel in ("train/NORMAL/a.jpeg", "train/pneumonia/b.png", "train/other/c.jpg",
-                "NORMAL/.hidden.jpg", "x/notes.txt", "x/noext"):
+    for rel in (
+        "train/NORMAL/a.jpeg",
+        "train/pneumonia/b.png",
+        "train/other/c.jpg",
+        "NORMAL/.hidden.jpg",
+        "x/notes.txt",
+        "x/noext",
+    ):
         write(tmp_path / rel, b"x")
     found = discover(tmp_path, ["NORMAL", "PNEUMONIA"])
     rel = {Path(i.path).relative_to(tmp_path.resolve()).as_posix(): i for i in found}

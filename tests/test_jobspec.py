@@ -43,8 +43,11 @@ def _mutate(old: str, new: str) -> str:
 CASES = [
     # (replace this, with this, expected fragments of the message)
     ("min = 2\nmax = 6", "min = 7\nmax = 6", ["field 'judgments'", "max (6) must be >= min (7)"]),
-    ("items_per_page = 10", "items_per_page = 0",
-     ["field 'pages.items_per_page'", "greater than or equal to 1", "bad.toml:"]),
+    (
+        "items_per_page = 10",
+        "items_per_page = 0",
+        ["field 'pages.items_per_page'", "greater than or equal to 1", "bad.toml:"],
+    ),
     ("min_accuracy = 0.7", "min_accuracy = 'high'", ["field 'gold.min_accuracy'", "number"]),
     ("quiz_length = 8", "quiz_lenght = 8", ["field 'gold.quiz_lenght'", "unknown field"]),
     ('name = "pneumonia-pediatric"', 'name = "Bad Name!"', ["field 'name'", "pattern"]),
@@ -52,15 +55,19 @@ CASES = [
     ('cant_tell = "cant_tell"', 'cant_tell = "unsure"', ["field 'certainty'", "unsure"]),
     ('{ value = "probably"', '{ value = "definitely"', ["certainty options must be unique"]),
     ("NORMAL = 0.26", "HEALTHY = 0.26", ["unknown label 'HEALTHY'"]),
-    ('[question]\nprompt = "What do the lungs look like?"\n', "[question]\n",
-     ["field 'question.prompt'", "required field is missing"]),
+    (
+        '[question]\nprompt = "What do the lungs look like?"\n',
+        "[question]\n",
+        ["field 'question.prompt'", "required field is missing"],
+    ),
     ("title =", "title = = ", ["not valid TOML", "line"]),
 ]
 
 
 @pytest.mark.parametrize(("old", "new", "fragments"), CASES)
-def test_each_mistake_gives_one_clear_line(tmp_path: Path, old: str, new: str,
-                                           fragments: list[str]) -> None:
+def test_each_mistake_gives_one_clear_line(
+    tmp_path: Path, old: str, new: str, fragments: list[str]
+) -> None:
     path = _write(tmp_path, _mutate(old, new))
     with pytest.raises(JobSpecError) as info:
         load_job(path)

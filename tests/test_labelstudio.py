@@ -36,8 +36,20 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data_dir = tmp_path_factory.mktemp("ls-job")
     _sixteen_image_job(data_dir)
     out = data_dir / "ls-export"
-    result = CliRunner().invoke(app, ["--data-dir", str(data_dir), "export", "-o", str(out),
-                                      "--format", "labelstudio", "--seed", "3"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "--data-dir",
+            str(data_dir),
+            "export",
+            "-o",
+            str(out),
+            "--format",
+            "labelstudio",
+            "--seed",
+            "3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -92,12 +104,21 @@ def test_labelstudio_export_is_valid_task_json(exported: Path) -> None:
     assert "/hospital/" not in text and "dicom:" not in text  # admin-only source stays out
 
 
-def test_labelstudio_tasks_ingest_back_with_reference_labels(exported: Path,
-                                                            tmp_path: Path) -> None:
+def test_labelstudio_tasks_ingest_back_with_reference_labels(
+    exported: Path, tmp_path: Path
+) -> None:
     data_dir = tmp_path / "data"
-    result = CliRunner().invoke(app, ["--data-dir", str(data_dir), "ingest",
-                                      str(exported / "labelstudio-tasks.json"),
-                                      "--workers", "0"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "--data-dir",
+            str(data_dir),
+            "ingest",
+            str(exported / "labelstudio-tasks.json"),
+            "--workers",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     db = Database(f"sqlite:///{data_dir / 'cxrlabel.sqlite3'}")
     try:
@@ -115,12 +136,20 @@ def test_labelstudio_task_problems_are_reported_per_task(tmp_path: Path) -> None
     image.write_bytes(b"x")
     tasks = [
         {"id": 7, "data": {"image": "https://example.org/x.png"}},
-        {"data": {"image": "a.png"}, "annotations": [
-            {"result": [{"type": "choices", "value": {"choices": ["maybe"]}}]}]},
-        {"data": {"image": str(image)}, "annotations": [
-            {"result": [{"type": "choices", "value": {"choices": ["PNEUMONIA"]}}],
-             "was_cancelled": True},
-            {"result": [{"type": "choices", "value": {"choices": ["normal"]}}]}]},
+        {
+            "data": {"image": "a.png"},
+            "annotations": [{"result": [{"type": "choices", "value": {"choices": ["maybe"]}}]}],
+        },
+        {
+            "data": {"image": str(image)},
+            "annotations": [
+                {
+                    "result": [{"type": "choices", "value": {"choices": ["PNEUMONIA"]}}],
+                    "was_cancelled": True,
+                },
+                {"result": [{"type": "choices", "value": {"choices": ["normal"]}}]},
+            ],
+        },
         {"data": {"text": "no image"}},
         {"data": {"image": "/data/local-files/?d=missing/b.png"}},
     ]

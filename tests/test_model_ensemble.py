@@ -35,9 +35,27 @@ def test_ensemble_logit_is_the_mean_and_cam_contract_holds():
 def test_train_with_an_ensemble_of_two(tmp_path):
     export = write_synthetic_export(tmp_path / "export", n=48)
     out = tmp_path / "model"
-    result = CliRunner().invoke(app, ["train", str(export), "-o", str(out), "--size", "64",
-                                      "--epochs", "1", "--batch-size", "8", "--threads", "2",
-                                      "--ensemble", "2", "--augment", "strong"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            str(export),
+            "-o",
+            str(out),
+            "--size",
+            "64",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--threads",
+            "2",
+            "--ensemble",
+            "2",
+            "--augment",
+            "strong",
+        ],
+    )
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "model.json").read_text())
     assert meta["ensemble"] == 2
@@ -52,6 +70,7 @@ def test_train_with_an_ensemble_of_two(tmp_path):
 
 
 def test_train_refuses_an_unknown_augment_preset(tmp_path):
-    result = CliRunner().invoke(app, ["train", str(tmp_path), "-o", str(tmp_path / "m"),
-                                      "--augment", "wild"])
+    result = CliRunner().invoke(
+        app, ["train", str(tmp_path), "-o", str(tmp_path / "m"), "--augment", "wild"]
+    )
     assert result.exit_code == 2 and "default or strong" in result.output

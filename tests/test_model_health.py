@@ -69,8 +69,9 @@ def test_small_data_warns_in_model_json_and_card(small_model):
 
 def test_onnx_file_carries_its_metadata(small_model):
     export, result = small_model
-    session = ort.InferenceSession(str(result.model_dir / "model.onnx"),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(result.model_dir / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     props = session.get_modelmeta().custom_metadata_map
     meta = json.loads((result.model_dir / "model.json").read_text())
     assert float(props["temperature"]) == pytest.approx(meta["temperature"])
@@ -88,7 +89,9 @@ def test_onnx_file_carries_its_metadata(small_model):
 def test_predict_repeats_the_training_warnings(small_model, tmp_path):
     export, result = small_model
     image = sorted(export.rglob("*.png"))[0]
-    run = CliRunner().invoke(app, ["predict", "--model", str(result.model_dir), str(image),
-                                   "-o", str(tmp_path / "p.csv")])
+    run = CliRunner().invoke(
+        app,
+        ["predict", "--model", str(result.model_dir), str(image), "-o", str(tmp_path / "p.csv")],
+    )
     assert run.exit_code == 0, run.output
     assert "training reported" in run.output and "training images" in run.output

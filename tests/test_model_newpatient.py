@@ -26,10 +26,17 @@ def _examples(n_patients: int = 60, seed: int = 0) -> list[Example]:
     for k in range(n_patients):
         label = "PNEUMONIA" if k % 3 else "NORMAL"
         for j in range(int(rng.integers(1, 4))):
-            out.append(Example(path=Path(f"p{k}_{j}.png"), p_pneumonia=float(label != "NORMAL"),
-                               split="train", patient_id=f"P{k}", label=label,
-                               reference_label=label,
-                               upstream_resized=bool(rng.random() < 0.7)))
+            out.append(
+                Example(
+                    path=Path(f"p{k}_{j}.png"),
+                    p_pneumonia=float(label != "NORMAL"),
+                    split="train",
+                    patient_id=f"P{k}",
+                    label=label,
+                    reference_label=label,
+                    upstream_resized=bool(rng.random() < 0.7),
+                )
+            )
     return out
 
 
@@ -75,17 +82,27 @@ def test_check_split_catches_a_leak():
         check_split(examples, leaky)
 
 
-MANIFEST = Path(os.environ.get("CXRLABEL_SHARED_DATA", "../shared/data")) / "kermany" / \
-    "manifest.csv"
+MANIFEST = (
+    Path(os.environ.get("CXRLABEL_SHARED_DATA", "../shared/data")) / "kermany" / "manifest.csv"
+)
 
 
 @pytest.mark.skipif(not MANIFEST.is_file(), reason="shared Kermany data not on this machine")
 def test_splits_hold_on_the_real_manifest():
     with MANIFEST.open(newline="", encoding="utf-8") as fh:
         rows = [r for r in csv.DictReader(fh) if r["split"] in ("train", "val")]
-    examples = [Example(Path(r["file"]), float(r["label"] == "PNEUMONIA"), "train",
-                        r["patient_id"], r["label"], r["label"],
-                        r["upstream_resized"] == "true") for r in rows]
+    examples = [
+        Example(
+            Path(r["file"]),
+            float(r["label"] == "PNEUMONIA"),
+            "train",
+            r["patient_id"],
+            r["label"],
+            r["label"],
+            r["upstream_resized"] == "true",
+        )
+        for r in rows
+    ]
     for split in [*squashed_cv(examples, 3), originals_to_squashed(examples)]:
         _assert_sound(examples, split)
         assert {examples[i].label for i in split.scored} == {"NORMAL", "PNEUMONIA"}
@@ -97,8 +114,11 @@ def test_thresholds_across_runs_are_pooled_with_a_spread():
     for seed in range(3):
         y = rng.integers(0, 2, 300)
         p = np.clip(0.5 * y + 0.25 + rng.normal(0, 0.15, 300), 0, 1)
-        runs.append(HoldoutResult(f"r{seed}", seed, p, p, y, np.arange(300).astype(str), 1.0,
-                                  0.5, 0.2, 0.99, 1, 1.0))
+        runs.append(
+            HoldoutResult(
+                f"r{seed}", seed, p, p, y, np.arange(300).astype(str), 1.0, 0.5, 0.2, 0.99, 1, 1.0
+            )
+        )
     th = thresholds_across(runs)
     flag = th["pooled"]["flag"]
     assert flag["q05"] <= flag["q50"] <= flag["q95"]
@@ -115,15 +135,32 @@ def test_card_quotes_the_new_patient_estimate_and_its_recipe(tmp_path):
 
     from cxrlabel.model.card import new_patient_section
 
-    assert "No new-patient estimate" in new_patient_section({"input_size": 96},
-                                                           tmp_path / "absent.json")
-    figures = {"n": 2313, "auc": 0.9871, "auc_ci": [0.983, 0.991], "proxy_auc": 0.99,
-               "flag_sensitivity": 0.972, "flag_sensitivity_ci": [0.96, 0.98],
-               "flag_specificity": 0.907, "flag_specificity_ci": [0.88, 0.93],
-               "clear_npv": 0.992, "clear_npv_ci": [0.98, 1.0], "clear_specificity": 0.441}
-    est = {"measured_by": "benchmarks/model_newpatient.py", "size": 96, "epochs": 3,
-           "augment": "default", "tta": False, "seeds": [0], "date": "2026-12-03",
-           "schemes": {"squashed_cv": figures}}
+    assert "No new-patient estimate" in new_patient_section(
+        {"input_size": 96}, tmp_path / "absent.json"
+    )
+    figures = {
+        "n": 2313,
+        "auc": 0.9871,
+        "auc_ci": [0.983, 0.991],
+        "proxy_auc": 0.99,
+        "flag_sensitivity": 0.972,
+        "flag_sensitivity_ci": [0.96, 0.98],
+        "flag_specificity": 0.907,
+        "flag_specificity_ci": [0.88, 0.93],
+        "clear_npv": 0.992,
+        "clear_npv_ci": [0.98, 1.0],
+        "clear_specificity": 0.441,
+    }
+    est = {
+        "measured_by": "benchmarks/model_newpatient.py",
+        "size": 96,
+        "epochs": 3,
+        "augment": "default",
+        "tta": False,
+        "seeds": [0],
+        "date": "2026-12-03",
+        "schemes": {"squashed_cv": figures},
+    }
     path = tmp_path / "estimate.json"
     path.write_text(json.dumps(est))
     text = new_patient_section({"input_size": 96}, path)
@@ -168,9 +205,15 @@ def test_blur_smooths_and_off_means_untouched():
     assert float(blurred[1].max()) < 0.5 and float(blurred[1].sum()) == pytest.approx(1.0)
     # Default augmentation draws no blur numbers: seeded results stay as before.
     cfg = AugmentConfig()
-    a = augment(torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(1)), cfg,
-                torch.Generator().manual_seed(2))
+    a = augment(
+        torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(1)),
+        cfg,
+        torch.Generator().manual_seed(2),
+    )
     strong = AugmentConfig.strong()
-    b = augment(torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(1)), strong,
-                torch.Generator().manual_seed(2))
+    b = augment(
+        torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(1)),
+        strong,
+        torch.Generator().manual_seed(2),
+    )
     assert a.shape == b.shape and float(b.min()) >= 0 and float(b.max()) <= 1

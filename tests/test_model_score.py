@@ -33,9 +33,18 @@ def _add_images(db: Database, data_dir, n: int) -> tuple[str, list[str]]:
                 (data_dir / rel).write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
             else:
                 PILImage.fromarray(synthetic_xray(rng, i % 2 == 0, 100, 90)).save(data_dir / rel)
-            image = Image(job_id=job.id, source_path=f"/src/{i}.png", source_format="png",
-                          sha256=f"{i:064x}", pixel_sha256=f"{i:064x}", phash=f"{i:016x}",
-                          width=100, height=90, rendition_path=rel, thumb_path=rel)
+            image = Image(
+                job_id=job.id,
+                source_path=f"/src/{i}.png",
+                source_format="png",
+                sha256=f"{i:064x}",
+                pixel_sha256=f"{i:064x}",
+                phash=f"{i:016x}",
+                width=100,
+                height=90,
+                rendition_path=rel,
+                thumb_path=rel,
+            )
             s.add(image)
             s.flush()
             ids.append(image.public_id)
@@ -46,8 +55,20 @@ def test_score_writes_model_scores(db_url, tmp_path):
     db = Database(db_url)
     job_name, ids = _add_images(db, tmp_path, 5)
     model_dir = untrained_model_dir(tmp_path / "model")
-    result = CliRunner().invoke(app, ["--data-dir", str(tmp_path), "--db", db_url, "score",
-                                      "--model", str(model_dir), "--job", job_name])
+    result = CliRunner().invoke(
+        app,
+        [
+            "--data-dir",
+            str(tmp_path),
+            "--db",
+            db_url,
+            "score",
+            "--model",
+            str(model_dir),
+            "--job",
+            job_name,
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "scored 4 images" in result.output and "1 could not be read" in result.output
     model = OnnxModel(model_dir)
@@ -63,6 +84,7 @@ def test_score_writes_model_scores(db_url, tmp_path):
 
 
 def test_score_needs_a_model_folder(tmp_path):
-    result = CliRunner().invoke(app, ["--data-dir", str(tmp_path), "score",
-                                      "--model", str(tmp_path / "nope")])
+    result = CliRunner().invoke(
+        app, ["--data-dir", str(tmp_path), "score", "--model", str(tmp_path / "nope")]
+    )
     assert result.exit_code == 2 and "model.json" in result.output

@@ -63,8 +63,7 @@ def inputs(tmp_path_factory) -> Path:
     (root / "sub" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 20)
     (root / "empty.jpeg").write_bytes(b"")
     (root / "notes.txt").write_text("not an image")
-    dicom = dicom_dataset(synthetic_xray(rng, True, 96, 80).astype(np.uint16) * 16,
-                          bits_stored=12)
+    dicom = dicom_dataset(synthetic_xray(rng, True, 96, 80).astype(np.uint16) * 16, bits_stored=12)
     (root / "sub" / "c.dcm").write_bytes(dicom_bytes(dicom))
     (root / "bad.dcm").write_bytes(malformed_dicom())
     return root
@@ -91,8 +90,9 @@ def test_training_is_reproducible_with_a_seed(export_dir):
     cfg = TrainConfig(size=32, max_epochs=1, batch_size=8, threads=2)
     states = []
     for _ in range(2):
-        model, history, _ = fit(splits, cfg, torch.device("cpu"), Console(quiet=True),
-                                 time.monotonic())
+        model, history, _ = fit(
+            splits, cfg, torch.device("cpu"), Console(quiet=True), time.monotonic()
+        )
         states.append((model.state_dict(), history[0]["val_loss"]))
     (a, loss_a), (b, loss_b) = states
     assert loss_a == loss_b
@@ -121,8 +121,15 @@ def test_augmentation_keeps_shape_and_range_and_is_seeded():
     assert a.shape == x.shape and torch.equal(a, b)
     assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
     assert not torch.allclose(a, x)
-    still = AugmentConfig(max_rotation_deg=0, max_shift=0, scale_range=(1, 1), brightness=0,
-                          contrast=0, gamma=0, noise_std=0)
+    still = AugmentConfig(
+        max_rotation_deg=0,
+        max_shift=0,
+        scale_range=(1, 1),
+        brightness=0,
+        contrast=0,
+        gamma=0,
+        noise_std=0,
+    )
     x = x.clamp(1e-3, 1)
     assert torch.allclose(augment(x, still, torch.Generator()), x, atol=1e-5)
 
@@ -137,22 +144,45 @@ def test_cam_mean_is_the_logit():
 def test_predict_cli_contract(trained, inputs, tmp_path):
     out, heat = tmp_path / "preds.csv", tmp_path / "heat"
     # A path that does not exist is a usage error, not a row of the CSV.
-    missing = CliRunner().invoke(app, [
-        "predict", "--model", str(trained.model_dir), str(inputs),
-        str(inputs / "missing.png"), "-o", str(out),
-    ])
+    missing = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            "--model",
+            str(trained.model_dir),
+            str(inputs),
+            str(inputs / "missing.png"),
+            "-o",
+            str(out),
+        ],
+    )
     assert missing.exit_code == 2
     assert "missing.png" in missing.output and "does not exist" in missing.output
     assert not out.exists()
-    result = CliRunner().invoke(app, [
-        "predict", "--model", str(trained.model_dir), str(inputs),
-        "-o", str(out), "--heatmaps", str(heat),
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            "--model",
+            str(trained.model_dir),
+            str(inputs),
+            "-o",
+            str(out),
+            "--heatmaps",
+            str(heat),
+        ],
+    )
     assert result.exit_code == 0, result.output
-    rows = {Path(r["file"]).relative_to(inputs).as_posix(): r
-            for r in csv.DictReader(out.open())}
-    assert set(rows) == {"a.png", "sub/b.jpg", "sub/deeper/a.png", "sub/c.dcm", "sub/broken.png",
-                         "empty.jpeg", "bad.dcm"}  # notes.txt: not an image
+    rows = {Path(r["file"]).relative_to(inputs).as_posix(): r for r in csv.DictReader(out.open())}
+    assert set(rows) == {
+        "a.png",
+        "sub/b.jpg",
+        "sub/deeper/a.png",
+        "sub/c.dcm",
+        "sub/broken.png",
+        "empty.jpeg",
+        "bad.dcm",
+    }  # notes.txt: not an image
     for name in ("a.png", "sub/b.jpg", "sub/deeper/a.png", "sub/c.dcm"):
         row = rows[name]
         assert row["error"] == "" and row["band"] in ("flag", "review", "clear")
@@ -171,9 +201,13 @@ def test_bands_follow_the_stored_thresholds(trained, inputs):
     good = [p for p in preds if p.error is None]
     assert len(good) == 4
     for p in good:
-        expected = ("flag" if p.p_pneumonia >= model.flag_at
-                    else "clear" if p.p_pneumonia < min(model.clear_below, model.flag_at)
-                    else "review")
+        expected = (
+            "flag"
+            if p.p_pneumonia >= model.flag_at
+            else "clear"
+            if p.p_pneumonia < min(model.clear_below, model.flag_at)
+            else "review"
+        )
         assert p.band == expected
 
 
@@ -209,8 +243,9 @@ def test_predict_without_torch(trained, inputs, tmp_path):
         "assert 'torch' not in sys.modules\n"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=env, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     rows = list(csv.DictReader(out.open()))
     assert sum(r["band"] != "" for r in rows) == 4
@@ -222,8 +257,7 @@ def test_train_without_torch_fails_cleanly(tmp_path):
         f"sys.argv = ['cxrlabel', 'train', {str(tmp_path)!r}, '-o', {str(tmp_path / 'm')!r}]\n"
         "main()\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "cxrlabel[model]" in done.stderr
 

@@ -70,17 +70,20 @@ def test_predict_endpoint_contract_and_roles(api):
 def test_bad_upload_is_a_clear_422(api):
     data_dir, clients = api
     untrained_model_dir(data_dir / "model")
-    r = clients["expert"].post("/api/model/predict",
-                               files={"image": ("x.png", b"\x89PNG\r\n\x1a\nbroken", "image/png")})
+    r = clients["expert"].post(
+        "/api/model/predict", files={"image": ("x.png", b"\x89PNG\r\n\x1a\nbroken", "image/png")}
+    )
     assert r.status_code == 422
     assert "cannot read the image" in r.json()["error"]["message"]
-    r = clients["expert"].post("/api/model/predict",
-                               files={"image": ("x.txt", b"hello", "text/plain")})
+    r = clients["expert"].post(
+        "/api/model/predict", files={"image": ("x.txt", b"hello", "text/plain")}
+    )
     assert r.status_code == 422 and "not an image" in r.json()["error"]["message"]
 
 
 def test_no_model_installed_is_503(api):
     _, clients = api
-    r = clients["expert"].post("/api/model/predict",
-                               files={"image": ("x.png", _png(), "image/png")})
+    r = clients["expert"].post(
+        "/api/model/predict", files={"image": ("x.png", _png(), "image/png")}
+    )
     assert r.status_code == 503 and "cxrlabel train" in r.json()["error"]["message"]

@@ -68,8 +68,14 @@ def site(tmp_path_factory: pytest.TempPathFactory):
     redirect_uri = f"http://127.0.0.1:{port}/auth/oidc/callback"
     groups_file = data_dir / "groups.json"
     with running_provider(redirect_uri, groups_file) as issuer:
-        oidc = OidcSettings(issuer=issuer, client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
-                            redirect_uri=redirect_uri, roles=ROLES, name=PROVIDER_NAME)
+        oidc = OidcSettings(
+            issuer=issuer,
+            client_id=CLIENT_ID,
+            client_secret=CLIENT_SECRET,
+            redirect_uri=redirect_uri,
+            roles=ROLES,
+            name=PROVIDER_NAME,
+        )
         db_url = f"sqlite:///{data_dir / 'oidc.sqlite3'}"
         db = Database(db_url)
         app = create_app(Settings(data_dir=data_dir, db_url=db_url, oidc=oidc), db=db)
@@ -89,13 +95,15 @@ def default_oidc(request: pytest.FixtureRequest):
 
 # --- driving the provider's development login pages -----------------------------------------
 
+
 def _form_action(response: httpx.Response) -> str:
     action = re.search(r'<form[^>]*action="([^"]+)"', response.text).group(1)
     return urljoin(str(response.url), action.replace("&amp;", "&"))
 
 
-def walk(client: httpx.Client, response: httpx.Response, login: str,
-         stop_at: str | None = None) -> httpx.Response:
+def walk(
+    client: httpx.Client, response: httpx.Response, login: str, stop_at: str | None = None
+) -> httpx.Response:
     """Follow redirects and fill the provider's login (any password) and consent forms until
     a page outside them; with ``stop_at``, stop at the redirect to that URL prefix instead
     (the response whose ``Location`` is the callback, not followed)."""
@@ -106,8 +114,10 @@ def walk(client: httpx.Client, response: httpx.Response, login: str,
                 return response
             response = client.get(location)
         elif 'name="login"' in response.text:
-            response = client.post(_form_action(response), data={
-                "prompt": "login", "login": login, "password": "any password"})
+            response = client.post(
+                _form_action(response),
+                data={"prompt": "login", "login": login, "password": "any password"},
+            )
         elif 'name="prompt" value="consent"' in response.text:
             response = client.post(_form_action(response), data={"prompt": "consent"})
         else:
@@ -115,8 +125,9 @@ def walk(client: httpx.Client, response: httpx.Response, login: str,
     raise AssertionError("too many steps at the provider")
 
 
-def oidc_sign_in(site: Site, login: str, *groups: str, client: httpx.Client | None = None
-                 ) -> tuple[httpx.Client, httpx.Response]:
+def oidc_sign_in(
+    site: Site, login: str, *groups: str, client: httpx.Client | None = None
+) -> tuple[httpx.Client, httpx.Response]:
     """Click "Sign in with ..." on the login page and go through the provider as ``login``
     (whom the provider puts in ``groups``)."""
     site.set_groups(login, *groups)
@@ -142,19 +153,24 @@ def replay_status(site: Site, cookie: str) -> int:
 
 # --- settings and role mapping (no provider needed) ---------------------------------------------
 
+
 def test_settings_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setenv("CXRLABEL_OIDC_ISSUER", "https://login.hospital.example")
     monkeypatch.setenv("CXRLABEL_OIDC_CLIENT_ID", "cxrlabel")
     monkeypatch.setenv("CXRLABEL_OIDC_CLIENT_SECRET", "s3cret")
-    monkeypatch.setenv("CXRLABEL_OIDC_REDIRECT_URI",
-                       "https://label.hospital.example/auth/oidc/callback")
+    monkeypatch.setenv(
+        "CXRLABEL_OIDC_REDIRECT_URI", "https://label.hospital.example/auth/oidc/callback"
+    )
     monkeypatch.setenv("CXRLABEL_OIDC_ROLES", "Radiology=expert, crowd=annotator")
     monkeypatch.setenv("CXRLABEL_OIDC_PROVISION", "existing")
     monkeypatch.setenv("CXRLABEL_OIDC_NAME", "St. Elsewhere login")
     oidc = Settings.from_env(tmp_path).oidc
     assert oidc.roles == {"Radiology": "expert", "crowd": "annotator"}
-    assert (oidc.provision, oidc.name, oidc.role_claim) == ("existing", "St. Elsewhere login",
-                                                            "groups")
+    assert (oidc.provision, oidc.name, oidc.role_claim) == (
+        "existing",
+        "St. Elsewhere login",
+        "groups",
+    )
     monkeypatch.setenv("CXRLABEL_OIDC_ROLES", "crowd=superuser")
     with pytest.raises(ValueError, match="CXRLABEL_OIDC_ROLES"):
         Settings.from_env(tmp_path)
@@ -171,8 +187,9 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
         parse_role_map("crowd")
 
 
-def test_cli_reports_a_bad_oidc_setting_in_one_line(monkeypatch: pytest.MonkeyPatch,
-                                                    tmp_path: Path):
+def test_cli_reports_a_bad_oidc_setting_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
     monkeypatch.setenv("CXRLABEL_OIDC_ISSUER", "https://login.hospital.example")
     result = CliRunner().invoke(cli_app, ["--data-dir", str(tmp_path), "serve"])
     assert result.exit_code == 2
@@ -201,33 +218,41 @@ def test_not_configured_no_button_and_404(tmp_path: Path):
 def test_sign_in_identity_on_each_database(db: Database):
     """Provisioning and refusals against SQLite and PostgreSQL (the new table and its unique
     issuer + subject), without a provider: the claims are what a verified ID token gives."""
-    oidc = OidcSettings(issuer="https://login.hospital.example", client_id="c",
-                        client_secret="s", redirect_uri="https://x.example/auth/oidc/callback",
-                        roles=ROLES)
+    oidc = OidcSettings(
+        issuer="https://login.hospital.example",
+        client_id="c",
+        client_secret="s",
+        redirect_uri="https://x.example/auth/oidc/callback",
+        roles=ROLES,
+    )
     with db.session() as s:
-        user = sign_in_identity(s, oidc, {"sub": "u-1", "preferred_username": "olga",
-                                          "groups": ["crowd"]})
-        assert (user.username, user.role, user.password_hash) == ("olga", "annotator",
-                                                                  NO_PASSWORD)
-        again = sign_in_identity(s, oidc, {"sub": "u-1", "preferred_username": "renamed",
-                                           "groups": ["cxr-admins"]})
+        user = sign_in_identity(
+            s, oidc, {"sub": "u-1", "preferred_username": "olga", "groups": ["crowd"]}
+        )
+        assert (user.username, user.role, user.password_hash) == ("olga", "annotator", NO_PASSWORD)
+        again = sign_in_identity(
+            s, oidc, {"sub": "u-1", "preferred_username": "renamed", "groups": ["cxr-admins"]}
+        )
         assert (again.id, again.role) == (user.id, "admin")
         with pytest.raises(SignInRefused, match="not in a group"):
             sign_in_identity(s, oidc, {"sub": "u-2", "groups": ["visitors"]})
-        odd = sign_in_identity(s, oidc, {"sub": "u-3", "preferred_username": "p@q r",
-                                         "groups": ["crowd"]})
+        odd = sign_in_identity(
+            s, oidc, {"sub": "u-3", "preferred_username": "p@q r", "groups": ["crowd"]}
+        )
         assert odd.username == "p_q_r"
         with pytest.raises(SignInRefused, match="unusable account id"):
             sign_in_identity(s, oidc, {"sub": "x" * 256, "groups": ["crowd"]})
     existing = replace(oidc, provision="existing")
     with db.session() as s, pytest.raises(SignInRefused, match="no cxrlabel account"):
-        sign_in_identity(s, existing, {"sub": "u-4", "preferred_username": "pat",
-                                       "groups": ["crowd"]})
+        sign_in_identity(
+            s, existing, {"sub": "u-4", "preferred_username": "pat", "groups": ["crowd"]}
+        )
     with db.read_session() as s:
         assert s.scalar(select(User).where(User.username == "pat")) is None
 
 
 # --- the full flow over HTTP ------------------------------------------------------------------
+
 
 def test_full_flow_signs_in_with_mapped_role_and_logout_ends_session(site: Site):
     client, page = oidc_sign_in(site, "alice", "crowd")
@@ -272,8 +297,10 @@ def test_unmapped_groups_are_refused_with_a_clear_page(site: Site):
     client, page = oidc_sign_in(site, "dave", "visitors")
     assert page.status_code == 403
     assert "not in a group that may use cxrlabel" in page.text
-    assert "cxrlabel_session" not in client.cookies or replay_status(
-        site, client.cookies["cxrlabel_session"]) == 303
+    assert (
+        "cxrlabel_session" not in client.cookies
+        or replay_status(site, client.cookies["cxrlabel_session"]) == 303
+    )
     with site.db.read_session() as s:
         assert s.scalar(select(User).where(User.username == "dave")) is None
 
@@ -288,8 +315,9 @@ def test_existing_mode_links_admin_created_user_and_refuses_unknown(site: Site):
     with site.db.read_session() as s:
         erin = s.get(User, erin_id)
         assert erin.role == "expert"
-        assert s.scalar(select(UserIdentity.subject).where(
-            UserIdentity.user_id == erin_id)) == "erin"
+        assert (
+            s.scalar(select(UserIdentity.subject).where(UserIdentity.user_id == erin_id)) == "erin"
+        )
         assert s.scalar(select(User).where(User.username == "frank")) is None
 
 
@@ -297,8 +325,11 @@ def test_auto_mode_never_takes_over_a_linked_username(site: Site):
     """A second provider account claiming the same preferred_username gets its own user."""
     oidc_sign_in(site, "gina", "crowd")
     with site.db.session() as s:  # pretend gina's provider account was renamed
-        s.execute(UserIdentity.__table__.update().where(UserIdentity.subject == "gina")
-                  .values(subject="gina-old"))
+        s.execute(
+            UserIdentity.__table__.update()
+            .where(UserIdentity.subject == "gina")
+            .values(subject="gina-old")
+        )
     oidc_sign_in(site, "gina", "crowd")
     with site.db.read_session() as s:
         names = sorted(s.scalars(select(User.username).where(User.username.like("gina%"))))
@@ -317,6 +348,7 @@ def test_disabling_ends_the_session_and_refuses_sign_in(site: Site):
 
 # --- refusals: state, injected code ---------------------------------------------------------------
 
+
 def _to_callback(site: Site, login: str, *groups: str) -> tuple[httpx.Client, str]:
     """Go through the provider and stop at the redirect to the callback: (client, its URL)."""
     site.set_groups(login, *groups)
@@ -328,8 +360,7 @@ def _to_callback(site: Site, login: str, *groups: str) -> tuple[httpx.Client, st
 
 def _with_query(url: str, **params: str) -> str:
     query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()} | params
-    return f"{site_base(url)}/auth/oidc/callback?" + "&".join(f"{k}={v}" for k, v in
-                                                             query.items())
+    return f"{site_base(url)}/auth/oidc/callback?" + "&".join(f"{k}={v}" for k, v in query.items())
 
 
 def site_base(url: str) -> str:
@@ -353,8 +384,9 @@ def test_wrong_state_is_refused(site: Site):
 def test_provider_refusal_is_shown_and_signs_nobody_in(site: Site):
     """The person pressed cancel at the provider: its error comes back with our state."""
     client, callback = _to_callback(site, "lena", "crowd")
-    page = client.get(_with_query(callback, code="", error="access_denied",
-                                  error_description="<b>cancelled</b>"))
+    page = client.get(
+        _with_query(callback, code="", error="access_denied", error_description="<b>cancelled</b>")
+    )
     assert page.status_code == 403
     assert "did not sign you in: &lt;b&gt;cancelled&lt;/b&gt;" in page.text
     assert client.get(f"{site.url}/account").status_code == 303
@@ -374,14 +406,19 @@ def test_code_injected_into_another_browser_is_refused(site: Site):
 
 # --- the ID token checks, on real tokens from the provider ---------------------------------
 
+
 def _real_tokens(site: Site, login: str, *groups: str) -> tuple[OidcClient, Flow, dict]:
     """A flow run by the test itself: the provider's token response for it."""
     site.set_groups(login, *groups)
     client = OidcClient(site.settings)
     flow = Flow.start("/")
     browser = httpx.Client(follow_redirects=False, timeout=30)
-    last = walk(browser, browser.get(client.authorization_url(flow)), login,
-                stop_at=site.settings.redirect_uri)
+    last = walk(
+        browser,
+        browser.get(client.authorization_url(flow)),
+        login,
+        stop_at=site.settings.redirect_uri,
+    )
     code = parse_qs(urlsplit(last.headers["location"]).query)["code"][0]
     return client, flow, client._exchange(flow, code)
 
@@ -427,6 +464,7 @@ def test_id_token_signature_issuer_audience_expiry_and_nonce(site: Site):
 
 
 # --- real Chromium --------------------------------------------------------------------------------
+
 
 @pytest.mark.browser
 def test_chromium_signs_in_through_the_provider(site: Site, browser, artifacts_dir: Path):

@@ -45,10 +45,20 @@ def test_loop_generator_refuses_non_loopback_urls() -> None:
 
 def test_annotation_loop_stores_exactly_what_it_acknowledged(live_server) -> None:
     url, data_dir = live_server
-    args = annotation_loop.parse_args([
-        "--url", url, "--data-dir", str(data_dir), "--annotators", "4", "--seconds", "4",
-        "--request-timeout", "20",
-    ])
+    args = annotation_loop.parse_args(
+        [
+            "--url",
+            url,
+            "--data-dir",
+            str(data_dir),
+            "--annotators",
+            "4",
+            "--seconds",
+            "4",
+            "--request-timeout",
+            "20",
+        ]
+    )
     result = annotation_loop.run(args)
     assert result["errors"]["total"] == 0, result["errors"]
     assert result["annotators_active"] == 4  # everyone passed the quiz

@@ -23,8 +23,11 @@ def test_cli_replay_annotators_and_contests(tmp_path):
         pass_quiz(env, name)
     env.submit("ann", {"w0": "PNEUMONIA", "g3": "PNEUMONIA"})
     missed = next(j for j in env.judgments_of("ann") if j.image_id == env.images["g3"])
-    contest = env.call(lambda s, job: service.contest_gold(
-        s, job, env.spec, env.user(s, "ann"), missed.id, "I see an opacity", env.tick()))
+    contest = env.call(
+        lambda s, job: service.contest_gold(
+            s, job, env.spec, env.user(s, "ann"), missed.id, "I see an opacity", env.tick()
+        )
+    )
     runner = CliRunner()
     base = ["--db", url, "--data-dir", str(tmp_path)]
 
@@ -32,16 +35,19 @@ def test_cli_replay_annotators_and_contests(tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["matched"] is True
 
-    result = runner.invoke(app, [*base, "annotators", "remove", "bob", "--reason", "spam",
-                                 "--job", "q-job"])
+    result = runner.invoke(
+        app, [*base, "annotators", "remove", "bob", "--reason", "spam", "--job", "q-job"]
+    )
     assert result.exit_code == 2 and "no admin account" in result.output
     env.add_user("boss", role="admin")
-    result = runner.invoke(app, [*base, "annotators", "remove", "bob", "--reason", "spam",
-                                 "--job", "q-job"])
+    result = runner.invoke(
+        app, [*base, "annotators", "remove", "bob", "--reason", "spam", "--job", "q-job"]
+    )
     assert result.exit_code == 0, result.output
     assert env.annotator("bob").status == "removed"
-    result = runner.invoke(app, [*base, "annotators", "remove", "bob", "--reason", "again",
-                                 "--job", "q-job"])
+    result = runner.invoke(
+        app, [*base, "annotators", "remove", "bob", "--reason", "again", "--job", "q-job"]
+    )
     assert result.exit_code == 2 and "already removed" in result.output
     result = runner.invoke(app, [*base, "annotators", "list", "--job", "q-job", "--json"])
     rows = {r["username"]: r for r in json.loads(result.output)}
@@ -50,9 +56,23 @@ def test_cli_replay_annotators_and_contests(tmp_path):
     result = runner.invoke(app, [*base, "contests", "list", "--job", "q-job", "--json"])
     assert [c["reason"] for c in json.loads(result.output)] == ["I see an opacity"]
     assert runner.invoke(app, [*base, "contests", "list", "--job", "q-job"]).exit_code == 0
-    result = runner.invoke(app, [*base, "contests", "resolve", str(contest.id), "--action",
-                                 "change", "--accept", "PNEUMONIA", "--accept", "NORMAL",
-                                 "--job", "q-job"])
+    result = runner.invoke(
+        app,
+        [
+            *base,
+            "contests",
+            "resolve",
+            str(contest.id),
+            "--action",
+            "change",
+            "--accept",
+            "PNEUMONIA",
+            "--accept",
+            "NORMAL",
+            "--job",
+            "q-job",
+        ],
+    )
     assert result.exit_code == 0 and "changed" in result.output, result.output
     assert env.annotator("ann").gold_forgiven == 1
 
@@ -63,6 +83,5 @@ def test_cli_replay_annotators_and_contests(tmp_path):
     result = runner.invoke(app, [*base, "quality", "replay", "--job", "q-job", "--fix"])
     assert result.exit_code == 0 and "written back" in result.output
     with db.session() as s:
-        assert s.scalar(select(Image.trusted_judgments).where(
-            Image.id == env.images["w0"])) == 1
+        assert s.scalar(select(Image.trusted_judgments).where(Image.id == env.images["w0"])) == 1
     db.dispose()

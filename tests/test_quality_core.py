@@ -54,8 +54,9 @@ def test_beta_trust_smooths_towards_the_prior():
 
 
 def test_quiz_pass_uses_the_same_trust_as_removal():
-    params = rules.RuleParams.from_spec(make_spec(quiz_length=8, min_accuracy=0.75,
-                                                  prior_correct=2.0, prior_missed=1.0))
+    params = rules.RuleParams.from_spec(
+        make_spec(quiz_length=8, min_accuracy=0.75, prior_correct=2.0, prior_missed=1.0)
+    )
     seven = AnswerCounts(quiz_seen=8, quiz_missed=1)
     six = AnswerCounts(quiz_seen=8, quiz_missed=2)
     assert rules.quiz_passes(seven, params) and not rules.quiz_passes(six, params)
@@ -63,13 +64,15 @@ def test_quiz_pass_uses_the_same_trust_as_removal():
 
 def test_distribution_rules_fire_with_evidence():
     params = rules.RuleParams.from_spec(make_spec(dist_min=10))
-    honest = AnswerCounts(labels=Counter(NORMAL=4, PNEUMONIA=8),
-                          certainty=Counter(definitely=9, probably=3))
+    honest = AnswerCounts(
+        labels=Counter(NORMAL=4, PNEUMONIA=8), certainty=Counter(definitely=9, probably=3)
+    )
     assert rules.distribution_evidence(honest, params) is None
     few = AnswerCounts(labels=Counter(PNEUMONIA=9), certainty=Counter(definitely=9))
     assert rules.distribution_evidence(few, params) is None  # below the minimum answers
-    skewed = AnswerCounts(labels=Counter(NORMAL=11, PNEUMONIA=1),
-                          certainty=Counter(definitely=6, probably=6))
+    skewed = AnswerCounts(
+        labels=Counter(NORMAL=11, PNEUMONIA=1), certainty=Counter(definitely=6, probably=6)
+    )
     evidence = rules.distribution_evidence(skewed, params)
     assert evidence["rules"] == ["prevalence_gap"]
     assert evidence["prevalence_gaps"]["NORMAL"] == pytest.approx(11 / 12 - 0.3, abs=1e-4)
@@ -88,8 +91,9 @@ def test_cant_tell_counts_for_the_target_but_not_the_confidence():
 
 def test_one_cant_tell_among_two_asks_for_a_third_judgment_two_go_to_review():
     """With the online posterior (a trust share would finalise on the one remaining vote)."""
-    params = ConsensusParams.from_spec(make_spec(jmin=2, jmax=5, cant_tell_fraction=0.5,
-                                                 target=0.95, online="posterior"))
+    params = ConsensusParams.from_spec(
+        make_spec(jmin=2, jmax=5, cant_tell_fraction=0.5, target=0.95, online="posterior")
+    )
     one = [_j(1, 1, "PNEUMONIA"), _j(2, 2, "NORMAL", "cant_tell")]
     ev = evaluate(one, {1: 0.7, 2: 0.8}, params)
     assert (ev.status, ev.judgment_target) == ("needs_judgments", 3)
@@ -123,8 +127,9 @@ def test_cant_tell_on_hard_gold_is_no_miss_but_on_clear_gold_it_is():
 def test_online_posterior_weighs_trust_certainty_and_prevalence():
     from dataclasses import replace
 
-    params = replace(ConsensusParams.from_spec(make_spec(jmin=2, jmax=5, target=0.9)),
-                     online="posterior")
+    params = replace(
+        ConsensusParams.from_spec(make_spec(jmin=2, jmax=5, target=0.9)), online="posterior"
+    )
     assert params.online_method == "posterior"
     assert params.prior == pytest.approx((0.3, 0.7))
     sure = [_j(1, 1, "NORMAL"), _j(2, 2, "NORMAL")]
@@ -153,8 +158,7 @@ class StoredState(QualityState):
     """Stands in for the database: loads deep copies of another state's records on demand."""
 
     def __init__(self, store: QualityState, spec) -> None:
-        super().__init__(default_status=store.default_status,
-                         default_target=store.default_target)
+        super().__init__(default_status=store.default_status, default_target=store.default_target)
         self.store = store
 
     def _load_annotator(self, user_id):
@@ -217,23 +221,40 @@ def _build_events(ops, spec):
                 judgments = []
                 for k, image_id in enumerate(items):
                     bits = (answer_bits >> (3 * k)) & 7
-                    judgments.append(JudgmentIn(
-                        next_id[0], image_id, LABELS[bits & 1],
-                        ("definitely", "probably", "cant_tell", "definitely")[bits >> 1 & 3]
-                        if bits != 7 else "definitely",
-                        "unreadable" if bits == 6 else None, image_id in GOLD_ANSWERS, quiz))
+                    judgments.append(
+                        JudgmentIn(
+                            next_id[0],
+                            image_id,
+                            LABELS[bits & 1],
+                            ("definitely", "probably", "cant_tell", "definitely")[bits >> 1 & 3]
+                            if bits != 7
+                            else "definitely",
+                            "unreadable" if bits == 6 else None,
+                            image_id in GOLD_ANSWERS,
+                            quiz,
+                        )
+                    )
                     next_id[0] += 1
                     seen[user].add(image_id)
-                event = PageSubmitted(user, len(events) + 1, "quiz" if quiz else "work",
-                                      float(seconds), tuple(judgments), active_gold=4)
+                event = PageSubmitted(
+                    user,
+                    len(events) + 1,
+                    "quiz" if quiz else "work",
+                    float(seconds),
+                    tuple(judgments),
+                    active_gold=4,
+                )
         elif kind == "remove" and status in ("quiz", "active"):
             event = AnnotatorRemoved(user, "random removal", by=99)
         elif kind == "reinstate" and status == REMOVED:
             event = AnnotatorReinstated(user, "random reinstatement", by=99)
         elif kind == "gold":
             image_id = 101 + pick % 4
-            event = GoldChanged(image_id, (LABELS[0], LABELS[1])[: 1 + answer_bits % 2]
-                                if answer_bits % 3 else (LABELS[1],), by=99)
+            event = GoldChanged(
+                image_id,
+                (LABELS[0], LABELS[1])[: 1 + answer_bits % 2] if answer_bits % 3 else (LABELS[1],),
+                by=99,
+            )
         elif kind == "contest":
             mine = [j for j in ref.judgments_by(user) if j.is_gold]
             known = ref.annotators.get(user)  # (a lookup would create the record)
@@ -246,8 +267,9 @@ def _build_events(ops, spec):
             image_id = WORK[pick % len(WORK)]
             current = ref.images[image_id].status if image_id in ref.images else None
             if current not in (EXPERT, GOLD):
-                event = ExpertLabeled(image_id, LABELS[answer_bits % 2], 99,
-                                      promote_to_gold=answer_bits % 5 == 0)
+                event = ExpertLabeled(
+                    image_id, LABELS[answer_bits % 2], 99, promote_to_gold=answer_bits % 5 == 0
+                )
         if event is not None:
             engine.apply(event)
             events.append(event)
@@ -290,19 +312,30 @@ OPS = st.lists(
         st.integers(0, 2**12 - 1),
         st.sampled_from([1, 30, 60]),
     ),
-    min_size=1, max_size=50,
+    min_size=1,
+    max_size=50,
 )
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=OPS, strict=st.booleans())
 def test_random_event_sequences_keep_invariants_and_replay(ops, strict):
-    spec = make_spec(quiz_length=2, min_gold=2, jmin=2, jmax=4, min_seconds=10,
-                     speed_limit=2, dist_min=6, dist_remove=strict,
-                     min_accuracy=0.7 if strict else 0.5,
-                     # Not strict: removal for harm only, with peers judging early, and retakes.
-                     strict=strict, min_peer_pairs=30 if strict else 3,
-                     quiz_retakes=0 if strict else 1, online="auto" if strict else "posterior")
+    spec = make_spec(
+        quiz_length=2,
+        min_gold=2,
+        jmin=2,
+        jmax=4,
+        min_seconds=10,
+        speed_limit=2,
+        dist_min=6,
+        dist_remove=strict,
+        min_accuracy=0.7 if strict else 0.5,
+        # Not strict: removal for harm only, with peers judging early, and retakes.
+        strict=strict,
+        min_peer_pairs=30 if strict else 3,
+        quiz_retakes=0 if strict else 1,
+        online="auto" if strict else "posterior",
+    )
     events, reference = _build_events(ops, spec)
 
     # Incremental: each event on a fresh state that loads stored copies, then writes back.

@@ -32,9 +32,12 @@ def test_kept_counts_equal_the_judgments_and_the_replay(db):
     env.submit("ann", {"w2": ("NORMAL", "cant_tell"), "w3": "PNEUMONIA", "g4": "NORMAL"})
     kept = _stored_counts(env, "ann")
     assert kept == _counted_from_judgments(env, "ann")
-    assert kept == {"labels": {"NORMAL": 4, "PNEUMONIA": 2},  # gold on work pages counts
-                    "certainty": {"cant_tell": 1, "definitely": 4, "probably": 1},
-                    "quiz_seen": 3, "quiz_missed": 0}
+    assert kept == {
+        "labels": {"NORMAL": 4, "PNEUMONIA": 2},  # gold on work pages counts
+        "certainty": {"cant_tell": 1, "definitely": 4, "probably": 1},
+        "quiz_seen": 3,
+        "quiz_missed": 0,
+    }
     assert env.verify().matched
 
 
@@ -44,8 +47,11 @@ def test_missing_counts_are_counted_once_then_kept(db):
     pass_quiz(env, "old")
     env.submit("old", {"w0": "NORMAL", "g3": "PNEUMONIA"})  # a missed gold: g3 is NORMAL
     with db.session() as s:  # a row from before the counters existed
-        s.execute(update(AnnotatorState).where(AnnotatorState.user_id == env.users["old"])
-                  .values(answer_counts=None))
+        s.execute(
+            update(AnnotatorState)
+            .where(AnnotatorState.user_id == env.users["old"])
+            .values(answer_counts=None)
+        )
     assert _stored_counts(env, "old") is None
     env.submit("old", {"w1": "PNEUMONIA", "g4": "NORMAL"})
     assert _stored_counts(env, "old") == _counted_from_judgments(env, "old")
@@ -59,9 +65,18 @@ def test_replay_reports_tampered_counts_and_fix_repairs_them(db):
     pass_quiz(env, "t")
     env.submit("t", {"w0": "NORMAL", "g3": "NORMAL"})
     with db.session() as s:
-        s.execute(update(AnnotatorState).where(AnnotatorState.user_id == env.users["t"])
-                  .values(answer_counts={"labels": {"NORMAL": 40}, "certainty": {},
-                                         "quiz_seen": 3, "quiz_missed": 0}))
+        s.execute(
+            update(AnnotatorState)
+            .where(AnnotatorState.user_id == env.users["t"])
+            .values(
+                answer_counts={
+                    "labels": {"NORMAL": 40},
+                    "certainty": {},
+                    "quiz_seen": 3,
+                    "quiz_missed": 0,
+                }
+            )
+        )
     report = env.verify()
     assert not report.matched
     assert any(d.startswith(f"answer counts {env.users['t']}") for d in report.differences)
@@ -96,26 +111,43 @@ def test_removal_reevaluates_its_images_in_a_few_statements(db):
     assert env.verify().matched
 
 
-ANSWERS = st.lists(st.tuples(st.sampled_from(["NORMAL", "PNEUMONIA"]),
-                             st.sampled_from([0.0, 0.25, 1 / 3, 0.5, 0.6666666666666666, 0.75,
-                                              0.9, 1.0])), min_size=1, max_size=9)
+ANSWERS = st.lists(
+    st.tuples(
+        st.sampled_from(["NORMAL", "PNEUMONIA"]),
+        st.sampled_from([0.0, 0.25, 1 / 3, 0.5, 0.6666666666666666, 0.75, 0.9, 1.0]),
+    ),
+    min_size=1,
+    max_size=9,
+)
 
 
 @settings(max_examples=300, deadline=None)
 @given(answers=ANSWERS, method=st.sampled_from(["trust", "mv"]))
 def test_one_image_aggregate_is_bit_identical_to_the_aggregate_package(answers, method):
-    params = ConsensusParams(labels=("NORMAL", "PNEUMONIA"), cant_tell="cant_tell",
-                             min_judgments=3, max_judgments=5, confidence_target=0.8,
-                             cant_tell_fraction=0.5, quality_flag_votes=2, method=method)
+    params = ConsensusParams(
+        labels=("NORMAL", "PNEUMONIA"),
+        cant_tell="cant_tell",
+        min_judgments=3,
+        max_judgments=5,
+        confidence_target=0.8,
+        cant_tell_fraction=0.5,
+        quality_flag_votes=2,
+        method=method,
+    )
     labels = [a for a, _ in answers]
     weights = [w for _, w in answers]
-    assert aggregate_one(labels, weights, params) == aggregate_one_with_fit(labels, weights,
-                                                                           params)
+    assert aggregate_one(labels, weights, params) == aggregate_one_with_fit(labels, weights, params)
 
 
 def test_kept_counts_column_starts_empty_for_new_annotators(db):
     env = make_env(db, work=2)
     env.add_user("new")
     with db.session() as s:
-        assert s.scalar(select(AnnotatorState.answer_counts).where(
-            AnnotatorState.user_id == env.users["new"])) is None
+        assert (
+            s.scalar(
+                select(AnnotatorState.answer_counts).where(
+                    AnnotatorState.user_id == env.users["new"]
+                )
+            )
+            is None
+        )

@@ -9,8 +9,12 @@ from cxrlabel.quality import skill
 from cxrlabel.storage.models import AuditEvent
 from quality_support import make_env, pass_quiz
 
-RIGHT = {f"g{k}": a for k, a in enumerate(
-    ("PNEUMONIA", "NORMAL", "PNEUMONIA", "NORMAL", "PNEUMONIA", "NORMAL", "PNEUMONIA", "NORMAL"))}
+RIGHT = {
+    f"g{k}": a
+    for k, a in enumerate(
+        ("PNEUMONIA", "NORMAL", "PNEUMONIA", "NORMAL", "PNEUMONIA", "NORMAL", "PNEUMONIA", "NORMAL")
+    )
+}
 OPPOSITE = {"NORMAL": "PNEUMONIA", "PNEUMONIA": "NORMAL"}
 
 
@@ -21,8 +25,13 @@ def _assert_replays(env):
 
 def _actions(env, action):
     with env.db.session() as s:
-        return list(s.scalars(select(AuditEvent).where(
-            AuditEvent.job_id == env.job_id, AuditEvent.action == action)))
+        return list(
+            s.scalars(
+                select(AuditEvent).where(
+                    AuditEvent.job_id == env.job_id, AuditEvent.action == action
+                )
+            )
+        )
 
 
 def test_perfect_on_gold_opposite_on_work_is_removed_and_its_work_tainted(db):
@@ -35,8 +44,7 @@ def test_perfect_on_gold_opposite_on_work_is_removed_and_its_work_tainted(db):
     for name in ("ann", "bob", "cat"):
         env.submit(name, {**{w: truth[w] for w in list(truth)[:6]}, "g3": RIGHT["g3"]})
         env.submit(name, {**{w: truth[w] for w in list(truth)[6:]}, "g4": RIGHT["g4"]})
-    out = env.submit("eve", {**{w: OPPOSITE[truth[w]] for w in list(truth)[:6]},
-                             "g3": RIGHT["g3"]})
+    out = env.submit("eve", {**{w: OPPOSITE[truth[w]] for w in list(truth)[:6]}, "g3": RIGHT["g3"]})
     # 6 images x 3 earlier peers = 18 pairs (>= 12), none agreeing: removed on this page.
     assert out.annotator_status == "removed"
     assert skill.REMOVAL_REASONS["peer_disagreement"] in out.warnings
@@ -89,8 +97,11 @@ def test_a_failed_quiz_is_retaken_on_other_questions_then_final(db):
     assert out.annotator_status == "disqualified"
     assert len(_actions(env, "quality.quiz_retake")) == 2
     with env.db.session() as s:
-        assert s.scalar(select(AuditEvent.id).where(
-            AuditEvent.action == "quality.quiz_failed", AuditEvent.job_id == env.job_id))
+        assert s.scalar(
+            select(AuditEvent.id).where(
+                AuditEvent.action == "quality.quiz_failed", AuditEvent.job_id == env.job_id
+            )
+        )
     _assert_replays(env)
 
 
@@ -104,13 +115,26 @@ def test_a_contested_miss_does_not_count_until_the_contest_is_resolved(db):
     env.submit("ann", {"w0": "PNEUMONIA", "g3": "PNEUMONIA"})  # g3 is NORMAL: a miss
     assert env.annotator("ann").trust == 4 / 6
     missed = next(j for j in env.judgments_of("ann") if j.image_id == env.images["g3"])
-    contest = env.call(lambda s, job: service.contest_gold(
-        s, job, env.spec, env.user(s, "ann"), missed.id, "I see a patch", env.tick()))
+    contest = env.call(
+        lambda s, job: service.contest_gold(
+            s, job, env.spec, env.user(s, "ann"), missed.id, "I see a patch", env.tick()
+        )
+    )
     ann = env.annotator("ann")
     assert ann.flags["contested"] == [missed.id] and ann.trust == 4 / 5  # as if unseen
-    env.call(lambda s, job: service.resolve_contest(
-        s, job, env.spec, env.user(s, "admin"), contest.id, "uphold", "it is clear", None,
-        env.tick()))
+    env.call(
+        lambda s, job: service.resolve_contest(
+            s,
+            job,
+            env.spec,
+            env.user(s, "admin"),
+            contest.id,
+            "uphold",
+            "it is clear",
+            None,
+            env.tick(),
+        )
+    )
     ann = env.annotator("ann")
     assert "contested" not in ann.flags and ann.trust == 4 / 6  # the miss counts again
     _assert_replays(env)

@@ -23,12 +23,23 @@ T0 = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
 
 
 def test_annotation_engine_drives_quality_and_replays(db, tmp_path):
-    seeded = seed_job(db, tmp_path, n_work=8, n_gold=8, quiz_length=3, items_per_page=4,
-                      min_accuracy=0.6, jmin=2, jmax=3)
+    seeded = seed_job(
+        db,
+        tmp_path,
+        n_work=8,
+        n_gold=8,
+        quiz_length=3,
+        items_per_page=4,
+        min_accuracy=0.6,
+        jmin=2,
+        jmax=3,
+    )
     with db.session() as s:
         gold = {g.image_id: g.accepted_answers[0] for g in s.scalars(select(GoldItem))}
-        truth = {i.id: ("PNEUMONIA" if i.id % 2 else "NORMAL")
-                 for i in s.scalars(select(Image).where(Image.job_id == seeded.job_id))}
+        truth = {
+            i.id: ("PNEUMONIA" if i.id % 2 else "NORMAL")
+            for i in s.scalars(select(Image).where(Image.job_id == seeded.job_id))
+        }
     users = {name: add_user(db, name) for name in ("good1", "good2", "good3", "bad")}
     now, results = T0, {}
     rng = random.Random(7)
@@ -45,11 +56,23 @@ def test_annotation_engine_drives_quality_and_replays(db, tmp_path):
                 for item in page.items:
                     right = gold.get(item.image_id, truth[item.image_id])
                     wrong = "NORMAL" if right == "PNEUMONIA" else "PNEUMONIA"
-                    answers.append(AnswerIn(image_public_id=item.image.public_id,
-                                            answer=wrong if name == "bad" else right,
-                                            certainty="definitely"))
-                result = submit_page(s, job, seeded.spec, user, page.public_id,
-                                     f"{name}-{_round}", answers, now + timedelta(seconds=40))
+                    answers.append(
+                        AnswerIn(
+                            image_public_id=item.image.public_id,
+                            answer=wrong if name == "bad" else right,
+                            certainty="definitely",
+                        )
+                    )
+                result = submit_page(
+                    s,
+                    job,
+                    seeded.spec,
+                    user,
+                    page.public_id,
+                    f"{name}-{_round}",
+                    answers,
+                    now + timedelta(seconds=40),
+                )
                 results.setdefault(name, []).append(result)
     assert results["bad"][0].quiz_passed is False
     # The job allows one retake (gold.quiz_retakes = 1): a second quiz, on other questions,
@@ -65,8 +88,9 @@ def test_annotation_engine_drives_quality_and_replays(db, tmp_path):
         states = {st.user_id: st for st in s.scalars(select(AnnotatorState))}
         assert states[users["bad"]].status == "disqualified"
         assert states[users["good1"]].trust > 0.6
-        images = s.scalars(select(Image).where(Image.job_id == job.id,
-                                               Image.status == "finalised")).all()
+        images = s.scalars(
+            select(Image).where(Image.job_id == job.id, Image.status == "finalised")
+        ).all()
         assert images, "the good annotators finalised some images"
         assert all(i.label == truth[i.id] and i.trusted_judgments >= 2 for i in images)
         report = service.verify_replay(s, job, seeded.spec)
@@ -89,8 +113,16 @@ def test_two_experts_at_once_the_second_gets_a_conflict(db):
         try:
             with db.session() as s:
                 job = s.get(Job, env.job_id)
-                service.record_expert_label(s, job, env.spec, env.user(s, name),
-                                            env.images["w0"], "PNEUMONIA", None, env.clock)
+                service.record_expert_label(
+                    s,
+                    job,
+                    env.spec,
+                    env.user(s, name),
+                    env.images["w0"],
+                    "PNEUMONIA",
+                    None,
+                    env.clock,
+                )
                 if hold:
                     first_recorded.set()
                     time.sleep(0.5)  # still uncommitted while the second expert tries

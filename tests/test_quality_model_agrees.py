@@ -12,10 +12,17 @@ from cxrlabel.quality.state import FINALISED, NEEDS_JUDGMENTS, JudgmentRec
 from cxrlabel.storage.models import Image
 from quality_support import pass_quiz, quality_toml, seed
 
-PARAMS = ConsensusParams(labels=("NORMAL", "PNEUMONIA"), cant_tell="cant_tell",
-                         min_judgments=3, max_judgments=5, confidence_target=0.8,
-                         cant_tell_fraction=0.5, quality_flag_votes=2,
-                         min_if_model_agrees=2, model_confidence=0.9)
+PARAMS = ConsensusParams(
+    labels=("NORMAL", "PNEUMONIA"),
+    cant_tell="cant_tell",
+    min_judgments=3,
+    max_judgments=5,
+    confidence_target=0.8,
+    cant_tell_fraction=0.5,
+    quality_flag_votes=2,
+    min_if_model_agrees=2,
+    model_confidence=0.9,
+)
 TRUST = {1: 0.9, 2: 0.9, 3: 0.9}
 
 
@@ -40,14 +47,17 @@ def test_two_agreeing_answers_and_an_agreeing_model_finalise_early():
     assert (ev.status, ev.judgment_target, ev.label) == (FINALISED, 2, "PNEUMONIA")
 
 
-@pytest.mark.parametrize("judgments, score, why", [
-    ([_j(1, 1, "PNEUMONIA"), _j(2, 2, "PNEUMONIA")], 0.5, "model unsure"),
-    ([_j(1, 1, "PNEUMONIA"), _j(2, 2, "PNEUMONIA")], None, "no model score"),
-    ([_j(1, 1, "NORMAL"), _j(2, 2, "NORMAL")], 0.97, "model says the other label"),
-    ([_j(1, 1, "NORMAL"), _j(2, 2, "PNEUMONIA")], 0.97, "crowd split"),
-    ([_j(1, 1, "PNEUMONIA")], 0.99, "below min_if_model_agrees"),
-    ([_j(1, 1, "PNEUMONIA"), _j(2, 2, "NORMAL", "cant_tell")], 0.99, "half can't tell"),
-])
+@pytest.mark.parametrize(
+    "judgments, score, why",
+    [
+        ([_j(1, 1, "PNEUMONIA"), _j(2, 2, "PNEUMONIA")], 0.5, "model unsure"),
+        ([_j(1, 1, "PNEUMONIA"), _j(2, 2, "PNEUMONIA")], None, "no model score"),
+        ([_j(1, 1, "NORMAL"), _j(2, 2, "NORMAL")], 0.97, "model says the other label"),
+        ([_j(1, 1, "NORMAL"), _j(2, 2, "PNEUMONIA")], 0.97, "crowd split"),
+        ([_j(1, 1, "PNEUMONIA")], 0.99, "below min_if_model_agrees"),
+        ([_j(1, 1, "PNEUMONIA"), _j(2, 2, "NORMAL", "cant_tell")], 0.99, "half can't tell"),
+    ],
+)
 def test_no_early_finalisation_without_every_condition(judgments, score, why):
     ev = evaluate(judgments, TRUST, PARAMS, model_score=score)
     assert (ev.status, ev.judgment_target) == (NEEDS_JUDGMENTS, 3), why
@@ -58,21 +68,24 @@ def test_off_by_default_and_bad_values_are_one_clear_line():
     assert spec.judgments.min_if_model_agrees == 0
     assert ConsensusParams.from_spec(spec).min_if_model_agrees == 0
     with pytest.raises(JobSpecError, match="min_if_model_agrees .* must be <= min"):
-        parse_job(quality_toml(jmin=3).replace(
-            "[judgments]", "[judgments]\nmin_if_model_agrees = 4"), "job.toml")
+        parse_job(
+            quality_toml(jmin=3).replace("[judgments]", "[judgments]\nmin_if_model_agrees = 4"),
+            "job.toml",
+        )
     with pytest.raises(JobSpecError, match="judgments.model_confidence"):
-        parse_job(quality_toml().replace(
-            "[judgments]", "[judgments]\nmodel_confidence = 0.4"), "job.toml")
+        parse_job(
+            quality_toml().replace("[judgments]", "[judgments]\nmodel_confidence = 0.4"), "job.toml"
+        )
 
 
 def test_engine_finalises_early_and_replay_agrees(db):
     toml = quality_toml(name="magree", quiz_length=3, jmin=3, jmax=5, target=0.8).replace(
-        "[judgments]", "[judgments]\nmin_if_model_agrees = 2\nmodel_confidence = 0.9")
+        "[judgments]", "[judgments]\nmin_if_model_agrees = 2\nmodel_confidence = 0.9"
+    )
     env = seed(db, parse_job(toml, "quality-test"), toml, work=3)
     with db.session() as s:  # w0: model agrees with the crowd; w1: unsure; w2: disagrees
         for key, score in {"w0": 0.97, "w1": 0.6, "w2": 0.02}.items():
-            s.execute(update(Image).where(Image.id == env.images[key]).values(
-                model_score=score))
+            s.execute(update(Image).where(Image.id == env.images[key]).values(model_score=score))
     for k in range(2):
         env.add_user(f"a{k}")
         pass_quiz(env, f"a{k}")

@@ -20,8 +20,13 @@ def _admin(env, name="admin", role="admin"):
 
 def _actions(env, action):
     with env.db.session() as s:
-        return list(s.scalars(select(AuditEvent).where(
-            AuditEvent.job_id == env.job_id, AuditEvent.action == action).order_by(AuditEvent.id)))
+        return list(
+            s.scalars(
+                select(AuditEvent)
+                .where(AuditEvent.job_id == env.job_id, AuditEvent.action == action)
+                .order_by(AuditEvent.id)
+            )
+        )
 
 
 def _assert_replays(env):
@@ -46,8 +51,11 @@ def test_quiz_pass_makes_active_and_quiz_fail_is_final(db):
     assert env.annotator("bob").status_reason.startswith("quiz: 1 of 3")
     _admin(env)
     with pytest.raises(QualityError, match="final"):
-        env.call(lambda s, job: service.reinstate_annotator(
-            s, job, env.spec, env.user(s, "admin"), env.users["bob"], "", env.tick()))
+        env.call(
+            lambda s, job: service.reinstate_annotator(
+                s, job, env.spec, env.user(s, "admin"), env.users["bob"], "", env.tick()
+            )
+        )
     assert len(_actions(env, "quality.quiz_failed")) == 1
     assert len(_actions(env, "quality.quiz_passed")) == 1
     _assert_replays(env)
@@ -94,8 +102,11 @@ def test_reinstating_reverses_the_removal(db):
     env.submit("cat", {"g4": "NORMAL", "g5": "PNEUMONIA", "g6": "NORMAL"})
     assert env.image("w0").status == "needs_judgments"
     admin = _admin(env)
-    env.call(lambda s, job: service.reinstate_annotator(
-        s, job, env.spec, env.user(s, "admin"), env.users["cat"], "checked by hand", env.tick()))
+    env.call(
+        lambda s, job: service.reinstate_annotator(
+            s, job, env.spec, env.user(s, "admin"), env.users["cat"], "checked by hand", env.tick()
+        )
+    )
     state = env.annotator("cat")
     assert state.status == "active" and state.status_reason is None
     assert state.flags["reinstated"]["by_admin"] is True
@@ -103,16 +114,25 @@ def test_reinstating_reverses_the_removal(db):
     assert env.image("w0").status == "finalised" and env.image("w0").trusted_judgments == 3
     assert admin in {a.actor_id for a in _actions(env, "admin.annotator_reinstated")}
     # An admin removal works the same way and is refused twice.
-    env.call(lambda s, job: service.remove_annotator(
-        s, job, env.spec, env.user(s, "admin"), env.users["cat"], "copied answers", env.tick()))
+    env.call(
+        lambda s, job: service.remove_annotator(
+            s, job, env.spec, env.user(s, "admin"), env.users["cat"], "copied answers", env.tick()
+        )
+    )
     assert env.annotator("cat").status_reason == "admin: copied answers"
     assert env.image("w0").status == "needs_judgments"
     with pytest.raises(QualityError, match="already removed"):
-        env.call(lambda s, job: service.remove_annotator(
-            s, job, env.spec, env.user(s, "admin"), env.users["cat"], "again", env.tick()))
+        env.call(
+            lambda s, job: service.remove_annotator(
+                s, job, env.spec, env.user(s, "admin"), env.users["cat"], "again", env.tick()
+            )
+        )
     with pytest.raises(QualityError, match="admin"):
-        env.call(lambda s, job: service.remove_annotator(
-            s, job, env.spec, env.user(s, "ann"), env.users["bob"], "not an admin", env.tick()))
+        env.call(
+            lambda s, job: service.remove_annotator(
+                s, job, env.spec, env.user(s, "ann"), env.users["bob"], "not an admin", env.tick()
+            )
+        )
     _assert_replays(env)
 
 
@@ -127,17 +147,30 @@ def test_forgiving_after_a_gold_change_restores_trust_and_refinalises(db):
     assert env.image("w0").status == "needs_judgments"
 
     g4_judgment = next(j for j in env.judgments_of("cat") if j.image_id == env.images["g4"])
-    contest = env.call(lambda s, job: service.contest_gold(
-        s, job, env.spec, env.user(s, "cat"), g4_judgment.id, "the left lower lobe is clear",
-        env.tick()))
+    contest = env.call(
+        lambda s, job: service.contest_gold(
+            s,
+            job,
+            env.spec,
+            env.user(s, "cat"),
+            g4_judgment.id,
+            "the left lower lobe is clear",
+            env.tick(),
+        )
+    )
     assert env.annotator("cat").gold_contested == 1
     with pytest.raises(QualityError, match="already contested"):
-        env.call(lambda s, job: service.contest_gold(
-            s, job, env.spec, env.user(s, "cat"), g4_judgment.id, "again", env.tick()))
+        env.call(
+            lambda s, job: service.contest_gold(
+                s, job, env.spec, env.user(s, "cat"), g4_judgment.id, "again", env.tick()
+            )
+        )
     _admin(env)
-    env.call(lambda s, job: service.resolve_contest(
-        s, job, env.spec, env.user(s, "admin"), contest.id, "change", "", ["NORMAL"],
-        env.tick()))
+    env.call(
+        lambda s, job: service.resolve_contest(
+            s, job, env.spec, env.user(s, "admin"), contest.id, "change", "", ["NORMAL"], env.tick()
+        )
+    )
 
     cat = env.annotator("cat")
     assert cat.status == "active", cat.status_reason
@@ -149,8 +182,9 @@ def test_forgiving_after_a_gold_change_restores_trust_and_refinalises(db):
     assert ann.gold_missed == 1 and ann.trust == pytest.approx((4 + 1) / (5 + 2))
     with env.db.session() as s:
         assert s.get(Contest, contest.id).status == "changed"
-        assert s.scalar(select(GoldItem).where(
-            GoldItem.image_id == env.images["g4"])).accepted_answers == ["NORMAL"]
+        assert s.scalar(
+            select(GoldItem).where(GoldItem.image_id == env.images["g4"])
+        ).accepted_answers == ["NORMAL"]
         g4 = s.get(Judgment, g4_judgment.id)
         assert g4.gold_missed is False
     stats = {g.image_id: g for g in env.call(lambda s, job: service.gold_stats(s, job))}
@@ -165,29 +199,58 @@ def test_uphold_keeps_the_gold_and_stores_the_reply(db):
     env.add_user("ann")
     env.submit("ann", {"g0": "NORMAL", "g1": "NORMAL", "g2": "PNEUMONIA"})
     missed = next(j for j in env.judgments_of("ann") if j.gold_missed)
-    contest = env.call(lambda s, job: service.contest_gold(
-        s, job, env.spec, env.user(s, "ann"), missed.id, "looks clear to me", env.tick()))
+    contest = env.call(
+        lambda s, job: service.contest_gold(
+            s, job, env.spec, env.user(s, "ann"), missed.id, "looks clear to me", env.tick()
+        )
+    )
     _admin(env)
     with pytest.raises(QualityError, match="explain"):
-        env.call(lambda s, job: service.resolve_contest(
-            s, job, env.spec, env.user(s, "admin"), contest.id, "uphold", "", None, env.tick()))
-    env.call(lambda s, job: service.resolve_contest(
-        s, job, env.spec, env.user(s, "admin"), contest.id, "uphold",
-        "See the opacity behind the heart.", None, env.tick()))
+        env.call(
+            lambda s, job: service.resolve_contest(
+                s, job, env.spec, env.user(s, "admin"), contest.id, "uphold", "", None, env.tick()
+            )
+        )
+    env.call(
+        lambda s, job: service.resolve_contest(
+            s,
+            job,
+            env.spec,
+            env.user(s, "admin"),
+            contest.id,
+            "uphold",
+            "See the opacity behind the heart.",
+            None,
+            env.tick(),
+        )
+    )
     mine = env.call(lambda s, job: service.list_contests(s, job, None, env.users["ann"]))
     assert mine[0].status == "upheld" and mine[0].reply == "See the opacity behind the heart."
     assert env.annotator("ann").gold_missed == 1
     # Later the admin edits the gold item directly: same regrading as a contest change.
     with env.db.session() as s:
         gold_id = s.scalar(select(GoldItem.id).where(GoldItem.image_id == missed.image_id))
-    env.call(lambda s, job: service.update_gold(
-        s, job, env.spec, env.user(s, "admin"), gold_id, now=env.tick(),
-        accepted_answers=["NORMAL", "PNEUMONIA"], difficulty="hard", active=False))
+    env.call(
+        lambda s, job: service.update_gold(
+            s,
+            job,
+            env.spec,
+            env.user(s, "admin"),
+            gold_id,
+            now=env.tick(),
+            accepted_answers=["NORMAL", "PNEUMONIA"],
+            difficulty="hard",
+            active=False,
+        )
+    )
     ann = env.annotator("ann")
     assert (ann.gold_missed, ann.gold_forgiven) == (0, 1)
     with pytest.raises(QualityError, match="difficulty"):
-        env.call(lambda s, job: service.update_gold(
-            s, job, env.spec, env.user(s, "admin"), gold_id, now=env.tick(), difficulty="x"))
+        env.call(
+            lambda s, job: service.update_gold(
+                s, job, env.spec, env.user(s, "admin"), gold_id, now=env.tick(), difficulty="x"
+            )
+        )
     _assert_replays(env)
 
 
@@ -218,8 +281,17 @@ def test_answer_distribution_flags_a_one_button_annotator(db, remove):
     env.add_user("honest")
     pass_quiz(env, "ann")
     pass_quiz(env, "honest")
-    env.submit("honest", {"w0": "NORMAL", "w1": ("PNEUMONIA", "probably"), "w2": "PNEUMONIA",
-                          "w3": "NORMAL", "w4": "PNEUMONIA", "g3": "NORMAL"})
+    env.submit(
+        "honest",
+        {
+            "w0": "NORMAL",
+            "w1": ("PNEUMONIA", "probably"),
+            "w2": "PNEUMONIA",
+            "w3": "NORMAL",
+            "w4": "PNEUMONIA",
+            "g3": "NORMAL",
+        },
+    )
     out = env.submit("ann", {f"w{k}": "PNEUMONIA" for k in range(5)} | {"g4": "PNEUMONIA"})
     state = env.annotator("ann")
     evidence = state.flags["distribution"]
@@ -246,8 +318,13 @@ def test_dynamic_judgments_target_finalise_and_review_routes(db):
         env.add_user(name)
         pass_quiz(env, name)
     w0 = ["PNEUMONIA", "NORMAL", "PNEUMONIA", "PNEUMONIA", "NORMAL"]
-    expected = [("needs_judgments", 3), ("needs_judgments", 3), ("needs_judgments", 4),
-                ("needs_judgments", 5), ("needs_review", 5)]
+    expected = [
+        ("needs_judgments", 3),
+        ("needs_judgments", 3),
+        ("needs_judgments", 4),
+        ("needs_judgments", 5),
+        ("needs_review", 5),
+    ]
     for name, answer, (status, target) in zip(names, w0, expected, strict=True):
         env.submit(name, {"w0": answer})
         image = env.image("w0")
@@ -269,9 +346,11 @@ def test_dynamic_judgments_target_finalise_and_review_routes(db):
     assert env.image("w3").status == "needs_review"
     queue = env.call(lambda s, job: service.review_queue(s, job, env.spec))
     reasons = {item.public_id: item.reason for item in queue}
-    assert reasons == {env.image("w0").public_id: "no_consensus",
-                       env.image("w2").public_id: "cant_tell",
-                       env.image("w3").public_id: "image_quality"}
+    assert reasons == {
+        env.image("w0").public_id: "no_consensus",
+        env.image("w2").public_id: "cant_tell",
+        env.image("w3").public_id: "image_quality",
+    }
     assert [item.public_id for item in queue][0] == env.image("w0").public_id  # most uncertain
     assert queue[0].answers == {"PNEUMONIA": {"definitely": 3}, "NORMAL": {"definitely": 2}}
     assert "user" not in repr(queue[0].__dict__.keys())
@@ -288,9 +367,22 @@ def test_expert_label_finalises_promotes_to_gold_and_conflicts(db):
     assert env.image("w0").status == "needs_review"
     _admin(env, "doc", role="expert")
     _admin(env, "doc2", role="expert")
-    label = lambda who, image, **kw: env.call(lambda s, job: service.record_expert_label(  # noqa: E731
-        s, job, env.spec, env.user(s, who), env.images[image], "PNEUMONIA", "consolidation",
-        env.tick(), **kw))
+
+    def label(who, image, **kw):
+        return env.call(
+            lambda s, job: service.record_expert_label(
+                s,
+                job,
+                env.spec,
+                env.user(s, who),
+                env.images[image],
+                "PNEUMONIA",
+                "consolidation",
+                env.tick(),
+                **kw,
+            )
+        )
+
     with pytest.raises(QualityError, match="expert or admin"):
         label("a1", "w0")
     label("doc", "w0")

@@ -9,9 +9,15 @@ from cxrlabel.quality import skill
 from cxrlabel.quality.skill import HarmParams, SkillEvidence, estimate_skill, harm
 
 
-def simulate_evidence(rng: np.random.Generator, accuracy: float, *,
-                      gold_accuracy: float | None = None, gold: int = 20, pairs: int = 200,
-                      peer_accuracy: float = 0.75) -> SkillEvidence:
+def simulate_evidence(
+    rng: np.random.Generator,
+    accuracy: float,
+    *,
+    gold_accuracy: float | None = None,
+    gold: int = 20,
+    pairs: int = 200,
+    peer_accuracy: float = 0.75,
+) -> SkillEvidence:
     """Counts an annotator of this accuracy would earn (one-coin model, independent peers)."""
     gold_acc = accuracy if gold_accuracy is None else gold_accuracy
     correct = int(rng.binomial(gold, gold_acc))
@@ -43,17 +49,16 @@ def test_honest_weak_annotators_are_kept_and_harmful_ones_removed():
     adversaries, coin-flippers and gold harvesters almost always removed."""
     rng = np.random.default_rng(3)
     params = HarmParams()
-    kept = [harm(simulate_evidence(rng, acc), params) is None
-            for acc in rng.uniform(0.68, 0.9, 300)]
+    kept = [
+        harm(simulate_evidence(rng, acc), params) is None for acc in rng.uniform(0.68, 0.9, 300)
+    ]
     assert np.mean(kept) >= 0.98
     # A coin-flipper needs more work than a liar before the evidence is credible.
-    coin = [harm(simulate_evidence(rng, 0.5, pairs=1000), params) is not None
-            for _ in range(200)]
+    coin = [harm(simulate_evidence(rng, 0.5, pairs=1000), params) is not None for _ in range(200)]
     assert np.mean(coin) >= 0.9
     liars = [harm(simulate_evidence(rng, 0.2), params) for _ in range(100)]
     assert all(h is not None and h.code == skill.REASON_ADVERSARIAL for h in liars)
-    harvesters = [harm(simulate_evidence(rng, 0.2, gold_accuracy=1.0), params)
-                  for _ in range(100)]
+    harvesters = [harm(simulate_evidence(rng, 0.2, gold_accuracy=1.0), params) for _ in range(100)]
     assert all(h is not None and h.code == skill.REASON_PEER_DISAGREEMENT for h in harvesters)
 
 

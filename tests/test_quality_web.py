@@ -45,39 +45,62 @@ def test_contributors_api_and_page_with_actions(web):
     rows = client.get("/api/jobs/q-job/contributors", headers=_h(tokens, "admin")).json()
     ann = next(r for r in rows if r["username"] == "ann")
     assert ann["status"] == "active" and ann["gold_seen"] == 4 and ann["judgments"] == 2
-    assert client.get("/api/jobs/q-job/contributors",
-                      headers=_h(tokens, "ann")).status_code == 403
+    assert client.get("/api/jobs/q-job/contributors", headers=_h(tokens, "ann")).status_code == 403
     uid = env.users["cat"]
-    r = client.post(f"/api/jobs/q-job/contributors/{uid}/remove", json={"reason": ""},
-                    headers=_h(tokens, "admin"))
+    r = client.post(
+        f"/api/jobs/q-job/contributors/{uid}/remove",
+        json={"reason": ""},
+        headers=_h(tokens, "admin"),
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "reason_required"
-    r = client.post(f"/api/jobs/q-job/contributors/{uid}/remove", json={"reason": "bot"},
-                    headers=_h(tokens, "admin"))
+    r = client.post(
+        f"/api/jobs/q-job/contributors/{uid}/remove",
+        json={"reason": "bot"},
+        headers=_h(tokens, "admin"),
+    )
     assert r.json()["status"] == "removed"
-    r = client.post(f"/api/jobs/q-job/contributors/{uid}/message",
-                    json={"text": "Please re-read the instructions"}, headers=_h(tokens, "admin"))
+    r = client.post(
+        f"/api/jobs/q-job/contributors/{uid}/message",
+        json={"text": "Please re-read the instructions"},
+        headers=_h(tokens, "admin"),
+    )
     assert env.annotator("cat").message == "Please re-read the instructions"
     html = client.get("/admin/jobs/q-job/contributors", headers=_h(tokens, "admin")).text
     row = re.search(r'<tr data-user="cat">.*?</tr>', html, re.S).group(0)
     assert "removed" in row and "admin: bot" in row and "Reinstate" in row
-    r = client.post(f"/admin/jobs/q-job/contributors/{uid}/reinstate", data={"text": "ok"},
-                    headers=_h(tokens, "admin"), follow_redirects=False)
+    r = client.post(
+        f"/admin/jobs/q-job/contributors/{uid}/reinstate",
+        data={"text": "ok"},
+        headers=_h(tokens, "admin"),
+        follow_redirects=False,
+    )
     assert r.status_code == 303 and env.annotator("cat").status == "active"
 
 
 def test_html_actions_need_the_csrf_token(web):
     client, env, tokens = web
     token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text).group(1)
-    r = client.post("/login", data={"username": "admin", "password": "correct horse battery",
-                                    "csrf_token": token, "next": "/"}, follow_redirects=False)
+    r = client.post(
+        "/login",
+        data={
+            "username": "admin",
+            "password": "correct horse battery",
+            "csrf_token": token,
+            "next": "/",
+        },
+        follow_redirects=False,
+    )
     assert r.status_code == 303
     uid = env.users["cat"]
     r = client.post(f"/admin/jobs/q-job/contributors/{uid}/remove", data={"text": "x"})
     assert r.status_code == 403 and env.annotator("cat").status == "active"
     page = client.get("/admin/jobs/q-job/contributors").text
     token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
-    r = client.post(f"/admin/jobs/q-job/contributors/{uid}/remove",
-                    data={"text": "x", "csrf_token": token}, follow_redirects=False)
+    r = client.post(
+        f"/admin/jobs/q-job/contributors/{uid}/remove",
+        data={"text": "x", "csrf_token": token},
+        follow_redirects=False,
+    )
     assert r.status_code == 303 and env.annotator("cat").status == "removed"
 
 
@@ -85,26 +108,39 @@ def test_contest_queue_and_resolution(web):
     client, env, tokens = web
     env.submit("cat", {"g4": "NORMAL"})
     judgment = next(j for j in env.judgments_of("cat") if j.image_id == env.images["g4"])
-    contest = env.call(lambda s, job: service.contest_gold(
-        s, job, env.spec, env.user(s, "cat"), judgment.id, "clear lungs", env.tick()))
+    contest = env.call(
+        lambda s, job: service.contest_gold(
+            s, job, env.spec, env.user(s, "cat"), judgment.id, "clear lungs", env.tick()
+        )
+    )
     html = client.get("/admin/jobs/q-job/contests", headers=_h(tokens, "admin")).text
     assert f'data-contest="{contest.id}"' in html and "clear lungs" in html
     listed = client.get("/api/jobs/q-job/contests", headers=_h(tokens, "admin")).json()
     assert [c["contest_id"] for c in listed] == [contest.id]
-    r = client.post(f"/api/jobs/q-job/contests/{contest.id}/resolve",
-                    json={"action": "change", "reply": "You were right",
-                          "accepted_answers": ["NORMAL", "PNEUMONIA"]},
-                    headers=_h(tokens, "admin"))
+    r = client.post(
+        f"/api/jobs/q-job/contests/{contest.id}/resolve",
+        json={
+            "action": "change",
+            "reply": "You were right",
+            "accepted_answers": ["NORMAL", "PNEUMONIA"],
+        },
+        headers=_h(tokens, "admin"),
+    )
     assert r.json()["status"] == "changed"
     assert env.annotator("cat").gold_forgiven == 1
     stats = client.get("/api/jobs/q-job/gold-stats", headers=_h(tokens, "admin")).json()
     g4 = next(g for g in stats if g["image_id"] == env.images["g4"])
     assert g4["accepted_answers"] == ["NORMAL", "PNEUMONIA"] and g4["pct_contested"] == 100.0
-    r = client.post(f"/api/jobs/q-job/contests/{contest.id}/resolve",
-                    json={"action": "uphold", "reply": "x"}, headers=_h(tokens, "admin"))
+    r = client.post(
+        f"/api/jobs/q-job/contests/{contest.id}/resolve",
+        json={"action": "uphold", "reply": "x"},
+        headers=_h(tokens, "admin"),
+    )
     assert r.status_code == 409
-    assert client.get("/api/jobs/q-job/quality/replay",
-                      headers=_h(tokens, "admin")).json()["matched"] is True
+    assert (
+        client.get("/api/jobs/q-job/quality/replay", headers=_h(tokens, "admin")).json()["matched"]
+        is True
+    )
 
 
 def test_expert_queue_review_page_and_conflict(web):
@@ -124,17 +160,29 @@ def test_expert_queue_review_page_and_conflict(web):
             for ident in (f">{name}<", user.pseudonym, f"user:{user.id}"):
                 assert ident not in page and ident not in queue_html
     assert 'data-user="' not in page
-    r = client.post(f"/api/jobs/q-job/review/{w0}",
-                    json={"label": "PNEUMONIA", "reason": "consolidation",
-                          "promote_to_gold": True, "gold_reason": "right lower lobe"},
-                    headers=_h(tokens, "doc"))
-    assert r.json() == {"image": w0, "label": "PNEUMONIA", "status": "gold",
-                        "promoted_to_gold": True}
-    r = client.post(f"/api/jobs/q-job/review/{w0}", json={"label": "NORMAL"},
-                    headers=_h(tokens, "admin"))
+    r = client.post(
+        f"/api/jobs/q-job/review/{w0}",
+        json={
+            "label": "PNEUMONIA",
+            "reason": "consolidation",
+            "promote_to_gold": True,
+            "gold_reason": "right lower lobe",
+        },
+        headers=_h(tokens, "doc"),
+    )
+    assert r.json() == {
+        "image": w0,
+        "label": "PNEUMONIA",
+        "status": "gold",
+        "promoted_to_gold": True,
+    }
+    r = client.post(
+        f"/api/jobs/q-job/review/{w0}", json={"label": "NORMAL"}, headers=_h(tokens, "admin")
+    )
     assert r.status_code == 409 and r.json()["error"]["code"] == "review_conflict"
-    r = client.post(f"/api/jobs/q-job/review/{w0}", json={"label": "MAYBE", "x": 1},
-                    headers=_h(tokens, "doc"))
+    r = client.post(
+        f"/api/jobs/q-job/review/{w0}", json={"label": "MAYBE", "x": 1}, headers=_h(tokens, "doc")
+    )
     assert r.status_code == 422
     assert client.get(f"/review/q-job/{w0}", headers=_h(tokens, "doc")).status_code == 404
     assert client.get("/api/jobs/q-job/review", headers=_h(tokens, "doc")).json() == []

@@ -40,8 +40,11 @@ def reports(db_url: str) -> dict[str, list[dict]]:
 
 
 def files(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def cli_run(data_dir: Path, db_url: str | None, *args: str):
@@ -49,8 +52,9 @@ def cli_run(data_dir: Path, db_url: str | None, *args: str):
     return runner.invoke(cli, [*base, *args])
 
 
-def _roundtrip(src_dir: Path, src_url: str | None, dst_dir: Path, dst_url: str | None,
-               archive: Path) -> None:
+def _roundtrip(
+    src_dir: Path, src_url: str | None, dst_dir: Path, dst_url: str | None, archive: Path
+) -> None:
     env = build_env(src_url or f"sqlite:///{src_dir / 'cxrlabel.sqlite3'}", src_dir)
     (src_dir / "secret_key").write_text("k" * 40)  # as the server writes it
     env.db.dispose()
@@ -102,8 +106,9 @@ def test_backup_while_annotators_submit_is_consistent(tmp_path):
     stored page whole, the quality log replaying to the stored state."""
     src = tmp_path / "src"
     db = Database(f"sqlite:///{src / 'cxrlabel.sqlite3'}")
-    seeded = seed_job(db, src, n_work=60, n_gold=12, quiz_length=3, items_per_page=4,
-                      jmin=2, jmax=2)
+    seeded = seed_job(
+        db, src, n_work=60, n_gold=12, quiz_length=3, items_per_page=4, jmin=2, jmax=2
+    )
     gold = gold_answers(db, seeded.job_id)
     stop = threading.Event()
     submitted = []
@@ -140,13 +145,20 @@ def test_backup_while_annotators_submit_is_consistent(tmp_path):
             job, spec = job_and_spec(s, JOB)
             assert verify_replay(s, job, spec).matched
             judgments = s.scalar(select(func.count(Judgment.id)))
-            per_page = dict(s.execute(select(Judgment.page_id, func.count()).group_by(
-                Judgment.page_id)).all())
-            items = dict(s.execute(select(PageItem.page_id, func.count()).where(
-                PageItem.page_id.in_(list(per_page))).group_by(PageItem.page_id)).all())
+            per_page = dict(
+                s.execute(select(Judgment.page_id, func.count()).group_by(Judgment.page_id)).all()
+            )
+            items = dict(
+                s.execute(
+                    select(PageItem.page_id, func.count())
+                    .where(PageItem.page_id.in_(list(per_page)))
+                    .group_by(PageItem.page_id)
+                ).all()
+            )
             assert per_page == items  # no half-stored page
             assert s.scalar(select(func.count(Submission.id))) == s.scalar(
-                select(func.count(Page.id)).where(Page.submitted_at.is_not(None)))
+                select(func.count(Page.id)).where(Page.submitted_at.is_not(None))
+            )
     finally:
         db.dispose()
     assert judgments == manifest["counts"]["judgments"]
@@ -180,23 +192,27 @@ def _damaged(good: Path, tmp: Path, edit) -> Path:
     return _tar(tmp / "bad.tar", members)
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("not a tar", "not a cxrlabel backup"),
-    ("truncated", "damaged|incomplete"),
-    ("foreign tar", "no manifest.json"),
-    ("foreign manifest", "another format"),
-    ("newer format", "newer cxrlabel"),
-    ("checksum", "checksum"),
-    ("traversal", "unexpected member"),
-    ("extra member", "not in its manifest"),
-    ("missing member", "incomplete"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("not a tar", "not a cxrlabel backup"),
+        ("truncated", "damaged|incomplete"),
+        ("foreign tar", "no manifest.json"),
+        ("foreign manifest", "another format"),
+        ("newer format", "newer cxrlabel"),
+        ("checksum", "checksum"),
+        ("traversal", "unexpected member"),
+        ("extra member", "not in its manifest"),
+        ("missing member", "incomplete"),
+    ],
+)
 def test_bad_archives_are_refused_clearly(good_archive, tmp_path, case, expected):
     def manifest_edit(change):
         def edit(m: dict[str, bytes]) -> None:
             data = json.loads(m["manifest.json"])
             change(data, m)
             m["manifest.json"] = json.dumps(data).encode()
+
         return edit
 
     if case == "not a tar":
@@ -210,21 +226,32 @@ def test_bad_archives_are_refused_clearly(good_archive, tmp_path, case, expected
     elif case == "foreign manifest":
         bad = _tar(tmp_path / "x.tar", {"manifest.json": b'{"name": "something else"}'})
     elif case == "newer format":
-        bad = _damaged(good_archive, tmp_path, manifest_edit(
-            lambda d, m: d.update(format_version=99)))
+        bad = _damaged(
+            good_archive, tmp_path, manifest_edit(lambda d, m: d.update(format_version=99))
+        )
     elif case == "checksum":
+
         def flip(m: dict[str, bytes]) -> None:
             name = next(n for n in m if n.startswith("renditions/"))
             m[name] = m[name][:-1] + bytes([m[name][-1] ^ 1])
+
         bad = _damaged(good_archive, tmp_path, flip)
     elif case == "traversal":
-        bad = _damaged(good_archive, tmp_path, manifest_edit(
-            lambda d, m: d["files"].append({"path": "../../evil", "size": 1, "sha256": "0"})))
+        bad = _damaged(
+            good_archive,
+            tmp_path,
+            manifest_edit(
+                lambda d, m: d["files"].append({"path": "../../evil", "size": 1, "sha256": "0"})
+            ),
+        )
     elif case == "extra member":
         bad = _damaged(good_archive, tmp_path, lambda m: m.update({"renditions/x.jpg": b"x"}))
     else:
-        bad = _damaged(good_archive, tmp_path, lambda m: m.pop(
-            next(n for n in m if n.startswith("renditions/"))))
+        bad = _damaged(
+            good_archive,
+            tmp_path,
+            lambda m: m.pop(next(n for n in m if n.startswith("renditions/"))),
+        )
     target = tmp_path / "target"
     with pytest.raises(BackupError, match=expected):
         restore_backup(Settings(data_dir=target), bad)

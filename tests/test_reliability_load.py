@@ -32,10 +32,26 @@ def _assert_nothing_lost(verify: dict) -> None:
 
 
 def test_load_40_annotators_30s_sqlite(tmp_path):
-    args = load.parse_args([
-        "--data-dir", str(tmp_path / "data"), "--annotators", "40", "--seconds", "30",
-        "--think-median-s", "2", "--no-think-share", "0.15", "--double-submit-share", "0.1",
-        "--images", "800", "--gold", "150"])
+    args = load.parse_args(
+        [
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--annotators",
+            "40",
+            "--seconds",
+            "30",
+            "--think-median-s",
+            "2",
+            "--no-think-share",
+            "0.15",
+            "--double-submit-share",
+            "0.1",
+            "--images",
+            "800",
+            "--gold",
+            "150",
+        ]
+    )
     result = load.run(args)
     load.print_human(result)
     assert result["annotators_active"] == 40
@@ -51,10 +67,30 @@ def test_load_40_annotators_30s_sqlite(tmp_path):
 
 
 def test_kill_9_mid_load_loses_nothing_and_reservations_expire(tmp_path):
-    args = crash.parse_args([
-        "--data-dir", str(tmp_path / "data"), "--annotators", "24", "--seconds", "42",
-        "--kill-at", "6", "--down-s", "2", "--reservation-s", "12", "--walk-away-share",
-        "0.25", "--think-median-s", "1.5", "--images", "240", "--gold", "120"])
+    args = crash.parse_args(
+        [
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--annotators",
+            "24",
+            "--seconds",
+            "42",
+            "--kill-at",
+            "6",
+            "--down-s",
+            "2",
+            "--reservation-s",
+            "12",
+            "--walk-away-share",
+            "0.25",
+            "--think-median-s",
+            "1.5",
+            "--images",
+            "240",
+            "--gold",
+            "120",
+        ]
+    )
     result = crash.run(args)
     assert result["killed_at_s"] and result["restarted_at_s"]
     assert result["http_5xx"] == 0, result["errors"]

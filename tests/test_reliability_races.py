@@ -68,30 +68,42 @@ def _answers(db: Database, page_id: str, gold: dict[str, list[str]]) -> list[Ans
     with db.session() as s:
         page = s.scalar(select(Page).where(Page.public_id == page_id))
         pids = [i.image.public_id for i in page.items]
-    return [AnswerIn(image_public_id=p, answer=gold.get(p, ["NORMAL"])[0],
-                     certainty="definitely") for p in pids]
+    return [
+        AnswerIn(image_public_id=p, answer=gold.get(p, ["NORMAL"])[0], certainty="definitely")
+        for p in pids
+    ]
 
 
-def _submit(db: Database, user_id: int, page_id: str, client_id: str,
-            answers: list[AnswerIn]):
+def _submit(db: Database, user_id: int, page_id: str, client_id: str, answers: list[AnswerIn]):
     with db.session() as s:
         job, spec = job_and_spec(s, JOB)
-        return submit_page(s, job, spec, s.get(User, user_id), page_id, client_id, answers,
-                           utcnow())
+        return submit_page(
+            s, job, spec, s.get(User, user_id), page_id, client_id, answers, utcnow()
+        )
 
 
 def test_last_slot_goes_to_exactly_one_annotator(db, tmp_path):
     # 3 work images wanting 1 judgment each, 12 annotators asking at the same instant.
-    seeded = seed_job(db, tmp_path, n_work=3, n_gold=6, quiz_length=0, items_per_page=2,
-                      gold_per_page=1, jmin=1, jmax=1)
+    seeded = seed_job(
+        db,
+        tmp_path,
+        n_work=3,
+        n_gold=6,
+        quiz_length=0,
+        items_per_page=2,
+        gold_per_page=1,
+        jmin=1,
+        jmax=1,
+    )
     users = [add_user(db, f"racer{i}") for i in range(12)]
     pages = together(len(users), lambda i: _serve(db, users[i]))
     assert not [p for p in pages if isinstance(p, Exception)], pages
     served = [p for p in pages if p]
     assert len(served) == 3  # one page per open image, the rest get "no work now"
     with db.session() as s:
-        per_image = Counter(s.scalars(select(PageItem.image_id).where(
-            PageItem.is_gold.is_(False))).all())
+        per_image = Counter(
+            s.scalars(select(PageItem.image_id).where(PageItem.is_gold.is_(False))).all()
+        )
     assert sorted(per_image) == sorted(seeded.work_ids)
     assert max(per_image.values()) == 1  # nobody got a slot that was already taken
     late = add_user(db, "late")
@@ -149,8 +161,15 @@ def test_two_experts_finalise_the_same_image(db, tmp_path):
         with db.session() as s:
             job, spec = job_and_spec(s, JOB)
             return service.record_expert_label(
-                s, job, spec, s.get(User, experts[i]), image_id,
-                ["NORMAL", "PNEUMONIA", "NORMAL"][i], f"reading {i}", utcnow())
+                s,
+                job,
+                spec,
+                s.get(User, experts[i]),
+                image_id,
+                ["NORMAL", "PNEUMONIA", "NORMAL"][i],
+                f"reading {i}",
+                utcnow(),
+            )
 
     results = together(3, label)
     ok = [r for r in results if isinstance(r, ExpertReview)]
@@ -164,8 +183,17 @@ def test_two_experts_finalise_the_same_image(db, tmp_path):
 
 def test_gold_answer_changed_while_annotators_answer_it(db, tmp_path):
     # A bank of one test question: every page carries it.
-    seeded = seed_job(db, tmp_path, n_work=40, n_gold=1, quiz_length=0, items_per_page=3,
-                      gold_per_page=1, jmin=3, jmax=3)
+    seeded = seed_job(
+        db,
+        tmp_path,
+        n_work=40,
+        n_gold=1,
+        quiz_length=0,
+        items_per_page=3,
+        gold_per_page=1,
+        jmin=3,
+        jmax=3,
+    )
     admin = add_user(db, "admin", role="admin")
     users = [add_user(db, f"g{i}") for i in range(6)]
     gold = gold_answers(db, seeded.job_id)
@@ -180,12 +208,16 @@ def test_gold_answer_changed_while_annotators_answer_it(db, tmp_path):
         if i == len(users):
             with db.session() as s:
                 job, spec = job_and_spec(s, JOB)
-                return service.update_gold(s, job, spec, s.get(User, admin), gold_id,
-                                           now=utcnow(), accepted_answers=new)
+                return service.update_gold(
+                    s, job, spec, s.get(User, admin), gold_id, now=utcnow(), accepted_answers=new
+                )
         # Half answer the test question the old way, half the other way.
-        flipped = [a.model_copy(update={"answer": "NORMAL" if a.answer == "PNEUMONIA"
-                                        else "PNEUMONIA"}) if i % 2 and a.image_public_id in
-                   gold else a for a in answers[i]]
+        flipped = [
+            a.model_copy(update={"answer": "NORMAL" if a.answer == "PNEUMONIA" else "PNEUMONIA"})
+            if i % 2 and a.image_public_id in gold
+            else a
+            for a in answers[i]
+        ]
         return _submit(db, users[i], pages[i], f"c{i}", flipped)
 
     results = together(len(users) + 1, act)
@@ -194,8 +226,11 @@ def test_gold_answer_changed_while_annotators_answer_it(db, tmp_path):
         job, spec = job_and_spec(s, JOB)
         accepted = s.get(GoldItem, gold_id).accepted_answers
         assert sorted(accepted) == sorted(new) != sorted(old)
-        graded = s.execute(select(Judgment.answer, Judgment.gold_missed).where(
-            Judgment.image_id == seeded.gold_ids[0])).all()
+        graded = s.execute(
+            select(Judgment.answer, Judgment.gold_missed).where(
+                Judgment.image_id == seeded.gold_ids[0]
+            )
+        ).all()
         report = service.verify_replay(s, job, spec)
     # Whoever answered before or after the change: graded by the final accepted answers.
     assert all(missed == (answer not in accepted) for answer, missed in graded), graded
@@ -207,17 +242,34 @@ def test_concurrent_submits_on_shared_images_replay_exactly(db, tmp_path):
     """Many annotators submit pages with the same images at once: the stored aggregate of
     each image must be the one the quality log replays to (found by the PostgreSQL load run:
     rows read before the job lock were used after it)."""
-    seed_job(db, tmp_path, n_work=3, n_gold=12, quiz_length=0, items_per_page=4,
-             gold_per_page=1, jmin=32, jmax=32)
+    seed_job(
+        db,
+        tmp_path,
+        n_work=3,
+        n_gold=12,
+        quiz_length=0,
+        items_per_page=4,
+        gold_per_page=1,
+        jmin=32,
+        jmax=32,
+    )
     gold = gold_answers(db, 1)
     for round_ in range(4):
         users = [add_user(db, f"s{round_}-{i}") for i in range(8)]
         pages = [_serve(db, u) for u in users]
-        answers = [[a.model_copy(update={"answer": ["NORMAL", "PNEUMONIA"][(i + j) % 2]})
-                    if a.image_public_id not in gold else a
-                    for j, a in enumerate(_answers(db, p, gold))] for i, p in enumerate(pages)]
-        results = together(len(users), lambda i, u=users, p=pages, a=answers: _submit(
-            db, u[i], p[i], f"c{i}", a[i]))
+        answers = [
+            [
+                a.model_copy(update={"answer": ["NORMAL", "PNEUMONIA"][(i + j) % 2]})
+                if a.image_public_id not in gold
+                else a
+                for j, a in enumerate(_answers(db, p, gold))
+            ]
+            for i, p in enumerate(pages)
+        ]
+        results = together(
+            len(users),
+            lambda i, u=users, p=pages, a=answers: _submit(db, u[i], p[i], f"c{i}", a[i]),
+        )
         assert not [r for r in results if isinstance(r, Exception)], results
     with db.session() as s:
         job, spec = job_and_spec(s, JOB)

@@ -22,8 +22,18 @@ from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import Image, Job
 from results_fixture import build_job, pub, write_rendition
 
-CONTRACT = ["file_name", "label", "confidence", "p_NORMAL", "p_PNEUMONIA", "split",
-            "patient_id", "expert_reviewed", "reference_label", "source_upstream_resized"]
+CONTRACT = [
+    "file_name",
+    "label",
+    "confidence",
+    "p_NORMAL",
+    "p_PNEUMONIA",
+    "split",
+    "patient_id",
+    "expert_reviewed",
+    "reference_label",
+    "source_upstream_resized",
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +54,7 @@ def _export(db: Database, data_dir: Path, out: Path, **options) -> object:
 
 
 # --- splits (pure) -----------------------------------------------------------------------------
+
 
 def _random_groups(seed: int, n_patients: int = 400) -> dict[str, list[str]]:
     rng = random.Random(seed)
@@ -84,16 +95,23 @@ def test_small_dataset_still_fills_every_split() -> None:
     assert all(sizes[s] >= 1 for s in sizes) and sum(sizes.values()) == 6
 
 
-@pytest.mark.parametrize("text, message", [
-    ("0.8,0.2", "three numbers"), ("0.8,0.1,x", "must be numbers"),
-    ("0.8,0.3,0.1", "sum to 1"), ("1.2,-0.1,-0.1", "non-negative"), ("0,0.5,0.5", "train"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("0.8,0.2", "three numbers"),
+        ("0.8,0.1,x", "must be numbers"),
+        ("0.8,0.3,0.1", "sum to 1"),
+        ("1.2,-0.1,-0.1", "non-negative"),
+        ("0,0.5,0.5", "train"),
+    ],
+)
 def test_bad_ratios_are_clear(text: str, message: str) -> None:
     with pytest.raises(SplitError, match=message):
         parse_ratios(text)
 
 
 # --- selection and labels ----------------------------------------------------------------------
+
 
 def test_export_selection_and_labels(small, tmp_path: Path) -> None:
     db, data_dir = small
@@ -105,16 +123,26 @@ def test_export_selection_and_labels(small, tmp_path: Path) -> None:
     assert set(rows) == {pub(k) for k in ("w1", "w2", "w4", "w6", "g1", "g2")}
     assert result.skipped == Counter({"needing expert review (use --include-review)": 1})
     w4 = rows[pub("w4")]  # the expert said PNEUMONIA; the crowd (recomputed) NORMAL
-    assert (w4["label"], w4["confidence"], w4["p_PNEUMONIA"], w4["expert_reviewed"]) == \
-        ("PNEUMONIA", 1.0, 1.0, True)
+    assert (w4["label"], w4["confidence"], w4["p_PNEUMONIA"], w4["expert_reviewed"]) == (
+        "PNEUMONIA",
+        1.0,
+        1.0,
+        True,
+    )
     assert (w4["crowd_label"], w4["crowd_confidence"]) == ("NORMAL", 1.0)
     assert w4["file_name"].endswith("/PNEUMONIA/img-w4.png")
     w1 = rows[pub("w1")]
-    assert (w1["label"], w1["confidence"], w1["p_NORMAL"], w1["p_PNEUMONIA"]) == \
-        ("PNEUMONIA", 0.95, 0.05, 0.95)
+    assert (w1["label"], w1["confidence"], w1["p_NORMAL"], w1["p_PNEUMONIA"]) == (
+        "PNEUMONIA",
+        0.95,
+        0.05,
+        0.95,
+    )
     # source_upstream_resized comes from the Kermany manifest; unknown elsewhere
-    assert (w1["source_upstream_resized"], rows[pub("w2")]["source_upstream_resized"]) == \
-        (True, False)
+    assert (w1["source_upstream_resized"], rows[pub("w2")]["source_upstream_resized"]) == (
+        True,
+        False,
+    )
     assert pd.isna(rows[pub("w6")]["source_upstream_resized"])
     g1 = rows[pub("g1")]
     assert (g1["is_gold"], g1["label"], g1["confidence"]) == (True, "PNEUMONIA", 1.0)
@@ -178,8 +206,11 @@ def test_table_formats_match_metadata(small, tmp_path: Path, fmt: str) -> None:
     db, data_dir = small
     _export(db, data_dir, tmp_path / fmt, format=fmt)
     meta = pd.read_csv(tmp_path / fmt / "metadata.csv")
-    table = {"csv": lambda p: pd.read_csv(p), "jsonl": lambda p: pd.read_json(p, lines=True),
-             "parquet": pd.read_parquet}[fmt](tmp_path / fmt / f"labels.{fmt}")
+    table = {
+        "csv": lambda p: pd.read_csv(p),
+        "jsonl": lambda p: pd.read_json(p, lines=True),
+        "parquet": pd.read_parquet,
+    }[fmt](tmp_path / fmt / f"labels.{fmt}")
     assert list(table.columns) == list(meta.columns)
     assert table["file_name"].tolist() == meta["file_name"].tolist()
     assert table["label"].tolist() == meta["label"].tolist()
@@ -200,11 +231,14 @@ def test_datasheet_contents(small, tmp_path: Path) -> None:
     assert "| Krippendorff's alpha (nominal) | 0.250 |" in sheet
     assert "| gold accuracy (graded gold answers) | 50.0% (n=6) |" in sheet
     assert "| images still in the expert review queue | 1 |" in sheet
-    assert "Known limitations" in sheet and "Where labels come from: crowd 3, expert 1, gold 2" \
-        in sheet
+    assert (
+        "Known limitations" in sheet
+        and "Where labels come from: crowd 3, expert 1, gold 2" in sheet
+    )
 
 
 # --- a bigger job: splits in the real export, HF datasets, pandas, PyTorch-style loading -------
+
 
 @pytest.fixture(scope="module")
 def bulk(tmp_path_factory: pytest.TempPathFactory):
@@ -222,19 +256,48 @@ def bulk(tmp_path_factory: pytest.TempPathFactory):
                 rendition = f"renditions/b{n}.jpg"
                 write_rendition(data_dir / rendition, (40, 32), "L", shade=n)
                 conf = round(rng.uniform(0.6, 1.0), 3)
-                s.add(Image(job_id=job.id, public_id=f"b{n:04d}", source_path=f"/x/{n}.png",
-                            source_format="png", sha256=f"{n:064d}", pixel_sha256=f"{n:064d}",
-                            phash="0" * 16, width=40, height=32, patient_id=f"pat{p}",
-                            reference_label=label if n % 7 == 0 else None,
-                            rendition_path=rendition, thumb_path=rendition, status="finalised",
-                            label=label, confidence=conf, aggregation_method="ds",
-                            proba={label: conf, ("PNEUMONIA" if label == "NORMAL"
-                                                 else "NORMAL"): round(1 - conf, 3)}))
+                s.add(
+                    Image(
+                        job_id=job.id,
+                        public_id=f"b{n:04d}",
+                        source_path=f"/x/{n}.png",
+                        source_format="png",
+                        sha256=f"{n:064d}",
+                        pixel_sha256=f"{n:064d}",
+                        phash="0" * 16,
+                        width=40,
+                        height=32,
+                        patient_id=f"pat{p}",
+                        reference_label=label if n % 7 == 0 else None,
+                        rendition_path=rendition,
+                        thumb_path=rendition,
+                        status="finalised",
+                        label=label,
+                        confidence=conf,
+                        aggregation_method="ds",
+                        proba={
+                            label: conf,
+                            ("PNEUMONIA" if label == "NORMAL" else "NORMAL"): round(1 - conf, 3),
+                        },
+                    )
+                )
                 n += 1
     out = data_dir / "export"
     runner = CliRunner()
-    result = runner.invoke(app, ["--data-dir", str(data_dir), "export", "-o", str(out),
-                                 "--seed", "11", "--ratios", "0.7,0.15,0.15"])
+    result = runner.invoke(
+        app,
+        [
+            "--data-dir",
+            str(data_dir),
+            "export",
+            "-o",
+            str(out),
+            "--seed",
+            "11",
+            "--ratios",
+            "0.7,0.15,0.15",
+        ],
+    )
     assert result.exit_code == 0, result.output
     yield out, n
     db.dispose()
@@ -299,6 +362,7 @@ def test_bulk_export_torch_style_loading(bulk) -> None:
 
 # --- a 16-image job whose splits differ in which columns are empty (issue 19) ------------------
 
+
 def _sixteen_image_job(data_dir: Path) -> None:
     """16 images of 8 patients: 3 gold (no crowd label, no aggregation method), one reference
     label, one image from a real DICOM file with known UIDs; the rest crowd-labelled."""
@@ -326,17 +390,28 @@ def _sixteen_image_job(data_dir: Path) -> None:
             rendition = f"renditions/s{n}.jpg"
             write_rendition(data_dir / rendition, (48, 40), "L", shade=9 * n)
             image = Image(
-                job_id=job.id, public_id=f"s{n:04d}",
+                job_id=job.id,
+                public_id=f"s{n:04d}",
                 source_path=str(dcm) if n == 7 else f"/hospital/export/{n}.png",
-                source_format="dicom" if n == 7 else "png", sha256=f"{n:064d}",
-                pixel_sha256=f"{n:064d}", phash="0" * 16, width=48, height=40,
-                patient_id=f"pat{n // 2}", reference_label=label if n == 0 else None,
-                rendition_path=rendition, thumb_path=rendition,
-                status="gold" if gold else "finalised", label=None if gold else label,
-                confidence=None if gold else 0.9, trusted_judgments=0 if gold else 3,
+                source_format="dicom" if n == 7 else "png",
+                sha256=f"{n:064d}",
+                pixel_sha256=f"{n:064d}",
+                phash="0" * 16,
+                width=48,
+                height=40,
+                patient_id=f"pat{n // 2}",
+                reference_label=label if n == 0 else None,
+                rendition_path=rendition,
+                thumb_path=rendition,
+                status="gold" if gold else "finalised",
+                label=None if gold else label,
+                confidence=None if gold else 0.9,
+                trusted_judgments=0 if gold else 3,
                 aggregation_method=None if gold else "ds",
-                proba=None if gold else {label: 0.9, ("PNEUMONIA" if label == "NORMAL"
-                                                      else "NORMAL"): 0.1})
+                proba=None
+                if gold
+                else {label: 0.9, ("PNEUMONIA" if label == "NORMAL" else "NORMAL"): 0.1},
+            )
             s.add(image)
             s.flush()
             if gold:
@@ -352,15 +427,18 @@ def sixteen(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _cli_export(data_dir: Path, out: Path, *extra: str) -> None:
-    result = CliRunner().invoke(app, ["--data-dir", str(data_dir), "export", "-o", str(out),
-                                      "--seed", "3", *extra])
+    result = CliRunner().invoke(
+        app, ["--data-dir", str(data_dir), "export", "-o", str(out), "--seed", "3", *extra]
+    )
     assert result.exit_code == 0, result.output
 
 
 def _columns_empty_in_some_split_only(meta: pd.DataFrame) -> set[str]:
-    empty = {c for c in meta.columns
-             if any(g[c].isna().all() for _s, g in meta.groupby("split"))
-             and not meta[c].isna().all()}
+    empty = {
+        c
+        for c in meta.columns
+        if any(g[c].isna().all() for _s, g in meta.groupby("split")) and not meta[c].isna().all()
+    }
     return empty
 
 
@@ -373,10 +451,15 @@ def test_sixteen_image_export_loads_unchanged_in_hf_datasets(sixteen, tmp_path: 
     meta = pd.read_csv(out / "metadata.csv")
     assert len(meta) == 16 and set(meta["split"]) == {"train", "validation", "test"}
     # the case that used to fail is really there: a text column empty in one split only
-    assert {"reference_label", "crowd_label", "aggregation_method"} & \
-        _columns_empty_in_some_split_only(meta)
-    for loaded in (datasets.load_dataset("imagefolder", data_dir=str(out)),
-                   datasets.load_dataset(str(out))):  # the latter reads the dataset card
+    assert {
+        "reference_label",
+        "crowd_label",
+        "aggregation_method",
+    } & _columns_empty_in_some_split_only(meta)
+    for loaded in (
+        datasets.load_dataset("imagefolder", data_dir=str(out)),
+        datasets.load_dataset(str(out)),
+    ):  # the latter reads the dataset card
         assert set(loaded) == {"train", "validation", "test"}
         features = loaded["train"].features
         assert isinstance(features["label"], datasets.ClassLabel)
@@ -407,12 +490,15 @@ def test_sixteen_image_export_loads_in_pandas_and_pyarrow(sixteen, tmp_path: Pat
     assert frame["label"].tolist() == meta["label"].tolist()  # names, as in metadata.csv
     assert frame.set_index("image_id").loc["s0007", "source"] == "dicom:1.2.3.4.5.6/1.2.3.4.5.6.7"
     for split in ("train", "validation", "test"):  # per-split files share one schema
-        assert pq.read_schema(out / split / "metadata.parquet").remove_metadata() == \
-            pq.read_schema(out / "train" / "metadata.parquet").remove_metadata()
+        assert (
+            pq.read_schema(out / split / "metadata.parquet").remove_metadata()
+            == pq.read_schema(out / "train" / "metadata.parquet").remove_metadata()
+        )
 
 
-def test_export_without_pyarrow_keeps_csv_and_says_so(sixteen, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_export_without_pyarrow_keeps_csv_and_says_so(
+    sixteen, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from cxrlabel.results import export
 
     monkeypatch.setattr(export, "have_pyarrow", lambda: False)  # as on a bare install
@@ -455,7 +541,10 @@ def test_no_source_leaves_the_column_out_everywhere(sixteen, tmp_path: Path) -> 
     _cli_export(sixteen, out, "--no-source", "--format", "jsonl")
     meta = pd.read_csv(out / "metadata.csv")
     assert "source" not in meta and "image_id" in meta
-    text = "".join(p.read_text(errors="ignore") for p in out.rglob("*")
-                   if p.is_file() and p.suffix in (".csv", ".jsonl", ".md"))
+    text = "".join(
+        p.read_text(errors="ignore")
+        for p in out.rglob("*")
+        if p.is_file() and p.suffix in (".csv", ".jsonl", ".md")
+    )
     text += "".join(pd.read_parquet(p).to_csv() for p in out.glob("*/metadata.parquet"))
     assert "/hospital/" not in text and "dicom:1.2.3" not in text

@@ -54,8 +54,11 @@ def test_summary_hand_checked(built) -> None:
     assert (summary["reference_agreement"], summary["reference_compared"]) == (0.75, 4)
     assert (summary["expert_agreement"], summary["expert_compared"]) == (0.0, 1)
     assert summary["review_queue"] == 1
-    assert (summary["judgments"], summary["judgments_tainted"], summary["judgments_gold"]) == \
-        (19, 5, 6)
+    assert (summary["judgments"], summary["judgments_tainted"], summary["judgments_gold"]) == (
+        19,
+        5,
+        6,
+    )
     assert summary["label_distribution"] == {"PNEUMONIA": 3, "NORMAL": 2}  # w1 w3 w4 | w2 w6
     trust_cal = summary["calibration"]["annotator trust vs gold answers"]
     # trust 0.85 (A, 2/2 right), 0.75 (B, 1/2), 0.5 (C, 0/2) -> ECE = (2*.15+2*.25+2*.5)/6
@@ -64,8 +67,16 @@ def test_summary_hand_checked(built) -> None:
 
 def test_figures_are_labelled_svg(built) -> None:
     figures = qa_figures(_qa(built[0]))
-    assert [f.key for f in figures] == ["progress", "labels", "confidence", "agreement",
-                                        "trust", "speed", "gold", "calibration"]
+    assert [f.key for f in figures] == [
+        "progress",
+        "labels",
+        "confidence",
+        "agreement",
+        "trust",
+        "speed",
+        "gold",
+        "calibration",
+    ]
     for fig in figures:
         root = ET.fromstring(fig.svg)  # well-formed XML, no prolog or DOCTYPE
         assert root.tag.endswith("svg"), fig.key
@@ -96,8 +107,10 @@ class _Refs(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         for name, value in attrs:
-            if value and (name in ("src", "href", "xlink:href", "poster", "data", "action")
-                          or name.endswith(":href")):
+            if value and (
+                name in ("src", "href", "xlink:href", "poster", "data", "action")
+                or name.endswith(":href")
+            ):
                 self.urls.append(value)
             if value and name == "style":
                 self.urls += re.findall(r"url\(([^)]*)\)", value)
@@ -113,8 +126,7 @@ def _external(html: str) -> list[str]:
 def test_qa_html_is_self_contained(built, tmp_path: Path) -> None:
     db, data_dir = built
     out = tmp_path / "qa.html"
-    result = CliRunner().invoke(app, ["--data-dir", str(data_dir), "report", "qa", "-o",
-                                      str(out)])
+    result = CliRunner().invoke(app, ["--data-dir", str(data_dir), "report", "qa", "-o", str(out)])
     assert result.exit_code == 0, result.output
     html = out.read_text()
     assert html.count("<svg") == 8 and "Krippendorff" in html
@@ -142,6 +154,7 @@ def test_qa_report_in_chromium(built, browser, artifacts_dir: Path, tmp_path: Pa
 
 # --- dashboard (the real web app, signed in with API tokens) -----------------------------------
 
+
 @pytest.fixture(scope="module")
 def client(built) -> Iterator[tuple[TestClient, dict[str, str]]]:
     db, data_dir = built
@@ -165,18 +178,31 @@ def dash_pages(client) -> dict[str, tuple[int, str, bytes, str | None]]:
     """The dashboard responses, fetched once (drawing the figures takes seconds)."""
     c, auth = client
     pages = {}
-    for path in (DASH, DASH + "?partial=1", "/admin/dashboard.js", "/admin/dashboard.css",
-                 "/static/app.css"):
+    for path in (
+        DASH,
+        DASH + "?partial=1",
+        "/admin/dashboard.js",
+        "/admin/dashboard.css",
+        "/static/app.css",
+    ):
         r = c.get(path, headers=auth["admin"])
-        pages[path] = (r.status_code, r.headers.get("content-type", ""), r.content,
-                       r.headers.get("content-security-policy"))
+        pages[path] = (
+            r.status_code,
+            r.headers.get("content-type", ""),
+            r.content,
+            r.headers.get("content-security-policy"),
+        )
     return pages
 
 
 def test_dashboard_admin_only(client) -> None:
     c, auth = client
-    for path in (DASH, "/admin/dashboard.js", "/admin/jobs/pneumonia-pediatric/reports/full.csv",
-                 "/admin/jobs/pneumonia-pediatric/reports/qa.html"):
+    for path in (
+        DASH,
+        "/admin/dashboard.js",
+        "/admin/jobs/pneumonia-pediatric/reports/full.csv",
+        "/admin/jobs/pneumonia-pediatric/reports/qa.html",
+    ):
         assert c.get(path, headers=auth["annotator"]).status_code == 403, path
         assert c.get(path, headers=auth["expert"]).status_code == 403, path
         anonymous = c.get(path, follow_redirects=False)
@@ -198,8 +224,10 @@ def test_dashboard_page_partial_and_downloads(client, dash_pages) -> None:
     gold = c.get("/admin/jobs/pneumonia-pediatric/reports/gold.csv", headers=admin)
     assert gold.status_code == 200 and gold.text.startswith("image,accepted_answers")
     assert "attachment" in gold.headers["content-disposition"]
-    assert c.get("/admin/jobs/pneumonia-pediatric/reports/secret.csv",
-                 headers=admin).status_code == 404
+    assert (
+        c.get("/admin/jobs/pneumonia-pediatric/reports/secret.csv", headers=admin).status_code
+        == 404
+    )
     qa = c.get("/admin/jobs/pneumonia-pediatric/reports/qa.html", headers=admin)
     assert qa.status_code == 200 and _external(qa.text) == []
     _, ctype, body, _ = dash_pages["/admin/dashboard.js"]
@@ -213,8 +241,10 @@ def test_dashboard_in_chromium_under_csp(dash_pages, browser, artifacts_dir: Pat
     assert responses[DASH][3] and "style-src 'self'" in responses[DASH][3]
     page = browser.new_page(viewport={"width": 1300, "height": 900})
     violations: list[str] = []
-    page.on("console", lambda m: violations.append(m.text)
-            if "Content Security Policy" in m.text else None)
+    page.on(
+        "console",
+        lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None,
+    )
 
     def serve(route) -> None:
         path = route.request.url.removeprefix("http://cxrlabel.test")

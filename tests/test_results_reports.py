@@ -46,8 +46,10 @@ def _tables(db: Database):
 
         job = s.scalar(select(Job))
         spec = spec_from_job_row(job)
-        return {kind: build_report(kind, s, job, spec)
-                for kind in ("full", "aggregated", "contributors", "gold")}
+        return {
+            kind: build_report(kind, s, job, spec)
+            for kind in ("full", "aggregated", "contributors", "gold")
+        }
 
 
 def test_full_report_one_row_per_judgment(built) -> None:
@@ -56,13 +58,18 @@ def test_full_report_one_row_per_judgment(built) -> None:
         from sqlalchemy import select
 
         from cxrlabel.storage.models import Job
+
         table = full_report(s, s.scalar(select(Job)))
     assert len(table.rows) == 19
     assert [r["annotator"] for r in table.rows].count(pseudonym("C")) == 5
-    b_w3 = next(r for r in table.rows
-                if r["annotator"] == pseudonym("B") and r["image"] == pub("w3"))
-    assert (b_w3["answer"], b_w3["certainty"], b_w3["quality_flag"]) == \
-        ("NORMAL", "cant_tell", "unreadable")
+    b_w3 = next(
+        r for r in table.rows if r["annotator"] == pseudonym("B") and r["image"] == pub("w3")
+    )
+    assert (b_w3["answer"], b_w3["certainty"], b_w3["quality_flag"]) == (
+        "NORMAL",
+        "cant_tell",
+        "unreadable",
+    )
     assert (b_w3["trust_at_time"], b_w3["trust_now"]) == (0.75, 0.8)
     assert b_w3["tainted"] is False and b_w3["taint_reason"] is None
     assert b_w3["seconds"] == 5.0
@@ -104,8 +111,7 @@ def test_aggregated_report_hand_checked(built) -> None:
     assert w4["expert_label"] == "PNEUMONIA" and "right lower lobe" in w4["expert_reason"]
     assert w4["reference_label"] == "PNEUMONIA"
     w1 = rows[pub("w1")]
-    assert (w1["p_PNEUMONIA"], w1["p_NORMAL"], w1["method"]) == (0.95, pytest.approx(0.05),
-                                                                 "trust")
+    assert (w1["p_PNEUMONIA"], w1["p_NORMAL"], w1["method"]) == (0.95, pytest.approx(0.05), "trust")
     assert rows[pub("g1")]["is_gold"] and not w1["is_gold"]
     assert rows[pub("w5")]["p_NORMAL"] is None and rows[pub("g2")]["patient_id"] is None
     assert rows[pub("w4")]["source"] == "/other/IM-0004-0001.jpeg"
@@ -116,17 +122,30 @@ def test_contributors_report_hand_checked(built) -> None:
     rows = _by(_tables(db)["contributors"].rows, "annotator")
     assert set(rows) == {pseudonym(w) for w in "ABCD"}
     a, b, c, d = (rows[pseudonym(w)] for w in "ABCD")
-    assert (a["trust"], a["judgments"], a["gold_accuracy"], a["median_seconds"]) == \
-        (0.9, 7, 1.0, 10.0)
-    assert (b["gold_seen"], b["gold_missed"], b["gold_contested"], b["speed_trips"]) == \
-        (2, 1, 1, 1)
-    assert (b["gold_accuracy"], b["median_seconds"], b["flags"]) == \
-        (0.5, 5.0, {"distribution": "ok"})
-    assert (c["state"], c["state_reason"], c["tainted_judgments"]) == \
-        ("removed", "trust below 0.7", 5)
+    assert (a["trust"], a["judgments"], a["gold_accuracy"], a["median_seconds"]) == (
+        0.9,
+        7,
+        1.0,
+        10.0,
+    )
+    assert (b["gold_seen"], b["gold_missed"], b["gold_contested"], b["speed_trips"]) == (2, 1, 1, 1)
+    assert (b["gold_accuracy"], b["median_seconds"], b["flags"]) == (
+        0.5,
+        5.0,
+        {"distribution": "ok"},
+    )
+    assert (c["state"], c["state_reason"], c["tainted_judgments"]) == (
+        "removed",
+        "trust below 0.7",
+        5,
+    )
     assert (c["gold_forgiven"], c["gold_accuracy"], c["speed_trips"]) == (1, 0.0, 3)
-    assert (d["state"], d["judgments"], d["gold_accuracy"], d["median_seconds"]) == \
-        ("quiz", 0, None, None)
+    assert (d["state"], d["judgments"], d["gold_accuracy"], d["median_seconds"]) == (
+        "quiz",
+        0,
+        None,
+        None,
+    )
     assert a["quiz_passed_at"] == "2024-05-01T09:30:00Z" and d["quiz_passed_at"] is None
 
 
@@ -134,15 +153,30 @@ def test_gold_report_hand_checked(built) -> None:
     db, _ = built
     rows = _by(_tables(db)["gold"].rows, "image")
     g1, g2 = rows[pub("g1")], rows[pub("g2")]
-    assert (g1["accepted_answers"], g1["reason"], g1["difficulty"]) == \
-        (["PNEUMONIA"], "obvious consolidation", "easy")
-    assert (g1["times_shown"], g1["times_answered"], g1["missed"], g1["pct_missed"]) == \
-        (4, 3, 2, 66.7)
-    assert (g1["contested"], g1["pct_contested"], g1["contests_open"],
-            g1["contests_upheld"]) == (2, 66.7, 1, 1)
+    assert (g1["accepted_answers"], g1["reason"], g1["difficulty"]) == (
+        ["PNEUMONIA"],
+        "obvious consolidation",
+        "easy",
+    )
+    assert (g1["times_shown"], g1["times_answered"], g1["missed"], g1["pct_missed"]) == (
+        4,
+        3,
+        2,
+        66.7,
+    )
+    assert (g1["contested"], g1["pct_contested"], g1["contests_open"], g1["contests_upheld"]) == (
+        2,
+        66.7,
+        1,
+        1,
+    )
     assert g1["resolution"] == "1 open, 1 upheld"
-    assert (g2["times_shown"], g2["missed"], g2["pct_missed"], g2["contests_changed"]) == \
-        (3, 1, 33.3, 1)
+    assert (g2["times_shown"], g2["missed"], g2["pct_missed"], g2["contests_changed"]) == (
+        3,
+        1,
+        33.3,
+        1,
+    )
     assert g2["resolution"] == "1 changed"
 
 
@@ -155,8 +189,9 @@ def test_reports_identical_on_postgres(db_url: str, tmp_path: Path, built) -> No
     try:
         got, want = _tables(db), _tables(sqlite_db)
         for kind in want:  # the ``source`` column names each job's own (temporary) folder
-            assert table_to_csv(got[kind]).replace(str(tmp_path), "DIR") == \
-                table_to_csv(want[kind]).replace(str(sqlite_dir), "DIR"), kind
+            assert table_to_csv(got[kind]).replace(str(tmp_path), "DIR") == table_to_csv(
+                want[kind]
+            ).replace(str(sqlite_dir), "DIR"), kind
     finally:
         db.dispose()
 
@@ -167,8 +202,9 @@ def test_cli_writes_csv_and_json(built, tmp_path: Path) -> None:
     for kind in ("full", "aggregated", "contributors", "gold"):
         for fmt in ("csv", "json"):
             out = tmp_path / f"{kind}.{fmt}"
-            result = runner.invoke(app, ["--data-dir", str(data_dir), "report", kind,
-                                         "--format", fmt, "-o", str(out)])
+            result = runner.invoke(
+                app, ["--data-dir", str(data_dir), "report", kind, "--format", fmt, "-o", str(out)]
+            )
             assert result.exit_code == 0, result.output
             text = out.read_text()
             rows = json.loads(text) if fmt == "json" else list(csv.DictReader(io.StringIO(text)))
@@ -182,11 +218,33 @@ def test_cli_writes_csv_and_json(built, tmp_path: Path) -> None:
 def test_cli_bad_format_and_unknown_job(built, tmp_path: Path) -> None:
     _, data_dir = built
     runner = CliRunner()
-    bad = runner.invoke(app, ["--data-dir", str(data_dir), "report", "full", "--format", "xml",
-                              "-o", str(tmp_path / "x")])
+    bad = runner.invoke(
+        app,
+        [
+            "--data-dir",
+            str(data_dir),
+            "report",
+            "full",
+            "--format",
+            "xml",
+            "-o",
+            str(tmp_path / "x"),
+        ],
+    )
     assert bad.exit_code == 2 and "unknown --format 'xml'" in bad.output
-    missing = runner.invoke(app, ["--data-dir", str(data_dir), "report", "gold", "--job",
-                                  "nope", "-o", str(tmp_path / "g.csv")])
+    missing = runner.invoke(
+        app,
+        [
+            "--data-dir",
+            str(data_dir),
+            "report",
+            "gold",
+            "--job",
+            "nope",
+            "-o",
+            str(tmp_path / "g.csv"),
+        ],
+    )
     assert missing.exit_code == 2 and "no job named 'nope'" in missing.output
     assert not (tmp_path / "x").exists() and not (tmp_path / "g.csv").exists()
 

@@ -79,8 +79,11 @@ def test_snapshot_follows_the_job_version(db: Database) -> None:
     assert second.summary["judgments"] == first.summary["judgments"] + 2
 
     before = _version(env)
-    env.call(lambda s, job: service.remove_annotator(
-        s, job, env.spec, env.user(s, "admin"), env.users["bob"], "test", env.tick()))
+    env.call(
+        lambda s, job: service.remove_annotator(
+            s, job, env.spec, env.user(s, "admin"), env.users["bob"], "test", env.tick()
+        )
+    )
     assert _version(env) != before  # an admin action moves it too
     clock.now += 61
     third = _get(env, snapshots)
@@ -104,8 +107,11 @@ def test_expert_label_moves_the_version(db: Database) -> None:
     env = make_env(db, work=2)
     env.add_user("exp", role="expert")
     before = _version(env)
-    env.call(lambda s, job: service.record_expert_label(
-        s, job, env.spec, env.user(s, "exp"), env.images["w0"], "NORMAL", None, env.tick()))
+    env.call(
+        lambda s, job: service.record_expert_label(
+            s, job, env.spec, env.user(s, "exp"), env.images["w0"], "NORMAL", None, env.tick()
+        )
+    )
     assert _version(env) != before
 
 
@@ -117,8 +123,7 @@ def test_outdated_snapshot_is_served_while_the_next_is_computed(db: Database) ->
 
     def get() -> QASnapshot:
         with db.read_session() as s:
-            return snapshots.get(s, s.get_one(Job, env.job_id), env.spec,
-                                 reopen=db.read_session)
+            return snapshots.get(s, s.get_one(Job, env.job_id), env.spec, reopen=db.read_session)
 
     first = get()  # no snapshot yet: this request computes it
     env.submit("bob", {"w2": "NORMAL", "w3": "NORMAL"})

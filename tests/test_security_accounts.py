@@ -42,9 +42,11 @@ def web(db_url, tmp_path):
 
 def login(client: TestClient, username: str, password: str = PASSWORD):
     token = csrf_from_html(client.get("/login").text)
-    return client.post("/login", data={"username": username, "password": password,
-                                       "csrf_token": token, "next": "/"},
-                       follow_redirects=False)
+    return client.post(
+        "/login",
+        data={"username": username, "password": password, "csrf_token": token, "next": "/"},
+        follow_redirects=False,
+    )
 
 
 def signed_in(app, username: str, address: str = "testclient") -> TestClient:
@@ -65,6 +67,7 @@ def replay(app, cookie: str) -> int:
 
 # --- sessions ------------------------------------------------------------------------------------
 
+
 def test_cookie_replayed_after_logout_is_refused(web):
     app, db, _ = web
     add_user(db, "ann1")
@@ -84,8 +87,12 @@ def test_password_change_ends_every_other_session(web):
     here, elsewhere = signed_in(app, "ann1"), signed_in(app, "ann1")
     old_other = cookie_of(elsewhere)
     token = csrf_from_html(here.get("/account/password").text)
-    form = {"csrf_token": token, "current": "wrong one", "password": NEW_PASSWORD,
-            "password2": NEW_PASSWORD}
+    form = {
+        "csrf_token": token,
+        "current": "wrong one",
+        "password": NEW_PASSWORD,
+        "password2": NEW_PASSWORD,
+    }
     assert here.post("/account/password", data=form).status_code == 403
     weak = {**form, "current": PASSWORD, "password": "password", "password2": "password"}
     r = here.post("/account/password", data=weak)
@@ -146,8 +153,9 @@ def signed_in_with(app, username: str, password: str) -> TestClient:
 def test_idle_and_absolute_timeouts_from_settings(db_url, tmp_path):
     db = Database(db_url)
     seed_job(db, tmp_path, n_work=8, n_gold=4, quiz_length=2, items_per_page=4)
-    settings = Settings(data_dir=tmp_path, db_url=db_url, session_idle_minutes=30,
-                        session_max_hours=24)
+    settings = Settings(
+        data_dir=tmp_path, db_url=db_url, session_idle_minutes=30, session_max_hours=24
+    )
     app = create_app(settings, db=db)
     try:
         add_user(db, "ann1")
@@ -156,8 +164,9 @@ def test_idle_and_absolute_timeouts_from_settings(db_url, tmp_path):
 
         def age(created: timedelta, seen: timedelta) -> int:
             with db.session() as s:
-                s.execute(update(UserSession).values(created_at=now - created,
-                                                     last_seen_at=now - seen))
+                s.execute(
+                    update(UserSession).values(created_at=now - created, last_seen_at=now - seen)
+                )
             return client.get(ME).status_code
 
         assert age(timedelta(hours=1), timedelta(minutes=29)) == 200
@@ -195,8 +204,20 @@ def test_signed_in_request_costs_one_session_read_and_no_write(web):
 
 # --- password policy -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("password", ["password", " " * 8, "\t" * 12, "ann-carol",
-                                      "my-ann-carol-pw", "Baseball1", "1qaz2wsx", "short"])
+
+@pytest.mark.parametrize(
+    "password",
+    [
+        "password",
+        " " * 8,
+        "\t" * 12,
+        "ann-carol",
+        "my-ann-carol-pw",
+        "Baseball1",
+        "1qaz2wsx",
+        "short",
+    ],
+)
 def test_password_policy_refuses(password):
     with pytest.raises(AccountError) as exc:
         check_password_rules(password, "ann-carol")
@@ -216,13 +237,18 @@ def test_weak_password_refused_at_sign_up(web):
         _invite, token = create_invite(s, max_uses=5, now=utcnow())
     client = TestClient(app, follow_redirects=False)
     for pw in ("password", " " * 8, "newbie42newbie42"):
-        form = {"csrf_token": csrf_from_html(client.get(f"/join/{token}").text),
-                "username": "newbie42", "password": pw, "password2": pw}
+        form = {
+            "csrf_token": csrf_from_html(client.get(f"/join/{token}").text),
+            "username": "newbie42",
+            "password": pw,
+            "password2": pw,
+        }
         r = client.post(f"/join/{token}", data=form)
         assert r.status_code == 422, (pw, r.status_code)
 
 
 # --- login throttle ------------------------------------------------------------------------------
+
 
 def test_throttle_is_atomic_under_concurrent_guesses(web):
     """49 simultaneous wrong guesses against a budget of 10: exactly 10 are checked (401), the
@@ -268,6 +294,7 @@ def test_throttle_caps_one_address_trying_many_usernames():
 
 
 # --- argon2 pool ---------------------------------------------------------------------------------
+
 
 def test_password_pool_caps_hashing_and_leaves_request_threads_free():
     """With every hashing slot busy and more checks queued, the request thread pool (FastAPI's

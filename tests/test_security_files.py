@@ -82,12 +82,14 @@ def test_restore_leaves_database_and_secrets_private(archive, tmp_path):
     assert mode(target / "secrets" / "pseudonym_salt") == 0o600
 
 
-@pytest.mark.parametrize("case, message", [
-    ("counts", "does not match its manifest"),
-    ("revision", "unknown to this cxrlabel"),
-])
-def test_restore_checks_the_manifest_before_touching_live_data(archive, tmp_path, case,
-                                                               message):
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("counts", "does not match its manifest"),
+        ("revision", "unknown to this cxrlabel"),
+    ],
+)
+def test_restore_checks_the_manifest_before_touching_live_data(archive, tmp_path, case, message):
     target = tmp_path / "live"
     settings = Settings(data_dir=target)
     restore_backup(settings, archive)
@@ -107,7 +109,13 @@ def test_restore_checks_the_manifest_before_touching_live_data(archive, tmp_path
     db = Database(settings.database_url)
     try:  # before issue 18 the counts were compared after the live database was replaced
         with db.read_session() as s:
-            assert s.scalar(select(func.count()).select_from(User)
-                            .where(User.username == "added-after-restore")) == 1
+            assert (
+                s.scalar(
+                    select(func.count())
+                    .select_from(User)
+                    .where(User.username == "added-after-restore")
+                )
+                == 1
+            )
     finally:
         db.dispose()

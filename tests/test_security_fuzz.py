@@ -22,15 +22,17 @@ def env(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("fuzz")
     e = build_env(f"sqlite:///{data_dir / 'db.sqlite3'}", data_dir)
     with e.db.session() as s:
-        e.ids["tokens"] = {role: issue_api_token(s, s.get(User, e.user_ids[role]))
-                           for role in (A, ADMIN, EXPERT)}
+        e.ids["tokens"] = {
+            role: issue_api_token(s, s.get(User, e.user_ids[role])) for role in (A, ADMIN, EXPERT)
+        }
     yield e
     e.db.dispose()
 
 
 def _check(response, where: str) -> None:
-    assert response.status_code < 500 or response.status_code == 503, \
+    assert response.status_code < 500 or response.status_code == 503, (
         f"{where}: {response.status_code} {response.text[:300]}"
+    )
     if response.status_code >= 400 and where.split()[1].startswith("/api/"):
         body = response.json()
         assert set(body["error"]) >= {"code", "message"}, body
@@ -47,9 +49,15 @@ def test_api_fuzz_as_each_role(env):
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 15
     for operation in operations:
+
         @given(case=operation.as_strategy())
-        @settings(max_examples=4, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=4,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         def fuzz(case) -> None:
             for role in (A, ADMIN, EXPERT):
                 token = env.ids["tokens"][role]
@@ -83,12 +91,16 @@ CRAFTED = [
 
 def test_crafted_paths_never_500_nor_escape(env):
     client = env.client()
-    secret = (env.data_dir / "secret_key").read_text() if (env.data_dir / "secret_key").exists() \
+    secret = (
+        (env.data_dir / "secret_key").read_text()
+        if (env.data_dir / "secret_key").exists()
         else None
+    )
     for method, url in CRAFTED:
         for role in (A, ADMIN):
-            r = env.request(client, role, method, url, json={"reason": "x", "action": "uphold",
-                                                              "reply": "x"})
+            r = env.request(
+                client, role, method, url, json={"reason": "x", "action": "uphold", "reply": "x"}
+            )
             _check(r, f"{method} {url}")
             assert r.status_code >= 400 or "sqlite" not in r.headers.get("content-type", "")
             if secret:
@@ -109,21 +121,44 @@ def test_bad_bodies(env):
         b"A" * (12 * 1024 * 1024),
     ]
     for body in cases:
-        r = client.post(submit, content=body, headers={
-            "content-type": "application/json", "X-CSRF-Token": env.csrf[A],
-            "Cookie": f"cxrlabel_session={env.cookies[A]}"})
+        r = client.post(
+            submit,
+            content=body,
+            headers={
+                "content-type": "application/json",
+                "X-CSRF-Token": env.csrf[A],
+                "Cookie": f"cxrlabel_session={env.cookies[A]}",
+            },
+        )
         _check(r, f"POST {submit}")
         assert 400 <= r.status_code < 500
     # Invalid UTF-8 and a huge form on an HTML form route.
-    r = client.post(f"/jobs/test-job/pages/{page}", content=b"csrf_token=\xff\xfe&answer-x=\xff",
-                    headers={"content-type": "application/x-www-form-urlencoded",
-                             "Cookie": f"cxrlabel_session={env.cookies[A]}"})
+    r = client.post(
+        f"/jobs/test-job/pages/{page}",
+        content=b"csrf_token=\xff\xfe&answer-x=\xff",
+        headers={
+            "content-type": "application/x-www-form-urlencoded",
+            "Cookie": f"cxrlabel_session={env.cookies[A]}",
+        },
+    )
     assert 400 <= r.status_code < 500
     # SQL-looking answers are just refused values, stored nowhere.
-    r = env.request(client, A, "POST", submit, json={
-        "client_submission_id": "sql-1",
-        "answers": [{"image_public_id": "x' OR '1'='1", "answer": "NORMAL'; DROP TABLE users;--",
-                     "certainty": "definitely"}]})
+    r = env.request(
+        client,
+        A,
+        "POST",
+        submit,
+        json={
+            "client_submission_id": "sql-1",
+            "answers": [
+                {
+                    "image_public_id": "x' OR '1'='1",
+                    "answer": "NORMAL'; DROP TABLE users;--",
+                    "certainty": "definitely",
+                }
+            ],
+        },
+    )
     assert r.status_code == 422 and r.json()["error"]["code"]
 
 
@@ -131,14 +166,16 @@ def test_forged_csrf_and_expired_or_forged_sessions(env):
     client = env.client()
     page = env.ids["page_id"]
     # A valid session, a CSRF token from another session: refused.
-    r = client.post(f"/api/jobs/test-job/pages/{page}/submit",
-                    json={"client_submission_id": "f", "answers": []},
-                    headers={"Cookie": f"cxrlabel_session={env.cookies[A]}",
-                             "X-CSRF-Token": env.csrf[B]})
+    r = client.post(
+        f"/api/jobs/test-job/pages/{page}/submit",
+        json={"client_submission_id": "f", "answers": []},
+        headers={"Cookie": f"cxrlabel_session={env.cookies[A]}", "X-CSRF-Token": env.csrf[B]},
+    )
     assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
     # No CSRF at all on a form post: refused.
-    r = client.post("/account/token", data={},
-                    headers={"Cookie": f"cxrlabel_session={env.cookies[A]}"})
+    r = client.post(
+        "/account/token", data={}, headers={"Cookie": f"cxrlabel_session={env.cookies[A]}"}
+    )
     assert r.status_code == 403
     # A tampered cookie (user id changed) and an expired one count as signed out.
     signer = env.app.state.signer
@@ -155,6 +192,7 @@ def test_forged_csrf_and_expired_or_forged_sessions(env):
         assert r.status_code == 303 and r.headers["location"].startswith("/login")
     # A cookie with non-ASCII bytes (a forged MAC) is a signed-out visitor, not a crash.
     client.cookies.clear()
-    r = client.get("/api/jobs/test-job/me",
-                   headers=[(b"cookie", b"cxrlabel_session=eyJ1Ijox.\xc3\xa9\xff")])
+    r = client.get(
+        "/api/jobs/test-job/me", headers=[(b"cookie", b"cxrlabel_session=eyJ1Ijox.\xc3\xa9\xff")]
+    )
     assert r.status_code == 401

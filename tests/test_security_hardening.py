@@ -33,8 +33,9 @@ def web(tmp_path):
 def signed_in(app, username: str) -> tuple[TestClient, str]:
     client = TestClient(app, follow_redirects=False)
     token = csrf_from_html(client.get("/login").text)
-    r = client.post("/login", data={"username": username, "password": PASSWORD,
-                                    "csrf_token": token})
+    r = client.post(
+        "/login", data={"username": username, "password": PASSWORD, "csrf_token": token}
+    )
     assert r.status_code == 303
     return client, csrf_from_html(client.get("/account").text)
 
@@ -44,6 +45,7 @@ def big_json(size: int) -> bytes:
 
 
 # --- body limits ---------------------------------------------------------------------------------
+
 
 def test_anonymous_large_body_refused_before_auth_and_parsing(web):
     app, _db, _ = web
@@ -55,8 +57,11 @@ def test_anonymous_large_body_refused_before_auth_and_parsing(web):
     assert r.json()["error"]["code"] == "request_too_large"
     assert str(ANONYMOUS_BODY_LIMIT) in r.json()["error"]["message"]
     # Not even valid JSON: still 413, so nothing parsed it.
-    r = client.post(SUBMIT, content=b"{" * (ANONYMOUS_BODY_LIMIT + 1),
-                    headers={"Content-Type": "application/json"})
+    r = client.post(
+        SUBMIT,
+        content=b"{" * (ANONYMOUS_BODY_LIMIT + 1),
+        headers={"Content-Type": "application/json"},
+    )
     assert r.status_code == 413
     # A lying or malformed Content-Length is refused as well.
     r = client.post("/login", content=b"x", headers={"Content-Length": "nope"})
@@ -74,12 +79,16 @@ def test_streamed_body_counted_for_signed_in_callers(web):
         for _ in range(DEFAULT_BODY_LIMIT // 65536 + 2):
             yield b" " * 65536
 
-    r = client.post(SUBMIT, content=chunks(),
-                    headers={"Content-Type": "application/json", "X-CSRF-Token": csrf})
+    r = client.post(
+        SUBMIT, content=chunks(), headers={"Content-Type": "application/json", "X-CSRF-Token": csrf}
+    )
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
     # Under the limit the route answers as usual (an unknown page).
-    r = client.post(SUBMIT, content=big_json(ANONYMOUS_BODY_LIMIT * 2),
-                    headers={"Content-Type": "application/json", "X-CSRF-Token": csrf})
+    r = client.post(
+        SUBMIT,
+        content=big_json(ANONYMOUS_BODY_LIMIT * 2),
+        headers={"Content-Type": "application/json", "X-CSRF-Token": csrf},
+    )
     assert r.status_code not in (413, 500)
 
 
@@ -88,15 +97,20 @@ def test_model_upload_route_has_its_own_larger_limit(web):
     add_user(db, "doc", role="expert")
     client, csrf = signed_in(app, "doc")
     blob = b"\0" * (2 * DEFAULT_BODY_LIMIT)
-    r = client.post("/api/model/predict", files={"image": ("x.png", blob, "image/png")},
-                    headers={"X-CSRF-Token": csrf})
+    r = client.post(
+        "/api/model/predict",
+        files={"image": ("x.png", blob, "image/png")},
+        headers={"X-CSRF-Token": csrf},
+    )
     assert r.status_code != 413  # 503 (no model installed) or 4xx from the decoder
-    anonymous = TestClient(app).post("/api/model/predict",
-                                     files={"image": ("x.png", blob, "image/png")})
+    anonymous = TestClient(app).post(
+        "/api/model/predict", files={"image": ("x.png", blob, "image/png")}
+    )
     assert anonymous.status_code == 413
 
 
 # --- HSTS ----------------------------------------------------------------------------------------
+
 
 def test_hsts_only_over_https(web, monkeypatch):
     app, _db, _ = web
@@ -113,14 +127,18 @@ def test_hsts_only_over_https(web, monkeypatch):
 
 # --- NaN invite expiry ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("hours", ["NaN", "Infinity", "-1", "1e300"])
 def test_api_invite_with_bad_expiry_is_a_clear_4xx(web, hours):
     app, db, _ = web
     add_user(db, "boss", role="admin")
     client, csrf = signed_in(app, "boss")
-    body = '{"role": "annotator", "expires_hours": ' + hours + '}'
-    r = client.post("/api/invites", content=body,
-                    headers={"Content-Type": "application/json", "X-CSRF-Token": csrf})
+    body = '{"role": "annotator", "expires_hours": ' + hours + "}"
+    r = client.post(
+        "/api/invites",
+        content=body,
+        headers={"Content-Type": "application/json", "X-CSRF-Token": csrf},
+    )
     assert 400 <= r.status_code < 500, (hours, r.status_code)  # before issue 18: 500 for NaN
     assert "expir" in r.text.lower()
 
@@ -129,10 +147,14 @@ def test_admin_form_and_cli_invite_with_nan_expiry(web):
     app, db, data_dir = web
     add_user(db, "boss", role="admin")
     client, csrf = signed_in(app, "boss")
-    r = client.post("/admin/invites", data={"csrf_token": csrf, "role": "annotator",
-                                            "uses": "1", "expires_hours": "nan"})
+    r = client.post(
+        "/admin/invites",
+        data={"csrf_token": csrf, "role": "annotator", "uses": "1", "expires_hours": "nan"},
+    )
     assert r.status_code == 422 and "positive number of hours" in r.text
-    result = CliRunner().invoke(cli_app, ["--data-dir", str(data_dir), "--db", db.url,
-                                          "invite", "create", "--expires-hours", "nan"])
+    result = CliRunner().invoke(
+        cli_app,
+        ["--data-dir", str(data_dir), "--db", db.url, "invite", "create", "--expires-hours", "nan"],
+    )
     assert result.exit_code == 2 and "positive number of hours" in result.output
     assert "Traceback" not in result.output

@@ -12,8 +12,17 @@ from cxrlabel.storage.models import AuditEvent
 from cxrlabel.web.security import LoginRateLimiter
 from security_support import ADMIN, ANON, A, build_env
 
-PAGES = ["/login", "/", "/account", "/jobs/test-job/page", "/api/jobs/test-job/me",
-         "/admin", "/admin/jobs/test-job/dashboard", "/no-such-page", "/api/no-such"]
+PAGES = [
+    "/login",
+    "/",
+    "/account",
+    "/jobs/test-job/page",
+    "/api/jobs/test-job/me",
+    "/admin",
+    "/admin/jobs/test-job/dashboard",
+    "/no-such-page",
+    "/api/no-such",
+]
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +61,14 @@ def test_headers_on_pages_api_errors_and_images(env):
 def test_no_inline_script_in_html_pages(env):
     """The CSP forbids inline scripts; the pages must not need any (else they would break)."""
     client = env.client()
-    for role, url in [(ANON, "/login"), (A, "/jobs/test-job/page"), (A, "/account"),
-                      (ADMIN, "/admin"), (ADMIN, "/admin/jobs/test-job/dashboard"),
-                      (ADMIN, "/admin/jobs/test-job/contributors")]:
+    for role, url in [
+        (ANON, "/login"),
+        (A, "/jobs/test-job/page"),
+        (A, "/account"),
+        (ADMIN, "/admin"),
+        (ADMIN, "/admin/jobs/test-job/dashboard"),
+        (ADMIN, "/admin/jobs/test-job/contributors"),
+    ]:
         html = env.request(client, role, "GET", url).text
         for tag in re.findall(r"<script\b[^>]*>(.*?)</script>", html, re.S):
             assert not tag.strip(), f"inline script on {url}"
@@ -86,13 +100,16 @@ def test_login_throttled_per_address_and_username(env):
             client.cookies.clear()
             html = client.get("/login").text
             token = re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
-            r = client.post("/login", data={"username": "ann-bob", "password": f"guess{i}",
-                                            "csrf_token": token})
+            r = client.post(
+                "/login", data={"username": "ann-bob", "password": f"guess{i}", "csrf_token": token}
+            )
             assert r.status_code == 401
         html = client.get("/login").text
         token = re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
-        r = client.post("/login", data={"username": "ann-bob", "password": "correct horse "
-                                        "battery", "csrf_token": token})
+        r = client.post(
+            "/login",
+            data={"username": "ann-bob", "password": "correct horse battery", "csrf_token": token},
+        )
         assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
         assert "set-cookie" not in r.headers or "cxrlabel_session=" in r.headers["set-cookie"]
     finally:
@@ -106,22 +123,34 @@ def test_admin_actions_are_audited(env):
         before = s.scalar(select(AuditEvent.id).order_by(AuditEvent.id.desc()).limit(1)) or 0
     steps = [
         ("POST", "/api/invites", {"role": "annotator"}, "admin.invite_created"),
-        ("POST", f"/api/jobs/test-job/contributors/{uid}/message", {"text": "hi"},
-         "admin.message_sent"),
-        ("POST", f"/api/jobs/test-job/contributors/{uid}/remove", {"reason": "audit test"},
-         "admin.annotator_removed"),
-        ("POST", f"/api/jobs/test-job/contributors/{uid}/reinstate", {"reason": "back"},
-         "admin.annotator_reinstated"),
+        (
+            "POST",
+            f"/api/jobs/test-job/contributors/{uid}/message",
+            {"text": "hi"},
+            "admin.message_sent",
+        ),
+        (
+            "POST",
+            f"/api/jobs/test-job/contributors/{uid}/remove",
+            {"reason": "audit test"},
+            "admin.annotator_removed",
+        ),
+        (
+            "POST",
+            f"/api/jobs/test-job/contributors/{uid}/reinstate",
+            {"reason": "back"},
+            "admin.annotator_reinstated",
+        ),
     ]
     for method, url, body, _action in steps:
         r = env.request(client, ADMIN, method, url, json=body)
         assert r.status_code in (200, 201), (url, r.text)
-    r = env.request(client, ADMIN, "POST", f"/admin/invites/{env.ids['invite_id']}/revoke",
-                    form={})
+    r = env.request(client, ADMIN, "POST", f"/admin/invites/{env.ids['invite_id']}/revoke", form={})
     assert r.status_code == 200
     with env.db.session() as s:
-        rows = s.scalars(select(AuditEvent).where(AuditEvent.id > before)
-                         .order_by(AuditEvent.id)).all()
+        rows = s.scalars(
+            select(AuditEvent).where(AuditEvent.id > before).order_by(AuditEvent.id)
+        ).all()
         actions = [(a.action, a.actor_id) for a in rows]
     admin_id = env.user_ids[ADMIN]
     for *_rest, action in steps:

@@ -48,20 +48,21 @@ def test_ingest_prints_hostile_file_names_literally(tmp_path):
         write(src / name, b"not an image at all")
     write(src / "fine.png", png_bytes(make_phantom_xray(1, 256)))
     data = tmp_path / "data"
-    r = runner.invoke(cli_app, ["--data-dir", str(data), "ingest", str(tmp_path / "incoming"),
-                                "--workers", "0"])
+    r = runner.invoke(
+        cli_app, ["--data-dir", str(data), "ingest", str(tmp_path / "incoming"), "--workers", "0"]
+    )
     # Before issue 18: MarkupError traceback (exit 1) after the good file was committed.
     assert r.exit_code == 0, r.output
     out = r.output
     assert "Traceback" not in out and "\x1b" not in out and "\u202e" not in out
-    for shown in ("[/bold]oops.png", "[red]x[/red].png", "\\x1b[31mevil.png",
-                  "ok\\u202etxt.png"):
+    for shown in ("[/bold]oops.png", "[red]x[/red].png", "\\x1b[31mevil.png", "ok\\u202etxt.png"):
         assert shown in out, shown
 
 
 def test_cli_error_messages_are_not_markup(tmp_path):
-    r = runner.invoke(cli_app, ["--data-dir", str(tmp_path / "d"), "ingest",
-                                str(tmp_path / "[/]missing\x1b[2J")])
+    r = runner.invoke(
+        cli_app, ["--data-dir", str(tmp_path / "d"), "ingest", str(tmp_path / "[/]missing\x1b[2J")]
+    )
     assert r.exit_code == 2 and "Traceback" not in r.output
     assert "[/]missing\\x1b[2J" in r.output and "\x1b[2J" not in r.output
 
@@ -76,8 +77,13 @@ def burned(tmp_path):
     path = resolve_job_path(None)
     spec, text = load_job(path), path.read_text()
     with db.session() as s:
-        s.add(Job(name=spec.name, spec_toml=text,
-                  spec_sha256=hashlib.sha256(text.encode()).hexdigest()))
+        s.add(
+            Job(
+                name=spec.name,
+                spec_toml=text,
+                spec_sha256=hashlib.sha256(text.encode()).hexdigest(),
+            )
+        )
     with db.session() as s:
         job = s.scalar(select(Job))
     summary = ingest(db, data_dir, job, spec, src, workers=0)
@@ -89,11 +95,12 @@ def test_burned_in_dicom_is_held_never_gold_and_released_by_cli(burned, tmp_path
     db, data_dir, job, spec, summary = burned
     assert len(summary.burned_in) == 1
     with db.session() as s:
-        statuses = {im.source_path.rsplit("/", 1)[-1]: im.status for im in s.scalars(
-            select(Image))}
+        statuses = {im.source_path.rsplit("/", 1)[-1]: im.status for im in s.scalars(select(Image))}
         held_id = s.scalar(select(Image.public_id).where(Image.status == ImageStatus.HELD))
-    assert statuses == {"clean.dcm": ImageStatus.NEEDS_JUDGMENTS,
-                        "burned.dcm": ImageStatus.HELD}  # before issue 18: needs_judgments
+    assert statuses == {
+        "clean.dcm": ImageStatus.NEEDS_JUDGMENTS,
+        "burned.dcm": ImageStatus.HELD,
+    }  # before issue 18: needs_judgments
     with db.session() as s:  # gold sampling takes only the clean image
         job_row = s.get(Job, job.id)
         summary_gold, _ = sample_from_reference(s, job_row, spec, n=2)
@@ -118,8 +125,17 @@ def test_burned_in_dicom_is_held_never_gold_and_released_by_cli(burned, tmp_path
 def test_held_images_are_never_served(tmp_path):
     db = Database(f"sqlite:///{tmp_path / 'db.sqlite3'}")
     try:
-        seeded = seed_job(db, tmp_path, n_work=8, n_gold=4, quiz_length=2, items_per_page=4,
-                          min_accuracy=0.5, jmin=1, jmax=1)
+        seeded = seed_job(
+            db,
+            tmp_path,
+            n_work=8,
+            n_gold=4,
+            quiz_length=2,
+            items_per_page=4,
+            min_accuracy=0.5,
+            jmin=1,
+            jmax=1,
+        )
         held = seeded.work_ids[:4]
         with db.session() as s:
             s.execute(update(Image).where(Image.id.in_(held)).values(status=ImageStatus.HELD))
@@ -136,10 +152,17 @@ def test_held_images_are_never_served(tmp_path):
                     break
                 ids = [item.image.public_id for item in page.items]
                 served.update(ids)
-                answers = [AnswerIn(image_public_id=pid, answer=gold.get(pid, ["NORMAL"])[0],
-                                    certainty="definitely") for pid in ids]
-                submit_page(s, job, spec, user, page.public_id, f"c-{page.public_id}",
-                            answers, utcnow())
+                answers = [
+                    AnswerIn(
+                        image_public_id=pid,
+                        answer=gold.get(pid, ["NORMAL"])[0],
+                        certainty="definitely",
+                    )
+                    for pid in ids
+                ]
+                submit_page(
+                    s, job, spec, user, page.public_id, f"c-{page.public_id}", answers, utcnow()
+                )
         assert served and not served & held_public
     finally:
         db.dispose()
@@ -159,8 +182,7 @@ def test_migration_holds_burned_in_images_ingested_before(tmp_path):
         cfg = alembic_config(url)
         command.downgrade(cfg, "0005_user_sessions_revocable")
         with db.session() as s:  # as ingest stored them before issue 18
-            s.execute(update(Image).where(Image.id.in_(burned))
-                      .values(burned_in_annotation=True))
+            s.execute(update(Image).where(Image.id.in_(burned)).values(burned_in_annotation=True))
         command.upgrade(cfg, "head")
         with db.read_session() as s:
             statuses = dict(s.execute(select(Image.id, Image.status)).all())

@@ -78,35 +78,51 @@ def phi_env(tmp_path_factory):
         (source / label / f"study-{i:03d}.dcm").write_bytes(dicom_bytes(ds))
     db_url = f"sqlite:///{root / 'db.sqlite3'}"
     db = Database(db_url)
-    text = job_toml(quiz_length=2, items_per_page=3, gold_per_page=1, jmin=2, jmax=2,
-                    min_accuracy=0.5)
+    text = job_toml(
+        quiz_length=2, items_per_page=3, gold_per_page=1, jmin=2, jmax=2, min_accuracy=0.5
+    )
     spec = parse_job(text)
     with db.session() as s:
-        job = Job(name=spec.name, spec_toml=text,
-                  spec_sha256=hashlib.sha256(text.encode()).hexdigest())
+        job = Job(
+            name=spec.name, spec_toml=text, spec_sha256=hashlib.sha256(text.encode()).hexdigest()
+        )
         s.add(job)
         s.flush()
         job_id = job.id
     summary = ingest(db, data_dir, job, spec, source)
     assert summary.ingested == 24, summary
     with db.session() as s:  # the first 8 images (by id) become test questions
-        images = s.scalars(select(Image).where(Image.job_id == job_id).order_by(Image.id)
-                           .limit(8)).all()
+        images = s.scalars(
+            select(Image).where(Image.job_id == job_id).order_by(Image.id).limit(8)
+        ).all()
         for n, image in enumerate(images):
             image.status, image.judgment_target = ImageStatus.GOLD, 0
-            s.add(GoldItem(job_id=job_id, image_id=image.id,
-                           accepted_answers=[image.reference_label or "NORMAL"],
-                           reason=f"{GOLD_REASON}{n} consolidation in the right lower lobe"))
+            s.add(
+                GoldItem(
+                    job_id=job_id,
+                    image_id=image.id,
+                    accepted_answers=[image.reference_label or "NORMAL"],
+                    reason=f"{GOLD_REASON}{n} consolidation in the right lower lobe",
+                )
+            )
         gold = {i.public_id: i.reference_label or "NORMAL" for i in images}
         gold_ids = [str(g) for g in s.scalars(select(GoldItem.id))]
-    users = {"ann-ursula": "annotator", "ann-vikram": "annotator", "doc-who": "expert",
-             "boss": "admin"}
+    users = {
+        "ann-ursula": "annotator",
+        "ann-vikram": "annotator",
+        "doc-who": "expert",
+        "boss": "admin",
+    }
     uids = {name: add_user(db, name, role) for name, role in users.items()}
     app = create_app(Settings(data_dir=data_dir, db_url=db_url), db=db)
     aliases = app.state.image_urls.aliases  # annotators see images under their own ids
     shared = dict(gold)
-    gold = {aliases.image(pid, uids[name]): label for pid, label in shared.items()
-            for name, role in users.items() if role == "annotator"}
+    gold = {
+        aliases.image(pid, uids[name]): label
+        for pid, label in shared.items()
+        for name, role in users.items()
+        if role == "annotator"
+    }
     app.state.test_shared_gold_ids = list(shared)
     client = TestClient(app, follow_redirects=False)
     sessions = {name: login_cookie(client, name) for name in users}
@@ -114,8 +130,9 @@ def phi_env(tmp_path_factory):
     db.dispose()
 
 
-def _work_through(rec: Recorder, gold: dict[str, str], pages: int, via_api: bool
-                  ) -> list[tuple[int, int, str, str]]:
+def _work_through(
+    rec: Recorder, gold: dict[str, str], pages: int, via_api: bool
+) -> list[tuple[int, int, str, str]]:
     """Do ``pages`` pages; returns (start, end) indexes of each page's pre-submit responses
     with its page id and client id."""
     marks = []
@@ -144,10 +161,17 @@ def _work_through(rec: Recorder, gold: dict[str, str], pages: int, via_api: bool
         end = len(rec.seen)
         answers = {pid: gold.get(pid, "NORMAL") for pid in pids}
         if via_api:
-            rec("POST", f"/api/jobs/test-job/pages/{page_id}/submit", json={
-                "client_submission_id": client_id,
-                "answers": [{"image_public_id": p, "answer": a, "certainty": "probably"}
-                            for p, a in answers.items()]})
+            rec(
+                "POST",
+                f"/api/jobs/test-job/pages/{page_id}/submit",
+                json={
+                    "client_submission_id": client_id,
+                    "answers": [
+                        {"image_public_id": p, "answer": a, "certainty": "probably"}
+                        for p, a in answers.items()
+                    ],
+                },
+            )
         else:
             form = {"csrf_token": rec.csrf, "client_submission_id": client_id}
             for p, a in answers.items():
@@ -175,8 +199,10 @@ def test_no_phi_and_no_gold_reach_annotators(phi_env):
     source_dir = app.state.settings.data_dir.parent / "source"
     _scan(ursula.seen + vikram.seen, [str(source_dir), "study-0", "dicom:"], "source column")
     reasons = [f"{GOLD_REASON}{n}" for n in range(8)]
-    for rec, marks, other, other_marks in ((ursula, u_marks, "ann-vikram", v_marks),
-                                           (vikram, v_marks, "ann-ursula", u_marks)):
+    for rec, marks, other, other_marks in (
+        (ursula, u_marks, "ann-vikram", v_marks),
+        (vikram, v_marks, "ann-ursula", u_marks),
+    ):
         theirs = [other] + [x for m in other_marks for x in m[2:]]
         for start, end, _page, _client in marks:
             pre = rec.seen[start:end]
@@ -197,22 +223,35 @@ def test_no_phi_reaches_experts_or_admins(phi_env):
     app, db, _gold, _ids, sessions = phi_env
     client = TestClient(app, follow_redirects=False)
     with db.session() as s:
-        some = s.scalars(select(Image).where(Image.status != ImageStatus.GOLD)
-                         .limit(2)).all()
+        some = s.scalars(select(Image).where(Image.status != ImageStatus.GOLD).limit(2)).all()
         some[0].status = ImageStatus.NEEDS_REVIEW
         pids = [i.public_id for i in some]
     doc = Recorder(client, *sessions["doc-who"])
     boss = Recorder(client, *sessions["boss"])
-    for url in ["/review/test-job", f"/review/test-job/{pids[0]}", "/api/jobs/test-job/review",
-                f"/img/{pids[0]}", f"/img/{pids[1]}"]:
+    for url in [
+        "/review/test-job",
+        f"/review/test-job/{pids[0]}",
+        "/api/jobs/test-job/review",
+        f"/img/{pids[0]}",
+        f"/img/{pids[1]}",
+    ]:
         doc("GET", url)
-    for url in ["/admin", "/admin/jobs/test-job/annotators", "/admin/jobs/test-job/gold",
-                "/admin/jobs/test-job/contributors", "/admin/jobs/test-job/dashboard",
-                "/admin/jobs/test-job/reports/qa.html", "/api/jobs/test-job/status",
-                "/api/jobs/test-job/gold", "/api/jobs/test-job/annotators",
-                "/api/jobs/test-job/contributors"] + [
-                f"/admin/jobs/test-job/reports/{k}.{f}" for k in
-                ("full", "aggregated", "contributors", "gold") for f in ("csv", "json")]:
+    for url in [
+        "/admin",
+        "/admin/jobs/test-job/annotators",
+        "/admin/jobs/test-job/gold",
+        "/admin/jobs/test-job/contributors",
+        "/admin/jobs/test-job/dashboard",
+        "/admin/jobs/test-job/reports/qa.html",
+        "/api/jobs/test-job/status",
+        "/api/jobs/test-job/gold",
+        "/api/jobs/test-job/annotators",
+        "/api/jobs/test-job/contributors",
+    ] + [
+        f"/admin/jobs/test-job/reports/{k}.{f}"
+        for k in ("full", "aggregated", "contributors", "gold")
+        for f in ("csv", "json")
+    ]:
         r = boss("GET", url)
         assert r.status_code == 200, url
     assert any("PNEUMONIA" in text for _l, text in boss.seen)  # the scan sees real content
@@ -220,16 +259,24 @@ def test_no_phi_reaches_experts_or_admins(phi_env):
     # (the original UIDs, to join labels back to the hospital's records; issue 19), and
     # nothing else from the headers; every other page carries no UID at all.
     uids = {PHI["StudyInstanceUID"], PHI["SOPInstanceUID"]}
-    sourced = [(label, text) for label, text in boss.seen
-               if re.search(r"/reports/(full|aggregated)\.", label)]
+    sourced = [
+        (label, text)
+        for label, text in boss.seen
+        if re.search(r"/reports/(full|aggregated)\.", label)
+    ]
     assert len(sourced) == 4 and all(
-        f"dicom:{PHI['StudyInstanceUID']}/{PHI['SOPInstanceUID']}" in text
-        for _l, text in sourced)
-    without_uids = [(label, text.replace(f"dicom:{PHI['StudyInstanceUID']}/"
-                                         f"{PHI['SOPInstanceUID']}", "dicom:SOURCE"))
-                    for label, text in sourced]
-    _scan([x for x in boss.seen if x not in sourced] + doc.seen, PHI_NEEDLES,
-          "expert/admin pages")
+        f"dicom:{PHI['StudyInstanceUID']}/{PHI['SOPInstanceUID']}" in text for _l, text in sourced
+    )
+    without_uids = [
+        (
+            label,
+            text.replace(
+                f"dicom:{PHI['StudyInstanceUID']}/{PHI['SOPInstanceUID']}", "dicom:SOURCE"
+            ),
+        )
+        for label, text in sourced
+    ]
+    _scan([x for x in boss.seen if x not in sourced] + doc.seen, PHI_NEEDLES, "expert/admin pages")
     _scan(without_uids, [n for n in PHI_NEEDLES if n not in uids], "admin reports")
 
 

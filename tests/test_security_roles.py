@@ -48,8 +48,9 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/static"): R(EVERYONE, url="/static/app.css"),
     ("GET", "/login"): R(EVERYONE),
     ("GET", "/join/{token}"): R(EVERYONE),
-    ("POST", "/join/{token}"): R(EVERYONE, form={"username": "x", "password": "a",
-                                                 "password2": "b"}),
+    ("POST", "/join/{token}"): R(
+        EVERYONE, form={"username": "x", "password": "a", "password2": "b"}
+    ),
     # OpenID Connect sign-in: not configured here, so 404 for everyone; with a provider they
     # are public and checked in tests/test_oidc.py (state, PKCE, ID token, role mapping).
     ("GET", "/auth/oidc/login"): R(frozenset()),
@@ -59,14 +60,16 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/account"): R(SIGNED_IN),
     ("POST", "/account/token"): R(SIGNED_IN, form={}),
     ("GET", "/account/password"): R(SIGNED_IN),
-    ("POST", "/account/password"): R(SIGNED_IN, form={"current": "x", "password": "a",
-                                                      "password2": "b"}),
+    ("POST", "/account/password"): R(
+        SIGNED_IN, form={"current": "x", "password": "a", "password2": "b"}
+    ),
     # admin pages and API
     ("GET", "/admin"): R(ADMINS),
     ("GET", "/admin/jobs/{job_name}/annotators"): R(ADMINS),
     ("GET", "/admin/jobs/{job_name}/gold"): R(ADMINS),
-    ("POST", "/admin/jobs/{job_name}/gold/{public_id}/reason"):
-        R(ADMINS, form={"reason": "An expert's reason."}, params={"public_id": "gold_image"}),
+    ("POST", "/admin/jobs/{job_name}/gold/{public_id}/reason"): R(
+        ADMINS, form={"reason": "An expert's reason."}, params={"public_id": "gold_image"}
+    ),
     ("GET", "/admin/invites"): R(ADMINS),
     ("POST", "/admin/invites"): R(ADMINS, form={"role": "annotator", "uses": "1"}),
     ("POST", "/admin/invites/{invite_id}/revoke"): R(ADMINS, form={}),
@@ -74,41 +77,50 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/admin/users/{user_id}/{action}"): R(ADMINS, form={}, params={"action": "enable"}),
     ("POST", "/api/users/{user_id}/{action}"): R(ADMINS, params={"action": "enable"}),
     ("GET", "/admin/jobs/{job_name}/contributors"): R(ADMINS),
-    ("POST", "/admin/jobs/{job_name}/contributors/{user_id}/{action}"):
-        R(ADMINS, form={"text": "hello"}, params={"action": "message"}),
+    ("POST", "/admin/jobs/{job_name}/contributors/{user_id}/{action}"): R(
+        ADMINS, form={"text": "hello"}, params={"action": "message"}
+    ),
     ("GET", "/admin/jobs/{job_name}/contests"): R(ADMINS),
-    ("POST", "/admin/jobs/{job_name}/contests/{contest_id}/resolve"):
-        R(ADMINS, form={"action": "uphold", "reply": "it stands"}),
+    ("POST", "/admin/jobs/{job_name}/contests/{contest_id}/resolve"): R(
+        ADMINS, form={"action": "uphold", "reply": "it stands"}
+    ),
     ("GET", "/admin/dashboard.js"): R(ADMINS),
     ("GET", "/admin/dashboard.css"): R(ADMINS),
     ("GET", "/admin/jobs/{job_name}/dashboard"): R(ADMINS),
     ("GET", "/admin/jobs/{job_name}/reports/qa.html"): R(ADMINS),
-    ("GET", "/admin/jobs/{job_name}/reports/{kind}.{fmt}"):
-        R(ADMINS, params={"kind": "full", "fmt": "csv"}),
+    ("GET", "/admin/jobs/{job_name}/reports/{kind}.{fmt}"): R(
+        ADMINS, params={"kind": "full", "fmt": "csv"}
+    ),
     ("POST", "/api/invites"): R(ADMINS, json={"role": "annotator"}),
     ("GET", "/api/jobs/{job_name}/status"): R(ADMINS),
     ("GET", "/api/jobs/{job_name}/annotators"): R(ADMINS),
     ("GET", "/api/jobs/{job_name}/gold"): R(ADMINS),
     ("GET", "/api/jobs/{job_name}/contributors"): R(ADMINS),
-    ("POST", "/api/jobs/{job_name}/contributors/{user_id}/message"):
-        R(ADMINS, json={"text": "hello"}),
-    ("POST", "/api/jobs/{job_name}/contributors/{user_id}/remove"):
-        R(ADMINS, json={"reason": "test"}),
-    ("POST", "/api/jobs/{job_name}/contributors/{user_id}/reinstate"):
-        R(ADMINS, json={"reason": "test"}),
+    ("POST", "/api/jobs/{job_name}/contributors/{user_id}/message"): R(
+        ADMINS, json={"text": "hello"}
+    ),
+    ("POST", "/api/jobs/{job_name}/contributors/{user_id}/remove"): R(
+        ADMINS, json={"reason": "test"}
+    ),
+    ("POST", "/api/jobs/{job_name}/contributors/{user_id}/reinstate"): R(
+        ADMINS, json={"reason": "test"}
+    ),
     ("GET", "/api/jobs/{job_name}/contests"): R(ADMINS),
-    ("POST", "/api/jobs/{job_name}/contests/{contest_id}/resolve"):
-        R(ADMINS, json={"action": "uphold", "reply": "it stands"}),
+    ("POST", "/api/jobs/{job_name}/contests/{contest_id}/resolve"): R(
+        ADMINS, json={"action": "uphold", "reply": "it stands"}
+    ),
     ("GET", "/api/jobs/{job_name}/gold-stats"): R(ADMINS),
     ("GET", "/api/jobs/{job_name}/quality/replay"): R(ADMINS),
     # experts (and admins)
     ("GET", "/review/{job_name}"): R(REVIEWERS),
     ("GET", "/review/{job_name}/{public_id}"): R(REVIEWERS, params={"public_id": "review_image"}),
-    ("POST", "/review/{job_name}/{public_id}"):
-        R(REVIEWERS, form={"label": "NORMAL"}, params={"public_id": "review_image"}),
+    ("POST", "/review/{job_name}/{public_id}"): R(
+        REVIEWERS, form={"label": "NORMAL"}, params={"public_id": "review_image"}
+    ),
     ("GET", "/api/jobs/{job_name}/review"): R(REVIEWERS),
-    ("POST", "/api/jobs/{job_name}/review/{public_id}"):
-        R(REVIEWERS, json={"label": "NORMAL"}, params={"public_id": "review_image"}),
+    ("POST", "/api/jobs/{job_name}/review/{public_id}"): R(
+        REVIEWERS, json={"label": "NORMAL"}, params={"public_id": "review_image"}
+    ),
     ("GET", "/api/model"): R(REVIEWERS),
     ("POST", "/api/model/predict"): R(REVIEWERS, form={}),
     # annotators; routes with A's objects in the path: A only
@@ -119,14 +131,18 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/jobs/{job_name}/pages/next"): R(ANNOTATORS),
     ("GET", "/api/jobs/{job_name}/me"): R(ANNOTATORS),
     ("POST", "/jobs/{job_name}/pages/{page_id}"): R(ONLY_A, form={}),
-    ("GET", "/jobs/{job_name}/pages/{page_id}/feedback"): R(ONLY_A,
-                                                            params={"page_id": "done_page"}),
-    ("POST", "/jobs/{job_name}/contest"): R(ONLY_A, form={"reason": "no", "page_id": "x",
-                                                            "judgment_id": "$judgment_id"}),
-    ("POST", "/api/jobs/{job_name}/pages/{page_id}/submit"):
-        R(ONLY_A, json={"client_submission_id": "zz", "answers": []}),
-    ("POST", "/api/jobs/{job_name}/contests"): R(ONLY_A, json={"reason": "no",
-                                                                    "judgment_id": "$judgment_id"}),
+    ("GET", "/jobs/{job_name}/pages/{page_id}/feedback"): R(
+        ONLY_A, params={"page_id": "done_page"}
+    ),
+    ("POST", "/jobs/{job_name}/contest"): R(
+        ONLY_A, form={"reason": "no", "page_id": "x", "judgment_id": "$judgment_id"}
+    ),
+    ("POST", "/api/jobs/{job_name}/pages/{page_id}/submit"): R(
+        ONLY_A, json={"client_submission_id": "zz", "answers": []}
+    ),
+    ("POST", "/api/jobs/{job_name}/contests"): R(
+        ONLY_A, json={"reason": "no", "judgment_id": "$judgment_id"}
+    ),
     # A's own alias of the image: valid for A only (experts and admins use the shared id:
     # test_reviewers_see_images_by_shared_id)
     ("GET", "/img/{public_id}"): R(ONLY_A),
@@ -186,15 +202,18 @@ def _url(env, path: str, rule: Rule) -> str:
 def _body(env, body):  # "$name" values name A's objects
     if not isinstance(body, dict):
         return body
-    return {k: env.ids[v[1:]] if isinstance(v, str) and v.startswith("$") else v
-            for k, v in body.items()}
+    return {
+        k: env.ids[v[1:]] if isinstance(v, str) and v.startswith("$") else v
+        for k, v in body.items()
+    }
 
 
 def _denied(response) -> bool:
     if response.status_code in (401, 403, 404):
         return True
-    return response.status_code in (302, 303, 307) and \
-        response.headers.get("location", "").startswith("/login")
+    return response.status_code in (302, 303, 307) and response.headers.get(
+        "location", ""
+    ).startswith("/login")
 
 
 def _order(item) -> tuple:
@@ -212,16 +231,16 @@ def test_role_matrix(env):
         url = _url(env, path, rule)
         # Denied roles first, so an allowed write cannot change what they would see.
         for role in sorted(EVERYONE - rule.allowed) + sorted(rule.allowed):
-            r = env.request(client, role, method, url, form=_body(env, rule.form),
-                            json=_body(env, rule.json))
+            r = env.request(
+                client, role, method, url, form=_body(env, rule.form), json=_body(env, rule.json)
+            )
             allowed = role in rule.allowed
             if r.status_code >= 500 and r.status_code != 503:
                 failures.append(f"{role:<13} {method} {url}: {r.status_code} (server error)")
             elif allowed and _denied(r):
                 failures.append(f"{role:<13} {method} {url}: {r.status_code} but should get in")
             elif not allowed and not _denied(r):
-                failures.append(f"{role:<13} {method} {url}: {r.status_code} but should be "
-                                f"denied")
+                failures.append(f"{role:<13} {method} {url}: {r.status_code} but should be denied")
     assert not failures, "\n".join(failures)
 
 
@@ -248,23 +267,35 @@ def test_bearer_token_cannot_reach_another_annotators_objects(env):
     h = {"Authorization": f"Bearer {token_b}"}
     page = env.ids["done_page"]
     assert client.get(f"/jobs/test-job/pages/{page}/feedback", headers=h).status_code == 404
-    r = client.post(f"/api/jobs/test-job/pages/{env.ids['page_id']}/submit", headers=h,
-                    json={"client_submission_id": "b-1", "answers": []})
+    r = client.post(
+        f"/api/jobs/test-job/pages/{env.ids['page_id']}/submit",
+        headers=h,
+        json={"client_submission_id": "b-1", "answers": []},
+    )
     assert r.status_code == 404 and r.json()["error"]["code"] == "page_not_found"
     with env.db.session() as s:  # an image on A's pages that B was never given
         mine = select(PageItem.image_id).join(Page).where(Page.user_id == env.user_ids[B])
-        image = s.scalar(select(Image.public_id).join(PageItem, PageItem.image_id == Image.id)
-                         .join(Page).where(Page.user_id == env.user_ids[A],
-                                           Image.id.not_in(mine)).limit(1))
+        image = s.scalar(
+            select(Image.public_id)
+            .join(PageItem, PageItem.image_id == Image.id)
+            .join(Page)
+            .where(Page.user_id == env.user_ids[A], Image.id.not_in(mine))
+            .limit(1)
+        )
     assert image is not None
     assert client.get(f"/img/{image}", headers=h).status_code == 404
-    r = client.post("/api/jobs/test-job/contests", headers=h,
-                    json={"judgment_id": env.ids["judgment_id"], "reason": "mine now"})
+    r = client.post(
+        "/api/jobs/test-job/contests",
+        headers=h,
+        json={"judgment_id": env.ids["judgment_id"], "reason": "mine now"},
+    )
     assert r.status_code == 404
     assert client.get("/api/jobs/test-job/gold", headers=h).status_code == 403
     assert client.get("/api/jobs/test-job/quality/replay", headers=h).status_code == 403
-    assert client.get("/api/jobs/test-job/me",
-                      headers={"Authorization": "Bearer forged"}).status_code == 401
+    assert (
+        client.get("/api/jobs/test-job/me", headers={"Authorization": "Bearer forged"}).status_code
+        == 401
+    )
 
 
 def test_reviewers_see_images_by_shared_id(env):
@@ -280,8 +311,13 @@ def test_reviewers_see_images_by_shared_id(env):
 def test_sign_in_and_out_for_every_role(env):
     client = env.client()
     for role in sorted(EVERYONE):
-        r = env.request(client, role, "POST", "/login",
-                        form={"username": "nobody-here", "password": "wrong", "next": "/"})
+        r = env.request(
+            client,
+            role,
+            "POST",
+            "/login",
+            form={"username": "nobody-here", "password": "wrong", "next": "/"},
+        )
         assert r.status_code == 401, role  # reached the handler: a wrong password is refused
         r = env.request(client, role, "POST", "/logout", form={})
         assert r.status_code == 303 and r.headers["location"] == "/login"

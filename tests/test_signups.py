@@ -44,9 +44,16 @@ def _invite(db: Database, uses: int = 100) -> str:
 def _join(client: TestClient, token: str, username: str):
     html = client.get(f"/join/{token}").text
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
-    return client.post(f"/join/{token}", data={
-        "username": username, "password": PASSWORD, "password2": PASSWORD,
-        "csrf_token": csrf}, follow_redirects=False)
+    return client.post(
+        f"/join/{token}",
+        data={
+            "username": username,
+            "password": PASSWORD,
+            "password2": PASSWORD,
+            "csrf_token": csrf,
+        },
+        follow_redirects=False,
+    )
 
 
 def _users(db: Database) -> int:
@@ -115,13 +122,21 @@ def test_accounts_from_one_browser_are_listed_for_the_admin(env, tmp_path):
     admin = TestClient(app)
     html = admin.get("/login").text
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
-    admin.post("/login", data={"username": "boss", "password": "correct horse battery",
-                               "csrf_token": csrf, "next": "/"})
+    admin.post(
+        "/login",
+        data={
+            "username": "boss",
+            "password": "correct horse battery",
+            "csrf_token": csrf,
+            "next": "/",
+        },
+    )
     page = admin.get("/admin/invites").text
     assert "same device" in page and "twin-1, twin-2" in page
     # ... and so does the CLI
-    result = CliRunner().invoke(cli_app, ["--data-dir", str(data_dir), "--db", db.url,
-                                          "invite", "signals"])
+    result = CliRunner().invoke(
+        cli_app, ["--data-dir", str(data_dir), "--db", db.url, "invite", "signals"]
+    )
     assert result.exit_code == 0, result.output
     assert "same_device" in result.output and "twin-1, twin-2" in result.output
 
@@ -135,11 +150,17 @@ def _work(db: Database, username: str, gold: dict, certainty: str, pages: int) -
             page = next_page(s, job, spec, user, utcnow())
             if page is None:
                 return
-            answers = [AnswerIn(image_public_id=i.image.public_id,
-                                answer=gold.get(i.image.public_id, ["NORMAL"])[0],
-                                certainty=certainty) for i in page.items]
-            submit_page(s, job, spec, user, page.public_id, f"c-{page.public_id}", answers,
-                        utcnow())
+            answers = [
+                AnswerIn(
+                    image_public_id=i.image.public_id,
+                    answer=gold.get(i.image.public_id, ["NORMAL"])[0],
+                    certainty=certainty,
+                )
+                for i in page.items
+            ]
+            submit_page(
+                s, job, spec, user, page.public_id, f"c-{page.public_id}", answers, utcnow()
+            )
 
 
 def test_near_identical_answer_patterns_are_a_signal(env, monkeypatch):

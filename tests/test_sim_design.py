@@ -34,8 +34,15 @@ def twenty(tmp_path: Path):
     with db.session() as s:
         job, _spec = bundled_job(s)
         for k in range(20):
-            add_image(s, job, tmp_path, k, name=f"case-{k}.jpeg", patient_id=f"p{k}",
-                      reference_label="NORMAL" if k < 10 else "PNEUMONIA")
+            add_image(
+                s,
+                job,
+                tmp_path,
+                k,
+                name=f"case-{k}.jpeg",
+                patient_id=f"p{k}",
+                reference_label="NORMAL" if k < 10 else "PNEUMONIA",
+            )
     yield db, tmp_path
     db.dispose()
 
@@ -56,7 +63,8 @@ def test_gold_is_drawn_only_from_the_clearest_cases_of_each_class(twenty) -> Non
         # Clarity unrelated to the label: within each class the odd positions are the clear ones.
         clarity = {image_id: (0.1 if i % 2 else 0.9) + i / 1000 for i, image_id in enumerate(ids)}
         _summary, by_label = goldseed.sample_from_reference(
-            s, job, spec, 6, seed=1, clearest_fraction=0.5, clarity=clarity)
+            s, job, spec, 6, seed=1, clearest_fraction=0.5, clarity=clarity
+        )
     assert by_label == {"NORMAL": 3, "PNEUMONIA": 3}  # still balanced
     gold = _gold_ids(db)
     assert all(clarity[i] < 0.5 for i in gold)  # only from the clear half of each class
@@ -66,8 +74,9 @@ def test_gold_is_drawn_only_from_the_clearest_cases_of_each_class(twenty) -> Non
         s.execute(GoldItem.__table__.delete())
         for image in s.scalars(select(Image)):
             image.status = "needs_judgments"
-        goldseed.sample_from_reference(s, job, spec, 10, seed=2, clearest_fraction=0.5,
-                                       clarity=clarity)
+        goldseed.sample_from_reference(
+            s, job, spec, 10, seed=2, clearest_fraction=0.5, clarity=clarity
+        )
     assert _gold_ids(db) == {i for i in ids if clarity[i] < 0.5}
 
 
@@ -106,10 +115,18 @@ def test_default_sampling_is_unchanged_by_the_new_option(twenty) -> None:
         with other.session() as s:
             job, spec = bundled_job(s)
             for k in range(20):
-                add_image(s, job, tmp_path, k, name=f"case-{k}.jpeg", patient_id=f"p{k}",
-                          reference_label="NORMAL" if k < 10 else "PNEUMONIA")
-            goldseed.sample_from_reference(s, job, spec, 6, seed=3, clearest_fraction=1.0,
-                                           clarity={})
+                add_image(
+                    s,
+                    job,
+                    tmp_path,
+                    k,
+                    name=f"case-{k}.jpeg",
+                    patient_id=f"p{k}",
+                    reference_label="NORMAL" if k < 10 else "PNEUMONIA",
+                )
+            goldseed.sample_from_reference(
+                s, job, spec, 6, seed=3, clearest_fraction=1.0, clarity={}
+            )
         assert _gold_ids(other) == first
     finally:
         other.dispose()
@@ -121,12 +138,17 @@ def test_default_sampling_is_unchanged_by_the_new_option(twenty) -> None:
 def test_parse_setting_with_quiz_cant_tell_and_overrides() -> None:
     spec = load_job(resolve_job_path("pneumonia-pediatric"))
     setting = parse_setting("2,5,0.8,1,0.65,trust,6,0.6+pages.min_seconds_per_page=12.5")
-    assert setting == Setting(2, 5, 0.8, 1, 0.65, "trust", 6, 0.6,
-                              (("pages.min_seconds_per_page", "12.5"),))
+    assert setting == Setting(
+        2, 5, 0.8, 1, 0.65, "trust", 6, 0.6, (("pages.min_seconds_per_page", "12.5"),)
+    )
     assert setting.key == "j2-5 c0.8 g1 a0.65 trust q6 ct0.6 +pages.min_seconds_per_page=12.5"
     changed = apply_setting(spec, setting)
-    assert (changed.judgments.min, changed.gold.quiz_length, changed.review.cant_tell_fraction,
-            changed.pages.min_seconds_per_page) == (2, 6, 0.6, 12.5)
+    assert (
+        changed.judgments.min,
+        changed.gold.quiz_length,
+        changed.review.cant_tell_fraction,
+        changed.pages.min_seconds_per_page,
+    ) == (2, 6, 0.6, 12.5)
     assert parse_setting("3,5,0.8,1,0.75,trust") == Setting()  # the short form still works
     for bad in ("3,5,0.8", "3,5,x,1,0.75,trust", "3,5,0.8,1,0.75,trust+nothing"):
         with pytest.raises(ValueError, match="expected|section.field"):
@@ -160,27 +182,34 @@ def test_model_scores_match_by_path_suffix_and_sha256(twenty) -> None:
     csv_path = tmp_path / "scores.csv"
     csv_path.write_text(
         "file,p_pneumonia,sha256\n"
-        "train/case-1.jpeg,0.25,\n"          # matched by file name under another folder
-        "val/NORMAL/case-3.jpeg,0.75,\n"     # matched by the longer suffix
+        "train/case-1.jpeg,0.25,\n"  # matched by file name under another folder
+        "val/NORMAL/case-3.jpeg,0.75,\n"  # matched by the longer suffix
         "anything.jpeg,0.5," + sha_of_5 + "\n"  # matched by content hash
         "a/case-7.jpeg,0.1,\nb/case-7.jpeg,0.9,\n",  # two rows share the name: not used
-        encoding="utf-8")
+        encoding="utf-8",
+    )
     summary = load_model_scores(db, job_id, csv_path)
     assert summary["matched"] == 3 and summary["images_without_score"] == 17
     with db.session() as s:
         scores = {Path(im.source_path).name: im.model_score for im in s.scalars(select(Image))}
-    assert (scores["case-1.jpeg"], scores["case-3.jpeg"], scores["case-5.jpeg"]) == \
-        (0.25, 0.75, 0.5)
+    assert (scores["case-1.jpeg"], scores["case-3.jpeg"], scores["case-5.jpeg"]) == (
+        0.25,
+        0.75,
+        0.5,
+    )
     assert scores["case-7.jpeg"] is None and scores["case-2.jpeg"] is None
 
 
-@pytest.mark.parametrize("text, message", [
-    ("file,score\nx.jpeg,0.5\n", "columns file,p_pneumonia"),
-    ("file,p_pneumonia\ncase-1.jpeg,high\n", "not a number"),
-    ("file,p_pneumonia\ncase-1.jpeg,1.5\n", r"not in \[0, 1\]"),
-    ("file,p_pneumonia\n", "no rows"),
-    ("file,p_pneumonia\nnot-here.jpeg,0.5\n", "matches an image"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("file,score\nx.jpeg,0.5\n", "columns file,p_pneumonia"),
+        ("file,p_pneumonia\ncase-1.jpeg,high\n", "not a number"),
+        ("file,p_pneumonia\ncase-1.jpeg,1.5\n", r"not in \[0, 1\]"),
+        ("file,p_pneumonia\n", "no rows"),
+        ("file,p_pneumonia\nnot-here.jpeg,0.5\n", "matches an image"),
+    ],
+)
 def test_bad_model_score_files_give_one_clear_error(twenty, text: str, message: str) -> None:
     db, tmp_path = twenty
     path = tmp_path / f"bad-{hashlib.sha256(text.encode()).hexdigest()[:8]}.csv"

@@ -60,9 +60,24 @@ def test_cli_simulate_is_deterministic_and_writes_its_result(
     outputs = []
     for run in range(2):
         data_dir = tmp_path / f"data{run}"
-        args = ["--data-dir", str(data_dir), "simulate", "--images", str(phantom_images),
-                "--crowd", "good", "--seed", "5", "--json", "--annotators", "8",
-                "--gold", "20", "--plots", str(tmp_path / "plots")]
+        args = [
+            "--data-dir",
+            str(data_dir),
+            "simulate",
+            "--images",
+            str(phantom_images),
+            "--crowd",
+            "good",
+            "--seed",
+            "5",
+            "--json",
+            "--annotators",
+            "8",
+            "--gold",
+            "20",
+            "--plots",
+            str(tmp_path / "plots"),
+        ]
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
         outputs.append(result.stdout)
@@ -87,11 +102,22 @@ def test_cli_simulate_is_deterministic_and_writes_its_result(
 
 def test_cli_rejects_bad_crowd_and_missing_images(phantom_images: Path, tmp_path: Path) -> None:
     runner = CliRunner()
-    result = runner.invoke(app, ["--data-dir", str(tmp_path), "simulate", "--images",
-                                 str(phantom_images), "--crowd", "nonsense"])
+    result = runner.invoke(
+        app,
+        [
+            "--data-dir",
+            str(tmp_path),
+            "simulate",
+            "--images",
+            str(phantom_images),
+            "--crowd",
+            "nonsense",
+        ],
+    )
     assert result.exit_code == 2 and "no such crowd file or preset" in result.output
-    result = runner.invoke(app, ["--data-dir", str(tmp_path), "simulate", "--images",
-                                 str(tmp_path / "nothing-here")])
+    result = runner.invoke(
+        app, ["--data-dir", str(tmp_path), "simulate", "--images", str(tmp_path / "nothing-here")]
+    )
     assert result.exit_code == 2 and "no such file or folder" in result.output
 
 
@@ -108,17 +134,30 @@ def test_spammers_are_removed_and_the_stored_state_replays(
     try:
         with db.session() as session:
             ensure_job(session, path)
-        crowd = mixed_crowd("test", {"careful_novice": 0.5, "spammer_random": 0.25,
-                                     "spammer_constant": 0.25}, annotators=12,
-                            arrivals_per_hour=30)
-        result = simulate_into(db, spec.name, spec, images=phantom_images, crowd=crowd, seed=2,
-                               n_annotators=12, data_dir=tmp_path, gold=20)
+        crowd = mixed_crowd(
+            "test",
+            {"careful_novice": 0.5, "spammer_random": 0.25, "spammer_constant": 0.25},
+            annotators=12,
+            arrivals_per_hour=30,
+        )
+        result = simulate_into(
+            db,
+            spec.name,
+            spec,
+            images=phantom_images,
+            crowd=crowd,
+            seed=2,
+            n_annotators=12,
+            data_dir=tmp_path,
+            gold=20,
+        )
         with db.session() as session:
             job = session.scalar(select(Job).where(Job.name == spec.name))
             rows = session.execute(
                 select(User.username, User.role, AnnotatorState.status)
                 .join(AnnotatorState, AnnotatorState.user_id == User.id)
-                .where(AnnotatorState.job_id == job.id)).all()
+                .where(AnnotatorState.job_id == job.id)
+            ).all()
             report = verify_replay(session, job, spec)
     finally:
         db.dispose()
@@ -131,9 +170,9 @@ def test_spammers_are_removed_and_the_stored_state_replays(
     assert report.judgments > 0
 
 
-def test_http_driver_works_a_live_server_over_loopback(phantom_images: Path,
-                                                       tmp_path: Path) -> None:
-
+def test_http_driver_works_a_live_server_over_loopback(
+    phantom_images: Path, tmp_path: Path
+) -> None:
 
     from cxrlabel.config import Settings
     from cxrlabel.sim import http_driver
@@ -156,10 +195,16 @@ def test_http_driver_works_a_live_server_over_loopback(phantom_images: Path,
 
     app = create_app(Settings(data_dir=tmp_path, db_url=url), db=db)
     with LiveServer(app) as base_url:
-        stats = http_driver.drive(base_url, spec.name, spec, annotators,
-                                  http_driver.truth_by_public_id(db, job.id, truth),
-                                  aliases=app.state.image_urls.aliases,
-                                  pages_per_annotator=3, time_limit_s=60)
+        stats = http_driver.drive(
+            base_url,
+            spec.name,
+            spec,
+            annotators,
+            http_driver.truth_by_public_id(db, job.id, truth),
+            aliases=app.state.image_urls.aliases,
+            pages_per_annotator=3,
+            time_limit_s=60,
+        )
         db.dispose()
     summary = stats.summary()
     assert stats.pages_submitted >= 4  # every annotator at least took the quiz
@@ -168,14 +213,22 @@ def test_http_driver_works_a_live_server_over_loopback(phantom_images: Path,
     assert sum(stats.stopped_by.values()) == 4
 
 
-def test_sweep_runs_settings_on_copies_of_one_template(phantom_images: Path,
-                                                       tmp_path: Path) -> None:
+def test_sweep_runs_settings_on_copies_of_one_template(
+    phantom_images: Path, tmp_path: Path
+) -> None:
     from cxrlabel.sim import sweep as sw
     from cxrlabel.sim.crowd import load_crowd
 
     path, spec = _spec()
-    template = sw.build_template(spec, path.read_text(encoding="utf-8"), phantom_images,
-                                 tmp_path, limit=None, seed=0, gold=20)
+    template = sw.build_template(
+        spec,
+        path.read_text(encoding="utf-8"),
+        phantom_images,
+        tmp_path,
+        limit=None,
+        seed=0,
+        gold=20,
+    )
     crowd = load_crowd("good").with_settings(annotators=8)
     settings = [sw.setting_of(spec), sw.Setting(2, 4, 0.8, 1, 0.65, "mv")]
     rows = sw.sweep(template, tmp_path, spec, settings, [crowd], seed=0)
@@ -189,8 +242,9 @@ def test_sweep_runs_settings_on_copies_of_one_template(phantom_images: Path,
     assert best is not None and best["setting"] in {s.key for s in settings}
 
 
-def test_gold_of_clear_cases_comes_from_the_pixel_difficulty(phantom_images: Path,
-                                                             tmp_path: Path) -> None:
+def test_gold_of_clear_cases_comes_from_the_pixel_difficulty(
+    phantom_images: Path, tmp_path: Path
+) -> None:
     """--gold-clearest: gold only from the clearest part of each class, by the cross-fitted
     difficulty (pixels), and the simulation still runs on it."""
     from cxrlabel.sim import sweep as sw
@@ -198,8 +252,16 @@ def test_gold_of_clear_cases_comes_from_the_pixel_difficulty(phantom_images: Pat
     from cxrlabel.storage.models import GoldItem, Image
 
     path, spec = _spec()
-    template = sw.build_template(spec, path.read_text(encoding="utf-8"), phantom_images,
-                                 tmp_path, limit=None, seed=0, gold=16, gold_clearest=0.5)
+    template = sw.build_template(
+        spec,
+        path.read_text(encoding="utf-8"),
+        phantom_images,
+        tmp_path,
+        limit=None,
+        seed=0,
+        gold=16,
+        gold_clearest=0.5,
+    )
     assert template.setup["gold_clearest_fraction"] == 0.5
     db = Database(f"sqlite:///{template.path}")
     try:
@@ -220,11 +282,19 @@ def test_gold_of_clear_cases_comes_from_the_pixel_difficulty(phantom_images: Pat
     assert row["label_accuracy"] is not None and row["quiz_pages"] >= 1
     # One ingest, several gold policies: a template without gold, gold added to copies.
     (tmp_path / "bare").mkdir()
-    bare = sw.build_template(spec, path.read_text(encoding="utf-8"), phantom_images,
-                             tmp_path / "bare", limit=None, seed=0, sample_gold=False)
+    bare = sw.build_template(
+        spec,
+        path.read_text(encoding="utf-8"),
+        phantom_images,
+        tmp_path / "bare",
+        limit=None,
+        seed=0,
+        sample_gold=False,
+    )
     assert bare.setup["gold_bank"] == 0
-    clear = sw.with_gold(bare, tmp_path / "clear.sqlite3", spec, n_gold=16, seed=0,
-                         gold_clearest=0.5)
+    clear = sw.with_gold(
+        bare, tmp_path / "clear.sqlite3", spec, n_gold=16, seed=0, gold_clearest=0.5
+    )
     every = sw.with_gold(bare, tmp_path / "every.sqlite3", spec, n_gold=16, seed=0)
     assert clear.setup["gold_bank"] == every.setup["gold_bank"] == 16
     assert clear.setup["gold_mean_difficulty"] < every.setup["gold_mean_difficulty"]

@@ -29,9 +29,25 @@ def _invoke(data: Path, *args: str) -> str:
 
 def test_simulate_into_job_fills_the_installation_job(manifest: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"  # does not exist yet: simulating into a job may create it
-    out = json.loads(_invoke(data, "simulate", "--into-job", JOB, "--images", str(manifest),
-                             "--crowd", "good", "--annotators", "6", "--gold", "10",
-                             "--seed", "3", "--json"))
+    out = json.loads(
+        _invoke(
+            data,
+            "simulate",
+            "--into-job",
+            JOB,
+            "--images",
+            str(manifest),
+            "--crowd",
+            "good",
+            "--annotators",
+            "6",
+            "--gold",
+            "10",
+            "--seed",
+            "3",
+            "--json",
+        )
+    )
     assert out["setup"]["into_job"] == JOB
     # the bundled job's training pool (6 cases, issue 17) is neither work nor gold
     assert out["training_items"] == 6 and out["images"] == 40 - 10 - 6
@@ -56,8 +72,20 @@ def test_simulate_into_job_fills_the_installation_job(manifest: Path, tmp_path: 
 
 def test_simulate_into_job_refuses_a_job_with_crowd_work(manifest: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
-    args = ["simulate", "--into-job", JOB, "--images", str(manifest), "--crowd", "good",
-            "--annotators", "6", "--gold", "10", "--json"]
+    args = [
+        "simulate",
+        "--into-job",
+        JOB,
+        "--images",
+        str(manifest),
+        "--crowd",
+        "good",
+        "--annotators",
+        "6",
+        "--gold",
+        "10",
+        "--json",
+    ]
     _invoke(data, *args)
     again = runner.invoke(app, ["--data-dir", str(data), *args])
     assert again.exit_code == 2
@@ -65,7 +93,19 @@ def test_simulate_into_job_refuses_a_job_with_crowd_work(manifest: Path, tmp_pat
 
 
 def test_simulate_into_job_refuses_a_second_job_spec(manifest: Path, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["--data-dir", str(tmp_path), "simulate", "--into-job", JOB,
-                                 "--job", JOB, "--images", str(manifest)])
+    result = runner.invoke(
+        app,
+        [
+            "--data-dir",
+            str(tmp_path),
+            "simulate",
+            "--into-job",
+            JOB,
+            "--job",
+            JOB,
+            "--images",
+            str(manifest),
+        ],
+    )
     assert result.exit_code == 2
     assert "leave out --job" in result.output

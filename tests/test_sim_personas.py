@@ -26,8 +26,10 @@ def _answers(persona: Persona, seed: int = 0, prevalence: float = 0.74, **kw):
     truth = np.where(rng.random(N) < prevalence, "PNEUMONIA", "NORMAL")
     difficulty = (np.arange(N) + 0.5) / N
     rng.shuffle(difficulty)
-    out = [persona.answer(rng, t, d, LABELS, CERTAINTIES, FLAGS, **kw)
-           for t, d in zip(truth, difficulty, strict=True)]
+    out = [
+        persona.answer(rng, t, d, LABELS, CERTAINTIES, FLAGS, **kw)
+        for t, d in zip(truth, difficulty, strict=True)
+    ]
     return truth, difficulty, out
 
 
@@ -35,8 +37,7 @@ def _accuracy(answers) -> float:
     return float(np.mean([a.correct for a in answers]))
 
 
-@pytest.mark.parametrize("name", ["expert_like", "careful_novice", "average_novice",
-                                  "fast_sloppy"])
+@pytest.mark.parametrize("name", ["expert_like", "careful_novice", "average_novice", "fast_sloppy"])
 def test_skilled_personas_hit_their_stated_accuracy(name: str) -> None:
     persona = PERSONAS[name]
     _truth, _difficulty, answers = _answers(persona)
@@ -75,8 +76,9 @@ def test_biased_persona_leans_to_its_label() -> None:
     said = np.array([a.answer for a in answers])
     assert (said == "NORMAL").mean() > (truth == "NORMAL").mean() + 0.2
     on_normal = np.mean([a.correct for a, t in zip(answers, truth, strict=True) if t == "NORMAL"])
-    on_pneumonia = np.mean([a.correct for a, t in zip(answers, truth, strict=True)
-                            if t == "PNEUMONIA"])
+    on_pneumonia = np.mean(
+        [a.correct for a, t in zip(answers, truth, strict=True) if t == "PNEUMONIA"]
+    )
     assert on_normal > on_pneumonia + 0.3
 
 
@@ -143,6 +145,7 @@ def test_persona_rejects_bad_settings() -> None:
 
 # --- crowds ---------------------------------------------------------------------------------
 
+
 def test_presets_load_and_realistic_mix_is_as_documented() -> None:
     assert {"realistic", "good", "hostile"} <= set(preset_names())
     crowd = load_crowd("realistic")
@@ -151,26 +154,37 @@ def test_presets_load_and_realistic_mix_is_as_documented() -> None:
 
 
 def test_roster_keeps_the_mix_even_for_small_crowds() -> None:
-    crowd = mixed_crowd("t", {"careful_novice": 0.5, "spammer_random": 0.25,
-                              "spammer_constant": 0.25})
+    crowd = mixed_crowd(
+        "t", {"careful_novice": 0.5, "spammer_random": 0.25, "spammer_constant": 0.25}
+    )
     roster = crowd.roster(np.random.default_rng(1), 8)
-    assert Counter(p.name for p in roster) == {"careful_novice": 4, "spammer_random": 2,
-                                               "spammer_constant": 2}
+    assert Counter(p.name for p in roster) == {
+        "careful_novice": 4,
+        "spammer_random": 2,
+        "spammer_constant": 2,
+    }
     again = crowd.roster(np.random.default_rng(1), 8)
     assert [p.name for p in roster] == [p.name for p in again]
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"persona": [{"kind": "wizard", "share": 1}]}, "'kind' must be one of"),
-    ({"persona": [{"kind": "average_novice", "share": -1}]}, "'share' must be"),
-    ({"persona": [{"kind": "average_novice", "share": 1, "speed": 2}]}, "unknown setting"),
-    ({"persona": [{"kind": "average_novice", "share": 1, "accuracy": 2}]}, "accuracy"),
-    ({"crowd": {"annotators": 0}, "persona": [{"kind": "average_novice", "share": 1}]},
-     "positive number"),
-    ({"crowd": {"colour": 1}, "persona": [{"kind": "average_novice", "share": 1}]},
-     "unknown key"),
-    ({}, "at least one"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"persona": [{"kind": "wizard", "share": 1}]}, "'kind' must be one of"),
+        ({"persona": [{"kind": "average_novice", "share": -1}]}, "'share' must be"),
+        ({"persona": [{"kind": "average_novice", "share": 1, "speed": 2}]}, "unknown setting"),
+        ({"persona": [{"kind": "average_novice", "share": 1, "accuracy": 2}]}, "accuracy"),
+        (
+            {"crowd": {"annotators": 0}, "persona": [{"kind": "average_novice", "share": 1}]},
+            "positive number",
+        ),
+        (
+            {"crowd": {"colour": 1}, "persona": [{"kind": "average_novice", "share": 1}]},
+            "unknown key",
+        ),
+        ({}, "at least one"),
+    ],
+)
 def test_bad_crowd_files_give_one_clear_line(data: dict, message: str) -> None:
     with pytest.raises(CrowdSpecError, match=message):
         parse_crowd(data, "crowd.toml")
@@ -178,8 +192,11 @@ def test_bad_crowd_files_give_one_clear_line(data: dict, message: str) -> None:
 
 def test_crowd_file_from_disk(tmp_path: Path) -> None:
     path = tmp_path / "mine.toml"
-    path.write_text('name = "mine"\n[crowd]\nannotators = 12\n[[persona]]\n'
-                    'kind = "average_novice"\nshare = 1\naccuracy = 0.7\n', encoding="utf-8")
+    path.write_text(
+        'name = "mine"\n[crowd]\nannotators = 12\n[[persona]]\n'
+        'kind = "average_novice"\nshare = 1\naccuracy = 0.7\n',
+        encoding="utf-8",
+    )
     crowd = load_crowd(path)
     assert crowd.annotators == 12 and crowd.personas[0].persona.accuracy == 0.7
     (tmp_path / "broken.toml").write_text("name = [", encoding="utf-8")
@@ -190,6 +207,7 @@ def test_crowd_file_from_disk(tmp_path: Path) -> None:
 
 
 # --- difficulty -----------------------------------------------------------------------------
+
 
 def _synthetic_features(n: int = 400, seed: int = 0):
     rng = np.random.default_rng(seed)
@@ -227,15 +245,28 @@ def test_difficulty_comes_from_pixels_not_from_the_label_alone() -> None:
 
 # --- sweep logic ----------------------------------------------------------------------------
 
+
 def test_apply_setting_round_trips_through_the_job_parser() -> None:
     spec = load_job(resolve_job_path("pneumonia-pediatric"))
-    same = apply_setting(spec, Setting(spec.judgments.min, spec.judgments.max,
-                                       spec.judgments.confidence_target, spec.gold.per_page,
-                                       spec.gold.min_accuracy, spec.aggregation.method))
+    same = apply_setting(
+        spec,
+        Setting(
+            spec.judgments.min,
+            spec.judgments.max,
+            spec.judgments.confidence_target,
+            spec.gold.per_page,
+            spec.gold.min_accuracy,
+            spec.aggregation.method,
+        ),
+    )
     assert same.model_dump() == spec.model_dump()
     changed = apply_setting(spec, Setting(2, 4, 0.9, 2, 0.65, "mv"))
-    assert (changed.judgments.min, changed.judgments.max, changed.gold.per_page,
-            changed.aggregation.method) == (2, 4, 2, "mv")
+    assert (
+        changed.judgments.min,
+        changed.judgments.max,
+        changed.gold.per_page,
+        changed.aggregation.method,
+    ) == (2, 4, 2, "mv")
 
 
 def test_pareto_and_recommendation() -> None:

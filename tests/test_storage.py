@@ -18,16 +18,35 @@ def _job(session) -> Job:
 
 
 def _image(job: Job, sha: str) -> Image:
-    return Image(job_id=job.id, source_path="a.jpeg", source_format="jpeg", sha256=sha,
-                 pixel_sha256=sha, phash="0" * 16, width=10, height=10,
-                 rendition_path="r.jpg", thumb_path="t.jpg")
+    return Image(
+        job_id=job.id,
+        source_path="a.jpeg",
+        source_format="jpeg",
+        sha256=sha,
+        pixel_sha256=sha,
+        phash="0" * 16,
+        width=10,
+        height=10,
+        rendition_path="r.jpg",
+        thumb_path="t.jpg",
+    )
 
 
 def test_migrations_create_all_tables(db_url: str) -> None:
     db = Database(db_url)
     tables = set(inspect(db.engine).get_table_names())
-    assert {"jobs", "images", "users", "judgments", "gold_items", "audit_log",
-            "annotator_states", "pages", "submissions", "alembic_version"} <= tables
+    assert {
+        "jobs",
+        "images",
+        "users",
+        "judgments",
+        "gold_items",
+        "audit_log",
+        "annotator_states",
+        "pages",
+        "submissions",
+        "alembic_version",
+    } <= tables
     Database(db_url).dispose()  # migrating twice is a no-op
     db.dispose()
 
@@ -97,8 +116,12 @@ def _writer_process(url: str, who: str, n: int):  # a Popen
 
     src = str(Path(__file__).resolve().parent.parent / "src")
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.Popen([sys.executable, "-c", _WRITER, url, who, str(n)], env=env,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", _WRITER, url, who, str(n)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_sqlite_writers_of_other_processes_queue_on_the_lock_file(tmp_path) -> None:

@@ -12,9 +12,14 @@ def test_postgres_tables_are_analyzed(pg_url):
     try:
         db.refresh_statistics("images", "judgments")
         with db.engine.connect() as conn:
-            analyzed = dict(conn.execute(text(
-                "SELECT relname, last_analyze IS NOT NULL FROM pg_stat_user_tables "
-                "WHERE relname IN ('images', 'judgments')")).all())
+            analyzed = dict(
+                conn.execute(
+                    text(
+                        "SELECT relname, last_analyze IS NOT NULL FROM pg_stat_user_tables "
+                        "WHERE relname IN ('images', 'judgments')"
+                    )
+                ).all()
+            )
     finally:
         db.dispose()
     assert analyzed == {"images": True, "judgments": True}
@@ -25,8 +30,9 @@ def test_sqlite_keeps_no_statistics(tmp_path):
     try:
         db.refresh_statistics("images")
         with db.engine.connect() as conn:
-            has_stats = conn.execute(text(
-                "SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'")).scalar()
+            has_stats = conn.execute(
+                text("SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'")
+            ).scalar()
     finally:
         db.dispose()
     assert has_stats == 0

@@ -48,8 +48,15 @@ def _make_training(db: Database, seeded, n: int) -> dict[int, str]:
         job = s.get_one(Job, seeded.job_id)
         for i, image_id in enumerate(seeded.work_ids[:n]):
             answer = "PNEUMONIA" if i % 2 else "NORMAL"
-            add_training_item(s, job, seeded.spec, s.get_one(Image, image_id), answer,
-                              f"{TRAINING_REASON}{i}: look at both lower lobes", utcnow())
+            add_training_item(
+                s,
+                job,
+                seeded.spec,
+                s.get_one(Image, image_id),
+                answer,
+                f"{TRAINING_REASON}{i}: look at both lower lobes",
+                utcnow(),
+            )
             answers[image_id] = answer
     return answers
 
@@ -57,8 +64,17 @@ def _make_training(db: Database, seeded, n: int) -> dict[int, str]:
 @pytest.fixture
 def web(db_url: str, tmp_path: Path):
     db = Database(db_url)
-    seeded = seed_job(db, tmp_path, n_work=16, n_gold=8, quiz_length=3, items_per_page=4,
-                      min_accuracy=0.6, training_items=4, training_per_page=2)
+    seeded = seed_job(
+        db,
+        tmp_path,
+        n_work=16,
+        n_gold=8,
+        quiz_length=3,
+        items_per_page=4,
+        min_accuracy=0.6,
+        training_items=4,
+        training_per_page=2,
+    )
     training = _make_training(db, seeded, 4)
     app = create_app(Settings(data_dir=tmp_path, db_url=db_url), db=db)
     yield app, db, seeded, training
@@ -67,8 +83,11 @@ def web(db_url: str, tmp_path: Path):
 
 def _login(client: TestClient, username: str) -> None:
     token = csrf_from_html(client.get("/login").text)
-    r = client.post("/login", data={"username": username, "password": PASSWORD,
-                                    "csrf_token": token, "next": "/"}, follow_redirects=False)
+    r = client.post(
+        "/login",
+        data={"username": username, "password": PASSWORD, "csrf_token": token, "next": "/"},
+        follow_redirects=False,
+    )
     assert r.status_code == 303
 
 
@@ -90,13 +109,24 @@ def _answer_all(data: dict[str, str], pids: list[str], answer_of) -> dict[str, s
 def _quality_snapshot(db: Database, job_id: int) -> tuple:
     with db.session() as s:
         state = s.scalars(select(AnnotatorState).where(AnnotatorState.job_id == job_id)).one()
-        images = s.execute(select(Image.id, Image.status, Image.label, Image.confidence,
-                                  Image.trusted_judgments).order_by(Image.id)).all()
-        return ((state.status, state.trust, state.gold_seen, state.gold_missed,
-                 state.judgments, state.answer_counts),
-                tuple(images),
-                s.scalar(select(func.count()).select_from(Judgment)),
-                s.scalar(select(func.count()).select_from(AuditEvent)))
+        images = s.execute(
+            select(
+                Image.id, Image.status, Image.label, Image.confidence, Image.trusted_judgments
+            ).order_by(Image.id)
+        ).all()
+        return (
+            (
+                state.status,
+                state.trust,
+                state.gold_seen,
+                state.gold_missed,
+                state.judgments,
+                state.answer_counts,
+            ),
+            tuple(images),
+            s.scalar(select(func.count()).select_from(Judgment)),
+            s.scalar(select(func.count()).select_from(AuditEvent)),
+        )
 
 
 def test_instructions_then_training_with_feedback_then_quiz(web) -> None:
@@ -124,8 +154,13 @@ def test_instructions_then_training_with_feedback_then_quiz(web) -> None:
             before = _quality_snapshot(db, seeded.job_id)
         # The first case answered wrong, the second right: the feedback says which.
         first = pids[0]
-        data = _answer_all(data, pids, lambda pid, first=first: wrong[training_answer[pid]]
-                           if pid == first else training_answer[pid])
+        data = _answer_all(
+            data,
+            pids,
+            lambda pid, first=first: (
+                wrong[training_answer[pid]] if pid == first else training_answer[pid]
+            ),
+        )
         r = client.post(action, data=data, follow_redirects=True)
         assert r.status_code == 200 and "Training: the right answers" in r.text
         assert "1 of 2 right" in r.text and r.text.count(TRAINING_REASON) == 2
@@ -139,13 +174,20 @@ def test_instructions_then_training_with_feedback_then_quiz(web) -> None:
     assert "Quiz:" in html and "Training:" not in html
     action, data, pids = _form(html)
     assert set(pids) <= set(gold) and not set(pids) & set(training_answer)
-    r = client.post(action, data=_answer_all(data, pids, lambda pid: gold[pid][0]),
-                    follow_redirects=True)
+    r = client.post(
+        action, data=_answer_all(data, pids, lambda pid: gold[pid][0]), follow_redirects=True
+    )
     assert "You passed the quiz" in r.text
     with db.session() as s:
         assert s.scalar(select(func.count()).select_from(TrainingAnswer)) == 4
-        assert s.scalar(select(func.count()).select_from(TrainingAnswer)
-                        .where(TrainingAnswer.correct.is_(True))) == 2
+        assert (
+            s.scalar(
+                select(func.count())
+                .select_from(TrainingAnswer)
+                .where(TrainingAnswer.correct.is_(True))
+            )
+            == 2
+        )
         job = s.get_one(Job, seeded.job_id)
         report = verify_replay(s, job, seeded.spec)
     assert report.matched, report.differences[:5]
@@ -163,8 +205,11 @@ def test_training_answers_never_become_judgments_gold_or_work(web) -> None:
         if "work-form" not in html:
             break
         action, data, pids = _form(html)
-        client.post(action, data=_answer_all(data, pids, lambda pid: gold.get(pid, ["NORMAL"])[0]),
-                    follow_redirects=True)
+        client.post(
+            action,
+            data=_answer_all(data, pids, lambda pid: gold.get(pid, ["NORMAL"])[0]),
+            follow_redirects=True,
+        )
     with db.session() as s:
         kinds = list(s.scalars(select(Page.kind).order_by(Page.id)))
         assert kinds[:3] == [PageKind.TRAINING, PageKind.TRAINING, PageKind.QUIZ]
@@ -172,8 +217,11 @@ def test_training_answers_never_become_judgments_gold_or_work(web) -> None:
         ids = set(training)
         assert not ids & set(s.scalars(select(GoldItem.image_id)))
         assert not ids & set(s.scalars(select(Judgment.image_id)))
-        on_other_pages = s.scalars(select(PageItem.image_id).join(Page).where(
-            Page.kind != PageKind.TRAINING, PageItem.image_id.in_(ids))).all()
+        on_other_pages = s.scalars(
+            select(PageItem.image_id)
+            .join(Page)
+            .where(Page.kind != PageKind.TRAINING, PageItem.image_id.in_(ids))
+        ).all()
         assert on_other_pages == []
         statuses = set(s.scalars(select(Image.status).where(Image.id.in_(ids))))
         assert statuses == {ImageStatus.TRAINING}
@@ -198,8 +246,9 @@ def test_pool_and_bank_refuse_each_others_images(db: Database, tmp_path: Path) -
         gold_ids = set(s.scalars(select(GoldItem.image_id)))
         assert len(training_ids) == 6 and not training_ids & gold_ids
         with pytest.raises(TrainingPoolError, match="never be shown with its answer"):
-            add_training_item(s, job, seeded.spec, s.get_one(Image, seeded.gold_ids[0]),
-                              "NORMAL", "no", utcnow())
+            add_training_item(
+                s, job, seeded.spec, s.get_one(Image, seeded.gold_ids[0]), "NORMAL", "no", utcnow()
+            )
         public = s.get_one(Image, min(training_ids)).public_id
     csv_path = tmp_path / "gold.csv"
     csv_path.write_text(f"image,accepted_answers,reason\n{public},NORMAL,clear\n")
@@ -233,20 +282,40 @@ def test_simulated_crowd_trains_first_and_replays(tmp_path: Path, db_url: str) -
     try:
         with db.session() as session:
             ensure_job(session, path)
-        crowd = mixed_crowd("t", {"careful_novice": 0.5, "slow_learner": 0.5}, annotators=6,
-                            arrivals_per_hour=30)
-        outcome = fill_job(db, spec.name, spec, images=root, crowd=crowd, seed=4,
-                                   n_annotators=6, data_dir=tmp_path, gold=16)
+        crowd = mixed_crowd(
+            "t", {"careful_novice": 0.5, "slow_learner": 0.5}, annotators=6, arrivals_per_hour=30
+        )
+        outcome = fill_job(
+            db,
+            spec.name,
+            spec,
+            images=root,
+            crowd=crowd,
+            seed=4,
+            n_annotators=6,
+            data_dir=tmp_path,
+            gold=16,
+        )
         with db.session() as s:
             job = s.scalar(select(Job).where(Job.name == spec.name))
             training_ids = set(s.scalars(select(TrainingItem.image_id)))
             assert len(training_ids) == spec.training.items
             assert not training_ids & set(s.scalars(select(GoldItem.image_id)))
             assert not training_ids & set(s.scalars(select(Judgment.image_id)))
-            first_quiz = dict(s.execute(select(Page.user_id, func.min(Page.id)).where(
-                Page.kind == PageKind.QUIZ).group_by(Page.user_id)).all())
-            last_training = dict(s.execute(select(Page.user_id, func.max(Page.id)).where(
-                Page.kind == PageKind.TRAINING).group_by(Page.user_id)).all())
+            first_quiz = dict(
+                s.execute(
+                    select(Page.user_id, func.min(Page.id))
+                    .where(Page.kind == PageKind.QUIZ)
+                    .group_by(Page.user_id)
+                ).all()
+            )
+            last_training = dict(
+                s.execute(
+                    select(Page.user_id, func.max(Page.id))
+                    .where(Page.kind == PageKind.TRAINING)
+                    .group_by(Page.user_id)
+                ).all()
+            )
             report = verify_replay(s, job, spec)
     finally:
         db.dispose()
@@ -274,8 +343,14 @@ def test_cli_training_sample_and_list(tmp_path: Path) -> None:
     with db.session() as s:
         job, _ = bundled_job(s)
         for k in range(12):
-            add_image(s, job, tmp_path, k, reference_label="PNEUMONIA" if k % 2 else "NORMAL",
-                      patient_id=f"p{k}")
+            add_image(
+                s,
+                job,
+                tmp_path,
+                k,
+                reference_label="PNEUMONIA" if k % 2 else "NORMAL",
+                patient_id=f"p{k}",
+            )
     runner = CliRunner()
     args = ["--data-dir", str(tmp_path), "--db", url, "training"]
     result = runner.invoke(app, [*args, "sample", "--from-reference", "4", "--seed", "2"])
@@ -285,6 +360,10 @@ def test_cli_training_sample_and_list(tmp_path: Path) -> None:
     assert listed.exit_code == 0 and listed.output.count("Reference label") == 4
     with db.session() as s:
         assert s.scalar(select(func.count()).select_from(TrainingItem)) == 4
-        assert s.scalar(select(func.count()).select_from(Image).where(
-            Image.status == ImageStatus.TRAINING)) == 4
+        assert (
+            s.scalar(
+                select(func.count()).select_from(Image).where(Image.status == ImageStatus.TRAINING)
+            )
+            == 4
+        )
     db.dispose()

@@ -49,21 +49,25 @@ csrf = csrf_from_html
 
 def login(client: TestClient, username: str, password: str = PASSWORD):
     token = csrf(client.get("/login").text)
-    return client.post("/login", data={"username": username, "password": password,
-                                       "csrf_token": token, "next": "/"},
-                       follow_redirects=False)
+    return client.post(
+        "/login",
+        data={"username": username, "password": password, "csrf_token": token, "next": "/"},
+        follow_redirects=False,
+    )
 
 
 def page_form(html: str) -> tuple[str, str, list[str]]:
-    action = re.search(r'<form class="work-form" id="work-form" method="post" action="([^"]+)"',
-                       html).group(1)
+    action = re.search(
+        r'<form class="work-form" id="work-form" method="post" action="([^"]+)"', html
+    ).group(1)
     client_id = re.search(r'name="client_submission_id" value="([^"]+)"', html).group(1)
     pids = list(dict.fromkeys(re.findall(r'name="answer-([^"]+)"', html)))
     return action, client_id, pids
 
 
-def fill(html: str, gold: dict[str, list[str]], *, miss_gold: bool = False,
-         skip: int = 0) -> tuple[str, dict[str, str]]:
+def fill(
+    html: str, gold: dict[str, list[str]], *, miss_gold: bool = False, skip: int = 0
+) -> tuple[str, dict[str, str]]:
     action, client_id, pids = page_form(html)
     data = {"csrf_token": csrf(html), "client_submission_id": client_id}
     for pid in pids[skip:]:
@@ -109,8 +113,11 @@ def test_login_logout_cookie_flags_and_rate_limit(web):
     html = client.get("/").text
     r = client.post("/logout", data={"csrf_token": csrf(html)}, follow_redirects=False)
     assert r.status_code == 303
-    assert client.get("/jobs/test-job/page", follow_redirects=False).headers["location"] \
+    assert (
+        client.get("/jobs/test-job/page", follow_redirects=False)
+        .headers["location"]
         .startswith("/login")
+    )
     other = TestClient(app)
     for _ in range(4):  # the sign-in above cleared the first failure (same address + name)
         assert login(other, "ann1", "nope-nope").status_code == 401
@@ -161,9 +168,16 @@ def test_invites_single_and_multi_use_and_expiry(web):
     admin = TestClient(app)
     login(admin, "boss")
     html = admin.get("/admin/invites").text
-    r = admin.post("/admin/invites", data={"csrf_token": csrf(html), "role": "annotator",
-                                           "job": "test-job", "uses": "2",
-                                           "expires_hours": "24"})
+    r = admin.post(
+        "/admin/invites",
+        data={
+            "csrf_token": csrf(html),
+            "role": "annotator",
+            "job": "test-job",
+            "uses": "2",
+            "expires_hours": "24",
+        },
+    )
     link = re.search(r"(http://testserver/join/[A-Za-z0-9_\-]+)", r.text).group(1)
     path = link.removeprefix("http://testserver")
     for n, expected in [(1, 303), (2, 303), (3, 410)]:
@@ -172,9 +186,16 @@ def test_invites_single_and_multi_use_and_expiry(web):
         if expected == 410:
             assert form.status_code == 410 and "already been used" in form.text
             continue
-        r = client.post(path, data={"csrf_token": csrf(form.text), "username": f"new{n}",
-                                    "password": PASSWORD, "password2": PASSWORD},
-                        follow_redirects=False)
+        r = client.post(
+            path,
+            data={
+                "csrf_token": csrf(form.text),
+                "username": f"new{n}",
+                "password": PASSWORD,
+                "password2": PASSWORD,
+            },
+            follow_redirects=False,
+        )
         assert r.status_code == expected and r.headers["location"] == "/jobs/test-job"
         assert client.get("/jobs/test-job/instructions").status_code == 200
     with db.session() as s:
@@ -187,11 +208,25 @@ def test_invites_single_and_multi_use_and_expiry(web):
     with db.session() as s:
         invite, token = create_invite(s)
     form = client.get(f"/join/{token}")
-    r = client.post(f"/join/{token}", data={"csrf_token": csrf(form.text), "username": "new1",
-                                            "password": PASSWORD, "password2": PASSWORD})
+    r = client.post(
+        f"/join/{token}",
+        data={
+            "csrf_token": csrf(form.text),
+            "username": "new1",
+            "password": PASSWORD,
+            "password2": PASSWORD,
+        },
+    )
     assert r.status_code == 409 and "already taken" in r.text
-    r = client.post(f"/join/{token}", data={"csrf_token": csrf(form.text), "username": "x2",
-                                            "password": "short", "password2": "short"})
+    r = client.post(
+        f"/join/{token}",
+        data={
+            "csrf_token": csrf(form.text),
+            "username": "x2",
+            "password": "short",
+            "password2": "short",
+        },
+    )
     assert r.status_code == 422 and "8 characters" in r.text
     with db.session() as s:
         assert s.get(Invite, invite.id).uses == 0
@@ -251,9 +286,16 @@ def test_full_annotator_flow_with_feedback_and_contest(web):
         assert s.scalar(select(func.count(Judgment.id))) == 3 + 4
     judgment_id = re.search(r'name="judgment_id" value="([^"]+)"', r.text).group(1)
     page_id = re.search(r'name="page_id" value="([^"]+)"', r.text).group(1)
-    r = client.post("/jobs/test-job/contest", data={
-        "csrf_token": csrf(r.text), "judgment_id": judgment_id, "page_id": page_id,
-        "reason": "The left lung looks clear to me."}, follow_redirects=True)
+    r = client.post(
+        "/jobs/test-job/contest",
+        data={
+            "csrf_token": csrf(r.text),
+            "judgment_id": judgment_id,
+            "page_id": page_id,
+            "reason": "The left lung looks clear to me.",
+        },
+        follow_redirects=True,
+    )
     assert "a job administrator will review your comment" in r.text
     with db.session() as s:
         contest = s.scalars(select(Contest)).one()
@@ -309,13 +351,19 @@ def test_api_flow_idempotent_and_json_errors(web):
     add_user(db, "ann1")
     with db.session() as s:
         from cxrlabel.annotate.accounts import issue_api_token
+
         token = issue_api_token(s, s.scalar(select(User).where(User.username == "ann1")))
     api = TestClient(app, headers={"Authorization": f"Bearer {token}"})
     page = api.get("/api/jobs/test-job/pages/next").json()["page"]
     assert page["kind"] == "quiz" and len(page["items"]) == 3
-    answers = [{"image_public_id": i["image_public_id"],
-                "answer": gold[i["image_public_id"]][0], "certainty": "definitely"}
-               for i in page["items"]]
+    answers = [
+        {
+            "image_public_id": i["image_public_id"],
+            "answer": gold[i["image_public_id"]][0],
+            "certainty": "definitely",
+        }
+        for i in page["items"]
+    ]
     url = f"/api/jobs/test-job/pages/{page['page_id']}/submit"
     bad = api.post(url, json={"client_submission_id": "x", "answers": answers[:1]})
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "incomplete_page"
@@ -340,6 +388,7 @@ def test_api_admin_endpoints(web):
     add_user(db, "boss", role="admin")
     with db.session() as s:
         from cxrlabel.annotate.accounts import issue_api_token
+
         token = issue_api_token(s, s.scalar(select(User).where(User.username == "boss")))
     api = TestClient(app, headers={"Authorization": f"Bearer {token}"})
     r = api.post("/api/invites", json={"uses": 5, "expires_hours": 2, "job": "test-job"})
@@ -364,8 +413,9 @@ def test_serve_refuses_workers_with_sqlite(tmp_path):
 
 def test_work_page_renders_outside_a_request(web):
     _, _, seeded = web
-    items = [{"public_id": f"preview-{n}", "src": "data:image/png;base64,iVBORw0KGgo="}
-             for n in range(3)]
+    items = [
+        {"public_id": f"preview-{n}", "src": "data:image/png;base64,iVBORw0KGgo="} for n in range(3)
+    ]
     fragment = render_work_page(seeded.spec, items)
     assert fragment.count('class="item"') == 3 and "data-preview" in fragment
     assert 'data-action="zoom-in"' in fragment and 'data-key="n"' in fragment

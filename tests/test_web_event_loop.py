@@ -41,26 +41,36 @@ def _signed_in_on_a_work_page(app, db, seeded) -> tuple[TestClient, dict]:
     add_user(db, "ann1")
     client = TestClient(app)
     token = _csrf(client.get("/login").text)
-    client.post("/login", data={"username": "ann1", "password": PASSWORD, "csrf_token": token,
-                                "next": "/"}, follow_redirects=False)
+    client.post(
+        "/login",
+        data={"username": "ann1", "password": PASSWORD, "csrf_token": token, "next": "/"},
+        follow_redirects=False,
+    )
     gold = gold_answers(db, seeded.job_id)
     for _ in range(5):
         page = client.get("/api/jobs/test-job/pages/next").json()["page"]
         if page["kind"] == "work":
             return client, page
-        answers = [{"image_public_id": i["image_public_id"],
-                    "answer": gold[i["image_public_id"]][0], "certainty": "definitely"}
-                   for i in page["items"]]
-        r = client.post(f"/api/jobs/test-job/pages/{page['page_id']}/submit",
-                        json={"client_submission_id": page["client_submission_id"],
-                              "answers": answers},
-                        headers={"X-CSRF-Token": _csrf(client.get("/account").text)})
+        answers = [
+            {
+                "image_public_id": i["image_public_id"],
+                "answer": gold[i["image_public_id"]][0],
+                "certainty": "definitely",
+            }
+            for i in page["items"]
+        ]
+        r = client.post(
+            f"/api/jobs/test-job/pages/{page['page_id']}/submit",
+            json={"client_submission_id": page["client_submission_id"], "answers": answers},
+            headers={"X-CSRF-Token": _csrf(client.get("/account").text)},
+        )
         assert r.status_code == 200, r.text
     raise AssertionError("no work page after the quiz")
 
 
-def _hold_writer(db: Database, held: threading.Event, release: threading.Event,
-                 done: threading.Event) -> None:
+def _hold_writer(
+    db: Database, held: threading.Event, release: threading.Event, done: threading.Event
+) -> None:
     with db._writer():  # what a long write transaction of another request holds
         held.set()
         release.wait(HOLD_S)
@@ -70,8 +80,10 @@ def _hold_writer(db: Database, held: threading.Event, release: threading.Event,
 def test_browser_submit_waiting_for_the_writer_does_not_freeze_other_requests(env):
     app, db, seeded = env
     client, page = _signed_in_on_a_work_page(app, db, seeded)
-    form = {"csrf_token": _csrf(client.get("/account").text),
-            "client_submission_id": page["client_submission_id"]}
+    form = {
+        "csrf_token": _csrf(client.get("/account").text),
+        "client_submission_id": page["client_submission_id"],
+    }
     for item in page["items"]:
         form[f"answer-{item['image_public_id']}"] = "NORMAL"
         form[f"certainty-{item['image_public_id']}"] = "definitely"
@@ -81,10 +93,12 @@ def test_browser_submit_waiting_for_the_writer_does_not_freeze_other_requests(en
 
     async def scenario() -> tuple[int, int, float, bool]:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver",
-                                     cookies=dict(client.cookies.items())) as c:
-            submit = asyncio.create_task(c.post(
-                f"/jobs/test-job/pages/{page['page_id']}", data=form))
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://testserver", cookies=dict(client.cookies.items())
+        ) as c:
+            submit = asyncio.create_task(
+                c.post(f"/jobs/test-job/pages/{page['page_id']}", data=form)
+            )
             await asyncio.sleep(0.2)  # the submit is now waiting for the writer
             t0 = time.perf_counter()
             image = await c.get(image_url)

@@ -43,8 +43,9 @@ class Recorder:
 @pytest.fixture
 def leak_env(db_url, tmp_path):
     db = Database(db_url)
-    seeded = seed_job(db, tmp_path, n_work=10, n_gold=8, quiz_length=3, items_per_page=4,
-                      jmin=2, jmax=2)
+    seeded = seed_job(
+        db, tmp_path, n_work=10, n_gold=8, quiz_length=3, items_per_page=4, jmin=2, jmax=2
+    )
     app = remember_app(create_app(Settings(data_dir=tmp_path, db_url=db_url), db=db))
     yield app, db, seeded
     db.dispose()
@@ -52,9 +53,11 @@ def leak_env(db_url, tmp_path):
 
 def _secrets(db, job_id) -> dict[str, list[str]]:
     with db.session() as s:
-        gold = s.execute(select(GoldItem.id, GoldItem.reason, Image.id, Image.sha256,
-                                Image.source_path)
-                         .join(Image, Image.id == GoldItem.image_id)).all()
+        gold = s.execute(
+            select(GoldItem.id, GoldItem.reason, Image.id, Image.sha256, Image.source_path).join(
+                Image, Image.id == GoldItem.image_id
+            )
+        ).all()
         images = s.execute(select(Image.sha256, Image.source_path, Image.rendition_path)).all()
     return {
         "gold reasons": [r for _, r, *_ in gold],
@@ -100,22 +103,32 @@ def test_whole_session_leaks_nothing_before_submission(leak_env):
             img = client.get(src)
             assert img.status_code == 200
         if "Quiz" not in html:
-            prefetch = client.post("/jobs/test-job/prefetch",
-                                   headers={"X-CSRF-Token": csrf(html)})
+            prefetch = client.post("/jobs/test-job/prefetch", headers={"X-CSRF-Token": csrf(html)})
             assert prefetch.status_code == 200 and prefetch.json()["images"]
         pre_submit = client.seen[before:]
-        forbidden = (secrets["gold reasons"] + secrets["internal image data"]
-                     + ["otheruser-7x", *other_ids, "is_gold", "accepted", "gold"])
+        forbidden = (
+            secrets["gold reasons"]
+            + secrets["internal image data"]
+            + ["otheruser-7x", *other_ids, "is_gold", "accepted", "gold"]
+        )
         _scan(pre_submit, forbidden, f"page {n} before submit")
         # Gold and work items are rendered identically: same markup once ids are blanked.
         sections = re.findall(r'<section class="item".*?</section>', html, re.S)
         # The signed image URL's MAC differs per image (gold or not); expiry and user do not.
-        shapes = {re.sub(r"\d+", "#", re.sub(r"\.[\w-]{22}/", ".MAC/", sec.replace(pid, "PID")))
-                  for sec, pid in zip(sections, pids, strict=True)}
+        shapes = {
+            re.sub(r"\d+", "#", re.sub(r"\.[\w-]{22}/", ".MAC/", sec.replace(pid, "PID")))
+            for sec, pid in zip(sections, pids, strict=True)
+        }
         assert len(shapes) == 1, "gold and work items differ in their markup"
         for urls in ([f"/img/{pid}" for pid in pids], srcs):  # session-checked and signed
-            headers = [{k: v for k, v in client.client.get(url).headers.items()
-                        if k not in ("etag", "content-length", "date")} for url in urls]
+            headers = [
+                {
+                    k: v
+                    for k, v in client.client.get(url).headers.items()
+                    if k not in ("etag", "content-length", "date")
+                }
+                for url in urls
+            ]
             assert all(h == headers[0] for h in headers)
         gold_positions += [i for i, pid in enumerate(pids) if pid in gold]
         action, data = fill(html, gold, miss_gold=n == 1)
@@ -124,10 +137,14 @@ def test_whole_session_leaks_nothing_before_submission(leak_env):
         # After submission, feedback may show the missed test question of THIS page only.
         this_page = {gold.public_id(pid) for pid in pids if pid in gold}
         with db.session() as s:
-            allowed = set(s.scalars(select(GoldItem.reason).join(Image).where(
-                Image.public_id.in_(this_page))))
-        _scan(client.seen[after:], [r for r in secrets["gold reasons"] if r not in allowed],
-              f"page {n} feedback")
+            allowed = set(
+                s.scalars(select(GoldItem.reason).join(Image).where(Image.public_id.in_(this_page)))
+            )
+        _scan(
+            client.seen[after:],
+            [r for r in secrets["gold reasons"] if r not in allowed],
+            f"page {n} feedback",
+        )
         pages += 1
     assert pages >= 3
     assert any(GOLD_REASON_PREFIX in text for _, text in client.seen)  # the scan can fail

@@ -43,8 +43,11 @@ def env(tmp_path: Path):
 def _login(client: TestClient, name: str) -> None:
     html = client.get("/login").text
     token = re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
-    r = client.post("/login", data={"username": name, "password": PASSWORD, "csrf_token": token,
-                                    "next": "/"}, follow_redirects=False)
+    r = client.post(
+        "/login",
+        data={"username": name, "password": PASSWORD, "csrf_token": token, "next": "/"},
+        follow_redirects=False,
+    )
     assert r.status_code == 303
 
 
@@ -61,12 +64,19 @@ def _finish_quiz(client: TestClient, gold: dict[str, list[str]]) -> None:
         if page["kind"] != "quiz":
             return
         csrf = _csrf(client)
-        answers = [{"image_public_id": i["image_public_id"],
-                    "answer": gold[i["image_public_id"]][0], "certainty": "definitely"}
-                   for i in page["items"]]
-        r = client.post(f"/api/jobs/test-job/pages/{page['page_id']}/submit",
-                        json={"client_submission_id": page["client_submission_id"],
-                              "answers": answers}, headers={"X-CSRF-Token": csrf})
+        answers = [
+            {
+                "image_public_id": i["image_public_id"],
+                "answer": gold[i["image_public_id"]][0],
+                "certainty": "definitely",
+            }
+            for i in page["items"]
+        ]
+        r = client.post(
+            f"/api/jobs/test-job/pages/{page['page_id']}/submit",
+            json={"client_submission_id": page["client_submission_id"], "answers": answers},
+            headers={"X-CSRF-Token": csrf},
+        )
         assert r.status_code == 200, r.text
 
 
@@ -112,8 +122,9 @@ def test_page_urls_are_signed_and_served_without_credentials(env):
         assert "set-cookie" not in r.headers and "last-modified" not in r.headers
         r304 = anonymous.get(url, headers={"If-None-Match": r.headers["etag"]})
         assert r304.status_code == 304 and r304.content == b""
-        headers.append({k: v for k, v in r.headers.items()
-                        if k not in ("etag", "content-length", "date")})
+        headers.append(
+            {k: v for k, v in r.headers.items() if k not in ("etag", "content-length", "date")}
+        )
     assert all(h == headers[0] for h in headers)  # gold and work: identical headers
     head = anonymous.head(urls[0])
     assert head.status_code == 200 and head.content == b""
@@ -130,21 +141,28 @@ def test_altered_forged_and_expired_urls_are_refused(env):
     url = page["items"][0]["image_url"]
     expires, uid, mac, pid = SIGNED.match(url).groups()
     with db.session() as s:
-        other = s.scalar(select(Image.public_id).where(
-            Image.public_id.not_in([i["image_public_id"] for i in page["items"]])))
+        other = s.scalar(
+            select(Image.public_id).where(
+                Image.public_id.not_in([i["image_public_id"] for i in page["items"]])
+            )
+        )
     ann2 = add_user(db, "ann2")
     signer = ImageUrlSigner(load_secret_key(data_dir))
     wrong_key = ImageUrlSigner(b"not the secret")
     bad = [
-        f"/img/{expires}.{uid}.{mac}/{other}",                      # another image
-        f"/img/{int(expires) + 3600}.{uid}.{mac}/{pid}",            # a later expiry
-        f"/img/{expires}.{ann2}.{mac}/{pid}",                       # another user
-        f"/img/{expires}.{uid}.{mac[:-1]}A/{pid}" if mac[-1] != "A" else
-        f"/img/{expires}.{uid}.{mac[:-1]}B/{pid}",                  # one character off
-        wrong_key.url(pid, int(uid), int(expires)),                 # signed with another key
-        signer.url(pid, int(uid), int(time.time()) - 1),            # expired
-        f"/img/{expires}.{uid}/{pid}", f"/img/x.y.z/{pid}", f"/img//{pid}",
-        f"/img/{expires}.{uid}.{mac}\u00e9/{pid}", f"/img/{'9' * 200}.{uid}.{mac}/{pid}",
+        f"/img/{expires}.{uid}.{mac}/{other}",  # another image
+        f"/img/{int(expires) + 3600}.{uid}.{mac}/{pid}",  # a later expiry
+        f"/img/{expires}.{ann2}.{mac}/{pid}",  # another user
+        f"/img/{expires}.{uid}.{mac[:-1]}A/{pid}"
+        if mac[-1] != "A"
+        else f"/img/{expires}.{uid}.{mac[:-1]}B/{pid}",  # one character off
+        wrong_key.url(pid, int(uid), int(expires)),  # signed with another key
+        signer.url(pid, int(uid), int(time.time()) - 1),  # expired
+        f"/img/{expires}.{uid}/{pid}",
+        f"/img/x.y.z/{pid}",
+        f"/img//{pid}",
+        f"/img/{expires}.{uid}.{mac}\u00e9/{pid}",
+        f"/img/{'9' * 200}.{uid}.{mac}/{pid}",
     ]
     secret_bytes = _file(data_dir, db, pid)
     anonymous = TestClient(app)
@@ -216,8 +234,13 @@ def test_rendition_store_is_bounded_and_stays_in_the_data_dir(tmp_path):
         store = RenditionStore(tmp_path, db, Aliases(b"k"), max_entries=3)
         for n in range(5):
             store.remember(1, f"id{n}", f"renditions/{n}.jpg")
-        assert [store.cached(1, f"id{n}") is not None for n in range(5)] == [False, False, True,
-                                                                              True, True]
+        assert [store.cached(1, f"id{n}") is not None for n in range(5)] == [
+            False,
+            False,
+            True,
+            True,
+            True,
+        ]
         store.remember(1, "escape", "../outside.jpg")
         assert store.resolve(store.cached(1, "escape")) is None  # never outside the data dir
         (tmp_path.parent / "outside.jpg").write_bytes(b"not yours")
@@ -229,8 +252,7 @@ def test_rendition_store_is_bounded_and_stays_in_the_data_dir(tmp_path):
             sent.append(message)
 
         url = signer.url("escape", 1, int(time.time()) + 60)
-        asyncio.run(app({"type": "http", "method": "GET", "path": url, "headers": []},
-                        None, send))
+        asyncio.run(app({"type": "http", "method": "GET", "path": url, "headers": []}, None, send))
         assert sent[0]["status"] == 404 and b"not yours" not in sent[1]["body"]
         assert store.load("unknown", 1) is None
     finally:
@@ -261,8 +283,13 @@ def test_zero_copy_send_is_used_when_the_server_offers_it(tmp_path):
                 message = {**message, "data": message["file"].read(message["count"])}
             sent.append(message)
 
-        scope = {"type": "http", "method": "GET", "path": url, "headers": [],
-                 "extensions": extensions}
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": url,
+            "headers": [],
+            "extensions": extensions,
+        }
         asyncio.run(handler(scope, None, send))
         return sent
 
@@ -304,8 +331,7 @@ def test_session_middleware_signs_no_cookie_for_bearer_calls(env):
     client = TestClient(app)
     page = client.get("/login")
     assert "cxrlabel_session=" in page.headers["set-cookie"]
-    api = TestClient(app).get("/api/jobs/test-job/me",
-                              headers={"Authorization": f"Bearer {token}"})
+    api = TestClient(app).get("/api/jobs/test-job/me", headers={"Authorization": f"Bearer {token}"})
     assert api.status_code == 200 and "set-cookie" not in api.headers
     for r in (page, api):
         assert r.headers["x-frame-options"] == "DENY" and r.headers["cache-control"] == "no-store"

@@ -21,15 +21,28 @@ GOLD_REASON_PREFIX = "EXPERT-REASON-"
 
 
 def job_toml(
-    *, name: str = "test-job", items_per_page: int = 4, gold_per_page: int = 1,
-    quiz_length: int = 3, min_accuracy: float = 0.6, jmin: int = 2, jmax: int = 3,
-    max_per_annotator: int = 1000, reservation_minutes: float = 30.0,
+    *,
+    name: str = "test-job",
+    items_per_page: int = 4,
+    gold_per_page: int = 1,
+    quiz_length: int = 3,
+    min_accuracy: float = 0.6,
+    jmin: int = 2,
+    jmax: int = 3,
+    max_per_annotator: int = 1000,
+    reservation_minutes: float = 30.0,
     min_seconds_per_page: float = 0.0,
-    retire_after_reveals: int = 3, training_items: int = 0, training_per_page: int = 2,
+    retire_after_reveals: int = 3,
+    training_items: int = 0,
+    training_per_page: int = 2,
 ) -> str:
-    training = (f"[training]\nenabled = true\nitems = {training_items}\n"
-                f"per_page = {training_per_page}\n" if training_items else "")
-    return f'''
+    training = (
+        f"[training]\nenabled = true\nitems = {training_items}\nper_page = {training_per_page}\n"
+        if training_items
+        else ""
+    )
+    return (
+        f'''
 name = "{name}"
 title = "Test job: healthy or pneumonia?"
 [question]
@@ -69,7 +82,9 @@ retire_after_reveals = {retire_after_reveals}
 items_per_page = {items_per_page}
 min_seconds_per_page = {min_seconds_per_page}
 reservation_minutes = {reservation_minutes}
-''' + training
+'''
+        + training
+    )
 
 
 def png_bytes(seed: int, size: int = 96) -> bytes:
@@ -102,7 +117,12 @@ def phantom_jpeg(seed: int, pneumonia: bool) -> bytes:
 
 
 def seed_job(
-    db: Database, data_dir: Path, *, n_work: int = 12, n_gold: int = 6, phantom: bool = False,
+    db: Database,
+    data_dir: Path,
+    *,
+    n_work: int = 12,
+    n_gold: int = 6,
+    phantom: bool = False,
     **spec_kwargs,
 ) -> Seeded:
     """A job with synthetic work and gold images (rendition files written under data_dir)."""
@@ -112,8 +132,9 @@ def seed_job(
     renditions.mkdir(parents=True, exist_ok=True)
     work_ids, gold_ids = [], []
     with db.session() as s:
-        job = Job(name=spec.name, spec_toml=text,
-                  spec_sha256=hashlib.sha256(text.encode()).hexdigest())
+        job = Job(
+            name=spec.name, spec_toml=text, spec_sha256=hashlib.sha256(text.encode()).hexdigest()
+        )
         s.add(job)
         s.flush()
         for i in range(n_work + n_gold):
@@ -123,9 +144,16 @@ def seed_job(
             rel = f"renditions/{spec.name}-{i}.{'jpg' if phantom else 'png'}"
             (data_dir / rel).write_bytes(data)
             image = Image(
-                job_id=job.id, source_path=f"/secret/source/person{i}_bacteria.jpeg",
-                source_format="png", sha256=sha, pixel_sha256=sha, phash="0" * 16,
-                width=96, height=96, rendition_path=rel, thumb_path=rel,
+                job_id=job.id,
+                source_path=f"/secret/source/person{i}_bacteria.jpeg",
+                source_format="png",
+                sha256=sha,
+                pixel_sha256=sha,
+                phash="0" * 16,
+                width=96,
+                height=96,
+                rendition_path=rel,
+                thumb_path=rel,
                 status=ImageStatus.GOLD if is_gold else ImageStatus.NEEDS_JUDGMENTS,
                 judgment_target=0 if is_gold else spec.judgments.min,
             )
@@ -133,8 +161,14 @@ def seed_job(
             s.flush()
             if is_gold:
                 answer = "PNEUMONIA" if i % 2 else "NORMAL"
-                s.add(GoldItem(job_id=job.id, image_id=image.id, accepted_answers=[answer],
-                               reason=f"{GOLD_REASON_PREFIX}{i}: look at the left lower lobe"))
+                s.add(
+                    GoldItem(
+                        job_id=job.id,
+                        image_id=image.id,
+                        accepted_answers=[answer],
+                        reason=f"{GOLD_REASON_PREFIX}{i}: look at the left lower lobe",
+                    )
+                )
                 gold_ids.append(image.id)
             else:
                 work_ids.append(image.id)
@@ -151,8 +185,9 @@ def web_app_with_small_job(db: Database, data_dir: Path, db_url: str):
     from cxrlabel.config import Settings
     from cxrlabel.web.app import create_app
 
-    seeded = seed_job(db, data_dir, n_work=12, n_gold=8, quiz_length=3, items_per_page=4,
-                      min_accuracy=0.6)
+    seeded = seed_job(
+        db, data_dir, n_work=12, n_gold=8, quiz_length=3, items_per_page=4, min_accuracy=0.6
+    )
     return remember_app(create_app(Settings(data_dir=data_dir, db_url=db_url), db=db)), seeded
 
 
@@ -161,8 +196,9 @@ def csrf_from_html(html: str) -> str:
     return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
 
 
-def add_user(db: Database, username: str, role: str = "annotator",
-             password: str = "correct horse battery") -> int:
+def add_user(
+    db: Database, username: str, role: str = "annotator", password: str = "correct horse battery"
+) -> int:
     """A user; argon2 is slow on purpose, so the hash of a password is computed once per run."""
     if password not in _HASHES:
         _HASHES[password] = hash_password(password)
@@ -228,8 +264,9 @@ class GoldAnswers(dict):
             return default
 
 
-def resolve_alias(db: Database, alias: str, public_ids: list[str] | None = None,
-                  aliases: list | None = None) -> str | None:
+def resolve_alias(
+    db: Database, alias: str, public_ids: list[str] | None = None, aliases: list | None = None
+) -> str | None:
     """The public id behind an annotator's image alias (any user, any app built here)."""
     with db.read_session() as s:  # may run inside a test's open write session
         users = list(s.scalars(select(User.id)))
@@ -246,7 +283,8 @@ def resolve_alias(db: Database, alias: str, public_ids: list[str] | None = None,
 def gold_answers(db: Database, job_id: int, data_dir: Path | None = None) -> GoldAnswers:
     with db.session() as s:
         rows = s.execute(
-            GoldItem.__table__.join(Image.__table__).select()
+            GoldItem.__table__.join(Image.__table__)
+            .select()
             .with_only_columns(Image.public_id, GoldItem.accepted_answers)
             .where(GoldItem.job_id == job_id)
         ).all()

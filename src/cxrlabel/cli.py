@@ -110,68 +110,103 @@ class Stage:
 # In pipeline order, which is the order of ``cxrlabel --help``. A summary must equal the first
 # paragraph of the command's own help (tests/test_cli_lean.py checks it).
 STAGES: list[Stage] = [
-    Stage(_ingest, {
-        "ingest": "Add images to a job: safe decode, DICOM de-identification, renditions, "
-        "dedup.",
-        "held": "Images held for review (burned-in text in DICOM pixels).",
-    }),
-    Stage(_status, {
-        "status": "Counts of images, duplicates, failures, judgments and annotators.",
-    }),
-    Stage(_design, {
-        "preview": "Write the job Preview: one self-contained HTML file (instructions, work "
-        "page, example test questions) that opens offline and makes no request.",
-        "proposal": "Write the job design Proposal (HTML, Markdown or PDF) from the job file "
-        "and live data.",
-        "estimate": "Cost and calendar time of labeling N images with this job's settings.",
-        "gold": "The test-question (gold) bank: import, export, list, check, sample.",
-        "training": "The training pool shown before the quiz (never test questions): sample, list.",
-        "job": "Jobs: create a named job for real data.",
-    }),
-    Stage(_web, {
-        "serve": "Serve the annotator web app (admin pages, annotator pages, REST API at "
-        "/api/docs).",
-        "user": "Manage accounts.",
-        "invite": "Invite links for new annotators.",
-    }),
-    Stage(_quality, {
-        "quality": "Quality control: replay and check the quality state.",
-        "annotators": "List, remove and reinstate annotators.",
-        "contests": "Contested test questions: list and resolve.",
-    }),
-    Stage(_aggregate, {
-        "aggregate": "Aggregate crowd answers into one label per task with class "
-        "probabilities.",
-    }),
-    Stage(_sim, {
-        "simulate": "Simulate a crowd on a job through the real engines; report accuracy, "
-        "cost and time.",
-        "design-sweep": "Sweep job settings over crowd mixes; show the accuracy-vs-cost "
-        "Pareto front.",
-    }),
-    Stage(_results, {
-        "export": "Export the labelled images as an ML dataset with patient-aware "
-        "train/validation/test splits and a datasheet (README.md).",
-        "report": "Reports on a job: full (per judgment), aggregated (per image), "
-        "contributors, gold, and qa (an HTML page of plots).",
-    }),
-    Stage(_model, {
-        "train": "Train the triage CNN from an export's soft labels; calibrate; export ONNX; "
-        "model card.",
-        "predict": "Score X-rays with ONNX Runtime (no PyTorch needed): p_pneumonia and a "
-        "triage band.",
-        "score": "Write Image.model_score (p_pneumonia) for a job's images, from their "
-        "renditions.",
-    }),
-    Stage(_ops, {
-        "backup": "Back up the database, renditions and keys of this installation into one "
-        "archive.",
-        "restore": "Restore a backup into the data dir (and --db database); refuses to "
-        "overwrite unless --force. Every checksum is verified before anything is replaced.",
-    }),
-    Stage(_demo, {
-        "demo": "Create a ready-to-use demo job (offline) and start the server.",
-    }),
+    Stage(
+        _ingest,
+        {
+            "ingest": "Add images to a job: safe decode, DICOM de-identification, renditions, "
+            "dedup.",
+            "held": "Images held for review (burned-in text in DICOM pixels).",
+        },
+    ),
+    Stage(
+        _status,
+        {
+            "status": "Counts of images, duplicates, failures, judgments and annotators.",
+        },
+    ),
+    Stage(
+        _design,
+        {
+            "preview": "Write the job Preview: one self-contained HTML file (instructions, work "
+            "page, example test questions) that opens offline and makes no request.",
+            "proposal": "Write the job design Proposal (HTML, Markdown or PDF) from the job file "
+            "and live data.",
+            "estimate": "Cost and calendar time of labeling N images with this job's settings.",
+            "gold": "The test-question (gold) bank: import, export, list, check, sample.",
+            "training": (
+                "The training pool shown before the quiz (never test questions): sample, list."
+            ),
+            "job": "Jobs: create a named job for real data.",
+        },
+    ),
+    Stage(
+        _web,
+        {
+            "serve": "Serve the annotator web app (admin pages, annotator pages, REST API at "
+            "/api/docs).",
+            "user": "Manage accounts.",
+            "invite": "Invite links for new annotators.",
+        },
+    ),
+    Stage(
+        _quality,
+        {
+            "quality": "Quality control: replay and check the quality state.",
+            "annotators": "List, remove and reinstate annotators.",
+            "contests": "Contested test questions: list and resolve.",
+        },
+    ),
+    Stage(
+        _aggregate,
+        {
+            "aggregate": "Aggregate crowd answers into one label per task with class "
+            "probabilities.",
+        },
+    ),
+    Stage(
+        _sim,
+        {
+            "simulate": "Simulate a crowd on a job through the real engines; report accuracy, "
+            "cost and time.",
+            "design-sweep": "Sweep job settings over crowd mixes; show the accuracy-vs-cost "
+            "Pareto front.",
+        },
+    ),
+    Stage(
+        _results,
+        {
+            "export": "Export the labelled images as an ML dataset with patient-aware "
+            "train/validation/test splits and a datasheet (README.md).",
+            "report": "Reports on a job: full (per judgment), aggregated (per image), "
+            "contributors, gold, and qa (an HTML page of plots).",
+        },
+    ),
+    Stage(
+        _model,
+        {
+            "train": "Train the triage CNN from an export's soft labels; calibrate; export ONNX; "
+            "model card.",
+            "predict": "Score X-rays with ONNX Runtime (no PyTorch needed): p_pneumonia and a "
+            "triage band.",
+            "score": "Write Image.model_score (p_pneumonia) for a job's images, from their "
+            "renditions.",
+        },
+    ),
+    Stage(
+        _ops,
+        {
+            "backup": "Back up the database, renditions and keys of this installation into one "
+            "archive.",
+            "restore": "Restore a backup into the data dir (and --db database); refuses to "
+            "overwrite unless --force. Every checksum is verified before anything is replaced.",
+        },
+    ),
+    Stage(
+        _demo,
+        {
+            "demo": "Create a ready-to-use demo job (offline) and start the server.",
+        },
+    ),
 ]
 
 
@@ -216,8 +251,12 @@ class LazyGroup(TyperGroup):
         # Typer suggests close matches from the commands already loaded (none, here): suggest
         # from every declared command instead.
         name = args[0] if args else ""
-        if name and not name.startswith("-") and not ctx.resilient_parsing \
-                and self.get_command(ctx, name) is None:
+        if (
+            name
+            and not name.startswith("-")
+            and not ctx.resilient_parsing
+            and self.get_command(ctx, name) is None
+        ):
             matches = get_close_matches(name, self.list_commands(ctx))
             hint = f" Did you mean {', '.join(map(repr, matches))}?" if matches else ""
             ctx.fail(f"No such command {name!r}.{hint}")
@@ -252,11 +291,15 @@ def _version(value: bool) -> None:
 def main_options(
     ctx: typer.Context,
     data_dir: Path = typer.Option(
-        None, "--data-dir", envvar="CXRLABEL_DATA_DIR",
+        None,
+        "--data-dir",
+        envvar="CXRLABEL_DATA_DIR",
         help="Folder for the database, renditions and exports \\[default: ./cxrlabel-data].",
     ),
     db: str = typer.Option(
-        None, "--db", envvar="CXRLABEL_DB",
+        None,
+        "--db",
+        envvar="CXRLABEL_DB",
         help="Database URL, e.g. postgresql+psycopg://user@host/db "
         "\\[default: SQLite in data dir].",
     ),

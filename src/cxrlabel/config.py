@@ -52,10 +52,13 @@ class Settings:
     @classmethod
     def from_env(cls, data_dir: str | Path | None = None, db_url: str | None = None) -> Settings:
         data = Path(data_dir or os.environ.get("CXRLABEL_DATA_DIR", DEFAULT_DATA_DIR))
-        return cls(data_dir=data, db_url=db_url or os.environ.get("CXRLABEL_DB") or None,
-                   session_idle_minutes=_env_float("CXRLABEL_SESSION_IDLE_MINUTES", 8 * 60),
-                   session_max_hours=_env_float("CXRLABEL_SESSION_MAX_HOURS", 7 * 24),
-                   oidc=OidcSettings.from_env())
+        return cls(
+            data_dir=data,
+            db_url=db_url or os.environ.get("CXRLABEL_DB") or None,
+            session_idle_minutes=_env_float("CXRLABEL_SESSION_IDLE_MINUTES", 8 * 60),
+            session_max_hours=_env_float("CXRLABEL_SESSION_MAX_HOURS", 7 * 24),
+            oidc=OidcSettings.from_env(),
+        )
 
 
 def _env_float(name: str, default: float) -> float:
@@ -101,17 +104,23 @@ class OidcSettings:
         if not self.issuer.startswith(("https://", "http://")):
             raise ValueError(f"CXRLABEL_OIDC_ISSUER must be an http(s) URL, not {self.issuer!r}")
         if urlsplit(self.redirect_uri).path != OIDC_CALLBACK_PATH:
-            raise ValueError("CXRLABEL_OIDC_REDIRECT_URI must end in "
-                             f"{OIDC_CALLBACK_PATH}, not {self.redirect_uri!r}")
+            raise ValueError(
+                "CXRLABEL_OIDC_REDIRECT_URI must end in "
+                f"{OIDC_CALLBACK_PATH}, not {self.redirect_uri!r}"
+            )
         if self.provision not in OIDC_PROVISION_MODES:
-            raise ValueError(f"CXRLABEL_OIDC_PROVISION must be one of {OIDC_PROVISION_MODES}, "
-                             f"not {self.provision!r}")
+            raise ValueError(
+                f"CXRLABEL_OIDC_PROVISION must be one of {OIDC_PROVISION_MODES}, "
+                f"not {self.provision!r}"
+            )
         if "openid" not in self.scopes.split():
             raise ValueError("CXRLABEL_OIDC_SCOPES must include 'openid'")
         bad = {v for v in self.roles.values() if v not in Role.ALL}
         if bad or not self.roles:
-            raise ValueError("CXRLABEL_OIDC_ROLES must map claim values to roles "
-                             f"{Role.ALL}, like 'radiology=expert,crowd=annotator'")
+            raise ValueError(
+                "CXRLABEL_OIDC_ROLES must map claim values to roles "
+                f"{Role.ALL}, like 'radiology=expert,crowd=annotator'"
+            )
 
     @classmethod
     def from_env(cls) -> OidcSettings | None:
@@ -119,18 +128,27 @@ class OidcSettings:
         issuer = os.environ.get("CXRLABEL_OIDC_ISSUER", "").strip()
         if not issuer:
             return None
-        missing = [n for n in ("CLIENT_ID", "CLIENT_SECRET", "REDIRECT_URI", "ROLES")
-                   if not os.environ.get(f"CXRLABEL_OIDC_{n}", "").strip()]
+        missing = [
+            n
+            for n in ("CLIENT_ID", "CLIENT_SECRET", "REDIRECT_URI", "ROLES")
+            if not os.environ.get(f"CXRLABEL_OIDC_{n}", "").strip()
+        ]
         if missing:
             names = ", ".join(f"CXRLABEL_OIDC_{n}" for n in missing)
             raise ValueError(f"CXRLABEL_OIDC_ISSUER is set, so {names} must be set too")
-        optional = {key: os.environ[f"CXRLABEL_OIDC_{key.upper()}"].strip()
-                    for key in ("role_claim", "scopes", "username_claim", "provision", "name")
-                    if os.environ.get(f"CXRLABEL_OIDC_{key.upper()}", "").strip()}
-        return cls(issuer=issuer, client_id=os.environ["CXRLABEL_OIDC_CLIENT_ID"].strip(),
-                   client_secret=os.environ["CXRLABEL_OIDC_CLIENT_SECRET"].strip(),
-                   redirect_uri=os.environ["CXRLABEL_OIDC_REDIRECT_URI"].strip(),
-                   roles=parse_role_map(os.environ["CXRLABEL_OIDC_ROLES"]), **optional)
+        optional = {
+            key: os.environ[f"CXRLABEL_OIDC_{key.upper()}"].strip()
+            for key in ("role_claim", "scopes", "username_claim", "provision", "name")
+            if os.environ.get(f"CXRLABEL_OIDC_{key.upper()}", "").strip()
+        }
+        return cls(
+            issuer=issuer,
+            client_id=os.environ["CXRLABEL_OIDC_CLIENT_ID"].strip(),
+            client_secret=os.environ["CXRLABEL_OIDC_CLIENT_SECRET"].strip(),
+            redirect_uri=os.environ["CXRLABEL_OIDC_REDIRECT_URI"].strip(),
+            roles=parse_role_map(os.environ["CXRLABEL_OIDC_ROLES"]),
+            **optional,
+        )
 
 
 def parse_role_map(text: str) -> dict[str, str]:

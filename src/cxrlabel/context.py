@@ -27,14 +27,16 @@ def fail(message: str, code: int = 2) -> NoReturn:
     """Print one clear line on stderr and exit; the CLI never shows a traceback for user errors."""
     # Escaped: messages quote file and user names, which must print as written, not as markup
     # or raw control characters (cxrlabel/terminal.py).
-    err_console.print(f"[bold red]error:[/] {escape(printable(message))}", highlight=False,
-                      soft_wrap=True)
+    err_console.print(
+        f"[bold red]error:[/] {escape(printable(message))}", highlight=False, soft_wrap=True
+    )
     raise typer.Exit(code)
 
 
 # Shown when a command that only reads or changes data is pointed at a data dir that is not there.
-CREATING_COMMANDS = ("`cxrlabel job create NAME`, `cxrlabel ingest PATH`, `cxrlabel demo` or "
-                     "`cxrlabel user add`")
+CREATING_COMMANDS = (
+    "`cxrlabel job create NAME`, `cxrlabel ingest PATH`, `cxrlabel demo` or `cxrlabel user add`"
+)
 
 
 @dataclass
@@ -61,9 +63,11 @@ class AppContext:
         database). An explicit --db is the user's choice and is opened as given."""
         data_dir = self.settings.data_dir
         if self.settings.db_url is None and not data_dir.is_dir():
-            fail(f"data dir {str(data_dir)!r} does not exist, so there is no cxrlabel data "
-                 f"there; check --data-dir / CXRLABEL_DATA_DIR, or start one with "
-                 f"{CREATING_COMMANDS}")
+            fail(
+                f"data dir {str(data_dir)!r} does not exist, so there is no cxrlabel data "
+                f"there; check --data-dir / CXRLABEL_DATA_DIR, or start one with "
+                f"{CREATING_COMMANDS}"
+            )
 
 
 def app_context(ctx: typer.Context, *, creates_data: bool = False) -> AppContext:
@@ -91,8 +95,10 @@ def get_job(session: Session, name: str | None) -> tuple[Job, JobSpec]:
         path = resolve_job_path(wanted)
     except JobSpecError:
         known = job_names(session)
-        fail(f"no job named {wanted!r} (known: {', '.join(known) or 'none'}); create it with "
-             f"`cxrlabel job create {wanted}` (add --from FILE.toml for other settings)")
+        fail(
+            f"no job named {wanted!r} (known: {', '.join(known) or 'none'}); create it with "
+            f"`cxrlabel job create {wanted}` (add --from FILE.toml for other settings)"
+        )
     try:
         return ensure_job(session, path)
     except JobSpecError as exc:

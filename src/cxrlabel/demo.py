@@ -72,9 +72,12 @@ def _seed_gold(app: AppContext, job_name: str | None) -> int:
 
     with app.db.session() as session:
         job, spec = get_job(session, job_name)
-        have = session.scalar(
-            select(func.count(GoldItem.id)).where(GoldItem.job_id == job.id, GoldItem.active)
-        ) or 0
+        have = (
+            session.scalar(
+                select(func.count(GoldItem.id)).where(GoldItem.job_id == job.id, GoldItem.active)
+            )
+            or 0
+        )
         # Enough for the quiz plus a gold item on each of several work pages.
         wanted = spec.gold.quiz_length + 12 * max(spec.gold.per_page, 1)
         if have < wanted:
@@ -82,9 +85,12 @@ def _seed_gold(app: AppContext, job_name: str | None) -> int:
                 sample_from_reference(session, job, spec, wanted - have, seed=0)
             except ValueError as exc:
                 console.print(f"[yellow]Could not seed gold from reference labels: {exc}[/]")
-        n_gold = session.scalar(
-            select(func.count(GoldItem.id)).where(GoldItem.job_id == job.id, GoldItem.active)
-        ) or 0
+        n_gold = (
+            session.scalar(
+                select(func.count(GoldItem.id)).where(GoldItem.job_id == job.id, GoldItem.active)
+            )
+            or 0
+        )
         _seed_training(session, job, spec)
         return n_gold
 
@@ -127,8 +133,9 @@ def _invite(app: AppContext, job_name: str | None, base_url: str) -> str:
     with app.db.session() as session:
         job, _ = get_job(session, job_name)
         admin = session.scalar(select(User).where(User.username == "admin"))
-        _, token = create_invite(session, role=Role.ANNOTATOR, max_uses=20, expires_hours=72,
-                                 job=job, created_by=admin)
+        _, token = create_invite(
+            session, role=Role.ANNOTATOR, max_uses=20, expires_hours=72, job=job, created_by=admin
+        )
     return invite_link(base_url, token)
 
 
@@ -144,15 +151,34 @@ def _simulate(app: AppContext, job_name: str | None, seed: int) -> None:
     # Started three days ago so the dashboards show a timeline. The crowd keeps arriving until
     # every work image is finalised or waiting for an expert; the review queue is left for the
     # demo's expert account.
-    result = simulate_into(app.db, job, spec, seed=seed, n_annotators=None,
-                           now=utcnow() - timedelta(days=3), data_dir=app.settings.data_dir,
-                           expert_review=False, until_settled=True)
+    result = simulate_into(
+        app.db,
+        job,
+        spec,
+        seed=seed,
+        n_annotators=None,
+        now=utcnow() - timedelta(days=3),
+        data_dir=app.settings.data_dir,
+        expert_review=False,
+        until_settled=True,
+    )
     write_result(result, app.settings.data_dir, spec.name)  # the proposal quotes these figures
-    keys = ("label_accuracy", "judgments_per_image", "expert_review_fraction",
-            "annotators_removed", "bad_annotators_removed", "cost", "hours")
-    console.print("Simulated crowd: " + ", ".join(
-        f"{k}={result[k]:.3g}" if isinstance(result.get(k), float) else f"{k}={result.get(k)}"
-        for k in keys))
+    keys = (
+        "label_accuracy",
+        "judgments_per_image",
+        "expert_review_fraction",
+        "annotators_removed",
+        "bad_annotators_removed",
+        "cost",
+        "hours",
+    )
+    console.print(
+        "Simulated crowd: "
+        + ", ".join(
+            f"{k}={result[k]:.3g}" if isinstance(result.get(k), float) else f"{k}={result.get(k)}"
+            for k in keys
+        )
+    )
     _print_settled(app, job.id)
 
 
@@ -161,21 +187,30 @@ def _print_settled(app: AppContext, job_id: int) -> None:
     from cxrlabel.storage.models import Image, ImageStatus
 
     with app.db.session() as session:
-        counts = dict(session.execute(
-            select(Image.status, func.count()).where(Image.job_id == job_id)
-            .group_by(Image.status)).all())
+        counts = dict(
+            session.execute(
+                select(Image.status, func.count())
+                .where(Image.job_id == job_id)
+                .group_by(Image.status)
+            ).all()
+        )
     finalised = counts.get(ImageStatus.FINALISED, 0) + counts.get(ImageStatus.EXPERT, 0)
     review = counts.get(ImageStatus.NEEDS_REVIEW, 0)
     open_ = counts.get(ImageStatus.NEEDS_JUDGMENTS, 0)
-    console.print(f"Work images: {finalised} finalised, {review} waiting for expert review "
-                  f"(log in as expert), {open_} still open.")
+    console.print(
+        f"Work images: {finalised} finalised, {review} waiting for expert review "
+        f"(log in as expert), {open_} still open."
+    )
     if open_:
-        console.print("[yellow]warning:[/] the simulated crowd stopped before every image "
-                      "was settled (most annotators reached)")
+        console.print(
+            "[yellow]warning:[/] the simulated crowd stopped before every image "
+            "was settled (most annotators reached)"
+        )
 
 
-def _print_logins(passwords: dict[str, str], base_url: str | None, invite: str,
-                  n_gold: int) -> None:
+def _print_logins(
+    passwords: dict[str, str], base_url: str | None, invite: str, n_gold: int
+) -> None:
     # Without a server there is nothing to open yet: the title says how to start it.
     title = f"open {base_url}" if base_url else "start the server with `cxrlabel serve`"
     table = Table(title=f"cxrlabel demo — {title}")
@@ -187,19 +222,28 @@ def _print_logins(passwords: dict[str, str], base_url: str | None, invite: str,
     console.print(table)
     when = "" if base_url else " (once the server runs)"
     console.print(f"New annotators can join{when} with this invite link: [bold]{invite}[/]")
-    console.print(f"Gold bank: {n_gold} test questions. Passwords are kept in demo-logins.json "
-                  "in the data dir.")
+    console.print(
+        f"Gold bank: {n_gold} test questions. Passwords are kept in demo-logins.json "
+        "in the data dir."
+    )
 
 
 def demo_command(
     ctx: typer.Context,
-    images: Path = typer.Option(None, "--images", help="Ingest this folder or CSV manifest "
-                                "instead of synthetic phantom images."),
+    images: Path = typer.Option(
+        None,
+        "--images",
+        help="Ingest this folder or CSV manifest instead of synthetic phantom images.",
+    ),
     job: str = typer.Option(None, "--job", help="Job name or TOML file [default: bundled]."),
-    simulate: bool = typer.Option(False, "--simulate", help="Fill the job with a simulated "
-                                  "crowd's work (every work image ends finalised or in the "
-                                  "expert review queue) so dashboards, reports and exports "
-                                  "have content."),
+    simulate: bool = typer.Option(
+        False,
+        "--simulate",
+        help="Fill the job with a simulated "
+        "crowd's work (every work image ends finalised or in the "
+        "expert review queue) so dashboards, reports and exports "
+        "have content.",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed for the simulated crowd."),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port"),
@@ -210,8 +254,10 @@ def demo_command(
     source = images
     if source is None:
         source = make_phantom_manifest(app.settings.data_dir / "demo-phantoms")
-        console.print(f"Generated synthetic phantom images in {source.parent} "
-                      "(clearly marked SYNTHETIC PHANTOM; not real X-rays).")
+        console.print(
+            f"Generated synthetic phantom images in {source.parent} "
+            "(clearly marked SYNTHETIC PHANTOM; not real X-rays)."
+        )
     elif not source.exists():
         fail(f"{source}: no such folder or manifest")
     _ingest(app, source, job)

@@ -132,7 +132,8 @@ class Judgments(_Strict):
             raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
         if self.min_if_model_agrees > self.min:
             raise ValueError(
-                f"min_if_model_agrees ({self.min_if_model_agrees}) must be <= min ({self.min})")
+                f"min_if_model_agrees ({self.min_if_model_agrees}) must be <= min ({self.min})"
+            )
         return self
 
 
@@ -200,9 +201,12 @@ class Review(_Strict):
     def _threshold_or_off(cls, value: object) -> float | str:
         if value == "off":
             return "off"
-        if not isinstance(value, int | float) or isinstance(value, bool) or not (
-                0.5 < value <= 1.0):
-            raise ValueError(f"must be \"off\" or a number in (0.5, 1.0], got {value!r}")
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not (0.5 < value <= 1.0)
+        ):
+            raise ValueError(f'must be "off" or a number in (0.5, 1.0], got {value!r}')
         return float(value)
 
     @property
@@ -281,10 +285,10 @@ class JobSpec(_Strict):
                 f"pages.items_per_page ({self.pages.items_per_page})"
             )
         labels = set(self.label_values)
-        model_rules = (self.review.model_disagreement != "off"
-                       or self.judgments.min_if_model_agrees > 0)
-        if model_rules and (
-                len(labels) != 2 or PNEUMONIA not in labels):
+        model_rules = (
+            self.review.model_disagreement != "off" or self.judgments.min_if_model_agrees > 0
+        )
+        if model_rules and (len(labels) != 2 or PNEUMONIA not in labels):
             raise ValueError(
                 "review.model_disagreement and judgments.min_if_model_agrees need a two-label "
                 "question with a 'PNEUMONIA' label "

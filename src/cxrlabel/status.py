@@ -48,8 +48,9 @@ def collect_status(session: Session, job_name: str | None = None) -> dict[str, A
     count = lambda stmt: session.scalar(stmt) or 0  # noqa: E731
     judgments = {
         "total": count(select(func.count(Judgment.id)).where(*jdg)),
-        "trusted": count(select(func.count(Judgment.id)).where(*jdg, ~Judgment.tainted,
-                                                               ~Judgment.is_gold)),
+        "trusted": count(
+            select(func.count(Judgment.id)).where(*jdg, ~Judgment.tainted, ~Judgment.is_gold)
+        ),
         "tainted": count(select(func.count(Judgment.id)).where(*jdg, Judgment.tainted)),
         "gold": count(select(func.count(Judgment.id)).where(*jdg, Judgment.is_gold)),
     }
@@ -62,11 +63,15 @@ def collect_status(session: Session, job_name: str | None = None) -> dict[str, A
         "skipped_duplicates": issues.get("exact_duplicate", 0) + issues.get("near_duplicate", 0),
         "duplicates_by_kind": {k: issues.get(k, 0) for k in ("exact_duplicate", "near_duplicate")},
         "failed": issues.get("failed", 0),
-        "gold": count(select(func.count(GoldItem.id)).where(GoldItem.job_id.in_(ids),
-                                                             GoldItem.active)),
+        "gold": count(
+            select(func.count(GoldItem.id)).where(GoldItem.job_id.in_(ids), GoldItem.active)
+        ),
         # retired after too many reveals (design/exposure.py) or switched off
-        "gold_inactive": count(select(func.count(GoldItem.id)).where(
-            GoldItem.job_id.in_(ids), GoldItem.active.is_(False))),
+        "gold_inactive": count(
+            select(func.count(GoldItem.id)).where(
+                GoldItem.job_id.in_(ids), GoldItem.active.is_(False)
+            )
+        ),
         "judgments": judgments,
         "annotators": _grouped(session, AnnotatorState.status, [AnnotatorState.job_id.in_(ids)]),
         "review_queue": by_status.get(ImageStatus.NEEDS_REVIEW, 0),

@@ -32,11 +32,15 @@ ROOM_TEMPLATES = {
 }
 
 env = Environment(
-    loader=ChoiceLoader([
-        PrefixLoader({room: FileSystemLoader(folder) for room, folder in ROOM_TEMPLATES.items()},
-                     delimiter=":"),
-        FileSystemLoader(TEMPLATES_DIR),
-    ]),
+    loader=ChoiceLoader(
+        [
+            PrefixLoader(
+                {room: FileSystemLoader(folder) for room, folder in ROOM_TEMPLATES.items()},
+                delimiter=":",
+            ),
+            FileSystemLoader(TEMPLATES_DIR),
+        ]
+    ),
     autoescape=select_autoescape(default=True, default_for_string=True),
     trim_blocks=True,
     lstrip_blocks=True,
@@ -44,8 +48,9 @@ env = Environment(
 # Stand-alone HTML documents (preview, proposal, QA report) keep Jinja's default whitespace.
 document_env = env.overlay(trim_blocks=False, lstrip_blocks=False)
 # Markdown documents (the design proposal): no HTML escaping, the trailing newline kept.
-markdown_env = env.overlay(autoescape=False, trim_blocks=False, lstrip_blocks=False,
-                           keep_trailing_newline=True)
+markdown_env = env.overlay(
+    autoescape=False, trim_blocks=False, lstrip_blocks=False, keep_trailing_newline=True
+)
 
 # CommonMark plus tables; raw HTML in the text is escaped and commonmark's link validation drops
 # javascript: URLs (job instructions are admin-written, but shown to every annotator).
@@ -67,9 +72,15 @@ def viewer_keys(spec: JobSpec) -> list[tuple[str, str]]:
     keys = [(c.key.upper(), c.text) for c in spec.question.labels if c.key]
     keys += [(c.key, c.text) for c in spec.certainty.options if c.key]
     keys += [
-        ("F", "cycle the image-quality flag"), ("J / K", "next / previous image"),
-        ("Enter", "submit the page"), ("+ / −", "zoom"), ("0", "reset the view"),
-        ("I", "invert"), (", / .", "brightness"), ("[ / ]", "contrast"), ("?", "help"),
+        ("F", "cycle the image-quality flag"),
+        ("J / K", "next / previous image"),
+        ("Enter", "submit the page"),
+        ("+ / −", "zoom"),
+        ("0", "reset the view"),
+        ("I", "invert"),
+        (", / .", "brightness"),
+        ("[ / ]", "contrast"),
+        ("?", "help"),
     ]
     return keys
 
@@ -77,9 +88,17 @@ def viewer_keys(spec: JobSpec) -> list[tuple[str, str]]:
 def work_page_context(spec: JobSpec, items: list[dict[str, str]], **extra: Any) -> dict[str, Any]:
     """Context of ``work_page.html``: ``items`` are ``{"public_id", "src"}`` dicts."""
     context: dict[str, Any] = {
-        "spec": spec, "items": items, "page_id": "preview", "preview": True, "submit_url": "#",
-        "csrf_token": "", "client_submission_id": "", "page_kind": "work", "prefill": {},
-        "keys": viewer_keys(spec), "prefetch_url": None,
+        "spec": spec,
+        "items": items,
+        "page_id": "preview",
+        "preview": True,
+        "submit_url": "#",
+        "csrf_token": "",
+        "client_submission_id": "",
+        "page_kind": "work",
+        "prefill": {},
+        "keys": viewer_keys(spec),
+        "prefetch_url": None,
     }
     context.update(extra)
     return context
@@ -94,7 +113,9 @@ def render_work_page(spec: JobSpec, items: list[dict[str, str]], **extra: Any) -
 def render_standalone_work_page(spec: JobSpec, items: list[dict[str, str]]) -> str:
     """A self-contained HTML document of a preview work page (CSS and JS inlined)."""
     return env.get_template("standalone_work_page.html").render(
-        spec=spec, work_page=render_work_page(spec, items),
-        app_css=static_text("app.css"), viewer_css=static_text("viewer.css"),
+        spec=spec,
+        work_page=render_work_page(spec, items),
+        app_css=static_text("app.css"),
+        viewer_css=static_text("viewer.css"),
         viewer_js=static_text("viewer.js"),
     )

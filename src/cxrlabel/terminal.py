@@ -22,9 +22,11 @@ def printable(value: object) -> str:
     if text.isprintable():
         return text
     return "".join(
-        ch if ch.isprintable() or unicodedata.category(ch) == "Zs"
+        ch
+        if ch.isprintable() or unicodedata.category(ch) == "Zs"
         else ch.encode("unicode_escape").decode("ascii")
-        for ch in text)
+        for ch in text
+    )
 
 
 def plain(value: object, style: str = "") -> Text:

@@ -43,8 +43,9 @@ class CertaintyDawidSkene(DawidSkene):
     name = "certainty"
     uses_certainty = True
 
-    def __init__(self, *, reliability_prior: float = 4.0, **ds_settings: float | int | None
-                 ) -> None:
+    def __init__(
+        self, *, reliability_prior: float = 4.0, **ds_settings: float | int | None
+    ) -> None:
         super().__init__(**ds_settings)  # type: ignore[arg-type]
         self.reliability_prior = reliability_prior
 

@@ -129,12 +129,14 @@ class GLAD(Aggregator):
 
             x = alpha[workers] * np.exp(b)[items][:, None]
             s = _sigmoid(x)
-            grad_b: np.ndarray = np.bincount(items, (weight * (is_answer - s) * x).sum(axis=1),
-                                             len(b))
+            grad_b: np.ndarray = np.bincount(
+                items, (weight * (is_answer - s) * x).sum(axis=1), len(b)
+            )
             # Fisher scoring (expected curvature) keeps the step an ascent direction
             # even where the objective is not concave in b.
-            curv_b: np.ndarray = np.bincount(items, (weight * s * (1 - s) * x**2).sum(axis=1),
-                                             len(b))
+            curv_b: np.ndarray = np.bincount(
+                items, (weight * s * (1 - s) * x**2).sum(axis=1), len(b)
+            )
             grad_b -= b / self.b_var
             curv_b += 1.0 / self.b_var
             b = b + np.clip(grad_b / curv_b, -_MAX_NEWTON_STEP, _MAX_NEWTON_STEP)
@@ -152,7 +154,8 @@ class GLAD(Aggregator):
         np.fill_diagonal(errors, 0.0)
         with np.errstate(divide="ignore"):
             log_error: np.ndarray = np.log(
-                errors / np.maximum(errors.sum(axis=1, keepdims=True), 1e-300))
+                errors / np.maximum(errors.sum(axis=1, keepdims=True), 1e-300)
+            )
         np.fill_diagonal(log_error, 0.0)
         return log_error
 

@@ -61,6 +61,7 @@ def common_passwords() -> frozenset[str]:
 
 def check_password_rules(password: str, username: str | None = None) -> None:
     """Raise ``AccountError("weak_password")`` with the reason, or return for a good one."""
+
     def weak(message: str) -> AccountError:
         return AccountError("weak_password", message)
 
@@ -130,21 +131,35 @@ def verify_password(stored_hash: str, password: str) -> bool:
         return False
 
 
-def set_password(session: Session, user: User, password: str, *,
-                 keep_session: str | None = None, actor: User | None = None) -> int:
+def set_password(
+    session: Session,
+    user: User,
+    password: str,
+    *,
+    keep_session: str | None = None,
+    actor: User | None = None,
+) -> int:
     """Set a new password (policy checked) and end every session of the user except
     ``keep_session`` (the browser that changed it). Returns how many sessions ended."""
     check_password_rules(password, user.username)
     user.password_hash = hash_password(password)
     ended = end_user_sessions(session, user.id, keep_token=keep_session)
-    session.add(AuditEvent(at=utcnow(), job_id=None, actor_id=actor.id if actor else None,
-                           action="account.password_changed", subject=f"user:{user.id}",
-                           payload={"sessions_ended": ended}))
+    session.add(
+        AuditEvent(
+            at=utcnow(),
+            job_id=None,
+            actor_id=actor.id if actor else None,
+            action="account.password_changed",
+            subject=f"user:{user.id}",
+            payload={"sessions_ended": ended},
+        )
+    )
     return ended
 
 
-def change_own_password(session: Session, user: User, current: str, new: str,
-                        keep_session: str | None) -> int:
+def change_own_password(
+    session: Session, user: User, current: str, new: str, keep_session: str | None
+) -> int:
     """A signed-in user changing their password: the current one must be right."""
     if not verify_password(user.password_hash, current):
         raise AccountError("wrong_password", "The current password is wrong.", 403)
@@ -156,9 +171,16 @@ def set_active(session: Session, user: User, active: bool, actor: User | None = 
     stop working too: they are only honoured for active users). Returns sessions ended."""
     user.active = active
     ended = 0 if active else end_user_sessions(session, user.id)
-    session.add(AuditEvent(at=utcnow(), job_id=None, actor_id=actor.id if actor else None,
-                           action="account.enabled" if active else "account.disabled",
-                           subject=f"user:{user.id}", payload={"sessions_ended": ended}))
+    session.add(
+        AuditEvent(
+            at=utcnow(),
+            job_id=None,
+            actor_id=actor.id if actor else None,
+            action="account.enabled" if active else "account.disabled",
+            subject=f"user:{user.id}",
+            payload={"sessions_ended": ended},
+        )
+    )
     return ended
 
 
@@ -170,6 +192,7 @@ def find_user(session: Session, username: str) -> User:
 
 
 # --- invites ------------------------------------------------------------------------------------
+
 
 def create_invite(
     session: Session,
@@ -208,10 +231,16 @@ def create_invite(
     session.add(invite)
     session.flush()
     # Who may create accounts is an admin decision: keep it in the append-only audit log.
-    session.add(AuditEvent(at=now, job_id=invite.job_id, actor_id=invite.created_by,
-                           action="admin.invite_created", subject=f"invite:{invite.id}",
-                           payload={"role": role, "max_uses": max_uses,
-                                    "expires_hours": expires_hours}))
+    session.add(
+        AuditEvent(
+            at=now,
+            job_id=invite.job_id,
+            actor_id=invite.created_by,
+            action="admin.invite_created",
+            subject=f"invite:{invite.id}",
+            payload={"role": role, "max_uses": max_uses, "expires_hours": expires_hours},
+        )
+    )
     return invite, token
 
 
@@ -259,14 +288,21 @@ def revoke_invite(session: Session, invite_id: int, actor: User | None = None) -
     if invite is None:
         raise AccountError("not_found", "No such invite.", 404)
     invite.revoked = True
-    session.add(AuditEvent(at=utcnow(), job_id=invite.job_id,
-                           actor_id=actor.id if actor is not None else None,
-                           action="admin.invite_revoked", subject=f"invite:{invite.id}",
-                           payload={}))
+    session.add(
+        AuditEvent(
+            at=utcnow(),
+            job_id=invite.job_id,
+            actor_id=actor.id if actor is not None else None,
+            action="admin.invite_revoked",
+            subject=f"invite:{invite.id}",
+            payload={},
+        )
+    )
     return invite
 
 
 # --- API tokens ---------------------------------------------------------------------------------
+
 
 def issue_api_token(session: Session, user: User) -> str:
     """A new API token for the user (replacing any previous one); only its hash is stored."""

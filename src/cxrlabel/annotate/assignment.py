@@ -133,15 +133,17 @@ NO_GOLD_FOR_QUIZ = NoPage(
     "not_ready", "This job is not ready yet (it has no quiz questions). Please come back later."
 )
 QUOTA_REACHED = NoPage(
-    "quota_reached", "You have reached the maximum number of answers one person can give in "
-    "this job. Thank you very much for your work!"
+    "quota_reached",
+    "You have reached the maximum number of answers one person can give in "
+    "this job. Thank you very much for your work!",
 )
 GOLD_EXHAUSTED = NoPage(
     "all_done", "You have done all the work this job can offer you. Thank you very much!"
 )
 NO_OPEN_IMAGES = NoPage(
-    "no_work_now", "There are no images waiting for you right now. Thank you! Please check back "
-    "later: images come back when other people's pages expire."
+    "no_work_now",
+    "There are no images waiting for you right now. Thank you! Please check back "
+    "later: images come back when other people's pages expire.",
 )
 
 
@@ -154,7 +156,10 @@ def join_job(
         return state
     status = AnnotatorStatus.QUIZ if spec.gold.quiz_length > 0 else AnnotatorStatus.ACTIVE
     state = AnnotatorState(
-        job_id=job.id, user_id=user.id, status=status, joined_at=now,
+        job_id=job.id,
+        user_id=user.id,
+        status=status,
+        joined_at=now,
         quiz_passed_at=now if status == AnnotatorStatus.ACTIVE else None,
     )
     try:
@@ -168,8 +173,13 @@ def join_job(
 
 
 def next_page(
-    session: Session, job: Job, spec: JobSpec, user: User, now: datetime,
-    *, rng: random.Random | None = None,
+    session: Session,
+    job: Job,
+    spec: JobSpec,
+    user: User,
+    now: datetime,
+    *,
+    rng: random.Random | None = None,
 ) -> ServedPage | None:
     """The page this annotator should work on now (an open one if they hold it), or None."""
     page, _reason = next_page_or_reason(session, job, spec, user, now, rng=rng)
@@ -177,8 +187,13 @@ def next_page(
 
 
 def next_page_or_reason(
-    session: Session, job: Job, spec: JobSpec, user: User, now: datetime,
-    *, rng: random.Random | None = None,
+    session: Session,
+    job: Job,
+    spec: JobSpec,
+    user: User,
+    now: datetime,
+    *,
+    rng: random.Random | None = None,
 ) -> tuple[ServedPage | None, NoPage | None]:
     """Like ``next_page`` but says why there is no page."""
     state = _locked_state(session, job, spec, user, now)
@@ -191,15 +206,21 @@ def next_page_or_reason(
     if state.status == AnnotatorStatus.QUIZ:
         training = training_images_due(session, job, spec, user, rng)
         if training:  # practice first (annotate/training.py): no gold on these pages
-            return _make_page(session, job, spec, user, now, PageKind.TRAINING, training, [],
-                              rng), None
+            return _make_page(
+                session, job, spec, user, now, PageKind.TRAINING, training, [], rng
+            ), None
         return _new_quiz_page(session, job, spec, user, now, rng)
     return _new_work_page(session, job, spec, user, now, rng, state, held)
 
 
 def prefetch_page(
-    session: Session, job: Job, spec: JobSpec, user: User, now: datetime,
-    *, rng: random.Random | None = None,
+    session: Session,
+    job: Job,
+    spec: JobSpec,
+    user: User,
+    now: datetime,
+    *,
+    rng: random.Random | None = None,
 ) -> ServedPage | None:
     """Reserve the page after the current one so a browser can download its images early.
 
@@ -214,8 +235,9 @@ def prefetch_page(
         return held[1]
     if len(held) != 1 or held[0].kind != PageKind.WORK:
         return None
-    page, _reason = _new_work_page(session, job, spec, user, now, rng or random.SystemRandom(),
-                                   state, held)
+    page, _reason = _new_work_page(
+        session, job, spec, user, now, rng or random.SystemRandom(), state, held
+    )
     return page
 
 
@@ -227,23 +249,53 @@ def open_pages(session: Session, job: Job, user: User, now: datetime) -> list[Se
     for page_id, page_rows in itertools.groupby(rows, key=lambda row: row.id):
         item_rows = list(page_rows)
         first = item_rows[0]
-        items = tuple(ServedItem(r.image_id, r.position, bool(r.is_gold),
-                                 ServedImage(r.image_id, r.image_public_id, r.rendition_path))
-                      for r in item_rows)
-        pages.append(ServedPage(page_id, first.public_id, first.job_id, first.user_id,
-                                first.kind, first.served_at, first.expires_at, items))
+        items = tuple(
+            ServedItem(
+                r.image_id,
+                r.position,
+                bool(r.is_gold),
+                ServedImage(r.image_id, r.image_public_id, r.rendition_path),
+            )
+            for r in item_rows
+        )
+        pages.append(
+            ServedPage(
+                page_id,
+                first.public_id,
+                first.job_id,
+                first.user_id,
+                first.kind,
+                first.served_at,
+                first.expires_at,
+                items,
+            )
+        )
     return pages
 
 
 _OPEN_PAGES = (
-    select(_P.c.id, _P.c.public_id, _P.c.job_id, _P.c.user_id, _P.c.kind, _P.c.served_at,
-           _P.c.expires_at, _PI.c.image_id, _PI.c.position, _PI.c.is_gold,
-           _I.c.public_id.label("image_public_id"), _I.c.rendition_path)
+    select(
+        _P.c.id,
+        _P.c.public_id,
+        _P.c.job_id,
+        _P.c.user_id,
+        _P.c.kind,
+        _P.c.served_at,
+        _P.c.expires_at,
+        _PI.c.image_id,
+        _PI.c.position,
+        _PI.c.is_gold,
+        _I.c.public_id.label("image_public_id"),
+        _I.c.rendition_path,
+    )
     .join(_PI, _PI.c.page_id == _P.c.id)
     .join(_I, _I.c.id == _PI.c.image_id)
-    .where(_P.c.job_id == bindparam("job", type_=Integer),
-           _P.c.user_id == bindparam("user", type_=Integer),
-           _P.c.submitted_at.is_(None), _P.c.expires_at > bindparam("now"))
+    .where(
+        _P.c.job_id == bindparam("job", type_=Integer),
+        _P.c.user_id == bindparam("user", type_=Integer),
+        _P.c.submitted_at.is_(None),
+        _P.c.expires_at > bindparam("now"),
+    )
     .order_by(_P.c.id, _PI.c.position)
 )
 
@@ -271,8 +323,12 @@ def _reservations(job_id: Any, now: Any):  # a SQLAlchemy subquery
     return (
         select(PageItem.image_id.label("image_id"), func.count().label("n"))
         .join(Page, Page.id == PageItem.page_id)
-        .where(Page.job_id == job_id, Page.submitted_at.is_(None), Page.expires_at > now,
-               PageItem.is_gold.is_(False))
+        .where(
+            Page.job_id == job_id,
+            Page.submitted_at.is_(None),
+            Page.expires_at > now,
+            PageItem.is_gold.is_(False),
+        )
         .group_by(PageItem.image_id)
         .subquery("reserved")
     )
@@ -280,10 +336,12 @@ def _reservations(job_id: Any, now: Any):  # a SQLAlchemy subquery
 
 # --- internals ---------------------------------------------------------------------------------
 
+
 def _state(session: Session, job: Job, user: User) -> AnnotatorState | None:
     return session.scalar(
-        select(AnnotatorState).where(AnnotatorState.job_id == job.id,
-                                     AnnotatorState.user_id == user.id)
+        select(AnnotatorState).where(
+            AnnotatorState.job_id == job.id, AnnotatorState.user_id == user.id
+        )
     )
 
 
@@ -320,15 +378,14 @@ def _unseen_gold(session: Session, job: Job, user: User) -> tuple[int, list[int]
     return session.execute(_N_ACTIVE_GOLD, params).scalar_one() - len(seen), seen
 
 
-def _unseen_gold_at(
-    session: Session, job: Job, seen: list[int], positions: list[int]
-) -> list[int]:
+def _unseen_gold_at(session: Session, job: Job, seen: list[int], positions: list[int]) -> list[int]:
     """The unseen test questions at these positions of the id-ordered unseen list (a position
     past its end, possible only if the bank shrank since the count, gives nothing)."""
     picked = []
     for position in positions:
-        image_id = session.execute(_UNSEEN_GOLD_AT, {"job": job.id, "seen": seen,
-                                                      "position": position}).scalar()
+        image_id = session.execute(
+            _UNSEEN_GOLD_AT, {"job": job.id, "seen": seen, "position": position}
+        ).scalar()
         if image_id is not None:
             picked.append(image_id)
     return picked
@@ -338,18 +395,26 @@ _ACTIVE_GOLD_SEEN_BY = (  # the annotator's pages are few next to the bank: star
     select(_PI.c.image_id)
     .join(_P, _P.c.id == _PI.c.page_id)
     .join(_G, _G.c.image_id == _PI.c.image_id)
-    .where(_P.c.job_id == bindparam("job", type_=Integer),
-           _P.c.user_id == bindparam("user", type_=Integer),
-           _G.c.active.is_(True))
+    .where(
+        _P.c.job_id == bindparam("job", type_=Integer),
+        _P.c.user_id == bindparam("user", type_=Integer),
+        _G.c.active.is_(True),
+    )
 )
-_N_ACTIVE_GOLD = select(func.count()).select_from(_G).where(
-    _G.c.job_id == bindparam("job", type_=Integer), _G.c.active.is_(True))
+_N_ACTIVE_GOLD = (
+    select(func.count())
+    .select_from(_G)
+    .where(_G.c.job_id == bindparam("job", type_=Integer), _G.c.active.is_(True))
+)
 # One row by position: an index-only walk of the bank (a window function over the whole bank,
 # tried first, cost 1.2-2.1 ms a page on SQLite; this 0.13 ms).
 _UNSEEN_GOLD_AT = (
     select(_G.c.image_id)
-    .where(_G.c.job_id == bindparam("job", type_=Integer), _G.c.active.is_(True),
-           _G.c.image_id.not_in(bindparam("seen", expanding=True)))
+    .where(
+        _G.c.job_id == bindparam("job", type_=Integer),
+        _G.c.active.is_(True),
+        _G.c.image_id.not_in(bindparam("seen", expanding=True)),
+    )
     .order_by(_G.c.image_id)
     .limit(1)
     .offset(bindparam("position", type_=Integer))
@@ -375,8 +440,14 @@ def _work_done_and_reserved(state: AnnotatorState, held: list[ServedPage]) -> in
 
 
 def _new_work_page(
-    session: Session, job: Job, spec: JobSpec, user: User, now: datetime, rng: random.Random,
-    state: AnnotatorState, held: list[ServedPage],
+    session: Session,
+    job: Job,
+    spec: JobSpec,
+    user: User,
+    now: datetime,
+    rng: random.Random,
+    state: AnnotatorState,
+    held: list[ServedPage],
 ) -> tuple[ServedPage | None, NoPage | None]:
     quota = spec.judgments.max_per_annotator - _work_done_and_reserved(state, held)
     n_work = min(spec.pages.items_per_page - spec.gold.per_page, quota)
@@ -387,8 +458,7 @@ def _new_work_page(
         n_unseen, seen = _unseen_gold(session, job, user)
         if n_unseen < spec.gold.per_page:
             return None, GOLD_EXHAUSTED
-        gold = _unseen_gold_at(session, job, seen,
-                               rng.sample(range(n_unseen), spec.gold.per_page))
+        gold = _unseen_gold_at(session, job, seen, rng.sample(range(n_unseen), spec.gold.per_page))
     work = claim_open_images(session, job, spec, user, now, n_work)
     if not work:
         return None, NO_OPEN_IMAGES
@@ -478,8 +548,7 @@ def model_uncertainty() -> Any:
     """``[assignment] order = "model_uncertainty"``'s key: |p - 0.5| (least sure first), 1.0
     for images without a score (last). Written exactly as ``ix_images_model_order`` indexes it
     (constants inline, not bound), so both databases scan that index in this order."""
-    return func.coalesce(func.abs(Image.model_score - literal_column("0.5")),
-                         literal_column("1.0"))
+    return func.coalesce(func.abs(Image.model_score - literal_column("0.5")), literal_column("1.0"))
 
 
 def _tie_order(order: str) -> tuple[Any, ...]:
@@ -501,16 +570,22 @@ def _candidates(job_id: Any, order: str, user_id: Any, reserved: Any, n: Any) ->
     """
     untouched = (
         select(Image.id)
-        .where(Image.job_id == job_id, Image.status == ImageStatus.NEEDS_JUDGMENTS,
-               Image.trusted_judgments == 0, Image.id.not_in(select(reserved.c.image_id)),
-               ~_seen_by(user_id))
+        .where(
+            Image.job_id == job_id,
+            Image.status == ImageStatus.NEEDS_JUDGMENTS,
+            Image.trusted_judgments == 0,
+            Image.id.not_in(select(reserved.c.image_id)),
+            ~_seen_by(user_id),
+        )
         .order_by(Image.judgment_target, *_tie_order(order))
         .limit(n)
         .subquery("untouched")
     )
     in_progress = select(Image.id).where(
-        Image.job_id == job_id, Image.status == ImageStatus.NEEDS_JUDGMENTS,
-        Image.trusted_judgments > 0)
+        Image.job_id == job_id,
+        Image.status == ImageStatus.NEEDS_JUDGMENTS,
+        Image.trusted_judgments > 0,
+    )
     return union_all(in_progress, select(reserved.c.image_id), select(untouched.c.id))
 
 
@@ -527,61 +602,88 @@ def _claim_with_row_locks(
         want = n - len(chosen)
         if want <= 0:
             break
-        candidates = list(session.scalars(
-            query.where(Image.id.not_in(chosen + rejected) if chosen or rejected else true())
-            # NO KEY UPDATE: excludes other assigners, not the FK checks of inserted rows.
-            .limit(want).with_for_update(skip_locked=True, of=Image, key_share=True),
-            params,
-        ))
+        candidates = list(
+            session.scalars(
+                query.where(Image.id.not_in(chosen + rejected) if chosen or rejected else true())
+                # NO KEY UPDATE: excludes other assigners, not the FK checks of inserted rows.
+                .limit(want)
+                .with_for_update(skip_locked=True, of=Image, key_share=True),
+                params,
+            )
+        )
         if not candidates:
             break
         # Re-count with a fresh snapshot (READ COMMITTED): a reservation committed by someone
         # else between our query's snapshot and our lock is seen here.
-        still_open = set(session.scalars(
-            select(Image.id)
-            .outerjoin(reserved, reserved.c.image_id == Image.id)
-            .where(
-                Image.id.in_(candidates),
-                Image.status == ImageStatus.NEEDS_JUDGMENTS,
-                Image.trusted_judgments + n_reserved < Image.judgment_target,
-                Image.trusted_judgments + n_reserved < bindparam("jmax", type_=Integer),
-            ),
-            params,
-        ))
+        still_open = set(
+            session.scalars(
+                select(Image.id)
+                .outerjoin(reserved, reserved.c.image_id == Image.id)
+                .where(
+                    Image.id.in_(candidates),
+                    Image.status == ImageStatus.NEEDS_JUDGMENTS,
+                    Image.trusted_judgments + n_reserved < Image.judgment_target,
+                    Image.trusted_judgments + n_reserved < bindparam("jmax", type_=Integer),
+                ),
+                params,
+            )
+        )
         chosen += [i for i in candidates if i in still_open]
         rejected += [i for i in candidates if i not in still_open]
     return chosen
 
 
 def _make_page(
-    session: Session, job: Job, spec: JobSpec, user: User, now: datetime, kind: str,
-    work: list[int], gold: list[int], rng: random.Random,
+    session: Session,
+    job: Job,
+    spec: JobSpec,
+    user: User,
+    now: datetime,
+    kind: str,
+    work: list[int],
+    gold: list[int],
+    rng: random.Random,
 ) -> ServedPage:
     entries = [(image_id, False) for image_id in work] + [(image_id, True) for image_id in gold]
     rng.shuffle(entries)  # gold sits at random positions, indistinguishable from work
     # Core INSERTs (the ORM unit of work cost more than the statements): the page, then its
     # items in one statement; the caller gets plain values, not ORM objects (ServedPage).
     values: dict[str, Any] = {
-        "public_id": new_public_id(), "job_id": job.id, "user_id": user.id, "kind": kind,
-        "served_at": now, "submitted_at": None,
-        "expires_at": now + timedelta(minutes=spec.pages.reservation_minutes)}
+        "public_id": new_public_id(),
+        "job_id": job.id,
+        "user_id": user.id,
+        "kind": kind,
+        "served_at": now,
+        "submitted_at": None,
+        "expires_at": now + timedelta(minutes=spec.pages.reservation_minutes),
+    }
     page_id = session.execute(_INSERT_PAGE, values).scalar_one()
     _insert_items(session, page_id, entries)
-    images = {row.id: ServedImage(row.id, row.public_id, row.rendition_path)
-              for row in session.execute(_PAGE_IMAGES, {"ids": work + gold})}
-    items = tuple(ServedItem(image_id, pos, is_gold, images[image_id])
-                  for pos, (image_id, is_gold) in enumerate(entries))
-    return ServedPage(page_id, values["public_id"], job.id, user.id, kind, now,
-                      values["expires_at"], items)
+    images = {
+        row.id: ServedImage(row.id, row.public_id, row.rendition_path)
+        for row in session.execute(_PAGE_IMAGES, {"ids": work + gold})
+    }
+    items = tuple(
+        ServedItem(image_id, pos, is_gold, images[image_id])
+        for pos, (image_id, is_gold) in enumerate(entries)
+    )
+    return ServedPage(
+        page_id, values["public_id"], job.id, user.id, kind, now, values["expires_at"], items
+    )
 
 
 _PAGE_IMAGES = select(_I.c.id, _I.c.public_id, _I.c.rendition_path).where(
-    _I.c.id.in_(bindparam("ids", expanding=True)))
+    _I.c.id.in_(bindparam("ids", expanding=True))
+)
 _INSERT_PAGE = insert(_P).returning(_P.c.id)
 
 
 def _insert_items(session: Session, page_id: int, entries: list[tuple[int, bool]]) -> None:
     """One multi-row INSERT for a page's items (the ORM inserts them one by one on SQLite)."""
-    session.execute(insert(_PI),
-                    [{"page_id": page_id, "image_id": i, "position": pos, "is_gold": g}
-                     for pos, (i, g) in enumerate(entries)])
+    session.execute(
+        insert(_PI),
+        [
+            {"page_id": page_id, "image_id": i, "position": pos, "is_gold": g}
+            for pos, (i, g) in enumerate(entries)
+        ],
+    )

@@ -51,28 +51,43 @@ def sign_in_identity(session: Session, settings: OidcSettings, claims: Mapping[s
     ``SignInRefused`` with a message for the person."""
     role = role_from_claims(claims, settings.role_claim, settings.roles)
     if role is None:
-        raise SignInRefused("oidc_unmapped", (
-            f"Your account at {settings.name} is not in a group that may use cxrlabel "
-            f"(claim '{settings.role_claim}'). Ask the administrator to grant access."))
+        raise SignInRefused(
+            "oidc_unmapped",
+            (
+                f"Your account at {settings.name} is not in a group that may use cxrlabel "
+                f"(claim '{settings.role_claim}'). Ask the administrator to grant access."
+            ),
+        )
     subject = str(claims["sub"])
     if not subject or len(subject) > 255:  # the column's size; OpenID Connect allows 255
         raise SignInRefused("oidc_bad_subject", f"{settings.name} sent an unusable account id.")
-    user = session.scalar(select(User).join(UserIdentity, UserIdentity.user_id == User.id).where(
-        UserIdentity.issuer == settings.issuer, UserIdentity.subject == subject))
+    user = session.scalar(
+        select(User)
+        .join(UserIdentity, UserIdentity.user_id == User.id)
+        .where(UserIdentity.issuer == settings.issuer, UserIdentity.subject == subject)
+    )
     if user is None:
         user = _link_or_create(session, settings, claims, role)
     if not user.active:
         raise SignInRefused("account_disabled", "This account is disabled.")
     if user.role != role:
-        session.add(AuditEvent(at=utcnow(), job_id=None, actor_id=None,
-                               action="account.role_from_provider", subject=f"user:{user.id}",
-                               payload={"from": user.role, "to": role}))
+        session.add(
+            AuditEvent(
+                at=utcnow(),
+                job_id=None,
+                actor_id=None,
+                action="account.role_from_provider",
+                subject=f"user:{user.id}",
+                payload={"from": user.role, "to": role},
+            )
+        )
         user.role = role
     return user
 
 
-def _link_or_create(session: Session, settings: OidcSettings, claims: Mapping[str, Any],
-                    role: str) -> User:
+def _link_or_create(
+    session: Session, settings: OidcSettings, claims: Mapping[str, Any], role: str
+) -> User:
     """First sign-in of this provider account: bind it to the user an admin created with
     exactly this username, or (``provision = auto``) to a new user."""
     wanted = _claimed_username(claims, settings.username_claim)
@@ -81,20 +96,35 @@ def _link_or_create(session: Session, settings: OidcSettings, claims: Mapping[st
         user = None  # that username belongs to another account at this provider
     if user is None:
         if settings.provision != "auto":
-            raise SignInRefused("oidc_no_account", (
-                f"There is no cxrlabel account for you yet ({settings.name} says "
-                f"'{wanted or claims['sub']}'). Ask the administrator to create one."))
-        user = User(username=_free_username(session, wanted or f"user-{claims['sub']}"),
-                    password_hash=NO_PASSWORD, role=role, active=True)
+            raise SignInRefused(
+                "oidc_no_account",
+                (
+                    f"There is no cxrlabel account for you yet ({settings.name} says "
+                    f"'{wanted or claims['sub']}'). Ask the administrator to create one."
+                ),
+            )
+        user = User(
+            username=_free_username(session, wanted or f"user-{claims['sub']}"),
+            password_hash=NO_PASSWORD,
+            role=role,
+            active=True,
+        )
         session.add(user)
         session.flush()
         action = "account.created_by_provider"
     else:
         action = "account.linked_to_provider"
     session.add(UserIdentity(issuer=settings.issuer, subject=str(claims["sub"]), user_id=user.id))
-    session.add(AuditEvent(at=utcnow(), job_id=None, actor_id=None, action=action,
-                           subject=f"user:{user.id}",
-                           payload={"issuer": settings.issuer, "role": role}))
+    session.add(
+        AuditEvent(
+            at=utcnow(),
+            job_id=None,
+            actor_id=None,
+            action=action,
+            subject=f"user:{user.id}",
+            payload={"issuer": settings.issuer, "role": role},
+        )
+    )
     session.flush()
     return user
 
@@ -105,8 +135,14 @@ def _claimed_username(claims: Mapping[str, Any], claim: str) -> str | None:
 
 
 def _has_identity(session: Session, user_id: int, issuer: str) -> bool:
-    return session.scalar(select(UserIdentity.id).where(
-        UserIdentity.user_id == user_id, UserIdentity.issuer == issuer)) is not None
+    return (
+        session.scalar(
+            select(UserIdentity.id).where(
+                UserIdentity.user_id == user_id, UserIdentity.issuer == issuer
+            )
+        )
+        is not None
+    )
 
 
 def _free_username(session: Session, wanted: str) -> str:

@@ -7,8 +7,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from cxrlabel.errors import EngineError
 from cxrlabel.quality.records import MissedGold
 
-__all__ = ["AnswerIn", "EngineError", "MissedGold", "SubmissionError", "SubmitResult",
-           "TrainingFeedback"]
+__all__ = [
+    "AnswerIn",
+    "EngineError",
+    "MissedGold",
+    "SubmissionError",
+    "SubmitResult",
+    "TrainingFeedback",
+]
 
 
 class SubmissionError(EngineError):

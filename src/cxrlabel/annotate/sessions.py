@@ -34,8 +34,10 @@ class SessionPolicy:
 
     @classmethod
     def from_settings(cls, settings: object) -> SessionPolicy:
-        return cls(idle=timedelta(minutes=float(getattr(settings, "session_idle_minutes", 480))),
-                   absolute=timedelta(hours=float(getattr(settings, "session_max_hours", 168))))
+        return cls(
+            idle=timedelta(minutes=float(getattr(settings, "session_idle_minutes", 480))),
+            absolute=timedelta(hours=float(getattr(settings, "session_max_hours", 168))),
+        )
 
 
 @dataclass(frozen=True)
@@ -51,8 +53,11 @@ def token_hash(token: str) -> str:
 def start_session(session: Session, user_id: int, now: datetime) -> str:
     """A new session for the user; returns the token the cookie must carry (shown once)."""
     token = secrets.token_urlsafe(32)
-    session.add(UserSession(token_sha256=token_hash(token), user_id=user_id,
-                            created_at=now, last_seen_at=now))
+    session.add(
+        UserSession(
+            token_sha256=token_hash(token), user_id=user_id, created_at=now, last_seen_at=now
+        )
+    )
     session.flush()
     return token
 
@@ -72,12 +77,14 @@ def end_user_sessions(session: Session, user_id: int, *, keep_token: str | None 
     return _rows_changed(session.execute(query))
 
 
-_LOOKUP = (select(User, UserSession.created_at, UserSession.last_seen_at)
-           .join(UserSession, UserSession.user_id == User.id))
+_LOOKUP = select(User, UserSession.created_at, UserSession.last_seen_at).join(
+    UserSession, UserSession.user_id == User.id
+)
 
 
-def session_user(session: Session, token: str, now: datetime,
-                 policy: SessionPolicy) -> ActiveSession | None:
+def session_user(
+    session: Session, token: str, now: datetime, policy: SessionPolicy
+) -> ActiveSession | None:
     """The active user of a live session, else None (unknown, ended, timed out, disabled).
     One indexed read; never writes (see ``touch_session``)."""
     row = session.execute(_LOOKUP.where(UserSession.token_sha256 == token_hash(token))).first()
@@ -91,16 +98,19 @@ def session_user(session: Session, token: str, now: datetime,
 
 
 def touch_session(session: Session, token: str, now: datetime) -> None:
-    session.execute(update(UserSession)
-                    .where(UserSession.token_sha256 == token_hash(token))
-                    .values(last_seen_at=now))
+    session.execute(
+        update(UserSession)
+        .where(UserSession.token_sha256 == token_hash(token))
+        .values(last_seen_at=now)
+    )
 
 
 def purge_expired_sessions(session: Session, now: datetime, policy: SessionPolicy) -> int:
     """Delete sessions past either timeout (housekeeping; lookups already refuse them)."""
     query = delete(UserSession).where(
         (UserSession.last_seen_at < now - policy.idle)
-        | (UserSession.created_at < now - policy.absolute))
+        | (UserSession.created_at < now - policy.absolute)
+    )
     return _rows_changed(session.execute(query))
 
 

@@ -76,20 +76,38 @@ def _shared_by_everyone(network: str) -> bool:
 def check_signup_allowed(session: Session, invite: Invite, network: str, now: datetime) -> None:
     """Raise a 429 ``too_many_signups`` when this link or network is over its hourly limit."""
     since = now - WINDOW
-    by_invite = session.scalar(select(func.count(Signup.id)).where(
-        Signup.invite_id == invite.id, Signup.created_at > since)) or 0
-    by_network = 0 if _shared_by_everyone(network) else session.scalar(
-        select(func.count(Signup.id)).where(Signup.network == network,
-                                            Signup.created_at > since)) or 0
+    by_invite = (
+        session.scalar(
+            select(func.count(Signup.id)).where(
+                Signup.invite_id == invite.id, Signup.created_at > since
+            )
+        )
+        or 0
+    )
+    by_network = (
+        0
+        if _shared_by_everyone(network)
+        else session.scalar(
+            select(func.count(Signup.id)).where(
+                Signup.network == network, Signup.created_at > since
+            )
+        )
+        or 0
+    )
     if by_invite >= per_invite_limit() or by_network >= per_network_limit():
-        raise AccountError("too_many_signups", "Too many accounts were created here recently. "
-                           "Please try again in an hour.", 429)
+        raise AccountError(
+            "too_many_signups",
+            "Too many accounts were created here recently. Please try again in an hour.",
+            429,
+        )
 
 
-def record_signup(session: Session, user: User, invite: Invite, network: str,
-                  device: str | None, now: datetime) -> None:
-    session.add(Signup(user_id=user.id, invite_id=invite.id, network=network, device=device,
-                       created_at=now))
+def record_signup(
+    session: Session, user: User, invite: Invite, network: str, device: str | None, now: datetime
+) -> None:
+    session.add(
+        Signup(user_id=user.id, invite_id=invite.id, network=network, device=device, created_at=now)
+    )
 
 
 @dataclass(frozen=True)
@@ -110,16 +128,21 @@ def duplicate_signals(session: Session, job: Job | None = None) -> list[Signal]:
     return out
 
 
-def _grouped(session: Session, column, kind: str, names: dict[int, str],
-             what: str) -> list[Signal]:
+def _grouped(session: Session, column, kind: str, names: dict[int, str], what: str) -> list[Signal]:
     groups: dict[str, list[int]] = defaultdict(list)
-    for key, user_id in session.execute(select(column, Signup.user_id).where(
-            column.is_not(None)).order_by(Signup.id)):
+    for key, user_id in session.execute(
+        select(column, Signup.user_id).where(column.is_not(None)).order_by(Signup.id)
+    ):
         groups[key].append(user_id)
-    return [Signal(kind, tuple(names.get(u, str(u)) for u in users),
-                   f"{len(users)} accounts {what}" + (f" {key}" if kind == "same_network" else ""))
-            for key, users in groups.items()
-            if len(users) > 1 and not (kind == "same_network" and _shared_by_everyone(key))]
+    return [
+        Signal(
+            kind,
+            tuple(names.get(u, str(u)) for u in users),
+            f"{len(users)} accounts {what}" + (f" {key}" if kind == "same_network" else ""),
+        )
+        for key, users in groups.items()
+        if len(users) > 1 and not (kind == "same_network" and _shared_by_everyone(key))
+    ]
 
 
 def _same_answers(session: Session, job: Job, names: dict[int, str]) -> list[Signal]:
@@ -131,12 +154,17 @@ def _same_answers(session: Session, job: Job, names: dict[int, str]) -> list[Sig
         .join(b, and_(b.image_id == a.image_id, b.job_id == a.job_id, b.user_id > a.user_id))
         .where(a.job_id == job.id)
         .group_by(a.user_id, b.user_id)
-        .having(func.count() >= SAME_ANSWERS_MIN_COMMON))
+        .having(func.count() >= SAME_ANSWERS_MIN_COMMON)
+    )
     out = []
     for first, second, common, identical in rows:
         if identical / common >= SAME_ANSWERS_MIN_FRACTION:
-            out.append(Signal("same_answers", (names.get(first, str(first)),
-                                               names.get(second, str(second))),
-                              f"job {job.name}: identical answer and certainty on "
-                              f"{identical} of {common} shared images"))
+            out.append(
+                Signal(
+                    "same_answers",
+                    (names.get(first, str(first)), names.get(second, str(second))),
+                    f"job {job.name}: identical answer and certainty on "
+                    f"{identical} of {common} shared images",
+                )
+            )
     return out

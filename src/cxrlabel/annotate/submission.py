@@ -55,8 +55,14 @@ MAX_CLIENT_ID_LENGTH = 64
 
 
 def submit_page(
-    session: Session, job: Job, spec: JobSpec, user: User, page_public_id: str,
-    client_submission_id: str, answers: list[AnswerIn], now: datetime,
+    session: Session,
+    job: Job,
+    spec: JobSpec,
+    user: User,
+    page_public_id: str,
+    client_submission_id: str,
+    answers: list[AnswerIn],
+    now: datetime,
 ) -> SubmitResult:
     """Store one page of answers exactly once and return the (stored) outcome."""
     if not client_submission_id or len(client_submission_id) > MAX_CLIENT_ID_LENGTH:
@@ -64,33 +70,36 @@ def submit_page(
             "bad_submission_id", "The submission id is missing or too long (max 64).", 422
         )
     page = session.scalar(
-        select(Page).where(Page.public_id == page_public_id, Page.job_id == job.id,
-                           Page.user_id == user.id)
+        select(Page)
+        .where(Page.public_id == page_public_id, Page.job_id == job.id, Page.user_id == user.id)
         .with_for_update()  # PostgreSQL: parallel submits of one page queue here
     )
     if page is None:
         raise SubmissionError("page_not_found", "No such page for you in this job.", 404)
     items = _page_items(session, page)
     previous = session.scalar(
-        select(Submission).where(Submission.user_id == user.id,
-                                 Submission.client_submission_id == client_submission_id)
+        select(Submission).where(
+            Submission.user_id == user.id, Submission.client_submission_id == client_submission_id
+        )
     )
     if previous is not None:
         if previous.page_id != page.id:
             raise SubmissionError(
                 "submission_id_reused",
-                "This submission id was already used for another page.", 409,
+                "This submission id was already used for another page.",
+                409,
             )
         return SubmitResult.model_validate({**previous.response, "replayed": True})
     if page.submitted_at is not None:
         raise SubmissionError(
             "already_submitted",
             "This page was already submitted (perhaps from another tab). Your earlier answers "
-            "are kept.", 409,
+            "are kept.",
+            409,
         )
     state = session.scalar(
-        select(AnnotatorState).where(AnnotatorState.job_id == job.id,
-                                     AnnotatorState.user_id == user.id)
+        select(AnnotatorState)
+        .where(AnnotatorState.job_id == job.id, AnnotatorState.user_id == user.id)
         .with_for_update()
         .execution_options(populate_existing=True)  # the values as of the lock
     )
@@ -98,8 +107,9 @@ def submit_page(
         raise SubmissionError("not_active", _inactive_message(state), 403)
     by_image = _validate_answers(spec, items, answers)
     if page.kind == PageKind.TRAINING:  # practice: stored apart, never graded (training.py)
-        return _submit_training(session, job, user, page, items, client_submission_id,
-                                by_image, state, now)
+        return _submit_training(
+            session, job, user, page, items, client_submission_id, by_image, state, now
+        )
     # Same lock order as the quality engine (job row, then images): no deadlock between them.
     # FOR NO KEY UPDATE: still one submitter at a time, but it does not block the foreign-key
     # check (KEY SHARE) of an assigner inserting a page of this job while holding image row
@@ -112,52 +122,95 @@ def submit_page(
     # Core statements, not ORM objects, for the rows of a submit (the unit of work and the
     # instances cost more than the SQL: docs/benchmarks.md, issue 11).
     conn = session.connection()
-    submission_id = conn.execute(_INSERT_SUBMISSION, {
-        "user_id": user.id, "page_id": page.id, "client_submission_id": client_submission_id,
-        "response": {}, "created_at": now}).scalar_one()
+    submission_id = conn.execute(
+        _INSERT_SUBMISSION,
+        {
+            "user_id": user.id,
+            "page_id": page.id,
+            "client_submission_id": client_submission_id,
+            "response": {},
+            "created_at": now,
+        },
+    ).scalar_one()
     judgments = _insert_judgments(session, job, user, page, items, submission_id, by_image, now)
     conn.execute(_MARK_SUBMITTED, {"page": page.id, "now": now})
     set_committed_value(page, "submitted_at", now)  # the session's copy, as stored
 
     outcome = _grade(session, job, spec, user, page, judgments, now)
-    after_feedback(session, job, spec, user.id, page.kind, outcome.quiz_passed,
-                   _missed_image_ids(judgments, outcome), now)
+    after_feedback(
+        session,
+        job,
+        spec,
+        user.id,
+        page.kind,
+        outcome.quiz_passed,
+        _missed_image_ids(judgments, outcome),
+        now,
+    )
     # ``state`` needs no refresh: the quality engine gives the session's copy what it wrote.
     result = _result(session, page, judgments, outcome, state)
-    conn.execute(_STORE_RESPONSE, {"submission": submission_id,
-                                   "response": result.model_dump(mode="json")})
+    conn.execute(
+        _STORE_RESPONSE, {"submission": submission_id, "response": result.model_dump(mode="json")}
+    )
     _after_submit(session, job, spec, user, page, state, now)
     return result
 
 
 _S, _P = Submission.__table__, Page.__table__
 _INSERT_SUBMISSION = insert(_S).returning(_S.c.id)
-_STORE_RESPONSE = update(_S).where(_S.c.id == bindparam("submission")).values(
-    response=bindparam("response", type_=_S.c.response.type))
-_MARK_SUBMITTED = update(_P).where(_P.c.id == bindparam("page")).values(
-    submitted_at=bindparam("now", type_=_P.c.submitted_at.type))
+_STORE_RESPONSE = (
+    update(_S)
+    .where(_S.c.id == bindparam("submission"))
+    .values(response=bindparam("response", type_=_S.c.response.type))
+)
+_MARK_SUBMITTED = (
+    update(_P)
+    .where(_P.c.id == bindparam("page"))
+    .values(submitted_at=bindparam("now", type_=_P.c.submitted_at.type))
+)
 
 
 def _submit_training(
-    session: Session, job: Job, user: User, page: Page, items: list[_Item],
-    client_submission_id: str, by_image: dict[int, AnswerIn], state: AnnotatorState,
+    session: Session,
+    job: Job,
+    user: User,
+    page: Page,
+    items: list[_Item],
+    client_submission_id: str,
+    by_image: dict[int, AnswerIn],
+    state: AnnotatorState,
     now: datetime,
 ) -> SubmitResult:
     """A training page: its answers and feedback are stored, the quality engine is not called
     (no judgment, no trust, no label, no audit event: replay never sees it). Late submits are
     always accepted: a training page reserves no work."""
     conn = session.connection()
-    submission_id = conn.execute(_INSERT_SUBMISSION, {
-        "user_id": user.id, "page_id": page.id, "client_submission_id": client_submission_id,
-        "response": {}, "created_at": now}).scalar_one()
-    feedback = store_training_answers(session, job, user, page,
-                                      [item.image_id for item in items], by_image, now)
+    submission_id = conn.execute(
+        _INSERT_SUBMISSION,
+        {
+            "user_id": user.id,
+            "page_id": page.id,
+            "client_submission_id": client_submission_id,
+            "response": {},
+            "created_at": now,
+        },
+    ).scalar_one()
+    feedback = store_training_answers(
+        session, job, user, page, [item.image_id for item in items], by_image, now
+    )
     conn.execute(_MARK_SUBMITTED, {"page": page.id, "now": now})
     set_committed_value(page, "submitted_at", now)
-    result = SubmitResult(page_id=page.public_id, kind=page.kind, saved=len(feedback),
-                          gold_seen=0, annotator_status=state.status, training=feedback)
-    conn.execute(_STORE_RESPONSE, {"submission": submission_id,
-                                   "response": result.model_dump(mode="json")})
+    result = SubmitResult(
+        page_id=page.public_id,
+        kind=page.kind,
+        saved=len(feedback),
+        gold_seen=0,
+        annotator_status=state.status,
+        training=feedback,
+    )
+    conn.execute(
+        _STORE_RESPONSE, {"submission": submission_id, "response": result.model_dump(mode="json")}
+    )
     return result
 
 
@@ -170,6 +223,7 @@ def stored_result(session: Session, user: User, page: Page) -> SubmitResult | No
 
 
 # --- validation ----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class _Item:
@@ -215,7 +269,8 @@ def _validate_answers(
         if a.certainty not in spec.certainty_values:
             raise SubmissionError(
                 "bad_certainty",
-                f"Unknown certainty {a.certainty!r}; use one of {spec.certainty_values}.", 422,
+                f"Unknown certainty {a.certainty!r}; use one of {spec.certainty_values}.",
+                422,
             )
         if a.quality_flag is not None and a.quality_flag not in spec.quality_flag_values:
             raise SubmissionError(
@@ -239,9 +294,11 @@ def _check_expired_page_still_needed(
         .with_for_update(of=Image, key_share=True)  # PostgreSQL: lock in id order, no
         # assigner can race us (NO KEY UPDATE, like the assigner's locks: FK checks pass)
     ).all()
-    open_counts: dict[int, int] = dict(session.execute(
-        select(reserved.c.image_id, reserved.c.n).where(reserved.c.image_id.in_(work_ids))
-    ).all())
+    open_counts: dict[int, int] = dict(
+        session.execute(
+            select(reserved.c.image_id, reserved.c.n).where(reserved.c.image_id.in_(work_ids))
+        ).all()
+    )
     for image_id, status, trusted, target in rows:
         wanted = min(target, spec.judgments.max)
         taken = trusted + open_counts.get(image_id, 0)
@@ -249,15 +306,23 @@ def _check_expired_page_still_needed(
             raise SubmissionError(
                 "page_expired",
                 "This page expired and some of its images have since been answered by others, "
-                "so these answers could not be saved. Please continue with a new page.", 409,
+                "so these answers could not be saved. Please continue with a new page.",
+                409,
             )
 
 
 # --- storing -------------------------------------------------------------------------------------
 
+
 def _insert_judgments(
-    session: Session, job: Job, user: User, page: Page, items: list[_Item],
-    submission_id: int, by_image: dict[int, AnswerIn], now: datetime,
+    session: Session,
+    job: Job,
+    user: User,
+    page: Page,
+    items: list[_Item],
+    submission_id: int,
+    by_image: dict[int, AnswerIn],
+    now: datetime,
 ) -> list[SubmittedJudgment]:
     """One multi-row INSERT (the ORM would insert row by row on SQLite to read each id back)."""
     elapsed = max((now - as_utc(page.served_at)).total_seconds(), 0.0)
@@ -266,34 +331,66 @@ def _insert_judgments(
     values: list[dict[str, Any]] = []
     for item in items:
         answer = by_image[item.image_id]
-        values.append({
-            "job_id": job.id, "image_id": item.image_id, "user_id": user.id, "page_id": page.id,
-            "submission_id": submission_id, "answer": answer.answer,
-            "certainty": answer.certainty, "quality_flag": answer.quality_flag,
-            "is_gold": item.is_gold, "is_quiz": is_quiz,
-            "gold_missed": None, "trust_at_time": None, "tainted": False, "taint_reason": None,
-            "served_at": page.served_at, "submitted_at": now, "seconds": per_item,
-        })
+        values.append(
+            {
+                "job_id": job.id,
+                "image_id": item.image_id,
+                "user_id": user.id,
+                "page_id": page.id,
+                "submission_id": submission_id,
+                "answer": answer.answer,
+                "certainty": answer.certainty,
+                "quality_flag": answer.quality_flag,
+                "is_gold": item.is_gold,
+                "is_quiz": is_quiz,
+                "gold_missed": None,
+                "trust_at_time": None,
+                "tainted": False,
+                "taint_reason": None,
+                "served_at": page.served_at,
+                "submitted_at": now,
+                "seconds": per_item,
+            }
+        )
     table = Judgment.__table__
-    ids: dict[int, int] = dict(session.execute(
-        insert(table).returning(table.c.image_id, table.c.id), values).all())
+    ids: dict[int, int] = dict(
+        session.execute(insert(table).returning(table.c.image_id, table.c.id), values).all()
+    )
     # (user, image) is unique: the image id names the new row
-    return [SubmittedJudgment(ids[row["image_id"]], row["image_id"], row["answer"],
-                              row["certainty"], row["quality_flag"], row["is_gold"], is_quiz)
-            for row in values]
+    return [
+        SubmittedJudgment(
+            ids[row["image_id"]],
+            row["image_id"],
+            row["answer"],
+            row["certainty"],
+            row["quality_flag"],
+            row["is_gold"],
+            is_quiz,
+        )
+        for row in values
+    ]
 
 
 _OTHER_OPEN_PAGES = update(_P).where(
-    _P.c.job_id == bindparam("job"), _P.c.user_id == bindparam("user"),
-    _P.c.submitted_at.is_(None), _P.c.expires_at > bindparam("now"),
-    _P.c.id != bindparam("page"))
-_RESTART_OTHERS = _OTHER_OPEN_PAGES.values(served_at=bindparam("served"),
-                                           expires_at=bindparam("expires"))
+    _P.c.job_id == bindparam("job"),
+    _P.c.user_id == bindparam("user"),
+    _P.c.submitted_at.is_(None),
+    _P.c.expires_at > bindparam("now"),
+    _P.c.id != bindparam("page"),
+)
+_RESTART_OTHERS = _OTHER_OPEN_PAGES.values(
+    served_at=bindparam("served"), expires_at=bindparam("expires")
+)
 _RELEASE_OTHERS = _OTHER_OPEN_PAGES.values(expires_at=bindparam("expires"))
 
 
 def _after_submit(
-    session: Session, job: Job, spec: JobSpec, user: User, page: Page, state: AnnotatorState,
+    session: Session,
+    job: Job,
+    spec: JobSpec,
+    user: User,
+    page: Page,
+    state: AnnotatorState,
     now: datetime,
 ) -> None:
     """Free or restart the annotator's other open pages (the prefetched next page).
@@ -304,27 +401,37 @@ def _after_submit(
     if state.status in (AnnotatorStatus.QUIZ, AnnotatorStatus.ACTIVE):
         # The prefetched page is shown now: its time (speed checks) and reservation start here.
         later = now + timedelta(minutes=spec.pages.reservation_minutes)
-        session.connection().execute(_RESTART_OTHERS, {**params, "served": now,
-                                                       "expires": later})
+        session.connection().execute(_RESTART_OTHERS, {**params, "served": now, "expires": later})
     else:  # removed or disqualified: release their reservations at once
         session.connection().execute(_RELEASE_OTHERS, {**params, "expires": now})
 
 
 # --- grading -------------------------------------------------------------------------------------
 
+
 def _grade(
-    session: Session, job: Job, spec: JobSpec, user: User, page: Page,
-    judgments: list[SubmittedJudgment], now: datetime,
+    session: Session,
+    job: Job,
+    spec: JobSpec,
+    user: User,
+    page: Page,
+    judgments: list[SubmittedJudgment],
+    now: datetime,
 ) -> PageOutcome:
     """The quality engine decides everything that follows from a page of answers."""
-    return quality_service.on_page_submitted(session, job, spec, user, page, judgments, now,
-                                             job_locked=True)  # locked in submit_page
+    return quality_service.on_page_submitted(
+        session, job, spec, user, page, judgments, now, job_locked=True
+    )  # locked in submit_page
 
 
 # --- response ------------------------------------------------------------------------------------
 
+
 def _result(
-    session: Session, page: Page, judgments: list[SubmittedJudgment], outcome: PageOutcome,
+    session: Session,
+    page: Page,
+    judgments: list[SubmittedJudgment],
+    outcome: PageOutcome,
     state: AnnotatorState,
 ) -> SubmitResult:
     """The response stored for replays (missed gold only ever after the submit)."""

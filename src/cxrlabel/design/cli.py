@@ -35,8 +35,12 @@ job_app = typer.Typer(help="Jobs: create a named job for real data.", no_args_is
 def job_create(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="The new job's name (letters, digits, - and _)."),
-    from_file: Path = typer.Option(None, "--from", help="Job file (TOML) to copy the settings "
-                                   "from [default: the bundled pneumonia-pediatric job]."),
+    from_file: Path = typer.Option(
+        None,
+        "--from",
+        help="Job file (TOML) to copy the settings "
+        "from [default: the bundled pneumonia-pediatric job].",
+    ),
 ) -> None:
     """Create an empty job NAME (then `cxrlabel ingest FOLDER --job NAME`). Real images get
     their own job, so the demo's synthetic phantoms never mix with them."""
@@ -54,18 +58,21 @@ def job_create(
     with app.db.session() as session:
         if session.scalar(select(Job.id).where(Job.name == name)) is not None:
             fail(f"a job named {name!r} already exists")
-        session.add(Job(name=name, spec_toml=text,
-                        spec_sha256=hashlib.sha256(text.encode()).hexdigest()))
-    console.print(f"Created job [bold]{name}[/] from {source}. Next: "
-                  f"cxrlabel ingest FOLDER --job {name}")
+        session.add(
+            Job(name=name, spec_toml=text, spec_sha256=hashlib.sha256(text.encode()).hexdigest())
+        )
+    console.print(
+        f"Created job [bold]{name}[/] from {source}. Next: cxrlabel ingest FOLDER --job {name}"
+    )
 
 
 def preview_command(
     ctx: typer.Context,
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the HTML file."),
     job_name: str = typer.Option(None, "--job", help=JOB_HELP),
-    gold_examples: int = typer.Option(6, "--gold-examples", min=1,
-                                      help="How many test questions to show with answers."),
+    gold_examples: int = typer.Option(
+        6, "--gold-examples", min=1, help="How many test questions to show with answers."
+    ),
 ) -> None:
     """Write the job Preview: one self-contained HTML file (instructions, work page, example
     test questions) that opens offline and makes no request."""
@@ -76,8 +83,10 @@ def preview_command(
         job, spec = get_job(session, job_name)
         html = render_preview(spec, session, job, app.settings.data_dir, gold_examples)
     _write(output, html)
-    console.print(f"preview of job [bold]{spec.name}[/] written to {output} "
-                  f"({len(html) / 1e6:.1f} MB, self-contained)")
+    console.print(
+        f"preview of job [bold]{spec.name}[/] written to {output} "
+        f"({len(html) / 1e6:.1f} MB, self-contained)"
+    )
 
 
 def proposal_command(
@@ -86,13 +95,16 @@ def proposal_command(
     job_name: str = typer.Option(None, "--job", help=JOB_HELP),
     fmt: str = typer.Option("html", "--format", "-f", help="html, md or pdf."),
     simulation: Path = typer.Option(
-        None, "--simulation",
+        None,
+        "--simulation",
         help="Simulation result JSON [default: <data-dir>/simulation/<job>.json if present].",
     ),
-    images: int = typer.Option(None, "--images", min=1,
-                               help="Images to plan for [default: the job's work images]."),
-    annotators: int = typer.Option(DEFAULT_ANNOTATORS, "--annotators", min=1,
-                                   help="Annotator pool size for the estimate."),
+    images: int = typer.Option(
+        None, "--images", min=1, help="Images to plan for [default: the job's work images]."
+    ),
+    annotators: int = typer.Option(
+        DEFAULT_ANNOTATORS, "--annotators", min=1, help="Annotator pool size for the estimate."
+    ),
 ) -> None:
     """Write the job design Proposal (HTML, Markdown or PDF) from the job file and live data."""
     from cxrlabel.design import proposal as prop
@@ -111,8 +123,14 @@ def proposal_command(
             except prop.ProposalError as exc:
                 fail(str(exc))
         document = prop.build_proposal(
-            spec, session, job, app.settings.data_dir, simulation=sim,
-            simulation_source=str(sim_path), images=images, annotators=annotators,
+            spec,
+            session,
+            job,
+            app.settings.data_dir,
+            simulation=sim,
+            simulation_source=str(sim_path),
+            images=images,
+            annotators=annotators,
         )
     if fmt == "md":
         _write(output, prop.render_markdown(document, output))
@@ -124,23 +142,33 @@ def proposal_command(
             prop.render_pdf(prop.render_html(document), output)
         except prop.ProposalError as exc:
             fail(str(exc))
-    console.print(f"proposal for job [bold]{spec.name}[/] written to {output}"
-                  + ("" if sim else " (no simulation: accuracy section says 'not computed')"))
+    console.print(
+        f"proposal for job [bold]{spec.name}[/] written to {output}"
+        + ("" if sim else " (no simulation: accuracy section says 'not computed')")
+    )
 
 
 def estimate_command(
     ctx: typer.Context,
     job_name: str = typer.Option(None, "--job", help=JOB_HELP),
-    images: int = typer.Option(None, "--images", min=0,
-                               help="Images to label [default: the job's work images]."),
+    images: int = typer.Option(
+        None, "--images", min=0, help="Images to label [default: the job's work images]."
+    ),
     judgments_per_image: float = typer.Option(
-        None, "--judgments-per-image", min=0.01,
+        None,
+        "--judgments-per-image",
+        min=0.01,
         help="Expected trusted judgments per image [default: judgments.min, the cheapest case].",
     ),
-    annotators: int = typer.Option(DEFAULT_ANNOTATORS, "--annotators", min=1,
-                                   help="Annotator pool size."),
-    hours_per_day: float = typer.Option(DEFAULT_HOURS_PER_ANNOTATOR_PER_DAY, "--hours-per-day",
-                                        min=0.1, help="Hours each annotator works a day."),
+    annotators: int = typer.Option(
+        DEFAULT_ANNOTATORS, "--annotators", min=1, help="Annotator pool size."
+    ),
+    hours_per_day: float = typer.Option(
+        DEFAULT_HOURS_PER_ANNOTATOR_PER_DAY,
+        "--hours-per-day",
+        min=0.1,
+        help="Hours each annotator works a day.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the estimate as JSON."),
 ) -> None:
     """Cost and calendar time of labeling N images with this job's settings."""
@@ -152,8 +180,14 @@ def estimate_command(
     with app.db.session() as session:
         job, spec = get_job(session, job_name)
         if images is None:
-            images = session.scalar(select(func.count()).select_from(Image).where(
-                Image.job_id == job.id, Image.status.not_in(ImageStatus.NOT_WORK))) or 0
+            images = (
+                session.scalar(
+                    select(func.count())
+                    .select_from(Image)
+                    .where(Image.job_id == job.id, Image.status.not_in(ImageStatus.NOT_WORK))
+                )
+                or 0
+            )
     if images == 0:
         fail(f"job {spec.name} has no work images yet: pass --images N")
     inputs = inputs_from_spec(spec, images, judgments_per_image, annotators, hours_per_day)
@@ -173,8 +207,10 @@ def estimate_command(
         ("cost", f"{result.cost:,.2f} {inputs.currency} ({result.cost_per_image:.3f}/image)"),
         ("annotator-hours", f"{result.annotator_hours:,.1f}"),
         ("pages per annotator", f"{result.pages_per_annotator:,.0f}"),
-        ("calendar days", f"{result.calendar_days:.1f} ({annotators} annotators, "
-                          f"{hours_per_day:g} h/day)"),
+        (
+            "calendar days",
+            f"{result.calendar_days:.1f} ({annotators} annotators, {hours_per_day:g} h/day)",
+        ),
     ]
     for key, value in rows:
         table.add_row(key, value)
@@ -187,8 +223,9 @@ def estimate_command(
 @gold_app.command("import")
 def gold_import(
     ctx: typer.Context,
-    file: Path = typer.Argument(..., help="CSV: image, accepted_answers (;-separated), reason, "
-                                "difficulty."),
+    file: Path = typer.Argument(
+        ..., help="CSV: image, accepted_answers (;-separated), reason, difficulty."
+    ),
     job_name: str = typer.Option(None, "--job", help=JOB_HELP),
 ) -> None:
     """Make the CSV's images test questions. One bad row imports nothing."""
@@ -199,8 +236,10 @@ def gold_import(
             summary = goldbank.import_gold_csv(session, job, spec, file)
         except goldbank.GoldImportError as exc:
             fail(str(exc))
-    console.print(f"gold bank of job [bold]{spec.name}[/]: {summary.created} added, "
-                  f"{summary.updated} updated. Run `cxrlabel gold check` next.")
+    console.print(
+        f"gold bank of job [bold]{spec.name}[/]: {summary.created} added, "
+        f"{summary.updated} updated. Run `cxrlabel gold check` next."
+    )
 
 
 @gold_app.command("export")
@@ -233,16 +272,31 @@ def gold_list(
         revealed = revealed_counts(session, job)
     table = Table(title=f"Gold bank of job {spec.name} ({len(rows)} items)")
     table.add_column("source file", no_wrap=True)
-    for column in ("answers", "difficulty", "reason", "seen", "missed", "revealed to",
-                   "contests", "active"):
+    for column in (
+        "answers",
+        "difficulty",
+        "reason",
+        "seen",
+        "missed",
+        "revealed to",
+        "contests",
+        "active",
+    ):
         table.add_column(column, overflow="fold")
     for r in rows:
         rate = f"{r.missed} ({r.miss_rate:.0%})" if r.miss_rate is not None else "0"
         table.add_row(
-            Path(r.image.source_path).name, ";".join(r.gold.accepted_answers),
-            r.gold.difficulty, (r.gold.reason[:80] + "…") if len(r.gold.reason) > 80
-            else r.gold.reason or "[red](none)[/]", str(r.seen), rate,
-            str(revealed.get(r.image.id, 0)), str(r.contests), "yes" if r.gold.active else "no",
+            Path(r.image.source_path).name,
+            ";".join(r.gold.accepted_answers),
+            r.gold.difficulty,
+            (r.gold.reason[:80] + "…")
+            if len(r.gold.reason) > 80
+            else r.gold.reason or "[red](none)[/]",
+            str(r.seen),
+            rate,
+            str(revealed.get(r.image.id, 0)),
+            str(r.contests),
+            "yes" if r.gold.active else "no",
         )
     console.print(table)
 
@@ -251,9 +305,12 @@ def gold_list(
 def gold_check(
     ctx: typer.Context,
     job_name: str = typer.Option(None, "--job", help=JOB_HELP),
-    annotators: int = typer.Option(None, "--annotators", min=1,
-                                   help="Planned pool size [default: judge by the per-annotator "
-                                   "cap]."),
+    annotators: int = typer.Option(
+        None,
+        "--annotators",
+        min=1,
+        help="Planned pool size [default: judge by the per-annotator cap].",
+    ),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 when there is any warning."),
 ) -> None:
     """Warn about class imbalance, too few gold, missing reasons, gold judged as work and
@@ -261,12 +318,15 @@ def gold_check(
     app = app_context(ctx)
     with app.db.session() as session:
         job, spec = get_job(session, job_name)
-        report = goldbank.check_gold(session, job, spec, annotators=annotators,
-                                     data_dir=app.settings.data_dir)
+        report = goldbank.check_gold(
+            session, job, spec, annotators=annotators, data_dir=app.settings.data_dir
+        )
     balance = ", ".join(f"{k} {v}" for k, v in sorted(report.by_label.items())) or "none"
     expected = ", ".join(f"{k} {v:.0%}" for k, v in spec.quality.expected_prevalence.items())
-    console.print(f"[bold]{report.n_gold}[/] active gold in job {spec.name}: {balance}"
-                  + (f" (expected in work: {expected})" if expected else ""))
+    console.print(
+        f"[bold]{report.n_gold}[/] active gold in job {spec.name}: {balance}"
+        + (f" (expected in work: {expected})" if expected else "")
+    )
     bound = "unlimited" if math.isinf(report.pages_bound) else f"{report.pages_bound:.0f}"
     console.print(
         f"pages one annotator can do before running out of unseen gold: [bold]{bound}[/] "
@@ -275,15 +335,21 @@ def gold_check(
     )
     exposure = report.exposure
     if exposure is not None:
-        limit = (f"retired once shown to {exposure.limit} annotators"
-                 if exposure.limit else "never retired (gold.retire_after_reveals = 0)")
+        limit = (
+            f"retired once shown to {exposure.limit} annotators"
+            if exposure.limit
+            else "never retired (gold.retire_after_reveals = 0)"
+        )
         console.print(
             f"exposure: answers shown to at most [bold]{exposure.max_revealed}[/] annotators per "
             f"item ({len(exposure.revealed)} items shown to anyone); items are {limit}; "
-            f"{exposure.retired_revealed} retired so far")
+            f"{exposure.retired_revealed} retired so far"
+        )
     for warning in report.warnings:
-        console.print(f"[yellow]warning[/] {escape(f'[{warning.code}]')} {escape(warning.message)}",
-                      highlight=False)
+        console.print(
+            f"[yellow]warning[/] {escape(f'[{warning.code}]')} {escape(warning.message)}",
+            highlight=False,
+        )
     if not report.warnings:
         console.print("[green]no problems found[/]")
     if strict and report.warnings:
@@ -293,16 +359,23 @@ def gold_check(
 @gold_app.command("sample")
 def gold_sample(
     ctx: typer.Context,
-    from_reference: int = typer.Option(..., "--from-reference", min=1,
-                                       help="How many images with a reference label to make "
-                                       "gold, balanced per class."),
+    from_reference: int = typer.Option(
+        ...,
+        "--from-reference",
+        min=1,
+        help="How many images with a reference label to make gold, balanced per class.",
+    ),
     job_name: str = typer.Option(None, "--job", help=JOB_HELP),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same sample)."),
     clearest: float = typer.Option(
-        1.0, "--clearest", min=0.01, max=1.0,
+        1.0,
+        "--clearest",
+        min=0.01,
+        max=1.0,
         help="Draw only from this clearest fraction of each class (e.g. 0.7), clarity read "
-             "from the images' model scores (`cxrlabel score` first). Clear teaching "
-             "cases make fairer test questions; 1.0 = all images."),
+        "from the images' model scores (`cxrlabel score` first). Clear teaching "
+        "cases make fairer test questions; 1.0 = all images.",
+    ),
 ) -> None:
     """Draw test questions from reference labels (e.g. Kermany), balanced per class. They
     stay inactive until an expert's reason replaces the placeholder (gold export / import)."""
@@ -311,20 +384,30 @@ def gold_sample(
         job, spec = get_job(session, job_name)
         try:
             summary, per_label = goldseed.sample_from_reference(
-                session, job, spec, from_reference, seed, clearest_fraction=clearest,
-                needs_reasons=True)
+                session,
+                job,
+                spec,
+                from_reference,
+                seed,
+                clearest_fraction=clearest,
+                needs_reasons=True,
+            )
         except ValueError as exc:
             fail(str(exc))
     if summary.created == 0:
         fail(f"job {spec.name} has no unjudged work image with a reference label to sample")
     counts = ", ".join(f"{k} {v}" for k, v in sorted(per_label.items()))
-    console.print(f"{summary.created} gold sampled from reference labels ({counts}). They "
-                  "stay [bold]inactive[/] (never shown) until each has an expert's reason: "
-                  f"cxrlabel gold export --job {spec.name} -o FILE.csv, write the reasons, "
-                  "cxrlabel gold import FILE.csv.")
+    console.print(
+        f"{summary.created} gold sampled from reference labels ({counts}). They "
+        "stay [bold]inactive[/] (never shown) until each has an expert's reason: "
+        f"cxrlabel gold export --job {spec.name} -o FILE.csv, write the reasons, "
+        "cxrlabel gold import FILE.csv."
+    )
     if summary.created < from_reference:
-        console.print(f"[yellow]warning[/] only {summary.created} of {from_reference} found "
-                      "(one per patient, no near-duplicates, never judged)")
+        console.print(
+            f"[yellow]warning[/] only {summary.created} of {from_reference} found "
+            "(one per patient, no near-duplicates, never judged)"
+        )
 
 
 training_app = typer.Typer(
@@ -336,14 +419,21 @@ training_app = typer.Typer(
 @training_app.command("sample")
 def training_sample(
     ctx: typer.Context,
-    from_reference: int = typer.Option(..., "--from-reference", min=1,
-                                       help="How many images with a reference label to make "
-                                       "training cases, balanced per class."),
+    from_reference: int = typer.Option(
+        ...,
+        "--from-reference",
+        min=1,
+        help="How many images with a reference label to make training cases, balanced per class.",
+    ),
     job_name: str = typer.Option(None, "--job", help=JOB_HELP),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same sample)."),
     clearest: float = typer.Option(
-        1.0, "--clearest", min=0.01, max=1.0,
-        help="Draw only from this clearest fraction of each class (model scores first)."),
+        1.0,
+        "--clearest",
+        min=0.01,
+        max=1.0,
+        help="Draw only from this clearest fraction of each class (model scores first).",
+    ),
 ) -> None:
     """Add training cases from reference labels: never-judged work images, never gold (their
     answers are shown to every newcomer). Reasons are a generic template: replace them with
@@ -354,8 +444,9 @@ def training_sample(
     with app.db.session() as session:
         job, spec = get_job(session, job_name)
         try:
-            per_label = sample_training(session, job, spec, from_reference, seed,
-                                        clearest_fraction=clearest)
+            per_label = sample_training(
+                session, job, spec, from_reference, seed, clearest_fraction=clearest
+            )
         except ValueError as exc:
             fail(str(exc))
     if not per_label:
@@ -363,13 +454,16 @@ def training_sample(
     counts = ", ".join(f"{k} {v}" for k, v in sorted(per_label.items()))
     console.print(f"{sum(per_label.values())} training cases sampled ({counts}).")
     if not spec.training.enabled:
-        console.print("[yellow]warning[/] training is off in this job: set [training] "
-                      "enabled = true in the job file to show them")
+        console.print(
+            "[yellow]warning[/] training is off in this job: set [training] "
+            "enabled = true in the job file to show them"
+        )
 
 
 @training_app.command("list")
 def training_list(
-    ctx: typer.Context, job_name: str = typer.Option(None, "--job", help=JOB_HELP),
+    ctx: typer.Context,
+    job_name: str = typer.Option(None, "--job", help=JOB_HELP),
 ) -> None:
     """The training pool: image, answer, reason."""
     from sqlalchemy import select
@@ -381,10 +475,11 @@ def training_list(
     with app.db.session() as session:
         job, _spec = get_job(session, job_name)
         for public_id, answer, reason in session.execute(
-                select(Image.public_id, TrainingItem.answer, TrainingItem.reason)
-                .join(Image, Image.id == TrainingItem.image_id)
-                .where(TrainingItem.job_id == job.id, TrainingItem.active.is_(True))
-                .order_by(TrainingItem.id)):
+            select(Image.public_id, TrainingItem.answer, TrainingItem.reason)
+            .join(Image, Image.id == TrainingItem.image_id)
+            .where(TrainingItem.job_id == job.id, TrainingItem.active.is_(True))
+            .order_by(TrainingItem.id)
+        ):
             table.add_row(public_id, answer, escape(reason))
     console.print(table)
 
@@ -407,4 +502,3 @@ def register(app: typer.Typer) -> None:
     app.add_typer(gold_app, name="gold")
     app.add_typer(training_app, name="training")
     app.add_typer(job_app, name="job")
-

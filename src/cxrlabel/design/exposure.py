@@ -39,29 +39,39 @@ def answers_shown(kind: str, quiz_passed: bool | None) -> bool:
     return not (kind == "quiz" and quiz_passed is False)
 
 
-def record_reveals(session: Session, job: Job, user_id: int, image_ids: Iterable[int],
-                   now: datetime) -> None:
+def record_reveals(
+    session: Session, job: Job, user_id: int, image_ids: Iterable[int], now: datetime
+) -> None:
     """Remember that ``user_id`` was shown the answers of these test questions."""
-    known = set(session.scalars(select(GoldReveal.image_id).where(
-        GoldReveal.user_id == user_id, GoldReveal.image_id.in_(list(image_ids)))))
+    known = set(
+        session.scalars(
+            select(GoldReveal.image_id).where(
+                GoldReveal.user_id == user_id, GoldReveal.image_id.in_(list(image_ids))
+            )
+        )
+    )
     for image_id in sorted(set(image_ids) - known):
-        session.add(GoldReveal(job_id=job.id, image_id=image_id, user_id=user_id,
-                               created_at=now))
+        session.add(GoldReveal(job_id=job.id, image_id=image_id, user_id=user_id, created_at=now))
     session.flush()
 
 
-def revealed_counts(session: Session, job: Job,
-                    image_ids: Iterable[int] | None = None) -> dict[int, int]:
+def revealed_counts(
+    session: Session, job: Job, image_ids: Iterable[int] | None = None
+) -> dict[int, int]:
     """Gold image id -> distinct annotators who were shown its accepted answer."""
-    query = (select(GoldReveal.image_id, func.count(distinct(GoldReveal.user_id)))
-             .where(GoldReveal.job_id == job.id).group_by(GoldReveal.image_id))
+    query = (
+        select(GoldReveal.image_id, func.count(distinct(GoldReveal.user_id)))
+        .where(GoldReveal.job_id == job.id)
+        .group_by(GoldReveal.image_id)
+    )
     if image_ids is not None:
         query = query.where(GoldReveal.image_id.in_(list(image_ids)))
     return {image_id: int(n) for image_id, n in session.execute(query)}
 
 
-def retire_revealed(session: Session, job: Job, spec: JobSpec, image_ids: Iterable[int],
-                    now: datetime) -> list[int]:
+def retire_revealed(
+    session: Session, job: Job, spec: JobSpec, image_ids: Iterable[int], now: datetime
+) -> list[int]:
     """Retire the active gold among ``image_ids`` revealed to the limit; their image ids."""
     limit = spec.gold.retire_after_reveals
     image_ids = list(image_ids)
@@ -73,15 +83,29 @@ def retire_revealed(session: Session, job: Job, spec: JobSpec, image_ids: Iterab
         return []
     spare = _active_count(session, job) - small_bank_threshold(spec)
     retired = []
-    for gold in session.scalars(select(GoldItem).where(
-            GoldItem.job_id == job.id, GoldItem.image_id.in_(over), GoldItem.active.is_(True))
-            .order_by(GoldItem.id).limit(max(spare, 0))):
+    for gold in session.scalars(
+        select(GoldItem)
+        .where(GoldItem.job_id == job.id, GoldItem.image_id.in_(over), GoldItem.active.is_(True))
+        .order_by(GoldItem.id)
+        .limit(max(spare, 0))
+    ):
         gold.active = False
         retired.append(gold.image_id)
-        session.add(AuditEvent(at=now, job_id=job.id, actor_id=None, action=GOLD_RETIRED,
-                               subject=f"gold:{gold.id}", payload={
-                                   "gold_id": gold.id, "image_id": gold.image_id,
-                                   "revealed_to": counts[gold.image_id], "limit": limit}))
+        session.add(
+            AuditEvent(
+                at=now,
+                job_id=job.id,
+                actor_id=None,
+                action=GOLD_RETIRED,
+                subject=f"gold:{gold.id}",
+                payload={
+                    "gold_id": gold.id,
+                    "image_id": gold.image_id,
+                    "revealed_to": counts[gold.image_id],
+                    "limit": limit,
+                },
+            )
+        )
     session.flush()
     return retired
 
@@ -94,13 +118,26 @@ def small_bank_threshold(spec: JobSpec) -> int:
 
 
 def _active_count(session: Session, job: Job) -> int:
-    return int(session.scalar(select(func.count()).select_from(GoldItem).where(
-        GoldItem.job_id == job.id, GoldItem.active.is_(True))) or 0)
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(GoldItem)
+            .where(GoldItem.job_id == job.id, GoldItem.active.is_(True))
+        )
+        or 0
+    )
 
 
-def after_feedback(session: Session, job: Job, spec: JobSpec, user_id: int, kind: str,
-                   quiz_passed: bool | None, missed_image_ids: list[int],
-                   now: datetime) -> None:
+def after_feedback(
+    session: Session,
+    job: Job,
+    spec: JobSpec,
+    user_id: int,
+    kind: str,
+    quiz_passed: bool | None,
+    missed_image_ids: list[int],
+    now: datetime,
+) -> None:
     """A page was graded: record the reveals its feedback makes and retire what hit the
     limit (called by ``annotate.submission.submit_page`` in the submit's transaction)."""
     if not missed_image_ids or not answers_shown(kind, quiz_passed):
@@ -132,37 +169,83 @@ class Exposure:
         """(code, message) pairs, empty when nothing needs the admin."""
         out = []
         if self.small:
-            out.append(("small_bank", (
-                f"only {self.active} active gold: no more than a quiz plus "
-                f"{SMALL_BANK_WORK_PAGES} work pages need ({self.small_bank_threshold}); "
-                "add gold (cxrlabel gold import / sample) before annotators run out")))
+            out.append(
+                (
+                    "small_bank",
+                    (
+                        f"only {self.active} active gold: no more than a quiz plus "
+                        f"{SMALL_BANK_WORK_PAGES} work pages need ({self.small_bank_threshold}); "
+                        "add gold (cxrlabel gold import / sample) before annotators run out"
+                    ),
+                )
+            )
         if self.kept_over_limit:
-            out.append(("kept_over_limit", (
-                f"{self.kept_over_limit} active gold have been revealed to {self.limit} or more "
-                "annotators but are kept: retiring them would leave the bank below its floor "
-                f"({self.small_bank_threshold}); add gold")))
+            out.append(
+                (
+                    "kept_over_limit",
+                    (
+                        f"{self.kept_over_limit} active gold have been revealed to {self.limit} "
+                        "or more annotators but are kept: retiring them would leave the bank "
+                        "below its floor "
+                        f"({self.small_bank_threshold}); add gold"
+                    ),
+                )
+            )
         if self.retired_revealed:
-            out.append(("retired_revealed", (
-                f"{self.retired_revealed} gold retired after their answer was shown to "
-                f"{self.limit} annotators (gold.retire_after_reveals)")))
+            out.append(
+                (
+                    "retired_revealed",
+                    (
+                        f"{self.retired_revealed} gold retired after their answer was shown to "
+                        f"{self.limit} annotators (gold.retire_after_reveals)"
+                    ),
+                )
+            )
         return out
 
 
 def bank_exposure(session: Session, job: Job, spec: JobSpec) -> Exposure:
     active = _active_count(session, job)
-    retired_subjects = set(session.scalars(select(AuditEvent.subject).where(
-        AuditEvent.job_id == job.id, AuditEvent.action == GOLD_RETIRED)))
-    retired = [gold_id for gold_id in session.scalars(select(GoldItem.id).where(
-        GoldItem.job_id == job.id, GoldItem.active.is_(False)))
-        if f"gold:{gold_id}" in retired_subjects]  # still retired (an import may reactivate)
+    retired_subjects = set(
+        session.scalars(
+            select(AuditEvent.subject).where(
+                AuditEvent.job_id == job.id, AuditEvent.action == GOLD_RETIRED
+            )
+        )
+    )
+    retired = [
+        gold_id
+        for gold_id in session.scalars(
+            select(GoldItem.id).where(GoldItem.job_id == job.id, GoldItem.active.is_(False))
+        )
+        if f"gold:{gold_id}" in retired_subjects
+    ]  # still retired (an import may reactivate)
     revealed = revealed_counts(session, job)
     limit = spec.gold.retire_after_reveals
     kept = 0
     if limit > 0:
         over = [i for i, n in revealed.items() if n >= limit]
-        kept = int(session.scalar(select(func.count()).select_from(GoldItem).where(
-            GoldItem.job_id == job.id, GoldItem.active.is_(True),
-            GoldItem.image_id.in_(over))) or 0) if over else 0
-    return Exposure(active=active, retired_revealed=len(retired), limit=limit,
-                    revealed=revealed, small_bank_threshold=small_bank_threshold(spec),
-                    kept_over_limit=kept)
+        kept = (
+            int(
+                session.scalar(
+                    select(func.count())
+                    .select_from(GoldItem)
+                    .where(
+                        GoldItem.job_id == job.id,
+                        GoldItem.active.is_(True),
+                        GoldItem.image_id.in_(over),
+                    )
+                )
+                or 0
+            )
+            if over
+            else 0
+        )
+    return Exposure(
+        active=active,
+        retired_revealed=len(retired),
+        limit=limit,
+        revealed=revealed,
+        small_bank_threshold=small_bank_threshold(spec),
+        kept_over_limit=kept,
+    )

@@ -46,6 +46,7 @@ ANSWER_SEPARATOR = ";"
 DEFAULT_IMBALANCE_TOLERANCE = 0.25
 DEFAULT_MIN_PER_CLASS = 2
 
+
 class GoldImportError(ValueError):
     """The CSV cannot be imported; ``problems`` lists every problem found, with row numbers."""
 
@@ -81,8 +82,12 @@ def find_images(session: Session, job: Job, reference: str) -> list[Image]:
         select(Image).where(Image.job_id == job.id, Image.source_path.endswith(name))
     ).all()
     # Match whole path components only, so "1.jpeg" never matches "11.jpeg".
-    return [im for im in candidates if im.source_path.replace("\\", "/").endswith("/" + reference)
-            or Path(im.source_path).name == reference]
+    return [
+        im
+        for im in candidates
+        if im.source_path.replace("\\", "/").endswith("/" + reference)
+        or Path(im.source_path).name == reference
+    ]
 
 
 def instruction_example_ids(session: Session, job: Job, spec: JobSpec) -> set[int]:
@@ -168,14 +173,20 @@ def _validate(
                 f"line {line}: difficulty '{difficulty}' must be one of {', '.join(DIFFICULTIES)}"
             )
         if len(matches) == 1 and matches[0].status == ImageStatus.HELD:
-            problems.append(f"line {line}: image '{ref}' is held for review (burned-in text); "
-                            "release it with `cxrlabel held release` first")
+            problems.append(
+                f"line {line}: image '{ref}' is held for review (burned-in text); "
+                "release it with `cxrlabel held release` first"
+            )
         if len(matches) == 1 and matches[0].status == ImageStatus.TRAINING:
-            problems.append(f"line {line}: image '{ref}' is a training case: newcomers see its "
-                            "answer in training, so it cannot be a test question")
+            problems.append(
+                f"line {line}: image '{ref}' is a training case: newcomers see its "
+                "answer in training, so it cannot be a test question"
+            )
         if len(matches) == 1 and matches[0].id in examples:
-            problems.append(f"line {line}: image '{ref}' is an instruction example: annotators "
-                            "see its answer in the instructions, so it cannot be a test question")
+            problems.append(
+                f"line {line}: image '{ref}' is an instruction example: annotators "
+                "see its answer in the instructions, so it cannot be a test question"
+            )
         if len(matches) == 1:
             image = matches[0]
             if image.id in seen:
@@ -216,25 +227,49 @@ def import_gold_csv(
     now = now or utcnow()
     summary = ImportSummary()
     for row in parsed:
-        make_gold(session, job, row.image, row.answers, row.reason, row.difficulty, "import",
-                   now, summary)
-    session.add(AuditEvent(
-        at=now, job_id=job.id, actor_id=actor_id, action="gold.import", subject=path.name,
-        payload={"created": summary.created, "updated": summary.updated,
-                 "images": summary.public_ids},
-    ))
+        make_gold(
+            session, job, row.image, row.answers, row.reason, row.difficulty, "import", now, summary
+        )
+    session.add(
+        AuditEvent(
+            at=now,
+            job_id=job.id,
+            actor_id=actor_id,
+            action="gold.import",
+            subject=path.name,
+            payload={
+                "created": summary.created,
+                "updated": summary.updated,
+                "images": summary.public_ids,
+            },
+        )
+    )
     session.flush()
     return summary
 
 
 def make_gold(
-    session: Session, job: Job, image: Image, answers: list[str], reason: str,
-    difficulty: str, source: str, now: datetime, summary: ImportSummary,
+    session: Session,
+    job: Job,
+    image: Image,
+    answers: list[str],
+    reason: str,
+    difficulty: str,
+    source: str,
+    now: datetime,
+    summary: ImportSummary,
 ) -> GoldItem:
     gold = session.scalar(select(GoldItem).where(GoldItem.image_id == image.id))
     if gold is None:
-        gold = GoldItem(job_id=job.id, image_id=image.id, accepted_answers=answers,
-                        reason=reason, difficulty=difficulty, source=source, created_at=now)
+        gold = GoldItem(
+            job_id=job.id,
+            image_id=image.id,
+            accepted_answers=answers,
+            reason=reason,
+            difficulty=difficulty,
+            source=source,
+            created_at=now,
+        )
         session.add(gold)
         summary.created += 1
     else:
@@ -264,26 +299,35 @@ class GoldRow:
 
 
 def gold_rows(session: Session, job: Job, include_inactive: bool = True) -> list[GoldRow]:
-    query = select(GoldItem, Image).join(Image, Image.id == GoldItem.image_id).where(
-        GoldItem.job_id == job.id
+    query = (
+        select(GoldItem, Image)
+        .join(Image, Image.id == GoldItem.image_id)
+        .where(GoldItem.job_id == job.id)
     )
     if not include_inactive:
         query = query.where(GoldItem.active.is_(True))
     pairs = session.execute(query.order_by(GoldItem.id)).all()
-    seen = dict(session.execute(
-        select(Judgment.image_id, func.count()).where(
-            Judgment.job_id == job.id, Judgment.is_gold.is_(True)
-        ).group_by(Judgment.image_id)
-    ).all())
-    missed = dict(session.execute(
-        select(Judgment.image_id, func.count()).where(
-            Judgment.job_id == job.id, Judgment.is_gold.is_(True),
-            Judgment.gold_missed.is_(True),
-        ).group_by(Judgment.image_id)
-    ).all())
-    contests = dict(session.execute(
-        select(Contest.gold_id, func.count()).group_by(Contest.gold_id)
-    ).all())
+    seen = dict(
+        session.execute(
+            select(Judgment.image_id, func.count())
+            .where(Judgment.job_id == job.id, Judgment.is_gold.is_(True))
+            .group_by(Judgment.image_id)
+        ).all()
+    )
+    missed = dict(
+        session.execute(
+            select(Judgment.image_id, func.count())
+            .where(
+                Judgment.job_id == job.id,
+                Judgment.is_gold.is_(True),
+                Judgment.gold_missed.is_(True),
+            )
+            .group_by(Judgment.image_id)
+        ).all()
+    )
+    contests = dict(
+        session.execute(select(Contest.gold_id, func.count()).group_by(Contest.gold_id)).all()
+    )
     return [
         GoldRow(g, im, seen.get(im.id, 0), missed.get(im.id, 0), contests.get(g.id, 0))
         for g, im in pairs
@@ -297,11 +341,20 @@ def export_gold_csv(session: Session, job: Job) -> str:
     writer.writerow([*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, *EXPORT_ONLY_COLUMNS])
     for row in gold_rows(session, job):
         g, im = row.gold, row.image
-        writer.writerow([
-            im.sha256, ANSWER_SEPARATOR.join(g.accepted_answers), g.reason, g.difficulty,
-            im.public_id, Path(im.source_path).name, g.source, str(g.active).lower(),
-            row.seen, row.missed,
-        ])
+        writer.writerow(
+            [
+                im.sha256,
+                ANSWER_SEPARATOR.join(g.accepted_answers),
+                g.reason,
+                g.difficulty,
+                im.public_id,
+                Path(im.source_path).name,
+                g.source,
+                str(g.active).lower(),
+                row.seen,
+                row.missed,
+            ]
+        )
     return out.getvalue()
 
 
@@ -372,9 +425,7 @@ def pages_bound(n_gold: int, spec: JobSpec) -> float:
     return max(0.0, (n_gold - spec.gold.quiz_length) / spec.gold.per_page)
 
 
-def planned_pages_per_annotator(
-    spec: JobSpec, work_images: int, annotators: int | None
-) -> float:
+def planned_pages_per_annotator(spec: JobSpec, work_images: int, annotators: int | None) -> float:
     """Work pages one annotator is expected to do (pool given) or may do (per-annotator cap)."""
     work_per_page = spec.pages.items_per_page - spec.gold.per_page
     total_pages = math.ceil(work_images * spec.judgments.min / work_per_page)
@@ -402,42 +453,56 @@ def check_gold(
     )
     warnings: list[GoldWarning] = []
     warnings += _balance_warnings(by_label, n_gold, spec, tolerance, min_per_class)
-    work_images = session.scalar(
-        select(func.count()).select_from(Image).where(
-            Image.job_id == job.id, Image.status.not_in(ImageStatus.NOT_WORK)
+    work_images = (
+        session.scalar(
+            select(func.count())
+            .select_from(Image)
+            .where(Image.job_id == job.id, Image.status.not_in(ImageStatus.NOT_WORK))
         )
-    ) or 0
+        or 0
+    )
     bound = pages_bound(n_gold, spec)
     planned = planned_pages_per_annotator(spec, work_images, annotators)
     if n_gold < spec.gold.quiz_length:
-        warnings.append(GoldWarning(
-            "too_few", f"{n_gold} active gold cannot fill the quiz of {spec.gold.quiz_length}"
-        ))
+        warnings.append(
+            GoldWarning(
+                "too_few", f"{n_gold} active gold cannot fill the quiz of {spec.gold.quiz_length}"
+            )
+        )
     elif bound < planned:
         who = f"with {annotators} annotators" if annotators else "at the per-annotator cap"
-        warnings.append(GoldWarning(
-            "too_few",
-            f"gold bank supports {bound:.0f} work pages per annotator "
-            f"(({n_gold} gold - {spec.gold.quiz_length} quiz) / {spec.gold.per_page} per page),"
-            f" but the plan needs up to {planned:.0f} ({who}); add "
-            f"{math.ceil((planned - bound) * spec.gold.per_page)} gold",
-        ))
-    waiting = [r for r in gold_rows(session, job)
-               if not r.gold.active and is_placeholder_reason(r.gold.reason)]
+        warnings.append(
+            GoldWarning(
+                "too_few",
+                f"gold bank supports {bound:.0f} work pages per annotator "
+                f"(({n_gold} gold - {spec.gold.quiz_length} quiz) / {spec.gold.per_page} per page),"
+                f" but the plan needs up to {planned:.0f} ({who}); add "
+                f"{math.ceil((planned - bound) * spec.gold.per_page)} gold",
+            )
+        )
+    waiting = [
+        r
+        for r in gold_rows(session, job)
+        if not r.gold.active and is_placeholder_reason(r.gold.reason)
+    ]
     if waiting:
-        warnings.append(GoldWarning(
-            "placeholder_reason",
-            f"{len(waiting)} sampled gold wait for an expert's reason and are inactive until "
-            "then (gold export, write the reasons, gold import): " + _names(
-                r.image for r in waiting),
-        ))
+        warnings.append(
+            GoldWarning(
+                "placeholder_reason",
+                f"{len(waiting)} sampled gold wait for an expert's reason and are inactive until "
+                "then (gold export, write the reasons, gold import): "
+                + _names(r.image for r in waiting),
+            )
+        )
     no_reason = [r for r in rows if is_placeholder_reason(r.gold.reason)]
     if no_reason:
-        warnings.append(GoldWarning(
-            "no_reason",
-            f"{len(no_reason)} gold without a reason (annotators who miss them learn nothing): "
-            + _names(r.image for r in no_reason),
-        ))
+        warnings.append(
+            GoldWarning(
+                "no_reason",
+                f"{len(no_reason)} gold without a reason (annotators who miss them learn nothing): "
+                + _names(r.image for r in no_reason),
+            )
+        )
     warnings += _work_overlap_warnings(session, job, rows)
     warnings += _near_duplicate_warnings(session, job, rows, data_dir)
     exposure = bank_exposure(session, job, spec)
@@ -445,17 +510,21 @@ def check_gold(
     shown = instruction_example_ids(session, job, spec)
     in_instructions = [r for r in rows if r.image.id in shown]
     if in_instructions:
-        warnings.append(GoldWarning(
-            "instruction_example",
-            f"{len(in_instructions)} gold image(s) are shown with their answer in the "
-            "instructions: " + _names(r.image for r in in_instructions),
-        ))
+        warnings.append(
+            GoldWarning(
+                "instruction_example",
+                f"{len(in_instructions)} gold image(s) are shown with their answer in the "
+                "instructions: " + _names(r.image for r in in_instructions),
+            )
+        )
     for r in rows:
         if set(spec.label_values) <= set(r.gold.accepted_answers):
-            warnings.append(GoldWarning(
-                "accepts_everything",
-                f"gold {_names([r.image])} accepts every label, so it tests nothing",
-            ))
+            warnings.append(
+                GoldWarning(
+                    "accepts_everything",
+                    f"gold {_names([r.image])} accepts every label, so it tests nothing",
+                )
+            )
     return GoldReport(
         n_gold=n_gold,
         by_label=dict(by_label),
@@ -482,20 +551,25 @@ def _balance_warnings(
     warnings = []
     for label in spec.label_values:
         if by_label.get(label, 0) < min_per_class:
-            warnings.append(GoldWarning(
-                "imbalance",
-                f"only {by_label.get(label, 0)} gold with answer {label} (want >= "
-                f"{min_per_class}): annotators who always answer the other class go unnoticed",
-            ))
+            warnings.append(
+                GoldWarning(
+                    "imbalance",
+                    f"only {by_label.get(label, 0)} gold with answer {label} (want >= "
+                    f"{min_per_class}): annotators who always answer the other class go unnoticed",
+                )
+            )
     for label, expected in spec.quality.expected_prevalence.items():
         share = by_label.get(label, 0) / n_gold
         if abs(share - expected) > tolerance:
-            warnings.append(GoldWarning(
-                "imbalance",
-                f"{share:.0%} of gold is {label} but about {expected:.0%} of the work is expected"
-                f" to be: annotators could tell gold from work by its mix, and accuracy on gold "
-                f"would not predict accuracy on work",
-            ))
+            warnings.append(
+                GoldWarning(
+                    "imbalance",
+                    f"{share:.0%} of gold is {label} but about {expected:.0%} of the work is "
+                    "expected to be: annotators could tell gold from work by its mix, and "
+                    f"accuracy on gold "
+                    f"would not predict accuracy on work",
+                )
+            )
     return warnings
 
 
@@ -504,9 +578,9 @@ def _work_overlap_warnings(session: Session, job: Job, rows: list[GoldRow]) -> l
     if not image_ids:
         return []
     judged = session.scalars(
-        select(Judgment.image_id).where(
-            Judgment.image_id.in_(image_ids), Judgment.is_gold.is_(False)
-        ).distinct()
+        select(Judgment.image_id)
+        .where(Judgment.image_id.in_(image_ids), Judgment.is_gold.is_(False))
+        .distinct()
     ).all()
     reviewed = session.scalars(
         select(ExpertReview.image_id).where(
@@ -516,15 +590,21 @@ def _work_overlap_warnings(session: Session, job: Job, rows: list[GoldRow]) -> l
     images = [r.image for r in rows if r.image.id in set(judged) | set(reviewed)]
     if not images:
         return []
-    return [GoldWarning(
-        "judged_as_work",
-        f"{len(images)} gold image(s) were already judged as work items (their work judgments "
-        f"leak the answer and skew trust): {_names(images)}",
-    )]
+    return [
+        GoldWarning(
+            "judged_as_work",
+            f"{len(images)} gold image(s) were already judged as work items (their work judgments "
+            f"leak the answer and skew trust): {_names(images)}",
+        )
+    ]
 
 
-def _confirmed(images_a: list[Image], images_b: list[Image], pairs: list[tuple[int, int, int]],
-               data_dir: Path | None) -> list[tuple[int, int, int]]:
+def _confirmed(
+    images_a: list[Image],
+    images_b: list[Image],
+    pairs: list[tuple[int, int, int]],
+    data_dir: Path | None,
+) -> list[tuple[int, int, int]]:
     """Keep the pHash pairs whose pixels also match (pHash alone confuses different X-rays);
     without the data folder every shortlisted pair is kept (the warning says "possible")."""
     if data_dir is None:
@@ -559,19 +639,23 @@ def _near_duplicate_warnings(
     warnings = []
     pairs = near_duplicate_pairs(hashes)
     for i, j, d in _confirmed(gold_images, gold_images, pairs, data_dir):
-        warnings.append(GoldWarning(
-            "near_duplicate",
-            f"gold {_names([gold_images[i]])} and {_names([gold_images[j]])} are {kind}"
-            f" (phash distance {d}): one of them tests nothing new",
-        ))
+        warnings.append(
+            GoldWarning(
+                "near_duplicate",
+                f"gold {_names([gold_images[i]])} and {_names([gold_images[j]])} are {kind}"
+                f" (phash distance {d}): one of them tests nothing new",
+            )
+        )
     work = session.scalars(
         select(Image).where(Image.job_id == job.id, Image.status != ImageStatus.GOLD)
     ).all()
     pairs = near_duplicate_pairs(hashes, [im.phash for im in work])
     for i, j, d in _confirmed(gold_images, list(work), pairs, data_dir):
-        warnings.append(GoldWarning(
-            "near_duplicate_work",
-            f"gold {_names([gold_images[i]])} looks like work image {_names([work[j]])} "
-            f"(phash distance {d}): annotators may recognise the test question",
-        ))
+        warnings.append(
+            GoldWarning(
+                "near_duplicate_work",
+                f"gold {_names([gold_images[i]])} looks like work image {_names([work[j]])} "
+                f"(phash distance {d}): annotators may recognise the test question",
+            )
+        )
     return warnings

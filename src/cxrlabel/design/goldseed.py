@@ -52,8 +52,9 @@ def sample_from_reference(
     difficulty), else the image's model score (``Image.model_score``, p of the positive
     class) read as distance from the reference label. Never the label alone: two images with
     the same label differ in clarity."""
-    chosen = pick_reference_images(session, job, spec, n, seed,
-                                   clearest_fraction=clearest_fraction, clarity=clarity)
+    chosen = pick_reference_images(
+        session, job, spec, n, seed, clearest_fraction=clearest_fraction, clarity=clarity
+    )
     summary = ImportSummary()
     if not chosen:
         return summary, {}
@@ -63,20 +64,34 @@ def sample_from_reference(
         choice = texts[_reference_label(image)]
         template = GENERIC_REASON if needs_reasons else REFERENCE_REASON
         reason = template.format(text=choice.text, hint=choice.hint or "").replace("  ", " ")
-        make_gold(session, job, image, [choice.value], reason, "medium", "reference", now,
-                   summary)
-    session.add(AuditEvent(
-        at=now, job_id=job.id, action="gold.sample_reference", subject=str(n),
-        payload={"created": summary.created, "seed": seed, "images": summary.public_ids,
-                 "clearest_fraction": clearest_fraction},
-    ))
+        make_gold(session, job, image, [choice.value], reason, "medium", "reference", now, summary)
+    session.add(
+        AuditEvent(
+            at=now,
+            job_id=job.id,
+            action="gold.sample_reference",
+            subject=str(n),
+            payload={
+                "created": summary.created,
+                "seed": seed,
+                "images": summary.public_ids,
+                "clearest_fraction": clearest_fraction,
+            },
+        )
+    )
     session.flush()
     return summary, dict(Counter(_reference_label(im) for im in chosen))
 
 
 def pick_reference_images(
-    session: Session, job: Job, spec: JobSpec, n: int, seed: int = 0, *,
-    clearest_fraction: float = 1.0, clarity: Mapping[int, float] | None = None,
+    session: Session,
+    job: Job,
+    spec: JobSpec,
+    n: int,
+    seed: int = 0,
+    *,
+    clearest_fraction: float = 1.0,
+    clarity: Mapping[int, float] | None = None,
 ) -> list[Image]:
     """``n`` never-judged work images with a reference label, balanced per class, one per
     patient, no near-duplicates (the gold sampler's and the training pool's draw). Gold,
@@ -87,22 +102,27 @@ def pick_reference_images(
         raise ValueError("clearest_fraction must be in (0, 1]")
     judged = select(Judgment.image_id).where(Judgment.job_id == job.id)
     candidates = session.scalars(
-        select(Image).where(
+        select(Image)
+        .where(
             Image.job_id == job.id,
             Image.status == ImageStatus.NEEDS_JUDGMENTS,
             Image.reference_label.in_(spec.label_values),
             Image.id.not_in(judged),
-        ).order_by(Image.id)
+        )
+        .order_by(Image.id)
     ).all()
     examples = instruction_example_ids(session, job, spec)
     candidates = [im for im in candidates if im.id not in examples]
     rng = random.Random(seed)
-    per_label = {label: [im for im in candidates if im.reference_label == label]
-                 for label in spec.label_values}
+    per_label = {
+        label: [im for im in candidates if im.reference_label == label]
+        for label in spec.label_values
+    }
     if clearest_fraction < 1.0:
         scores = clarity if clarity is not None else model_clarity(candidates, spec)
-        per_label = {label: clearest(pool, scores, clearest_fraction)
-                     for label, pool in per_label.items()}
+        per_label = {
+            label: clearest(pool, scores, clearest_fraction) for label, pool in per_label.items()
+        }
     for pool in per_label.values():
         rng.shuffle(pool)
     quotas = {label: n // len(per_label) for label in per_label}
@@ -136,11 +156,16 @@ def model_clarity(images: list[Image], spec: JobSpec) -> dict[int, float]:
     if len(labels) != 2:
         raise ValueError("clarity from model scores needs a two-label job; pass clarity")
     positive = PNEUMONIA if PNEUMONIA in labels else labels[-1]
-    out = {im.id: (1.0 - im.model_score if im.reference_label == positive else im.model_score)
-           for im in images if im.model_score is not None}
+    out = {
+        im.id: (1.0 - im.model_score if im.reference_label == positive else im.model_score)
+        for im in images
+        if im.model_score is not None
+    }
     if not out:
-        raise ValueError("no candidate image has a model score: score the job's images "
-                         "first (cxrlabel score) or pass clarity")
+        raise ValueError(
+            "no candidate image has a model score: score the job's images "
+            "first (cxrlabel score) or pass clarity"
+        )
     return out
 
 
@@ -154,8 +179,7 @@ def _pick(per_label: dict[str, list[Image]], quotas: dict[str, int], threshold: 
                 break
             if image.patient_id and image.patient_id in patients:
                 continue  # one gold per patient: siblings would test the same picture twice
-            if chosen and near_duplicate_pairs([image.phash], [c.phash for c in chosen],
-                                               threshold):
+            if chosen and near_duplicate_pairs([image.phash], [c.phash for c in chosen], threshold):
                 continue
             chosen.append(image)
             taken += 1

@@ -24,14 +24,16 @@ class JobFileError(ValueError):
 def renamed_job_toml(source: Path, name: str) -> str:
     """The TOML of ``source`` with ``name`` as its job name and its instructions inline."""
     if not NAME_RE.match(name):
-        raise JobFileError(f"{name!r}: a job name is letters, digits, '-' and '_' "
-                           "(at most 120, starting with a letter or digit)")
+        raise JobFileError(
+            f"{name!r}: a job name is letters, digits, '-' and '_' "
+            "(at most 120, starting with a letter or digit)"
+        )
     try:
         text = source.read_text(encoding="utf-8")
     except OSError as exc:
         raise JobFileError(f"{source}: cannot read the job file ({exc.strerror})") from None
     if not _NAME_LINE.search(text):
-        raise JobFileError(f"{source}: no top-level name = \"...\" line to rename")
+        raise JobFileError(f'{source}: no top-level name = "..." line to rename')
     text = _NAME_LINE.sub(f'name = "{name}"', text, count=1)
     text = _inline_instructions(text, source.parent)
     try:
@@ -54,7 +56,8 @@ def _inline_instructions(text: str, base: Path) -> str:
     try:
         markdown = (base / match.group(1)).read_text(encoding="utf-8")
     except OSError as exc:
-        raise JobFileError(f"{base / match.group(1)}: cannot read the instructions "
-                           f"({exc.strerror})") from None
+        raise JobFileError(
+            f"{base / match.group(1)}: cannot read the instructions ({exc.strerror})"
+        ) from None
     # A JSON string is a valid TOML basic string (same escapes).
-    return text[:match.start()] + f"markdown = {json.dumps(markdown)}" + text[match.end():]
+    return text[: match.start()] + f"markdown = {json.dumps(markdown)}" + text[match.end() :]

@@ -78,8 +78,14 @@ def _gold_examples(
                 continue
             with PILImage.open(path) as im:
                 src = image_data_uri(im)
-            gold.append(GoldExample(src, [texts.get(a, a) for a in r.gold.accepted_answers],
-                                    r.gold.reason, r.gold.difficulty))
+            gold.append(
+                GoldExample(
+                    src,
+                    [texts.get(a, a) for a in r.gold.accepted_answers],
+                    r.gold.reason,
+                    r.gold.difficulty,
+                )
+            )
         if gold:
             total = len(rows)
             return gold, (

@@ -111,8 +111,10 @@ class LiveNumbers:
         if not self.annotators:
             return "no annotator has joined yet"
         parts = ", ".join(f"{n} {s}" for s, n in sorted(self.annotators.items()))
-        return f"{sum(self.annotators.values())} annotator(s) joined ({parts}), " \
-               f"{self.judgments:,} judgments"
+        return (
+            f"{sum(self.annotators.values())} annotator(s) joined ({parts}), "
+            f"{self.judgments:,} judgments"
+        )
 
     contests_total = property(lambda self: sum(self.contests.values()))
     contests_open = property(lambda self: self.contests.get("open", 0))
@@ -135,22 +137,29 @@ def live_numbers(session: Session | None, job: Job | None) -> LiveNumbers:
         images_total=sum(by_status.values()),
         work_images=sum(n for s, n in by_status.items() if s not in ImageStatus.NOT_WORK),
         by_status=by_status,
-        by_reference=grouped(Image.reference_label, Image.job_id == job.id,
-                             Image.status.not_in(ImageStatus.NOT_WORK)),
+        by_reference=grouped(
+            Image.reference_label, Image.job_id == job.id, Image.status.not_in(ImageStatus.NOT_WORK)
+        ),
         annotators=grouped(AnnotatorState.status, AnnotatorState.job_id == job.id),
         judgments=session.scalar(
             select(func.count()).select_from(Judgment).where(Judgment.job_id == job.id)
-        ) or 0,
+        )
+        or 0,
         gold_by_source=grouped(GoldItem.source, GoldItem.job_id == job.id),
         contests=grouped(Contest.status, Contest.gold_id.in_(gold_ids)),
         forgiven=session.scalar(
             select(func.coalesce(func.sum(AnnotatorState.gold_forgiven), 0)).where(
-                AnnotatorState.job_id == job.id)
-        ) or 0,
+                AnnotatorState.job_id == job.id
+            )
+        )
+        or 0,
         expert_reviews=session.scalar(
-            select(func.count()).select_from(ExpertReview).join(
-                Image, Image.id == ExpertReview.image_id).where(Image.job_id == job.id)
-        ) or 0,
+            select(func.count())
+            .select_from(ExpertReview)
+            .join(Image, Image.id == ExpertReview.image_id)
+            .where(Image.job_id == job.id)
+        )
+        or 0,
     )
 
 
@@ -214,8 +223,13 @@ def figure_cost_vs_judgments(spec: JobSpec, inputs: EstimateInputs):
     ax = fig.add_subplot()
     ax.plot(xs, costs, color="#0969da", lw=2)
     point = estimate(inputs)
-    ax.scatter([inputs.judgments_per_image], [point.cost], color="#cf222e", zorder=3,
-               label=f"estimate: {point.cost:,.2f} {inputs.currency}")
+    ax.scatter(
+        [inputs.judgments_per_image],
+        [point.cost],
+        color="#cf222e",
+        zorder=3,
+        label=f"estimate: {point.cost:,.2f} {inputs.currency}",
+    )
     ax.set_xlabel("trusted judgments per image (dynamic: min to max)")
     ax.set_ylabel(f"crowd cost ({inputs.currency})")
     ax.set_title(f"Cost vs judgments per image ({inputs.images:,} images)")
@@ -246,10 +260,8 @@ def figure_gold_balance(report: GoldReport, spec: JobSpec):
     fig = _figure(5.2, 3.0)
     ax = fig.add_subplot()
     xs = range(len(labels))
-    ax.bar([x - 0.2 for x in xs], gold_share, width=0.4, label="test questions",
-           color="#8250df")
-    ax.bar([x + 0.2 for x in xs], expected, width=0.4, label="expected in work",
-           color="#afb8c1")
+    ax.bar([x - 0.2 for x in xs], gold_share, width=0.4, label="test questions", color="#8250df")
+    ax.bar([x + 0.2 for x in xs], expected, width=0.4, label="expected in work", color="#afb8c1")
     ax.set_xticks(list(xs), labels)
     ax.set_ylim(0, 1)
     ax.set_ylabel("share")
@@ -268,7 +280,7 @@ def figure_svg(fig) -> str:
     buffer = io.StringIO()
     fig.savefig(buffer, format="svg")
     svg = buffer.getvalue()
-    return svg[svg.index("<svg"):]  # drop the XML prolog and DOCTYPE (which names a URL)
+    return svg[svg.index("<svg") :]  # drop the XML prolog and DOCTYPE (which names a URL)
 
 
 def figure_png(fig) -> bytes:
@@ -327,12 +339,26 @@ def build_proposal(
     if session is not None and job is not None:
         gold = check_gold(session, job, spec, annotators=annotators, data_dir=data_dir)
     else:
-        gold = GoldReport(0, {}, {}, 0, 0.0, 0.0, [GoldWarning(
-            "empty", "no job database was given, so the gold bank could not be checked")])
+        gold = GoldReport(
+            0,
+            {},
+            {},
+            0,
+            0.0,
+            0.0,
+            [
+                GoldWarning(
+                    "empty", "no job database was given, so the gold bank could not be checked"
+                )
+            ],
+        )
     n_images = images or live.work_images or ASSUMED_IMAGES
     sim_jpi = (simulation or {}).get("judgments_per_image")
     inputs = inputs_from_spec(
-        spec, n_images, judgments_per_image=sim_jpi, annotators=annotators,
+        spec,
+        n_images,
+        judgments_per_image=sim_jpi,
+        annotators=annotators,
         expert_review_fraction=float((simulation or {}).get("expert_review_fraction") or 0.0),
     )
     point: Estimate = estimate(inputs)
@@ -343,17 +369,29 @@ def build_proposal(
     headings, words = _instructions_outline(spec)
     spec_text = job.spec_toml if job is not None else spec.model_dump_json()
     markdown = markdown_env.get_template("design:proposal.md.j2").render(
-        spec=spec, live=live, gold=gold, estimate=point, low=low, high=high,
+        spec=spec,
+        live=live,
+        gold=gold,
+        estimate=point,
+        low=low,
+        high=high,
         images_assumed=not images and not live.work_images,
-        jpi_source="from the simulation" if sim_jpi else
-        "the dynamic-judgment minimum; no simulation yet, so this is the cheapest case",
-        pages_bound_text="unlimited" if math.isinf(gold.pages_bound)
+        jpi_source="from the simulation"
+        if sim_jpi
+        else "the dynamic-judgment minimum; no simulation yet, so this is the cheapest case",
+        pages_bound_text="unlimited"
+        if math.isinf(gold.pages_bound)
         else f"{gold.pages_bound:,.0f}",
-        simulation=simulation, simulation_source=simulation_source,
-        sim_keys=SIMULATION_KEYS, sim_fmt=_format_simulation(simulation or {}, spec.pay.currency),
-        examples=examples, instr_headings=headings, instr_words=words,
-        cant_tell_text=next(c.text for c in spec.certainty.options
-                            if c.value == spec.certainty.cant_tell),
+        simulation=simulation,
+        simulation_source=simulation_source,
+        sim_keys=SIMULATION_KEYS,
+        sim_fmt=_format_simulation(simulation or {}, spec.pay.currency),
+        examples=examples,
+        instr_headings=headings,
+        instr_words=words,
+        cant_tell_text=next(
+            c.text for c in spec.certainty.options if c.value == spec.certainty.cant_tell
+        ),
         aggregation_text=AGGREGATION_TEXT[spec.aggregation.method],
         quiz_pass_text=_quiz_pass_text(spec),
         generated_at=utcnow().strftime("%Y-%m-%d %H:%M UTC"),
@@ -361,14 +399,20 @@ def build_proposal(
     )
     markdown = re.sub(r"\n{3,}", "\n\n", markdown)
     figures: dict[str, tuple[str, object]] = {
-        "cost_vs_judgments": ("Crowd cost as a function of judgments per image.",
-                              figure_cost_vs_judgments(spec, inputs)),
-        "days_vs_pool": ("Calendar time as a function of the annotator pool.",
-                         figure_days_vs_pool(inputs)),
+        "cost_vs_judgments": (
+            "Crowd cost as a function of judgments per image.",
+            figure_cost_vs_judgments(spec, inputs),
+        ),
+        "days_vs_pool": (
+            "Calendar time as a function of the annotator pool.",
+            figure_days_vs_pool(inputs),
+        ),
     }
     if gold.n_gold:
-        figures["gold_balance"] = ("Class balance of the test questions vs the expected "
-                                   "prevalence in the work.", figure_gold_balance(gold, spec))
+        figures["gold_balance"] = (
+            "Class balance of the test questions vs the expected prevalence in the work.",
+            figure_gold_balance(gold, spec),
+        )
     return Proposal(markdown=markdown, figures=figures, title=f"Job design proposal: {spec.title}")
 
 
@@ -383,8 +427,11 @@ def render_html(proposal: Proposal) -> str:
             if name not in proposal.figures:
                 return ""
             caption, fig = proposal.figures[name]
-            return (f'<figure class="plot" id="figure-{name}">{figure_svg(fig)}'
-                    f"<figcaption>{caption}</figcaption></figure>")
+            return (
+                f'<figure class="plot" id="figure-{name}">{figure_svg(fig)}'
+                f"<figcaption>{caption}</figcaption></figure>"
+            )
+
         return re.sub(r"<p>\[\[figure:(?P<name>[a-z_]+)\]\]</p>", figure, html)
 
     sections = [
@@ -415,7 +462,7 @@ def render_markdown(proposal: Proposal, out: Path) -> str:
         f"{n}. [{title}](#{_slug(title)})" for n, (title, _) in enumerate(proposal.sections(), 1)
     )
     preamble = proposal.preamble().rstrip()
-    body = proposal.markdown[len(proposal.preamble()):]
+    body = proposal.markdown[len(proposal.preamble()) :]
     return f"{preamble}\n\n## Contents\n\n{toc}\n\n{FIGURE_LINE.sub(figure, body)}"
 
 
@@ -435,9 +482,16 @@ def render_pdf(html: str, out: Path, timeout: float = 120.0) -> None:
     with tempfile.TemporaryDirectory(prefix="cxrlabel-proposal-") as tmp:
         page = Path(tmp) / "proposal.html"
         page.write_text(html, encoding="utf-8")
-        cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-pdf-header-footer",
-               f"--user-data-dir={tmp}/profile", f"--print-to-pdf={out.resolve()}",
-               page.as_uri()]
+        cmd = [
+            exe,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-pdf-header-footer",
+            f"--user-data-dir={tmp}/profile",
+            f"--print-to-pdf={out.resolve()}",
+            page.as_uri(),
+        ]
         try:
             done = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
@@ -449,4 +503,3 @@ def render_pdf(html: str, out: Path, timeout: float = 120.0) -> None:
 
 def section_titles(markdown: str) -> list[str]:
     return [t for t, _ in Proposal(markdown, {}, "").sections()]
-

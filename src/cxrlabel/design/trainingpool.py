@@ -31,28 +31,47 @@ class TrainingPoolError(ValueError):
 
 
 def sample_training(
-    session: Session, job: Job, spec: JobSpec, n: int, seed: int = 0,
-    now: datetime | None = None, *, clearest_fraction: float = 1.0,
+    session: Session,
+    job: Job,
+    spec: JobSpec,
+    n: int,
+    seed: int = 0,
+    now: datetime | None = None,
+    *,
+    clearest_fraction: float = 1.0,
     clarity: Mapping[int, float] | None = None,
 ) -> dict[str, int]:
     """Add ``n`` training cases drawn like gold (reference label, balanced, one per patient,
     clearest first when asked) from never-judged work images; per label, how many."""
     now = now or utcnow()
-    chosen = pick_reference_images(session, job, spec, n, seed,
-                                   clearest_fraction=clearest_fraction, clarity=clarity)
+    chosen = pick_reference_images(
+        session, job, spec, n, seed, clearest_fraction=clearest_fraction, clarity=clarity
+    )
     texts = {c.value: c for c in spec.question.labels}
     for image in chosen:
         label = str(image.reference_label)
         reason = TRAINING_REASON.format(text=texts[label].text, hint=texts[label].hint)
         add_training_item(session, job, spec, image, label, reason.replace("  ", " "), now)
-    session.add(AuditEvent(at=now, job_id=job.id, action="training.sample", subject=str(n),
-                           payload={"images": [im.public_id for im in chosen], "seed": seed}))
+    session.add(
+        AuditEvent(
+            at=now,
+            job_id=job.id,
+            action="training.sample",
+            subject=str(n),
+            payload={"images": [im.public_id for im in chosen], "seed": seed},
+        )
+    )
     session.flush()
     return dict(Counter(str(im.reference_label) for im in chosen))
 
 
 def add_training_item(
-    session: Session, job: Job, spec: JobSpec, image: Image, answer: str, reason: str,
+    session: Session,
+    job: Job,
+    spec: JobSpec,
+    image: Image,
+    answer: str,
+    reason: str,
     now: datetime,
 ) -> TrainingItem:
     """Make a never-judged work image a training case (refuses gold and judged images)."""
@@ -61,25 +80,53 @@ def add_training_item(
     if image.status != ImageStatus.NEEDS_JUDGMENTS or image.trusted_judgments > 0:
         raise TrainingPoolError(
             f"image {image.public_id} is {image.status}: only unjudged work images can become "
-            "training cases (a test question must never be shown with its answer)")
-    item = TrainingItem(job_id=job.id, image_id=image.id, answer=answer, reason=reason,
-                        created_at=now)
+            "training cases (a test question must never be shown with its answer)"
+        )
+    item = TrainingItem(
+        job_id=job.id, image_id=image.id, answer=answer, reason=reason, created_at=now
+    )
     image.status = ImageStatus.TRAINING
     session.add(item)
     return item
 
 
 def ensure_training(
-    session: Session, job: Job, spec: JobSpec, seed: int, now: datetime, *,
-    clearest_fraction: float = 1.0, clarity: Mapping[int, float] | None = None,
+    session: Session,
+    job: Job,
+    spec: JobSpec,
+    seed: int,
+    now: datetime,
+    *,
+    clearest_fraction: float = 1.0,
+    clarity: Mapping[int, float] | None = None,
 ) -> int:
     """With ``[training] enabled``: top the pool up to ``training.items`` cases (what every
     newcomer answers); returns the pool's size."""
-    have = session.scalar(select(func.count()).select_from(TrainingItem).where(
-        TrainingItem.job_id == job.id, TrainingItem.active.is_(True))) or 0
+    have = (
+        session.scalar(
+            select(func.count())
+            .select_from(TrainingItem)
+            .where(TrainingItem.job_id == job.id, TrainingItem.active.is_(True))
+        )
+        or 0
+    )
     if spec.training.enabled and have < spec.training.items:
-        sample_training(session, job, spec, spec.training.items - have, seed, now,
-                        clearest_fraction=clearest_fraction, clarity=clarity)
-        have = session.scalar(select(func.count()).select_from(TrainingItem).where(
-            TrainingItem.job_id == job.id, TrainingItem.active.is_(True))) or 0
+        sample_training(
+            session,
+            job,
+            spec,
+            spec.training.items - have,
+            seed,
+            now,
+            clearest_fraction=clearest_fraction,
+            clarity=clarity,
+        )
+        have = (
+            session.scalar(
+                select(func.count())
+                .select_from(TrainingItem)
+                .where(TrainingItem.job_id == job.id, TrainingItem.active.is_(True))
+            )
+            or 0
+        )
     return int(have)

@@ -23,13 +23,13 @@ from cxrlabel.terminal import plain
 LISTED_PER_KIND = 20  # the rest is in the ingest_issues table
 
 
-held_app = typer.Typer(help="Images held for review (burned-in text in DICOM pixels).",
-                       no_args_is_help=True)
+held_app = typer.Typer(
+    help="Images held for review (burned-in text in DICOM pixels).", no_args_is_help=True
+)
 
 
 @held_app.command("list")
-def held_list(ctx: typer.Context,
-              job: str = typer.Option(None, "--job", help="Job name.")) -> None:
+def held_list(ctx: typer.Context, job: str = typer.Option(None, "--job", help="Job name.")) -> None:
     """List the images held for review (not served, never gold) with their source files."""
     from cxrlabel.ingest.held import held_images
 
@@ -67,24 +67,33 @@ def held_release(
 
 def register(app: typer.Typer) -> None:
     app.add_typer(held_app, name="held")
+
     @app.command("ingest")
     def ingest_command(
         ctx: typer.Context,
         path: str = typer.Argument(
-            ..., help="A folder (searched recursively; split/CLASS/file keeps CLASS as the "
+            ...,
+            help="A folder (searched recursively; split/CLASS/file keeps CLASS as the "
             "reference label), a CSV manifest (path[,label][,patient_id]), one image file, or "
             "a PACS: dicomweb+http://HOST:PORT/PATH (QIDO-RS + WADO-RS; re-runs fetch only "
-            "new instances)."),
+            "new instances).",
+        ),
         job: str = typer.Option(None, "--job", help="Job name [default: pneumonia-pediatric]."),
         workers: int = typer.Option(
-            min(2, os.cpu_count() or 1), "--workers", min=0,
-            help="Worker processes for decoding (0 = decode in this process)."),
-        since: datetime = typer.Option(None, "--since", formats=["%Y-%m-%d"],
-                                       help="DICOMweb: studies on or after this date."),
-        until: datetime = typer.Option(None, "--until", formats=["%Y-%m-%d"],
-                                       help="DICOMweb: studies on or before this date."),
-        modality: str = typer.Option(None, "--modality",
-                                     help="DICOMweb: only series of this modality (CR, DX)."),
+            min(2, os.cpu_count() or 1),
+            "--workers",
+            min=0,
+            help="Worker processes for decoding (0 = decode in this process).",
+        ),
+        since: datetime = typer.Option(
+            None, "--since", formats=["%Y-%m-%d"], help="DICOMweb: studies on or after this date."
+        ),
+        until: datetime = typer.Option(
+            None, "--until", formats=["%Y-%m-%d"], help="DICOMweb: studies on or before this date."
+        ),
+        modality: str = typer.Option(
+            None, "--modality", help="DICOMweb: only series of this modality (CR, DX)."
+        ),
         study: str = typer.Option(None, "--study", help="DICOMweb: one StudyInstanceUID."),
     ) -> None:
         """Add images to a job: safe decode, DICOM de-identification, renditions, dedup."""
@@ -103,37 +112,49 @@ def register(app: typer.Typer) -> None:
         if summary.total and len(summary.failed) == summary.total:
             # Nothing usable came in (e.g. a text file, or a folder of unreadable files): a
             # script must not carry on as if the images were there.
-            fail(f"no image could be read from {str(path)!r}: all {summary.total} file(s) "
-                 "failed (reasons above)", code=1)
+            fail(
+                f"no image could be read from {str(path)!r}: all {summary.total} file(s) "
+                "failed (reasons above)",
+                code=1,
+            )
 
 
-def _run(db, data_dir: Path, job_row, spec, path: str, query: DicomWebQuery,
-         workers: int) -> IngestSummary:
+def _run(
+    db, data_dir: Path, job_row, spec, path: str, query: DicomWebQuery, workers: int
+) -> IngestSummary:
     if not is_dicomweb(path):
         if query != DicomWebQuery():
-            raise SourceError("--since/--until/--modality/--study apply to a dicomweb+http:// "
-                              "source only")
-        return ingest(db, data_dir, job_row, spec, Path(path), workers=workers,
-                      console=err_console)
+            raise SourceError(
+                "--since/--until/--modality/--study apply to a dicomweb+http:// source only"
+            )
+        return ingest(db, data_dir, job_row, spec, Path(path), workers=workers, console=err_console)
     client = DicomWebClient.from_source(path)
     try:
         err_console.print(f"searching {client.base_url} (QIDO-RS) ...", highlight=False)
         items = discover_dicomweb(client, query)
-        err_console.print(f"{len(items)} instance(s) selected; fetching the new ones (WADO-RS)",
-                          highlight=False)
-        summary = ingest(db, data_dir, job_row, spec, path, workers=workers,
-                         console=err_console, items=items)
+        err_console.print(
+            f"{len(items)} instance(s) selected; fetching the new ones (WADO-RS)", highlight=False
+        )
+        summary = ingest(
+            db, data_dir, job_row, spec, path, workers=workers, console=err_console, items=items
+        )
     finally:
         client.close()
-    console.print(f"downloaded {client.retrieved} instance(s); {summary.already_present} "
-                  "pulled before were not fetched again", highlight=False)
+    console.print(
+        f"downloaded {client.retrieved} instance(s); {summary.already_present} "
+        "pulled before were not fetched again",
+        highlight=False,
+    )
     return summary
 
 
 def print_summary(summary: IngestSummary) -> None:
     # File names are printed as Text (never parsed as markup, control characters escaped).
-    console.print(plain(f"Ingest of {summary.source}: {summary.total} file(s) in "
-                        f"{summary.seconds:.1f} s"), highlight=False, soft_wrap=True)
+    console.print(
+        plain(f"Ingest of {summary.source}: {summary.total} file(s) in {summary.seconds:.1f} s"),
+        highlight=False,
+        soft_wrap=True,
+    )
     table = Table()
     table.add_column("outcome")
     table.add_column("files", justify="right")
@@ -141,20 +162,25 @@ def print_summary(summary: IngestSummary) -> None:
     table.add_row("already present", str(summary.already_present))
     table.add_row("exact duplicates (skipped)", str(len(summary.exact_duplicates)))
     table.add_row("near duplicates (skipped)", str(len(summary.near_duplicates)))
-    table.add_row("failed (skipped)", str(len(summary.failed)),
-                  style="red" if summary.failed else None)
+    table.add_row(
+        "failed (skipped)", str(len(summary.failed)), style="red" if summary.failed else None
+    )
     table.add_row("total", str(summary.total), style="bold")
     console.print(table)
-    for title, records in (("Failed", summary.failed),
-                           ("Exact duplicates", summary.exact_duplicates),
-                           ("Near duplicates", summary.near_duplicates)):
+    for title, records in (
+        ("Failed", summary.failed),
+        ("Exact duplicates", summary.exact_duplicates),
+        ("Near duplicates", summary.near_duplicates),
+    ):
         if records:
             _print_issues(title, records)
     if summary.burned_in:
-        console.print(f"[yellow]warning:[/] {len(summary.burned_in)} DICOM image(s) may have "
-                      "burned-in annotations (text in the pixels, possibly identifying): held "
-                      "for review, not served and never gold; check them, then `cxrlabel held "
-                      "release` (list: `cxrlabel held list`):")
+        console.print(
+            f"[yellow]warning:[/] {len(summary.burned_in)} DICOM image(s) may have "
+            "burned-in annotations (text in the pixels, possibly identifying): held "
+            "for review, not served and never gold; check them, then `cxrlabel held "
+            "release` (list: `cxrlabel held list`):"
+        )
         for path in summary.burned_in[:LISTED_PER_KIND]:
             console.print(plain(f"  {path}"), highlight=False)
     if summary.swept_orphans:

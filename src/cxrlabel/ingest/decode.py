@@ -79,7 +79,7 @@ def sniff_format(head: bytes) -> str | None:
         return "jpeg"
     if head.startswith(PNG_MAGIC):
         return "png"
-    if head[DICOM_MAGIC_OFFSET:DICOM_MAGIC_OFFSET + 4] == b"DICM":
+    if head[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM":
         return "dicom"
     return None
 
@@ -122,7 +122,7 @@ def decode_image(
         raise DecodeError("empty file (0 bytes)")
     if len(data) > limits.max_bytes:
         raise DecodeError("file too large")
-    kind = sniff_format(data[:DICOM_MAGIC_OFFSET + 4])
+    kind = sniff_format(data[: DICOM_MAGIC_OFFSET + 4])
     if kind is None:
         raise DecodeError("not an image: content is not JPEG, PNG or DICOM")
     if kind == "dicom":
@@ -144,6 +144,7 @@ def _check_dimensions(width: int, height: int, limits: DecodeLimits) -> None:
 
 
 # --- JPEG / PNG ---------------------------------------------------------------------------------
+
 
 def _decode_raster(data: bytes, limits: DecodeLimits) -> np.ndarray:
     with warnings.catch_warnings():
@@ -190,6 +191,7 @@ def _short(exc: BaseException) -> str:
 
 # --- DICOM --------------------------------------------------------------------------------------
 
+
 def _decode_dicom(
     data: bytes, limits: DecodeLimits, salt: bytes | None
 ) -> tuple[np.ndarray, DicomInfo]:
@@ -211,14 +213,14 @@ def _decode_dicom_quietly(
     except InvalidDicomError:
         raise DecodeError("malformed DICOM: not a valid DICOM file") from None
     except Exception as exc:  # only the type: messages may quote header values
-        raise DecodeError(f"malformed DICOM: header cannot be parsed ({type(exc).__name__})") \
-            from None
+        raise DecodeError(
+            f"malformed DICOM: header cannot be parsed ({type(exc).__name__})"
+        ) from None
     # From here on only the de-identified copy is used; the original dataset is dropped.
     try:
         result = deid.deidentify(ds, salt)
     except Exception as exc:
-        raise DecodeError(f"malformed DICOM: cannot de-identify ({type(exc).__name__})") \
-            from None
+        raise DecodeError(f"malformed DICOM: cannot de-identify ({type(exc).__name__})") from None
     del ds
     clean = result.dataset
     pixels = _dicom_pixels(clean, limits)
@@ -264,8 +266,9 @@ def _dicom_pixels(ds, limits: DecodeLimits) -> np.ndarray:  # pydicom Dataset
     except DecodeError:
         raise
     except Exception as exc:
-        raise DecodeError(f"malformed DICOM: invalid LUT or window ({type(exc).__name__})") \
-            from None
+        raise DecodeError(
+            f"malformed DICOM: invalid LUT or window ({type(exc).__name__})"
+        ) from None
     if photometric == "MONOCHROME1":  # low values are white in MONOCHROME1
         out = 255 - out
     return out
@@ -278,7 +281,7 @@ def _dicom_pixels(ds, limits: DecodeLimits) -> np.ndarray:  # pydicom Dataset
 INSTALL_HINT = "pip install 'cxrlabel' again to get its DICOM decoders (python-gdcm, pylibjpeg)"
 SYNTAX_HINTS = {
     "1.2.840.10008.1.2.4.51": "12-bit JPEG Extended needs pylibjpeg-libjpeg (GPLv3): "
-                              "pip install 'cxrlabel[dicom-gpl]'",
+    "pip install 'cxrlabel[dicom-gpl]'",
 }
 
 
@@ -304,8 +307,9 @@ def _check_decoder(ds) -> None:  # ds: a pydicom Dataset
         raise DecodeError(f"DICOM transfer syntax {name} is not supported") from None
     if not decoder.is_available:
         hint = SYNTAX_HINTS.get(uid, INSTALL_HINT)
-        raise DecodeError(f"DICOM transfer syntax {name} cannot be decoded: no decoder "
-                          f"installed ({hint})")
+        raise DecodeError(
+            f"DICOM transfer syntax {name} cannot be decoded: no decoder installed ({hint})"
+        )
 
 
 def _pixel_error(ds, exc: Exception) -> DecodeError:  # ds: a pydicom Dataset
@@ -315,10 +319,12 @@ def _pixel_error(ds, exc: Exception) -> DecodeError:  # ds: a pydicom Dataset
     text = str(exc)
     if isinstance(exc, RuntimeError) and "does not support" in text:
         hint = SYNTAX_HINTS.get(uid, "no installed decoder handles this variant")
-        return DecodeError(f"DICOM transfer syntax {name} cannot be decoded for this image "
-                           f"({hint})")
-    return DecodeError(f"malformed DICOM: pixel data cannot be decoded "
-                       f"({type(exc).__name__}, {name})")
+        return DecodeError(
+            f"DICOM transfer syntax {name} cannot be decoded for this image ({hint})"
+        )
+    return DecodeError(
+        f"malformed DICOM: pixel data cannot be decoded ({type(exc).__name__}, {name})"
+    )
 
 
 def _voi_to_uint8(values: np.ndarray, ds, apply_voi_lut) -> np.ndarray:

@@ -28,5 +28,7 @@ def signature_from_file(path: str | Path) -> np.ndarray:
 
 
 def is_near_duplicate(phash_a: int, phash_b: int, sig_a: np.ndarray, sig_b: np.ndarray) -> bool:
-    return (hamming(phash_a, phash_b) <= NEAR_DUP_MAX_PHASH
-            and mean_abs_diff(sig_a, sig_b) <= NEAR_DUP_MAX_MAD)
+    return (
+        hamming(phash_a, phash_b) <= NEAR_DUP_MAX_PHASH
+        and mean_abs_diff(sig_a, sig_b) <= NEAR_DUP_MAX_MAD
+    )

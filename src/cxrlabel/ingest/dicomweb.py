@@ -74,11 +74,12 @@ class DicomWebClient:
 
     @classmethod
     def from_source(cls, source: str) -> DicomWebClient:
-        url = source[len(SCHEME):] if is_dicomweb(source) else source
+        url = source[len(SCHEME) :] if is_dicomweb(source) else source
         parsed = httpx.URL(url)
         if parsed.scheme not in ("http", "https") or not parsed.host:
-            raise SourceError(f"{source}: expected dicomweb+http://HOST:PORT/PATH "
-                              "(or dicomweb+https://...)")
+            raise SourceError(
+                f"{source}: expected dicomweb+http://HOST:PORT/PATH (or dicomweb+https://...)"
+            )
         return cls(url)
 
     def close(self) -> None:
@@ -89,8 +90,9 @@ class DicomWebClient:
         """Every result of a QIDO-RS search, page by page."""
         offset = 0
         while True:
-            page = self._get_json(path, {**(params or {}), "limit": str(PAGE_SIZE),
-                                         "offset": str(offset)})
+            page = self._get_json(
+                path, {**(params or {}), "limit": str(PAGE_SIZE), "offset": str(offset)}
+            )
             yield from page
             if len(page) < PAGE_SIZE:
                 return
@@ -99,11 +101,13 @@ class DicomWebClient:
     def _get_json(self, path: str, params: dict[str, str]) -> list[dict]:
         url = f"{self.base_url}/{path}"
         try:
-            response = self._http.get(url, params=params,
-                                      headers={"Accept": "application/dicom+json"})
+            response = self._http.get(
+                url, params=params, headers={"Accept": "application/dicom+json"}
+            )
         except httpx.HTTPError as exc:
-            raise SourceError(f"DICOMweb server {self.base_url} unreachable: "
-                              f"{type(exc).__name__}") from None
+            raise SourceError(
+                f"DICOMweb server {self.base_url} unreachable: {type(exc).__name__}"
+            ) from None
         if response.status_code == 204:  # "no matches" in PS3.18
             return []
         if response.status_code != 200:
@@ -121,8 +125,9 @@ class DicomWebClient:
         """One instance as DICOM bytes (its stored transfer syntax), or DecodeError."""
         path = f"studies/{study}/series/{series}/instances/{sop}"
         try:
-            with self._http.stream("GET", f"{self.base_url}/{path}",
-                                   headers={"Accept": DICOM_PART}) as response:
+            with self._http.stream(
+                "GET", f"{self.base_url}/{path}", headers={"Accept": DICOM_PART}
+            ) as response:
                 if response.status_code != 200:
                     raise DecodeError(f"DICOMweb retrieve failed: HTTP {response.status_code}")
                 body = _read_capped(response)
@@ -166,6 +171,7 @@ def multipart_parts(body: bytes, content_type: str) -> list[bytes]:
 
 
 # --- listing instances as source items ----------------------------------------------------------
+
 
 def _first(dataset: dict[str, Any], tag: str) -> str | None:
     values = (dataset.get(tag) or {}).get("Value") or []
@@ -212,10 +218,14 @@ def discover_dicomweb(client: DicomWebClient, query: DicomWebQuery) -> list[Sour
     cannot be searched or selects nothing."""
     instances = list_instances(client, query)
     if not instances:
-        raise SourceError(f"DICOMweb server {client.base_url}: no instance matches "
-                          f"{query.study_params() or 'the query'}")
-    return [SourceItem(instance_url(client.base_url, *uids), fetch=_fetcher(client, uids))
-            for uids in instances]
+        raise SourceError(
+            f"DICOMweb server {client.base_url}: no instance matches "
+            f"{query.study_params() or 'the query'}"
+        )
+    return [
+        SourceItem(instance_url(client.base_url, *uids), fetch=_fetcher(client, uids))
+        for uids in instances
+    ]
 
 
 def _fetcher(client: DicomWebClient, uids: tuple[str, str, str]) -> Callable[[], bytes]:

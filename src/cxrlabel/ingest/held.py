@@ -19,12 +19,23 @@ class HeldError(Exception):
 
 
 def held_images(session: Session, job: Job) -> list[Image]:
-    return list(session.scalars(select(Image).where(
-        Image.job_id == job.id, Image.status == ImageStatus.HELD).order_by(Image.id)))
+    return list(
+        session.scalars(
+            select(Image)
+            .where(Image.job_id == job.id, Image.status == ImageStatus.HELD)
+            .order_by(Image.id)
+        )
+    )
 
 
-def release_held(session: Session, job: Job, refs: list[str], *, release_all: bool = False,
-                 actor_id: int | None = None) -> list[Image]:
+def release_held(
+    session: Session,
+    job: Job,
+    refs: list[str],
+    *,
+    release_all: bool = False,
+    actor_id: int | None = None,
+) -> list[Image]:
     """Release held images (by public id or source path, or all) to the work queue."""
     held = held_images(session, job)
     if release_all:
@@ -39,8 +50,14 @@ def release_held(session: Session, job: Job, refs: list[str], *, release_all: bo
     for image in chosen:
         image.status = ImageStatus.NEEDS_JUDGMENTS
     if chosen:
-        session.add(AuditEvent(at=utcnow(), job_id=job.id, actor_id=actor_id,
-                               action="images.released", subject=f"{len(chosen)} image(s)",
-                               payload={"images": [im.public_id for im in chosen]}))
+        session.add(
+            AuditEvent(
+                at=utcnow(),
+                job_id=job.id,
+                actor_id=actor_id,
+                action="images.released",
+                subject=f"{len(chosen)} image(s)",
+                payload={"images": [im.public_id for im in chosen]},
+            )
+        )
     return chosen
-

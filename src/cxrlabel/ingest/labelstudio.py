@@ -54,13 +54,14 @@ def _load(json_path: Path) -> list[dict[str, Any]]:
     if isinstance(body, dict) and "data" in body:
         body = [body]  # a single task
     if not isinstance(body, list) or not body or not all(isinstance(t, dict) for t in body):
-        raise SourceError(f"{json_path}: expected a Label Studio task list "
-                          '([{"data": {"image": ...}, "annotations": [...]}, ...])')
+        raise SourceError(
+            f"{json_path}: expected a Label Studio task list "
+            '([{"data": {"image": ...}, "annotations": [...]}, ...])'
+        )
     return body
 
 
-def _item(entry: dict[str, Any], n: int, json_path: Path,
-          canonical: dict[str, str]) -> SourceItem:
+def _item(entry: dict[str, Any], n: int, json_path: Path, canonical: dict[str, str]) -> SourceItem:
     where = f"{json_path.name}:task {entry.get('id', n)}"
     data = entry.get("data")
     if not isinstance(data, dict):
@@ -87,14 +88,15 @@ def _resolve(value: str, folder: Path) -> tuple[Path | None, str | None]:
         return found.resolve(), None
     scheme = urlsplit(value).scheme
     if scheme in ("http", "https", "s3", "gs", "azure-blob") or value.startswith("/data/"):
-        return None, ("image is not a local file (Label Studio URL or cloud storage); "
-                      "export the project with its files or point the tasks at files")
+        return None, (
+            "image is not a local file (Label Studio URL or cloud storage); "
+            "export the project with its files or point the tasks at files"
+        )
     path = Path(value)
     return (path if path.is_absolute() else folder / path).resolve(), None
 
 
-def _reference_label(annotations: Any, canonical: dict[str, str]
-                     ) -> tuple[str | None, str | None]:
+def _reference_label(annotations: Any, canonical: dict[str, str]) -> tuple[str | None, str | None]:
     """(label, problem): a choice that is not a job label is reported, not guessed."""
     votes: Counter[str] = Counter()
     truth = None

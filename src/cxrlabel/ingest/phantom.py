@@ -37,8 +37,9 @@ def make_phantom_xray(
     for side in (-1, 1):  # lung fields: dark, slightly different per side
         cu = side * rng.uniform(0.15, 0.2)
         ru, rv = rng.uniform(0.1, 0.15), rng.uniform(0.25, 0.34)
-        img -= rng.uniform(80.0, 105.0) * _ellipse(u, v, cu, rng.uniform(-0.05, 0.01), ru, rv,
-                                                   soft=0.03)
+        img -= rng.uniform(80.0, 105.0) * _ellipse(
+            u, v, cu, rng.uniform(-0.05, 0.01), ru, rv, soft=0.03
+        )
     img += 45.0 * _ellipse(u, v, 0.0, 0.0, 0.05, 0.5, soft=0.02)  # spine / mediastinum
     heart = rng.uniform(0.11, 0.16)
     img += 50.0 * _ellipse(u, v, 0.06, 0.12, heart, heart - 0.01, soft=0.04)  # to image right
@@ -50,8 +51,12 @@ def make_phantom_xray(
     img += 25.0 * _smooth_field(rng, width, height)  # overlapping soft tissue, per child
     img = img * rng.uniform(0.8, 1.15) + rng.uniform(-10.0, 10.0)  # exposure
     if (width, height) != (out_width, out_height):
-        img = np.asarray(Image.fromarray(img.astype(np.float32)).resize(
-            (out_width, out_height), Image.Resampling.BICUBIC), dtype=np.float64)
+        img = np.asarray(
+            Image.fromarray(img.astype(np.float32)).resize(
+                (out_width, out_height), Image.Resampling.BICUBIC
+            ),
+            dtype=np.float64,
+        )
     img += gaussian_filter(rng.normal(0.0, 6.0, img.shape), 1.0)  # detector noise
     pixels = np.clip(img, 0, 255).astype(np.uint8)
     return _mark(Image.fromarray(pixels))
@@ -61,20 +66,23 @@ def _smooth_field(rng: np.random.Generator, width: int, height: int) -> np.ndarr
     """Low-frequency noise in -1..1, made at 64x64 and upsampled (fast at any size)."""
     small = gaussian_filter(rng.normal(0.0, 1.0, (64, 64)), 4.0)
     small = small / (np.abs(small).max() + 1e-9)
-    im = Image.fromarray(small.astype(np.float32)).resize((width, height),
-                                                         Image.Resampling.BILINEAR)
+    im = Image.fromarray(small.astype(np.float32)).resize(
+        (width, height), Image.Resampling.BILINEAR
+    )
     return np.asarray(im, dtype=np.float64)
 
 
-def _ellipse(u: np.ndarray, v: np.ndarray, cu: float, cv: float, ru: float, rv: float,
-             soft: float) -> np.ndarray:
+def _ellipse(
+    u: np.ndarray, v: np.ndarray, cu: float, cv: float, ru: float, rv: float, soft: float
+) -> np.ndarray:
     """1 inside the ellipse, 0 outside, with a soft edge of width ``soft``."""
     r = np.sqrt(((u - cu) / ru) ** 2 + ((v - cv) / rv) ** 2)
     return np.clip((1.0 - r) / (soft / min(ru, rv)) + 0.5, 0.0, 1.0)
 
 
-def _band(u: np.ndarray, v: np.ndarray, u0: float, v0: float, u1: float,
-          half_width: float) -> np.ndarray:
+def _band(
+    u: np.ndarray, v: np.ndarray, u0: float, v0: float, u1: float, half_width: float
+) -> np.ndarray:
     """A soft straight band from (u0, v0) to (u1, v0 + small slope)."""
     lo, hi = min(u0, u1), max(u0, u1)
     inside = (u >= lo) & (u <= hi)
@@ -113,6 +121,5 @@ def _mark(im: Image.Image) -> Image.Image:
     except TypeError:  # very old Pillow without scalable default font
         font = ImageFont.load_default()
     draw.text((im.width // 40, im.height // 40), MARK, fill=255, font=font)
-    draw.text((im.width // 40, im.height - font_size - im.height // 40), MARK, fill=255,
-              font=font)
+    draw.text((im.width // 40, im.height - font_size - im.height // 40), MARK, fill=255, font=font)
     return im

@@ -188,8 +188,9 @@ def ingest(
         summary.total = len(items)
         try:
             with _progress(console, len(items)) as advance:
-                for item, sha, outcome in _outcomes(items, ingestor.precheck, salt, limits,
-                                                    workers):
+                for item, sha, outcome in _outcomes(
+                    items, ingestor.precheck, salt, limits, workers
+                ):
                     ingestor.handle(item, sha, outcome)
                     advance()
             ingestor.commit(finished=True)
@@ -216,8 +217,11 @@ def _outcomes(
     if workers <= 0:
         for item in items:
             sha, data = precheck(item)
-            yield item, sha, data if isinstance(data, _Early) else process_safely(
-                data, salt, limits)
+            yield (
+                item,
+                sha,
+                data if isinstance(data, _Early) else process_safely(data, salt, limits),
+            )
         return
     window: deque[tuple[SourceItem, str, Future | _Early]] = deque()
     # spawn, not fork: the main process has threads (Rich refresh) and open DB connections.
@@ -225,8 +229,11 @@ def _outcomes(
         try:
             for item in items:
                 sha, data = precheck(item)
-                job = data if isinstance(data, _Early) else pool.submit(
-                    process_safely, data, salt, limits)
+                job = (
+                    data
+                    if isinstance(data, _Early)
+                    else pool.submit(process_safely, data, salt, limits)
+                )
                 window.append((item, sha, job))
                 while len(window) >= workers * IN_FLIGHT_PER_WORKER:
                     yield _resolve(window.popleft())
@@ -249,9 +256,11 @@ def _resolve(entry: tuple[SourceItem, str, Future | _Early]) -> tuple[SourceItem
 
 # --- the main-process side: dedup, files, rows ------------------------------------------------
 
+
 class _Ingestor:
-    def __init__(self, db: Database, data_dir: Path, job: Job, spec: JobSpec, source: str,
-                 batch_size: int) -> None:
+    def __init__(
+        self, db: Database, data_dir: Path, job: Job, spec: JobSpec, source: str, batch_size: int
+    ) -> None:
         self.db, self.data_dir, self.spec, self.batch_size = db, data_dir, spec, batch_size
         self.job_id, self.job_name = job.id, job.name
         self.by_sha: dict[str, _Known] = {}
@@ -273,17 +282,31 @@ class _Ingestor:
     def _load_state(self) -> set[str]:
         with self.db.session() as s:
             rows = s.execute(
-                select(Image.id, Image.public_id, Image.sha256, Image.pixel_sha256, Image.phash,
-                       Image.source_path, Image.reference_label, Image.thumb_path)
-                .where(Image.job_id == self.job_id).order_by(Image.id)
+                select(
+                    Image.id,
+                    Image.public_id,
+                    Image.sha256,
+                    Image.pixel_sha256,
+                    Image.phash,
+                    Image.source_path,
+                    Image.reference_label,
+                    Image.thumb_path,
+                )
+                .where(Image.job_id == self.job_id)
+                .order_by(Image.id)
             ).all()
-            self.old_issue_paths = set(s.scalars(
-                select(IngestIssue.source_path).where(IngestIssue.job_id == self.job_id)))
+            self.old_issue_paths = set(
+                s.scalars(select(IngestIssue.source_path).where(IngestIssue.job_id == self.job_id))
+            )
             # What a remote source need not send again: accepted images and duplicates
             # (failures are retried: they may have been a network error).
-            self.pulled = {r.source_path for r in rows} | set(s.scalars(
-                select(IngestIssue.source_path).where(IngestIssue.job_id == self.job_id,
-                                                      IngestIssue.kind != FAILED)))
+            self.pulled = {r.source_path for r in rows} | set(
+                s.scalars(
+                    select(IngestIssue.source_path).where(
+                        IngestIssue.job_id == self.job_id, IngestIssue.kind != FAILED
+                    )
+                )
+            )
         for r in rows:
             known = _Known(r.source_path, r.reference_label, r.thumb_path, image_id=r.id)
             self._remember(known, r.sha256, r.pixel_sha256, int(r.phash, 16))
@@ -330,14 +353,19 @@ class _Ingestor:
             self.handle(item, sha, early)
             return
         elif outcome.pixel_sha256 in self.by_pixels:
-            self._issue(item.path, EXACT, "same pixels as an ingested image (lossless re-encode)",
-                        self.by_pixels[outcome.pixel_sha256])
+            self._issue(
+                item.path,
+                EXACT,
+                "same pixels as an ingested image (lossless re-encode)",
+                self.by_pixels[outcome.pixel_sha256],
+            )
         else:
             near = self._near_duplicate(outcome)
             if near is not None:
                 known, distance, mad = near
-                self._issue(item.path, NEAR, _near_reason(distance, mad, item.label, known),
-                            known, distance)
+                self._issue(
+                    item.path, NEAR, _near_reason(distance, mad, item.label, known), known, distance
+                )
             else:
                 self._accept(item, sha, outcome)
         if len(self.batch) >= self.batch_size:
@@ -376,17 +404,29 @@ class _Ingestor:
             return
         self.batch.files.extend(files)  # from now on a failure before commit removes them
         patient = choose_patient_id(
-            manifest_id=item.patient_id, dicom_pseudonym=p.dicom_pseudonym,
-            name_id=patient_id_from_name(item.path, self.spec.ingest.patient_id_pattern))
+            manifest_id=item.patient_id,
+            dicom_pseudonym=p.dicom_pseudonym,
+            name_id=patient_id_from_name(item.path, self.spec.ingest.patient_id_pattern),
+        )
         row = Image(
-            job_id=self.job_id, public_id=public_id, source_path=item.path,
-            source_format=p.source_format, sha256=sha, pixel_sha256=p.pixel_sha256,
-            phash=to_hex(p.phash), width=p.width, height=p.height, patient_id=patient,
-            reference_label=item.label, rendition_path=rel_rendition, thumb_path=rel_thumb,
+            job_id=self.job_id,
+            public_id=public_id,
+            source_path=item.path,
+            source_format=p.source_format,
+            sha256=sha,
+            pixel_sha256=p.pixel_sha256,
+            phash=to_hex(p.phash),
+            width=p.width,
+            height=p.height,
+            patient_id=patient,
+            reference_label=item.label,
+            rendition_path=rel_rendition,
+            thumb_path=rel_thumb,
             burned_in_annotation=p.burned_in_annotation,
             # Burned-in text may identify the patient: held until an admin has looked.
             status=ImageStatus.HELD if p.burned_in_annotation else ImageStatus.NEEDS_JUDGMENTS,
-            judgment_target=self.spec.judgments.min, trusted_judgments=0,
+            judgment_target=self.spec.judgments.min,
+            trusted_judgments=0,
         )
         known = _Known(item.path, item.label, rel_thumb, row=row, sig=p.signature)
         self._remember(known, sha, p.pixel_sha256, p.phash)
@@ -401,10 +441,15 @@ class _Ingestor:
             folder.mkdir(parents=True, exist_ok=True)
             self.made_dirs.add(folder)
 
-    def _issue(self, path: str, kind: str, reason: str, target: _Known | None = None,
-               distance: int | None = None) -> None:
-        record = IssueRecord(path, kind, reason, target.source_path if target else None,
-                             distance)
+    def _issue(
+        self,
+        path: str,
+        kind: str,
+        reason: str,
+        target: _Known | None = None,
+        distance: int | None = None,
+    ) -> None:
+        record = IssueRecord(path, kind, reason, target.source_path if target else None, distance)
         self.summary.issues.append(record)
         self.batch.issues.append(_Pending(record, target))
 
@@ -418,9 +463,12 @@ class _Ingestor:
                 for pending in batch.issues:
                     self._upsert_issue(s, pending)
                 if batch.resolved:
-                    s.execute(delete(IngestIssue).where(
-                        IngestIssue.job_id == self.job_id,
-                        IngestIssue.source_path.in_(batch.resolved)))
+                    s.execute(
+                        delete(IngestIssue).where(
+                            IngestIssue.job_id == self.job_id,
+                            IngestIssue.source_path.in_(batch.resolved),
+                        )
+                    )
                 self._update_run(s, finished)
         except BaseException:
             remove_quietly(batch.files)
@@ -434,8 +482,11 @@ class _Ingestor:
     def _upsert_issue(self, s: Session, pending: _Pending) -> None:
         record = pending.issue
         duplicate_of = pending.target.id if pending.target else None
-        issue = s.scalar(select(IngestIssue).where(
-            IngestIssue.job_id == self.job_id, IngestIssue.source_path == record.source_path))
+        issue = s.scalar(
+            select(IngestIssue).where(
+                IngestIssue.job_id == self.job_id, IngestIssue.source_path == record.source_path
+            )
+        )
         if issue is None:
             issue = IngestIssue(job_id=self.job_id, source_path=record.source_path)
             s.add(issue)
@@ -461,8 +512,10 @@ class _Ingestor:
 
 
 def _near_reason(distance: int, mad: float, label: str | None, known: _Known) -> str:
-    reason = (f"near duplicate of an ingested image (pHash distance {distance}, "
-              f"mean abs. difference {mad:.1f}/255 at 64x64)")
+    reason = (
+        f"near duplicate of an ingested image (pHash distance {distance}, "
+        f"mean abs. difference {mad:.1f}/255 at 64x64)"
+    )
     if label and known.label and label != known.label:
         reason += f"; reference labels differ ({label} vs {known.label})"
     return reason
@@ -499,8 +552,15 @@ def _progress(console: Console | None, total: int) -> Iterator[Callable[[], None
     if console is None:
         yield lambda: None
         return
-    columns = (TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    columns = (
+        TextColumn("ingest"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("ingest", total=total)
         yield lambda: progress.advance(task)

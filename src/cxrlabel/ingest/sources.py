@@ -87,8 +87,10 @@ def read_manifest(csv_path: Path, label_values: list[str]) -> list[SourceItem]:
     header = {h.strip().lower(): h for h in (rows[0].keys() if rows else _header(text)) if h}
     path_col = _pick(header, PATH_COLUMNS)
     if path_col is None:
-        raise SourceError(f"{csv_path}: manifest needs a column named one of "
-                          f"{', '.join(PATH_COLUMNS)} (found: {', '.join(header) or 'none'})")
+        raise SourceError(
+            f"{csv_path}: manifest needs a column named one of "
+            f"{', '.join(PATH_COLUMNS)} (found: {', '.join(header) or 'none'})"
+        )
     if not rows:
         raise SourceError(f"{csv_path}: manifest has no rows")
     label_col, patient_col = _pick(header, LABEL_COLUMNS), _pick(header, PATIENT_COLUMNS)
@@ -96,14 +98,21 @@ def read_manifest(csv_path: Path, label_values: list[str]) -> list[SourceItem]:
     base = csv_path.resolve().parent
     items = []
     for line, row in enumerate(rows, start=2):
-        items.append(_manifest_item(row, line, csv_path, base, path_col, label_col, patient_col,
-                                    canonical))
+        items.append(
+            _manifest_item(row, line, csv_path, base, path_col, label_col, patient_col, canonical)
+        )
     return items
 
 
 def _manifest_item(
-    row: dict[str, str | None], line: int, csv_path: Path, base: Path, path_col: str,
-    label_col: str | None, patient_col: str | None, canonical: dict[str, str],
+    row: dict[str, str | None],
+    line: int,
+    csv_path: Path,
+    base: Path,
+    path_col: str,
+    label_col: str | None,
+    patient_col: str | None,
+    canonical: dict[str, str],
 ) -> SourceItem:
     raw_path = (row.get(path_col) or "").strip()
     if not raw_path:

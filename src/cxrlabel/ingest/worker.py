@@ -35,8 +35,9 @@ class Processed:
 
 
 def signature(im: Image.Image) -> np.ndarray:
-    square = im.convert("L").resize((SIGNATURE_SIDE, SIGNATURE_SIDE), Image.Resampling.BILINEAR,
-                                    reducing_gap=2.0)
+    square = im.convert("L").resize(
+        (SIGNATURE_SIDE, SIGNATURE_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0
+    )
     return np.asarray(square, dtype=np.uint8)
 
 

@@ -33,9 +33,17 @@ class AugmentConfig:
     @classmethod
     def strong(cls) -> AugmentConfig:
         """Wider geometry and exposure, plus blur: for transfer to new acquisitions."""
-        return cls(max_rotation_deg=10.0, max_shift=0.08, scale_range=(0.85, 1.2),
-                   brightness=0.12, contrast=0.25, gamma=0.35, noise_std=0.02,
-                   blur_prob=0.5, max_blur_sigma=1.2)
+        return cls(
+            max_rotation_deg=10.0,
+            max_shift=0.08,
+            scale_range=(0.85, 1.2),
+            brightness=0.12,
+            contrast=0.25,
+            gamma=0.35,
+            noise_std=0.02,
+            blur_prob=0.5,
+            max_blur_sigma=1.2,
+        )
 
 
 def _uniform(n: int, low: float, high: float, gen: torch.Generator, device: torch.device):
@@ -81,10 +89,8 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     n, _, h, w = x.shape
     # Grouped convolution: one kernel per image, images stacked as channels.
     flat = x.reshape(1, n, h, w)
-    flat = F.conv2d(F.pad(flat, (2, 2, 0, 0), mode="replicate"), kernel.view(n, 1, 1, 5),
-                    groups=n)
-    flat = F.conv2d(F.pad(flat, (0, 0, 2, 2), mode="replicate"), kernel.view(n, 1, 5, 1),
-                    groups=n)
+    flat = F.conv2d(F.pad(flat, (2, 2, 0, 0), mode="replicate"), kernel.view(n, 1, 1, 5), groups=n)
+    flat = F.conv2d(F.pad(flat, (0, 0, 2, 2), mode="replicate"), kernel.view(n, 1, 5, 1), groups=n)
     return flat.reshape(n, 1, h, w)
 
 

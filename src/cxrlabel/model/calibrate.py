@@ -20,8 +20,19 @@ from scipy.optimize import minimize_scalar
 from cxrlabel.model.bands import BAND_TEXT, BANDS, band, sigmoid
 from cxrlabel.model.metrics import group_bootstrap_indices
 
-__all__ = ["BANDS", "BAND_TEXT", "band", "sigmoid", "fit_temperature", "flag_threshold",
-           "clear_threshold", "choose_operating_points", "OperatingPoints", "Threshold"]
+__all__ = [
+    "BANDS",
+    "BAND_TEXT",
+    "band",
+    "sigmoid",
+    "fit_temperature",
+    "flag_threshold",
+    "clear_threshold",
+    "choose_operating_points",
+    "OperatingPoints",
+    "Threshold",
+]
+
 
 def fit_temperature(
     logits: np.ndarray, targets: np.ndarray, min_temperature: float = 1.0
@@ -87,8 +98,10 @@ class OperatingPoints:
     @classmethod
     def from_dict(cls, data: dict) -> OperatingPoints:
         return cls(
-            flag=Threshold(**data["flag"]), clear=Threshold(**data["clear"]),
-            min_sensitivity=data["min_sensitivity"], min_npv=data["min_npv"],
+            flag=Threshold(**data["flag"]),
+            clear=Threshold(**data["clear"]),
+            min_sensitivity=data["min_sensitivity"],
+            min_npv=data["min_npv"],
         )
 
 

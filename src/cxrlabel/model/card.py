@@ -29,12 +29,18 @@ def write_plots(model_dir: Path, history: list[dict], y_val: np.ndarray, p_val: 
     ax1.legend()
     edges = np.linspace(0, 1, 11)
     which = np.clip(np.digitize(p_val, edges[1:-1]), 0, 9)
-    mids = [(p_val[which == b].mean(), y_val[which == b].mean()) for b in range(10)
-            if (which == b).any()]
+    mids = [
+        (p_val[which == b].mean(), y_val[which == b].mean())
+        for b in range(10)
+        if (which == b).any()
+    ]
     ax2.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     ax2.plot(*zip(*mids, strict=True), "o-", label="validation")
-    ax2.set(xlabel="predicted p(pneumonia)", ylabel="observed share with pneumonia",
-            title="Reliability (validation, after temperature scaling)")
+    ax2.set(
+        xlabel="predicted p(pneumonia)",
+        ylabel="observed share with pneumonia",
+        title="Reliability (validation, after temperature scaling)",
+    )
     ax2.legend()
     fig.tight_layout()
     fig.savefig(model_dir / "training.png", dpi=110)
@@ -48,23 +54,36 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 def _metrics_table(evaluation: dict) -> str:
     rows = [
         ("images (pneumonia)", lambda m: f"{m['n']} ({m['n_pneumonia']})"),
-        ("AUC [95 % CI]", lambda m: f"{_fmt(m['auc'])} [{_fmt(m['auc_ci'][0])}, "
-                                    f"{_fmt(m['auc_ci'][1])}]"),
-        ("accuracy at p = 0.5 [95 % CI]", lambda m: f"{_fmt(m['accuracy'])} "
-         f"[{_fmt(m['accuracy_ci'][0])}, {_fmt(m['accuracy_ci'][1])}]"),
+        (
+            "AUC [95 % CI]",
+            lambda m: f"{_fmt(m['auc'])} [{_fmt(m['auc_ci'][0])}, {_fmt(m['auc_ci'][1])}]",
+        ),
+        (
+            "accuracy at p = 0.5 [95 % CI]",
+            lambda m: (
+                f"{_fmt(m['accuracy'])} [{_fmt(m['accuracy_ci'][0])}, {_fmt(m['accuracy_ci'][1])}]"
+            ),
+        ),
         ("ECE (15 bins)", lambda m: _fmt(m["ece"])),
-        ("flag: sensitivity / specificity",
-         lambda m: f"{_fmt(m['flag_sensitivity'])} / {_fmt(m['flag_specificity'])}"),
-        ("clear: NPV / pneumonia kept out of clear",
-         lambda m: f"{_fmt(m['clear_npv'])} / {_fmt(m['clear_sensitivity'])}"),
-        ("share flag / review / clear", lambda m: f"{m['share_flag']:.2f} / "
-         f"{m['share_review']:.2f} / {m['share_clear']:.2f}"),
+        (
+            "flag: sensitivity / specificity",
+            lambda m: f"{_fmt(m['flag_sensitivity'])} / {_fmt(m['flag_specificity'])}",
+        ),
+        (
+            "clear: NPV / pneumonia kept out of clear",
+            lambda m: f"{_fmt(m['clear_npv'])} / {_fmt(m['clear_sensitivity'])}",
+        ),
+        (
+            "share flag / review / clear",
+            lambda m: f"{m['share_flag']:.2f} / {m['share_review']:.2f} / {m['share_clear']:.2f}",
+        ),
         ("pneumonia cases in clear", lambda m: str(m["pneumonia_in_clear"])),
     ]
     names = list(evaluation)
     lines = ["| figure | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    lines += [f"| {label} | " + " | ".join(fn(evaluation[n]) for n in names) + " |"
-              for label, fn in rows]
+    lines += [
+        f"| {label} | " + " | ".join(fn(evaluation[n]) for n in names) + " |" for label, fn in rows
+    ]
     return "\n".join(lines)
 
 
@@ -75,8 +94,11 @@ def _label_summary(dataset_dir: Path) -> str:
     with meta.open(newline="", encoding="utf-8") as fh:
         # The labels the model learned from (train) and was tuned on (validation); a test
         # split may carry labels of another source (the benchmark's expert labels).
-        rows = [r for r in csv.DictReader(fh)
-                if (r.get("split") or "").strip().lower() in ("train", "validation")]
+        rows = [
+            r
+            for r in csv.DictReader(fh)
+            if (r.get("split") or "").strip().lower() in ("train", "validation")
+        ]
     if not rows:
         return "No train or validation rows."
     conf = [float(r["confidence"]) for r in rows if r.get("confidence")]
@@ -93,8 +115,10 @@ def _label_summary(dataset_dir: Path) -> str:
         f"- Expert-reviewed: {reviewed}.",
     ]
     if with_ref:
-        lines.append(f"- Label agrees with the reference label on {agree}/"
-                     f"{len(with_ref)} of these images ({agree / len(with_ref):.1%}).")
+        lines.append(
+            f"- Label agrees with the reference label on {agree}/"
+            f"{len(with_ref)} of these images ({agree / len(with_ref):.1%})."
+        )
     return "\n".join(lines)
 
 
@@ -107,17 +131,23 @@ def _label_source(dataset_dir: Path) -> str:
     readme = dataset_dir / "README.md"
     title = readme.read_text(encoding="utf-8").split("\n", 1)[0] if readme.is_file() else ""
     if "expert labels" in title and "crowd" not in title:
-        return ("Targets are the dataset's **expert labels** (`p_PNEUMONIA` 0 or 1), not crowd "
-                "labels: this model measures what the network can learn, not the crowd "
-                "pipeline.")
+        return (
+            "Targets are the dataset's **expert labels** (`p_PNEUMONIA` 0 or 1), not crowd "
+            "labels: this model measures what the network can learn, not the crowd "
+            "pipeline."
+        )
     if "crowd-like" in title:
-        return ("Targets are expert labels made **crowd-like** on purpose (flipped at a set "
-                "rate, soft confidence): a stand-in for crowd labels, see the README below.")
-    return ("Targets are the export's **soft labels** (`p_PNEUMONIA`, trained with a "
-            "soft-target cross-entropy). In a cxrlabel export they are **crowd-made**: the "
-            "aggregate's probabilities from non-expert annotators through cxrlabel's quality "
-            "control (expert-reviewed and gold images carry the expert's label), and noisier "
-            "than a radiologist's.")
+        return (
+            "Targets are expert labels made **crowd-like** on purpose (flipped at a set "
+            "rate, soft confidence): a stand-in for crowd labels, see the README below."
+        )
+    return (
+        "Targets are the export's **soft labels** (`p_PNEUMONIA`, trained with a "
+        "soft-target cross-entropy). In a cxrlabel export they are **crowd-made**: the "
+        "aggregate's probabilities from non-expert annotators through cxrlabel's quality "
+        "control (expert-reviewed and gold images carry the expert's label), and noisier "
+        "than a radiologist's."
+    )
 
 
 def _readme_quality(dataset_dir: Path) -> str:
@@ -126,9 +156,11 @@ def _readme_quality(dataset_dir: Path) -> str:
     if not readme.is_file():
         return "The export carries no README.md datasheet, so no crowd QA figures are quoted."
     sections = re.split(r"(?m)^(?=#{2,3} )", readme.read_text(encoding="utf-8"))
-    wanted = [s.strip() for s in sections
-              if re.match(r"#{2,3} .*(quality|qa|label|annotat|crowd|agreement|gold)", s,
-                          re.IGNORECASE)]
+    wanted = [
+        s.strip()
+        for s in sections
+        if re.match(r"#{2,3} .*(quality|qa|label|annotat|crowd|agreement|gold)", s, re.IGNORECASE)
+    ]
     if not wanted:
         return "The export's README.md has no section on label quality."
     body = "\n\n".join(re.sub(r"(?m)^#", "###", s, count=0) for s in wanted)
@@ -151,51 +183,75 @@ def new_patient_section(meta: dict, estimate_file: Path = ESTIMATE_FILE) -> str:
     """
     title = "### Expected on new patients\n\n"
     if not estimate_file.is_file():
-        return title + ("No new-patient estimate is bundled: expect lower figures than the "
-                        "validation ones above (see docs/model.md).")
+        return title + (
+            "No new-patient estimate is bundled: expect lower figures than the "
+            "validation ones above (see docs/model.md)."
+        )
     est = json.loads(estimate_file.read_text(encoding="utf-8"))
-    rows = ["| scheme | images | proxy AUC | AUC [95 % CI] | flag sensitivity | "
-            "flag specificity | clear NPV | normals cleared |", "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| scheme | images | proxy AUC | AUC [95 % CI] | flag sensitivity | "
+        "flag specificity | clear NPV | normals cleared |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, s in est["schemes"].items():
-        rows.append(f"| {name} | {s['n']} | {s['proxy_auc']:.3f} | {s['auc']:.3f} "
-                    f"{_ci(s['auc_ci'])} | {s['flag_sensitivity']:.3f} "
-                    f"{_ci(s['flag_sensitivity_ci'])} | {s['flag_specificity']:.3f} "
-                    f"{_ci(s['flag_specificity_ci'])} | {s['clear_npv']:.3f} "
-                    f"{_ci(s['clear_npv_ci'])} | {s['clear_specificity']:.3f} |")
+        rows.append(
+            f"| {name} | {s['n']} | {s['proxy_auc']:.3f} | {s['auc']:.3f} "
+            f"{_ci(s['auc_ci'])} | {s['flag_sensitivity']:.3f} "
+            f"{_ci(s['flag_sensitivity_ci'])} | {s['flag_specificity']:.3f} "
+            f"{_ci(s['flag_specificity_ci'])} | {s['clear_npv']:.3f} "
+            f"{_ci(s['clear_npv_ci'])} | {s['clear_specificity']:.3f} |"
+        )
     same = est["size"] == meta["input_size"]
-    recipe = (f"{est['size']} px, {est['epochs']} epochs, {est['augment']} augmentation"
-              f"{', test-time augmentation' if est['tta'] else ''}; measured {est['date']}")
-    note = ("" if same else f"\n\n**This model was trained at {meta['input_size']} px, not "
-            f"{est['size']} px: the figures describe the recipe, not this model.**")
-    return (title + f"Internal new-patient estimate ({est['measured_by']}, expert labels, "
-            f"Kermany train+val images; recipe: {recipe}). Thresholds as each run chose them "
-            f"on its own validation split; 95 % patient-bootstrap intervals. **The kept-aside "
-            f"official Kermany test split has read much lower than this estimate** (issue 21: "
-            f"AUC 0.949, flag specificity 0.745 at sensitivity 0.972, crowd labels, 128 px): "
-            f"treat these figures as an upper bound for another hospital's images.\n\n"
-            + "\n".join(rows) + note)
+    recipe = (
+        f"{est['size']} px, {est['epochs']} epochs, {est['augment']} augmentation"
+        f"{', test-time augmentation' if est['tta'] else ''}; measured {est['date']}"
+    )
+    note = (
+        ""
+        if same
+        else f"\n\n**This model was trained at {meta['input_size']} px, not "
+        f"{est['size']} px: the figures describe the recipe, not this model.**"
+    )
+    return (
+        title + f"Internal new-patient estimate ({est['measured_by']}, expert labels, "
+        f"Kermany train+val images; recipe: {recipe}). Thresholds as each run chose them "
+        f"on its own validation split; 95 % patient-bootstrap intervals. **The kept-aside "
+        f"official Kermany test split has read much lower than this estimate** (issue 21: "
+        f"AUC 0.949, flag specificity 0.745 at sensitivity 0.972, crowd labels, 128 px): "
+        f"treat these figures as an upper bound for another hospital's images.\n\n"
+        + "\n".join(rows)
+        + note
+    )
 
 
 def _blur(augment: dict) -> str:
     if not augment.get("blur_prob"):
         return ""
-    return (f", Gaussian blur (sigma up to {augment['max_blur_sigma']} px on "
-            f"{augment['blur_prob']:.0%} of images)")
+    return (
+        f", Gaussian blur (sigma up to {augment['max_blur_sigma']} px on "
+        f"{augment['blur_prob']:.0%} of images)"
+    )
 
 
 def _seed_spread(meta: dict) -> str:
     """How far each ensemble member's own thresholds sit apart: the seed's share of noise."""
     spread = meta.get("seed_spread")
     if not spread or len(spread["flag"]) < 2:
-        return ("A single model (no seed ensemble): between training seeds the flag threshold "
-                "has moved from 0.62 to 0.83 on the Kermany data; `--ensemble 3` averages "
-                "seeds and steadies it.")
+        return (
+            "A single model (no seed ensemble): between training seeds the flag threshold "
+            "has moved from 0.62 to 0.83 on the Kermany data; `--ensemble 3` averages "
+            "seeds and steadies it."
+        )
+
     def span(values: list[float]) -> str:
         return f"{min(values):.4f}-{max(values):.4f}"
-    return (f"Seed ensemble of {len(spread['flag'])} members (mean logit, one ONNX graph). "
-            f"Each member alone would have set the flag threshold at {span(spread['flag'])}, "
-            f"the clear threshold at {span(spread['clear'])} and T at "
-            f"{span(spread['temperature'])}; the stored values are fitted on the ensemble.")
+
+    return (
+        f"Seed ensemble of {len(spread['flag'])} members (mean logit, one ONNX graph). "
+        f"Each member alone would have set the flag threshold at {span(spread['flag'])}, "
+        f"the clear threshold at {span(spread['clear'])} and T at "
+        f"{span(spread['temperature'])}; the stored values are fitted on the ensemble."
+    )
 
 
 def _warnings(problems: list[str]) -> str:
@@ -219,8 +275,8 @@ def write_card(model_dir: Path, meta: dict, dataset_dir: Path) -> Path:
     has_test = "test" in evaluation
     card = f"""# Model card: cxrlabel pneumonia triage model
 
-Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by cxrlabel {meta['cxrlabel_version']}.
-{_warnings(meta.get('warnings', []))}
+Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by cxrlabel {meta["cxrlabel_version"]}.
+{_warnings(meta.get("warnings", []))}
 
 ## Intended use
 
@@ -230,9 +286,9 @@ doctor's read. It sorts images into three bands:
 
 | band | rule | meaning |
 |---|---|---|
-| flag | p >= {th['flag']:.4f} | {BAND_TEXT['flag']} |
-| review | in between | {BAND_TEXT['review']} |
-| clear | p < {min(th['clear'], th['flag']):.4f} | {BAND_TEXT['clear']} |
+| flag | p >= {th["flag"]:.4f} | {BAND_TEXT["flag"]} |
+| review | in between | {BAND_TEXT["review"]} |
+| clear | p < {min(th["clear"], th["flag"]):.4f} | {BAND_TEXT["clear"]} |
 
 In cxrlabel the score also orders the crowd's work queue and sends crowd/model disagreements
 to expert review (docs/model.md).
@@ -249,7 +305,7 @@ to expert review (docs/model.md).
 
 ## Training data and labels
 
-Export: `{tr['dataset_dir']}`. Images per split: {tr['n_images']}.
+Export: `{tr["dataset_dir"]}`. Images per split: {tr["n_images"]}.
 {_label_source(dataset_dir)}
 
 {_label_summary(dataset_dir)}
@@ -258,31 +314,31 @@ Export: `{tr['dataset_dir']}`. Images per split: {tr['n_images']}.
 
 ## Model and training
 
-A {len(meta['widths'])}-stage CNN (widths {meta['widths']}, ~0.3 M parameters) trained from
-scratch on grayscale images squashed to {meta['squash_side']} px and downscaled to
-{meta['input_size']} px (the squash matches how the official val/test copies were made).
-Augmentation: rotation +/- {tr['augment']['max_rotation_deg']} deg, shift +/-
-{tr['augment']['max_shift']:.0%}, zoom {tr['augment']['scale_range']}, gamma, contrast,
-brightness, noise{_blur(tr['augment'])}; no horizontal flip (the heart is on the left).
-Early stopping on validation loss: {tr['stop_reason']}; best epoch {tr['best_epoch']} of
-{tr['epochs_run']};
-{tr['seconds'] / 60:.1f} min on {tr['device']} ({tr['torch_threads']} threads), seed
-{tr['config']['seed']}.
+A {len(meta["widths"])}-stage CNN (widths {meta["widths"]}, ~0.3 M parameters) trained from
+scratch on grayscale images squashed to {meta["squash_side"]} px and downscaled to
+{meta["input_size"]} px (the squash matches how the official val/test copies were made).
+Augmentation: rotation +/- {tr["augment"]["max_rotation_deg"]} deg, shift +/-
+{tr["augment"]["max_shift"]:.0%}, zoom {tr["augment"]["scale_range"]}, gamma, contrast,
+brightness, noise{_blur(tr["augment"])}; no horizontal flip (the heart is on the left).
+Early stopping on validation loss: {tr["stop_reason"]}; best epoch {tr["best_epoch"]} of
+{tr["epochs_run"]};
+{tr["seconds"] / 60:.1f} min on {tr["device"]} ({tr["torch_threads"]} threads), seed
+{tr["config"]["seed"]}.
 
 ## Calibration and operating points
 
-Temperature scaling on validation: fitted T = {meta['temperature_fit']:.3f}, used
-T = {meta['temperature']:.3f} (never below 1: a split carved from the training folders is
+Temperature scaling on validation: fitted T = {meta["temperature_fit"]:.3f}, used
+T = {meta["temperature"]:.3f} (never below 1: a split carved from the training folders is
 easier than new data, so sharpening on it would add overconfidence).
 
 | operating point | target on validation | point estimate | bootstrap 5-50-95 % | stored |
 |---|---|---|---|---|
-| flag | sensitivity >= {ops['min_sensitivity']} | {ops['flag']['point']:.4f} | \
-{ops['flag']['q05']:.4f} / {ops['flag']['q50']:.4f} / {ops['flag']['q95']:.4f} | \
-**{ops['flag']['chosen']:.4f}** |
-| clear | NPV >= {ops['min_npv']} | {ops['clear']['point']:.4f} | \
-{ops['clear']['q05']:.4f} / {ops['clear']['q50']:.4f} / {ops['clear']['q95']:.4f} | \
-**{ops['clear']['chosen']:.4f}** |
+| flag | sensitivity >= {ops["min_sensitivity"]} | {ops["flag"]["point"]:.4f} | \
+{ops["flag"]["q05"]:.4f} / {ops["flag"]["q50"]:.4f} / {ops["flag"]["q95"]:.4f} | \
+**{ops["flag"]["chosen"]:.4f}** |
+| clear | NPV >= {ops["min_npv"]} | {ops["clear"]["point"]:.4f} | \
+{ops["clear"]["q05"]:.4f} / {ops["clear"]["q50"]:.4f} / {ops["clear"]["q95"]:.4f} | \
+**{ops["clear"]["chosen"]:.4f}** |
 
 {_seed_spread(meta)}
 
@@ -296,11 +352,14 @@ pneumonia share; where pneumonia is rarer NPV is higher, where it is commoner, l
 
 {new_patient_section(meta)}
 
-{"Test figures were computed once, after the thresholds were fixed." if has_test else
- "The export has no test split: the figures above are validation figures, which overstate "
- "performance on new data."}
+{
+        "Test figures were computed once, after the thresholds were fixed."
+        if has_test
+        else "The export has no test split: the figures above are validation figures, which "
+        "overstate performance on new data."
+    }
 95 % intervals: patient-grouped bootstrap (1,000 resamples). ONNX Runtime vs PyTorch: largest
-probability difference {_fmt(meta.get('onnx_parity_max_abs_diff'), 7)}.
+probability difference {_fmt(meta.get("onnx_parity_max_abs_diff"), 7)}.
 
 ![training curve and reliability](training.png)
 

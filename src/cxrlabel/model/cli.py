@@ -14,8 +14,9 @@ INSTALL_HINT = "install the optional extra: pip install 'cxrlabel[model]'"
 
 
 def train(
-    dataset_dir: Path = typer.Argument(..., help="Export folder (cxrlabel export "
-                                       "--format imagefolder) with metadata.csv."),
+    dataset_dir: Path = typer.Argument(
+        ..., help="Export folder (cxrlabel export --format imagefolder) with metadata.csv."
+    ),
     output: Path = typer.Option(..., "-o", "--output", help="Model folder to write."),
     size: int = typer.Option(128, help="Input side in pixels (images are squashed square)."),
     epochs: int = typer.Option(20, help="Most epochs; early stopping usually ends sooner."),
@@ -27,11 +28,19 @@ def train(
     max_minutes: float = typer.Option(25.0, help="Wall-clock budget, decoding included."),
     min_sensitivity: float = typer.Option(0.95, help="Flag band: sensitivity on validation."),
     min_npv: float = typer.Option(0.97, help="Clear band: negative predictive value."),
-    augment: str = typer.Option("default", help="Augmentation preset: default, or strong "
-                                "(wider geometry/exposure plus blur; docs/model.md)."),
-    ensemble: int = typer.Option(1, min=1, max=8, help="Models trained with seeds seed, "
-                                 "seed+1, ... and averaged into one ONNX file; they share "
-                                 "the time budget."),
+    augment: str = typer.Option(
+        "default",
+        help="Augmentation preset: default, or strong "
+        "(wider geometry/exposure plus blur; docs/model.md).",
+    ),
+    ensemble: int = typer.Option(
+        1,
+        min=1,
+        max=8,
+        help="Models trained with seeds seed, "
+        "seed+1, ... and averaged into one ONNX file; they share "
+        "the time budget.",
+    ),
 ) -> None:
     """Train the triage CNN from an export's soft labels; calibrate; export ONNX; model card."""
     if augment not in ("default", "strong"):
@@ -43,22 +52,35 @@ def train(
         from cxrlabel.model.train import train as run_training
     except ImportError as exc:
         fail(f"training needs PyTorch ({exc.name} missing): {INSTALL_HINT}")
-    cfg = TrainConfig(size=size, max_epochs=epochs, batch_size=batch_size, lr=lr,
-                      patience=patience, seed=seed, threads=threads, max_minutes=max_minutes,
-                      min_sensitivity=min_sensitivity, min_npv=min_npv, ensemble=ensemble,
-                      augment=AugmentConfig.strong() if augment == "strong" else AugmentConfig())
+    cfg = TrainConfig(
+        size=size,
+        max_epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        patience=patience,
+        seed=seed,
+        threads=threads,
+        max_minutes=max_minutes,
+        min_sensitivity=min_sensitivity,
+        min_npv=min_npv,
+        ensemble=ensemble,
+        augment=AugmentConfig.strong() if augment == "strong" else AugmentConfig(),
+    )
     try:
         result = run_training(dataset_dir, output, cfg, console)
     except DatasetError as exc:
         fail(str(exc))
     th, m = result.meta["thresholds"], result.meta["metrics"]
-    console.print(f"model written to {output}: flag at p >= {th['flag']:.4f}, "
-                  f"clear below {th['clear']:.4f}")
+    console.print(
+        f"model written to {output}: flag at p >= {th['flag']:.4f}, clear below {th['clear']:.4f}"
+    )
     for split, figures in m.items():
-        console.print(f"  {split}: AUC {figures['auc']:.4f} "
-                      f"[{figures['auc_ci'][0]:.4f}, {figures['auc_ci'][1]:.4f}], "
-                      f"flag sensitivity {figures['flag_sensitivity']:.3f}, "
-                      f"specificity {figures['flag_specificity']:.3f}")
+        console.print(
+            f"  {split}: AUC {figures['auc']:.4f} "
+            f"[{figures['auc_ci'][0]:.4f}, {figures['auc_ci'][1]:.4f}], "
+            f"flag sensitivity {figures['flag_sensitivity']:.3f}, "
+            f"specificity {figures['flag_specificity']:.3f}"
+        )
 
 
 def _open_model(model_dir: Path, threads: int | None):
@@ -71,8 +93,11 @@ def _open_model(model_dir: Path, threads: int | None):
 
 
 def predict(
-    paths: list[Path] = typer.Argument(..., exists=True, help="Image files or folders (searched "
-                                       "recursively for .png .jpg .jpeg .dcm .dicom)."),
+    paths: list[Path] = typer.Argument(
+        ...,
+        exists=True,
+        help="Image files or folders (searched recursively for .png .jpg .jpeg .dcm .dicom).",
+    ),
     model_dir: Path = typer.Option(..., "--model", help="Model folder from `cxrlabel train`."),
     output: Path = typer.Option(Path("preds.csv"), "-o", "--output", help="CSV to write."),
     heatmaps: Path = typer.Option(None, "--heatmaps", help="Write one heatmap PNG per image."),
@@ -96,11 +121,14 @@ def predict(
     write_csv(preds, output)
     bands = {b: sum(p.band == b for p in preds) for b in ("flag", "review", "clear")}
     errors = sum(p.error is not None for p in preds)
-    console.print(f"{len(preds)} images -> {output}: flag {bands['flag']}, review "
-                  f"{bands['review']}, clear {bands['clear']}, could not read {errors}")
+    console.print(
+        f"{len(preds)} images -> {output}: flag {bands['flag']}, review "
+        f"{bands['review']}, clear {bands['clear']}, could not read {errors}"
+    )
     if errors:
-        console.print("[yellow]unreadable inputs are listed with their reason in the "
-                      "`error` column[/]")
+        console.print(
+            "[yellow]unreadable inputs are listed with their reason in the `error` column[/]"
+        )
 
 
 def score(
@@ -122,11 +150,18 @@ def score(
         total = count_images(session, job_row.id)
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task(f"scoring {job_row.name}", total=total)
-            report = score_job(session, job_row.id, model, app.settings.data_dir,
-                               on_done=lambda n: progress.advance(task, n),
-                               only_missing=only_missing)
-    console.print(f"scored {report.scored} images of job {job_row.name}; "
-                  f"{len(report.failed)} could not be read")
+            report = score_job(
+                session,
+                job_row.id,
+                model,
+                app.settings.data_dir,
+                on_done=lambda n: progress.advance(task, n),
+                only_missing=only_missing,
+            )
+    console.print(
+        f"scored {report.scored} images of job {job_row.name}; "
+        f"{len(report.failed)} could not be read"
+    )
     for public_id, reason in list(report.failed.items())[:20]:
         console.print(f"  {public_id}: {reason}")
 

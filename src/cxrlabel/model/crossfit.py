@@ -29,9 +29,7 @@ from cxrlabel.model.train import (
 )
 
 
-def patient_folds(
-    groups: np.ndarray, y: np.ndarray, n_folds: int = 2, seed: int = 0
-) -> np.ndarray:
+def patient_folds(groups: np.ndarray, y: np.ndarray, n_folds: int = 2, seed: int = 0) -> np.ndarray:
     """Fold index per row: whole groups, each class's images balanced across folds.
 
     Groups are dealt out largest first (in a seeded order among equals) to the fold that holds
@@ -82,8 +80,12 @@ class CrossFitResult:
 
 
 def cross_fit(
-    examples: list[Example], pixels: np.ndarray, cfg: TrainConfig, n_folds: int = 2,
-    console: Console | None = None, fold_seed: int = 0,
+    examples: list[Example],
+    pixels: np.ndarray,
+    cfg: TrainConfig,
+    n_folds: int = 2,
+    console: Console | None = None,
+    fold_seed: int = 0,
 ) -> CrossFitResult:
     """Train one model per fold on the other folds; score the fold it did not see.
 
@@ -102,39 +104,62 @@ def cross_fit(
         started, cpu0 = time.monotonic(), time.process_time()
         train_idx = np.flatnonzero(fold != k)
         marked = carve_validation(
-            [replace(examples[i], split="train") for i in train_idx], 0.15, cfg.seed + k)
+            [replace(examples[i], split="train") for i in train_idx], 0.15, cfg.seed + k
+        )
         is_val = np.array([e.split == "validation" for e in marked])
         splits = {
-            "train": Split([e for e, v in zip(marked, is_val, strict=True) if not v],
-                           pixels[train_idx[~is_val]]),
-            "validation": Split([e for e, v in zip(marked, is_val, strict=True) if v],
-                                pixels[train_idx[is_val]]),
+            "train": Split(
+                [e for e, v in zip(marked, is_val, strict=True) if not v],
+                pixels[train_idx[~is_val]],
+            ),
+            "validation": Split(
+                [e for e, v in zip(marked, is_val, strict=True) if v], pixels[train_idx[is_val]]
+            ),
         }
-        console.print(f"fold {k + 1}/{n_folds}: train {len(splits['train'].examples)}, "
-                      f"validation {len(splits['validation'].examples)}, "
-                      f"scored {int((fold == k).sum())}")
+        console.print(
+            f"fold {k + 1}/{n_folds}: train {len(splits['train'].examples)}, "
+            f"validation {len(splits['validation'].examples)}, "
+            f"scored {int((fold == k).sum())}"
+        )
         model, history, stop = fit(splits, cfg, device, console, started)
         val = splits["validation"]
         val_logits, _ = torch_logits(model, val.pixels, device)
         temperature, _ = calibrate.fit_temperature(val_logits, val.calibration_target)
         ops = calibrate.choose_operating_points(
-            val.y, calibrate.sigmoid(val_logits / temperature), val.groups,
-            cfg.min_sensitivity, cfg.min_npv, seed=cfg.seed)
+            val.y,
+            calibrate.sigmoid(val_logits / temperature),
+            val.groups,
+            cfg.min_sensitivity,
+            cfg.min_npv,
+            seed=cfg.seed,
+        )
         # Only now, with temperature and thresholds fixed, is the held-out fold scored.
         held = np.flatnonzero(fold == k)
         held_logits, _ = torch_logits(model, pixels[held], device)
         logits[held] = held_logits
         p[held] = calibrate.sigmoid(held_logits / temperature)
-        results.append(FoldResult(
-            fold=k, n_train=len(splits["train"].examples), n_validation=len(val.examples),
-            n_scored=len(held), temperature=temperature, flag_at=ops.flag.chosen,
-            clear_below=ops.clear.chosen, epochs_run=len(history),
-            best_epoch=int(np.argmin([h["val_loss"] for h in history])) + 1,
-            stop_reason=stop, seconds=time.monotonic() - started,
-            cpu_seconds=time.process_time() - cpu0, history=history,
-            held_out=metrics.evaluate(y[held], p[held], groups[held], ops.flag.chosen,
-                                      ops.clear.chosen),
-        ))
-        console.print(f"fold {k + 1}: held-out AUC {results[-1].held_out['auc']:.4f}, "
-                      f"T {temperature:.3f}, {results[-1].seconds / 60:.1f} min")
+        results.append(
+            FoldResult(
+                fold=k,
+                n_train=len(splits["train"].examples),
+                n_validation=len(val.examples),
+                n_scored=len(held),
+                temperature=temperature,
+                flag_at=ops.flag.chosen,
+                clear_below=ops.clear.chosen,
+                epochs_run=len(history),
+                best_epoch=int(np.argmin([h["val_loss"] for h in history])) + 1,
+                stop_reason=stop,
+                seconds=time.monotonic() - started,
+                cpu_seconds=time.process_time() - cpu0,
+                history=history,
+                held_out=metrics.evaluate(
+                    y[held], p[held], groups[held], ops.flag.chosen, ops.clear.chosen
+                ),
+            )
+        )
+        console.print(
+            f"fold {k + 1}: held-out AUC {results[-1].held_out['auc']:.4f}, "
+            f"T {temperature:.3f}, {results[-1].seconds / 60:.1f} min"
+        )
     return CrossFitResult(logits=logits, p=p, fold=fold, folds=results)

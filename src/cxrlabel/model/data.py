@@ -27,8 +27,16 @@ INPUT_MEAN, INPUT_STD = 0.5, 0.25
 REQUIRED_COLUMNS = ("file_name", "split", "p_PNEUMONIA", "patient_id")
 
 __all__ = [
-    "DatasetError", "DecodeError", "Example", "read_export", "squash", "load_gray",
-    "load_batch", "normalise", "find_images", "IMAGE_SUFFIXES",
+    "DatasetError",
+    "DecodeError",
+    "Example",
+    "read_export",
+    "squash",
+    "load_gray",
+    "load_batch",
+    "normalise",
+    "find_images",
+    "IMAGE_SUFFIXES",
 ]
 
 
@@ -145,8 +153,9 @@ def find_images(paths: Iterable[Path]) -> list[Path]:
         path = Path(path)
         if path.is_dir():
             found.extend(
-                sorted(p for p in path.rglob("*")
-                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+                sorted(
+                    p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                )
             )
         else:
             found.append(path)

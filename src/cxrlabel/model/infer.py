@@ -61,8 +61,11 @@ class OnnxModel:
         options.log_severity_level = 3
         # No busy-waiting between runs: the web app and the CLI share cores with other work.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
-                     if p in ort.get_available_providers()]
+        providers = [
+            p
+            for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+            if p in ort.get_available_providers()
+        ]
         self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
         self.size = int(self.meta["input_size"])
         self.temperature = float(self.meta["temperature"])
@@ -88,8 +91,13 @@ class Prediction:
 
     def row(self) -> dict[str, str]:
         p = "" if self.p_pneumonia is None else f"{self.p_pneumonia:.6f}"
-        return {"file": self.file, "p_pneumonia": p, "band": self.band or "",
-                "error": self.error or "", "heatmap": self.heatmap or ""}
+        return {
+            "file": self.file,
+            "p_pneumonia": p,
+            "band": self.band or "",
+            "error": self.error or "",
+            "heatmap": self.heatmap or "",
+        }
 
 
 def _decode(source: Path | bytes) -> np.ndarray:
@@ -125,13 +133,18 @@ def predict_paths(
         for (i, gray), p, cam in zip(decoded, probs, cams, strict=True):
             results[i].p_pneumonia, results[i].band = float(p), model.band(float(p))
             if heatmap_dir is not None:
-                results[i].heatmap = str(_save_heatmap(heatmap_dir, paths[i], gray, cam,
-                                                       model.temperature, names))
+                results[i].heatmap = str(
+                    _save_heatmap(heatmap_dir, paths[i], gray, cam, model.temperature, names)
+                )
     return results
 
 
 def _save_heatmap(
-    folder: Path, source: Path, gray: np.ndarray, cam: np.ndarray, temperature: float,
+    folder: Path,
+    source: Path,
+    gray: np.ndarray,
+    cam: np.ndarray,
+    temperature: float,
     taken: set[str],
 ) -> Path:
     from cxrlabel.model.gradcam import cam_overlay

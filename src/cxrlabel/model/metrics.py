@@ -49,9 +49,7 @@ def accuracy(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> float:
     return float(((np.asarray(p) >= threshold) == np.asarray(y).astype(bool)).mean())
 
 
-def group_bootstrap_indices(
-    groups: np.ndarray, n_boot: int, seed: int
-) -> list[np.ndarray]:
+def group_bootstrap_indices(groups: np.ndarray, n_boot: int, seed: int) -> list[np.ndarray]:
     """Row indices of ``n_boot`` resamples drawn by whole group (patient), with replacement.
 
     Images of one child are correlated; resampling whole patients keeps intervals honest.
@@ -77,8 +75,7 @@ def bootstrap_ci(
 ) -> tuple[float, float, float]:
     """(estimate, low, high): percentile interval over patient-grouped resamples."""
     y, p = np.asarray(y), np.asarray(p)
-    resampled = [statistic(y[idx], p[idx])
-                 for idx in group_bootstrap_indices(groups, n_boot, seed)]
+    resampled = [statistic(y[idx], p[idx]) for idx in group_bootstrap_indices(groups, n_boot, seed)]
     values = np.asarray([v for v in resampled if np.isfinite(v)])
     estimate = statistic(y, p)
     if values.size == 0:
@@ -108,11 +105,15 @@ def evaluate(
     return {
         "n": int(y.size),
         "n_pneumonia": int(y.sum()),
-        "auc": auc, "auc_ci": [auc_lo, auc_hi],
-        "accuracy": acc, "accuracy_ci": [acc_lo, acc_hi],
+        "auc": auc,
+        "auc_ci": [auc_lo, auc_hi],
+        "accuracy": acc,
+        "accuracy_ci": [acc_lo, acc_hi],
         "ece": expected_calibration_error(y, p),
-        "flag_sensitivity": flag_sens, "flag_specificity": flag_spec,
-        "clear_sensitivity": clear_sens, "clear_specificity": clear_spec,
+        "flag_sensitivity": flag_sens,
+        "flag_specificity": flag_spec,
+        "clear_sensitivity": clear_sens,
+        "clear_specificity": clear_spec,
         "clear_npv": negative_predictive_value(y, p, clear_cut),
         "share_flag": float(flagged.mean()),
         "share_review": float((~flagged & ~cleared).mean()),

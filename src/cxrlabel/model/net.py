@@ -34,11 +34,14 @@ class TriageNet(nn.Module):
             # age, and consolidations span tens of pixels, so little is lost and CPU time halves.
             _conv(1, w0, stride=2),
             nn.MaxPool2d(2),  # S/4
-            _conv(w0, w1), _conv(w1, w1),
+            _conv(w0, w1),
+            _conv(w1, w1),
             nn.MaxPool2d(2),  # S/8
-            _conv(w1, w2), _conv(w2, w2),
+            _conv(w1, w2),
+            _conv(w2, w2),
             nn.MaxPool2d(2),  # S/16
-            _conv(w2, w3), _conv(w3, w3),
+            _conv(w2, w3),
+            _conv(w3, w3),
         )
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Conv2d(w3, 1, 1)  # per-location pneumonia evidence

@@ -48,10 +48,14 @@ def squashed_cv(examples: list[Example], n_folds: int = 3, seed: int = 0) -> lis
     y = np.array([e.evaluation_target for e in examples])
     fold = patient_folds(groups, y, n_folds, seed)
     squashed = _is_squashed(examples)
-    return [HoldoutSplit(f"squashed_cv fold {k + 1}/{n_folds}",
-                         train=np.flatnonzero(fold != k),
-                         scored=np.flatnonzero((fold == k) & squashed))
-            for k in range(n_folds)]
+    return [
+        HoldoutSplit(
+            f"squashed_cv fold {k + 1}/{n_folds}",
+            train=np.flatnonzero(fold != k),
+            scored=np.flatnonzero((fold == k) & squashed),
+        )
+        for k in range(n_folds)
+    ]
 
 
 def originals_to_squashed(examples: list[Example]) -> HoldoutSplit:
@@ -60,8 +64,11 @@ def originals_to_squashed(examples: list[Example]) -> HoldoutSplit:
     original = np.array([e.upstream_resized is False for e in examples])
     train_patients = {e.patient_id for e, o in zip(examples, original, strict=True) if o}
     new_patient = np.array([e.patient_id not in train_patients for e in examples])
-    return HoldoutSplit("originals_to_squashed", train=np.flatnonzero(original),
-                        scored=np.flatnonzero(squashed & new_patient))
+    return HoldoutSplit(
+        "originals_to_squashed",
+        train=np.flatnonzero(original),
+        scored=np.flatnonzero(squashed & new_patient),
+    )
 
 
 def check_split(examples: list[Example], split: HoldoutSplit) -> None:
@@ -91,7 +98,11 @@ class HoldoutResult:
 
 
 def run_holdout(
-    examples: list[Example], pixels: np.ndarray, split: HoldoutSplit, cfg, console,
+    examples: list[Example],
+    pixels: np.ndarray,
+    split: HoldoutSplit,
+    cfg,
+    console,
     tta: bool = False,
 ) -> HoldoutResult:
     """Train on ``split.train`` as ``cxrlabel train`` does, then score ``split.scored``."""
@@ -100,14 +111,17 @@ def run_holdout(
 
     check_split(examples, split)
     started = time.monotonic()
-    marked = carve_validation([replace(examples[i], split="train") for i in split.train],
-                              0.15, cfg.seed)
+    marked = carve_validation(
+        [replace(examples[i], split="train") for i in split.train], 0.15, cfg.seed
+    )
     is_val = np.array([e.split == "validation" for e in marked])
     parts = {
-        "train": Split([e for e, v in zip(marked, is_val, strict=True) if not v],
-                       pixels[split.train[~is_val]]),
-        "validation": Split([e for e, v in zip(marked, is_val, strict=True) if v],
-                            pixels[split.train[is_val]]),
+        "train": Split(
+            [e for e, v in zip(marked, is_val, strict=True) if not v], pixels[split.train[~is_val]]
+        ),
+        "validation": Split(
+            [e for e, v in zip(marked, is_val, strict=True) if v], pixels[split.train[is_val]]
+        ),
     }
     device = pick_device()
     model, history, _ = fit(parts, cfg, device, console, started)
@@ -115,21 +129,35 @@ def run_holdout(
     val_logits = predict_logits(model, val.pixels, device, tta)
     temperature, _ = calibrate.fit_temperature(val_logits, val.calibration_target)
     ops = calibrate.choose_operating_points(
-        val.y, calibrate.sigmoid(val_logits / temperature), val.groups,
-        cfg.min_sensitivity, cfg.min_npv, seed=cfg.seed)
+        val.y,
+        calibrate.sigmoid(val_logits / temperature),
+        val.groups,
+        cfg.min_sensitivity,
+        cfg.min_npv,
+        seed=cfg.seed,
+    )
     scored = [examples[i] for i in split.scored]
     logits = predict_logits(model, pixels[split.scored], device, tta)
     return HoldoutResult(
-        name=split.name, seed=cfg.seed, p=calibrate.sigmoid(logits / temperature),
-        logits=logits, y=np.array([e.evaluation_target for e in scored]),
-        groups=np.array([e.patient_id for e in scored]), temperature=temperature,
-        flag_at=ops.flag.chosen, clear_below=ops.clear.chosen,
-        proxy_auc=metrics.roc_auc(val.y, val_logits), epochs_run=len(history),
-        seconds=time.monotonic() - started)
+        name=split.name,
+        seed=cfg.seed,
+        p=calibrate.sigmoid(logits / temperature),
+        logits=logits,
+        y=np.array([e.evaluation_target for e in scored]),
+        groups=np.array([e.patient_id for e in scored]),
+        temperature=temperature,
+        flag_at=ops.flag.chosen,
+        clear_below=ops.clear.chosen,
+        proxy_auc=metrics.roc_auc(val.y, val_logits),
+        epochs_run=len(history),
+        seconds=time.monotonic() - started,
+    )
 
 
 def thresholds_across(
-    results: list[HoldoutResult], min_sensitivity: float = 0.95, min_npv: float = 0.97,
+    results: list[HoldoutResult],
+    min_sensitivity: float = 0.95,
+    min_npv: float = 0.97,
 ) -> dict:
     """Flag/clear thresholds chosen on the pooled new-patient scores, with their spread.
 
@@ -144,7 +172,10 @@ def thresholds_across(
     ops = calibrate.choose_operating_points(y, p, groups, min_sensitivity, min_npv)
     per_run_flag = [calibrate.flag_threshold(r.y, r.p, min_sensitivity) for r in results]
     per_run_clear = [calibrate.clear_threshold(r.y, r.p, min_npv) for r in results]
-    return {"pooled": ops.to_dict(), "per_run_flag": per_run_flag,
-            "per_run_clear": per_run_clear,
-            "validation_flag": [r.flag_at for r in results],
-            "validation_clear": [r.clear_below for r in results]}
+    return {
+        "pooled": ops.to_dict(),
+        "per_run_flag": per_run_flag,
+        "per_run_clear": per_run_clear,
+        "validation_flag": [r.flag_at for r in results],
+        "validation_clear": [r.clear_below for r in results],
+    }

@@ -28,8 +28,16 @@ import numpy as np
 from cxrlabel.vocab import NORMAL, PNEUMONIA
 
 METADATA_COLUMNS = (
-    "file_name", "label", "confidence", "p_NORMAL", "p_PNEUMONIA", "split", "patient_id",
-    "expert_reviewed", "reference_label", "source_upstream_resized",
+    "file_name",
+    "label",
+    "confidence",
+    "p_NORMAL",
+    "p_PNEUMONIA",
+    "split",
+    "patient_id",
+    "expert_reviewed",
+    "reference_label",
+    "source_upstream_resized",
 )
 
 
@@ -45,8 +53,13 @@ class _Row:
 def _read_manifest(manifest: Path) -> list[_Row]:
     with Path(manifest).open(newline="", encoding="utf-8") as fh:
         return [
-            _Row(r["file"], r["split"], r["label"], r["patient_id"],
-                 r["upstream_resized"].strip().lower() == "true")
+            _Row(
+                r["file"],
+                r["split"],
+                r["label"],
+                r["patient_id"],
+                r["upstream_resized"].strip().lower() == "true",
+            )
             for r in csv.DictReader(fh)
         ]
 
@@ -115,8 +128,9 @@ def _subsample(rows: list[_Row], limit: int, seed: int) -> list[_Row]:
     kept: list[_Row] = []
     for cls in (NORMAL, PNEUMONIA):
         share = sum(r.label == cls for r in rows) / len(rows)
-        taken = _take([p for p in order if _label_of(groups[p]) == cls], groups,
-                      round(limit * share), set())
+        taken = _take(
+            [p for p in order if _label_of(groups[p]) == cls], groups, round(limit * share), set()
+        )
         kept += [r for pid in taken for r in groups[pid]]
     return kept
 
@@ -143,8 +157,13 @@ def read_crowd_export(export_dir: Path, name_of: dict[str, str]) -> dict[str, Cr
             name = name_of.get(row["image_id"])
             if name is None:
                 raise ValueError(f"export image {row['image_id']} is not in the job database")
-            made_by = ("expert" if row.get("expert_reviewed", "").lower() == "true" else
-                       "gold" if row.get("is_gold", "").lower() == "true" else "crowd")
+            made_by = (
+                "expert"
+                if row.get("expert_reviewed", "").lower() == "true"
+                else "gold"
+                if row.get("is_gold", "").lower() == "true"
+                else "crowd"
+            )
             out[name] = CrowdLabel(row["label"], float(row["p_PNEUMONIA"]), made_by)
     return out
 
@@ -212,13 +231,20 @@ def build_reference_dataset(
             (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
             if not (out_dir / rel).exists():
                 os.symlink(source, out_dir / rel)
-            writer.writerow({
-                "file_name": rel.as_posix(), "label": label,
-                "confidence": f"{max(p, 1 - p):.4f}", "p_NORMAL": f"{1 - p:.4f}",
-                "p_PNEUMONIA": f"{p:.4f}", "split": split, "patient_id": row.patient_id,
-                "expert_reviewed": str(reviewed).lower(), "reference_label": reference,
-                "source_upstream_resized": str(row.upstream_resized).lower(),
-            })
+            writer.writerow(
+                {
+                    "file_name": rel.as_posix(),
+                    "label": label,
+                    "confidence": f"{max(p, 1 - p):.4f}",
+                    "p_NORMAL": f"{1 - p:.4f}",
+                    "p_PNEUMONIA": f"{p:.4f}",
+                    "split": split,
+                    "patient_id": row.patient_id,
+                    "expert_reviewed": str(reviewed).lower(),
+                    "reference_label": reference,
+                    "source_upstream_resized": str(row.upstream_resized).lower(),
+                }
+            )
             counts[split][row.label] += 1
     _write_readme(out_dir, manifest, label_noise, seed, crowd is not None, crowd_notes)
     return {k: dict(v) for k, v in counts.items()}
@@ -229,13 +255,17 @@ def _write_readme(
 ) -> None:
     if crowd:
         title = "Kermany images, crowd labels"
-        labels = ("Train and validation labels are **crowd-made**: the aggregate (or the "
-                  "expert's review, or the gold answer) of a `cxrlabel export`, soft "
-                  "`p_PNEUMONIA` included. Test labels are the dataset's expert labels.")
+        labels = (
+            "Train and validation labels are **crowd-made**: the aggregate (or the "
+            "expert's review, or the gold answer) of a `cxrlabel export`, soft "
+            "`p_PNEUMONIA` included. Test labels are the dataset's expert labels."
+        )
     elif label_noise:
         title = "Kermany images, expert labels made crowd-like"
-        labels = (f"Train labels were made crowd-like: flipped with probability {label_noise}, "
-                  "soft confidence uniform in 0.6-1.0.")
+        labels = (
+            f"Train labels were made crowd-like: flipped with probability {label_noise}, "
+            "soft confidence uniform in 0.6-1.0."
+        )
     else:
         title = "Kermany images, expert labels"
         labels = "All labels are the dataset's expert labels (p_PNEUMONIA is 0 or 1)."

@@ -45,7 +45,7 @@ def score_job(
     report = ScoreReport()
     for start in range(0, len(images), batch_size):
         chunk, pixels = [], []
-        for image in images[start:start + batch_size]:
+        for image in images[start : start + batch_size]:
             try:
                 pixels.append(squash(_decode(Path(data_dir) / image.rendition_path), model.size))
                 chunk.append(image)

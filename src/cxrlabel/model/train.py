@@ -76,10 +76,12 @@ class Split:
     @property
     def calibration_target(self) -> np.ndarray:
         """Expert labels where the export has them, else the crowd's soft label."""
-        return np.array([
-            float(e.reference_label == PNEUMONIA) if e.reference_label else e.p_pneumonia
-            for e in self.examples
-        ])
+        return np.array(
+            [
+                float(e.reference_label == PNEUMONIA) if e.reference_label else e.p_pneumonia
+                for e in self.examples
+            ]
+        )
 
     @property
     def y(self) -> np.ndarray:
@@ -96,22 +98,25 @@ def carve_validation(examples: list[Example], fraction: float, seed: int) -> lis
 
     patients = sorted({e.patient_id for e in examples if e.split == "train"})
     rng = np.random.default_rng(seed)
-    chosen = set(rng.choice(patients, size=max(1, round(len(patients) * fraction)),
-                            replace=False))
-    return [replace(e, split="validation") if e.split == "train" and e.patient_id in chosen
-            else e for e in examples]
+    chosen = set(rng.choice(patients, size=max(1, round(len(patients) * fraction)), replace=False))
+    return [
+        replace(e, split="validation") if e.split == "train" and e.patient_id in chosen else e
+        for e in examples
+    ]
 
 
 def _progress(console: Console) -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
     )
 
 
-def load_splits(
-    dataset_dir: Path, size: int, seed: int, console: Console
-) -> dict[str, Split]:
+def load_splits(dataset_dir: Path, size: int, seed: int, console: Console) -> dict[str, Split]:
     examples = read_export(dataset_dir)
     if not any(e.split == "validation" for e in examples):
         console.print("no validation rows in the export: carving 15 % of patients from train")
@@ -130,8 +135,9 @@ def load_splits(
             if not items:
                 continue
             task = progress.add_task(f"decoding {name}", total=len(items), info="")
-            pixels = load_batch([e.path for e in items], size,
-                                on_done=partial(progress.advance, task))
+            pixels = load_batch(
+                [e.path for e in items], size, on_done=partial(progress.advance, task)
+            )
             splits[name] = Split(items, pixels)
     return splits
 
@@ -153,7 +159,7 @@ def torch_logits(
     model.eval().to(memory_format=torch.channels_last)
     logits, cams = [], []
     for start in range(0, len(pixels), batch_size):
-        x = _normalise(_to_tensor(pixels[start:start + batch_size], device))
+        x = _normalise(_to_tensor(pixels[start : start + batch_size], device))
         logit, cam = model(x)
         logits.append(logit.cpu().numpy())
         cams.append(cam.cpu().numpy())
@@ -165,15 +171,17 @@ def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
     n = x.shape[0]
     theta = torch.tensor([[1 / 1.06, 0, 0], [0, 1 / 1.06, 0]], dtype=x.dtype).expand(n, 2, 3)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    zoomed = F.grid_sample(x, grid, mode="bilinear", padding_mode="border",
-                           align_corners=False)
+    zoomed = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     clamped = x.clamp(1e-4, 1.0)
-    return [x, zoomed, clamped ** 0.85, clamped ** 1.15]
+    return [x, zoomed, clamped**0.85, clamped**1.15]
 
 
 @torch.no_grad()
 def predict_logits(
-    model: TriageNet, pixels: np.ndarray, device: torch.device, tta: bool = False,
+    model: TriageNet,
+    pixels: np.ndarray,
+    device: torch.device,
+    tta: bool = False,
     batch_size: int = 128,
 ) -> np.ndarray:
     """Logits of uint8 (N, S, S); with ``tta`` the mean logit over ``tta_views``."""
@@ -182,22 +190,29 @@ def predict_logits(
     model.eval().to(memory_format=torch.channels_last)
     out = []
     for start in range(0, len(pixels), batch_size):
-        x = _to_tensor(pixels[start:start + batch_size], device)
+        x = _to_tensor(pixels[start : start + batch_size], device)
         views = [model(_normalise(v))[0] for v in tta_views(x)]
         out.append(torch.stack(views).mean(dim=0).cpu().numpy())
     return np.concatenate(out)
 
 
 def _train_epoch(
-    model: TriageNet, optimiser: torch.optim.Optimizer, scheduler, data: Split,
-    cfg: TrainConfig, gen: torch.Generator, device: torch.device, progress: Progress, task,
+    model: TriageNet,
+    optimiser: torch.optim.Optimizer,
+    scheduler,
+    data: Split,
+    cfg: TrainConfig,
+    gen: torch.Generator,
+    device: torch.device,
+    progress: Progress,
+    task,
 ) -> float:
     model.train()
     order = torch.randperm(len(data.pixels), generator=gen).numpy()
     soft = torch.from_numpy(data.soft)
     total, seen = 0.0, 0
     for start in range(0, len(order), cfg.batch_size):
-        idx = order[start:start + cfg.batch_size]
+        idx = order[start : start + cfg.batch_size]
         x = augment(_to_tensor(data.pixels[idx], device), cfg.augment, gen)
         logit, _ = model(_normalise(x))
         # Soft targets: BCE against the crowd's probability, so an image the crowd was unsure
@@ -218,7 +233,10 @@ def _validation_loss(logits: np.ndarray, target: np.ndarray) -> float:
 
 
 def fit(
-    splits: dict[str, Split], cfg: TrainConfig, device: torch.device, console: Console,
+    splits: dict[str, Split],
+    cfg: TrainConfig,
+    device: torch.device,
+    console: Console,
     started: float,
 ) -> tuple[TriageNet, list[dict], str]:
     """The best model by validation loss, the per-epoch history and why training stopped."""
@@ -238,14 +256,22 @@ def fit(
         for epoch in range(1, cfg.max_epochs + 1):
             t0 = time.monotonic()
             task = progress.add_task(f"epoch {epoch}", total=len(train.pixels), info="")
-            train_loss = _train_epoch(model, optimiser, scheduler, train, cfg, gen, device,
-                                      progress, task)
+            train_loss = _train_epoch(
+                model, optimiser, scheduler, train, cfg, gen, device, progress, task
+            )
             progress.remove_task(task)
             logits, _ = torch_logits(model, val.pixels, device)
             val_loss = _validation_loss(logits, val.calibration_target)
             val_auc = metrics.roc_auc(val.y, logits)
-            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                            "val_auc": val_auc, "seconds": time.monotonic() - t0})
+            history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "val_loss": val_loss,
+                    "val_auc": val_auc,
+                    "seconds": time.monotonic() - t0,
+                }
+            )
             if val_loss < best_loss:
                 best_loss, bad_epochs = val_loss, 0
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -256,9 +282,11 @@ def fit(
                 f"epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
                 f"val AUC {val_auc:.4f}, {history[-1]['seconds']:.0f} s"
             )
-            progress.update(epochs, advance=1,
-                            info=f"val loss {val_loss:.4f} AUC {val_auc:.4f} "
-                                 f"(best {best_loss:.4f})")
+            progress.update(
+                epochs,
+                advance=1,
+                info=f"val loss {val_loss:.4f} AUC {val_auc:.4f} (best {best_loss:.4f})",
+            )
             if bad_epochs >= cfg.patience:
                 stop = f"early stop: no better validation loss for {cfg.patience} epochs"
                 break
@@ -267,8 +295,10 @@ def fit(
                 stop = f"time budget of {cfg.max_minutes:g} min reached"
                 break
             cpu_used = time.process_time()
-            if cfg.max_cpu_minutes and cpu_used + (cpu_used - cpu_at_start) / epoch > \
-                    cfg.max_cpu_minutes * 60:
+            if (
+                cfg.max_cpu_minutes
+                and cpu_used + (cpu_used - cpu_at_start) / epoch > cfg.max_cpu_minutes * 60
+            ):
                 stop = f"CPU budget of {cfg.max_cpu_minutes:g} CPU-min reached"
                 break
     model.load_state_dict(best_state)
@@ -282,8 +312,12 @@ def onnx_metadata(meta: dict) -> dict[str, str]:
     with ``session.get_modelmeta().custom_metadata_map``.
     """
     preprocessing = {
-        "grayscale": True, "squash_to": meta["squash_side"], "resize_to": meta["input_size"],
-        "scale": "x / 255", "mean": meta["input_mean"], "std": meta["input_std"],
+        "grayscale": True,
+        "squash_to": meta["squash_side"],
+        "resize_to": meta["input_size"],
+        "scale": "x / 255",
+        "mean": meta["input_mean"],
+        "std": meta["input_std"],
         "layout": "N,1,S,S float32",
     }
     return {
@@ -292,13 +326,16 @@ def onnx_metadata(meta: dict) -> dict[str, str]:
         "thresholds": json.dumps(meta["thresholds"]),
         "preprocessing": json.dumps(preprocessing),
         "output": "p_pneumonia = sigmoid(logit / temperature); band flag if p >= flag, "
-                  "clear if p < clear, else review",
+        "clear if p < clear, else review",
         "warnings": json.dumps(meta.get("warnings", [])),
     }
 
 
 def fit_members(
-    splits: dict[str, Split], cfg: TrainConfig, device: torch.device, console: Console,
+    splits: dict[str, Split],
+    cfg: TrainConfig,
+    device: torch.device,
+    console: Console,
     started: float,
 ) -> tuple[TriageNet | SeedEnsemble, list[dict], str, dict]:
     """``fit`` once per ensemble member (seeds seed, seed+1, ...), sharing the time budget.
@@ -314,8 +351,12 @@ def fit_members(
     spread: dict[str, list[float]] = {"temperature": [], "flag": [], "clear": []}
     val = splits["validation"]
     for k in range(n):
-        budget = replace(cfg, seed=cfg.seed + k, max_minutes=cfg.max_minutes * (k + 1) / n,
-                         max_cpu_minutes=cfg.max_cpu_minutes and cfg.max_cpu_minutes * (k + 1) / n)
+        budget = replace(
+            cfg,
+            seed=cfg.seed + k,
+            max_minutes=cfg.max_minutes * (k + 1) / n,
+            max_cpu_minutes=cfg.max_cpu_minutes and cfg.max_cpu_minutes * (k + 1) / n,
+        )
         if n > 1:
             console.print(f"ensemble member {k + 1}/{n}, seed {budget.seed}")
         member, member_history, stop = fit(splits, budget, device, console, started)
@@ -324,8 +365,14 @@ def fit_members(
         logits, _ = torch_logits(member, val.pixels, device)
         temperature, _ = calibrate.fit_temperature(logits, val.calibration_target)
         ops = calibrate.choose_operating_points(
-            val.y, calibrate.sigmoid(logits / temperature), val.groups, cfg.min_sensitivity,
-            cfg.min_npv, n_boot=100, seed=budget.seed)
+            val.y,
+            calibrate.sigmoid(logits / temperature),
+            val.groups,
+            cfg.min_sensitivity,
+            cfg.min_npv,
+            n_boot=100,
+            seed=budget.seed,
+        )
         spread["temperature"].append(temperature)
         spread["flag"].append(ops.flag.chosen)
         spread["clear"].append(ops.clear.chosen)
@@ -342,10 +389,14 @@ def export_onnx(
         # is a plain feed-forward graph, which the TorchScript exporter handles exactly.
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, (torch.zeros(1, 1, size, size),), str(path),
-            input_names=["image"], output_names=["logit", "cam"],
+            model,
+            (torch.zeros(1, 1, size, size),),
+            str(path),
+            input_names=["image"],
+            output_names=["logit", "cam"],
             dynamic_axes={"image": {0: "n"}, "logit": {0: "n"}, "cam": {0: "n"}},
-            opset_version=17, dynamo=False,
+            opset_version=17,
+            dynamo=False,
         )
     if metadata:
         import onnx
@@ -368,7 +419,9 @@ class TrainResult:
 
 
 def train(
-    dataset_dir: Path, model_dir: Path, cfg: TrainConfig | None = None,
+    dataset_dir: Path,
+    model_dir: Path,
+    cfg: TrainConfig | None = None,
     console: Console | None = None,
 ) -> TrainResult:
     cfg = cfg or TrainConfig()
@@ -378,8 +431,10 @@ def train(
         torch.set_num_threads(cfg.threads)
     np.random.seed(cfg.seed)
     device = pick_device()
-    console.print(f"training on {device} ({torch.get_num_threads()} CPU threads), "
-                  f"{cfg.size} px, seed {cfg.seed}")
+    console.print(
+        f"training on {device} ({torch.get_num_threads()} CPU threads), "
+        f"{cfg.size} px, seed {cfg.seed}"
+    )
     splits = load_splits(Path(dataset_dir), cfg.size, cfg.seed, console)
     model, history, stop, seed_spread = fit_members(splits, cfg, device, console, started)
     train_seconds = time.monotonic() - started

@@ -55,8 +55,16 @@ PGDUMP_MEMBER = "db/cxrlabel.pgdump"
 # What a backup holds from the data dir, besides the database (paths relative to it).
 DATA_ITEMS = ("renditions", "secret_key", "secrets")
 ALLOWED_TOP = {"db", *DATA_ITEMS}
-COUNTED_TABLES = ("jobs", "images", "gold_items", "users", "pages", "submissions",
-                  "judgments", "audit_log")
+COUNTED_TABLES = (
+    "jobs",
+    "images",
+    "gold_items",
+    "users",
+    "pages",
+    "submissions",
+    "judgments",
+    "audit_log",
+)
 CHUNK = 1 << 20
 
 Progress = Callable[[str, int, int], None]  # (what, done, total)
@@ -77,6 +85,7 @@ class RestoreSummary:
 
 # --- helpers ------------------------------------------------------------------------------------
 
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -88,6 +97,7 @@ def sha256_file(path: Path) -> str:
 def pg_binary(name: str) -> str:
     """``pg_dump`` / ``pg_restore``: the newest in /usr/lib/postgresql/*/bin, else on PATH
     (a newer client can dump an older server, not the other way round)."""
+
     def major(p: Path) -> int:
         try:
             return int(p.parts[-3].split(".")[0])
@@ -99,8 +109,10 @@ def pg_binary(name: str) -> str:
         return str(candidates[-1])
     found = shutil.which(name)
     if found is None:
-        raise BackupError(f"{name} not found: install the PostgreSQL client tools "
-                          f"(apt-get install postgresql-client)")
+        raise BackupError(
+            f"{name} not found: install the PostgreSQL client tools "
+            f"(apt-get install postgresql-client)"
+        )
     return found
 
 
@@ -136,8 +148,9 @@ def database_facts(url: str) -> dict[str, Any]:
             counts = {}
             for table in COUNTED_TABLES:
                 if table in tables:
-                    counts[table] = int(conn.execute(
-                        select(func.count()).select_from(text(table))).scalar() or 0)
+                    counts[table] = int(
+                        conn.execute(select(func.count()).select_from(text(table))).scalar() or 0
+                    )
             server = None
             if engine.dialect.name == "postgresql":
                 server = conn.execute(text("SHOW server_version")).scalar()
@@ -160,6 +173,7 @@ def _data_files(data_dir: Path) -> Iterator[tuple[str, Path]]:
 
 
 # --- backup -------------------------------------------------------------------------------------
+
 
 def _dump_sqlite(url: str, target: Path) -> None:
     source = _sqlite_path(url)
@@ -192,12 +206,22 @@ def _dump_postgres_snapshot(url: str, target: Path) -> tuple[str, dict[str, Any]
     with psycopg.connect(libpq_url(url)) as conn:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         snapshot = _first(conn.execute("SELECT pg_export_snapshot()"))
-        tables = {r[0] for r in conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
-        counts = {t: int(_first(conn.execute(f'SELECT count(*) FROM "{t}"')))
-                  for t in COUNTED_TABLES if t in tables}
-        revision = (_first(conn.execute("SELECT version_num FROM alembic_version"))
-                    if "alembic_version" in tables else None)
+        tables = {
+            r[0]
+            for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+            )
+        }
+        counts = {
+            t: int(_first(conn.execute(f'SELECT count(*) FROM "{t}"')))
+            for t in COUNTED_TABLES
+            if t in tables
+        }
+        revision = (
+            _first(conn.execute("SELECT version_num FROM alembic_version"))
+            if "alembic_version" in tables
+            else None
+        )
         server = _first(conn.execute("SHOW server_version"))
         tool = _dump_postgres(url, target, snapshot)  # while the snapshot's transaction is open
         conn.rollback()
@@ -207,18 +231,33 @@ def _dump_postgres_snapshot(url: str, target: Path) -> tuple[str, dict[str, Any]
 def _dump_postgres(url: str, target: Path, snapshot: str | None = None) -> str:
     tool = pg_binary("pg_dump")
     proc = subprocess.run(
-        [tool, "--format=custom", "--no-owner", "--no-privileges", "--file", str(target),
-         *(["--snapshot", snapshot] if snapshot else []), "--dbname", libpq_url(url)],
-        capture_output=True, text=True, timeout=3600, check=False)
+        [
+            tool,
+            "--format=custom",
+            "--no-owner",
+            "--no-privileges",
+            "--file",
+            str(target),
+            *(["--snapshot", snapshot] if snapshot else []),
+            "--dbname",
+            libpq_url(url),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
+    )
     if proc.returncode != 0:
         raise BackupError(f"pg_dump failed: {proc.stderr.strip().splitlines()[-1:] or proc}")
-    version = subprocess.run([tool, "--version"], capture_output=True, text=True,
-                             check=False).stdout.strip()
+    version = subprocess.run(
+        [tool, "--version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
     return version
 
 
-def create_backup(settings: Settings, out: Path, *, overwrite: bool = False,
-                  progress: Progress | None = None) -> dict[str, Any]:
+def create_backup(
+    settings: Settings, out: Path, *, overwrite: bool = False, progress: Progress | None = None
+) -> dict[str, Any]:
     """Write a backup archive of ``settings``' database and data dir to ``out``.
 
     ``out`` ending in ``.gz``/``.tgz`` is gzip-compressed (renditions are JPEG already, so
@@ -233,8 +272,9 @@ def create_backup(settings: Settings, out: Path, *, overwrite: bool = False,
     if out.resolve().is_relative_to(data_dir / "renditions"):
         raise BackupError("write the backup outside the renditions folder")
     if backend == "sqlite" and not _sqlite_path(url).is_file():
-        raise BackupError(f"the SQLite database {_sqlite_path(url)} does not exist (wrong "
-                          "--data-dir?)")
+        raise BackupError(
+            f"the SQLite database {_sqlite_path(url)} does not exist (wrong --data-dir?)"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".cxrlabel-backup-", dir=out.parent) as tmp:
         staged = Path(tmp)
@@ -261,12 +301,18 @@ def create_backup(settings: Settings, out: Path, *, overwrite: bool = False,
             if progress:
                 progress("checksums", n + 1, len(members))
         manifest = {
-            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "cxrlabel_version": __version__, "python": platform.python_version(),
-            "database": {"backend": backend, "member": db_member, "tool": tool,
-                         "alembic_revision": facts["alembic_revision"],
-                         "server_version": facts["server_version"]},
+            "cxrlabel_version": __version__,
+            "python": platform.python_version(),
+            "database": {
+                "backend": backend,
+                "member": db_member,
+                "tool": tool,
+                "alembic_revision": facts["alembic_revision"],
+                "server_version": facts["server_version"],
+            },
             "counts": facts["counts"],
             "secret_key_from_env": bool(os.environ.get("CXRLABEL_SECRET_KEY")),
             "files": files,
@@ -295,30 +341,35 @@ def create_backup(settings: Settings, out: Path, *, overwrite: bool = False,
 
 # --- reading and checking an archive ------------------------------------------------------------
 
+
 def _open_tar(archive: Path) -> tarfile.TarFile:
     if not archive.is_file():
         raise BackupError(f"{archive} does not exist or is not a file")
     try:
         return tarfile.open(archive, "r:*")
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise BackupError(f"{archive} is not a cxrlabel backup (not a readable tar archive: "
-                          f"{exc})") from None
+        raise BackupError(
+            f"{archive} is not a cxrlabel backup (not a readable tar archive: {exc})"
+        ) from None
 
 
 def _check_manifest(manifest: Any, archive: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BackupError(f"{archive} is not a cxrlabel backup (its manifest is of another "
-                          "format)")
+        raise BackupError(f"{archive} is not a cxrlabel backup (its manifest is of another format)")
     version = manifest.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise BackupError(f"{archive} was made by a newer cxrlabel (backup format {version}); "
-                          f"upgrade cxrlabel to restore it")
+        raise BackupError(
+            f"{archive} was made by a newer cxrlabel (backup format {version}); "
+            f"upgrade cxrlabel to restore it"
+        )
     db = manifest.get("database")
     files = manifest.get("files")
-    if (not isinstance(db, dict) or db.get("backend") not in ("sqlite", "postgresql")
-            or not isinstance(files, list)
-            or not all(isinstance(f, dict) and {"path", "size", "sha256"} <= set(f)
-                       for f in files)):
+    if (
+        not isinstance(db, dict)
+        or db.get("backend") not in ("sqlite", "postgresql")
+        or not isinstance(files, list)
+        or not all(isinstance(f, dict) and {"path", "size", "sha256"} <= set(f) for f in files)
+    ):
         raise BackupError(f"{archive} has a damaged manifest (missing database or file list)")
     for entry in files:
         _check_member_name(str(entry["path"]), archive)
@@ -329,8 +380,12 @@ def _check_manifest(manifest: Any, archive: Path) -> dict[str, Any]:
 
 def _check_member_name(name: str, archive: Path) -> None:
     path = PurePosixPath(name)
-    if (path.is_absolute() or ".." in path.parts or not path.parts
-            or path.parts[0] not in ALLOWED_TOP):
+    if (
+        path.is_absolute()
+        or ".." in path.parts
+        or not path.parts
+        or path.parts[0] not in ALLOWED_TOP
+    ):
         raise BackupError(f"{archive} is not a cxrlabel backup (unexpected member {name!r})")
 
 
@@ -346,13 +401,13 @@ def read_manifest(archive: Path) -> dict[str, Any]:
         except KeyError:
             raise BackupError(f"{archive} is not a cxrlabel backup (no {MANIFEST})") from None
         except (ValueError, tarfile.TarError, OSError, EOFError) as exc:
-            raise BackupError(f"{archive} is damaged: cannot read its {MANIFEST} ({exc})") \
-                from None
+            raise BackupError(f"{archive} is damaged: cannot read its {MANIFEST} ({exc})") from None
     return _check_manifest(manifest, archive)
 
 
-def extract_verified(archive: Path, target: Path, progress: Progress | None = None
-                     ) -> dict[str, Any]:
+def extract_verified(
+    archive: Path, target: Path, progress: Progress | None = None
+) -> dict[str, Any]:
     """Extract ``archive`` into the empty folder ``target`` and check every checksum."""
     archive = Path(archive)
     manifest = read_manifest(archive)
@@ -365,8 +420,10 @@ def extract_verified(archive: Path, target: Path, progress: Progress | None = No
                     continue
                 _check_member_name(member.name, archive)
                 if member.name not in expected or not member.isfile():
-                    raise BackupError(f"{archive} is not a cxrlabel backup (member "
-                                      f"{member.name!r} is not in its manifest)")
+                    raise BackupError(
+                        f"{archive} is not a cxrlabel backup (member "
+                        f"{member.name!r} is not in its manifest)"
+                    )
                 tar.extract(member, target, filter="data")
                 seen.add(member.name)
                 if progress:
@@ -375,8 +432,10 @@ def extract_verified(archive: Path, target: Path, progress: Progress | None = No
         raise BackupError(f"{archive} is damaged or truncated ({exc})") from None
     missing = sorted(set(expected) - seen)
     if missing:
-        raise BackupError(f"{archive} is incomplete: {len(missing)} file(s) listed in its "
-                          f"manifest are missing (first: {missing[0]})")
+        raise BackupError(
+            f"{archive} is incomplete: {len(missing)} file(s) listed in its "
+            f"manifest are missing (first: {missing[0]})"
+        )
     for name, entry in expected.items():
         path = target / name
         if path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
@@ -385,6 +444,7 @@ def extract_verified(archive: Path, target: Path, progress: Progress | None = No
 
 
 # --- restore ------------------------------------------------------------------------------------
+
 
 def _non_empty(folder: Path) -> bool:
     return folder.exists() and any(folder.iterdir())
@@ -413,9 +473,23 @@ def _restore_sqlite(dump: Path, url: str) -> None:
 
 def _restore_postgres(dump: Path, url: str) -> None:
     proc = subprocess.run(
-        [pg_binary("pg_restore"), "--clean", "--if-exists", "--no-owner", "--no-privileges",
-         "--single-transaction", "--exit-on-error", "--dbname", libpq_url(url), str(dump)],
-        capture_output=True, text=True, timeout=3600, check=False)
+        [
+            pg_binary("pg_restore"),
+            "--clean",
+            "--if-exists",
+            "--no-owner",
+            "--no-privileges",
+            "--single-transaction",
+            "--exit-on-error",
+            "--dbname",
+            libpq_url(url),
+            str(dump),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
+    )
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
         raise BackupError(f"pg_restore failed: {last}")
@@ -426,8 +500,10 @@ def known_revisions() -> set[str]:
 
     from cxrlabel.storage.db import alembic_config
 
-    return {rev.revision for rev in ScriptDirectory.from_config(
-        alembic_config("sqlite://")).walk_revisions()}
+    return {
+        rev.revision
+        for rev in ScriptDirectory.from_config(alembic_config("sqlite://")).walk_revisions()
+    }
 
 
 def check_staged_database(dump: Path, backend: str, manifest: dict[str, Any]) -> None:
@@ -438,11 +514,18 @@ def check_staged_database(dump: Path, backend: str, manifest: dict[str, Any]) ->
     transaction)."""
     revision = manifest["database"].get("alembic_revision")
     if revision is not None and revision not in known_revisions():
-        raise BackupError(f"this backup's schema revision {revision!r} is unknown to this "
-                          "cxrlabel (made by a newer version?); upgrade cxrlabel to restore it")
+        raise BackupError(
+            f"this backup's schema revision {revision!r} is unknown to this "
+            "cxrlabel (made by a newer version?); upgrade cxrlabel to restore it"
+        )
     if backend != "sqlite":
-        proc = subprocess.run([pg_binary("pg_restore"), "--list", str(dump)],
-                              capture_output=True, text=True, timeout=600, check=False)
+        proc = subprocess.run(
+            [pg_binary("pg_restore"), "--list", str(dump)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
         if proc.returncode != 0:
             raise BackupError("the backup's PostgreSQL dump cannot be read by pg_restore")
         return
@@ -455,11 +538,14 @@ def check_staged_database(dump: Path, backend: str, manifest: dict[str, Any]) ->
         raise BackupError(f"the backup's database fails SQLite's integrity check: {ok}")
     facts = database_facts(f"sqlite:///{dump}")
     wanted = manifest.get("counts", {})
-    different = {k: (v, facts["counts"].get(k)) for k, v in wanted.items()
-                 if facts["counts"].get(k) != v}
+    different = {
+        k: (v, facts["counts"].get(k)) for k, v in wanted.items() if facts["counts"].get(k) != v
+    }
     if different or facts["alembic_revision"] != revision:
-        raise BackupError("the backup's database does not match its manifest (counts or "
-                          f"schema revision): {different or facts['alembic_revision']}")
+        raise BackupError(
+            "the backup's database does not match its manifest (counts or "
+            f"schema revision): {different or facts['alembic_revision']}"
+        )
 
 
 def make_private(data_dir: Path, url: str) -> None:
@@ -480,8 +566,9 @@ def make_private(data_dir: Path, url: str) -> None:
             path.chmod(0o700 if path.is_dir() else 0o600)
 
 
-def restore_backup(settings: Settings, archive: Path, *, force: bool = False,
-                   progress: Progress | None = None) -> RestoreSummary:
+def restore_backup(
+    settings: Settings, archive: Path, *, force: bool = False, progress: Progress | None = None
+) -> RestoreSummary:
     """Restore ``archive`` into ``settings``' data dir and database, then migrate to head.
 
     Nothing in the target is touched until the whole archive has been extracted to a staging
@@ -493,18 +580,26 @@ def restore_backup(settings: Settings, archive: Path, *, force: bool = False,
     backend = backend_of(url)
     source_backend = manifest["database"]["backend"]
     if source_backend != backend:
-        hint = ("omit --db to restore into the data dir's SQLite file" if source_backend
-                == "sqlite" else "pass --db postgresql+psycopg://... for the target database")
-        raise BackupError(f"this backup holds a {source_backend} database but the target is "
-                          f"{backend}; {hint}")
+        hint = (
+            "omit --db to restore into the data dir's SQLite file"
+            if source_backend == "sqlite"
+            else "pass --db postgresql+psycopg://... for the target database"
+        )
+        raise BackupError(
+            f"this backup holds a {source_backend} database but the target is {backend}; {hint}"
+        )
     data_dir = settings.data_dir
     if not force:
         if _non_empty(data_dir):
-            raise BackupError(f"the data dir {data_dir} is not empty; restore into an empty "
-                              "folder, or pass --force to replace its contents")
+            raise BackupError(
+                f"the data dir {data_dir} is not empty; restore into an empty "
+                "folder, or pass --force to replace its contents"
+            )
         if backend == "postgresql" and _postgres_has_data(url):
-            raise BackupError("the target PostgreSQL database already holds jobs; use an empty "
-                              "database, or pass --force to replace it")
+            raise BackupError(
+                "the target PostgreSQL database already holds jobs; use an empty "
+                "database, or pass --force to replace it"
+            )
     data_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".cxrlabel-restore-", dir=data_dir.parent))
     try:
@@ -525,8 +620,7 @@ def restore_backup(settings: Settings, archive: Path, *, force: bool = False,
                 target.unlink()
             if staged.exists():
                 shutil.move(str(staged), str(target))
-                files += sum(1 for p in target.rglob("*") if p.is_file()) if target.is_dir() \
-                    else 1
+                files += sum(1 for p in target.rglob("*") if p.is_file()) if target.is_dir() else 1
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     make_private(data_dir, url)

@@ -12,8 +12,13 @@ from cxrlabel.context import app_context, console, fail
 
 
 def _progress_bar() -> tuple[Progress, Callable[[str, int, int], None]]:
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   console=console, transient=True)
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=console,
+        transient=True,
+    )
     tasks: dict[str, TaskID] = {}
 
     def advance(what: str, done: int, total: int) -> None:
@@ -26,8 +31,9 @@ def _progress_bar() -> tuple[Progress, Callable[[str, int, int], None]]:
 
 def backup(
     ctx: typer.Context,
-    output: Path = typer.Option(..., "-o", "--output",
-                                help="Archive to write (.tar, or .tar.gz to compress)."),
+    output: Path = typer.Option(
+        ..., "-o", "--output", help="Archive to write (.tar, or .tar.gz to compress)."
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite OUTPUT if it exists."),
 ) -> None:
     """Back up the database, renditions and keys of this installation into one archive.

@@ -57,8 +57,11 @@ from .store import (
 
 
 def _annotator_row(session: Session, job: Job, user_id: int) -> AnnotatorState:
-    row = session.scalar(select(AnnotatorState).where(
-        AnnotatorState.job_id == job.id, AnnotatorState.user_id == user_id))
+    row = session.scalar(
+        select(AnnotatorState).where(
+            AnnotatorState.job_id == job.id, AnnotatorState.user_id == user_id
+        )
+    )
     if row is None:
         raise QualityError("unknown_annotator", f"user {user_id} has not joined this job", 404)
     return row
@@ -71,39 +74,70 @@ def _require_role(user: User, *roles: str) -> None:
 
 # --- contests and gold corrections ---------------------------------------------------------------
 
+
 def not_contestable() -> QualityError:
     """The one refusal for a contest on anything but one's own *missed* test question: an
     unknown id, someone else's answer, a work answer and a correct gold answer all get it, so
     contests cannot be used to find out which answer on a page was a test question."""
-    return QualityError("not_contestable",
-                        "There is no missed test question of yours with this id.", 404)
+    return QualityError(
+        "not_contestable", "There is no missed test question of yours with this id.", 404
+    )
 
 
-def contest_gold(session: Session, job: Job, spec: JobSpec, user: User, judgment_id: int,
-                 reason: str, now: datetime) -> Contest:
+def contest_gold(
+    session: Session,
+    job: Job,
+    spec: JobSpec,
+    user: User,
+    judgment_id: int,
+    reason: str,
+    now: datetime,
+) -> Contest:
     """An annotator disputes the accepted answer of a test question they missed."""
     reason = (reason or "").strip()
     if not reason:
         raise QualityError("reason_required", "say why you think the accepted answer is wrong")
     lock_job(session, job, [user.id])
     judgment = session.get(Judgment, judgment_id)
-    if (judgment is None or judgment.job_id != job.id or judgment.user_id != user.id
-            or not judgment.is_gold or not judgment.gold_missed):
+    if (
+        judgment is None
+        or judgment.job_id != job.id
+        or judgment.user_id != user.id
+        or not judgment.is_gold
+        or not judgment.gold_missed
+    ):
         raise not_contestable()
     gold = session.scalar(select(GoldItem).where(GoldItem.image_id == judgment.image_id))
     if gold is None:
         raise not_contestable()
     if session.scalar(select(Contest.id).where(Contest.judgment_id == judgment_id)):
         raise QualityError("already_contested", "you already contested this answer", 409)
-    contest = Contest(gold_id=gold.id, judgment_id=judgment_id, user_id=user.id,
-                      reason=reason[:4000], status="open", created_at=now)
+    contest = Contest(
+        gold_id=gold.id,
+        judgment_id=judgment_id,
+        user_id=user.id,
+        reason=reason[:4000],
+        status="open",
+        created_at=now,
+    )
     session.add(contest)
     session.flush()
-    add_audit(session, job, user.id, CONTEST_OPENED, f"contest:{contest.id}",
-              {"contest_id": contest.id, "judgment_id": judgment_id, "user_id": user.id,
-               "gold_id": gold.id, "reason": contest.reason}, now)
-    run_event(session, job, spec, ContestOpened(contest.id, judgment_id, user.id), now,
-              user.id)
+    add_audit(
+        session,
+        job,
+        user.id,
+        CONTEST_OPENED,
+        f"contest:{contest.id}",
+        {
+            "contest_id": contest.id,
+            "judgment_id": judgment_id,
+            "user_id": user.id,
+            "gold_id": gold.id,
+            "reason": contest.reason,
+        },
+        now,
+    )
+    run_event(session, job, spec, ContestOpened(contest.id, judgment_id, user.id), now, user.id)
     return contest
 
 
@@ -113,14 +147,23 @@ def _check_answers(spec: JobSpec, answers: Iterable[str] | None) -> list[str]:
     if not cleaned:
         raise QualityError("answers_required", "give at least one accepted answer")
     if unknown:
-        raise QualityError("unknown_answer",
-                           f"unknown answer(s) {unknown}; choose from {spec.label_values}")
+        raise QualityError(
+            "unknown_answer", f"unknown answer(s) {unknown}; choose from {spec.label_values}"
+        )
     return cleaned
 
 
-def resolve_contest(session: Session, job: Job, spec: JobSpec, admin: User, contest_id: int,
-                    action: str, reply: str, new_accepted_answers: Iterable[str] | None,
-                    now: datetime) -> Contest:
+def resolve_contest(
+    session: Session,
+    job: Job,
+    spec: JobSpec,
+    admin: User,
+    contest_id: int,
+    action: str,
+    reply: str,
+    new_accepted_answers: Iterable[str] | None,
+    now: datetime,
+) -> Contest:
     """Uphold the gold answer (with a reply the annotator sees) or change its accepted answers,
     which regrades everyone who answered it (forgiving misses that are now correct)."""
     _require_role(admin, Role.ADMIN)
@@ -134,17 +177,36 @@ def resolve_contest(session: Session, job: Job, spec: JobSpec, admin: User, cont
     lock_job(session, job, _gold_answerers(session, gold))
     session.refresh(contest)  # another admin may have resolved it while we waited
     if contest.status != "open":
-        raise QualityError("contest_closed", f"contest {contest_id} is already {contest.status}",
-                           409)
+        raise QualityError(
+            "contest_closed", f"contest {contest_id} is already {contest.status}", 409
+        )
     if action == "uphold":
         if not reply:
             raise QualityError("reply_required", "explain to the annotator why the answer stands")
         contest.status, contest.reply, contest.resolved_at = "upheld", reply, now
-        add_audit(session, job, admin.id, CONTEST_UPHELD, f"contest:{contest.id}",
-                  {"contest_id": contest.id, "gold_id": gold.id, "reply": reply,
-                   "judgment_id": contest.judgment_id, "user_id": contest.user_id}, now)
-        run_event(session, job, spec, ContestUpheld(contest.id, contest.judgment_id,
-                                                    contest.user_id), now, admin.id)
+        add_audit(
+            session,
+            job,
+            admin.id,
+            CONTEST_UPHELD,
+            f"contest:{contest.id}",
+            {
+                "contest_id": contest.id,
+                "gold_id": gold.id,
+                "reply": reply,
+                "judgment_id": contest.judgment_id,
+                "user_id": contest.user_id,
+            },
+            now,
+        )
+        run_event(
+            session,
+            job,
+            spec,
+            ContestUpheld(contest.id, contest.judgment_id, contest.user_id),
+            now,
+            admin.id,
+        )
         session.flush()
         return contest
     answers = _check_answers(spec, new_accepted_answers)
@@ -152,38 +214,81 @@ def resolve_contest(session: Session, job: Job, spec: JobSpec, admin: User, cont
         raise QualityError("unchanged", "the accepted answers are already exactly these")
     _change_gold(session, job, spec, admin, gold, answers, now, contest_id=contest.id)
     # Every open contest this correction answers is settled with the same reply.
-    for other in session.scalars(select(Contest).where(
-            Contest.gold_id == gold.id, Contest.status == "open")):
+    for other in session.scalars(
+        select(Contest).where(Contest.gold_id == gold.id, Contest.status == "open")
+    ):
         given = session.get(Judgment, other.judgment_id)
         if other.id == contest.id or (given is not None and given.answer in answers):
             other.status, other.resolved_at = "changed", now
             other.reply = reply or f"Thank you: the accepted answers are now {', '.join(answers)}."
-            add_audit(session, job, admin.id, CONTEST_CHANGED, f"contest:{other.id}",
-                      {"contest_id": other.id, "gold_id": gold.id, "reply": other.reply}, now)
+            add_audit(
+                session,
+                job,
+                admin.id,
+                CONTEST_CHANGED,
+                f"contest:{other.id}",
+                {"contest_id": other.id, "gold_id": gold.id, "reply": other.reply},
+                now,
+            )
     session.flush()
     return contest
 
 
 def _gold_answerers(session: Session, gold: GoldItem) -> list[int]:
-    return list(session.scalars(select(Judgment.user_id).where(
-        Judgment.image_id == gold.image_id, Judgment.is_gold.is_(True))).all())
+    return list(
+        session.scalars(
+            select(Judgment.user_id).where(
+                Judgment.image_id == gold.image_id, Judgment.is_gold.is_(True)
+            )
+        ).all()
+    )
 
 
-def _change_gold(session: Session, job: Job, spec: JobSpec, admin: User, gold: GoldItem,
-                 answers: list[str], now: datetime, contest_id: int | None = None) -> None:
+def _change_gold(
+    session: Session,
+    job: Job,
+    spec: JobSpec,
+    admin: User,
+    gold: GoldItem,
+    answers: list[str],
+    now: datetime,
+    contest_id: int | None = None,
+) -> None:
     old = list(gold.accepted_answers)
     gold.accepted_answers = answers
-    add_audit(session, job, admin.id, GOLD_CHANGED, f"gold:{gold.id}",
-              {"image_id": gold.image_id, "gold_id": gold.id, "old": old, "new": answers,
-               "contest_id": contest_id}, now)
-    run_event(session, job, spec, GoldChanged(gold.image_id, tuple(answers), admin.id), now,
-              admin.id)
+    add_audit(
+        session,
+        job,
+        admin.id,
+        GOLD_CHANGED,
+        f"gold:{gold.id}",
+        {
+            "image_id": gold.image_id,
+            "gold_id": gold.id,
+            "old": old,
+            "new": answers,
+            "contest_id": contest_id,
+        },
+        now,
+    )
+    run_event(
+        session, job, spec, GoldChanged(gold.image_id, tuple(answers), admin.id), now, admin.id
+    )
 
 
-def update_gold(session: Session, job: Job, spec: JobSpec, admin: User, gold_id: int, *,
-                now: datetime, accepted_answers: Iterable[str] | None = None,
-                reason: str | None = None, difficulty: str | None = None,
-                active: bool | None = None) -> GoldItem:
+def update_gold(
+    session: Session,
+    job: Job,
+    spec: JobSpec,
+    admin: User,
+    gold_id: int,
+    *,
+    now: datetime,
+    accepted_answers: Iterable[str] | None = None,
+    reason: str | None = None,
+    difficulty: str | None = None,
+    active: bool | None = None,
+) -> GoldItem:
     """Edit a gold item; a change of accepted answers regrades like a contest does."""
     _require_role(admin, Role.ADMIN)
     gold = session.get(GoldItem, gold_id)
@@ -192,13 +297,23 @@ def update_gold(session: Session, job: Job, spec: JobSpec, admin: User, gold_id:
     lock_job(session, job, _gold_answerers(session, gold))
     if difficulty is not None and difficulty not in ("easy", "medium", "hard"):
         raise QualityError("bad_difficulty", "difficulty must be easy, medium or hard")
-    edits = {k: v for k, v in (("reason", reason), ("difficulty", difficulty),
-                               ("active", active)) if v is not None}
+    edits = {
+        k: v
+        for k, v in (("reason", reason), ("difficulty", difficulty), ("active", active))
+        if v is not None
+    }
     for name, value in edits.items():
         setattr(gold, name, value)
     if edits:
-        add_audit(session, job, admin.id, GOLD_EDITED, f"gold:{gold.id}",
-                  {"gold_id": gold.id, **edits}, now)
+        add_audit(
+            session,
+            job,
+            admin.id,
+            GOLD_EDITED,
+            f"gold:{gold.id}",
+            {"gold_id": gold.id, **edits},
+            now,
+        )
     if accepted_answers is not None:
         answers = _check_answers(spec, accepted_answers)
         if answers != sorted(gold.accepted_answers):
@@ -209,8 +324,10 @@ def update_gold(session: Session, job: Job, spec: JobSpec, admin: User, gold_id:
 
 # --- admin actions on annotators -----------------------------------------------------------------
 
-def remove_annotator(session: Session, job: Job, spec: JobSpec, admin: User, user_id: int,
-                     reason: str, now: datetime) -> AnnotatorState:
+
+def remove_annotator(
+    session: Session, job: Job, spec: JobSpec, admin: User, user_id: int, reason: str, now: datetime
+) -> AnnotatorState:
     _require_role(admin, Role.ADMIN)
     reason = (reason or "").strip()
     if not reason:
@@ -219,14 +336,22 @@ def remove_annotator(session: Session, job: Job, spec: JobSpec, admin: User, use
     row = _annotator_row(session, job, user_id)
     if row.status not in (AnnotatorStatus.ACTIVE, AnnotatorStatus.QUIZ):
         raise QualityError("not_active", f"this annotator is already {row.status}", 409)
-    add_audit(session, job, admin.id, ADMIN_REMOVED, f"user:{user_id}",
-              {"user_id": user_id, "reason": reason}, now)
+    add_audit(
+        session,
+        job,
+        admin.id,
+        ADMIN_REMOVED,
+        f"user:{user_id}",
+        {"user_id": user_id, "reason": reason},
+        now,
+    )
     run_event(session, job, spec, AnnotatorRemoved(user_id, reason, admin.id), now, admin.id)
     return row
 
 
-def reinstate_annotator(session: Session, job: Job, spec: JobSpec, admin: User, user_id: int,
-                        reason: str, now: datetime) -> AnnotatorState:
+def reinstate_annotator(
+    session: Session, job: Job, spec: JobSpec, admin: User, user_id: int, reason: str, now: datetime
+) -> AnnotatorState:
     _require_role(admin, Role.ADMIN)
     reason = (reason or "").strip() or "reinstated by an administrator"
     lock_job(session, job, [user_id])
@@ -235,14 +360,22 @@ def reinstate_annotator(session: Session, job: Job, spec: JobSpec, admin: User, 
         raise QualityError("disqualified", "failing the quiz is final for this job", 409)
     if row.status != AnnotatorStatus.REMOVED:
         raise QualityError("not_removed", f"this annotator is {row.status}, not removed", 409)
-    add_audit(session, job, admin.id, ADMIN_REINSTATED, f"user:{user_id}",
-              {"user_id": user_id, "reason": reason}, now)
+    add_audit(
+        session,
+        job,
+        admin.id,
+        ADMIN_REINSTATED,
+        f"user:{user_id}",
+        {"user_id": user_id, "reason": reason},
+        now,
+    )
     run_event(session, job, spec, AnnotatorReinstated(user_id, reason, admin.id), now, admin.id)
     return row
 
 
-def send_message(session: Session, job: Job, admin: User, user_id: int, text: str,
-                 now: datetime) -> AnnotatorState:
+def send_message(
+    session: Session, job: Job, admin: User, user_id: int, text: str, now: datetime
+) -> AnnotatorState:
     """A message shown to the annotator on their next page (the annotate app clears it)."""
     _require_role(admin, Role.ADMIN)
     text = (text or "").strip()
@@ -250,26 +383,43 @@ def send_message(session: Session, job: Job, admin: User, user_id: int, text: st
         raise QualityError("message_required", "the message is empty")
     row = _annotator_row(session, job, user_id)
     row.message = text[:2000]
-    add_audit(session, job, admin.id, MESSAGE_SENT, f"user:{user_id}",
-              {"user_id": user_id, "message": row.message}, now)
+    add_audit(
+        session,
+        job,
+        admin.id,
+        MESSAGE_SENT,
+        f"user:{user_id}",
+        {"user_id": user_id, "message": row.message},
+        now,
+    )
     session.flush()
     return row
 
 
 # --- experts -------------------------------------------------------------------------------------
 
-def record_expert_label(session: Session, job: Job, spec: JobSpec, expert: User, image_id: int,
-                        label: str, reason: str | None, now: datetime,
-                        promote_to_gold: bool = False,
-                        gold_reason: str | None = None) -> ExpertReview:
+
+def record_expert_label(
+    session: Session,
+    job: Job,
+    spec: JobSpec,
+    expert: User,
+    image_id: int,
+    label: str,
+    reason: str | None,
+    now: datetime,
+    promote_to_gold: bool = False,
+    gold_reason: str | None = None,
+) -> ExpertReview:
     """An expert's final label; optionally the image becomes a new gold item."""
     _require_role(expert, Role.EXPERT, Role.ADMIN)
     if label not in spec.label_values:
         raise QualityError("unknown_answer", f"label must be one of {spec.label_values}")
     gold_reason = (gold_reason or "").strip()
     if promote_to_gold and not gold_reason:
-        raise QualityError("reason_required",
-                           "a new gold item needs a reason annotators will be shown")
+        raise QualityError(
+            "reason_required", "a new gold item needs a reason annotators will be shown"
+        )
     lock_job(session, job)
     image = session.get(Image, image_id)
     if image is None or image.job_id != job.id:
@@ -280,23 +430,56 @@ def record_expert_label(session: Session, job: Job, spec: JobSpec, expert: User,
         raise ReviewConflict("another expert already recorded a final label for this image")
     if image.status == ImageStatus.GOLD:
         raise QualityError("is_gold", "this image is a gold item, not a work item")
-    review = ExpertReview(image_id=image_id, expert_id=expert.id, label=label,
-                          reason=(reason or "").strip() or None,
-                          promoted_to_gold=promote_to_gold, created_at=now)
+    review = ExpertReview(
+        image_id=image_id,
+        expert_id=expert.id,
+        label=label,
+        reason=(reason or "").strip() or None,
+        promoted_to_gold=promote_to_gold,
+        created_at=now,
+    )
     try:
         with session.begin_nested():
             session.add(review)
             session.flush()
     except IntegrityError:
         raise ReviewConflict(
-            "another expert already recorded a final label for this image") from None
+            "another expert already recorded a final label for this image"
+        ) from None
     if promote_to_gold:
-        session.add(GoldItem(job_id=job.id, image_id=image_id, accepted_answers=[label],
-                             reason=gold_reason, difficulty="hard", source="expert",
-                             active=True, created_at=now))
-    add_audit(session, job, expert.id, EXPERT_LABELED, f"image:{image_id}",
-              {"image_id": image_id, "label": label, "reason": review.reason,
-               "promote_to_gold": promote_to_gold, "gold_reason": gold_reason or None}, now)
-    run_event(session, job, spec,
-              ExpertLabeled(image_id, label, expert.id, promote_to_gold), now, expert.id)
+        session.add(
+            GoldItem(
+                job_id=job.id,
+                image_id=image_id,
+                accepted_answers=[label],
+                reason=gold_reason,
+                difficulty="hard",
+                source="expert",
+                active=True,
+                created_at=now,
+            )
+        )
+    add_audit(
+        session,
+        job,
+        expert.id,
+        EXPERT_LABELED,
+        f"image:{image_id}",
+        {
+            "image_id": image_id,
+            "label": label,
+            "reason": review.reason,
+            "promote_to_gold": promote_to_gold,
+            "gold_reason": gold_reason or None,
+        },
+        now,
+    )
+    run_event(
+        session,
+        job,
+        spec,
+        ExpertLabeled(image_id, label, expert.id, promote_to_gold),
+        now,
+        expert.id,
+    )
     return review

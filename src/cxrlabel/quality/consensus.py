@@ -152,7 +152,9 @@ def trusted(judgments: Sequence[JudgmentRec]) -> list[JudgmentRec]:
 
 
 def aggregate_one(
-    answers: Sequence[str], weights: Sequence[float], params: ConsensusParams,
+    answers: Sequence[str],
+    weights: Sequence[float],
+    params: ConsensusParams,
     certainties: Sequence[str] | None = None,
 ) -> tuple[str | None, float | None, dict[str, float] | None]:
     """Label, confidence and per-label probability for one image's weighted answers.
@@ -185,7 +187,9 @@ def aggregate_one(
 
 
 def posterior_one(
-    answers: Sequence[str], weights: Sequence[float], certainties: Sequence[str],
+    answers: Sequence[str],
+    weights: Sequence[float],
+    certainties: Sequence[str],
     params: ConsensusParams,
 ) -> tuple[str, float, dict[str, float]]:
     """One-coin Bayesian posterior of the image's label (Dawid-Skene with one accuracy per
@@ -243,8 +247,7 @@ def aggregate_one_with_fit(
     return label, float(result.confidence[0]), proba
 
 
-def model_disagrees(label: str | None, model_score: float | None,
-                    params: ConsensusParams) -> bool:
+def model_disagrees(label: str | None, model_score: float | None, params: ConsensusParams) -> bool:
     """The crowd's label against a confident model opinion (rule in the module docstring)."""
     threshold = params.model_disagreement
     if threshold is None or model_score is None or label is None:
@@ -254,8 +257,7 @@ def model_disagrees(label: str | None, model_score: float | None,
     return model_score >= threshold - 1e-12
 
 
-def model_agrees(label: str | None, model_score: float | None,
-                 params: ConsensusParams) -> bool:
+def model_agrees(label: str | None, model_score: float | None, params: ConsensusParams) -> bool:
     """A confident model opinion equal to the crowd's label (the rule 3 exception)."""
     if params.min_if_model_agrees <= 0 or model_score is None or label is None:
         return False
@@ -264,8 +266,14 @@ def model_agrees(label: str | None, model_score: float | None,
     return model_score <= 1.0 - params.model_confidence + 1e-12
 
 
-def _settled_early(n: int, n_voting: int, label: str | None, confidence: float | None,
-                   model_score: float | None, params: ConsensusParams) -> bool:
+def _settled_early(
+    n: int,
+    n_voting: int,
+    label: str | None,
+    confidence: float | None,
+    model_score: float | None,
+    params: ConsensusParams,
+) -> bool:
     """Fewer than ``min`` judgments, but enough because the model agrees (rule 3 exception)."""
     return (
         0 < params.min_if_model_agrees <= n
@@ -277,14 +285,18 @@ def _settled_early(n: int, n_voting: int, label: str | None, confidence: float |
 
 
 def evaluate(
-    judgments: Sequence[JudgmentRec], trust_of: dict[int, float], params: ConsensusParams,
+    judgments: Sequence[JudgmentRec],
+    trust_of: dict[int, float],
+    params: ConsensusParams,
     model_score: float | None = None,
 ) -> Evaluation:
     counted = trusted(judgments)
     n = len(counted)
     voting = [j for j in counted if j.certainty != params.cant_tell]
     label, confidence, proba = aggregate_one(
-        [j.answer for j in voting], [trust_of[j.user_id] for j in voting], params,
+        [j.answer for j in voting],
+        [trust_of[j.user_id] for j in voting],
+        params,
         [j.certainty for j in voting],
     )
     method = params.online_method if voting else None

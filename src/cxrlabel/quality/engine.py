@@ -135,8 +135,7 @@ class Engine:
         peers = self._count_peer_pairs(recs)
         if annotator.status == QUIZ:
             active_gold = (
-                event.active_gold if event.active_gold is not None
-                else state.active_gold_count()
+                event.active_gold if event.active_gold is not None else state.active_gold_count()
             )
             if rules.quiz_complete(counts, params, active_gold):
                 self._decide_quiz(annotator, counts, result, active_gold)
@@ -153,10 +152,15 @@ class Engine:
         for rec in recs:
             rec.trust_at_time = annotator.trust
         self.decide(
-            "quality.page_graded", f"page:{event.page_id}",
-            user_id=event.user_id, kind=event.kind, seconds=round(event.seconds, 3),
-            judgments=len(recs), gold=len(graded),
-            missed=[r.id for r in graded if r.gold_missed], trust=round(annotator.trust, 6),
+            "quality.page_graded",
+            f"page:{event.page_id}",
+            user_id=event.user_id,
+            kind=event.kind,
+            seconds=round(event.seconds, 3),
+            judgments=len(recs),
+            gold=len(graded),
+            missed=[r.id for r in graded if r.gold_missed],
+            trust=round(annotator.trust, 6),
             status=annotator.status,
         )
         self.reevaluate(r.image_id for r in recs if not r.is_gold)
@@ -165,9 +169,15 @@ class Engine:
     @staticmethod
     def _record(event: PageSubmitted, j: JudgmentIn) -> JudgmentRec:
         return JudgmentRec(
-            id=j.id, image_id=j.image_id, user_id=event.user_id, page_id=event.page_id,
-            answer=j.answer, certainty=j.certainty, quality_flag=j.quality_flag,
-            is_gold=j.is_gold, is_quiz=j.is_quiz,
+            id=j.id,
+            image_id=j.image_id,
+            user_id=event.user_id,
+            page_id=event.page_id,
+            answer=j.answer,
+            certainty=j.certainty,
+            quality_flag=j.quality_flag,
+            is_gold=j.is_gold,
+            is_quiz=j.is_quiz,
         )
 
     def _grade(self, annotator: AnnotatorRec, counts: AnswerCounts, rec: JudgmentRec) -> None:
@@ -196,8 +206,13 @@ class Engine:
         peers: set[int] = set()
         for rec in new:
             for other in state.judgments_on(rec.image_id):
-                if (other.id >= rec.id or other.user_id == rec.user_id or other.is_gold
-                        or other.tainted or other.certainty == cant_tell):
+                if (
+                    other.id >= rec.id
+                    or other.user_id == rec.user_id
+                    or other.is_gold
+                    or other.tainted
+                    or other.certainty == cant_tell
+                ):
                     continue
                 agree = int(other.answer == rec.answer)
                 counts.peer_pairs += 1
@@ -223,8 +238,13 @@ class Engine:
     def _trust(self, annotator: AnnotatorRec) -> float:
         return self.rules.trust(*rules.counted_gold(annotator))
 
-    def _speed_trap(self, annotator: AnnotatorRec, event: PageSubmitted,
-                    recs: list[JudgmentRec], result: PageResult) -> None:
+    def _speed_trap(
+        self,
+        annotator: AnnotatorRec,
+        event: PageSubmitted,
+        recs: list[JudgmentRec],
+        result: PageResult,
+    ) -> None:
         for rec in recs:
             rec.taints.add(TAINT_SPEED)
         annotator.speed_trips += 1
@@ -232,10 +252,14 @@ class Engine:
         annotator.message = warning
         result.warnings.append(warning)
         self.decide(
-            "quality.speed_trap", f"user:{annotator.user_id}",
-            page_id=event.page_id, seconds=round(event.seconds, 3),
-            min_seconds=self.rules.min_seconds_per_page, trips=annotator.speed_trips,
-            limit=self.rules.speed_trap_limit, tainted=[r.id for r in recs],
+            "quality.speed_trap",
+            f"user:{annotator.user_id}",
+            page_id=event.page_id,
+            seconds=round(event.seconds, 3),
+            min_seconds=self.rules.min_seconds_per_page,
+            trips=annotator.speed_trips,
+            limit=self.rules.speed_trap_limit,
+            tainted=[r.id for r in recs],
         )
         if rules.speed_trap_removes(annotator, self.rules):
             self.remove(
@@ -245,15 +269,20 @@ class Engine:
             )
             result.warnings.append("You were removed from this job for answering too fast.")
 
-    def _decide_quiz(self, annotator: AnnotatorRec, counts: AnswerCounts,
-                     result: PageResult, active_gold: int) -> None:
+    def _decide_quiz(
+        self, annotator: AnnotatorRec, counts: AnswerCounts, result: PageResult, active_gold: int
+    ) -> None:
         passed = rules.quiz_passes(counts, self.rules)
         score = rules.quiz_trust(counts, self.rules)
         correct = counts.quiz_seen - counts.quiz_missed
         result.quiz_passed = passed
         result.quiz_accuracy = correct / counts.quiz_seen
-        inputs = dict(correct=correct, seen=counts.quiz_seen, quiz_trust=round(score, 6),
-                      min_accuracy=self.rules.min_accuracy)
+        inputs = dict(
+            correct=correct,
+            seen=counts.quiz_seen,
+            quiz_trust=round(score, 6),
+            min_accuracy=self.rules.min_accuracy,
+        )
         if annotator.message == RETAKE_MESSAGE:  # the retake is over either way
             annotator.message = None
         if passed:
@@ -266,9 +295,13 @@ class Engine:
             counts.quiz_seen = counts.quiz_missed = 0
             annotator.message = RETAKE_MESSAGE
             result.warnings.append(RETAKE_MESSAGE)
-            self.decide("quality.quiz_retake", f"user:{annotator.user_id}",
-                        attempt=counts.quiz_failures, retakes=self.rules.quiz_retakes,
-                        **inputs)
+            self.decide(
+                "quality.quiz_retake",
+                f"user:{annotator.user_id}",
+                attempt=counts.quiz_failures,
+                retakes=self.rules.quiz_retakes,
+                **inputs,
+            )
         else:
             annotator.status = DISQUALIFIED
             annotator.status_reason = (
@@ -278,20 +311,23 @@ class Engine:
             self.decide("quality.quiz_failed", f"user:{annotator.user_id}", **inputs)
             self._taint_all(annotator.user_id)
 
-    def _distribution(self, annotator: AnnotatorRec, counts: AnswerCounts,
-                      result: PageResult) -> None:
+    def _distribution(
+        self, annotator: AnnotatorRec, counts: AnswerCounts, result: PageResult
+    ) -> None:
         evidence = rules.distribution_evidence(counts, self.rules)
         before = annotator.flags.get("distribution")
         if evidence is None:
             if before is not None:
                 annotator.flags = {k: v for k, v in annotator.flags.items() if k != "distribution"}
-                self.decide("quality.flag_cleared", f"user:{annotator.user_id}",
-                            flag="distribution")
+                self.decide(
+                    "quality.flag_cleared", f"user:{annotator.user_id}", flag="distribution"
+                )
             return
         annotator.flags = {**annotator.flags, "distribution": evidence}
         if before is None or before.get("rules") != evidence["rules"]:
-            self.decide("quality.flagged", f"user:{annotator.user_id}", flag="distribution",
-                        **evidence)
+            self.decide(
+                "quality.flagged", f"user:{annotator.user_id}", flag="distribution", **evidence
+            )
         exempt = bool((annotator.flags.get("reinstated") or {}).get("by_admin"))
         if self.rules.distribution_remove and annotator.status == ACTIVE and not exempt:
             self.remove(annotator.user_id, rules.distribution_reason(evidence))
@@ -308,9 +344,15 @@ class Engine:
         annotator.status, annotator.status_reason = REMOVED, reason
         tainted, images = self._taint_all(user_id)
         self.decide(
-            "quality.annotator_removed", f"user:{user_id}", reason=reason, by=by,
-            trust=round(annotator.trust, 6), gold_seen=annotator.gold_seen,
-            gold_missed=annotator.gold_missed, tainted=len(tainted), images=sorted(images),
+            "quality.annotator_removed",
+            f"user:{user_id}",
+            reason=reason,
+            by=by,
+            trust=round(annotator.trust, 6),
+            gold_seen=annotator.gold_seen,
+            gold_missed=annotator.gold_missed,
+            tainted=len(tainted),
+            images=sorted(images),
         )
 
     def _taint_all(self, user_id: int) -> tuple[list[int], set[int]]:
@@ -319,13 +361,15 @@ class Engine:
             if TAINT_REMOVED not in rec.taints:
                 rec.taints.add(TAINT_REMOVED)
                 tainted.append(rec.id)
-        images = {self.state.judgments[j].image_id for j in tainted
-                  if not self.state.judgments[j].is_gold}
+        images = {
+            self.state.judgments[j].image_id for j in tainted if not self.state.judgments[j].is_gold
+        }
         self.reevaluate(images)
         return tainted, images
 
-    def reinstate(self, user_id: int, reason: str, by: int | None = None,
-                  status: str | None = None) -> None:
+    def reinstate(
+        self, user_id: int, reason: str, by: int | None = None, status: str | None = None
+    ) -> None:
         annotator = self.state.annotator(user_id)
         if annotator.status not in (REMOVED, DISQUALIFIED):
             return
@@ -336,21 +380,32 @@ class Engine:
         annotator.status_reason = None
         annotator.flags = {
             **annotator.flags,
-            "reinstated": {"by_admin": by is not None, "reason": reason,
-                           "gold_seen": annotator.gold_seen,
-                           "peer_pairs": self.state.counts(user_id).peer_pairs,
-                           "speed_trips": annotator.speed_trips},
+            "reinstated": {
+                "by_admin": by is not None,
+                "reason": reason,
+                "gold_seen": annotator.gold_seen,
+                "peer_pairs": self.state.counts(user_id).peer_pairs,
+                "speed_trips": annotator.speed_trips,
+            },
         }
         untainted: list[int] = []
         for rec in self.state.judgments_by(user_id):
             if TAINT_REMOVED in rec.taints:
                 rec.taints.discard(TAINT_REMOVED)
                 untainted.append(rec.id)
-        images = {self.state.judgments[j].image_id for j in untainted
-                  if not self.state.judgments[j].is_gold}
+        images = {
+            self.state.judgments[j].image_id
+            for j in untainted
+            if not self.state.judgments[j].is_gold
+        }
         self.decide(
-            "quality.annotator_reinstated", f"user:{user_id}", reason=reason, by=by,
-            previous_reason=was, status=annotator.status, untainted=len(untainted),
+            "quality.annotator_reinstated",
+            f"user:{user_id}",
+            reason=reason,
+            by=by,
+            previous_reason=was,
+            status=annotator.status,
+            untainted=len(untainted),
             images=sorted(images),
         )
         self.reevaluate(images)
@@ -364,9 +419,13 @@ class Engine:
         rec = self._own_judgment(event.user_id, event.judgment_id)
         pending = rules.contested_pending(annotator)
         deferred = bool(rec and rec.is_gold and rec.gold_missed and rec.id not in pending)
-        self.decide("quality.contest_counted", f"user:{event.user_id}",
-                    contest_id=event.contest_id, judgment_id=event.judgment_id,
-                    miss_deferred=deferred)
+        self.decide(
+            "quality.contest_counted",
+            f"user:{event.user_id}",
+            contest_id=event.contest_id,
+            judgment_id=event.judgment_id,
+            miss_deferred=deferred,
+        )
         if deferred:
             self._set_pending(annotator, [*pending, event.judgment_id])
 
@@ -375,8 +434,12 @@ class Engine:
         pending = rules.contested_pending(annotator)
         if event.judgment_id not in pending:
             return
-        self.decide("quality.contest_miss_counted", f"user:{event.user_id}",
-                    contest_id=event.contest_id, judgment_id=event.judgment_id)
+        self.decide(
+            "quality.contest_miss_counted",
+            f"user:{event.user_id}",
+            contest_id=event.contest_id,
+            judgment_id=event.judgment_id,
+        )
         self._set_pending(annotator, [j for j in pending if j != event.judgment_id])
 
     def _own_judgment(self, user_id: int, judgment_id: int) -> JudgmentRec | None:
@@ -424,9 +487,14 @@ class Engine:
                 annotator.gold_forgiven += 1
                 change["forgiven"] += 1
             rec.gold_missed = missed
-        self.decide("quality.gold_regraded", f"gold:{event.image_id}", by=event.by,
-                    old_accepted=list(old), new_accepted=list(gold.accepted),
-                    affected={str(k): v for k, v in sorted(affected.items())})
+        self.decide(
+            "quality.gold_regraded",
+            f"gold:{event.image_id}",
+            by=event.by,
+            old_accepted=list(old),
+            new_accepted=list(gold.accepted),
+            affected={str(k): v for k, v in sorted(affected.items())},
+        )
         for user_id in sorted(affected):
             self._after_regrade(state.annotator(user_id))
 
@@ -435,24 +503,34 @@ class Engine:
         counts = self.state.counts(annotator.user_id)
         if annotator.status == DISQUALIFIED and rules.quiz_passes(counts, self.rules):
             annotator.quiz_passed = True
-            self.reinstate(annotator.user_id, "quiz regraded after a gold correction",
-                           status=ACTIVE)
-            self.decide("quality.quiz_passed", f"user:{annotator.user_id}", regraded=True,
-                        correct=counts.quiz_seen - counts.quiz_missed, seen=counts.quiz_seen)
-        elif (annotator.removal_kind == rules.REMOVED_LOW_TRUST
-              and (annotator.trust >= self.rules.min_accuracy - 1e-12
-                   or annotator.gold_seen < self.rules.min_gold_before_removal)):
+            self.reinstate(
+                annotator.user_id, "quiz regraded after a gold correction", status=ACTIVE
+            )
+            self.decide(
+                "quality.quiz_passed",
+                f"user:{annotator.user_id}",
+                regraded=True,
+                correct=counts.quiz_seen - counts.quiz_missed,
+                seen=counts.quiz_seen,
+            )
+        elif annotator.removal_kind == rules.REMOVED_LOW_TRUST and (
+            annotator.trust >= self.rules.min_accuracy - 1e-12
+            or annotator.gold_seen < self.rules.min_gold_before_removal
+        ):
             self.reinstate(annotator.user_id, "trust restored after a gold correction")
-        elif (annotator.removal_kind in rules.HARM_KINDS
-              and skill.harm(rules.skill_evidence(annotator, counts), self.rules.harm) is None):
+        elif (
+            annotator.removal_kind in rules.HARM_KINDS
+            and skill.harm(rules.skill_evidence(annotator, counts), self.rules.harm) is None
+        ):
             self.reinstate(annotator.user_id, "skill restored after a gold correction")
         elif rules.below_minimum_accuracy(annotator, self.rules):
             self.remove(annotator.user_id, rules.low_trust_reason(annotator, self.rules))
         else:
             self._check_harm(annotator, None)
         # Their trust changed, so every image they weigh on is re-aggregated.
-        self.reevaluate(r.image_id for r in self.state.judgments_by(annotator.user_id)
-                        if not r.is_gold)
+        self.reevaluate(
+            r.image_id for r in self.state.judgments_by(annotator.user_id) if not r.is_gold
+        )
 
     # --- experts ------------------------------------------------------------------------------
     def expert_labeled(self, event: ExpertLabeled) -> None:
@@ -464,9 +542,14 @@ class Engine:
         image.aggregation_method = "expert"
         if event.promote_to_gold:
             self.state.add_gold(GoldRec(event.image_id, (event.label,)))
-        self.decide("quality.expert_final", f"image:{event.image_id}", label=event.label,
-                    expert_id=event.expert_id, previous_status=before,
-                    promoted_to_gold=event.promote_to_gold)
+        self.decide(
+            "quality.expert_final",
+            f"image:{event.image_id}",
+            label=event.label,
+            expert_id=event.expert_id,
+            previous_status=before,
+            promoted_to_gold=event.promote_to_gold,
+        )
 
     # --- images -------------------------------------------------------------------------------
     def reevaluate(self, image_ids: Iterable[int]) -> None:
@@ -479,8 +562,9 @@ class Engine:
         if image.status == GOLD:
             return
         judgments = self.state.judgments_on(image.image_id)
-        trust_of = {j.user_id: self.state.annotator(j.user_id).trust for j in judgments
-                    if not j.tainted}
+        trust_of = {
+            j.user_id: self.state.annotator(j.user_id).trust for j in judgments if not j.tainted
+        }
         ev = evaluate(judgments, trust_of, self.consensus, image.model_score)
         if image.status == EXPERT:  # an expert's label is final; only keep the count true
             image.trusted_judgments = ev.trusted_judgments
@@ -493,13 +577,20 @@ class Engine:
         if ev.status != before:
             extra = {}
             if ev.review_reason == REVIEW_MODEL:  # the model's opinion is part of the reason
-                extra = {"model_score": _round(image.model_score),
-                         "model_disagreement": self.consensus.model_disagreement}
+                extra = {
+                    "model_score": _round(image.model_score),
+                    "model_disagreement": self.consensus.model_disagreement,
+                }
             self.decide(
-                f"quality.image_{ev.status}", f"image:{image.image_id}",
-                previous_status=before, trusted_judgments=ev.trusted_judgments,
-                label=ev.label, confidence=_round(ev.confidence), review_reason=ev.review_reason,
-                judgment_target=ev.judgment_target, **extra,
+                f"quality.image_{ev.status}",
+                f"image:{image.image_id}",
+                previous_status=before,
+                trusted_judgments=ev.trusted_judgments,
+                label=ev.label,
+                confidence=_round(ev.confidence),
+                review_reason=ev.review_reason,
+                judgment_target=ev.judgment_target,
+                **extra,
             )
 
 

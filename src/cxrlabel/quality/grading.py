@@ -40,9 +40,17 @@ from .store import (
 )
 
 
-def on_page_submitted(session: Session, job: Job, spec: JobSpec, user: User, page: Page,
-                      judgments: Sequence[GradedJudgment], now: datetime, *,
-                      job_locked: bool = False) -> PageOutcome:
+def on_page_submitted(
+    session: Session,
+    job: Job,
+    spec: JobSpec,
+    user: User,
+    page: Page,
+    judgments: Sequence[GradedJudgment],
+    now: datetime,
+    *,
+    job_locked: bool = False,
+) -> PageOutcome:
     """Grade gold, update trust, apply every rule and re-aggregate the page's images.
 
     Called by ``annotate.submission.submit_page`` in the same transaction, after it inserted
@@ -61,16 +69,26 @@ def on_page_submitted(session: Session, job: Job, spec: JobSpec, user: User, pag
     # complete): counted for them only; the engine reads it for them only.
     in_quiz = state.annotator(user.id).status == AnnotatorStatus.QUIZ
     event = PageSubmitted(
-        user_id=user.id, page_id=page.id, kind=page.kind, seconds=seconds,
+        user_id=user.id,
+        page_id=page.id,
+        kind=page.kind,
+        seconds=seconds,
         judgments=tuple(judgment_in(j) for j in ordered),
         active_gold=_active_gold_count(session, job) if in_quiz else None,
     )
-    add_audit(session, job, user.id, PAGE_SUBMITTED, f"page:{page.id}",
-              _page_payload(event), now)
+    add_audit(session, job, user.id, PAGE_SUBMITTED, f"page:{page.id}", _page_payload(event), now)
     # The engine re-aggregates the page's work images: fetch their judgments in one query.
-    engine, result = run_event(session, job, spec, event, now, user.id, state=state,
-                               preload_images=[j.image_id for j in ordered if not j.is_gold],
-                               preload_gold=[j.image_id for j in ordered if j.is_gold])
+    engine, result = run_event(
+        session,
+        job,
+        spec,
+        event,
+        now,
+        user.id,
+        state=state,
+        preload_images=[j.image_id for j in ordered if not j.is_gold],
+        preload_gold=[j.image_id for j in ordered if j.is_gold],
+    )
     annotator = engine.state.annotator(user.id)
     return PageOutcome(
         quiz_passed=result.quiz_passed,
@@ -85,9 +103,14 @@ def on_page_submitted(session: Session, job: Job, spec: JobSpec, user: User, pag
 
 
 def _page_payload(event: PageSubmitted) -> dict[str, Any]:
-    return {"user_id": event.user_id, "page_id": event.page_id, "kind": event.kind,
-            "seconds": event.seconds, "active_gold": event.active_gold,
-            "judgment_ids": [j.id for j in event.judgments]}
+    return {
+        "user_id": event.user_id,
+        "page_id": event.page_id,
+        "kind": event.kind,
+        "seconds": event.seconds,
+        "active_gold": event.active_gold,
+        "judgment_ids": [j.id for j in event.judgments],
+    }
 
 
 def _missed_details(session: Session, missed: list[JudgmentRec]) -> list[MissedGold]:
@@ -95,17 +118,27 @@ def _missed_details(session: Session, missed: list[JudgmentRec]) -> list[MissedG
         return []
     ids = [m.image_id for m in missed]
     public = dict(session.execute(select(Image.id, Image.public_id).where(Image.id.in_(ids))).all())
-    gold = {g.image_id: g for g in session.scalars(
-        select(GoldItem).where(GoldItem.image_id.in_(ids)))}
+    gold = {
+        g.image_id: g for g in session.scalars(select(GoldItem).where(GoldItem.image_id.in_(ids)))
+    }
     return [
-        MissedGold(judgment_id=m.id, image_public_id=public[m.image_id],
-                       given_answer=m.answer,
-                       accepted_answers=list(gold[m.image_id].accepted_answers),
-                       reason=gold[m.image_id].reason or "")
+        MissedGold(
+            judgment_id=m.id,
+            image_public_id=public[m.image_id],
+            given_answer=m.answer,
+            accepted_answers=list(gold[m.image_id].accepted_answers),
+            reason=gold[m.image_id].reason or "",
+        )
         for m in missed
     ]
 
 
 def _active_gold_count(session: Session, job: Job) -> int:
-    return int(session.scalar(select(func.count()).select_from(GoldItem).where(
-        GoldItem.job_id == job.id, GoldItem.active.is_(True))) or 0)
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(GoldItem)
+            .where(GoldItem.job_id == job.id, GoldItem.active.is_(True))
+        )
+        or 0
+    )

@@ -11,15 +11,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 
-def crowd_summary(label: str | None, confidence: float | None,
-                  answers: Mapping[str, Mapping[str, int]],
-                  certainty_weights: Mapping[str, float]) -> str:
+def crowd_summary(
+    label: str | None,
+    confidence: float | None,
+    answers: Mapping[str, Mapping[str, int]],
+    certainty_weights: Mapping[str, float],
+) -> str:
     """One honest sentence: the leaning, its confidence, and what that confidence rests on."""
     total = sum(n for per in answers.values() for n in per.values())
     if total == 0:
         return "No answers yet."
-    informative = sum(n for per in answers.values() for c, n in per.items()
-                      if certainty_weights.get(c, 1.0) > 0)
+    informative = sum(
+        n for per in answers.values() for c, n in per.items() if certainty_weights.get(c, 1.0) > 0
+    )
     unsure = total - informative
     if label is None or confidence is None or informative == 0:
         return f"No leaning: none of the {total} answer(s) expressed any certainty."

@@ -73,6 +73,7 @@ class RuleParams:
 
 # --- quiz ---------------------------------------------------------------------------------------
 
+
 def quiz_complete(counts: AnswerCounts, params: RuleParams, active_gold: int) -> bool:
     """The quiz is done once ``quiz_length`` questions (or every active gold item, when the job
     has fewer) have been answered."""
@@ -101,6 +102,7 @@ def quiz_passes(counts: AnswerCounts, params: RuleParams) -> bool:
 
 
 # --- minimum accuracy ---------------------------------------------------------------------------
+
 
 def below_minimum_accuracy(annotator: AnnotatorRec, params: RuleParams) -> bool:
     """Trust below the minimum after enough gold, with new evidence since an admin reinstated
@@ -134,19 +136,26 @@ def counted_gold(annotator: AnnotatorRec) -> tuple[int, int]:
 
 def skill_evidence(annotator: AnnotatorRec, counts: AnswerCounts) -> skill.SkillEvidence:
     correct, seen = counted_gold(annotator)
-    return skill.SkillEvidence(gold_seen=seen, gold_correct=correct,
-                               peer_pairs=counts.peer_pairs, peer_agree=counts.peer_agree)
+    return skill.SkillEvidence(
+        gold_seen=seen,
+        gold_correct=correct,
+        peer_pairs=counts.peer_pairs,
+        peer_agree=counts.peer_agree,
+    )
 
 
-def harm_verdict(annotator: AnnotatorRec, counts: AnswerCounts,
-                 params: RuleParams) -> skill.Harm | None:
+def harm_verdict(
+    annotator: AnnotatorRec, counts: AnswerCounts, params: RuleParams
+) -> skill.Harm | None:
     """``skill.harm`` for an active annotator, with new evidence since an admin reinstated
     them (gold or peer pairs: the admin's decision is not undone by the same numbers)."""
     if annotator.status != ACTIVE:
         return None
     reinstated = annotator.flags.get("reinstated") or {}
-    if reinstated and (annotator.gold_seen <= int(reinstated.get("gold_seen", -1))
-                       and counts.peer_pairs <= int(reinstated.get("peer_pairs", -1))):
+    if reinstated and (
+        annotator.gold_seen <= int(reinstated.get("gold_seen", -1))
+        and counts.peer_pairs <= int(reinstated.get("peer_pairs", -1))
+    ):
         return None
     return skill.harm(skill_evidence(annotator, counts), params.harm)
 
@@ -159,6 +168,7 @@ def low_trust_reason(annotator: AnnotatorRec, params: RuleParams) -> str:
 
 
 # --- speed trap ---------------------------------------------------------------------------------
+
 
 def is_too_fast(seconds: float, params: RuleParams) -> bool:
     return params.min_seconds_per_page > 0 and seconds < params.min_seconds_per_page
@@ -185,6 +195,7 @@ def speed_warning(seconds: float, annotator: AnnotatorRec, params: RuleParams) -
 
 
 # --- answer distribution ------------------------------------------------------------------------
+
 
 def entropy_bits(counts: dict[str, int]) -> float:
     total = sum(counts.values())

@@ -82,7 +82,7 @@ IMPROVE_MESSAGES: dict[str, str] = {
     "weaker_than_peers": (
         "Your answers agree with the other annotators a little less often than most. They "
         "still count, with less weight. Compare your answers with the examples in the "
-        "instructions, and use \"Probably\" or \"Can't tell\" when you are unsure."
+        'instructions, and use "Probably" or "Can\'t tell" when you are unsure.'
     ),
 }
 
@@ -103,8 +103,12 @@ class Estimate:
     n: float  # effective number of observations behind it
 
     def as_dict(self) -> dict[str, float]:
-        return {"mean": round(self.mean, 4), "low": round(self.low, 4),
-                "high": round(self.high, 4), "n": round(self.n, 2)}
+        return {
+            "mean": round(self.mean, 4),
+            "low": round(self.low, 4),
+            "high": round(self.high, 4),
+            "n": round(self.n, 2),
+        }
 
 
 def beta_estimate(successes: float, trials: float, z: float = Z_ONE_SIDED_95) -> Estimate:
@@ -141,13 +145,17 @@ class Skill:
     combined: Estimate
 
     def as_dict(self) -> dict[str, dict[str, float]]:
-        return {"gold": self.gold.as_dict(), "peer_agreement": self.peer_agreement.as_dict(),
-                "peer_accuracy": self.peer_accuracy.as_dict(),
-                "combined": self.combined.as_dict()}
+        return {
+            "gold": self.gold.as_dict(),
+            "peer_agreement": self.peer_agreement.as_dict(),
+            "peer_accuracy": self.peer_accuracy.as_dict(),
+            "combined": self.combined.as_dict(),
+        }
 
 
-def estimate_skill(evidence: SkillEvidence, peer_accuracy: float,
-                   z: float = Z_ONE_SIDED_95) -> Skill:
+def estimate_skill(
+    evidence: SkillEvidence, peer_accuracy: float, z: float = Z_ONE_SIDED_95
+) -> Skill:
     gold = beta_estimate(evidence.gold_correct, evidence.gold_seen, z)
     agreement = beta_estimate(evidence.peer_agree, evidence.peer_pairs, z)
     implied = Estimate(
@@ -160,7 +168,8 @@ def estimate_skill(evidence: SkillEvidence, peer_accuracy: float,
     raw_peer = evidence.peer_agree / evidence.peer_pairs if evidence.peer_pairs else 0.5
     combined = beta_estimate(
         evidence.gold_correct + implied_accuracy(raw_peer, peer_accuracy) * n_eff,
-        evidence.gold_seen + n_eff, z,
+        evidence.gold_seen + n_eff,
+        z,
     )
     return Skill(gold, agreement, implied, combined)
 

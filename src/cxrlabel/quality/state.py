@@ -91,9 +91,13 @@ class AnswerCounts:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AnswerCounts:
-        return cls(Counter(data.get("labels") or {}), Counter(data.get("certainty") or {}),
-                   int(data.get("quiz_seen", 0)), int(data.get("quiz_missed", 0)),
-                   **{name: int(data.get(name, 0)) for name in _OPTIONAL_COUNTS})
+        return cls(
+            Counter(data.get("labels") or {}),
+            Counter(data.get("certainty") or {}),
+            int(data.get("quiz_seen", 0)),
+            int(data.get("quiz_missed", 0)),
+            **{name: int(data.get(name, 0)) for name in _OPTIONAL_COUNTS},
+        )
 
 
 _OPTIONAL_COUNTS = ("quiz_failures", "peer_pairs", "peer_agree")
@@ -276,8 +280,15 @@ def _round(value: float | None) -> float | None:
 
 def _annotator_view(a: AnnotatorRec) -> tuple[Any, ...]:
     return (
-        a.status, a.status_reason, _round(a.trust), a.gold_seen, a.gold_missed,
-        a.gold_contested, a.gold_forgiven, a.judgments, a.speed_trips,
+        a.status,
+        a.status_reason,
+        _round(a.trust),
+        a.gold_seen,
+        a.gold_missed,
+        a.gold_contested,
+        a.gold_forgiven,
+        a.judgments,
+        a.speed_trips,
         {k: v for k, v in a.flags.items()},
     )
 
@@ -285,6 +296,11 @@ def _annotator_view(a: AnnotatorRec) -> tuple[Any, ...]:
 def _image_view(i: ImageRec) -> tuple[Any, ...]:
     proba = None if i.proba is None else {k: _round(v) for k, v in sorted(i.proba.items())}
     return (
-        i.status, i.judgment_target, i.trusted_judgments, i.label, _round(i.confidence),
-        proba, i.aggregation_method,
+        i.status,
+        i.judgment_target,
+        i.trusted_judgments,
+        i.label,
+        _round(i.confidence),
+        proba,
+        i.aggregation_method,
     )

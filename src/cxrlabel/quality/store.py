@@ -54,7 +54,12 @@ EXPERT_LABELED = "expert.labeled"
 # replaying it changes nothing either, as no miss was deferred then).
 CONTEST_UPHELD = "contest.upheld"
 INPUT_ACTIONS = (
-    PAGE_SUBMITTED, GOLD_CHANGED, CONTEST_OPENED, ADMIN_REMOVED, ADMIN_REINSTATED, EXPERT_LABELED,
+    PAGE_SUBMITTED,
+    GOLD_CHANGED,
+    CONTEST_OPENED,
+    ADMIN_REMOVED,
+    ADMIN_REINSTATED,
+    EXPERT_LABELED,
     CONTEST_UPHELD,
 )
 # Audit actions that change nothing the engine computes.
@@ -74,20 +79,33 @@ class ReviewConflict(QualityError):
 
 # --- rows <-> records ---------------------------------------------------------------------------
 
+
 def annotator_rec(row: AnnotatorState) -> AnnotatorRec:
     return AnnotatorRec(
-        user_id=row.user_id, status=row.status, status_reason=row.status_reason,
-        trust=row.trust, gold_seen=row.gold_seen, gold_missed=row.gold_missed,
-        gold_contested=row.gold_contested, gold_forgiven=row.gold_forgiven,
-        judgments=row.judgments, speed_trips=row.speed_trips, flags=dict(row.flags or {}),
-        message=row.message, quiz_passed=row.quiz_passed_at is not None,
+        user_id=row.user_id,
+        status=row.status,
+        status_reason=row.status_reason,
+        trust=row.trust,
+        gold_seen=row.gold_seen,
+        gold_missed=row.gold_missed,
+        gold_contested=row.gold_contested,
+        gold_forgiven=row.gold_forgiven,
+        judgments=row.judgments,
+        speed_trips=row.speed_trips,
+        flags=dict(row.flags or {}),
+        message=row.message,
+        quiz_passed=row.quiz_passed_at is not None,
     )
 
 
 def image_rec(row: Image) -> ImageRec:
     return ImageRec(
-        image_id=row.id, status=row.status, judgment_target=row.judgment_target,
-        trusted_judgments=row.trusted_judgments, label=row.label, confidence=row.confidence,
+        image_id=row.id,
+        status=row.status,
+        judgment_target=row.judgment_target,
+        trusted_judgments=row.trusted_judgments,
+        label=row.label,
+        confidence=row.confidence,
         proba=dict(row.proba) if row.proba is not None else None,
         aggregation_method=row.aggregation_method,
     )
@@ -95,10 +113,18 @@ def image_rec(row: Image) -> ImageRec:
 
 def judgment_rec(row: Judgment) -> JudgmentRec:
     return JudgmentRec(
-        id=row.id, image_id=row.image_id, user_id=row.user_id, page_id=row.page_id,
-        answer=row.answer, certainty=row.certainty, quality_flag=row.quality_flag,
-        is_gold=row.is_gold, is_quiz=row.is_quiz, gold_missed=row.gold_missed,
-        trust_at_time=row.trust_at_time, taints=JudgmentRec.parse_taints(row.taint_reason),
+        id=row.id,
+        image_id=row.image_id,
+        user_id=row.user_id,
+        page_id=row.page_id,
+        answer=row.answer,
+        certainty=row.certainty,
+        quality_flag=row.quality_flag,
+        is_gold=row.is_gold,
+        is_quiz=row.is_quiz,
+        gold_missed=row.gold_missed,
+        trust_at_time=row.trust_at_time,
+        taints=JudgmentRec.parse_taints(row.taint_reason),
     )
 
 
@@ -108,8 +134,18 @@ def set_changed(row: Any, name: str, value: Any) -> None:
 
 
 def write_annotator(row: AnnotatorState, rec: AnnotatorRec, now: datetime) -> None:
-    for name in ("status", "status_reason", "trust", "gold_seen", "gold_missed",
-                 "gold_contested", "gold_forgiven", "judgments", "speed_trips", "message"):
+    for name in (
+        "status",
+        "status_reason",
+        "trust",
+        "gold_seen",
+        "gold_missed",
+        "gold_contested",
+        "gold_forgiven",
+        "judgments",
+        "speed_trips",
+        "message",
+    ):
         set_changed(row, name, getattr(rec, name))
     set_changed(row, "flags", dict(rec.flags))
     if rec.quiz_passed and row.quiz_passed_at is None:
@@ -117,8 +153,15 @@ def write_annotator(row: AnnotatorState, rec: AnnotatorRec, now: datetime) -> No
 
 
 def write_image(row: Image, rec: ImageRec) -> None:
-    for name in ("status", "judgment_target", "trusted_judgments", "label", "confidence",
-                 "proba", "aggregation_method"):
+    for name in (
+        "status",
+        "judgment_target",
+        "trusted_judgments",
+        "label",
+        "confidence",
+        "proba",
+        "aggregation_method",
+    ):
         set_changed(row, name, getattr(rec, name))
 
 
@@ -129,11 +172,30 @@ def write_judgment(row: Judgment, rec: JudgmentRec) -> None:
     set_changed(row, "taint_reason", rec.taint_reason)
 
 
-_ANNOTATOR_COLUMNS = ("status", "status_reason", "trust", "gold_seen", "gold_missed",
-                      "gold_contested", "gold_forgiven", "judgments", "speed_trips", "message",
-                      "flags", "quiz_passed_at", "answer_counts")
-_IMAGE_COLUMNS = ("status", "judgment_target", "trusted_judgments", "label", "confidence",
-                  "proba", "aggregation_method")
+_ANNOTATOR_COLUMNS = (
+    "status",
+    "status_reason",
+    "trust",
+    "gold_seen",
+    "gold_missed",
+    "gold_contested",
+    "gold_forgiven",
+    "judgments",
+    "speed_trips",
+    "message",
+    "flags",
+    "quiz_passed_at",
+    "answer_counts",
+)
+_IMAGE_COLUMNS = (
+    "status",
+    "judgment_target",
+    "trusted_judgments",
+    "label",
+    "confidence",
+    "proba",
+    "aggregation_method",
+)
 _JUDGMENT_COLUMNS = ("gold_missed", "trust_at_time", "tainted", "taint_reason")
 # A judgment being graded: the record the submit path builds, or a stored row (replay, tests).
 GradedJudgment = SubmittedJudgment | Judgment
@@ -148,11 +210,15 @@ _IDS: BindParameter[Any] = bindparam("ids", expanding=True)
 _SELECT_ANNOTATORS = select(_A).where(_A.c.job_id == bindparam("job"), _A.c.user_id.in_(_IDS))
 # By primary key only (the job is checked on the rows): with ``AND job_id = ?`` SQLite (no
 # statistics) preferred a job_id index and scanned every image of the job for nine ids.
-_SELECT_IMAGES = select(_I.c.id, _I.c.job_id, _I.c.model_score,
-                        *(_I.c[n] for n in _IMAGE_COLUMNS)).where(_I.c.id.in_(_IDS))
-_SELECT_GOLD = select(GoldItem.__table__.c.image_id, GoldItem.__table__.c.accepted_answers,
-                      GoldItem.__table__.c.active, GoldItem.__table__.c.difficulty,
-                      ).where(GoldItem.__table__.c.image_id.in_(_IDS))
+_SELECT_IMAGES = select(
+    _I.c.id, _I.c.job_id, _I.c.model_score, *(_I.c[n] for n in _IMAGE_COLUMNS)
+).where(_I.c.id.in_(_IDS))
+_SELECT_GOLD = select(
+    GoldItem.__table__.c.image_id,
+    GoldItem.__table__.c.accepted_answers,
+    GoldItem.__table__.c.active,
+    GoldItem.__table__.c.difficulty,
+).where(GoldItem.__table__.c.image_id.in_(_IDS))
 _NOT_PENDING = _J.c.id.not_in(bindparam("pending", expanding=True))
 # By image: no job condition (an image's judgments are all of its job, and the engine asks only
 # about images of this job); with one, SQLite walked ``ix_judgments_job``, i.e. every judgment
@@ -160,21 +226,26 @@ _NOT_PENDING = _J.c.id.not_in(bindparam("pending", expanding=True))
 _SELECT_JUDGMENTS_ON = select(_J).where(_J.c.image_id.in_(_IDS), _NOT_PENDING)
 # By annotator: ``job_id + 0`` keeps SQLite on the (user_id, image_id) index for the same reason.
 _SELECT_JUDGMENTS_BY = select(_J).where(
-    _J.c.user_id == bindparam("user"), (_J.c.job_id + 0) == bindparam("job"), _NOT_PENDING)
+    _J.c.user_id == bindparam("user"), (_J.c.job_id + 0) == bindparam("job"), _NOT_PENDING
+)
 # executemany UPDATE by primary key (bind names differ from column names: SQLAlchemy reserves
 # those for its own SET clause).
 _UPDATES = {
-    model: update(model.__table__).where(model.__table__.c.id == bindparam("_id"))
+    model: update(model.__table__)
+    .where(model.__table__.c.id == bindparam("_id"))
     .values({name: bindparam("v_" + name) for name in columns})
-    for model, columns in ((AnnotatorState, _ANNOTATOR_COLUMNS), (Image, _IMAGE_COLUMNS),
-                           (Judgment, _JUDGMENT_COLUMNS))
+    for model, columns in (
+        (AnnotatorState, _ANNOTATOR_COLUMNS),
+        (Image, _IMAGE_COLUMNS),
+        (Judgment, _JUDGMENT_COLUMNS),
+    )
 }
 _INSERT_AUDIT = insert(AuditEvent.__table__)
 
 
 def _chunks(ids: Sequence[int]) -> Iterable[Sequence[int]]:
     for start in range(0, len(ids), _CHUNK):
-        yield ids[start:start + _CHUNK]
+        yield ids[start : start + _CHUNK]
 
 
 def _image_values(rec: ImageRec) -> dict[str, Any]:
@@ -184,8 +255,12 @@ def _image_values(rec: ImageRec) -> dict[str, Any]:
 
 
 def _judgment_values(rec: JudgmentRec) -> dict[str, Any]:
-    return {"gold_missed": rec.gold_missed, "trust_at_time": rec.trust_at_time,
-            "tainted": rec.tainted, "taint_reason": rec.taint_reason}
+    return {
+        "gold_missed": rec.gold_missed,
+        "trust_at_time": rec.trust_at_time,
+        "tainted": rec.tainted,
+        "taint_reason": rec.taint_reason,
+    }
 
 
 class DbState(QualityState):
@@ -199,10 +274,12 @@ class DbState(QualityState):
     given the written values, so callers see the result as before.
     """
 
-    def __init__(self, session: Session, job: Job, spec: JobSpec,
-                 pending: Sequence[GradedJudgment] = ()) -> None:
-        super().__init__(default_status=new_state(spec).default_status,
-                         default_target=spec.judgments.min)
+    def __init__(
+        self, session: Session, job: Job, spec: JobSpec, pending: Sequence[GradedJudgment] = ()
+    ) -> None:
+        super().__init__(
+            default_status=new_state(spec).default_status, default_target=spec.judgments.min
+        )
         self.session, self.job = session, job
         # Values as loaded, to write only what changed: annotators by user id (row id, values),
         # images and judgments by id.
@@ -216,14 +293,23 @@ class DbState(QualityState):
     def _remember_annotator(self, row: Any) -> AnnotatorRec:
         rec = annotator_rec(row)
         self._annotator_rows[row.user_id] = (
-            row.id, {name: getattr(row, name) for name in _ANNOTATOR_COLUMNS})
+            row.id,
+            {name: getattr(row, name) for name in _ANNOTATOR_COLUMNS},
+        )
         return rec
 
     def _load_annotator(self, user_id: int) -> AnnotatorRec:
         row = self._rows(_SELECT_ANNOTATORS, [user_id])
         if not row:  # joined outside join_job (e.g. a direct import): create the row
-            self.session.add(AnnotatorState(job_id=self.job.id, user_id=user_id,
-                                            status=self.default_status, trust=0.0, flags={}))
+            self.session.add(
+                AnnotatorState(
+                    job_id=self.job.id,
+                    user_id=user_id,
+                    status=self.default_status,
+                    trust=0.0,
+                    flags={},
+                )
+            )
             self.session.flush()
             row = self._rows(_SELECT_ANNOTATORS, [user_id])
         return self._remember_annotator(row[0])
@@ -263,8 +349,7 @@ class DbState(QualityState):
     def preload_gold(self, image_ids: Iterable[int]) -> None:
         ids = sorted({i for i in image_ids if i not in self.gold})
         for image_id, accepted, active, difficulty in self._rows(_SELECT_GOLD, ids):
-            self.gold[image_id] = GoldRec(image_id, tuple(accepted), active,
-                                          difficulty or "medium")
+            self.gold[image_id] = GoldRec(image_id, tuple(accepted), active, difficulty or "medium")
 
     def _load_counts(self, user_id: int) -> AnswerCounts:
         self.annotator(user_id)  # its row holds the kept counts
@@ -277,12 +362,20 @@ class DbState(QualityState):
         """The counts from the annotator's judgments (once; then they are kept on the row)."""
         counts = AnswerCounts()
         for is_quiz, answer, certainty, missed, n in self.session.execute(
-                select(Judgment.is_quiz, Judgment.answer, Judgment.certainty,
-                       Judgment.gold_missed, func.count())
-                .where((Judgment.job_id + 0) == self.job.id, Judgment.user_id == user_id,
-                       Judgment.id.not_in(self.pending_ids or {-1}))
-                .group_by(Judgment.is_quiz, Judgment.answer, Judgment.certainty,
-                          Judgment.gold_missed)):
+            select(
+                Judgment.is_quiz,
+                Judgment.answer,
+                Judgment.certainty,
+                Judgment.gold_missed,
+                func.count(),
+            )
+            .where(
+                (Judgment.job_id + 0) == self.job.id,
+                Judgment.user_id == user_id,
+                Judgment.id.not_in(self.pending_ids or {-1}),
+            )
+            .group_by(Judgment.is_quiz, Judgment.answer, Judgment.certainty, Judgment.gold_missed)
+        ):
             if not is_quiz:
                 counts.labels[answer] += n
                 counts.certainty[certainty] += n
@@ -303,8 +396,9 @@ class DbState(QualityState):
         return recs
 
     def _load_judgments_on(self, image_id: int) -> list[JudgmentRec]:
-        return self._judgment_recs(self._rows(_SELECT_JUDGMENTS_ON, [image_id],
-                                              pending=sorted(self.pending_ids)))
+        return self._judgment_recs(
+            self._rows(_SELECT_JUDGMENTS_ON, [image_id], pending=sorted(self.pending_ids))
+        )
 
     def preload_judgments_on(self, image_ids: Iterable[int], users: Iterable[int] = ()) -> None:
         """The judgments on these images in one query per chunk (a page's worth, or every image
@@ -312,15 +406,20 @@ class DbState(QualityState):
         annotators and ``users`` in one more."""
         ids = sorted({i for i in image_ids if i not in self._images_loaded})
         if ids:
-            self._remember(self._judgment_recs(self._rows(
-                _SELECT_JUDGMENTS_ON, ids, pending=sorted(self.pending_ids)), users))
+            self._remember(
+                self._judgment_recs(
+                    self._rows(_SELECT_JUDGMENTS_ON, ids, pending=sorted(self.pending_ids)), users
+                )
+            )
             self._images_loaded.update(ids)
         else:
             self._preload_annotators(users)
 
     def _load_judgments_by(self, user_id: int) -> list[JudgmentRec]:
-        rows = self.session.connection().execute(_SELECT_JUDGMENTS_BY, {
-            "job": self.job.id, "user": user_id, "pending": sorted(self.pending_ids)})
+        rows = self.session.connection().execute(
+            _SELECT_JUDGMENTS_BY,
+            {"job": self.job.id, "user": user_id, "pending": sorted(self.pending_ids)},
+        )
         return self._judgment_recs(rows)
 
     def prefetch(self, image_ids: list[int], users: Iterable[int] = ()) -> None:
@@ -331,12 +430,14 @@ class DbState(QualityState):
     def write_back(self, now: datetime) -> None:
         self._write_annotators(now)
         changed_images = [
-            {"_id": image_id, **values} for image_id, rec in self.images.items()
+            {"_id": image_id, **values}
+            for image_id, rec in self.images.items()
             if (values := _image_values(rec)) != self._image_loaded.get(image_id)
         ]
         self._update(Image, changed_images)
         changed_judgments = [
-            {"_id": judgment_id, **values} for judgment_id, rec in self.judgments.items()
+            {"_id": judgment_id, **values}
+            for judgment_id, rec in self.judgments.items()
             if (values := _judgment_values(rec)) != self._judgment_loaded.get(judgment_id)
         ]
         self._update(Judgment, changed_judgments)
@@ -352,7 +453,8 @@ class DbState(QualityState):
                 values["quiz_passed_at"] = now
             counts = self._counts.get(user_id)
             values["answer_counts"] = (
-                counts.to_dict() if counts is not None else before["answer_counts"])
+                counts.to_dict() if counts is not None else before["answer_counts"]
+            )
             if values != before:
                 changed.append({"_id": row_id, **values})
         self._update(AnnotatorState, changed)
@@ -363,7 +465,8 @@ class DbState(QualityState):
             return
         self.session.connection().execute(
             _UPDATES[model],
-            [{("v_" + k if k != "_id" else k): v for k, v in r.items()} for r in rows])
+            [{("v_" + k if k != "_id" else k): v for k, v in r.items()} for r in rows],
+        )
         identity_map = self.session.identity_map
         for r in rows:
             obj = identity_map.get(identity_key(model, r["_id"]))
@@ -375,6 +478,7 @@ class DbState(QualityState):
 
 # --- shared plumbing -----------------------------------------------------------------------------
 
+
 def lock_job(session: Session, job: Job, annotators: Iterable[int] = ()) -> None:
     """Serialise quality updates of one job (row locks on PostgreSQL; SQLite is serial).
 
@@ -384,39 +488,68 @@ def lock_job(session: Session, job: Job, annotators: Iterable[int] = ()) -> None
     """
     ids = sorted(set(annotators))
     if ids:
-        session.execute(select(AnnotatorState.id).where(
-            AnnotatorState.job_id == job.id, AnnotatorState.user_id.in_(ids))
-            .order_by(AnnotatorState.user_id).with_for_update())
+        session.execute(
+            select(AnnotatorState.id)
+            .where(AnnotatorState.job_id == job.id, AnnotatorState.user_id.in_(ids))
+            .order_by(AnnotatorState.user_id)
+            .with_for_update()
+        )
     # NO KEY UPDATE: serialises quality updates just the same, without blocking foreign-key
     # checks of rows inserted for this job (an assigner inserting a page holds image locks a
     # submission waits for; FOR UPDATE here deadlocked against it on PostgreSQL).
     session.execute(select(Job.id).where(Job.id == job.id).with_for_update(key_share=True))
 
 
-def add_audit(session: Session, job: Job, actor_id: int | None, action: str, subject: str | None,
-              payload: dict[str, Any], now: datetime) -> AuditEvent:
-    event = AuditEvent(at=now, job_id=job.id, actor_id=actor_id, action=action, subject=subject,
-                       payload=payload)
+def add_audit(
+    session: Session,
+    job: Job,
+    actor_id: int | None,
+    action: str,
+    subject: str | None,
+    payload: dict[str, Any],
+    now: datetime,
+) -> AuditEvent:
+    event = AuditEvent(
+        at=now, job_id=job.id, actor_id=actor_id, action=action, subject=subject, payload=payload
+    )
     session.add(event)
     return event
 
 
-def _record_decisions(session: Session, job: Job, decisions: list[Decision],
-                      actor_id: int | None, now: datetime) -> None:
+def _record_decisions(
+    session: Session, job: Job, decisions: list[Decision], actor_id: int | None, now: datetime
+) -> None:
     """The engine's decisions, in order, in one executemany INSERT (after the input event,
     which the caller added and ``run_event`` flushed first: the log's id order is the order)."""
     if decisions:
-        session.connection().execute(_INSERT_AUDIT, [
-            {"at": now, "job_id": job.id, "actor_id": actor_id, "action": d.action,
-             "subject": d.subject, "payload": d.payload}
-            for d in decisions
-        ])
+        session.connection().execute(
+            _INSERT_AUDIT,
+            [
+                {
+                    "at": now,
+                    "job_id": job.id,
+                    "actor_id": actor_id,
+                    "action": d.action,
+                    "subject": d.subject,
+                    "payload": d.payload,
+                }
+                for d in decisions
+            ],
+        )
 
 
-def run_event(session: Session, job: Job, spec: JobSpec, event: Event, now: datetime,
-              actor_id: int | None, *, state: DbState | None = None,
-              preload_images: Iterable[int] = (), preload_gold: Iterable[int] = ()
-              ) -> tuple[Engine, Any]:
+def run_event(
+    session: Session,
+    job: Job,
+    spec: JobSpec,
+    event: Event,
+    now: datetime,
+    actor_id: int | None,
+    *,
+    state: DbState | None = None,
+    preload_images: Iterable[int] = (),
+    preload_gold: Iterable[int] = (),
+) -> tuple[Engine, Any]:
     """Apply one input event to the stored state and write state and decisions back.
 
     ``preload_*``: rows the event will certainly touch, loaded in one query each up front.
@@ -436,6 +569,12 @@ def run_event(session: Session, job: Job, spec: JobSpec, event: Event, now: date
 
 
 def judgment_in(j: GradedJudgment) -> JudgmentIn:
-    return JudgmentIn(id=j.id, image_id=j.image_id, answer=j.answer, certainty=j.certainty,
-                      quality_flag=j.quality_flag, is_gold=bool(j.is_gold),
-                      is_quiz=bool(j.is_quiz))
+    return JudgmentIn(
+        id=j.id,
+        image_id=j.image_id,
+        answer=j.answer,
+        certainty=j.certainty,
+        quality_flag=j.quality_flag,
+        is_gold=bool(j.is_gold),
+        is_quiz=bool(j.is_quiz),
+    )

@@ -49,41 +49,61 @@ class ReviewItem:
 
 def review_queue(session: Session, job: Job, spec: JobSpec) -> list[ReviewItem]:
     """Images waiting for an expert, most uncertain first."""
-    images = session.scalars(select(Image).where(
-        Image.job_id == job.id, Image.status == ImageStatus.NEEDS_REVIEW)).all()
+    images = session.scalars(
+        select(Image).where(Image.job_id == job.id, Image.status == ImageStatus.NEEDS_REVIEW)
+    ).all()
     if not images:
         return []
     ids = [i.id for i in images]
     by_image: dict[int, list[JudgmentRec]] = {i: [] for i in ids}
-    for row in session.scalars(select(Judgment).where(Judgment.image_id.in_(ids))
-                               .order_by(Judgment.id)):
+    for row in session.scalars(
+        select(Judgment).where(Judgment.image_id.in_(ids)).order_by(Judgment.id)
+    ):
         by_image[row.image_id].append(judgment_rec(row))
-    trust = dict(session.execute(select(AnnotatorState.user_id, AnnotatorState.trust).where(
-        AnnotatorState.job_id == job.id)).all())
+    trust = dict(
+        session.execute(
+            select(AnnotatorState.user_id, AnnotatorState.trust).where(
+                AnnotatorState.job_id == job.id
+            )
+        ).all()
+    )
     params = ConsensusParams.from_spec(spec)
     items = []
     for image in images:
         judgments = by_image[image.id]
-        ev = evaluate(judgments, {j.user_id: trust.get(j.user_id, 0.0) for j in judgments},
-                      params, image.model_score)
+        ev = evaluate(
+            judgments,
+            {j.user_id: trust.get(j.user_id, 0.0) for j in judgments},
+            params,
+            image.model_score,
+        )
         counted = [j for j in judgments if not j.tainted and not j.is_gold]
         answers: dict[str, dict[str, int]] = {}
         for j in counted:
             per = answers.setdefault(j.answer, {})
             per[j.certainty] = per.get(j.certainty, 0) + 1
         flags = Counter(j.quality_flag for j in counted if j.quality_flag)
-        items.append(ReviewItem(
-            image_id=image.id, public_id=image.public_id, reason=ev.review_reason,
-            label=image.label, confidence=image.confidence, proba=image.proba,
-            uncertainty=1.0 - (image.confidence if image.confidence is not None else 0.0),
-            trusted_judgments=image.trusted_judgments, answers=answers,
-            quality_flags=dict(sorted(flags.items())), model_score=image.model_score,
-        ))
+        items.append(
+            ReviewItem(
+                image_id=image.id,
+                public_id=image.public_id,
+                reason=ev.review_reason,
+                label=image.label,
+                confidence=image.confidence,
+                proba=image.proba,
+                uncertainty=1.0 - (image.confidence if image.confidence is not None else 0.0),
+                trusted_judgments=image.trusted_judgments,
+                answers=answers,
+                quality_flags=dict(sorted(flags.items())),
+                model_score=image.model_score,
+            )
+        )
     items.sort(key=lambda it: (-it.uncertainty, it.image_id))
     return items
 
 
 # --- reports for the admin -----------------------------------------------------------------------
+
 
 @dataclass
 class Contributor:
@@ -105,16 +125,28 @@ class Contributor:
 
 
 def contributors(session: Session, job: Job) -> list[Contributor]:
-    rows = session.execute(select(AnnotatorState, User).join(
-        User, User.id == AnnotatorState.user_id).where(AnnotatorState.job_id == job.id)
-        .order_by(AnnotatorState.trust, User.username)).all()
+    rows = session.execute(
+        select(AnnotatorState, User)
+        .join(User, User.id == AnnotatorState.user_id)
+        .where(AnnotatorState.job_id == job.id)
+        .order_by(AnnotatorState.trust, User.username)
+    ).all()
     return [
         Contributor(
-            user_id=user.id, username=user.username, pseudonym=user.pseudonym,
-            status=st.status, status_reason=st.status_reason, trust=st.trust,
-            judgments=st.judgments, gold_seen=st.gold_seen, gold_missed=st.gold_missed,
-            gold_contested=st.gold_contested, gold_forgiven=st.gold_forgiven,
-            speed_trips=st.speed_trips, flags=dict(st.flags or {}), message=st.message,
+            user_id=user.id,
+            username=user.username,
+            pseudonym=user.pseudonym,
+            status=st.status,
+            status_reason=st.status_reason,
+            trust=st.trust,
+            judgments=st.judgments,
+            gold_seen=st.gold_seen,
+            gold_missed=st.gold_missed,
+            gold_contested=st.gold_contested,
+            gold_forgiven=st.gold_forgiven,
+            speed_trips=st.speed_trips,
+            flags=dict(st.flags or {}),
+            message=st.message,
             joined_at=st.joined_at,
         )
         for st, user in rows
@@ -147,27 +179,52 @@ class GoldStat:
 
 def gold_stats(session: Session, job: Job) -> list[GoldStat]:
     """Per gold item: how often it was answered, missed and contested (most missed first)."""
-    golds = session.execute(select(GoldItem, Image.public_id).join(
-        Image, Image.id == GoldItem.image_id).where(GoldItem.job_id == job.id)).all()
-    seen = dict(session.execute(
-        select(Judgment.image_id, func.count()).where(
-            Judgment.job_id == job.id, Judgment.is_gold.is_(True),
-            Judgment.gold_missed.is_not(None)).group_by(Judgment.image_id)).all())
-    missed = dict(session.execute(
-        select(Judgment.image_id, func.count()).where(
-            Judgment.job_id == job.id, Judgment.gold_missed.is_(True))
-        .group_by(Judgment.image_id)).all())
-    contested = dict(session.execute(
-        select(Contest.gold_id, func.count()).group_by(Contest.gold_id)).all())
-    open_ = dict(session.execute(
-        select(Contest.gold_id, func.count()).where(Contest.status == "open")
-        .group_by(Contest.gold_id)).all())
+    golds = session.execute(
+        select(GoldItem, Image.public_id)
+        .join(Image, Image.id == GoldItem.image_id)
+        .where(GoldItem.job_id == job.id)
+    ).all()
+    seen = dict(
+        session.execute(
+            select(Judgment.image_id, func.count())
+            .where(
+                Judgment.job_id == job.id,
+                Judgment.is_gold.is_(True),
+                Judgment.gold_missed.is_not(None),
+            )
+            .group_by(Judgment.image_id)
+        ).all()
+    )
+    missed = dict(
+        session.execute(
+            select(Judgment.image_id, func.count())
+            .where(Judgment.job_id == job.id, Judgment.gold_missed.is_(True))
+            .group_by(Judgment.image_id)
+        ).all()
+    )
+    contested = dict(
+        session.execute(select(Contest.gold_id, func.count()).group_by(Contest.gold_id)).all()
+    )
+    open_ = dict(
+        session.execute(
+            select(Contest.gold_id, func.count())
+            .where(Contest.status == "open")
+            .group_by(Contest.gold_id)
+        ).all()
+    )
     stats = [
         GoldStat(
-            gold_id=g.id, image_id=g.image_id, public_id=public_id,
-            accepted_answers=list(g.accepted_answers), reason=g.reason, difficulty=g.difficulty,
-            source=g.source, active=g.active, seen=seen.get(g.image_id, 0),
-            missed=missed.get(g.image_id, 0), contested=contested.get(g.id, 0),
+            gold_id=g.id,
+            image_id=g.image_id,
+            public_id=public_id,
+            accepted_answers=list(g.accepted_answers),
+            reason=g.reason,
+            difficulty=g.difficulty,
+            source=g.source,
+            active=g.active,
+            seen=seen.get(g.image_id, 0),
+            missed=missed.get(g.image_id, 0),
+            contested=contested.get(g.id, 0),
             open_contests=open_.get(g.id, 0),
         )
         for g, public_id in golds
@@ -194,24 +251,38 @@ class ContestView:
     resolved_at: datetime | None
 
 
-def list_contests(session: Session, job: Job, status: str | None = "open",
-                  user_id: int | None = None) -> list[ContestView]:
-    query = (select(Contest, GoldItem, Judgment, Image.public_id, User.pseudonym)
-             .join(GoldItem, GoldItem.id == Contest.gold_id)
-             .join(Judgment, Judgment.id == Contest.judgment_id)
-             .join(Image, Image.id == GoldItem.image_id)
-             .join(User, User.id == Contest.user_id)
-             .where(GoldItem.job_id == job.id).order_by(Contest.id))
+def list_contests(
+    session: Session, job: Job, status: str | None = "open", user_id: int | None = None
+) -> list[ContestView]:
+    query = (
+        select(Contest, GoldItem, Judgment, Image.public_id, User.pseudonym)
+        .join(GoldItem, GoldItem.id == Contest.gold_id)
+        .join(Judgment, Judgment.id == Contest.judgment_id)
+        .join(Image, Image.id == GoldItem.image_id)
+        .join(User, User.id == Contest.user_id)
+        .where(GoldItem.job_id == job.id)
+        .order_by(Contest.id)
+    )
     if status:
         query = query.where(Contest.status == status)
     if user_id is not None:
         query = query.where(Contest.user_id == user_id)
     return [
         ContestView(
-            contest_id=c.id, status=c.status, gold_id=g.id, image_id=g.image_id,
-            public_id=public_id, accepted_answers=list(g.accepted_answers), gold_reason=g.reason,
-            given_answer=j.answer, reason=c.reason, reply=c.reply, user_id=c.user_id,
-            pseudonym=pseudonym, created_at=c.created_at, resolved_at=c.resolved_at,
+            contest_id=c.id,
+            status=c.status,
+            gold_id=g.id,
+            image_id=g.image_id,
+            public_id=public_id,
+            accepted_answers=list(g.accepted_answers),
+            gold_reason=g.reason,
+            given_answer=j.answer,
+            reason=c.reason,
+            reply=c.reply,
+            user_id=c.user_id,
+            pseudonym=pseudonym,
+            created_at=c.created_at,
+            resolved_at=c.resolved_at,
         )
         for c, g, j, public_id, pseudonym in session.execute(query).all()
     ]

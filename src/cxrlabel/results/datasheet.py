@@ -47,6 +47,7 @@ KERMANY_BIBTEX = """\
 
 # --- source detection --------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class SourceFile:
     is_kermany: bool
@@ -87,6 +88,7 @@ def describe_source_file(source_path: str) -> SourceFile:
 
 
 # --- datasheet ---------------------------------------------------------------------------------
+
 
 @dataclass
 class DatasheetInput:
@@ -134,13 +136,15 @@ def _front_matter(all_kermany: bool, job_name: str, features: list[dict[str, Any
     """The dataset card's YAML header; the features (JSON is valid YAML) are what
     ``load_dataset(DIR)`` and the Hub use, the same as the per-split Parquet files carry."""
     license_id = "cc-by-4.0" if all_kermany else "other"
-    return ("---\n"
-            f"license: {license_id}\n"
-            "task_categories:\n- image-classification\n"
-            "tags:\n- medical\n- chest-x-ray\n- crowdsourcing\n"
-            f"pretty_name: cxrlabel export of {job_name}\n"
-            f"dataset_info:\n  features: {json.dumps(features)}\n"
-            "---\n")
+    return (
+        "---\n"
+        f"license: {license_id}\n"
+        "task_categories:\n- image-classification\n"
+        "tags:\n- medical\n- chest-x-ray\n- crowdsourcing\n"
+        f"pretty_name: cxrlabel export of {job_name}\n"
+        f"dataset_info:\n  features: {json.dumps(features)}\n"
+        "---\n"
+    )
 
 
 def _section_source(d: DatasheetInput, kermany: int, all_kermany: bool) -> str:
@@ -150,16 +154,22 @@ def _section_source(d: DatasheetInput, kermany: int, all_kermany: bool) -> str:
         lines.append(
             f"{share} images come from the Kermany et al. (2018) pediatric chest X-ray data "
             "(Guangzhou Women and Children's Medical Center, patients aged one to five), via "
-            "the Kaggle redistribution \"chest-xray-pneumonia\". The copy used here was "
+            'the Kaggle redistribution "chest-xray-pneumonia". The copy used here was '
             "converted to grayscale and downscaled; many images were resized to 224x224 by a "
-            "third party before that (column `source_upstream_resized`).\n")
+            "third party before that (column `source_upstream_resized`).\n"
+        )
     if not all_kermany:
-        lines.append(f"{len(d.records) - kermany} images come from a source cxrlabel does not "
-                     "recognise; ask the data owner for its provenance.\n")
-    lines.append("Identifying DICOM metadata was removed at ingest; `patient_id` is the "
-                 "pseudonymous grouping key assigned at ingest, never a DICOM identifier. "
-                 "Images are re-encoded as PNG renditions"
-                 + (f" whose longest side is at most {d.size} px" if d.size else "") + ".\n")
+        lines.append(
+            f"{len(d.records) - kermany} images come from a source cxrlabel does not "
+            "recognise; ask the data owner for its provenance.\n"
+        )
+    lines.append(
+        "Identifying DICOM metadata was removed at ingest; `patient_id` is the "
+        "pseudonymous grouping key assigned at ingest, never a DICOM identifier. "
+        "Images are re-encoded as PNG renditions"
+        + (f" whose longest side is at most {d.size} px" if d.size else "")
+        + ".\n"
+    )
     return "\n".join(lines)
 
 
@@ -167,7 +177,7 @@ def _section_process(d: DatasheetInput) -> str:
     s = d.spec
     return (
         "## Labeling process\n\n"
-        f"- Question: \"{s.question.prompt}\" with answers "
+        f'- Question: "{s.question.prompt}" with answers '
         f"{', '.join(s.label_values)}, a certainty ({', '.join(s.certainty_values)}) and an "
         "optional image-quality flag.\n"
         f"- Annotators are non-experts who first pass a quiz of {s.gold.quiz_length} gold "
@@ -184,7 +194,8 @@ def _section_process(d: DatasheetInput) -> str:
         "label overrides the crowd (`expert_reviewed = true`, `confidence = 1.0`, one-hot "
         "`p_<label>`; the crowd's own label stays in `crowd_label`/`crowd_confidence`).\n"
         "- Gold (test-question) images are exported with their accepted answer "
-        "(`is_gold = true`, `confidence = 1.0`).\n")
+        "(`is_gold = true`, `confidence = 1.0`).\n"
+    )
 
 
 def _fmt(x: Any, pct: bool = False) -> str:
@@ -197,26 +208,38 @@ def _section_qa(d: DatasheetInput) -> str:
     q = d.qa
     by_state = q["annotators_by_state"]
     rows = [
-        ("judgments (all / tainted / on gold)",
-         f"{q['judgments']} / {q['judgments_tainted']} / {q['judgments_gold']}"),
-        ("annotators (active / removed / total)",
-         f"{by_state.get('active', 0)} / {by_state.get('removed', 0)} / {q['annotators']}"),
-        ("gold accuracy (graded gold answers)",
-         f"{_fmt(q['gold_accuracy'], True)} (n={q['gold_graded']})"),
+        (
+            "judgments (all / tainted / on gold)",
+            f"{q['judgments']} / {q['judgments_tainted']} / {q['judgments_gold']}",
+        ),
+        (
+            "annotators (active / removed / total)",
+            f"{by_state.get('active', 0)} / {by_state.get('removed', 0)} / {q['annotators']}",
+        ),
+        (
+            "gold accuracy (graded gold answers)",
+            f"{_fmt(q['gold_accuracy'], True)} (n={q['gold_graded']})",
+        ),
         ("Krippendorff's alpha (nominal)", _fmt(q["krippendorff_alpha"])),
         ("Fleiss' kappa", _fmt(q["fleiss_kappa"])),
         ("mean confidence of crowd labels", _fmt(q["mean_confidence"])),
-        ("agreement with the source's reference labels",
-         f"{_fmt(q['reference_agreement'], True)} (n={q['reference_compared']})"),
-        ("crowd agreement with expert labels",
-         f"{_fmt(q['expert_agreement'], True)} (n={q['expert_compared']})"),
+        (
+            "agreement with the source's reference labels",
+            f"{_fmt(q['reference_agreement'], True)} (n={q['reference_compared']})",
+        ),
+        (
+            "crowd agreement with expert labels",
+            f"{_fmt(q['expert_agreement'], True)} (n={q['expert_compared']})",
+        ),
         ("images still in the expert review queue", str(q["review_queue"])),
     ]
     for name, c in q["calibration"].items():
         rows.append((f"expected calibration error, {name}", f"{_fmt(c['ece'])} (n={c['n']})"))
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
-    return ("## Quality figures (whole job, at export time)\n\n| measure | value |\n| --- | --- |\n"
-            f"{table}\n\n`cxrlabel report qa -o qa.html` draws these as plots.\n")
+    return (
+        "## Quality figures (whole job, at export time)\n\n| measure | value |\n| --- | --- |\n"
+        f"{table}\n\n`cxrlabel report qa -o qa.html` draws these as plots.\n"
+    )
 
 
 def _section_distribution(d: DatasheetInput) -> str:
@@ -229,17 +252,29 @@ def _section_distribution(d: DatasheetInput) -> str:
     for split in splits:
         recs = [r for r in d.records if r["split"] == split]
         patients = len({r["_group"] for r in recs})
-        body += (f"| {split} | " + " | ".join(str(by[(split, lab)]) for lab in labels)
-                 + f" | {len(recs)} | {patients} |\n")
-    body += ("| all | " + " | ".join(str(sum(by[(s, lab)] for s in splits)) for lab in labels)
-             + f" | {len(d.records)} | {len({r['_group'] for r in d.records})} |\n")
-    kinds = Counter("expert" if r["expert_reviewed"] else "gold" if r["is_gold"]
-                    else "needs review (crowd)" if r["needs_review"] else "crowd"
-                    for r in d.records)
+        body += (
+            f"| {split} | "
+            + " | ".join(str(by[(split, lab)]) for lab in labels)
+            + f" | {len(recs)} | {patients} |\n"
+        )
+    body += (
+        "| all | "
+        + " | ".join(str(sum(by[(s, lab)] for s in splits)) for lab in labels)
+        + f" | {len(d.records)} | {len({r['_group'] for r in d.records})} |\n"
+    )
+    kinds = Counter(
+        "expert"
+        if r["expert_reviewed"]
+        else "gold"
+        if r["is_gold"]
+        else "needs review (crowd)"
+        if r["needs_review"]
+        else "crowd"
+        for r in d.records
+    )
     bins = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0]
     conf_rows = ""
-    crowd = [r["confidence"] for r in d.records
-             if not r["expert_reviewed"] and not r["is_gold"]]
+    crowd = [r["confidence"] for r in d.records if not r["expert_reviewed"] and not r["is_gold"]]
     for lo, hi in zip(bins, bins[1:], strict=False):
         n = sum(1 for c in crowd if lo <= c < hi or (hi == 1.0 and c == 1.0))
         conf_rows += f"| [{lo:g}, {hi:g}{']' if hi == 1.0 else ')'} | {n} |\n"
@@ -252,32 +287,46 @@ def _section_distribution(d: DatasheetInput) -> str:
         f"Patient-aware, label-stratified split (ratios {ratios}; seed {d.seed}): all images of "
         "one patient are in the same split; images without a patient id are their own group. "
         "Groups are assigned greedily, largest first, to keep label ratios close to the whole "
-        "dataset's.\n\n" + header + body +
-        "\nWhere labels come from: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
+        "dataset's.\n\n"
+        + header
+        + body
+        + "\nWhere labels come from: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
         + ".\n\n### Confidence of crowd labels\n\n| confidence | images |\n| --- | ---: |\n"
-        + conf_rows + "\n"
+        + conf_rows
+        + "\n"
         f"Selection: `--min-confidence {d.min_confidence:g}`; images needing review were "
-        + ("included (flag `needs_review`)" if d.include_review else "left out") + ". Left out: "
-        + (", ".join(f"{n} {why}" for why, n in sorted(d.skipped.items())) or "none") + ".\n"
-        + ("".join(f"\n- could not export `{pid}`: {why}" for pid, why in d.failed[:50])
-           + ("\n" if d.failed else ""))
+        + ("included (flag `needs_review`)" if d.include_review else "left out")
+        + ". Left out: "
+        + (", ".join(f"{n} {why}" for why, n in sorted(d.skipped.items())) or "none")
+        + ".\n"
+        + (
+            "".join(f"\n- could not export `{pid}`: {why}" for pid, why in d.failed[:50])
+            + ("\n" if d.failed else "")
+        )
     )
 
 
 def _section_files(d: DatasheetInput) -> str:
     typed = any(t.endswith("/metadata.parquet") for t in d.table_files)
-    per_split = ("one typed `metadata.parquet` per split folder (same columns, `label` a "
-                 "`ClassLabel`" if typed else
-                 "one `metadata.csv` per split folder (pyarrow was not installed: a column "
-                 "empty in one split only may stop `datasets` from loading it; export again "
-                 "after `pip install 'cxrlabel[parquet]'`")
-    layout = ("`{train,validation,test}/<label>/<image id>.png`; `metadata.csv` at the root "
-              f"(`file_name` relative to this folder) and {per_split}; `file_name` relative to "
-              "that split folder, as the Hugging Face `imagefolder` loader wants)")
+    per_split = (
+        "one typed `metadata.parquet` per split folder (same columns, `label` a `ClassLabel`"
+        if typed
+        else "one `metadata.csv` per split folder (pyarrow was not installed: a column "
+        "empty in one split only may stop `datasets` from loading it; export again "
+        "after `pip install 'cxrlabel[parquet]'`"
+    )
+    layout = (
+        "`{train,validation,test}/<label>/<image id>.png`; `metadata.csv` at the root "
+        f"(`file_name` relative to this folder) and {per_split}; `file_name` relative to "
+        "that split folder, as the Hugging Face `imagefolder` loader wants)"
+    )
     if "source" in d.columns:
-        layout += (". The `source` column names each image's original file or DICOM "
-                   "study/instance: keep it with the data owner (`cxrlabel export "
-                   "--no-source` writes a copy without it)")
+        layout += (
+            ". The `source` column names each image's original file or DICOM "
+            "study/instance: keep it with the data owner (`cxrlabel export "
+            "--no-source` writes a copy without it)"
+        )
     tables = ", ".join(f"`{t}`" for t in d.table_files)
     return (
         "## Files and columns\n\n"
@@ -286,10 +335,11 @@ def _section_files(d: DatasheetInput) -> str:
         "cxrlabel for their meaning.\n\n"
         "```python\n"
         "from datasets import load_dataset           # Hugging Face datasets\n"
-        "ds = load_dataset(\"imagefolder\", data_dir=\"THIS_FOLDER\")\n"
+        'ds = load_dataset("imagefolder", data_dir="THIS_FOLDER")\n'
         "import pandas as pd\n"
-        "meta = pd.read_csv(\"THIS_FOLDER/metadata.csv\")  # file_name relative to THIS_FOLDER\n"
-        "```\n")
+        'meta = pd.read_csv("THIS_FOLDER/metadata.csv")  # file_name relative to THIS_FOLDER\n'
+        "```\n"
+    )
 
 
 def _section_limitations(d: DatasheetInput, kermany: int) -> str:
@@ -298,8 +348,11 @@ def _section_limitations(d: DatasheetInput, kermany: int) -> str:
         "Use the soft labels (`p_<label>`) and `confidence` rather than treating every label "
         "as certain.",
         "Images needing review were "
-        + ("included: their labels are the least reliable (`needs_review = true`)."
-           if d.include_review else "left out, so the hardest images are under-represented."),
+        + (
+            "included: their labels are the least reliable (`needs_review = true`)."
+            if d.include_review
+            else "left out, so the hardest images are under-represented."
+        ),
         "The gold images were chosen as clear teaching examples and are easier than average.",
     ]
     if kermany:
@@ -320,13 +373,22 @@ def _section_limitations(d: DatasheetInput, kermany: int) -> str:
 def _section_license(kermany: int, all_kermany: bool) -> str:
     text = "## License and citation\n\n"
     if kermany:
-        text += ("Kermany images: Creative Commons Attribution 4.0 International (CC BY 4.0). "
-                 "The images were modified (grayscale, downscaled, re-encoded as PNG). If you "
-                 "use them, cite:\n\n" + KERMANY_CITATION + "\n```bibtex\n" + KERMANY_BIBTEX
-                 + "\n```\n\n")
+        text += (
+            "Kermany images: Creative Commons Attribution 4.0 International (CC BY 4.0). "
+            "The images were modified (grayscale, downscaled, re-encoded as PNG). If you "
+            "use them, cite:\n\n"
+            + KERMANY_CITATION
+            + "\n```bibtex\n"
+            + KERMANY_BIBTEX
+            + "\n```\n\n"
+        )
     if not all_kermany:
-        text += ("Images from other sources: the license is the data owner's; do not "
-                 "redistribute them without the owner's permission.\n\n")
-    text += ("The labels were produced with cxrlabel (Apache-2.0); cite the source data above "
-             "and describe the crowd labeling when you publish results.\n")
+        text += (
+            "Images from other sources: the license is the data owner's; do not "
+            "redistribute them without the owner's permission.\n\n"
+        )
+    text += (
+        "The labels were produced with cxrlabel (Apache-2.0); cite the source data above "
+        "and describe the crowd labeling when you publish results.\n"
+    )
     return text

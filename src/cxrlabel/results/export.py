@@ -50,12 +50,27 @@ from cxrlabel.storage.models import ExpertReview, GoldItem, Image, ImageStatus, 
 EXPORT_FORMATS = ("imagefolder", "csv", "jsonl", "parquet", "labelstudio")
 # The contract's columns first, then additive ones (p_<label> follow the job's labels).
 CONTRACT_HEAD = ["file_name", "label", "confidence"]
-CONTRACT_TAIL = ["split", "patient_id", "expert_reviewed", "reference_label",
-                 "source_upstream_resized"]
+CONTRACT_TAIL = [
+    "split",
+    "patient_id",
+    "expert_reviewed",
+    "reference_label",
+    "source_upstream_resized",
+]
 # ``source`` (original path, or DICOM Study/SOP Instance UIDs) is for the admin: it lets labels
 # be joined back to the hospital's records, and is never shown to annotators.
-EXTRA_COLUMNS = ["image_id", "is_gold", "needs_review", "crowd_label", "crowd_confidence",
-                 "aggregation_method", "trusted_judgments", "width", "height", "source"]
+EXTRA_COLUMNS = [
+    "image_id",
+    "is_gold",
+    "needs_review",
+    "crowd_label",
+    "crowd_confidence",
+    "aggregation_method",
+    "trusted_judgments",
+    "width",
+    "height",
+    "source",
+]
 
 
 class ExportError(ValueError):
@@ -75,11 +90,13 @@ class ExportOptions:
 
     def check(self) -> None:
         if self.format not in EXPORT_FORMATS:
-            raise ExportError(f"unknown format {self.format!r}; use one of "
-                              f"{', '.join(EXPORT_FORMATS)}")
+            raise ExportError(
+                f"unknown format {self.format!r}; use one of {', '.join(EXPORT_FORMATS)}"
+            )
         if not 0.0 <= self.min_confidence <= 1.0:
-            raise ExportError(f"--min-confidence must be between 0 and 1, "
-                              f"got {self.min_confidence}")
+            raise ExportError(
+                f"--min-confidence must be between 0 and 1, got {self.min_confidence}"
+            )
         if self.size is not None and not 8 <= self.size <= 8192:
             raise ExportError(f"--size must be between 8 and 8192 px, got {self.size}")
         try:
@@ -106,6 +123,7 @@ def export_columns(spec: JobSpec, include_source: bool = True) -> list[str]:
 
 
 # --- which images, with which label ------------------------------------------------------------
+
 
 def select_records(
     session: Session, job: Job, spec: JobSpec, opts: ExportOptions, data_dir: Path
@@ -143,8 +161,11 @@ class _Choice:
 
 
 def _choose_label(
-    image: Image, gold: GoldItem | None, review: ExpertReview | None,
-    opts: ExportOptions, labels: list[str],
+    image: Image,
+    gold: GoldItem | None,
+    review: ExpertReview | None,
+    opts: ExportOptions,
+    labels: list[str],
 ) -> _Choice | str:
     """The label to export, or a reason for leaving the image out ("" = not worth counting)."""
     if review is not None:
@@ -160,8 +181,7 @@ def _choose_label(
         return _Choice(answers[0], 1.0, _one_hot(answers[0], labels))
     if image.status == ImageStatus.NEEDS_REVIEW and not opts.include_review:
         return "needing expert review (use --include-review)"
-    if image.status not in (ImageStatus.FINALISED, ImageStatus.NEEDS_REVIEW,
-                            ImageStatus.EXPERT):
+    if image.status not in (ImageStatus.FINALISED, ImageStatus.NEEDS_REVIEW, ImageStatus.EXPERT):
         return "" if image.status == ImageStatus.NEEDS_JUDGMENTS else f"status {image.status}"
     if image.label not in labels:
         return "without a crowd label"
@@ -177,28 +197,38 @@ def _one_hot(label: str, labels: list[str]) -> dict[str, float]:
 
 
 def _record(
-    image: Image, gold: GoldItem | None, review: ExpertReview | None, chosen: _Choice,
-    labels: list[str], data_dir: Path,
+    image: Image,
+    gold: GoldItem | None,
+    review: ExpertReview | None,
+    chosen: _Choice,
+    labels: list[str],
+    data_dir: Path,
 ) -> dict[str, Any]:
     source = describe_source_file(image.source_path)
     rendition = Path(image.rendition_path)
     return {
-        "file_name": None, "label": chosen.label, "confidence": round(chosen.confidence, 6),
+        "file_name": None,
+        "label": chosen.label,
+        "confidence": round(chosen.confidence, 6),
         **{f"p_{v}": round(chosen.proba[v], 6) for v in labels},
-        "split": None, "patient_id": image.patient_id,
+        "split": None,
+        "patient_id": image.patient_id,
         "expert_reviewed": review is not None,
         "reference_label": image.reference_label,
         "source_upstream_resized": source.upstream_resized,
-        "image_id": image.public_id, "is_gold": gold is not None,
+        "image_id": image.public_id,
+        "is_gold": gold is not None,
         "needs_review": chosen.needs_review,
-        "crowd_label": image.label, "crowd_confidence": image.confidence,
+        "crowd_label": image.label,
+        "crowd_confidence": image.confidence,
         "aggregation_method": image.aggregation_method,
         "trusted_judgments": image.trusted_judgments,
-        "width": None, "height": None, "source": None,
+        "width": None,
+        "height": None,
+        "source": None,
         "_rendition": rendition if rendition.is_absolute() else data_dir / rendition,
         # Images without a patient id form their own group (keyed by their public id).
-        "_group": f"patient:{image.patient_id}" if image.patient_id
-        else f"image:{image.public_id}",
+        "_group": f"patient:{image.patient_id}" if image.patient_id else f"image:{image.public_id}",
         "_kermany": source.is_kermany,
     }
 
@@ -216,6 +246,7 @@ def assign_record_splits(
 
 
 # --- writing -----------------------------------------------------------------------------------
+
 
 def write_image(src: Path, dest: Path, size: int | None) -> tuple[int, int]:
     """Copy one rendition as PNG, downscaled so its longest side is at most ``size``."""
@@ -263,14 +294,22 @@ def run_export(
         failed = _write_images(records, tmp, opts.size, on_start, on_image)
         records = [r for r in records if r["width"] is not None]
         columns = export_columns(spec, opts.include_source)
-        tables = _write_tables(records, columns, tmp, opts.format, spec.label_values,
-                               out_dir.name)
+        tables = _write_tables(records, columns, tmp, opts.format, spec.label_values, out_dir.name)
         sheet = DatasheetInput(
-            job_name=job.name, spec=spec, format=opts.format,
+            job_name=job.name,
+            spec=spec,
+            format=opts.format,
             created_at=(now or datetime.now(UTC)).isoformat(timespec="seconds"),
-            seed=opts.seed, ratios=opts.ratios, size=opts.size,
-            min_confidence=opts.min_confidence, include_review=opts.include_review,
-            columns=columns, records=records, skipped=skipped, failed=failed, qa=qa,
+            seed=opts.seed,
+            ratios=opts.ratios,
+            size=opts.size,
+            min_confidence=opts.min_confidence,
+            include_review=opts.include_review,
+            columns=columns,
+            records=records,
+            skipped=skipped,
+            failed=failed,
+            qa=qa,
             table_files=tables,
         )
         (tmp / "README.md").write_text(render_datasheet(sheet), encoding="utf-8")
@@ -292,13 +331,17 @@ def _require_pyarrow() -> None:
     try:
         import pyarrow  # noqa: F401
     except ImportError:
-        raise ExportError("--format parquet needs pyarrow: pip install 'cxrlabel[parquet]'"
-                          ) from None
+        raise ExportError(
+            "--format parquet needs pyarrow: pip install 'cxrlabel[parquet]'"
+        ) from None
 
 
 def _write_images(
-    records: list[dict[str, Any]], root: Path, size: int | None,
-    on_start: Callable[[int], None] | None, on_image: Callable[[], None] | None,
+    records: list[dict[str, Any]],
+    root: Path,
+    size: int | None,
+    on_start: Callable[[int], None] | None,
+    on_image: Callable[[], None] | None,
 ) -> list[tuple[str, str]]:
     """Write every image; a missing or unreadable rendition is reported, not fatal."""
     if on_start:
@@ -337,7 +380,11 @@ def write_metadata_csv(path: Path, rows: list[dict[str, Any]], columns: list[str
 
 
 def _write_tables(
-    records: list[dict[str, Any]], columns: list[str], root: Path, fmt: str, labels: list[str],
+    records: list[dict[str, Any]],
+    columns: list[str],
+    root: Path,
+    fmt: str,
+    labels: list[str],
     folder_name: str,
 ) -> list[str]:
     rows = _public(records, columns)
@@ -345,13 +392,15 @@ def _write_tables(
     written = ["metadata.csv"]
     typed = have_pyarrow()
     for split in SPLIT_NAMES:
-        in_split = [dict(r, file_name=r["file_name"].split("/", 1)[1])
-                    for r in rows if r["split"] == split]
+        in_split = [
+            dict(r, file_name=r["file_name"].split("/", 1)[1]) for r in rows if r["split"] == split
+        ]
         if not in_split:
             continue
         if typed:
-            write_parquet(root / split / "metadata.parquet", in_split, columns, labels,
-                          class_label=True)
+            write_parquet(
+                root / split / "metadata.parquet", in_split, columns, labels, class_label=True
+            )
             written.append(f"{split}/metadata.parquet")
         else:
             write_metadata_csv(root / split / "metadata.csv", in_split, columns)

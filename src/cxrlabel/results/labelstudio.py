@@ -31,42 +31,59 @@ LOCAL_FILES = "/data/local-files/?d="
 
 def label_config(labels: list[str]) -> str:
     choices = "\n".join(f"    <Choice value={quoteattr(v)}/>" for v in labels)
-    return (f'<View>\n  <Image name="{TO_NAME}" value="$image"/>\n'
-            f'  <Choices name="{FROM_NAME}" toName="{TO_NAME}" choice="single" '
-            f'showInLine="true">\n{choices}\n  </Choices>\n</View>\n')
+    return (
+        f'<View>\n  <Image name="{TO_NAME}" value="$image"/>\n'
+        f'  <Choices name="{FROM_NAME}" toName="{TO_NAME}" choice="single" '
+        f'showInLine="true">\n{choices}\n  </Choices>\n</View>\n'
+    )
 
 
 def choice_result(label: str) -> list[dict[str, Any]]:
-    return [{"from_name": FROM_NAME, "to_name": TO_NAME, "type": "choices",
-             "value": {"choices": [label]}}]
+    return [
+        {
+            "from_name": FROM_NAME,
+            "to_name": TO_NAME,
+            "type": "choices",
+            "value": {"choices": [label]},
+        }
+    ]
 
 
 def task(record: dict[str, Any], folder_name: str) -> dict[str, Any]:
     """One Label Studio task from one export record (see results.export)."""
     path = quote(f"{folder_name}/{record['file_name']}", safe="/")
     out: dict[str, Any] = {
-        "data": {"image": f"{LOCAL_FILES}{path}", "image_id": record["image_id"],
-                 "split": record["split"]},
-        "annotations": [{
-            "result": choice_result(record["label"]),
-            "ground_truth": bool(record["is_gold"] or record["expert_reviewed"]),
-            "was_cancelled": False,
-        }],
+        "data": {
+            "image": f"{LOCAL_FILES}{path}",
+            "image_id": record["image_id"],
+            "split": record["split"],
+        },
+        "annotations": [
+            {
+                "result": choice_result(record["label"]),
+                "ground_truth": bool(record["is_gold"] or record["expert_reviewed"]),
+                "was_cancelled": False,
+            }
+        ],
         "predictions": [],
     }
     if record.get("crowd_label"):
-        out["predictions"].append({
-            "model_version": f"cxrlabel-{record.get('aggregation_method') or 'crowd'}",
-            "score": float(record["crowd_confidence"] or 0.0),
-            "result": choice_result(record["crowd_label"]),
-        })
+        out["predictions"].append(
+            {
+                "model_version": f"cxrlabel-{record.get('aggregation_method') or 'crowd'}",
+                "score": float(record["crowd_confidence"] or 0.0),
+                "result": choice_result(record["crowd_label"]),
+            }
+        )
     return out
 
 
-def write_labelstudio(root: Path, records: list[dict[str, Any]], labels: list[str],
-                      folder_name: str) -> list[str]:
+def write_labelstudio(
+    root: Path, records: list[dict[str, Any]], labels: list[str], folder_name: str
+) -> list[str]:
     (root / CONFIG_FILE).write_text(label_config(labels), encoding="utf-8")
     tasks = [task(r, folder_name) for r in records]
-    (root / TASKS_FILE).write_text(json.dumps(tasks, indent=1, ensure_ascii=False) + "\n",
-                                   encoding="utf-8")
+    (root / TASKS_FILE).write_text(
+        json.dumps(tasks, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     return [TASKS_FILE, CONFIG_FILE]

@@ -47,15 +47,25 @@ from cxrlabel.storage.models import (
 )
 from cxrlabel.templating import document_env
 
-STATE_COLOURS = {"active": "#2b6cb0", "quiz": "#a0aec0", "removed": "#c53030",
-                 "disqualified": "#744210"}
-STATUS_COLOURS = {ImageStatus.NEEDS_JUDGMENTS: "#a0aec0", ImageStatus.FINALISED: "#2f855a",
-                  ImageStatus.NEEDS_REVIEW: "#dd6b20", ImageStatus.EXPERT: "#6b46c1",
-                  ImageStatus.GOLD: "#b7791f", ImageStatus.HELD: "#718096",
-                  ImageStatus.TRAINING: "#d69e2e"}
+STATE_COLOURS = {
+    "active": "#2b6cb0",
+    "quiz": "#a0aec0",
+    "removed": "#c53030",
+    "disqualified": "#744210",
+}
+STATUS_COLOURS = {
+    ImageStatus.NEEDS_JUDGMENTS: "#a0aec0",
+    ImageStatus.FINALISED: "#2f855a",
+    ImageStatus.NEEDS_REVIEW: "#dd6b20",
+    ImageStatus.EXPERT: "#6b46c1",
+    ImageStatus.GOLD: "#b7791f",
+    ImageStatus.HELD: "#718096",
+    ImageStatus.TRAINING: "#d69e2e",
+}
 
 
 # --- data --------------------------------------------------------------------------------------
+
 
 @dataclass
 class ImageRow:
@@ -114,16 +124,31 @@ def collect_qa(session: Session, job: Job, spec: JobSpec, now: datetime | None =
         final = final_label(image, gold, review)
         crowd = crowd_view(image, review, opinions)
         index_of[image.id] = len(images)
-        images.append(ImageRow(
-            public_id=image.public_id, status=image.status, label=final.label,
-            label_source=final.source, crowd_label=crowd.label, confidence=crowd.confidence,
-            reference_label=image.reference_label,
-            expert_label=review.label if review else None, is_gold=gold is not None,
-        ))
+        images.append(
+            ImageRow(
+                public_id=image.public_id,
+                status=image.status,
+                label=final.label,
+                label_source=final.source,
+                crowd_label=crowd.label,
+                confidence=crowd.confidence,
+                reference_label=image.reference_label,
+                expert_label=review.label if review else None,
+                is_gold=gold is not None,
+            )
+        )
     rows = session.execute(
-        select(Judgment.image_id, Judgment.user_id, Judgment.answer, Judgment.tainted,
-               Judgment.is_gold, Judgment.gold_missed, Judgment.trust_at_time,
-               Judgment.seconds, Judgment.submitted_at)
+        select(
+            Judgment.image_id,
+            Judgment.user_id,
+            Judgment.answer,
+            Judgment.tainted,
+            Judgment.is_gold,
+            Judgment.gold_missed,
+            Judgment.trust_at_time,
+            Judgment.seconds,
+            Judgment.submitted_at,
+        )
         .where(Judgment.job_id == job.id)
         .order_by(Judgment.submitted_at, Judgment.id)
     ).all()
@@ -138,28 +163,42 @@ def collect_qa(session: Session, job: Job, spec: JobSpec, now: datetime | None =
             u["correct"] += not r.gold_missed
     annotators = []
     for state, pseudonym in session.execute(
-        select(AnnotatorState, User.pseudonym).join(User, User.id == AnnotatorState.user_id)
-        .where(AnnotatorState.job_id == job.id).order_by(AnnotatorState.id)
+        select(AnnotatorState, User.pseudonym)
+        .join(User, User.id == AnnotatorState.user_id)
+        .where(AnnotatorState.job_id == job.id)
+        .order_by(AnnotatorState.id)
     ):
         u = per_user.get(state.user_id, {"secs": [], "graded": 0, "correct": 0})
-        annotators.append(AnnotatorRow(
-            pseudonym=pseudonym, state=state.status, trust=float(state.trust),
-            judgments=state.judgments, gold_graded=u["graded"], gold_correct=u["correct"],
-            median_seconds=float(np.median(u["secs"])) if u["secs"] else None,
-        ))
+        annotators.append(
+            AnnotatorRow(
+                pseudonym=pseudonym,
+                state=state.status,
+                trust=float(state.trust),
+                judgments=state.judgments,
+                gold_graded=u["graded"],
+                gold_correct=u["correct"],
+                median_seconds=float(np.median(u["secs"])) if u["secs"] else None,
+            )
+        )
     return QAData(
-        job_name=job.name, labels=spec.label_values,
-        confidence_target=spec.judgments.confidence_target, min_judgments=spec.judgments.min,
+        job_name=job.name,
+        labels=spec.label_values,
+        confidence_target=spec.judgments.confidence_target,
+        min_judgments=spec.judgments.min,
         seconds_per_item_floor=spec.pages.min_seconds_per_page / spec.pages.items_per_page,
-        generated_at=now or utcnow(), images=images, annotators=annotators,
+        generated_at=now or utcnow(),
+        images=images,
+        annotators=annotators,
         submitted_at=np.array([_naive_utc(r.submitted_at) for r in rows], dtype="datetime64[s]"),
         tainted=np.array([bool(r.tainted) for r in rows], dtype=bool),
         on_gold=np.array([bool(r.is_gold) for r in rows], dtype=bool),
         image_index=np.array([index_of[r.image_id] for r in rows], dtype=np.int64),
-        trust_at_time=np.array([np.nan if r.trust_at_time is None else r.trust_at_time
-                                for r in rows], dtype=float),
-        gold_missed=np.array([np.nan if r.gold_missed is None else float(r.gold_missed)
-                              for r in rows], dtype=float),
+        trust_at_time=np.array(
+            [np.nan if r.trust_at_time is None else r.trust_at_time for r in rows], dtype=float
+        ),
+        gold_missed=np.array(
+            [np.nan if r.gold_missed is None else float(r.gold_missed) for r in rows], dtype=float
+        ),
         gold_rows=gold_report(session, job).rows,
     )
 
@@ -169,6 +208,7 @@ def _naive_utc(dt: datetime) -> datetime:
 
 
 # --- numbers -----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Calibration:
@@ -194,14 +234,22 @@ def calibrations(qa: QAData) -> list[Calibration]:
     out = []
     graded = ~np.isnan(qa.gold_missed) & ~np.isnan(qa.trust_at_time)
     if graded.any():
-        out.append(Calibration(
-            "annotator trust vs gold answers",
-            metrics.reliability_diagram(qa.trust_at_time[graded], 1.0 - qa.gold_missed[graded]),
-            int(graded.sum())))
+        out.append(
+            Calibration(
+                "annotator trust vs gold answers",
+                metrics.reliability_diagram(qa.trust_at_time[graded], 1.0 - qa.gold_missed[graded]),
+                int(graded.sum()),
+            )
+        )
     for truth in ("reference_label", "expert_label"):
-        pairs = [(img.confidence, img.crowd_label == getattr(img, truth)) for img in qa.images
-                 if img.crowd_label and img.confidence is not None and getattr(img, truth)
-                 and not img.is_gold]
+        pairs = [
+            (img.confidence, img.crowd_label == getattr(img, truth))
+            for img in qa.images
+            if img.crowd_label
+            and img.confidence is not None
+            and getattr(img, truth)
+            and not img.is_gold
+        ]
         if pairs:
             conf, correct = np.array(pairs, dtype=float).T
             name = "crowd confidence vs " + truth.replace("_label", " label")
@@ -214,9 +262,12 @@ def reference_confusion(qa: QAData) -> tuple[np.ndarray, int]:
     k = {lab: i for i, lab in enumerate(qa.labels)}
     matrix = np.zeros((len(qa.labels), len(qa.labels)), dtype=int)
     for img in qa.images:
-        if (not img.is_gold and img.label in k and img.reference_label in k
-                and img.status in (ImageStatus.FINALISED, ImageStatus.EXPERT,
-                                   ImageStatus.NEEDS_REVIEW)):
+        if (
+            not img.is_gold
+            and img.label in k
+            and img.reference_label in k
+            and img.status in (ImageStatus.FINALISED, ImageStatus.EXPERT, ImageStatus.NEEDS_REVIEW)
+        ):
             matrix[k[img.reference_label], k[img.label]] += 1
     return matrix, int(matrix.sum())
 
@@ -227,10 +278,15 @@ def qa_summary(qa: QAData) -> dict[str, Any]:
     status = Counter(img.status for img in qa.images)
     confusion, n_ref = reference_confusion(qa)
     graded = ~np.isnan(qa.gold_missed)
-    crowd_conf = np.array([img.confidence for img in qa.images
-                           if img.confidence is not None and not img.is_gold], dtype=float)
-    expert_pairs = [img.crowd_label == img.expert_label for img in qa.images
-                    if img.crowd_label and img.expert_label and not img.is_gold]
+    crowd_conf = np.array(
+        [img.confidence for img in qa.images if img.confidence is not None and not img.is_gold],
+        dtype=float,
+    )
+    expert_pairs = [
+        img.crowd_label == img.expert_label
+        for img in qa.images
+        if img.crowd_label and img.expert_label and not img.is_gold
+    ]
     calib = {c.name: {"ece": _num(c.diagram.ece), "n": c.n} for c in calibrations(qa)}
     return {
         "job": qa.job_name,
@@ -245,19 +301,22 @@ def qa_summary(qa: QAData) -> dict[str, Any]:
         "annotators": len(qa.annotators),
         "annotators_by_state": dict(Counter(a.state for a in qa.annotators)),
         "krippendorff_alpha": _num(metrics.krippendorff_alpha_nominal(counts))
-        if counts.size else None,
+        if counts.size
+        else None,
         "fleiss_kappa": _num(metrics.fleiss_kappa(counts)) if counts.size else None,
         "gold_accuracy": _num(1.0 - qa.gold_missed[graded].mean()) if graded.any() else None,
         "gold_graded": int(graded.sum()),
         "mean_confidence": _num(crowd_conf.mean()) if crowd_conf.size else None,
         "share_confident": _num((crowd_conf >= qa.confidence_target).mean())
-        if crowd_conf.size else None,
+        if crowd_conf.size
+        else None,
         "reference_agreement": _num(np.trace(confusion) / n_ref) if n_ref else None,
         "reference_compared": n_ref,
         "expert_agreement": _num(float(np.mean(expert_pairs))) if expert_pairs else None,
         "expert_compared": len(expert_pairs),
-        "label_distribution": dict(Counter(img.label for img in qa.images
-                                           if img.label and not img.is_gold)),
+        "label_distribution": dict(
+            Counter(img.label for img in qa.images if img.label and not img.is_gold)
+        ),
         "calibration": calib,
     }
 
@@ -268,6 +327,7 @@ def _num(x: float) -> float | None:
 
 
 # --- figures -----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class QAFigure:
@@ -295,8 +355,16 @@ def _svg(fig: Figure) -> str:
 
 
 def _empty(ax, message: str = "No data yet") -> None:
-    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes,
-            fontsize=12, color="#718096")
+    ax.text(
+        0.5,
+        0.5,
+        message,
+        ha="center",
+        va="center",
+        transform=ax.transAxes,
+        fontsize=12,
+        color="#718096",
+    )
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -311,11 +379,17 @@ def fig_progress(qa: QAData) -> QAFigure:
         times = qa.submitted_at.astype("datetime64[s]").astype(datetime)
         work = ~qa.tainted & ~qa.on_gold
         shown = _thinned(len(times))
-        ax_j.step(times[shown], (np.arange(1, len(times) + 1))[shown], where="post",
-                  label="all judgments")
+        ax_j.step(
+            times[shown], (np.arange(1, len(times) + 1))[shown], where="post", label="all judgments"
+        )
         ax_j.step(times[shown], np.cumsum(work)[shown], where="post", label="untainted work")
-        ax_j.step(times[shown], np.cumsum(qa.tainted)[shown], where="post", label="tainted",
-                  color="#c53030")
+        ax_j.step(
+            times[shown],
+            np.cumsum(qa.tainted)[shown],
+            where="post",
+            label="tainted",
+            color="#c53030",
+        )
         ax_j.set_ylabel("judgments (cumulative)")
         ax_j.legend(fontsize=8)
         # When did each work image get its min-th untainted judgment?
@@ -326,12 +400,17 @@ def fig_progress(qa: QAData) -> QAFigure:
                 seen[idx] += 1
                 if seen[idx] == qa.min_judgments:
                     reached.append(t)
-        n_work = sum(1 for img in qa.images
-                     if not img.is_gold and img.status != ImageStatus.TRAINING)
+        n_work = sum(
+            1 for img in qa.images if not img.is_gold and img.status != ImageStatus.TRAINING
+        )
         if reached:
             shown = _thinned(len(reached))
-            ax_i.step(np.array(reached)[shown], np.arange(1, len(reached) + 1)[shown],
-                      where="post", color="#2f855a")
+            ax_i.step(
+                np.array(reached)[shown],
+                np.arange(1, len(reached) + 1)[shown],
+                where="post",
+                color="#2f855a",
+            )
         ax_i.axhline(n_work, color="#718096", ls="--", lw=1, label=f"work images ({n_work})")
         ax_i.set_ylabel(f"images with ≥ {qa.min_judgments} judgments")
         ax_i.set_ylim(0, max(n_work, 1) * 1.08)
@@ -340,9 +419,13 @@ def fig_progress(qa: QAData) -> QAFigure:
             _integer_y(ax)
             ax.set_xlabel("time (UTC)")
             ax.tick_params(axis="x", labelrotation=30, labelsize=8)
-    return QAFigure("progress", "Progress over time",
-                    "Left: judgments received. Right: work images that have the minimum number "
-                    "of untainted judgments (the dashed line is all work images).", _svg(fig))
+    return QAFigure(
+        "progress",
+        "Progress over time",
+        "Left: judgments received. Right: work images that have the minimum number "
+        "of untainted judgments (the dashed line is all work images).",
+        _svg(fig),
+    )
 
 
 def _thinned(n: int, most: int = 1200) -> np.ndarray:
@@ -359,8 +442,9 @@ def fig_labels(qa: QAData) -> QAFigure:
     ax_s, ax_l = fig.subplots(1, 2)
     status = Counter(img.status for img in qa.images)
     names = list(ImageStatus.ALL)
-    bars = ax_s.barh(names, [status.get(s, 0) for s in names],
-                     color=[STATUS_COLOURS[s] for s in names])
+    bars = ax_s.barh(
+        names, [status.get(s, 0) for s in names], color=[STATUS_COLOURS[s] for s in names]
+    )
     ax_s.bar_label(bars, fontsize=8, padding=2)
     ax_s.invert_yaxis()
     ax_s.set_xlabel("images")
@@ -369,15 +453,28 @@ def fig_labels(qa: QAData) -> QAFigure:
     bottom = np.zeros(len(qa.labels))
     colours = {"crowd": "#2b6cb0", "expert": "#6b46c1", "gold": "#b7791f"}
     for source, colour in colours.items():
-        values = np.array([sum(1 for img in qa.images if img.label == lab
-                               and img.label_source == source) for lab in qa.labels])
+        values = np.array(
+            [
+                sum(1 for img in qa.images if img.label == lab and img.label_source == source)
+                for lab in qa.labels
+            ]
+        )
         ax_l.bar(x - 0.2, values, 0.4, bottom=bottom, color=colour, label=f"label: {source}")
         bottom += values
-    reference = [sum(1 for img in qa.images if img.reference_label == lab and not img.is_gold)
-                 for lab in qa.labels]
+    reference = [
+        sum(1 for img in qa.images if img.reference_label == lab and not img.is_gold)
+        for lab in qa.labels
+    ]
     if any(reference):
-        ax_l.bar(x + 0.2, reference, 0.4, color="white", edgecolor="#4a5568", hatch="//",
-                 label="source reference")
+        ax_l.bar(
+            x + 0.2,
+            reference,
+            0.4,
+            color="white",
+            edgecolor="#4a5568",
+            hatch="//",
+            label="source reference",
+        )
     ax_l.set_xticks(x, qa.labels)
     ax_l.set_ylabel("images")
     ax_l.set_title("label distribution", fontsize=10)
@@ -385,38 +482,54 @@ def fig_labels(qa: QAData) -> QAFigure:
     ax_l.set_ylim(0, top * 1.45)  # headroom so the legend never covers a bar
     _integer_y(ax_l)
     ax_l.legend(fontsize=7, ncol=2, loc="upper center")
-    return QAFigure("labels", "Status and label distribution",
-                    "Left: where every image stands (the review queue is 'needs_review'). "
-                    "Right: current labels by who decided them, next to the labels the source "
-                    "data came with (if any).", _svg(fig))
+    return QAFigure(
+        "labels",
+        "Status and label distribution",
+        "Left: where every image stands (the review queue is 'needs_review'). "
+        "Right: current labels by who decided them, next to the labels the source "
+        "data came with (if any).",
+        _svg(fig),
+    )
 
 
 def fig_confidence(qa: QAData) -> QAFigure:
     fig = _figure(7.0, 3.0)
     ax = fig.subplots()
-    conf = np.array([img.confidence for img in qa.images
-                     if img.confidence is not None and not img.is_gold], dtype=float)
+    conf = np.array(
+        [img.confidence for img in qa.images if img.confidence is not None and not img.is_gold],
+        dtype=float,
+    )
     if conf.size == 0:
         _empty(ax)
     else:
         low = min(0.5, float(conf.min()))
-        ax.hist(conf, bins=np.linspace(low, 1.0, 21).tolist(), color="#2b6cb0",
-                edgecolor="white")
-        ax.axvline(qa.confidence_target, color="#c53030", ls="--",
-                   label=f"confidence target {qa.confidence_target:g}")
+        ax.hist(conf, bins=np.linspace(low, 1.0, 21).tolist(), color="#2b6cb0", edgecolor="white")
+        ax.axvline(
+            qa.confidence_target,
+            color="#c53030",
+            ls="--",
+            label=f"confidence target {qa.confidence_target:g}",
+        )
         ax.set_xlabel("confidence of the crowd label")
         ax.set_ylabel("images")
         _integer_y(ax)
         ax.legend(fontsize=8)
-    return QAFigure("confidence", "Confidence of aggregated labels",
-                    "Crowd-label confidence of every aggregated work image.", _svg(fig))
+    return QAFigure(
+        "confidence",
+        "Confidence of aggregated labels",
+        "Crowd-label confidence of every aggregated work image.",
+        _svg(fig),
+    )
 
 
 def fig_agreement(qa: QAData, summary: dict[str, Any]) -> QAFigure:
     fig = _figure(7.0, 3.0)
     ax = fig.subplots()
-    values = [img.answers[img.label] / sum(img.answers.values()) for img in qa.images
-              if not img.is_gold and img.label and sum(img.answers.values())]
+    values = [
+        img.answers[img.label] / sum(img.answers.values())
+        for img in qa.images
+        if not img.is_gold and img.label and sum(img.answers.values())
+    ]
     if not values:
         _empty(ax)
     else:
@@ -425,12 +538,16 @@ def fig_agreement(qa: QAData, summary: dict[str, Any]) -> QAFigure:
         ax.set_ylabel("images")
         _integer_y(ax)
     alpha, kappa = summary["krippendorff_alpha"], summary["fleiss_kappa"]
-    ax.set_title(f"Krippendorff's alpha = {_fmt(alpha)}    Fleiss' kappa = {_fmt(kappa)}",
-                 fontsize=10)
-    return QAFigure("agreement", "Agreement between annotators",
-                    "Per-image agreement with the label; alpha and kappa are computed on all "
-                    "untainted work judgments (chance-corrected: 0 = chance, 1 = perfect).",
-                    _svg(fig))
+    ax.set_title(
+        f"Krippendorff's alpha = {_fmt(alpha)}    Fleiss' kappa = {_fmt(kappa)}", fontsize=10
+    )
+    return QAFigure(
+        "agreement",
+        "Agreement between annotators",
+        "Per-image agreement with the label; alpha and kappa are computed on all "
+        "untainted work judgments (chance-corrected: 0 = chance, 1 = perfect).",
+        _svg(fig),
+    )
 
 
 def fig_trust(qa: QAData) -> QAFigure:
@@ -441,21 +558,32 @@ def fig_trust(qa: QAData) -> QAFigure:
     else:
         states = [s for s in STATE_COLOURS if any(a.state == s for a in qa.annotators)]
         data = [[a.trust for a in qa.annotators if a.state == s] for s in states]
-        ax.hist(data, bins=np.linspace(0, 1, 21).tolist(), stacked=True, label=states,
-                color=[STATE_COLOURS[s] for s in states], edgecolor="white")
+        ax.hist(
+            data,
+            bins=np.linspace(0, 1, 21).tolist(),
+            stacked=True,
+            label=states,
+            color=[STATE_COLOURS[s] for s in states],
+            edgecolor="white",
+        )
         ax.set_xlabel("trust (estimated probability of a correct answer)")
         ax.set_ylabel("annotators")
         _integer_y(ax)
         ax.legend(fontsize=8)
-    return QAFigure("trust", "Trust distribution",
-                    "Current trust of every annotator in the job, by state.", _svg(fig))
+    return QAFigure(
+        "trust",
+        "Trust distribution",
+        "Current trust of every annotator in the job, by state.",
+        _svg(fig),
+    )
 
 
 def fig_speed(qa: QAData) -> QAFigure:
     fig = _figure(7.0, 3.6)
     ax = fig.subplots()
-    points = [a for a in qa.annotators
-              if a.gold_accuracy is not None and a.median_seconds is not None]
+    points = [
+        a for a in qa.annotators if a.gold_accuracy is not None and a.median_seconds is not None
+    ]
     if not points:
         _empty(ax, "No graded gold answers yet")
     else:
@@ -463,21 +591,34 @@ def fig_speed(qa: QAData) -> QAFigure:
             group = [a for a in points if a.state == state]
             if group:
                 # (``points`` holds only annotators with both numbers; ``or 0.0`` is for mypy)
-                ax.scatter([max(a.median_seconds or 0.0, 0.1) for a in group],
-                           [a.gold_accuracy or 0.0 for a in group],
-                           s=[30 + 6 * np.sqrt(a.judgments) for a in group],
-                           color=STATE_COLOURS[state], alpha=0.75, label=state,
-                           edgecolor="white")
-        ax.axvline(qa.seconds_per_item_floor, color="#c53030", ls="--", lw=1,
-                   label=f"speed-trap floor {qa.seconds_per_item_floor:g} s/image")
+                ax.scatter(
+                    [max(a.median_seconds or 0.0, 0.1) for a in group],
+                    [a.gold_accuracy or 0.0 for a in group],
+                    s=[30 + 6 * np.sqrt(a.judgments) for a in group],
+                    color=STATE_COLOURS[state],
+                    alpha=0.75,
+                    label=state,
+                    edgecolor="white",
+                )
+        ax.axvline(
+            qa.seconds_per_item_floor,
+            color="#c53030",
+            ls="--",
+            lw=1,
+            label=f"speed-trap floor {qa.seconds_per_item_floor:g} s/image",
+        )
         ax.set_xscale("log")
         ax.set_ylim(-0.03, 1.03)
         ax.set_xlabel("median seconds per image (log scale)")
         ax.set_ylabel("gold accuracy")
         ax.legend(fontsize=8, loc="lower right")
-    return QAFigure("speed", "Accuracy vs speed per annotator",
-                    "One dot per annotator (size grows with judgments). Fast and inaccurate "
-                    "annotators sit bottom-left.", _svg(fig))
+    return QAFigure(
+        "speed",
+        "Accuracy vs speed per annotator",
+        "One dot per annotator (size grows with judgments). Fast and inaccurate "
+        "annotators sit bottom-left.",
+        _svg(fig),
+    )
 
 
 def fig_gold(qa: QAData, top: int = 15) -> QAFigure:
@@ -491,20 +632,31 @@ def fig_gold(qa: QAData, top: int = 15) -> QAFigure:
     else:
         y = np.arange(len(rows))
         ax.barh(y - 0.2, [r["pct_missed"] for r in rows], 0.4, color="#c53030", label="% missed")
-        ax.barh(y + 0.2, [r["pct_contested"] for r in rows], 0.4, color="#dd6b20",
-                label="% contested")
+        ax.barh(
+            y + 0.2, [r["pct_contested"] for r in rows], 0.4, color="#dd6b20", label="% contested"
+        )
         # The whole image id (as on the admin gold and contests pages, searchable there): a
         # truncated one matched nothing an admin could look up.
-        ax.set_yticks(y, [f"{r['image']} {'/'.join(r['accepted_answers'])} "
-                          f"({r['times_answered']})" for r in rows], fontsize=7)
+        ax.set_yticks(
+            y,
+            [
+                f"{r['image']} {'/'.join(r['accepted_answers'])} ({r['times_answered']})"
+                for r in rows
+            ],
+            fontsize=7,
+        )
         ax.invert_yaxis()
         ax.set_xlim(0, 100)
         ax.set_xlabel("% of answers")
         ax.legend(fontsize=8, loc="lower right")
-    return QAFigure("gold", "Gold questions most often missed or contested",
-                    f"Up to {top} gold items (image id, accepted answer, answers received). A gold "
-                    "item many "
-                    "people miss and contest may have a wrong or debatable answer.", _svg(fig))
+    return QAFigure(
+        "gold",
+        "Gold questions most often missed or contested",
+        f"Up to {top} gold items (image id, accepted answer, answers received). A gold "
+        "item many "
+        "people miss and contest may have a wrong or debatable answer.",
+        _svg(fig),
+    )
 
 
 def fig_calibration(qa: QAData) -> QAFigure:
@@ -515,8 +667,13 @@ def fig_calibration(qa: QAData) -> QAFigure:
     for curve, colour in zip(curves, ("#2b6cb0", "#2f855a", "#6b46c1"), strict=False):
         d = curve.diagram
         mask = d.counts > 0
-        ax_c.plot(d.mean_confidence[mask], d.accuracy[mask], marker="o", color=colour,
-                  label=f"{curve.name} (n={curve.n}, ECE {_fmt(d.ece)})")
+        ax_c.plot(
+            d.mean_confidence[mask],
+            d.accuracy[mask],
+            marker="o",
+            color=colour,
+            label=f"{curve.name} (n={curve.n}, ECE {_fmt(d.ece)})",
+        )
     ax_c.set_xlim(-0.02, 1.02)
     ax_c.set_ylim(-0.02, 1.05)
     ax_c.set_xlabel("stated probability (bin mean)")
@@ -540,10 +697,14 @@ def fig_calibration(qa: QAData) -> QAFigure:
         # 0.1 point (rounding 0.12345 once gives 12.3 %, via 0.1235 gives 12.4 %).
         accuracy = _num(np.trace(confusion) / n_ref)
         ax_r.set_title(f"agreement {accuracy:.1%} (n={n_ref})", fontsize=10)
-    return QAFigure("calibration", "Calibration and agreement with reference labels",
-                    "Left: when a probability says 80 %, about 80 % should be right (points on "
-                    "the diagonal). Right: labels against the labels the source data came "
-                    "with.", _svg(fig))
+    return QAFigure(
+        "calibration",
+        "Calibration and agreement with reference labels",
+        "Left: when a probability says 80 %, about 80 % should be right (points on "
+        "the diagonal). Right: labels against the labels the source data came "
+        "with.",
+        _svg(fig),
+    )
 
 
 def _integer_y(ax) -> None:
@@ -556,11 +717,20 @@ def _fmt(x: float | None) -> str:
 
 def qa_figures(qa: QAData, summary: dict[str, Any] | None = None) -> list[QAFigure]:
     summary = summary or qa_summary(qa)
-    return [fig_progress(qa), fig_labels(qa), fig_confidence(qa), fig_agreement(qa, summary),
-            fig_trust(qa), fig_speed(qa), fig_gold(qa), fig_calibration(qa)]
+    return [
+        fig_progress(qa),
+        fig_labels(qa),
+        fig_confidence(qa),
+        fig_agreement(qa, summary),
+        fig_trust(qa),
+        fig_speed(qa),
+        fig_gold(qa),
+        fig_calibration(qa),
+    ]
 
 
 # --- HTML --------------------------------------------------------------------------------------
+
 
 def summary_cards(summary: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, value) pairs for the cards at the top of the report and dashboard."""
@@ -573,8 +743,10 @@ def summary_cards(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("review queue", str(summary["review_queue"])),
         ("judgments", str(summary["judgments"])),
         ("tainted judgments", str(summary["judgments_tainted"])),
-        ("annotators active / removed",
-         f"{by_state.get('active', 0)} / {by_state.get('removed', 0)}"),
+        (
+            "annotators active / removed",
+            f"{by_state.get('active', 0)} / {by_state.get('removed', 0)}",
+        ),
         ("Krippendorff's alpha", _fmt(summary["krippendorff_alpha"])),
         ("Fleiss' kappa", _fmt(summary["fleiss_kappa"])),
         ("gold accuracy", pct(summary["gold_accuracy"])),
@@ -591,6 +763,9 @@ def render_qa_html(qa: QAData) -> str:
 def render_qa_report(job_name: str, summary: dict[str, Any], figures: list[QAFigure]) -> str:
     """The report file from numbers and figures already computed (the dashboard's snapshot)."""
     return document_env.get_template("results:qa_report.html").render(
-        job=job_name, generated_at=summary["generated_at"], cards=summary_cards(summary),
-        figures=figures, summary=summary,
+        job=job_name,
+        generated_at=summary["generated_at"],
+        cards=summary_cards(summary),
+        figures=figures,
+        summary=summary,
     )

@@ -56,6 +56,7 @@ class Table:
 
 # --- value helpers -----------------------------------------------------------------------------
 
+
 def iso(dt: datetime | None) -> str | None:
     """ISO 8601 in UTC with a ``Z``; SQLite hands back naive datetimes, which are UTC here."""
     if dt is None:
@@ -114,46 +115,97 @@ class _Source:
 # --- full: one row per judgment ----------------------------------------------------------------
 
 FULL_COLUMNS = [
-    "judgment_id", "image", "annotator", "answer", "certainty", "quality_flag",
-    "is_quiz", "is_gold", "gold_missed", "trust_at_time", "trust_now",
-    "tainted", "taint_reason", "served_at", "submitted_at", "seconds", "source",
+    "judgment_id",
+    "image",
+    "annotator",
+    "answer",
+    "certainty",
+    "quality_flag",
+    "is_quiz",
+    "is_gold",
+    "gold_missed",
+    "trust_at_time",
+    "trust_now",
+    "tainted",
+    "taint_reason",
+    "served_at",
+    "submitted_at",
+    "seconds",
+    "source",
 ]
 
 
 def full_report(session: Session, job: Job) -> Table:
     stmt = (
-        select(Judgment, Image.public_id, User.pseudonym, AnnotatorState.trust,
-               Image.source_path, Image.source_format)
+        select(
+            Judgment,
+            Image.public_id,
+            User.pseudonym,
+            AnnotatorState.trust,
+            Image.source_path,
+            Image.source_format,
+        )
         .join(Image, Image.id == Judgment.image_id)
         .join(User, User.id == Judgment.user_id)
-        .outerjoin(AnnotatorState, and_(AnnotatorState.user_id == Judgment.user_id,
-                                        AnnotatorState.job_id == Judgment.job_id))
+        .outerjoin(
+            AnnotatorState,
+            and_(
+                AnnotatorState.user_id == Judgment.user_id, AnnotatorState.job_id == Judgment.job_id
+            ),
+        )
         .where(Judgment.job_id == job.id)
         .order_by(Judgment.id)
     )
     table = Table(FULL_COLUMNS)
     source_of = SourceNamer()
     for j, image_id, pseudonym, trust_now, path, fmt in session.execute(stmt):
-        table.rows.append({
-            "judgment_id": j.id, "image": image_id, "annotator": pseudonym,
-            "answer": j.answer, "certainty": j.certainty, "quality_flag": j.quality_flag,
-            "is_quiz": j.is_quiz, "is_gold": j.is_gold, "gold_missed": j.gold_missed,
-            "trust_at_time": j.trust_at_time, "trust_now": trust_now,
-            "tainted": j.tainted, "taint_reason": j.taint_reason,
-            "served_at": iso(j.served_at), "submitted_at": iso(j.submitted_at),
-            "seconds": j.seconds, "source": source_of(_Source(path, fmt)),
-        })
+        table.rows.append(
+            {
+                "judgment_id": j.id,
+                "image": image_id,
+                "annotator": pseudonym,
+                "answer": j.answer,
+                "certainty": j.certainty,
+                "quality_flag": j.quality_flag,
+                "is_quiz": j.is_quiz,
+                "is_gold": j.is_gold,
+                "gold_missed": j.gold_missed,
+                "trust_at_time": j.trust_at_time,
+                "trust_now": trust_now,
+                "tainted": j.tainted,
+                "taint_reason": j.taint_reason,
+                "served_at": iso(j.served_at),
+                "submitted_at": iso(j.submitted_at),
+                "seconds": j.seconds,
+                "source": source_of(_Source(path, fmt)),
+            }
+        )
     return table
 
 
 # --- aggregated: one row per image -------------------------------------------------------------
 
+
 def aggregated_columns(spec: JobSpec) -> list[str]:
     return [
-        "image", "status", "label", "label_source", "crowd_label", "confidence",
+        "image",
+        "status",
+        "label",
+        "label_source",
+        "crowd_label",
+        "confidence",
         *[f"p_{v}" for v in spec.label_values],
-        "method", "trusted_judgments", "judgment_target", "counted_judgments", "agreement",
-        "is_gold", "expert_label", "expert_reason", "reference_label", "patient_id", "source",
+        "method",
+        "trusted_judgments",
+        "judgment_target",
+        "counted_judgments",
+        "agreement",
+        "is_gold",
+        "expert_label",
+        "expert_reason",
+        "reference_label",
+        "patient_id",
+        "source",
     ]
 
 
@@ -223,21 +275,34 @@ def crowd_opinions(session: Session, job: Job, spec: JobSpec) -> dict[int, Crowd
     "can't tell" not voting, weighted by the annotators' current trust).
     """
     params = ConsensusParams.from_spec(spec)
-    trust = dict(session.execute(select(AnnotatorState.user_id, AnnotatorState.trust)
-                                 .where(AnnotatorState.job_id == job.id)).all())
+    trust = dict(
+        session.execute(
+            select(AnnotatorState.user_id, AnnotatorState.trust).where(
+                AnnotatorState.job_id == job.id
+            )
+        ).all()
+    )
     rows = session.execute(
         select(Judgment.image_id, Judgment.user_id, Judgment.answer)
         .join(ExpertReview, ExpertReview.image_id == Judgment.image_id)
-        .where(Judgment.job_id == job.id, Judgment.tainted.is_(False),
-               Judgment.is_gold.is_(False), Judgment.certainty != params.cant_tell)
-        .order_by(Judgment.id))
+        .where(
+            Judgment.job_id == job.id,
+            Judgment.tainted.is_(False),
+            Judgment.is_gold.is_(False),
+            Judgment.certainty != params.cant_tell,
+        )
+        .order_by(Judgment.id)
+    )
     votes: dict[int, tuple[list[str], list[float]]] = defaultdict(lambda: ([], []))
     for image_id, user_id, answer in rows:
         if answer in params.labels:
             votes[image_id][0].append(answer)
             votes[image_id][1].append(float(trust.get(user_id, 0.0)))
-    reviewed = session.scalars(select(ExpertReview.image_id).join(
-        Image, Image.id == ExpertReview.image_id).where(Image.job_id == job.id))
+    reviewed = session.scalars(
+        select(ExpertReview.image_id)
+        .join(Image, Image.id == ExpertReview.image_id)
+        .where(Image.job_id == job.id)
+    )
     opinions = {}
     for image_id in reviewed:
         answers, weights = votes.get(image_id, ([], []))
@@ -246,8 +311,9 @@ def crowd_opinions(session: Session, job: Job, spec: JobSpec) -> dict[int, Crowd
     return opinions
 
 
-def crowd_view(image: Image, review: ExpertReview | None,
-               opinions: dict[int, CrowdOpinion]) -> CrowdOpinion:
+def crowd_view(
+    image: Image, review: ExpertReview | None, opinions: dict[int, CrowdOpinion]
+) -> CrowdOpinion:
     """The crowd's label and confidence of one image (recomputed when an expert decided)."""
     if review is not None and image.id in opinions:
         return opinions[image.id]
@@ -266,31 +332,50 @@ def aggregated_report(session: Session, job: Job, spec: JobSpec) -> Table:
         counted = sum(counts.values())
         agreeing = sum(counts[a] for a in final.accepted)
         proba = image.proba or {}
-        table.rows.append({
-            "image": image.public_id, "status": image.status,
-            "label": final.label, "label_source": final.source,
-            "crowd_label": crowd.label, "confidence": crowd.confidence,
-            **{f"p_{v}": proba.get(v) for v in spec.label_values},
-            "method": image.aggregation_method,
-            "trusted_judgments": image.trusted_judgments,
-            "judgment_target": image.judgment_target,
-            "counted_judgments": counted,
-            "agreement": share(agreeing, counted) if final.accepted else None,
-            "is_gold": gold is not None,
-            "expert_label": review.label if review else None,
-            "expert_reason": review.reason if review else None,
-            "reference_label": image.reference_label,
-            "patient_id": image.patient_id, "source": source_of(image),
-        })
+        table.rows.append(
+            {
+                "image": image.public_id,
+                "status": image.status,
+                "label": final.label,
+                "label_source": final.source,
+                "crowd_label": crowd.label,
+                "confidence": crowd.confidence,
+                **{f"p_{v}": proba.get(v) for v in spec.label_values},
+                "method": image.aggregation_method,
+                "trusted_judgments": image.trusted_judgments,
+                "judgment_target": image.judgment_target,
+                "counted_judgments": counted,
+                "agreement": share(agreeing, counted) if final.accepted else None,
+                "is_gold": gold is not None,
+                "expert_label": review.label if review else None,
+                "expert_reason": review.reason if review else None,
+                "reference_label": image.reference_label,
+                "patient_id": image.patient_id,
+                "source": source_of(image),
+            }
+        )
     return table
 
 
 # --- contributors: one row per annotator in the job --------------------------------------------
 
 CONTRIBUTOR_COLUMNS = [
-    "annotator", "state", "state_reason", "trust", "judgments", "tainted_judgments",
-    "gold_seen", "gold_missed", "gold_contested", "gold_forgiven", "gold_accuracy",
-    "speed_trips", "median_seconds", "flags", "joined_at", "quiz_passed_at",
+    "annotator",
+    "state",
+    "state_reason",
+    "trust",
+    "judgments",
+    "tainted_judgments",
+    "gold_seen",
+    "gold_missed",
+    "gold_contested",
+    "gold_forgiven",
+    "gold_accuracy",
+    "speed_trips",
+    "median_seconds",
+    "flags",
+    "joined_at",
+    "quiz_passed_at",
 ]
 
 
@@ -298,8 +383,9 @@ def contributors_report(session: Session, job: Job) -> Table:
     seconds: dict[int, list[float]] = defaultdict(list)
     tainted: Counter[int] = Counter()
     for user_id, secs, is_tainted in session.execute(
-        select(Judgment.user_id, Judgment.seconds, Judgment.tainted)
-        .where(Judgment.job_id == job.id)
+        select(Judgment.user_id, Judgment.seconds, Judgment.tainted).where(
+            Judgment.job_id == job.id
+        )
     ):
         seconds[user_id].append(float(secs))
         tainted[user_id] += bool(is_tainted)
@@ -312,27 +398,48 @@ def contributors_report(session: Session, job: Job) -> Table:
     table = Table(CONTRIBUTOR_COLUMNS)
     for state, pseudonym in session.execute(stmt):
         user_seconds = seconds.get(state.user_id, [])
-        table.rows.append({
-            "annotator": pseudonym, "state": state.status, "state_reason": state.status_reason,
-            "trust": state.trust, "judgments": state.judgments,
-            "tainted_judgments": tainted[state.user_id],
-            "gold_seen": state.gold_seen, "gold_missed": state.gold_missed,
-            "gold_contested": state.gold_contested, "gold_forgiven": state.gold_forgiven,
-            "gold_accuracy": share(state.gold_seen - state.gold_missed, state.gold_seen),
-            "speed_trips": state.speed_trips,
-            "median_seconds": statistics.median(user_seconds) if user_seconds else None,
-            "flags": dict(state.flags or {}),
-            "joined_at": iso(state.joined_at), "quiz_passed_at": iso(state.quiz_passed_at),
-        })
+        table.rows.append(
+            {
+                "annotator": pseudonym,
+                "state": state.status,
+                "state_reason": state.status_reason,
+                "trust": state.trust,
+                "judgments": state.judgments,
+                "tainted_judgments": tainted[state.user_id],
+                "gold_seen": state.gold_seen,
+                "gold_missed": state.gold_missed,
+                "gold_contested": state.gold_contested,
+                "gold_forgiven": state.gold_forgiven,
+                "gold_accuracy": share(state.gold_seen - state.gold_missed, state.gold_seen),
+                "speed_trips": state.speed_trips,
+                "median_seconds": statistics.median(user_seconds) if user_seconds else None,
+                "flags": dict(state.flags or {}),
+                "joined_at": iso(state.joined_at),
+                "quiz_passed_at": iso(state.quiz_passed_at),
+            }
+        )
     return table
 
 
 # --- gold: one row per gold item ---------------------------------------------------------------
 
 GOLD_COLUMNS = [
-    "image", "accepted_answers", "reason", "difficulty", "source", "active",
-    "times_shown", "times_answered", "missed", "pct_missed", "contested", "pct_contested",
-    "contests_open", "contests_upheld", "contests_changed", "resolution",
+    "image",
+    "accepted_answers",
+    "reason",
+    "difficulty",
+    "source",
+    "active",
+    "times_shown",
+    "times_answered",
+    "missed",
+    "pct_missed",
+    "contested",
+    "pct_contested",
+    "contests_open",
+    "contests_upheld",
+    "contests_changed",
+    "resolution",
 ]
 
 
@@ -351,8 +458,9 @@ def gold_report(session: Session, job: Job) -> Table:
     image_ids = [image_id for _, _, image_id in gold_rows]
     shown = _count_by(session, PageItem.image_id, PageItem.image_id.in_(image_ids))
     answered = _count_by(session, Judgment.image_id, Judgment.image_id.in_(image_ids))
-    missed = _count_by(session, Judgment.image_id, Judgment.image_id.in_(image_ids),
-                       Judgment.gold_missed.is_(True))
+    missed = _count_by(
+        session, Judgment.image_id, Judgment.image_id.in_(image_ids), Judgment.gold_missed.is_(True)
+    )
     contests: dict[int, Counter[str]] = defaultdict(Counter)
     for gold_id, status in session.execute(
         select(Contest.gold_id, Contest.status)
@@ -365,17 +473,26 @@ def gold_report(session: Session, job: Job) -> Table:
         by_status = contests.get(gold.id, Counter())
         n_contests = sum(by_status.values())
         n_answered = answered[image_id]
-        table.rows.append({
-            "image": public_id, "accepted_answers": list(gold.accepted_answers),
-            "reason": gold.reason, "difficulty": gold.difficulty, "source": gold.source,
-            "active": gold.active, "times_shown": shown[image_id],
-            "times_answered": n_answered, "missed": missed[image_id],
-            "pct_missed": _pct(missed[image_id], n_answered),
-            "contested": n_contests, "pct_contested": _pct(n_contests, n_answered),
-            "contests_open": by_status["open"], "contests_upheld": by_status["upheld"],
-            "contests_changed": by_status["changed"],
-            "resolution": _resolution(by_status),
-        })
+        table.rows.append(
+            {
+                "image": public_id,
+                "accepted_answers": list(gold.accepted_answers),
+                "reason": gold.reason,
+                "difficulty": gold.difficulty,
+                "source": gold.source,
+                "active": gold.active,
+                "times_shown": shown[image_id],
+                "times_answered": n_answered,
+                "missed": missed[image_id],
+                "pct_missed": _pct(missed[image_id], n_answered),
+                "contested": n_contests,
+                "pct_contested": _pct(n_contests, n_answered),
+                "contests_open": by_status["open"],
+                "contests_upheld": by_status["upheld"],
+                "contests_changed": by_status["changed"],
+                "resolution": _resolution(by_status),
+            }
+        )
     return table
 
 
@@ -386,8 +503,11 @@ def _pct(numerator: int, denominator: int) -> float | None:
 def _resolution(by_status: Counter[str]) -> str:
     """``""`` without contests, else e.g. ``"1 open, 2 upheld"`` (only non-zero statuses)."""
     parts = [f"{by_status[s]} {s}" for s in ("open", "upheld", "changed") if by_status[s]]
-    parts += [f"{n} {s}" for s, n in sorted(by_status.items())
-              if s not in ("open", "upheld", "changed") and n]
+    parts += [
+        f"{n} {s}"
+        for s, n in sorted(by_status.items())
+        if s not in ("open", "upheld", "changed") and n
+    ]
     return ", ".join(parts)
 
 

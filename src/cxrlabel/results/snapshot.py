@@ -64,8 +64,9 @@ class QASnapshot:
     figures: list[QAFigure]
 
 
-def compute_snapshot(session: Session, job: Job, spec: JobSpec, version: JobVersion,
-                     computed_at: float) -> QASnapshot:
+def compute_snapshot(
+    session: Session, job: Job, spec: JobSpec, version: JobVersion, computed_at: float
+) -> QASnapshot:
     qa = collect_qa(session, job, spec)
     summary = qa_summary(qa)
     return QASnapshot(job.id, version, computed_at, qa, summary, qa_figures(qa, summary))
@@ -74,8 +75,12 @@ def compute_snapshot(session: Session, job: Job, spec: JobSpec, version: JobVers
 class QASnapshots:
     """The latest snapshot of each job, recomputed by the rules in the module docstring."""
 
-    def __init__(self, min_interval: float = 60.0, max_age: float = 600.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        min_interval: float = 60.0,
+        max_age: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.min_interval = min_interval
         self.max_age = max_age
         self.clock = clock
@@ -84,8 +89,13 @@ class QASnapshots:
         self._guard = threading.Lock()
         self._workers: list[threading.Thread] = []
 
-    def get(self, session: Session, job: Job, spec: JobSpec,
-            reopen: Callable[[], AbstractContextManager[Session]] | None = None) -> QASnapshot:
+    def get(
+        self,
+        session: Session,
+        job: Job,
+        spec: JobSpec,
+        reopen: Callable[[], AbstractContextManager[Session]] | None = None,
+    ) -> QASnapshot:
         """The job's snapshot. With ``reopen`` (a read-session factory) an outdated snapshot is
         returned at once and its successor computed in a background thread, so only the first
         request of a job in this process waits for the computation."""
@@ -111,16 +121,21 @@ class QASnapshots:
         for worker in list(self._workers):
             worker.join(timeout)
 
-    def _compute_holding(self, lock: threading.Lock, session: Session, job: Job, spec: JobSpec,
-                         version: JobVersion) -> QASnapshot:
+    def _compute_holding(
+        self, lock: threading.Lock, session: Session, job: Job, spec: JobSpec, version: JobVersion
+    ) -> QASnapshot:
         try:
             return self._store(compute_snapshot(session, job, spec, version, self.clock()))
         finally:
             lock.release()
 
-    def _start_refresh(self, lock: threading.Lock,
-                       reopen: Callable[[], AbstractContextManager[Session]], job_id: int,
-                       spec: JobSpec) -> None:
+    def _start_refresh(
+        self,
+        lock: threading.Lock,
+        reopen: Callable[[], AbstractContextManager[Session]],
+        job_id: int,
+        spec: JobSpec,
+    ) -> None:
         def refresh() -> None:
             try:
                 with reopen() as session:

@@ -57,8 +57,9 @@ def _header_uids(path: str) -> tuple[str, str] | None:
     import pydicom  # only when a DICOM source is named: keeps plain exports light
 
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True,
-                             specific_tags=["StudyInstanceUID", "SOPInstanceUID"])
+        ds = pydicom.dcmread(
+            path, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SOPInstanceUID"]
+        )
         study, sop = str(ds.get("StudyInstanceUID", "")), str(ds.get("SOPInstanceUID", ""))
     except Exception:
         return None

@@ -80,8 +80,10 @@ def assign_splits(
     for labels in group_labels.values():
         totals.update(labels)
     labels_sorted = sorted(totals)
-    targets = {s: {lab: r * totals[lab] for lab in labels_sorted}
-               for s, r in zip(SPLIT_NAMES, ratios, strict=True)}
+    targets = {
+        s: {lab: r * totals[lab] for lab in labels_sorted}
+        for s, r in zip(SPLIT_NAMES, ratios, strict=True)
+    }
     counts: dict[str, Counter[str]] = {s: Counter() for s in SPLIT_NAMES}
 
     rng = random.Random(seed)

@@ -18,12 +18,23 @@ from typing import Any
 
 # Column -> datasets ``Value`` dtype; ``p_<label>`` columns are float64, ``label`` a ClassLabel.
 COLUMN_DTYPES = {
-    "file_name": "string", "confidence": "float64", "split": "string",
-    "patient_id": "string", "expert_reviewed": "bool", "reference_label": "string",
-    "source_upstream_resized": "bool", "image_id": "string", "is_gold": "bool",
-    "needs_review": "bool", "crowd_label": "string", "crowd_confidence": "float64",
-    "aggregation_method": "string", "trusted_judgments": "int64", "width": "int64",
-    "height": "int64", "source": "string",
+    "file_name": "string",
+    "confidence": "float64",
+    "split": "string",
+    "patient_id": "string",
+    "expert_reviewed": "bool",
+    "reference_label": "string",
+    "source_upstream_resized": "bool",
+    "image_id": "string",
+    "is_gold": "bool",
+    "needs_review": "bool",
+    "crowd_label": "string",
+    "crowd_confidence": "float64",
+    "aggregation_method": "string",
+    "trusted_judgments": "int64",
+    "width": "int64",
+    "height": "int64",
+    "source": "string",
 }
 
 
@@ -60,28 +71,45 @@ def card_features(columns: list[str], labels: list[str]) -> list[dict[str, Any]]
         if column == "file_name":
             out.append({"name": "image", "dtype": "image"})
         elif column == "label":
-            out.append({"name": "label", "dtype": {"class_label": {
-                "names": {str(i): name for i, name in enumerate(labels)}}}})
+            out.append(
+                {
+                    "name": "label",
+                    "dtype": {
+                        "class_label": {"names": {str(i): name for i, name in enumerate(labels)}}
+                    },
+                }
+            )
         else:
             out.append({"name": column, "dtype": column_dtype(column)})
     return out
 
 
-def write_parquet(path: Path, rows: list[dict[str, Any]], columns: list[str],
-                  labels: list[str], *, class_label: bool) -> None:
+def write_parquet(
+    path: Path,
+    rows: list[dict[str, Any]],
+    columns: list[str],
+    labels: list[str],
+    *,
+    class_label: bool,
+) -> None:
     """Write ``rows`` with the declared schema; with ``class_label`` the label is its index."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    arrow_types = {"string": pa.string(), "float64": pa.float64(), "bool": pa.bool_(),
-                   "int64": pa.int64()}
+    arrow_types = {
+        "string": pa.string(),
+        "float64": pa.float64(),
+        "bool": pa.bool_(),
+        "int64": pa.int64(),
+    }
     fields = []
     for column in columns:
         kind = "int64" if column == "label" and class_label else column_dtype(column)
         fields.append(pa.field(column, arrow_types[kind]))
     features = hf_features(columns, labels, class_label=class_label)
-    schema = pa.schema(fields, metadata={
-        "huggingface": json.dumps({"info": {"features": features}})})
+    schema = pa.schema(
+        fields, metadata={"huggingface": json.dumps({"info": {"features": features}})}
+    )
     data = {c: [_arrow_value(c, r[c], labels, class_label) for r in rows] for c in columns}
     pq.write_table(pa.table(data, schema=schema), path)
 

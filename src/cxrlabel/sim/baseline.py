@@ -33,7 +33,12 @@ class BaselineResult:
 
 
 def simulate_answers(
-    crowd: CrowdSpec, spec: JobSpec, truth: Truth, image_ids: list[int], k: int, seed: int = 0,
+    crowd: CrowdSpec,
+    spec: JobSpec,
+    truth: Truth,
+    image_ids: list[int],
+    k: int,
+    seed: int = 0,
     n_annotators: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(items, workers, labels) with ``k`` answers per image from distinct annotators."""
@@ -51,8 +56,13 @@ def simulate_answers(
         for worker in chosen:
             persona = roster[worker]
             answer = persona.answer(
-                rngs[worker], truth.label[image_id], truth.difficulty.get(image_id, 0.5),
-                labels, certainties, [], pages_done=10**6,
+                rngs[worker],
+                truth.label[image_id],
+                truth.difficulty.get(image_id, 0.5),
+                labels,
+                certainties,
+                [],
+                pages_done=10**6,
             )
             items.append(item)
             workers.append(int(worker))
@@ -61,8 +71,13 @@ def simulate_answers(
 
 
 def majority_accuracy_curve(
-    crowd: CrowdSpec, spec: JobSpec, truth: Truth, image_ids: list[int], ks: range,
-    seed: int = 0, reference: dict[int, str] | None = None,
+    crowd: CrowdSpec,
+    spec: JobSpec,
+    truth: Truth,
+    image_ids: list[int],
+    ks: range,
+    seed: int = 0,
+    reference: dict[int, str] | None = None,
 ) -> dict[int, float]:
     """Majority-vote accuracy with the first k answers, for each k (ties go to PNEUMONIA)."""
     k_max = max(ks)
@@ -75,21 +90,42 @@ def majority_accuracy_curve(
     curve = {}
     for k in ks:
         keep = rank < k
-        result = fit(items[keep], workers[keep], answers[keep], len(labels), method="mv",
-                     n_items=len(image_ids), n_workers=int(workers.max()) + 1, tie_break=tie)
+        result = fit(
+            items[keep],
+            workers[keep],
+            answers[keep],
+            len(labels),
+            method="mv",
+            n_items=len(image_ids),
+            n_workers=int(workers.max()) + 1,
+            tie_break=tie,
+        )
         curve[k] = float((result.labels == expected).mean())
     return curve
 
 
 def run_baseline(
-    crowd: CrowdSpec, spec: JobSpec, truth: Truth, image_ids: list[int], k: int = 5,
-    seed: int = 0, reference: dict[int, str] | None = None, k_max: int = 9,
+    crowd: CrowdSpec,
+    spec: JobSpec,
+    truth: Truth,
+    image_ids: list[int],
+    k: int = 5,
+    seed: int = 0,
+    reference: dict[int, str] | None = None,
+    k_max: int = 9,
 ) -> BaselineResult:
-    curve = majority_accuracy_curve(crowd, spec, truth, image_ids, range(1, max(k, k_max) + 1),
-                                    seed, reference)
+    curve = majority_accuracy_curve(
+        crowd, spec, truth, image_ids, range(1, max(k, k_max) + 1), seed, reference
+    )
     pages = int(np.ceil(len(image_ids) * k / spec.pages.items_per_page))
-    return BaselineResult(k=k, label_accuracy=round(curve[k], 4), judgments_per_image=float(k),
-                          cost=round(pages * spec.pay.per_page, 2), pages=pages, curve=curve)
+    return BaselineResult(
+        k=k,
+        label_accuracy=round(curve[k], 4),
+        judgments_per_image=float(k),
+        cost=round(pages * spec.pay.per_page, 2),
+        pages=pages,
+        curve=curve,
+    )
 
 
 def _rank_within_item(items: np.ndarray) -> np.ndarray:

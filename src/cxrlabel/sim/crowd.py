@@ -66,8 +66,11 @@ class CrowdSpec:
         quota = np.floor(exact).astype(int)
         for index in np.argsort(-(exact - quota), kind="stable")[: n - quota.sum()]:
             quota[index] += 1
-        roster = [entry.persona for entry, count in zip(self.personas, quota, strict=True)
-                  for _ in range(count)]
+        roster = [
+            entry.persona
+            for entry, count in zip(self.personas, quota, strict=True)
+            for _ in range(count)
+        ]
         return [roster[i] for i in rng.permutation(len(roster))]
 
     def with_settings(self, **changes: Any) -> CrowdSpec:
@@ -96,8 +99,13 @@ def load_crowd(name_or_path: str | Path = DEFAULT_CROWD) -> CrowdSpec:
     return parse_crowd(data, str(candidate))
 
 
-_CROWD_KEYS = {"annotators": int, "arrivals_per_hour": float, "max_days": float,
-               "break_hours": float, "expert_accuracy": float}
+_CROWD_KEYS = {
+    "annotators": int,
+    "arrivals_per_hour": float,
+    "max_days": float,
+    "break_hours": float,
+    "expert_accuracy": float,
+}
 
 
 def parse_crowd(data: dict[str, Any], source: str = "<crowd>") -> CrowdSpec:
@@ -120,8 +128,12 @@ def parse_crowd(data: dict[str, Any], source: str = "<crowd>") -> CrowdSpec:
     names = [entry.persona.name for entry in personas]
     if len(set(names)) != len(names):
         raise CrowdSpecError(f"{source}: persona names must be unique (use 'name' to rename)")
-    return CrowdSpec(name=str(data.get("name", Path(source).stem)), personas=personas,
-                     description=str(data.get("description", "")), **settings)
+    return CrowdSpec(
+        name=str(data.get("name", Path(source).stem)),
+        personas=personas,
+        description=str(data.get("description", "")),
+        **settings,
+    )
 
 
 def _persona_entry(entry: dict[str, Any], index: int, source: str) -> PersonaShare:
@@ -145,12 +157,14 @@ def single_persona_crowd(
 ) -> CrowdSpec:
     """A crowd of one persona (tests and sweeps)."""
     chosen = PERSONAS[persona] if isinstance(persona, str) else persona
-    return CrowdSpec(name=chosen.name, personas=(PersonaShare(chosen, 1.0),),
-                     annotators=annotators, **settings)
+    return CrowdSpec(
+        name=chosen.name, personas=(PersonaShare(chosen, 1.0),), annotators=annotators, **settings
+    )
 
 
-def mixed_crowd(name: str, shares: dict[str, float], annotators: int = 40,
-                **settings: Any) -> CrowdSpec:
+def mixed_crowd(
+    name: str, shares: dict[str, float], annotators: int = 40, **settings: Any
+) -> CrowdSpec:
     """A crowd from persona names and shares (tests and sweeps)."""
     personas = tuple(PersonaShare(PERSONAS[key], share) for key, share in shares.items())
     return CrowdSpec(name=name, personas=personas, annotators=annotators, **settings)

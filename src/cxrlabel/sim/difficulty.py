@@ -98,13 +98,18 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0) -> np.ndarray:
         grad[:-1] += l2 * w[:-1]
         return float(value), grad
 
-    result = minimize(loss, np.zeros(design.shape[1]), jac=True, method="L-BFGS-B",
-                      options={"maxiter": 500})
+    result = minimize(
+        loss, np.zeros(design.shape[1]), jac=True, method="L-BFGS-B", options={"maxiter": 500}
+    )
     return result.x
 
 
 def cross_fitted_scores(
-    features: np.ndarray, y: np.ndarray, groups: Sequence[str], k: int = 5, seed: int = 0,
+    features: np.ndarray,
+    y: np.ndarray,
+    groups: Sequence[str],
+    k: int = 5,
+    seed: int = 0,
     l2: float = 1.0,
 ) -> np.ndarray:
     """Out-of-fold p(y=1): each image is scored by a model that never saw its patient."""
@@ -120,8 +125,9 @@ def cross_fitted_scores(
         mean = features[train].mean(axis=0)
         std = features[train].std(axis=0) + 1e-6  # standardise on the training folds only
         w = fit_logistic((features[train] - mean) / std, y[train], l2=l2 * train.sum() / 100)
-        scores[test] = expit(np.hstack([(features[test] - mean) / std,
-                                        np.ones((test.sum(), 1))]) @ w)
+        scores[test] = expit(
+            np.hstack([(features[test] - mean) / std, np.ones((test.sum(), 1))]) @ w
+        )
     return scores
 
 
@@ -165,8 +171,9 @@ def compute_difficulty(
     if labelled.sum() < min_labelled or len(set(y[labelled])) < 2:
         # Too few labelled images to fit anything honest: spread difficulty evenly at random.
         rng = np.random.default_rng(seed)
-        return DifficultyResult(np.full(n, 0.5), rng.permutation((np.arange(n) + 0.5) / n),
-                                None, None, "random")
+        return DifficultyResult(
+            np.full(n, 0.5), rng.permutation((np.arange(n) + 0.5) / n), None, None, "random"
+        )
     features = load_features(paths, cache_dir, progress)
     names = [g if g else f"image-{i}" for i, g in enumerate(groups)]
     score = np.full(n, 0.5)
@@ -175,8 +182,7 @@ def compute_difficulty(
     )
     if (~labelled).any():  # unlabelled images: a model trained on all labelled ones
         mean, std = features[labelled].mean(0), features[labelled].std(0) + 1e-6
-        w = fit_logistic((features[labelled] - mean) / std, y[labelled],
-                         l2=labelled.sum() / 100)
+        w = fit_logistic((features[labelled] - mean) / std, y[labelled], l2=labelled.sum() / 100)
         rest = (features[~labelled] - mean) / std
         score[~labelled] = expit(np.hstack([rest, np.ones((len(rest), 1))]) @ w)
     difficulty = np.empty(n)

@@ -61,8 +61,13 @@ from cxrlabel.storage.models import (
 DEFAULT_START = datetime(2025, 1, 6, 8, 0, tzinfo=UTC)  # a Monday morning, fixed for replays
 UNUSABLE_PASSWORD = "!simulated"  # not an argon2 hash: nobody can log in as a simulated user
 THINK_SECONDS = 4.0  # mean pause between submitting a page and asking for the next
-LEAVING_CODES = {"all_done", "quota_reached", "not_ready", AnnotatorStatus.REMOVED,
-                 AnnotatorStatus.DISQUALIFIED}
+LEAVING_CODES = {
+    "all_done",
+    "quota_reached",
+    "not_ready",
+    AnnotatorStatus.REMOVED,
+    AnnotatorStatus.DISQUALIFIED,
+}
 
 
 @dataclass
@@ -144,8 +149,11 @@ class Simulation:
         self.until_settled = until_settled
         # The bound on a crowd that keeps arriving: ten rosters' worth by default.
         self.max_annotators = max_annotators or 10 * self.n_annotators
-        self.end_of_time = (datetime.max.replace(tzinfo=UTC) if until_settled
-                            else start + timedelta(days=crowd.max_days))
+        self.end_of_time = (
+            datetime.max.replace(tzinfo=UTC)
+            if until_settled
+            else start + timedelta(days=crowd.max_days)
+        )
         self.record = SimRecord(start=start, crowd_end=start, end=start)
         self._heap: list[tuple[datetime, int, str, int]] = []
         self._seq = itertools.count()
@@ -197,7 +205,8 @@ class Simulation:
         for persona in self.crowd.roster(master, n):
             index = len(self.record.annotators)
             annotator = SimAnnotator(
-                index=index, persona=persona,
+                index=index,
+                persona=persona,
                 rng=np.random.default_rng([self.seed, 2, index]),
                 pick_rng=random.Random(f"{self.seed}-{index}"),
             )
@@ -226,11 +235,15 @@ class Simulation:
     # --- event handlers --------------------------------------------------------------------
     def _on_arrive(self, a: SimAnnotator, now: datetime) -> None:
         if self._count_open() == 0:  # nothing to do now: this person does not join (images
-            a.gone = True            # reopened later by a removal still get later arrivals)
+            a.gone = True  # reopened later by a removal still get later arrivals)
             return
         with self.db.session() as session:
-            user = User(username=a.username, password_hash=UNUSABLE_PASSWORD,
-                        role=Role.ANNOTATOR, created_at=now)
+            user = User(
+                username=a.username,
+                password_hash=UNUSABLE_PASSWORD,
+                role=Role.ANNOTATOR,
+                created_at=now,
+            )
             session.add(user)
             session.flush()
             join_job(session, self._job(session), self.spec, user, now)
@@ -249,8 +262,7 @@ class Simulation:
         with self.db.session() as session:
             job, user = self._job(session), self._user(session, a)
             started = time.perf_counter()
-            page, reason = next_page_or_reason(session, job, self.spec, user, now,
-                                               rng=a.pick_rng)
+            page, reason = next_page_or_reason(session, job, self.spec, user, now, rng=a.pick_rng)
             self.record.timings["next_page"] += time.perf_counter() - started
             if page is None:
                 code = reason.code if reason else "no_work_now"
@@ -258,27 +270,50 @@ class Simulation:
                 return
             is_quiz = page.kind == PageKind.QUIZ
             items = [(item.image_id, item.position, item.is_gold) for item in page.items]
-            public = dict(session.execute(select(Image.id, Image.public_id).where(
-                Image.id.in_([image_id for image_id, _, _ in items]))).all())
-            answers = [self._answer(a, image_id, public[image_id], is_quiz, is_gold)
-                       for image_id, _, is_gold in sorted(items, key=lambda item: item[1])]
-            a.pending = {"page": page.public_id, "answers": answers, "quiz": is_quiz,
-                         "training": page.kind == PageKind.TRAINING, "served": now}
+            public = dict(
+                session.execute(
+                    select(Image.id, Image.public_id).where(
+                        Image.id.in_([image_id for image_id, _, _ in items])
+                    )
+                ).all()
+            )
+            answers = [
+                self._answer(a, image_id, public[image_id], is_quiz, is_gold)
+                for image_id, _, is_gold in sorted(items, key=lambda item: item[1])
+            ]
+            a.pending = {
+                "page": page.public_id,
+                "answers": answers,
+                "quiz": is_quiz,
+                "training": page.kind == PageKind.TRAINING,
+                "served": now,
+            }
             seconds = a.persona.page_seconds(a.rng, len(page.items))
         self._push(now + timedelta(seconds=seconds), "submit", a.index)
 
-    def _answer(self, a: SimAnnotator, image_id: int, public_id: str, is_quiz: bool,
-                is_gold: bool = False) -> AnswerIn:
+    def _answer(
+        self, a: SimAnnotator, image_id: int, public_id: str, is_quiz: bool, is_gold: bool = False
+    ) -> AnswerIn:
         # ``is_gold`` reaches only the gold-harvester persona, which stands for accounts that
         # learned the bank elsewhere; honest personas never look at it.
         simulated = a.persona.answer(
-            a.rng, self.truth.label[image_id], self.truth.difficulty.get(image_id, 0.5),
-            self._labels, self._certainties, self._flags,
-            pages_done=a.work_pages, is_quiz=is_quiz, is_gold=is_gold,
+            a.rng,
+            self.truth.label[image_id],
+            self.truth.difficulty.get(image_id, 0.5),
+            self._labels,
+            self._certainties,
+            self._flags,
+            pages_done=a.work_pages,
+            is_quiz=is_quiz,
+            is_gold=is_gold,
             feedback_pages=a.pages_submitted,
         )
-        return AnswerIn(image_public_id=public_id, answer=simulated.answer,
-                        certainty=simulated.certainty, quality_flag=simulated.quality_flag)
+        return AnswerIn(
+            image_public_id=public_id,
+            answer=simulated.answer,
+            certainty=simulated.certainty,
+            quality_flag=simulated.quality_flag,
+        )
 
     def _on_submit(self, a: SimAnnotator, now: datetime) -> None:
         pending, a.pending = a.pending, None
@@ -288,8 +323,16 @@ class Simulation:
             started = time.perf_counter()
             with self.db.session() as session:
                 job, user = self._job(session), self._user(session, a)
-                result = submit_page(session, job, self.spec, user, pending["page"], client_id,
-                                     pending["answers"], now)
+                result = submit_page(
+                    session,
+                    job,
+                    self.spec,
+                    user,
+                    pending["page"],
+                    client_id,
+                    pending["answers"],
+                    now,
+                )
             self.record.timings["submit_page"] += time.perf_counter() - started
         except SubmissionError as exc:  # e.g. an expired page whose images were taken
             a.rejected_pages += 1
@@ -347,11 +390,24 @@ class Simulation:
             for image_id in image_ids:
                 seconds = expert.page_seconds(expert_rng, 1)
                 now = now + timedelta(seconds=seconds)
-                label = expert.answer(expert_rng, self.truth.label[image_id],
-                                      self.truth.difficulty.get(image_id, 0.5), self._labels,
-                                      self._certainties, []).answer
-                record_expert_label(session, job, self.spec, user, image_id, label,
-                                    "simulated radiologist review", now)
+                label = expert.answer(
+                    expert_rng,
+                    self.truth.label[image_id],
+                    self.truth.difficulty.get(image_id, 0.5),
+                    self._labels,
+                    self._certainties,
+                    [],
+                ).answer
+                record_expert_label(
+                    session,
+                    job,
+                    self.spec,
+                    user,
+                    image_id,
+                    label,
+                    "simulated radiologist review",
+                    now,
+                )
                 self.record.expert_reviews += 1
                 self.record.expert_seconds += seconds
         self.record.end = now
@@ -378,10 +434,13 @@ class Simulation:
 
     def _count_open(self) -> int:
         with self.db.session() as session:
-            counts = dict(session.execute(
-                select(Image.status, func.count()).where(Image.job_id == self.job_id)
-                .group_by(Image.status)
-            ).all())
+            counts = dict(
+                session.execute(
+                    select(Image.status, func.count())
+                    .where(Image.job_id == self.job_id)
+                    .group_by(Image.status)
+                ).all()
+            )
         self._n_work = sum(n for status, n in counts.items() if status not in ImageStatus.NOT_WORK)
         return int(counts.get(ImageStatus.NEEDS_JUDGMENTS, 0))
 
@@ -389,8 +448,12 @@ class Simulation:
 def _expert_user(session: Any, now: datetime) -> User:
     user = session.scalar(select(User).where(User.username == "sim-expert-1"))
     if user is None:
-        user = User(username="sim-expert-1", password_hash=UNUSABLE_PASSWORD, role=Role.EXPERT,
-                    created_at=now)
+        user = User(
+            username="sim-expert-1",
+            password_hash=UNUSABLE_PASSWORD,
+            role=Role.EXPERT,
+            created_at=now,
+        )
         session.add(user)
         session.flush()
     return user
@@ -409,9 +472,9 @@ class _Usernames:
 
     def __init__(self, db: Database) -> None:
         with db.session() as session:
-            self.taken = set(session.scalars(
-                select(User.username).where(User.username.like("sim-%"))
-            ))
+            self.taken = set(
+                session.scalars(select(User.username).where(User.username.like("sim-%")))
+            )
         self.counts: dict[str, int] = {}
 
     def next(self, persona: str) -> str:
@@ -426,6 +489,9 @@ class _Usernames:
 
 def annotator_states(db: Database, job_id: int, user_ids: Sequence[int]) -> dict[int, Any]:
     with db.session() as session:
-        rows = session.scalars(select(AnnotatorState).where(
-            AnnotatorState.job_id == job_id, AnnotatorState.user_id.in_(list(user_ids))))
+        rows = session.scalars(
+            select(AnnotatorState).where(
+                AnnotatorState.job_id == job_id, AnnotatorState.user_id.in_(list(user_ids))
+            )
+        )
         return {row.user_id: row for row in rows}

@@ -90,12 +90,16 @@ def _opposite(label: str, labels: list[str]) -> str:
 class HttpAccount:
     """One annotator account driven over the REST API with a bearer token."""
 
-    def __init__(self, base_url: str, job: str, name: str, token: str,
-                 timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, base_url: str, job: str, name: str, token: str, timeout_s: float = 30.0
+    ) -> None:
         check_loopback(base_url)
         self.job, self.log = job, AccountLog(name)
-        self.client = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s,
-                                   headers={"Authorization": f"Bearer {token}"})
+        self.client = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            timeout=timeout_s,
+            headers={"Authorization": f"Bearer {token}"},
+        )
 
     def close(self) -> None:
         self.client.close()
@@ -107,17 +111,25 @@ class HttpAccount:
     def fetch(self, item: dict) -> SeenItem:
         r = self.client.get(item["image_url"])
         r.raise_for_status()
-        seen = SeenItem(item["image_public_id"], r.headers.get("etag", ""),
-                        hashlib.sha256(r.content).hexdigest())
+        seen = SeenItem(
+            item["image_public_id"],
+            r.headers.get("etag", ""),
+            hashlib.sha256(r.content).hexdigest(),
+        )
         self.log.items.append(seen)
         return seen
 
     def submit(self, page: dict, answers: dict[str, str]) -> dict:
         r = self.client.post(
             f"/api/jobs/{self.job}/pages/{page['page_id']}/submit",
-            json={"client_submission_id": page["client_submission_id"],
-                  "answers": [{"image_public_id": pid, "answer": a, "certainty": "definitely"}
-                              for pid, a in answers.items()]})
+            json={
+                "client_submission_id": page["client_submission_id"],
+                "answers": [
+                    {"image_public_id": pid, "answer": a, "certainty": "definitely"}
+                    for pid, a in answers.items()
+                ],
+            },
+        )
         r.raise_for_status()
         result = r.json()
         self.log.pages += 1
@@ -132,8 +144,9 @@ class HttpAccount:
             if page is None:
                 return
             seen = {item["image_public_id"]: self.fetch(item) for item in page["items"]}
-            result = self.submit(page, {pid: choose(item, page["kind"] == "quiz")
-                                        for pid, item in seen.items()})
+            result = self.submit(
+                page, {pid: choose(item, page["kind"] == "quiz") for pid, item in seen.items()}
+            )
             for missed in result.get("missed_gold", []):
                 item = seen.get(missed["image_public_id"])
                 if item is not None:
@@ -142,26 +155,35 @@ class HttpAccount:
                 return
 
 
-def harvest(accounts: list[HttpAccount], truth: dict[str, str], labels: list[str],
-            strategy: str, max_pages: int = MAX_PAGES) -> Harvest:
+def harvest(
+    accounts: list[HttpAccount],
+    truth: dict[str, str],
+    labels: list[str],
+    strategy: str,
+    max_pages: int = MAX_PAGES,
+) -> Harvest:
     """Run the harvesting accounts one after another (each for at most ``max_pages``) and
     pool what they learned."""
     pooled = Harvest()
     for account in accounts:
+
         def choose(item: SeenItem, is_quiz: bool) -> str:
             label = truth[item.content_sha256]
             if strategy == "fail_quiz" or not is_quiz:
                 return _opposite(label, labels)
             return label  # miss_on_work: get through the quiz honestly
+
         account.work(choose, max_pages)
         pooled.add(account.log)
     return pooled
 
 
-def cheat(account: HttpAccount, pooled: Harvest, truth: dict[str, str],
-          labels: list[str]) -> AccountLog:
+def cheat(
+    account: HttpAccount, pooled: Harvest, truth: dict[str, str], labels: list[str]
+) -> AccountLog:
     """The cheater: honest on the quiz, harvested answers on what it recognises, the opposite
     of the truth on everything else."""
+
     def choose(item: SeenItem, is_quiz: bool) -> str:
         if is_quiz:
             return truth[item.content_sha256]
@@ -170,5 +192,6 @@ def cheat(account: HttpAccount, pooled: Harvest, truth: dict[str, str],
             account.log.recognised.append(item)
             return known[0]
         return _opposite(truth[item.content_sha256], labels)
+
     account.work(choose)
     return account.log

@@ -69,17 +69,24 @@ class HttpStats:
 
     def summary(self) -> dict[str, object]:
         out: dict[str, object] = {
-            "pages_submitted": self.pages_submitted, "requests": self.requests,
-            "errors": dict(self.errors), "stopped_by": dict(self.stopped_by),
+            "pages_submitted": self.pages_submitted,
+            "requests": self.requests,
+            "errors": dict(self.errors),
+            "stopped_by": dict(self.stopped_by),
             "wall_seconds": round(self.wall_seconds, 3),
             "pages_per_second": round(self.pages_submitted / self.wall_seconds, 2)
-            if self.wall_seconds else None,
+            if self.wall_seconds
+            else None,
         }
         for kind, values in self.latencies.items():
             if values:
                 p50, p95, p99 = np.percentile(values, [50, 95, 99])
-                out[f"{kind}_ms"] = {"p50": round(p50 * 1000, 1), "p95": round(p95 * 1000, 1),
-                                     "p99": round(p99 * 1000, 1), "n": len(values)}
+                out[f"{kind}_ms"] = {
+                    "p50": round(p50 * 1000, 1),
+                    "p95": round(p95 * 1000, 1),
+                    "p99": round(p99 * 1000, 1),
+                    "n": len(values),
+                }
         return out
 
 
@@ -89,8 +96,7 @@ def check_loopback(base_url: str) -> None:
         raise ValueError(f"{base_url}: the HTTP driver only talks to loopback addresses")
 
 
-def create_annotators(db: Database, crowd: CrowdSpec, n: int, seed: int = 0
-                      ) -> list[HttpAnnotator]:
+def create_annotators(db: Database, crowd: CrowdSpec, n: int, seed: int = 0) -> list[HttpAnnotator]:
     """``n`` real annotator accounts (``sim-<persona>-<k>``) with fresh API tokens."""
     if not 1 <= n <= MAX_ANNOTATORS:
         raise ValueError(f"annotators must be between 1 and {MAX_ANNOTATORS}")
@@ -99,22 +105,35 @@ def create_annotators(db: Database, crowd: CrowdSpec, n: int, seed: int = 0
     out = []
     with db.session() as session:
         for index, persona in enumerate(roster):
-            user = User(username=names.next(persona.name), password_hash=UNUSABLE_PASSWORD,
-                        role=Role.ANNOTATOR)
+            user = User(
+                username=names.next(persona.name),
+                password_hash=UNUSABLE_PASSWORD,
+                role=Role.ANNOTATOR,
+            )
             session.add(user)
             session.flush()
-            out.append(HttpAnnotator(user.username, issue_api_token(session, user), persona,
-                                     seed * 100003 + index, user.id))
+            out.append(
+                HttpAnnotator(
+                    user.username,
+                    issue_api_token(session, user),
+                    persona,
+                    seed * 100003 + index,
+                    user.id,
+                )
+            )
     return out
 
 
 def truth_by_public_id(db: Database, job_id: int, truth: Truth) -> Truth:
     """Re-key a ``Truth`` (by image id) by the public ids the API shows."""
     with db.session() as session:
-        public = dict(session.execute(select(Image.id, Image.public_id)
-                                      .where(Image.job_id == job_id)).all())
-    return Truth({public[i]: v for i, v in truth.label.items() if i in public},
-                 {public[i]: v for i, v in truth.difficulty.items() if i in public})
+        public = dict(
+            session.execute(select(Image.id, Image.public_id).where(Image.job_id == job_id)).all()
+        )
+    return Truth(
+        {public[i]: v for i, v in truth.label.items() if i in public},
+        {public[i]: v for i, v in truth.difficulty.items() if i in public},
+    )
 
 
 def truth_for(truth: Truth, aliases: Aliases | None, user_id: int) -> Truth:
@@ -123,14 +142,24 @@ def truth_for(truth: Truth, aliases: Aliases | None, user_id: int) -> Truth:
     does)."""
     if aliases is None:
         return truth
-    return Truth({aliases.image(pid, user_id): v for pid, v in truth.label.items()},
-                 {aliases.image(pid, user_id): v for pid, v in truth.difficulty.items()})
+    return Truth(
+        {aliases.image(pid, user_id): v for pid, v in truth.label.items()},
+        {aliases.image(pid, user_id): v for pid, v in truth.difficulty.items()},
+    )
 
 
 def drive(
-    base_url: str, job: str, spec: JobSpec, annotators: Sequence[HttpAnnotator], truth: Truth,
-    *, aliases: Aliases | None = None, pages_per_annotator: int = 5, time_limit_s: float = 60.0,
-    time_scale: float = 0.0, request_timeout_s: float = 30.0,
+    base_url: str,
+    job: str,
+    spec: JobSpec,
+    annotators: Sequence[HttpAnnotator],
+    truth: Truth,
+    *,
+    aliases: Aliases | None = None,
+    pages_per_annotator: int = 5,
+    time_limit_s: float = 60.0,
+    time_scale: float = 0.0,
+    request_timeout_s: float = 30.0,
 ) -> HttpStats:
     """Run every annotator concurrently until their pages are done, no work is left, or the
     time limit passes. ``truth`` must be keyed by public id (``truth_by_public_id``);
@@ -141,8 +170,18 @@ def drive(
     stats = HttpStats()
     deadline = time.monotonic() + time_limit_s
     started = time.monotonic()
-    worker = _Worker(base_url.rstrip("/"), job, spec, truth, stats, deadline,
-                     pages_per_annotator, time_scale, request_timeout_s, aliases)
+    worker = _Worker(
+        base_url.rstrip("/"),
+        job,
+        spec,
+        truth,
+        stats,
+        deadline,
+        pages_per_annotator,
+        time_scale,
+        request_timeout_s,
+        aliases,
+    )
     with ThreadPoolExecutor(max_workers=max(1, len(annotators))) as pool:
         list(pool.map(worker.run, annotators))
     stats.wall_seconds = time.monotonic() - started
@@ -183,18 +222,32 @@ class _Worker:
                 for item in body["items"]:
                     pid = item["image_public_id"]
                     a = annotator.persona.answer(
-                        rng, truth.label[pid], truth.difficulty.get(pid, 0.5),
-                        labels, certainties, [], pages_done=work_pages, is_quiz=is_quiz)
-                    answers.append({"image_public_id": pid, "answer": a.answer,
-                                    "certainty": a.certainty, "quality_flag": None})
+                        rng,
+                        truth.label[pid],
+                        truth.difficulty.get(pid, 0.5),
+                        labels,
+                        certainties,
+                        [],
+                        pages_done=work_pages,
+                        is_quiz=is_quiz,
+                    )
+                    answers.append(
+                        {
+                            "image_public_id": pid,
+                            "answer": a.answer,
+                            "certainty": a.certainty,
+                            "quality_flag": None,
+                        }
+                    )
                 if self.time_scale > 0:
-                    time.sleep(self.time_scale *
-                               annotator.persona.page_seconds(rng, len(answers)))
+                    time.sleep(self.time_scale * annotator.persona.page_seconds(rng, len(answers)))
                 result = self._call(
-                    client, "submit", "POST",
+                    client,
+                    "submit",
+                    "POST",
                     f"/api/jobs/{self.job}/pages/{body['page_id']}/submit",
-                    json={"client_submission_id": body["client_submission_id"],
-                          "answers": answers})
+                    json={"client_submission_id": body["client_submission_id"], "answers": answers},
+                )
                 if result is None:
                     continue  # e.g. page expired: ask for a new one
                 with self.stats._lock:
@@ -208,8 +261,9 @@ class _Worker:
         with self.stats._lock:
             self.stats.stopped_by[reason] += 1
 
-    def _call(self, client: httpx.Client, kind: str, method: str, url: str,
-              json: dict | None = None) -> dict | None:
+    def _call(
+        self, client: httpx.Client, kind: str, method: str, url: str, json: dict | None = None
+    ) -> dict | None:
         started = time.perf_counter()
         try:
             response = client.request(method, url, json=json)

@@ -49,30 +49,55 @@ OUT_STATUSES = (AnnotatorStatus.REMOVED, AnnotatorStatus.DISQUALIFIED)
 
 
 def summarise(
-    db: Database, job_id: int, spec: JobSpec, crowd: CrowdSpec, record: SimRecord,
+    db: Database,
+    job_id: int,
+    spec: JobSpec,
+    crowd: CrowdSpec,
+    record: SimRecord,
 ) -> dict[str, Any]:
     with db.session() as session:
         images = session.execute(
-            select(Image.id, Image.status, Image.label, Image.reference_label,
-                   Image.trusted_judgments).where(Image.job_id == job_id)
+            select(
+                Image.id, Image.status, Image.label, Image.reference_label, Image.trusted_judgments
+            ).where(Image.job_id == job_id)
         ).all()
-        per_image = dict(session.execute(
-            select(Judgment.image_id, func.count()).where(
-                Judgment.job_id == job_id, Judgment.is_gold.is_(False)
-            ).group_by(Judgment.image_id)
-        ).all())
-        gold_answers = session.scalar(select(func.count()).where(
-            Judgment.job_id == job_id, Judgment.is_gold.is_(True))) or 0
-        tainted = session.scalar(select(func.count()).where(
-            Judgment.job_id == job_id, Judgment.is_gold.is_(False),
-            Judgment.tainted.is_(True))) or 0
-        expert_ids = set(session.scalars(
-            select(ExpertReview.image_id).join(Image, Image.id == ExpertReview.image_id)
-            .where(Image.job_id == job_id)))
-        states = {row.user_id: row for row in session.scalars(
-            select(AnnotatorState).where(AnnotatorState.job_id == job_id))}
-    work = [row for row in images
-            if row.status not in ImageStatus.NOT_WORK or row.id in expert_ids]
+        per_image = dict(
+            session.execute(
+                select(Judgment.image_id, func.count())
+                .where(Judgment.job_id == job_id, Judgment.is_gold.is_(False))
+                .group_by(Judgment.image_id)
+            ).all()
+        )
+        gold_answers = (
+            session.scalar(
+                select(func.count()).where(Judgment.job_id == job_id, Judgment.is_gold.is_(True))
+            )
+            or 0
+        )
+        tainted = (
+            session.scalar(
+                select(func.count()).where(
+                    Judgment.job_id == job_id,
+                    Judgment.is_gold.is_(False),
+                    Judgment.tainted.is_(True),
+                )
+            )
+            or 0
+        )
+        expert_ids = set(
+            session.scalars(
+                select(ExpertReview.image_id)
+                .join(Image, Image.id == ExpertReview.image_id)
+                .where(Image.job_id == job_id)
+            )
+        )
+        states = {
+            row.user_id: row
+            for row in session.scalars(
+                select(AnnotatorState).where(AnnotatorState.job_id == job_id)
+            )
+        }
+    work = [row for row in images if row.status not in ImageStatus.NOT_WORK or row.id in expert_ids]
     n_training = sum(row.status == ImageStatus.TRAINING for row in images)
     n_work = len(work)
     final = [row for row in work if row.status in FINAL_STATUSES and row.label is not None]
@@ -81,8 +106,9 @@ def summarise(
     by_crowd = [row for row in scored if row.status == ImageStatus.FINALISED]
     by_expert = [row for row in scored if row.status == ImageStatus.EXPERT]
     judgments = sum(per_image.get(row.id, 0) for row in work)
-    expert_on_work = len([row for row in work if row.id in expert_ids or
-                          row.status == ImageStatus.EXPERT])
+    expert_on_work = len(
+        [row for row in work if row.id in expert_ids or row.status == ImageStatus.EXPERT]
+    )
     removal = removal_stats(record, states, spec, crowd)
     status_counts = Counter(row.status for row in work)
     return {
@@ -93,10 +119,12 @@ def summarise(
         "training_items": n_training,  # the training pool (issue 17): neither work nor gold
         "label_accuracy": _ratio(correct, len(scored)),
         # Where the errors come from: labels the crowd settled vs labels the expert gave.
-        "accuracy_finalised": _ratio(sum(r.label == r.reference_label for r in by_crowd),
-                                     len(by_crowd)),
-        "accuracy_expert": _ratio(sum(r.label == r.reference_label for r in by_expert),
-                                  len(by_expert)),
+        "accuracy_finalised": _ratio(
+            sum(r.label == r.reference_label for r in by_crowd), len(by_crowd)
+        ),
+        "accuracy_expert": _ratio(
+            sum(r.label == r.reference_label for r in by_expert), len(by_expert)
+        ),
         "labelled_images": len(final),
         "coverage": _ratio(len(final), n_work),
         "judgments_per_image": _ratio(judgments, n_work),
@@ -113,7 +141,9 @@ def summarise(
         "cost": round(_paid_pages(record, spec) * spec.pay.per_page, 2),
         "cost_quiz_unpaid": round(
             (record.pages_submitted - record.quiz_pages - record.training_pages)
-            * spec.pay.per_page, 2),
+            * spec.pay.per_page,
+            2,
+        ),
         "currency": spec.pay.currency,
         "cost_per_image": _ratio(_paid_pages(record, spec) * spec.pay.per_page, n_work, 4),
         "hours": round((record.crowd_end - record.start).total_seconds() / 3600, 2),
@@ -127,15 +157,25 @@ def summarise(
 
 
 def removal_stats(
-    record: SimRecord, states: dict[int, AnnotatorState], spec: JobSpec, crowd: CrowdSpec,
+    record: SimRecord,
+    states: dict[int, AnnotatorState],
+    spec: JobSpec,
+    crowd: CrowdSpec,
 ) -> dict[str, Any]:
     prevalence = dict(spec.quality.expected_prevalence) or {
-        label: 1 / len(spec.label_values) for label in spec.label_values}
+        label: 1 / len(spec.label_values) for label in spec.label_values
+    }
     arrived = [a for a in record.annotators if a.user_id is not None]
-    bad = {a.user_id for a in arrived
-           if a.persona.is_bad(prevalence, spec.label_values, spec.gold.min_accuracy)}
-    removed = {uid for uid, s in states.items() if s.status in OUT_STATUSES and
-               uid in {a.user_id for a in arrived}}
+    bad = {
+        a.user_id
+        for a in arrived
+        if a.persona.is_bad(prevalence, spec.label_values, spec.gold.min_accuracy)
+    }
+    removed = {
+        uid
+        for uid, s in states.items()
+        if s.status in OUT_STATUSES and uid in {a.user_id for a in arrived}
+    }
     hits = len(removed & bad)
     honest = {a.user_id for a in arrived} - bad
     return {
@@ -173,29 +213,47 @@ def by_persona(record: SimRecord, states: dict[int, AnnotatorState]) -> dict[str
 def annotator_rows(db: Database, job_id: int, record: SimRecord) -> list[dict[str, Any]]:
     """Per simulated annotator: persona, final status and trust (for plots and the JSON)."""
     with db.session() as session:
-        states = {row.user_id: row for row in session.scalars(
-            select(AnnotatorState).where(AnnotatorState.job_id == job_id))}
+        states = {
+            row.user_id: row
+            for row in session.scalars(
+                select(AnnotatorState).where(AnnotatorState.job_id == job_id)
+            )
+        }
     rows = []
     for a in record.annotators:
         state = states.get(a.user_id) if a.user_id is not None else None
         if state is None:
             continue
-        rows.append({"username": a.username, "persona": a.persona.name, "status": state.status,
-                     "trust": round(state.trust, 4), "gold_seen": state.gold_seen,
-                     "judgments": state.judgments, "pages": a.pages_submitted,
-                     "speed_trips": state.speed_trips})
+        rows.append(
+            {
+                "username": a.username,
+                "persona": a.persona.name,
+                "status": state.status,
+                "trust": round(state.trust, 4),
+                "gold_seen": state.gold_seen,
+                "judgments": state.judgments,
+                "pages": a.pages_submitted,
+                "speed_trips": state.speed_trips,
+            }
+        )
     return rows
 
 
 def accuracy_by_judgments(db: Database, job_id: int) -> dict[int, tuple[int, int]]:
     """Per number of crowd judgments on an image: (images, correct) among final labels."""
     with db.session() as session:
-        counts = dict(session.execute(
-            select(Judgment.image_id, func.count()).where(
-                Judgment.job_id == job_id, Judgment.is_gold.is_(False)
-            ).group_by(Judgment.image_id)).all())
-        rows = session.execute(select(Image.id, Image.status, Image.label, Image.reference_label)
-                               .where(Image.job_id == job_id)).all()
+        counts = dict(
+            session.execute(
+                select(Judgment.image_id, func.count())
+                .where(Judgment.job_id == job_id, Judgment.is_gold.is_(False))
+                .group_by(Judgment.image_id)
+            ).all()
+        )
+        rows = session.execute(
+            select(Image.id, Image.status, Image.label, Image.reference_label).where(
+                Image.job_id == job_id
+            )
+        ).all()
     table: dict[int, list[int]] = defaultdict(lambda: [0, 0])
     for row in rows:
         if row.status not in FINAL_STATUSES or row.reference_label is None or row.label is None:

@@ -185,8 +185,11 @@ class Persona:
         elif self.bias_label is not None and rng.random() < self.bias:
             answer = self.bias_label
         certainty = self.certainty_for(rng, felt, certainties)
-        flag = flags[int(rng.integers(len(flags)))] if flags and rng.random() < self.flag_rate \
+        flag = (
+            flags[int(rng.integers(len(flags)))]
+            if flags and rng.random() < self.flag_rate
             else None
+        )
         return SimAnswer(answer, certainty, flag, p, answer == truth)
 
     def certainty_for(self, rng: np.random.Generator, felt: float, certainties: list[str]) -> str:
@@ -252,35 +255,116 @@ def _other(rng: np.random.Generator, label: str, labels: list[str]) -> str:
 PERSONAS: dict[str, Persona] = {
     persona.name: persona
     for persona in [
-        Persona("expert_like", accuracy=0.90, slope=1.0, seconds_per_item=4.0,
-                pages_per_session=12, sessions=1.5, definitely_above=0.85),
-        Persona("careful_novice", accuracy=0.82, slope=1.2, seconds_per_item=7.0,
-                pages_per_session=15, sessions=2.0),
-        Persona("average_novice", accuracy=0.76, slope=1.2, seconds_per_item=4.5,
-                pages_per_session=12, sessions=1.5),
-        Persona("fast_sloppy", accuracy=0.64, slope=1.0, seconds_per_item=1.7,
-                seconds_sigma=0.3, certainty_style="overconfident", pages_per_session=25,
-                sessions=1.5),
-        Persona("biased_normal", accuracy=0.76, slope=1.2, bias_label=NORMAL, bias=0.45,
-                seconds_per_item=4.0, pages_per_session=15),
-        Persona("biased_pneumonia", accuracy=0.76, slope=1.2, bias_label=PNEUMONIA, bias=0.45,
-                seconds_per_item=4.0, pages_per_session=15),
-        Persona("spammer_random", accuracy=0.5, strategy="random", certainty_style="random",
-                seconds_per_item=2.6, pages_per_session=40, sessions=2.0, flag_rate=0.0),
-        Persona("spammer_constant", accuracy=0.5, strategy="constant",
-                constant_label=PNEUMONIA, certainty_style="always_definitely",
-                seconds_per_item=2.4, pages_per_session=40, sessions=2.0, flag_rate=0.0),
-        Persona("adversarial", accuracy=0.80, slope=1.2, strategy="adversarial",
-                certainty_style="always_definitely", seconds_per_item=4.0,
-                pages_per_session=20, sessions=2.0, flag_rate=0.0),
+        Persona(
+            "expert_like",
+            accuracy=0.90,
+            slope=1.0,
+            seconds_per_item=4.0,
+            pages_per_session=12,
+            sessions=1.5,
+            definitely_above=0.85,
+        ),
+        Persona(
+            "careful_novice",
+            accuracy=0.82,
+            slope=1.2,
+            seconds_per_item=7.0,
+            pages_per_session=15,
+            sessions=2.0,
+        ),
+        Persona(
+            "average_novice",
+            accuracy=0.76,
+            slope=1.2,
+            seconds_per_item=4.5,
+            pages_per_session=12,
+            sessions=1.5,
+        ),
+        Persona(
+            "fast_sloppy",
+            accuracy=0.64,
+            slope=1.0,
+            seconds_per_item=1.7,
+            seconds_sigma=0.3,
+            certainty_style="overconfident",
+            pages_per_session=25,
+            sessions=1.5,
+        ),
+        Persona(
+            "biased_normal",
+            accuracy=0.76,
+            slope=1.2,
+            bias_label=NORMAL,
+            bias=0.45,
+            seconds_per_item=4.0,
+            pages_per_session=15,
+        ),
+        Persona(
+            "biased_pneumonia",
+            accuracy=0.76,
+            slope=1.2,
+            bias_label=PNEUMONIA,
+            bias=0.45,
+            seconds_per_item=4.0,
+            pages_per_session=15,
+        ),
+        Persona(
+            "spammer_random",
+            accuracy=0.5,
+            strategy="random",
+            certainty_style="random",
+            seconds_per_item=2.6,
+            pages_per_session=40,
+            sessions=2.0,
+            flag_rate=0.0,
+        ),
+        Persona(
+            "spammer_constant",
+            accuracy=0.5,
+            strategy="constant",
+            constant_label=PNEUMONIA,
+            certainty_style="always_definitely",
+            seconds_per_item=2.4,
+            pages_per_session=40,
+            sessions=2.0,
+            flag_rate=0.0,
+        ),
+        Persona(
+            "adversarial",
+            accuracy=0.80,
+            slope=1.2,
+            strategy="adversarial",
+            certainty_style="always_definitely",
+            seconds_per_item=4.0,
+            pages_per_session=20,
+            sessions=2.0,
+            flag_rate=0.0,
+        ),
         # Honest, starts below the quiz bar and improves with the feedback on missed test
         # questions: the annotator training and a quiz retake are for.
-        Persona("slow_learner", accuracy=0.78, start_accuracy=0.62, learn_pages=8,
-                slope=1.2, seconds_per_item=6.0, pages_per_session=15, sessions=2.0),
+        Persona(
+            "slow_learner",
+            accuracy=0.78,
+            start_accuracy=0.62,
+            learn_pages=8,
+            slope=1.2,
+            seconds_per_item=6.0,
+            pages_per_session=15,
+            sessions=2.0,
+        ),
         # Perfect on the gold (learned by other accounts), opposite on most work: issue 18.
-        Persona("gold_harvester", accuracy=0.80, slope=1.2, strategy="harvester",
-                flip_rate=0.9, certainty_style="always_definitely", seconds_per_item=4.0,
-                pages_per_session=20, sessions=2.0, flag_rate=0.0),
+        Persona(
+            "gold_harvester",
+            accuracy=0.80,
+            slope=1.2,
+            strategy="harvester",
+            flip_rate=0.9,
+            certainty_style="always_definitely",
+            seconds_per_item=4.0,
+            pages_per_session=20,
+            sessions=2.0,
+            flag_rate=0.0,
+        ),
     ]
 }
 

@@ -74,8 +74,13 @@ def write_manifest(entries: Sequence[SourceEntry], folder: Path) -> Path:
 
 
 def ingest_images(
-    db: Database, job: Job, spec: JobSpec, entries: Sequence[SourceEntry], data_dir: Path,
-    now: datetime, console: Any = None,
+    db: Database,
+    job: Job,
+    spec: JobSpec,
+    entries: Sequence[SourceEntry],
+    data_dir: Path,
+    now: datetime,
+    console: Any = None,
 ) -> str:
     """Bring ``entries`` into ``job`` through the ingest pipeline; returns "ingest" (recorded as
     the result's ``setup.intake``)."""
@@ -95,39 +100,80 @@ def default_gold_size(n_images: int, spec: JobSpec) -> int:
     return int(min(max(round(0.04 * n_images), floor), 300))
 
 
-def ensure_gold(db: Database, job: Job, spec: JobSpec, n: int, seed: int, now: datetime,
-                *, clearest_fraction: float = 1.0,
-                clarity: dict[int, float] | None = None) -> int:
+def ensure_gold(
+    db: Database,
+    job: Job,
+    spec: JobSpec,
+    n: int,
+    seed: int,
+    now: datetime,
+    *,
+    clearest_fraction: float = 1.0,
+    clarity: dict[int, float] | None = None,
+) -> int:
     """Make sure the job has ``n`` active gold items, sampled from reference labels.
 
     ``clearest_fraction`` < 1: only from the clearest part of each class, by ``clarity``
     (the simulation passes its cross-fitted difficulty: pixels, never the label alone)."""
     with db.session() as session:
-        have = session.scalar(select(func.count()).select_from(GoldItem).where(
-            GoldItem.job_id == job.id, GoldItem.active.is_(True))) or 0
+        have = (
+            session.scalar(
+                select(func.count())
+                .select_from(GoldItem)
+                .where(GoldItem.job_id == job.id, GoldItem.active.is_(True))
+            )
+            or 0
+        )
         if have >= n:
             return int(have)
         job_row = session.get(Job, job.id)
         sampler = _gold_sampler()
-        sampler(session, job_row, spec, n - have, seed=seed, now=now,
-                clearest_fraction=clearest_fraction, clarity=clarity)
-        return int(session.scalar(select(func.count()).select_from(GoldItem).where(
-            GoldItem.job_id == job.id, GoldItem.active.is_(True))) or 0)
+        sampler(
+            session,
+            job_row,
+            spec,
+            n - have,
+            seed=seed,
+            now=now,
+            clearest_fraction=clearest_fraction,
+            clarity=clarity,
+        )
+        return int(
+            session.scalar(
+                select(func.count())
+                .select_from(GoldItem)
+                .where(GoldItem.job_id == job.id, GoldItem.active.is_(True))
+            )
+            or 0
+        )
 
 
 # Training cases come from the clearer half of each class (clear teaching cases, issue 17).
 TRAINING_CLEAREST = 0.5
 
 
-def ensure_training(db: Database, job: Job, spec: JobSpec, seed: int, now: datetime,
-                    clarity: dict[int, float] | None = None) -> int:
+def ensure_training(
+    db: Database,
+    job: Job,
+    spec: JobSpec,
+    seed: int,
+    now: datetime,
+    clarity: dict[int, float] | None = None,
+) -> int:
     """With ``[training] enabled``: a training pool of ``training.items`` clear cases (drawn
     after the gold, from the images left, so never gold), as ``cxrlabel training sample``."""
     from cxrlabel.design.trainingpool import ensure_training as top_up
 
     with db.session() as session:
-        return top_up(session, session.get_one(Job, job.id), spec, seed + 1, now,
-                      clearest_fraction=TRAINING_CLEAREST if clarity else 1.0, clarity=clarity)
+        return top_up(
+            session,
+            session.get_one(Job, job.id),
+            spec,
+            seed + 1,
+            now,
+            clearest_fraction=TRAINING_CLEAREST if clarity else 1.0,
+            clarity=clarity,
+        )
 
 
 def _gold_sampler() -> Callable[..., Any]:
@@ -139,8 +185,14 @@ def _gold_sampler() -> Callable[..., Any]:
 
 
 def build_truth(
-    db: Database, job_id: int, spec: JobSpec, *, data_dir: Path | None = None, seed: int = 0,
-    cache_dir: Path | None = None, progress: Callable[[int], None] | None = None,
+    db: Database,
+    job_id: int,
+    spec: JobSpec,
+    *,
+    data_dir: Path | None = None,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[Truth, DifficultyResult]:
     """Reference label and difficulty of every image of the job.
 
@@ -149,21 +201,33 @@ def build_truth(
     be right or wrong about *something*); reports count accuracy on labelled images only."""
     with db.session() as session:
         rows = session.execute(
-            select(Image.id, Image.source_path, Image.rendition_path, Image.reference_label,
-                   Image.patient_id).where(Image.job_id == job_id).order_by(Image.id)
+            select(
+                Image.id,
+                Image.source_path,
+                Image.rendition_path,
+                Image.reference_label,
+                Image.patient_id,
+            )
+            .where(Image.job_id == job_id)
+            .order_by(Image.id)
         ).all()
     if not rows:
         raise SimSetupError("the job has no images to simulate on")
     paths = [_readable_path(r.source_path, r.rendition_path, data_dir) for r in rows]
     if all(p is not None for p in paths):
         result = compute_difficulty(
-            [str(p) for p in paths], [r.reference_label for r in rows],
-            [r.patient_id for r in rows], positive=_positive_label(spec), seed=seed,
-            cache_dir=cache_dir, progress=progress,
+            [str(p) for p in paths],
+            [r.reference_label for r in rows],
+            [r.patient_id for r in rows],
+            positive=_positive_label(spec),
+            seed=seed,
+            cache_dir=cache_dir,
+            progress=progress,
         )
     else:  # pixels unavailable: an even, seeded spread (documented as "random")
-        result = compute_difficulty(["" for _ in rows], [None] * len(rows), [None] * len(rows),
-                                    seed=seed)
+        result = compute_difficulty(
+            ["" for _ in rows], [None] * len(rows), [None] * len(rows), seed=seed
+        )
     rng = np.random.default_rng([seed, 11])
     labels: dict[int, str] = {}
     positive, negative = _positive_label(spec), spec.label_values[0]

@@ -38,8 +38,15 @@ from cxrlabel.storage.models import GoldItem, Image, ImageStatus, Job
 # (Appen's rule); hard cases are for experts' calibration (docs/simulation.md).
 DEFAULT_GOLD_CLEAREST = 0.5
 
-RESULT_KEYS = ("label_accuracy", "judgments_per_image", "expert_review_fraction",
-               "annotators_removed", "bad_annotators_removed", "cost", "hours")
+RESULT_KEYS = (
+    "label_accuracy",
+    "judgments_per_image",
+    "expert_review_fraction",
+    "annotators_removed",
+    "bad_annotators_removed",
+    "cost",
+    "hours",
+)
 
 
 @dataclass
@@ -60,19 +67,33 @@ def store_job(db: Database, spec: JobSpec, spec_toml: str) -> int:
     with db.session() as session:
         job = session.scalar(select(Job).where(Job.name == spec.name))
         if job is None:
-            job = Job(name=spec.name, spec_toml=spec_toml,
-                      spec_sha256=hashlib.sha256(spec_toml.encode()).hexdigest(),
-                      created_at=DEFAULT_START, updated_at=DEFAULT_START)
+            job = Job(
+                name=spec.name,
+                spec_toml=spec_toml,
+                spec_sha256=hashlib.sha256(spec_toml.encode()).hexdigest(),
+                created_at=DEFAULT_START,
+                updated_at=DEFAULT_START,
+            )
             session.add(job)
             session.flush()
         return job.id
 
 
 def prepare_job(
-    db: Database, spec: JobSpec, spec_toml: str, images: Path, *, data_dir: Path,
-    limit: int | None = None, seed: int = 0, gold: int | None = None,
-    start: datetime = DEFAULT_START, progress: Callable[[int], None] | None = None,
-    gold_clearest: float = 1.0, model_scores: Path | None = None, sample_gold: bool = True,
+    db: Database,
+    spec: JobSpec,
+    spec_toml: str,
+    images: Path,
+    *,
+    data_dir: Path,
+    limit: int | None = None,
+    seed: int = 0,
+    gold: int | None = None,
+    start: datetime = DEFAULT_START,
+    progress: Callable[[int], None] | None = None,
+    gold_clearest: float = 1.0,
+    model_scores: Path | None = None,
+    sample_gold: bool = True,
 ) -> tuple[int, Truth, DifficultyResult, dict[str, Any]]:
     """Job + images + truth + gold in ``db``; returns what the simulation needs.
 
@@ -83,33 +104,65 @@ def prepare_job(
     job_id = store_job(db, spec, spec_toml)
     with db.session() as session:
         job = session.get_one(Job, job_id)
-        has_judged = session.scalar(
-            select(func.count()).select_from(Image).where(
-                Image.job_id == job_id, Image.status != ImageStatus.NEEDS_JUDGMENTS,
-                Image.status.not_in(ImageStatus.NOT_WORK))) or 0
+        has_judged = (
+            session.scalar(
+                select(func.count())
+                .select_from(Image)
+                .where(
+                    Image.job_id == job_id,
+                    Image.status != ImageStatus.NEEDS_JUDGMENTS,
+                    Image.status.not_in(ImageStatus.NOT_WORK),
+                )
+            )
+            or 0
+        )
     if has_judged:
-        raise SimSetupError(f"job {spec.name!r} in this database already has judged images; "
-                            "simulate into an empty database (or use simulate_into)")
+        raise SimSetupError(
+            f"job {spec.name!r} in this database already has judged images; "
+            "simulate into an empty database (or use simulate_into)"
+        )
     entries = choose_subset(list_images(images, spec), limit, seed)
     intake = ingest_images(db, job, spec, entries, data_dir, start)
     with db.session() as session:
-        n_images = session.scalar(select(func.count()).select_from(Image).where(
-            Image.job_id == job_id)) or 0
-    truth, difficulty = build_truth(db, job_id, spec, data_dir=data_dir, seed=seed,
-                                    cache_dir=data_dir / "simulation" / "cache",
-                                    progress=progress)
-    n_gold = ensure_gold(db, job, spec, gold or default_gold_size(n_images, spec), seed, start,
-                         clearest_fraction=gold_clearest, clarity=truth.difficulty) \
-        if sample_gold else 0
-    n_training = ensure_training(db, job, spec, seed, start, truth.difficulty) \
-        if sample_gold else 0
-    setup = {"images_source": str(images), "intake": intake, "gold_bank": n_gold,
-             "training_pool": n_training,
-             "gold_clearest_fraction": gold_clearest,
-             "gold_mean_difficulty": _round(gold_difficulty(db, job_id, truth)),
-             "difficulty_method": difficulty.method,
-             "difficulty_model_auc": _round(difficulty.auc),
-             "difficulty_model_accuracy": _round(difficulty.accuracy)}
+        n_images = (
+            session.scalar(select(func.count()).select_from(Image).where(Image.job_id == job_id))
+            or 0
+        )
+    truth, difficulty = build_truth(
+        db,
+        job_id,
+        spec,
+        data_dir=data_dir,
+        seed=seed,
+        cache_dir=data_dir / "simulation" / "cache",
+        progress=progress,
+    )
+    n_gold = (
+        ensure_gold(
+            db,
+            job,
+            spec,
+            gold or default_gold_size(n_images, spec),
+            seed,
+            start,
+            clearest_fraction=gold_clearest,
+            clarity=truth.difficulty,
+        )
+        if sample_gold
+        else 0
+    )
+    n_training = ensure_training(db, job, spec, seed, start, truth.difficulty) if sample_gold else 0
+    setup = {
+        "images_source": str(images),
+        "intake": intake,
+        "gold_bank": n_gold,
+        "training_pool": n_training,
+        "gold_clearest_fraction": gold_clearest,
+        "gold_mean_difficulty": _round(gold_difficulty(db, job_id, truth)),
+        "difficulty_method": difficulty.method,
+        "difficulty_model_auc": _round(difficulty.auc),
+        "difficulty_model_accuracy": _round(difficulty.accuracy),
+    }
     if model_scores is not None:
         setup["model_scores"] = load_model_scores(db, job_id, model_scores)
     return job_id, truth, difficulty, setup
@@ -118,45 +171,93 @@ def prepare_job(
 def gold_difficulty(db: Database, job_id: int, truth: Truth) -> float | None:
     """Mean difficulty percentile of the gold bank (0.5 = drawn from all images alike)."""
     with db.session() as session:
-        ids = list(session.scalars(select(GoldItem.image_id).where(
-            GoldItem.job_id == job_id, GoldItem.active.is_(True))))
+        ids = list(
+            session.scalars(
+                select(GoldItem.image_id).where(
+                    GoldItem.job_id == job_id, GoldItem.active.is_(True)
+                )
+            )
+        )
     values = [truth.difficulty[i] for i in ids if i in truth.difficulty]
     return sum(values) / len(values) if values else None
 
 
 def run_simulation(
-    db: Database, spec: JobSpec, spec_toml: str, images: Path, *, data_dir: Path,
-    crowd: CrowdSpec | str = "realistic", seed: int = 0, limit: int | None = None,
-    gold: int | None = None, n_annotators: int | None = None,
+    db: Database,
+    spec: JobSpec,
+    spec_toml: str,
+    images: Path,
+    *,
+    data_dir: Path,
+    crowd: CrowdSpec | str = "realistic",
+    seed: int = 0,
+    limit: int | None = None,
+    gold: int | None = None,
+    n_annotators: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     difficulty_progress: Callable[[int], None] | None = None,
-    gold_clearest: float = DEFAULT_GOLD_CLEAREST, model_scores: Path | None = None,
+    gold_clearest: float = DEFAULT_GOLD_CLEAREST,
+    model_scores: Path | None = None,
 ) -> SimOutcome:
     crowd_spec = load_crowd(crowd) if isinstance(crowd, str) else crowd
     job_id, truth, difficulty, setup = prepare_job(
-        db, spec, spec_toml, images, data_dir=data_dir, limit=limit, seed=seed, gold=gold,
-        progress=difficulty_progress, gold_clearest=gold_clearest, model_scores=model_scores,
+        db,
+        spec,
+        spec_toml,
+        images,
+        data_dir=data_dir,
+        limit=limit,
+        seed=seed,
+        gold=gold,
+        progress=difficulty_progress,
+        gold_clearest=gold_clearest,
+        model_scores=model_scores,
     )
-    outcome = _simulate(db, job_id, spec, crowd_spec, truth, seed=seed,
-                        n_annotators=n_annotators, progress=progress)
+    outcome = _simulate(
+        db, job_id, spec, crowd_spec, truth, seed=seed, n_annotators=n_annotators, progress=progress
+    )
     outcome.difficulty = difficulty
     outcome.result.update({"setup": setup})
     return outcome
 
 
 def _simulate(
-    db: Database, job_id: int, spec: JobSpec, crowd: CrowdSpec, truth: Truth, *, seed: int,
-    n_annotators: int | None = None, start: datetime = DEFAULT_START,
-    max_pages: int | None = None, expert_review: bool = True,
-    progress: Callable[[int, int], None] | None = None, until_settled: bool = False,
+    db: Database,
+    job_id: int,
+    spec: JobSpec,
+    crowd: CrowdSpec,
+    truth: Truth,
+    *,
+    seed: int,
+    n_annotators: int | None = None,
+    start: datetime = DEFAULT_START,
+    max_pages: int | None = None,
+    expert_review: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+    until_settled: bool = False,
 ) -> SimOutcome:
     with db.session() as session:
-        work_ids = list(session.scalars(select(Image.id).where(
-            Image.job_id == job_id, Image.status.not_in(ImageStatus.NOT_WORK)).order_by(Image.id)))
-    sim = Simulation(db, job_id, spec, crowd, truth, seed=seed, start=start,
-                     n_annotators=n_annotators, max_pages=max_pages,
-                     expert_review=expert_review, progress=progress,
-                     until_settled=until_settled)
+        work_ids = list(
+            session.scalars(
+                select(Image.id)
+                .where(Image.job_id == job_id, Image.status.not_in(ImageStatus.NOT_WORK))
+                .order_by(Image.id)
+            )
+        )
+    sim = Simulation(
+        db,
+        job_id,
+        spec,
+        crowd,
+        truth,
+        seed=seed,
+        start=start,
+        n_annotators=n_annotators,
+        max_pages=max_pages,
+        expert_review=expert_review,
+        progress=progress,
+        until_settled=until_settled,
+    )
     record = sim.run()
     result = summarise(db, job_id, spec, crowd, record)
     result["job"] = spec.name
@@ -164,16 +265,27 @@ def _simulate(
     result["settings"] = job_settings(spec)
     annotators = annotator_rows(db, job_id, record)
     result["annotators"] = annotators
-    return SimOutcome(result, record, truth, None, accuracy_by_judgments(db, job_id), annotators,
-                      work_ids)
+    return SimOutcome(
+        result, record, truth, None, accuracy_by_judgments(db, job_id), annotators, work_ids
+    )
 
 
 def simulate_into(
-    db: Database, job: Job | str, spec: JobSpec, images: Path | str | None = None,
-    crowd: CrowdSpec | str = "realistic", seed: int = 0, n_annotators: int | None = 40,
-    now: datetime | None = None, *, data_dir: Path | None = None, gold: int | None = None,
-    max_pages: int | None = None, expert_review: bool = True,
-    progress: Callable[[int, int], None] | None = None, gold_clearest: float = 1.0,
+    db: Database,
+    job: Job | str,
+    spec: JobSpec,
+    images: Path | str | None = None,
+    crowd: CrowdSpec | str = "realistic",
+    seed: int = 0,
+    n_annotators: int | None = 40,
+    now: datetime | None = None,
+    *,
+    data_dir: Path | None = None,
+    gold: int | None = None,
+    max_pages: int | None = None,
+    expert_review: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+    gold_clearest: float = 1.0,
     until_settled: bool = False,
 ) -> dict[str, Any]:
     """Fill an existing job with a simulated crowd's work through the real engines.
@@ -189,19 +301,44 @@ def simulate_into(
     Simulated annotators are real ``User`` rows named ``sim-<persona>-<n>`` that cannot log in.
     Returns the result document (see ``metrics.py``).
     """
-    return fill_job(db, job, spec, images, crowd, seed, n_annotators, now, data_dir=data_dir,
-                    gold=gold, max_pages=max_pages, expert_review=expert_review,
-                    progress=progress, gold_clearest=gold_clearest,
-                    until_settled=until_settled).result
+    return fill_job(
+        db,
+        job,
+        spec,
+        images,
+        crowd,
+        seed,
+        n_annotators,
+        now,
+        data_dir=data_dir,
+        gold=gold,
+        max_pages=max_pages,
+        expert_review=expert_review,
+        progress=progress,
+        gold_clearest=gold_clearest,
+        until_settled=until_settled,
+    ).result
 
 
 def fill_job(
-    db: Database, job: Job | str, spec: JobSpec, images: Path | str | None = None,
-    crowd: CrowdSpec | str = "realistic", seed: int = 0, n_annotators: int | None = 40,
-    now: datetime | None = None, *, data_dir: Path | None = None, gold: int | None = None,
-    max_pages: int | None = None, expert_review: bool = True,
-    progress: Callable[[int, int], None] | None = None, gold_clearest: float = 1.0,
-    until_settled: bool = False, limit: int | None = None, model_scores: Path | None = None,
+    db: Database,
+    job: Job | str,
+    spec: JobSpec,
+    images: Path | str | None = None,
+    crowd: CrowdSpec | str = "realistic",
+    seed: int = 0,
+    n_annotators: int | None = 40,
+    now: datetime | None = None,
+    *,
+    data_dir: Path | None = None,
+    gold: int | None = None,
+    max_pages: int | None = None,
+    expert_review: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+    gold_clearest: float = 1.0,
+    until_settled: bool = False,
+    limit: int | None = None,
+    model_scores: Path | None = None,
 ) -> SimOutcome:
     """:func:`simulate_into`, returning the whole outcome (truth, work ids: for the baseline).
 
@@ -210,8 +347,11 @@ def fill_job(
     start = now or DEFAULT_START
     crowd_spec = load_crowd(crowd) if isinstance(crowd, str) else crowd
     with db.session() as session:
-        row = session.scalar(select(Job).where(Job.name == job)) if isinstance(job, str) \
+        row = (
+            session.scalar(select(Job).where(Job.name == job))
+            if isinstance(job, str)
             else session.get(Job, job.id)
+        )
         if row is None:
             raise SimSetupError(f"no job named {job!r}")
         job_row = row
@@ -219,24 +359,54 @@ def fill_job(
         entries = choose_subset(list_images(Path(images), spec), limit, seed)
         ingest_images(db, job_row, spec, entries, data_dir or Path("."), start)
     with db.session() as session:
-        n_images = session.scalar(select(func.count()).select_from(Image).where(
-            Image.job_id == job_row.id)) or 0
+        n_images = (
+            session.scalar(
+                select(func.count()).select_from(Image).where(Image.job_id == job_row.id)
+            )
+            or 0
+        )
     if n_images == 0:
         raise SimSetupError(f"job {job_row.name!r} has no images")
     truth, difficulty = build_truth(
-        db, job_row.id, spec, data_dir=data_dir, seed=seed,
-        cache_dir=(data_dir / "simulation" / "cache") if data_dir else None)
-    ensure_gold(db, job_row, spec, gold or default_gold_size(n_images, spec), seed, start,
-                clearest_fraction=gold_clearest, clarity=truth.difficulty)
+        db,
+        job_row.id,
+        spec,
+        data_dir=data_dir,
+        seed=seed,
+        cache_dir=(data_dir / "simulation" / "cache") if data_dir else None,
+    )
+    ensure_gold(
+        db,
+        job_row,
+        spec,
+        gold or default_gold_size(n_images, spec),
+        seed,
+        start,
+        clearest_fraction=gold_clearest,
+        clarity=truth.difficulty,
+    )
     ensure_training(db, job_row, spec, seed, start, truth.difficulty)
-    setup: dict[str, Any] = {"images_source": str(images) if images is not None else None,
-                             "into_job": job_row.name, "difficulty_method": difficulty.method}
+    setup: dict[str, Any] = {
+        "images_source": str(images) if images is not None else None,
+        "into_job": job_row.name,
+        "difficulty_method": difficulty.method,
+    }
     if model_scores is not None:
         setup["model_scores"] = load_model_scores(db, job_row.id, model_scores)
-    outcome = _simulate(db, job_row.id, spec, crowd_spec, truth, seed=seed,
-                        n_annotators=n_annotators, start=start, max_pages=max_pages,
-                        expert_review=expert_review, progress=progress,
-                        until_settled=until_settled)
+    outcome = _simulate(
+        db,
+        job_row.id,
+        spec,
+        crowd_spec,
+        truth,
+        seed=seed,
+        n_annotators=n_annotators,
+        start=start,
+        max_pages=max_pages,
+        expert_review=expert_review,
+        progress=progress,
+        until_settled=until_settled,
+    )
     outcome.difficulty = difficulty
     outcome.result["setup"] = setup
     return outcome
@@ -271,5 +441,11 @@ def _round(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(value, digits)
 
 
-__all__: Sequence[str] = ("RESULT_KEYS", "SimOutcome", "fill_job", "run_simulation",
-                          "simulate_into", "write_result")
+__all__: Sequence[str] = (
+    "RESULT_KEYS",
+    "SimOutcome",
+    "fill_job",
+    "run_simulation",
+    "simulate_into",
+    "write_result",
+)

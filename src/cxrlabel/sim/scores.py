@@ -34,12 +34,19 @@ def read_scores(path: Path) -> list[tuple[str, str | None, float]]:
             reader = csv.DictReader(handle)
             columns = set(reader.fieldnames or [])
             if not {"file", SCORE_COLUMN} <= columns:
-                raise SimSetupError(f"{path}: model scores need the columns file,{SCORE_COLUMN} "
-                                    f"(found: {', '.join(sorted(columns)) or 'none'})")
+                raise SimSetupError(
+                    f"{path}: model scores need the columns file,{SCORE_COLUMN} "
+                    f"(found: {', '.join(sorted(columns)) or 'none'})"
+                )
             rows = []
             for line, row in enumerate(reader, start=2):
-                rows.append((_norm(row["file"]), (row.get("sha256") or "").lower() or None,
-                             _score(row[SCORE_COLUMN], path, line)))
+                rows.append(
+                    (
+                        _norm(row["file"]),
+                        (row.get("sha256") or "").lower() or None,
+                        _score(row[SCORE_COLUMN], path, line),
+                    )
+                )
     except OSError as exc:
         raise SimSetupError(f"{path}: cannot read model scores: {exc.strerror}") from None
     except UnicodeDecodeError:
@@ -67,10 +74,16 @@ def load_model_scores(db: Database, job_id: int, path: Path) -> dict[str, Any]:
             image.model_score = score
             matched += score is not None
     if matched == 0:
-        raise SimSetupError(f"{path}: none of its {len(rows)} rows matches an image of the job "
-                            "(by sha256 or by path)")
-    return {"file": str(path), "rows": len(rows), "matched": matched,
-            "images_without_score": len(images) - matched}
+        raise SimSetupError(
+            f"{path}: none of its {len(rows)} rows matches an image of the job "
+            "(by sha256 or by path)"
+        )
+    return {
+        "file": str(path),
+        "rows": len(rows),
+        "matched": matched,
+        "images_without_score": len(images) - matched,
+    }
 
 
 def _norm(file: str) -> str:

@@ -54,8 +54,10 @@ class Setting:
 
     @property
     def key(self) -> str:
-        key = (f"j{self.min_judgments}-{self.max_judgments} c{self.confidence_target:g} "
-               f"g{self.gold_per_page} a{self.min_accuracy:g} {self.aggregation}")
+        key = (
+            f"j{self.min_judgments}-{self.max_judgments} c{self.confidence_target:g} "
+            f"g{self.gold_per_page} a{self.min_accuracy:g} {self.aggregation}"
+        )
         if self.quiz_length is not None:
             key += f" q{self.quiz_length}"
         if self.cant_tell_fraction is not None:
@@ -63,8 +65,10 @@ class Setting:
         return key + "".join(f" +{name}={value}" for name, value in self.overrides)
 
 
-SETTING_FORMAT = ("min,max,confidence,gold_per_page,min_accuracy,method"
-                  "[,quiz_length[,cant_tell_fraction]][+section.field=TOML value...]")
+SETTING_FORMAT = (
+    "min,max,confidence,gold_per_page,min_accuracy,method"
+    "[,quiz_length[,cant_tell_fraction]][+section.field=TOML value...]"
+)
 
 
 def parse_setting(text: str) -> Setting:
@@ -85,8 +89,17 @@ def parse_setting(text: str) -> Setting:
     try:
         quiz = int(parts[6]) if len(parts) > 6 and parts[6] else None
         cant = float(parts[7]) if len(parts) > 7 and parts[7] else None
-        return Setting(int(parts[0]), int(parts[1]), float(parts[2]), int(parts[3]),
-                       float(parts[4]), parts[5], quiz, cant, tuple(overrides))
+        return Setting(
+            int(parts[0]),
+            int(parts[1]),
+            float(parts[2]),
+            int(parts[3]),
+            float(parts[4]),
+            parts[5],
+            quiz,
+            cant,
+            tuple(overrides),
+        )
     except ValueError:
         raise ValueError(f"setting {text!r}: expected {SETTING_FORMAT}") from None
 
@@ -105,18 +118,49 @@ def small_grid(base: Setting) -> list[Setting]:
     """Nine settings: the job as written, each knob moved on its own, and two combinations."""
     variants = [
         base,
-        Setting(2, 4, base.confidence_target, base.gold_per_page, base.min_accuracy,
-                base.aggregation),
-        Setting(base.min_judgments, 7, base.confidence_target, base.gold_per_page,
-                base.min_accuracy, base.aggregation),
-        Setting(base.min_judgments, base.max_judgments, 0.9, base.gold_per_page,
-                base.min_accuracy, base.aggregation),
-        Setting(base.min_judgments, base.max_judgments, base.confidence_target, 2,
-                base.min_accuracy, base.aggregation),
-        Setting(base.min_judgments, base.max_judgments, base.confidence_target,
-                base.gold_per_page, 0.65, base.aggregation),
-        Setting(base.min_judgments, base.max_judgments, base.confidence_target,
-                base.gold_per_page, base.min_accuracy, "mv"),
+        Setting(
+            2, 4, base.confidence_target, base.gold_per_page, base.min_accuracy, base.aggregation
+        ),
+        Setting(
+            base.min_judgments,
+            7,
+            base.confidence_target,
+            base.gold_per_page,
+            base.min_accuracy,
+            base.aggregation,
+        ),
+        Setting(
+            base.min_judgments,
+            base.max_judgments,
+            0.9,
+            base.gold_per_page,
+            base.min_accuracy,
+            base.aggregation,
+        ),
+        Setting(
+            base.min_judgments,
+            base.max_judgments,
+            base.confidence_target,
+            2,
+            base.min_accuracy,
+            base.aggregation,
+        ),
+        Setting(
+            base.min_judgments,
+            base.max_judgments,
+            base.confidence_target,
+            base.gold_per_page,
+            0.65,
+            base.aggregation,
+        ),
+        Setting(
+            base.min_judgments,
+            base.max_judgments,
+            base.confidence_target,
+            base.gold_per_page,
+            base.min_accuracy,
+            "mv",
+        ),
         Setting(2, 5, 0.8, base.gold_per_page, 0.65, base.aggregation),
         Setting(3, 6, 0.9, base.gold_per_page, 0.7, base.aggregation),
     ]
@@ -125,15 +169,22 @@ def small_grid(base: Setting) -> list[Setting]:
 
 def full_grid() -> list[Setting]:
     """The factorial grid (slow: 48 settings per crowd)."""
-    return [Setting(lo, hi, c, g, a, m) for (lo, hi), c, g, a, m in itertools.product(
-        [(2, 4), (3, 5), (3, 7)], [0.8, 0.9], [1, 2], [0.65, 0.75], ["trust", "mv"])]
+    return [
+        Setting(lo, hi, c, g, a, m)
+        for (lo, hi), c, g, a, m in itertools.product(
+            [(2, 4), (3, 5), (3, 7)], [0.8, 0.9], [1, 2], [0.65, 0.75], ["trust", "mv"]
+        )
+    ]
 
 
 def apply_setting(spec: JobSpec, setting: Setting) -> JobSpec:
     """The spec with the setting's knobs, validated again through the job-file parser."""
     data = spec.model_dump(exclude={"base_dir"})
-    data["judgments"].update(min=setting.min_judgments, max=setting.max_judgments,
-                             confidence_target=setting.confidence_target)
+    data["judgments"].update(
+        min=setting.min_judgments,
+        max=setting.max_judgments,
+        confidence_target=setting.confidence_target,
+    )
     data["gold"].update(per_page=setting.gold_per_page, min_accuracy=setting.min_accuracy)
     data["aggregation"]["method"] = setting.aggregation
     if setting.quiz_length is not None:
@@ -150,8 +201,14 @@ def apply_setting(spec: JobSpec, setting: Setting) -> JobSpec:
 
 
 def setting_of(spec: JobSpec) -> Setting:
-    return Setting(spec.judgments.min, spec.judgments.max, spec.judgments.confidence_target,
-                   spec.gold.per_page, spec.gold.min_accuracy, spec.aggregation.method)
+    return Setting(
+        spec.judgments.min,
+        spec.judgments.max,
+        spec.judgments.confidence_target,
+        spec.gold.per_page,
+        spec.gold.min_accuracy,
+        spec.aggregation.method,
+    )
 
 
 @dataclass
@@ -163,9 +220,18 @@ class Template:
 
 
 def build_template(
-    spec: JobSpec, spec_toml: str, images: Path, folder: Path, *, limit: int | None,
-    seed: int, gold: int | None = None, progress: Callable[[int], None] | None = None,
-    gold_clearest: float = 1.0, model_scores: Path | None = None, sample_gold: bool = True,
+    spec: JobSpec,
+    spec_toml: str,
+    images: Path,
+    folder: Path,
+    *,
+    limit: int | None,
+    seed: int,
+    gold: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    gold_clearest: float = 1.0,
+    model_scores: Path | None = None,
+    sample_gold: bool = True,
 ) -> Template:
     """Ingest once (with gold bank and difficulty) into ``folder/template.sqlite3``;
     ``sample_gold=False`` leaves the bank empty (``with_gold`` adds one to a copy)."""
@@ -175,16 +241,33 @@ def build_template(
         if gold is None:  # room for ~30 work pages per annotator even with 2 gold per page
             gold = spec.gold.quiz_length + 60
         job_id, truth, _difficulty, setup = prepare_job(
-            db, spec, spec_toml, images, data_dir=folder, limit=limit, seed=seed, gold=gold,
-            progress=progress, gold_clearest=gold_clearest, model_scores=model_scores,
-            sample_gold=sample_gold)
+            db,
+            spec,
+            spec_toml,
+            images,
+            data_dir=folder,
+            limit=limit,
+            seed=seed,
+            gold=gold,
+            progress=progress,
+            gold_clearest=gold_clearest,
+            model_scores=model_scores,
+            sample_gold=sample_gold,
+        )
     finally:
         db.dispose()  # closing the last connection folds the WAL into the file
     return Template(path, job_id, truth, setup)
 
 
-def with_gold(template: Template, path: Path, spec: JobSpec, *, n_gold: int, seed: int,
-              gold_clearest: float = 1.0) -> Template:
+def with_gold(
+    template: Template,
+    path: Path,
+    spec: JobSpec,
+    *,
+    n_gold: int,
+    seed: int,
+    gold_clearest: float = 1.0,
+) -> Template:
     """A copy of a template built without gold (``sample_gold=False``) at ``path``, with a
     gold bank sampled into it: one ingest serves several gold policies."""
     shutil.copyfile(template.path, path)
@@ -192,13 +275,25 @@ def with_gold(template: Template, path: Path, spec: JobSpec, *, n_gold: int, see
     try:
         with db.session() as session:
             job = session.get_one(Job, template.job_id)
-        n = ensure_gold(db, job, spec, n_gold, seed, DEFAULT_START,
-                        clearest_fraction=gold_clearest, clarity=template.truth.difficulty)
+        n = ensure_gold(
+            db,
+            job,
+            spec,
+            n_gold,
+            seed,
+            DEFAULT_START,
+            clearest_fraction=gold_clearest,
+            clarity=template.truth.difficulty,
+        )
         mean = gold_difficulty(db, template.job_id, template.truth)
     finally:
         db.dispose()
-    setup = {**template.setup, "gold_bank": n, "gold_clearest_fraction": gold_clearest,
-             "gold_mean_difficulty": None if mean is None else round(mean, 4)}
+    setup = {
+        **template.setup,
+        "gold_bank": n,
+        "gold_clearest_fraction": gold_clearest,
+        "gold_mean_difficulty": None if mean is None else round(mean, 4),
+    }
     return Template(path, template.job_id, template.truth, setup)
 
 
@@ -207,9 +302,13 @@ def save_template(template: Template, params: dict[str, Any]) -> Path:
     (``<name>.json`` next to ``<name>.sqlite3``), with the parameters it was built from
     (``load_template`` only reuses an exact match)."""
     info = template.path.with_suffix(".json")
-    document = {"params": params, "job_id": template.job_id, "setup": template.setup,
-                "label": {str(k): v for k, v in template.truth.label.items()},
-                "difficulty": {str(k): v for k, v in template.truth.difficulty.items()}}
+    document = {
+        "params": params,
+        "job_id": template.job_id,
+        "setup": template.setup,
+        "label": {str(k): v for k, v in template.truth.label.items()},
+        "difficulty": {str(k): v for k, v in template.truth.difficulty.items()},
+    }
     info.write_text(json.dumps(document, sort_keys=True) + "\n", encoding="utf-8")
     return info
 
@@ -222,13 +321,16 @@ def load_template(path: Path, params: dict[str, Any]) -> Template | None:
     document = json.loads(info.read_text(encoding="utf-8"))
     if document.get("params") != json.loads(json.dumps(params)):
         return None
-    truth = Truth({int(k): v for k, v in document["label"].items()},
-                  {int(k): float(v) for k, v in document["difficulty"].items()})
+    truth = Truth(
+        {int(k): v for k, v in document["label"].items()},
+        {int(k): float(v) for k, v in document["difficulty"].items()},
+    )
     return Template(path, int(document["job_id"]), truth, document["setup"])
 
 
-def simulate_copy(template: Template, folder: Path, spec: JobSpec, crowd: CrowdSpec,
-                  seed: int) -> SimOutcome:
+def simulate_copy(
+    template: Template, folder: Path, spec: JobSpec, crowd: CrowdSpec, seed: int
+) -> SimOutcome:
     """One simulated job on a fresh copy of the template database."""
     copy = Path(tempfile.mkdtemp(prefix="run-", dir=folder)) / "run.sqlite3"
     shutil.copyfile(template.path, copy)
@@ -240,17 +342,26 @@ def simulate_copy(template: Template, folder: Path, spec: JobSpec, crowd: CrowdS
         with db.session() as session:
             job = session.get_one(Job, template.job_id)
             job.spec_toml = dump_toml(spec.model_dump(exclude={"base_dir"}))
-            session.execute(update(Image).where(
-                Image.job_id == template.job_id, Image.status == ImageStatus.NEEDS_JUDGMENTS
-            ).values(judgment_target=spec.judgments.min))
+            session.execute(
+                update(Image)
+                .where(Image.job_id == template.job_id, Image.status == ImageStatus.NEEDS_JUDGMENTS)
+                .values(judgment_target=spec.judgments.min)
+            )
         return _simulate(db, template.job_id, spec, crowd, template.truth, seed=seed)
     finally:
         db.dispose()
         shutil.rmtree(copy.parent, ignore_errors=True)
 
 
-def run_one(template: Template, folder: Path, spec: JobSpec, crowd: CrowdSpec, seed: int,
-            expert_cost: float, key: str | None = None) -> dict[str, Any]:
+def run_one(
+    template: Template,
+    folder: Path,
+    spec: JobSpec,
+    crowd: CrowdSpec,
+    seed: int,
+    expert_cost: float,
+    key: str | None = None,
+) -> dict[str, Any]:
     """One sweep row: the headline figures of one simulated job."""
     outcome = simulate_copy(template, folder, spec, crowd, seed)
     result = outcome.result
@@ -280,14 +391,21 @@ def run_one(template: Template, folder: Path, spec: JobSpec, crowd: CrowdSpec, s
 
 
 def sweep(
-    template: Template, folder: Path, spec: JobSpec, settings: Sequence[Setting],
-    crowds: Sequence[CrowdSpec], *, seed: int = 0, expert_cost: float = DEFAULT_EXPERT_COST,
+    template: Template,
+    folder: Path,
+    spec: JobSpec,
+    settings: Sequence[Setting],
+    crowds: Sequence[CrowdSpec],
+    *,
+    seed: int = 0,
+    expert_cost: float = DEFAULT_EXPERT_COST,
     on_run: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     rows = []
     for setting, crowd in itertools.product(settings, crowds):
-        row = run_one(template, folder, apply_setting(spec, setting), crowd, seed, expert_cost,
-                      setting.key)
+        row = run_one(
+            template, folder, apply_setting(spec, setting), crowd, seed, expert_cost, setting.key
+        )
         rows.append(row)
         if on_run:
             on_run(row)
@@ -302,23 +420,42 @@ def summarise_settings(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for key, group in by.items():
         accs = [r["label_accuracy"] or 0.0 for r in group]
-        out.append({
-            "setting": key,
-            **{k: group[0][k] for k in ("min_judgments", "max_judgments", "confidence_target",
-                                         "gold_per_page", "min_accuracy", "aggregation")},
-            "label_accuracy": round(sum(accs) / len(accs), 4),
-            "worst_accuracy": round(min(accs), 4),
-            "cost_per_image": round(sum(r["cost_per_image"] for r in group) / len(group), 4),
-            "crowd_cost_per_image": round(
-                sum(r["crowd_cost_per_image"] for r in group) / len(group), 4),
-            "crowd_cost_quiz_unpaid_per_image": round(
-                sum(r.get("crowd_cost_quiz_unpaid_per_image", r["crowd_cost_per_image"])
-                    for r in group) / len(group), 4),
-            "judgments_per_image": round(
-                sum(r["judgments_per_image"] or 0 for r in group) / len(group), 3),
-            "expert_review_fraction": round(
-                sum(r["expert_review_fraction"] or 0 for r in group) / len(group), 4),
-        })
+        out.append(
+            {
+                "setting": key,
+                **{
+                    k: group[0][k]
+                    for k in (
+                        "min_judgments",
+                        "max_judgments",
+                        "confidence_target",
+                        "gold_per_page",
+                        "min_accuracy",
+                        "aggregation",
+                    )
+                },
+                "label_accuracy": round(sum(accs) / len(accs), 4),
+                "worst_accuracy": round(min(accs), 4),
+                "cost_per_image": round(sum(r["cost_per_image"] for r in group) / len(group), 4),
+                "crowd_cost_per_image": round(
+                    sum(r["crowd_cost_per_image"] for r in group) / len(group), 4
+                ),
+                "crowd_cost_quiz_unpaid_per_image": round(
+                    sum(
+                        r.get("crowd_cost_quiz_unpaid_per_image", r["crowd_cost_per_image"])
+                        for r in group
+                    )
+                    / len(group),
+                    4,
+                ),
+                "judgments_per_image": round(
+                    sum(r["judgments_per_image"] or 0 for r in group) / len(group), 3
+                ),
+                "expert_review_fraction": round(
+                    sum(r["expert_review_fraction"] or 0 for r in group) / len(group), 4
+                ),
+            }
+        )
     return out
 
 
@@ -329,8 +466,10 @@ def pareto(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         dominated = any(
             other["label_accuracy"] >= row["label_accuracy"]
             and other["cost_per_image"] <= row["cost_per_image"]
-            and (other["label_accuracy"] > row["label_accuracy"]
-                 or other["cost_per_image"] < row["cost_per_image"])
+            and (
+                other["label_accuracy"] > row["label_accuracy"]
+                or other["cost_per_image"] < row["cost_per_image"]
+            )
             for other in summary
         )
         if not dominated:
@@ -338,8 +477,9 @@ def pareto(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(front, key=lambda r: r["cost_per_image"])
 
 
-def recommend(summary: Sequence[dict[str, Any]], target: float = DEFAULT_TARGET
-              ) -> tuple[dict[str, Any] | None, str]:
+def recommend(
+    summary: Sequence[dict[str, Any]], target: float = DEFAULT_TARGET
+) -> tuple[dict[str, Any] | None, str]:
     """The cheapest setting whose accuracy reaches ``target`` on every crowd; else the most
     accurate one on the worst crowd."""
     if not summary:
@@ -347,20 +487,28 @@ def recommend(summary: Sequence[dict[str, Any]], target: float = DEFAULT_TARGET
     reaching = [r for r in summary if r["worst_accuracy"] >= target]
     if reaching:
         best = min(reaching, key=lambda r: (r["cost_per_image"], -r["label_accuracy"]))
-        return best, (f"cheapest setting with >= {target:.0%} agreement on every crowd "
-                      f"({len(reaching)} of {len(summary)} settings reach it)")
+        return best, (
+            f"cheapest setting with >= {target:.0%} agreement on every crowd "
+            f"({len(reaching)} of {len(summary)} settings reach it)"
+        )
     best = max(summary, key=lambda r: (r["worst_accuracy"], -r["cost_per_image"]))
-    return best, (f"no setting reaches {target:.0%} on every crowd; this one is the most "
-                  "accurate on the worst crowd")
+    return best, (
+        f"no setting reaches {target:.0%} on every crowd; this one is the most "
+        "accurate on the worst crowd"
+    )
 
 
 # --- a minimal TOML writer (the job spec's shapes only; tomllib has no writer) -------------------
 
+
 def dump_toml(data: dict[str, Any]) -> str:
     """Top-level scalars, then one ``[section]`` per table with inline values (valid TOML for
     the job spec: inline tables and arrays of inline tables may nest)."""
-    lines = [f"{_key(k)} = {_value(v)}" for k, v in data.items()
-             if v is not None and not isinstance(v, dict)]
+    lines = [
+        f"{_key(k)} = {_value(v)}"
+        for k, v in data.items()
+        if v is not None and not isinstance(v, dict)
+    ]
     for key, value in data.items():
         if isinstance(value, dict):
             lines.extend(["", f"[{_key(key)}]"])
@@ -382,6 +530,9 @@ def _value(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()
-                               if v is not None) + " }"
+        return (
+            "{ "
+            + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items() if v is not None)
+            + " }"
+        )
     raise TypeError(f"cannot write {type(value).__name__} to TOML")

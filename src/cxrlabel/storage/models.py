@@ -79,6 +79,7 @@ class Base(DeclarativeBase):
 
 # --- tables ------------------------------------------------------------------------------------
 
+
 class Job(Base):
     __tablename__ = "jobs"
 
@@ -97,12 +98,26 @@ class Image(Base):
         Index("ix_images_job_status", "job_id", "status"),
         # Assignment's candidate scan: unjudged open images in (target, serve_rank, id) order,
         # and the in-progress ones (trusted_judgments > 0), without ranking the whole job.
-        Index("ix_images_open_order", "job_id", "status", "trusted_judgments",
-              "judgment_target", "serve_rank", "id"),
+        Index(
+            "ix_images_open_order",
+            "job_id",
+            "status",
+            "trusted_judgments",
+            "judgment_target",
+            "serve_rank",
+            "id",
+        ),
         # The same scan with ``[assignment] order = "model_uncertainty"``: the model's least
         # sure images first (unscored last); the ORDER BY must repeat this expression exactly.
-        Index("ix_images_model_order", "job_id", "status", "trusted_judgments",
-              "judgment_target", text(MODEL_UNCERTAINTY_SQL), "id"),
+        Index(
+            "ix_images_model_order",
+            "job_id",
+            "status",
+            "trusted_judgments",
+            "judgment_target",
+            text(MODEL_UNCERTAINTY_SQL),
+            "id",
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -411,8 +426,10 @@ class Signup(Base):
     annotators."""
 
     __tablename__ = "signups"
-    __table_args__ = (Index("ix_signups_invite_time", "invite_id", "created_at"),
-                      Index("ix_signups_network_time", "network", "created_at"))
+    __table_args__ = (
+        Index("ix_signups_invite_time", "invite_id", "created_at"),
+        Index("ix_signups_network_time", "network", "created_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), unique=True)

@@ -32,10 +32,11 @@ _UNKNOWN_IMAGE = "~"
 class MissedGoldOut(BaseModel):
     """Feedback on one missed test question, as the annotator gets it."""
 
-    judgment_id: str = Field(description="Opaque id of this answer, only valid for you: "
-                                         "send it to contest the accepted answer")
-    image_public_id: str = Field(description="Your own id of the image (not valid for anyone "
-                                             "else)")
+    judgment_id: str = Field(
+        description="Opaque id of this answer, only valid for you: "
+        "send it to contest the accepted answer"
+    )
+    image_public_id: str = Field(description="Your own id of the image (not valid for anyone else)")
     given_answer: str
     accepted_answers: list[str]
     reason: str
@@ -45,22 +46,26 @@ class SubmitResultOut(SubmitResult):
     missed_gold: list[MissedGoldOut] = []  # type: ignore[assignment]
 
 
-def page_alias_map(session: Session, aliases: Aliases, user_id: int,
-                   page_public_id: str) -> dict[str, str]:
+def page_alias_map(
+    session: Session, aliases: Aliases, user_id: int, page_public_id: str
+) -> dict[str, str]:
     """alias -> public id for the images of one of the user's pages (empty if not theirs;
     the engine then refuses the page as not found)."""
     public_ids = session.scalars(
-        select(Image.public_id).join(PageItem, PageItem.image_id == Image.id)
+        select(Image.public_id)
+        .join(PageItem, PageItem.image_id == Image.id)
         .join(Page, Page.id == PageItem.page_id)
-        .where(Page.public_id == page_public_id, Page.user_id == user_id))
+        .where(Page.public_id == page_public_id, Page.user_id == user_id)
+    )
     return aliases.image_map(public_ids, user_id)
 
 
 def answers_in(answers: list[AnswerIn], alias_map: dict[str, str]) -> list[AnswerIn]:
     """The answers with each image alias replaced by the image's public id."""
-    return [a.model_copy(update={"image_public_id": alias_map.get(a.image_public_id,
-                                                                  _UNKNOWN_IMAGE)})
-            for a in answers]
+    return [
+        a.model_copy(update={"image_public_id": alias_map.get(a.image_public_id, _UNKNOWN_IMAGE)})
+        for a in answers
+    ]
 
 
 def result_out(result: SubmitResult, aliases: Aliases, user_id: int) -> SubmitResultOut:
@@ -72,22 +77,34 @@ def result_out(result: SubmitResult, aliases: Aliases, user_id: int) -> SubmitRe
     if not answers_shown(result.kind, result.quiz_passed):
         data["missed_gold"] = []
     data["missed_gold"] = [
-        {**m, "judgment_id": aliases.answer(m["judgment_id"], user_id),
-         "image_public_id": aliases.image(m["image_public_id"], user_id)}
-        for m in data["missed_gold"]]
+        {
+            **m,
+            "judgment_id": aliases.answer(m["judgment_id"], user_id),
+            "image_public_id": aliases.image(m["image_public_id"], user_id),
+        }
+        for m in data["missed_gold"]
+    ]
     # Training feedback shows training cases (never gold), under the annotator's aliases too.
-    data["training"] = [{**t, "image_public_id": aliases.image(t["image_public_id"], user_id)}
-                        for t in data["training"]]
+    data["training"] = [
+        {**t, "image_public_id": aliases.image(t["image_public_id"], user_id)}
+        for t in data["training"]
+    ]
     return SubmitResultOut.model_validate(data)
 
 
-def missed_gold_judgment(session: Session, aliases: Aliases, job: Job, user_id: int,
-                         answer_id: str) -> int:
+def missed_gold_judgment(
+    session: Session, aliases: Aliases, job: Job, user_id: int, answer_id: str
+) -> int:
     """The id of the user's missed test-question answer named by ``answer_id``, else the
     uniform ``not_contestable`` refusal."""
-    candidates = session.scalars(select(Judgment.id).where(
-        Judgment.job_id == job.id, Judgment.user_id == user_id, Judgment.is_gold.is_(True),
-        Judgment.gold_missed.is_(True)))
+    candidates = session.scalars(
+        select(Judgment.id).where(
+            Judgment.job_id == job.id,
+            Judgment.user_id == user_id,
+            Judgment.is_gold.is_(True),
+            Judgment.gold_missed.is_(True),
+        )
+    )
     supplied = answer_id.encode()
     for judgment_id in candidates:
         if hmac.compare_digest(aliases.answer(judgment_id, user_id).encode(), supplied):

@@ -48,10 +48,13 @@ KEEP_ALIVE_S = 30.0
 def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     """The whole web app for one data dir / database (migrations applied on open)."""
     app = FastAPI(
-        title="cxrlabel", version=__version__,
+        title="cxrlabel",
+        version=__version__,
         description="Crowd labeling of pediatric chest X-rays: annotator and admin API.",
         # /api/docs is served offline by web/routes/apidocs.py (no CDN, strict CSP).
-        docs_url=None, redoc_url=None, openapi_url="/api/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
     )
     app.state.settings = settings
     app.state.db = db or Database(settings.database_url)
@@ -85,8 +88,9 @@ def _install_middleware(app: FastAPI) -> None:
     # body limits apply after the session cookie is decoded and before anything parses a body.
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(SessionMiddleware, signer=app.state.signer)
-    app.add_middleware(SignedImages, signer=app.state.image_urls.signer,
-                       store=app.state.image_urls.store)
+    app.add_middleware(
+        SignedImages, signer=app.state.image_urls.signer, store=app.state.image_urls.store
+    )
 
 
 def _error_code(status: int) -> str:
@@ -125,14 +129,20 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
         if is_api(request) or request.headers.get("x-csrf-token"):
-            response: Response = json_error(exc.status_code, _error_code(exc.status_code),
-                                            message)
+            response: Response = json_error(exc.status_code, _error_code(exc.status_code), message)
         else:
             await _know_the_user(request)
-            response = render(request, "message.html", {
-                "heading": HTTPStatus(exc.status_code).phrase, "text": message, "tone": "error",
-                "link": {"href": "/", "text": "Back to the start page"},
-            }, status_code=exc.status_code)
+            response = render(
+                request,
+                "message.html",
+                {
+                    "heading": HTTPStatus(exc.status_code).phrase,
+                    "text": message,
+                    "tone": "error",
+                    "link": {"href": "/", "text": "Back to the start page"},
+                },
+                status_code=exc.status_code,
+            )
         for key, value in (exc.headers or {}).items():
             response.headers[key] = value
         return response
@@ -140,27 +150,43 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         details = [
-            {"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"),
-             "message": e.get("msg", "")}
+            {
+                "field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"),
+                "message": e.get("msg", ""),
+            }
             for e in exc.errors()
         ]
         first = details[0] if details else {"field": "", "message": "invalid request"}
         message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
         if is_api(request):
             return json_error(422, "invalid_request", message, details=details)
-        return render(request, "message.html", {
-            "heading": "Something is missing", "text": message, "tone": "error",
-            "link": {"href": "/", "text": "Back to the start page"},
-        }, status_code=422)
+        return render(
+            request,
+            "message.html",
+            {
+                "heading": "Something is missing",
+                "text": message,
+                "tone": "error",
+                "link": {"href": "/", "text": "Back to the start page"},
+            },
+            status_code=422,
+        )
 
     @app.exception_handler(EngineError)
     async def engine_error(request: Request, exc: EngineError) -> Response:
         if is_api(request) or request.headers.get("x-csrf-token"):
             return json_error(exc.status, exc.code, exc.message)
-        return render(request, "message.html", {
-            "heading": "We could not do that", "text": exc.message, "tone": "error",
-            "link": {"href": "/", "text": "Back to the start page"},
-        }, status_code=exc.status)
+        return render(
+            request,
+            "message.html",
+            {
+                "heading": "We could not do that",
+                "text": exc.message,
+                "tone": "error",
+                "link": {"href": "/", "text": "Back to the start page"},
+            },
+            status_code=exc.status,
+        )
 
     # A number in the URL too big for the database (an id like 10**30): SQLite raises
     # OverflowError, PostgreSQL a DataError. Such an object cannot exist: 404, not a 500.
@@ -170,15 +196,28 @@ def _install_error_handlers(app: FastAPI) -> None:
         message = "no such item (a number in the request is out of range)"
         if is_api(request) or request.headers.get("x-csrf-token"):
             return json_error(404, "not_found", message)
-        return render(request, "message.html", {
-            "heading": "Not Found", "text": message, "tone": "error",
-            "link": {"href": "/", "text": "Back to the start page"},
-        }, status_code=404)
+        return render(
+            request,
+            "message.html",
+            {
+                "heading": "Not Found",
+                "text": message,
+                "tone": "error",
+                "link": {"href": "/", "text": "Back to the start page"},
+            },
+            status_code=404,
+        )
 
 
-def run_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
-               workers: int = 1, *, access_log: bool = True,
-               keep_alive_s: float = KEEP_ALIVE_S) -> None:
+def run_server(
+    settings: Settings,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    *,
+    access_log: bool = True,
+    keep_alive_s: float = KEEP_ALIVE_S,
+) -> None:
     """Serve the app with uvicorn (uvloop + httptools, installed with ``uvicorn[standard]``).
     Several workers need PostgreSQL: SQLite has one writer and in-memory login rate limits
     would not be shared in a useful way. ``access_log=False`` saves a log line per request
@@ -199,8 +238,13 @@ def run_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
     Database(settings.database_url).dispose()  # migrate once, before workers start
     load_secret_key(settings.data_dir)  # create the shared key once, before workers start
     options: dict[str, Any] = {
-        "host": host, "port": port, "proxy_headers": True, "log_level": "info",
-        "access_log": access_log, "timeout_keep_alive": int(keep_alive_s)}
+        "host": host,
+        "port": port,
+        "proxy_headers": True,
+        "log_level": "info",
+        "access_log": access_log,
+        "timeout_keep_alive": int(keep_alive_s),
+    }
     if workers > 1:
         import os
 
@@ -210,8 +254,13 @@ def run_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
         # uvicorn kills a worker that does not answer its health ping within 5 s by default;
         # importing the app on a busy machine takes longer, so workers were killed and
         # restarted in a loop and the server never came up (found by benchmarks/load.py).
-        uvicorn.run("cxrlabel.web.app:app_from_env", factory=True, workers=workers,
-                    timeout_worker_healthcheck=60, **options)
+        uvicorn.run(
+            "cxrlabel.web.app:app_from_env",
+            factory=True,
+            workers=workers,
+            timeout_worker_healthcheck=60,
+            **options,
+        )
     else:
         uvicorn.run(create_app(settings), **options)
 

@@ -51,8 +51,14 @@ def serve(
     settings = app.settings
     remember_served_url(settings.data_dir, host, port)
     try:
-        run_server(settings, host=host, port=port, workers=workers, access_log=access_log,
-                   keep_alive_s=keep_alive)
+        run_server(
+            settings,
+            host=host,
+            port=port,
+            workers=workers,
+            access_log=access_log,
+            keep_alive_s=keep_alive,
+        )
     except ValueError as exc:
         fail(str(exc))
 
@@ -62,9 +68,7 @@ def user_add(
     ctx: typer.Context,
     username: str = typer.Argument(..., help="Login name."),
     role: str = typer.Option("annotator", help="admin | annotator | expert"),
-    password: str = typer.Option(
-        None, help="Password (asked for, hidden, when not given)."
-    ),
+    password: str = typer.Option(None, help="Password (asked for, hidden, when not given)."),
 ) -> None:
     """Create an account."""
     from cxrlabel.annotate.accounts import AccountError, create_user
@@ -148,7 +152,9 @@ def invite_create(
     role: str = typer.Option("annotator", help="Role of the accounts it creates."),
     job: str = typer.Option(None, help="Send new accounts straight to this job."),
     base_url: str = typer.Option(
-        None, "--base-url", envvar="CXRLABEL_BASE_URL",
+        None,
+        "--base-url",
+        envvar="CXRLABEL_BASE_URL",
         help="Public address of the server, used to build the link [default: the address "
         "`cxrlabel serve` last listened on for this data dir, else http://127.0.0.1:8000].",
     ),
@@ -166,8 +172,9 @@ def invite_create(
             if job_row is None:
                 fail(f"no job named {job!r}")
         try:
-            _invite, token = create_invite(s, role=role, max_uses=uses,
-                                           expires_hours=expires_hours, job=job_row)
+            _invite, token = create_invite(
+                s, role=role, max_uses=uses, expires_hours=expires_hours, job=job_row
+            )
         except AccountError as exc:
             fail(exc.message)
     typer.echo(invite_link(base_url or served_url(app_context(ctx).settings.data_dir), token))
@@ -202,5 +209,7 @@ def invite_signals(
         console.print("no duplicate-account signals")
         return
     for sig in signals:
-        console.print(f"[yellow]{sig.kind}[/] {escape(', '.join(sig.usernames))}: "
-                      f"{escape(sig.detail)}", highlight=False)
+        console.print(
+            f"[yellow]{sig.kind}[/] {escape(', '.join(sig.usernames))}: {escape(sig.detail)}",
+            highlight=False,
+        )

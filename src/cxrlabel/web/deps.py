@@ -82,7 +82,8 @@ def session_policy(request: Request) -> SessionPolicy:
     policy = getattr(request.app.state, "session_policy", None)
     if policy is None:
         policy = request.app.state.session_policy = SessionPolicy.from_settings(
-            request.app.state.settings)
+            request.app.state.settings
+        )
     return policy
 
 
@@ -160,13 +161,14 @@ def job_ref_and_spec(session: Session, name: str) -> tuple[Job, JobSpec]:
 
 
 _JOB_REF = select(Job.__table__.c.id, Job.__table__.c.spec_sha256).where(
-    Job.__table__.c.name == bindparam("name"))
+    Job.__table__.c.name == bindparam("name")
+)
 
 
-def render(request: Request, name: str, context: dict[str, Any] | None = None,
-           status_code: int = 200) -> Response:
+def render(
+    request: Request, name: str, context: dict[str, Any] | None = None, status_code: int = 200
+) -> Response:
     """Render a page with the common context: ``user``, ``csrf_token``."""
-    ctx = {"user": getattr(request.state, "user", None),
-           "csrf_token": session_data(request).csrf}
+    ctx = {"user": getattr(request.state, "user", None), "csrf_token": session_data(request).csrf}
     ctx.update(context or {})
     return templates.TemplateResponse(request, name, ctx, status_code=status_code)

@@ -34,8 +34,10 @@ def page_items(page: Page | ServedPage, urls: ImageUrls | None = None) -> list[d
     (served outside the app stack, web/images_fast.py), else the session-checked ``/img/<id>``."""
     if urls is not None:
         return urls.page_items(page)
-    return [{"public_id": item.image.public_id, "src": image_url(item.image.public_id)}
-            for item in page.items]
+    return [
+        {"public_id": item.image.public_id, "src": image_url(item.image.public_id)}
+        for item in page.items
+    ]
 
 
 def image_urls(request: Request) -> ImageUrls:

@@ -15,8 +15,12 @@ from pathlib import Path
 from typing import AnyStr
 
 CACHE_CONTROL = "private, max-age=31536000, immutable"
-MEDIA_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png",
-               ".webp": "image/webp"}
+MEDIA_TYPES = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".webp": "image/webp",
+}
 OTHER_MEDIA_TYPE = "application/octet-stream"
 
 

@@ -74,8 +74,9 @@ class RenditionStore:
 
     RECENT_PAGES = 64  # a miss looks for the alias among the user's latest pages
 
-    def __init__(self, data_dir: Path, db: Database, aliases: Aliases,
-                 max_entries: int = 50_000) -> None:
+    def __init__(
+        self, data_dir: Path, db: Database, aliases: Aliases, max_entries: int = 50_000
+    ) -> None:
         self.data_dir = data_dir.resolve()
         self.db = db
         self.aliases = aliases
@@ -126,9 +127,14 @@ def user_images(session, user_id: int, recent_pages: int | None = None) -> list:
     pages = select(Page.id).where(Page.user_id == user_id)
     if recent_pages is not None:
         pages = pages.order_by(Page.id.desc()).limit(recent_pages)
-    return list(session.execute(
-        select(Image.public_id, Image.rendition_path).join(PageItem, PageItem.image_id == Image.id)
-        .where(PageItem.page_id.in_(pages.scalar_subquery())).distinct()).all())
+    return list(
+        session.execute(
+            select(Image.public_id, Image.rendition_path)
+            .join(PageItem, PageItem.image_id == Image.id)
+            .where(PageItem.page_id.in_(pages.scalar_subquery()))
+            .distinct()
+        ).all()
+    )
 
 
 def _read(path: Path) -> bytes | None:
@@ -174,10 +180,19 @@ class SignedImages:
                 del self._loading[user_id]
 
     async def _answer(self, send: Send, status: int, text: bytes, extra=()) -> None:
-        await send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", b"text/plain; charset=utf-8"),
-            (b"content-length", str(len(text)).encode()), (b"cache-control", b"no-store"),
-            *extra, *SECURITY_HEADERS]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(text)).encode()),
+                    (b"cache-control", b"no-store"),
+                    *extra,
+                    *SECURITY_HEADERS,
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": text})
 
     async def _serve(self, scope: Scope, send: Send, rest: str) -> None:
@@ -195,16 +210,18 @@ class SignedImages:
             entry = self.store.cached(user_id, alias) or await self._load(alias, user_id)
         path = self.store.resolve(entry) if entry is not None else None
         data = None
-        if entry is not None and path is not None and (entry.etag is None or _ZEROCOPY not in
-                                                      scope.get("extensions", {})):
+        if (
+            entry is not None
+            and path is not None
+            and (entry.etag is None or _ZEROCOPY not in scope.get("extensions", {}))
+        ):
             data = _read(path)
             if data is not None and entry.etag is None:
                 entry.etag = self.store.aliases.etag(hashlib.sha256(data).hexdigest(), user_id)
         if entry is None or path is None or entry.etag is None:
             await self._answer(send, 404, b"no such image")
             return
-        headers = [(b"etag", entry.etag), (b"cache-control", _CACHE_CONTROL),
-                   *SECURITY_HEADERS]
+        headers = [(b"etag", entry.etag), (b"cache-control", _CACHE_CONTROL), *SECURITY_HEADERS]
         if etag_matches(entry.etag, _if_none_match(scope)):
             await send({"type": "http.response.start", "status": 304, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
@@ -212,13 +229,16 @@ class SignedImages:
         if data is None:  # zero-copy: the server sends the file itself
             await self._zerocopy(send, path, _media_type(path), headers, method == "HEAD")
             return
-        headers += [(b"content-type", _media_type(path)),
-                    (b"content-length", str(len(data)).encode())]
+        headers += [
+            (b"content-type", _media_type(path)),
+            (b"content-length", str(len(data)).encode()),
+        ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else data})
 
-    async def _zerocopy(self, send: Send, path: Path, media_type: bytes, headers: list,
-                        head: bool) -> None:
+    async def _zerocopy(
+        self, send: Send, path: Path, media_type: bytes, headers: list, head: bool
+    ) -> None:
         try:
             fh = open(path, "rb")  # noqa: SIM115 - closed below, after the send
         except OSError:
@@ -226,8 +246,7 @@ class SignedImages:
             return
         with fh:
             size = os.fstat(fh.fileno()).st_size
-            headers += [(b"content-type", media_type),
-                        (b"content-length", str(size).encode())]
+            headers += [(b"content-type", media_type), (b"content-length", str(size).encode())]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             if head:
                 await send({"type": "http.response.body", "body": b""})
@@ -272,6 +291,5 @@ class ImageUrls:
             image = item.image
             alias = self.aliases.image(image.public_id, page.user_id)
             self.store.remember(page.user_id, alias, image.rendition_path)
-            out.append({"public_id": alias,
-                        "src": self.signer.url(alias, page.user_id, expires)})
+            out.append({"public_id": alias, "src": self.signer.url(alias, page.user_id, expires)})
         return out

@@ -60,7 +60,8 @@ class SessionMiddleware:
         path: str = scope["path"]
         # A bearer-token API client has no use for a cookie: do not sign one per call.
         skip_cookie = path.startswith(NO_COOKIE_PREFIXES) or (
-            _header(scope, b"authorization") is not None and not session.user_id)
+            _header(scope, b"authorization") is not None and not session.user_id
+        )
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -71,8 +72,9 @@ class SessionMiddleware:
                 current: SessionData = state["session"]  # a route may have replaced it
                 if current.changed and not skip_cookie:
                     secure = cookie_secure_for(scope.get("scheme", "http"))
-                    headers.append((b"set-cookie",
-                                    session_cookie_header(self.signer, current, secure=secure)))
+                    headers.append(
+                        (b"set-cookie", session_cookie_header(self.signer, current, secure=secure))
+                    )
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -98,20 +100,34 @@ class BodyTooLarge(Exception):
 def body_limit_for(path: str, signed_in: bool) -> int:
     if not signed_in:
         return ANONYMOUS_BODY_LIMIT
-    return next((limit for prefix, limit in ROUTE_BODY_LIMITS if path.startswith(prefix)),
-                DEFAULT_BODY_LIMIT)
+    return next(
+        (limit for prefix, limit in ROUTE_BODY_LIMITS if path.startswith(prefix)),
+        DEFAULT_BODY_LIMIT,
+    )
 
 
 def _too_large_body(limit: int) -> bytes:
-    return (b'{"error":{"code":"request_too_large","message":"The request body is larger than '
-            + f"this route accepts ({limit} bytes)".encode() + b'."}}')
+    return (
+        b'{"error":{"code":"request_too_large","message":"The request body is larger than '
+        + f"this route accepts ({limit} bytes)".encode()
+        + b'."}}'
+    )
 
 
 async def _send_413(send: Send, limit: int) -> None:
     body = _too_large_body(limit)
-    await send({"type": "http.response.start", "status": 413, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"), *add_security_headers([], "/")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+                *add_security_headers([], "/"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -132,7 +148,8 @@ class BodyLimitMiddleware:
             return
         session = scope.get("state", {}).get("session")
         signed_in = (session is not None and session.user_id is not None) or (
-            _header(scope, b"authorization") is not None)
+            _header(scope, b"authorization") is not None
+        )
         limit = body_limit_for(scope["path"], signed_in)
         declared = _header(scope, b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):

@@ -33,8 +33,18 @@ from cxrlabel.config import OidcSettings
 
 # Asymmetric only: an HMAC algorithm would let anyone holding the client secret (or a
 # confused-key attack with the public key) mint tokens; "none" is never accepted.
-ALLOWED_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
-                      "ES512", "EdDSA")
+ALLOWED_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
 CLOCK_SKEW_S = 60
 FLOW_TTL_S = 600  # the person has ten minutes at the provider's login page
 METADATA_TTL_S = 3600
@@ -76,8 +86,13 @@ class Flow:
 
     @classmethod
     def start(cls, next_url: str) -> Flow:
-        return cls(state=secrets.token_urlsafe(32), nonce=secrets.token_urlsafe(32),
-                   verifier=secrets.token_urlsafe(48), next_url=next_url, started=time.time())
+        return cls(
+            state=secrets.token_urlsafe(32),
+            nonce=secrets.token_urlsafe(32),
+            verifier=secrets.token_urlsafe(48),
+            next_url=next_url,
+            started=time.time(),
+        )
 
 
 class FlowCookie:
@@ -90,8 +105,13 @@ class FlowCookie:
         return _b64(hmac.new(self._key, body.encode(), hashlib.sha256).digest())
 
     def dumps(self, flow: Flow) -> str:
-        payload = {"s": flow.state, "n": flow.nonce, "v": flow.verifier, "x": flow.next_url,
-                   "t": int(flow.started)}
+        payload = {
+            "s": flow.state,
+            "n": flow.nonce,
+            "v": flow.verifier,
+            "x": flow.next_url,
+            "t": int(flow.started),
+        }
         body = _b64(json.dumps(payload, separators=(",", ":")).encode())
         return f"{body}.{self._mac(body)}"
 
@@ -104,8 +124,13 @@ class FlowCookie:
             return None
         try:
             data = json.loads(_unb64(body))
-            flow = Flow(state=str(data["s"]), nonce=str(data["n"]), verifier=str(data["v"]),
-                        next_url=str(data["x"]), started=float(data["t"]))
+            flow = Flow(
+                state=str(data["s"]),
+                nonce=str(data["n"]),
+                verifier=str(data["v"]),
+                next_url=str(data["x"]),
+                started=float(data["t"]),
+            )
         except (ValueError, KeyError, TypeError):
             return None
         if (now or time.time()) - flow.started > FLOW_TTL_S:
@@ -119,8 +144,9 @@ def _check_times(claims: dict[str, Any], now: float) -> None:
         exp, iat = float(claims["exp"]), float(claims["iat"])
         nbf = float(claims.get("nbf", iat))
     except (TypeError, ValueError):
-        raise OidcError("The sign-in could not be verified.", "ID token times are not numbers"
-                        ) from None
+        raise OidcError(
+            "The sign-in could not be verified.", "ID token times are not numbers"
+        ) from None
     if now > exp + CLOCK_SKEW_S:
         raise OidcError("The sign-in took too long. Please start again.", "ID token expired")
     if iat > now + CLOCK_SKEW_S or nbf > now + CLOCK_SKEW_S:
@@ -147,13 +173,16 @@ class OidcClient:
                 url = self.settings.issuer.rstrip("/") + "/.well-known/openid-configuration"
                 doc = self._get_json(url)
                 if doc.get("issuer") != self.settings.issuer:
-                    raise OidcError("The sign-in provider is misconfigured.",
-                                    f"discovery issuer {doc.get('issuer')!r} is not "
-                                    f"{self.settings.issuer!r}")
+                    raise OidcError(
+                        "The sign-in provider is misconfigured.",
+                        f"discovery issuer {doc.get('issuer')!r} is not {self.settings.issuer!r}",
+                    )
                 for key in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
                     if not isinstance(doc.get(key), str):
-                        raise OidcError("The sign-in provider is misconfigured.",
-                                        f"discovery document lacks {key}")
+                        raise OidcError(
+                            "The sign-in provider is misconfigured.",
+                            f"discovery document lacks {key}",
+                        )
                 self._metadata, self._metadata_at, self._jwks = doc, time.time(), None
             return self._metadata
 
@@ -163,11 +192,14 @@ class OidcClient:
             response.raise_for_status()
             doc = response.json()
         except (httpx.HTTPError, ValueError) as exc:
-            raise OidcError("The sign-in provider could not be reached. Try again later.",
-                            f"GET {url}: {exc}") from exc
+            raise OidcError(
+                "The sign-in provider could not be reached. Try again later.", f"GET {url}: {exc}"
+            ) from exc
         if not isinstance(doc, dict):
-            raise OidcError("The sign-in provider answered in an unexpected way.",
-                            f"GET {url}: not a JSON object")
+            raise OidcError(
+                "The sign-in provider answered in an unexpected way.",
+                f"GET {url}: not a JSON object",
+            )
         return doc
 
     def _signing_key(self, kid: str | None) -> jwt.PyJWK:
@@ -178,8 +210,7 @@ class OidcClient:
             candidates = [k for k in keys.keys if kid is None or k.key_id == kid]
             if len(candidates) == 1 or (candidates and kid is not None):
                 return candidates[0]
-        raise OidcError("The sign-in could not be verified.",
-                        f"no provider key with kid {kid!r}")
+        raise OidcError("The sign-in could not be verified.", f"no provider key with kid {kid!r}")
 
     def _key_set(self, refresh: bool) -> jwt.PyJWKSet:
         with self._lock:
@@ -189,8 +220,9 @@ class OidcClient:
             try:
                 jwks = jwt.PyJWKSet.from_dict(doc)
             except jwt.PyJWTError as exc:
-                raise OidcError("The sign-in provider is misconfigured.",
-                                f"JWKS unusable: {exc}") from exc
+                raise OidcError(
+                    "The sign-in provider is misconfigured.", f"JWKS unusable: {exc}"
+                ) from exc
             with self._lock:
                 self._jwks = jwks
         return jwks
@@ -198,11 +230,16 @@ class OidcClient:
     # --- the flow ------------------------------------------------------------------------------
 
     def authorization_url(self, flow: Flow) -> str:
-        query = {"response_type": "code", "client_id": self.settings.client_id,
-                 "redirect_uri": self.settings.redirect_uri, "scope": self.settings.scopes,
-                 "state": flow.state, "nonce": flow.nonce,
-                 "code_challenge": pkce_challenge(flow.verifier),
-                 "code_challenge_method": "S256"}
+        query = {
+            "response_type": "code",
+            "client_id": self.settings.client_id,
+            "redirect_uri": self.settings.redirect_uri,
+            "scope": self.settings.scopes,
+            "state": flow.state,
+            "nonce": flow.nonce,
+            "code_challenge": pkce_challenge(flow.verifier),
+            "code_challenge_method": "S256",
+        }
         endpoint = self.metadata()["authorization_endpoint"]
         return f"{endpoint}{'&' if '?' in endpoint else '?'}{urlencode(query)}"
 
@@ -212,8 +249,9 @@ class OidcClient:
         tokens = self._exchange(flow, code)
         id_token = tokens.get("id_token")
         if not isinstance(id_token, str):
-            raise OidcError("The sign-in provider sent no ID token.", "token response lacks "
-                            "id_token")
+            raise OidcError(
+                "The sign-in provider sent no ID token.", "token response lacks id_token"
+            )
         claims = self.verify_id_token(id_token, flow.nonce)
         access_token = tokens.get("access_token")
         if self.settings.role_claim not in claims and isinstance(access_token, str):
@@ -222,30 +260,41 @@ class OidcClient:
 
     def _exchange(self, flow: Flow, code: str) -> dict[str, Any]:
         meta = self.metadata()
-        form = {"grant_type": "authorization_code", "code": code,
-                "redirect_uri": self.settings.redirect_uri, "code_verifier": flow.verifier}
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": self.settings.redirect_uri,
+            "code_verifier": flow.verifier,
+        }
         methods = meta.get("token_endpoint_auth_methods_supported") or ["client_secret_basic"]
         auth: dict[str, Any] = {}  # httpx: no ``auth`` argument at all means no client auth
         if "client_secret_basic" in methods:
             auth["auth"] = (self.settings.client_id, self.settings.client_secret)
         else:
-            form.update(client_id=self.settings.client_id,
-                        client_secret=self.settings.client_secret)
+            form.update(
+                client_id=self.settings.client_id, client_secret=self.settings.client_secret
+            )
         try:
-            response = self._http.post(meta["token_endpoint"], data=form, **auth,
-                                       headers={"Accept": "application/json"})
+            response = self._http.post(
+                meta["token_endpoint"], data=form, **auth, headers={"Accept": "application/json"}
+            )
             body = response.json()
         except (httpx.HTTPError, ValueError) as exc:
-            raise OidcError("The sign-in provider could not be reached. Try again later.",
-                            f"token endpoint: {exc}") from exc
+            raise OidcError(
+                "The sign-in provider could not be reached. Try again later.",
+                f"token endpoint: {exc}",
+            ) from exc
         if response.status_code != 200 or not isinstance(body, dict):
             error = body.get("error") if isinstance(body, dict) else None
-            raise OidcError("The sign-in was refused by the provider. Please start again.",
-                            f"token endpoint {response.status_code}: {error}")
+            raise OidcError(
+                "The sign-in was refused by the provider. Please start again.",
+                f"token endpoint {response.status_code}: {error}",
+            )
         return body
 
-    def verify_id_token(self, id_token: str, nonce: str, now: float | None = None
-                        ) -> dict[str, Any]:
+    def verify_id_token(
+        self, id_token: str, nonce: str, now: float | None = None
+    ) -> dict[str, Any]:
         """The ID token's claims if its signature, issuer, audience, times and nonce are
         right; else ``OidcError``."""
         try:
@@ -253,15 +302,25 @@ class OidcClient:
         except jwt.PyJWTError as exc:
             raise OidcError("The sign-in could not be verified.", f"ID token: {exc}") from exc
         if header.get("alg") not in ALLOWED_ALGORITHMS:
-            raise OidcError("The sign-in could not be verified.",
-                            f"ID token algorithm {header.get('alg')!r} is not allowed")
+            raise OidcError(
+                "The sign-in could not be verified.",
+                f"ID token algorithm {header.get('alg')!r} is not allowed",
+            )
         key = self._signing_key(header.get("kid"))
         try:  # times are checked below, against ``now`` (tests pass a clock)
             claims = jwt.decode(
-                id_token, key=key, algorithms=[header["alg"]],
-                audience=self.settings.client_id, issuer=self.settings.issuer,
-                options={"require": ["iss", "aud", "exp", "iat", "sub"], "verify_exp": False,
-                         "verify_iat": False, "verify_nbf": False})
+                id_token,
+                key=key,
+                algorithms=[header["alg"]],
+                audience=self.settings.client_id,
+                issuer=self.settings.issuer,
+                options={
+                    "require": ["iss", "aud", "exp", "iat", "sub"],
+                    "verify_exp": False,
+                    "verify_iat": False,
+                    "verify_nbf": False,
+                },
+            )
         except jwt.PyJWTError as exc:
             raise OidcError("The sign-in could not be verified.", f"ID token: {exc}") from exc
         _check_times(claims, time.time() if now is None else now)
@@ -270,12 +329,17 @@ class OidcClient:
 
     def _check_azp_and_nonce(self, claims: dict[str, Any], nonce: str) -> None:
         audience = claims["aud"]
-        if isinstance(audience, list) and len(audience) > 1 and (
-                claims.get("azp") != self.settings.client_id):
+        if (
+            isinstance(audience, list)
+            and len(audience) > 1
+            and (claims.get("azp") != self.settings.client_id)
+        ):
             raise OidcError("The sign-in could not be verified.", "ID token azp is not ours")
         if not hmac.compare_digest(str(claims.get("nonce", "")), nonce):
-            raise OidcError("The sign-in could not be verified.",
-                            "ID token nonce does not match this browser's sign-in")
+            raise OidcError(
+                "The sign-in could not be verified.",
+                "ID token nonce does not match this browser's sign-in",
+            )
 
     def _userinfo(self, access_token: str, subject: str) -> dict[str, Any]:
         endpoint = self.metadata().get("userinfo_endpoint")

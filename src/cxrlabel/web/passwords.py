@@ -39,13 +39,17 @@ def _lower_priority(nice: int) -> None:
 
 
 class PasswordPool:
-    def __init__(self, workers: int | None = None, max_waiting: int = 64,
-                 nice: int = LOWER_PRIORITY) -> None:
+    def __init__(
+        self, workers: int | None = None, max_waiting: int = 64, nice: int = LOWER_PRIORITY
+    ) -> None:
         self.workers = workers or max(1, (os.cpu_count() or 2) // 2)
         self.max_waiting = max_waiting
         self._executor = ThreadPoolExecutor(
-            max_workers=self.workers, thread_name_prefix="cxrlabel-argon2",
-            initializer=_lower_priority, initargs=(nice,))
+            max_workers=self.workers,
+            thread_name_prefix="cxrlabel-argon2",
+            initializer=_lower_priority,
+            initargs=(nice,),
+        )
         self._pending = 0  # changed only on the event loop thread
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:

@@ -107,8 +107,9 @@ class SessionSigner:
             return None
         try:
             data = json.loads(_unb64(body))
-            session = SessionData(user_id=data["u"], csrf=str(data["c"]),
-                                  issued=float(data["t"]), sid=data.get("s"))
+            session = SessionData(
+                user_id=data["u"], csrf=str(data["c"]), issued=float(data["t"]), sid=data.get("s")
+            )
         except (ValueError, KeyError, TypeError):
             return None
         if session.user_id is not None and not isinstance(session.sid, str):
@@ -146,8 +147,13 @@ class ImageUrlSigner:
         """The user id ``token`` (``<expiry>.<user id>.<mac>``) was issued to for
         ``public_id``, if it is genuine and has not expired; else None."""
         parts = token.split(".")
-        if (len(token) > 96 or len(parts) != 3 or not token.isascii()
-                or not parts[0].isdigit() or not parts[1].isdigit()):
+        if (
+            len(token) > 96
+            or len(parts) != 3
+            or not token.isascii()
+            or not parts[0].isdigit()
+            or not parts[1].isdigit()
+        ):
             return None
         expires, user_id = int(parts[0]), int(parts[1])
         if expires < (now if now is not None else time.time()):
@@ -189,16 +195,24 @@ def session_cookie_header(signer: SessionSigner, session: SessionData, *, secure
     """The ``Set-Cookie`` value for ``session`` (Starlette formats it)."""
     response = Response()
     response.set_cookie(
-        SESSION_COOKIE, signer.dumps(session), max_age=SESSION_MAX_AGE_S, path="/",
-        httponly=True, samesite="lax", secure=secure,
+        SESSION_COOKIE,
+        signer.dumps(session),
+        max_age=SESSION_MAX_AGE_S,
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=secure,
     )
     return next(v for k, v in response.raw_headers if k == b"set-cookie")
 
 
-def write_session_cookie(response: Response, request: Request, signer: SessionSigner,
-                         session: SessionData) -> None:
-    response.headers.append("set-cookie", session_cookie_header(
-        signer, session, secure=cookie_secure(request)).decode("latin-1"))
+def write_session_cookie(
+    response: Response, request: Request, signer: SessionSigner, session: SessionData
+) -> None:
+    response.headers.append(
+        "set-cookie",
+        session_cookie_header(signer, session, secure=cookie_secure(request)).decode("latin-1"),
+    )
 
 
 def csrf_ok(session: SessionData, supplied: str | None) -> bool:
@@ -207,14 +221,17 @@ def csrf_ok(session: SessionData, supplied: str | None) -> bool:
 
 
 def _header_list(csp: str) -> list[tuple[bytes, bytes]]:
-    return [(k.encode(), v.encode()) for k, v in (
-        ("content-security-policy", csp),
-        ("x-content-type-options", "nosniff"),
-        ("x-frame-options", "DENY"),
-        ("referrer-policy", "no-referrer"),  # invite tokens live in URLs
-        ("cross-origin-opener-policy", "same-origin"),
-        ("permissions-policy", "camera=(), microphone=(), geolocation=()"),
-    )]
+    return [
+        (k.encode(), v.encode())
+        for k, v in (
+            ("content-security-policy", csp),
+            ("x-content-type-options", "nosniff"),
+            ("x-frame-options", "DENY"),
+            ("referrer-policy", "no-referrer"),  # invite tokens live in URLs
+            ("cross-origin-opener-policy", "same-origin"),
+            ("permissions-policy", "camera=(), microphone=(), geolocation=()"),
+        )
+    ]
 
 
 # Encoded once: the pure-ASGI middleware (web/middleware.py) and the image handler
@@ -259,8 +276,9 @@ class LoginRateLimiter:
     ``retry_after``/``failed``/``succeeded`` are the plain per-key calls (sign-up uses them).
     """
 
-    def __init__(self, max_failures: int = 10, window_s: float = 900.0,
-                 ip_max_failures: int | None = None) -> None:
+    def __init__(
+        self, max_failures: int = 10, window_s: float = 900.0, ip_max_failures: int | None = None
+    ) -> None:
         self.max_failures, self.window_s = max_failures, window_s
         self.ip_max_failures = ip_max_failures or 5 * max_failures
         self._failures: dict[str, deque[float]] = {}

@@ -48,15 +48,27 @@ def gold(request: Request, job_name: str, user: User = Depends(admin)) -> Respon
         exposure = bank_exposure(s, job, spec)
     from cxrlabel.design.goldreason import is_placeholder_reason
 
-    return render(request, "admin/gold.html", {
-        "job": job, "gold": rows, "saved": request.query_params.get("saved"),
-        "is_placeholder": is_placeholder_reason, "exposure": exposure})
+    return render(
+        request,
+        "admin/gold.html",
+        {
+            "job": job,
+            "gold": rows,
+            "saved": request.query_params.get("saved"),
+            "is_placeholder": is_placeholder_reason,
+            "exposure": exposure,
+        },
+    )
 
 
-@router.post("/admin/jobs/{job_name}/gold/{public_id}/reason",
-             dependencies=[Depends(csrf_protect)])
-def gold_reason(request: Request, job_name: str, public_id: str, reason: str = Form(""),
-                user: User = Depends(admin)) -> Response:
+@router.post("/admin/jobs/{job_name}/gold/{public_id}/reason", dependencies=[Depends(csrf_protect)])
+def gold_reason(
+    request: Request,
+    job_name: str,
+    public_id: str,
+    reason: str = Form(""),
+    user: User = Depends(admin),
+) -> Response:
     """An expert's reason for a test question; a sampled (inactive) one becomes active."""
     from cxrlabel.design.goldreason import set_gold_reason
 
@@ -68,20 +80,31 @@ def gold_reason(request: Request, job_name: str, public_id: str, reason: str = F
             raise HTTPException(404, str(exc)) from None
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
-    return RedirectResponse(f"/admin/jobs/{job_name}/gold?saved={public_id}#gold-{public_id}",
-                            status_code=303)
+    return RedirectResponse(
+        f"/admin/jobs/{job_name}/gold?saved={public_id}#gold-{public_id}", status_code=303
+    )
 
 
-def _invites_page(request: Request, new_link: str | None = None, status_code: int = 200,
-                  error: str | None = None) -> Response:
+def _invites_page(
+    request: Request, new_link: str | None = None, status_code: int = 200, error: str | None = None
+) -> Response:
     with get_db(request).session() as s:
         rows = invite_rows(s, utcnow())
         jobs = [{"name": n} for n in s.scalars(select(Job.name).order_by(Job.id))]
         signals = duplicate_signals(s)
-    return render(request, "admin/invites.html", {
-        "invites": rows, "jobs": jobs, "roles": Role.ALL, "new_link": new_link,
-        "flash": error, "signals": signals,
-    }, status_code=status_code)
+    return render(
+        request,
+        "admin/invites.html",
+        {
+            "invites": rows,
+            "jobs": jobs,
+            "roles": Role.ALL,
+            "new_link": new_link,
+            "flash": error,
+            "signals": signals,
+        },
+        status_code=status_code,
+    )
 
 
 @router.get("/admin/invites")
@@ -90,9 +113,14 @@ def invites(request: Request, user: User = Depends(admin)) -> Response:
 
 
 @router.post("/admin/invites", dependencies=[Depends(csrf_protect)])
-def create(request: Request, role: str = Form(Role.ANNOTATOR), job: str = Form(""),
-           uses: int = Form(1), expires_hours: float = Form(72.0),
-           user: User = Depends(admin)) -> Response:
+def create(
+    request: Request,
+    role: str = Form(Role.ANNOTATOR),
+    job: str = Form(""),
+    uses: int = Form(1),
+    expires_hours: float = Form(72.0),
+    user: User = Depends(admin),
+) -> Response:
     try:
         with get_db(request).session() as s:
             job_row = None
@@ -100,9 +128,15 @@ def create(request: Request, role: str = Form(Role.ANNOTATOR), job: str = Form("
                 job_row = s.scalar(select(Job).where(Job.name == job))
                 if job_row is None:
                     raise HTTPException(404, f"no job named {job!r}")
-            _invite, token = create_invite(s, role=role, max_uses=uses,
-                                           expires_hours=expires_hours, job=job_row,
-                                           created_by=s.get_one(User, user.id), now=utcnow())
+            _invite, token = create_invite(
+                s,
+                role=role,
+                max_uses=uses,
+                expires_hours=expires_hours,
+                job=job_row,
+                created_by=s.get_one(User, user.id),
+                now=utcnow(),
+            )
     except AccountError as exc:
         return _invites_page(request, status_code=422, error=exc.message)
     return _invites_page(request, new_link=invite_link(base_url(request), token))

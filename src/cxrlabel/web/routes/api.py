@@ -46,8 +46,10 @@ class Choice(BaseModel):
 
 class PageItemOut(BaseModel):
     image_public_id: str
-    image_url: str = Field(description="Signed URL of the image: needs no credentials, valid "
-                                       "until the page's reservation ends + 10 minutes")
+    image_url: str = Field(
+        description="Signed URL of the image: needs no credentials, valid "
+        "until the page's reservation ends + 10 minutes"
+    )
 
 
 class PageOut(BaseModel):
@@ -74,8 +76,10 @@ class SubmitIn(BaseModel):
 
 
 class ContestIn(BaseModel):
-    judgment_id: str = Field(max_length=64, description="The opaque id of your answer, from "
-                             "the missed-test-question feedback")
+    judgment_id: str = Field(
+        max_length=64,
+        description="The opaque id of your answer, from the missed-test-question feedback",
+    )
     reason: str = Field(min_length=1, max_length=4000)
 
 
@@ -111,10 +115,12 @@ def _choices(options) -> list[Choice]:
     return [Choice(value=c.value, text=c.text, key=c.key) for c in options]
 
 
-@router.get("/jobs/{job_name}/pages/next", response_model=NextPageOut,
-            summary="Get the page to work on (the open one, or a new one)")
-def get_next_page(request: Request, job_name: str,
-                  user: User = Depends(annotator)) -> NextPageOut:
+@router.get(
+    "/jobs/{job_name}/pages/next",
+    response_model=NextPageOut,
+    summary="Get the page to work on (the open one, or a new one)",
+)
+def get_next_page(request: Request, job_name: str, user: User = Depends(annotator)) -> NextPageOut:
     # ``user`` (loaded by the auth dependency this request) and ``job_ref_and_spec`` keep the
     # write transaction to the engine's own work: SQLite runs one at a time.
     with get_db(request).session() as s:
@@ -123,44 +129,64 @@ def get_next_page(request: Request, job_name: str,
         if page is None:
             assert reason is not None
             return NextPageOut(page=None, reason=reason.code, message=reason.message)
-        return NextPageOut(page=PageOut(
-            page_id=page.public_id, kind=page.kind, expires_at=page.expires_at,
-            client_submission_id=new_client_submission_id(),
-            question=spec.question.prompt, labels=_choices(spec.question.labels),
-            certainty=_choices(spec.certainty.options),
-            quality_flags=_choices(spec.quality_flag.options),
-            items=[PageItemOut(image_public_id=i["public_id"], image_url=i["src"])
-                   for i in page_items(page, image_urls(request))],
-        ))
+        return NextPageOut(
+            page=PageOut(
+                page_id=page.public_id,
+                kind=page.kind,
+                expires_at=page.expires_at,
+                client_submission_id=new_client_submission_id(),
+                question=spec.question.prompt,
+                labels=_choices(spec.question.labels),
+                certainty=_choices(spec.certainty.options),
+                quality_flags=_choices(spec.quality_flag.options),
+                items=[
+                    PageItemOut(image_public_id=i["public_id"], image_url=i["src"])
+                    for i in page_items(page, image_urls(request))
+                ],
+            )
+        )
 
 
-@router.post("/jobs/{job_name}/pages/{page_id}/submit", response_model=SubmitResultOut,
-             dependencies=[Depends(csrf_protect)],
-             summary="Submit a page (idempotent on client_submission_id)")
-def post_submit(request: Request, job_name: str, page_id: str, body: SubmitIn,
-                user: User = Depends(annotator)) -> SubmitResultOut:
+@router.post(
+    "/jobs/{job_name}/pages/{page_id}/submit",
+    response_model=SubmitResultOut,
+    dependencies=[Depends(csrf_protect)],
+    summary="Submit a page (idempotent on client_submission_id)",
+)
+def post_submit(
+    request: Request, job_name: str, page_id: str, body: SubmitIn, user: User = Depends(annotator)
+) -> SubmitResultOut:
     aliases = image_urls(request).aliases
     with get_db(request).read_session() as s:  # outside the write transaction
         answers = answers_in(body.answers, page_alias_map(s, aliases, user.id, page_id))
     with get_db(request).session() as s:  # see get_next_page
         job, spec = job_ref_and_spec(s, job_name)
-        result = submit_page(s, job, spec, user, page_id,
-                             body.client_submission_id, answers, utcnow())
+        result = submit_page(
+            s, job, spec, user, page_id, body.client_submission_id, answers, utcnow()
+        )
     return result_out(result, aliases, user.id)
 
 
-@router.post("/jobs/{job_name}/contests", response_model=ContestOut, status_code=201,
-             dependencies=[Depends(csrf_protect)], summary="Contest a missed test question")
-def post_contest(request: Request, job_name: str, body: ContestIn,
-                 user: User = Depends(annotator)) -> ContestOut:
+@router.post(
+    "/jobs/{job_name}/contests",
+    response_model=ContestOut,
+    status_code=201,
+    dependencies=[Depends(csrf_protect)],
+    summary="Contest a missed test question",
+)
+def post_contest(
+    request: Request, job_name: str, body: ContestIn, user: User = Depends(annotator)
+) -> ContestOut:
     from cxrlabel.quality.commands import contest_gold
 
     with get_db(request).session() as s:
         job, spec = job_and_spec(s, job_name)
-        judgment_id = missed_gold_judgment(s, image_urls(request).aliases, job, user.id,
-                                           body.judgment_id)
-        contest = contest_gold(s, job, spec, s.get_one(User, user.id), judgment_id,
-                               body.reason, utcnow())
+        judgment_id = missed_gold_judgment(
+            s, image_urls(request).aliases, job, user.id, body.judgment_id
+        )
+        contest = contest_gold(
+            s, job, spec, s.get_one(User, user.id), judgment_id, body.reason, utcnow()
+        )
         return ContestOut(contest_id=contest.id, status=contest.status)
 
 
@@ -169,13 +195,24 @@ def my_stats(request: Request, job_name: str, user: User = Depends(annotator)) -
     with get_db(request).session() as s:
         job, spec = job_and_spec(s, job_name)
         st = join_job(s, job, spec, s.get_one(User, user.id), utcnow())
-        return StatsOut(status=st.status, trust=st.trust, judgments=st.judgments,
-                        gold_seen=st.gold_seen, gold_missed=st.gold_missed,
-                        gold_contested=st.gold_contested, message=st.message)
+        return StatsOut(
+            status=st.status,
+            trust=st.trust,
+            judgments=st.judgments,
+            gold_seen=st.gold_seen,
+            gold_missed=st.gold_missed,
+            gold_contested=st.gold_contested,
+            message=st.message,
+        )
 
 
-@router.post("/invites", response_model=InviteOut, status_code=201,
-             dependencies=[Depends(csrf_protect)], summary="Create an invite link (admin)")
+@router.post(
+    "/invites",
+    response_model=InviteOut,
+    status_code=201,
+    dependencies=[Depends(csrf_protect)],
+    summary="Create an invite link (admin)",
+)
 def post_invite(request: Request, body: InviteIn, user: User = Depends(admin)) -> InviteOut:
     with get_db(request).session() as s:
         job = None
@@ -183,12 +220,20 @@ def post_invite(request: Request, body: InviteIn, user: User = Depends(admin)) -
             job = s.scalar(select(Job).where(Job.name == body.job))
             if job is None:
                 raise HTTPException(404, f"no job named {body.job!r}")
-        invite, token = create_invite(s, role=body.role, max_uses=body.uses,
-                                      expires_hours=body.expires_hours, job=job,
-                                      created_by=s.get_one(User, user.id), now=utcnow())
-        return InviteOut(invite_id=invite.id,
-                         link=invite_link(str(request.base_url), token),
-                         expires_at=invite.expires_at)
+        invite, token = create_invite(
+            s,
+            role=body.role,
+            max_uses=body.uses,
+            expires_hours=body.expires_hours,
+            job=job,
+            created_by=s.get_one(User, user.id),
+            now=utcnow(),
+        )
+        return InviteOut(
+            invite_id=invite.id,
+            link=invite_link(str(request.base_url), token),
+            expires_at=invite.expires_at,
+        )
 
 
 @router.get("/jobs/{job_name}/status", summary="Job progress (admin)")

@@ -69,9 +69,11 @@ def assets_dir() -> Path:
     try:
         root = importlib.resources.files("fastapi_offline")
     except ModuleNotFoundError:
-        raise HTTPException(503, "API docs need the fastapi-offline package "
-                                 "(a cxrlabel dependency): pip install fastapi-offline"
-                            ) from None
+        raise HTTPException(
+            503,
+            "API docs need the fastapi-offline package "
+            "(a cxrlabel dependency): pip install fastapi-offline",
+        ) from None
     return Path(str(root)) / "static"
 
 
@@ -83,13 +85,19 @@ def api_docs() -> HTMLResponse:
 
 @router.get("/api/docs/init.js")
 def api_docs_init() -> Response:
-    return Response(INIT_JS, media_type="text/javascript; charset=utf-8",
-                    headers={"Cache-Control": "public, max-age=3600"})
+    return Response(
+        INIT_JS,
+        media_type="text/javascript; charset=utf-8",
+        headers={"Cache-Control": "public, max-age=3600"},
+    )
 
 
 @router.get("/api/docs/assets/{name}")
 def api_docs_asset(name: str) -> FileResponse:
     if name not in ASSETS:  # a fixed list: no path from the URL reaches the file system
         raise HTTPException(404, "not found")
-    return FileResponse(assets_dir() / name, media_type=ASSETS[name],
-                        headers={"Cache-Control": "public, max-age=86400"})
+    return FileResponse(
+        assets_dir() / name,
+        media_type=ASSETS[name],
+        headers={"Cache-Control": "public, max-age=86400"},
+    )

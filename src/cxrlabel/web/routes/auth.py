@@ -64,8 +64,10 @@ def home(request: Request, user: User | None = Depends(optional_user)) -> Respon
     if user.role == Role.ADMIN:
         return RedirectResponse("/admin", status_code=303)
     with get_db(request).session() as s:
-        states = {st.job_id: st.status for st in s.scalars(
-            select(AnnotatorState).where(AnnotatorState.user_id == user.id))}
+        states = {
+            st.job_id: st.status
+            for st in s.scalars(select(AnnotatorState).where(AnnotatorState.user_id == user.id))
+        }
         jobs = []
         for job in s.scalars(select(Job).order_by(Job.id)):
             _, spec = job_and_spec(s, job.name)
@@ -79,8 +81,9 @@ def login_form(request: Request, next: str = "/") -> Response:  # query name
 
 
 @router.post("/login", dependencies=[Depends(csrf_protect)])
-async def login(request: Request, username: str = Form(""), password: str = Form(""),
-                next: str = Form("/")) -> Response:
+async def login(
+    request: Request, username: str = Form(""), password: str = Form(""), next: str = Form("/")
+) -> Response:
     """``async``: the password check waits on the capped hashing pool (``web/passwords.py``)
     without holding one of the request threads other pages need."""
     limiter = request.app.state.login_limiter
@@ -88,9 +91,18 @@ async def login(request: Request, username: str = Form(""), password: str = Form
     context = {"next_url": safe_next(next), "username": username}
     wait = limiter.begin(keys)
     if wait:
-        response = render(request, "login.html", {**context, "error": (
-            f"Too many failed attempts. Please wait {max(1, wait // 60)} minute(s) and try "
-            "again.")}, status_code=429)
+        response = render(
+            request,
+            "login.html",
+            {
+                **context,
+                "error": (
+                    f"Too many failed attempts. Please wait {max(1, wait // 60)} minute(s) and try "
+                    "again."
+                ),
+            },
+            status_code=429,
+        )
         response.headers["Retry-After"] = str(wait)
         return response
     user = None
@@ -98,14 +110,19 @@ async def login(request: Request, username: str = Form(""), password: str = Form
         user = await _check_password(request, username, password)
     except PasswordPoolBusy:
         limiter.finish(keys, failed=False)
-        response = render(request, "login.html", {**context, "error": (
-            "The server is busy. Please try again in a moment.")}, status_code=503)
+        response = render(
+            request,
+            "login.html",
+            {**context, "error": ("The server is busy. Please try again in a moment.")},
+            status_code=503,
+        )
         response.headers["Retry-After"] = "5"
         return response
     limiter.finish(keys, failed=user is None)
     if user is None:
-        return render(request, "login.html", {**context,
-                                              "error": "Wrong username or password."}, 401)
+        return render(
+            request, "login.html", {**context, "error": "Wrong username or password."}, 401
+        )
     await run_in_threadpool(sign_in, request, user)
     return RedirectResponse(safe_next(next), status_code=303)
 
@@ -157,9 +174,15 @@ DEVICE_COOKIE = "cxrlabel_device"  # a random id per browser: a duplicate-accoun
 
 def _with_device_cookie(request: Request, response: Response) -> Response:
     if not request.cookies.get(DEVICE_COOKIE):
-        response.set_cookie(DEVICE_COOKIE, secrets.token_urlsafe(18), max_age=365 * 86400,
-                            path="/join", httponly=True, samesite="lax",
-                            secure=cookie_secure(request))
+        response.set_cookie(
+            DEVICE_COOKIE,
+            secrets.token_urlsafe(18),
+            max_age=365 * 86400,
+            path="/join",
+            httponly=True,
+            samesite="lax",
+            secure=cookie_secure(request),
+        )
     return response
 
 
@@ -171,24 +194,44 @@ def join_form(request: Request, token: str) -> Response:
 def _join_form(request: Request, token: str) -> Response:
     problem, title = _invite_context(request, token)
     if problem:
-        return render(request, "message.html", {"heading": "This link cannot be used",
-                                                "text": problem, "tone": "error"}, 410)
+        return render(
+            request,
+            "message.html",
+            {"heading": "This link cannot be used", "text": problem, "tone": "error"},
+            410,
+        )
     return render(request, "join.html", {"token": token, "job_title": title})
 
 
 @router.post("/join/{token}", dependencies=[Depends(csrf_protect)])
-def join(request: Request, token: str, username: str = Form(""), password: str = Form(""),
-         password2: str = Form("")) -> Response:
+def join(
+    request: Request,
+    token: str,
+    username: str = Form(""),
+    password: str = Form(""),
+    password2: str = Form(""),
+) -> Response:
     limiter = request.app.state.login_limiter
     client = request.client.host if request.client else "unknown"
     if limiter.retry_after([f"join:{client}"]):
-        return render(request, "message.html", {
-            "heading": "Please wait", "text": "Too many attempts. Try again in a few minutes.",
-            "tone": "error"}, 429)
+        return render(
+            request,
+            "message.html",
+            {
+                "heading": "Please wait",
+                "text": "Too many attempts. Try again in a few minutes.",
+                "tone": "error",
+            },
+            429,
+        )
     problem, title = _invite_context(request, token)
     if problem:
-        return render(request, "message.html", {"heading": "This link cannot be used",
-                                                "text": problem, "tone": "error"}, 410)
+        return render(
+            request,
+            "message.html",
+            {"heading": "This link cannot be used", "text": problem, "tone": "error"},
+            410,
+        )
     context = {"token": token, "job_title": title, "username": username}
     if password != password2:
         return render(request, "join.html", {**context, "error": "The passwords differ."}, 422)
@@ -200,8 +243,9 @@ def join(request: Request, token: str, username: str = Form(""), password: str =
             if invite is not None:  # an unusable one is refused by redeem_invite below
                 check_signup_allowed(s, invite, network, now)
             user, invite = redeem_invite(s, token, username, password, now)
-            record_signup(s, user, invite, network,
-                          device_hash(request.cookies.get(DEVICE_COOKIE)), now)
+            record_signup(
+                s, user, invite, network, device_hash(request.cookies.get(DEVICE_COOKIE)), now
+            )
             job = s.get(Job, invite.job_id) if invite.job_id is not None else None
             target = f"/jobs/{job.name}" if job is not None else "/"
     except AccountError as exc:
@@ -230,15 +274,25 @@ def password_form(request: Request, user: User = Depends(current_user)) -> Respo
 
 
 @router.post("/account/password", dependencies=[Depends(csrf_protect)])
-def change_password(request: Request, current: str = Form(""), password: str = Form(""),
-                    password2: str = Form(""), user: User = Depends(current_user)) -> Response:
+def change_password(
+    request: Request,
+    current: str = Form(""),
+    password: str = Form(""),
+    password2: str = Form(""),
+    user: User = Depends(current_user),
+) -> Response:
     """Change one's own password; every other session of the account ends."""
     if password != password2:
         return render(request, "password.html", {"error": "The new passwords differ."}, 422)
     try:
         with get_db(request).session() as s:
-            ended = change_own_password(s, s.get_one(User, user.id), current, password,
-                                        keep_session=session_data(request).sid)
+            ended = change_own_password(
+                s,
+                s.get_one(User, user.id),
+                current,
+                password,
+                keep_session=session_data(request).sid,
+            )
     except AccountError as exc:
         status = exc.status if exc.status != 400 else 422
         return render(request, "password.html", {"error": exc.message}, status)

@@ -39,8 +39,9 @@ class ResolveIn(BaseModel):
     accepted_answers: list[str] | None = None
 
 
-def _annotator_action(request: Request, job_name: str, user: User, user_id: int, action: str,
-                      text: str) -> dict:
+def _annotator_action(
+    request: Request, job_name: str, user: User, user_id: int, action: str, text: str
+) -> dict:
     with get_db(request).session() as s:
         job, spec = job_and_spec(s, job_name)
         actor = s.get_one(User, user.id)
@@ -53,13 +54,20 @@ def _annotator_action(request: Request, job_name: str, user: User, user_id: int,
         return {"user_id": user_id, "status": row.status, "message": row.message}
 
 
-def _resolve(request: Request, job_name: str, user: User, contest_id: int,
-             body: ResolveIn) -> dict:
+def _resolve(request: Request, job_name: str, user: User, contest_id: int, body: ResolveIn) -> dict:
     with get_db(request).session() as s:
         job, spec = job_and_spec(s, job_name)
-        contest = commands.resolve_contest(s, job, spec, s.get_one(User, user.id), contest_id,
-                                          body.action, body.reply, body.accepted_answers,
-                                          utcnow())
+        contest = commands.resolve_contest(
+            s,
+            job,
+            spec,
+            s.get_one(User, user.id),
+            contest_id,
+            body.action,
+            body.reply,
+            body.accepted_answers,
+            utcnow(),
+        )
         return {"contest_id": contest.id, "status": contest.status, "reply": contest.reply}
 
 
@@ -69,6 +77,7 @@ def _contributor_json(c: views.Contributor) -> dict:
 
 # --- HTML ----------------------------------------------------------------------------------------
 
+
 @router.get("/admin/jobs/{job_name}/contributors", include_in_schema=False)
 def contributors_page(request: Request, job_name: str, user: User = Depends(admin)) -> Response:
     with get_db(request).session() as s:
@@ -77,11 +86,19 @@ def contributors_page(request: Request, job_name: str, user: User = Depends(admi
     return render(request, "quality/contributors.html", {"job": job, "rows": rows})
 
 
-@router.post("/admin/jobs/{job_name}/contributors/{user_id}/{action}", include_in_schema=False,
-             dependencies=[Depends(csrf_protect)])
-def contributor_action(request: Request, job_name: str, user_id: int,
-                       action: Literal["remove", "reinstate", "message"],
-                       text: str = Form(""), user: User = Depends(admin)) -> Response:
+@router.post(
+    "/admin/jobs/{job_name}/contributors/{user_id}/{action}",
+    include_in_schema=False,
+    dependencies=[Depends(csrf_protect)],
+)
+def contributor_action(
+    request: Request,
+    job_name: str,
+    user_id: int,
+    action: Literal["remove", "reinstate", "message"],
+    text: str = Form(""),
+    user: User = Depends(admin),
+) -> Response:
     _annotator_action(request, job_name, user, user_id, action, text)
     return RedirectResponse(f"/admin/jobs/{job_name}/contributors", status_code=303)
 
@@ -93,25 +110,40 @@ def contests_page(request: Request, job_name: str, user: User = Depends(admin)) 
         open_ = views.list_contests(s, job, "open")
         closed = views.list_contests(s, job, None)
         stats = views.gold_stats(s, job)
-    return render(request, "quality/contests.html", {
-        "job": job, "spec": spec, "open": open_,
-        "closed": [c for c in closed if c.status != "open"][-50:], "stats": stats})
+    return render(
+        request,
+        "quality/contests.html",
+        {
+            "job": job,
+            "spec": spec,
+            "open": open_,
+            "closed": [c for c in closed if c.status != "open"][-50:],
+            "stats": stats,
+        },
+    )
 
 
-@router.post("/admin/jobs/{job_name}/contests/{contest_id}/resolve", include_in_schema=False,
-             dependencies=[Depends(csrf_protect)])
-async def contest_resolve(request: Request, job_name: str, contest_id: int,
-                          user: User = Depends(admin)) -> Response:
+@router.post(
+    "/admin/jobs/{job_name}/contests/{contest_id}/resolve",
+    include_in_schema=False,
+    dependencies=[Depends(csrf_protect)],
+)
+async def contest_resolve(
+    request: Request, job_name: str, contest_id: int, user: User = Depends(admin)
+) -> Response:
     form = await request.form()
-    body = ResolveIn(action=str(form.get("action", "")) or "uphold",  # type: ignore[arg-type]
-                     reply=str(form.get("reply", "")),
-                     accepted_answers=[str(v) for v in form.getlist("accepted")] or None)
+    body = ResolveIn(
+        action=str(form.get("action", "")) or "uphold",  # type: ignore[arg-type]
+        reply=str(form.get("reply", "")),
+        accepted_answers=[str(v) for v in form.getlist("accepted")] or None,
+    )
     # Database work blocks: in a worker thread, not on the event loop (annotate.submit).
     await run_in_threadpool(_resolve, request, job_name, user, contest_id, body)
     return RedirectResponse(f"/admin/jobs/{job_name}/contests", status_code=303)
 
 
 # --- JSON API ------------------------------------------------------------------------------------
+
 
 @router.get("/api/jobs/{job_name}/contributors", summary="Contributors with quality numbers")
 def api_contributors(request: Request, job_name: str, user: User = Depends(admin)) -> list[dict]:
@@ -120,44 +152,64 @@ def api_contributors(request: Request, job_name: str, user: User = Depends(admin
         return [_contributor_json(c) for c in views.contributors(s, job)]
 
 
-@router.post("/api/jobs/{job_name}/contributors/{user_id}/remove", summary="Remove an annotator",
-             dependencies=[Depends(csrf_protect)])
-def api_remove(request: Request, job_name: str, user_id: int, body: ActionIn,
-               user: User = Depends(admin)) -> dict:
+@router.post(
+    "/api/jobs/{job_name}/contributors/{user_id}/remove",
+    summary="Remove an annotator",
+    dependencies=[Depends(csrf_protect)],
+)
+def api_remove(
+    request: Request, job_name: str, user_id: int, body: ActionIn, user: User = Depends(admin)
+) -> dict:
     return _annotator_action(request, job_name, user, user_id, "remove", body.reason)
 
 
-@router.post("/api/jobs/{job_name}/contributors/{user_id}/reinstate",
-             summary="Reinstate a removed annotator", dependencies=[Depends(csrf_protect)])
-def api_reinstate(request: Request, job_name: str, user_id: int, body: ActionIn,
-                  user: User = Depends(admin)) -> dict:
+@router.post(
+    "/api/jobs/{job_name}/contributors/{user_id}/reinstate",
+    summary="Reinstate a removed annotator",
+    dependencies=[Depends(csrf_protect)],
+)
+def api_reinstate(
+    request: Request, job_name: str, user_id: int, body: ActionIn, user: User = Depends(admin)
+) -> dict:
     return _annotator_action(request, job_name, user, user_id, "reinstate", body.reason)
 
 
-@router.post("/api/jobs/{job_name}/contributors/{user_id}/message",
-             summary="Message shown on the annotator's next page",
-             dependencies=[Depends(csrf_protect)])
-def api_message(request: Request, job_name: str, user_id: int, body: MessageIn,
-                user: User = Depends(admin)) -> dict:
+@router.post(
+    "/api/jobs/{job_name}/contributors/{user_id}/message",
+    summary="Message shown on the annotator's next page",
+    dependencies=[Depends(csrf_protect)],
+)
+def api_message(
+    request: Request, job_name: str, user_id: int, body: MessageIn, user: User = Depends(admin)
+) -> dict:
     return _annotator_action(request, job_name, user, user_id, "message", body.text)
 
 
 @router.get("/api/jobs/{job_name}/contests", summary="Contested gold (admin)")
-def api_contests(request: Request, job_name: str, status: str = "open",
-                 user: User = Depends(admin)) -> list[dict]:
+def api_contests(
+    request: Request, job_name: str, status: str = "open", user: User = Depends(admin)
+) -> list[dict]:
     with get_db(request).session() as s:
         job, _ = job_and_spec(s, job_name)
         rows = views.list_contests(s, job, None if status == "all" else status)
-    return [{**asdict(c), "created_at": c.created_at.isoformat(),
-             "resolved_at": c.resolved_at.isoformat() if c.resolved_at else None}
-            for c in rows]
+    return [
+        {
+            **asdict(c),
+            "created_at": c.created_at.isoformat(),
+            "resolved_at": c.resolved_at.isoformat() if c.resolved_at else None,
+        }
+        for c in rows
+    ]
 
 
-@router.post("/api/jobs/{job_name}/contests/{contest_id}/resolve",
-             summary="Uphold or change a contested gold answer",
-             dependencies=[Depends(csrf_protect)])
-def api_resolve(request: Request, job_name: str, contest_id: int, body: ResolveIn,
-                user: User = Depends(admin)) -> dict:
+@router.post(
+    "/api/jobs/{job_name}/contests/{contest_id}/resolve",
+    summary="Uphold or change a contested gold answer",
+    dependencies=[Depends(csrf_protect)],
+)
+def api_resolve(
+    request: Request, job_name: str, contest_id: int, body: ResolveIn, user: User = Depends(admin)
+) -> dict:
     return _resolve(request, job_name, user, contest_id, body)
 
 
@@ -166,16 +218,23 @@ def api_gold_stats(request: Request, job_name: str, user: User = Depends(admin))
     with get_db(request).session() as s:
         job, _ = job_and_spec(s, job_name)
         stats = views.gold_stats(s, job)
-    return [{**asdict(g), "pct_missed": g.pct_missed, "pct_contested": g.pct_contested}
-            for g in stats]
+    return [
+        {**asdict(g), "pct_missed": g.pct_missed, "pct_contested": g.pct_contested} for g in stats
+    ]
 
 
-@router.get("/api/jobs/{job_name}/quality/replay",
-            summary="Recompute the quality state from the log and compare (read only)")
+@router.get(
+    "/api/jobs/{job_name}/quality/replay",
+    summary="Recompute the quality state from the log and compare (read only)",
+)
 def api_replay(request: Request, job_name: str, user: User = Depends(admin)) -> dict:
     with get_db(request).session() as s:
         job, spec = job_and_spec(s, job_name)
         report = audit.verify_replay(s, job, spec)
-    return {"matched": report.matched, "events": report.events,
-            "judgments": report.judgments, "differences": report.differences,
-            "unprocessed_judgments": report.unprocessed_judgments}
+    return {
+        "matched": report.matched,
+        "events": report.events,
+        "judgments": report.judgments,
+        "differences": report.differences,
+        "unprocessed_judgments": report.unprocessed_judgments,
+    }

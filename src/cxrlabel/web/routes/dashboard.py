@@ -85,14 +85,14 @@ def svg_data_uri(fig: QAFigure) -> str:
 
 @router.get("/admin/dashboard.js", dependencies=admin_only)
 def dashboard_js() -> Response:
-    return Response(DASHBOARD_JS, media_type="text/javascript",
-                    headers={"Cache-Control": "max-age=300"})
+    return Response(
+        DASHBOARD_JS, media_type="text/javascript", headers={"Cache-Control": "max-age=300"}
+    )
 
 
 @router.get("/admin/dashboard.css", dependencies=admin_only)
 def dashboard_css() -> Response:
-    return Response(DASHBOARD_CSS, media_type="text/css",
-                    headers={"Cache-Control": "max-age=300"})
+    return Response(DASHBOARD_CSS, media_type="text/css", headers={"Cache-Control": "max-age=300"})
 
 
 def qa_snapshot(request: Request, job_name: str) -> QASnapshot:
@@ -103,8 +103,7 @@ def qa_snapshot(request: Request, job_name: str) -> QASnapshot:
     with _snapshots_created:  # two first requests must share one cache, not race to make two
         snapshots = getattr(request.app.state, "qa_snapshots", None)
         if snapshots is None:
-            snapshots = request.app.state.qa_snapshots = QASnapshots(
-                min_interval=REFRESH_SECONDS)
+            snapshots = request.app.state.qa_snapshots = QASnapshots(min_interval=REFRESH_SECONDS)
     db = get_db(request)
     with db.read_session() as session:
         job, spec = job_and_spec(session, job_name)
@@ -116,9 +115,14 @@ def dashboard(request: Request, job_name: str, partial: bool = False) -> Respons
     snapshot = qa_snapshot(request, job_name)
     summary = snapshot.summary
     figures = [(fig, svg_data_uri(fig)) for fig in snapshot.figures]
-    context = {"job": snapshot.qa.job_name, "summary": summary, "cards": summary_cards(summary),
-               "figures": figures, "generated_at": summary["generated_at"],
-               "refresh": REFRESH_SECONDS}
+    context = {
+        "job": snapshot.qa.job_name,
+        "summary": summary,
+        "cards": summary_cards(summary),
+        "figures": figures,
+        "generated_at": summary["generated_at"],
+        "refresh": REFRESH_SECONDS,
+    }
     name = "results/_dashboard_body.html" if partial else "results/dashboard.html"
     return render(request, name, context)
 
@@ -128,8 +132,9 @@ def qa_download(request: Request, job_name: str) -> Response:
     snapshot = qa_snapshot(request, job_name)
     html = render_qa_report(snapshot.qa.job_name, snapshot.summary, snapshot.figures)
     # Opens in the browser (it is a page to read); "Save as" still names the file.
-    return _download(html, "text/html; charset=utf-8", f"{snapshot.qa.job_name}-qa.html",
-                     inline=True)
+    return _download(
+        html, "text/html; charset=utf-8", f"{snapshot.qa.job_name}-qa.html", inline=True
+    )
 
 
 @router.get("/admin/jobs/{job_name}/reports/{kind}.{fmt}", dependencies=admin_only)
@@ -145,7 +150,11 @@ def report_download(request: Request, job_name: str, kind: str, fmt: str) -> Res
 
 
 def _download(body: str, media_type: str, filename: str, *, inline: bool = False) -> Response:
-    return Response(body, media_type=media_type, headers={
-        "Content-Disposition": f'{"inline" if inline else "attachment"}; filename="{filename}"',
-        "Cache-Control": "no-store",
-    })
+    return Response(
+        body,
+        media_type=media_type,
+        headers={
+            "Content-Disposition": f'{"inline" if inline else "attachment"}; filename="{filename}"',
+            "Cache-Control": "no-store",
+        },
+    )

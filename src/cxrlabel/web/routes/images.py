@@ -43,8 +43,7 @@ def _content_hash(path: Path, data: bytes) -> str:
     return digest
 
 
-def _rendition_if_allowed(session, user: User, image_id: str,
-                          aliases: Aliases) -> str | None:
+def _rendition_if_allowed(session, user: User, image_id: str, aliases: Aliases) -> str | None:
     """The rendition path of an image this user may see (None otherwise). Annotators name
     images by their alias, which only resolves among the images of their own pages."""
     if user.role in (Role.ADMIN, Role.EXPERT):

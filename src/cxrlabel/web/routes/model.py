@@ -28,8 +28,11 @@ def _model(request: Request):  # OnnxModel, imported lazily
     try:
         return get_model(folder)
     except FileNotFoundError:
-        raise HTTPException(503, "no triage model installed: run `cxrlabel train DATASET "
-                                 f"-o {folder}` or set CXRLABEL_MODEL_DIR") from None
+        raise HTTPException(
+            503,
+            "no triage model installed: run `cxrlabel train DATASET "
+            f"-o {folder}` or set CXRLABEL_MODEL_DIR",
+        ) from None
     except ModelUnavailable as exc:
         raise HTTPException(503, str(exc)) from None
 

@@ -50,31 +50,53 @@ def oidc_login(request: Request, next: str = "/") -> Response:
     except OidcError as exc:
         return _failure(request, exc, 502)
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(FLOW_COOKIE, request.app.state.oidc_flows.dumps(flow),
-                        max_age=FLOW_TTL_S, path=FLOW_COOKIE_PATH, httponly=True,
-                        samesite="lax", secure=cookie_secure_for(request.url.scheme))
+    response.set_cookie(
+        FLOW_COOKIE,
+        request.app.state.oidc_flows.dumps(flow),
+        max_age=FLOW_TTL_S,
+        path=FLOW_COOKIE_PATH,
+        httponly=True,
+        samesite="lax",
+        secure=cookie_secure_for(request.url.scheme),
+    )
     return response
 
 
 @router.get("/auth/oidc/callback")
-def oidc_callback(request: Request, state: str = "", code: str = "", error: str = "",
-                  error_description: str = "") -> Response:
+def oidc_callback(
+    request: Request, state: str = "", code: str = "", error: str = "", error_description: str = ""
+) -> Response:
     client = _client(request)
     flow = request.app.state.oidc_flows.loads(request.cookies.get(FLOW_COOKIE))
     if flow is None:
-        return _failure(request, OidcError(
-            "This sign-in was started too long ago or in another browser. Please start again.",
-            "no valid flow cookie"), 400)
+        return _failure(
+            request,
+            OidcError(
+                "This sign-in was started too long ago or in another browser. Please start again.",
+                "no valid flow cookie",
+            ),
+            400,
+        )
     # The state proves this browser started this sign-in (no login CSRF, no injected code).
     if not state or not hmac.compare_digest(state.encode(), flow.state.encode()):
-        return _failure(request, OidcError(
-            "This sign-in does not belong to this browser. Please start again.",
-            "state mismatch"), 400)
+        return _failure(
+            request,
+            OidcError(
+                "This sign-in does not belong to this browser. Please start again.",
+                "state mismatch",
+            ),
+            400,
+        )
     if error or not code:
-        return _failure(request, OidcError(
-            f"{client.settings.name} did not sign you in"
-            f"{': ' + error_description if error_description else '.'}",
-            f"provider error {error!r}"), 403)
+        return _failure(
+            request,
+            OidcError(
+                f"{client.settings.name} did not sign you in"
+                f"{': ' + error_description if error_description else '.'}",
+                f"provider error {error!r}",
+            ),
+            403,
+        )
     try:
         claims = client.finish(flow, code)
         with get_db(request).session() as s:
@@ -83,18 +105,38 @@ def oidc_callback(request: Request, state: str = "", code: str = "", error: str 
         return _failure(request, exc, 403)
     except SignInRefused as exc:
         log.info("OpenID Connect sign-in refused (%s) for sub %r", exc.code, claims.get("sub"))
-        return _ended(render(request, "message.html", {
-            "heading": "You cannot sign in to cxrlabel", "text": exc.message, "tone": "error",
-            "link": {"href": "/login", "text": "Back to the sign-in page"}}, 403))
+        return _ended(
+            render(
+                request,
+                "message.html",
+                {
+                    "heading": "You cannot sign in to cxrlabel",
+                    "text": exc.message,
+                    "tone": "error",
+                    "link": {"href": "/login", "text": "Back to the sign-in page"},
+                },
+                403,
+            )
+        )
     sign_in(request, user)
     return _ended(RedirectResponse(flow.next_url, status_code=303))
 
 
 def _failure(request: Request, exc: OidcError, status: int) -> Response:
     log.warning("OpenID Connect sign-in failed: %s", exc.detail)
-    return _ended(render(request, "message.html", {
-        "heading": "Sign-in failed", "text": exc.message, "tone": "error",
-        "link": {"href": "/login", "text": "Back to the sign-in page"}}, status))
+    return _ended(
+        render(
+            request,
+            "message.html",
+            {
+                "heading": "Sign-in failed",
+                "text": exc.message,
+                "tone": "error",
+                "link": {"href": "/login", "text": "Back to the sign-in page"},
+            },
+            status,
+        )
+    )
 
 
 def _ended(response: Response) -> Response:

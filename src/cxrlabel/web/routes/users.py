@@ -25,14 +25,19 @@ def _apply(request: Request, actor: User, user_id: int, action: str) -> dict:
         if target is None:
             raise HTTPException(404, "no such user")
         ended = set_active(s, target, action == "enable", actor=s.get(User, actor.id))
-        return {"user_id": target.id, "username": target.username, "active": target.active,
-                "sessions_ended": ended}
+        return {
+            "user_id": target.id,
+            "username": target.username,
+            "active": target.active,
+            "sessions_ended": ended,
+        }
 
 
 def _users(request: Request) -> list[dict]:
     with get_db(request).read_session() as s:
-        rows = s.execute(select(User.id, User.username, User.role, User.active)
-                         .order_by(User.id)).all()
+        rows = s.execute(
+            select(User.id, User.username, User.role, User.active).order_by(User.id)
+        ).all()
     return [{"id": i, "username": n, "role": r, "active": a} for i, n, r, a in rows]
 
 
@@ -41,17 +46,29 @@ def users_page(request: Request, user: User = Depends(admin)) -> Response:
     return render(request, "admin/users.html", {"users": _users(request)})
 
 
-@router.post("/admin/users/{user_id}/{action}", include_in_schema=False,
-             dependencies=[Depends(csrf_protect)])
-def users_action(request: Request, user_id: int, action: Literal["disable", "enable"],
-                 user: User = Depends(admin)) -> Response:
+@router.post(
+    "/admin/users/{user_id}/{action}", include_in_schema=False, dependencies=[Depends(csrf_protect)]
+)
+def users_action(
+    request: Request,
+    user_id: int,
+    action: Literal["disable", "enable"],
+    user: User = Depends(admin),
+) -> Response:
     done = _apply(request, user, user_id, action)
     flash = f"{done['username']}: {'enabled' if done['active'] else 'disabled'}"
     return render(request, "admin/users.html", {"users": _users(request), "flash": flash})
 
 
-@router.post("/api/users/{user_id}/{action}", dependencies=[Depends(csrf_protect)],
-             summary="Disable or enable an account (admin); disabling ends its sessions")
-def users_api(request: Request, user_id: int, action: Literal["disable", "enable"],
-              user: User = Depends(admin)) -> dict:
+@router.post(
+    "/api/users/{user_id}/{action}",
+    dependencies=[Depends(csrf_protect)],
+    summary="Disable or enable an account (admin); disabling ends its sessions",
+)
+def users_api(
+    request: Request,
+    user_id: int,
+    action: Literal["disable", "enable"],
+    user: User = Depends(admin),
+) -> dict:
     return _apply(request, user, user_id, action)

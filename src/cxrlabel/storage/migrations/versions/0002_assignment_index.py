@@ -16,7 +16,8 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_index(
-        "ix_images_open_order", "images",
+        "ix_images_open_order",
+        "images",
         ["job_id", "status", "trusted_judgments", "judgment_target", "id"],
     )
 

@@ -26,9 +26,16 @@ def upgrade() -> None:
     with op.batch_alter_table("annotator_states") as batch:
         batch.add_column(sa.Column("answer_counts", sa.JSON(), nullable=True))
     op.create_index(
-        "ix_images_model_order", "images",
-        ["job_id", "status", "trusted_judgments", "judgment_target",
-         sa.text(MODEL_UNCERTAINTY_SQL), "id"],
+        "ix_images_model_order",
+        "images",
+        [
+            "job_id",
+            "status",
+            "trusted_judgments",
+            "judgment_target",
+            sa.text(MODEL_UNCERTAINTY_SQL),
+            "id",
+        ],
     )
 
 

@@ -21,8 +21,9 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_index("ix_gold_items_job_active_image", "gold_items",
-                    ["job_id", "active", "image_id"])
+    op.create_index(
+        "ix_gold_items_job_active_image", "gold_items", ["job_id", "active", "image_id"]
+    )
 
 
 def downgrade() -> None:

@@ -22,10 +22,14 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.execute("UPDATE gold_items SET active = false WHERE image_id IN "
-               "(SELECT id FROM images WHERE burned_in_annotation = true)")
-    op.execute("UPDATE images SET status = 'held' WHERE burned_in_annotation = true "
-               "AND status IN ('needs_judgments', 'gold')")
+    op.execute(
+        "UPDATE gold_items SET active = false WHERE image_id IN "
+        "(SELECT id FROM images WHERE burned_in_annotation = true)"
+    )
+    op.execute(
+        "UPDATE images SET status = 'held' WHERE burned_in_annotation = true "
+        "AND status IN ('needs_judgments', 'gold')"
+    )
 
 
 def downgrade() -> None:

@@ -36,31 +36,46 @@ def serve_rank(job_id: int, sha256: str) -> int:
 
 def upgrade() -> None:
     with op.batch_alter_table("images") as batch:
-        batch.add_column(sa.Column("serve_rank", sa.Integer(), nullable=False,
-                                   server_default="0"))
+        batch.add_column(sa.Column("serve_rank", sa.Integer(), nullable=False, server_default="0"))
     bind = op.get_bind()
-    images = sa.table("images", sa.column("id", sa.Integer), sa.column("job_id", sa.Integer),
-                      sa.column("sha256", sa.String), sa.column("serve_rank", sa.Integer))
+    images = sa.table(
+        "images",
+        sa.column("id", sa.Integer),
+        sa.column("job_id", sa.Integer),
+        sa.column("sha256", sa.String),
+        sa.column("serve_rank", sa.Integer),
+    )
     last = 0
     while True:
-        rows = bind.execute(sa.select(images.c.id, images.c.job_id, images.c.sha256)
-                            .where(images.c.id > last).order_by(images.c.id)
-                            .limit(_BATCH)).all()
+        rows = bind.execute(
+            sa.select(images.c.id, images.c.job_id, images.c.sha256)
+            .where(images.c.id > last)
+            .order_by(images.c.id)
+            .limit(_BATCH)
+        ).all()
         if not rows:
             break
-        bind.execute(images.update().where(images.c.id == sa.bindparam("b_id"))
-                     .values(serve_rank=sa.bindparam("b_rank")),
-                     [{"b_id": i, "b_rank": serve_rank(j, sha)} for i, j, sha in rows])
+        bind.execute(
+            images.update()
+            .where(images.c.id == sa.bindparam("b_id"))
+            .values(serve_rank=sa.bindparam("b_rank")),
+            [{"b_id": i, "b_rank": serve_rank(j, sha)} for i, j, sha in rows],
+        )
         last = rows[-1][0]
     op.drop_index("ix_images_open_order", table_name="images")
-    op.create_index("ix_images_open_order", "images",
-                    ["job_id", "status", "trusted_judgments", "judgment_target", "serve_rank",
-                     "id"])
+    op.create_index(
+        "ix_images_open_order",
+        "images",
+        ["job_id", "status", "trusted_judgments", "judgment_target", "serve_rank", "id"],
+    )
 
 
 def downgrade() -> None:
     op.drop_index("ix_images_open_order", table_name="images")
-    op.create_index("ix_images_open_order", "images",
-                    ["job_id", "status", "trusted_judgments", "judgment_target", "id"])
+    op.create_index(
+        "ix_images_open_order",
+        "images",
+        ["job_id", "status", "trusted_judgments", "judgment_target", "id"],
+    )
     with op.batch_alter_table("images") as batch:
         batch.drop_column("serve_rank")

@@ -27,8 +27,7 @@ def upgrade() -> None:
     op.create_table(
         "signups",
         sa.Column("id", sa.Integer(), primary_key=True),
-        sa.Column("user_id", sa.Integer(), sa.ForeignKey("users.id"), nullable=False,
-                  unique=True),
+        sa.Column("user_id", sa.Integer(), sa.ForeignKey("users.id"), nullable=False, unique=True),
         sa.Column("invite_id", sa.Integer(), sa.ForeignKey("invites.id"), nullable=True),
         sa.Column("network", sa.String(64), nullable=False),
         sa.Column("device", sa.String(64), nullable=True),

@@ -21,8 +21,9 @@ def upgrade() -> None:
         "training_items",
         sa.Column("id", sa.Integer(), primary_key=True),
         sa.Column("job_id", sa.Integer(), sa.ForeignKey("jobs.id"), nullable=False),
-        sa.Column("image_id", sa.Integer(), sa.ForeignKey("images.id"), nullable=False,
-                  unique=True),
+        sa.Column(
+            "image_id", sa.Integer(), sa.ForeignKey("images.id"), nullable=False, unique=True
+        ),
         sa.Column("answer", sa.String(32), nullable=False),
         sa.Column("reason", sa.Text(), nullable=False),
         sa.Column("active", sa.Boolean(), nullable=False),
