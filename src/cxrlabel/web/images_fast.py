@@ -271,13 +271,21 @@ class ImageUrls:
     def __init__(self, signer: ImageUrlSigner, store: RenditionStore) -> None:
         self.signer, self.store = signer, store
 
+    # Expiries are rounded up to this step: a held (prefetched) page's reservation restarts
+    # when the page before it is submitted, and an expiry that followed it to the second
+    # changed the URLs the browser had already prefetched (a cache miss; a test that failed
+    # whenever the restart crossed a second boundary, issue 24).
+    EXPIRY_STEP_S = 300
+
     def expiry(self, page: Page | ServedPage) -> int:
-        """Same for every image of the page, and the same each time the page is served, so
-        the URLs the browser prefetched are the ones the page shows."""
+        """Same for every image of the page, and the same each time the page is served (also
+        after its reservation restarts within the step), so the URLs the browser prefetched
+        are the ones the page shows. Never before the reservation's end plus the grace."""
         ends = page.expires_at
         if ends.tzinfo is None:  # SQLite returns naive UTC datetimes
             ends = ends.replace(tzinfo=UTC)
-        return int(ends.timestamp()) + self.signer.GRACE_S
+        earliest = int(ends.timestamp()) + self.signer.GRACE_S
+        return -(-earliest // self.EXPIRY_STEP_S) * self.EXPIRY_STEP_S
 
     @property
     def aliases(self) -> Aliases:
