@@ -78,9 +78,12 @@ def check_password_rules(password: str, username: str | None = None) -> None:
         raise weak("This password is one of the most common ones; please choose another.")
 
 
-def create_user(session: Session, username: str, password: str, role: str) -> User:
+def create_user(
+    session: Session, username: str, password: str, role: str, password_hash: str | None = None
+) -> User:
     """Create an account; raises ``AccountError`` for a bad name, weak password, unknown role or
-    a username that is taken."""
+    a username that is taken. ``password_hash``: argon2 of ``password`` computed beforehand
+    (the web app hashes on its capped pool, outside the write transaction)."""
     username = username.strip()
     if not USERNAME_RE.match(username):
         raise AccountError(
@@ -94,7 +97,9 @@ def create_user(session: Session, username: str, password: str, role: str) -> Us
     taken = session.scalar(select(User.id).where(User.username.ilike(username)))
     if taken is not None:
         raise AccountError("username_taken", f"The username {username!r} is already taken.", 409)
-    user = User(username=username, password_hash=hash_password(password), role=role)
+    user = User(
+        username=username, password_hash=password_hash or hash_password(password), role=role
+    )
     session.add(user)
     session.flush()
     return user
@@ -269,7 +274,12 @@ def find_invite(session: Session, token: str, *, lock: bool = False) -> Invite |
 
 
 def redeem_invite(
-    session: Session, token: str, username: str, password: str, now: datetime
+    session: Session,
+    token: str,
+    username: str,
+    password: str,
+    now: datetime,
+    password_hash: str | None = None,
 ) -> tuple[User, Invite]:
     """Create an account from an invite; the use count is checked under a row lock so a
     single-use link cannot be used twice by two simultaneous sign-ups."""
@@ -278,7 +288,7 @@ def redeem_invite(
     if problem is not None:
         raise AccountError("invite_unusable", problem, 410)
     assert invite is not None
-    user = create_user(session, username, password, invite.role)
+    user = create_user(session, username, password, invite.role, password_hash)
     invite.uses += 1
     return user, invite
 

@@ -13,6 +13,7 @@ from starlette.responses import Response
 from cxrlabel.annotate.accounts import (
     AccountError,
     change_own_password,
+    check_password_rules,
     find_invite,
     hash_password,
     invite_problem,
@@ -204,56 +205,68 @@ def _join_form(request: Request, token: str) -> Response:
 
 
 @router.post("/join/{token}", dependencies=[Depends(csrf_protect)])
-def join(
+async def join(
     request: Request,
     token: str,
     username: str = Form(""),
     password: str = Form(""),
     password2: str = Form(""),
 ) -> Response:
+    """``async``: argon2 runs on the capped hashing pool (``web/passwords.py``) before the
+    write transaction, so a burst of sign-ups neither holds request threads nor the writer."""
     limiter = request.app.state.login_limiter
     client = request.client.host if request.client else "unknown"
     if limiter.retry_after([f"join:{client}"]):
-        return render(
-            request,
-            "message.html",
-            {
-                "heading": "Please wait",
-                "text": "Too many attempts. Try again in a few minutes.",
-                "tone": "error",
-            },
-            429,
+        return _join_message(
+            request, "Please wait", "Too many attempts. Try again in a few minutes.", 429
         )
-    problem, title = _invite_context(request, token)
+    problem, title = await run_in_threadpool(_invite_context, request, token)
     if problem:
-        return render(
-            request,
-            "message.html",
-            {"heading": "This link cannot be used", "text": problem, "tone": "error"},
-            410,
-        )
+        return _join_message(request, "This link cannot be used", problem, 410)
     context = {"token": token, "job_title": title, "username": username}
     if password != password2:
         return render(request, "join.html", {**context, "error": "The passwords differ."}, 422)
-    network = network_of(client)
     try:
-        with get_db(request).session() as s:
-            now = utcnow()
-            invite = find_invite(s, token, lock=True)
-            if invite is not None:  # an unusable one is refused by redeem_invite below
-                check_signup_allowed(s, invite, network, now)
-            user, invite = redeem_invite(s, token, username, password, now)
-            record_signup(
-                s, user, invite, network, device_hash(request.cookies.get(DEVICE_COOKIE)), now
-            )
-            job = s.get(Job, invite.job_id) if invite.job_id is not None else None
-            target = f"/jobs/{job.name}" if job is not None else "/"
+        check_password_rules(password, username.strip())
+        password_hash = await request.app.state.password_pool.run(hash_password, password)
+        user, target = await run_in_threadpool(
+            _redeem, request, token, username, password, password_hash, client
+        )
+    except PasswordPoolBusy:
+        return _join_message(
+            request, "Please wait", "The server is busy. Please try again in a moment.", 503
+        )
     except AccountError as exc:
         limiter.failed([f"join:{client}"])
         status = exc.status if exc.status != 400 else 422
         return render(request, "join.html", {**context, "error": exc.message}, status)
-    sign_in(request, user)
+    await run_in_threadpool(sign_in, request, user)
     return RedirectResponse(target, status_code=303)
+
+
+def _join_message(request: Request, heading: str, text: str, status: int) -> Response:
+    return render(
+        request, "message.html", {"heading": heading, "text": text, "tone": "error"}, status
+    )
+
+
+def _redeem(
+    request: Request, token: str, username: str, password: str, password_hash: str, client: str
+) -> tuple[User, str]:
+    """The sign-up's write transaction (invite row locked, limits checked, account created);
+    returns the user and where to send them."""
+    network = network_of(client)
+    with get_db(request).session() as s:
+        now = utcnow()
+        invite = find_invite(s, token, lock=True)
+        if invite is not None:  # an unusable one is refused by redeem_invite below
+            check_signup_allowed(s, invite, network, now)
+        user, invite = redeem_invite(s, token, username, password, now, password_hash)
+        record_signup(
+            s, user, invite, network, device_hash(request.cookies.get(DEVICE_COOKIE)), now
+        )
+        job = s.get(Job, invite.job_id) if invite.job_id is not None else None
+        return user, f"/jobs/{job.name}" if job is not None else "/"
 
 
 @router.get("/account")
