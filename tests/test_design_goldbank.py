@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from cxrlabel.cli import app
-from cxrlabel.design import goldbank, goldseed
+from cxrlabel.design import goldbank, goldcheck, goldseed
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import (
     AuditEvent,
@@ -209,10 +209,10 @@ def _make_bank(
     return ids
 
 
-def _check(db: Database, **kwargs) -> goldbank.GoldReport:
+def _check(db: Database, **kwargs) -> goldcheck.GoldReport:
     with db.session() as s:
         job, spec = bundled_job(s)
-        return goldbank.check_gold(s, job, spec, **kwargs)
+        return goldcheck.check_gold(s, job, spec, **kwargs)
 
 
 def test_a_healthy_bank_has_no_warnings(tmp_path: Path) -> None:
@@ -328,9 +328,9 @@ def test_close_phash_but_different_pixels_is_not_a_duplicate(tmp_path: Path) -> 
 
 def test_near_duplicate_pairs_threshold() -> None:
     a = ["0000000000000000", "000000000000003f", "ffffffffffffffff"]
-    assert goldbank.near_duplicate_pairs(a, threshold=6) == [(0, 1, 6)]
-    assert goldbank.near_duplicate_pairs(a, threshold=5) == []
-    assert goldbank.near_duplicate_pairs(["ffffffffffffffff"], a, threshold=0) == [(0, 2, 0)]
+    assert goldcheck.near_duplicate_pairs(a, threshold=6) == [(0, 1, 6)]
+    assert goldcheck.near_duplicate_pairs(a, threshold=5) == []
+    assert goldcheck.near_duplicate_pairs(["ffffffffffffffff"], a, threshold=0) == [(0, 2, 0)]
 
 
 def test_cli_check_prints_the_page_bound_and_strict_fails(tmp_path: Path) -> None:
@@ -433,7 +433,7 @@ def test_instruction_examples_never_become_gold(tmp_path: Path) -> None:
         image = goldbank.find_images(s, job, example.image)[0]
         s.add(GoldItem(job_id=job.id, image_id=image.id, accepted_answers=["NORMAL"], reason="r"))
         s.flush()
-        codes = [w.code for w in goldbank.check_gold(s, job, spec).warnings]
+        codes = [w.code for w in goldcheck.check_gold(s, job, spec).warnings]
     assert "instruction_example" in codes
 
 
@@ -445,6 +445,6 @@ def test_gold_checks_use_ingests_near_duplicate_distance() -> None:
     zero = "0" * 16
     at_limit = f"{(1 << NEAR_DUP_MAX_PHASH) - 1:016x}"  # NEAR_DUP_MAX_PHASH bits differ
     beyond = f"{(1 << (NEAR_DUP_MAX_PHASH + 1)) - 1:016x}"
-    assert goldbank.shortlist_distance() == NEAR_DUP_MAX_PHASH
-    assert goldbank.near_duplicate_pairs([zero, at_limit]) == [(0, 1, NEAR_DUP_MAX_PHASH)]
-    assert goldbank.near_duplicate_pairs([zero, beyond]) == []
+    assert goldcheck.shortlist_distance() == NEAR_DUP_MAX_PHASH
+    assert goldcheck.near_duplicate_pairs([zero, at_limit]) == [(0, 1, NEAR_DUP_MAX_PHASH)]
+    assert goldcheck.near_duplicate_pairs([zero, beyond]) == []

@@ -20,7 +20,7 @@ from cxrlabel.cli import app as cli_app
 from cxrlabel.config import Settings
 from cxrlabel.design import exposure
 from cxrlabel.design.exposure import GOLD_RETIRED, bank_exposure, revealed_counts
-from cxrlabel.design.goldbank import check_gold
+from cxrlabel.design.goldcheck import check_gold
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import AuditEvent, GoldItem, Image, User, utcnow
 from cxrlabel.web.app import create_app

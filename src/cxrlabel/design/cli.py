@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cxrlabel.context import app_context, console, fail, get_job
-from cxrlabel.design import goldbank, goldseed
+from cxrlabel.design import goldbank, goldcheck, goldseed
 from cxrlabel.design.estimate import (
     DEFAULT_ANNOTATORS,
     DEFAULT_HOURS_PER_ANNOTATOR_PER_DAY,
@@ -318,7 +318,7 @@ def gold_check(
     app = app_context(ctx)
     with app.db.session() as session:
         job, spec = get_job(session, job_name)
-        report = goldbank.check_gold(
+        report = goldcheck.check_gold(
             session, job, spec, annotators=annotators, data_dir=app.settings.data_dir
         )
     balance = ", ".join(f"{k} {v}" for k, v in sorted(report.by_label.items())) or "none"

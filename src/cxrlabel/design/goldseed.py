@@ -14,13 +14,8 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cxrlabel.design.goldbank import (
-    ImportSummary,
-    instruction_example_ids,
-    make_gold,
-    near_duplicate_pairs,
-    shortlist_distance,
-)
+from cxrlabel.design.goldbank import ImportSummary, instruction_example_ids, make_gold
+from cxrlabel.design.goldcheck import near_duplicate_pairs, shortlist_distance
 from cxrlabel.design.goldreason import GENERIC_REASON, REFERENCE_REASON
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.storage.models import AuditEvent, Image, ImageStatus, Job, Judgment, utcnow

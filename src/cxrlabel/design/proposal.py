@@ -30,7 +30,7 @@ from cxrlabel.design.estimate import (
     estimate,
     inputs_from_spec,
 )
-from cxrlabel.design.goldbank import GoldReport, GoldWarning, check_gold
+from cxrlabel.design.goldcheck import GoldReport, GoldWarning, check_gold
 from cxrlabel.design.instructions import IllustratedExample, illustrated_examples
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.storage.models import (
