@@ -13,7 +13,8 @@ import pytest
 from sqlalchemy import func, select
 
 from cxrlabel.config import Settings
-from cxrlabel.ops.backup import BackupError, create_backup, restore_backup
+from cxrlabel.ops.backup import BackupError, create_backup
+from cxrlabel.ops.restore import restore_backup
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import User
 from security_support import build_env

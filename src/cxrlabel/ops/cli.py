@@ -68,7 +68,8 @@ def restore(
 ) -> None:
     """Restore a backup into the data dir (and --db database); refuses to overwrite unless
     --force. Every checksum is verified before anything is replaced."""
-    from cxrlabel.ops.backup import BackupError, restore_backup
+    from cxrlabel.ops.backup import BackupError
+    from cxrlabel.ops.restore import restore_backup
 
     settings = app_context(ctx).settings
     bar, advance = _progress_bar()
