@@ -114,7 +114,7 @@ def test_trust_weighted_confidence_and_taints():
 
 
 def test_cant_tell_on_hard_gold_is_no_miss_but_on_clear_gold_it_is():
-    from cxrlabel.quality.engine import gold_missed
+    from cxrlabel.quality.outcomes import gold_missed
     from cxrlabel.quality.state import GoldRec
 
     hard, clear = GoldRec(1, ("PNEUMONIA",), difficulty="hard"), GoldRec(1, ("PNEUMONIA",))

@@ -2,14 +2,15 @@
 expert review, and a replayable audit trail.
 
 Pure core (no web or database imports): ``trust``, ``rules``, ``consensus``, ``state``,
-``events``, ``engine``, ``records`` (what annotate hands to quality and gets back). Database
-side (imported explicitly by its users, so importing this package stays light): ``store`` (state
-adapter), ``grading`` (a submitted page), ``commands`` (admin, annotator and expert actions),
-``views`` (read views for pages), ``audit`` (replay); ``service`` re-exports them under one name
-for scripts and tests. CLI commands: ``cli``.
+``events``, ``engine``, ``outcomes`` (decisions, page results, grading counts), ``records`` (what
+annotate hands to quality and gets back). Database side (imported explicitly by its users, so
+importing this package stays light): ``store`` (state adapter), ``grading`` (a submitted page),
+``commands`` (admin, annotator and expert actions), ``views`` (read views for pages), ``audit``
+(replay); ``service`` re-exports them under one name for scripts and tests. CLI commands:
+``cli``.
 """
 
-from .engine import Decision, Engine, PageResult, new_state, replay
+from .engine import Engine, new_state, replay
 from .events import (
     AnnotatorReinstated,
     AnnotatorRemoved,
@@ -20,6 +21,7 @@ from .events import (
     JudgmentIn,
     PageSubmitted,
 )
+from .outcomes import Decision, PageResult
 from .state import QualityState
 from .trust import beta_trust
 

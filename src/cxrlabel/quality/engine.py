@@ -5,13 +5,14 @@ at a time, on a database-backed state) and ``replay`` (every event from an empty
 the same way, so they agree by construction; the tests check that they do.
 
 Every decision comes back as a ``Decision`` (action, subject, payload with the reason and the
-inputs) which ``service.py`` writes to the audit log.
+inputs) which ``service.py`` writes to the audit log. ``Decision``, ``PageResult`` and the
+counting rules (gold grading, peer pairs, regrading a corrected gold item) live in
+``outcomes.py``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cxrlabel.vocab import TAINT_REMOVED, TAINT_SPEED
@@ -28,6 +29,15 @@ from .events import (
     GoldChanged,
     JudgmentIn,
     PageSubmitted,
+)
+from .outcomes import (
+    RETAKE_MESSAGE,
+    Decision,
+    PageResult,
+    count_peer_pairs,
+    gold_missed,
+    regrade_gold,
+    round6,
 )
 from .rules import RuleParams
 from .state import (
@@ -47,28 +57,6 @@ from .state import (
 
 if TYPE_CHECKING:  # the spec is only read here; no pydantic import at run time
     from cxrlabel.jobspec import JobSpec
-
-RETAKE_MESSAGE = (
-    "You did not reach this job's accuracy on the quiz yet. Please read the instructions and "
-    "the examples again; the next quiz has different images."
-)
-
-
-@dataclass(frozen=True)
-class Decision:
-    action: str
-    subject: str
-    payload: dict[str, Any]
-
-
-@dataclass
-class PageResult:
-    """What one submitted page led to, for the annotator's feedback page."""
-
-    quiz_passed: bool | None = None
-    quiz_accuracy: float | None = None
-    missed: list[JudgmentRec] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
 
 
 def new_state(spec: JobSpec) -> QualityState:
@@ -132,7 +120,7 @@ class Engine:
 
         if rules.is_too_fast(event.seconds, params):
             self._speed_trap(annotator, event, recs, result)
-        peers = self._count_peer_pairs(recs)
+        peers = count_peer_pairs(state, recs, self.consensus.cant_tell)
         if annotator.status == QUIZ:
             active_gold = (
                 event.active_gold if event.active_gold is not None else state.active_gold_count()
@@ -192,36 +180,6 @@ class Engine:
         if rec.is_quiz:
             counts.quiz_seen += 1
             counts.quiz_missed += int(rec.gold_missed)
-
-    def _count_peer_pairs(self, recs: list[JudgmentRec]) -> set[int]:
-        """Peer agreement (``skill.py``): each new counted label on a work image pairs with
-        every earlier counted label of another annotator on it; both get the pair. Tainted
-        and "can't tell" answers are not labels. Returns the peers whose counts changed."""
-        state, cant_tell = self.state, self.consensus.cant_tell
-        new = [r for r in recs if not r.is_gold and not r.tainted and r.certainty != cant_tell]
-        if not new:
-            return set()
-        state.prefetch(sorted({r.image_id for r in new}))
-        counts = state.counts(new[0].user_id)
-        peers: set[int] = set()
-        for rec in new:
-            for other in state.judgments_on(rec.image_id):
-                if (
-                    other.id >= rec.id
-                    or other.user_id == rec.user_id
-                    or other.is_gold
-                    or other.tainted
-                    or other.certainty == cant_tell
-                ):
-                    continue
-                agree = int(other.answer == rec.answer)
-                counts.peer_pairs += 1
-                counts.peer_agree += agree
-                other_counts = state.counts(other.user_id)
-                other_counts.peer_pairs += 1
-                other_counts.peer_agree += agree
-                peers.add(other.user_id)
-        return peers
 
     def _check_harm(self, annotator: AnnotatorRec, result: PageResult | None) -> None:
         """Remove an annotator whose answers make labels worse (``skill.harm``)."""
@@ -462,31 +420,7 @@ class Engine:
             gold = GoldRec(event.image_id, tuple(event.accepted))
             state.add_gold(gold)
         gold.accepted = tuple(event.accepted)
-        affected: dict[int, dict[str, int]] = {}
-        for rec in state.judgments_on(event.image_id):
-            if not rec.is_gold:
-                continue
-            annotator = state.annotator(rec.user_id)
-            pending = rules.contested_pending(annotator)
-            if rec.id in pending:  # the correction resolves this contest: it counts again
-                rest = [j for j in pending if j != rec.id]
-                flags = {k: v for k, v in annotator.flags.items() if k != "contested"}
-                annotator.flags = {**flags, "contested": rest} if rest else flags
-                affected.setdefault(rec.user_id, {"forgiven": 0, "newly_missed": 0})
-            missed = gold_missed(rec, gold, self.consensus.cant_tell)
-            if rec.gold_missed is None or missed == rec.gold_missed:
-                continue
-            annotator = state.annotator(rec.user_id)
-            change = affected.setdefault(rec.user_id, {"forgiven": 0, "newly_missed": 0})
-            annotator.gold_missed += 1 if missed else -1
-            if rec.is_quiz:
-                state.counts(rec.user_id).quiz_missed += 1 if missed else -1
-            if missed:
-                change["newly_missed"] += 1
-            else:
-                annotator.gold_forgiven += 1
-                change["forgiven"] += 1
-            rec.gold_missed = missed
+        affected = regrade_gold(state, gold, self.consensus.cant_tell)
         self.decide(
             "quality.gold_regraded",
             f"gold:{event.image_id}",
@@ -578,7 +512,7 @@ class Engine:
             extra = {}
             if ev.review_reason == REVIEW_MODEL:  # the model's opinion is part of the reason
                 extra = {
-                    "model_score": _round(image.model_score),
+                    "model_score": round6(image.model_score),
                     "model_disagreement": self.consensus.model_disagreement,
                 }
             self.decide(
@@ -587,23 +521,11 @@ class Engine:
                 previous_status=before,
                 trusted_judgments=ev.trusted_judgments,
                 label=ev.label,
-                confidence=_round(ev.confidence),
+                confidence=round6(ev.confidence),
                 review_reason=ev.review_reason,
                 judgment_target=ev.judgment_target,
                 **extra,
             )
-
-
-def gold_missed(rec: JudgmentRec, gold: GoldRec, cant_tell: str) -> bool:
-    """A wrong answer to a test question, except an honest "can't tell" on a gold item marked
-    hard: an expert-calibration case that a careful non-expert may rightly not decide."""
-    if rec.certainty == cant_tell and gold.difficulty == "hard":
-        return False
-    return rec.answer not in gold.accepted
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 6)
 
 
 def replay(events: Iterable[Event], spec: JobSpec, state: QualityState | None = None) -> Engine:

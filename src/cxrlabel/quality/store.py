@@ -31,8 +31,9 @@ from cxrlabel.errors import EngineError
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.storage.models import AnnotatorState, AuditEvent, GoldItem, Image, Job, Judgment
 
-from .engine import Decision, Engine, new_state
+from .engine import Engine, new_state
 from .events import Event, JudgmentIn
+from .outcomes import Decision
 from .records import SubmittedJudgment
 from .state import (
     AnnotatorRec,
