@@ -18,7 +18,8 @@ from cxrlabel.cli import app
 from cxrlabel.config import Settings
 from cxrlabel.context import get_job
 from cxrlabel.jobstore import spec_from_job_row
-from cxrlabel.results.qa import collect_qa, qa_figures, qa_summary, render_qa_html
+from cxrlabel.results.qa import collect_qa, qa_summary
+from cxrlabel.results.qa_figures import qa_figures, render_qa_html
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import Job, User
 from cxrlabel.web.app import create_app

@@ -74,7 +74,8 @@ def report_gold(
 @report_app.command("qa")
 def report_qa(ctx: typer.Context, output: Path = OutOption, job: str = JobOption) -> None:
     """A self-contained HTML page of QA plots (no network requests)."""
-    from cxrlabel.results.qa import collect_qa, render_qa_html
+    from cxrlabel.results.qa import collect_qa
+    from cxrlabel.results.qa_figures import render_qa_html
 
     app = app_context(ctx)
     with console.status("drawing QA figures..."), app.db.session() as session:

@@ -40,7 +40,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from cxrlabel.jobspec import JobSpec
-from cxrlabel.results.qa import QAData, QAFigure, collect_qa, qa_figures, qa_summary
+from cxrlabel.results.qa import QAData, collect_qa, qa_summary
+from cxrlabel.results.qa_figures import QAFigure, qa_figures
 from cxrlabel.storage.models import AuditEvent, Image, Job
 
 JobVersion = tuple[int, int, str]

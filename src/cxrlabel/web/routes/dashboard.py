@@ -24,7 +24,7 @@ import threading
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import Response
 
-from cxrlabel.results.qa import QAFigure, render_qa_report, summary_cards
+from cxrlabel.results.qa_figures import QAFigure, render_qa_report, summary_cards
 from cxrlabel.results.reports import (
     FORMATS,
     REPORT_KINDS,
