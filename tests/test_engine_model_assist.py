@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import select, text, update
 
-from cxrlabel.annotate.assignment import claim_open_images, next_page_or_reason
+from cxrlabel.annotate.assignment import next_page_or_reason
+from cxrlabel.annotate.claim import claim_open_images
 from cxrlabel.jobspec import Assignment, JobSpecError, parse_job
 from cxrlabel.quality import service
 from cxrlabel.storage.db import Database

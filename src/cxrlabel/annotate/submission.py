@@ -29,7 +29,8 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from cxrlabel.annotate.assignment import DEFAULT_STATUS_MESSAGES, open_reservations
+from cxrlabel.annotate.assignment import DEFAULT_STATUS_MESSAGES
+from cxrlabel.annotate.claim import open_reservations
 from cxrlabel.annotate.schemas import AnswerIn, SubmissionError, SubmitResult
 from cxrlabel.annotate.training import store_training_answers
 from cxrlabel.design.exposure import after_feedback

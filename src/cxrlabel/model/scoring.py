@@ -2,7 +2,7 @@
 
 ``score_job`` writes ``Image.model_score`` (calibrated p(PNEUMONIA)) from each image's
 rendition. The rules that use the score live in the engine, once each: the queue order in
-``annotate/assignment.py`` (``model_uncertainty``), review of disagreements and early
+``annotate/claim.py`` (``model_uncertainty``), review of disagreements and early
 finalising in ``quality/consensus.py`` (``model_disagrees``), all off unless the job asks.
 """
 
