@@ -134,46 +134,9 @@ def set_changed(row: Any, name: str, value: Any) -> None:
         setattr(row, name, value)
 
 
-def write_annotator(row: AnnotatorState, rec: AnnotatorRec, now: datetime) -> None:
-    for name in (
-        "status",
-        "status_reason",
-        "trust",
-        "gold_seen",
-        "gold_missed",
-        "gold_contested",
-        "gold_forgiven",
-        "judgments",
-        "speed_trips",
-        "message",
-    ):
-        set_changed(row, name, getattr(rec, name))
-    set_changed(row, "flags", dict(rec.flags))
-    if rec.quiz_passed and row.quiz_passed_at is None:
-        row.quiz_passed_at = now
-
-
-def write_image(row: Image, rec: ImageRec) -> None:
-    for name in (
-        "status",
-        "judgment_target",
-        "trusted_judgments",
-        "label",
-        "confidence",
-        "proba",
-        "aggregation_method",
-    ):
-        set_changed(row, name, getattr(rec, name))
-
-
-def write_judgment(row: Judgment, rec: JudgmentRec) -> None:
-    set_changed(row, "gold_missed", rec.gold_missed)
-    set_changed(row, "trust_at_time", rec.trust_at_time)
-    set_changed(row, "tainted", rec.tainted)
-    set_changed(row, "taint_reason", rec.taint_reason)
-
-
-_ANNOTATOR_COLUMNS = (
+# Columns the engine's records own, written back after each decision (one list each, shared by
+# the ORM writers below, used by replay's fix, and the batched UPDATEs of the hot path).
+_ANNOTATOR_SCALARS = (
     "status",
     "status_reason",
     "trust",
@@ -184,10 +147,8 @@ _ANNOTATOR_COLUMNS = (
     "judgments",
     "speed_trips",
     "message",
-    "flags",
-    "quiz_passed_at",
-    "answer_counts",
 )
+_ANNOTATOR_COLUMNS = (*_ANNOTATOR_SCALARS, "flags", "quiz_passed_at", "answer_counts")
 _IMAGE_COLUMNS = (
     "status",
     "judgment_target",
@@ -198,6 +159,26 @@ _IMAGE_COLUMNS = (
     "aggregation_method",
 )
 _JUDGMENT_COLUMNS = ("gold_missed", "trust_at_time", "tainted", "taint_reason")
+
+
+def write_annotator(row: AnnotatorState, rec: AnnotatorRec, now: datetime) -> None:
+    for name in _ANNOTATOR_SCALARS:
+        set_changed(row, name, getattr(rec, name))
+    set_changed(row, "flags", dict(rec.flags))
+    if rec.quiz_passed and row.quiz_passed_at is None:
+        row.quiz_passed_at = now
+
+
+def write_image(row: Image, rec: ImageRec) -> None:
+    for name in _IMAGE_COLUMNS:
+        set_changed(row, name, getattr(rec, name))
+
+
+def write_judgment(row: Judgment, rec: JudgmentRec) -> None:
+    for name in _JUDGMENT_COLUMNS:
+        set_changed(row, name, getattr(rec, name))
+
+
 # A judgment being graded: the record the submit path builds, or a stored row (replay, tests).
 GradedJudgment = SubmittedJudgment | Judgment
 # Ids per ``IN (...)`` list: far below SQLite's and PostgreSQL's parameter limits.
@@ -256,12 +237,7 @@ def _image_values(rec: ImageRec) -> dict[str, Any]:
 
 
 def _judgment_values(rec: JudgmentRec) -> dict[str, Any]:
-    return {
-        "gold_missed": rec.gold_missed,
-        "trust_at_time": rec.trust_at_time,
-        "tainted": rec.tainted,
-        "taint_reason": rec.taint_reason,
-    }
+    return {name: getattr(rec, name) for name in _JUDGMENT_COLUMNS}
 
 
 class DbState(QualityState):
