@@ -133,3 +133,53 @@ def test_outdated_snapshot_is_served_while_the_next_is_computed(db: Database) ->
     second = get()
     assert second is not first and second.version == _version(env)
     assert _summary(second) == _recount(env)
+
+
+def test_serve_computes_every_jobs_snapshot_at_start_up(db: Database, tmp_path) -> None:
+    """``serve``'s app (``warm_dashboards=True``) computes the snapshot before the first
+    dashboard request, which is then served from it instead of computing its own."""
+    from fastapi.testclient import TestClient
+
+    from cxrlabel.annotate.accounts import issue_api_token
+    from cxrlabel.config import Settings
+    from cxrlabel.storage.models import User
+    from cxrlabel.web.app import create_app
+
+    env = make_env(db, work=4)
+    _crowd(env)
+    with db.session() as s:
+        admin = User(username="warm-admin", password_hash="x", role="admin")
+        s.add(admin)
+        s.flush()
+        token = issue_api_token(s, admin)
+    app = create_app(Settings(data_dir=tmp_path), db=db, warm_dashboards=True)
+    with TestClient(app) as client:
+        snapshots: QASnapshots = app.state.qa_snapshots
+        snapshots.wait(timeout=120)
+        warmed = snapshots._latest[env.job_id]
+        assert warmed.version == _version(env)
+        job_name = _job_name(env)
+        r = client.get(
+            f"/admin/jobs/{job_name}/dashboard?partial=1",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert r.status_code == 200
+        assert snapshots._latest[env.job_id] is warmed  # served, not recomputed
+    assert _summary(warmed) == _recount(env)
+
+
+def test_in_process_apps_do_not_warm(db: Database, tmp_path) -> None:
+    from fastapi.testclient import TestClient
+
+    from cxrlabel.config import Settings
+    from cxrlabel.web.app import create_app
+
+    make_env(db, work=4)
+    app = create_app(Settings(data_dir=tmp_path), db=db)
+    with TestClient(app):
+        assert getattr(app.state, "qa_snapshots", None) is None
+
+
+def _job_name(env: QEnv) -> str:
+    with env.db.read_session() as s:
+        return s.get_one(Job, env.job_id).name

@@ -19,7 +19,9 @@ change, which bounds the staleness after a write that bypasses the audit log (``
 --fix``, hand-made SQL). The web routes pass a read-session factory: an outdated snapshot is
 then served at once while one background thread computes its successor (stale while
 revalidating), so only a job's first request in a process waits; others arriving meanwhile
-wait for that one computation instead of starting their own.
+wait for that one computation instead of starting their own. ``cxrlabel serve`` also computes
+every job's first snapshot in the background as it starts (``warm``), so even the first
+dashboard request of a process normally finds one.
 
 The cache lives in the serving process (each ``serve --workers`` process keeps its own) and
 holds the latest snapshot of each job. ``cxrlabel report qa`` and the export datasheet do not
@@ -117,6 +119,30 @@ class QASnapshots:
                 return current  # computed by the request we waited for
             return self._store(compute_snapshot(session, job, spec, version, self.clock()))
 
+    def warm(
+        self,
+        reopen: Callable[[], AbstractContextManager[Session]],
+        jobs: list[tuple[int, JobSpec]],
+    ) -> None:
+        """Compute the snapshots of ``jobs`` (id, spec) in one background thread, so that the
+        first dashboard request after the server starts finds one instead of waiting seconds
+        for it (a request arriving meanwhile waits for that job's computation only)."""
+        ready = threading.Event()
+
+        def compute_all() -> None:
+            for job_id, spec in jobs:
+                lock = self._lock_of(job_id)
+                with lock:
+                    if job_id == jobs[0][0]:
+                        ready.set()  # the first lock is held: requests now wait for us
+                    self._refresh_locked(reopen, job_id, spec)
+            ready.set()
+
+        worker = threading.Thread(target=compute_all, name="qa-snapshot-warm", daemon=True)
+        self._workers = [w for w in self._workers if w.is_alive()] + [worker]
+        worker.start()
+        ready.wait(5.0)
+
     def wait(self, timeout: float | None = None) -> None:
         """Wait for the background computations started so far (tests, shutdown)."""
         for worker in list(self._workers):
@@ -139,18 +165,25 @@ class QASnapshots:
     ) -> None:
         def refresh() -> None:
             try:
-                with reopen() as session:
-                    job = session.get_one(Job, job_id)
-                    version = job_version(session, job)
-                    self._store(compute_snapshot(session, job, spec, version, self.clock()))
-            except Exception:  # the previous snapshot stays; the next request tries again
-                log.exception("QA snapshot of job %s failed", job_id)
+                self._refresh_locked(reopen, job_id, spec)
             finally:
                 lock.release()
 
         worker = threading.Thread(target=refresh, name=f"qa-snapshot-{job_id}", daemon=True)
         self._workers = [w for w in self._workers if w.is_alive()] + [worker]
         worker.start()
+
+    def _refresh_locked(
+        self, reopen: Callable[[], AbstractContextManager[Session]], job_id: int, spec: JobSpec
+    ) -> None:
+        """Compute and store a job's snapshot; the caller holds the job's lock."""
+        try:
+            with reopen() as session:
+                job = session.get_one(Job, job_id)
+                version = job_version(session, job)
+                self._store(compute_snapshot(session, job, spec, version, self.clock()))
+        except Exception:  # the previous snapshot stays; the next request tries again
+            log.exception("QA snapshot of job %s failed", job_id)
 
     def _store(self, snapshot: QASnapshot) -> QASnapshot:
         self._latest[snapshot.qa_job_id] = snapshot

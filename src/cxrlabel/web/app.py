@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import logging
 import pkgutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote
@@ -45,8 +47,14 @@ log = logging.getLogger("cxrlabel.web")
 KEEP_ALIVE_S = 30.0
 
 
-def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
-    """The whole web app for one data dir / database (migrations applied on open)."""
+def create_app(
+    settings: Settings, *, db: Database | None = None, warm_dashboards: bool = False
+) -> FastAPI:
+    """The whole web app for one data dir / database (migrations applied on open).
+
+    ``warm_dashboards`` (``serve`` sets it): compute every job's QA snapshot in the background
+    at start-up, so the first dashboard request does not wait seconds for it. Off for the
+    in-process apps of tests and tools, which would pay that computation for nothing."""
     app = FastAPI(
         title="cxrlabel",
         version=__version__,
@@ -55,6 +63,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         openapi_url="/api/openapi.json",
+        lifespan=_warm_dashboards if warm_dashboards else None,
     )
     app.state.settings = settings
     app.state.db = db or Database(settings.database_url)
@@ -73,6 +82,16 @@ def create_app(settings: Settings, *, db: Database | None = None) -> FastAPI:
     _install_middleware(app)
     _install_error_handlers(app)
     return app
+
+
+@asynccontextmanager
+async def _warm_dashboards(app: FastAPI) -> AsyncIterator[None]:
+    from starlette.concurrency import run_in_threadpool
+
+    from cxrlabel.web.routes.dashboard import warm_snapshots
+
+    await run_in_threadpool(warm_snapshots, app)
+    yield
 
 
 def _route_modules() -> list:
@@ -262,9 +281,9 @@ def run_server(
             **options,
         )
     else:
-        uvicorn.run(create_app(settings), **options)
+        uvicorn.run(create_app(settings, warm_dashboards=True), **options)
 
 
 def app_from_env() -> FastAPI:
     """Factory for uvicorn worker processes (settings from CXRLABEL_DATA_DIR / CXRLABEL_DB)."""
-    return create_app(Settings.from_env())
+    return create_app(Settings.from_env(), warm_dashboards=True)

@@ -21,9 +21,11 @@ from __future__ import annotations
 import base64
 import threading
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import Response
+from sqlalchemy import select
 
+from cxrlabel.jobstore import spec_of
 from cxrlabel.results.qa_figures import QAFigure, render_qa_report, summary_cards
 from cxrlabel.results.reports import (
     FORMATS,
@@ -33,7 +35,7 @@ from cxrlabel.results.reports import (
     table_to_json,
 )
 from cxrlabel.results.snapshot import QASnapshot, QASnapshots
-from cxrlabel.storage.models import Role
+from cxrlabel.storage.models import Job, Role
 from cxrlabel.web.deps import get_db, job_and_spec, render, require_role
 
 REFRESH_SECONDS = 60
@@ -95,15 +97,31 @@ def dashboard_css() -> Response:
     return Response(DASHBOARD_CSS, media_type="text/css", headers={"Cache-Control": "max-age=300"})
 
 
+def snapshot_cache(app: FastAPI) -> QASnapshots:
+    """The app's one QA snapshot cache (created on first use)."""
+    with _snapshots_created:  # two first requests must share one cache, not race to make two
+        snapshots = getattr(app.state, "qa_snapshots", None)
+        if snapshots is None:
+            snapshots = app.state.qa_snapshots = QASnapshots(min_interval=REFRESH_SECONDS)
+        return snapshots
+
+
+def warm_snapshots(app: FastAPI) -> None:
+    """Start computing every job's QA snapshot in the background (``serve`` calls this at
+    start-up): the first dashboard request then does not wait seconds for it."""
+    db = app.state.db
+    with db.read_session() as session:
+        jobs = [(job.id, spec_of(job)) for job in session.scalars(select(Job).order_by(Job.id))]
+    if jobs:
+        snapshot_cache(app).warm(db.read_session, jobs)
+
+
 def qa_snapshot(request: Request, job_name: str) -> QASnapshot:
     """The job's QA figures from the app's snapshot cache (recomputed at most once a minute
     while the job changes, in the background once a first snapshot exists; see
     cxrlabel.results.snapshot). Read sessions: computing them takes seconds and must not hold
     SQLite's one write lock that annotators' pages wait for."""
-    with _snapshots_created:  # two first requests must share one cache, not race to make two
-        snapshots = getattr(request.app.state, "qa_snapshots", None)
-        if snapshots is None:
-            snapshots = request.app.state.qa_snapshots = QASnapshots(min_interval=REFRESH_SECONDS)
+    snapshots = snapshot_cache(request.app)
     db = get_db(request)
     with db.read_session() as session:
         job, spec = job_and_spec(session, job_name)
