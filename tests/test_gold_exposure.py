@@ -248,3 +248,35 @@ def test_engine_refuses_every_contest_but_a_missed_one_the_same_way(env):
     with db.session() as s:
         job, _spec = job_and_spec(s, "test-job")
         assert contest_gold(s, job, _spec, s.get(User, me.id), missed, "I disagree", utcnow()).id
+
+
+def test_reimport_keeps_retired_gold_retired(env):
+    """Re-importing the exported bank (the usual way to edit reasons) must not bring back an
+    item retired for exposure or switched off by an admin (e.g. after contests), and says so."""
+    from cxrlabel.quality.commands import update_gold
+
+    db, seeded, data_dir, url = env
+    gold = gold_answers(db, seeded.job_id)
+    exposed, switched_off = sorted(gold)[:2]
+    _quiz_with(db, "first", gold, exposed)
+    _quiz_with(db, "second", gold, exposed)  # the second reveal retires it
+    admin_id = add_user(db, "boss", "admin")
+    with db.session() as s:
+        job, spec = job_and_spec(s, "test-job")
+        gold_id = s.scalar(
+            select(GoldItem.id).where(GoldItem.image_id == _image_id_in(s, switched_off))
+        )
+        update_gold(s, job, spec, s.get(User, admin_id), gold_id, now=utcnow(), active=False)
+    runner = CliRunner(env={"COLUMNS": "250"})
+    base = ["--data-dir", str(data_dir), "--db", url]
+    bank = data_dir / "bank.csv"
+    exported = runner.invoke(
+        cli_app, [*base, "gold", "export", "--job", "test-job", "-o", str(bank)]
+    )
+    assert exported.exit_code == 0, exported.output
+    imported = runner.invoke(cli_app, [*base, "gold", "import", str(bank), "--job", "test-job"])
+    assert imported.exit_code == 0, imported.output
+    assert "2 kept retired" in imported.output
+    with db.session() as s:
+        active = dict(s.execute(select(Image.public_id, GoldItem.active).join(GoldItem)).all())
+    assert active == {pid: pid not in (exposed, switched_off) for pid in gold}

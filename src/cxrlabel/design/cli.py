@@ -236,9 +236,14 @@ def gold_import(
             summary = goldbank.import_gold_csv(session, job, spec, file)
         except goldbank.GoldImportError as exc:
             fail(str(exc))
+    kept = (
+        f" ({len(summary.kept_retired)} kept retired: switched off before, so still inactive)"
+        if summary.kept_retired
+        else ""
+    )
     console.print(
         f"gold bank of job [bold]{spec.name}[/]: {summary.created} added, "
-        f"{summary.updated} updated. Run `cxrlabel gold check` next."
+        f"{summary.updated} updated{kept}. Run `cxrlabel gold check` next."
     )
 
 

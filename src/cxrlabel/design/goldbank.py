@@ -98,6 +98,7 @@ class ImportSummary:
     created: int = 0
     updated: int = 0
     public_ids: list[str] = field(default_factory=list)
+    kept_retired: list[str] = field(default_factory=list)  # updated, left inactive
 
 
 @dataclass
@@ -232,6 +233,7 @@ def import_gold_csv(
                 "created": summary.created,
                 "updated": summary.updated,
                 "images": summary.public_ids,
+                "kept_retired": summary.kept_retired,
             },
         )
     )
@@ -251,6 +253,7 @@ def make_gold(
     summary: ImportSummary,
 ) -> GoldItem:
     gold = session.scalar(select(GoldItem).where(GoldItem.image_id == image.id))
+    retired = gold is not None and is_retired(gold)
     if gold is None:
         gold = GoldItem(
             job_id=job.id,
@@ -266,11 +269,21 @@ def make_gold(
     else:
         gold.accepted_answers, gold.reason, gold.difficulty = answers, reason, difficulty
         summary.updated += 1
-    # Active only with a real reason: a placeholder would be shown to whoever misses it.
-    gold.active = not is_placeholder_reason(reason)
+    if retired:
+        summary.kept_retired.append(image.public_id)  # only an admin brings it back
+    else:
+        # Active only with a real reason: a placeholder would be shown to whoever misses it.
+        gold.active = not is_placeholder_reason(reason)
     image.status = ImageStatus.GOLD
     summary.public_ids.append(image.public_id)
     return gold
+
+
+def is_retired(gold: GoldItem) -> bool:
+    """Switched off on purpose (retired for exposure, ``design/exposure.py``, or by an admin,
+    e.g. after contests) rather than waiting for its expert's reason: inactive with a real
+    reason. An import updates such an item but leaves it retired."""
+    return not gold.active and not is_placeholder_reason(gold.reason)
 
 
 # --- listing and export ----------------------------------------------------------------------
