@@ -1,4 +1,5 @@
-"""Setup for the annotation-loop benchmark (not timed): a job, images, a gold bank, annotators.
+"""Setup for the annotation-loop benchmark (not timed): a job, images, a gold bank, annotators,
+and the database checks that ``annotation_loop.py`` and ``load.py`` share after a run.
 
 Everything goes through the real schema and the real account code; only the image *files* are
 shortcuts: ``--files`` synthetic phantom renditions are made once and hard-linked under each
@@ -33,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import func, insert, select
+from sqlalchemy import Subquery, func, insert, select
+from sqlalchemy.orm import Session
 
 from cxrlabel.annotate.accounts import create_user, issue_api_token
 from cxrlabel.annotate.aliases import Aliases
@@ -41,7 +43,7 @@ from cxrlabel.ingest.phantom import make_phantom_xray
 from cxrlabel.ingest.renditions import make_renditions, relative_paths
 from cxrlabel.jobspec import JobSpec, parse_job, resolve_job_path
 from cxrlabel.storage.db import Database
-from cxrlabel.storage.models import GoldItem, Image, ImageStatus, Job, User
+from cxrlabel.storage.models import GoldItem, Image, ImageStatus, Job, Judgment, User
 from cxrlabel.web.security import load_secret_key
 
 JOB_NAME = "bench-loop"
@@ -188,13 +190,32 @@ def create_annotators(db: Database, n: int, prefix: str) -> list[tuple[str, str]
     return out
 
 
+def database_url(data_dir: Path | None, db_url: str | None) -> str:
+    """The server's database: ``db_url``, else the SQLite file in its data dir."""
+    if db_url:
+        return db_url
+    if data_dir is None:
+        raise ValueError("give the server's data dir (SQLite) or a database URL")
+    return f"sqlite:///{(data_dir / 'cxrlabel.sqlite3').resolve()}"
+
+
+def server_secret_key(data_dir: Path | None) -> bytes | None:
+    """The key the server derives per-user image aliases from (``load_secret_key``): its
+    ``CXRLABEL_SECRET_KEY``, else the ``secret_key`` file of its data dir; None when neither
+    is known (a client given only ``--db``)."""
+    if os.environ.get("CXRLABEL_SECRET_KEY") or data_dir is not None:
+        return load_secret_key(data_dir or Path("."))  # the environment wins over the file
+    return None
+
+
 def gold_answers(
     db: Database, name: str = JOB_NAME, data_dir: Path | None = None
 ) -> dict[str, str]:
     """Test-question answers by image id as each annotator sees it: the benchmark client reads
     them from the database (a browser never gets them) so its annotators pass the quiz and
     stay trusted. Annotators see images under their own aliases (``annotate/aliases.py``): with
-    the server's data dir (its secret key) every existing annotator's aliases are included."""
+    the server's secret key (``server_secret_key``) every existing annotator's aliases are
+    included."""
     with db.session() as s:
         rows = s.execute(
             select(Image.public_id, GoldItem.accepted_answers)
@@ -204,10 +225,38 @@ def gold_answers(
         ).all()
         users = list(s.scalars(select(User.id).where(User.role == "annotator")))
     out = {pid: answers[0] for pid, answers in rows}
-    if data_dir is not None:
-        aliases = Aliases(load_secret_key(data_dir))
+    key = server_secret_key(data_dir)
+    if key is not None:
+        aliases = Aliases(key)
         out.update({aliases.image(pid, uid): answers[0] for pid, answers in rows for uid in users})
     return out
+
+
+# --- checks after a run (shared by annotation_loop.py and load.py) ---------------------------
+
+
+def untainted_work_counts(job_id: int) -> Subquery:
+    """Per image of the job: its untainted work judgments (``image_id``, ``n``)."""
+    return (
+        select(Judgment.image_id, func.count().label("n"))
+        .where(Judgment.job_id == job_id, Judgment.is_gold.is_(False), Judgment.tainted.is_(False))
+        .group_by(Judgment.image_id)
+        .subquery()
+    )
+
+
+def count_images_over_target(session: Session, job_id: int) -> int:
+    """Work images whose trusted judgment count passed their target (must stay 0)."""
+    return int(
+        session.scalar(
+            select(func.count(Image.id)).where(
+                Image.job_id == job_id,
+                Image.status != ImageStatus.GOLD,
+                Image.trusted_judgments > Image.judgment_target,
+            )
+        )
+        or 0
+    )
 
 
 def count_users(db: Database, prefix: str) -> int:
@@ -226,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--files", type=int, default=48, help="distinct phantom renditions")
     args = ap.parse_args(argv)
     args.data_dir.mkdir(parents=True, exist_ok=True)
-    url = args.db or f"sqlite:///{(args.data_dir / 'cxrlabel.sqlite3').resolve()}"
+    url = database_url(args.data_dir, args.db)
     db = Database(url)
     try:
         p = prepare_job(

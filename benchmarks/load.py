@@ -44,7 +44,15 @@ from sqlalchemy import func, select
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _loop_setup import JOB_NAME, create_annotators, gold_answers, prepare_job  # noqa: E402
+from _loop_setup import (  # noqa: E402
+    JOB_NAME,
+    count_images_over_target,
+    create_annotators,
+    database_url,
+    gold_answers,
+    prepare_job,
+    untainted_work_counts,
+)
 from annotation_loop import Annotator, Stats, summary  # noqa: E402
 
 from cxrlabel.jobstore import spec_from_job_row  # noqa: E402
@@ -52,7 +60,6 @@ from cxrlabel.quality.service import verify_replay  # noqa: E402
 from cxrlabel.storage.db import Database  # noqa: E402
 from cxrlabel.storage.models import (  # noqa: E402
     Image,
-    ImageStatus,
     Job,
     Judgment,
     Page,
@@ -311,14 +318,7 @@ def check_database(
             )
             or 0
         )
-        work = (
-            select(Judgment.image_id, func.count().label("n"))
-            .where(
-                Judgment.job_id == job.id, Judgment.is_gold.is_(False), Judgment.tainted.is_(False)
-            )
-            .group_by(Judgment.image_id)
-            .subquery()
-        )
+        work = untainted_work_counts(job.id)
         over_target = int(
             s.scalar(
                 select(func.count())
@@ -328,16 +328,7 @@ def check_database(
             )
             or 0
         )
-        over_target_status = int(
-            s.scalar(
-                select(func.count(Image.id)).where(
-                    Image.job_id == job.id,
-                    Image.status != ImageStatus.GOLD,
-                    Image.trusted_judgments > Image.judgment_target,
-                )
-            )
-            or 0
-        )
+        over_target_status = count_images_over_target(s, job.id)
         replay = verify_replay(s, job, spec)
     lost = {pid: n for pid, n in acked.items() if per_page.get(pid, 0) != n}
     half = {
@@ -486,7 +477,7 @@ def prepare(
     import hashlib
     import re
 
-    url = db_url or f"sqlite:///{(data_dir / 'cxrlabel.sqlite3').resolve()}"
+    url = database_url(data_dir, db_url)
     db = Database(url)
     try:
         prepare_job(db, data_dir, n_images=images, n_gold=gold, n_files=16)
