@@ -296,6 +296,7 @@ class GoldRow:
     seen: int  # gold judgments graded on this item
     missed: int
     contests: int
+    open_contests: int = 0
 
     @property
     def miss_rate(self) -> float | None:
@@ -303,6 +304,9 @@ class GoldRow:
 
 
 def gold_rows(session: Session, job: Job, include_inactive: bool = True) -> list[GoldRow]:
+    """Each gold item with its image and how often it was answered, missed and contested: the
+    one place these counts are made (``gold list``, the gold check, the admin pages and
+    ``quality.views.gold_stats`` read them)."""
     query = (
         select(GoldItem, Image)
         .join(Image, Image.id == GoldItem.image_id)
@@ -311,29 +315,29 @@ def gold_rows(session: Session, job: Job, include_inactive: bool = True) -> list
     if not include_inactive:
         query = query.where(GoldItem.active.is_(True))
     pairs = session.execute(query.order_by(GoldItem.id)).all()
-    seen = dict(
-        session.execute(
-            select(Judgment.image_id, func.count())
-            .where(Judgment.job_id == job.id, Judgment.is_gold.is_(True))
-            .group_by(Judgment.image_id)
-        ).all()
+    graded = select(Judgment.image_id, func.count()).where(
+        Judgment.job_id == job.id,
+        Judgment.is_gold.is_(True),
+        Judgment.gold_missed.is_not(None),
     )
+    seen = dict(session.execute(graded.group_by(Judgment.image_id)).all())
     missed = dict(
         session.execute(
-            select(Judgment.image_id, func.count())
-            .where(
-                Judgment.job_id == job.id,
-                Judgment.is_gold.is_(True),
-                Judgment.gold_missed.is_(True),
-            )
-            .group_by(Judgment.image_id)
+            graded.where(Judgment.gold_missed.is_(True)).group_by(Judgment.image_id)
         ).all()
     )
-    contests = dict(
-        session.execute(select(Contest.gold_id, func.count()).group_by(Contest.gold_id)).all()
-    )
+    per_gold = select(Contest.gold_id, func.count()).group_by(Contest.gold_id)
+    contests = dict(session.execute(per_gold).all())
+    open_contests = dict(session.execute(per_gold.where(Contest.status == "open")).all())
     return [
-        GoldRow(g, im, seen.get(im.id, 0), missed.get(im.id, 0), contests.get(g.id, 0))
+        GoldRow(
+            g,
+            im,
+            seen.get(im.id, 0),
+            missed.get(im.id, 0),
+            contests.get(g.id, 0),
+            open_contests.get(g.id, 0),
+        )
         for g, im in pairs
     ]
 
