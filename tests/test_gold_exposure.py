@@ -4,11 +4,9 @@ nothing; the gold check, the gold list and the admin gold page show exposure and
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import select
 from typer.testing import CliRunner
 
@@ -25,28 +23,31 @@ from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import AuditEvent, GoldItem, Image, User, utcnow
 from cxrlabel.web.app import create_app
 from cxrlabel.web.deps import job_and_spec
-from web_support import add_user, gold_answers, seed_job
+from web_support import add_user, gold_answers, seed_job, signed_in_client
 
 
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
     db = Database(url)
-    # A quiz of 3 from a bank of 4; the bank's floor is the quiz alone (no work pages), so
-    # one item may be retired before the floor keeps the rest.
     monkeypatch.setattr(exposure, "SMALL_BANK_WORK_PAGES", 0)
-    seeded = seed_job(
+    yield db, _seed_small_bank(db, tmp_path, retire_after_reveals=2), tmp_path, url
+    db.dispose()
+
+
+def _seed_small_bank(db: Database, data_dir: Path, retire_after_reveals: int):
+    """A quiz of 3 from a bank of 4; with ``SMALL_BANK_WORK_PAGES`` 0 the bank's floor is the
+    quiz alone (no work pages), so one item may be retired before the floor keeps the rest."""
+    return seed_job(
         db,
-        tmp_path,
+        data_dir,
         n_work=8,
         n_gold=4,
         quiz_length=3,
         items_per_page=4,
         min_accuracy=0.6,
-        retire_after_reveals=2,
+        retire_after_reveals=retire_after_reveals,
     )
-    yield db, seeded, tmp_path, url
-    db.dispose()
 
 
 def _quiz(db: Database, username: str, gold: dict, miss: set[str]) -> list[str]:
@@ -158,16 +159,7 @@ def test_retirement_off_with_zero(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
     db = Database(url)
     try:
-        seeded = seed_job(
-            db,
-            tmp_path,
-            n_work=8,
-            n_gold=4,
-            quiz_length=3,
-            items_per_page=4,
-            min_accuracy=0.6,
-            retire_after_reveals=0,
-        )
+        seeded = _seed_small_bank(db, tmp_path, retire_after_reveals=0)
         gold = gold_answers(db, seeded.job_id)
         target = sorted(gold)[0]
         target_id = _image_id(db, target)
@@ -197,18 +189,7 @@ def test_gold_check_list_and_admin_page_show_exposure(env):
     assert listed.exit_code == 0 and "revealed" in listed.output
     app = create_app(Settings(data_dir=data_dir, db_url=url), db=db)
     add_user(db, "boss", "admin")
-    client = TestClient(app)
-    html = client.get("/login").text
-    csrf = re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
-    client.post(
-        "/login",
-        data={
-            "username": "boss",
-            "password": "correct horse battery",
-            "csrf_token": csrf,
-            "next": "/",
-        },
-    )
+    client = signed_in_client(app, "boss")
     page = client.get("/admin/jobs/test-job/gold").text
     assert "Revealed to" in page and 'data-warning="small_bank"' in page
     assert "1 retired so far" in page
