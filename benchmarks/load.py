@@ -56,7 +56,7 @@ from _loop_setup import (  # noqa: E402
 from annotation_loop import Annotator, Stats, summary  # noqa: E402
 
 from cxrlabel.jobstore import spec_from_job_row  # noqa: E402
-from cxrlabel.quality.service import verify_replay  # noqa: E402
+from cxrlabel.quality.audit import verify_replay  # noqa: E402
 from cxrlabel.storage.db import Database  # noqa: E402
 from cxrlabel.storage.models import (  # noqa: E402
     Image,

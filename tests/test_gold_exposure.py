@@ -201,7 +201,7 @@ def test_engine_refuses_every_contest_but_a_missed_one_the_same_way(env):
     """quality.commands.contest_gold: a correct gold answer, a work answer, another account's
     missed gold and an unknown id all get the one ``not_contestable`` refusal."""
     from cxrlabel.quality.commands import contest_gold
-    from cxrlabel.quality.service import QualityError
+    from cxrlabel.quality.store import QualityError
     from cxrlabel.storage.models import Judgment
 
     db, seeded, _data_dir, _url = env
