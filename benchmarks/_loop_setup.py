@@ -30,6 +30,8 @@ import re
 import secrets
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -257,6 +259,68 @@ def count_images_over_target(session: Session, job_id: int) -> int:
         )
         or 0
     )
+
+
+# --- a reliability run's setup (shared by load.py and crash.py) ------------------------------
+
+
+def fresh_data_dir(path: Path) -> Path:
+    """``path`` resolved and created; one with anything in it is refused, so that a run's
+    checks never count an earlier run's data."""
+    data_dir = path.resolve()
+    if data_dir.exists() and any(data_dir.iterdir()):
+        raise SystemExit(f"{data_dir} is not empty: give a fresh --data-dir")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return data_dir
+
+
+@contextmanager
+def run_database(db_url: str | None, throwaway_pg: bool) -> Iterator[str | None]:
+    """The run's database URL: ``db_url``; with ``throwaway_pg`` and no URL, a throwaway
+    PostgreSQL cluster (tests/conftest.py), stopped afterwards; else None (SQLite in the data
+    dir)."""
+    if db_url or not throwaway_pg:
+        yield db_url
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from conftest import PostgresCluster
+
+    cluster = PostgresCluster()
+    cluster.start()
+    try:
+        yield cluster.create_database()
+    finally:
+        cluster.stop()
+
+
+def add_run_arguments(
+    ap: argparse.ArgumentParser,
+    *,
+    annotators: int,
+    seconds: float,
+    think_median_s: float,
+    no_think_share: float,
+    images: int,
+    gold: int,
+) -> None:
+    """The options of a reliability run against a server it starts (their defaults differ
+    per run); ``check_run_arguments`` bounds them."""
+    ap.add_argument("--data-dir", type=Path, required=True, help="a fresh folder")
+    ap.add_argument("--db", help="PostgreSQL URL of an empty database")
+    ap.add_argument("--pg", action="store_true", help="start a throwaway PostgreSQL cluster")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--annotators", type=int, default=annotators)
+    ap.add_argument("--seconds", type=float, default=seconds)
+    ap.add_argument("--think-median-s", type=float, default=think_median_s)
+    ap.add_argument("--no-think-share", type=float, default=no_think_share)
+    ap.add_argument("--images", type=int, default=images)
+    ap.add_argument("--gold", type=int, default=gold)
+    ap.add_argument("--json-out", type=Path)
+
+
+def check_run_arguments(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not 1 <= args.annotators <= 512 or not 0 < args.seconds <= 900:
+        ap.error("--annotators must be 1..512 and --seconds in (0, 900]")
 
 
 def count_users(db: Database, prefix: str) -> int:
