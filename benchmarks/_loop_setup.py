@@ -293,8 +293,9 @@ def run_database(db_url: str | None, throwaway_pg: bool) -> Iterator[str | None]
         cluster.stop()
 
 
-def add_run_arguments(
+def parse_run_args(
     ap: argparse.ArgumentParser,
+    argv: list[str] | None,
     *,
     annotators: int,
     seconds: float,
@@ -302,9 +303,9 @@ def add_run_arguments(
     no_think_share: float,
     images: int,
     gold: int,
-) -> None:
-    """The options of a reliability run against a server it starts (their defaults differ
-    per run); ``check_run_arguments`` bounds them."""
+) -> argparse.Namespace:
+    """``ap`` (a run's own options) plus the options every reliability run against a server
+    it starts has, with this run's defaults; parsed and bounded."""
     ap.add_argument("--data-dir", type=Path, required=True, help="a fresh folder")
     ap.add_argument("--db", help="PostgreSQL URL of an empty database")
     ap.add_argument("--pg", action="store_true", help="start a throwaway PostgreSQL cluster")
@@ -316,11 +317,10 @@ def add_run_arguments(
     ap.add_argument("--images", type=int, default=images)
     ap.add_argument("--gold", type=int, default=gold)
     ap.add_argument("--json-out", type=Path)
-
-
-def check_run_arguments(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    args = ap.parse_args(argv)
     if not 1 <= args.annotators <= 512 or not 0 < args.seconds <= 900:
         ap.error("--annotators must be 1..512 and --seconds in (0, 900]")
+    return args
 
 
 def count_users(db: Database, prefix: str) -> int:

@@ -39,9 +39,8 @@ from sqlalchemy import func, select
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _loop_setup import (
     JOB_NAME,
-    add_run_arguments,
-    check_run_arguments,
     fresh_data_dir,
+    parse_run_args,
     run_database,
 )
 from load import (
@@ -238,8 +237,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_run_arguments(
+    ap.add_argument("--kill-at", type=float, default=20.0)
+    ap.add_argument("--down-s", type=float, default=3.0)
+    ap.add_argument("--reservation-s", type=float, default=30.0)
+    ap.add_argument("--walk-away-share", type=float, default=0.25)
+    return parse_run_args(
         ap,
+        argv,
         annotators=60,
         seconds=90.0,
         think_median_s=3.0,
@@ -247,13 +251,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         images=600,
         gold=200,
     )
-    ap.add_argument("--kill-at", type=float, default=20.0)
-    ap.add_argument("--down-s", type=float, default=3.0)
-    ap.add_argument("--reservation-s", type=float, default=30.0)
-    ap.add_argument("--walk-away-share", type=float, default=0.25)
-    args = ap.parse_args(argv)
-    check_run_arguments(ap, args)
-    return args
 
 
 def main(argv: list[str] | None = None) -> int:

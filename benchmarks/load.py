@@ -46,13 +46,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _loop_setup import (  # noqa: E402
     JOB_NAME,
-    add_run_arguments,
-    check_run_arguments,
     count_images_over_target,
     create_annotators,
     database_url,
     fresh_data_dir,
     gold_answers,
+    parse_run_args,
     prepare_job,
     run_database,
     untainted_work_counts,
@@ -586,8 +585,11 @@ def print_human(r: dict[str, Any]) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_run_arguments(
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--double-submit-share", type=float, default=0.05)
+    return parse_run_args(
         ap,
+        argv,
         annotators=200,
         seconds=300.0,
         think_median_s=15.0,
@@ -595,11 +597,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         images=20000,
         gold=1500,
     )
-    ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--double-submit-share", type=float, default=0.05)
-    args = ap.parse_args(argv)
-    check_run_arguments(ap, args)
-    return args
 
 
 def main(argv: list[str] | None = None) -> int:
