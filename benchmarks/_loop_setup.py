@@ -1,4 +1,5 @@
-"""Setup for the annotation-loop benchmark (not timed): a job, images, a gold bank, annotators.
+"""Setup for the annotation-loop benchmark (not timed): a job, images, a gold bank, annotators,
+and the database checks that ``annotation_loop.py`` and ``load.py`` share after a run.
 
 Everything goes through the real schema and the real account code; only the image *files* are
 shortcuts: ``--files`` synthetic phantom renditions are made once and hard-linked under each
@@ -29,11 +30,14 @@ import re
 import secrets
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import func, insert, select
+from sqlalchemy import Subquery, func, insert, select
+from sqlalchemy.orm import Session
 
 from cxrlabel.annotate.accounts import create_user, issue_api_token
 from cxrlabel.annotate.aliases import Aliases
@@ -41,7 +45,7 @@ from cxrlabel.ingest.phantom import make_phantom_xray
 from cxrlabel.ingest.renditions import make_renditions, relative_paths
 from cxrlabel.jobspec import JobSpec, parse_job, resolve_job_path
 from cxrlabel.storage.db import Database
-from cxrlabel.storage.models import GoldItem, Image, ImageStatus, Job, User
+from cxrlabel.storage.models import GoldItem, Image, ImageStatus, Job, Judgment, User
 from cxrlabel.web.security import load_secret_key
 
 JOB_NAME = "bench-loop"
@@ -188,13 +192,32 @@ def create_annotators(db: Database, n: int, prefix: str) -> list[tuple[str, str]
     return out
 
 
+def database_url(data_dir: Path | None, db_url: str | None) -> str:
+    """The server's database: ``db_url``, else the SQLite file in its data dir."""
+    if db_url:
+        return db_url
+    if data_dir is None:
+        raise ValueError("give the server's data dir (SQLite) or a database URL")
+    return f"sqlite:///{(data_dir / 'cxrlabel.sqlite3').resolve()}"
+
+
+def server_secret_key(data_dir: Path | None) -> bytes | None:
+    """The key the server derives per-user image aliases from (``load_secret_key``): its
+    ``CXRLABEL_SECRET_KEY``, else the ``secret_key`` file of its data dir; None when neither
+    is known (a client given only ``--db``)."""
+    if os.environ.get("CXRLABEL_SECRET_KEY") or data_dir is not None:
+        return load_secret_key(data_dir or Path("."))  # the environment wins over the file
+    return None
+
+
 def gold_answers(
     db: Database, name: str = JOB_NAME, data_dir: Path | None = None
 ) -> dict[str, str]:
     """Test-question answers by image id as each annotator sees it: the benchmark client reads
     them from the database (a browser never gets them) so its annotators pass the quiz and
     stay trusted. Annotators see images under their own aliases (``annotate/aliases.py``): with
-    the server's data dir (its secret key) every existing annotator's aliases are included."""
+    the server's secret key (``server_secret_key``) every existing annotator's aliases are
+    included."""
     with db.session() as s:
         rows = s.execute(
             select(Image.public_id, GoldItem.accepted_answers)
@@ -204,10 +227,100 @@ def gold_answers(
         ).all()
         users = list(s.scalars(select(User.id).where(User.role == "annotator")))
     out = {pid: answers[0] for pid, answers in rows}
-    if data_dir is not None:
-        aliases = Aliases(load_secret_key(data_dir))
+    key = server_secret_key(data_dir)
+    if key is not None:
+        aliases = Aliases(key)
         out.update({aliases.image(pid, uid): answers[0] for pid, answers in rows for uid in users})
     return out
+
+
+# --- checks after a run (shared by annotation_loop.py and load.py) ---------------------------
+
+
+def untainted_work_counts(job_id: int) -> Subquery:
+    """Per image of the job: its untainted work judgments (``image_id``, ``n``)."""
+    return (
+        select(Judgment.image_id, func.count().label("n"))
+        .where(Judgment.job_id == job_id, Judgment.is_gold.is_(False), Judgment.tainted.is_(False))
+        .group_by(Judgment.image_id)
+        .subquery()
+    )
+
+
+def count_images_over_target(session: Session, job_id: int) -> int:
+    """Work images whose trusted judgment count passed their target (must stay 0)."""
+    return int(
+        session.scalar(
+            select(func.count(Image.id)).where(
+                Image.job_id == job_id,
+                Image.status != ImageStatus.GOLD,
+                Image.trusted_judgments > Image.judgment_target,
+            )
+        )
+        or 0
+    )
+
+
+# --- a reliability run's setup (shared by load.py and crash.py) ------------------------------
+
+
+def fresh_data_dir(path: Path) -> Path:
+    """``path`` resolved and created; one with anything in it is refused, so that a run's
+    checks never count an earlier run's data."""
+    data_dir = path.resolve()
+    if data_dir.exists() and any(data_dir.iterdir()):
+        raise SystemExit(f"{data_dir} is not empty: give a fresh --data-dir")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return data_dir
+
+
+@contextmanager
+def run_database(db_url: str | None, throwaway_pg: bool) -> Iterator[str | None]:
+    """The run's database URL: ``db_url``; with ``throwaway_pg`` and no URL, a throwaway
+    PostgreSQL cluster (tests/conftest.py), stopped afterwards; else None (SQLite in the data
+    dir)."""
+    if db_url or not throwaway_pg:
+        yield db_url
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from conftest import PostgresCluster
+
+    cluster = PostgresCluster()
+    cluster.start()
+    try:
+        yield cluster.create_database()
+    finally:
+        cluster.stop()
+
+
+def parse_run_args(
+    ap: argparse.ArgumentParser,
+    argv: list[str] | None,
+    *,
+    annotators: int,
+    seconds: float,
+    think_median_s: float,
+    no_think_share: float,
+    images: int,
+    gold: int,
+) -> argparse.Namespace:
+    """``ap`` (a run's own options) plus the options every reliability run against a server
+    it starts has, with this run's defaults; parsed and bounded."""
+    ap.add_argument("--data-dir", type=Path, required=True, help="a fresh folder")
+    ap.add_argument("--db", help="PostgreSQL URL of an empty database")
+    ap.add_argument("--pg", action="store_true", help="start a throwaway PostgreSQL cluster")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--annotators", type=int, default=annotators)
+    ap.add_argument("--seconds", type=float, default=seconds)
+    ap.add_argument("--think-median-s", type=float, default=think_median_s)
+    ap.add_argument("--no-think-share", type=float, default=no_think_share)
+    ap.add_argument("--images", type=int, default=images)
+    ap.add_argument("--gold", type=int, default=gold)
+    ap.add_argument("--json-out", type=Path)
+    args = ap.parse_args(argv)
+    if not 1 <= args.annotators <= 512 or not 0 < args.seconds <= 900:
+        ap.error("--annotators must be 1..512 and --seconds in (0, 900]")
+    return args
 
 
 def count_users(db: Database, prefix: str) -> int:
@@ -226,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--files", type=int, default=48, help="distinct phantom renditions")
     args = ap.parse_args(argv)
     args.data_dir.mkdir(parents=True, exist_ok=True)
-    url = args.db or f"sqlite:///{(args.data_dir / 'cxrlabel.sqlite3').resolve()}"
+    url = database_url(args.data_dir, args.db)
     db = Database(url)
     try:
         p = prepare_job(

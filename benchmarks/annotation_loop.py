@@ -55,7 +55,16 @@ import httpx
 from sqlalchemy import and_, func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _loop_setup import JOB_NAME, SPEC_CHANGES, create_annotators, gold_answers
+from _loop_setup import (
+    JOB_NAME,
+    SPEC_CHANGES,
+    count_images_over_target,
+    create_annotators,
+    database_url,
+    gold_answers,
+    server_secret_key,
+    untainted_work_counts,
+)
 from _rawhttp import RawClient, RawHTTPError, RawTimeout
 
 from cxrlabel.jobstore import spec_from_job_row
@@ -357,24 +366,8 @@ def verify(db: Database, job_name: str, usernames: list[str], acked: int) -> dic
             )
             or 0
         )
-        over_target = int(
-            s.scalar(
-                select(func.count(Image.id)).where(
-                    Image.job_id == job.id,
-                    Image.status != ImageStatus.GOLD,
-                    Image.trusted_judgments > Image.judgment_target,
-                )
-            )
-            or 0
-        )
-        work = (
-            select(Judgment.image_id, func.count().label("n"))
-            .where(
-                Judgment.job_id == job.id, Judgment.is_gold.is_(False), Judgment.tainted.is_(False)
-            )
-            .group_by(Judgment.image_id)
-            .subquery()
-        )
+        over_target = count_images_over_target(s, job.id)
+        work = untainted_work_counts(job.id)
         over_max = int(
             s.scalar(select(func.count()).select_from(work).where(work.c.n > spec.judgments.max))
             or 0
@@ -517,6 +510,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error("--seconds must be in (0, 600]")
     if not (args.db or args.data_dir):
         ap.error("give --data-dir (SQLite) or --db so the results can be checked in the DB")
+    if server_secret_key(args.data_dir) is None:
+        ap.error(
+            "--db without --data-dir: annotators see images under per-user aliases keyed by the "
+            "server's secret key, so the client cannot find the test questions' answers; give "
+            "the server's --data-dir (its secret_key file) or set CXRLABEL_SECRET_KEY as the "
+            "server has it"
+        )
     args.url = require_loopback(args.url)
     return args
 
@@ -532,7 +532,7 @@ def _run_loop(coro: Any) -> Any:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    url = args.db or f"sqlite:///{(args.data_dir / 'cxrlabel.sqlite3').resolve()}"
+    url = database_url(args.data_dir, args.db)
     db = Database(url)
     try:
         prefix = args.prefix or f"lb{int(time.time()) % 10**6}-{os.getpid() % 1000}"

@@ -37,9 +37,13 @@ from typing import Any
 from sqlalchemy import func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _loop_setup import JOB_NAME
+from _loop_setup import (
+    JOB_NAME,
+    fresh_data_dir,
+    parse_run_args,
+    run_database,
+)
 from load import (
-    HERE,
     Ledger,
     LoadConfig,
     Server,
@@ -140,24 +144,13 @@ def orphan_check(
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    data_dir = args.data_dir.resolve()
-    if data_dir.exists() and any(data_dir.iterdir()):
-        raise SystemExit(f"{data_dir} is not empty: give a fresh --data-dir")
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = fresh_data_dir(args.data_dir)
     if args.seconds < args.kill_at + args.down_s + args.reservation_s + 15:
         raise SystemExit(
             "--seconds must leave the load running past the reservation time "
             "after the restart (kill-at + down-s + reservation-s + 15)"
         )
-    cluster, db_url = None, args.db
-    if args.pg and not db_url:
-        sys.path.insert(0, str(HERE.parent / "tests"))
-        from conftest import PostgresCluster
-
-        cluster = PostgresCluster()
-        cluster.start()
-        db_url = cluster.create_database()
-    try:
+    with run_database(args.db, args.pg) as db_url:
         url, usernames, tokens, gold = prepare(
             data_dir,
             db_url,
@@ -219,9 +212,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             db.dispose()
         reserved = orphan_check(url, orphans)
-    finally:
-        if cluster is not None:
-            cluster.stop()
     fig = figures(stats, info)
     connection_errors = sum(n for k, n in stats.errors.items() if ":http_" not in k)
     result = {
@@ -247,25 +237,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", type=Path, required=True)
-    ap.add_argument("--db")
-    ap.add_argument("--pg", action="store_true")
-    ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--annotators", type=int, default=60)
-    ap.add_argument("--seconds", type=float, default=90.0)
     ap.add_argument("--kill-at", type=float, default=20.0)
     ap.add_argument("--down-s", type=float, default=3.0)
     ap.add_argument("--reservation-s", type=float, default=30.0)
     ap.add_argument("--walk-away-share", type=float, default=0.25)
-    ap.add_argument("--think-median-s", type=float, default=3.0)
-    ap.add_argument("--no-think-share", type=float, default=0.2)
-    ap.add_argument("--images", type=int, default=600)
-    ap.add_argument("--gold", type=int, default=200)
-    ap.add_argument("--json-out", type=Path)
-    args = ap.parse_args(argv)
-    if not 1 <= args.annotators <= 512 or not 0 < args.seconds <= 900:
-        ap.error("--annotators must be 1..512 and --seconds in (0, 900]")
-    return args
+    return parse_run_args(
+        ap,
+        argv,
+        annotators=60,
+        seconds=90.0,
+        think_median_s=3.0,
+        no_think_share=0.2,
+        images=600,
+        gold=200,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ slow path of the quality engine).
 
 Printed per call kind (work pages only; quiz pages and the submits that caused a removal are
 reported apart): mean / p50 / p95 ms, and SQL statements per call (counted on the engine's
-cursor). ``quality`` is the part of ``submit`` spent in ``quality.service.on_page_submitted``.
+cursor). ``quality`` is the part of ``submit`` spent in ``quality.grading.on_page_submitted``.
 
 Named baseline in the same run: ``--baseline-ref REF`` extracts ``src/`` of that git commit
 (``git archive``, read-only) into a temp dir and runs the identical workload with that code
@@ -220,7 +220,7 @@ def run_workload(url: str, args: argparse.Namespace) -> dict[str, Any]:
     from cxrlabel.annotate.assignment import join_job, next_page_or_reason
     from cxrlabel.annotate.schemas import AnswerIn
     from cxrlabel.annotate.submission import submit_page
-    from cxrlabel.quality import service
+    from cxrlabel.quality import audit, grading
     from cxrlabel.storage.db import Database
     from cxrlabel.storage.models import Job, User
 
@@ -241,7 +241,7 @@ def run_workload(url: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
     # Time the quality engine inside submit_page (submission calls it through the module).
-    original = service.on_page_submitted
+    original = grading.on_page_submitted
     quality_last: list[float] = [0.0, 0]
 
     def timed_quality(*a: Any, **kw: Any) -> Any:
@@ -321,7 +321,7 @@ def run_workload(url: str, args: argparse.Namespace) -> dict[str, Any]:
     wall = time.perf_counter() - started_all
 
     with db.session() as s:
-        report = service.verify_replay(s, s.get(Job, job_id), spec)
+        report = audit.verify_replay(s, s.get(Job, job_id), spec)
     db.dispose()
     return {
         "code": str(Path(cxrlabel.__file__).resolve().parent.parent),

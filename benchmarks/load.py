@@ -44,15 +44,25 @@ from sqlalchemy import func, select
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _loop_setup import JOB_NAME, create_annotators, gold_answers, prepare_job  # noqa: E402
+from _loop_setup import (  # noqa: E402
+    JOB_NAME,
+    count_images_over_target,
+    create_annotators,
+    database_url,
+    fresh_data_dir,
+    gold_answers,
+    parse_run_args,
+    prepare_job,
+    run_database,
+    untainted_work_counts,
+)
 from annotation_loop import Annotator, Stats, summary  # noqa: E402
 
 from cxrlabel.jobstore import spec_from_job_row  # noqa: E402
-from cxrlabel.quality.service import verify_replay  # noqa: E402
+from cxrlabel.quality.audit import verify_replay  # noqa: E402
 from cxrlabel.storage.db import Database  # noqa: E402
 from cxrlabel.storage.models import (  # noqa: E402
     Image,
-    ImageStatus,
     Job,
     Judgment,
     Page,
@@ -311,14 +321,7 @@ def check_database(
             )
             or 0
         )
-        work = (
-            select(Judgment.image_id, func.count().label("n"))
-            .where(
-                Judgment.job_id == job.id, Judgment.is_gold.is_(False), Judgment.tainted.is_(False)
-            )
-            .group_by(Judgment.image_id)
-            .subquery()
-        )
+        work = untainted_work_counts(job.id)
         over_target = int(
             s.scalar(
                 select(func.count())
@@ -328,16 +331,7 @@ def check_database(
             )
             or 0
         )
-        over_target_status = int(
-            s.scalar(
-                select(func.count(Image.id)).where(
-                    Image.job_id == job.id,
-                    Image.status != ImageStatus.GOLD,
-                    Image.trusted_judgments > Image.judgment_target,
-                )
-            )
-            or 0
-        )
+        over_target_status = count_images_over_target(s, job.id)
         replay = verify_replay(s, job, spec)
     lost = {pid: n for pid, n in acked.items() if per_page.get(pid, 0) != n}
     half = {
@@ -486,7 +480,7 @@ def prepare(
     import hashlib
     import re
 
-    url = db_url or f"sqlite:///{(data_dir / 'cxrlabel.sqlite3').resolve()}"
+    url = database_url(data_dir, db_url)
     db = Database(url)
     try:
         prepare_job(db, data_dir, n_images=images, n_gold=gold, n_files=16)
@@ -522,20 +516,8 @@ def warmup_pages(db_url: str, usernames: list[str]) -> dict[str, int]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    data_dir = args.data_dir.resolve()
-    if data_dir.exists() and any(data_dir.iterdir()):
-        raise SystemExit(f"{data_dir} is not empty: give a fresh --data-dir")
-    data_dir.mkdir(parents=True, exist_ok=True)
-    cluster = None
-    db_url = args.db
-    if args.pg and not db_url:
-        sys.path.insert(0, str(HERE.parent / "tests"))
-        from conftest import PostgresCluster
-
-        cluster = PostgresCluster()
-        cluster.start()
-        db_url = cluster.create_database()
-    try:
+    data_dir = fresh_data_dir(args.data_dir)
+    with run_database(args.db, args.pg) as db_url:
         url, usernames, tokens, gold = prepare(
             data_dir, db_url, images=args.images, gold=args.gold, annotators=args.annotators
         )
@@ -561,9 +543,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             checked = check_database(db, JOB_NAME, usernames, ledger, quiz)
         finally:
             db.dispose()
-    finally:
-        if cluster is not None:
-            cluster.stop()
     result = {
         "bench": "reliability-load",
         "db": "postgresql" if db_url else "sqlite",
@@ -606,23 +585,18 @@ def print_human(r: dict[str, Any]) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", type=Path, required=True, help="a fresh folder")
-    ap.add_argument("--db", help="PostgreSQL URL of an empty database")
-    ap.add_argument("--pg", action="store_true", help="start a throwaway PostgreSQL cluster")
-    ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--annotators", type=int, default=200)
-    ap.add_argument("--seconds", type=float, default=300.0)
-    ap.add_argument("--think-median-s", type=float, default=15.0)
-    ap.add_argument("--no-think-share", type=float, default=0.1)
     ap.add_argument("--double-submit-share", type=float, default=0.05)
-    ap.add_argument("--images", type=int, default=20000)
-    ap.add_argument("--gold", type=int, default=1500)
-    ap.add_argument("--json-out", type=Path)
-    args = ap.parse_args(argv)
-    if not 1 <= args.annotators <= 512 or not 0 < args.seconds <= 900:
-        ap.error("--annotators must be 1..512 and --seconds in (0, 900]")
-    return args
+    return parse_run_args(
+        ap,
+        argv,
+        annotators=200,
+        seconds=300.0,
+        think_median_s=15.0,
+        no_think_share=0.1,
+        images=20000,
+        gold=1500,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -92,7 +92,7 @@ for c in $CONCS; do
          --seconds $((${DURATION%.*} / 2)) >"$RES/waits-w$w-c$c.txt" 2>&1) &
     fi
     (cd "$ROOT" && timeout $((${DURATION%.*} + 400)) "$PY" "$HERE/annotation_loop.py" \
-        --url "http://127.0.0.1:$port" --db "$PGURL/$db" --annotators "$c" \
+        --url "http://127.0.0.1:$port" --data-dir "$DATA" --db "$PGURL/$db" --annotators "$c" \
         --seconds "$DURATION" --server-pid "$spid" --label "postgres workers=$w" \
         --json-out "$RES/postgres.jsonl") 2>"$RES/loop-w$w-c$c.log" \
         || log "run exited non-zero (see $RES/loop-w$w-c$c.log)"

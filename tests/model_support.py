@@ -13,18 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-COLUMNS = (
-    "file_name",
-    "label",
-    "confidence",
-    "p_NORMAL",
-    "p_PNEUMONIA",
-    "split",
-    "patient_id",
-    "expert_reviewed",
-    "reference_label",
-    "source_upstream_resized",
-)
+from cxrlabel.model.reference import METADATA_COLUMNS, metadata_row
 
 
 def synthetic_xray(rng: np.random.Generator, pneumonia: bool, width: int, height: int):
@@ -56,22 +45,9 @@ def write_synthetic_export(out: Path, n: int = 48, seed: int = 0) -> Path:
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         width, height = int(rng.integers(80, 120)), int(rng.integers(70, 110))
         Image.fromarray(synthetic_xray(rng, pneumonia, width, height)).save(out / rel)
-        rows.append(
-            {
-                "file_name": rel.as_posix(),
-                "label": label,
-                "confidence": f"{max(p, 1 - p):.3f}",
-                "p_NORMAL": f"{1 - p:.3f}",
-                "p_PNEUMONIA": f"{p:.3f}",
-                "split": split,
-                "patient_id": f"P{i // 2}",
-                "expert_reviewed": "false",
-                "reference_label": "",
-                "source_upstream_resized": "",
-            }
-        )
+        rows.append(metadata_row(rel.as_posix(), label, p, split, f"P{i // 2}", decimals=3))
     with (out / "metadata.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer = csv.DictWriter(fh, fieldnames=METADATA_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
     return out

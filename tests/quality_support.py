@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import select
 
 from cxrlabel.jobspec import JobSpec, parse_job
-from cxrlabel.quality import service
+from cxrlabel.quality import audit, grading, records
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import (
     AnnotatorState,
@@ -153,7 +153,7 @@ class QEnv:
         *,
         seconds: float = 60.0,
         kind: str | None = None,
-    ) -> service.PageOutcome:
+    ) -> records.PageOutcome:
         """One page by ``who``: image name -> answer | (answer, certainty[, flag])."""
         now = self.tick()
         uid = self.users[who]
@@ -215,7 +215,7 @@ class QEnv:
                 )
             s.add_all(rows)
             s.flush()
-            return service.on_page_submitted(s, job, self.spec, user, page, rows, now)
+            return grading.on_page_submitted(s, job, self.spec, user, page, rows, now)
 
     def call(self, fn: Any, *args: Any, **kw: Any) -> Any:
         """Run a service function in its own transaction with (session, job, ...) arguments."""
@@ -247,9 +247,9 @@ class QEnv:
                 )
             )
 
-    def verify(self) -> service.ReplayReport:
+    def verify(self) -> audit.ReplayReport:
         with self.db.session() as s:
-            return service.verify_replay(s, s.get(Job, self.job_id), self.spec)
+            return audit.verify_replay(s, s.get(Job, self.job_id), self.spec)
 
 
 def _unpack(value: Answer) -> tuple[str, str, str | None]:

@@ -23,7 +23,7 @@ from cxrlabel.annotate.assignment import next_page
 from cxrlabel.annotate.schemas import AnswerIn
 from cxrlabel.annotate.submission import submit_page
 from cxrlabel.config import Settings
-from cxrlabel.quality import service
+from cxrlabel.quality import commands
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import Image, ImageStatus, Job, Judgment, Page, User, utcnow
 from cxrlabel.web.app import create_app
@@ -170,12 +170,12 @@ def build_env(db_url: str, data_dir: Path) -> Env:
     with db.session() as s:
         job, spec = job_and_spec(s, JOB)
         admin = s.get(User, ids[ADMIN])
-        service.remove_annotator(s, job, spec, admin, ids[REMOVED], "security test", now)
+        commands.remove_annotator(s, job, spec, admin, ids[REMOVED], "security test", now)
         quiz_page = s.scalar(select(Page).where(Page.public_id == quiz_a))
         missed = s.scalars(
             select(Judgment).where(Judgment.page_id == quiz_page.id, Judgment.gold_missed.is_(True))
         ).all()
-        contest = service.contest_gold(
+        contest = commands.contest_gold(
             s, job, spec, s.get(User, ids[A]), missed[0].id, "I think it is the other one", now
         )
         done_page = s.scalar(select(Page).where(Page.public_id == done_a))

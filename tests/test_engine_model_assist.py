@@ -12,7 +12,7 @@ from sqlalchemy import select, text, update
 from cxrlabel.annotate.assignment import next_page_or_reason
 from cxrlabel.annotate.claim import claim_open_images
 from cxrlabel.jobspec import Assignment, JobSpecError, parse_job
-from cxrlabel.quality import service
+from cxrlabel.quality import commands, views
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import AuditEvent, Image, Job, User
 from quality_support import pass_quiz, quality_toml, seed
@@ -203,7 +203,7 @@ def test_confident_model_disagreement_goes_to_review_and_is_audited(db):
     assert w0["model_score"] == 0.95 and w0["model_disagreement"] == 0.9
     assert w0["label"] == "NORMAL"
     assert events[f"image:{env.images['w2']}"]["model_score"] == 0.05
-    queue = env.call(service.review_queue, env.spec)
+    queue = env.call(views.review_queue, env.spec)
     assert {q.public_id: q.reason for q in queue} == {
         env.image("w0").public_id: "model_disagreement",
         env.image("w2").public_id: "model_disagreement",
@@ -213,7 +213,7 @@ def test_confident_model_disagreement_goes_to_review_and_is_audited(db):
     # An expert settles it like any other review.
     env.users["expert"] = env.add_user("expert-09", role="expert")
     env.call(
-        lambda s, job: service.record_expert_label(
+        lambda s, job: commands.record_expert_label(
             s,
             job,
             env.spec,

@@ -4,11 +4,9 @@ nothing; the gold check, the gold list and the admin gold page show exposure and
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import select
 from typer.testing import CliRunner
 
@@ -25,28 +23,31 @@ from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import AuditEvent, GoldItem, Image, User, utcnow
 from cxrlabel.web.app import create_app
 from cxrlabel.web.deps import job_and_spec
-from web_support import add_user, gold_answers, seed_job
+from web_support import add_user, gold_answers, seed_job, signed_in_client
 
 
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
     db = Database(url)
-    # A quiz of 3 from a bank of 4; the bank's floor is the quiz alone (no work pages), so
-    # one item may be retired before the floor keeps the rest.
     monkeypatch.setattr(exposure, "SMALL_BANK_WORK_PAGES", 0)
-    seeded = seed_job(
+    yield db, _seed_small_bank(db, tmp_path, retire_after_reveals=2), tmp_path, url
+    db.dispose()
+
+
+def _seed_small_bank(db: Database, data_dir: Path, retire_after_reveals: int):
+    """A quiz of 3 from a bank of 4; with ``SMALL_BANK_WORK_PAGES`` 0 the bank's floor is the
+    quiz alone (no work pages), so one item may be retired before the floor keeps the rest."""
+    return seed_job(
         db,
-        tmp_path,
+        data_dir,
         n_work=8,
         n_gold=4,
         quiz_length=3,
         items_per_page=4,
         min_accuracy=0.6,
-        retire_after_reveals=2,
+        retire_after_reveals=retire_after_reveals,
     )
-    yield db, seeded, tmp_path, url
-    db.dispose()
 
 
 def _quiz(db: Database, username: str, gold: dict, miss: set[str]) -> list[str]:
@@ -158,16 +159,7 @@ def test_retirement_off_with_zero(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
     db = Database(url)
     try:
-        seeded = seed_job(
-            db,
-            tmp_path,
-            n_work=8,
-            n_gold=4,
-            quiz_length=3,
-            items_per_page=4,
-            min_accuracy=0.6,
-            retire_after_reveals=0,
-        )
+        seeded = _seed_small_bank(db, tmp_path, retire_after_reveals=0)
         gold = gold_answers(db, seeded.job_id)
         target = sorted(gold)[0]
         target_id = _image_id(db, target)
@@ -197,18 +189,7 @@ def test_gold_check_list_and_admin_page_show_exposure(env):
     assert listed.exit_code == 0 and "revealed" in listed.output
     app = create_app(Settings(data_dir=data_dir, db_url=url), db=db)
     add_user(db, "boss", "admin")
-    client = TestClient(app)
-    html = client.get("/login").text
-    csrf = re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
-    client.post(
-        "/login",
-        data={
-            "username": "boss",
-            "password": "correct horse battery",
-            "csrf_token": csrf,
-            "next": "/",
-        },
-    )
+    client = signed_in_client(app, "boss")
     page = client.get("/admin/jobs/test-job/gold").text
     assert "Revealed to" in page and 'data-warning="small_bank"' in page
     assert "1 retired so far" in page
@@ -220,7 +201,7 @@ def test_engine_refuses_every_contest_but_a_missed_one_the_same_way(env):
     """quality.commands.contest_gold: a correct gold answer, a work answer, another account's
     missed gold and an unknown id all get the one ``not_contestable`` refusal."""
     from cxrlabel.quality.commands import contest_gold
-    from cxrlabel.quality.service import QualityError
+    from cxrlabel.quality.store import QualityError
     from cxrlabel.storage.models import Judgment
 
     db, seeded, _data_dir, _url = env
@@ -248,3 +229,35 @@ def test_engine_refuses_every_contest_but_a_missed_one_the_same_way(env):
     with db.session() as s:
         job, _spec = job_and_spec(s, "test-job")
         assert contest_gold(s, job, _spec, s.get(User, me.id), missed, "I disagree", utcnow()).id
+
+
+def test_reimport_keeps_retired_gold_retired(env):
+    """Re-importing the exported bank (the usual way to edit reasons) must not bring back an
+    item retired for exposure or switched off by an admin (e.g. after contests), and says so."""
+    from cxrlabel.quality.commands import update_gold
+
+    db, seeded, data_dir, url = env
+    gold = gold_answers(db, seeded.job_id)
+    exposed, switched_off = sorted(gold)[:2]
+    _quiz_with(db, "first", gold, exposed)
+    _quiz_with(db, "second", gold, exposed)  # the second reveal retires it
+    admin_id = add_user(db, "boss", "admin")
+    with db.session() as s:
+        job, spec = job_and_spec(s, "test-job")
+        gold_id = s.scalar(
+            select(GoldItem.id).where(GoldItem.image_id == _image_id_in(s, switched_off))
+        )
+        update_gold(s, job, spec, s.get(User, admin_id), gold_id, now=utcnow(), active=False)
+    runner = CliRunner(env={"COLUMNS": "250"})
+    base = ["--data-dir", str(data_dir), "--db", url]
+    bank = data_dir / "bank.csv"
+    exported = runner.invoke(
+        cli_app, [*base, "gold", "export", "--job", "test-job", "-o", str(bank)]
+    )
+    assert exported.exit_code == 0, exported.output
+    imported = runner.invoke(cli_app, [*base, "gold", "import", str(bank), "--job", "test-job"])
+    assert imported.exit_code == 0, imported.output
+    assert "2 kept retired" in imported.output
+    with db.session() as s:
+        active = dict(s.execute(select(Image.public_id, GoldItem.active).join(GoldItem)).all())
+    assert active == {pid: pid not in (exposed, switched_off) for pid in gold}

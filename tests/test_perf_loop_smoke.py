@@ -17,10 +17,13 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import annotation_loop  # noqa: E402
-from _loop_setup import prepare_job  # noqa: E402
+from _loop_setup import create_annotators, gold_answers, prepare_job  # noqa: E402
+from sqlalchemy import select  # noqa: E402
 
+from cxrlabel.annotate.aliases import Aliases  # noqa: E402
 from cxrlabel.config import Settings  # noqa: E402
 from cxrlabel.storage.db import Database  # noqa: E402
+from cxrlabel.storage.models import Image, ImageStatus, User  # noqa: E402
 from cxrlabel.web.app import create_app  # noqa: E402
 from live_server import LiveServer  # noqa: E402
 
@@ -77,3 +80,27 @@ def test_annotation_loop_stores_exactly_what_it_acknowledged(live_server) -> Non
     assert checked["tainted_judgments"] == 0 and checked["inactive_users"] == 0
     assert result["ok"] is True
     assert result["latency"]["image"]["count"] == served
+
+
+def test_db_without_data_dir_needs_the_servers_secret_key(tmp_path: Path, monkeypatch, capsys):
+    """Annotators see images under per-user aliases keyed by the server's secret key: with
+    ``--db`` alone the client cannot know the test-question answers by alias (every quiz
+    failed); it must say so, or use ``CXRLABEL_SECRET_KEY`` when given the server's."""
+    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    monkeypatch.delenv("CXRLABEL_SECRET_KEY", raising=False)
+    with pytest.raises(SystemExit):
+        annotation_loop.parse_args(["--url", "http://127.0.0.1:9", "--db", url])
+    assert "CXRLABEL_SECRET_KEY" in capsys.readouterr().err
+    monkeypatch.setenv("CXRLABEL_SECRET_KEY", "the-servers-key")
+    args = annotation_loop.parse_args(["--url", "http://127.0.0.1:9", "--db", url])
+    db = Database(args.db)
+    try:
+        prepare_job(db, tmp_path, n_images=4, n_gold=2, n_files=1)
+        create_annotators(db, 1, "key")
+        answers = gold_answers(db, data_dir=args.data_dir)
+        with db.session() as s:
+            gold_pid = s.scalar(select(Image.public_id).where(Image.status == ImageStatus.GOLD))
+            uid = s.scalar(select(User.id))
+    finally:
+        db.dispose()
+    assert Aliases(b"the-servers-key").image(gold_pid, uid) in answers

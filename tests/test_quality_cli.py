@@ -8,7 +8,7 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from cxrlabel.cli import app
-from cxrlabel.quality import service
+from cxrlabel.quality import commands
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import Image
 from quality_support import make_env, pass_quiz
@@ -24,7 +24,7 @@ def test_cli_replay_annotators_and_contests(tmp_path):
     env.submit("ann", {"w0": "PNEUMONIA", "g3": "PNEUMONIA"})
     missed = next(j for j in env.judgments_of("ann") if j.image_id == env.images["g3"])
     contest = env.call(
-        lambda s, job: service.contest_gold(
+        lambda s, job: commands.contest_gold(
             s, job, env.spec, env.user(s, "ann"), missed.id, "I see an opacity", env.tick()
         )
     )

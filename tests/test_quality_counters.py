@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import event, select, update
 
-from cxrlabel.quality import service
+from cxrlabel.quality import audit, store
 from cxrlabel.quality.consensus import ConsensusParams, aggregate_one, aggregate_one_with_fit
 from cxrlabel.storage.models import AnnotatorState, Job
 from quality_support import make_env, pass_quiz
@@ -20,7 +20,7 @@ def _stored_counts(env, name):
 
 def _counted_from_judgments(env, name):
     with env.db.session() as s:
-        state = service.DbState(s, s.get(Job, env.job_id), env.spec)
+        state = store.DbState(s, s.get(Job, env.job_id), env.spec)
         return state._count_answers(env.users[name]).to_dict()
 
 
@@ -81,7 +81,7 @@ def test_replay_reports_tampered_counts_and_fix_repairs_them(db):
     assert not report.matched
     assert any(d.startswith(f"answer counts {env.users['t']}") for d in report.differences)
     with db.session() as s:
-        service.verify_replay(s, s.get(Job, env.job_id), env.spec, fix=True, now=env.tick())
+        audit.verify_replay(s, s.get(Job, env.job_id), env.spec, fix=True, now=env.tick())
     assert env.verify().matched
     assert _stored_counts(env, "t") == _counted_from_judgments(env, "t")
 

@@ -106,7 +106,7 @@ def test_a_failed_quiz_is_retaken_on_other_questions_then_final(db):
 
 
 def test_a_contested_miss_does_not_count_until_the_contest_is_resolved(db):
-    from cxrlabel.quality import service
+    from cxrlabel.quality import commands
 
     env = make_env(db)  # prior 1:1, trust = (correct + 1) / (seen + 2)
     env.add_user("ann")
@@ -116,14 +116,14 @@ def test_a_contested_miss_does_not_count_until_the_contest_is_resolved(db):
     assert env.annotator("ann").trust == 4 / 6
     missed = next(j for j in env.judgments_of("ann") if j.image_id == env.images["g3"])
     contest = env.call(
-        lambda s, job: service.contest_gold(
+        lambda s, job: commands.contest_gold(
             s, job, env.spec, env.user(s, "ann"), missed.id, "I see a patch", env.tick()
         )
     )
     ann = env.annotator("ann")
     assert ann.flags["contested"] == [missed.id] and ann.trust == 4 / 5  # as if unseen
     env.call(
-        lambda s, job: service.resolve_contest(
+        lambda s, job: commands.resolve_contest(
             s,
             job,
             env.spec,

@@ -13,8 +13,8 @@ from sqlalchemy import select
 from cxrlabel.annotate.assignment import join_job, next_page_or_reason
 from cxrlabel.annotate.schemas import AnswerIn
 from cxrlabel.annotate.submission import submit_page
-from cxrlabel.quality import service
-from cxrlabel.quality.service import ReviewConflict
+from cxrlabel.quality import audit, commands
+from cxrlabel.quality.store import ReviewConflict
 from cxrlabel.storage.models import AnnotatorState, ExpertReview, GoldItem, Image, Job, User
 from quality_support import make_env, pass_quiz
 from web_support import add_user, seed_job
@@ -93,7 +93,7 @@ def test_annotation_engine_drives_quality_and_replays(db, tmp_path):
         ).all()
         assert images, "the good annotators finalised some images"
         assert all(i.label == truth[i.id] and i.trusted_judgments >= 2 for i in images)
-        report = service.verify_replay(s, job, seeded.spec)
+        report = audit.verify_replay(s, job, seeded.spec)
     assert report.matched, report.differences
     assert report.judgments == sum(r.saved for rs in results.values() for r in rs)
 
@@ -113,7 +113,7 @@ def test_two_experts_at_once_the_second_gets_a_conflict(db):
         try:
             with db.session() as s:
                 job = s.get(Job, env.job_id)
-                service.record_expert_label(
+                commands.record_expert_label(
                     s,
                     job,
                     env.spec,

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from cxrlabel.quality import service
-from cxrlabel.quality.service import QualityError
+from cxrlabel.quality import commands
+from cxrlabel.quality.store import QualityError
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import AnnotatorState, Contest, GoldItem, Image, Judgment
 from quality_support import make_env
@@ -83,13 +83,13 @@ def _run_step(env, step, names):
     try:
         if kind == "remove":
             env.call(
-                lambda s, job: service.remove_annotator(
+                lambda s, job: commands.remove_annotator(
                     s, job, env.spec, env.user(s, "admin"), env.users[name], "random", env.tick()
                 )
             )
         elif kind == "reinstate":
             env.call(
-                lambda s, job: service.reinstate_annotator(
+                lambda s, job: commands.reinstate_annotator(
                     s, job, env.spec, env.user(s, "admin"), env.users[name], "random", env.tick()
                 )
             )
@@ -98,14 +98,14 @@ def _run_step(env, step, names):
             if gold:
                 judgment = rng.choice(gold)
                 contest = env.call(
-                    lambda s, job: service.contest_gold(
+                    lambda s, job: commands.contest_gold(
                         s, job, env.spec, env.user(s, name), judgment.id, "I disagree", env.tick()
                     )
                 )
                 answers = rng.choice([["NORMAL"], ["PNEUMONIA"], ["NORMAL", "PNEUMONIA"]])
                 try:
                     env.call(
-                        lambda s, job: service.resolve_contest(
+                        lambda s, job: commands.resolve_contest(
                             s,
                             job,
                             env.spec,
@@ -119,7 +119,7 @@ def _run_step(env, step, names):
                     )
                 except QualityError:  # the answers were already exactly these
                     env.call(
-                        lambda s, job: service.resolve_contest(
+                        lambda s, job: commands.resolve_contest(
                             s,
                             job,
                             env.spec,
@@ -134,7 +134,7 @@ def _run_step(env, step, names):
         elif kind == "expert":
             work = rng.choice([n for n in env.images if n.startswith("w")])
             env.call(
-                lambda s, job: service.record_expert_label(
+                lambda s, job: commands.record_expert_label(
                     s,
                     job,
                     env.spec,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from cxrlabel.quality import service
-from cxrlabel.quality.service import QualityError, ReviewConflict
+from cxrlabel.quality import audit, commands, views
+from cxrlabel.quality.store import QualityError, ReviewConflict
 from cxrlabel.storage.models import AuditEvent, Contest, GoldItem, Image, Judgment
 from quality_support import make_env, pass_quiz
 
@@ -52,7 +52,7 @@ def test_quiz_pass_makes_active_and_quiz_fail_is_final(db):
     _admin(env)
     with pytest.raises(QualityError, match="final"):
         env.call(
-            lambda s, job: service.reinstate_annotator(
+            lambda s, job: commands.reinstate_annotator(
                 s, job, env.spec, env.user(s, "admin"), env.users["bob"], "", env.tick()
             )
         )
@@ -103,7 +103,7 @@ def test_reinstating_reverses_the_removal(db):
     assert env.image("w0").status == "needs_judgments"
     admin = _admin(env)
     env.call(
-        lambda s, job: service.reinstate_annotator(
+        lambda s, job: commands.reinstate_annotator(
             s, job, env.spec, env.user(s, "admin"), env.users["cat"], "checked by hand", env.tick()
         )
     )
@@ -115,7 +115,7 @@ def test_reinstating_reverses_the_removal(db):
     assert admin in {a.actor_id for a in _actions(env, "admin.annotator_reinstated")}
     # An admin removal works the same way and is refused twice.
     env.call(
-        lambda s, job: service.remove_annotator(
+        lambda s, job: commands.remove_annotator(
             s, job, env.spec, env.user(s, "admin"), env.users["cat"], "copied answers", env.tick()
         )
     )
@@ -123,13 +123,13 @@ def test_reinstating_reverses_the_removal(db):
     assert env.image("w0").status == "needs_judgments"
     with pytest.raises(QualityError, match="already removed"):
         env.call(
-            lambda s, job: service.remove_annotator(
+            lambda s, job: commands.remove_annotator(
                 s, job, env.spec, env.user(s, "admin"), env.users["cat"], "again", env.tick()
             )
         )
     with pytest.raises(QualityError, match="admin"):
         env.call(
-            lambda s, job: service.remove_annotator(
+            lambda s, job: commands.remove_annotator(
                 s, job, env.spec, env.user(s, "ann"), env.users["bob"], "not an admin", env.tick()
             )
         )
@@ -148,7 +148,7 @@ def test_forgiving_after_a_gold_change_restores_trust_and_refinalises(db):
 
     g4_judgment = next(j for j in env.judgments_of("cat") if j.image_id == env.images["g4"])
     contest = env.call(
-        lambda s, job: service.contest_gold(
+        lambda s, job: commands.contest_gold(
             s,
             job,
             env.spec,
@@ -161,13 +161,13 @@ def test_forgiving_after_a_gold_change_restores_trust_and_refinalises(db):
     assert env.annotator("cat").gold_contested == 1
     with pytest.raises(QualityError, match="already contested"):
         env.call(
-            lambda s, job: service.contest_gold(
+            lambda s, job: commands.contest_gold(
                 s, job, env.spec, env.user(s, "cat"), g4_judgment.id, "again", env.tick()
             )
         )
     _admin(env)
     env.call(
-        lambda s, job: service.resolve_contest(
+        lambda s, job: commands.resolve_contest(
             s, job, env.spec, env.user(s, "admin"), contest.id, "change", "", ["NORMAL"], env.tick()
         )
     )
@@ -187,7 +187,7 @@ def test_forgiving_after_a_gold_change_restores_trust_and_refinalises(db):
         ).accepted_answers == ["NORMAL"]
         g4 = s.get(Judgment, g4_judgment.id)
         assert g4.gold_missed is False
-    stats = {g.image_id: g for g in env.call(lambda s, job: service.gold_stats(s, job))}
+    stats = {g.image_id: g for g in env.call(lambda s, job: views.gold_stats(s, job))}
     assert stats[env.images["g4"]].contested == 1
     assert stats[env.images["g4"]].missed == 1  # ann
     assert stats[env.images["g5"]].pct_missed == pytest.approx(100.0)
@@ -200,19 +200,19 @@ def test_uphold_keeps_the_gold_and_stores_the_reply(db):
     env.submit("ann", {"g0": "NORMAL", "g1": "NORMAL", "g2": "PNEUMONIA"})
     missed = next(j for j in env.judgments_of("ann") if j.gold_missed)
     contest = env.call(
-        lambda s, job: service.contest_gold(
+        lambda s, job: commands.contest_gold(
             s, job, env.spec, env.user(s, "ann"), missed.id, "looks clear to me", env.tick()
         )
     )
     _admin(env)
     with pytest.raises(QualityError, match="explain"):
         env.call(
-            lambda s, job: service.resolve_contest(
+            lambda s, job: commands.resolve_contest(
                 s, job, env.spec, env.user(s, "admin"), contest.id, "uphold", "", None, env.tick()
             )
         )
     env.call(
-        lambda s, job: service.resolve_contest(
+        lambda s, job: commands.resolve_contest(
             s,
             job,
             env.spec,
@@ -224,14 +224,14 @@ def test_uphold_keeps_the_gold_and_stores_the_reply(db):
             env.tick(),
         )
     )
-    mine = env.call(lambda s, job: service.list_contests(s, job, None, env.users["ann"]))
+    mine = env.call(lambda s, job: views.list_contests(s, job, None, env.users["ann"]))
     assert mine[0].status == "upheld" and mine[0].reply == "See the opacity behind the heart."
     assert env.annotator("ann").gold_missed == 1
     # Later the admin edits the gold item directly: same regrading as a contest change.
     with env.db.session() as s:
         gold_id = s.scalar(select(GoldItem.id).where(GoldItem.image_id == missed.image_id))
     env.call(
-        lambda s, job: service.update_gold(
+        lambda s, job: commands.update_gold(
             s,
             job,
             env.spec,
@@ -247,7 +247,7 @@ def test_uphold_keeps_the_gold_and_stores_the_reply(db):
     assert (ann.gold_missed, ann.gold_forgiven) == (0, 1)
     with pytest.raises(QualityError, match="difficulty"):
         env.call(
-            lambda s, job: service.update_gold(
+            lambda s, job: commands.update_gold(
                 s, job, env.spec, env.user(s, "admin"), gold_id, now=env.tick(), difficulty="x"
             )
         )
@@ -306,7 +306,7 @@ def test_answer_distribution_flags_a_one_button_annotator(db, remove):
         assert all(j.tainted for j in env.judgments_of("ann"))
     else:
         assert out.annotator_status == "active"
-    rows = env.call(lambda s, job: service.contributors(s, job))
+    rows = env.call(lambda s, job: views.contributors(s, job))
     assert next(r for r in rows if r.username == "ann").flags["distribution"] == evidence
     _assert_replays(env)
 
@@ -344,7 +344,7 @@ def test_dynamic_judgments_target_finalise_and_review_routes(db):
     assert env.image("w3").status == "needs_judgments"
     env.submit("a2", {"w3": ("NORMAL", "probably", "unreadable")})
     assert env.image("w3").status == "needs_review"
-    queue = env.call(lambda s, job: service.review_queue(s, job, env.spec))
+    queue = env.call(lambda s, job: views.review_queue(s, job, env.spec))
     reasons = {item.public_id: item.reason for item in queue}
     assert reasons == {
         env.image("w0").public_id: "no_consensus",
@@ -370,7 +370,7 @@ def test_expert_label_finalises_promotes_to_gold_and_conflicts(db):
 
     def label(who, image, **kw):
         return env.call(
-            lambda s, job: service.record_expert_label(
+            lambda s, job: commands.record_expert_label(
                 s,
                 job,
                 env.spec,
@@ -397,7 +397,7 @@ def test_expert_label_finalises_promotes_to_gold_and_conflicts(db):
     with env.db.session() as s:
         gold = s.scalar(select(GoldItem).where(GoldItem.image_id == env.images["w1"]))
         assert gold.accepted_answers == ["PNEUMONIA"] and gold.source == "expert"
-    assert env.call(lambda s, job: service.review_queue(s, job, env.spec)) == []
+    assert env.call(lambda s, job: views.review_queue(s, job, env.spec)) == []
     _assert_replays(env)
 
 
@@ -413,7 +413,7 @@ def test_replay_detects_tampering_and_fix_repairs(db):
     report = env.verify()
     assert not report.matched and len(report.differences) == 2
     assert any("image" in d and "needs_judgments" in d for d in report.differences)
-    fixed = env.call(lambda s, job: service.verify_replay(s, job, env.spec, fix=True))
+    fixed = env.call(lambda s, job: audit.verify_replay(s, job, env.spec, fix=True))
     assert fixed.fixed
     assert env.image("w0").status == "finalised"
     _assert_replays(env)

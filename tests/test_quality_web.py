@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from cxrlabel.annotate.accounts import issue_api_token
 from cxrlabel.config import Settings
-from cxrlabel.quality import service
+from cxrlabel.quality import commands
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import User
 from cxrlabel.web.app import create_app
@@ -109,7 +109,7 @@ def test_contest_queue_and_resolution(web):
     env.submit("cat", {"g4": "NORMAL"})
     judgment = next(j for j in env.judgments_of("cat") if j.image_id == env.images["g4"])
     contest = env.call(
-        lambda s, job: service.contest_gold(
+        lambda s, job: commands.contest_gold(
             s, job, env.spec, env.user(s, "cat"), judgment.id, "clear lungs", env.tick()
         )
     )

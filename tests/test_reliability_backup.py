@@ -18,7 +18,7 @@ from cxrlabel.cli import app as cli
 from cxrlabel.config import Settings
 from cxrlabel.ops.backup import BackupError, create_backup
 from cxrlabel.ops.restore import read_manifest, restore_backup
-from cxrlabel.quality.service import verify_replay
+from cxrlabel.quality.audit import verify_replay
 from cxrlabel.results.reports import REPORT_KINDS, build_report
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import Judgment, Page, PageItem, Submission

@@ -19,9 +19,10 @@ import pytest
 from sqlalchemy import func, select
 
 from cxrlabel.annotate.assignment import next_page, next_page_or_reason
-from cxrlabel.annotate.schemas import AnswerIn, EngineError
+from cxrlabel.annotate.schemas import AnswerIn
 from cxrlabel.annotate.submission import submit_page
-from cxrlabel.quality import service
+from cxrlabel.errors import EngineError
+from cxrlabel.quality import audit, commands, store
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import (
     ExpertReview,
@@ -160,7 +161,7 @@ def test_two_experts_finalise_the_same_image(db, tmp_path):
     def label(i: int):
         with db.session() as s:
             job, spec = job_and_spec(s, JOB)
-            return service.record_expert_label(
+            return commands.record_expert_label(
                 s,
                 job,
                 spec,
@@ -173,7 +174,7 @@ def test_two_experts_finalise_the_same_image(db, tmp_path):
 
     results = together(3, label)
     ok = [r for r in results if isinstance(r, ExpertReview)]
-    conflicts = [r for r in results if isinstance(r, service.ReviewConflict)]
+    conflicts = [r for r in results if isinstance(r, store.ReviewConflict)]
     assert len(ok) == 1 and len(conflicts) == 2, results
     with db.session() as s:
         assert s.scalar(select(func.count(ExpertReview.id))) == 1
@@ -208,7 +209,7 @@ def test_gold_answer_changed_while_annotators_answer_it(db, tmp_path):
         if i == len(users):
             with db.session() as s:
                 job, spec = job_and_spec(s, JOB)
-                return service.update_gold(
+                return commands.update_gold(
                     s, job, spec, s.get(User, admin), gold_id, now=utcnow(), accepted_answers=new
                 )
         # Half answer the test question the old way, half the other way.
@@ -231,7 +232,7 @@ def test_gold_answer_changed_while_annotators_answer_it(db, tmp_path):
                 Judgment.image_id == seeded.gold_ids[0]
             )
         ).all()
-        report = service.verify_replay(s, job, spec)
+        report = audit.verify_replay(s, job, spec)
     # Whoever answered before or after the change: graded by the final accepted answers.
     assert all(missed == (answer not in accepted) for answer, missed in graded), graded
     assert len(graded) == len(users)
@@ -273,5 +274,5 @@ def test_concurrent_submits_on_shared_images_replay_exactly(db, tmp_path):
         assert not [r for r in results if isinstance(r, Exception)], results
     with db.session() as s:
         job, spec = job_and_spec(s, JOB)
-        report = service.verify_replay(s, job, spec)
+        report = audit.verify_replay(s, job, spec)
     assert report.matched, report.differences

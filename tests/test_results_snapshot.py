@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from cxrlabel.quality import service
+from cxrlabel.quality import commands
 from cxrlabel.results.qa import collect_qa, qa_summary
 from cxrlabel.results.snapshot import QASnapshot, QASnapshots, job_version
 from cxrlabel.storage.db import Database
@@ -80,7 +80,7 @@ def test_snapshot_follows_the_job_version(db: Database) -> None:
 
     before = _version(env)
     env.call(
-        lambda s, job: service.remove_annotator(
+        lambda s, job: commands.remove_annotator(
             s, job, env.spec, env.user(s, "admin"), env.users["bob"], "test", env.tick()
         )
     )
@@ -108,7 +108,7 @@ def test_expert_label_moves_the_version(db: Database) -> None:
     env.add_user("exp", role="expert")
     before = _version(env)
     env.call(
-        lambda s, job: service.record_expert_label(
+        lambda s, job: commands.record_expert_label(
             s, job, env.spec, env.user(s, "exp"), env.images["w0"], "NORMAL", None, env.tick()
         )
     )

@@ -3,7 +3,6 @@ the admin sees (annotate/signups.py, issue 18: one multi-use link gave unlimited
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,13 @@ from cxrlabel.cli import app as cli_app
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import Job, Signup, User, utcnow
 from cxrlabel.web.deps import job_and_spec
-from web_support import add_user, gold_answers, web_app_with_small_job
+from web_support import (
+    add_user,
+    csrf_from_html,
+    gold_answers,
+    signed_in_client,
+    web_app_with_small_job,
+)
 
 PASSWORD = "plum orbit sailing 42"
 
@@ -43,7 +48,7 @@ def _invite(db: Database, uses: int = 100) -> str:
 
 def _join(client: TestClient, token: str, username: str):
     html = client.get(f"/join/{token}").text
-    csrf = re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+    csrf = csrf_from_html(html)
     return client.post(
         f"/join/{token}",
         data={
@@ -119,18 +124,7 @@ def test_accounts_from_one_browser_are_listed_for_the_admin(env, tmp_path):
     assert [set(sig.usernames) for sig in device] == [{"twin-1", "twin-2"}]
     # the admin page lists them ...
     add_user(db, "boss", "admin")
-    admin = TestClient(app)
-    html = admin.get("/login").text
-    csrf = re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
-    admin.post(
-        "/login",
-        data={
-            "username": "boss",
-            "password": "correct horse battery",
-            "csrf_token": csrf,
-            "next": "/",
-        },
-    )
+    admin = signed_in_client(app, "boss")
     page = admin.get("/admin/invites").text
     assert "same device" in page and "twin-1, twin-2" in page
     # ... and so does the CLI

@@ -124,7 +124,7 @@ def test_cli_rejects_bad_crowd_and_missing_images(phantom_images: Path, tmp_path
 def test_spammers_are_removed_and_the_stored_state_replays(
     phantom_images: Path, db_url: str, tmp_path: Path
 ) -> None:
-    from cxrlabel.quality.service import verify_replay
+    from cxrlabel.quality.audit import verify_replay
 
     path, spec = _spec()
     # The scenario as written before training existed (training reorders every random pick;

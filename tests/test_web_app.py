@@ -22,9 +22,9 @@ from cxrlabel.storage.models import (
     User,
     utcnow,
 )
+from cxrlabel.templating import render_standalone_work_page, render_work_page
 from cxrlabel.web.app import run_server
 from cxrlabel.web.security import LoginRateLimiter
-from cxrlabel.web.templating import render_standalone_work_page, render_work_page
 from web_support import (
     GOLD_REASON_PREFIX,
     add_user,

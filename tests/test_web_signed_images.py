@@ -373,3 +373,25 @@ def test_concurrent_misses_of_one_page_cost_one_lookup(env):
 
 def db_path_dir(db: Database) -> Path:
     return Path(db.url.removeprefix("sqlite:///")).parent
+
+
+def test_signed_images_carry_hsts_like_the_app_responses(env, monkeypatch):
+    """Signed images are answered before the session middleware that adds HSTS: over HTTPS
+    (or a site declared https-only) they must carry it too, refusals included."""
+    app, db, seeded, _ = env
+    monkeypatch.delenv("CXRLABEL_COOKIE_SECURE", raising=False)
+    monkeypatch.delenv("CXRLABEL_HSTS_MAX_AGE", raising=False)
+    add_user(db, "ann1")
+    client = TestClient(app, base_url="https://testserver")
+    _login(client, "ann1")
+    _finish_quiz(client, gold_answers(db, seeded.job_id))
+    url = _api_page(client)["items"][0]["image_url"]
+    https = TestClient(app, base_url="https://testserver")
+    page_hsts = https.get("/login").headers["strict-transport-security"]
+    served, refused = https.get(url), https.get(url[:-1] + "x")
+    assert served.status_code == 200 and refused.status_code in (403, 404)
+    for r in (served, refused, https.get(url, headers={"If-None-Match": served.headers["etag"]})):
+        assert r.headers["strict-transport-security"] == page_hsts
+    assert "strict-transport-security" not in TestClient(app).get(url).headers  # plain http
+    monkeypatch.setenv("CXRLABEL_COOKIE_SECURE", "1")  # https-only behind a TLS proxy
+    assert TestClient(app).get(url).headers["strict-transport-security"] == page_hsts

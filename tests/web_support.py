@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from fastapi.testclient import TestClient
 from PIL import Image as PILImage
 from PIL import ImageDraw
 from sqlalchemy import select
@@ -196,9 +197,10 @@ def csrf_from_html(html: str) -> str:
     return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
 
 
-def add_user(
-    db: Database, username: str, role: str = "annotator", password: str = "correct horse battery"
-) -> int:
+PASSWORD = "correct horse battery"  # every test user's, unless a test says otherwise
+
+
+def add_user(db: Database, username: str, role: str = "annotator", password: str = PASSWORD) -> int:
     """A user; argon2 is slow on purpose, so the hash of a password is computed once per run."""
     if password not in _HASHES:
         _HASHES[password] = hash_password(password)
@@ -207,6 +209,19 @@ def add_user(
         s.add(user)
         s.flush()
         return user.id
+
+
+def signed_in_client(app, username: str, password: str = PASSWORD) -> TestClient:
+    """A test browser signed in as ``username`` through the sign-in form (its CSRF token)."""
+    client = TestClient(app)
+    csrf = csrf_from_html(client.get("/login").text)
+    r = client.post(
+        "/login",
+        data={"username": username, "password": password, "csrf_token": csrf, "next": "/"},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303, r.text
+    return client
 
 
 _APP_ALIASES: list = []  # the Aliases of every app these helpers built (see remember_app)

@@ -16,8 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cxrlabel.annotate.accounts import USERNAME_RE
-from cxrlabel.annotate.schemas import EngineError
 from cxrlabel.config import OidcSettings
+from cxrlabel.errors import EngineError
 from cxrlabel.storage.models import AuditEvent, Role, User, UserIdentity, utcnow
 
 # When several claim values map to roles, the most powerful one wins.

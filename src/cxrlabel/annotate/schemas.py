@@ -9,7 +9,6 @@ from cxrlabel.quality.records import MissedGold
 
 __all__ = [
     "AnswerIn",
-    "EngineError",
     "MissedGold",
     "SubmissionError",
     "SubmitResult",

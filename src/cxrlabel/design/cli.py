@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.markup import escape
@@ -22,7 +24,38 @@ from cxrlabel.design.estimate import (
 from cxrlabel.design.exposure import revealed_counts
 from cxrlabel.jobspec import resolve_job_path
 
+if TYPE_CHECKING:  # kept out of the CLI's start-up (benchmarks/cli_startup.py)
+    from sqlalchemy.orm import Session
+
+    from cxrlabel.jobspec import JobSpec
+    from cxrlabel.storage.models import Job
+
 JOB_HELP = "Job name (or job file) [default: pneumonia-pediatric]."
+
+T = TypeVar("T")
+
+# Options that several commands share, defined once.
+JobOption = Annotated[str | None, typer.Option("--job", help=JOB_HELP)]
+FromReferenceOption = Annotated[
+    int,
+    typer.Option(
+        "--from-reference",
+        min=1,
+        help="How many images with a reference label to draw, balanced per class.",
+    ),
+]
+SeedOption = Annotated[int, typer.Option("--seed", help="Random seed (same seed, same sample).")]
+ClearestOption = Annotated[
+    float,
+    typer.Option(
+        "--clearest",
+        min=0.01,
+        max=1.0,
+        help="Draw only from this clearest fraction of each class (e.g. 0.7), clarity read "
+        "from the images' model scores (`cxrlabel score` first). Clear teaching "
+        "cases make fairer test questions and training cases; 1.0 = all images.",
+    ),
+]
 
 gold_app = typer.Typer(
     help="The test-question (gold) bank: import, export, list, check, sample.",
@@ -69,7 +102,7 @@ def job_create(
 def preview_command(
     ctx: typer.Context,
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the HTML file."),
-    job_name: str = typer.Option(None, "--job", help=JOB_HELP),
+    job_name: JobOption = None,
     gold_examples: int = typer.Option(
         6, "--gold-examples", min=1, help="How many test questions to show with answers."
     ),
@@ -92,7 +125,7 @@ def preview_command(
 def proposal_command(
     ctx: typer.Context,
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the document."),
-    job_name: str = typer.Option(None, "--job", help=JOB_HELP),
+    job_name: JobOption = None,
     fmt: str = typer.Option("html", "--format", "-f", help="html, md or pdf."),
     simulation: Path = typer.Option(
         None,
@@ -150,7 +183,7 @@ def proposal_command(
 
 def estimate_command(
     ctx: typer.Context,
-    job_name: str = typer.Option(None, "--job", help=JOB_HELP),
+    job_name: JobOption = None,
     images: int = typer.Option(
         None, "--images", min=0, help="Images to label [default: the job's work images]."
     ),
@@ -226,7 +259,7 @@ def gold_import(
     file: Path = typer.Argument(
         ..., help="CSV: image, accepted_answers (;-separated), reason, difficulty."
     ),
-    job_name: str = typer.Option(None, "--job", help=JOB_HELP),
+    job_name: JobOption = None,
 ) -> None:
     """Make the CSV's images test questions. One bad row imports nothing."""
     app = app_context(ctx)
@@ -236,9 +269,14 @@ def gold_import(
             summary = goldbank.import_gold_csv(session, job, spec, file)
         except goldbank.GoldImportError as exc:
             fail(str(exc))
+    kept = (
+        f" ({len(summary.kept_retired)} kept retired: switched off before, so still inactive)"
+        if summary.kept_retired
+        else ""
+    )
     console.print(
         f"gold bank of job [bold]{spec.name}[/]: {summary.created} added, "
-        f"{summary.updated} updated. Run `cxrlabel gold check` next."
+        f"{summary.updated} updated{kept}. Run `cxrlabel gold check` next."
     )
 
 
@@ -246,7 +284,7 @@ def gold_import(
 def gold_export(
     ctx: typer.Context,
     output: Path = typer.Option(None, "--output", "-o", help="CSV file [default: stdout]."),
-    job_name: str = typer.Option(None, "--job", help=JOB_HELP),
+    job_name: JobOption = None,
 ) -> None:
     """Write the bank as CSV (re-importable; the image column is the source sha256)."""
     app = app_context(ctx)
@@ -262,7 +300,7 @@ def gold_export(
 @gold_app.command("list")
 def gold_list(
     ctx: typer.Context,
-    job_name: str = typer.Option(None, "--job", help=JOB_HELP),
+    job_name: JobOption = None,
 ) -> None:
     """The test questions with their answers, reasons and how often annotators miss them."""
     app = app_context(ctx)
@@ -304,7 +342,7 @@ def gold_list(
 @gold_app.command("check")
 def gold_check(
     ctx: typer.Context,
-    job_name: str = typer.Option(None, "--job", help=JOB_HELP),
+    job_name: JobOption = None,
     annotators: int = typer.Option(
         None,
         "--annotators",
@@ -359,44 +397,21 @@ def gold_check(
 @gold_app.command("sample")
 def gold_sample(
     ctx: typer.Context,
-    from_reference: int = typer.Option(
-        ...,
-        "--from-reference",
-        min=1,
-        help="How many images with a reference label to make gold, balanced per class.",
-    ),
-    job_name: str = typer.Option(None, "--job", help=JOB_HELP),
-    seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same sample)."),
-    clearest: float = typer.Option(
-        1.0,
-        "--clearest",
-        min=0.01,
-        max=1.0,
-        help="Draw only from this clearest fraction of each class (e.g. 0.7), clarity read "
-        "from the images' model scores (`cxrlabel score` first). Clear teaching "
-        "cases make fairer test questions; 1.0 = all images.",
-    ),
+    from_reference: FromReferenceOption,
+    job_name: JobOption = None,
+    seed: SeedOption = 0,
+    clearest: ClearestOption = 1.0,
 ) -> None:
     """Draw test questions from reference labels (e.g. Kermany), balanced per class. They
     stay inactive until an expert's reason replaces the placeholder (gold export / import)."""
-    app = app_context(ctx)
-    with app.db.session() as session:
-        job, spec = get_job(session, job_name)
-        try:
-            summary, per_label = goldseed.sample_from_reference(
-                session,
-                job,
-                spec,
-                from_reference,
-                seed,
-                clearest_fraction=clearest,
-                needs_reasons=True,
-            )
-        except ValueError as exc:
-            fail(str(exc))
-    if summary.created == 0:
-        fail(f"job {spec.name} has no unjudged work image with a reference label to sample")
-    counts = ", ".join(f"{k} {v}" for k, v in sorted(per_label.items()))
+    spec, (summary, per_label) = _draw_from_reference(
+        ctx,
+        job_name,
+        lambda session, job, spec: goldseed.sample_from_reference(
+            session, job, spec, from_reference, seed, clearest_fraction=clearest, needs_reasons=True
+        ),
+    )
+    counts = _sampled_per_class(spec.name, per_label)
     console.print(
         f"{summary.created} gold sampled from reference labels ({counts}). They "
         "stay [bold]inactive[/] (never shown) until each has an expert's reason: "
@@ -410,6 +425,27 @@ def gold_sample(
         )
 
 
+def _draw_from_reference(
+    ctx: typer.Context, job_name: str | None, draw: Callable[[Session, Job, JobSpec], T]
+) -> tuple[JobSpec, T]:
+    """``draw`` (a sample from reference labels) in one transaction; its ValueError (a bad
+    setting, no model scores for ``--clearest``) is a clear CLI error."""
+    app = app_context(ctx)
+    with app.db.session() as session:
+        job, spec = get_job(session, job_name)
+        try:
+            return spec, draw(session, job, spec)
+        except ValueError as exc:
+            fail(str(exc))
+
+
+def _sampled_per_class(job_name: str, per_label: dict[str, int]) -> str:
+    """Per class ("NORMAL 3, PNEUMONIA 5") of a sample from reference labels; none: an error."""
+    if not sum(per_label.values()):
+        fail(f"job {job_name} has no unjudged work image with a reference label to sample")
+    return ", ".join(f"{k} {v}" for k, v in sorted(per_label.items()))
+
+
 training_app = typer.Typer(
     help="The training pool shown before the quiz (never test questions): sample, list.",
     no_args_is_help=True,
@@ -419,39 +455,24 @@ training_app = typer.Typer(
 @training_app.command("sample")
 def training_sample(
     ctx: typer.Context,
-    from_reference: int = typer.Option(
-        ...,
-        "--from-reference",
-        min=1,
-        help="How many images with a reference label to make training cases, balanced per class.",
-    ),
-    job_name: str = typer.Option(None, "--job", help=JOB_HELP),
-    seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same sample)."),
-    clearest: float = typer.Option(
-        1.0,
-        "--clearest",
-        min=0.01,
-        max=1.0,
-        help="Draw only from this clearest fraction of each class (model scores first).",
-    ),
+    from_reference: FromReferenceOption,
+    job_name: JobOption = None,
+    seed: SeedOption = 0,
+    clearest: ClearestOption = 1.0,
 ) -> None:
     """Add training cases from reference labels: never-judged work images, never gold (their
     answers are shown to every newcomer). Reasons are a generic template: replace them with
     an expert's."""
     from cxrlabel.design.trainingpool import sample_training
 
-    app = app_context(ctx)
-    with app.db.session() as session:
-        job, spec = get_job(session, job_name)
-        try:
-            per_label = sample_training(
-                session, job, spec, from_reference, seed, clearest_fraction=clearest
-            )
-        except ValueError as exc:
-            fail(str(exc))
-    if not per_label:
-        fail(f"job {spec.name} has no unjudged work image with a reference label to sample")
-    counts = ", ".join(f"{k} {v}" for k, v in sorted(per_label.items()))
+    spec, per_label = _draw_from_reference(
+        ctx,
+        job_name,
+        lambda session, job, spec: sample_training(
+            session, job, spec, from_reference, seed, clearest_fraction=clearest
+        ),
+    )
+    counts = _sampled_per_class(spec.name, per_label)
     console.print(f"{sum(per_label.values())} training cases sampled ({counts}).")
     if not spec.training.enabled:
         console.print(
@@ -463,7 +484,7 @@ def training_sample(
 @training_app.command("list")
 def training_list(
     ctx: typer.Context,
-    job_name: str = typer.Option(None, "--job", help=JOB_HELP),
+    job_name: JobOption = None,
 ) -> None:
     """The training pool: image, answer, reason."""
     from sqlalchemy import select

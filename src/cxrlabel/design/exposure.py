@@ -219,7 +219,7 @@ def bank_exposure(session: Session, job: Job, spec: JobSpec) -> Exposure:
             select(GoldItem.id).where(GoldItem.job_id == job.id, GoldItem.active.is_(False))
         )
         if f"gold:{gold_id}" in retired_subjects
-    ]  # still retired (an import may reactivate)
+    ]  # still retired (an admin may reactivate it)
     revealed = revealed_counts(session, job)
     limit = spec.gold.retire_after_reveals
     kept = 0

@@ -98,6 +98,7 @@ class ImportSummary:
     created: int = 0
     updated: int = 0
     public_ids: list[str] = field(default_factory=list)
+    kept_retired: list[str] = field(default_factory=list)  # updated, left inactive
 
 
 @dataclass
@@ -232,6 +233,7 @@ def import_gold_csv(
                 "created": summary.created,
                 "updated": summary.updated,
                 "images": summary.public_ids,
+                "kept_retired": summary.kept_retired,
             },
         )
     )
@@ -251,6 +253,7 @@ def make_gold(
     summary: ImportSummary,
 ) -> GoldItem:
     gold = session.scalar(select(GoldItem).where(GoldItem.image_id == image.id))
+    retired = gold is not None and is_retired(gold)
     if gold is None:
         gold = GoldItem(
             job_id=job.id,
@@ -266,11 +269,21 @@ def make_gold(
     else:
         gold.accepted_answers, gold.reason, gold.difficulty = answers, reason, difficulty
         summary.updated += 1
-    # Active only with a real reason: a placeholder would be shown to whoever misses it.
-    gold.active = not is_placeholder_reason(reason)
+    if retired:
+        summary.kept_retired.append(image.public_id)  # only an admin brings it back
+    else:
+        # Active only with a real reason: a placeholder would be shown to whoever misses it.
+        gold.active = not is_placeholder_reason(reason)
     image.status = ImageStatus.GOLD
     summary.public_ids.append(image.public_id)
     return gold
+
+
+def is_retired(gold: GoldItem) -> bool:
+    """Switched off on purpose (retired for exposure, ``design/exposure.py``, or by an admin,
+    e.g. after contests) rather than waiting for its expert's reason: inactive with a real
+    reason. An import updates such an item but leaves it retired."""
+    return not gold.active and not is_placeholder_reason(gold.reason)
 
 
 # --- listing and export ----------------------------------------------------------------------
@@ -283,6 +296,7 @@ class GoldRow:
     seen: int  # gold judgments graded on this item
     missed: int
     contests: int
+    open_contests: int = 0
 
     @property
     def miss_rate(self) -> float | None:
@@ -290,6 +304,9 @@ class GoldRow:
 
 
 def gold_rows(session: Session, job: Job, include_inactive: bool = True) -> list[GoldRow]:
+    """Each gold item with its image and how often it was answered, missed and contested: the
+    one place these counts are made (``gold list``, the gold check, the admin pages and
+    ``quality.views.gold_stats`` read them)."""
     query = (
         select(GoldItem, Image)
         .join(Image, Image.id == GoldItem.image_id)
@@ -298,29 +315,29 @@ def gold_rows(session: Session, job: Job, include_inactive: bool = True) -> list
     if not include_inactive:
         query = query.where(GoldItem.active.is_(True))
     pairs = session.execute(query.order_by(GoldItem.id)).all()
-    seen = dict(
-        session.execute(
-            select(Judgment.image_id, func.count())
-            .where(Judgment.job_id == job.id, Judgment.is_gold.is_(True))
-            .group_by(Judgment.image_id)
-        ).all()
+    graded = select(Judgment.image_id, func.count()).where(
+        Judgment.job_id == job.id,
+        Judgment.is_gold.is_(True),
+        Judgment.gold_missed.is_not(None),
     )
+    seen = dict(session.execute(graded.group_by(Judgment.image_id)).all())
     missed = dict(
         session.execute(
-            select(Judgment.image_id, func.count())
-            .where(
-                Judgment.job_id == job.id,
-                Judgment.is_gold.is_(True),
-                Judgment.gold_missed.is_(True),
-            )
-            .group_by(Judgment.image_id)
+            graded.where(Judgment.gold_missed.is_(True)).group_by(Judgment.image_id)
         ).all()
     )
-    contests = dict(
-        session.execute(select(Contest.gold_id, func.count()).group_by(Contest.gold_id)).all()
-    )
+    per_gold = select(Contest.gold_id, func.count()).group_by(Contest.gold_id)
+    contests = dict(session.execute(per_gold).all())
+    open_contests = dict(session.execute(per_gold.where(Contest.status == "open")).all())
     return [
-        GoldRow(g, im, seen.get(im.id, 0), missed.get(im.id, 0), contests.get(g.id, 0))
+        GoldRow(
+            g,
+            im,
+            seen.get(im.id, 0),
+            missed.get(im.id, 0),
+            contests.get(g.id, 0),
+            open_contests.get(g.id, 0),
+        )
         for g, im in pairs
     ]
 

@@ -41,6 +41,36 @@ METADATA_COLUMNS = (
 )
 
 
+def metadata_row(
+    file_name: str,
+    label: str,
+    p_pneumonia: float,
+    split: str,
+    patient_id: str,
+    *,
+    expert_reviewed: bool = False,
+    reference_label: str = "",
+    upstream_resized: bool | None = None,
+    decimals: int = 4,
+) -> dict[str, str]:
+    """One ``metadata.csv`` row of the export contract (``METADATA_COLUMNS``), from the soft
+    label p(PNEUMONIA); ``upstream_resized`` None: unknown (empty)."""
+    p = p_pneumonia
+    resized = "" if upstream_resized is None else str(upstream_resized).lower()
+    return {
+        "file_name": file_name,
+        "label": label,
+        "confidence": f"{max(p, 1 - p):.{decimals}f}",
+        "p_NORMAL": f"{1 - p:.{decimals}f}",
+        "p_PNEUMONIA": f"{p:.{decimals}f}",
+        "split": split,
+        "patient_id": patient_id,
+        "expert_reviewed": str(expert_reviewed).lower(),
+        "reference_label": reference_label,
+        "source_upstream_resized": resized,
+    }
+
+
 @dataclass(frozen=True)
 class _Row:
     file: str
@@ -232,18 +262,16 @@ def build_reference_dataset(
             if not (out_dir / rel).exists():
                 os.symlink(source, out_dir / rel)
             writer.writerow(
-                {
-                    "file_name": rel.as_posix(),
-                    "label": label,
-                    "confidence": f"{max(p, 1 - p):.4f}",
-                    "p_NORMAL": f"{1 - p:.4f}",
-                    "p_PNEUMONIA": f"{p:.4f}",
-                    "split": split,
-                    "patient_id": row.patient_id,
-                    "expert_reviewed": str(reviewed).lower(),
-                    "reference_label": reference,
-                    "source_upstream_resized": str(row.upstream_resized).lower(),
-                }
+                metadata_row(
+                    rel.as_posix(),
+                    label,
+                    p,
+                    split,
+                    row.patient_id,
+                    expert_reviewed=reviewed,
+                    reference_label=reference,
+                    upstream_resized=row.upstream_resized,
+                )
             )
             counts[split][row.label] += 1
     _write_readme(out_dir, manifest, label_noise, seed, crowd is not None, crowd_notes)

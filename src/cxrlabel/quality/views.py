@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from cxrlabel.design.goldbank import gold_rows
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.storage.models import (
     AnnotatorState,
@@ -179,55 +180,22 @@ class GoldStat:
 
 def gold_stats(session: Session, job: Job) -> list[GoldStat]:
     """Per gold item: how often it was answered, missed and contested (most missed first)."""
-    golds = session.execute(
-        select(GoldItem, Image.public_id)
-        .join(Image, Image.id == GoldItem.image_id)
-        .where(GoldItem.job_id == job.id)
-    ).all()
-    seen = dict(
-        session.execute(
-            select(Judgment.image_id, func.count())
-            .where(
-                Judgment.job_id == job.id,
-                Judgment.is_gold.is_(True),
-                Judgment.gold_missed.is_not(None),
-            )
-            .group_by(Judgment.image_id)
-        ).all()
-    )
-    missed = dict(
-        session.execute(
-            select(Judgment.image_id, func.count())
-            .where(Judgment.job_id == job.id, Judgment.gold_missed.is_(True))
-            .group_by(Judgment.image_id)
-        ).all()
-    )
-    contested = dict(
-        session.execute(select(Contest.gold_id, func.count()).group_by(Contest.gold_id)).all()
-    )
-    open_ = dict(
-        session.execute(
-            select(Contest.gold_id, func.count())
-            .where(Contest.status == "open")
-            .group_by(Contest.gold_id)
-        ).all()
-    )
     stats = [
         GoldStat(
-            gold_id=g.id,
-            image_id=g.image_id,
-            public_id=public_id,
-            accepted_answers=list(g.accepted_answers),
-            reason=g.reason,
-            difficulty=g.difficulty,
-            source=g.source,
-            active=g.active,
-            seen=seen.get(g.image_id, 0),
-            missed=missed.get(g.image_id, 0),
-            contested=contested.get(g.id, 0),
-            open_contests=open_.get(g.id, 0),
+            gold_id=r.gold.id,
+            image_id=r.gold.image_id,
+            public_id=r.image.public_id,
+            accepted_answers=list(r.gold.accepted_answers),
+            reason=r.gold.reason,
+            difficulty=r.gold.difficulty,
+            source=r.gold.source,
+            active=r.gold.active,
+            seen=r.seen,
+            missed=r.missed,
+            contested=r.contests,
+            open_contests=r.open_contests,
         )
-        for g, public_id in golds
+        for r in gold_rows(session, job)
     ]
     stats.sort(key=lambda s: (-s.open_contests, -s.pct_missed, s.gold_id))
     return stats

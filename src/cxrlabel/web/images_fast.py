@@ -47,7 +47,7 @@ from cxrlabel.web.imagefiles import (
     etag_matches,
     path_inside,
 )
-from cxrlabel.web.security import SECURITY_HEADERS, ImageUrlSigner
+from cxrlabel.web.security import ImageUrlSigner, add_security_headers
 
 # Raw ASGI headers are bytes: the shared values (``imagefiles``), encoded once.
 _CACHE_CONTROL = CACHE_CONTROL.encode()
@@ -179,18 +179,18 @@ class SignedImages:
             if self._loading.get(user_id) is done:
                 del self._loading[user_id]
 
-    async def _answer(self, send: Send, status: int, text: bytes, extra=()) -> None:
+    async def _answer(self, scope: Scope, send: Send, status: int, text: bytes, extra=()) -> None:
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(text)).encode()),
+            (b"cache-control", b"no-store"),
+            *extra,
+        ]
         await send(
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [
-                    (b"content-type", b"text/plain; charset=utf-8"),
-                    (b"content-length", str(len(text)).encode()),
-                    (b"cache-control", b"no-store"),
-                    *extra,
-                    *SECURITY_HEADERS,
-                ],
+                "headers": _with_security_headers(scope, headers),
             }
         )
         await send({"type": "http.response.body", "body": text})
@@ -198,12 +198,12 @@ class SignedImages:
     async def _serve(self, scope: Scope, send: Send, rest: str) -> None:
         method = scope["method"]
         if method not in ("GET", "HEAD"):
-            await self._answer(send, 405, b"method not allowed", [(b"allow", b"GET, HEAD")])
+            await self._answer(scope, send, 405, b"method not allowed", [(b"allow", b"GET, HEAD")])
             return
         token, _, alias = rest.partition("/")
         user_id = self.signer.verify(token, alias)
         if user_id is None:
-            await self._answer(send, 403, b"this image link is not valid or has expired")
+            await self._answer(scope, send, 403, b"this image link is not valid or has expired")
             return
         entry = None
         if _PUBLIC_ID.fullmatch(alias):
@@ -219,15 +219,17 @@ class SignedImages:
             if data is not None and entry.etag is None:
                 entry.etag = self.store.aliases.etag(hashlib.sha256(data).hexdigest(), user_id)
         if entry is None or path is None or entry.etag is None:
-            await self._answer(send, 404, b"no such image")
+            await self._answer(scope, send, 404, b"no such image")
             return
-        headers = [(b"etag", entry.etag), (b"cache-control", _CACHE_CONTROL), *SECURITY_HEADERS]
+        headers = _with_security_headers(
+            scope, [(b"etag", entry.etag), (b"cache-control", _CACHE_CONTROL)]
+        )
         if etag_matches(entry.etag, _if_none_match(scope)):
             await send({"type": "http.response.start", "status": 304, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
             return
         if data is None:  # zero-copy: the server sends the file itself
-            await self._zerocopy(send, path, _media_type(path), headers, method == "HEAD")
+            await self._zerocopy(scope, send, path, _media_type(path), headers, method == "HEAD")
             return
         headers += [
             (b"content-type", _media_type(path)),
@@ -237,12 +239,12 @@ class SignedImages:
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else data})
 
     async def _zerocopy(
-        self, send: Send, path: Path, media_type: bytes, headers: list, head: bool
+        self, scope: Scope, send: Send, path: Path, media_type: bytes, headers: list, head: bool
     ) -> None:
         try:
             fh = open(path, "rb")  # noqa: SIM115 - closed below, after the send
         except OSError:
-            await self._answer(send, 404, b"no such image")
+            await self._answer(scope, send, 404, b"no such image")
             return
         with fh:
             size = os.fstat(fh.fileno()).st_size
@@ -252,6 +254,12 @@ class SignedImages:
                 await send({"type": "http.response.body", "body": b""})
             else:
                 await send({"type": _ZEROCOPY, "file": fh, "count": size})
+
+
+def _with_security_headers(scope: Scope, headers: list) -> list:
+    """The app's security headers (HSTS over HTTPS too): these responses bypass the session
+    middleware that adds them to every other response."""
+    return add_security_headers(headers, scope["path"], scheme=scope.get("scheme", "http"))
 
 
 def _media_type(path: Path) -> bytes:

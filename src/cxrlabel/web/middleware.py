@@ -18,7 +18,6 @@ from cxrlabel.web.security import (
     SessionSigner,
     add_security_headers,
     cookie_secure_for,
-    hsts_header,
     session_cookie_header,
 )
 
@@ -65,10 +64,9 @@ class SessionMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = add_security_headers(list(message.get("headers", ())), path)
-                hsts = hsts_header(scope.get("scheme", "http"))
-                if hsts is not None:
-                    headers.append(hsts)
+                headers = add_security_headers(
+                    list(message.get("headers", ())), path, scheme=scope.get("scheme", "http")
+                )
                 current: SessionData = state["session"]  # a route may have replaced it
                 if current.changed and not skip_cookie:
                     secure = cookie_secure_for(scope.get("scheme", "http"))
@@ -114,7 +112,7 @@ def _too_large_body(limit: int) -> bytes:
     )
 
 
-async def _send_413(send: Send, limit: int) -> None:
+async def _send_413(scope: Scope, send: Send, limit: int) -> None:
     body = _too_large_body(limit)
     await send(
         {
@@ -124,7 +122,7 @@ async def _send_413(send: Send, limit: int) -> None:
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 (b"connection", b"close"),
-                *add_security_headers([], "/"),
+                *add_security_headers([], "/", scheme=scope.get("scheme", "http")),
             ],
         }
     )
@@ -153,7 +151,7 @@ class BodyLimitMiddleware:
         limit = body_limit_for(scope["path"], signed_in)
         declared = _header(scope, b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            await _send_413(send, limit)
+            await _send_413(scope, send, limit)
             return
         await self._counted(scope, receive, send, limit)
 
@@ -175,7 +173,7 @@ class BodyLimitMiddleware:
             if over:  # the app turned our exception into its own error: answer 413 instead
                 if message["type"] == "http.response.start" and not started:
                     started = True
-                    await _send_413(send, limit)
+                    await _send_413(scope, send, limit)
                 return
             started = started or message["type"] == "http.response.start"
             await send(message)
@@ -184,4 +182,4 @@ class BodyLimitMiddleware:
             await self.app(scope, counting_receive, guarded_send)
         except BodyTooLarge:
             if not started:
-                await _send_413(send, limit)
+                await _send_413(scope, send, limit)

@@ -246,22 +246,22 @@ def security_header_list(path: str) -> list[tuple[bytes, bytes]]:
     return DOCS_SECURITY_HEADERS if docs else SECURITY_HEADERS
 
 
-def add_security_headers(raw: list[tuple[bytes, bytes]], path: str) -> list[tuple[bytes, bytes]]:
-    """``raw`` (ASGI response headers) plus every security header it does not set itself."""
+def add_security_headers(
+    raw: list[tuple[bytes, bytes]], path: str, *, scheme: str
+) -> list[tuple[bytes, bytes]]:
+    """``raw`` (ASGI response headers) plus every security header it does not set itself,
+    HSTS included when the response goes out over HTTPS (``hsts_header``). Every raw response
+    builds its headers here, the signed images too, so no kind of response lacks one."""
     present = {k.lower() for k, _v in raw}
+    wanted = list(security_header_list(path))
+    hsts = hsts_header(scheme)
+    if hsts is not None:
+        wanted.append(hsts)
     out = list(raw)
-    out.extend(h for h in security_header_list(path) if h[0] not in present)
+    out.extend(h for h in wanted if h[0] not in present)
     if b"cache-control" not in present:
         out.append(NO_STORE)
     return out
-
-
-def security_headers(response: Response, path: str) -> None:
-    headers = response.headers
-    for key, value in security_header_list(path):
-        headers.setdefault(key.decode(), value.decode())
-    if "cache-control" not in headers:
-        headers["Cache-Control"] = "no-store"
 
 
 class LoginRateLimiter:

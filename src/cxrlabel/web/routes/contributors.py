@@ -152,37 +152,34 @@ def api_contributors(request: Request, job_name: str, user: User = Depends(admin
         return [_contributor_json(c) for c in views.contributors(s, job)]
 
 
-@router.post(
-    "/api/jobs/{job_name}/contributors/{user_id}/remove",
-    summary="Remove an annotator",
-    dependencies=[Depends(csrf_protect)],
+# The annotator actions of the JSON API, one route each: (action, summary, body, text field).
+API_ANNOTATOR_ACTIONS: tuple[tuple[str, str, type[BaseModel], str], ...] = (
+    ("remove", "Remove an annotator", ActionIn, "reason"),
+    ("reinstate", "Reinstate a removed annotator", ActionIn, "reason"),
+    ("message", "Message shown on the annotator's next page", MessageIn, "text"),
 )
-def api_remove(
-    request: Request, job_name: str, user_id: int, body: ActionIn, user: User = Depends(admin)
-) -> dict:
-    return _annotator_action(request, job_name, user, user_id, "remove", body.reason)
 
 
-@router.post(
-    "/api/jobs/{job_name}/contributors/{user_id}/reinstate",
-    summary="Reinstate a removed annotator",
-    dependencies=[Depends(csrf_protect)],
-)
-def api_reinstate(
-    request: Request, job_name: str, user_id: int, body: ActionIn, user: User = Depends(admin)
-) -> dict:
-    return _annotator_action(request, job_name, user, user_id, "reinstate", body.reason)
+def _add_api_annotator_action(
+    action: str, summary: str, body_model: type[BaseModel], text_field: str
+) -> None:
+    def endpoint(
+        request: Request, job_name: str, user_id: int, body: BaseModel, user: User = Depends(admin)
+    ) -> dict:
+        text = getattr(body, text_field)
+        return _annotator_action(request, job_name, user, user_id, action, text)
+
+    endpoint.__annotations__["body"] = body_model  # the model FastAPI validates the body with
+    router.post(
+        f"/api/jobs/{{job_name}}/contributors/{{user_id}}/{action}",
+        summary=summary,
+        dependencies=[Depends(csrf_protect)],
+        name=f"api_{action}",
+    )(endpoint)
 
 
-@router.post(
-    "/api/jobs/{job_name}/contributors/{user_id}/message",
-    summary="Message shown on the annotator's next page",
-    dependencies=[Depends(csrf_protect)],
-)
-def api_message(
-    request: Request, job_name: str, user_id: int, body: MessageIn, user: User = Depends(admin)
-) -> dict:
-    return _annotator_action(request, job_name, user, user_id, "message", body.text)
+for _action in API_ANNOTATOR_ACTIONS:
+    _add_api_annotator_action(*_action)
 
 
 @router.get("/api/jobs/{job_name}/contests", summary="Contested gold (admin)")
