@@ -22,12 +22,21 @@ import pytest
 import typer
 from pydantic import BaseModel
 
-from cxrlabel.cli import app
+from cxrlabel.cli import STAGES, app, stage_commands
 from cxrlabel.jobspec import JobSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 JOB_SPEC_DOC = ROOT / "docs" / "job-spec.md"
+
+
+def _root_command() -> Any:
+    """The root command with every stage loaded (the lean CLI imports a stage only when one of
+    its commands runs, so an unloaded root lists no subcommands to walk)."""
+    root = typer.main.get_command(app)
+    for stage in STAGES:
+        root.commands.update(stage_commands(stage))  # type: ignore[attr-defined]
+    return root
 
 
 def _command_paths() -> list[str]:
@@ -42,7 +51,7 @@ def _command_paths() -> list[str]:
             if not getattr(sub, "hidden", False):
                 walk(sub, [*prefix, name])
 
-    walk(typer.main.get_command(app), ["cxrlabel"])
+    walk(_root_command(), ["cxrlabel"])
     return paths
 
 
@@ -61,6 +70,7 @@ def _documented_commands() -> set[str]:
 
 @pytest.mark.parametrize("command", _command_paths())
 def test_every_cli_command_is_documented(command: str) -> None:
+    assert len(_command_paths()) > 40, "the walk no longer reaches the stages' commands"
     assert command in _documented_commands(), (
         f"`{command}` is not mentioned in README.md or docs/*.md"
     )
@@ -125,3 +135,31 @@ def test_every_job_file_field_is_documented(section: str, field: str) -> None:
     assert f"`{field}`" in sections[section], (
         f"job-file field `{field}` of {where} is not documented in docs/job-spec.md"
     )
+
+
+def _commands_with_default_notes() -> list[tuple[str, str]]:
+    """(command path, note) for every option whose help says what its default is."""
+    found: list[tuple[str, str]] = []
+
+    def walk(command: Any, prefix: list[str]) -> None:
+        for name, sub in sorted((getattr(command, "commands", None) or {}).items()):
+            walk(sub, [*prefix, name])
+        for param in getattr(command, "params", []):
+            note = re.search(r"default: ([^\]]+)\]", getattr(param, "help", None) or "")
+            if note:
+                found.append((" ".join(prefix), note.group(1)))
+
+    walk(_root_command(), [])
+    return found
+
+
+@pytest.mark.parametrize(("command", "note"), _commands_with_default_notes())
+def test_default_notes_survive_help_rendering(command: str, note: str) -> None:
+    """Rich reads ``[default: ...]`` as a markup tag and drops it from ``--help`` unless the
+    bracket is escaped; the user then sees "Job name ." instead of the default."""
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, [*command.split(), "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    shown = " ".join(result.output.replace("│", " ").split())
+    assert " ".join(note.split()) in shown, f"`cxrlabel {command} --help` lost: {note}"

@@ -235,7 +235,7 @@ def demo_command(
         "--images",
         help="Ingest this folder or CSV manifest instead of synthetic phantom images.",
     ),
-    job: str = typer.Option(None, "--job", help="Job name or TOML file [default: bundled]."),
+    job: str = typer.Option(None, "--job", help="Job name or TOML file \\[default: bundled]."),
     simulate: bool = typer.Option(
         False,
         "--simulate",

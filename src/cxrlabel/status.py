@@ -100,7 +100,7 @@ def _print_table(status: dict[str, Any]) -> None:
 
 def status_command(
     ctx: typer.Context,
-    job: str = typer.Option(None, "--job", help="Only this job [default: all jobs]."),
+    job: str = typer.Option(None, "--job", help="Only this job \\[default: all jobs]."),
     as_json: bool = typer.Option(False, "--json", help="Emit one JSON object (stable keys)."),
 ) -> None:
     """Counts of images, duplicates, failures, judgments and annotators."""

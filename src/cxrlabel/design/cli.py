@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # kept out of the CLI's start-up (benchmarks/cli_startup.py)
     from cxrlabel.jobspec import JobSpec
     from cxrlabel.storage.models import Job
 
-JOB_HELP = "Job name (or job file) [default: pneumonia-pediatric]."
+JOB_HELP = "Job name (or job file) \\[default: pneumonia-pediatric]."
 
 T = TypeVar("T")
 
@@ -72,7 +72,7 @@ def job_create(
         None,
         "--from",
         help="Job file (TOML) to copy the settings "
-        "from [default: the bundled pneumonia-pediatric job].",
+        "from \\[default: the bundled pneumonia-pediatric job].",
     ),
 ) -> None:
     """Create an empty job NAME (then `cxrlabel ingest FOLDER --job NAME`). Real images get
@@ -130,10 +130,10 @@ def proposal_command(
     simulation: Path = typer.Option(
         None,
         "--simulation",
-        help="Simulation result JSON [default: <data-dir>/simulation/<job>.json if present].",
+        help="Simulation result JSON \\[default: <data-dir>/simulation/<job>.json if present].",
     ),
     images: int = typer.Option(
-        None, "--images", min=1, help="Images to plan for [default: the job's work images]."
+        None, "--images", min=1, help="Images to plan for \\[default: the job's work images]."
     ),
     annotators: int = typer.Option(
         DEFAULT_ANNOTATORS, "--annotators", min=1, help="Annotator pool size for the estimate."
@@ -185,13 +185,13 @@ def estimate_command(
     ctx: typer.Context,
     job_name: JobOption = None,
     images: int = typer.Option(
-        None, "--images", min=0, help="Images to label [default: the job's work images]."
+        None, "--images", min=0, help="Images to label \\[default: the job's work images]."
     ),
     judgments_per_image: float = typer.Option(
         None,
         "--judgments-per-image",
         min=0.01,
-        help="Expected trusted judgments per image [default: judgments.min, the cheapest case].",
+        help="Expected trusted judgments per image \\[default: judgments.min, the cheapest case].",
     ),
     annotators: int = typer.Option(
         DEFAULT_ANNOTATORS, "--annotators", min=1, help="Annotator pool size."
@@ -283,7 +283,7 @@ def gold_import(
 @gold_app.command("export")
 def gold_export(
     ctx: typer.Context,
-    output: Path = typer.Option(None, "--output", "-o", help="CSV file [default: stdout]."),
+    output: Path = typer.Option(None, "--output", "-o", help="CSV file \\[default: stdout]."),
     job_name: JobOption = None,
 ) -> None:
     """Write the bank as CSV (re-importable; the image column is the source sha256)."""
@@ -347,7 +347,7 @@ def gold_check(
         None,
         "--annotators",
         min=1,
-        help="Planned pool size [default: judge by the per-annotator cap].",
+        help="Planned pool size \\[default: judge by the per-annotator cap].",
     ),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 when there is any warning."),
 ) -> None:

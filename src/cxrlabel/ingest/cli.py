@@ -78,7 +78,7 @@ def register(app: typer.Typer) -> None:
             "a PACS: dicomweb+http://HOST:PORT/PATH (QIDO-RS + WADO-RS; re-runs fetch only "
             "new instances).",
         ),
-        job: str = typer.Option(None, "--job", help="Job name [default: pneumonia-pediatric]."),
+        job: str = typer.Option(None, "--job", help="Job name \\[default: pneumonia-pediatric]."),
         workers: int = typer.Option(
             min(2, os.cpu_count() or 1),
             "--workers",

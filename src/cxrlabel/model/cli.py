@@ -24,7 +24,7 @@ def train(
     lr: float = typer.Option(2e-3, help="Peak learning rate (one-cycle schedule)."),
     patience: int = typer.Option(4, help="Stop after this many epochs without improvement."),
     seed: int = typer.Option(0, help="Seed for weights, shuffling and augmentation."),
-    threads: int = typer.Option(None, help="CPU threads for PyTorch [default: all]."),
+    threads: int = typer.Option(None, help="CPU threads for PyTorch \\[default: all]."),
     max_minutes: float = typer.Option(25.0, help="Wall-clock budget, decoding included."),
     min_sensitivity: float = typer.Option(0.95, help="Flag band: sensitivity on validation."),
     min_npv: float = typer.Option(0.97, help="Clear band: negative predictive value."),
@@ -101,7 +101,7 @@ def predict(
     model_dir: Path = typer.Option(..., "--model", help="Model folder from `cxrlabel train`."),
     output: Path = typer.Option(Path("preds.csv"), "-o", "--output", help="CSV to write."),
     heatmaps: Path = typer.Option(None, "--heatmaps", help="Write one heatmap PNG per image."),
-    threads: int = typer.Option(None, help="CPU threads for ONNX Runtime [default: all]."),
+    threads: int = typer.Option(None, help="CPU threads for ONNX Runtime \\[default: all]."),
 ) -> None:
     """Score X-rays with ONNX Runtime (no PyTorch needed): p_pneumonia and a triage band."""
     from rich.progress import Progress
@@ -134,7 +134,7 @@ def predict(
 def score(
     ctx: typer.Context,
     model_dir: Path = typer.Option(..., "--model", help="Model folder from `cxrlabel train`."),
-    job: str = typer.Option(None, "--job", help="Job name [default: the bundled job]."),
+    job: str = typer.Option(None, "--job", help="Job name \\[default: the bundled job]."),
     only_missing: bool = typer.Option(False, help="Score only images without a score."),
 ) -> None:
     """Write Image.model_score (p_pneumonia) for a job's images, from their renditions."""

@@ -17,8 +17,8 @@ from cxrlabel.context import app_context, console, fail, get_job
 from cxrlabel.quality import audit, commands, store, views
 from cxrlabel.storage.models import Role, User, utcnow
 
-JOB_OPTION = typer.Option(None, "--job", help="Job name [default: pneumonia-pediatric].")
-AS_OPTION = typer.Option(None, "--as", help="Admin username to act as [default: first admin].")
+JOB_OPTION = typer.Option(None, "--job", help="Job name \\[default: pneumonia-pediatric].")
+AS_OPTION = typer.Option(None, "--as", help="Admin username to act as \\[default: first admin].")
 
 quality_app = typer.Typer(
     help="Quality control: replay and check the quality state.", no_args_is_help=True

@@ -18,7 +18,7 @@ report_app = typer.Typer(
     no_args_is_help=True,
 )
 
-JobOption = typer.Option(None, "--job", "-j", help="Job name [default: pneumonia-pediatric].")
+JobOption = typer.Option(None, "--job", "-j", help="Job name \\[default: pneumonia-pediatric].")
 OutOption = typer.Option(..., "--output", "-o", help="File to write.")
 FormatOption = typer.Option("csv", "--format", "-f", help=f"One of: {', '.join(FORMATS)}.")
 

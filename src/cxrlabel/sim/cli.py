@@ -63,7 +63,7 @@ def simulate_command(
         "(e.g. ../shared/data/kermany/manifest.csv).",
     ),
     job: str = typer.Option(
-        None, "--job", help="Job file or bundled job name [default: pneumonia-pediatric]."
+        None, "--job", help="Job file or bundled job name \\[default: pneumonia-pediatric]."
     ),
     crowd: str = typer.Option(
         "realistic", "--crowd", help="Crowd preset (realistic, good, hostile) or a crowd TOML file."
@@ -75,10 +75,13 @@ def simulate_command(
     ),
     plots: Path = typer.Option(None, "--plots", help="Write PNG figures into this folder."),
     annotators: int = typer.Option(
-        None, "--annotators", min=1, help="Most annotators who may arrive [default: the crowd's]."
+        None, "--annotators", min=1, help="Most annotators who may arrive \\[default: the crowd's]."
     ),
     gold: int = typer.Option(
-        None, "--gold", min=1, help="Gold bank size sampled from reference labels [default: ~4 %]."
+        None,
+        "--gold",
+        min=1,
+        help="Gold bank size sampled from reference labels \\[default: ~4 %].",
     ),
     gold_clearest: float = typer.Option(
         DEFAULT_GOLD_CLEAREST,
@@ -383,7 +386,7 @@ def design_sweep_command(
         "--gold-clearest",
         min=0.01,
         max=1.0,
-        help="Draw gold from the clearest fraction of each class only [default: 1 = all].",
+        help="Draw gold from the clearest fraction of each class only \\[default: 1 = all].",
     ),
     model_scores: Path = typer.Option(
         None, "--model-scores", help="CSV file,p_pneumonia loaded into the images."

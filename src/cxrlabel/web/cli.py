@@ -155,7 +155,7 @@ def invite_create(
         None,
         "--base-url",
         envvar="CXRLABEL_BASE_URL",
-        help="Public address of the server, used to build the link [default: the address "
+        help="Public address of the server, used to build the link \\[default: the address "
         "`cxrlabel serve` last listened on for this data dir, else http://127.0.0.1:8000].",
     ),
 ) -> None:
