@@ -1,7 +1,8 @@
 """Pages of one job graded side by side (issue 23): no job-wide lock on PostgreSQL.
 
 - many annotators submit pages of one job at once, some of them removed on the way (a removal
-  re-evaluates images outside the page: locks taken out of order): every acknowledged page is
+  re-evaluates images outside the page: locks taken out of order), an admin removal and a gold
+  correction among them: every acknowledged page is
   stored once, nothing else is, no image gets more than its judgments, ``quality replay``
   equals the live state, and no client sees a database error (both databases);
 - PostgreSQL: a page on other images by another annotator is graded while the first page's
@@ -28,7 +29,16 @@ from cxrlabel.annotate.submission import submit_page
 from cxrlabel.quality import service
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.locks import retry_transient
-from cxrlabel.storage.models import Image, ImageStatus, Judgment, Page, Submission, User, utcnow
+from cxrlabel.storage.models import (
+    GoldItem,
+    Image,
+    ImageStatus,
+    Judgment,
+    Page,
+    Submission,
+    User,
+    utcnow,
+)
 from cxrlabel.web.deps import job_and_spec
 from web_support import add_user, gold_answers, seed_job
 
@@ -86,6 +96,12 @@ def _submit(db: Database, user_id: int, page_id: str, answers: list[AnswerIn]) -
     return retry_transient(attempt)
 
 
+def _admin(db: Database, admin: int, command: Callable) -> object:
+    with db.session() as s:
+        job, spec = job_and_spec(s, JOB)
+        return command(s, job, spec, s.get_one(User, admin))
+
+
 def _replay_report(db: Database) -> service.ReplayReport:
     with db.session() as s:
         job, spec = job_and_spec(s, JOB)
@@ -107,14 +123,36 @@ def test_many_pages_of_one_job_graded_at_once(db, tmp_path):
     gold = gold_answers(db, seeded.job_id)
     users = [add_user(db, f"p{i}") for i in range(16)]
     bad = set(users[:4])  # wrong on every test question: removed after 5 (low trust)
+    admin = add_user(db, "admin", role="admin")
+    with db.session() as s:
+        gold_id = s.scalar(select(GoldItem.id).order_by(GoldItem.id).limit(1))
+
+    def remove_one(s, job, spec, admin_user):  # a good annotator, while pages are graded
+        return service.remove_annotator(s, job, spec, admin_user, users[-1], "check", utcnow())
+
+    def widen_gold(s, job, spec, admin_user):  # regrades everyone who answered it
+        both = ["NORMAL", "PNEUMONIA"]
+        return service.update_gold(
+            s, job, spec, admin_user, gold_id, now=utcnow(), accepted_answers=both
+        )
+
+    # Admin commands among the crowd's pages (they take the job lock exclusively).
+    admin_actions = {1: remove_one, 2: widen_gold}
     acknowledged: list[tuple[str, SubmitResult]] = []
     refused: Counter[str] = Counter()
-    for _round in range(4):
+    for round_ in range(4):
         served = [(u, p) for u in users if (p := _serve(db, u)) is not None]
         answers = [_answers(db, p, gold, u in bad) for u, p in served]
-        results = together(
-            len(served), lambda i, s=served, a=answers: _submit(db, s[i][0], s[i][1], a[i])
-        )
+        extra = admin_actions.get(round_)
+
+        def work(i: int, s=served, a=answers, extra=extra) -> object:
+            if i == len(s):
+                return _admin(db, admin, extra)
+            return _submit(db, s[i][0], s[i][1], a[i])
+
+        results = together(len(served) + (extra is not None), work)
+        if extra is not None:
+            assert not isinstance(results.pop(), Exception)
         for (_user, page_id), result in zip(served, results, strict=True):
             if isinstance(result, SubmissionError):  # removed by a peer's page meanwhile
                 refused[result.code] += 1
