@@ -98,6 +98,13 @@ def submit_page(
             "are kept.",
             409,
         )
+    if page.kind != PageKind.TRAINING:
+        # PostgreSQL: what grading reads and writes, locked before the state row below and the
+        # judgments' inserts, in the order every grader and admin command uses (no job-wide
+        # lock: pages on other images by other annotators are graded side by side).
+        quality_service.lock_page_rows(
+            session, job, user.id, [item.image_id for item in items if not item.is_gold]
+        )
     state = session.scalar(
         select(AnnotatorState)
         .where(AnnotatorState.job_id == job.id, AnnotatorState.user_id == user.id)
@@ -111,12 +118,6 @@ def submit_page(
         return _submit_training(
             session, job, user, page, items, client_submission_id, by_image, state, now
         )
-    # Same lock order as the quality engine (job row, then images): no deadlock between them.
-    # FOR NO KEY UPDATE: still one submitter at a time, but it does not block the foreign-key
-    # check (KEY SHARE) of an assigner inserting a page of this job while holding image row
-    # locks this submit will wait for: with FOR UPDATE that was a deadlock on PostgreSQL
-    # (benchmarks/loop_postgres.sh, 32 annotators).
-    session.execute(select(Job.id).where(Job.id == job.id).with_for_update(key_share=True))
     if as_utc(page.expires_at) <= now:
         _check_expired_page_still_needed(session, job, spec, items, now)
 

@@ -27,6 +27,7 @@ from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import Session
 
 from cxrlabel.jobspec import JobSpec
+from cxrlabel.storage.locks import GOLD_BANK, advisory_lock
 from cxrlabel.storage.models import AuditEvent, GoldItem, GoldReveal, Job
 
 GOLD_RETIRED = "gold.retired"
@@ -142,6 +143,9 @@ def after_feedback(
     limit (called by ``annotate.submission.submit_page`` in the submit's transaction)."""
     if not missed_image_ids or not answers_shown(kind, quiz_passed):
         return
+    # PostgreSQL grades pages side by side: the reveals are counted and items retired one
+    # page at a time (the last lock a submit takes).
+    advisory_lock(session, GOLD_BANK, job.id)
     record_reveals(session, job, user_id, missed_image_ids, now)
     retire_revealed(session, job, spec, missed_image_ids, now)
 

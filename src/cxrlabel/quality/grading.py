@@ -3,23 +3,31 @@
 ``annotate.submission.submit_page`` calls ``on_page_submitted`` in the same transaction, right
 after inserting the page's judgments; the decisions go through ``store.run_event`` like every
 other quality input, so replaying the audit log (``audit.replay``) runs the same code.
+
+On PostgreSQL pages of one job are graded in parallel: ``lock_page_rows`` takes, before the
+judgments are inserted, the row locks the engine needs for a page (``store``'s docstring says
+why that makes the audit log's order a valid replay order).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from cxrlabel.jobspec import JobSpec
+from cxrlabel.storage.locks import JOB_QUALITY, advisory_lock, is_postgres
 from cxrlabel.storage.models import (
+    AnnotatorState,
     AnnotatorStatus,
+    AuditEvent,
     GoldItem,
     Image,
     Job,
+    Judgment,
     Page,
     User,
     as_utc,
@@ -33,11 +41,50 @@ from .store import (
     DbState,
     GradedJudgment,
     QualityError,
-    add_audit,
     judgment_in,
-    lock_job,
     run_event,
 )
+
+
+def lock_page_rows(session: Session, job: Job, user_id: int, work_image_ids: Iterable[int]) -> None:
+    """PostgreSQL: lock what grading a page reads and writes, in the one lock order, before the
+    page's judgments are inserted (SQLite: nothing, its writers run one at a time).
+
+    1. the job's quality lock, shared: pages are graded side by side, admin commands (which
+       take it exclusively, ``store.lock_job``) wait for them and they for an admin command;
+    2. the page's work images, ``FOR NO KEY UPDATE`` in id order: whoever adds a judgment to an
+       image locks it first, so the judgments on them stay as read, and on one image they get
+       ids in the order they were graded (peer agreement pairs a label with earlier ones);
+    3. the annotator states of the submitter and of everyone who judged those images (their
+       trust weighs the labels, their peer-agreement counts grow), ``FOR UPDATE`` in user-id
+       order.
+
+    Rows the engine needs beyond these (a removal re-evaluates every image of the removed
+    annotator) are locked as it loads them (``store.DbState``), out of this order: a rare
+    deadlock, which PostgreSQL breaks by failing one transaction, and the web app runs that
+    one again (``storage.locks.retry_transient``).
+    """
+    if not is_postgres(session):
+        return
+    advisory_lock(session, JOB_QUALITY, job.id, shared=True)
+    ids = sorted(set(work_image_ids))
+    judges = select(Judgment.user_id).where(Judgment.image_id.in_(ids or [-1]))
+    if ids:
+        session.execute(
+            select(Image.id)
+            .where(Image.id.in_(ids))
+            .order_by(Image.id)
+            .with_for_update(key_share=True)
+        )
+    session.execute(
+        select(AnnotatorState.id)
+        .where(
+            AnnotatorState.job_id == job.id,
+            or_(AnnotatorState.user_id == user_id, AnnotatorState.user_id.in_(judges)),
+        )
+        .order_by(AnnotatorState.user_id)
+        .with_for_update()
+    )
 
 
 def on_page_submitted(
@@ -54,17 +101,16 @@ def on_page_submitted(
     """Grade gold, update trust, apply every rule and re-aggregate the page's images.
 
     Called by ``annotate.submission.submit_page`` in the same transaction, after it inserted
-    the page's ``Judgment`` rows (having locked the annotator and job rows already:
-    ``job_locked``).
+    the page's ``Judgment`` rows (having taken ``lock_page_rows`` first: ``job_locked``).
     """
     if not job_locked:
-        lock_job(session, job)
+        lock_page_rows(session, job, user.id, [j.image_id for j in judgments if not j.is_gold])
     session.flush()  # the judgments need their ids
     ordered = sorted(judgments, key=lambda j: j.id)
     if any(j.trust_at_time is not None for j in ordered):
         raise QualityError("already_graded", "this page was already graded", 409)
     seconds = (as_utc(now) - as_utc(page.served_at)).total_seconds()
-    state = DbState(session, job, spec, ordered)
+    state = DbState(session, job, spec, ordered, lock=True)
     # The gold bank's size matters only to someone still taking the quiz (when is the quiz
     # complete): counted for them only; the engine reads it for them only.
     in_quiz = state.annotator(user.id).status == AnnotatorStatus.QUIZ
@@ -76,7 +122,15 @@ def on_page_submitted(
         judgments=tuple(judgment_in(j) for j in ordered),
         active_gold=_active_gold_count(session, job) if in_quiz else None,
     )
-    add_audit(session, job, user.id, PAGE_SUBMITTED, f"page:{page.id}", _page_payload(event), now)
+    # Logged after the engine ran (``audit_input``): its id is taken with every lock held.
+    logged = AuditEvent(
+        at=now,
+        job_id=job.id,
+        actor_id=user.id,
+        action=PAGE_SUBMITTED,
+        subject=f"page:{page.id}",
+        payload=_page_payload(event),
+    )
     # The engine re-aggregates the page's work images: fetch their judgments in one query.
     engine, result = run_event(
         session,
@@ -88,6 +142,7 @@ def on_page_submitted(
         state=state,
         preload_images=[j.image_id for j in ordered if not j.is_gold],
         preload_gold=[j.image_id for j in ordered if j.is_gold],
+        audit_input=logged,
     )
     annotator = engine.state.annotator(user.id)
     return PageOutcome(

@@ -1,10 +1,20 @@
 """Database adapter of the quality engine: rows in, events through ``Engine``, rows and audit out.
 
 Everything here runs inside the caller's transaction (the web app's request or the simulator's
-unit of work). Each mutating entry point first locks the job row (``lock_job``), so on
-PostgreSQL quality updates of one job are serialised and the audit log's order is the order in
-which the decisions were made; that order is what ``audit.replay`` follows. (SQLite already
-serialises writers with ``BEGIN IMMEDIATE``.)
+unit of work). On PostgreSQL the audit log's id order must be an order in which the decisions
+could have been made one at a time, because that order is what ``audit.replay`` follows. It is,
+by strict two-phase locking (docs/scaling.md, "How quality updates of one job are locked"):
+
+* a writing ``DbState`` locks every row the engine reads or writes before reading it (annotator
+  states ``FOR UPDATE``, images ``FOR NO KEY UPDATE``; an image's judgments are read only under
+  its image's lock, an annotator's under their state's lock) and holds the locks to commit;
+* the event's input row of the audit log is inserted after the engine ran, when every lock is
+  held, so it takes its id (from the table's sequence) after any conflicting event committed;
+* admin commands take the job's quality lock exclusively (``lock_job``), page submissions
+  share it (``grading.lock_page_rows``): gold answers, which only admin commands change,
+  need no row locks.
+
+Events that lock no common row touch disjoint state: they commute. (SQLite is serial.)
 
 The audit log holds two kinds of rows:
 
@@ -29,6 +39,7 @@ from sqlalchemy.orm.util import identity_key
 
 from cxrlabel.errors import EngineError
 from cxrlabel.jobspec import JobSpec
+from cxrlabel.storage.locks import JOB_QUALITY, advisory_lock, is_postgres
 from cxrlabel.storage.models import AnnotatorState, AuditEvent, GoldItem, Image, Job, Judgment
 
 from .engine import Engine, new_state
@@ -190,11 +201,15 @@ _CHUNK = 900
 _A, _I, _J = AnnotatorState.__table__, Image.__table__, Judgment.__table__
 _IDS: BindParameter[Any] = bindparam("ids", expanding=True)
 _SELECT_ANNOTATORS = select(_A).where(_A.c.job_id == bindparam("job"), _A.c.user_id.in_(_IDS))
+# PostgreSQL, a writing state: the same rows locked in id order (deadlocks only out of order).
+_LOCK_ANNOTATORS = _SELECT_ANNOTATORS.order_by(_A.c.user_id).with_for_update()
 # By primary key only (the job is checked on the rows): with ``AND job_id = ?`` SQLite (no
 # statistics) preferred a job_id index and scanned every image of the job for nine ids.
 _SELECT_IMAGES = select(
     _I.c.id, _I.c.job_id, _I.c.model_score, *(_I.c[n] for n in _IMAGE_COLUMNS)
 ).where(_I.c.id.in_(_IDS))
+# NO KEY UPDATE: excludes other writers, not the foreign-key checks of pages being inserted.
+_LOCK_IMAGES = _SELECT_IMAGES.order_by(_I.c.id).with_for_update(key_share=True)
 _SELECT_GOLD = select(
     GoldItem.__table__.c.image_id,
     GoldItem.__table__.c.accepted_answers,
@@ -249,10 +264,19 @@ class DbState(QualityState):
     executemany ``UPDATE``. ORM objects of those rows that the caller's session already holds
     (``submit_page``'s annotator row and new judgments, an admin action's annotator row) are
     given the written values, so callers see the result as before.
+
+    ``lock``: a writing state on PostgreSQL locks each annotator and image row as it loads it,
+    and an image (annotator) before reading its judgments (module docstring).
     """
 
     def __init__(
-        self, session: Session, job: Job, spec: JobSpec, pending: Sequence[GradedJudgment] = ()
+        self,
+        session: Session,
+        job: Job,
+        spec: JobSpec,
+        pending: Sequence[GradedJudgment] = (),
+        *,
+        lock: bool = False,
     ) -> None:
         super().__init__(
             default_status=new_state(spec).default_status, default_target=spec.judgments.min
@@ -265,6 +289,9 @@ class DbState(QualityState):
         self._judgment_loaded: dict[int, dict[str, Any]] = {}
         self.pending = {j.id: j for j in pending}
         self.pending_ids = set(self.pending)
+        self.locking = lock and is_postgres(session)
+        self._annotators_statement = _LOCK_ANNOTATORS if self.locking else _SELECT_ANNOTATORS
+        self._images_statement = _LOCK_IMAGES if self.locking else _SELECT_IMAGES
 
     # --- loaders -------------------------------------------------------------------------
     def _remember_annotator(self, row: Any) -> AnnotatorRec:
@@ -276,7 +303,7 @@ class DbState(QualityState):
         return rec
 
     def _load_annotator(self, user_id: int) -> AnnotatorRec:
-        row = self._rows(_SELECT_ANNOTATORS, [user_id])
+        row = self._rows(self._annotators_statement, [user_id])
         if not row:  # joined outside join_job (e.g. a direct import): create the row
             self.session.add(
                 AnnotatorState(
@@ -288,7 +315,7 @@ class DbState(QualityState):
                 )
             )
             self.session.flush()
-            row = self._rows(_SELECT_ANNOTATORS, [user_id])
+            row = self._rows(self._annotators_statement, [user_id])
         return self._remember_annotator(row[0])
 
     def _rows(self, statement: Any, ids: Sequence[int], **params: Any) -> list[Any]:
@@ -301,11 +328,11 @@ class DbState(QualityState):
 
     def _preload_annotators(self, user_ids: Iterable[int]) -> None:
         missing = sorted({u for u in user_ids if u not in self.annotators})
-        for row in self._rows(_SELECT_ANNOTATORS, missing):
+        for row in self._rows(self._annotators_statement, missing):
             self.annotators[row.user_id] = self._remember_annotator(row)
 
     def _load_images(self, image_ids: Sequence[int]) -> None:
-        for row in self._rows(_SELECT_IMAGES, image_ids):
+        for row in self._rows(self._images_statement, image_ids):
             if row.job_id != self.job.id:
                 continue  # another job's image: ``_load_image`` refuses it
             rec = image_rec(row)
@@ -372,7 +399,14 @@ class DbState(QualityState):
         self._preload_annotators([*users, *(r.user_id for r in recs)])
         return recs
 
+    def _lock_images_of(self, image_ids: Iterable[int]) -> None:
+        """An image's row is locked before its judgments are read (a writer of a judgment
+        locks its image first): loading the image locks it."""
+        if self.locking:
+            self._load_images(sorted({i for i in image_ids if i not in self.images}))
+
     def _load_judgments_on(self, image_id: int) -> list[JudgmentRec]:
+        self._lock_images_of([image_id])
         return self._judgment_recs(
             self._rows(_SELECT_JUDGMENTS_ON, [image_id], pending=sorted(self.pending_ids))
         )
@@ -383,6 +417,7 @@ class DbState(QualityState):
         annotators and ``users`` in one more."""
         ids = sorted({i for i in image_ids if i not in self._images_loaded})
         if ids:
+            self._lock_images_of(ids)
             self._remember(
                 self._judgment_recs(
                     self._rows(_SELECT_JUDGMENTS_ON, ids, pending=sorted(self.pending_ids)), users
@@ -393,6 +428,7 @@ class DbState(QualityState):
             self._preload_annotators(users)
 
     def _load_judgments_by(self, user_id: int) -> list[JudgmentRec]:
+        self.annotator(user_id)  # locked (when locking) before their judgments are read
         rows = self.session.connection().execute(
             _SELECT_JUDGMENTS_BY,
             {"job": self.job.id, "user": user_id, "pending": sorted(self.pending_ids)},
@@ -457,12 +493,16 @@ class DbState(QualityState):
 
 
 def lock_job(session: Session, job: Job, annotators: Iterable[int] = ()) -> None:
-    """Serialise quality updates of one job (row locks on PostgreSQL; SQLite is serial).
+    """An admin command's lock: the job's quality lock exclusively (no page of the job is
+    being graded meanwhile), then the annotator-state rows it will write, by user id
+    (PostgreSQL; SQLite is serial).
 
-    Lock order, shared with ``annotate.submission``: the annotator-state rows the action will
-    write (by user id), then the job row. A page submission writes only its own annotator's
-    row, so an admin action and a submission can never wait on each other in a cycle.
+    Lock order, shared with ``grading.lock_page_rows``: the job's quality lock first, then
+    images, then annotator states. A page submission takes the job lock (shared) before any
+    image or annotator lock, so while an admin command holds it exclusively no submission holds
+    a row it could want: the two never wait on each other in a cycle.
     """
+    advisory_lock(session, JOB_QUALITY, job.id)
     ids = sorted(set(annotators))
     if ids:
         session.execute(
@@ -471,10 +511,6 @@ def lock_job(session: Session, job: Job, annotators: Iterable[int] = ()) -> None
             .order_by(AnnotatorState.user_id)
             .with_for_update()
         )
-    # NO KEY UPDATE: serialises quality updates just the same, without blocking foreign-key
-    # checks of rows inserted for this job (an assigner inserting a page holds image locks a
-    # submission waits for; FOR UPDATE here deadlocked against it on PostgreSQL).
-    session.execute(select(Job.id).where(Job.id == job.id).with_for_update(key_share=True))
 
 
 def add_audit(
@@ -526,20 +562,26 @@ def run_event(
     state: DbState | None = None,
     preload_images: Iterable[int] = (),
     preload_gold: Iterable[int] = (),
+    audit_input: AuditEvent | None = None,
 ) -> tuple[Engine, Any]:
     """Apply one input event to the stored state and write state and decisions back.
 
     ``preload_*``: rows the event will certainly touch, loaded in one query each up front.
+    ``audit_input``: the event's input row of the audit log, inserted after the engine ran
+    (every lock held: module docstring), right before the decisions.
     """
     # DbState reads with Core statements, which do not autoflush: make the caller's pending
     # ORM changes (new judgments, the input audit event, a new gold item) visible first.
     session.flush()
-    state = state if state is not None else DbState(session, job, spec)
+    state = state if state is not None else DbState(session, job, spec, lock=True)
     state.preload_gold(preload_gold)
     state.prefetch(sorted(set(preload_images)))
     engine = Engine(state, spec)
     result = engine.apply(event)
     state.write_back(now)
+    if audit_input is not None:
+        session.add(audit_input)
+        session.flush()  # its id comes before the decisions'
     _record_decisions(session, job, engine.decisions, actor_id, now)
     session.flush()
     return engine, result

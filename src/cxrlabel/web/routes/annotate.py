@@ -10,11 +10,12 @@ from starlette.datastructures import FormData
 from starlette.responses import Response
 
 from cxrlabel.annotate.assignment import join_job, next_page_or_reason, prefetch_page
-from cxrlabel.annotate.schemas import AnswerIn, SubmissionError
+from cxrlabel.annotate.schemas import AnswerIn, SubmissionError, SubmitResult
 from cxrlabel.annotate.submission import stored_result, submit_page
 from cxrlabel.errors import EngineError
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.quality.annotator_status import read_standing, standing_message
+from cxrlabel.storage.locks import retry_transient
 from cxrlabel.storage.models import (
     AnnotatorState,
     AnnotatorStatus,
@@ -263,12 +264,16 @@ def _submit_form(
         kind = page.kind
         help_html = instructions_html(s, job, spec, _data_dir(request))
     answers = answers_from_form(form, [i["public_id"] for i in items])
-    try:
+
+    def attempt() -> SubmitResult:
         with db.session() as s:  # the write transaction: the engine's work only (api.py)
             job, spec = job_ref_and_spec(s, job_name)
-            result = submit_page(
+            return submit_page(
                 s, job, spec, user, page_id, client_id, answers_in(answers, alias_map), utcnow()
             )
+
+    try:
+        result = retry_transient(attempt)  # PostgreSQL deadlocks: run again (api.py)
     except SubmissionError as exc:
         if exc.code == "already_submitted":
             return RedirectResponse(f"/jobs/{job_name}/pages/{page_id}/feedback", 303)
