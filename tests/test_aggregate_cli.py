@@ -117,6 +117,21 @@ def test_certainty_column_used(tmp_path: Path) -> None:
     assert pd.read_csv(out).loc[0, "label"] == "NORMAL"
 
 
+def test_bom_blank_lines_quotes_and_spaces(tmp_path: Path) -> None:
+    """A spreadsheet export: byte-order mark, blank lines, quoted cells, padded cells."""
+    answers = tmp_path / "a.csv"
+    answers.write_bytes(
+        b"\xef\xbb\xbftask, worker ,label\r\n\r\n"
+        b'"x, 1",w1, NORMAL\r\n"x, 1",w2,NORMAL \r\n\r\n"x, 1",w3,PNEUMONIA\r\n'
+    )
+    out = tmp_path / "o.csv"
+    result = run(str(answers), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out, dtype={"task": str})
+    assert table["task"].tolist() == ["x, 1"] and table.loc[0, "n_answers"] == 3
+    assert table.loc[0, "label"] == "NORMAL" and {"p_NORMAL", "p_PNEUMONIA"} <= set(table)
+
+
 def assert_one_line_error(result: object, fragment: str) -> None:
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
@@ -133,6 +148,8 @@ def assert_one_line_error(result: object, fragment: str) -> None:
         ("task,worker,label\n", "no rows"),
         ("task,worker,label\nx,,NORMAL\n", "line 2: empty 'worker'"),
         ("task,worker,label,certainty\nx,w,NORMAL,maybe\n", "certainty 'maybe'"),
+        ("task,worker,label\nx,w1,A\nx,w2,A,B\n", "line 3 has 4 fields"),
+        ("task,worker,label\nx,w1,A\n\nx,w2\n", "line 4: empty 'label'"),  # short row
     ],
 )
 def test_bad_answers_file(tmp_path: Path, content: str, fragment: str) -> None:
