@@ -9,6 +9,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from cxrlabel.aggregate import csvfiles
 from cxrlabel.aggregate.cli import aggregate_command
 
 app = typer.Typer()
@@ -170,3 +171,21 @@ def test_other_errors(answers: Path, tmp_path: Path) -> None:
         run(str(answers), "-m", "trust", "--trust", str(trust), "-o", out), "not a number"
     )
     assert_one_line_error(run(str(answers), "-o", str(tmp_path / "no" / "o.csv")), "folder")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "task,worker,label\nx,w1,A\ny,w2,B\n",
+        "task,worker,label\r\nx,w1,A\r\ny, w2 ,B \r\n",  # Windows line ends, padded cells
+        "task,worker,label\nx,w1,A\ny,w2,B",  # no final newline
+        "task,worker,label\n",  # header only
+        "task,worker,label\nx,w1,A\n\ny,w2,B\n",  # blank line: csv path
+        'task,worker,label\n"x,1",w1,A\n',  # quoted comma: csv path
+        "task,worker,label,task\nx,w1,A,z\n",  # repeated column name
+    ],
+)
+def test_fast_reader_matches_the_csv_module(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "a.csv"
+    path.write_bytes(content.encode())
+    assert csvfiles._read_cells(path) == csvfiles._read_cells_csv(path)
