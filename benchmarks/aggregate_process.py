@@ -9,11 +9,14 @@ interpreter start-up, imports, reading the CSV, the fit and writing the result a
   last of repeated (task, worker) answers kept, as ours does), runs crowd-kit's
   ``DawidSkene().fit_predict`` and writes the labels to a CSV.
 
-The two commands alternate (ours, crowd-kit, ours, ...) ``--repeat`` times per file, so load
-on a shared machine hits both alike; the table shows the median and minimum wall time and the
-ratio of the medians. Default files: four shared crowd sets from 1,700 to 217,000 answers.
+The commands alternate (ours, [baseline,] crowd-kit, ours, ...) ``--repeat`` times per file,
+so load on a shared machine hits all alike; the table shows the median and minimum wall time
+and crowd-kit's median over each of ours. Default files: four shared crowd sets from 1,700 to 217,000 answers.
 
     PYTHONPATH=src .venv/bin/python benchmarks/aggregate_process.py [--repeat 5] [FILE ...]
+
+``--baseline-src OTHER/src`` adds another checkout's ``cxrlabel`` (e.g. a baseline commit
+extracted with ``git archive COMMIT src | tar -x -C DIR``) to the same rotation.
 """
 
 from __future__ import annotations
@@ -59,8 +62,8 @@ def crowdkit_command(answers: Path, out: Path) -> list[str]:
     return [sys.executable, "-c", CROWDKIT, str(answers), str(out)]
 
 
-def wall_time(command: list[str]) -> float:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+def wall_time(command: list[str], src: Path) -> float:
+    env = {**os.environ, "PYTHONPATH": str(src)}
     start = time.perf_counter()
     proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
@@ -78,24 +81,31 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="*", type=Path)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--baseline-src", type=Path, help="another checkout's src, timed in the same rotation"
+    )
     args = parser.parse_args(argv)
     files = args.files or [CROWD / name / "answers.csv" for name in DEFAULT_SETS]
-    print("| answers file | answers | ours median / min s | crowd-kit median / min s | ratio |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    trees = {"ours": REPO / "src"}
+    if args.baseline_src:
+        trees["baseline"] = args.baseline_src
+    headers = [f"{name} median / min s" for name in [*trees, "crowd-kit"]]
+    ratios = [f"crowd-kit / {name}" for name in trees]
+    print("| answers file | answers | " + " | ".join(headers + ratios) + " |")
+    print("| --- | ---: | " + " | ".join(["---:"] * (len(headers) + len(ratios))) + " |")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.csv"
         for answers in files:
-            ours, theirs = [], []
+            times: dict[str, list[float]] = {name: [] for name in [*trees, "crowd-kit"]}
             for _ in range(args.repeat):
-                ours.append(wall_time(cxrlabel_command(answers, out)))
-                theirs.append(wall_time(crowdkit_command(answers, out)))
-            ratio = statistics.median(theirs) / statistics.median(ours)
-            print(
-                f"| {answers.parent.name} | {answer_count(answers):,} "
-                f"| {statistics.median(ours):.2f} / {min(ours):.2f} "
-                f"| {statistics.median(theirs):.2f} / {min(theirs):.2f} | {ratio:.1f}x |",
-                flush=True,
-            )
+                for name, src in trees.items():
+                    times[name].append(wall_time(cxrlabel_command(answers, out), src))
+                times["crowd-kit"].append(wall_time(crowdkit_command(answers, out), REPO / "src"))
+            medians = {name: statistics.median(t) for name, t in times.items()}
+            cells = [f"{medians[n]:.2f} / {min(t):.2f}" for n, t in times.items()]
+            cells += [f"{medians['crowd-kit'] / medians[n]:.1f}x" for n in trees]
+            row = [answers.parent.name, f"{answer_count(answers):,}", *cells]
+            print("| " + " | ".join(row) + " |", flush=True)
     return 0
 
 
