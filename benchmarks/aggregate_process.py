@@ -11,7 +11,8 @@ interpreter start-up, imports, reading the CSV, the fit and writing the result a
 
 The commands alternate (ours, [baseline,] crowd-kit, ours, ...) ``--repeat`` times per file,
 so load on a shared machine hits all alike; the table shows the median and minimum wall time
-and crowd-kit's median over each of ours. Default files: four shared crowd sets from 1,700 to 217,000 answers.
+and crowd-kit's median over each of ours. Default files: four shared crowd sets from 1,700 to
+217,000 answers.
 
     PYTHONPATH=src .venv/bin/python benchmarks/aggregate_process.py [--repeat 5] [FILE ...]
 

@@ -19,6 +19,10 @@ Dirichlet worth 5 answers centred on the crowd's agreement-based worker, + 0.01 
   (asymmetry shared across workers, per-worker deviations weighted by the worker's answer
   count through the Dirichlet posterior), and the same mixed half-and-half with the library's
   symmetric centre;
+* ``ds cavity``: the belief-propagation view of the same paper: the M-step counts each answer
+  against the item's posterior with that worker's own answer divided out (a cavity), so a
+  dense worker's answers cannot confirm themselves through the items they helped label; and
+  with the answer divided out only to the power 1/2;
 * GLAD ``moderated``: the E-step uses the Laplace posterior of each ability (variance = 1 /
   curvature of the M-step objective) through probit moderation,
   sigma(x / sqrt(1 + c pi v / 8)) with v = var(alpha) beta^2, c = 1 and 4; and moderated with
@@ -135,6 +139,34 @@ def collapsed_ds(judgments: Judgments) -> np.ndarray:
     return posterior
 
 
+def cavity_ds(judgments: Judgments, power: float = 1.0) -> np.ndarray:
+    """Belief-propagation-style M-step: each answer counts towards its worker's confusion with
+    the item posterior *without that worker's own answer* (divided out, to ``power``), so a
+    dense worker's answers cannot confirm themselves through the items they helped label."""
+    answers = judgments.worker_label_matrix()
+    diagonal = agreement_accuracy(judgments)
+    k, n_workers = judgments.n_classes, judgments.n_workers
+    items, workers, labels = judgments.items, judgments.workers, judgments.labels
+    cell = ((workers * k + labels)[:, None] * k + np.arange(k)[None, :]).ravel()
+    posterior = normalize_rows(judgments.vote_counts())
+    confusion = None
+    for _ in range(100):
+        share = posterior[items]
+        if confusion is not None:
+            share = normalize_rows(share / confusion[workers, :, labels] ** power)
+        counts = np.bincount(cell, share.ravel(), n_workers * k * k)
+        counts = counts.reshape(n_workers, k, k).transpose(0, 2, 1)  # [w, true, answered]
+        alpha = dirichlet(counts, prior_centre(counts, diagonal))
+        confusion = alpha / alpha.sum(axis=2, keepdims=True)
+        table = np.log(confusion).transpose(0, 2, 1).reshape(n_workers * k, k)
+        new = softmax_rows(np.asarray(answers @ table) + log_mean(posterior.sum(axis=0) + 1.0))
+        change = float(np.abs(new - posterior).max())
+        posterior = new
+        if change < 1e-5:
+            break
+    return posterior
+
+
 def ds_candidates(data: Dataset) -> dict[str, np.ndarray]:
     full = judgments_of(data)
     posteriors = {
@@ -144,6 +176,8 @@ def ds_candidates(data: Dataset) -> dict[str, np.ndarray]:
         "ds collapsed (own answer left out)": collapsed_ds(full),
         "ds hierarchical centre": ds_em(full, log_mean, log_mean, centre=pooled_centre(1.0)),
         "ds hierarchical centre, half": ds_em(full, log_mean, log_mean, pooled_centre(0.5)),
+        "ds cavity (own answer divided out)": cavity_ds(full),
+        "ds cavity, square root": cavity_ds(full, power=0.5),
     }
     return {name: p.argmax(axis=1) for name, p in posteriors.items()}
 
