@@ -26,7 +26,7 @@ Dirichlet worth 5 answers centred on the crowd's agreement-based worker, + 0.01 
 * GLAD ``moderated``: the E-step uses the Laplace posterior of each ability (variance = 1 /
   curvature of the M-step objective) through probit moderation,
   sigma(x / sqrt(1 + c pi v / 8)) with v = var(alpha) beta^2, c = 1 and 4; and moderated with
-  ``error_pattern="pooled"``.
+  ``error_pattern="pooled"``; and GLAD with the cavity M-step (``glad cavity``).
 
 Then leave-one-dataset-out as in benchmarks/aggregation_selection.py. crowd-kit's DS is run
 here; crowd-kit's GLAD figures are the measured ones (``CK_GLAD_MEASURED``). Results and the
@@ -226,6 +226,36 @@ def _log_likelihood_scaled(judgments, is_answer, alpha, b, shrink, log_error):  
     return np.where(is_answer > 0, log_right, log_wrong)
 
 
+class CavityGLAD(GLAD):
+    """GLAD whose M-step weights each answer by the item posterior with that answer's own
+    likelihood divided out (the cavity of ``cavity_ds``), after a first plain step."""
+
+    def _m_step(self, judgments, is_answer, posterior, alpha, b):  # type: ignore[no-untyped-def]
+        if getattr(self, "_started", False):
+            own = np.exp(glad_module._log_likelihood(judgments, is_answer, alpha, b))
+            self._answer_weight = normalize_rows(posterior[judgments.items] / own)
+        else:  # first step: alpha and b are still the prior's, nothing to divide out
+            self._answer_weight = posterior[judgments.items]
+        self._started = True
+        return self._weighted_m_step(judgments, is_answer, alpha, b)
+
+    def _weighted_m_step(self, judgments, is_answer, alpha, b):  # type: ignore[no-untyped-def]
+        """The library's Newton sweep with per-answer responsibilities ``_answer_weight``."""
+        items, workers, weight = judgments.items, judgments.workers, self._answer_weight
+        beta = np.exp(b)[items][:, None]
+        s = glad_module._sigmoid(alpha[workers] * beta)
+        grad = self._per_worker(judgments, weight * (is_answer - s) * beta)
+        grad -= (alpha - self.alpha_mean) / self.alpha_var
+        curv = self._per_worker(judgments, weight * s * (1 - s) * beta**2) + 1.0 / self.alpha_var
+        alpha = alpha + np.clip(grad / curv, -2.0, 2.0)
+        x = alpha[workers] * np.exp(b)[items][:, None]
+        s = glad_module._sigmoid(x)
+        grad_b = np.bincount(items, (weight * (is_answer - s) * x).sum(axis=1), len(b))
+        curv_b = np.bincount(items, (weight * s * (1 - s) * x**2).sum(axis=1), len(b))
+        b = b + np.clip((grad_b - b / self.b_var) / (curv_b + 1.0 / self.b_var), -2.0, 2.0)
+        return alpha, b
+
+
 def glad_candidates(data: Dataset) -> dict[str, np.ndarray]:
     full = judgments_of(data)
     return {
@@ -235,6 +265,7 @@ def glad_candidates(data: Dataset) -> dict[str, np.ndarray]:
         "glad moderated, pooled errors": ModeratedGLAD(1.0, error_pattern="pooled")
         .fit_judgments(full)
         .labels,
+        "glad cavity": CavityGLAD().fit_judgments(full).labels,
     }
 
 
