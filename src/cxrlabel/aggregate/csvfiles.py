@@ -111,6 +111,7 @@ def read_trust(path: str | Path) -> Columns:
 
 
 def drop_duplicate_answers(columns: Columns, source: str = "ANSWERS") -> Columns:
+    """Keep the last answer of each (task, worker) pair, in file order, and warn once."""
     pairs = zip(columns["task"], columns["worker"], strict=True)
     last_row = {pair: row for row, pair in enumerate(pairs)}
     n_dropped = len(columns["task"]) - len(last_row)
