@@ -471,6 +471,9 @@ How to read this (text kept in the script; tables regenerated on every run):
   Data-only remedies (held-out-likelihood early stopping, one-coin vs full model selection,
   partial pooling, class-prior priors) with leave-one-dataset-out validation: none closes
   them; see "Aggregation: data-only model selection" below (benchmarks/aggregation_selection.py).
+  Nor do Bayesian treatments of worker uncertainty (variational, collapsed, hierarchical,
+  cavity DS; moderated GLAD): "Aggregation: Bayesian worker uncertainty" below
+  (benchmarks/aggregation_bayes.py).
 """
 
 

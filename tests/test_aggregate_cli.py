@@ -9,6 +9,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from cxrlabel.aggregate import csvfiles
 from cxrlabel.aggregate.cli import aggregate_command
 
 app = typer.Typer()
@@ -117,6 +118,21 @@ def test_certainty_column_used(tmp_path: Path) -> None:
     assert pd.read_csv(out).loc[0, "label"] == "NORMAL"
 
 
+def test_bom_blank_lines_quotes_and_spaces(tmp_path: Path) -> None:
+    """A spreadsheet export: byte-order mark, blank lines, quoted cells, padded cells."""
+    answers = tmp_path / "a.csv"
+    answers.write_bytes(
+        b"\xef\xbb\xbftask, worker ,label\r\n\r\n"
+        b'"x, 1",w1, NORMAL\r\n"x, 1",w2,NORMAL \r\n\r\n"x, 1",w3,PNEUMONIA\r\n'
+    )
+    out = tmp_path / "o.csv"
+    result = run(str(answers), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out, dtype={"task": str})
+    assert table["task"].tolist() == ["x, 1"] and table.loc[0, "n_answers"] == 3
+    assert table.loc[0, "label"] == "NORMAL" and {"p_NORMAL", "p_PNEUMONIA"} <= set(table)
+
+
 def assert_one_line_error(result: object, fragment: str) -> None:
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
@@ -133,6 +149,8 @@ def assert_one_line_error(result: object, fragment: str) -> None:
         ("task,worker,label\n", "no rows"),
         ("task,worker,label\nx,,NORMAL\n", "line 2: empty 'worker'"),
         ("task,worker,label,certainty\nx,w,NORMAL,maybe\n", "certainty 'maybe'"),
+        ("task,worker,label\nx,w1,A\nx,w2,A,B\n", "line 3 has 4 fields"),
+        ("task,worker,label\nx,w1,A\n\nx,w2\n", "line 4: empty 'label'"),  # short row
     ],
 )
 def test_bad_answers_file(tmp_path: Path, content: str, fragment: str) -> None:
@@ -153,3 +171,21 @@ def test_other_errors(answers: Path, tmp_path: Path) -> None:
         run(str(answers), "-m", "trust", "--trust", str(trust), "-o", out), "not a number"
     )
     assert_one_line_error(run(str(answers), "-o", str(tmp_path / "no" / "o.csv")), "folder")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "task,worker,label\nx,w1,A\ny,w2,B\n",
+        "task,worker,label\r\nx,w1,A\r\ny, w2 ,B \r\n",  # Windows line ends, padded cells
+        "task,worker,label\nx,w1,A\ny,w2,B",  # no final newline
+        "task,worker,label\n",  # header only
+        "task,worker,label\nx,w1,A\n\ny,w2,B\n",  # blank line: csv path
+        'task,worker,label\n"x,1",w1,A\n',  # quoted comma: csv path
+        "task,worker,label,task\nx,w1,A,z\n",  # repeated column name
+    ],
+)
+def test_fast_reader_matches_the_csv_module(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "a.csv"
+    path.write_bytes(content.encode())
+    assert csvfiles._read_cells(path) == csvfiles._read_cells_csv(path)

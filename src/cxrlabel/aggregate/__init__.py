@@ -9,9 +9,10 @@ Array-level API (numpy/scipy only, no pandas)::
     ds = get_method("ds", tie_break=1)          # crowd-kit-like object
     ds.fit(items, workers, labels, 2); ds.labels_, ds.probas_
 
-The CSV/string-label wrapper is :mod:`cxrlabel.aggregate.io` (pandas), and the Typer
-sub-command is :func:`cxrlabel.aggregate.cli.aggregate_command`. Neither is imported here,
-so importing this package never pulls in pandas or Typer.
+The CSV layer is :mod:`cxrlabel.aggregate.csvfiles` (standard ``csv`` module, used by the
+command line) with a DataFrame API on top in :mod:`cxrlabel.aggregate.io` (pandas); the Typer
+sub-command is :func:`cxrlabel.aggregate.cli.aggregate_command`. None is imported here, so
+importing this package never pulls in pandas or Typer.
 """
 
 from __future__ import annotations

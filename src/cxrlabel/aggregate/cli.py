@@ -65,8 +65,8 @@ def _run(
     trust: Path | None,
     tie_break: str | None,
 ) -> tuple[int, int]:
-    # pandas is imported lazily so `cxrlabel --help` stays fast.
-    from .io import aggregate_frame, read_answers, read_gold, read_trust
+    # The pandas-free CSV layer: start-up time is most of a small run (issue 20).
+    from .csvfiles import fit_columns, read_answers, read_gold, read_trust, write_result
 
     if method not in METHODS:
         raise AggregationInputError(
@@ -76,17 +76,16 @@ def _run(
         raise AggregationInputError(f"output folder {str(output.parent)!r} does not exist")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        answers_frame = read_answers(answers)
-        gold_frame = read_gold(gold) if gold is not None else None
-        trust_frame = read_trust(trust) if trust is not None else None
-        table = aggregate_frame(
-            answers_frame, method, gold=gold_frame, trust=trust_frame, tie_break=tie_break
+        answer_columns = read_answers(answers)
+        gold_columns = read_gold(gold) if gold is not None else None
+        trust_columns = read_trust(trust) if trust is not None else None
+        result, encoded = fit_columns(
+            answer_columns, method, gold=gold_columns, trust=trust_columns, tie_break=tie_break
         )
     for warning in caught:
         typer.echo(f"warning: {warning.message}", err=True)
-    table.to_csv(output, index=False)
-    n_classes = sum(1 for c in table.columns if c.startswith("p_"))
-    return len(table), n_classes
+    write_result(output, result, encoded)
+    return len(encoded.tasks), len(encoded.classes)
 
 
 def register(app: typer.Typer) -> None:
