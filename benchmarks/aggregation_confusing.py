@@ -202,11 +202,13 @@ CANDIDATES = {
     "own hard-item confusion centred on the pooled hard confusion": lambda: ConfusingDS(
         "own hard-item confusion", start_from_disagreement=True, hard_centre="pooled"
     ),
-    "same, hard rows worth 20 answers": lambda: ConfusingDS(
-        "own hard-item confusion",
-        start_from_disagreement=True,
-        hard_centre="pooled",
-        hard_strength=20.0,
+    "own hard-item confusion centred on the pooled hard confusion, worth 20 answers": lambda: (
+        ConfusingDS(
+            "own hard-item confusion",
+            start_from_disagreement=True,
+            hard_centre="pooled",
+            hard_strength=20.0,
+        )
     ),
     "own hard-item confusion, hard rows worth 20 answers": lambda: ConfusingDS(
         "own hard-item confusion", start_from_disagreement=True, hard_strength=20.0
@@ -216,6 +218,21 @@ CANDIDATES = {
     ),
     "shared confusion, labels from the clear-item rows": lambda: ConfusingDS(
         "shared confusion", start_from_disagreement=True, label_with_clear_rows=True
+    ),
+    "shared confusion, labels from the clear-item rows, rho ~ 0.1": lambda: ConfusingDS(
+        "shared confusion",
+        rho_weight=None,
+        start_from_disagreement=True,
+        label_with_clear_rows=True,
+    ),
+    "shared confusion, labels from the clear-item rows, started at rho = 0.1": lambda: ConfusingDS(
+        "shared confusion", label_with_clear_rows=True
+    ),
+    "shared confusion worth 5 answers, labels from the clear-item rows": lambda: ConfusingDS(
+        "shared confusion",
+        shared_strength=5.0,
+        start_from_disagreement=True,
+        label_with_clear_rows=True,
     ),
     "spam, labels from the clear-item rows": lambda: ConfusingDS(
         "spam", start_from_disagreement=True, label_with_clear_rows=True
