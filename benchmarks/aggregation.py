@@ -473,7 +473,9 @@ How to read this (text kept in the script; tables regenerated on every run):
   them; see "Aggregation: data-only model selection" below (benchmarks/aggregation_selection.py).
   Nor do Bayesian treatments of worker uncertainty (variational, collapsed, hierarchical,
   cavity DS; moderated GLAD): "Aggregation: Bayesian worker uncertainty" below
-  (benchmarks/aggregation_bayes.py).
+  (benchmarks/aggregation_bayes.py), nor an item-level "confusing" component (spam, shared
+  confusion, two-regime DS): "Aggregation: confusing-item component" below
+  (benchmarks/aggregation_confusing.py).
 """
 
 
