@@ -358,6 +358,7 @@ def test_random_event_sequences_keep_invariants_and_replay(ops, strict):
         min_peer_pairs=30 if strict else 3,
         quiz_retakes=0 if strict else 1,
         online="auto" if strict else "posterior",
+        collusion_min_pairs=0 if strict else 2,  # per-peer tallies replay too
     )
     events, reference = _build_events(ops, spec)
 

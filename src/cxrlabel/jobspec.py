@@ -190,6 +190,10 @@ class Quality(_Strict):
     peer_accuracy: float = Field(default=0.75, gt=0.5, le=1.0)
     harm_accuracy: float = Field(default=0.6, ge=0.0, le=1.0)
     min_peer_pairs: int = Field(default=30, ge=1)
+    # Collusion (0 = off): a peer with whom an annotator has at least this many pairs and
+    # agrees on COLLUSION_AGREEMENT of them is a partner, not a referee; those pairs leave
+    # both annotators' peer evidence (docs/quality.md, "Removal for harm").
+    collusion_min_pairs: int = Field(default=0, ge=0)
 
 
 class Review(_Strict):
