@@ -52,6 +52,7 @@ def quality_toml(
     quiz_retakes: int = 0,
     min_peer_pairs: int = 30,
     online: str = "auto",
+    collusion_min_pairs: int = 0,
 ) -> str:
     return f'''
 name = "{name}"
@@ -95,6 +96,7 @@ distribution_max_prevalence_gap = 0.45
 distribution_remove = {"true" if dist_remove else "false"}
 expected_prevalence = {{ NORMAL = 0.3, PNEUMONIA = 0.7 }}
 min_peer_pairs = {min_peer_pairs}
+collusion_min_pairs = {collusion_min_pairs}
 [review]
 cant_tell_fraction = {cant_tell_fraction}
 quality_flag_votes = {flag_votes}

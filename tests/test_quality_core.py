@@ -147,6 +147,29 @@ def test_online_posterior_weighs_trust_certainty_and_prevalence():
     assert tie.label == "PNEUMONIA" and tie.proba["NORMAL"] == pytest.approx(0.5)
 
 
+def test_hopeless_image_goes_to_review_before_max_only_when_switched_on():
+    from dataclasses import replace
+
+    base = replace(
+        ConsensusParams.from_spec(make_spec(jmin=2, jmax=6, target=0.97)), online="posterior"
+    )
+    on = replace(base, review_when_hopeless=True, next_answer_accuracy=0.75)
+    trust = {u: 0.85 for u in range(1, 7)}
+    # 2 against 2 after four: two more agreeing answers at 0.75 (log-odds +1.10 each) cannot
+    # lift the leader from ~0.70 to 0.97, so the expert gets it now; without the switch, a fifth.
+    split = [_j(1, 1, "NORMAL"), _j(2, 2, "PNEUMONIA"), _j(3, 3, "NORMAL"), _j(4, 4, "PNEUMONIA")]
+    ev = evaluate(split, trust, on)
+    assert (ev.status, ev.review_reason, ev.judgment_target) == ("needs_review", "no_consensus", 4)
+    assert evaluate(split, trust, base).status == "needs_judgments"
+    # 3 to 1 after four: two more agreeing answers could settle it, so one more is asked for.
+    lead = [*split[:3], _j(4, 4, "NORMAL", "probably")]
+    assert evaluate(lead, trust, on).status == "needs_judgments"
+    # The same split with more answers still to come is not hopeless yet.
+    assert evaluate(split, trust, replace(on, max_judgments=10)).status == "needs_judgments"
+    # Only the posterior's confidence is a probability: the trust share never triggers it.
+    assert evaluate(split, trust, replace(on, online="auto")).status == "needs_judgments"
+
+
 # --- property test ------------------------------------------------------------------------------
 
 USERS = (1, 2, 3, 4, 5)
@@ -335,6 +358,7 @@ def test_random_event_sequences_keep_invariants_and_replay(ops, strict):
         min_peer_pairs=30 if strict else 3,
         quiz_retakes=0 if strict else 1,
         online="auto" if strict else "posterior",
+        collusion_min_pairs=0 if strict else 2,  # per-peer tallies replay too
     )
     events, reference = _build_events(ops, spec)
 

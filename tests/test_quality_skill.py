@@ -85,3 +85,31 @@ def test_every_reason_code_has_text_and_status_reasons_parse():
     assert skill.reason_text("speed_trap: 3 pages") == skill.REMOVAL_REASONS["speed_trap"]
     assert skill.reason_text(None) is None
     assert estimate_skill(evidence, 0.75).as_dict()["gold"]["n"] == 20
+
+
+def test_pairs_with_a_colluding_partner_are_no_evidence():
+    """quality.collusion_min_pairs: a ring account agrees with its partner on every shared image
+    and with the crowd by chance; without the partner's pairs its agreement is a coin's."""
+    from cxrlabel.quality.rules import colluding_partners, skill_evidence
+    from cxrlabel.quality.state import AnnotatorRec, AnswerCounts
+
+    ring = AnswerCounts(peer_pairs=360, peer_agree=200, peer_tally={7: [60, 60], 8: [300, 140]})
+    honest = AnswerCounts(
+        peer_pairs=300, peer_agree=225, peer_tally={1: [12, 12], 2: [9, 9], 3: [279, 204]}
+    )
+    perfect_gold = AnnotatorRec(1, status="active", gold_seen=30, gold_missed=0)
+    params = HarmParams(peer_accuracy=0.75, harm_accuracy=0.6, min_gold=5, min_peer_pairs=30)
+    # Off (0), the ring's agreement with itself lifts it above a coin: kept.
+    assert harm(skill_evidence(perfect_gold, ring), params) is None
+    assert colluding_partners(ring, 0) == {}
+    # On, the partner is found and its pairs leave: 140 of 300, and good gold -> removed.
+    assert colluding_partners(ring, 10) == {7: [60, 60]}
+    evidence = skill_evidence(perfect_gold, ring, 10)
+    assert (evidence.peer_pairs, evidence.peer_agree) == (300, 140)
+    assert harm(evidence, params).code == skill.REASON_PEER_DISAGREEMENT
+    # An honest annotator who agreed with one peer on 12 easy images loses those 12 pairs
+    # (9 pairs are too few to judge), and still agrees on 213 of 288: kept.
+    assert colluding_partners(honest, 10) == {1: [12, 12]}
+    assert harm(skill_evidence(perfect_gold, honest, 10), params) is None
+    # The per-peer tally survives the stored form.
+    assert AnswerCounts.from_dict(ring.to_dict()) == ring

@@ -93,6 +93,15 @@ def test_cli_simulate_is_deterministic_and_writes_its_result(
     assert result["setup"]["intake"] == "ingest"
     assert 0.5 < result["label_accuracy"] <= 1.0
     assert result["judgments_per_image"] >= 1.0
+    # Where the wrong labels come from: the parts add up to the whole.
+    errors = result["errors"]
+    parts = [errors["finalised"], *errors["expert_by_review_reason"].values()]
+    assert sum(p["images"] for p in parts) == result["labelled_images"]
+    assert sum(p["images"] for p in errors["by_difficulty"]) == result["labelled_images"]
+    wrong = sum(p["wrong"] for p in parts)
+    assert wrong == sum(p["wrong"] for p in errors["by_difficulty"])
+    assert wrong == round((1 - result["label_accuracy"]) * result["labelled_images"])
+    assert errors["finalised"]["images"] == sum(p["finalised"] for p in errors["by_difficulty"])
     # Training pages are practice, unpaid unless the job says pay.training_paid.
     assert result["training_pages"] > 0
     assert result["cost"] == pytest.approx((result["pages"] - result["training_pages"]) * 0.10)

@@ -281,3 +281,22 @@ def test_pareto_and_recommendation() -> None:
     assert best["setting"] == "good" and "cheapest" in why
     best, why = recommend(rows, 0.99)
     assert best["setting"] == "best" and "no setting reaches" in why
+
+
+def test_colluding_ring_is_perfect_on_gold_and_shares_one_unread_answer_per_work_image() -> None:
+    ring = PERSONAS["colluding_pair"]
+    assert _accuracy(_answers(ring, is_gold=True)[2]) == 1.0
+    assert ring.is_bad({"NORMAL": 0.26, "PNEUMONIA": 0.74}, LABELS, 0.75)
+
+    def work(persona: Persona, seed: int) -> list[str]:
+        rng = np.random.default_rng(seed)
+        return [
+            persona.answer(rng, "PNEUMONIA", 0.2, LABELS, CERTAINTIES, [], image_key=k).answer
+            for k in range(2000)
+        ]
+
+    first, second = work(ring, 1), work(ring, 2)  # two accounts, different private draws
+    assert first == second  # the ring agrees with itself on every shared image
+    assert 0.45 < np.mean([a == "PNEUMONIA" for a in first]) < 0.55  # unread: a coin
+    other_ring = work(ring.with_overrides(ring=2), 1)
+    assert 0.45 < np.mean([a == b for a, b in zip(first, other_ring, strict=True)]) < 0.55

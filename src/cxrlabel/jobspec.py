@@ -125,6 +125,10 @@ class Judgments(_Strict):
     # the model's p(PNEUMONIA) agrees with at least ``model_confidence`` (see docs/quality.md).
     min_if_model_agrees: int = Field(default=0, ge=0, le=50)
     model_confidence: float = Field(default=0.9, gt=0.5, le=1.0)
+    # With the online posterior: send an image to review as soon as the judgments left before
+    # ``max`` could not reach ``confidence_target`` even if they all agreed with the leading
+    # label (each at ``quality.peer_accuracy``), instead of paying for them first.
+    review_when_hopeless: bool = False
 
     @model_validator(mode="after")
     def _order(self) -> Judgments:
@@ -186,6 +190,10 @@ class Quality(_Strict):
     peer_accuracy: float = Field(default=0.75, gt=0.5, le=1.0)
     harm_accuracy: float = Field(default=0.6, ge=0.0, le=1.0)
     min_peer_pairs: int = Field(default=30, ge=1)
+    # Collusion (0 = off): a peer with whom an annotator has at least this many pairs and
+    # agrees on COLLUSION_AGREEMENT of them is a partner, not a referee; those pairs leave
+    # both annotators' peer evidence (docs/quality.md, "Removal for harm").
+    collusion_min_pairs: int = Field(default=0, ge=0)
 
 
 class Review(_Strict):

@@ -14,6 +14,11 @@ Rules (all thresholds from the job spec):
    expert review.
 5. Confidence >= ``judgments.confidence_target`` -> finalised.
 6. ``judgments.max`` reached without the target -> expert review (no consensus).
+   With the online posterior and ``judgments.review_when_hopeless``, also before ``max``: when
+   even ``max - trusted`` further answers that all agreed with the leading label, each as
+   accurate as the crowd's typical work answer (``quality.peer_accuracy``), would leave the
+   posterior below the target (``hopeless``). The expert labels such an image anyway, so the
+   judgments it would have taken first buy nothing.
 7. Otherwise ask for one more judgment (target = trusted + 1, at most max).
 
 With ``review.model_disagreement = t`` (off by default), an image that rule 5 would finalise
@@ -99,6 +104,10 @@ class ConsensusParams:
     online: str = "auto"
     prior: tuple[float, ...] | None = None  # per label, from quality.expected_prevalence
     certainty_weights: tuple[tuple[str, float], ...] = ()
+    # Rule 6 before max (``judgments.review_when_hopeless``, posterior only); the accuracy
+    # assumed for each judgment still to come is the crowd's typical one on work images.
+    review_when_hopeless: bool = False
+    next_answer_accuracy: float = 0.75
 
     @classmethod
     def from_spec(cls, spec: JobSpec) -> ConsensusParams:
@@ -117,6 +126,8 @@ class ConsensusParams:
             online=spec.aggregation.online,
             prior=_prior(spec),
             certainty_weights=tuple(sorted(spec.certainty_weights.items())),
+            review_when_hopeless=spec.judgments.review_when_hopeless,
+            next_answer_accuracy=spec.quality.peer_accuracy,
         )
 
     @property
@@ -284,6 +295,28 @@ def _settled_early(
     )
 
 
+def hopeless(n: int, confidence: float | None, params: ConsensusParams) -> bool:
+    """Rule 6 before ``max``: the judgments left cannot lift the posterior to the target.
+
+    Each further answer agreeing with the leading label adds at most
+    log(a (K - 1) / (1 - a)) to its log-odds, a = ``next_answer_accuracy``; if ``max - n`` of
+    them still fall short of logit(``confidence_target``), asking them is paying for answers
+    the expert will overrule or repeat."""
+    if not params.review_when_hopeless or params.online_method != POSTERIOR:
+        return False
+    if confidence is None or confidence >= 1.0:
+        return False
+    k, a = len(params.labels), params.next_answer_accuracy
+    if a >= 1.0:
+        return False
+    gain_per_answer = math.log(a * (k - 1) / (1.0 - a))
+    reachable = (
+        math.log(confidence / (1.0 - confidence)) + (params.max_judgments - n) * gain_per_answer
+    )
+    target = params.confidence_target
+    return target < 1.0 and reachable < math.log(target / (1.0 - target)) - 1e-12
+
+
 def evaluate(
     judgments: Sequence[JudgmentRec],
     trust_of: dict[int, float],
@@ -320,6 +353,6 @@ def evaluate(
         if model_disagrees(label, model_score, params):
             return result(NEEDS_REVIEW, settled_target, REVIEW_MODEL)
         return result(FINALISED, settled_target)
-    if n >= params.max_judgments:
+    if n >= params.max_judgments or hopeless(n, confidence, params):
         return result(NEEDS_REVIEW, settled_target, REVIEW_NO_CONSENSUS)
     return result(NEEDS_JUDGMENTS, min(n + 1, params.max_judgments))

@@ -120,7 +120,9 @@ class Engine:
 
         if rules.is_too_fast(event.seconds, params):
             self._speed_trap(annotator, event, recs, result)
-        peers = count_peer_pairs(state, recs, self.consensus.cant_tell)
+        peers = count_peer_pairs(
+            state, recs, self.consensus.cant_tell, per_peer=params.collusion_min_pairs > 0
+        )
         if annotator.status == QUIZ:
             active_gold = (
                 event.active_gold if event.active_gold is not None else state.active_gold_count()
@@ -454,7 +456,11 @@ class Engine:
             self.reinstate(annotator.user_id, "trust restored after a gold correction")
         elif (
             annotator.removal_kind in rules.HARM_KINDS
-            and skill.harm(rules.skill_evidence(annotator, counts), self.rules.harm) is None
+            and skill.harm(
+                rules.skill_evidence(annotator, counts, self.rules.collusion_min_pairs),
+                self.rules.harm,
+            )
+            is None
         ):
             self.reinstate(annotator.user_id, "skill restored after a gold correction")
         elif rules.below_minimum_accuracy(annotator, self.rules):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import rules
-from .state import GoldRec, JudgmentRec, QualityState
+from .state import AnswerCounts, GoldRec, JudgmentRec, QualityState
 
 RETAKE_MESSAGE = (
     "You did not reach this job's accuracy on the quiz yet. Please read the instructions and "
@@ -51,10 +51,14 @@ def round6(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
 
 
-def count_peer_pairs(state: QualityState, recs: list[JudgmentRec], cant_tell: str) -> set[int]:
+def count_peer_pairs(
+    state: QualityState, recs: list[JudgmentRec], cant_tell: str, per_peer: bool = False
+) -> set[int]:
     """Peer agreement (``skill.py``): each new counted label on a work image pairs with
     every earlier counted label of another annotator on it; both get the pair. Tainted
-    and "can't tell" answers are not labels. Returns the peers whose counts changed."""
+    and "can't tell" answers are not labels. ``per_peer``: also tally the pairs per peer
+    (``AnswerCounts.peer_tally``, for the collusion rule). Returns the peers whose counts
+    changed."""
     new = [r for r in recs if not r.is_gold and not r.tainted and r.certainty != cant_tell]
     if not new:
         return set()
@@ -77,8 +81,16 @@ def count_peer_pairs(state: QualityState, recs: list[JudgmentRec], cant_tell: st
             other_counts = state.counts(other.user_id)
             other_counts.peer_pairs += 1
             other_counts.peer_agree += agree
+            if per_peer:
+                _tally(counts, other.user_id, agree)
+                _tally(other_counts, rec.user_id, agree)
             peers.add(other.user_id)
     return peers
+
+
+def _tally(counts: AnswerCounts, peer: int, agree: int) -> None:
+    pairs, agreements = counts.peer_tally.get(peer, (0, 0))
+    counts.peer_tally[peer] = [pairs + 1, agreements + agree]
 
 
 def regrade_gold(state: QualityState, gold: GoldRec, cant_tell: str) -> dict[int, dict[str, int]]:

@@ -41,6 +41,7 @@ class RuleParams:
     remove_below_min_accuracy: bool = True
     quiz_retakes: int = 0
     harm: skill.HarmParams = skill.HarmParams()
+    collusion_min_pairs: int = 0  # 0 = off
 
     @classmethod
     def from_spec(cls, spec: JobSpec) -> RuleParams:
@@ -65,6 +66,7 @@ class RuleParams:
                 min_gold=spec.gold.min_gold_before_removal,
                 min_peer_pairs=spec.quality.min_peer_pairs,
             ),
+            collusion_min_pairs=spec.quality.collusion_min_pairs,
         )
 
     def trust(self, correct: int, seen: int) -> float:
@@ -134,13 +136,36 @@ def counted_gold(annotator: AnnotatorRec) -> tuple[int, int]:
     return annotator.gold_seen - annotator.gold_missed, seen
 
 
-def skill_evidence(annotator: AnnotatorRec, counts: AnswerCounts) -> skill.SkillEvidence:
+# A peer agreed with on this share of at least ``quality.collusion_min_pairs`` pairs is a
+# colluding partner: honest readers of these images agree on 0.7-0.85 of them, so the chance
+# that two honest annotators agree on 95 % of 10 or more shared images is ~2 % at most, and
+# then the only cost is that those pairs stop counting as evidence, for or against.
+COLLUSION_AGREEMENT = 0.95
+
+
+def colluding_partners(counts: AnswerCounts, min_pairs: int) -> dict[int, list[int]]:
+    """The peers whose pairs with this annotator look like shared answers, not readings."""
+    if min_pairs <= 0:
+        return {}
+    return {
+        peer: tally
+        for peer, tally in counts.peer_tally.items()
+        if tally[0] >= min_pairs and tally[1] >= COLLUSION_AGREEMENT * tally[0] - 1e-9
+    }
+
+
+def skill_evidence(
+    annotator: AnnotatorRec, counts: AnswerCounts, collusion_min_pairs: int = 0
+) -> skill.SkillEvidence:
+    """Gold and peer evidence; pairs with colluding partners are left out (an account
+    agreeing with its own ring is no evidence that it reads the images)."""
     correct, seen = counted_gold(annotator)
+    partners = colluding_partners(counts, collusion_min_pairs).values()
     return skill.SkillEvidence(
         gold_seen=seen,
         gold_correct=correct,
-        peer_pairs=counts.peer_pairs,
-        peer_agree=counts.peer_agree,
+        peer_pairs=counts.peer_pairs - sum(t[0] for t in partners),
+        peer_agree=counts.peer_agree - sum(t[1] for t in partners),
     )
 
 
@@ -157,7 +182,7 @@ def harm_verdict(
         and counts.peer_pairs <= int(reinstated.get("peer_pairs", -1))
     ):
         return None
-    return skill.harm(skill_evidence(annotator, counts), params.harm)
+    return skill.harm(skill_evidence(annotator, counts, params.collusion_min_pairs), params.harm)
 
 
 def low_trust_reason(annotator: AnnotatorRec, params: RuleParams) -> str:

@@ -70,6 +70,9 @@ class AnswerCounts:
     # work image (neither tainted nor "can't tell" when the second arrived), and agreements.
     peer_pairs: int = 0
     peer_agree: int = 0
+    # The same per peer (user id -> [pairs, agreements]), kept only with
+    # ``quality.collusion_min_pairs`` > 0: what tells a colluding partner from the crowd.
+    peer_tally: dict[int, list[int]] = field(default_factory=dict)
 
     @property
     def n_answers(self) -> int:
@@ -87,6 +90,8 @@ class AnswerCounts:
         for name in _OPTIONAL_COUNTS:  # absent when zero: documents from before stay equal
             if getattr(self, name):
                 stored[name] = getattr(self, name)
+        if self.peer_tally:
+            stored["peer_tally"] = {str(k): list(v) for k, v in sorted(self.peer_tally.items())}
         return stored
 
     @classmethod
@@ -97,6 +102,9 @@ class AnswerCounts:
             int(data.get("quiz_seen", 0)),
             int(data.get("quiz_missed", 0)),
             **{name: int(data.get(name, 0)) for name in _OPTIONAL_COUNTS},
+            peer_tally={
+                int(k): [int(v[0]), int(v[1])] for k, v in (data.get("peer_tally") or {}).items()
+            },
         )
 
 

@@ -307,6 +307,7 @@ class Simulation:
             is_quiz=is_quiz,
             is_gold=is_gold,
             feedback_pages=a.pages_submitted,
+            image_key=image_id,
         )
         return AnswerIn(
             image_public_id=public_id,

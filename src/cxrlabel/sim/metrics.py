@@ -27,6 +27,7 @@ Definitions (also in docs/simulation.md):
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import func, select
@@ -38,6 +39,7 @@ from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import (
     AnnotatorState,
     AnnotatorStatus,
+    AuditEvent,
     ExpertReview,
     Image,
     ImageStatus,
@@ -154,6 +156,60 @@ def summarise(
         "rejected_submissions": dict(sorted(record.rejected_submissions.items())),
         "by_persona": by_persona(record, states),
     }
+
+
+NEEDS_REVIEW_ACTION = "quality.image_needs_review"
+DIFFICULTY_BANDS = 5
+
+
+def error_breakdown(db: Database, job_id: int, difficulty: Mapping[int, float]) -> dict[str, Any]:
+    """Where the wrong labels come from (``errors`` in the result): images the crowd settled,
+    images the expert labelled per review reason (the last ``needs_review`` decision's
+    ``review_reason`` in the audit log), and both per band of the simulated difficulty
+    percentile (fifths). Counts only work images with a final label and a reference label."""
+    with db.session() as session:
+        rows = session.execute(
+            select(Image.id, Image.status, Image.label, Image.reference_label).where(
+                Image.job_id == job_id,
+                Image.status.in_(FINAL_STATUSES),
+                Image.label.is_not(None),
+                Image.reference_label.is_not(None),
+            )
+        ).all()
+        reasons: dict[int, str] = {}
+        for subject, payload in session.execute(
+            select(AuditEvent.subject, AuditEvent.payload)
+            .where(AuditEvent.job_id == job_id, AuditEvent.action == NEEDS_REVIEW_ACTION)
+            .order_by(AuditEvent.id)
+        ):
+            if subject and subject.startswith("image:"):
+                reasons[int(subject.split(":", 1)[1])] = str(payload.get("review_reason"))
+    finalised = _tally()
+    by_reason: dict[str, dict[str, int]] = defaultdict(_tally)
+    bands = [_tally(finalised=0, wrong_finalised=0) for _ in range(DIFFICULTY_BANDS)]
+    for row in rows:
+        wrong = int(row.label != row.reference_label)
+        crowd = row.status == ImageStatus.FINALISED
+        group = finalised if crowd else by_reason[reasons.get(row.id, "unknown")]
+        group["images"] += 1
+        group["wrong"] += wrong
+        band = bands[min(DIFFICULTY_BANDS - 1, int(difficulty.get(row.id, 0.5) * DIFFICULTY_BANDS))]
+        band["images"] += 1
+        band["wrong"] += wrong
+        band["finalised"] += int(crowd)
+        band["wrong_finalised"] += wrong * int(crowd)
+    return {
+        "finalised": finalised,
+        "expert_by_review_reason": dict(sorted(by_reason.items())),
+        "by_difficulty": [
+            {"from": k / DIFFICULTY_BANDS, "to": (k + 1) / DIFFICULTY_BANDS, **band}
+            for k, band in enumerate(bands)
+        ],
+    }
+
+
+def _tally(**extra: int) -> dict[str, int]:
+    return {"images": 0, "wrong": 0, **extra}
 
 
 def removal_stats(

@@ -18,7 +18,10 @@ Strategies: ``skilled`` (the model above, optionally biased toward one label), `
 (answers honestly in the quiz and its first pages to get in, then gives the opposite of what
 it believes most of the time), ``harvester`` (issue 18's gold harvester or colluding account:
 knows the gold bank, so answers every test question right, and gives the opposite of what it
-believes on work images with ``flip_rate``).
+believes on work images with ``flip_rate``), ``colluder`` (a colluding ring: accounts that
+share the gold answers they collect, so every test question right, and give the ring's shared,
+unread answer on work images - the same for every account of the ring on the same image, so
+they agree with each other and, on two labels, with everyone else only by chance).
 
 Learning: with ``start_accuracy`` set, the persona starts at that accuracy and reaches
 ``accuracy`` linearly after ``learn_pages`` pages with feedback (training pages show every
@@ -41,10 +44,17 @@ from scipy.stats import norm
 
 from cxrlabel.vocab import NORMAL, PNEUMONIA
 
-Strategy = Literal["skilled", "random", "constant", "adversarial", "harvester"]
+Strategy = Literal["skilled", "random", "constant", "adversarial", "harvester", "colluder"]
 CertaintyStyle = Literal["calibrated", "overconfident", "always_definitely", "random"]
 
-STRATEGIES: tuple[str, ...] = ("skilled", "random", "constant", "adversarial", "harvester")
+STRATEGIES: tuple[str, ...] = (
+    "skilled",
+    "random",
+    "constant",
+    "adversarial",
+    "harvester",
+    "colluder",
+)
 CERTAINTY_STYLES: tuple[str, ...] = ("calibrated", "overconfident", "always_definitely", "random")
 
 # The bundled job's certainty values; a job with other values maps them by position
@@ -107,6 +117,7 @@ class Persona:
     bad: bool | None = None  # None: decided from the expected accuracy (see ``is_bad``)
     start_accuracy: float | None = None  # learner: accuracy before any feedback
     learn_pages: float = 10.0  # learner: pages with feedback to reach ``accuracy``
+    ring: int = 1  # colluder: accounts with the same ring number share one answer key
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -162,10 +173,11 @@ class Persona:
         is_quiz: bool = False,
         is_gold: bool = False,
         feedback_pages: int = 0,
+        image_key: int | None = None,
     ) -> SimAnswer:
         """One answer for one image; ``pages_done`` counts this annotator's work pages so far,
         ``feedback_pages`` every page submitted (training and quiz included: each gave
-        feedback)."""
+        feedback); ``image_key`` identifies the image (the colluding ring's shared key)."""
         p = self.p_correct_one(difficulty, feedback_pages)
         believed = truth if rng.random() < p else _other(rng, truth, labels)
         answer, felt = believed, p
@@ -182,6 +194,11 @@ class Persona:
                 answer, felt = truth, 1.0
             elif rng.random() < self.flip_rate:
                 answer, felt = _other(rng, believed, labels), 1.0
+        elif self.strategy == "colluder":
+            if is_gold or is_quiz:  # the ring pools the test questions' answers
+                answer, felt = truth, 1.0
+            else:
+                answer, felt = _ring_answer(rng, self.ring, image_key, labels), 1.0
         elif self.bias_label is not None and rng.random() < self.bias:
             answer = self.bias_label
         certainty = self.certainty_for(rng, felt, certainties)
@@ -217,7 +234,7 @@ class Persona:
     def expected_accuracy(self, prevalence: dict[str, float], labels: list[str]) -> float:
         """Mean accuracy on a collection with this label prevalence, all strategies included."""
         skill = self.accuracy
-        if self.strategy == "random":
+        if self.strategy in ("random", "colluder"):
             return 1.0 / len(labels)
         if self.strategy == "constant":
             return prevalence.get(self.constant_label or labels[0], 1.0 / len(labels))
@@ -233,7 +250,7 @@ class Persona:
         or one whose expected accuracy is below the job's minimum accuracy."""
         if self.bad is not None:
             return self.bad
-        if self.strategy in ("random", "constant", "adversarial", "harvester"):
+        if self.strategy in ("random", "constant", "adversarial", "harvester", "colluder"):
             return True
         return self.expected_accuracy(prevalence, labels) < min_accuracy
 
@@ -243,6 +260,17 @@ class Persona:
         if unknown:
             raise ValueError(f"persona {self.name}: unknown setting(s) {', '.join(unknown)}")
         return replace(self, **changes)
+
+
+def _ring_answer(
+    rng: np.random.Generator, ring: int, image_key: int | None, labels: list[str]
+) -> str:
+    """The ring's shared answer for an image: a fixed coin per (ring, image), not the truth.
+    Without an image key (a bare persona test) a fresh coin."""
+    if image_key is None:
+        return labels[int(rng.integers(len(labels)))]
+    mixed = (ring * 1_000_003 + image_key) * 2_654_435_761 % 2**32  # Knuth's hash, seedless
+    return labels[(mixed >> 16) % len(labels)]
 
 
 def _other(rng: np.random.Generator, label: str, labels: list[str]) -> str:
@@ -362,6 +390,20 @@ PERSONAS: dict[str, Persona] = {
             certainty_style="always_definitely",
             seconds_per_item=4.0,
             pages_per_session=20,
+            sessions=2.0,
+            flag_rate=0.0,
+        ),
+        # A colluding ring (issue 17): accounts that pool the gold answers they see, so they
+        # pass every test question, and on work give one shared unread answer per image, so
+        # they agree with each other. Not in the realistic crowd (the attack preset
+        # ``collusion``); caught by peer agreement, not by gold.
+        Persona(
+            "colluding_pair",
+            accuracy=0.80,
+            strategy="colluder",
+            certainty_style="always_definitely",
+            seconds_per_item=4.0,  # takes its time: evades the speed trap
+            pages_per_session=25,
             sessions=2.0,
             flag_rate=0.0,
         ),

@@ -19,7 +19,12 @@ from cxrlabel.jobspec import JobSpec
 from cxrlabel.sim.crowd import CrowdSpec, load_crowd
 from cxrlabel.sim.difficulty import DifficultyResult
 from cxrlabel.sim.engine import DEFAULT_START, SimRecord, Simulation, Truth
-from cxrlabel.sim.metrics import accuracy_by_judgments, annotator_rows, summarise
+from cxrlabel.sim.metrics import (
+    accuracy_by_judgments,
+    annotator_rows,
+    error_breakdown,
+    summarise,
+)
 from cxrlabel.sim.prepare import (
     SimSetupError,
     build_truth,
@@ -260,6 +265,7 @@ def _simulate(
     )
     record = sim.run()
     result = summarise(db, job_id, spec, crowd, record)
+    result["errors"] = error_breakdown(db, job_id, truth.difficulty)
     result["job"] = spec.name
     result["seed"] = seed
     result["settings"] = job_settings(spec)
