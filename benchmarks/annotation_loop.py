@@ -504,8 +504,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--json", action="store_true", help="print one JSON line on stdout")
     ap.add_argument("--json-out", type=Path, help="append the JSON line to this file")
     args = ap.parse_args(argv)
-    if not 1 <= args.annotators <= 512:
-        ap.error("--annotators must be 1..512")
+    if not 1 <= args.annotators <= 1024:
+        ap.error("--annotators must be 1..1024")
     if not 0 < args.seconds <= 600:
         ap.error("--seconds must be in (0, 600]")
     if not (args.db or args.data_dir):

@@ -5,22 +5,29 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.responses import Response
 
-from cxrlabel.annotate.assignment import join_job, next_page_or_reason, prefetch_page
+from cxrlabel.annotate.assignment import (
+    NoPage,
+    ServedPage,
+    join_job,
+    next_page_or_reason,
+    prefetch_page,
+)
 from cxrlabel.annotate.schemas import AnswerIn, SubmissionError, SubmitResult
 from cxrlabel.annotate.submission import stored_result, submit_page
 from cxrlabel.errors import EngineError
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.quality.annotator_status import read_standing, standing_message
-from cxrlabel.storage.locks import retry_transient
 from cxrlabel.storage.models import (
     AnnotatorState,
     AnnotatorStatus,
     Contest,
     GoldItem,
+    Job,
     Judgment,
     Page,
     PageKind,
@@ -168,37 +175,50 @@ def _render_page(
 @router.get("/jobs/{job_name}/page")
 def work_page(request: Request, job_name: str, user: User = Depends(annotator)) -> Response:
     now = utcnow()
-    with get_db(request).session() as s:
+
+    def claim(s: Session) -> tuple[Job, JobSpec, ServedPage | None, NoPage | None, AnnotatorState]:
         job, spec = job_and_spec(s, job_name)
         me = s.get_one(User, user.id)
         page, reason = next_page_or_reason(s, job, spec, me, now)
-        state = join_job(s, job, spec, me, now)
+        return job, spec, page, reason, join_job(s, job, spec, me, now)
+
+    # The claim is the write unit (group-committed, Database.write); the rest only reads.
+    job, spec, page, reason, state = get_db(request).write(claim)
+    with get_db(request).read_session() as s:
         help_html = instructions_html(s, job, spec, _data_dir(request))
-        if page is None:
-            assert reason is not None
-            if state.status in (AnnotatorStatus.REMOVED, AnnotatorStatus.DISQUALIFIED):
-                return _inactive_page(
-                    request, spec, state.status, _current_message(state, spec) or reason.message
-                )
-            return render(
-                request,
-                "message.html",
-                {
-                    "heading": "No more images for now",
-                    "text": reason.message,
-                    "link": {"href": "/", "text": "Back to the start page"},
-                },
+        work = page is not None and page.kind == "work"
+        standing = read_standing(s, job, spec, user.id) if work else None
+    if page is None:
+        assert reason is not None
+        if state.status in (AnnotatorStatus.REMOVED, AnnotatorStatus.DISQUALIFIED):
+            return _inactive_page(
+                request, spec, state.status, _current_message(state, spec) or reason.message
             )
-        page_id, kind = page.public_id, page.kind
-        items = page_items(page, image_urls(request))
-        notice = (
-            _current_message(state, spec)
-            if state.status in (AnnotatorStatus.ACTIVE, AnnotatorStatus.QUIZ)
-            else None
+        return render(
+            request,
+            "message.html",
+            {
+                "heading": "No more images for now",
+                "text": reason.message,
+                "link": {"href": "/", "text": "Back to the start page"},
+            },
         )
-        standing = read_standing(s, job, spec, user.id) if kind == "work" else None
+    notice = (
+        _current_message(state, spec)
+        if state.status in (AnnotatorStatus.ACTIVE, AnnotatorStatus.QUIZ)
+        else None
+    )
+    items = page_items(page, image_urls(request))
     return _render_page(
-        request, job_name, spec, page_id, kind, items, help_html, notice=notice, standing=standing
+        request,
+        job_name,
+        spec,
+        page.public_id,
+        page.kind,
+        items,
+        help_html,
+        notice=notice,
+        standing=standing,
     )
 
 
@@ -265,15 +285,14 @@ def _submit_form(
         help_html = instructions_html(s, job, spec, _data_dir(request))
     answers = answers_from_form(form, [i["public_id"] for i in items])
 
-    def attempt() -> SubmitResult:
-        with db.session() as s:  # the write transaction: the engine's work only (api.py)
-            job, spec = job_ref_and_spec(s, job_name)
-            return submit_page(
-                s, job, spec, user, page_id, client_id, answers_in(answers, alias_map), utcnow()
-            )
+    def submit_unit(s: Session) -> SubmitResult:  # the engine's work only (api.py)
+        job, spec = job_ref_and_spec(s, job_name)
+        return submit_page(
+            s, job, spec, user, page_id, client_id, answers_in(answers, alias_map), utcnow()
+        )
 
     try:
-        result = retry_transient(attempt)  # PostgreSQL deadlocks: run again (api.py)
+        result = db.write(submit_unit)
     except SubmissionError as exc:
         if exc.code == "already_submitted":
             return RedirectResponse(f"/jobs/{job_name}/pages/{page_id}/feedback", 303)
@@ -407,11 +426,14 @@ def _contest_form(request: Request, job_name: str, user: User, form: FormData) -
 @router.post("/jobs/{job_name}/prefetch", dependencies=[Depends(csrf_protect)])
 def prefetch(request: Request, job_name: str, user: User = Depends(annotator)) -> Response:
     """Reserve the next page and list its image URLs so the browser can download them now."""
+
+    def reserve(s: Session) -> ServedPage | None:  # the engine's work only (api.py)
+        job, spec = job_ref_and_spec(s, job_name)
+        return prefetch_page(s, job, spec, user, utcnow())
+
     try:
-        with get_db(request).session() as s:  # the engine's work only (api.py)
-            job, spec = job_ref_and_spec(s, job_name)
-            page = prefetch_page(s, job, spec, user, utcnow())
-            images = [i["src"] for i in page_items(page, image_urls(request))] if page else []
+        page = get_db(request).write(reserve)
+        images = [i["src"] for i in page_items(page, image_urls(request))] if page else []
     except EngineError:
         images = []
     return JSONResponse({"images": images})

@@ -10,13 +10,14 @@ from datetime import datetime
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from cxrlabel.annotate.accounts import create_invite, invite_link
-from cxrlabel.annotate.assignment import join_job, next_page_or_reason
+from cxrlabel.annotate.assignment import NoPage, ServedPage, join_job, next_page_or_reason
 from cxrlabel.annotate.progress import annotator_rows, gold_summary, job_progress
 from cxrlabel.annotate.schemas import AnswerIn, SubmitResult
 from cxrlabel.annotate.submission import submit_page
-from cxrlabel.storage.locks import retry_transient
+from cxrlabel.jobspec import JobSpec
 from cxrlabel.storage.models import Job, Role, User, utcnow
 from cxrlabel.web.annotator_view import (
     SubmitResultOut,
@@ -123,29 +124,32 @@ def _choices(options) -> list[Choice]:
 )
 def get_next_page(request: Request, job_name: str, user: User = Depends(annotator)) -> NextPageOut:
     # ``user`` (loaded by the auth dependency this request) and ``job_ref_and_spec`` keep the
-    # write transaction to the engine's own work: SQLite runs one at a time.
-    with get_db(request).session() as s:
+    # write unit to the engine's own work: SQLite runs one at a time (group-committed,
+    # Database.write); the response is built after the commit.
+    def claim(s: Session) -> tuple[JobSpec, ServedPage | None, NoPage | None]:
         job, spec = job_ref_and_spec(s, job_name)
-        page, reason = next_page_or_reason(s, job, spec, user, utcnow())
-        if page is None:
-            assert reason is not None
-            return NextPageOut(page=None, reason=reason.code, message=reason.message)
-        return NextPageOut(
-            page=PageOut(
-                page_id=page.public_id,
-                kind=page.kind,
-                expires_at=page.expires_at,
-                client_submission_id=new_client_submission_id(),
-                question=spec.question.prompt,
-                labels=_choices(spec.question.labels),
-                certainty=_choices(spec.certainty.options),
-                quality_flags=_choices(spec.quality_flag.options),
-                items=[
-                    PageItemOut(image_public_id=i["public_id"], image_url=i["src"])
-                    for i in page_items(page, image_urls(request))
-                ],
-            )
+        return (spec, *next_page_or_reason(s, job, spec, user, utcnow()))
+
+    spec, page, reason = get_db(request).write(claim)
+    if page is None:
+        assert reason is not None
+        return NextPageOut(page=None, reason=reason.code, message=reason.message)
+    return NextPageOut(
+        page=PageOut(
+            page_id=page.public_id,
+            kind=page.kind,
+            expires_at=page.expires_at,
+            client_submission_id=new_client_submission_id(),
+            question=spec.question.prompt,
+            labels=_choices(spec.question.labels),
+            certainty=_choices(spec.certainty.options),
+            quality_flags=_choices(spec.quality_flag.options),
+            items=[
+                PageItemOut(image_public_id=i["public_id"], image_url=i["src"])
+                for i in page_items(page, image_urls(request))
+            ],
         )
+    )
 
 
 @router.post(
@@ -161,15 +165,13 @@ def post_submit(
     with get_db(request).read_session() as s:  # outside the write transaction
         answers = answers_in(body.answers, page_alias_map(s, aliases, user.id, page_id))
 
-    def attempt() -> SubmitResult:
-        with get_db(request).session() as s:  # see get_next_page
-            job, spec = job_ref_and_spec(s, job_name)
-            return submit_page(
-                s, job, spec, user, page_id, body.client_submission_id, answers, utcnow()
-            )
+    def submit(s: Session) -> SubmitResult:  # see get_next_page
+        job, spec = job_ref_and_spec(s, job_name)
+        return submit_page(
+            s, job, spec, user, page_id, body.client_submission_id, answers, utcnow()
+        )
 
-    # PostgreSQL: a rare deadlock between two pages' gradings is run again, not shown.
-    return result_out(retry_transient(attempt), aliases, user.id)
+    return result_out(get_db(request).write(submit), aliases, user.id)
 
 
 @router.post(
