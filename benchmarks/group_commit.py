@@ -95,7 +95,7 @@ def replay_matches(data_dir: Path) -> bool:
     from sqlalchemy import select
 
     from cxrlabel.jobstore import spec_from_job_row
-    from cxrlabel.quality.service import verify_replay
+    from cxrlabel.quality.audit import verify_replay
     from cxrlabel.storage.db import Database
     from cxrlabel.storage.models import Job
 

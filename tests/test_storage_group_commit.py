@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from cxrlabel.annotate.assignment import next_page
 from cxrlabel.annotate.schemas import AnswerIn
 from cxrlabel.annotate.submission import submit_page
-from cxrlabel.quality import service
+from cxrlabel.quality import audit
 from cxrlabel.storage.db import GROUP_COMMIT_ENV, Database, group_commit_batch
 from cxrlabel.storage.group_commit import BatchAborted
 from cxrlabel.storage.models import Judgment, Page, PageItem, Submission, User, utcnow
@@ -320,7 +320,7 @@ def test_submissions_in_one_batch_are_stored_graded_and_replay(
         per_page = Counter(s.scalars(select(Judgment.page_id)).all())
         assert sorted(per_page.values()) == [4] * 10
         job, spec = job_and_spec(s, JOB)
-        report = service.verify_replay(s, job, spec)
+        report = audit.verify_replay(s, job, spec)
     assert report.matched, report.differences
 
 
