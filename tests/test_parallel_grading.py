@@ -40,26 +40,11 @@ from cxrlabel.storage.models import (
     utcnow,
 )
 from cxrlabel.web.deps import job_and_spec
-from web_support import add_user, gold_answers, seed_job
+from web_support import add_user, gold_answers, seed_job, together
 
 pytestmark = pytest.mark.timeout(300)
 JOB = "test-job"
 BAD = ("NORMAL", "PNEUMONIA")
-
-
-def together(n: int, work: Callable[[int], object]) -> list[object]:
-    """Run ``work(i)`` in ``n`` threads released at once; exceptions are returned."""
-    barrier = threading.Barrier(n)
-
-    def call(i: int) -> object:
-        barrier.wait()
-        try:
-            return work(i)
-        except Exception as exc:  # the outcome under test
-            return exc
-
-    with ThreadPoolExecutor(n) as pool:
-        return list(pool.map(call, range(n)))
 
 
 def _serve(db: Database, user_id: int) -> str | None:

@@ -10,10 +10,7 @@ in its own session and transaction, released together by a barrier.
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import func, select
@@ -37,25 +34,10 @@ from cxrlabel.storage.models import (
     utcnow,
 )
 from cxrlabel.web.deps import job_and_spec
-from web_support import add_user, gold_answers, seed_job
+from web_support import add_user, gold_answers, seed_job, together
 
 pytestmark = pytest.mark.timeout(180)
 JOB = "test-job"
-
-
-def together(n: int, work: Callable[[int], object]) -> list[object]:
-    """Run ``work(i)`` in ``n`` threads started at the same instant; exceptions are returned."""
-    barrier = threading.Barrier(n)
-
-    def call(i: int) -> object:
-        barrier.wait()
-        try:
-            return work(i)
-        except Exception as exc:  # the outcome under test
-            return exc
-
-    with ThreadPoolExecutor(n) as pool:
-        return list(pool.map(call, range(n)))
 
 
 def _serve(db: Database, user_id: int) -> str | None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -315,3 +318,19 @@ def get_user(s, user_id: int) -> User:
     user = s.get(User, user_id)
     assert user is not None
     return user
+
+
+def together(n: int, work: Callable[[int], object]) -> list[object]:
+    """Run ``work(i)`` in ``n`` threads released at the same instant; exceptions are returned
+    (they are the outcome under test in the race tests)."""
+    barrier = threading.Barrier(n)
+
+    def call(i: int) -> object:
+        barrier.wait()
+        try:
+            return work(i)
+        except Exception as exc:  # the outcome under test
+            return exc
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(call, range(n)))
