@@ -36,19 +36,17 @@ parameter uncertainty is negligible) are in docs/aggregation.md.
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
-from aggregation import SKIP, Dataset, load
+from aggregation import Dataset, load
 from aggregation_selection import (
-    CK_GLAD_MEASURED,
     crowdkit_ds_accuracy,
+    glad_study_line,
     judgments_of,
     report,
+    study_sets,
 )
 from scipy.special import digamma
 
@@ -276,18 +274,11 @@ def dense_share(data: Dataset, at_least: int = 100) -> float:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_root = Path(os.environ.get("CXRLABEL_SHARED_DATA", "../shared/data")) / "crowd"
-    parser.add_argument("--root", type=Path, default=default_root)
-    parser.add_argument("--datasets", nargs="*", default=None)
-    args = parser.parse_args(argv)
-    names = args.datasets or sorted(
-        p.name for p in args.root.iterdir() if (p / "answers.csv").is_file() and p.name not in SKIP
-    )
+    root, names = study_sets(argv, __doc__.splitlines()[0])
     ds_deltas: dict[str, dict[str, float]] = {}
     glad_deltas: dict[str, dict[str, float]] = {}
     for name in names:
-        data = load(args.root / name)
+        data = load(root / name)
         ck = crowdkit_ds_accuracy(data)
         ds_deltas[name] = {c: data.accuracy(lab) - ck for c, lab in ds_candidates(data).items()}
         line = (
@@ -295,12 +286,7 @@ def main(argv: list[str]) -> int:
             f"crowd-kit DS {ck:.4f}; "
             + ", ".join(f"{c} {100 * d:+.2f}" for c, d in ds_deltas[name].items())
         )
-        if name in CK_GLAD_MEASURED:
-            ck_glad = CK_GLAD_MEASURED[name]
-            glad_deltas[name] = {
-                c: data.accuracy(lab) - ck_glad for c, lab in glad_candidates(data).items()
-            }
-            line += "; " + ", ".join(f"{c} {100 * d:+.2f}" for c, d in glad_deltas[name].items())
+        line += glad_study_line(name, data, glad_candidates, glad_deltas)
         print(line, flush=True)
     report("Dawid-Skene: Bayesian candidates against crowd-kit's DS", ds_deltas)
     if glad_deltas:

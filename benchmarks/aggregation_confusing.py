@@ -37,16 +37,13 @@ component").
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
-from aggregation import SKIP, Dataset, load
-from aggregation_selection import crowdkit_ds_accuracy, judgments_of, report
+from aggregation import Dataset, load
+from aggregation_selection import crowdkit_ds_accuracy, judgments_of, report, study_sets
 
 from cxrlabel.aggregate import DawidSkene, Judgments
 from cxrlabel.aggregate.base import normalize_rows
@@ -254,17 +251,10 @@ def ds_candidates(data: Dataset) -> tuple[dict[str, np.ndarray], dict[str, float
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_root = Path(os.environ.get("CXRLABEL_SHARED_DATA", "../shared/data")) / "crowd"
-    parser.add_argument("--root", type=Path, default=default_root)
-    parser.add_argument("--datasets", nargs="*", default=None)
-    args = parser.parse_args(argv)
-    names = args.datasets or sorted(
-        p.name for p in args.root.iterdir() if (p / "answers.csv").is_file() and p.name not in SKIP
-    )
+    root, names = study_sets(argv, __doc__.splitlines()[0])
     deltas: dict[str, dict[str, float]] = {}
     for name in names:
-        data = load(args.root / name)
+        data = load(root / name)
         ck = crowdkit_ds_accuracy(data)
         start = time.perf_counter()
         labels, rhos = ds_candidates(data)

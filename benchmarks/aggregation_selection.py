@@ -351,8 +351,9 @@ def crowdkit_ds_accuracy(data: Dataset) -> float:
     return data.ck_accuracy(predicted)
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def study_sets(argv: list[str], description: str) -> tuple[Path, list[str]]:
+    """``--root`` and ``--datasets`` of the study scripts: the crowd folder and the set names."""
+    parser = argparse.ArgumentParser(description=description)
     default_root = Path(os.environ.get("CXRLABEL_SHARED_DATA", "../shared/data")) / "crowd"
     parser.add_argument("--root", type=Path, default=default_root)
     parser.add_argument("--datasets", nargs="*", default=None)
@@ -360,22 +361,37 @@ def main(argv: list[str]) -> int:
     names = args.datasets or sorted(
         p.name for p in args.root.iterdir() if (p / "answers.csv").is_file() and p.name not in SKIP
     )
+    return args.root, names
+
+
+def glad_study_line(
+    name: str,
+    data: Dataset,
+    candidates: Callable[[Dataset], dict[str, np.ndarray]],
+    glad_deltas: dict[str, dict[str, float]],
+) -> str:
+    """Score the GLAD candidates on a set with a measured crowd-kit GLAD figure (recorded in
+    ``glad_deltas``); the text to add to the set's printed line ("" for the other sets)."""
+    if name not in CK_GLAD_MEASURED:
+        return ""
+    ck_glad = CK_GLAD_MEASURED[name]
+    glad_deltas[name] = {c: data.accuracy(lab) - ck_glad for c, lab in candidates(data).items()}
+    return "; " + ", ".join(f"{c} {100 * d:+.2f}" for c, d in glad_deltas[name].items())
+
+
+def main(argv: list[str]) -> int:
+    root, names = study_sets(argv, __doc__.splitlines()[0])
     ds_deltas: dict[str, dict[str, float]] = {}
     glad_deltas: dict[str, dict[str, float]] = {}
     for name in names:
-        data = load(args.root / name)
+        data = load(root / name)
         ck = crowdkit_ds_accuracy(data)
         ds = {c: data.accuracy(lab) - ck for c, lab in ds_candidates(data).items()}
         ds_deltas[name] = ds
         line = f"{name}: crowd-kit DS {ck:.4f}; " + ", ".join(
             f"{c} {100 * d:+.2f}" for c, d in ds.items()
         )
-        if name in CK_GLAD_MEASURED:
-            ck_glad = CK_GLAD_MEASURED[name]
-            glad_deltas[name] = {
-                c: data.accuracy(lab) - ck_glad for c, lab in glad_candidates(data).items()
-            }
-            line += "; " + ", ".join(f"{c} {100 * d:+.2f}" for c, d in glad_deltas[name].items())
+        line += glad_study_line(name, data, glad_candidates, glad_deltas)
         print(line, flush=True)
     report("Dawid-Skene candidates against crowd-kit's DS", ds_deltas)
     if glad_deltas:
