@@ -124,11 +124,11 @@ def main() -> None:
                 augment=aug,
                 max_minutes=600,
             )
-            splits = (
-                newpatient.squashed_cv(examples, args.folds, seed)
-                if scheme == "squashed_cv"
-                else [newpatient.originals_to_squashed(examples)]
-            )
+            splits = {
+                "squashed_cv": lambda: newpatient.squashed_cv(examples, args.folds, seed),
+                "originals_to_squashed": lambda: [newpatient.originals_to_squashed(examples)],
+                "earliest_patients": lambda: [newpatient.earliest_patients(examples)],
+            }[scheme]()
             for split in splits:
                 r = newpatient.run_holdout(
                     examples, pixels, split, replace(cfg), console, tta=args.tta

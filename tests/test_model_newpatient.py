@@ -13,6 +13,7 @@ from cxrlabel.model.data import Example
 from cxrlabel.model.newpatient import (
     HoldoutResult,
     check_split,
+    earliest_patients,
     originals_to_squashed,
     squashed_cv,
     thresholds_across,
@@ -217,3 +218,35 @@ def test_blur_smooths_and_off_means_untouched():
         torch.Generator().manual_seed(2),
     )
     assert a.shape == b.shape and float(b.min()) >= 0 and float(b.max()) <= 1
+
+
+def test_earliest_patients_holds_out_the_lowest_ids_of_each_series():
+    def ex(pid: str, squashed: bool = True) -> Example:
+        return Example(
+            path=Path(f"{pid}.png"),
+            p_pneumonia=float(pid.startswith("person")),
+            split="train",
+            patient_id=pid,
+            label="PNEUMONIA" if pid.startswith("person") else "NORMAL",
+            reference_label=None,
+            upstream_resized=squashed,
+        )
+
+    examples = [ex(f"IM-{n:04d}") for n in range(115, 125)]
+    examples += [ex(f"NORMAL2-IM-{n:04d}") for n in range(400, 410)]
+    examples += [ex(f"person{n}") for n in range(1, 21)] + [ex("person1", squashed=False)]
+    split = earliest_patients(examples, share=0.2)
+    _assert_sound(examples, split)
+    held = {examples[i].patient_id for i in split.scored}
+    # Numeric order, not string order: person10..person19 sort after person9.
+    assert held == {"IM-0115", "IM-0116", "NORMAL2-IM-0400", "NORMAL2-IM-0401"} | {
+        "person1",
+        "person2",
+        "person3",
+        "person4",
+    }
+    # The original of a held-out patient is neither trained on nor scored.
+    original = len(examples) - 1
+    assert original not in split.train and original not in split.scored
+    with pytest.raises(ValueError):
+        earliest_patients(examples, share=1.0)

@@ -9,6 +9,10 @@ training data and says little. Two harder schemes stand in for the kept-aside te
   images look like the official test copies and their patients are new;
 - ``originals_to_squashed``: train on the larger originals only, score the squashed copies of
   patients that have no original in training: a constructed acquisition shift.
+- ``earliest_patients``: hold out the lowest-numbered patients of every id series
+  (``IM-``, ``NORMAL2-IM-``, ``person``) and score their squashed copies. The official test
+  normals are exactly such a block: the training folders' normals start at ``IM-0115`` and
+  ``NORMAL2-IM-0383``, so the test holds the earlier ids, an earlier stretch of acquisitions.
 
 Every split here is a pair of index arrays (train, scored) into one list of examples. Each
 model's temperature and thresholds come from a validation split carved (by patient) from its
@@ -26,7 +30,7 @@ import numpy as np
 from cxrlabel.model.crossfit import patient_folds
 from cxrlabel.model.data import Example
 
-SCHEMES = ("squashed_cv", "originals_to_squashed")
+SCHEMES = ("squashed_cv", "originals_to_squashed", "earliest_patients")
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,33 @@ def originals_to_squashed(examples: list[Example]) -> HoldoutSplit:
         "originals_to_squashed",
         train=np.flatnonzero(original),
         scored=np.flatnonzero(squashed & new_patient),
+    )
+
+
+def _series_and_number(patient_id: str) -> tuple[str, int]:
+    """``NORMAL2-IM-0383`` -> (``NORMAL2-IM-``, 383); an id without a number sorts last."""
+    head = patient_id.rstrip("0123456789")
+    tail = patient_id[len(head) :]
+    return head, int(tail) if tail else 10**9
+
+
+def earliest_patients(examples: list[Example], share: float = 0.2) -> HoldoutSplit:
+    """Hold out the lowest-numbered ``share`` of patients of each id series; score squashed."""
+    if not 0 < share < 1:
+        raise ValueError("share must be between 0 and 1")
+    by_series: dict[str, list[tuple[int, str]]] = {}
+    for pid in {e.patient_id for e in examples}:
+        series, number = _series_and_number(pid)
+        by_series.setdefault(series, []).append((number, pid))
+    held: set[str] = set()
+    for members in by_series.values():
+        members.sort()
+        held.update(pid for _, pid in members[: max(1, round(share * len(members)))])
+    out = np.array([e.patient_id in held for e in examples])
+    return HoldoutSplit(
+        f"earliest_patients {share:.0%}",
+        train=np.flatnonzero(~out),
+        scored=np.flatnonzero(out & _is_squashed(examples)),
     )
 
 
