@@ -128,6 +128,7 @@ def main() -> None:
                 "squashed_cv": lambda: newpatient.squashed_cv(examples, args.folds, seed),
                 "originals_to_squashed": lambda: [newpatient.originals_to_squashed(examples)],
                 "earliest_patients": lambda: [newpatient.earliest_patients(examples)],
+                "look_shift": lambda: [newpatient.look_shift(examples, pixels)],
             }[scheme]()
             for split in splits:
                 r = newpatient.run_holdout(

@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 
 from cxrlabel.model.data import Example
+from cxrlabel.model.metrics import roc_auc
 from cxrlabel.model.newpatient import (
     HoldoutResult,
     check_split,
     earliest_patients,
+    look_score,
+    look_shift,
     originals_to_squashed,
     squashed_cv,
     thresholds_across,
@@ -250,3 +253,26 @@ def test_earliest_patients_holds_out_the_lowest_ids_of_each_series():
     assert original not in split.train and original not in split.scored
     with pytest.raises(ValueError):
         earliest_patients(examples, share=1.0)
+
+
+def test_look_shift_holds_out_the_patients_that_look_like_the_other_class():
+    examples = _examples(n_patients=90, seed=3)
+    rng = np.random.default_rng(3)
+    y = np.array([e.evaluation_target for e in examples])
+    # Pneumonia films are greyer (less contrast) on average; looks overlap between classes.
+    contrast = np.where(y == 1, 60.0, 90.0) + rng.normal(0, 20, len(examples))
+    pixels = np.clip(
+        128 + contrast[:, None, None] * rng.standard_normal((len(examples), 16, 16)), 0, 255
+    ).astype(np.uint8)
+    split = look_shift(examples, pixels, share=0.25)
+    _assert_sound(examples, split)
+    score = look_score(examples, pixels)
+    held = np.zeros(len(examples), bool)
+    held[split.scored] = True
+    for cls in (0, 1):
+        # Held-out normals look more like pneumonia than kept normals, and the reverse.
+        inside = score[held & (y == cls)].mean()
+        outside = score[~held & (y == cls) & np.isin(np.arange(len(y)), split.train)].mean()
+        assert (inside > outside) if cls == 0 else (inside < outside)
+    # The global look alone ranks the held-out images the wrong way round.
+    assert roc_auc(y[split.scored], score[split.scored]) < 0.5 < roc_auc(y, score)

@@ -13,6 +13,12 @@ training data and says little. Two harder schemes stand in for the kept-aside te
   (``IM-``, ``NORMAL2-IM-``, ``person``) and score their squashed copies. The official test
   normals are exactly such a block: the training folders' normals start at ``IM-0115`` and
   ``NORMAL2-IM-0383``, so the test holds the earlier ids, an earlier stretch of acquisitions.
+- ``look_shift``: a shift of acquisition *look*. Global intensity statistics (dark and bright
+  percentiles, contrast, mean) separate the classes on their own (AUC ~0.86 in the Kermany
+  training folders: consolidation lowers contrast, but so do exposure and processing). Hold
+  out each class's patients whose look is most like the other class's and score their squashed
+  copies; a model that leans on exposure rather than on the lungs fails here, as it would on a
+  hospital whose healthy films are greyer.
 
 Every split here is a pair of index arrays (train, scored) into one list of examples. Each
 model's temperature and thresholds come from a validation split carved (by patient) from its
@@ -30,7 +36,7 @@ import numpy as np
 from cxrlabel.model.crossfit import patient_folds
 from cxrlabel.model.data import Example
 
-SCHEMES = ("squashed_cv", "originals_to_squashed", "earliest_patients")
+SCHEMES = ("squashed_cv", "originals_to_squashed", "earliest_patients", "look_shift")
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,42 @@ def earliest_patients(examples: list[Example], share: float = 0.2) -> HoldoutSpl
     out = np.array([e.patient_id in held for e in examples])
     return HoldoutSplit(
         f"earliest_patients {share:.0%}",
+        train=np.flatnonzero(~out),
+        scored=np.flatnonzero(out & _is_squashed(examples)),
+    )
+
+
+def global_look(pixels: np.ndarray) -> np.ndarray:
+    """(N, 4) standardised global statistics per image: 5th/95th percentile, std, mean."""
+    x = pixels.reshape(len(pixels), -1).astype(np.float32)
+    stats = np.stack([np.percentile(x, 5, 1), np.percentile(x, 95, 1), x.std(1), x.mean(1)], 1)
+    return (stats - stats.mean(0)) / np.maximum(stats.std(0), 1e-6)
+
+
+def look_score(examples: list[Example], pixels: np.ndarray) -> np.ndarray:
+    """Least-squares linear read of the class from the global look alone (higher = pneumonia)."""
+    design = np.c_[global_look(pixels), np.ones(len(pixels))]
+    y = np.array([e.evaluation_target for e in examples], dtype=np.float64) * 2 - 1
+    weights = np.linalg.lstsq(design, y, rcond=None)[0]
+    return design @ weights
+
+
+def look_shift(examples: list[Example], pixels: np.ndarray, share: float = 0.2) -> HoldoutSplit:
+    """Hold out each class's ``share`` of patients that look most like the other class."""
+    if not 0 < share < 1:
+        raise ValueError("share must be between 0 and 1")
+    score = look_score(examples, pixels)
+    groups = np.array([e.patient_id for e in examples])
+    y = np.array([e.evaluation_target for e in examples])
+    held: set[str] = set()
+    for cls, towards_other in ((0, -1.0), (1, 1.0)):
+        patients = sorted(set(groups[y == cls]))
+        mean_score = {g: float(score[groups == g].mean()) for g in patients}
+        ranked = sorted(patients, key=lambda g: (towards_other * mean_score[g], g))
+        held.update(ranked[: round(share * len(ranked))])
+    out = np.isin(groups, sorted(held))
+    return HoldoutSplit(
+        f"look_shift {share:.0%}",
         train=np.flatnonzero(~out),
         scored=np.flatnonzero(out & _is_squashed(examples)),
     )
