@@ -25,6 +25,7 @@ from cxrlabel.design.crowdclarity import (
     CrowdImage,
     crowd_clarity,
 )
+from cxrlabel.quality import commands
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import AuditEvent, GoldItem, Image, Job
 from quality_support import make_env, pass_quiz
@@ -249,3 +250,35 @@ def test_confirm_gold_refuses_a_row_without_reason_and_records_nothing(tmp_path:
     )
     assert result.exit_code == 2 and "reason is required" in result.output
     assert env.image("w0").status == "finalised" and _counts(db)[0] == 8
+
+
+def test_promoted_gold_keeps_its_difficulty_in_replay(tmp_path: Path) -> None:
+    """A "can't tell" on gold an expert promoted from the review queue (hard) is no miss, live
+    and in replay (the replay used to rebuild promoted gold as medium: a miss)."""
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    env = make_env(db, work=6)
+    for name in ("a", "b", "c", "d"):
+        env.add_user(name)
+        pass_quiz(env, name)
+    env.add_user("doc", role="expert")
+    for name in ("a", "b", "c"):
+        env.submit(name, {"w0": "PNEUMONIA"})
+    env.call(
+        lambda s, job: commands.record_expert_label(
+            s,
+            job,
+            env.spec,
+            env.user(s, "doc"),
+            env.images["w0"],
+            "PNEUMONIA",
+            None,
+            env.tick(),
+            promote_to_gold=True,
+            gold_reason="Lobar opacity.",
+        )  # fmt: skip
+    )
+    env.submit("d", {"w0": ("NORMAL", "cant_tell"), "w1": "NORMAL"})
+    on_gold = [j for j in env.judgments_of("d") if j.image_id == env.images["w0"]]
+    assert [(j.is_gold, j.gold_missed) for j in on_gold] == [(True, False)]
+    report = env.verify()
+    assert report.matched, report.differences

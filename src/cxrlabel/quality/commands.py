@@ -474,6 +474,7 @@ def record_expert_label(
             "reason": review.reason,
             "promote_to_gold": promote_to_gold,
             "gold_reason": gold_reason or None,
+            "gold_difficulty": gold_difficulty if promote_to_gold else None,
         },
         now,
     )
@@ -481,7 +482,7 @@ def record_expert_label(
         session,
         job,
         spec,
-        ExpertLabeled(image_id, label, expert.id, promote_to_gold),
+        ExpertLabeled(image_id, label, expert.id, promote_to_gold, gold_difficulty),
         now,
         expert.id,
     )
