@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from cxrlabel.annotate import assignment
 from cxrlabel.cli import app
+from cxrlabel.design import goldcheck
 from cxrlabel.design.crowdclarity import (
     DISSENT,
     FEW_ANSWERS,
@@ -178,6 +179,9 @@ def test_clearest_without_model_scores_falls_back_to_the_crowd_and_an_expert_con
     assert [(j.is_gold, j.gold_missed) for j in earlier] == [(False, None)]
     assert env.annotator("a").trust == trust_before
     assert env.verify().matched  # the promotion is a logged engine event: replay agrees
+    with db.session() as s:  # and the gold check does not call it work judged as gold
+        report = goldcheck.check_gold(s, s.get(Job, env.job_id), env.spec)
+    assert "judged_as_work" not in report.codes(), report.warnings
 
 
 def test_an_annotator_who_judged_an_image_is_never_served_it_as_gold(tmp_path: Path) -> None:
