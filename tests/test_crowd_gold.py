@@ -78,10 +78,10 @@ def test_unanimous_confident_answers_rank_clearest_and_contested_images_are_left
 # --- a real job ------------------------------------------------------------------------------
 
 
-def _finalised_job(tmp_path: Path):
-    """q-job on SQLite: w0/w1 PNEUMONIA and w2/w3 NORMAL finalised by a, b, c (w1 and w3 with
-    one "can't tell" each: less clear), w4/w5 still open; distinct pHashes."""
-    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+def _finalised_job(tmp_path: Path, url: str | None = None):
+    """q-job (SQLite unless ``url``): w0/w1 PNEUMONIA and w2/w3 NORMAL finalised by a, b, c
+    (w1 and w3 with one "can't tell" each: less clear), w4/w5 still open; distinct pHashes."""
+    url = url or f"sqlite:///{tmp_path / 'db.sqlite3'}"
     db = Database(url)
     env = make_env(db, work=6)
     for name in ("a", "b", "c"):
@@ -120,9 +120,10 @@ def _counts(db: Database) -> tuple[int, int]:
 
 
 def test_clearest_without_model_scores_falls_back_to_the_crowd_and_an_expert_confirms(
-    tmp_path: Path,
+    tmp_path: Path, db_url: str
 ) -> None:
-    db, env, base = _finalised_job(tmp_path)
+    """On SQLite and PostgreSQL (the confirmation takes the job's quality lock)."""
+    db, env, base = _finalised_job(tmp_path, db_url)
     gold_before, _ = _counts(db)
     out = tmp_path / "proposals.csv"
     result = runner.invoke(
