@@ -280,7 +280,7 @@ def test_promoted_gold_keeps_its_difficulty_in_replay(tmp_path: Path) -> None:
             env.tick(),
             promote_to_gold=True,
             gold_reason="Lobar opacity.",
-        )  # fmt: skip
+        )
     )
     env.submit("d", {"w0": ("NORMAL", "cant_tell"), "w1": "NORMAL"})
     on_gold = [j for j in env.judgments_of("d") if j.image_id == env.images["w0"]]

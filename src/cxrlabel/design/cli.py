@@ -449,7 +449,7 @@ def gold_sample(
                     seed,
                     clearest_fraction=clearest,
                     needs_reasons=True,
-                )  # fmt: skip
+                )
             )
             _print_reference_sample(spec.name, summary, per_label, from_reference)
             return
