@@ -9,6 +9,7 @@ import io
 import random
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
@@ -244,16 +245,27 @@ def test_no_finalised_image_is_a_clear_error_that_changes_nothing(tmp_path: Path
     assert env.image("w0").status == "needs_judgments"
 
 
-def test_confirm_gold_refuses_a_row_without_reason_and_records_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ("{w0},PNEUMONIA,\n", "reason is required"),
+        ("{w0},PNEUMONIA,Clear.\n{w0},PNEUMONIA,Clear.\n", "listed twice"),
+        ("{w0},EFFUSION,Clear.\n", "not a label"),
+        ("{w0},PNEUMONIA,Clear.\n{w4},NORMAL,Clear.\n", "no longer a finalised work image"),
+    ],
+)
+def test_confirm_gold_refuses_a_bad_row_and_records_nothing(
+    tmp_path: Path, rows: str, message: str
+) -> None:
     db, env, base = _finalised_job(tmp_path)
     env.add_user("doc", role="expert")
-    w0 = env.image("w0")
+    ids = {n: env.image(n).public_id for n in ("w0", "w4")}
     bad = tmp_path / "bad.csv"
-    bad.write_text(f"image,answer,reason\n{w0.public_id},PNEUMONIA,\n", encoding="utf-8")
+    bad.write_text("image,answer,reason\n" + rows.format(**ids), encoding="utf-8")
     result = runner.invoke(
         app, [*base, "quality", "confirm-gold", str(bad), "--job", "q-job", "--as", "doc"]
     )
-    assert result.exit_code == 2 and "reason is required" in result.output
+    assert result.exit_code == 2 and message in result.output, result.output
     assert env.image("w0").status == "finalised" and _counts(db)[0] == 8
 
 

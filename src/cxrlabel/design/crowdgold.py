@@ -293,6 +293,7 @@ def read_confirmations(
     if not rows or not {"image", "answer", "reason"} <= set(rows[0]):
         raise GoldImportError(source, ["expected the columns image, answer, reason"])
     labels = {v.lower(): v for v in spec.label_values}
+    examples = instruction_example_ids(session, job, spec)
     confirmed: list[Confirmation] = []
     problems: list[str] = []
     seen: set[int] = set()
@@ -303,7 +304,7 @@ def read_confirmations(
             skipped += 1
             continue
         matches = find_images(session, job, (row.get("image") or "").strip())
-        problem = _row_problem(matches, answer, reason, labels, seen)
+        problem = _row_problem(matches, answer, reason, labels, seen | examples)
         if problem:
             problems.append(f"line {line}: {problem}")
             continue
@@ -315,8 +316,10 @@ def read_confirmations(
 
 
 def _row_problem(
-    matches: list[Image], answer: str, reason: str, labels: dict[str, str], seen: set[int]
+    matches: list[Image], answer: str, reason: str, labels: dict[str, str], refused: set[int]
 ) -> str | None:
+    """What is wrong with a row; ``refused``: images listed before, or instruction examples
+    (everyone sees their answer, so they cannot be test questions)."""
     if len(matches) != 1:
         return "unknown image" if not matches else "ambiguous image reference"
     image = matches[0]
@@ -324,8 +327,8 @@ def _row_problem(
         return f"answer {answer!r} is not a label (allowed: {', '.join(labels.values())})"
     if not reason:
         return "a reason is required: annotators who miss a test question are shown it"
-    if image.id in seen:
-        return "image listed twice"
+    if image.id in refused:
+        return "image listed twice, or an instruction example (its answer is no secret)"
     if image.status != ImageStatus.FINALISED:
         return f"image {image.public_id} is {image.status}, no longer a finalised work image"
     return None
