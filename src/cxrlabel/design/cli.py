@@ -52,7 +52,8 @@ ClearestOption = Annotated[
         min=0.01,
         max=1.0,
         help="Draw only from this clearest fraction of each class (e.g. 0.7), clarity read "
-        "from the images' model scores (`cxrlabel score` first). Clear teaching "
+        "from the images' model scores (`cxrlabel score` first); for gold without model "
+        "scores, from the crowd's agreement on finalised images. Clear teaching "
         "cases make fairer test questions and training cases; 1.0 = all images.",
     ),
 ]
@@ -397,32 +398,98 @@ def gold_check(
 @gold_app.command("sample")
 def gold_sample(
     ctx: typer.Context,
-    from_reference: FromReferenceOption,
+    from_reference: Annotated[
+        int | None,
+        typer.Option(
+            "--from-reference",
+            min=1,
+            help="How many never-judged images with a reference label to draw, balanced per class.",
+        ),
+    ] = None,
+    from_crowd: Annotated[
+        int | None,
+        typer.Option(
+            "--from-crowd",
+            min=1,
+            help="How many finalised work images the crowd agreed on to propose as gold, "
+            "balanced per crowd label (an expert confirms them: `cxrlabel quality "
+            "confirm-gold`).",
+        ),
+    ] = None,
     job_name: JobOption = None,
     seed: SeedOption = 0,
     clearest: ClearestOption = 1.0,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Where to write the crowd proposals (CSV; never overwritten) "
+            "\\[default: gold-proposals-JOB.csv].",
+        ),
+    ] = None,
 ) -> None:
     """Draw test questions from reference labels (e.g. Kermany), balanced per class. They
-    stay inactive until an expert's reason replaces the placeholder (gold export / import)."""
-    spec, (summary, per_label) = _draw_from_reference(
-        ctx,
-        job_name,
-        lambda session, job, spec: goldseed.sample_from_reference(
-            session, job, spec, from_reference, seed, clearest_fraction=clearest, needs_reasons=True
-        ),
-    )
-    counts = _sampled_per_class(spec.name, per_label)
+    stay inactive until an expert's reason replaces the placeholder (gold export / import).
+    With --from-crowd, or --clearest and no model scores, propose the clearest images the crowd
+    finalised instead, for an expert to confirm."""
+    if (from_reference is None) == (from_crowd is None):
+        fail("give one of --from-reference N or --from-crowd N")
+    app = app_context(ctx)
+    with app.db.session() as session:
+        job, spec = get_job(session, job_name)
+        if from_crowd is None and (clearest >= 1.0 or goldseed.has_model_scores(session, job)):
+            assert from_reference is not None
+            summary, per_label = _or_fail(
+                lambda: goldseed.sample_from_reference(
+                    session,
+                    job,
+                    spec,
+                    from_reference,
+                    seed,
+                    clearest_fraction=clearest,
+                    needs_reasons=True,
+                )
+            )
+            _print_reference_sample(spec.name, summary, per_label, from_reference)
+            return
+        if from_crowd is None:
+            console.print(
+                "no image of this job has a model score: --clearest reads clarity from the "
+                "crowd's agreement on finalised images instead"
+            )
+        from cxrlabel.design.crowdgold import propose_to_file
+
+        n = from_crowd or from_reference or 0
+        path = output or Path(f"gold-proposals-{spec.name}.csv")
+        for line in _or_fail(lambda: propose_to_file(session, job, spec, n, seed, clearest, path)):
+            console.print(line)
+
+
+def _print_reference_sample(
+    job_name: str, summary: goldbank.ImportSummary, per_label: dict[str, int], wanted: int
+) -> None:
+    counts = _sampled_per_class(job_name, per_label)
     console.print(
         f"{summary.created} gold sampled from reference labels ({counts}). They "
         "stay [bold]inactive[/] (never shown) until each has an expert's reason: "
-        f"cxrlabel gold export --job {spec.name} -o FILE.csv, write the reasons, "
+        f"cxrlabel gold export --job {job_name} -o FILE.csv, write the reasons, "
         "cxrlabel gold import FILE.csv."
     )
-    if summary.created < from_reference:
+    if summary.created < wanted:
         console.print(
-            f"[yellow]warning[/] only {summary.created} of {from_reference} found "
+            f"[yellow]warning[/] only {summary.created} of {wanted} found "
             "(one per patient, no near-duplicates, never judged)"
         )
+
+
+def _or_fail(draw: Callable[[], T]) -> T:
+    """``draw`` with its ValueError (a bad setting, nothing to draw from) as a clear CLI
+    error; the caller's transaction is rolled back."""
+    try:
+        return draw()
+    except ValueError as exc:
+        fail(str(exc))
 
 
 def _draw_from_reference(
@@ -433,10 +500,7 @@ def _draw_from_reference(
     app = app_context(ctx)
     with app.db.session() as session:
         job, spec = get_job(session, job_name)
-        try:
-            return spec, draw(session, job, spec)
-        except ValueError as exc:
-            fail(str(exc))
+        return spec, _or_fail(lambda: draw(session, job, spec))
 
 
 def _sampled_per_class(job_name: str, per_label: dict[str, int]) -> str:

@@ -10,7 +10,8 @@ distinct annotators it is
 retired (``active = False``, never put on a new page; pages already served keep it and are
 graded as usual), unless that would take the active bank below its floor (a quiz plus
 ``SMALL_BANK_WORK_PAGES`` work pages): then it stays, and the gold check and the admin page
-warn (``kept_over_limit``, ``small_bank``) so that the admin adds gold. Each retirement is
+warn (``kept_over_limit``, ``small_bank``) so that the admin adds gold (a job without a
+model can top up from the crowd's agreement: ``design/crowdgold.py``). Each retirement is
 written to the audit log (``gold.retired``); it is not a quality input, so ``quality replay``
 is unaffected (it reads the bank's current ``active``).
 
@@ -179,7 +180,9 @@ class Exposure:
                     (
                         f"only {self.active} active gold: no more than a quiz plus "
                         f"{SMALL_BANK_WORK_PAGES} work pages need ({self.small_bank_threshold}); "
-                        "add gold (cxrlabel gold import / sample) before annotators run out"
+                        "add gold before annotators run out (cxrlabel gold import; without "
+                        "an expert-written bank, gold sample --from-crowd N proposes the "
+                        "crowd's clearest finalised images for an expert to confirm)"
                     ),
                 )
             )

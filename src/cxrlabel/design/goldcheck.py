@@ -254,12 +254,20 @@ def _work_overlap_warnings(session: Session, job: Job, rows: list[GoldRow]) -> l
         .where(Judgment.image_id.in_(image_ids), Judgment.is_gold.is_(False))
         .distinct()
     ).all()
-    reviewed = session.scalars(
-        select(ExpertReview.image_id).where(
-            ExpertReview.image_id.in_(image_ids), ExpertReview.promoted_to_gold.is_(False)
-        )
-    ).all()
-    images = [r.image for r in rows if r.image.id in set(judged) | set(reviewed)]
+    reviews = dict(
+        session.execute(
+            select(ExpertReview.image_id, ExpertReview.promoted_to_gold).where(
+                ExpertReview.image_id.in_(image_ids)
+            )
+        ).all()
+    )
+    # An expert's promotion (from the review queue, or confirming gold proposed from the
+    # crowd) is logged for replay, and the annotators who judged the image are never served
+    # it as gold (annotate/assignment.py): its work judgments leak nothing and skew nothing.
+    flagged = (set(judged) - {i for i, promoted in reviews.items() if promoted}) | {
+        i for i, promoted in reviews.items() if not promoted
+    }
+    images = [r.image for r in rows if r.image.id in flagged]
     if not images:
         return []
     return [

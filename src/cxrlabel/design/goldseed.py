@@ -120,10 +120,26 @@ def pick_reference_images(
         }
     for pool in per_label.values():
         rng.shuffle(pool)
-    quotas = {label: n // len(per_label) for label in per_label}
-    for label in list(per_label)[: n % len(per_label)]:
+    return pick_distinct(per_label, balanced_quotas(n, list(per_label)), shortlist_distance())
+
+
+def balanced_quotas(n: int, labels: list[str]) -> dict[str, int]:
+    """``n`` split evenly over ``labels`` (the first ones take the remainder)."""
+    quotas = {label: n // len(labels) for label in labels}
+    for label in labels[: n % len(labels)]:
         quotas[label] += 1
-    return _pick(per_label, quotas, shortlist_distance())
+    return quotas
+
+
+def has_model_scores(session: Session, job: Job) -> bool:
+    """Whether any image of the job has a model score (``cxrlabel score``): without one,
+    ``--clearest`` reads clarity from the crowd's agreement instead (``design/crowdgold.py``)."""
+    return (
+        session.scalar(
+            select(Image.id).where(Image.job_id == job.id, Image.model_score.is_not(None)).limit(1)
+        )
+        is not None
+    )
 
 
 def _reference_label(image: Image) -> str:
@@ -164,7 +180,11 @@ def model_clarity(images: list[Image], spec: JobSpec) -> dict[int, float]:
     return out
 
 
-def _pick(per_label: dict[str, list[Image]], quotas: dict[str, int], threshold: int) -> list[Image]:
+def pick_distinct(
+    per_label: dict[str, list[Image]], quotas: dict[str, int], threshold: int
+) -> list[Image]:
+    """Up to ``quotas[label]`` images of each pool, in pool order: one per patient, no
+    near-duplicates of an image already chosen."""
     chosen: list[Image] = []
     patients: set[str] = set()
     for label, pool in per_label.items():

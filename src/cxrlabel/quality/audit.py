@@ -109,7 +109,11 @@ def load_events(session: Session, job: Job) -> list[Event]:
         elif a.action == EXPERT_LABELED:
             events.append(
                 ExpertLabeled(
-                    p["image_id"], p["label"], a.actor_id or 0, bool(p.get("promote_to_gold"))
+                    p["image_id"],
+                    p["label"],
+                    a.actor_id or 0,
+                    bool(p.get("promote_to_gold")),
+                    p.get("gold_difficulty") or "hard",  # older logs: promotion was always hard
                 )
             )
     return events

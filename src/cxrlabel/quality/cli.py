@@ -1,4 +1,5 @@
-"""``cxrlabel quality replay``, ``cxrlabel annotators ...``, ``cxrlabel contests ...``.
+"""``cxrlabel quality replay | confirm-gold``, ``cxrlabel annotators ...``,
+``cxrlabel contests ...``.
 
 Admin actions from the command line act as an admin account (``--as``, default: the first admin)
 so the audit log always names a person.
@@ -7,6 +8,7 @@ so the audit log always names a person.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 from rich.table import Table
@@ -267,3 +269,56 @@ def contests_resolve(
         )
         status = contest.status
     console.print(f"Contest {contest_id}: {status}.")
+
+
+@quality_app.command("confirm-gold")
+def confirm_gold(
+    ctx: typer.Context,
+    file: Path = typer.Argument(
+        ..., help="The proposals CSV of `gold sample --from-crowd`, answer and reason filled in."
+    ),
+    job: str = JOB_OPTION,
+    expert: str = typer.Option(
+        None, "--as", help="Expert (or admin) username answering \\[default: first admin]."
+    ),
+) -> None:
+    """Record an expert's answers to gold proposed from the crowd's agreement: an answer
+    that agrees with the crowd makes the image an (easy) test question with the expert's
+    reason; one that does not corrects the image's label instead. Rows left without an
+    answer are skipped; one bad row records nothing."""
+    from cxrlabel.design.crowdgold import read_confirmations
+    from cxrlabel.design.goldbank import GoldImportError
+
+    with app_context(ctx).db.session() as session:
+        job_row, spec = get_job(session, job)
+        person = _expert(session, expert)
+        try:
+            rows, skipped = read_confirmations(session, job_row, spec, file)
+        except GoldImportError as exc:
+            fail(str(exc))
+        if not rows:
+            fail(f"{file}: no row has an answer: nothing to confirm")
+        promoted, corrected = _guard(
+            lambda: commands.confirm_crowd_gold(
+                session,
+                job_row,
+                spec,
+                person,
+                [(c.image.id, c.answer, c.reason) for c in rows],
+                utcnow(),
+            )
+        )
+    console.print(
+        f"{len(promoted)} made gold (active now), {len(corrected)} corrected by the expert "
+        f"(the crowd's label was wrong: not gold), {skipped} left without an answer."
+    )
+
+
+def _expert(session: Session, username: str | None) -> User:
+    """The person confirming: an expert or admin by name, else the first admin."""
+    if username is None:
+        return _admin(session, None)
+    user = _user(session, username)
+    if user.role not in (Role.EXPERT, Role.ADMIN):
+        fail(f"{username!r} is not an expert or admin")
+    return user

@@ -410,8 +410,11 @@ def record_expert_label(
     now: datetime,
     promote_to_gold: bool = False,
     gold_reason: str | None = None,
+    gold_difficulty: str = "hard",
 ) -> ExpertReview:
-    """An expert's final label; optionally the image becomes a new gold item."""
+    """An expert's final label; optionally the image becomes a new gold item (``hard`` when
+    promoted from the review queue: a contested case; ``easy`` when the crowd agreed on it,
+    ``confirm_crowd_gold``)."""
     _require_role(expert, Role.EXPERT, Role.ADMIN)
     if label not in spec.label_values:
         raise QualityError("unknown_answer", f"label must be one of {spec.label_values}")
@@ -453,7 +456,7 @@ def record_expert_label(
                 image_id=image_id,
                 accepted_answers=[label],
                 reason=gold_reason,
-                difficulty="hard",
+                difficulty=gold_difficulty,
                 source="expert",
                 active=True,
                 created_at=now,
@@ -471,6 +474,7 @@ def record_expert_label(
             "reason": review.reason,
             "promote_to_gold": promote_to_gold,
             "gold_reason": gold_reason or None,
+            "gold_difficulty": gold_difficulty if promote_to_gold else None,
         },
         now,
     )
@@ -478,8 +482,43 @@ def record_expert_label(
         session,
         job,
         spec,
-        ExpertLabeled(image_id, label, expert.id, promote_to_gold),
+        ExpertLabeled(image_id, label, expert.id, promote_to_gold, gold_difficulty),
         now,
         expert.id,
     )
     return review
+
+
+def confirm_crowd_gold(
+    session: Session,
+    job: Job,
+    spec: JobSpec,
+    expert: User,
+    rows: list[tuple[int, str, str]],
+    now: datetime,
+) -> tuple[list[int], list[int]]:
+    """An expert's answers to gold proposed from the crowd's agreement
+    (``design/crowdgold.py``), as (image id, answer, reason). Where the expert gives the
+    crowd's label, the image becomes an ``easy`` gold item with the expert's reason; where
+    not, the expert's label corrects the image and it is no gold (the crowd was confidently
+    wrong: no clear case). Returns (made gold, corrected) image ids."""
+    promoted: list[int] = []
+    corrected: list[int] = []
+    for image_id, answer, reason in rows:
+        image = session.get(Image, image_id)
+        agrees = image is not None and image.label == answer
+        record_expert_label(
+            session,
+            job,
+            spec,
+            expert,
+            image_id,
+            answer,
+            reason,
+            now,
+            promote_to_gold=agrees,
+            gold_reason=reason if agrees else None,
+            gold_difficulty="easy",
+        )
+        (promoted if agrees else corrected).append(image_id)
+    return promoted, corrected

@@ -481,7 +481,9 @@ class Engine:
         image.proba = {lab: float(lab == event.label) for lab in self.consensus.labels}
         image.aggregation_method = "expert"
         if event.promote_to_gold:
-            self.state.add_gold(GoldRec(event.image_id, (event.label,)))
+            self.state.add_gold(
+                GoldRec(event.image_id, (event.label,), difficulty=event.gold_difficulty)
+            )
         self.decide(
             "quality.expert_final",
             f"image:{event.image_id}",

@@ -80,6 +80,9 @@ class ExpertLabeled:
     label: str
     expert_id: int
     promote_to_gold: bool = False
+    # The new gold item's difficulty: "hard" from the review queue (a "can't tell" on it is
+    # no miss), "easy" when confirming gold proposed from the crowd's agreement.
+    gold_difficulty: str = "hard"
 
 
 Event = (
