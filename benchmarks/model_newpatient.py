@@ -124,12 +124,7 @@ def main() -> None:
                 augment=aug,
                 max_minutes=600,
             )
-            splits = {
-                "squashed_cv": lambda: newpatient.squashed_cv(examples, args.folds, seed),
-                "originals_to_squashed": lambda: [newpatient.originals_to_squashed(examples)],
-                "earliest_patients": lambda: [newpatient.earliest_patients(examples)],
-                "look_shift": lambda: [newpatient.look_shift(examples, pixels)],
-            }[scheme]()
+            splits = _splits(scheme, examples, pixels, args.folds, seed)
             for split in splits:
                 r = newpatient.run_holdout(
                     examples, pixels, split, replace(cfg), console, tta=args.tta
@@ -196,6 +191,16 @@ def main() -> None:
         args.write_estimate.write_text(
             json.dumps(estimate_summary(report, args), indent=2, default=float) + "\n"
         )
+
+
+def _splits(scheme: str, examples, pixels, folds: int, seed: int) -> list:
+    if scheme == "squashed_cv":
+        return newpatient.squashed_cv(examples, folds, seed)
+    if scheme == "originals_to_squashed":
+        return [newpatient.originals_to_squashed(examples)]
+    if scheme == "earliest_patients":
+        return [newpatient.earliest_patients(examples)]
+    return [newpatient.look_shift(examples, pixels)]
 
 
 def _pooled(results) -> dict:
