@@ -151,6 +151,8 @@ def assert_one_line_error(result: object, fragment: str) -> None:
         ("task,worker,label,certainty\nx,w,NORMAL,maybe\n", "certainty 'maybe'"),
         ("task,worker,label\nx,w1,A\nx,w2,A,B\n", "line 3 has 4 fields"),
         ("task,worker,label\nx,w1,A\n\nx,w2\n", "line 4: empty 'label'"),  # short row
+        # as many commas as two good lines, but one long and one short: still refused
+        ("task,worker,label\nx,w1,A,B\ny,w2\n", "line 2 has 4 fields"),
     ],
 )
 def test_bad_answers_file(tmp_path: Path, content: str, fragment: str) -> None:
@@ -183,6 +185,11 @@ def test_other_errors(answers: Path, tmp_path: Path) -> None:
         "task,worker,label\nx,w1,A\n\ny,w2,B\n",  # blank line: csv path
         'task,worker,label\n"x,1",w1,A\n',  # quoted comma: csv path
         "task,worker,label,task\nx,w1,A,z\n",  # repeated column name
+        "task,worker,label\nx,w1,A\ny,w2\nz,w3,B\n",  # short row: csv path
+        "task,worker,label\nx,w1,A\ny,w2,B\n  \n",  # white space after the last line
+        "task,worker,label\nx,w1,A\ny,w2,B\n\n",  # two final newlines
+        "task,worker,label\nx,wé,Ä\ny,w2,B\n",  # non-ASCII
+        "task,worker\nx,w1\n",  # the narrowest fast-path file
     ],
 )
 def test_fast_reader_matches_the_csv_module(tmp_path: Path, content: str) -> None:

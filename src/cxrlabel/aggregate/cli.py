@@ -66,7 +66,15 @@ def _run(
     tie_break: str | None,
 ) -> tuple[int, int]:
     # The pandas-free CSV layer: start-up time is most of a small run (issue 20).
-    from .csvfiles import fit_columns, read_answers, read_gold, read_trust, write_result
+    from .csvfiles import (
+        encode,
+        fit_encoded,
+        read_answer_table,
+        read_gold,
+        read_trust,
+        trust_for_method,
+        write_result,
+    )
 
     if method not in METHODS:
         raise AggregationInputError(
@@ -76,12 +84,18 @@ def _run(
         raise AggregationInputError(f"output folder {str(output.parent)!r} does not exist")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        answer_columns = read_answers(answers)
+        answer_columns = read_answer_table(answers)
         gold_columns = read_gold(gold) if gold is not None else None
         trust_columns = read_trust(trust) if trust is not None else None
-        result, encoded = fit_columns(
-            answer_columns, method, gold=gold_columns, trust=trust_columns, tie_break=tie_break
+        # Repeated (task, worker) answers: the last is kept, dropped on the integer codes.
+        encoded = encode(
+            answer_columns,
+            gold_columns,
+            trust_for_method(method, trust_columns),
+            drop_repeated=True,
+            source=answers.name,
         )
+        result = fit_encoded(encoded, method, tie_break=tie_break)
     for warning in caught:
         typer.echo(f"warning: {warning.message}", err=True)
     write_result(output, result, encoded)
