@@ -100,9 +100,19 @@ ANSWERS_WITH_REPEATS = (
 )
 
 
-def test_encoding_with_drop_repeated_equals_dropping_first(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("answers", "tasks", "classes"),
+    [
+        (ANSWERS_WITH_REPEATS, ["t2", "t1", "t3"], ["A", "B"]),
+        # the repeated answer is not the first of its task or worker: no renumbering
+        ("task,worker,label\nt3,w1,A\nt1,w2,B\nt1,w3,B\nt1,w2,A\n", ["t3", "t1"], ["A", "B"]),
+    ],
+)
+def test_encoding_with_drop_repeated_equals_dropping_first(
+    tmp_path: Path, answers: str, tasks: list[str], classes: list[str]
+) -> None:
     path = tmp_path / "answers.csv"
-    path.write_text(ANSWERS_WITH_REPEATS)
+    path.write_text(answers)
     gold = {"task": ["t3", "t9"], "label": ["A", "Z"]}  # t9: nobody answered it
     with pytest.warns(csvfiles.DuplicateAnswersWarning) as plain_warning:
         plain = csvfiles.encode(csvfiles.read_answers(path), gold)
@@ -111,13 +121,13 @@ def test_encoding_with_drop_repeated_equals_dropping_first(tmp_path: Path) -> No
             csvfiles.read_answer_table(path), gold, drop_repeated=True, source=path.name
         )
     assert str(fast_warning[0].message) == str(plain_warning[0].message)
-    assert "2 repeated" in str(fast_warning[0].message)
-    assert fast.classes == plain.classes == ["A", "B"]
-    assert fast.tasks.tolist() == plain.tasks.tolist() == ["t2", "t1", "t3"]
+    assert "repeated (task, worker)" in str(fast_warning[0].message)
+    assert fast.classes == plain.classes == classes
+    assert fast.tasks.tolist() == plain.tasks.tolist() == tasks
     assert fast.workers.tolist() == plain.workers.tolist()
     for name in ("items", "worker_codes", "labels"):
         np.testing.assert_array_equal(getattr(fast, name), getattr(plain, name))
-    assert fast.gold == plain.gold == {2: 0}
+    assert fast.gold == plain.gold == {tasks.index("t3"): 0}
 
 
 def test_encoding_without_repeats_is_unchanged_by_drop_repeated(tmp_path: Path) -> None:

@@ -160,7 +160,8 @@ def encode(
         task_code = dict(zip(tasks.tolist(), range(len(tasks)), strict=True))
     answered_labels = list(label_code)
     if kept is not None:  # a label given only in a dropped answer is no longer answered
-        answered_labels = [answered_labels[code] for code in np.unique(labels)]
+        used = np.bincount(labels, minlength=len(answered_labels)) > 0
+        answered_labels = np.asarray(answered_labels, dtype=object)[used].tolist()
     gold_pairs = [] if gold is None else _answered_gold(gold, task_code)
     classes = sorted(set(answered_labels) | {label for _, label in gold_pairs})
     class_code = {label: code for code, label in enumerate(classes)}
@@ -206,6 +207,9 @@ def _kept_rows(
 def _renumbered(codes: np.ndarray, names: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Codes renumbered in order of first appearance in ``codes``, and the names per new code
     (names no code uses any more are left out)."""
+    highest_before = np.maximum.accumulate(np.concatenate(([-1], codes[:-1])))
+    if len(codes) and codes.max() == len(names) - 1 and np.all(codes <= highest_before + 1):
+        return codes, names  # each new code is the next number: already in that order
     used, first_row = np.unique(codes, return_index=True)
     old_of_new = used[np.argsort(first_row)]
     new_of_old = np.zeros(len(names), dtype=np.int64)
