@@ -1,8 +1,8 @@
 """The fast paths of `cxrlabel aggregate` (issue 20) give what the plain ones give.
 
-Each test runs the fast code and the straightforward code it replaced (``scipy.sparse``
-products, NumPy's axis reductions, the ``csv`` module's writer, de-duplicating the strings
-before encoding) on the same input and compares.
+Each test runs the fast code and the straightforward code it replaced or stands in for
+(``scipy.sparse`` products, NumPy's axis reductions, the ``csv`` module's writer,
+de-duplicating the strings before encoding) on the same input and compares.
 """
 
 from __future__ import annotations
@@ -10,14 +10,17 @@ from __future__ import annotations
 import csv
 import io
 import os
+import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
-from cxrlabel.aggregate import csvfiles, get_method
+from cxrlabel.aggregate import DawidSkene, csvfiles, get_method
 from cxrlabel.aggregate.base import (
+    IncidenceMatrix,
     Judgments,
     column_sum,
     row_max,
@@ -72,6 +75,26 @@ def test_ds_steps_equal_with_either_answer_matrix() -> None:
         confusion_counts(sparse.T.tocsr(), posterior, judgments.n_workers),
         rtol=1e-12,
     )
+
+
+def test_ds_is_the_same_with_or_without_scipy_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DS multiplies with scipy.sparse when it is loaded, else with IncidenceMatrix."""
+    rng = np.random.default_rng(5)
+    truth = rng.integers(0, 3, 300)
+    items = np.repeat(np.arange(300), 4)
+    workers = rng.integers(0, 12, items.size)
+    right = rng.random(items.size) < 0.45 + 0.04 * workers
+    labels = np.where(right, truth[items], rng.integers(0, 3, items.size))
+    gold = {int(i): int(truth[i]) for i in range(0, 300, 25)}
+    judgments = Judgments.build(items, workers, labels, 3, gold=gold)
+    assert isinstance(judgments.answer_matrices()[0], sp.csr_matrix)
+    with_scipy = DawidSkene().fit_judgments(judgments)
+    monkeypatch.delitem(sys.modules, "scipy.sparse")
+    assert all(isinstance(m, IncidenceMatrix) for m in judgments.answer_matrices())
+    without = DawidSkene().fit_judgments(judgments)
+    assert with_scipy.n_iter == without.n_iter > 2
+    np.testing.assert_array_equal(with_scipy.labels, without.labels)
+    np.testing.assert_allclose(with_scipy.proba, without.proba, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("n_columns", [1, 3, 40])

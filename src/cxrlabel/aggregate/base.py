@@ -19,14 +19,18 @@ Conventions every method follows:
 
 from __future__ import annotations
 
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, TypeAlias
 
 import numpy as np
 
 if TYPE_CHECKING:  # imported where used: scipy.sparse is 0.1 s of `cxrlabel aggregate` start-up
     import scipy.sparse as sp
+
+    #: an (items x workers*classes) answer matrix, or its transpose, for the EM products
+    AnswerMatrix: TypeAlias = "IncidenceMatrix | sp.csr_matrix"
 
 #: Stated-certainty levels, in code order (0 is the most certain).
 CERTAINTY_LEVELS: tuple[str, ...] = ("definitely", "probably", "cant_tell")
@@ -134,6 +138,18 @@ class Judgments:
         )
         matrix.sum_duplicates()
         return matrix
+
+    def answer_matrices(self) -> tuple[AnswerMatrix, AnswerMatrix]:
+        """:meth:`worker_label_matrix` and its transpose, for the EM products: as
+        ``scipy.sparse`` CSR matrices when SciPy is already imported (their products are 3-8x
+        faster), else as :class:`IncidenceMatrix` (importing SciPy costs 0.1 s, more than those
+        products save in one ``cxrlabel aggregate`` run; issue 20). Both give the same sums up
+        to the order of the additions (1e-16 relative)."""
+        if "scipy.sparse" in sys.modules:
+            matrix = self.worker_label_matrix()
+            return matrix, matrix.T.tocsr()
+        incidence = self.answer_incidence()
+        return incidence, incidence.T
 
     def answer_incidence(self, weights: np.ndarray | None = None) -> IncidenceMatrix:
         """:meth:`worker_label_matrix` as an :class:`IncidenceMatrix` (NumPy only)."""

@@ -39,14 +39,13 @@ matrices and their labels never change.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .base import (
     AggregationResult,
     Aggregator,
-    IncidenceMatrix,
     Judgments,
     column_sum,
     normalize_rows,
@@ -54,10 +53,7 @@ from .base import (
 )
 
 if TYPE_CHECKING:
-    import scipy.sparse as sp
-
-    #: the answer matrix of :meth:`Judgments.answer_incidence` or ``worker_label_matrix``
-    AnswerMatrix: TypeAlias = "IncidenceMatrix | sp.csr_matrix"
+    from .base import AnswerMatrix
 
 
 class DawidSkene(Aggregator):
@@ -92,8 +88,7 @@ class DawidSkene(Aggregator):
         return agreement_accuracy(judgments)
 
     def _fit(self, judgments: Judgments) -> AggregationResult:
-        answer_matrix = judgments.answer_incidence()
-        answer_matrix_t = answer_matrix.T
+        answer_matrix, answer_matrix_t = judgments.answer_matrices()
         self._diagonal = self.prior_diagonal(judgments)
         # Start from the vote share: EM then only has to refine a sensible consensus.
         posterior = judgments.clamp_gold(normalize_rows(judgments.vote_counts()))
