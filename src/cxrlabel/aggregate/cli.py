@@ -17,6 +17,8 @@ Typer's parsing (the main CLI's ``main`` tries it first), for start-up time (iss
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Annotated
@@ -154,6 +156,11 @@ def run_plain_arguments(args: list[str]) -> int | None:
         )
     except typer.Exit as exc:
         return exc.exit_code
+    except KeyboardInterrupt:
+        return 130  # as Typer's main does
+    except BrokenPipeError:  # stdout closed early (`| head`): quietly, as Typer's main does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0
 
 
