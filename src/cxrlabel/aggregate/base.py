@@ -177,10 +177,12 @@ class IncidenceMatrix:
     ``(rows[a], cols[a])``, repeated positions adding up. A product with a dense matrix,
     ``M @ dense`` or ``M.T @ dense``, is one row gather and one ``np.bincount``.
 
-    Why not ``scipy.sparse``: importing it costs about 0.1 s (it pulls in ``numpy.testing``
-    and ``numpy.f2py``), a sixth of a whole ``cxrlabel aggregate -m ds`` process on a large
-    file (issue 20). A CSR product is about 3x faster per call (0.36 against 1.05 ms with
-    217,000 answers and 3 classes), which 30 EM iterations do not make up for."""
+    Why, next to ``scipy.sparse``: importing SciPy costs about 0.1 s (it pulls in
+    ``numpy.testing`` and ``numpy.f2py``), a fifth of a whole ``cxrlabel aggregate -m ds``
+    process on a large file (issue 20). A CSR product is about 3x faster per call (0.36
+    against 1.05 ms with 217,000 answers and 3 classes; 4-8x with 96 classes), which one EM
+    run does not make up for, so this is used only where SciPy is not loaded yet
+    (:meth:`Judgments.answer_matrices`)."""
 
     def __init__(
         self,
