@@ -151,6 +151,8 @@ def assert_one_line_error(result: object, fragment: str) -> None:
         ("task,worker,label,certainty\nx,w,NORMAL,maybe\n", "certainty 'maybe'"),
         ("task,worker,label\nx,w1,A\nx,w2,A,B\n", "line 3 has 4 fields"),
         ("task,worker,label\nx,w1,A\n\nx,w2\n", "line 4: empty 'label'"),  # short row
+        # as many commas as two good lines, but one long and one short: still refused
+        ("task,worker,label\nx,w1,A,B\ny,w2\n", "line 2 has 4 fields"),
     ],
 )
 def test_bad_answers_file(tmp_path: Path, content: str, fragment: str) -> None:
@@ -183,9 +185,106 @@ def test_other_errors(answers: Path, tmp_path: Path) -> None:
         "task,worker,label\nx,w1,A\n\ny,w2,B\n",  # blank line: csv path
         'task,worker,label\n"x,1",w1,A\n',  # quoted comma: csv path
         "task,worker,label,task\nx,w1,A,z\n",  # repeated column name
+        "task,worker,label\nx,w1,A\ny,w2\nz,w3,B\n",  # short row: csv path
+        "task,worker,label\nx,w1,A\ny,w2,B\n  \n",  # white space after the last line
+        "task,worker,label\nx,w1,A\ny,w2,B\n\n",  # two final newlines
+        "task,worker,label\nx,wé,Ä\ny,w2,B\n",  # non-ASCII
+        "task,worker\nx,w1\n",  # the narrowest fast-path file
     ],
 )
 def test_fast_reader_matches_the_csv_module(tmp_path: Path, content: str) -> None:
     path = tmp_path / "a.csv"
     path.write_bytes(content.encode())
     assert csvfiles._read_cells(path) == csvfiles._read_cells_csv(path)
+
+
+# --- plain arguments without Typer's parsing (issue 20: start-up time) --------------------
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["-m", "ds", "-o", "OUT"],
+        ["--method=glad", "--output=OUT"],
+        ["-o", "OUT"],  # default method
+        ["-o", "OUT", "-m", "mv", "--gold", "GOLD", "--tie-break", "PNEUMONIA"],
+        ["-o", "OUT", "-m", "ds", "--trust", "TRUST"],  # trust ignored, with a warning
+        ["-m", "bogus", "-o", "OUT"],  # an input error: exit code 2
+        ["-o", "NOWHERE"],  # no such folder: exit code 2
+    ],
+)
+def test_plain_arguments_run_as_typer_runs_them(
+    answers: Path, tmp_path: Path, options: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cxrlabel.aggregate.cli import run_plain_arguments
+
+    gold = write(tmp_path / "gold.csv", "task,label\nx3,NORMAL\n")
+    trust = write(tmp_path / "trust.csv", "worker,trust\nw1,1\n")
+    outputs = {}
+    for way in ("typer", "plain"):
+        paths = {
+            "OUT": str(tmp_path / f"{way}.csv"),
+            "NOWHERE": str(tmp_path / "no" / "o.csv"),
+            "GOLD": str(gold),
+            "TRUST": str(trust),
+        }
+        args = [str(answers), *(_filled(option, paths) for option in options)]
+        if way == "typer":
+            result = run(*args)
+            outputs[way] = (result.exit_code, result.output)  # type: ignore[attr-defined]
+        else:
+            code = run_plain_arguments(args)
+            captured = capsys.readouterr()
+            outputs[way] = (code, captured.err + captured.out)
+    assert outputs["plain"][0] == outputs["typer"][0]
+    assert outputs["plain"][1].replace("plain.csv", "typer.csv").splitlines() == sorted(
+        outputs["typer"][1].splitlines(), key=lambda line: not line.startswith(("warning", "error"))
+    )
+    if outputs["typer"][0] == 0:
+        assert (tmp_path / "plain.csv").read_text() == (tmp_path / "typer.csv").read_text()
+
+
+def _filled(option: str, paths: dict[str, str]) -> str:
+    """``option`` with a placeholder (OUT, GOLD, ...) replaced by its path."""
+    name, equals, value = option.partition("=")
+    return f"{name}={paths.get(value, value)}" if equals else paths.get(option, option)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["a.csv", "--help"],
+        ["a.csv"],  # no output
+        ["-o", "o.csv"],  # no answers
+        ["a.csv", "b.csv", "-o", "o.csv"],
+        ["a.csv", "-o", "o.csv", "-o", "p.csv"],  # repeated
+        ["a.csv", "-o=o.csv"],  # click reads the value "=o.csv"
+        ["a.csv", "-o"],  # no value
+        ["a.csv", "-o", "-m", "ds"],
+        ["a.csv", "--output="],
+        ["a.csv", "-o", "o.csv", "--verbose"],  # unknown
+        ["--", "a.csv", "-o", "o.csv"],
+        ["a.csv", "-mds", "-o", "o.csv"],
+    ],
+)
+def test_other_arguments_are_left_to_typer(args: list[str]) -> None:
+    from cxrlabel.aggregate.cli import run_plain_arguments
+
+    assert run_plain_arguments(args) is None
+
+
+def test_main_runs_plain_arguments_and_defers_bad_settings_to_typer(
+    answers: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cxrlabel import cli
+
+    out = tmp_path / "o.csv"
+    monkeypatch.setattr("sys.argv", ["cxrlabel", "aggregate", str(answers), "-o", str(out)])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 0 and out.read_text().startswith("task,label,")
+    out.unlink()
+    monkeypatch.setenv("CXRLABEL_SESSION_IDLE_MINUTES", "soon")  # the root options refuse it
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 2 and not out.exists()

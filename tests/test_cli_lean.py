@@ -20,10 +20,13 @@ from typer.testing import CliRunner
 from cxrlabel import cli
 
 HEAVY = ("scipy", "pandas", "sqlalchemy", "fastapi", "starlette", "torch", "onnxruntime")
-# Web, database and simulator code, and pandas (0.15-0.2 s of start-up, issue 20): `aggregate`
+# Web, database and simulator code, pandas (0.15-0.2 s of start-up, issue 20), for `-m ds`
+# scipy (0.1 s), and with plain arguments pydantic (Typer's parsing, 0.1-0.15 s): `aggregate`
 # must load none of it.
 NOT_FOR_AGGREGATE = (
     "pandas",
+    "scipy",
+    "pydantic",
     "sqlalchemy",
     "fastapi",
     "starlette",

@@ -21,8 +21,9 @@ docs/aggregation.md and benchmarks/aggregation.py for both cases).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import scipy.sparse as sp
 
 from .base import (
     CERTAINTY_LEVELS,
@@ -32,6 +33,9 @@ from .base import (
     softmax_rows,
 )
 from .dawid_skene import DawidSkene, expected_accuracy, prior_centre, smoothed_confusion
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 #: Starting reliability per level; also the centre of its Beta prior.
 INITIAL_RELIABILITY: tuple[float, ...] = (1.0, 0.8, 0.4)
@@ -50,6 +54,8 @@ class CertaintyDawidSkene(DawidSkene):
         self.reliability_prior = reliability_prior
 
     def _fit(self, judgments: Judgments) -> AggregationResult:
+        import scipy.sparse as sp  # here, not at the top: `cxrlabel aggregate -m ds` skips it
+
         levels = _levels(judgments)
         self._diagonal = self.prior_diagonal(judgments)
         n_items, n_classes = judgments.n_items, judgments.n_classes

@@ -39,10 +39,21 @@ matrices and their labels never change.
 
 from __future__ import annotations
 
-import numpy as np
-import scipy.sparse as sp
+from typing import TYPE_CHECKING
 
-from .base import AggregationResult, Aggregator, Judgments, normalize_rows, softmax_rows
+import numpy as np
+
+from .base import (
+    AggregationResult,
+    Aggregator,
+    Judgments,
+    column_sum,
+    normalize_rows,
+    softmax_rows,
+)
+
+if TYPE_CHECKING:
+    from .base import AnswerMatrix
 
 
 class DawidSkene(Aggregator):
@@ -77,8 +88,7 @@ class DawidSkene(Aggregator):
         return agreement_accuracy(judgments)
 
     def _fit(self, judgments: Judgments) -> AggregationResult:
-        answer_matrix = judgments.worker_label_matrix()
-        answer_matrix_t = answer_matrix.T.tocsr()
+        answer_matrix, answer_matrix_t = judgments.answer_matrices()
         self._diagonal = self.prior_diagonal(judgments)
         # Start from the vote share: EM then only has to refine a sensible consensus.
         posterior = judgments.clamp_gold(normalize_rows(judgments.vote_counts()))
@@ -87,7 +97,7 @@ class DawidSkene(Aggregator):
             class_prior, confusion = self._m_step(answer_matrix_t, posterior, judgments)
             new_posterior = e_step(answer_matrix, class_prior, confusion)
             judgments.clamp_gold(new_posterior)
-            change = float(np.abs(new_posterior - posterior).max()) if posterior.size else 0.0
+            change = max_abs_difference(new_posterior, posterior)
             posterior = new_posterior
             if change < self.tol:
                 converged = True
@@ -105,17 +115,26 @@ class DawidSkene(Aggregator):
         )
 
     def _m_step(
-        self, answer_matrix_t: sp.csr_matrix, posterior: np.ndarray, judgments: Judgments
+        self, answer_matrix_t: AnswerMatrix, posterior: np.ndarray, judgments: Judgments
     ) -> tuple[np.ndarray, np.ndarray]:
         counts = confusion_counts(answer_matrix_t, posterior, judgments.n_workers)
         centre = prior_centre(counts, self._diagonal, pooled=self.error_pattern == "pooled")
         confusion = smoothed_confusion(counts, self.prior_strength, centre, self.smoothing)
-        class_prior = posterior.sum(axis=0) + 1.0
+        class_prior = column_sum(posterior) + 1.0
         return class_prior / class_prior.sum(), confusion
 
 
+def max_abs_difference(new: np.ndarray, old: np.ndarray) -> float:
+    """Largest absolute change between two posteriors (0 for none); the EM's stopping test."""
+    if not old.size:
+        return 0.0
+    difference = new - old
+    np.abs(difference, out=difference)  # in place: one fewer large temporary per iteration
+    return float(difference.max())
+
+
 def confusion_counts(
-    answer_matrix_t: sp.csr_matrix, posterior: np.ndarray, n_workers: int
+    answer_matrix_t: AnswerMatrix, posterior: np.ndarray, n_workers: int
 ) -> np.ndarray:
     """Expected counts ``[w, true, answered]`` = sum over w's answers of P(true | item)."""
     n_classes = posterior.shape[1]
@@ -164,14 +183,15 @@ def smoothed_confusion(
 
 
 def e_step(
-    answer_matrix: sp.csr_matrix, class_prior: np.ndarray, confusion: np.ndarray
+    answer_matrix: AnswerMatrix, class_prior: np.ndarray, confusion: np.ndarray
 ) -> np.ndarray:
     """Posterior class probabilities: prior x product of the answers' likelihoods."""
     n_workers, n_classes, _ = confusion.shape
     # Row w*K + j of log_lik holds log confusion[w, :, j] (likelihood of answer j per class).
     log_lik = np.log(confusion).transpose(0, 2, 1).reshape(n_workers * n_classes, n_classes)
-    log_post = np.asarray(answer_matrix @ log_lik) + np.log(class_prior)[None, :]
-    return softmax_rows(log_post)
+    log_post = np.asarray(answer_matrix @ log_lik)
+    log_post += np.log(class_prior)[None, :]
+    return softmax_rows(log_post, in_place=True)
 
 
 def expected_accuracy(class_prior: np.ndarray, confusion: np.ndarray) -> np.ndarray:
