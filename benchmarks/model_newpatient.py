@@ -1,8 +1,10 @@
 """Internal new-patient estimate of the triage model (issue 21), next to the easy proxy.
 
 Schemes (see ``cxrlabel.model.newpatient``): ``squashed_cv`` (patient-grouped k-fold scoring
-only the 224 x 224 squashed copies of held-out patients) and ``originals_to_squashed`` (train
-on originals, score squashed copies of other patients). Expert (manifest) labels, the shared
+only the 224 x 224 squashed copies of held-out patients), ``originals_to_squashed`` (train
+on originals, score squashed copies of other patients), ``earliest_patients`` (hold out the
+lowest-numbered patients of each id series) and ``look_shift`` (hold out each class's patients
+whose global look resembles the other class). Expert (manifest) labels, the shared
 Kermany train + val images; the official test split is not on this machine.
 
     nice -n 10 python benchmarks/model_newpatient.py [--size 96] [--epochs 2] [--folds 3]
