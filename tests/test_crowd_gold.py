@@ -186,6 +186,20 @@ def test_clearest_without_model_scores_falls_back_to_the_crowd_and_an_expert_con
     assert "judged_as_work" not in report.codes(), report.warnings
 
 
+def test_a_path_with_brackets_is_printed_as_written(tmp_path: Path) -> None:
+    """Rich markup must not eat "[bold]" from a folder name, in the report or in an error."""
+    db, env, base = _finalised_job(tmp_path)
+    folder = tmp_path / "[bold]proposals"
+    folder.mkdir()
+    out = folder / "p.csv"
+    args = [*base, "gold", "sample", "--job", "q-job", "--from-crowd", "1", "-o", str(out)]
+    result = runner.invoke(app, args, terminal_width=400)
+    assert result.exit_code == 0, result.output
+    assert "[bold]proposals" in result.output
+    again = runner.invoke(app, args, terminal_width=400)
+    assert again.exit_code == 2 and "[bold]proposals" in again.output
+
+
 def test_an_annotator_who_judged_an_image_is_never_served_it_as_gold(tmp_path: Path) -> None:
     db, env, base = _finalised_job(tmp_path)
     env.add_user("doc", role="expert")

@@ -463,7 +463,7 @@ def gold_sample(
         n = from_crowd or from_reference or 0
         path = output or Path(f"gold-proposals-{spec.name}.csv")
         for line in _or_fail(lambda: propose_to_file(session, job, spec, n, seed, clearest, path)):
-            console.print(line)
+            console.print(escape(line))  # a path may hold "[...]", which Rich would eat
 
 
 def _print_reference_sample(
@@ -489,7 +489,7 @@ def _or_fail(draw: Callable[[], T]) -> T:
     try:
         return draw()
     except ValueError as exc:
-        fail(str(exc))
+        fail(escape(str(exc)))
 
 
 def _draw_from_reference(
