@@ -352,26 +352,26 @@ def softmax_rows(log_matrix: np.ndarray, *, in_place: bool = False) -> np.ndarra
 _COLUMNWISE_UP_TO = 16
 
 
-def row_max(matrix: np.ndarray) -> np.ndarray:
-    """``matrix.max(axis=1)`` (2-D, at least one column), fast for few columns."""
+def _reduce_rows(matrix: np.ndarray, ufunc: np.ufunc) -> np.ndarray:
+    """``ufunc.reduce(matrix, axis=1)`` (2-D, at least one column), column by column when
+    there are few columns."""
     if matrix.shape[1] > _COLUMNWISE_UP_TO:
-        result: np.ndarray = matrix.max(axis=1)
+        result: np.ndarray = ufunc.reduce(matrix, axis=1)
         return result
     out = matrix[:, 0].copy()
     for column in range(1, matrix.shape[1]):
-        np.maximum(out, matrix[:, column], out=out)
+        ufunc(out, matrix[:, column], out=out)
     return out
+
+
+def row_max(matrix: np.ndarray) -> np.ndarray:
+    """``matrix.max(axis=1)``, fast for few columns."""
+    return _reduce_rows(matrix, np.maximum)
 
 
 def row_sum(matrix: np.ndarray) -> np.ndarray:
-    """``matrix.sum(axis=1)`` (2-D, at least one column), fast for few columns."""
-    if matrix.shape[1] > _COLUMNWISE_UP_TO:
-        result: np.ndarray = matrix.sum(axis=1)
-        return result
-    out = matrix[:, 0].copy()
-    for column in range(1, matrix.shape[1]):
-        out += matrix[:, column]
-    return out
+    """``matrix.sum(axis=1)``, fast for few columns."""
+    return _reduce_rows(matrix, np.add)
 
 
 def column_sum(matrix: np.ndarray) -> np.ndarray:

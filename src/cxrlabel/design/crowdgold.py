@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import io
-import random
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -37,8 +36,7 @@ from cxrlabel.design.crowdclarity import (
     crowd_clarity,
 )
 from cxrlabel.design.goldbank import GoldImportError, find_images, instruction_example_ids
-from cxrlabel.design.goldcheck import shortlist_distance
-from cxrlabel.design.goldseed import balanced_quotas, clearest, pick_distinct
+from cxrlabel.design.goldseed import check_draw, clearest, draw_balanced
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.storage.models import (
     AuditEvent,
@@ -165,10 +163,7 @@ def propose_from_crowd(
     """Up to ``n`` proposals, balanced per crowd label, drawn (by ``seed``) from the clearest
     ``clearest_fraction`` of each label's candidates. A ``ValueError`` (nothing to propose)
     leaves the database untouched; success writes one ``gold.proposed`` audit event."""
-    if n < 1:
-        raise ValueError("sample size must be >= 1")
-    if not 0.0 < clearest_fraction <= 1.0:
-        raise ValueError("clearest_fraction must be in (0, 1]")
+    check_draw(n, clearest_fraction)
     clarity, images = job_clarity(session, job, spec)
     if not images:
         raise ValueError(
@@ -189,10 +184,7 @@ def propose_from_crowd(
         )
         for label in spec.label_values
     }
-    rng = random.Random(seed)
-    for pool in per_label.values():
-        rng.shuffle(pool)
-    chosen = pick_distinct(per_label, balanced_quotas(n, list(per_label)), shortlist_distance())
+    chosen = draw_balanced(per_label, n, seed)
     proposals = [_proposal(im, clarity.scores[im.id]) for im in chosen]
     proposals.sort(key=lambda p: (p.label, p.clarity, p.image.id))
     session.add(

@@ -91,10 +91,7 @@ def pick_reference_images(
     """``n`` never-judged work images with a reference label, balanced per class, one per
     patient, no near-duplicates (the gold sampler's and the training pool's draw). Gold,
     training and held images are not work (``needs_judgments``), so never drawn again."""
-    if n < 1:
-        raise ValueError("sample size must be >= 1")
-    if not 0.0 < clearest_fraction <= 1.0:
-        raise ValueError("clearest_fraction must be in (0, 1]")
+    check_draw(n, clearest_fraction)
     judged = select(Judgment.image_id).where(Judgment.job_id == job.id)
     candidates = session.scalars(
         select(Image)
@@ -108,7 +105,6 @@ def pick_reference_images(
     ).all()
     examples = instruction_example_ids(session, job, spec)
     candidates = [im for im in candidates if im.id not in examples]
-    rng = random.Random(seed)
     per_label = {
         label: [im for im in candidates if im.reference_label == label]
         for label in spec.label_values
@@ -118,6 +114,21 @@ def pick_reference_images(
         per_label = {
             label: clearest(pool, scores, clearest_fraction) for label, pool in per_label.items()
         }
+    return draw_balanced(per_label, n, seed)
+
+
+def check_draw(n: int, clearest_fraction: float) -> None:
+    """The sample size and clearest fraction every gold draw accepts."""
+    if n < 1:
+        raise ValueError("sample size must be >= 1")
+    if not 0.0 < clearest_fraction <= 1.0:
+        raise ValueError("clearest_fraction must be in (0, 1]")
+
+
+def draw_balanced(per_label: dict[str, list[Image]], n: int, seed: int) -> list[Image]:
+    """``n`` images balanced per label from the (shuffled by ``seed``) pools, one per patient,
+    no near-duplicates: the one draw behind reference gold, crowd gold and the training pool."""
+    rng = random.Random(seed)
     for pool in per_label.values():
         rng.shuffle(pool)
     return pick_distinct(per_label, balanced_quotas(n, list(per_label)), shortlist_distance())
