@@ -40,14 +40,8 @@ import sys
 from collections.abc import Callable
 
 import numpy as np
-from aggregation import Dataset, load
-from aggregation_selection import (
-    crowdkit_ds_accuracy,
-    glad_study_line,
-    judgments_of,
-    report,
-    study_sets,
-)
+from aggregation import Dataset
+from aggregation_selection import judgments_of, run_study
 from scipy.special import digamma
 
 from cxrlabel.aggregate import GLAD, DawidSkene, Judgments
@@ -274,24 +268,19 @@ def dense_share(data: Dataset, at_least: int = 100) -> float:
 
 
 def main(argv: list[str]) -> int:
-    root, names = study_sets(argv, __doc__.splitlines()[0])
-    ds_deltas: dict[str, dict[str, float]] = {}
-    glad_deltas: dict[str, dict[str, float]] = {}
-    for name in names:
-        data = load(root / name)
-        ck = crowdkit_ds_accuracy(data)
-        ds_deltas[name] = {c: data.accuracy(lab) - ck for c, lab in ds_candidates(data).items()}
-        line = (
-            f"{name} (answers from workers with >= 100 answers: {dense_share(data):.0%}): "
-            f"crowd-kit DS {ck:.4f}; "
-            + ", ".join(f"{c} {100 * d:+.2f}" for c, d in ds_deltas[name].items())
-        )
-        line += glad_study_line(name, data, glad_candidates, glad_deltas)
-        print(line, flush=True)
-    report("Dawid-Skene: Bayesian candidates against crowd-kit's DS", ds_deltas)
-    if glad_deltas:
-        report("GLAD: moderated candidates against crowd-kit's GLAD (measured)", glad_deltas)
-    return 0
+    return run_study(
+        argv,
+        __doc__,
+        ds_candidates,
+        glad_candidates,
+        (
+            "Dawid-Skene: Bayesian candidates against crowd-kit's DS",
+            "GLAD: moderated candidates against crowd-kit's GLAD (measured)",
+        ),
+        describe=lambda data: (
+            f" (answers from workers with >= 100 answers: {dense_share(data):.0%})"
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -379,24 +379,46 @@ def glad_study_line(
     return "; " + ", ".join(f"{c} {100 * d:+.2f}" for c, d in glad_deltas[name].items())
 
 
-def main(argv: list[str]) -> int:
-    root, names = study_sets(argv, __doc__.splitlines()[0])
+def run_study(
+    argv: list[str],
+    doc: str,
+    ds: Callable[[Dataset], dict[str, np.ndarray]],
+    glad: Callable[[Dataset], dict[str, np.ndarray]],
+    titles: tuple[str, str],
+    describe: Callable[[Dataset], str] = lambda data: "",
+) -> int:
+    """The DS + GLAD study loop the study scripts share: one printed line per set (crowd-kit
+    DS, each DS candidate's delta, GLAD deltas where crowd-kit's GLAD was measured), then the
+    two ``report`` tables titled ``titles``. ``describe`` adds a note after the set's name."""
+    root, names = study_sets(argv, doc.splitlines()[0])
     ds_deltas: dict[str, dict[str, float]] = {}
     glad_deltas: dict[str, dict[str, float]] = {}
     for name in names:
         data = load(root / name)
         ck = crowdkit_ds_accuracy(data)
-        ds = {c: data.accuracy(lab) - ck for c, lab in ds_candidates(data).items()}
-        ds_deltas[name] = ds
-        line = f"{name}: crowd-kit DS {ck:.4f}; " + ", ".join(
-            f"{c} {100 * d:+.2f}" for c, d in ds.items()
+        ds_deltas[name] = {c: data.accuracy(lab) - ck for c, lab in ds(data).items()}
+        line = f"{name}{describe(data)}: crowd-kit DS {ck:.4f}; " + ", ".join(
+            f"{c} {100 * d:+.2f}" for c, d in ds_deltas[name].items()
         )
-        line += glad_study_line(name, data, glad_candidates, glad_deltas)
+        line += glad_study_line(name, data, glad, glad_deltas)
         print(line, flush=True)
-    report("Dawid-Skene candidates against crowd-kit's DS", ds_deltas)
+    report(titles[0], ds_deltas)
     if glad_deltas:
-        report("GLAD candidates against crowd-kit's GLAD (measured)", glad_deltas)
+        report(titles[1], glad_deltas)
     return 0
+
+
+def main(argv: list[str]) -> int:
+    return run_study(
+        argv,
+        __doc__,
+        ds_candidates,
+        glad_candidates,
+        (
+            "Dawid-Skene candidates against crowd-kit's DS",
+            "GLAD candidates against crowd-kit's GLAD (measured)",
+        ),
+    )
 
 
 if __name__ == "__main__":
