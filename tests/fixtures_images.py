@@ -41,13 +41,18 @@ PHI = {
     "StationName": "XRAY-ELMWOOD",
 }
 PHI_IN_SEQUENCE = {"PatientName": "Doe^Jane^Sequencia", "PatientID": "OTHER-ID-5566"}
-PHI_PRIVATE = "Secret-Private-Value-8812"
+PHI_PRIVATE = "Secret-Private-Value-PV8812Q"
 PHI_STRINGS = (
     [v.replace("^", " ") for v in PHI.values()]
     + list(PHI.values())
     + list(PHI_IN_SEQUENCE.values())
-    + [PHI_PRIVATE, "Janet", "Quincy", "7734215", "Elmwood", "Sequencia", "8812"]
+    + [PHI_PRIVATE, "Janet", "Quincy", "7734215", "Elmwood", "Sequencia", "PV8812Q"]
 )
+# The leak scan reads raw database pages, where adjacent fields touch with no separator: a
+# timestamp ending "...52.254881" followed by "2026-..." contains "8812". A short digits-only
+# needle therefore matches by chance (CI failed once on exactly that); keep such needles long.
+MIN_DIGITS_ONLY_NEEDLE = 6
+assert all(len(v) >= MIN_DIGITS_ONLY_NEEDLE for v in PHI_STRINGS if v.isdigit()), PHI_STRINGS
 
 
 def jpeg_bytes(im: Image.Image, quality: int = 90, **kwargs: object) -> bytes:
