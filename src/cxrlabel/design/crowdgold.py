@@ -150,7 +150,7 @@ def _ever_reviewed(session: Session, job: Job) -> set[int]:
     return sent | set(labelled)
 
 
-def propose_from_crowd(
+def draw_proposals(
     session: Session,
     job: Job,
     spec: JobSpec,
@@ -158,11 +158,10 @@ def propose_from_crowd(
     seed: int = 0,
     *,
     clearest_fraction: float = 1.0,
-    now: datetime | None = None,
 ) -> list[Proposal]:
     """Up to ``n`` proposals, balanced per crowd label, drawn (by ``seed``) from the clearest
-    ``clearest_fraction`` of each label's candidates. A ``ValueError`` (nothing to propose)
-    leaves the database untouched; success writes one ``gold.proposed`` audit event."""
+    ``clearest_fraction`` of each label's candidates; reads only (the web page's list). A
+    ``ValueError`` says why there is nothing to propose."""
     check_draw(n, clearest_fraction)
     clarity, images = job_clarity(session, job, spec)
     if not images:
@@ -187,6 +186,22 @@ def propose_from_crowd(
     chosen = draw_balanced(per_label, n, seed)
     proposals = [_proposal(im, clarity.scores[im.id]) for im in chosen]
     proposals.sort(key=lambda p: (p.label, p.clarity, p.image.id))
+    return proposals
+
+
+def propose_from_crowd(
+    session: Session,
+    job: Job,
+    spec: JobSpec,
+    n: int,
+    seed: int = 0,
+    *,
+    clearest_fraction: float = 1.0,
+    now: datetime | None = None,
+) -> list[Proposal]:
+    """``draw_proposals``, logged: success writes one ``gold.proposed`` audit event (the CSV
+    handed to an expert); a ``ValueError`` leaves the database untouched."""
+    proposals = draw_proposals(session, job, spec, n, seed, clearest_fraction=clearest_fraction)
     session.add(
         AuditEvent(
             at=now or utcnow(),
@@ -204,6 +219,25 @@ def propose_from_crowd(
     )
     session.flush()
     return proposals
+
+
+def crowd_votes(
+    session: Session, job: Job, image_ids: list[int]
+) -> dict[int, dict[str, dict[str, int]]]:
+    """The trusted work answers on each image as counts, label -> certainty -> n (what the
+    expert reads beside a proposal; never who answered)."""
+    votes: dict[int, dict[str, dict[str, int]]] = {i: {} for i in image_ids}
+    for image_id, answer, certainty in session.execute(
+        select(Judgment.image_id, Judgment.answer, Judgment.certainty).where(
+            Judgment.job_id == job.id,
+            Judgment.image_id.in_(image_ids),
+            Judgment.is_gold.is_(False),
+            Judgment.tainted.is_(False),
+        )
+    ):
+        per = votes[image_id].setdefault(answer, {})
+        per[certainty] = per.get(certainty, 0) + 1
+    return votes
 
 
 def propose_to_file(
@@ -272,11 +306,20 @@ def proposals_csv(proposals: list[Proposal]) -> str:
     return out.getvalue()
 
 
-def read_confirmations(
-    session: Session, job: Job, spec: JobSpec, path: Path
-) -> tuple[list[Confirmation], int]:
-    """The rows an expert answered (and how many were left blank: not confirmed). Every row
-    is checked first; one bad row raises ``GoldImportError`` listing every problem."""
+@dataclass(frozen=True)
+class Answered:
+    """An expert's answer as given, before it is checked: ``where`` names it in an error
+    ("line 3" of a CSV; empty on the web page, where there is one)."""
+
+    where: str
+    image: str  # public id, sha256, source path or file name
+    answer: str
+    reason: str
+
+
+def read_answers(path: Path) -> tuple[list[Answered], int]:
+    """The answered rows of a proposals CSV, unchecked (and how many were left blank: not
+    confirmed); ``GoldImportError`` when the file cannot be read or lacks a column."""
     source = str(path)
     try:
         rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8-sig"))))
@@ -284,27 +327,49 @@ def read_confirmations(
         raise GoldImportError(source, [f"cannot read the file: {exc}"]) from None
     if not rows or not {"image", "answer", "reason"} <= set(rows[0]):
         raise GoldImportError(source, ["expected the columns image, answer, reason"])
+    answered = [
+        Answered(
+            f"line {line}",
+            (row.get("image") or "").strip(),
+            (row.get("answer") or "").strip(),
+            (row.get("reason") or "").strip(),
+        )
+        for line, row in enumerate(rows, start=2)
+    ]
+    kept = [a for a in answered if a.answer]
+    return kept, len(answered) - len(kept)
+
+
+def check_confirmations(
+    session: Session, job: Job, spec: JobSpec, answered: list[Answered], source: str
+) -> list[Confirmation]:
+    """Every answer checked first (``quality.crowdconfirm`` records them only if all pass);
+    one bad answer raises ``GoldImportError`` listing every problem."""
     labels = {v.lower(): v for v in spec.label_values}
     examples = instruction_example_ids(session, job, spec)
     confirmed: list[Confirmation] = []
     problems: list[str] = []
     seen: set[int] = set()
-    skipped = 0
-    for line, row in enumerate(rows, start=2):
-        answer, reason = (row.get("answer") or "").strip(), (row.get("reason") or "").strip()
-        if not answer:
-            skipped += 1
-            continue
-        matches = find_images(session, job, (row.get("image") or "").strip())
+    for row in answered:
+        matches = find_images(session, job, row.image.strip())
+        answer, reason = row.answer.strip(), row.reason.strip()
         problem = _row_problem(matches, answer, reason, labels, seen | examples)
         if problem:
-            problems.append(f"line {line}: {problem}")
+            problems.append(f"{row.where}: {problem}" if row.where else problem)
             continue
         seen.add(matches[0].id)
         confirmed.append(Confirmation(matches[0], labels[answer.lower()], reason))
     if problems:
         raise GoldImportError(source, problems)
-    return confirmed, skipped
+    return confirmed
+
+
+def read_confirmations(
+    session: Session, job: Job, spec: JobSpec, path: Path
+) -> tuple[list[Confirmation], int]:
+    """The rows an expert answered (and how many were left blank), all checked."""
+    answered, skipped = read_answers(path)
+    return check_confirmations(session, job, spec, answered, str(path)), skipped
 
 
 def _row_problem(
@@ -315,6 +380,8 @@ def _row_problem(
     if len(matches) != 1:
         return "unknown image" if not matches else "ambiguous image reference"
     image = matches[0]
+    if not answer:
+        return f"no answer given (allowed: {', '.join(labels.values())})"
     if answer.lower() not in labels:
         return f"answer {answer!r} is not a label (allowed: {', '.join(labels.values())})"
     if not reason:

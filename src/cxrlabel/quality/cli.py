@@ -286,28 +286,25 @@ def confirm_gold(
     that agrees with the crowd makes the image an (easy) test question with the expert's
     reason; one that does not corrects the image's label instead. Rows left without an
     answer are skipped; one bad row records nothing."""
-    from cxrlabel.design.crowdgold import read_confirmations
+    from cxrlabel.design.crowdgold import read_answers
     from cxrlabel.design.goldbank import GoldImportError
+    from cxrlabel.quality.crowdconfirm import confirm_answers
 
     with app_context(ctx).db.session() as session:
         job_row, spec = get_job(session, job)
         person = _expert(session, expert)
         try:
-            rows, skipped = read_confirmations(session, job_row, spec, file)
+            answered, skipped = read_answers(file)
+            if not answered:
+                fail(f"{file}: no row has an answer: nothing to confirm")
+            confirmed = _guard(
+                lambda: confirm_answers(
+                    session, job_row, spec, person, answered, str(file), utcnow()
+                )
+            )
         except GoldImportError as exc:
             fail(str(exc))
-        if not rows:
-            fail(f"{file}: no row has an answer: nothing to confirm")
-        promoted, corrected = _guard(
-            lambda: commands.confirm_crowd_gold(
-                session,
-                job_row,
-                spec,
-                person,
-                [(c.image.id, c.answer, c.reason) for c in rows],
-                utcnow(),
-            )
-        )
+        promoted, corrected = confirmed.promoted, confirmed.corrected
     console.print(
         f"{len(promoted)} made gold (active now), {len(corrected)} corrected by the expert "
         f"(the crowd's label was wrong: not gold), {skipped} left without an answer."

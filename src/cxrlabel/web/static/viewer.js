@@ -248,6 +248,10 @@
   function start() {
     var form = document.getElementById("work-form");
     if (form) window.cxrWorkPage = new WorkPage(form);
+    // Viewers outside a work page (expert review, gold proposals): zoom, pan and filters too.
+    document.querySelectorAll("[data-role=viewer]").forEach(function (root) {
+      if (!root.closest("#work-form")) new Viewer(root);
+    });
   }
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start); else start();
 })();

@@ -1,0 +1,256 @@
+"""Gold proposals in the browser (issue 17): the expert confirms crowd-proposed gold on a web
+page, through the same code as ``cxrlabel quality confirm-gold``.
+
+HTTP level (FastAPI TestClient, real SQLite, the real sign-in and CSRF): roles, the agreeing
+and the disagreeing answer, double submissions and a second expert, refusals that record
+nothing, and ``quality replay`` reproducing every decision. Then real Chromium on real Kermany
+X-rays, at desktop and phone size.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from cxrlabel.cli import app as cli_app
+from cxrlabel.config import Settings
+from cxrlabel.quality.store import EXPERT_LABELED
+from cxrlabel.storage.db import Database
+from cxrlabel.storage.models import AuditEvent, ExpertReview, GoldItem, Image
+from cxrlabel.web.app import create_app
+from quality_support import make_env, pass_quiz
+from web_support import add_user, csrf_from_html, signed_in_client
+
+REASON = "Dense consolidation of the right lower lobe with air bronchograms."
+
+
+@pytest.fixture
+def web(tmp_path: Path):
+    """q-job on SQLite: w0/w1 PNEUMONIA and w2/w3 NORMAL finalised by three annotators (w1 and
+    w3 with one "can't tell": less clear), w4/w5 open; an expert, a second expert, an admin and
+    a signed-up annotator who can sign in."""
+    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    db = Database(url)
+    env = make_env(db, work=6)
+    for name in ("a", "b", "c"):
+        env.add_user(name)
+        pass_quiz(env, name)
+    env.submit("a", {"w0": "PNEUMONIA", "w1": "PNEUMONIA", "w2": "NORMAL", "w3": "NORMAL"})
+    env.submit("b", {"w0": "PNEUMONIA", "w1": "PNEUMONIA", "w2": "NORMAL", "w3": "NORMAL"})
+    env.submit(
+        "c",
+        {
+            "w0": "PNEUMONIA",
+            "w1": ("PNEUMONIA", "cant_tell"),
+            "w2": "NORMAL",
+            "w3": ("NORMAL", "cant_tell"),
+        },
+    )
+    rng = random.Random(0)
+    with db.session() as s:
+        for image in s.scalars(select(Image)):
+            image.phash = f"{rng.getrandbits(64):016x}"  # no near-duplicates among them
+    for name, role in (
+        ("doc", "expert"),
+        ("doc2", "expert"),
+        ("boss", "admin"),
+        ("ann", "annotator"),
+    ):
+        add_user(db, name, role=role)
+    application = create_app(Settings(data_dir=tmp_path, db_url=url), db=db)
+    yield application, env, ["--db", url, "--data-dir", str(tmp_path)]
+    db.dispose()
+
+
+def _ids(env) -> dict[str, str]:
+    return {name: env.image(name).public_id for name in ("w0", "w1", "w2", "w3", "w4")}
+
+
+def _post(client, public_id: str, answer: str, reason: str, page: str | None = None):
+    csrf = csrf_from_html(page or client.get("/gold-proposals/q-job").text)
+    return client.post(
+        f"/gold-proposals/q-job/{public_id}",
+        data={"answer": answer, "reason": reason, "csrf_token": csrf},
+        follow_redirects=False,
+    )
+
+
+def _recorded(env) -> tuple[int, int, int]:
+    """Expert reviews, gold items, expert-label audit events."""
+    with env.db.session() as s:
+        return (
+            s.scalar(select(func.count()).select_from(ExpertReview)),
+            s.scalar(select(func.count()).select_from(GoldItem)),
+            s.scalar(
+                select(func.count())
+                .select_from(AuditEvent)
+                .where(AuditEvent.action == EXPERT_LABELED)
+            ),
+        )
+
+
+def _cards(html: str) -> list[str]:
+    return re.findall(r'<section class="card proposal"[^>]*data-public-id="([^"]+)"', html)
+
+
+def test_only_experts_and_admins_see_or_answer_proposals(web) -> None:
+    application, env, _ = web
+    ids = _ids(env)
+    anonymous = signed_in_client(application, "ann")
+    anonymous.cookies.clear()
+    r = anonymous.get("/gold-proposals/q-job", follow_redirects=False)
+    assert r.status_code == 303 and "/login" in r.headers["location"]
+
+    annotator = signed_in_client(application, "ann")
+    home = annotator.get("/").text
+    assert "/gold-proposals/" not in home  # the annotator's navigation has no such link
+    r = annotator.get("/gold-proposals/q-job")
+    assert r.status_code == 403
+    assert ids["w0"] not in r.text and "crowd-answers" not in r.text
+    before = _recorded(env)
+    r = annotator.post(
+        f"/gold-proposals/q-job/{ids['w0']}",
+        data={"answer": "PNEUMONIA", "reason": REASON, "csrf_token": csrf_from_html(home)},
+        follow_redirects=False,
+    )
+    assert r.status_code == 403 and _recorded(env) == before
+    assert env.image("w0").status == "finalised"
+
+    for who in ("doc", "boss"):
+        page = signed_in_client(application, who).get("/gold-proposals/q-job")
+        assert page.status_code == 200, page.text
+        # The clearer half of each crowd label, balanced: w0 (PNEUMONIA), w2 (NORMAL).
+        assert sorted(_cards(page.text)) == sorted([ids["w0"], ids["w2"]])
+    expert_home = signed_in_client(application, "doc").get("/").text
+    assert 'href="/gold-proposals/q-job"' in expert_home
+
+
+def test_the_expert_sees_the_crowds_answers_as_counts(web) -> None:
+    application, env, _ = web
+    html = signed_in_client(application, "doc").get("/gold-proposals/q-job?clearest=1").text
+    ids = _ids(env)
+    assert sorted(_cards(html)) == sorted(ids[n] for n in ("w0", "w1", "w2", "w3"))
+    card = re.search(rf'data-public-id="{ids["w1"]}".*?</section>', html, re.S).group(0)
+    cells = re.findall(r'<td class="num">(\d+)</td>', card)
+    # Rows NORMAL, PNEUMONIA; columns definitely, probably, can't tell.
+    assert cells == ["0", "0", "0", "2", "0", "1"], cells
+    assert "could not tell" in card and 'src="/img/' in card
+    for name in ("a", "b", "c"):  # never who answered
+        assert f">{name}<" not in card
+
+
+def test_agree_makes_easy_gold_and_disagree_corrects_and_replay_reproduces_both(web) -> None:
+    application, env, base = web
+    ids = _ids(env)
+    doc = signed_in_client(application, "doc")
+    assert _recorded(env) == (0, 8, 0)  # 8: the quiz's gold
+    r = _post(doc, ids["w0"], "PNEUMONIA", REASON)
+    assert _recorded(env) == (1, 9, 1)
+    assert r.status_code == 303 and r.headers["location"].endswith(f"?done={ids['w0']}")
+    shown = doc.get(r.headers["location"]).text
+    assert "is now a test question (easy)" in shown and ids["w0"] not in _cards(shown)
+    with env.db.session() as s:
+        gold = s.scalar(select(GoldItem).where(GoldItem.image_id == env.images["w0"]))
+        assert (gold.active, gold.difficulty, gold.accepted_answers, gold.reason) == (
+            True,
+            "easy",
+            ["PNEUMONIA"],
+            REASON,
+        )
+        assert gold.source == "expert"
+    assert env.image("w0").status == "gold"
+
+    # The crowd said NORMAL on w2; the expert sees pneumonia: a correction, not gold.
+    r = _post(doc, ids["w2"], "PNEUMONIA", "Subtle retrocardiac opacity.")
+    assert r.status_code == 303
+    shown = doc.get(r.headers["location"]).text
+    assert "Recorded as a correction" in shown
+    w2 = env.image("w2")
+    assert (w2.status, w2.label) == ("expert", "PNEUMONIA")
+    with env.db.session() as s:
+        assert s.scalar(select(GoldItem).where(GoldItem.image_id == w2.id)) is None
+        review = s.scalar(select(ExpertReview).where(ExpertReview.image_id == w2.id))
+        assert (review.promoted_to_gold, review.reason) == (False, "Subtle retrocardiac opacity.")
+
+    # Neither is proposed again, even from every candidate.
+    html = doc.get("/gold-proposals/q-job?clearest=1").text
+    assert sorted(_cards(html)) == sorted([ids["w1"], ids["w3"]])
+
+    assert env.verify().matched
+    result = CliRunner().invoke(cli_app, [*base, "quality", "replay", "--job", "q-job", "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"matched": true' in result.output
+
+
+def test_a_double_submission_records_once_and_a_second_answer_is_refused(web) -> None:
+    application, env, _ = web
+    ids = _ids(env)
+    doc = signed_in_client(application, "doc")
+    page = doc.get("/gold-proposals/q-job").text  # the form, kept as if by the back button
+    assert _post(doc, ids["w0"], "PNEUMONIA", REASON, page).status_code == 303
+    after_first = _recorded(env)
+    again = _post(doc, ids["w0"], "PNEUMONIA", REASON, page)  # double click / resubmit
+    assert (
+        again.status_code == 303
+        and "is now a test question" in doc.get(again.headers["location"]).text
+    )
+    assert _recorded(env) == after_first
+
+    changed = _post(doc, ids["w0"], "NORMAL", "Second thoughts.", page)
+    assert changed.status_code == 409
+    assert "You already answered this image" in changed.text
+    assert "Second thoughts." in changed.text  # the expert's words are shown back, not lost
+    other = _post(signed_in_client(application, "doc2"), ids["w0"], "PNEUMONIA", "Agree.")
+    assert other.status_code == 409 and "Another expert already answered" in other.text
+    assert _recorded(env) == after_first
+    with env.db.session() as s:
+        gold = s.scalar(select(GoldItem).where(GoldItem.image_id == env.images["w0"]))
+        assert (gold.reason, gold.accepted_answers) == (REASON, ["PNEUMONIA"])
+    assert env.verify().matched
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason", "message"),
+    [
+        ("PNEUMONIA", "  ", "a reason is required"),
+        ("", REASON, "no answer given"),
+        ("EFFUSION", REASON, "is not a label"),
+    ],
+)
+def test_a_bad_answer_is_a_clear_error_that_records_nothing(web, answer, reason, message) -> None:
+    application, env, _ = web
+    ids = _ids(env)
+    doc = signed_in_client(application, "doc")
+    before = _recorded(env)
+    r = _post(doc, ids["w0"], answer, reason)
+    assert r.status_code == 400 and message in r.text, r.text
+    assert 'role="alert"' in r.text and "Nothing recorded" in r.text
+    assert _recorded(env) == before and env.image("w0").status == "finalised"
+    assert ids["w0"] in _cards(r.text)  # still proposed, the expert's input kept in its form
+    if reason.strip():
+        assert reason in r.text
+
+
+def test_refusals_without_csrf_or_outside_the_proposals_record_nothing(web) -> None:
+    application, env, _ = web
+    ids = _ids(env)
+    doc = signed_in_client(application, "doc")
+    before = _recorded(env)
+    r = doc.post(
+        f"/gold-proposals/q-job/{ids['w0']}",
+        data={"answer": "PNEUMONIA", "reason": REASON},
+        follow_redirects=False,
+    )
+    assert r.status_code == 403
+    r = _post(doc, ids["w4"], "NORMAL", REASON)  # still being judged by the crowd
+    assert r.status_code == 400 and "no longer a finalised work image" in r.text
+    assert doc.get("/gold-proposals/q-job/nope").status_code in (404, 405)
+    assert _post(doc, "nope", "NORMAL", REASON).status_code == 404
+    assert doc.get("/gold-proposals/q-job?n=0").status_code == 400
+    assert doc.get("/gold-proposals/no-such-job").status_code == 404
+    assert _recorded(env) == before
