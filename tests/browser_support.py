@@ -110,10 +110,18 @@ def build_real_job(
 
 
 def crowd_work(
-    db: Database, job_id: int, spec, names: list[str], answers: list[tuple], pages: int
+    db: Database,
+    job_id: int,
+    spec,
+    names: list[str],
+    answers: list[tuple],
+    pages: int,
+    *,
+    by_reference: bool = False,
 ) -> None:
     """Simulated annotators pass the quiz and submit ``pages`` work pages each, through the
-    same engine as the web app; ``answers[k]`` is annotator k's (answer, certainty)."""
+    same engine as the web app; ``answers[k]`` is annotator k's (answer, certainty), or with
+    ``by_reference`` each image's reference label at annotator k's certainty."""
     now = utcnow() - timedelta(hours=2)
     for k, name in enumerate(names):
         uid = add_user(db, name)
@@ -126,10 +134,16 @@ def crowd_work(
                     g.image_id: g.accepted_answers[0]
                     for g in s.scalars(select(GoldItem).where(GoldItem.job_id == job_id))
                 }
+                truth = {
+                    it.image_id: s.get(Image, it.image_id).reference_label for it in page.items
+                }
                 given = [
                     AnswerIn(
                         image_public_id=it.image.public_id,
-                        answer=gold.get(it.image_id, answers[k][0]),
+                        answer=gold.get(
+                            it.image_id,
+                            truth[it.image_id] if by_reference else answers[k][0],
+                        ),
                         certainty="definitely" if it.image_id in gold else answers[k][1],
                     )
                     for it in page.items

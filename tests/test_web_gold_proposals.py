@@ -254,3 +254,91 @@ def test_refusals_without_csrf_or_outside_the_proposals_record_nothing(web) -> N
     assert doc.get("/gold-proposals/q-job?n=0").status_code == 400
     assert doc.get("/gold-proposals/no-such-job").status_code == 404
     assert _recorded(env) == before
+
+
+# --- real Chromium, real X-rays ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory, shared_data):
+    """Real Kermany X-rays ingested by the real pipeline; three simulated annotators give each
+    work image its reference label, "definitely": the crowd finalises clear images."""
+    from browser_support import build_real_job, crowd_work, serve
+
+    tmp = tmp_path_factory.mktemp("goldweb")
+    db, job_id, spec = build_real_job(
+        tmp,
+        shared_data / "kermany",
+        per_class=16,
+        n_gold=10,
+        quiz_length=3,
+        items_per_page=6,
+        jmin=3,
+        jmax=3,
+        min_accuracy=0.6,
+        min_seconds_per_page=1.0,
+    )
+    names = ["sim-a", "sim-b", "sim-c"]
+    crowd_work(db, job_id, spec, names, [("", "definitely")] * 3, pages=3, by_reference=True)
+    add_user(db, "expert", role="expert")
+    with serve(db, tmp) as base:
+        yield base, db
+    db.dispose()
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("size", ["desktop", "phone"])
+def test_an_expert_confirms_a_proposal_in_chromium(browser, live, artifacts_dir, size) -> None:
+    """Signed in as an expert: the proposals show real-size X-rays with the crowd's answers,
+    the viewer zooms, and one answer is recorded and confirmed (agreeing on a desktop: gold;
+    disagreeing on a phone: a correction)."""
+    from browser_support import DESKTOP, JOB, PHONE, assert_image_visible, login
+
+    base, db = live
+    viewport = DESKTOP if size == "desktop" else PHONE
+    context = browser.new_context(viewport=viewport, is_mobile=size == "phone")
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    login(page, base, "expert")
+    page.get_by_role("link", name=re.compile("Gold proposals")).click()
+    page.wait_for_url(f"**/gold-proposals/{JOB}")
+    cards = page.locator("section.proposal")
+    assert cards.count() >= 2, page.content()
+    card = cards.first
+    box = assert_image_visible(page, "section.proposal >> nth=0 >> .viewport img", min_px=300)
+    assert box["width"] <= viewport["width"]
+    votes = card.locator("[data-role=crowd-answers]")
+    assert votes.is_visible() and "Definitely" in votes.inner_text()
+    crowd_label = card.get_attribute("data-crowd-label")
+    card.get_by_role("button", name="Zoom in").click()
+    assert "scale(1.25)" in card.locator(".viewport img").get_attribute("style")
+    if size == "phone":
+        wide = page.evaluate(
+            "[...document.querySelectorAll('main *')].filter(e => e.getBoundingClientRect()"
+            ".right > 391).map(e => e.tagName + '.' + e.className).slice(0, 8)"
+        )
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"] + 1, wide
+    page.screenshot(path=str(artifacts_dir / f"gold-proposals-{size}.png"), full_page=False)
+
+    public_id = card.get_attribute("data-public-id")
+    agree = size == "desktop"
+    answer = crowd_label if agree else ({"NORMAL", "PNEUMONIA"} - {crowd_label}).pop()
+    card.locator(f"input[name=answer][value={answer}]").check()
+    card.locator("textarea[name=reason]").fill(f"Checked on a {size}: clear case.")
+    card.get_by_role("button", name="Record answer").click()
+    page.wait_for_url(f"**/gold-proposals/{JOB}?done={public_id}")
+    outcome = page.locator("[data-role=outcome]")
+    expected = "is now a test question" if agree else "Recorded as a correction"
+    assert expected in outcome.inner_text()
+    assert page.locator(f'section.proposal[data-public-id="{public_id}"]').count() == 0
+    page.screenshot(path=str(artifacts_dir / f"gold-proposals-done-{size}.png"), full_page=False)
+    with db.session() as s:
+        image = s.scalar(select(Image).where(Image.public_id == public_id))
+        gold = s.scalar(select(GoldItem).where(GoldItem.image_id == image.id))
+        assert image.status == ("gold" if agree else "expert")
+        assert (gold is not None) == agree
+        if gold is not None:
+            assert (gold.difficulty, gold.reason) == ("easy", f"Checked on a {size}: clear case.")
+    assert not errors, errors
+    context.close()

@@ -67,6 +67,7 @@ def _page(request: Request, job_name: str, extra: dict, status_code: int = 200) 
             {
                 "public_id": p.image.public_id,
                 "label": p.label,
+                "label_text": label_text(spec, p.label),
                 "confidence": p.confidence,
                 "clarity": p.clarity,
                 "answers": votes[p.image.id],
