@@ -5,7 +5,8 @@ per crowd label, one per patient, no near-duplicates.
 
 A proposal is not gold. It is written to a CSV with empty ``answer`` and ``reason`` columns;
 it counts only once an expert has filled both in and ``cxrlabel quality confirm-gold`` has
-recorded the expert's label with promotion to gold (``quality.commands.confirm_crowd_gold``).
+recorded the expert's label with promotion to gold (``quality.crowdconfirm.confirm_answers``,
+also behind the expert's web page ``/gold-proposals/JOB``, which lists ``draw_proposals``).
 That goes through the quality engine's own expert-label event, so ``quality replay`` sees the
 image become gold at the moment it did (a finalised image turned gold behind the log's back
 would replay as gold from the start and change every decision its answers took part in).
