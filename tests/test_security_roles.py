@@ -118,6 +118,12 @@ RULES: dict[tuple[str, str], Rule] = {
         REVIEWERS, form={"label": "NORMAL"}, params={"public_id": "review_image"}
     ),
     ("GET", "/api/jobs/{job_name}/review"): R(REVIEWERS),
+    # Gold proposals (crowd-proposed gold the expert confirms): the review image is no
+    # finalised work image, so an allowed answer is refused (400) and records nothing.
+    ("GET", "/gold-proposals/{job_name}"): R(REVIEWERS),
+    ("POST", "/gold-proposals/{job_name}/{public_id}"): R(
+        REVIEWERS, form={"answer": "NORMAL", "reason": "x"}, params={"public_id": "review_image"}
+    ),
     ("POST", "/api/jobs/{job_name}/review/{public_id}"): R(
         REVIEWERS, json={"label": "NORMAL"}, params={"public_id": "review_image"}
     ),
