@@ -1,10 +1,10 @@
 """Gold proposals in the browser (issue 17): the expert confirms crowd-proposed gold on a web
 page, through the same code as ``cxrlabel quality confirm-gold``.
 
-HTTP level (FastAPI TestClient, real SQLite, the real sign-in and CSRF): roles, the agreeing
-and the disagreeing answer, double submissions and a second expert, refusals that record
-nothing, and ``quality replay`` reproducing every decision. Then real Chromium on real Kermany
-X-rays, at desktop and phone size.
+HTTP level (FastAPI TestClient, real SQLite and PostgreSQL, the real sign-in and CSRF): roles,
+the agreeing and the disagreeing answer, double submissions and a second expert, refusals that
+record nothing, and ``quality replay`` reproducing every decision. Then real Chromium on real
+Kermany X-rays, at desktop and phone size.
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ REASON = "Dense consolidation of the right lower lobe with air bronchograms."
 
 
 @pytest.fixture
-def web(tmp_path: Path):
-    """q-job on SQLite: w0/w1 PNEUMONIA and w2/w3 NORMAL finalised by three annotators (w1 and
-    w3 with one "can't tell": less clear), w4/w5 open; an expert, a second expert, an admin and
-    a signed-up annotator who can sign in."""
-    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+def web(tmp_path: Path, db_url: str):
+    """q-job (SQLite and PostgreSQL: the confirmation takes the job's quality lock): w0/w1
+    PNEUMONIA and w2/w3 NORMAL finalised by three annotators (w1 and w3 with one "can't tell":
+    less clear), w4/w5 open; two experts, an admin and an annotator who can sign in."""
+    url = db_url
     db = Database(url)
     env = make_env(db, work=6)
     for name in ("a", "b", "c"):
