@@ -181,6 +181,14 @@ def test_agree_makes_easy_gold_and_disagree_corrects_and_replay_reproduces_both(
     html = doc.get("/gold-proposals/q-job?clearest=1").text
     assert sorted(_cards(html)) == sorted([ids["w1"], ids["w3"]])
 
+    # The rest answered too: nothing finalised is left, and the page says so.
+    for name in ("w1", "w3"):
+        label = env.image(name).label
+        assert _post(doc, ids[name], label, "Clear on the film.").status_code == 303
+    html = doc.get("/gold-proposals/q-job?clearest=1").text
+    assert _cards(html) == [] and 'data-role="nothing"' in html
+    assert "no finalised work image" in html
+
     assert env.verify().matched
     result = CliRunner().invoke(cli_app, [*base, "quality", "replay", "--job", "q-job", "--json"])
     assert result.exit_code == 0, result.output

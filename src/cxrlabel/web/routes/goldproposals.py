@@ -22,10 +22,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from starlette.responses import RedirectResponse, Response
 
 from cxrlabel.design.crowdgold import Answered, crowd_votes, draw_proposals
 from cxrlabel.design.goldbank import GoldImportError
+from cxrlabel.jobspec import JobSpec
 from cxrlabel.quality.crowdconfirm import confirm_answers, earlier_answer
 from cxrlabel.quality.review_summary import crowd_summary
 from cxrlabel.quality.store import ReviewConflict
@@ -136,7 +138,7 @@ def proposal_answer(
     return RedirectResponse(f"/gold-proposals/{job_name}?done={public_id}", status_code=303)
 
 
-def _record(s, job_name: str, mine: Answered, user: User) -> tuple[str, int] | None:
+def _record(s: Session, job_name: str, mine: Answered, user: User) -> tuple[str, int] | None:
     """Record the answer; or why not, with the HTTP status (nothing recorded then)."""
     job, spec = job_and_spec(s, job_name)
     image_id = s.scalar(
@@ -160,7 +162,7 @@ def _record(s, job_name: str, mine: Answered, user: User) -> tuple[str, int] | N
     return None
 
 
-def _taken_text(before: ExpertReview, user: User, spec) -> str:
+def _taken_text(before: ExpertReview, user: User, spec: JobSpec) -> str:
     who = "You" if before.expert_id == user.id else "Another expert"
     what = "made it a test question" if before.promoted_to_gold else "corrected the crowd"
     return (
@@ -169,6 +171,6 @@ def _taken_text(before: ExpertReview, user: User, spec) -> str:
     )
 
 
-def label_text(spec, value: str) -> str:
+def label_text(spec: JobSpec, value: str) -> str:
     """The label as the job's question words it (e.g. "Pneumonia"), for messages."""
     return next((lab.text for lab in spec.question.labels if lab.value == value), value)
