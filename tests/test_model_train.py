@@ -24,7 +24,7 @@ from cxrlabel.cli import app  # noqa: E402
 from cxrlabel.model import infer  # noqa: E402
 from cxrlabel.model.augment import AugmentConfig, augment  # noqa: E402
 from cxrlabel.model.data import find_images, load_batch  # noqa: E402
-from cxrlabel.model.net import TriageNet  # noqa: E402
+from cxrlabel.model.net import TriageNet, build  # noqa: E402
 from cxrlabel.model.train import (  # noqa: E402
     TORCH_WEIGHTS,
     TrainConfig,
@@ -104,7 +104,7 @@ def test_onnx_and_torch_agree(trained, export_dir):
     assert meta["onnx_parity_max_abs_diff"] < 1e-4
     paths = sorted(export_dir.rglob("*.png"))
     pixels = load_batch(paths, SIZE)
-    model = TriageNet(tuple(meta["widths"]))
+    model = build(tuple(meta["widths"]), meta["ensemble"])  # 3 seeds by default
     model.load_state_dict(torch.load(trained.model_dir / TORCH_WEIGHTS, weights_only=True))
     logits, cams = torch_logits(model, pixels, torch.device("cpu"))
     p_torch = 1 / (1 + np.exp(-logits / meta["temperature"]))

@@ -320,8 +320,9 @@ scratch on grayscale images squashed to {meta["squash_side"]} px and downscaled 
 Augmentation: rotation +/- {tr["augment"]["max_rotation_deg"]} deg, shift +/-
 {tr["augment"]["max_shift"]:.0%}, zoom {tr["augment"]["scale_range"]}, gamma, contrast,
 brightness, noise{_blur(tr["augment"])}; no horizontal flip (the heart is on the left).
-Early stopping on validation loss: {tr["stop_reason"]}; best epoch {tr["best_epoch"]} of
-{tr["epochs_run"]};
+One-cycle learning-rate schedule of {tr["config"]["max_epochs"]} epochs: {tr["stop_reason"]};
+the epoch with the best validation loss is kept (epoch {tr["best_epoch"]} of
+{tr["epochs_run"]}{" for the first member" if meta.get("ensemble", 1) > 1 else ""});
 {tr["seconds"] / 60:.1f} min on {tr["device"]} ({tr["torch_threads"]} threads), seed
 {tr["config"]["seed"]}.
 

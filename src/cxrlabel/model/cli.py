@@ -19,10 +19,16 @@ def train(
     ),
     output: Path = typer.Option(..., "-o", "--output", help="Model folder to write."),
     size: int = typer.Option(128, help="Input side in pixels (images are squashed square)."),
-    epochs: int = typer.Option(20, help="Most epochs; early stopping usually ends sooner."),
+    epochs: int = typer.Option(
+        20, help="Epochs of the one-cycle schedule (shortened to anneal within --max-minutes)."
+    ),
     batch_size: int = typer.Option(64),
     lr: float = typer.Option(2e-3, help="Peak learning rate (one-cycle schedule)."),
-    patience: int = typer.Option(4, help="Stop after this many epochs without improvement."),
+    patience: int = typer.Option(
+        0,
+        help="Stop after this many epochs without a better validation loss; 0 = run the "
+        "whole schedule (default: stopping mid-cycle keeps an un-annealed model).",
+    ),
     seed: int = typer.Option(0, help="Seed for weights, shuffling and augmentation."),
     threads: int = typer.Option(None, help="CPU threads for PyTorch \\[default: all]."),
     max_minutes: float = typer.Option(25.0, help="Wall-clock budget, decoding included."),
@@ -34,7 +40,7 @@ def train(
         "(wider geometry/exposure plus blur; docs/model.md).",
     ),
     ensemble: int = typer.Option(
-        1,
+        3,
         min=1,
         max=8,
         help="Models trained with seeds seed, "
