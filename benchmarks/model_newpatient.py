@@ -61,6 +61,11 @@ def _args() -> argparse.Namespace:
         help="also write the summary the model card quotes (e.g. "
         "src/cxrlabel/model/newpatient_estimate.json)",
     )
+    ap.add_argument(
+        "--add-to-estimate",
+        action="store_true",
+        help="add this run's schemes to the existing --write-estimate file (same recipe)",
+    )
     return ap.parse_args()
 
 
@@ -190,9 +195,23 @@ def main() -> None:
         )
     (args.out / "report.json").write_text(json.dumps(report, indent=2, default=float))
     if args.write_estimate:
-        args.write_estimate.write_text(
-            json.dumps(estimate_summary(report, args), indent=2, default=float) + "\n"
-        )
+        summary = estimate_summary(report, args)
+        if args.add_to_estimate:
+            summary = merged_estimate(args.write_estimate, summary)
+        args.write_estimate.write_text(json.dumps(summary, indent=2, default=float) + "\n")
+
+
+RECIPE_KEYS = ("size", "epochs", "augment", "tta")
+
+
+def merged_estimate(path: Path, new: dict) -> dict:
+    """The estimate at ``path`` with this run's schemes added or replaced: schemes measured by
+    separate runs of the same recipe (e.g. with other seeds) in one file the card quotes."""
+    old = json.loads(path.read_text())
+    differs = [k for k in RECIPE_KEYS if old.get(k) != new[k]]
+    if differs:
+        raise SystemExit(f"{path}: another recipe ({', '.join(differs)} differ); not merged")
+    return new | {"seeds": None, "schemes": old["schemes"] | new["schemes"]}
 
 
 def _splits(scheme: str, examples, pixels, folds: int, seed: int) -> list:
@@ -272,6 +291,7 @@ def estimate_summary(report: dict, args: argparse.Namespace) -> dict:
                 "clear_specificity",
             )
         }
+        out["schemes"][scheme]["seeds"] = args.seeds
         out["schemes"][scheme]["proxy_auc"] = float(np.mean([r["proxy_auc"] for r in rep["runs"]]))
         out["schemes"][scheme]["flag_threshold"] = rep["thresholds"]["pooled"]["flag"]
     return out

@@ -171,6 +171,8 @@ def test_card_quotes_the_new_patient_estimate_and_its_recipe(tmp_path):
     assert "0.987 [0.983, 0.991]" in text and "0.907 [0.880, 0.930]" in text
     assert "not 96 px" not in text
     assert "trained at 128 px, not 96 px" in new_patient_section({"input_size": 128}, path)
+    assert "averages 3 seeds" in new_patient_section({"input_size": 96, "ensemble": 3}, path)
+    assert "averages" not in text
 
 
 torch = pytest.importorskip("torch", reason="the [model] extra (PyTorch) is not installed")
@@ -276,3 +278,21 @@ def test_look_shift_holds_out_the_patients_that_look_like_the_other_class():
         assert (inside > outside) if cls == 0 else (inside < outside)
     # The global look alone ranks the held-out images the wrong way round.
     assert roc_auc(y[split.scored], score[split.scored]) < 0.5 < roc_auc(y, score)
+
+
+def test_estimates_of_one_recipe_merge_and_of_another_are_refused(tmp_path):
+    import importlib.util
+    import json
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "model_newpatient.py"
+    spec = importlib.util.spec_from_file_location("model_newpatient_bench", bench)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    recipe = {"size": 128, "epochs": 20, "augment": "default", "tta": False}
+    path = tmp_path / "estimate.json"
+    path.write_text(json.dumps(recipe | {"seeds": [0, 1], "schemes": {"a": 1, "b": 2}}))
+    merged = module.merged_estimate(path, recipe | {"seeds": [0], "schemes": {"b": 3, "c": 4}})
+    assert merged["schemes"] == {"a": 1, "b": 3, "c": 4}
+    assert merged["seeds"] is None  # per scheme from now on
+    with pytest.raises(SystemExit, match="epochs"):
+        module.merged_estimate(path, recipe | {"epochs": 3, "schemes": {}})

@@ -212,6 +212,12 @@ def new_patient_section(meta: dict, estimate_file: Path = ESTIMATE_FILE) -> str:
         else f"\n\n**This model was trained at {meta['input_size']} px, not "
         f"{est['size']} px: the figures describe the recipe, not this model.**"
     )
+    if meta.get("ensemble", 1) > 1:
+        note += (
+            f"\n\nThe figures are for single models of the recipe; this model averages "
+            f"{meta['ensemble']} seeds, which on `look_shift` read about the same AUC or a "
+            "little higher (0.977 against 0.974-0.975; docs/model.md)."
+        )
     return (
         title + f"Internal new-patient estimate ({est['measured_by']}, expert labels, "
         f"Kermany train+val images; recipe: {recipe}). Thresholds as each run chose them "
