@@ -191,6 +191,8 @@ STAGES: list[Stage] = [
             "triage band.",
             "score": "Write Image.model_score (p_pneumonia) for a job's images, from their "
             "renditions.",
+            "site-check": "Do the model's flag/clear bands hold at this site? Checked on its "
+            "expert-read images.",
         },
     ),
     Stage(

@@ -1,13 +1,17 @@
-"""``cxrlabel train | predict | score``. PyTorch is imported only inside ``train``."""
+"""``cxrlabel train | predict | score | site-check``. PyTorch is imported only inside ``train``."""
 
 from __future__ import annotations
 
+import csv
+import json
 from pathlib import Path
 
 import typer
 from rich.markup import escape
+from rich.table import Table
 
 from cxrlabel.context import app_context, console, fail
+from cxrlabel.vocab import NORMAL, PNEUMONIA
 
 # Escaped: fail() prints Rich markup, which would swallow a bare "[model]".
 INSTALL_HINT = "install the optional extra: pip install 'cxrlabel[model]'"
@@ -172,7 +176,115 @@ def score(
         console.print(f"  {public_id}: {reason}")
 
 
+MAX_LISTED = 10  # problems named one by one before "and N more"
+
+
+def site_check(
+    truth: Path = typer.Argument(
+        ...,
+        exists=True,
+        dir_okay=False,
+        help="CSV of the site's expert-read images: file, label (NORMAL or PNEUMONIA), "
+        "optional patient_id; files relative to the CSV's folder.",
+    ),
+    model_dir: Path = typer.Option(..., "--model", help="Model folder from `cxrlabel train`."),
+    output: Path = typer.Option(None, "-o", "--output", help="Also write the figures as JSON."),
+    threads: int = typer.Option(None, help="CPU threads for ONNX Runtime \\[default: all]."),
+) -> None:
+    """Do the model's flag/clear bands hold at this site? Checked on its expert-read images."""
+    import numpy as np
+
+    from cxrlabel.model.infer import predict_paths
+    from cxrlabel.model.sitecheck import check_site
+
+    rows = _read_truth(truth)
+    model = _open_model(model_dir, threads)
+    preds = predict_paths(model, [path for path, _, _ in rows])
+    unreadable = [(p.file, p.error) for p in preds if p.error is not None]
+    for file, error in unreadable[:MAX_LISTED]:
+        console.print(f"[yellow]left out, could not read {escape(file)}: {escape(str(error))}[/]")
+    kept = [(row, pred) for row, pred in zip(rows, preds, strict=True) if pred.error is None]
+    if not kept:
+        fail("none of the listed images could be read")
+    ops = model.meta.get("operating_points") or {"min_sensitivity": 0.95, "min_npv": 0.97}
+    check = check_site(
+        np.array([label == PNEUMONIA for (_, label, _), _ in kept], dtype=int),
+        np.array([pred.p_pneumonia for _, pred in kept], dtype=float),
+        np.array([patient for (_, _, patient), _ in kept]),
+        model.flag_at,
+        model.clear_below,
+        float(ops["min_sensitivity"]),
+        float(ops["min_npv"]),
+    )
+    _print(check, len(unreadable))
+    if output is not None:
+        report = check.to_dict() | {"model": str(model_dir), "truth": str(truth)}
+        output.write_text(json.dumps(report | {"unreadable": len(unreadable)}, indent=2) + "\n")
+    if not check.holds:
+        raise typer.Exit(1)
+
+
+def _read_truth(path: Path) -> list[tuple[Path, str, str]]:
+    """(image path, label, patient) per row; every problem of the file listed at once."""
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"file", "label"} - set(reader.fieldnames or [])
+        if missing:
+            fail(
+                f"{path}: needs the columns file and label (missing: {', '.join(sorted(missing))})"
+            )
+        rows, problems = [], []
+        for line, row in enumerate(reader, start=2):
+            file, label = (row.get("file") or "").strip(), (row.get("label") or "").strip().upper()
+            image = (path.parent / file).resolve()
+            if label not in (NORMAL, PNEUMONIA):
+                problems.append(f"line {line}: label {label!r} is not NORMAL or PNEUMONIA")
+            elif not file or not image.is_file():
+                problems.append(f"line {line}: no image file {file!r}")
+            else:
+                rows.append((image, label, (row.get("patient_id") or "").strip() or str(image)))
+    if problems:
+        more = f"; and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+        fail(f"{path}: " + "; ".join(problems[:MAX_LISTED]) + more)
+    if not rows:
+        fail(f"{path}: no rows")
+    return rows
+
+
+def _print(check, unreadable: int) -> None:
+    table = Table(title=f"Site check on {check.n} images ({check.n_pneumonia} pneumonia)")
+    for column in ("", "here [95 % CI]", "target"):
+        table.add_column(column)
+    table.add_row("AUC", f"{check.auc:.3f} {_ci(check.auc_ci)}", "")
+    table.add_row(
+        f"flag (p >= {check.flag_at:.3f}) sensitivity",
+        f"{check.flag_sensitivity:.3f} {_ci(check.flag_sensitivity_ci)}",
+        f">= {check.min_sensitivity:.2f}",
+    )
+    table.add_row("flag specificity", f"{check.flag_specificity:.3f}", "")
+    table.add_row(
+        f"clear (p < {check.clear_below:.3f}) NPV",
+        f"{check.clear_npv:.3f} {_ci(check.clear_npv_ci)}",
+        f">= {check.min_npv:.2f}",
+    )
+    table.add_row("share cleared", f"{check.share_clear:.3f}", "")
+    console.print(table)
+    if unreadable:
+        console.print(
+            f"[yellow]{unreadable} listed image(s) could not be read and were left out[/]"
+        )
+    for problem in check.problems:
+        console.print(f"[red]does not hold:[/] {escape(problem)}")
+    if check.holds:
+        console.print("[green]the stored bands met both targets on this site's sample[/]")
+
+
+def _ci(bounds: list[float]) -> str:
+    return f"[{bounds[0]:.3f}, {bounds[1]:.3f}]"
+
+
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
     app.command("predict")(predict)
     app.command("score")(score)
+    app.command("site-check")(site_check)
