@@ -74,3 +74,20 @@ def test_train_refuses_an_unknown_augment_preset(tmp_path):
         app, ["train", str(tmp_path), "-o", str(tmp_path / "m"), "--augment", "wild"]
     )
     assert result.exit_code == 2 and "default or strong" in result.output
+
+
+def test_a_budget_too_small_for_another_full_member_trains_fewer_members(tmp_path):
+    """The first member's own pace says a second would not fit: one full member, not three
+    shortened ones, and the card says so (whatever the machine's speed: the budget is tiny)."""
+    from rich.console import Console
+
+    from cxrlabel.model.train import TrainConfig, train
+
+    export = write_synthetic_export(tmp_path / "export", n=48)
+    cfg = TrainConfig(size=32, max_epochs=3, batch_size=8, threads=2, ensemble=3)
+    cfg.max_minutes = 1e-4  # 6 ms: spent before the first epoch ends
+    result = train(export, tmp_path / "m", cfg, Console(quiet=True))
+    assert result.meta["ensemble"] == 1
+    assert result.meta["training"]["config"]["ensemble"] == 3
+    card = (tmp_path / "m" / "MODEL_CARD.md").read_text()
+    assert "3 members were asked for; only 1 fitted the time budget" in card

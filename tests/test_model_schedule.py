@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the [model] extra (PyTorch) is not installed")
 
-from cxrlabel.model.schedule import OneCyclePlan, epochs_that_fit  # noqa: E402
+from cxrlabel.model.schedule import OneCyclePlan, another_member_fits, epochs_that_fit  # noqa: E402
 from cxrlabel.model.train import _fit_plan_to_budget  # noqa: E402
 
 PEAK = 2e-3
@@ -90,3 +90,8 @@ def test_budget_check_shortens_only_when_the_pace_says_so() -> None:
     _run(spent, 2)
     assert _fit_plan_to_budget(spent, 2, seconds_left=1.0, history=history)
     assert spent.epochs == 3  # one more epoch at most; the wall-clock guard stops it if needed
+
+
+def test_another_member_must_fit_whole_with_the_margin() -> None:
+    assert another_member_fits(100.0, 100.0, 300.0)  # 100 + 115 <= 300
+    assert not another_member_fits(200.0, 100.0, 300.0)  # 200 + 115 > 300

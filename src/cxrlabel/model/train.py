@@ -37,7 +37,7 @@ from cxrlabel.model.data import (
 )
 from cxrlabel.model.infer import MODEL_JSON, ONNX_FILE
 from cxrlabel.model.net import DEFAULT_WIDTHS, SeedEnsemble, TriageNet, build
-from cxrlabel.model.schedule import OneCyclePlan, epochs_that_fit
+from cxrlabel.model.schedule import OneCyclePlan, another_member_fits, epochs_that_fit
 from cxrlabel.vocab import PNEUMONIA
 
 TORCH_WEIGHTS = "model.pt"
@@ -376,16 +376,23 @@ def fit_members(
     stop = ""
     spread: dict[str, list[float]] = {"temperature": [], "flag": [], "clear": []}
     val = splits["validation"]
+    slowest_member = 0.0
     for k in range(n):
-        budget = replace(
-            cfg,
-            seed=cfg.seed + k,
-            max_minutes=cfg.max_minutes * (k + 1) / n,
-            max_cpu_minutes=cfg.max_cpu_minutes and cfg.max_cpu_minutes * (k + 1) / n,
-        )
+        if k and not another_member_fits(
+            time.monotonic() - started, slowest_member, cfg.max_minutes * 60
+        ):
+            console.print(
+                f"[yellow]ensemble of {k}, not {n}: another full-length member would not fit "
+                f"the {cfg.max_minutes:g}-minute budget (members are never shortened to make "
+                "room: a full schedule matters more than one more seed)[/]"
+            )
+            break
+        budget = replace(cfg, seed=cfg.seed + k)  # the budget's deadline is the whole run's
         if n > 1:
             console.print(f"ensemble member {k + 1}/{n}, seed {budget.seed}")
+        member_started = time.monotonic()
         member, member_history, stop = fit(splits, budget, device, console, started)
+        slowest_member = max(slowest_member, time.monotonic() - member_started)
         members.append(member)
         history = history or member_history
         logits, _ = torch_logits(member, val.pixels, device)
@@ -402,7 +409,7 @@ def fit_members(
         spread["temperature"].append(temperature)
         spread["flag"].append(ops.flag.chosen)
         spread["clear"].append(ops.clear.chosen)
-    model = members[0] if n == 1 else SeedEnsemble(members).eval()
+    model = members[0] if len(members) == 1 else SeedEnsemble(members).eval()
     return model, history, stop, spread
 
 
@@ -497,7 +504,7 @@ def train(
         "cxrlabel_version": __version__,
         "arch": "TriageNet",
         "widths": list(cfg.widths),
-        "ensemble": max(1, cfg.ensemble),
+        "ensemble": len(model.members) if isinstance(model, SeedEnsemble) else 1,
         "seed_spread": seed_spread,
         "input_size": cfg.size,
         "squash_side": SQUASH_SIDE,
