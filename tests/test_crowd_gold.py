@@ -175,6 +175,8 @@ def test_clearest_without_model_scores_falls_back_to_the_crowd_and_an_expert_con
             "easy",
             ["PNEUMONIA"],
         )
+        # Told apart from review-queue promotions (source "expert") in the proposal's table.
+        assert gold.source == "crowd"
         assert s.scalar(select(GoldItem).where(GoldItem.image_id == w2.id)) is None
     # The answers given before it became gold are not re-graded against it.
     earlier = [j for j in env.judgments_of("a") if j.image_id == w0.id]

@@ -162,7 +162,7 @@ def test_agree_makes_easy_gold_and_disagree_corrects_and_replay_reproduces_both(
             ["PNEUMONIA"],
             REASON,
         )
-        assert gold.source == "expert"
+        assert gold.source == "crowd"  # proposed by agreement, confirmed by the expert
     assert env.image("w0").status == "gold"
 
     # The crowd said NORMAL on w2; the expert sees pneumonia: a correction, not gold.

@@ -411,10 +411,12 @@ def record_expert_label(
     promote_to_gold: bool = False,
     gold_reason: str | None = None,
     gold_difficulty: str = "hard",
+    gold_source: str = "expert",
 ) -> ExpertReview:
     """An expert's final label; optionally the image becomes a new gold item (``hard`` when
     promoted from the review queue: a contested case; ``easy`` when the crowd agreed on it,
-    ``confirm_crowd_gold``)."""
+    ``confirm_crowd_gold``, whose items say ``source="crowd"``: proposed by the crowd's
+    agreement, confirmed by the expert)."""
     _require_role(expert, Role.EXPERT, Role.ADMIN)
     if label not in spec.label_values:
         raise QualityError("unknown_answer", f"label must be one of {spec.label_values}")
@@ -457,7 +459,7 @@ def record_expert_label(
                 accepted_answers=[label],
                 reason=gold_reason,
                 difficulty=gold_difficulty,
-                source="expert",
+                source=gold_source,
                 active=True,
                 created_at=now,
             )
@@ -475,6 +477,7 @@ def record_expert_label(
             "promote_to_gold": promote_to_gold,
             "gold_reason": gold_reason or None,
             "gold_difficulty": gold_difficulty if promote_to_gold else None,
+            "gold_source": gold_source if promote_to_gold else None,
         },
         now,
     )
@@ -519,6 +522,7 @@ def confirm_crowd_gold(
             promote_to_gold=agrees,
             gold_reason=reason if agrees else None,
             gold_difficulty="easy",
+            gold_source="crowd",
         )
         (promoted if agrees else corrected).append(image_id)
     return promoted, corrected

@@ -165,7 +165,8 @@ class GoldItem(Base):
     accepted_answers: Mapped[list[Any]] = mapped_column(JSON)  # e.g. ["PNEUMONIA"]
     reason: Mapped[str] = mapped_column(Text, default="")
     difficulty: Mapped[str] = mapped_column(String(16), default="medium")  # easy|medium|hard
-    source: Mapped[str] = mapped_column(String(16), default="import")  # import|expert|reference
+    # import | expert (review-queue promotion) | reference | crowd (agreement, expert-confirmed)
+    source: Mapped[str] = mapped_column(String(16), default="import")
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
