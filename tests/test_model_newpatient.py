@@ -173,6 +173,7 @@ def test_card_quotes_the_new_patient_estimate_and_its_recipe(tmp_path):
     assert "trained at 128 px, not 96 px" in new_patient_section({"input_size": 128}, path)
     assert "averages 3 seeds" in new_patient_section({"input_size": 96, "ensemble": 3}, path)
     assert "averages" not in text
+    assert "cxrlabel site-check" in text  # the way to check the bands at a new site
 
 
 torch = pytest.importorskip("torch", reason="the [model] extra (PyTorch) is not installed")

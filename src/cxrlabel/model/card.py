@@ -224,7 +224,9 @@ def new_patient_section(meta: dict, estimate_file: Path = ESTIMATE_FILE) -> str:
         f"on its own validation split; 95 % patient-bootstrap intervals. **The kept-aside "
         f"official Kermany test split has read much lower than this estimate** (issue 21: "
         f"AUC 0.949, flag specificity 0.745 at sensitivity 0.972, crowd labels, 128 px): "
-        f"treat these figures as an upper bound for another hospital's images.\n\n"
+        f"treat these figures as an upper bound for another hospital's images, and check "
+        f"the bands on that hospital's own expert-read sample before triage use there "
+        f"(`cxrlabel site-check TRUTH.csv --model THIS_FOLDER`; docs/model.md).\n\n"
         + "\n".join(rows)
         + note
     )
