@@ -289,7 +289,8 @@ def test_estimates_of_one_recipe_merge_and_of_another_are_refused(tmp_path):
     spec = importlib.util.spec_from_file_location("model_newpatient_bench", bench)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    recipe = {"size": 128, "epochs": 20, "augment": "default", "tta": False}
+    recipe = {"size": 128, "epochs": 20, "augment": "default", "tta": False, "patience": 0}
+    recipe["widths"] = [16, 32, 64, 128]
     path = tmp_path / "estimate.json"
     path.write_text(json.dumps(recipe | {"seeds": [0, 1], "schemes": {"a": 1, "b": 2}}))
     merged = module.merged_estimate(path, recipe | {"seeds": [0], "schemes": {"b": 3, "c": 4}})
@@ -297,3 +298,5 @@ def test_estimates_of_one_recipe_merge_and_of_another_are_refused(tmp_path):
     assert merged["seeds"] is None  # per scheme from now on
     with pytest.raises(SystemExit, match="epochs"):
         module.merged_estimate(path, recipe | {"epochs": 3, "schemes": {}})
+    with pytest.raises(SystemExit, match="patience"):  # the old stopping rule: another recipe
+        module.merged_estimate(path, recipe | {"patience": 4, "schemes": {}})
