@@ -30,6 +30,7 @@ from cxrlabel.model.train import (  # noqa: E402
     TrainConfig,
     fit,
     load_splits,
+    predict_logits,
     torch_logits,
     train,
 )
@@ -132,6 +133,23 @@ def test_augmentation_keeps_shape_and_range_and_is_seeded():
     )
     x = x.clamp(1e-3, 1)
     assert torch.allclose(augment(x, still, torch.Generator()), x, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a lent one)")
+def test_training_and_tta_run_on_cuda(export_dir, tmp_path):
+    """`train` picks CUDA when present; it crashed there once (a CPU generator drew the
+    augmentation for CUDA tensors, the TTA zoom grid lived on the CPU)."""
+    cfg = TrainConfig(size=SIZE, max_epochs=2, batch_size=8, threads=2, ensemble=2)
+    result = train(export_dir, tmp_path / "model", cfg, Console(quiet=True))
+    assert result.meta["training"]["device"].startswith("cuda")
+    assert result.meta["onnx_parity_max_abs_diff"] < 1e-4
+    x = torch.rand(4, 1, 32, 32, device="cuda")
+    on_gpu = augment(x, AugmentConfig(), torch.Generator().manual_seed(1))
+    on_cpu = augment(x.cpu(), AugmentConfig(), torch.Generator().manual_seed(1))
+    assert torch.allclose(on_gpu.cpu(), on_cpu, atol=1e-4)  # one seed, the same views
+    model = TriageNet((8, 16, 32, 64)).cuda()
+    pixels = np.zeros((3, SIZE, SIZE), dtype=np.uint8)
+    assert predict_logits(model, pixels, torch.device("cuda"), tta=True).shape == (3,)
 
 
 def test_cam_mean_is_the_logit():

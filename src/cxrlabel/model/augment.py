@@ -46,8 +46,15 @@ class AugmentConfig:
         )
 
 
+def _rand(shape, gen: torch.Generator, device: torch.device, normal: bool = False):
+    # Drawn where the generator lives (the CPU), then moved: a CPU generator cannot drive CUDA
+    # sampling (training on a GPU crashed), and the same seed gives the same views on any device.
+    draw = torch.randn if normal else torch.rand
+    return draw(shape, generator=gen, device=gen.device).to(device)
+
+
 def _uniform(n: int, low: float, high: float, gen: torch.Generator, device: torch.device):
-    return low + (high - low) * torch.rand(n, generator=gen, device=device)
+    return low + (high - low) * _rand(n, gen, device)
 
 
 def random_affine(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
@@ -76,7 +83,7 @@ def random_intensity(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) 
     contrast = _uniform(n, 1 - cfg.contrast, 1 + cfg.contrast, gen, device).view(shape)
     brightness = _uniform(n, -cfg.brightness, cfg.brightness, gen, device).view(shape)
     x = (x - mean) * contrast + mean + brightness
-    noise = torch.randn(x.shape, generator=gen, device=device) * cfg.noise_std
+    noise = _rand(x.shape, gen, device, normal=True) * cfg.noise_std
     return (x + noise).clamp(0.0, 1.0)
 
 
@@ -99,7 +106,7 @@ def random_blur(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> to
         return x
     n, device = x.shape[0], x.device
     sigma = _uniform(n, 0.0, cfg.max_blur_sigma, gen, device)
-    chosen = torch.rand(n, generator=gen, device=device) < cfg.blur_prob
+    chosen = _rand(n, gen, device) < cfg.blur_prob
     return torch.where(chosen.view(-1, 1, 1, 1), gaussian_blur(x, sigma), x)
 
 

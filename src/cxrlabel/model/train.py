@@ -176,7 +176,8 @@ def torch_logits(
 def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
     """Fixed test-time views of (N, 1, S, S) in [0, 1]: as is, zoomed 6 %, two exposures."""
     n = x.shape[0]
-    theta = torch.tensor([[1 / 1.06, 0, 0], [0, 1 / 1.06, 0]], dtype=x.dtype).expand(n, 2, 3)
+    theta = torch.tensor([[1 / 1.06, 0, 0], [0, 1 / 1.06, 0]], dtype=x.dtype, device=x.device)
+    theta = theta.expand(n, 2, 3)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     zoomed = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     clamped = x.clamp(1e-4, 1.0)
