@@ -37,7 +37,7 @@ from cxrlabel.web.app import create_app
 from cxrlabel.web.oidc import Flow, OidcClient, OidcError
 from live_server import LiveServer
 from oidc_support import CLIENT_ID, CLIENT_SECRET, free_port, running_provider
-from web_support import add_user, csrf_from_html
+from web_support import PASSWORD, add_user, csrf_from_html
 
 ROLES = {"crowd": "annotator", "radiology": "expert", "cxr-admins": "admin"}
 PROVIDER_NAME = "Hospital SSO"
@@ -215,6 +215,62 @@ def test_not_configured_no_button_and_404(tmp_path: Path):
         db.dispose()
 
 
+def test_session_keeps_the_id_token_for_sign_out_on_each_database(db: Database):
+    """The new column (migration 0011) on SQLite and PostgreSQL: an OpenID Connect session
+    hands its ID token back when it ends, a password session none, an unknown token none."""
+    from cxrlabel.annotate.sessions import end_session, start_session
+    from cxrlabel.storage.models import utcnow
+
+    user_id = add_user(db, "rosa", "annotator")
+    token_like = "eyJhbGciOiJSUzI1NiJ9." + "x" * 1500  # real ID tokens run to kilobytes
+    with db.session() as s:
+        via_provider = start_session(s, user_id, utcnow(), token_like)
+        via_password = start_session(s, user_id, utcnow())
+    with db.session() as s:
+        assert end_session(s, via_provider) == token_like
+        assert end_session(s, via_password) is None
+        assert end_session(s, via_provider) is None  # already ended: a replayed sign-out
+        assert end_session(s, "no such token") is None
+    with db.read_session() as s:
+        assert s.scalars(select(UserSession).where(UserSession.user_id == user_id)).all() == []
+
+
+def test_post_logout_redirect_defaults_to_the_sites_login_page():
+    base = {
+        "issuer": "https://login.hospital.example",
+        "client_id": "c",
+        "client_secret": "s",
+        "redirect_uri": "https://cxr.hospital.example/auth/oidc/callback",
+        "roles": ROLES,
+    }
+    assert OidcSettings(**base).post_logout_redirect_uri == "https://cxr.hospital.example/login"
+    assert OidcSettings(**base).end_provider_session is True
+    custom = OidcSettings(**base, post_logout_redirect_uri="https://cxr.hospital.example/bye")
+    assert custom.post_logout_redirect_uri == "https://cxr.hospital.example/bye"
+    with pytest.raises(ValueError, match="POST_LOGOUT_REDIRECT_URI"):
+        OidcSettings(**base, post_logout_redirect_uri="/login")
+
+
+def test_end_provider_session_setting_from_env(monkeypatch: pytest.MonkeyPatch):
+    for key, value in {
+        "ISSUER": "https://login.hospital.example",
+        "CLIENT_ID": "cxrlabel",
+        "CLIENT_SECRET": "s3cret",
+        "REDIRECT_URI": "https://cxr.hospital.example/auth/oidc/callback",
+        "ROLES": "crowd=annotator",
+    }.items():
+        monkeypatch.setenv(f"CXRLABEL_OIDC_{key}", value)
+    assert OidcSettings.from_env().end_provider_session is True
+    monkeypatch.setenv("CXRLABEL_OIDC_END_PROVIDER_SESSION", "false")
+    monkeypatch.setenv("CXRLABEL_OIDC_POST_LOGOUT_REDIRECT_URI", "https://cxr.hospital.example/")
+    settings = OidcSettings.from_env()
+    assert settings.end_provider_session is False
+    assert settings.post_logout_redirect_uri == "https://cxr.hospital.example/"
+    monkeypatch.setenv("CXRLABEL_OIDC_END_PROVIDER_SESSION", "sometimes")
+    with pytest.raises(ValueError, match="true or false"):
+        OidcSettings.from_env()
+
+
 def test_sign_in_identity_on_each_database(db: Database):
     """Provisioning and refusals against SQLite and PostgreSQL (the new table and its unique
     issuer + subject), without a provider: the claims are what a verified ID token gives."""
@@ -272,9 +328,108 @@ def test_full_flow_signs_in_with_mapped_role_and_logout_ends_session(site: Site)
     assert replay_status(site, cookie) == 200
 
     csrf = csrf_from_html(page.text)
-    assert client.post(f"{site.url}/logout", data={"csrf_token": csrf}).status_code == 303
+    signed_out = client.post(f"{site.url}/logout", data={"csrf_token": csrf})
+    assert signed_out.status_code == 200  # the page that passes on to the provider's sign-out
     assert session_rows(site, "alice") == 0
     assert replay_status(site, cookie) == 303  # to /login: the replayed cookie signs nobody in
+
+
+def provider_logout_link(page: httpx.Response) -> str:
+    """The provider end-session URL that the sign-out page refreshes to (and links)."""
+    refresh = re.search(r'http-equiv="refresh" content="0; url=([^"]+)"', page.text).group(1)
+    link = re.search(r'class="button primary" href="([^"]+)"', page.text).group(1)
+    assert refresh == link
+    return link.replace("&amp;", "&")
+
+
+def confirm_provider_logout(client: httpx.Client, url: str) -> httpx.Response:
+    """Open the provider's end-session URL and answer "Yes, sign me out"; returns the
+    provider's redirect back (not followed)."""
+    confirm = client.get(url)
+    assert confirm.status_code == 200 and 'name="logout"' in confirm.text, confirm.text[:2000]
+    xsrf = re.search(r'name="xsrf" value="([^"]+)"', confirm.text).group(1)
+    return client.post(_form_action(confirm), data={"xsrf": xsrf, "logout": "yes"})
+
+
+def provider_asks_who_it_is(site: Site, client: httpx.Client) -> bool:
+    """Start "Sign in with ..." in ``client``'s browser: does the provider show its login form
+    (True), or send the browser straight back to the callback as someone (False)?"""
+    response = client.get(f"{site.url}/auth/oidc/login?next=/account")
+    for _ in range(10):
+        if not response.is_redirect:
+            return 'name="login"' in response.text
+        location = urljoin(str(response.url), response.headers["location"])
+        if location.startswith(f"{site.url}/auth/oidc/callback"):
+            return False
+        response = client.get(location)
+    raise AssertionError("too many steps at the provider")
+
+
+def test_sign_out_ends_the_provider_session_too(site: Site):
+    """A shared ward workstation: after sign-out, the next "Sign in with ..." must ask who is
+    there, not sign the last person straight back in."""
+    client, page = oidc_sign_in(site, "nina", "crowd")
+    assert str(page.url) == f"{site.url}/account"
+    assert provider_asks_who_it_is(site, httpx.Client(follow_redirects=False))  # another browser
+    assert not provider_asks_who_it_is(site, client)  # this one: the provider knows nina
+    signed_out = client.post(f"{site.url}/logout", data={"csrf_token": csrf_from_html(page.text)})
+    assert signed_out.status_code == 200
+    assert "Signed out of cxrlabel" in signed_out.text
+    assert f"Sign out of {PROVIDER_NAME}" in signed_out.text
+    url = provider_logout_link(signed_out)
+    query = parse_qs(urlsplit(url).query)
+    assert url.startswith(site.app.state.oidc.metadata()["end_session_endpoint"])
+    assert query["post_logout_redirect_uri"] == [f"{site.url}/login"]
+    assert query["client_id"] == [CLIENT_ID]
+    # The hint is the ID token this sign-in received.
+    hint = jwt.decode(query["id_token_hint"][0], options={"verify_signature": False})
+    assert hint["sub"] == "nina" and hint["aud"] == CLIENT_ID
+    assert session_rows(site, "nina") == 0  # ours ended before the provider is asked
+    back = confirm_provider_logout(client, url)
+    assert back.is_redirect and back.headers["location"] == f"{site.url}/login"
+    assert provider_asks_who_it_is(site, client)
+
+
+def test_without_provider_sign_out_the_next_person_is_signed_in_as_the_last(site: Site):
+    """What the provider sign-out prevents (and the switch to turn it off, for hospitals that
+    want the provider's single sign-on to outlive one application)."""
+    site.set_oidc(end_provider_session=False)
+    client, page = oidc_sign_in(site, "olga", "crowd")
+    signed_out = client.post(f"{site.url}/logout", data={"csrf_token": csrf_from_html(page.text)})
+    assert signed_out.status_code == 303 and signed_out.headers["location"] == "/login"
+    assert session_rows(site, "olga") == 0
+    assert not provider_asks_who_it_is(site, client)
+
+
+def test_sign_out_when_the_provider_is_down_still_ends_our_session(site: Site):
+    client, page = oidc_sign_in(site, "pia", "crowd")
+    cookie = client.cookies["cxrlabel_session"]
+    site.set_oidc(issuer=f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    signed_out = client.post(f"{site.url}/logout", data={"csrf_token": csrf_from_html(page.text)})
+    assert signed_out.status_code == 303 and signed_out.headers["location"] == "/login"
+    assert session_rows(site, "pia") == 0
+    assert replay_status(site, cookie) == 303
+
+
+def test_password_sessions_sign_out_here_only(site: Site):
+    add_user(site.db, "quinn", "annotator")
+    with httpx.Client(follow_redirects=False) as client:
+        login = client.get(f"{site.url}/login")
+        signed_in = client.post(
+            f"{site.url}/login",
+            data={
+                "username": "quinn",
+                "password": PASSWORD,
+                "csrf_token": csrf_from_html(login.text),
+            },
+        )
+        assert signed_in.status_code == 303, signed_in.text[:500]
+        account = client.get(f"{site.url}/account")
+        signed_out = client.post(
+            f"{site.url}/logout", data={"csrf_token": csrf_from_html(account.text)}
+        )
+    assert signed_out.status_code == 303 and signed_out.headers["location"] == "/login"
+    assert session_rows(site, "quinn") == 0
 
 
 def test_login_page_offers_the_provider(site: Site):
@@ -464,6 +619,51 @@ def test_id_token_signature_issuer_audience_expiry_and_nonce(site: Site):
 
 
 # --- real Chromium --------------------------------------------------------------------------------
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize(
+    "viewport",
+    [{"width": 1366, "height": 900}, {"width": 390, "height": 844}],
+    ids=["desktop", "phone"],
+)
+def test_chromium_sign_out_ends_the_provider_session(
+    site: Site, browser, artifacts_dir: Path, viewport: dict
+):
+    """As a person at a shared workstation: sign in, press Sign out, confirm at the provider,
+    and the next "Sign in with ..." asks for a login instead of signing them back in."""
+    size = "desktop" if viewport["width"] > 800 else "phone"
+    login = f"sam-{size}"
+    site.set_groups(login, "crowd")
+    context = browser.new_context(viewport=viewport)
+    page = context.new_page()
+    try:
+        page.goto(f"{site.url}/login?next=/account")
+        page.get_by_role("link", name=f"Sign in with {PROVIDER_NAME}").click()
+        page.locator('input[name="login"]').fill(login)
+        page.locator('input[name="password"]').fill("any password")
+        page.get_by_role("button", name="Sign-in").click()
+        page.get_by_role("button", name="Continue").click()
+        page.wait_for_url(f"{site.url}/account")
+        sign_out = page.get_by_role("button", name="Sign out")
+        box = sign_out.bounding_box()
+        assert sign_out.is_visible() and box["width"] > 20 and box["height"] > 10
+        assert box["x"] >= 0 and box["x"] + box["width"] <= viewport["width"]
+        sign_out.click()
+        confirm = page.get_by_role("button", name="Yes, sign me out")
+        confirm.wait_for()
+        page.screenshot(path=str(artifacts_dir / f"oidc_provider_sign_out_{size}.png"))
+        assert session_rows(site, login) == 0
+        confirm.click()
+        page.wait_for_url(f"{site.url}/login")
+        assert page.get_by_role("link", name=f"Sign in with {PROVIDER_NAME}").is_visible()
+        page.get_by_role("link", name=f"Sign in with {PROVIDER_NAME}").click()
+        who = page.locator('input[name="login"]')
+        who.wait_for()
+        assert who.is_visible() and who.bounding_box()["width"] > 100
+        page.screenshot(path=str(artifacts_dir / f"oidc_asked_again_{size}.png"))
+    finally:
+        context.close()
 
 
 @pytest.mark.browser

@@ -95,6 +95,13 @@ class OidcSettings:
     username_claim: str = "preferred_username"
     provision: str = "auto"
     name: str = "the hospital's sign-in"
+    # Sign-out also ends the provider's session (OpenID Connect RP-initiated logout) when the
+    # provider offers an end-session endpoint: on a shared ward workstation the next person
+    # must not be signed in as the last one by "Sign in with ...". The provider sends the
+    # browser back to ``post_logout_redirect_uri`` (default: this site's /login; register it
+    # with the provider).
+    end_provider_session: bool = True
+    post_logout_redirect_uri: str = ""
 
     def __post_init__(self) -> None:
         from urllib.parse import urlsplit
@@ -107,6 +114,16 @@ class OidcSettings:
             raise ValueError(
                 "CXRLABEL_OIDC_REDIRECT_URI must end in "
                 f"{OIDC_CALLBACK_PATH}, not {self.redirect_uri!r}"
+            )
+        if not self.post_logout_redirect_uri:
+            parts = urlsplit(self.redirect_uri)
+            object.__setattr__(  # frozen: the derived default is set once, here
+                self, "post_logout_redirect_uri", f"{parts.scheme}://{parts.netloc}/login"
+            )
+        elif not self.post_logout_redirect_uri.startswith(("https://", "http://")):
+            raise ValueError(
+                "CXRLABEL_OIDC_POST_LOGOUT_REDIRECT_URI must be an http(s) URL, "
+                f"not {self.post_logout_redirect_uri!r}"
             )
         if self.provision not in OIDC_PROVISION_MODES:
             raise ValueError(
@@ -138,15 +155,28 @@ class OidcSettings:
             raise ValueError(f"CXRLABEL_OIDC_ISSUER is set, so {names} must be set too")
         optional = {
             key: os.environ[f"CXRLABEL_OIDC_{key.upper()}"].strip()
-            for key in ("role_claim", "scopes", "username_claim", "provision", "name")
+            for key in (
+                "role_claim",
+                "scopes",
+                "username_claim",
+                "provision",
+                "name",
+                "post_logout_redirect_uri",
+            )
             if os.environ.get(f"CXRLABEL_OIDC_{key.upper()}", "").strip()
         }
+        end_provider = os.environ.get("CXRLABEL_OIDC_END_PROVIDER_SESSION", "true").strip()
+        if end_provider.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(
+                f"CXRLABEL_OIDC_END_PROVIDER_SESSION must be true or false, not {end_provider!r}"
+            )
         return cls(
             issuer=issuer,
             client_id=os.environ["CXRLABEL_OIDC_CLIENT_ID"].strip(),
             client_secret=os.environ["CXRLABEL_OIDC_CLIENT_SECRET"].strip(),
             redirect_uri=os.environ["CXRLABEL_OIDC_REDIRECT_URI"].strip(),
             roles=parse_role_map(os.environ["CXRLABEL_OIDC_ROLES"]),
+            end_provider_session=end_provider.lower() in ("true", "1", "yes"),
             **optional,
         )
 

@@ -11,7 +11,9 @@ const [port, redirectUri, secret, groupsFile] = process.argv.slice(2);
 const issuer = `http://127.0.0.1:${port}`;
 const groupsOf = (id) => JSON.parse(readFileSync(groupsFile, 'utf8'))[id] ?? [];
 const provider = new Provider(issuer, {
-  clients: [{ client_id: 'cxrlabel', client_secret: secret, redirect_uris: [redirectUri] }],
+  // Sign-out comes back to the site's /login (RP-initiated logout, the site's default).
+  clients: [{ client_id: 'cxrlabel', client_secret: secret, redirect_uris: [redirectUri],
+              post_logout_redirect_uris: [new URL('/login', redirectUri).href] }],
   findAccount: async (ctx, id) => ({
     accountId: id,
     claims: async () => ({ sub: id, preferred_username: id, email: `${id}@hospital.example`,

@@ -50,22 +50,36 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def start_session(session: Session, user_id: int, now: datetime) -> str:
-    """A new session for the user; returns the token the cookie must carry (shown once)."""
+def start_session(
+    session: Session, user_id: int, now: datetime, id_token: str | None = None
+) -> str:
+    """A new session for the user; returns the token the cookie must carry (shown once).
+    ``id_token``: the provider's ID token when the user signed in through OpenID Connect."""
     token = secrets.token_urlsafe(32)
     session.add(
         UserSession(
-            token_sha256=token_hash(token), user_id=user_id, created_at=now, last_seen_at=now
+            token_sha256=token_hash(token),
+            user_id=user_id,
+            created_at=now,
+            last_seen_at=now,
+            id_token=id_token,
         )
     )
     session.flush()
     return token
 
 
-def end_session(session: Session, token: str | None) -> None:
-    """End one session (sign-out). Unknown or missing tokens are ignored."""
-    if token:
-        session.execute(delete(UserSession).where(UserSession.token_sha256 == token_hash(token)))
+def end_session(session: Session, token: str | None) -> str | None:
+    """End one session (sign-out). Unknown or missing tokens are ignored. Returns the ID token
+    the session was opened with (OpenID Connect sign-ins), for ending the provider's session."""
+    if not token:
+        return None
+    row = session.scalar(select(UserSession).where(UserSession.token_sha256 == token_hash(token)))
+    if row is None:
+        return None
+    id_token = row.id_token
+    session.delete(row)
+    return id_token
 
 
 def end_user_sessions(session: Session, user_id: int, *, keep_token: str | None = None) -> int:

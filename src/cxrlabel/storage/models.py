@@ -240,6 +240,11 @@ class UserSession(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The ID token of an OpenID Connect sign-in (None for a password sign-in): sign-out hands
+    # it to the provider as ``id_token_hint`` so the provider's session ends too. Without
+    # that, on a shared ward workstation the next person clicking "Sign in with ..." was
+    # signed straight back in as the previous user (web/routes/auth.py logout).
+    id_token: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class UserIdentity(Base):

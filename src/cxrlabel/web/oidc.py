@@ -8,6 +8,9 @@ issuer, audience, expiry, issued-at, ``azp`` and the nonce. Claims the ID token 
 ``groups`` from a provider that puts scope claims only in userinfo) are read from the userinfo
 endpoint, whose ``sub`` must match.
 
+Sign-out sends the browser to the provider's end-session endpoint with the ID token as
+``id_token_hint`` (``end_session_url``), so the provider's session ends with ours.
+
 The browser's half of the flow (state, nonce, PKCE verifier, where to go afterwards) travels
 in a short-lived signed cookie (``FlowCookie``) scoped to ``/auth/oidc``, so nothing is stored
 server-side before the person is signed in.
@@ -50,6 +53,15 @@ FLOW_TTL_S = 600  # the person has ten minutes at the provider's login page
 METADATA_TTL_S = 3600
 FLOW_COOKIE = "cxrlabel_oidc"
 FLOW_COOKIE_PATH = "/auth/oidc"
+
+
+@dataclass(frozen=True)
+class ProviderSignIn:
+    """A verified sign-in: the claims, and the ID token itself (sign-out hands it back to the
+    provider as ``id_token_hint``)."""
+
+    claims: dict[str, Any]
+    id_token: str
 
 
 class OidcError(Exception):
@@ -243,9 +255,25 @@ class OidcClient:
         endpoint = self.metadata()["authorization_endpoint"]
         return f"{endpoint}{'&' if '?' in endpoint else '?'}{urlencode(query)}"
 
-    def finish(self, flow: Flow, code: str) -> dict[str, Any]:
-        """Exchange ``code`` (with the PKCE verifier) and return the verified claims: the ID
-        token's, plus userinfo's for claims the ID token lacks."""
+    def end_session_url(self, id_token: str) -> str | None:
+        """Where to send a signing-out browser so the provider's session ends too
+        (OpenID Connect RP-Initiated Logout 1.0); None when ``end_provider_session`` is off or
+        the provider offers no ``end_session_endpoint``."""
+        if not self.settings.end_provider_session:
+            return None
+        endpoint = self.metadata().get("end_session_endpoint")
+        if not isinstance(endpoint, str):
+            return None
+        query = {
+            "id_token_hint": id_token,
+            "client_id": self.settings.client_id,
+            "post_logout_redirect_uri": self.settings.post_logout_redirect_uri,
+        }
+        return f"{endpoint}{'&' if '?' in endpoint else '?'}{urlencode(query)}"
+
+    def finish(self, flow: Flow, code: str) -> ProviderSignIn:
+        """Exchange ``code`` (with the PKCE verifier) and return the verified claims (the ID
+        token's, plus userinfo's for claims the ID token lacks) with the ID token."""
         tokens = self._exchange(flow, code)
         id_token = tokens.get("id_token")
         if not isinstance(id_token, str):
@@ -256,7 +284,7 @@ class OidcClient:
         access_token = tokens.get("access_token")
         if self.settings.role_claim not in claims and isinstance(access_token, str):
             claims = {**self._userinfo(access_token, claims["sub"]), **claims}
-        return claims
+        return ProviderSignIn(claims, id_token)
 
     def _exchange(self, flow: Flow, code: str) -> dict[str, Any]:
         meta = self.metadata()

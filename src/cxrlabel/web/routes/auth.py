@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 
 from fastapi import APIRouter, Depends, Form, Request
@@ -40,10 +41,12 @@ from cxrlabel.web.deps import (
     render,
     session_data,
 )
+from cxrlabel.web.oidc import OidcError
 from cxrlabel.web.passwords import PasswordPoolBusy
 from cxrlabel.web.security import cookie_secure
 from cxrlabel.web.signin import sign_in, sign_out
 
+log = logging.getLogger("cxrlabel.web.auth")
 router = APIRouter(include_in_schema=False)
 
 
@@ -153,8 +156,39 @@ def _store_hash(db: Database, user_id: int, new_hash: str) -> None:
 
 @router.post("/logout", dependencies=[Depends(csrf_protect)])
 def logout(request: Request) -> Response:
-    sign_out(request)
-    return RedirectResponse("/login", status_code=303)
+    id_token = sign_out(request)
+    provider_url = _provider_logout(request, id_token)
+    if provider_url is None:
+        return RedirectResponse("/login", status_code=303)
+    # A page, not a redirect: the form's CSP (form-action 'self') rightly blocks a form
+    # submission redirected to another origin; a refresh (and a link, if it is slow) is a
+    # new navigation, and the person sees why they pass through the provider.
+    name = request.app.state.oidc.settings.name
+    return render(
+        request,
+        "message.html",
+        {
+            "heading": "Signed out of cxrlabel",
+            "text": f"Now signing you out of {name} too, so that the next person at this "
+            "computer has to sign in as themselves.",
+            "link": {"href": provider_url, "text": f"Sign out of {name}"},
+            "refresh": provider_url,
+        },
+    )
+
+
+def _provider_logout(request: Request, id_token: str | None) -> str | None:
+    """The provider's end-session URL for a session opened through OpenID Connect. Our own
+    session is already over; if the provider cannot be reached the person still lands on
+    /login, signed out here (logged: their provider session may live on)."""
+    client = getattr(request.app.state, "oidc", None)
+    if not id_token or client is None:
+        return None
+    try:
+        return client.end_session_url(id_token)
+    except OidcError as exc:
+        log.warning("signed out here, but the provider's session was not ended: %s", exc.detail)
+        return None
 
 
 def _invite_context(request: Request, token: str) -> tuple[str | None, str | None]:

@@ -4,7 +4,8 @@
 scoped to ``/auth/oidc``, then a redirect to the provider); ``GET /auth/oidc/callback`` checks
 the state against that cookie, exchanges the code, verifies the ID token, maps the provider's
 claims to a role and starts an ordinary server-side session (``web/signin.py``), so sign-out,
-a password change or an admin disabling the account end it like a password session.
+a password change or an admin disabling the account end it like a password session. Sign-out
+of such a session also ends the provider's (``web/routes/auth.py``, RP-initiated logout).
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ def oidc_callback(
             403,
         )
     try:
-        claims = client.finish(flow, code)
+        signed = client.finish(flow, code)
+        claims = signed.claims
         with get_db(request).session() as s:
             user = sign_in_identity(s, client.settings, claims)
     except OidcError as exc:
@@ -118,7 +120,7 @@ def oidc_callback(
                 403,
             )
         )
-    sign_in(request, user)
+    sign_in(request, user, signed.id_token)
     return _ended(RedirectResponse(flow.next_url, status_code=303))
 
 
