@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import anyio
@@ -23,7 +24,7 @@ from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import UserSession, utcnow
 from cxrlabel.web.app import create_app
 from cxrlabel.web.passwords import PasswordPool, PasswordPoolBusy
-from cxrlabel.web.security import LoginRateLimiter
+from cxrlabel.web.throttle import LoginRateLimiter
 from web_support import add_user, csrf_from_html, seed_job
 
 PASSWORD = "correct horse battery"
@@ -256,7 +257,7 @@ def test_throttle_is_atomic_under_concurrent_guesses(web):
     were let through."""
     app, db, _ = web
     add_user(db, "ann1")
-    app.state.login_limiter = LoginRateLimiter(max_failures=10, window_s=900)
+    app.state.login_limiter = LoginRateLimiter(db, max_failures=10, window_s=900)
 
     async def storm() -> list[int]:
         transport = httpx.ASGITransport(app=app, client=("10.9.9.9", 4000))
@@ -273,7 +274,7 @@ def test_throttle_is_atomic_under_concurrent_guesses(web):
 def test_throttle_locks_out_the_attacker_not_the_user(web):
     app, db, _ = web
     add_user(db, "ann1")
-    app.state.login_limiter = LoginRateLimiter(max_failures=3, window_s=900)
+    app.state.login_limiter = LoginRateLimiter(db, max_failures=3, window_s=900)
     attacker = TestClient(app, follow_redirects=False, client=("203.0.113.66", 1234))
     for _ in range(3):
         assert login(attacker, "ann1", "guess guess").status_code == 401
@@ -283,14 +284,78 @@ def test_throttle_locks_out_the_attacker_not_the_user(web):
     assert login(owner, "ann1").status_code == 303  # before issue 18: 429, locked out
 
 
-def test_throttle_caps_one_address_trying_many_usernames():
-    limiter = LoginRateLimiter(max_failures=3, window_s=900, ip_max_failures=5)
+def test_throttle_caps_one_address_trying_many_usernames(db):
+    limiter = LoginRateLimiter(db, max_failures=3, window_s=900, ip_max_failures=5)
     for i in range(5):
         keys = limiter.login_keys("10.0.0.1", f"user{i}")
         assert limiter.begin(keys) == 0
         limiter.finish(keys, failed=True)
     assert limiter.begin(limiter.login_keys("10.0.0.1", "user9")) > 0
     assert limiter.begin(limiter.login_keys("10.0.0.2", "user9")) == 0
+
+
+def test_throttle_is_one_budget_for_every_worker_process(db):
+    """Two workers (two engines on one database, as `serve --workers 2` has): failures on
+    either count for both. Before, the budget lived in each process's memory, so N workers
+    gave an attacker N budgets."""
+    second = Database(db.url)
+    try:
+        workers = [LoginRateLimiter(db, max_failures=4), LoginRateLimiter(second, max_failures=4)]
+        keys = workers[0].login_keys("203.0.113.9", "Ann1")
+        for turn in range(4):
+            worker = workers[turn % 2]
+            assert worker.begin(keys) == 0
+            worker.finish(keys, failed=True)
+        assert workers[0].begin(keys) > 0 and workers[1].begin(keys) > 0
+        # The username is matched case-blind, and another address is not locked out.
+        assert workers[1].begin(workers[1].login_keys("203.0.113.9", "ANN1")) > 0
+        assert workers[1].begin(workers[1].login_keys("198.51.100.2", "ann1")) == 0
+    finally:
+        second.dispose()
+
+
+def test_throttle_reserves_atomically_across_workers(db):
+    """40 simultaneous guesses split over two workers against a budget of 10: exactly 10 are
+    let through (on PostgreSQL the keys' advisory locks order them)."""
+    second = Database(db.url)
+    try:
+        workers = [LoginRateLimiter(db, max_failures=10), LoginRateLimiter(second, max_failures=10)]
+        keys = workers[0].login_keys("203.0.113.10", "ann1")
+        start = threading.Barrier(40)
+
+        def guess(i: int) -> int:
+            start.wait(10)
+            return workers[i % 2].begin(keys)
+
+        with ThreadPoolExecutor(max_workers=40) as pool:
+            waits = list(pool.map(guess, range(40)))
+        assert waits.count(0) == 10 and all(w > 0 for w in waits if w)
+    finally:
+        second.dispose()
+
+
+def test_throttle_window_expiry_stale_attempts_and_no_names_stored(db):
+    from cxrlabel.storage.models import LoginAttempt
+    from cxrlabel.web.throttle import PENDING_TTL_S
+
+    limiter = LoginRateLimiter(db, max_failures=2, window_s=600)
+    keys = limiter.login_keys("192.0.2.77", "secret-username")
+    t0 = 1_800_000_000.0
+    for i in range(2):
+        assert limiter.begin(keys, now=t0 + i) == 0
+        limiter.finish(keys, failed=True, now=t0 + i)
+    wait = limiter.begin(keys, now=t0 + 10)
+    assert 590 <= wait <= 592  # until the first failure leaves the window
+    assert limiter.begin(keys, now=t0 + 602) == 0  # one failure has left the window
+    # That attempt's worker died before finishing: after the TTL it no longer counts.
+    later = t0 + 602 + PENDING_TTL_S + 1
+    assert limiter.begin(keys, now=later) == 0
+    limiter.finish(keys, failed=False, now=later)  # a success clears the address+username
+    assert limiter.retry_after(keys, now=later) == 0
+    with db.read_session() as s:
+        stored = s.scalars(select(LoginAttempt.key_sha256)).all()
+    assert stored and all(len(k) == 64 for k in stored)
+    assert not any("192.0.2.77" in k or "secret" in k for k in stored)
 
 
 # --- argon2 pool ---------------------------------------------------------------------------------

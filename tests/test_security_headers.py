@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from cxrlabel.storage.models import AuditEvent
-from cxrlabel.web.security import LoginRateLimiter
+from cxrlabel.web.throttle import LoginRateLimiter
 from security_support import ADMIN, ANON, A, build_env
 
 PAGES = [
@@ -93,7 +93,7 @@ def test_cookie_flags_and_secure_over_https(env, monkeypatch):
 def test_login_throttled_per_address_and_username(env):
     """Three failures from one address for one username block that pair (the owner signing
     in from another address is not locked out: test_security_accounts.py)."""
-    env.app.state.login_limiter = LoginRateLimiter(max_failures=3, window_s=900)
+    env.app.state.login_limiter = LoginRateLimiter(env.db, max_failures=3, window_s=900)
     try:
         client = env.client()
         for i in range(3):
@@ -113,7 +113,8 @@ def test_login_throttled_per_address_and_username(env):
         assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
         assert "set-cookie" not in r.headers or "cxrlabel_session=" in r.headers["set-cookie"]
     finally:
-        env.app.state.login_limiter = LoginRateLimiter()
+        env.app.state.login_limiter.clear()  # the table outlives the test's limiter
+        env.app.state.login_limiter = LoginRateLimiter(env.db)
 
 
 def test_admin_actions_are_audited(env):

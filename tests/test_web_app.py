@@ -24,7 +24,7 @@ from cxrlabel.storage.models import (
 )
 from cxrlabel.templating import render_standalone_work_page, render_work_page
 from cxrlabel.web.app import run_server
-from cxrlabel.web.security import LoginRateLimiter
+from cxrlabel.web.throttle import LoginRateLimiter
 from web_support import (
     GOLD_REASON_PREFIX,
     add_user,
@@ -98,7 +98,7 @@ def pass_quiz(client: TestClient, gold) -> None:
 
 def test_login_logout_cookie_flags_and_rate_limit(web):
     app, db, _ = web
-    app.state.login_limiter = LoginRateLimiter(max_failures=4, window_s=900)
+    app.state.login_limiter = LoginRateLimiter(db, max_failures=4, window_s=900)
     add_user(db, "ann1")
     client = TestClient(app)
     r = login(client, "ann1", "wrong password")

@@ -23,6 +23,8 @@ from sqlalchemy.orm import Session
 # Classes of advisory locks (first key); the second key is the job id.
 JOB_QUALITY = 0x43580017  # quality updates of a job: submissions shared, admin commands exclusive
 GOLD_BANK = 0x43580018  # the job's gold bank exposure (reveals and retirements)
+# Sign-in throttle (web/throttle.py); the second key is a 32-bit hash of the throttle key.
+LOGIN_THROTTLE = 0x43580019
 
 _SHARED = text("SELECT pg_advisory_xact_lock_shared(:cls, :key)")
 _EXCLUSIVE = text("SELECT pg_advisory_xact_lock(:cls, :key)")

@@ -247,6 +247,21 @@ class UserSession(Base):
     id_token: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
+class LoginAttempt(Base):
+    """One sign-in (or sign-up) attempt counted by the throttle that every worker process
+    shares (``web/throttle.py``): a failure inside the window, or an attempt still being
+    checked (``pending``: it counts against the budget, so concurrent guesses cannot
+    overshoot it). ``key_sha256`` hashes the (address, username) or address key: no address
+    or name is stored. Rows older than the window are deleted as new attempts arrive."""
+
+    __tablename__ = "login_attempts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    pending: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
 class UserIdentity(Base):
     """An account at an OpenID Connect provider (issuer + subject) bound to a user: the
     provider's ``sub`` never changes, unlike a username or e-mail claim

@@ -37,10 +37,10 @@ from cxrlabel.web.oidc import FlowCookie, OidcClient
 from cxrlabel.web.passwords import PasswordPool
 from cxrlabel.web.security import (
     ImageUrlSigner,
-    LoginRateLimiter,
     SessionSigner,
     load_secret_key,
 )
+from cxrlabel.web.throttle import LoginRateLimiter
 
 log = logging.getLogger("cxrlabel.web")
 
@@ -71,7 +71,7 @@ def create_app(
     app.state.signer = SessionSigner(secret)
     renditions = RenditionStore(settings.data_dir, app.state.db, Aliases(secret))
     app.state.image_urls = ImageUrls(ImageUrlSigner(secret), renditions)
-    app.state.login_limiter = LoginRateLimiter()
+    app.state.login_limiter = LoginRateLimiter(app.state.db)  # one budget for all workers
     app.state.password_pool = PasswordPool()
     # Sign-in with the hospital's OpenID Connect provider, when configured (routes/oidc.py).
     app.state.oidc = OidcClient(settings.oidc) if settings.oidc else None

@@ -1,4 +1,5 @@
-"""Sessions, CSRF, login rate limiting and security headers (standard library + Starlette).
+"""Sessions, CSRF and security headers (standard library + Starlette; sign-in throttling:
+``web/throttle.py``).
 
 Session cookie: ``base64url(json payload).base64url(HMAC-SHA256)``, HttpOnly, SameSite=Lax,
 Secure when the request came over https (or always/never, see ``CXRLABEL_COOKIE_SECURE``). The
@@ -17,9 +18,7 @@ import hmac
 import json
 import os
 import secrets
-import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -262,90 +261,3 @@ def add_security_headers(
     if b"cache-control" not in present:
         out.append(NO_STORE)
     return out
-
-
-class LoginRateLimiter:
-    """Failed sign-ins, counted per (client address, username) and per client address, over a
-    sliding ``window_s`` (in memory, per worker process).
-
-    ``begin`` checks and reserves an attempt in one step under a lock, and an attempt still
-    being checked counts against the budget: 49 concurrent guesses were all let through
-    against a budget of 10 when the check and the count were separate. The budget is per
-    address *and* username, so an attacker locks out themselves, not the account's owner
-    signing in from elsewhere; one address trying many usernames meets ``ip_max_failures``.
-    ``retry_after``/``failed``/``succeeded`` are the plain per-key calls (sign-up uses them).
-    """
-
-    def __init__(
-        self, max_failures: int = 10, window_s: float = 900.0, ip_max_failures: int | None = None
-    ) -> None:
-        self.max_failures, self.window_s = max_failures, window_s
-        self.ip_max_failures = ip_max_failures or 5 * max_failures
-        self._failures: dict[str, deque[float]] = {}
-        self._in_flight: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def login_keys(client: str, username: str) -> list[str]:
-        name = username.strip().lower()
-        return [f"ip+user:{client}\x00{name}", f"ip:{client}"]
-
-    def _limit(self, key: str) -> int:
-        return self.ip_max_failures if key.startswith("ip:") else self.max_failures
-
-    def _recent(self, key: str, now: float) -> deque[float]:
-        q = self._failures.setdefault(key, deque())
-        while q and now - q[0] > self.window_s:
-            q.popleft()
-        return q
-
-    def _wait(self, key: str, now: float, in_flight: int = 0) -> int:
-        q = self._recent(key, now)
-        if len(q) + in_flight < self._limit(key):
-            return 0
-        return int(self.window_s - (now - q[0])) + 1 if len(q) >= self._limit(key) else 1
-
-    def begin(self, keys: list[str], now: float | None = None) -> int:
-        """Reserve one attempt on every key, atomically; returns 0 when reserved, else the
-        seconds to wait (nothing reserved). Always pair a 0 with ``finish``."""
-        now = now or time.monotonic()
-        with self._lock:
-            wait = max((self._wait(k, now, self._in_flight.get(k, 0)) for k in keys), default=0)
-            if wait:
-                return wait
-            for key in keys:
-                self._in_flight[key] = self._in_flight.get(key, 0) + 1
-        return 0
-
-    def finish(self, keys: list[str], *, failed: bool, now: float | None = None) -> None:
-        """End an attempt reserved by ``begin``: a failure is counted, a success clears the
-        address+username budget."""
-        now = now or time.monotonic()
-        with self._lock:
-            for key in keys:
-                left = self._in_flight.get(key, 1) - 1
-                if left:
-                    self._in_flight[key] = left
-                else:
-                    self._in_flight.pop(key, None)
-                if failed:
-                    self._recent(key, now).append(now)
-            if not failed:
-                self._failures.pop(keys[0], None)
-
-    def retry_after(self, keys: list[str], now: float | None = None) -> int:
-        """Seconds to wait before trying again, 0 when allowed."""
-        now = now or time.monotonic()
-        with self._lock:
-            return max((self._wait(k, now) for k in keys), default=0)
-
-    def failed(self, keys: list[str], now: float | None = None) -> None:
-        now = now or time.monotonic()
-        with self._lock:
-            for key in keys:
-                self._recent(key, now).append(now)
-
-    def succeeded(self, keys: list[str]) -> None:
-        with self._lock:
-            for key in keys:
-                self._failures.pop(key, None)

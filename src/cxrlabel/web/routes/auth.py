@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from functools import partial
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse
@@ -93,7 +94,7 @@ async def login(
     limiter = request.app.state.login_limiter
     keys = limiter.login_keys(client_address(request), username)
     context = {"next_url": safe_next(next), "username": username}
-    wait = limiter.begin(keys)
+    wait = await run_in_threadpool(limiter.begin, keys)
     if wait:
         response = render(
             request,
@@ -113,7 +114,7 @@ async def login(
     try:
         user = await _check_password(request, username, password)
     except PasswordPoolBusy:
-        limiter.finish(keys, failed=False)
+        await run_in_threadpool(partial(limiter.finish, keys, failed=False))
         response = render(
             request,
             "login.html",
@@ -122,7 +123,7 @@ async def login(
         )
         response.headers["Retry-After"] = "5"
         return response
-    limiter.finish(keys, failed=user is None)
+    await run_in_threadpool(partial(limiter.finish, keys, failed=user is None))
     if user is None:
         return render(
             request, "login.html", {**context, "error": "Wrong username or password."}, 401
@@ -250,7 +251,7 @@ async def join(
     write transaction, so a burst of sign-ups neither holds request threads nor the writer."""
     limiter = request.app.state.login_limiter
     client = request.client.host if request.client else "unknown"
-    if limiter.retry_after([f"join:{client}"]):
+    if await run_in_threadpool(limiter.retry_after, [f"join:{client}"]):
         return _join_message(
             request, "Please wait", "Too many attempts. Try again in a few minutes.", 429
         )
@@ -271,7 +272,7 @@ async def join(
             request, "Please wait", "The server is busy. Please try again in a moment.", 503
         )
     except AccountError as exc:
-        limiter.failed([f"join:{client}"])
+        await run_in_threadpool(limiter.failed, [f"join:{client}"])
         status = exc.status if exc.status != 400 else 422
         return render(request, "join.html", {**context, "error": exc.message}, status)
     await run_in_threadpool(sign_in, request, user)
