@@ -55,10 +55,10 @@ def serve(data_dir: str, port: int, mode: str) -> None:
     from cxrlabel.config import Settings
     from cxrlabel.web.app import create_app
     from cxrlabel.web.passwords import InlinePasswordPool, PasswordPool
-    from cxrlabel.web.security import LoginRateLimiter
+    from cxrlabel.web.throttle import LoginRateLimiter
 
     app = create_app(Settings(data_dir=Path(data_dir)))
-    app.state.login_limiter = LoginRateLimiter(max_failures=10**6)
+    app.state.login_limiter = LoginRateLimiter(app.state.db, max_failures=10**6)
     app.state.password_pool = InlinePasswordPool() if mode == "baseline" else PasswordPool()
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
