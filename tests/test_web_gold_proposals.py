@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import random
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -219,6 +221,40 @@ def test_a_double_submission_records_once_and_a_second_answer_is_refused(web) ->
     with env.db.session() as s:
         gold = s.scalar(select(GoldItem).where(GoldItem.image_id == env.images["w0"]))
         assert (gold.reason, gold.accepted_answers) == (REASON, ["PNEUMONIA"])
+    assert env.verify().matched
+
+
+def test_two_experts_answering_at_the_same_instant_record_exactly_one(web) -> None:
+    """Both forms submitted at once (two threads released together, each request in its own
+    client): one answer is recorded, the other is refused with 409 and records nothing, on
+    SQLite and on PostgreSQL (the job's quality lock, then the unique review per image)."""
+    application, env, _ = web
+    ids = _ids(env)
+    clients = {name: signed_in_client(application, name) for name in ("doc", "doc2")}
+    pages = {name: client.get("/gold-proposals/q-job").text for name, client in clients.items()}
+    answers = {"doc": "NORMAL", "doc2": "PNEUMONIA"}  # w2: the crowd said NORMAL
+    before = _recorded(env)
+    for image in ("w0", "w2"):
+        start = threading.Barrier(2)
+
+        def answer(name: str, image: str = image, start: threading.Barrier = start):
+            start.wait(10)
+            return name, _post(clients[name], ids[image], answers[name], REASON, pages[name])
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            replies = dict(pool.map(answer, ("doc", "doc2")))
+        codes = sorted(r.status_code for r in replies.values())
+        assert codes == [303, 409], codes
+        loser = next(name for name, r in replies.items() if r.status_code == 409)
+        assert "Another expert already answered" in replies[loser].text
+        winner = "doc" if loser == "doc2" else "doc2"
+        with env.db.session() as s:
+            reviews = s.scalars(
+                select(ExpertReview).where(ExpertReview.image_id == env.images[image])
+            ).all()
+            assert [r.label for r in reviews] == [answers[winner]]
+    reviews, _gold, events = _recorded(env)
+    assert (reviews, events) == (before[0] + 2, before[2] + 2)  # one per image, not two
     assert env.verify().matched
 
 

@@ -30,7 +30,7 @@ from cxrlabel.design.goldbank import GoldImportError
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.quality.crowdconfirm import confirm_answers, earlier_answer
 from cxrlabel.quality.review_summary import crowd_summary
-from cxrlabel.quality.store import ReviewConflict
+from cxrlabel.quality.store import ReviewConflict, lock_job
 from cxrlabel.storage.models import ExpertReview, Image, Role, User, utcnow
 from cxrlabel.web.deps import csrf_protect, get_db, job_and_spec, render, require_role
 
@@ -129,8 +129,15 @@ def proposal_answer(
     user: User = Depends(expert),
 ) -> Response:
     mine = Answered("", public_id, answer, reason)
-    with get_db(request).session() as s:
-        refusal = _record(s, job_name, mine, user)
+    try:
+        with get_db(request).session() as s:
+            refusal = _record(s, job_name, mine, user)
+    except _AnsweredMeanwhile as exc:  # rolled back: read what the other expert recorded
+        with get_db(request).read_session() as s:
+            taken = earlier_answer(s, exc.image_id)
+            spec = job_and_spec(s, job_name)[1]
+            why = _taken_text(taken, user, spec) if taken else "another expert answered first"
+        refusal = why, 409
     if refusal is not None:  # nothing recorded: the list again, the expert's words kept
         why, status = refusal
         context = {"error": why, "error_image": public_id, "kept": mine}
@@ -146,6 +153,10 @@ def _record(s: Session, job_name: str, mine: Answered, user: User) -> tuple[str,
     )
     if image_id is None:
         raise HTTPException(404, "no such image in this job")
+    # The job's lock before anything is read (PostgreSQL; SQLite is serial): two experts
+    # answering at the same instant are decided one after the other, so the second reads the
+    # first's answer and is told about it (409) instead of failing the checks below (400).
+    lock_job(s, job)
     before = earlier_answer(s, image_id)
     if before is not None:
         if before.expert_id == user.id and before.label == mine.answer.strip():
@@ -155,11 +166,17 @@ def _record(s: Session, job_name: str, mine: Answered, user: User) -> tuple[str,
         confirm_answers(s, job, spec, s.get_one(User, user.id), [mine], mine.image, utcnow())
     except GoldImportError as exc:
         return "; ".join(exc.problems), 400
-    except ReviewConflict:  # another expert's answer took the job's lock a moment earlier
-        s.rollback()
-        taken = earlier_answer(s, image_id)
-        return (_taken_text(taken, user, spec) if taken else "another expert answered first"), 409
+    except ReviewConflict:  # the unique review per image caught what the lock did not
+        raise _AnsweredMeanwhile(image_id) from None
     return None
+
+
+class _AnsweredMeanwhile(Exception):
+    """Leaves the transaction (rolled back) so the other expert's answer can be read."""
+
+    def __init__(self, image_id: int) -> None:
+        super().__init__(image_id)
+        self.image_id = image_id
 
 
 def _taken_text(before: ExpertReview, user: User, spec: JobSpec) -> str:
