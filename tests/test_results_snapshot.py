@@ -30,7 +30,7 @@ def _get(env: QEnv, snapshots: QASnapshots) -> QASnapshot:
         return snapshots.get(s, s.get_one(Job, env.job_id), env.spec)
 
 
-def _version(env: QEnv) -> tuple[int, int, str]:
+def _version(env: QEnv) -> tuple[int, int, int, str]:
     with env.db.read_session() as s:
         return job_version(s, s.get_one(Job, env.job_id))
 
@@ -183,3 +183,28 @@ def test_in_process_apps_do_not_warm(db: Database, tmp_path) -> None:
 def _job_name(env: QEnv) -> str:
     with env.db.read_session() as s:
         return s.get_one(Job, env.job_id).name
+
+
+def test_a_late_commit_of_an_earlier_audit_id_moves_the_version(pg_url: str) -> None:
+    """PostgreSQL assigns ids at insert: transaction A takes id n, B takes n + 1 and commits
+    first. A version read between B's commit and A's must differ from the one after A's, or
+    the snapshot missing A's page would be served as current for ``max_age`` (10 minutes)."""
+    from cxrlabel.storage.models import AuditEvent
+
+    db = Database(pg_url)
+    try:
+        env = make_env(db, work=2)
+        early = db.sessionmaker()
+        early.begin()
+        early.add(AuditEvent(job_id=env.job_id, action="test.early", payload={}))
+        early.flush()  # takes its id now, commits later
+        with db.session() as late:
+            late.add(AuditEvent(job_id=env.job_id, action="test.late", payload={}))
+        between = _version(env)
+        early.commit()
+        early.close()
+        after = _version(env)
+        assert after[0] == between[0]  # the largest id did not move ...
+        assert after != between  # ... but the version did
+    finally:
+        db.dispose()

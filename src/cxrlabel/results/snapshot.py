@@ -8,8 +8,10 @@ instead of recomputing per request.
 **Job version.** Every write that changes what the QA report shows adds a row to the job's
 audit log in the same transaction (page submissions, the engine's decisions, expert labels,
 gold changes, contests, removals, held images); ingest adds images. So
-``(last audit id of the job, images in the job, spec hash)`` changes whenever the report's
-inputs do, and costs two index look-ups, with no extra write on the annotation path.
+``(last audit id of the job, the job's rows among the latest ids, images in the job, spec
+hash)`` changes whenever the report's inputs do (also when a transaction that took an earlier
+id commits after a later one: PostgreSQL), and costs three index look-ups, with no extra write
+on the annotation path.
 
 **Staleness, stated.** While a crowd works the version changes with every page, so a snapshot
 is recomputed at most once per ``min_interval`` seconds (default 60, the dashboard's refresh
@@ -46,15 +48,30 @@ from cxrlabel.results.qa import QAData, collect_qa, qa_summary
 from cxrlabel.results.qa_figures import QAFigure, qa_figures
 from cxrlabel.storage.models import AuditEvent, Image, Job
 
-JobVersion = tuple[int, int, str]
+JobVersion = tuple[int, int, int, str]
+# Audit ids below the job's largest by more than this are taken to be committed: a late commit
+# would need this many audit rows written by others while its transaction was open.
+LATE_COMMIT_WINDOW = 10_000
 log = logging.getLogger(__name__)
 
 
 def job_version(session: Session, job: Job) -> JobVersion:
     """Changes whenever an input of the QA report changes (see the module docstring)."""
-    last_event = session.scalar(select(func.max(AuditEvent.id)).where(AuditEvent.job_id == job.id))
+    last_event = int(
+        session.scalar(select(func.max(AuditEvent.id)).where(AuditEvent.job_id == job.id)) or 0
+    )
+    # PostgreSQL hands out ids when rows are inserted, not when they commit: a page graded in
+    # a transaction that took id n and commits after one that took n + 1 leaves the largest id
+    # unchanged, and the snapshot taken in between would be served as current for max_age.
+    # Rows that commit late are recent, so the count of the job's rows among the latest ids
+    # moves when they do (an index range scan of at most LATE_COMMIT_WINDOW entries).
+    recent = session.scalar(
+        select(func.count(AuditEvent.id)).where(
+            AuditEvent.job_id == job.id, AuditEvent.id > last_event - LATE_COMMIT_WINDOW
+        )
+    )
     images = session.scalar(select(func.count(Image.id)).where(Image.job_id == job.id))
-    return int(last_event or 0), int(images or 0), job.spec_sha256
+    return last_event, int(recent or 0), int(images or 0), job.spec_sha256
 
 
 @dataclass(frozen=True)
