@@ -267,6 +267,8 @@ def test_speed_trap_taints_the_page_warns_and_removes(db):
     assert env.image("w0").trusted_judgments == 0
     out = env.submit("ann", {"w2": "PNEUMONIA", "g4": "PNEUMONIA"}, seconds=12)  # slow enough
     assert not out.warnings and env.image("w2").trusted_judgments == 1
+    assert env.annotator("ann").message is None  # the old page's warning is not kept on show
+    assert env.annotator("ann").speed_trips == 1  # but the trip still counts
     out = env.submit("ann", {"w3": "PNEUMONIA", "g5": "NORMAL"}, seconds=2)
     assert out.annotator_status == "removed"
     assert env.annotator("ann").status_reason.startswith("speed_trap")

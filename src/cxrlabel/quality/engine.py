@@ -120,6 +120,10 @@ class Engine:
 
         if rules.is_too_fast(event.seconds, params):
             self._speed_trap(annotator, event, recs, result)
+        elif rules.is_speed_warning(annotator.message):
+            # "That page was submitted in 3 s ..." was about an earlier page; shown above every
+            # later page it read as a fresh accusation. The count stays in the pace line.
+            annotator.message = None
         peers = count_peer_pairs(
             state, recs, self.consensus.cant_tell, per_peer=params.collusion_min_pairs > 0
         )

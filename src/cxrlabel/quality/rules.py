@@ -207,11 +207,18 @@ def speed_trap_removes(annotator: AnnotatorRec, params: RuleParams) -> bool:
     return annotator.speed_trips - since >= params.speed_trap_limit
 
 
+SPEED_WARNING_START = "That page was submitted in "
+
+
+def is_speed_warning(message: str | None) -> bool:
+    return bool(message) and str(message).startswith(SPEED_WARNING_START)
+
+
 def speed_warning(seconds: float, annotator: AnnotatorRec, params: RuleParams) -> str:
     left = params.speed_trap_limit - annotator.speed_trips
     minimum = params.min_seconds_per_page
     warning = (
-        f"That page was submitted in {seconds:.0f} s, faster than the {minimum:.0f} s a careful "
+        f"{SPEED_WARNING_START}{seconds:.0f} s, faster than the {minimum:.0f} s a careful "
         "look at every image takes, so its answers were not counted."
     )
     if left > 0:
