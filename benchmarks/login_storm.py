@@ -126,10 +126,16 @@ async def storm(base: str, clients: int, seconds: float) -> dict:
 
 async def measure(base: str, seconds: float) -> dict:
     async with httpx.AsyncClient(base_url=base, timeout=120) as me:
-        token = csrf((await me.get("/login")).text)
-        r = await me.post(
-            "/login", data={"username": USERNAME, "password": PASSWORD, "csrf_token": token}
-        )
+        # Signing in is the set-up, not the measurement: during a storm the capped pool may
+        # answer "busy, try again in a moment" (503), and a person would press again.
+        for busy in range(60):  # noqa: B007 - reported below
+            token = csrf((await me.get("/login")).text)
+            r = await me.post(
+                "/login", data={"username": USERNAME, "password": PASSWORD, "csrf_token": token}
+            )
+            if r.status_code != 503:
+                break
+            await asyncio.sleep(0.5)
         assert r.status_code == 303, r.status_code
         latencies, end = [], time.monotonic() + seconds
         while time.monotonic() < end:
@@ -140,6 +146,7 @@ async def measure(base: str, seconds: float) -> dict:
             await asyncio.sleep(0.05)
     latencies.sort()
     return {
+        "sign_in_retries": busy,
         "requests": len(latencies),
         "p50_ms": round(statistics.median(latencies), 1),
         "p95_ms": round(latencies[int(0.95 * (len(latencies) - 1))], 1),
@@ -214,12 +221,13 @@ def main() -> None:
     print(f"GET /account while {args.storm} clients send wrong passwords ({seconds:.0f} s each)")
     print(
         f"{'mode':10} {'quiet p50':>9} {'p50':>8} {'p95':>8} {'max':>8} {'n':>5} "
-        f"{'401s':>6} {'503s':>6}"
+        f"{'401s':>6} {'503s':>6} {'sign-in retries':>15}"
     )
     for r in rows:
         print(
             f"{r['mode']:10} {r['quiet_p50_ms']:>9} {r['p50_ms']:>8} {r['p95_ms']:>8} "
-            f"{r['max_ms']:>8} {r['requests']:>5} {r['logins_401']:>6} {r['logins_503']:>6}"
+            f"{r['max_ms']:>8} {r['requests']:>5} {r['logins_401']:>6} {r['logins_503']:>6} "
+            f"{r['sign_in_retries']:>15}"
         )
     print(json.dumps(rows))
 
