@@ -307,3 +307,56 @@ def test_gold_of_clear_cases_comes_from_the_pixel_difficulty(
     every = sw.with_gold(bare, tmp_path / "every.sqlite3", spec, n_gold=16, seed=0)
     assert clear.setup["gold_bank"] == every.setup["gold_bank"] == 16
     assert clear.setup["gold_mean_difficulty"] < every.setup["gold_mean_difficulty"]
+
+
+def test_gold_top_up_refills_the_bank_from_the_crowd_through_the_page_code(
+    phantom_images: Path, db_url: str, tmp_path: Path
+) -> None:
+    """``simulate --gold-top-up N`` (issue 17): once exposure has retired N test questions the
+    simulated radiologist confirms N crowd proposals through the Gold proposals page's code;
+    the new gold is stored as crowd gold, the confirmations are expert labels, and the log
+    replays. Without it the same run retires gold and adds none."""
+    from cxrlabel.quality.audit import verify_replay
+    from cxrlabel.storage.models import ExpertReview, GoldItem
+
+    path, spec = _spec()
+    gold = spec.gold.model_copy(update={"quiz_length": 4, "retire_after_reveals": 1})
+    spec = spec.model_copy(update={"training": Training(enabled=False), "gold": gold})
+    crowd = mixed_crowd("test", {"careful_novice": 1.0}, annotators=16, arrivals_per_hour=30)
+    outcomes = {}
+    for top_up in (0, 2):
+        db = Database(db_url if top_up else f"sqlite:///{tmp_path / 'off.sqlite3'}")
+        try:
+            with db.session() as session:
+                ensure_job(session, path)
+            result = simulate_into(
+                db,
+                spec.name,
+                spec,
+                images=phantom_images,
+                crowd=crowd,
+                seed=3,
+                n_annotators=16,
+                data_dir=tmp_path / str(top_up),
+                gold=24,
+                gold_top_up=top_up,
+            )
+            with db.session() as session:
+                job = session.scalar(select(Job).where(Job.name == spec.name))
+                crowd_gold = session.scalars(
+                    select(GoldItem).where(GoldItem.job_id == job.id, GoldItem.source == "crowd")
+                ).all()
+                reviewed = set(session.scalars(select(ExpertReview.image_id)))
+                report = verify_replay(session, job, spec)
+        finally:
+            db.dispose()
+        assert report.matched, report.differences[:5]
+        outcomes[top_up] = (result, crowd_gold, reviewed)
+    off, on = outcomes[0][0], outcomes[2][0]
+    assert (off["gold_topped_up"], off["gold_top_up_rounds"]) == (0, 0)
+    assert on["gold_top_up_rounds"] >= 1 and on["gold_topped_up"] >= 1
+    result, crowd_gold, reviewed = outcomes[2]
+    assert len(crowd_gold) == result["gold_topped_up"]
+    assert all(g.difficulty == "easy" and g.accepted_answers for g in crowd_gold)
+    assert {g.image_id for g in crowd_gold} <= reviewed  # each is the expert's confirmation
+    assert not outcomes[0][1]

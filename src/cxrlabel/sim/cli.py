@@ -97,6 +97,14 @@ def simulate_command(
         help="CSV file,p_pneumonia: model scores loaded into the images (for the job's "
         "model-assisted options).",
     ),
+    gold_top_up: int = typer.Option(
+        0,
+        "--gold-top-up",
+        min=0,
+        help="Whenever N test questions have been retired by exposure, the simulated "
+        "radiologist confirms N gold proposals from the crowd's agreement, as on the Gold "
+        "proposals page (0 = off).",
+    ),
     into_job: str = typer.Option(
         None,
         "--into-job",
@@ -120,6 +128,8 @@ def simulate_command(
     if into_job is not None:
         if job is not None:
             fail("--into-job NAME uses that job's own settings; leave out --job")
+        if gold_top_up:
+            fail("--gold-top-up is for a fresh simulation; leave it out with --into-job")
         outcome, spec = _simulate_into_job(
             app_context(ctx, creates_data=True),
             into_job,
@@ -156,6 +166,7 @@ def simulate_command(
                 n_annotators=annotators,
                 gold_clearest=gold_clearest,
                 model_scores=model_scores,
+                gold_top_up=gold_top_up,
                 difficulty_progress=lambda n: progress.advance(features, n),
                 progress=lambda done, total: progress.update(
                     crowd_task, completed=done, total=total

@@ -46,6 +46,7 @@ from cxrlabel.quality.commands import record_expert_label
 from cxrlabel.quality.views import review_queue
 from cxrlabel.sim.crowd import CrowdSpec
 from cxrlabel.sim.personas import Persona
+from cxrlabel.sim.topup import TopUpStats, active_gold, top_up
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import (
     AnnotatorState,
@@ -104,6 +105,7 @@ class SimRecord:
     rejected_submissions: dict[str, int] = field(default_factory=dict)
     expert_reviews: int = 0
     expert_seconds: float = 0.0
+    gold_top_up: TopUpStats = field(default_factory=TopUpStats)
     stopped_by: str = "done"  # done | max_days | crowd_exhausted | page_limit
     timeline: list[tuple[float, int]] = field(default_factory=list)  # (hours, images settled)
     # wall seconds per engine call
@@ -139,6 +141,7 @@ class Simulation:
         progress: Callable[[int, int], None] | None = None,
         until_settled: bool = False,
         max_annotators: int | None = None,
+        gold_top_up: int = 0,
     ) -> None:
         self.db, self.job_id, self.spec, self.crowd, self.truth = db, job_id, spec, crowd, truth
         self.seed, self.start = seed, start
@@ -163,6 +166,12 @@ class Simulation:
         self._job_row: Job | None = None
         self._users: dict[int, User] = {}
         self._open_work = self._count_open()
+        # Crowd gold top-up (sim/topup.py): 0 = off.
+        self.gold_top_up = gold_top_up
+        with db.session() as session:
+            self._gold_target = active_gold(session, job_id)
+        self._top_up_rng = np.random.default_rng([seed, 4])  # apart from the review's stream
+        self._top_up_after = 0  # pages submitted before the next check may draw
 
     # --- the event loop --------------------------------------------------------------------
     def run(self) -> SimRecord:
@@ -371,6 +380,8 @@ class Simulation:
             self.record.timeline.append(((now - self.start).total_seconds() / 3600, settled))
             if self.progress:
                 self.progress(settled, self._n_work)
+            if self.gold_top_up:
+                self._maybe_top_up(now)
 
     def _leave(self, a: SimAnnotator, now: datetime, *, for_good: bool) -> None:
         if for_good or a.sessions_left <= 0:
@@ -412,6 +423,49 @@ class Simulation:
                 self.record.expert_reviews += 1
                 self.record.expert_seconds += seconds
         self.record.end = now
+
+    def _expert_label(self, rng: np.random.Generator, image_id: int) -> str:
+        return self.crowd.expert.answer(
+            rng,
+            self.truth.label[image_id],
+            self.truth.difficulty.get(image_id, 0.5),
+            self._labels,
+            self._certainties,
+            [],
+        ).answer
+
+    def _maybe_top_up(self, now: datetime) -> None:
+        """The radiologist confirms crowd proposals once ``gold_top_up`` more test questions
+        have been retired than topped up (sim/topup.py)."""
+        stats = self.record.gold_top_up
+        if self.record.pages_submitted < self._top_up_after:
+            return
+        with self.db.session() as session:
+            if active_gold(session, self.job_id) > self._gold_target - self.gold_top_up:
+                return
+            job, user = self._job(session), _expert_user(session, now)
+            try:
+                promoted, corrected = top_up(
+                    session,
+                    job,
+                    self.spec,
+                    user,
+                    lambda image_id: self._expert_label(self._top_up_rng, image_id),
+                    self.gold_top_up,
+                    seed=stats.rounds,
+                    now=now,
+                )
+            except ValueError:  # no clear finalised image yet: look again later
+                stats.nothing_to_propose += 1
+                self._top_up_after = self.record.pages_submitted + 250
+                return
+        stats.rounds += 1
+        stats.promoted += len(promoted)
+        stats.corrected += len(corrected)
+        self._gold_target -= len(corrected)  # corrections add no gold: do not chase them
+        self.record.expert_seconds += sum(
+            self.crowd.expert.page_seconds(self._top_up_rng, 1) for _ in promoted + corrected
+        )
 
     def _review_ids(self, session: Any) -> list[int]:
         return [item.image_id for item in review_queue(session, self._job(session), self.spec)]

@@ -135,6 +135,7 @@ def summarise(
         "gold_overhead": _ratio(gold_answers, judgments + gold_answers),
         "expert_review_fraction": _ratio(expert_on_work, n_work),
         "expert_reviews": record.expert_reviews,
+        **record.gold_top_up.as_dict(),  # simulate --gold-top-up (sim/topup.py); 0 when off
         "images_by_status": dict(sorted(status_counts.items())),
         **removal,
         "pages": record.pages_submitted,

@@ -203,7 +203,10 @@ def run_simulation(
     difficulty_progress: Callable[[int], None] | None = None,
     gold_clearest: float = DEFAULT_GOLD_CLEAREST,
     model_scores: Path | None = None,
+    gold_top_up: int = 0,
 ) -> SimOutcome:
+    """``gold_top_up``: the radiologist confirms this many crowd proposals whenever as many
+    test questions have been retired (sim/topup.py); 0 = off."""
     crowd_spec = load_crowd(crowd) if isinstance(crowd, str) else crowd
     job_id, truth, difficulty, setup = prepare_job(
         db,
@@ -219,7 +222,15 @@ def run_simulation(
         model_scores=model_scores,
     )
     outcome = _simulate(
-        db, job_id, spec, crowd_spec, truth, seed=seed, n_annotators=n_annotators, progress=progress
+        db,
+        job_id,
+        spec,
+        crowd_spec,
+        truth,
+        seed=seed,
+        n_annotators=n_annotators,
+        progress=progress,
+        gold_top_up=gold_top_up,
     )
     outcome.difficulty = difficulty
     outcome.result.update({"setup": setup})
@@ -240,6 +251,7 @@ def _simulate(
     expert_review: bool = True,
     progress: Callable[[int, int], None] | None = None,
     until_settled: bool = False,
+    gold_top_up: int = 0,
 ) -> SimOutcome:
     with db.session() as session:
         work_ids = list(
@@ -262,6 +274,7 @@ def _simulate(
         expert_review=expert_review,
         progress=progress,
         until_settled=until_settled,
+        gold_top_up=gold_top_up,
     )
     record = sim.run()
     result = summarise(db, job_id, spec, crowd, record)
@@ -293,6 +306,7 @@ def simulate_into(
     progress: Callable[[int, int], None] | None = None,
     gold_clearest: float = 1.0,
     until_settled: bool = False,
+    gold_top_up: int = 0,
 ) -> dict[str, Any]:
     """Fill an existing job with a simulated crowd's work through the real engines.
 
@@ -302,7 +316,8 @@ def simulate_into(
     ``n_annotators``: most annotators who arrive (with ``until_settled``: per wave).
     ``max_pages``: stop after this many submitted pages (leave some work open for a live demo).
     ``until_settled``: the crowd keeps arriving until every work image is finalised or in the
-    review queue (bounded; see ``Simulation``). Gold is sampled from reference labels when
+    review queue (bounded; see ``Simulation``); ``gold_top_up``: see ``run_simulation``. Gold
+    is sampled from reference labels when
     the job has fewer than ``gold`` (default: about 4 % of images) active gold items.
     Simulated annotators are real ``User`` rows named ``sim-<persona>-<n>`` that cannot log in.
     Returns the result document (see ``metrics.py``).
@@ -323,6 +338,7 @@ def simulate_into(
         progress=progress,
         gold_clearest=gold_clearest,
         until_settled=until_settled,
+        gold_top_up=gold_top_up,
     ).result
 
 
@@ -343,6 +359,7 @@ def fill_job(
     progress: Callable[[int, int], None] | None = None,
     gold_clearest: float = 1.0,
     until_settled: bool = False,
+    gold_top_up: int = 0,
     limit: int | None = None,
     model_scores: Path | None = None,
 ) -> SimOutcome:
@@ -412,6 +429,7 @@ def fill_job(
         expert_review=expert_review,
         progress=progress,
         until_settled=until_settled,
+        gold_top_up=gold_top_up,
     )
     outcome.difficulty = difficulty
     outcome.result["setup"] = setup
