@@ -235,6 +235,48 @@ def test_session_keeps_the_id_token_for_sign_out_on_each_database(db: Database):
         assert s.scalars(select(UserSession).where(UserSession.user_id == user_id)).all() == []
 
 
+def test_a_first_sign_in_in_two_tabs_binds_one_account_on_each_database(db: Database):
+    """The same provider account's first sign-in, twice at once (two tabs): the second waits
+    for the first's account creation and signs in to that account. Before the account lock,
+    on PostgreSQL, it also found no binding and failed on the unique (issuer, subject)."""
+    import threading
+
+    oidc = OidcSettings(
+        issuer="https://login.hospital.example",
+        client_id="c",
+        client_secret="s",
+        redirect_uri="https://x.example/auth/oidc/callback",
+        roles=ROLES,
+    )
+    claims = {"sub": "tab-sub", "preferred_username": "tabby", "groups": ["crowd"]}
+    first = db.sessionmaker()
+    first.begin()
+    made = sign_in_identity(first, oidc, claims)  # created and bound, not committed yet
+    outcome: dict[str, object] = {}
+
+    def second_tab() -> None:
+        try:
+            with db.session() as s:
+                outcome["user_id"] = sign_in_identity(s, oidc, claims).id
+        except Exception as exc:  # the test reports what it was
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=second_tab)
+    worker.start()
+    worker.join(1.0)
+    assert worker.is_alive(), outcome  # waiting for the first creation
+    first.commit()
+    made_id = made.id
+    first.close()
+    worker.join(30)
+    assert outcome == {"user_id": made_id}
+    with db.read_session() as s:
+        assert (
+            len(s.scalars(select(UserIdentity).where(UserIdentity.subject == "tab-sub")).all()) == 1
+        )
+        assert len(s.scalars(select(User).where(User.username.like("tabby%"))).all()) == 1
+
+
 def test_post_logout_redirect_defaults_to_the_sites_login_page():
     base = {
         "issuer": "https://login.hospital.example",

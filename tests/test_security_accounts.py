@@ -399,3 +399,39 @@ def test_password_pool_caps_hashing_and_leaves_request_threads_free():
 
     borrowed, refused, results = anyio.run(main)
     assert borrowed == 0 and refused and results == [True] * 5 and peak[0] == 2
+
+
+@pytest.mark.parametrize("second", ["nora", "Nora"], ids=["same", "case"])
+def test_an_account_created_while_another_is_uncommitted_sees_it(db, second):
+    """Creation A has checked "nora" is free and inserted it but not committed; creation B of
+    the same name (or the same up to case) runs meanwhile. B must be refused as taken once A
+    commits. Before the account lock, on PostgreSQL, B found the name free: "Nora" became a
+    second account beside "nora", and an identical name failed on the unique index (500)."""
+    from cxrlabel.annotate.accounts import create_user
+
+    password = "plum orbit sailing 42"
+    first = db.sessionmaker()
+    first.begin()
+    create_user(first, "nora", password, "annotator", password_hash="x")  # not committed yet
+    outcome: dict[str, object] = {}
+
+    def second_creation() -> None:
+        try:
+            with db.session() as s:
+                outcome["user"] = create_user(s, second, password, "annotator", password_hash="y")
+        except Exception as exc:  # the test reports what it was
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=second_creation)
+    worker.start()
+    worker.join(1.0)  # it waits for the first creation (the account lock / SQLite's writer)
+    assert worker.is_alive(), outcome
+    first.commit()
+    first.close()
+    worker.join(30)
+    error = outcome.get("error")
+    assert isinstance(error, AccountError) and error.code == "username_taken", outcome
+    with db.read_session() as s:
+        from cxrlabel.storage.models import User
+
+        assert len(s.scalars(select(User).where(User.username.ilike("nora"))).all()) == 1

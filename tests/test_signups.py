@@ -167,3 +167,45 @@ def test_near_identical_answer_patterns_are_a_signal(env, monkeypatch):
     with db.session() as s:
         found = [sig for sig in signups.duplicate_signals(s) if sig.kind == "same_answers"]
     assert [set(sig.usernames) for sig in found] == [{"copy-a", "copy-b"}]
+
+
+@pytest.mark.parametrize("names", [("nora", "nora"), ("Nora", "nora")], ids=["same", "case"])
+def test_two_sign_ups_taking_one_username_at_the_same_instant_make_one_account(
+    tmp_path: Path, db_url: str, names: tuple[str, str]
+) -> None:
+    """Two people on two invite links pick the same username (or the same up to case) and
+    submit at the same instant: one account is made, the other is told the name is taken
+    (409). On PostgreSQL both used to pass the "is it taken?" check: a second account "Nora"
+    beside "nora", or a unique-constraint error (500) for the identical name."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    db = Database(db_url)
+    try:
+        app, _seeded = web_app_with_small_job(db, tmp_path, db_url)
+        tokens = [_invite(db), _invite(db)]
+        clients = [_from(app, f"198.51.{i}.7") for i in (1, 2)]
+        forms = []
+        for client, token, name in zip(clients, tokens, names, strict=True):
+            csrf = csrf_from_html(client.get(f"/join/{token}").text)
+            data = {"username": name, "password": PASSWORD, "password2": PASSWORD}
+            forms.append((client, token, data | {"csrf_token": csrf}))
+        before = _users(db)
+        start = threading.Barrier(2)
+
+        def join(form):
+            client, token, data = form
+            start.wait(10)
+            return client.post(f"/join/{token}", data=data, follow_redirects=False)
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            replies = list(pool.map(join, forms))
+        codes = sorted(r.status_code for r in replies)
+        assert codes == [303, 409], [(r.status_code, r.text[-300:]) for r in replies]
+        refused = next(r for r in replies if r.status_code == 409)
+        assert "already taken" in refused.text
+        assert _users(db) == before + 1
+        with db.session() as s:
+            assert len(s.scalars(select(User).where(User.username.ilike("nora"))).all()) == 1
+    finally:
+        db.dispose()

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from cxrlabel.annotate.sessions import end_user_sessions
 from cxrlabel.errors import EngineError
+from cxrlabel.storage.locks import ACCOUNTS, advisory_lock
 from cxrlabel.storage.models import AuditEvent, Invite, Job, Role, User, as_utc, utcnow
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{1,39}$")
@@ -94,6 +95,9 @@ def create_user(
     if role not in Role.ALL:
         raise AccountError("bad_role", f"Unknown role {role!r}; use one of {', '.join(Role.ALL)}.")
     check_password_rules(password, username)
+    # PostgreSQL: one account creation at a time, or two sign-ups taking "nora" and "Nora" at
+    # the same instant would both find the name free (SQLite runs writers one at a time).
+    advisory_lock(session, ACCOUNTS, 0)
     taken = session.scalar(select(User.id).where(User.username.ilike(username)))
     if taken is not None:
         raise AccountError("username_taken", f"The username {username!r} is already taken.", 409)

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from cxrlabel.annotate.accounts import USERNAME_RE
 from cxrlabel.config import OidcSettings
 from cxrlabel.errors import EngineError
+from cxrlabel.storage.locks import ACCOUNTS, advisory_lock
 from cxrlabel.storage.models import AuditEvent, Role, User, UserIdentity, utcnow
 
 # When several claim values map to roles, the most powerful one wins.
@@ -90,6 +91,16 @@ def _link_or_create(
 ) -> User:
     """First sign-in of this provider account: bind it to the user an admin created with
     exactly this username, or (``provision = auto``) to a new user."""
+    # One account creation at a time (PostgreSQL), then look again: the same person's sign-in
+    # in a second tab may have bound this account while this one waited.
+    advisory_lock(session, ACCOUNTS, 0)
+    bound = session.scalar(
+        select(User)
+        .join(UserIdentity, UserIdentity.user_id == User.id)
+        .where(UserIdentity.issuer == settings.issuer, UserIdentity.subject == str(claims["sub"]))
+    )
+    if bound is not None:
+        return bound
     wanted = _claimed_username(claims, settings.username_claim)
     user = session.scalar(select(User).where(User.username == wanted)) if wanted else None
     if user is not None and _has_identity(session, user.id, settings.issuer):

@@ -25,6 +25,9 @@ JOB_QUALITY = 0x43580017  # quality updates of a job: submissions shared, admin 
 GOLD_BANK = 0x43580018  # the job's gold bank exposure (reveals and retirements)
 # Sign-in throttle (web/throttle.py); the second key is a 32-bit hash of the throttle key.
 LOGIN_THROTTLE = 0x43580019
+# Account creation (annotate/accounts.py, annotate/identities.py), second key 0: "is this
+# username free?" and the insert must not interleave with another creation's.
+ACCOUNTS = 0x4358001A
 
 _SHARED = text("SELECT pg_advisory_xact_lock_shared(:cls, :key)")
 _EXCLUSIVE = text("SELECT pg_advisory_xact_lock(:cls, :key)")
