@@ -104,3 +104,15 @@ def test_help_texts_name_only_commands_that_exist() -> None:
                     assert f"{first} {second}" in commands, (
                         f"{name}: help names `cxrlabel {first} {second}`"
                     )
+
+
+def test_simulate_refuses_a_bad_gold_top_up(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    (images / "NORMAL").mkdir(parents=True)
+    base = ["--data-dir", str(tmp_path), "simulate", "--images", str(images)]
+    negative = runner.invoke(app, [*base, "--gold-top-up", "-1"])
+    assert negative.exit_code == 2 and "--gold-top-up" in negative.output
+    into = runner.invoke(app, [*base, "--gold-top-up", "5", "--into-job", "x"])
+    assert into.exit_code != 0
+    assert "--gold-top-up is for a fresh simulation" in " ".join(into.output.split())
+    assert not (tmp_path / "simulation").exists()  # refused before anything was made
