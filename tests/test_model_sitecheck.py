@@ -135,3 +135,63 @@ def test_cli_leaves_out_an_unreadable_image_and_says_so(site, tmp_path) -> None:
     report = json.loads((tmp_path / "site.json").read_text())
     assert report["n"] == 40 and report["unreadable"] == 1
     assert "could not read" in result.output and "broken.png" in result.output
+
+
+def test_adopted_thresholds_are_the_samples_choice_and_the_old_ones_are_kept() -> None:
+    from cxrlabel.model.sitecheck import adopted_meta, card_section
+
+    y, p, groups = _sample(60, shift=0.3)  # a site whose pneumonias score lower
+    check = check_site(y, p, groups, 0.55, 0.2, 0.95, 0.97, n_boot=200)
+    meta = {"thresholds": {"flag": 0.55, "clear": 0.2}, "temperature": 1.0}
+    new = adopted_meta(meta, check, "site.csv", "2026-12-04")
+    assert new["thresholds"]["flag"] == pytest.approx(check.site_flag_at)
+    assert new["thresholds"]["flag"] < 0.55
+    assert new["thresholds"]["clear"] <= new["thresholds"]["flag"]
+    assert (p[y == 1] >= new["thresholds"]["flag"]).mean() >= 0.95  # meets the target here
+    assert new["site_calibration"]["previous"] == {"flag": 0.55, "clear": 0.2}
+    assert meta["thresholds"] == {"flag": 0.55, "clear": 0.2}  # the input is not changed
+    again = adopted_meta(new, check, "site2.csv", "2026-12-05")
+    assert again["site_calibration_history"] == [new["site_calibration"]]
+    assert "was 0.550" in card_section(new["site_calibration"])
+    small = check_site(*_sample(MIN_PER_CLASS - 1), 0.55, 0.45, 0.95, 0.97, n_boot=100)
+    with pytest.raises(ValueError, match="at least 30 of each"):
+        adopted_meta(meta, small, "site.csv", "2026-12-04")
+
+
+def test_cli_adopts_into_a_new_folder_that_predict_then_uses(site, tmp_path) -> None:
+    """40 more images (30+ per class), ``--adopt-into``: a copy whose ``predict`` bands use
+    the sample's thresholds; the original model is untouched; a second adoption into the same
+    folder, or from too small a sample, is refused and writes nothing."""
+    root, model, rows = site
+    rng = np.random.default_rng(5)
+    more = []
+    for i in range(40):
+        pneumonia = i % 2 == 0
+        name = f"images/y{i:02d}.png"
+        Image.fromarray(synthetic_xray_of(rng, pneumonia)).save(root / name)
+        more.append({"file": name, "label": "PNEUMONIA" if pneumonia else "NORMAL"})
+    truth = _write(root / "truth80.csv", rows + more)
+    original = (model / "model.json").read_text()
+    target = tmp_path / "site-model"
+    result = _run(truth, model, "--adopt-into", str(target), "-o", str(tmp_path / "r.json"))
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    meta = json.loads((target / "model.json").read_text())
+    assert meta["thresholds"]["flag"] == pytest.approx(report["site_flag_at"])
+    assert meta["site_calibration"]["n"] == 80 and meta["site_calibration"]["truth"] == str(truth)
+    assert (model / "model.json").read_text() == original
+    assert (target / "model.onnx").read_bytes() == (model / "model.onnx").read_bytes()
+    from cxrlabel.model.infer import OnnxModel
+
+    assert OnnxModel(target).flag_at == pytest.approx(report["site_flag_at"])
+    again = _run(truth, model, "--adopt-into", str(target))
+    assert again.exit_code == 2 and "already exists" in again.output
+    small = _run(_write(root / "truth40.csv", rows), model, "--adopt-into", str(tmp_path / "s"))
+    assert small.exit_code == 2 and "not adopted" in " ".join(small.output.split())
+    assert not (tmp_path / "s").exists()
+
+
+def synthetic_xray_of(rng, pneumonia: bool):
+    from model_support import synthetic_xray
+
+    return synthetic_xray(rng, pneumonia, 96, 96)

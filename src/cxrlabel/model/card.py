@@ -226,9 +226,9 @@ def new_patient_section(meta: dict, estimate_file: Path = ESTIMATE_FILE) -> str:
         f"AUC 0.949, flag specificity 0.745 at sensitivity 0.972, crowd labels, 128 px): "
         f"treat these figures as an upper bound for another hospital's images, and check "
         f"the bands on that hospital's own expert-read sample before triage use there "
-        f"(`cxrlabel site-check TRUTH.csv --model THIS_FOLDER`; docs/model.md).\n\n"
-        + "\n".join(rows)
-        + note
+        f"(`cxrlabel site-check TRUTH.csv --model THIS_FOLDER`; where they do not hold, "
+        f"`--adopt-into NEW_FOLDER` writes a copy with the thresholds that sample supports; "
+        f"docs/model.md).\n\n" + "\n".join(rows) + note
     )
 
 

@@ -190,6 +190,12 @@ def site_check(
     model_dir: Path = typer.Option(..., "--model", help="Model folder from `cxrlabel train`."),
     output: Path = typer.Option(None, "-o", "--output", help="Also write the figures as JSON."),
     threads: int = typer.Option(None, help="CPU threads for ONNX Runtime \\[default: all]."),
+    adopt_into: Path = typer.Option(
+        None,
+        "--adopt-into",
+        help="Write a copy of the model with the thresholds this sample chooses (a new "
+        "folder; the original is left as it is). Needs at least 30 images of each class.",
+    ),
 ) -> None:
     """Do the model's flag/clear bands hold at this site? Checked on its expert-read images."""
     import numpy as np
@@ -220,8 +226,38 @@ def site_check(
     if output is not None:
         report = check.to_dict() | {"model": str(model_dir), "truth": str(truth)}
         output.write_text(json.dumps(report | {"unreadable": len(unreadable)}, indent=2) + "\n")
+    if adopt_into is not None:
+        _adopt(model_dir, adopt_into, check, truth)
+        return
     if not check.holds:
         raise typer.Exit(1)
+
+
+def _adopt(model_dir: Path, target: Path, check, truth: Path) -> None:
+    """A copy of the model folder with this site's thresholds (``sitecheck.adopted_meta``)."""
+    import datetime
+    import shutil
+
+    from cxrlabel.model.sitecheck import adopted_meta, card_section
+
+    if target.exists():
+        fail(f"{target} already exists: give a new folder for the site's model")
+    meta = json.loads((model_dir / "model.json").read_text())
+    try:
+        new_meta = adopted_meta(meta, check, str(truth), datetime.date.today().isoformat())
+    except ValueError as exc:
+        fail(f"not adopted: {exc}")
+    shutil.copytree(model_dir, target)
+    (target / "model.json").write_text(json.dumps(new_meta, indent=2) + "\n")
+    card = target / "MODEL_CARD.md"
+    if card.is_file():
+        card.write_text(card.read_text() + card_section(new_meta["site_calibration"]))
+    chosen = new_meta["thresholds"]
+    console.print(
+        f"[green]adopted into {escape(str(target))}:[/] flag p >= {chosen['flag']:.3f} "
+        f"(was {check.flag_at:.3f}), clear p < {chosen['clear']:.3f} (was "
+        f"{check.clear_below:.3f}); chosen on this sample, so check them on a fresh one"
+    )
 
 
 def _read_truth(path: Path) -> list[tuple[Path, str, str]]:

@@ -129,3 +129,49 @@ def _problems(c: SiteCheck) -> list[str]:
             f"{c.clear_below:.3f}"
         )
     return found
+
+
+def adopted_meta(meta: dict, check: SiteCheck, truth: str, date: str) -> dict:
+    """``model.json`` with this site's thresholds (what its sample chose: the lower 5 % of
+    the patient bootstrap, so the flag errs towards sensitivity), the previous ones kept under
+    ``site_calibration``. Refused (ValueError) on a sample too small to choose from."""
+    n_normal = check.n - check.n_pneumonia
+    if min(check.n_pneumonia, n_normal) < MIN_PER_CLASS:
+        raise ValueError(
+            f"cannot choose thresholds from {check.n_pneumonia} pneumonia and {n_normal} "
+            f"normal images: read at least {MIN_PER_CLASS} of each"
+        )
+    flag = float(check.site_flag_at)
+    clear = float(min(check.site_clear_below, flag))
+    record = {
+        "truth": truth,
+        "date": date,
+        "n": check.n,
+        "n_pneumonia": check.n_pneumonia,
+        "previous": {"flag": check.flag_at, "clear": check.clear_below},
+        "chosen": {"flag": flag, "clear": clear},
+        "rule": "lower 5 % of the patient bootstrap of this sample, per band",
+        "caution": "chosen on this sample: re-check on a fresh expert-read sample",
+    }
+    history = list(meta.get("site_calibration_history", []))
+    if "site_calibration" in meta:
+        history.append(meta["site_calibration"])
+    return meta | {
+        "thresholds": {"flag": flag, "clear": clear},
+        "site_calibration": record,
+        "site_calibration_history": history,
+    }
+
+
+def card_section(record: dict) -> str:
+    """The model card's note of a site calibration (appended, never rewritten)."""
+    previous, chosen = record["previous"], record["chosen"]
+    return (
+        f"\n## Site calibration ({record['date']})\n\n"
+        f"The flag and clear thresholds were chosen again on {record['n']} expert-read images "
+        f"of this site ({record['n_pneumonia']} pneumonia; `{record['truth']}`) by "
+        f"`cxrlabel site-check --adopt-into`: flag p >= {chosen['flag']:.3f} (was "
+        f"{previous['flag']:.3f}), clear p < {chosen['clear']:.3f} (was "
+        f"{previous['clear']:.3f}). They were chosen on that sample, so its figures flatter "
+        "them: check them on a fresh sample of this site before triage relies on them.\n"
+    )
