@@ -23,13 +23,12 @@ keep the library's prior. Leave-one-dataset-out and crowd-kit's DS as in the ear
 from __future__ import annotations
 
 import sys
-import time
 from collections import defaultdict
 
 import numpy as np
 import scipy.sparse as sp
-from aggregation import Dataset, load
-from aggregation_selection import crowdkit_ds_accuracy, judgments_of, report, study_sets
+from aggregation import Dataset
+from aggregation_selection import judgments_of, run_study
 
 from cxrlabel.aggregate import DawidSkene, Judgments
 from cxrlabel.aggregate.base import normalize_rows, softmax_rows
@@ -171,26 +170,13 @@ def ds_candidates(data: Dataset) -> tuple[dict[str, np.ndarray], dict[str, int]]
 
 
 def main(argv: list[str]) -> int:
-    root, names = study_sets(argv, __doc__.splitlines()[0])
-    deltas: dict[str, dict[str, float]] = {}
-    for name in names:
-        data = load(root / name)
-        ck = crowdkit_ds_accuracy(data)
-        start = time.perf_counter()
-        labels, pairs = ds_candidates(data)
-        seconds = time.perf_counter() - start
-        deltas[name] = {c: data.accuracy(lab) - ck for c, lab in labels.items()}
-        print(
-            f"{name}: crowd-kit DS {ck:.4f}; "
-            + ", ".join(
-                f"{c} {100 * d:+.2f}" + (f" ({pairs[c]} pairs)" if c in pairs else "")
-                for c, d in deltas[name].items()
-            )
-            + f"; {seconds:.1f} s",
-            flush=True,
-        )
-    report("Dawid-Skene with worker-pair dependence weights against crowd-kit's DS", deltas)
-    return 0
+    return run_study(
+        argv,
+        __doc__,
+        lambda data: ds_candidates(data)[0],
+        lambda data: {},  # DS only: GLAD has no pair weights here
+        ("Dawid-Skene with worker-pair dependence weights against crowd-kit's DS", ""),
+    )
 
 
 if __name__ == "__main__":

@@ -375,8 +375,11 @@ def glad_study_line(
     if name not in CK_GLAD_MEASURED:
         return ""
     ck_glad = CK_GLAD_MEASURED[name]
-    glad_deltas[name] = {c: data.accuracy(lab) - ck_glad for c, lab in candidates(data).items()}
-    return "; " + ", ".join(f"{c} {100 * d:+.2f}" for c, d in glad_deltas[name].items())
+    deltas = {c: data.accuracy(lab) - ck_glad for c, lab in candidates(data).items()}
+    if not deltas:  # a DS-only study
+        return ""
+    glad_deltas[name] = deltas
+    return "; " + ", ".join(f"{c} {100 * d:+.2f}" for c, d in deltas.items())
 
 
 def run_study(
