@@ -402,14 +402,7 @@ class Simulation:
             for image_id in image_ids:
                 seconds = expert.page_seconds(expert_rng, 1)
                 now = now + timedelta(seconds=seconds)
-                label = expert.answer(
-                    expert_rng,
-                    self.truth.label[image_id],
-                    self.truth.difficulty.get(image_id, 0.5),
-                    self._labels,
-                    self._certainties,
-                    [],
-                ).answer
+                label = self._expert_label(expert_rng, image_id)
                 record_expert_label(
                     session,
                     job,
