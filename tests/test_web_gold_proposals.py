@@ -258,6 +258,20 @@ def test_two_experts_answering_at_the_same_instant_record_exactly_one(web) -> No
     assert env.verify().matched
 
 
+def test_only_the_experts_start_page_says_the_test_questions_run_low(web) -> None:
+    from cxrlabel.design.exposure import bank_exposure
+    from cxrlabel.storage.models import Job
+
+    application, env, _ = web
+    with env.db.session() as s:
+        exposure = bank_exposure(s, s.get_one(Job, env.job_id), env.spec)
+    assert exposure.small  # the fixture's bank is at its floor (a quiz + 10 pages)
+    home = signed_in_client(application, "doc").get("/").text
+    assert 'data-role="bank-low"' in home and f"{exposure.active} active" in home
+    assert 'href="/gold-proposals/q-job"' in home
+    assert "bank-low" not in signed_in_client(application, "ann").get("/").text
+
+
 @pytest.mark.parametrize(
     ("answer", "reason", "message"),
     [
@@ -345,6 +359,13 @@ def test_an_expert_confirms_a_proposal_in_chromium(browser, live, artifacts_dir,
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     login(page, base, "expert")
+    # 10-11 gold (the desktop run adds one) against a floor of a quiz + 10 pages: the start
+    # page says the bank runs low.
+    low = page.locator("[data-role=bank-low]")
+    assert low.is_visible() and re.search(r"\b1[01] active", low.inner_text()), page.content()
+    low_box = low.bounding_box()
+    assert low_box["height"] > 10 and low_box["x"] + low_box["width"] <= viewport["width"] + 1
+    page.screenshot(path=str(artifacts_dir / f"expert-home-bank-low-{size}.png"))
     page.get_by_role("link", name=re.compile("Gold proposals")).click()
     page.wait_for_url(f"**/gold-proposals/{JOB}")
     cards = page.locator("section.proposal")

@@ -31,6 +31,7 @@ from cxrlabel.annotate.signups import (
     network_of,
     record_signup,
 )
+from cxrlabel.design.exposure import bank_exposure
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import AnnotatorState, Job, Role, User, utcnow
 from cxrlabel.web.deps import (
@@ -76,7 +77,14 @@ def home(request: Request, user: User | None = Depends(optional_user)) -> Respon
         jobs = []
         for job in s.scalars(select(Job).order_by(Job.id)):
             _, spec = job_and_spec(s, job.name)
-            jobs.append({"name": job.name, "title": spec.title, "status": states.get(job.id)})
+            entry: dict[str, object] = {
+                "name": job.name,
+                "title": spec.title,
+                "status": states.get(job.id),
+            }
+            if user.role == Role.EXPERT:  # the expert is who can refill the test questions
+                entry["bank"] = bank_exposure(s, job, spec)
+            jobs.append(entry)
     return render(request, "home.html", {"jobs": jobs})
 
 
