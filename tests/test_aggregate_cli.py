@@ -106,6 +106,21 @@ def test_duplicate_answer_warns_and_keeps_last(tmp_path: Path) -> None:
     assert row["n_answers"] == 2 and row["p_PNEUMONIA"] == 0.5  # w1's NORMAL was replaced
 
 
+def test_warnings_are_shown_even_when_a_later_step_refuses(tmp_path: Path) -> None:
+    """The repeated answer's warning used to be lost when the run then failed (warnings were
+    printed only after a successful fit); now it comes first, then the error."""
+    answers = write(
+        tmp_path / "a.csv", "task,worker,label\nx,w1,NORMAL\nx,w2,NORMAL\nx,w1,PNEUMONIA\n"
+    )
+    out = tmp_path / "o.csv"
+    result = run(str(answers), "-o", str(out), "--tie-break", "EFFUSION")
+    assert result.exit_code == 2
+    warning, error = result.output.find("warning:"), result.output.find("error:")
+    assert 0 <= warning < error, result.output
+    assert "kept the last" in result.output and "EFFUSION" in result.output
+    assert not out.exists()
+
+
 def test_certainty_column_used(tmp_path: Path) -> None:
     answers = write(
         tmp_path / "a.csv",

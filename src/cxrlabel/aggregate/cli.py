@@ -89,20 +89,24 @@ def _run(
         raise AggregationInputError(f"output folder {str(output.parent)!r} does not exist")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        answer_columns = read_answer_table(answers)
-        gold_columns = read_gold(gold) if gold is not None else None
-        trust_columns = read_trust(trust) if trust is not None else None
-        # Repeated (task, worker) answers: the last is kept, dropped on the integer codes.
-        encoded = encode(
-            answer_columns,
-            gold_columns,
-            trust_for_method(method, trust_columns),
-            drop_repeated=True,
-            source=answers.name,
-        )
-        result = fit_encoded(encoded, method, tie_break=tie_break)
-    for warning in caught:
-        typer.echo(f"warning: {warning.message}", err=True)
+        try:
+            answer_columns = read_answer_table(answers)
+            gold_columns = read_gold(gold) if gold is not None else None
+            trust_columns = read_trust(trust) if trust is not None else None
+            # Repeated (task, worker) answers: the last is kept, dropped on the integer codes.
+            encoded = encode(
+                answer_columns,
+                gold_columns,
+                trust_for_method(method, trust_columns),
+                drop_repeated=True,
+                source=answers.name,
+            )
+            result = fit_encoded(encoded, method, tie_break=tie_break)
+        finally:
+            # Warnings first, also when a later file is refused: "warning: answers.csv ..."
+            # then "error: trust.csv ...", in the order the files were read.
+            for warning in caught:
+                typer.echo(f"warning: {warning.message}", err=True)
     write_result(output, result, encoded)
     return len(encoded.tasks), len(encoded.classes)
 
