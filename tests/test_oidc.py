@@ -151,6 +151,17 @@ def replay_status(site: Site, cookie: str) -> int:
         return other.get(f"{site.url}/account").status_code
 
 
+def offline_settings() -> OidcSettings:
+    """Settings for tests that call the provisioning code without a provider."""
+    return OidcSettings(
+        issuer="https://login.hospital.example",
+        client_id="c",
+        client_secret="s",
+        redirect_uri="https://x.example/auth/oidc/callback",
+        roles=ROLES,
+    )
+
+
 # --- settings and role mapping (no provider needed) ---------------------------------------------
 
 
@@ -241,13 +252,7 @@ def test_a_first_sign_in_in_two_tabs_binds_one_account_on_each_database(db: Data
     on PostgreSQL, it also found no binding and failed on the unique (issuer, subject)."""
     import threading
 
-    oidc = OidcSettings(
-        issuer="https://login.hospital.example",
-        client_id="c",
-        client_secret="s",
-        redirect_uri="https://x.example/auth/oidc/callback",
-        roles=ROLES,
-    )
+    oidc = offline_settings()
     claims = {"sub": "tab-sub", "preferred_username": "tabby", "groups": ["crowd"]}
     first = db.sessionmaker()
     first.begin()
@@ -316,13 +321,7 @@ def test_end_provider_session_setting_from_env(monkeypatch: pytest.MonkeyPatch):
 def test_sign_in_identity_on_each_database(db: Database):
     """Provisioning and refusals against SQLite and PostgreSQL (the new table and its unique
     issuer + subject), without a provider: the claims are what a verified ID token gives."""
-    oidc = OidcSettings(
-        issuer="https://login.hospital.example",
-        client_id="c",
-        client_secret="s",
-        redirect_uri="https://x.example/auth/oidc/callback",
-        roles=ROLES,
-    )
+    oidc = offline_settings()
     with db.session() as s:
         user = sign_in_identity(
             s, oidc, {"sub": "u-1", "preferred_username": "olga", "groups": ["crowd"]}

@@ -79,6 +79,13 @@ def check_password_rules(password: str, username: str | None = None) -> None:
         raise weak("This password is one of the most common ones; please choose another.")
 
 
+def lock_account_creation(session: Session) -> None:
+    """One account creation at a time (PostgreSQL; SQLite runs writers one at a time): two
+    sign-ups taking "nora" and "Nora" at the same instant would otherwise both find the name
+    free. Take it before any "is it free?" check; released at commit."""
+    advisory_lock(session, ACCOUNTS, 0)
+
+
 def create_user(
     session: Session, username: str, password: str, role: str, password_hash: str | None = None
 ) -> User:
@@ -95,9 +102,7 @@ def create_user(
     if role not in Role.ALL:
         raise AccountError("bad_role", f"Unknown role {role!r}; use one of {', '.join(Role.ALL)}.")
     check_password_rules(password, username)
-    # PostgreSQL: one account creation at a time, or two sign-ups taking "nora" and "Nora" at
-    # the same instant would both find the name free (SQLite runs writers one at a time).
-    advisory_lock(session, ACCOUNTS, 0)
+    lock_account_creation(session)
     taken = session.scalar(select(User.id).where(User.username.ilike(username)))
     if taken is not None:
         raise AccountError("username_taken", f"The username {username!r} is already taken.", 409)

@@ -15,10 +15,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cxrlabel.annotate.accounts import USERNAME_RE
+from cxrlabel.annotate.accounts import USERNAME_RE, lock_account_creation
 from cxrlabel.config import OidcSettings
 from cxrlabel.errors import EngineError
-from cxrlabel.storage.locks import ACCOUNTS, advisory_lock
 from cxrlabel.storage.models import AuditEvent, Role, User, UserIdentity, utcnow
 
 # When several claim values map to roles, the most powerful one wins.
@@ -62,11 +61,7 @@ def sign_in_identity(session: Session, settings: OidcSettings, claims: Mapping[s
     subject = str(claims["sub"])
     if not subject or len(subject) > 255:  # the column's size; OpenID Connect allows 255
         raise SignInRefused("oidc_bad_subject", f"{settings.name} sent an unusable account id.")
-    user = session.scalar(
-        select(User)
-        .join(UserIdentity, UserIdentity.user_id == User.id)
-        .where(UserIdentity.issuer == settings.issuer, UserIdentity.subject == subject)
-    )
+    user = _bound_user(session, settings, subject)
     if user is None:
         user = _link_or_create(session, settings, claims, role)
     if not user.active:
@@ -86,19 +81,24 @@ def sign_in_identity(session: Session, settings: OidcSettings, claims: Mapping[s
     return user
 
 
+def _bound_user(session: Session, settings: OidcSettings, subject: str) -> User | None:
+    """The user this provider account (issuer + subject) is bound to, if any."""
+    return session.scalar(
+        select(User)
+        .join(UserIdentity, UserIdentity.user_id == User.id)
+        .where(UserIdentity.issuer == settings.issuer, UserIdentity.subject == subject)
+    )
+
+
 def _link_or_create(
     session: Session, settings: OidcSettings, claims: Mapping[str, Any], role: str
 ) -> User:
     """First sign-in of this provider account: bind it to the user an admin created with
     exactly this username, or (``provision = auto``) to a new user."""
-    # One account creation at a time (PostgreSQL), then look again: the same person's sign-in
-    # in a second tab may have bound this account while this one waited.
-    advisory_lock(session, ACCOUNTS, 0)
-    bound = session.scalar(
-        select(User)
-        .join(UserIdentity, UserIdentity.user_id == User.id)
-        .where(UserIdentity.issuer == settings.issuer, UserIdentity.subject == str(claims["sub"]))
-    )
+    # Then look again: the same person's sign-in in a second tab may have bound this
+    # account while this one waited for the lock.
+    lock_account_creation(session)
+    bound = _bound_user(session, settings, str(claims["sub"]))
     if bound is not None:
         return bound
     wanted = _claimed_username(claims, settings.username_claim)

@@ -83,7 +83,7 @@ def retire_revealed(
     over = [image_id for image_id, n in counts.items() if n >= limit]
     if not over:
         return []
-    spare = _active_count(session, job) - small_bank_threshold(spec)
+    spare = active_count(session, job) - small_bank_threshold(spec)
     retired = []
     for gold in session.scalars(
         select(GoldItem)
@@ -119,7 +119,8 @@ def small_bank_threshold(spec: JobSpec) -> int:
     return spec.gold.quiz_length + SMALL_BANK_WORK_PAGES * spec.gold.per_page
 
 
-def _active_count(session: Session, job: Job) -> int:
+def active_count(session: Session, job: Job) -> int:
+    """Active gold items of the job (the bank as annotators meet it)."""
     return int(
         session.scalar(
             select(func.count())
@@ -212,7 +213,7 @@ class Exposure:
 
 
 def bank_exposure(session: Session, job: Job, spec: JobSpec) -> Exposure:
-    active = _active_count(session, job)
+    active = active_count(session, job)
     retired_subjects = set(
         session.scalars(
             select(AuditEvent.subject).where(

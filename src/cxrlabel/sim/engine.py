@@ -41,12 +41,13 @@ from sqlalchemy import func, select
 from cxrlabel.annotate.assignment import join_job, next_page_or_reason
 from cxrlabel.annotate.schemas import AnswerIn, SubmissionError
 from cxrlabel.annotate.submission import submit_page
+from cxrlabel.design.exposure import active_count
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.quality.commands import record_expert_label
 from cxrlabel.quality.views import review_queue
 from cxrlabel.sim.crowd import CrowdSpec
 from cxrlabel.sim.personas import Persona
-from cxrlabel.sim.topup import TopUpStats, active_gold, top_up
+from cxrlabel.sim.topup import TopUpStats, top_up
 from cxrlabel.storage.db import Database
 from cxrlabel.storage.models import (
     AnnotatorState,
@@ -169,7 +170,7 @@ class Simulation:
         # Crowd gold top-up (sim/topup.py): 0 = off.
         self.gold_top_up = gold_top_up
         with db.session() as session:
-            self._gold_target = active_gold(session, job_id)
+            self._gold_target = active_count(session, session.get_one(Job, job_id))
         self._top_up_rng = np.random.default_rng([seed, 4])  # apart from the review's stream
         self._top_up_after = 0  # pages submitted before the next check may draw
 
@@ -434,9 +435,10 @@ class Simulation:
         if self.record.pages_submitted < self._top_up_after:
             return
         with self.db.session() as session:
-            if active_gold(session, self.job_id) > self._gold_target - self.gold_top_up:
+            job = self._job(session)
+            if active_count(session, job) > self._gold_target - self.gold_top_up:
                 return
-            job, user = self._job(session), _expert_user(session, now)
+            user = _expert_user(session, now)
             try:
                 promoted, corrected = top_up(
                     session,

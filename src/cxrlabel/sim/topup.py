@@ -17,13 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from cxrlabel.design.crowdgold import Answered, draw_proposals
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.quality.crowdconfirm import confirm_answers
-from cxrlabel.storage.models import GoldItem, Job, User
+from cxrlabel.storage.models import Job, User
 
 REASON = "Simulated radiologist: a clear case, confirmed from the crowd's agreement."
 CLEAREST = 0.5  # the Gold proposals page's default
@@ -42,17 +41,6 @@ class TopUpStats:
             "gold_topped_up": self.promoted,
             "gold_top_up_corrections": self.corrected,
         }
-
-
-def active_gold(session: Session, job_id: int) -> int:
-    return int(
-        session.scalar(
-            select(func.count())
-            .select_from(GoldItem)
-            .where(GoldItem.job_id == job_id, GoldItem.active.is_(True))
-        )
-        or 0
-    )
 
 
 def top_up(

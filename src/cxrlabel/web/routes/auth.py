@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-from functools import partial
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse
@@ -122,7 +121,7 @@ async def login(
     try:
         user = await _check_password(request, username, password)
     except PasswordPoolBusy:
-        await run_in_threadpool(partial(limiter.finish, keys, failed=False))
+        await run_in_threadpool(limiter.finish, keys, failed=False)
         response = render(
             request,
             "login.html",
@@ -131,7 +130,7 @@ async def login(
         )
         response.headers["Retry-After"] = "5"
         return response
-    await run_in_threadpool(partial(limiter.finish, keys, failed=user is None))
+    await run_in_threadpool(limiter.finish, keys, failed=user is None)
     if user is None:
         return render(
             request, "login.html", {**context, "error": "Wrong username or password."}, 401
