@@ -28,7 +28,13 @@ from cxrlabel.annotate.schemas import AnswerIn, SubmissionError, SubmitResult
 from cxrlabel.annotate.submission import submit_page
 from cxrlabel.quality import audit, commands
 from cxrlabel.storage.db import Database
-from cxrlabel.storage.locks import retry_transient
+from cxrlabel.storage.locks import (
+    JOB_QUALITY,
+    LockEscalation,
+    can_escalate,
+    job_lock_alone,
+    retry_transient,
+)
 from cxrlabel.storage.models import (
     GoldItem,
     Image,
@@ -288,6 +294,89 @@ def test_an_admin_command_waits_for_the_pages_being_graded(pg_db, tmp_path):
     assert result.saved == 4
     report = _replay_report(pg_db)
     assert report.matched, report.differences
+
+
+@pytest.mark.postgres
+def test_a_page_that_removes_its_annotator_is_graded_alone(pg_db, tmp_path):
+    """The removal re-evaluates images beyond the page, which it would lock out of order:
+    instead of risking a deadlock with the pages graded side by side (issue 20: CI lost one
+    after eight retries), its transaction runs again holding the job lock exclusively, so it
+    waits for a page being graded and nothing deadlocks."""
+    seeded = seed_job(
+        pg_db,
+        tmp_path,
+        n_work=60,
+        n_gold=10,
+        quiz_length=0,
+        items_per_page=6,
+        gold_per_page=2,
+        jmin=3,
+        jmax=3,
+    )
+    gold = gold_answers(pg_db, seeded.job_id)
+    bad = add_user(pg_db, "bad")
+    outcomes: list[tuple[str, bool]] = []  # (status, whether it ran holding the job lock alone)
+
+    def work_until_removed() -> None:
+        while (page := _serve(pg_db, bad)) is not None:
+            answers = _answers(pg_db, page, gold, True)
+
+            def attempt(page: str = page, answers: list[AnswerIn] = answers) -> SubmitResult:
+                with pg_db.session() as s:
+                    job, spec = job_and_spec(s, JOB)
+                    user = s.get_one(User, bad)
+                    result = submit_page(s, job, spec, user, page, f"c-{page}", answers, utcnow())
+                outcomes.append((result.annotator_status, job_lock_alone()))
+                return result
+
+            if retry_transient(attempt).annotator_status != "active":
+                return
+
+    # Another page of the job being graded: its transaction holds the job's quality lock shared.
+    grading = pg_db.engine.connect()
+    grading.begin()
+    grading.execute(
+        text("SELECT pg_advisory_xact_lock_shared(:cls, :key)"),
+        {"cls": JOB_QUALITY, "key": seeded.job_id},
+    )
+    with ThreadPoolExecutor(1) as pool:
+        removal = pool.submit(work_until_removed)
+        deadline = time.monotonic() + 120
+        while not _waiting_on_a_lock(pg_db, "pg_advisory_xact_lock"):
+            assert time.monotonic() < deadline, "the removing page never queued on the job lock"
+            assert not removal.done(), (removal.exception(), outcomes)
+            time.sleep(0.05)
+        grading.rollback()
+        grading.close()
+        removal.result(timeout=120)
+    assert outcomes[-1] == ("removed", True), outcomes  # graded alone, after the open page
+    assert all(status == "active" and not alone for status, alone in outcomes[:-1]), outcomes
+    assert not job_lock_alone()  # the escalation ended with its transaction
+    report = _replay_report(pg_db)
+    assert report.matched, report.differences
+
+
+def test_retry_transient_escalates_once_and_forgets_it():
+    seen: list[bool] = []
+
+    def attempt() -> str:
+        seen.append(job_lock_alone())
+        if len(seen) == 1:
+            raise LockEscalation("needs rows out of order")
+        return "graded"
+
+    assert not can_escalate()  # a bare transaction cannot be run again
+    assert retry_transient(attempt) == "graded"
+    assert seen == [False, True]
+    assert not job_lock_alone()
+    assert retry_transient(can_escalate)  # the first attempt may escalate
+
+    def always_escalates() -> str:
+        raise LockEscalation("a bug: alone and still escalating")
+
+    with pytest.raises(LockEscalation):
+        retry_transient(always_escalates)  # the second attempt's escalation is not retried
+    assert not job_lock_alone()
 
 
 @pytest.mark.postgres

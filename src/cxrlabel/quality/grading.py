@@ -19,7 +19,13 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from cxrlabel.jobspec import JobSpec
-from cxrlabel.storage.locks import JOB_QUALITY, advisory_lock, is_postgres
+from cxrlabel.storage.locks import (
+    JOB_QUALITY,
+    advisory_lock,
+    can_escalate,
+    is_postgres,
+    job_lock_alone,
+)
 from cxrlabel.storage.models import (
     AnnotatorState,
     AnnotatorStatus,
@@ -60,13 +66,15 @@ def lock_page_rows(session: Session, job: Job, user_id: int, work_image_ids: Ite
        order.
 
     Rows the engine needs beyond these (a removal re-evaluates every image of the removed
-    annotator) are locked as it loads them (``store.DbState``), out of this order: a rare
-    deadlock, which PostgreSQL breaks by failing one transaction, and the web app runs that
-    one again (``storage.locks.retry_transient``).
+    annotator) would be locked out of this order, which deadlocked pages graded side by side:
+    when the transaction runs inside ``retry_transient`` (``can_escalate``: the web app's and
+    the simulator's submits), the grading state refuses them (``storage.locks.LockEscalation``)
+    and ``retry_transient`` runs the transaction again, taking the job lock exclusively
+    (``job_lock_alone``), like an admin command. A bare transaction locks them out of order.
     """
     if not is_postgres(session):
         return
-    advisory_lock(session, JOB_QUALITY, job.id, shared=True)
+    advisory_lock(session, JOB_QUALITY, job.id, shared=not job_lock_alone())
     ids = sorted(set(work_image_ids))
     judges = select(Judgment.user_id).where(Judgment.image_id.in_(ids or [-1]))
     if ids:
@@ -110,7 +118,7 @@ def on_page_submitted(
     if any(j.trust_at_time is not None for j in ordered):
         raise QualityError("already_graded", "this page was already graded", 409)
     seconds = (as_utc(now) - as_utc(page.served_at)).total_seconds()
-    state = DbState(session, job, spec, ordered, lock=True)
+    state = DbState(session, job, spec, ordered, lock=True, side_by_side=can_escalate())
     # The gold bank's size matters only to someone still taking the quiz (when is the quiz
     # complete): counted for them only; the engine reads it for them only.
     in_quiz = state.annotator(user.id).status == AnnotatorStatus.QUIZ

@@ -39,7 +39,7 @@ from sqlalchemy.orm.util import identity_key
 
 from cxrlabel.errors import EngineError
 from cxrlabel.jobspec import JobSpec
-from cxrlabel.storage.locks import JOB_QUALITY, advisory_lock, is_postgres
+from cxrlabel.storage.locks import JOB_QUALITY, LockEscalation, advisory_lock, is_postgres
 from cxrlabel.storage.models import AnnotatorState, AuditEvent, GoldItem, Image, Job, Judgment
 
 from .engine import Engine, new_state
@@ -267,6 +267,9 @@ class DbState(QualityState):
 
     ``lock``: a writing state on PostgreSQL locks each annotator and image row as it loads it,
     and an image (annotator) before reading its judgments (module docstring).
+    ``side_by_side``: a page graded holding the job lock shared (``grading.lock_page_rows``)
+    that can be run again: once the engine runs, a row not locked up front raises
+    ``LockEscalation`` instead of being locked out of order.
     """
 
     def __init__(
@@ -277,6 +280,7 @@ class DbState(QualityState):
         pending: Sequence[GradedJudgment] = (),
         *,
         lock: bool = False,
+        side_by_side: bool = False,
     ) -> None:
         super().__init__(
             default_status=new_state(spec).default_status, default_target=spec.judgments.min
@@ -292,6 +296,13 @@ class DbState(QualityState):
         self.locking = lock and is_postgres(session)
         self._annotators_statement = _LOCK_ANNOTATORS if self.locking else _SELECT_ANNOTATORS
         self._images_statement = _LOCK_IMAGES if self.locking else _SELECT_IMAGES
+        self._side_by_side = self.locking and side_by_side
+        self._lock_set_closed = False
+
+    def close_lock_set(self) -> None:
+        """From now on, a row this state has not locked yet is refused if it would be locked
+        out of order (``side_by_side``); called when the rows locked up front are loaded."""
+        self._lock_set_closed = self._side_by_side
 
     # --- loaders -------------------------------------------------------------------------
     def _remember_annotator(self, row: Any) -> AnnotatorRec:
@@ -320,6 +331,8 @@ class DbState(QualityState):
 
     def _rows(self, statement: Any, ids: Sequence[int], **params: Any) -> list[Any]:
         """Rows of a prebuilt ``IN (:ids)`` statement, one query per chunk of ids."""
+        if self._lock_set_closed and ids and statement in (_LOCK_IMAGES, _LOCK_ANNOTATORS):
+            raise LockEscalation(f"grading needs {len(ids)} more rows locked out of order")
         conn = self.session.connection()
         rows: list[Any] = []
         for chunk in _chunks(ids):
@@ -576,6 +589,7 @@ def run_event(
     state = state if state is not None else DbState(session, job, spec, lock=True)
     state.preload_gold(preload_gold)
     state.prefetch(sorted(set(preload_images)))
+    state.close_lock_set()
     engine = Engine(state, spec)
     result = engine.apply(event)
     state.write_back(now)

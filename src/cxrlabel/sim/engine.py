@@ -39,7 +39,7 @@ import numpy as np
 from sqlalchemy import func, select
 
 from cxrlabel.annotate.assignment import join_job, next_page_or_reason
-from cxrlabel.annotate.schemas import AnswerIn, SubmissionError
+from cxrlabel.annotate.schemas import AnswerIn, SubmissionError, SubmitResult
 from cxrlabel.annotate.submission import submit_page
 from cxrlabel.design.exposure import active_count
 from cxrlabel.jobspec import JobSpec
@@ -49,6 +49,7 @@ from cxrlabel.sim.crowd import CrowdSpec
 from cxrlabel.sim.personas import Persona
 from cxrlabel.sim.topup import TopUpStats, top_up
 from cxrlabel.storage.db import Database
+from cxrlabel.storage.locks import retry_transient
 from cxrlabel.storage.models import (
     AnnotatorState,
     AnnotatorStatus,
@@ -332,18 +333,22 @@ class Simulation:
         client_id = f"sim-{self.seed}-{a.index}-{a.pages_submitted + a.rejected_pages}"
         try:
             started = time.perf_counter()
-            with self.db.session() as session:
-                job, user = self._job(session), self._user(session, a)
-                result = submit_page(
-                    session,
-                    job,
-                    self.spec,
-                    user,
-                    pending["page"],
-                    client_id,
-                    pending["answers"],
-                    now,
-                )
+
+            def attempt() -> SubmitResult:  # as the web app's submit: run again after a deadlock
+                with self.db.session() as session:
+                    job, user = self._job(session), self._user(session, a)
+                    return submit_page(
+                        session,
+                        job,
+                        self.spec,
+                        user,
+                        pending["page"],
+                        client_id,
+                        pending["answers"],
+                        now,
+                    )
+
+            result = retry_transient(attempt)
             self.record.timings["submit_page"] += time.perf_counter() - started
         except SubmissionError as exc:  # e.g. an expired page whose images were taken
             a.rejected_pages += 1

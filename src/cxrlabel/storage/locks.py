@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import TypeVar
 
 from sqlalchemy import text
@@ -39,6 +40,33 @@ RETRY_ATTEMPTS = 8
 
 T = TypeVar("T")
 
+# Set while ``retry_transient`` runs an attempt again after a ``LockEscalation`` or a deadlock:
+# that attempt grades its page holding the job's quality lock exclusively (``job_lock_alone``).
+_ALONE: ContextVar[bool] = ContextVar("cxrlabel_job_lock_alone", default=False)
+# Set while ``retry_transient`` runs any attempt: only such a transaction can be run again.
+_RERUNNABLE: ContextVar[bool] = ContextVar("cxrlabel_rerunnable", default=False)
+
+
+class LockEscalation(Exception):
+    """A page's grading needs rows outside the ones it locked in the lock order (a removal
+    re-evaluates every image of the removed annotator) while other pages of the job may be
+    graded side by side. Taking them now could deadlock; instead the transaction is rolled
+    back and ``retry_transient`` runs it again with the job's quality lock held exclusively,
+    so nothing else of the job is being graded while it locks them."""
+
+
+def job_lock_alone() -> bool:
+    """Whether this attempt should take the job's quality lock exclusively (see ``_ALONE``)."""
+    return _ALONE.get()
+
+
+def can_escalate() -> bool:
+    """Whether raising ``LockEscalation`` gets this transaction run again (it runs inside
+    ``retry_transient``, as the web app's and the simulator's submits do, not yet alone).
+    A caller's own bare transaction cannot be: there rows are locked out of order, as before,
+    and PostgreSQL fails one side of a rare deadlock."""
+    return _RERUNNABLE.get() and not _ALONE.get()
+
 
 def is_postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
@@ -62,12 +90,25 @@ def retry_transient(attempt: Callable[[], T], *, attempts: int = RETRY_ATTEMPTS)
     again after a deadlock or serialization failure, so that the client never sees one.
 
     Only correct for an attempt that commits nothing before it fails, which is what a single
-    transaction guarantees; a short random pause lets the transaction that won go first."""
-    for number in range(1, attempts + 1):
-        try:
-            return attempt()
-        except DBAPIError as exc:
-            if number == attempts or not is_transient(exc):
-                raise
-            time.sleep(random.uniform(0, 0.005 * number))
+    transaction guarantees; a short random pause lets the transaction that won go first.
+    After a ``LockEscalation`` or a deadlock the next attempts grade alone (``job_lock_alone``):
+    under CI load, pages that re-ran side by side deadlocked again, eight times in a row."""
+    alone, rerunnable = None, _RERUNNABLE.set(True)
+    try:
+        for number in range(1, attempts + 1):
+            try:
+                return attempt()
+            except LockEscalation:
+                if _ALONE.get() or number == attempts:
+                    raise  # an attempt holding the job lock alone never needs to escalate
+            except DBAPIError as exc:
+                if number == attempts or not is_transient(exc):
+                    raise
+                time.sleep(random.uniform(0, 0.005 * number))
+            if alone is None:
+                alone = _ALONE.set(True)
+    finally:
+        if alone is not None:
+            _ALONE.reset(alone)
+        _RERUNNABLE.reset(rerunnable)
     raise AssertionError("unreachable")  # pragma: no cover
