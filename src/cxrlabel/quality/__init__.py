@@ -4,10 +4,9 @@ expert review, and a replayable audit trail.
 Pure core (no web or database imports): ``trust``, ``rules``, ``consensus``, ``state``,
 ``events``, ``engine``, ``outcomes`` (decisions, page results, grading counts), ``records`` (what
 annotate hands to quality and gets back). Database side (imported explicitly by its users, so
-importing this package stays light): ``store`` (state adapter), ``grading`` (a submitted page),
-``commands`` (admin, annotator and expert actions), ``views`` (read views for pages), ``audit``
-(replay); ``service`` re-exports them under one name for scripts and tests. CLI commands:
-``cli``.
+importing this package stays light): ``store`` (state adapter), ``rows`` (rows <-> records),
+``grading`` (a submitted page), ``commands`` (admin, annotator and expert actions), ``views``
+(read views for pages), ``audit`` (replay). CLI commands: ``cli``.
 """
 
 from .engine import Engine, new_state, replay

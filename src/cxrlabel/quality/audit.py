@@ -37,6 +37,15 @@ from .events import (
     GoldChanged,
     PageSubmitted,
 )
+from .rows import (
+    annotator_rec,
+    image_rec,
+    judgment_rec,
+    set_changed,
+    write_annotator,
+    write_image,
+    write_judgment,
+)
 from .state import AnswerCounts, GoldRec, QualityState
 from .store import (
     ADMIN_REINSTATED,
@@ -47,15 +56,8 @@ from .store import (
     GOLD_CHANGED,
     INPUT_ACTIONS,
     PAGE_SUBMITTED,
-    annotator_rec,
-    image_rec,
     judgment_in,
-    judgment_rec,
     lock_job,
-    set_changed,
-    write_annotator,
-    write_image,
-    write_judgment,
 )
 
 RowT = TypeVar("RowT", Image, Judgment)

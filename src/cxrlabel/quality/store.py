@@ -46,6 +46,16 @@ from .engine import Engine, new_state
 from .events import Event, JudgmentIn
 from .outcomes import Decision
 from .records import SubmittedJudgment
+from .rows import (
+    ANNOTATOR_COLUMNS,
+    IMAGE_COLUMNS,
+    JUDGMENT_COLUMNS,
+    annotator_rec,
+    image_rec,
+    image_values,
+    judgment_rec,
+    judgment_values,
+)
 from .state import (
     AnnotatorRec,
     AnswerCounts,
@@ -89,107 +99,6 @@ class ReviewConflict(QualityError):
         super().__init__("review_conflict", message, 409)
 
 
-# --- rows <-> records ---------------------------------------------------------------------------
-
-
-def annotator_rec(row: AnnotatorState) -> AnnotatorRec:
-    return AnnotatorRec(
-        user_id=row.user_id,
-        status=row.status,
-        status_reason=row.status_reason,
-        trust=row.trust,
-        gold_seen=row.gold_seen,
-        gold_missed=row.gold_missed,
-        gold_contested=row.gold_contested,
-        gold_forgiven=row.gold_forgiven,
-        judgments=row.judgments,
-        speed_trips=row.speed_trips,
-        flags=dict(row.flags or {}),
-        message=row.message,
-        quiz_passed=row.quiz_passed_at is not None,
-    )
-
-
-def image_rec(row: Image) -> ImageRec:
-    return ImageRec(
-        image_id=row.id,
-        status=row.status,
-        judgment_target=row.judgment_target,
-        trusted_judgments=row.trusted_judgments,
-        label=row.label,
-        confidence=row.confidence,
-        proba=dict(row.proba) if row.proba is not None else None,
-        aggregation_method=row.aggregation_method,
-    )
-
-
-def judgment_rec(row: Judgment) -> JudgmentRec:
-    return JudgmentRec(
-        id=row.id,
-        image_id=row.image_id,
-        user_id=row.user_id,
-        page_id=row.page_id,
-        answer=row.answer,
-        certainty=row.certainty,
-        quality_flag=row.quality_flag,
-        is_gold=row.is_gold,
-        is_quiz=row.is_quiz,
-        gold_missed=row.gold_missed,
-        trust_at_time=row.trust_at_time,
-        taints=JudgmentRec.parse_taints(row.taint_reason),
-    )
-
-
-def set_changed(row: Any, name: str, value: Any) -> None:
-    if getattr(row, name) != value:
-        setattr(row, name, value)
-
-
-# Columns the engine's records own, written back after each decision (one list each, shared by
-# the ORM writers below, used by replay's fix, and the batched UPDATEs of the hot path).
-_ANNOTATOR_SCALARS = (
-    "status",
-    "status_reason",
-    "trust",
-    "gold_seen",
-    "gold_missed",
-    "gold_contested",
-    "gold_forgiven",
-    "judgments",
-    "speed_trips",
-    "message",
-)
-_ANNOTATOR_COLUMNS = (*_ANNOTATOR_SCALARS, "flags", "quiz_passed_at", "answer_counts")
-_IMAGE_COLUMNS = (
-    "status",
-    "judgment_target",
-    "trusted_judgments",
-    "label",
-    "confidence",
-    "proba",
-    "aggregation_method",
-)
-_JUDGMENT_COLUMNS = ("gold_missed", "trust_at_time", "tainted", "taint_reason")
-
-
-def write_annotator(row: AnnotatorState, rec: AnnotatorRec, now: datetime) -> None:
-    for name in _ANNOTATOR_SCALARS:
-        set_changed(row, name, getattr(rec, name))
-    set_changed(row, "flags", dict(rec.flags))
-    if rec.quiz_passed and row.quiz_passed_at is None:
-        row.quiz_passed_at = now
-
-
-def write_image(row: Image, rec: ImageRec) -> None:
-    for name in _IMAGE_COLUMNS:
-        set_changed(row, name, getattr(rec, name))
-
-
-def write_judgment(row: Judgment, rec: JudgmentRec) -> None:
-    for name in _JUDGMENT_COLUMNS:
-        set_changed(row, name, getattr(rec, name))
-
-
 # A judgment being graded: the record the submit path builds, or a stored row (replay, tests).
 GradedJudgment = SubmittedJudgment | Judgment
 # Ids per ``IN (...)`` list: far below SQLite's and PostgreSQL's parameter limits.
@@ -206,7 +115,7 @@ _LOCK_ANNOTATORS = _SELECT_ANNOTATORS.order_by(_A.c.user_id).with_for_update()
 # By primary key only (the job is checked on the rows): with ``AND job_id = ?`` SQLite (no
 # statistics) preferred a job_id index and scanned every image of the job for nine ids.
 _SELECT_IMAGES = select(
-    _I.c.id, _I.c.job_id, _I.c.model_score, *(_I.c[n] for n in _IMAGE_COLUMNS)
+    _I.c.id, _I.c.job_id, _I.c.model_score, *(_I.c[n] for n in IMAGE_COLUMNS)
 ).where(_I.c.id.in_(_IDS))
 # NO KEY UPDATE: excludes other writers, not the foreign-key checks of pages being inserted.
 _LOCK_IMAGES = _SELECT_IMAGES.order_by(_I.c.id).with_for_update(key_share=True)
@@ -232,9 +141,9 @@ _UPDATES = {
     .where(model.__table__.c.id == bindparam("_id"))
     .values({name: bindparam("v_" + name) for name in columns})
     for model, columns in (
-        (AnnotatorState, _ANNOTATOR_COLUMNS),
-        (Image, _IMAGE_COLUMNS),
-        (Judgment, _JUDGMENT_COLUMNS),
+        (AnnotatorState, ANNOTATOR_COLUMNS),
+        (Image, IMAGE_COLUMNS),
+        (Judgment, JUDGMENT_COLUMNS),
     )
 }
 _INSERT_AUDIT = insert(AuditEvent.__table__)
@@ -243,16 +152,6 @@ _INSERT_AUDIT = insert(AuditEvent.__table__)
 def _chunks(ids: Sequence[int]) -> Iterable[Sequence[int]]:
     for start in range(0, len(ids), _CHUNK):
         yield ids[start : start + _CHUNK]
-
-
-def _image_values(rec: ImageRec) -> dict[str, Any]:
-    values = {name: getattr(rec, name) for name in _IMAGE_COLUMNS}
-    values["proba"] = dict(rec.proba) if rec.proba is not None else None
-    return values
-
-
-def _judgment_values(rec: JudgmentRec) -> dict[str, Any]:
-    return {name: getattr(rec, name) for name in _JUDGMENT_COLUMNS}
 
 
 class DbState(QualityState):
@@ -309,7 +208,7 @@ class DbState(QualityState):
         rec = annotator_rec(row)
         self._annotator_rows[row.user_id] = (
             row.id,
-            {name: getattr(row, name) for name in _ANNOTATOR_COLUMNS},
+            {name: getattr(row, name) for name in ANNOTATOR_COLUMNS},
         )
         return rec
 
@@ -351,7 +250,7 @@ class DbState(QualityState):
             rec = image_rec(row)
             rec.model_score = row.model_score
             self.images[row.id] = rec
-            self._image_loaded[row.id] = _image_values(rec)
+            self._image_loaded[row.id] = image_values(rec)
 
     def _load_image(self, image_id: int) -> ImageRec:
         self._load_images([image_id])
@@ -407,7 +306,7 @@ class DbState(QualityState):
         for row in sorted(rows, key=lambda r: r.id):
             rec = judgment_rec(row)
             if row.id not in self.judgments:
-                self._judgment_loaded[row.id] = _judgment_values(rec)
+                self._judgment_loaded[row.id] = judgment_values(rec)
             recs.append(rec)
         self._preload_annotators([*users, *(r.user_id for r in recs)])
         return recs
@@ -458,13 +357,13 @@ class DbState(QualityState):
         changed_images = [
             {"_id": image_id, **values}
             for image_id, rec in self.images.items()
-            if (values := _image_values(rec)) != self._image_loaded.get(image_id)
+            if (values := image_values(rec)) != self._image_loaded.get(image_id)
         ]
         self._update(Image, changed_images)
         changed_judgments = [
             {"_id": judgment_id, **values}
             for judgment_id, rec in self.judgments.items()
-            if (values := _judgment_values(rec)) != self._judgment_loaded.get(judgment_id)
+            if (values := judgment_values(rec)) != self._judgment_loaded.get(judgment_id)
         ]
         self._update(Judgment, changed_judgments)
 
@@ -472,7 +371,7 @@ class DbState(QualityState):
         changed = []
         for user_id, rec in self.annotators.items():
             row_id, before = self._annotator_rows[user_id]
-            values = {name: getattr(rec, name) for name in _ANNOTATOR_COLUMNS[:10]}
+            values = {name: getattr(rec, name) for name in ANNOTATOR_COLUMNS[:10]}
             values["flags"] = dict(rec.flags)
             values["quiz_passed_at"] = before["quiz_passed_at"]
             if rec.quiz_passed and values["quiz_passed_at"] is None:

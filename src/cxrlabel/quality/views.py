@@ -27,8 +27,8 @@ from cxrlabel.storage.models import (
 )
 
 from .consensus import ConsensusParams, evaluate
+from .rows import judgment_rec
 from .state import JudgmentRec
-from .store import judgment_rec
 
 
 @dataclass
