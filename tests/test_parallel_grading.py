@@ -74,17 +74,42 @@ def _answers(db: Database, page_id: str, gold: dict[str, list[str]], bad: bool) 
     return out
 
 
-def _submit(db: Database, user_id: int, page_id: str, answers: list[AnswerIn]) -> SubmitResult:
-    """What the web app's submit route does: one transaction, run again after a deadlock."""
+def _submit(
+    db: Database,
+    user_id: int,
+    page_id: str,
+    answers: list[AnswerIn],
+    committed: list[tuple[str, bool]] | None = None,
+) -> SubmitResult:
+    """What the web app's submit route does: one transaction, run again after a deadlock.
+    ``committed`` gets (annotator status, whether it ran holding the job lock alone)."""
 
     def attempt() -> SubmitResult:
         with db.session() as s:
             job, spec = job_and_spec(s, JOB)
-            return submit_page(
+            result = submit_page(
                 s, job, spec, s.get_one(User, user_id), page_id, f"c-{page_id}", answers, utcnow()
             )
+        if committed is not None:
+            committed.append((result.annotator_status, job_lock_alone()))
+        return result
 
     return retry_transient(attempt)
+
+
+def _crowd_job(db: Database, tmp_path, n_work: int) -> int:
+    """Pages of 4 work images and 2 test questions, 3 judgments an image, no quiz: its id."""
+    return seed_job(
+        db,
+        tmp_path,
+        n_work=n_work,
+        n_gold=10,
+        quiz_length=0,
+        items_per_page=6,
+        gold_per_page=2,
+        jmin=3,
+        jmax=3,
+    ).job_id
 
 
 def _admin(db: Database, admin: int, command: Callable) -> object:
@@ -100,18 +125,7 @@ def _replay_report(db: Database) -> audit.ReplayReport:
 
 
 def test_many_pages_of_one_job_graded_at_once(db, tmp_path):
-    seeded = seed_job(
-        db,
-        tmp_path,
-        n_work=90,
-        n_gold=10,
-        quiz_length=0,
-        items_per_page=6,
-        gold_per_page=2,
-        jmin=3,
-        jmax=3,
-    )
-    gold = gold_answers(db, seeded.job_id)
+    gold = gold_answers(db, _crowd_job(db, tmp_path, n_work=90))
     users = [add_user(db, f"p{i}") for i in range(16)]
     bad = set(users[:4])  # wrong on every test question: removed after 5 (low trust)
     admin = add_user(db, "admin", role="admin")
@@ -302,34 +316,15 @@ def test_a_page_that_removes_its_annotator_is_graded_alone(pg_db, tmp_path):
     instead of risking a deadlock with the pages graded side by side (issue 20: CI lost one
     after eight retries), its transaction runs again holding the job lock exclusively, so it
     waits for a page being graded and nothing deadlocks."""
-    seeded = seed_job(
-        pg_db,
-        tmp_path,
-        n_work=60,
-        n_gold=10,
-        quiz_length=0,
-        items_per_page=6,
-        gold_per_page=2,
-        jmin=3,
-        jmax=3,
-    )
-    gold = gold_answers(pg_db, seeded.job_id)
+    job_id = _crowd_job(pg_db, tmp_path, n_work=60)
+    gold = gold_answers(pg_db, job_id)
     bad = add_user(pg_db, "bad")
     outcomes: list[tuple[str, bool]] = []  # (status, whether it ran holding the job lock alone)
 
     def work_until_removed() -> None:
         while (page := _serve(pg_db, bad)) is not None:
             answers = _answers(pg_db, page, gold, True)
-
-            def attempt(page: str = page, answers: list[AnswerIn] = answers) -> SubmitResult:
-                with pg_db.session() as s:
-                    job, spec = job_and_spec(s, JOB)
-                    user = s.get_one(User, bad)
-                    result = submit_page(s, job, spec, user, page, f"c-{page}", answers, utcnow())
-                outcomes.append((result.annotator_status, job_lock_alone()))
-                return result
-
-            if retry_transient(attempt).annotator_status != "active":
+            if _submit(pg_db, bad, page, answers, outcomes).annotator_status != "active":
                 return
 
     # Another page of the job being graded: its transaction holds the job's quality lock shared.
@@ -337,7 +332,7 @@ def test_a_page_that_removes_its_annotator_is_graded_alone(pg_db, tmp_path):
     grading.begin()
     grading.execute(
         text("SELECT pg_advisory_xact_lock_shared(:cls, :key)"),
-        {"cls": JOB_QUALITY, "key": seeded.job_id},
+        {"cls": JOB_QUALITY, "key": job_id},
     )
     with ThreadPoolExecutor(1) as pool:
         removal = pool.submit(work_until_removed)
