@@ -60,6 +60,12 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--patients", type=float, default=1.0, help="share of patients used")
     ap.add_argument("--augment", choices=("default", "strong"), default="default")
     ap.add_argument("--tta", action="store_true")
+    ap.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        default=TrainConfig().pretrain_epochs,
+        help="SimCLR pre-training epochs before each run (train --pretrain-epochs)",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
         "--schemes", nargs="+", default=list(newpatient.SCHEMES), choices=newpatient.SCHEMES
@@ -120,7 +126,8 @@ def main() -> None:
     print(
         f"{len(examples)} images, {len({e.patient_id for e in examples})} patients, "
         f"decode {time.monotonic() - t0:.0f} s, {args.size} px, {args.epochs} epochs, "
-        f"augment {args.augment}, TTA {args.tta}, {args.threads} threads"
+        f"augment {args.augment}, TTA {args.tta}, pre-training {args.pretrain_epochs} epochs, "
+        f"{args.threads} threads"
     )
     aug = AugmentConfig.strong() if args.augment == "strong" else AugmentConfig()
     header = (
@@ -142,6 +149,7 @@ def main() -> None:
                 batch_size=64,
                 augment=aug,
                 max_minutes=600,
+                pretrain_epochs=args.pretrain_epochs,
             )
             splits = _splits(scheme, examples, pixels, args.folds, seed)
             for split in splits:
@@ -229,14 +237,15 @@ def _seed_ensemble(results: list) -> str:
     )
 
 
-RECIPE_KEYS = ("size", "epochs", "augment", "tta", "patience", "widths")
+RECIPE_KEYS = ("size", "epochs", "augment", "tta", "patience", "widths", "pretrain_epochs")
 
 
 def merged_estimate(path: Path, new: dict) -> dict:
     """The estimate at ``path`` with this run's schemes added or replaced: schemes measured by
     separate runs of the same recipe (e.g. with other seeds) in one file the card quotes."""
     old = json.loads(path.read_text())
-    differs = [k for k in RECIPE_KEYS if old.get(k) != new[k]]
+    old.setdefault("pretrain_epochs", 0)  # estimates from before pre-training existed
+    differs = [k for k in RECIPE_KEYS if old.get(k) != new.get(k, 0)]
     if differs:
         raise SystemExit(f"{path}: another recipe ({', '.join(differs)} differ); not merged")
     return new | {"seeds": None, "schemes": old["schemes"] | new["schemes"]}
@@ -300,6 +309,7 @@ def estimate_summary(report: dict, args: argparse.Namespace) -> dict:
         "tta": args.tta,
         "patience": args.patience,
         "widths": list(args.widths),
+        "pretrain_epochs": args.pretrain_epochs,
         "seeds": args.seeds,
         "date": time.strftime("%Y-%m-%d"),
         "schemes": {},

@@ -300,3 +300,8 @@ def test_estimates_of_one_recipe_merge_and_of_another_are_refused(tmp_path):
         module.merged_estimate(path, recipe | {"epochs": 3, "schemes": {}})
     with pytest.raises(SystemExit, match="patience"):  # the old stopping rule: another recipe
         module.merged_estimate(path, recipe | {"patience": 4, "schemes": {}})
+    # Estimates from before pre-training existed were measured without it.
+    no_pretraining = recipe | {"pretrain_epochs": 0, "schemes": {"d": 5}}
+    assert module.merged_estimate(path, no_pretraining)["schemes"]["d"] == 5
+    with pytest.raises(SystemExit, match="pretrain_epochs"):
+        module.merged_estimate(path, recipe | {"pretrain_epochs": 20, "schemes": {}})

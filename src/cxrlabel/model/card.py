@@ -202,9 +202,12 @@ def new_patient_section(meta: dict, estimate_file: Path = ESTIMATE_FILE) -> str:
             f"{_ci(s['clear_npv_ci'])} | {s['clear_specificity']:.3f} |"
         )
     same = est["size"] == meta["input_size"]
+    est_pretrain = est.get("pretrain_epochs", 0)
     recipe = (
         f"{est['size']} px, {est['epochs']} epochs, {est['augment']} augmentation"
-        f"{', test-time augmentation' if est['tta'] else ''}; measured {est['date']}"
+        f"{', test-time augmentation' if est['tta'] else ''}"
+        f"{f', {est_pretrain} epochs of SimCLR pre-training' if est_pretrain else ''}; "
+        f"measured {est['date']}"
     )
     note = (
         ""
@@ -212,6 +215,13 @@ def new_patient_section(meta: dict, estimate_file: Path = ESTIMATE_FILE) -> str:
         else f"\n\n**This model was trained at {meta['input_size']} px, not "
         f"{est['size']} px: the figures describe the recipe, not this model.**"
     )
+    pretrained = bool(meta.get("training", {}).get("pretrain"))
+    if pretrained != bool(est_pretrain):
+        note += (
+            f"\n\n**This model was trained {'with' if pretrained else 'without'} "
+            f"self-supervised pre-training, the recipe measured "
+            f"{'with' if est_pretrain else 'without'}: the figures describe the recipe.**"
+        )
     if meta.get("ensemble", 1) > 1:
         note += (
             f"\n\nThe figures are for single models of the recipe; this model averages "
@@ -229,6 +239,18 @@ def new_patient_section(meta: dict, estimate_file: Path = ESTIMATE_FILE) -> str:
         f"(`cxrlabel site-check TRUTH.csv --model THIS_FOLDER`; where they do not hold, "
         f"`--adopt-into NEW_FOLDER` writes a copy with the thresholds that sample supports; "
         f"docs/model.md).\n\n" + "\n".join(rows) + note
+    )
+
+
+def _start(training: dict) -> str:
+    """Where the weights started: random, or self-supervised pre-training (model/pretrain.py)."""
+    history = training.get("pretrain") or []
+    if not history:
+        return "scratch (random weights)"
+    return (
+        f"features pre-trained without labels on the same training images ({len(history)} "
+        f"epochs of SimCLR, contrastive loss {history[0]['loss']:.2f} -> "
+        f"{history[-1]['loss']:.2f}; no outside data or downloaded weights)"
     )
 
 
@@ -331,7 +353,7 @@ Export: `{tr["dataset_dir"]}`. Images per split: {tr["n_images"]}.
 ## Model and training
 
 A {len(meta["widths"])}-stage CNN (widths {meta["widths"]}, ~0.3 M parameters) trained from
-scratch on grayscale images squashed to {meta["squash_side"]} px and downscaled to
+{_start(tr)} on grayscale images squashed to {meta["squash_side"]} px and downscaled to
 {meta["input_size"]} px (the squash matches how the official val/test copies were made).
 Augmentation: rotation +/- {tr["augment"]["max_rotation_deg"]} deg, shift +/-
 {tr["augment"]["max_shift"]:.0%}, zoom {tr["augment"]["scale_range"]}, gamma, contrast,

@@ -43,6 +43,12 @@ def train(
         help="Augmentation preset: default, or strong "
         "(wider geometry/exposure plus blur; docs/model.md).",
     ),
+    pretrain_epochs: int = typer.Option(
+        0,
+        min=0,
+        help="Epochs of self-supervised pre-training (SimCLR) on the train images before the "
+        "members; 0 = start from random weights (docs/model.md).",
+    ),
     ensemble: int = typer.Option(
         3,
         min=1,
@@ -74,6 +80,7 @@ def train(
         min_sensitivity=min_sensitivity,
         min_npv=min_npv,
         ensemble=ensemble,
+        pretrain_epochs=pretrain_epochs,
         augment=AugmentConfig.strong() if augment == "strong" else AugmentConfig(),
     )
     try:

@@ -177,10 +177,19 @@ def run_holdout(
     cfg,
     console,
     tta: bool = False,
+    features=None,
 ) -> HoldoutResult:
-    """Train on ``split.train`` as ``cxrlabel train`` does, then score ``split.scored``."""
+    """Train on ``split.train`` as ``cxrlabel train`` does, then score ``split.scored``;
+    ``features``: pre-trained feature weights (``train.pretrain``) to start from."""
     from cxrlabel.model import calibrate, metrics
-    from cxrlabel.model.train import Split, carve_validation, fit, pick_device, predict_logits
+    from cxrlabel.model.train import (
+        Split,
+        carve_validation,
+        fit,
+        pick_device,
+        predict_logits,
+        pretrain,
+    )
 
     check_split(examples, split)
     started = time.monotonic()
@@ -197,7 +206,9 @@ def run_holdout(
         ),
     }
     device = pick_device()
-    model, history, _ = fit(parts, cfg, device, console, started)
+    if features is None:  # as ``train`` does: once per run, on the training part only
+        features, _ = pretrain(parts["train"].pixels, cfg, device, console)
+    model, history, _ = fit(parts, cfg, device, console, started, features)
     val = parts["validation"]
     val_logits = predict_logits(model, val.pixels, device, tta)
     temperature, _ = calibrate.fit_temperature(val_logits, val.calibration_target)

@@ -69,6 +69,13 @@ class TrainConfig:
     min_sensitivity: float = 0.95
     min_npv: float = 0.97
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Epochs of self-supervised pre-training (model/pretrain.py) on the train images before
+    # the members; 0 = members start from random weights. Off by default: on the internal
+    # new-patient shift one pre-trained start helped every seed, but pre-training inside each
+    # run (as ``train`` does) read no better than random weights (docs/model.md).
+    pretrain_epochs: int = 0
+    # Share of the time budget pre-training may use (its schedule anneals within it).
+    pretrain_budget_share: float = 0.3
 
 
 @dataclass
@@ -246,11 +253,16 @@ def fit(
     device: torch.device,
     console: Console,
     started: float,
+    features: dict[str, torch.Tensor] | None = None,
 ) -> tuple[TriageNet, list[dict], str]:
-    """The best model by validation loss, the per-epoch history and why training stopped."""
+    """The best model by validation loss, the per-epoch history and why training stopped.
+    ``features``: pre-trained weights of the feature stack to start from (``pretrain``)."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    model = TriageNet(cfg.widths).to(device, memory_format=torch.channels_last)
+    model = TriageNet(cfg.widths)
+    if features is not None:
+        model.features.load_state_dict(features)
+    model = model.to(device, memory_format=torch.channels_last)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train, val = splits["train"], splits["validation"]
     plan = OneCyclePlan(
@@ -364,8 +376,10 @@ def fit_members(
     device: torch.device,
     console: Console,
     started: float,
+    features: dict[str, torch.Tensor] | None = None,
 ) -> tuple[TriageNet | SeedEnsemble, list[dict], str, dict]:
-    """``fit`` once per ensemble member (seeds seed, seed+1, ...), sharing the time budget.
+    """``fit`` once per ensemble member (seeds seed, seed+1, ...), sharing the time budget,
+    each starting from the pre-trained ``features`` when given.
 
     Returns the model, the first member's history, the last stop reason and the spread of
     each member's own temperature and flag/clear thresholds on validation (how much a
@@ -392,7 +406,7 @@ def fit_members(
         if n > 1:
             console.print(f"ensemble member {k + 1}/{n}, seed {budget.seed}")
         member_started = time.monotonic()
-        member, member_history, stop = fit(splits, budget, device, console, started)
+        member, member_history, stop = fit(splits, budget, device, console, started, features)
         slowest_member = max(slowest_member, time.monotonic() - member_started)
         members.append(member)
         history = history or member_history
@@ -412,6 +426,32 @@ def fit_members(
         spread["clear"].append(ops.clear.chosen)
     model = members[0] if len(members) == 1 else SeedEnsemble(members).eval()
     return model, history, stop, spread
+
+
+def pretrain(
+    pixels: np.ndarray, cfg: TrainConfig, device: torch.device, console: Console
+) -> tuple[dict[str, torch.Tensor] | None, list[dict[str, float]]]:
+    """Pre-trained feature weights for every member and the loss per epoch (None and [] when
+    ``pretrain_epochs`` is 0)."""
+    if cfg.pretrain_epochs <= 0:
+        return None, []
+    from cxrlabel.model.pretrain import pretrain_features
+
+    with _progress(console) as progress:
+        features, history = pretrain_features(
+            pixels,
+            cfg.widths,
+            cfg.pretrain_epochs,
+            cfg.seed,
+            device,
+            progress,
+            cfg.max_minutes * 60 * cfg.pretrain_budget_share,
+        )
+    console.print(
+        f"pre-training: {len(history)} epochs, SimCLR loss {history[0]['loss']:.3f} -> "
+        f"{history[-1]['loss']:.3f}, {sum(h['seconds'] for h in history) / 60:.1f} min"
+    )
+    return features, history
 
 
 def export_onnx(
@@ -470,7 +510,8 @@ def train(
         f"{cfg.size} px, seed {cfg.seed}"
     )
     splits = load_splits(Path(dataset_dir), cfg.size, cfg.seed, console)
-    model, history, stop, seed_spread = fit_members(splits, cfg, device, console, started)
+    features, pretrain_history = pretrain(splits["train"].pixels, cfg, device, console)
+    model, history, stop, seed_spread = fit_members(splits, cfg, device, console, started, features)
     train_seconds = time.monotonic() - started
     cpu_seconds = time.process_time()
     console.print(f"{stop} after {len(history)} epochs, {train_seconds / 60:.1f} min")
@@ -528,6 +569,7 @@ def train(
             "seconds": train_seconds,
             "cpu_seconds": cpu_seconds,
             "n_images": {name: len(s.examples) for name, s in splits.items()},
+            "pretrain": pretrain_history,  # SimCLR loss per epoch; [] = random initial weights
         },
         "history": history,
         "metrics": evaluation,
