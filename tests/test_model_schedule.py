@@ -8,8 +8,12 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the [model] extra (PyTorch) is not installed")
 
-from cxrlabel.model.schedule import OneCyclePlan, another_member_fits, epochs_that_fit  # noqa: E402
-from cxrlabel.model.train import _fit_plan_to_budget  # noqa: E402
+from cxrlabel.model.schedule import (  # noqa: E402
+    OneCyclePlan,
+    another_member_fits,
+    epochs_that_fit,
+    fit_plan_to_budget,
+)
 
 PEAK = 2e-3
 STEPS = 10  # per epoch
@@ -80,15 +84,15 @@ def test_a_plan_never_shrinks_below_the_steps_taken() -> None:
 def test_budget_check_shortens_only_when_the_pace_says_so() -> None:
     history = [{"seconds": 10.0}, {"seconds": 10.0}]
     roomy = _plan(20)
-    assert not _fit_plan_to_budget(roomy, 2, seconds_left=1000.0, history=history)
+    assert not fit_plan_to_budget(roomy, 2, seconds_left=1000.0, history=history)
     assert roomy.epochs == 20
     tight = _plan(20)
     _run(tight, 2)
-    assert _fit_plan_to_budget(tight, 2, seconds_left=60.0, history=history)
+    assert fit_plan_to_budget(tight, 2, seconds_left=60.0, history=history)
     assert tight.epochs == 2 + math.floor(60.0 // 11.5)
     spent = _plan(20)
     _run(spent, 2)
-    assert _fit_plan_to_budget(spent, 2, seconds_left=1.0, history=history)
+    assert fit_plan_to_budget(spent, 2, seconds_left=1.0, history=history)
     assert spent.epochs == 3  # one more epoch at most; the wall-clock guard stops it if needed
 
 

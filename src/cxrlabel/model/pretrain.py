@@ -26,9 +26,9 @@ from rich.progress import Progress
 from torch import nn
 
 from cxrlabel.model.augment import AugmentConfig, augment
-from cxrlabel.model.data import INPUT_MEAN, INPUT_STD
 from cxrlabel.model.net import TriageNet
-from cxrlabel.model.schedule import OneCyclePlan, epochs_that_fit
+from cxrlabel.model.schedule import OneCyclePlan, fit_plan_to_budget
+from cxrlabel.model.train import normalise, to_tensor  # train imports this module lazily
 
 BATCH = 128  # views per side; the loss contrasts each view with 2 * BATCH - 2 negatives
 TEMPERATURE = 0.2
@@ -65,9 +65,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = TEMPERATURE
 def _view(
     pixels: np.ndarray, aug: AugmentConfig, gen: torch.Generator, device: torch.device
 ) -> torch.Tensor:
-    x = torch.from_numpy(pixels).to(device).unsqueeze(1).float() / 255.0
-    x = (augment(x, aug, gen) - INPUT_MEAN) / INPUT_STD
-    return x.contiguous(memory_format=torch.channels_last)
+    return normalise(augment(to_tensor(pixels, device), aug, gen))
 
 
 def pretrain_features(
@@ -114,7 +112,6 @@ def pretrain_features(
         )
         if epoch >= plan.epochs:
             break
-        left = budget_s - (time.monotonic() - started)
-        if plan.shorten(epoch + max(epochs_that_fit(left, [h["seconds"] for h in history]), 1)):
+        if fit_plan_to_budget(plan, epoch, budget_s - (time.monotonic() - started), history):
             progress.update(epochs_task, total=plan.epochs)
     return {k: v.detach().cpu().clone() for k, v in net.features.state_dict().items()}, history

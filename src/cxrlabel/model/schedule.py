@@ -38,6 +38,18 @@ def another_member_fits(elapsed_s: float, member_s: float, budget_s: float) -> b
     return elapsed_s + member_s * PACE_MARGIN <= budget_s
 
 
+def fit_plan_to_budget(
+    plan: OneCyclePlan, epoch: int, seconds_left: float, history: Sequence[dict]
+) -> bool:
+    """Shorten the schedule when the remaining budget cannot hold every planned epoch, so the
+    model the budget leaves is an annealed one (a cut at a high rate keeps a half-trained one).
+    ``history``: one dict per epoch run so far, with its ``seconds``."""
+    if epoch >= plan.epochs:
+        return False
+    fits = epochs_that_fit(seconds_left, [h["seconds"] for h in history])
+    return plan.shorten(epoch + max(fits, 1))
+
+
 class OneCyclePlan:
     """``torch``'s OneCycleLR over a number of epochs that can only shrink.
 

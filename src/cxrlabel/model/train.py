@@ -37,7 +37,7 @@ from cxrlabel.model.data import (
 )
 from cxrlabel.model.infer import MODEL_JSON, ONNX_FILE
 from cxrlabel.model.net import DEFAULT_WIDTHS, SeedEnsemble, TriageNet, build
-from cxrlabel.model.schedule import OneCyclePlan, another_member_fits, epochs_that_fit
+from cxrlabel.model.schedule import OneCyclePlan, another_member_fits, fit_plan_to_budget
 from cxrlabel.vocab import PNEUMONIA
 
 TORCH_WEIGHTS = "model.pt"
@@ -156,11 +156,11 @@ def load_splits(dataset_dir: Path, size: int, seed: int, console: Console) -> di
     return splits
 
 
-def _to_tensor(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
+def to_tensor(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(pixels).to(device).unsqueeze(1).float() / 255.0
 
 
-def _normalise(x: torch.Tensor) -> torch.Tensor:
+def normalise(x: torch.Tensor) -> torch.Tensor:
     # channels_last roughly halves CPU convolution time here (oneDNN's preferred layout).
     return ((x - INPUT_MEAN) / INPUT_STD).contiguous(memory_format=torch.channels_last)
 
@@ -173,7 +173,7 @@ def torch_logits(
     model.eval().to(memory_format=torch.channels_last)
     logits, cams = [], []
     for start in range(0, len(pixels), batch_size):
-        x = _normalise(_to_tensor(pixels[start : start + batch_size], device))
+        x = normalise(to_tensor(pixels[start : start + batch_size], device))
         logit, cam = model(x)
         logits.append(logit.cpu().numpy())
         cams.append(cam.cpu().numpy())
@@ -205,8 +205,8 @@ def predict_logits(
     model.eval().to(memory_format=torch.channels_last)
     out = []
     for start in range(0, len(pixels), batch_size):
-        x = _to_tensor(pixels[start : start + batch_size], device)
-        views = [model(_normalise(v))[0] for v in tta_views(x)]
+        x = to_tensor(pixels[start : start + batch_size], device)
+        views = [model(normalise(v))[0] for v in tta_views(x)]
         out.append(torch.stack(views).mean(dim=0).cpu().numpy())
     return np.concatenate(out)
 
@@ -228,8 +228,8 @@ def _train_epoch(
     total, seen = 0.0, 0
     for start in range(0, len(order), cfg.batch_size):
         idx = order[start : start + cfg.batch_size]
-        x = augment(_to_tensor(data.pixels[idx], device), cfg.augment, gen)
-        logit, _ = model(_normalise(x))
+        x = augment(to_tensor(data.pixels[idx], device), cfg.augment, gen)
+        logit, _ = model(normalise(x))
         # Soft targets: BCE against the crowd's probability, so an image the crowd was unsure
         # about pulls the model less hard than a unanimous one.
         loss = F.binary_cross_entropy_with_logits(logit, soft[idx].to(device))
@@ -313,7 +313,7 @@ def fit(
             if elapsed + history[-1]["seconds"] > cfg.max_minutes * 60:
                 stop = f"time budget of {cfg.max_minutes:g} min reached"
                 break
-            if _fit_plan_to_budget(plan, epoch, cfg.max_minutes * 60 - elapsed, history):
+            if fit_plan_to_budget(plan, epoch, cfg.max_minutes * 60 - elapsed, history):
                 progress.console.print(
                     f"time budget: the learning rate now anneals by epoch {plan.epochs}"
                 )
@@ -331,17 +331,6 @@ def fit(
                 break
     model.load_state_dict(best_state)
     return model.eval(), history, stop
-
-
-def _fit_plan_to_budget(
-    plan: OneCyclePlan, epoch: int, seconds_left: float, history: list[dict]
-) -> bool:
-    """Shorten the schedule when the remaining budget cannot hold every planned epoch, so the
-    model the budget leaves is an annealed one (a cut at a high rate keeps a half-trained one)."""
-    if epoch >= plan.epochs:
-        return False
-    fits = epochs_that_fit(seconds_left, [h["seconds"] for h in history])
-    return plan.shorten(epoch + max(fits, 1))
 
 
 def onnx_metadata(meta: dict) -> dict[str, str]:
