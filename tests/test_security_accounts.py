@@ -284,6 +284,46 @@ def test_throttle_locks_out_the_attacker_not_the_user(web):
     assert login(owner, "ann1").status_code == 303  # before issue 18: 429, locked out
 
 
+def test_cli_unthrottle_lifts_a_lockout_and_only_the_one_named(web):
+    """A ward behind one NAT address can reach the per-address budget; an administrator
+    lifts it from the command line instead of everyone waiting 15 minutes."""
+    app, db, data_dir = web
+    for name in ("ann1", "ann2"):
+        add_user(db, name)
+    app.state.login_limiter = LoginRateLimiter(db, max_failures=3, ip_max_failures=5)
+    ward = TestClient(app, follow_redirects=False, client=("10.1.1.1", 1234))
+    for name in ("ann1", "ann1", "ann1", "nobody", "nobody"):
+        assert login(ward, name, "guess guess").status_code == 401
+    assert login(ward, "ann2").status_code == 429  # the address's budget: every account
+    runner = CliRunner()
+    base = ["--data-dir", str(data_dir), "--db", db.url]
+    for bad, says in (
+        ([], "--address"),
+        (["--username", "ann1"], "needs --address"),
+        (["--all", "--address", "10.1.1.1"], "--all"),
+    ):
+        r = runner.invoke(cli_app, [*base, "user", "unthrottle", *bad])
+        assert r.exit_code == 2 and says in r.output, r.output
+    assert login(ward, "ann2").status_code == 429  # a refused command lifted nothing
+    r = runner.invoke(cli_app, [*base, "user", "unthrottle", "--address", "10.1.1.2"])
+    assert r.exit_code == 0 and "10.1.1.2: 0 counted" in r.output  # another address: nothing
+    r = runner.invoke(cli_app, [*base, "user", "unthrottle", "--address", "10.1.1.1"])
+    assert r.exit_code == 0 and "10.1.1.1: 5 counted" in r.output, r.output  # a 429 is not one
+    assert login(ward, "ann1").status_code == 429  # ann1's own budget from there still holds
+    assert login(ward, "ann2").status_code == 303
+    r = runner.invoke(
+        cli_app, [*base, "user", "unthrottle", "--address", "10.1.1.1", "--username", "ANN1"]
+    )
+    assert r.exit_code == 0 and "10.1.1.1 / ANN1: 3 counted" in r.output
+    assert login(TestClient(app, client=("10.1.1.1", 1)), "ann1").status_code == 303
+    for _ in range(3):
+        login(TestClient(app, client=("10.9.9.9", 1)), "ann1", "guess guess")
+    r = runner.invoke(cli_app, [*base, "user", "unthrottle", "--all"])
+    # 3 pair + 3 address failures from 10.9.9.9, and the 2 guesses at "nobody" left above
+    assert r.exit_code == 0 and "every address: 8 counted" in r.output, r.output
+    assert login(TestClient(app, client=("10.9.9.9", 1)), "ann1").status_code == 303
+
+
 def test_throttle_caps_one_address_trying_many_usernames(db):
     limiter = LoginRateLimiter(db, max_failures=3, window_s=900, ip_max_failures=5)
     for i in range(5):

@@ -1,4 +1,4 @@
-"""CLI: ``cxrlabel serve``, ``cxrlabel user add|token|passwd|disable|enable``,
+"""CLI: ``cxrlabel serve``, ``cxrlabel user add|token|passwd|disable|enable|unthrottle``,
 ``cxrlabel invite create``."""
 
 from __future__ import annotations
@@ -142,6 +142,36 @@ def user_disable(ctx: typer.Context, username: str = typer.Argument(...)) -> Non
 def user_enable(ctx: typer.Context, username: str = typer.Argument(...)) -> None:
     """Enable USERNAME again (they sign in anew)."""
     _set_active(ctx, username, True)
+
+
+@user_app.command("unthrottle")
+def user_unthrottle(
+    ctx: typer.Context,
+    address: str = typer.Option(
+        None,
+        "--address",
+        help="Client address whose sign-in budget to reset (as the server sees it).",
+    ),
+    username: str = typer.Option(
+        None, "--username", help="With --address: also that account's budget from the address."
+    ),
+    everything: bool = typer.Option(False, "--all", help="Reset every sign-in and sign-up budget."),
+) -> None:
+    """Lift a sign-in lock-out (429 "Too many attempts") before its 15-minute window ends."""
+    from cxrlabel.web.throttle import LoginRateLimiter
+
+    if username is not None and address is None:
+        fail("--username needs --address: budgets are kept per address and username, hashed")
+    if everything == (address is not None):
+        fail("give --address ADDRESS (optionally with --username NAME) or --all")
+    limiter = LoginRateLimiter(app_context(ctx).db)
+    if everything:
+        removed = limiter.clear()
+        what = "every address"
+    else:
+        removed = limiter.lift(limiter.address_keys(address, username))
+        what = address + (f" / {username}" if username else "")
+    console.print(f"{what}: {removed} counted attempt(s) forgotten", markup=False, highlight=False)
 
 
 @invite_app.command("create")

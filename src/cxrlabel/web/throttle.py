@@ -23,8 +23,9 @@ from __future__ import annotations
 import hashlib
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import CursorResult, Delete, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from cxrlabel.storage.db import Database
@@ -42,6 +43,11 @@ def _hash(key: str) -> str:
 
 def _lock_key(hashed: str) -> int:
     return int(hashed[:8], 16) - 2**31  # a signed 32-bit key for pg_advisory_xact_lock
+
+
+def _removed(s: Session, statement: Delete) -> int:
+    """Rows a DELETE removed (``execute`` is typed as a plain Result; it is a CursorResult)."""
+    return int(cast("CursorResult[Any]", s.execute(statement)).rowcount or 0)
 
 
 def _at(now: float | None) -> datetime:
@@ -182,7 +188,26 @@ class LoginRateLimiter:
         with self.db.session() as s:
             s.execute(delete(LoginAttempt).where(LoginAttempt.key_sha256.in_(map(_hash, keys))))
 
-    def clear(self) -> None:
-        """Forget every counted attempt (an administrator lifting a lock-out; tests)."""
+    @staticmethod
+    def address_keys(address: str, username: str | None = None) -> list[str]:
+        """Every key that budgets ``address``: sign-in across usernames, sign-up, and with
+        ``username`` that pair's own budget. The pair keys of other usernames cannot be found
+        from the address alone (only hashes are stored), and do not need to be: the owner of
+        another account is not held by them."""
+        keys = [f"ip:{address}", f"join:{address}"]
+        if username is not None:
+            keys.insert(0, LoginRateLimiter.login_keys(address, username)[0])
+        return keys
+
+    def lift(self, keys: list[str]) -> int:
+        """Forget the counted and pending attempts of ``keys`` (an administrator lifting a
+        lock-out, e.g. a ward behind one NAT address that reached the per-address budget);
+        returns how many rows were removed."""
         with self.db.session() as s:
-            s.execute(delete(LoginAttempt))
+            hashed = self._locked(s, keys)
+            return _removed(s, delete(LoginAttempt).where(LoginAttempt.key_sha256.in_(hashed)))
+
+    def clear(self) -> int:
+        """Forget every counted attempt (``user unthrottle --all``; tests); rows removed."""
+        with self.db.session() as s:
+            return _removed(s, delete(LoginAttempt))
