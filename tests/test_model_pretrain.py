@@ -94,3 +94,17 @@ def test_train_with_pretraining_records_it_and_the_card_says_so(export_dir, tmp_
     # The card says when the bundled new-patient estimate was measured for another recipe.
     differs = "trained with self-supervised pre-training, the recipe measured without"
     assert (differs in card) == (not estimate.get("pretrain_epochs"))
+
+
+def test_a_negative_pretraining_length_is_refused_before_anything_is_written(export_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from cxrlabel.cli import app
+
+    out = tmp_path / "m"
+    args = ["train", str(export_dir), "-o", str(out), "--pretrain-epochs", "-1"]
+    result = CliRunner().invoke(app, args)
+    said = " ".join(result.output.replace("│", " ").split())  # the error box wraps lines
+    assert result.exit_code == 2
+    assert "'--pretrain-epochs': Input should be greater than or equal to 0" in said
+    assert not out.exists()
