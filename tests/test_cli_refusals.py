@@ -70,6 +70,44 @@ def test_a_command_that_creates_data_may_start_a_data_dir(tmp_path: Path) -> Non
     assert status.exit_code == 0, status.output
 
 
+def test_a_refused_creating_command_does_not_start_a_data_dir(tmp_path: Path) -> None:
+    """A creating command that refuses its input must not leave a new, empty installation
+    behind: the typo'd data dir would then "exist" and later commands (serve) would open it."""
+    typo = tmp_path / "typo"
+    for args, says in (
+        (["ingest", str(tmp_path / "nowhere")], "no such file or folder"),
+        (["ingest", str(tmp_path), "--since", "2020-01-01"], "dicomweb+http:// source only"),
+        (["user", "add", "x", "--password", "purple elephant tuba"], "Usernames are 2-40"),
+        (["user", "add", "ann", "--password", "short"], "at least 8 characters"),
+        (["user", "add", "ann", "--role", "boss", "--password", "purple tuba x"], "'boss'"),
+    ):
+        result = runner.invoke(app, ["--data-dir", str(typo), *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert says in result.output, (args, result.output)
+        assert not typo.exists(), args  # before: cxrlabel.sqlite3 was created, then the refusal
+
+
+def test_demo_of_images_that_cannot_be_used_says_so(tmp_path: Path) -> None:
+    """Before: an empty folder ended in a traceback, and unreadable files in a demo "ready"
+    with no image and exit 0."""
+    empty, unreadable = tmp_path / "empty", tmp_path / "unreadable"
+    empty.mkdir()
+    unreadable.mkdir()
+    (unreadable / "scan.png").write_bytes(b"not a png")
+    for folder, code, says in (
+        (empty, 2, "folder holds no files"),
+        (unreadable, 1, "no image could be read"),
+    ):
+        data = tmp_path / f"data-{folder.name}"
+        result = runner.invoke(
+            app, ["--data-dir", str(data), "demo", "--no-serve", "--images", str(folder)]
+        )
+        assert result.exit_code == code, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+        assert says in result.output and "demo-logins" not in result.output
+        assert not (data / "demo-logins.json").exists()
+
+
 def test_ingest_of_a_non_image_file_fails(tmp_path: Path) -> None:
     result = runner.invoke(
         app,

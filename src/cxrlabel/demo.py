@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from cxrlabel.context import AppContext, app_context, console, fail, get_job
 from cxrlabel.jobspec import JobSpec
 from cxrlabel.storage.models import GoldItem, Job, Role, User, utcnow
+from cxrlabel.terminal import plain
 from cxrlabel.vocab import NORMAL, PNEUMONIA
 
 DEMO_USERS = [
@@ -57,14 +58,29 @@ def make_phantom_manifest(folder: Path, counts: dict[str, int] = PHANTOMS) -> Pa
 
 def _ingest(app: AppContext, source: Path, job_name: str | None) -> None:
     from cxrlabel.ingest.pipeline import ingest
+    from cxrlabel.ingest.sources import SourceError
 
     with app.db.session() as session:
         job, spec = get_job(session, job_name)
-    summary = ingest(app.db, app.settings.data_dir, job, spec, source, console=console)
+    try:
+        summary = ingest(app.db, app.settings.data_dir, job, spec, source, console=console)
+    except SourceError as exc:  # an empty folder, a malformed manifest
+        fail(str(exc))
     console.print(
         f"Ingested {summary.ingested} new image(s) from {source} "
         f"({len(summary.failed)} failed, {len(summary.near_duplicates)} near duplicates)."
     )
+    # A demo of nothing would look like a working job with no work: say so and stop, as
+    # `cxrlabel ingest` does.
+    if summary.total == 0:
+        fail(f"no image files found in {str(source)!r}", code=1)
+    if len(summary.failed) == summary.total:
+        for item in summary.failed[:5]:
+            console.print(plain(f"  {item.source_path}: {item.reason}"), highlight=False)
+        fail(
+            f"no image could be read from {str(source)!r}: all {summary.total} file(s) failed",
+            code=1,
+        )
 
 
 def _seed_gold(app: AppContext, job_name: str | None) -> int:

@@ -86,14 +86,10 @@ def lock_account_creation(session: Session) -> None:
     advisory_lock(session, ACCOUNTS, 0)
 
 
-def create_user(
-    session: Session, username: str, password: str, role: str, password_hash: str | None = None
-) -> User:
-    """Create an account; raises ``AccountError`` for a bad name, weak password, unknown role or
-    a username that is taken. ``password_hash``: argon2 of ``password`` computed beforehand
-    (the web app hashes on its capped pool, outside the write transaction)."""
-    username = username.strip()
-    if not USERNAME_RE.match(username):
+def check_new_account(username: str, password: str, role: str) -> None:
+    """``AccountError`` for a bad name, unknown role or weak password: the checks that need no
+    database (the CLI runs them before it opens, or starts, an installation)."""
+    if not USERNAME_RE.match(username.strip()):
         raise AccountError(
             "bad_username",
             "Usernames are 2-40 characters: letters, digits, '.', '_' or '-', starting with a "
@@ -101,7 +97,17 @@ def create_user(
         )
     if role not in Role.ALL:
         raise AccountError("bad_role", f"Unknown role {role!r}; use one of {', '.join(Role.ALL)}.")
-    check_password_rules(password, username)
+    check_password_rules(password, username.strip())
+
+
+def create_user(
+    session: Session, username: str, password: str, role: str, password_hash: str | None = None
+) -> User:
+    """Create an account; raises ``AccountError`` for a bad name, weak password, unknown role or
+    a username that is taken. ``password_hash``: argon2 of ``password`` computed beforehand
+    (the web app hashes on its capped pool, outside the write transaction)."""
+    username = username.strip()
+    check_new_account(username, password, role)
     lock_account_creation(session)
     taken = session.scalar(select(User.id).where(User.username.ilike(username)))
     if taken is not None:

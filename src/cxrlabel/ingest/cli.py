@@ -17,7 +17,7 @@ from cxrlabel.ingest.dicomweb import (
     is_dicomweb,
 )
 from cxrlabel.ingest.pipeline import IngestBusy, IngestSummary, ingest
-from cxrlabel.ingest.sources import SourceError
+from cxrlabel.ingest.sources import SourceError, require_exists
 from cxrlabel.terminal import plain
 
 LISTED_PER_KIND = 20  # the rest is in the ingest_issues table
@@ -97,11 +97,15 @@ def register(app: typer.Typer) -> None:
         study: str = typer.Option(None, "--study", help="DICOMweb: one StudyInstanceUID."),
     ) -> None:
         """Add images to a job: safe decode, DICOM de-identification, renditions, dedup."""
+        query = DicomWebQuery(since and since.date(), until and until.date(), modality, study)
+        try:  # before the data dir is opened: a refused source must not start an installation
+            _check_source(path, query)
+        except SourceError as exc:
+            fail(str(exc))
         app_ctx = app_context(ctx, creates_data=True)
         settings = app_ctx.settings
         with app_ctx.db.session() as session:
             job_row, spec = get_job(session, job)
-        query = DicomWebQuery(since and since.date(), until and until.date(), modality, study)
         try:
             summary = _run(app_ctx.db, settings.data_dir, job_row, spec, path, query, workers)
         except SourceError as exc:
@@ -119,14 +123,20 @@ def register(app: typer.Typer) -> None:
             )
 
 
+def _check_source(path: str, query: DicomWebQuery) -> None:
+    if is_dicomweb(path):
+        return
+    if query != DicomWebQuery():
+        raise SourceError(
+            "--since/--until/--modality/--study apply to a dicomweb+http:// source only"
+        )
+    require_exists(Path(path))
+
+
 def _run(
     db, data_dir: Path, job_row, spec, path: str, query: DicomWebQuery, workers: int
 ) -> IngestSummary:
     if not is_dicomweb(path):
-        if query != DicomWebQuery():
-            raise SourceError(
-                "--since/--until/--modality/--study apply to a dicomweb+http:// source only"
-            )
         return ingest(db, data_dir, job_row, spec, Path(path), workers=workers, console=err_console)
     client = DicomWebClient.from_source(path)
     try:

@@ -35,10 +35,15 @@ class SourceItem:
     fetch: Callable[[], bytes] | None = field(default=None, compare=False, repr=False)
 
 
-def discover(source: Path, label_values: list[str]) -> list[SourceItem]:
-    """The items under ``source`` in a stable order (sorted paths, or manifest order)."""
+def require_exists(source: Path) -> None:
+    """``SourceError`` when a local source is missing (checked before anything is created)."""
     if not source.exists():
         raise SourceError(f"{source}: no such file or folder")
+
+
+def discover(source: Path, label_values: list[str]) -> list[SourceItem]:
+    """The items under ``source`` in a stable order (sorted paths, or manifest order)."""
+    require_exists(source)
     if source.is_dir():
         return walk_folder(source, label_values)
     if source.suffix.lower() == ".csv":

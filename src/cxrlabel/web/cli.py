@@ -71,10 +71,14 @@ def user_add(
     password: str = typer.Option(None, help="Password (asked for, hidden, when not given)."),
 ) -> None:
     """Create an account."""
-    from cxrlabel.annotate.accounts import AccountError, create_user
+    from cxrlabel.annotate.accounts import AccountError, check_new_account, create_user
 
     if password is None:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:  # before the data dir is opened: a refused account must not start an installation
+        check_new_account(username, password, role)
+    except AccountError as exc:
+        fail(exc.message)
     db = app_context(ctx, creates_data=True).db  # the first admin may start an installation
     try:
         with db.session() as s:
