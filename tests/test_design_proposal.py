@@ -153,10 +153,27 @@ def test_unknown_format_and_job(job_dir, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "no job named" in result.output
 
 
+def test_the_output_suffix_sets_the_format_and_a_contradiction_is_refused(
+    job_dir, tmp_path: Path
+) -> None:
+    """Before: the default was HTML whatever the name, so `-o proposal.md` held HTML and
+    `-o proposal.pdf` a file no PDF reader opens."""
+    md = tmp_path / "proposal.md"
+    assert _run(job_dir, "-o", str(md)).exit_code == 0
+    assert md.read_text().startswith("# Job design proposal")
+    clash = tmp_path / "proposal.pdf"
+    result = _run(job_dir, "-o", str(clash), "-f", "html")
+    assert result.exit_code == 2 and "names a pdf file but --format is html" in result.output
+    assert not clash.exists()
+    other = tmp_path / "proposal.txt"  # a suffix that names no format: HTML, as before
+    assert _run(job_dir, "-o", str(other)).exit_code == 0
+    assert other.read_text().startswith("<!doctype html>")
+
+
 @pytest.mark.browser
 def test_pdf_and_screenshot(browser, job_dir, tmp_path: Path, artifacts_dir: Path) -> None:
     out = tmp_path / "proposal.pdf"
-    result = _run(job_dir, "-o", str(out), "--format", "pdf")
+    result = _run(job_dir, "-o", str(out))  # the suffix says PDF (no --format)
     assert result.exit_code == 0, result.output
     assert out.read_bytes()[:5] == b"%PDF-" and out.stat().st_size > 20_000
     html = tmp_path / "proposal.html"

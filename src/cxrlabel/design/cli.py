@@ -127,7 +127,12 @@ def proposal_command(
     ctx: typer.Context,
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the document."),
     job_name: JobOption = None,
-    fmt: str = typer.Option("html", "--format", "-f", help="html, md or pdf."),
+    fmt: str = typer.Option(
+        None,
+        "--format",
+        "-f",
+        help="html, md or pdf \\[default: from the output's suffix (.md, .pdf), else html].",
+    ),
     simulation: Path = typer.Option(
         None,
         "--simulation",
@@ -143,8 +148,7 @@ def proposal_command(
     """Write the job design Proposal (HTML, Markdown or PDF) from the job file and live data."""
     from cxrlabel.design import proposal as prop
 
-    if fmt not in ("html", "md", "pdf"):
-        fail(f"--format must be html, md or pdf, not {fmt!r}")
+    fmt = _proposal_format(output, fmt)
     app = app_context(ctx)
     with app.db.session() as session:
         job, spec = get_job(session, job_name)
@@ -180,6 +184,20 @@ def proposal_command(
         f"proposal for job [bold]{spec.name}[/] written to {output}"
         + ("" if sim else " (no simulation: accuracy section says 'not computed')")
     )
+
+
+_FORMAT_OF_SUFFIX = {".md": "md", ".markdown": "md", ".pdf": "pdf", ".html": "html", ".htm": "html"}
+
+
+def _proposal_format(output: Path, fmt: str | None) -> str:
+    """``--format``, else the output's suffix says it (a proposal.pdf that held HTML would not
+    open in a PDF reader); a format that contradicts the suffix is refused."""
+    if fmt is not None and fmt not in ("html", "md", "pdf"):
+        fail(f"--format must be html, md or pdf, not {fmt!r}")
+    implied = _FORMAT_OF_SUFFIX.get(output.suffix.lower())
+    if fmt is not None and implied is not None and fmt != implied:
+        fail(f"{output.name} names a {implied} file but --format is {fmt}; make them agree")
+    return fmt or implied or "html"
 
 
 def estimate_command(
