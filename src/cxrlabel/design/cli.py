@@ -148,7 +148,10 @@ def proposal_command(
     """Write the job design Proposal (HTML, Markdown or PDF) from the job file and live data."""
     from cxrlabel.design import proposal as prop
 
-    fmt = _proposal_format(output, fmt)
+    try:
+        fmt = prop.output_format(output, fmt)
+    except prop.ProposalError as exc:
+        fail(str(exc))
     app = app_context(ctx)
     with app.db.session() as session:
         job, spec = get_job(session, job_name)
@@ -184,20 +187,6 @@ def proposal_command(
         f"proposal for job [bold]{spec.name}[/] written to {output}"
         + ("" if sim else " (no simulation: accuracy section says 'not computed')")
     )
-
-
-_FORMAT_OF_SUFFIX = {".md": "md", ".markdown": "md", ".pdf": "pdf", ".html": "html", ".htm": "html"}
-
-
-def _proposal_format(output: Path, fmt: str | None) -> str:
-    """``--format``, else the output's suffix says it (a proposal.pdf that held HTML would not
-    open in a PDF reader); a format that contradicts the suffix is refused."""
-    if fmt is not None and fmt not in ("html", "md", "pdf"):
-        fail(f"--format must be html, md or pdf, not {fmt!r}")
-    implied = _FORMAT_OF_SUFFIX.get(output.suffix.lower())
-    if fmt is not None and implied is not None and fmt != implied:
-        fail(f"{output.name} names a {implied} file but --format is {fmt}; make them agree")
-    return fmt or implied or "html"
 
 
 def estimate_command(

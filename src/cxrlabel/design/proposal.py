@@ -79,6 +79,23 @@ class ProposalError(ValueError):
     """A proposal input problem (bad simulation file, no Chromium for PDF), as one line."""
 
 
+FORMAT_OF_SUFFIX = {".md": "md", ".markdown": "md", ".pdf": "pdf", ".html": "html", ".htm": "html"}
+
+
+def output_format(output: Path, fmt: str | None) -> str:
+    """``fmt`` (``--format``), else what the output's suffix says (a proposal.pdf that held HTML
+    would not open in a PDF reader); ``ProposalError`` for an unknown format or one that
+    contradicts the suffix."""
+    if fmt is not None and fmt not in ("html", "md", "pdf"):
+        raise ProposalError(f"--format must be html, md or pdf, not {fmt!r}")
+    implied = FORMAT_OF_SUFFIX.get(output.suffix.lower())
+    if fmt is not None and implied is not None and fmt != implied:
+        raise ProposalError(
+            f"{output.name} names a {implied} file but --format is {fmt}; make them agree"
+        )
+    return fmt or implied or "html"
+
+
 # --- live numbers ---------------------------------------------------------------------------
 
 
