@@ -380,3 +380,39 @@ def test_work_is_served_in_shuffled_order_not_ingest_order(env):
         )
     # Pages take the next images in rank order (their positions on a page are shuffled).
     assert set(served) == set(sorted(seeded.work_ids, key=lambda i: (ranks[i], i))[:21])
+
+
+def test_a_crowd_arriving_at_once_all_get_work_while_images_wait(env):
+    """Everyone ranks the same few almost-finalised images first; under PostgreSQL's row
+    locks most of those are filled by someone else between a claimer's query and its
+    re-count. Before the fix a claimer whose rounds all hit such rows was told "no images
+    waiting right now" (seen in the load benchmark at warm-up) while hundreds were open."""
+    import threading
+
+    db, tmp = env  # SQLite runs claims one at a time: the same promise, kept trivially
+    seeded = seed_job(db, tmp, n_work=400, n_gold=12, quiz_length=0, items_per_page=9, jmin=2)
+    with db.session() as s:  # 40 images miss one judgment: everyone's first choice
+        for image_id in seeded.work_ids[:40]:
+            s.get(Image, image_id).trusted_judgments = 1
+    users = [add_user(db, f"u{n}") for n in range(32)]
+    barrier = threading.Barrier(len(users))
+    errors: list[BaseException] = []
+    refused: list[str] = []
+
+    def work(uid: int) -> None:
+        try:
+            barrier.wait()
+            page, reason = _page(db, seeded, uid, T0, rng=random.Random(uid))
+            if page is None:
+                refused.append(reason.code)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(u,)) for u in users]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert refused == []
+    assert _overfilled(db) == []

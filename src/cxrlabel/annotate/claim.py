@@ -72,8 +72,17 @@ def claim_open_images(
     # ANALYZE) got a plan that re-ran the candidate union for every image: seconds per page.
     params["candidates"] = list(session.scalars(sql.candidates, params))
     chosen = _claim_with_row_locks(session, sql.listed, sql.reserved, n, params)
-    if len(chosen) < n:  # candidates locked by other annotators right now: rank them all
-        rest = sql.ranked.where(Image.id.not_in(chosen)) if chosen else sql.ranked
+    # Candidates locked by other annotators right now: rank them all. Then, when a crowd
+    # arrives at once, everyone ranks the same few almost-finalised images first and most of
+    # those are filled by someone else between this claimer's query and its re-count; every
+    # round can lose that race. Images nobody has judged or reserved cannot be filled by one
+    # other reservation (their target is at least 2 for any job with a second opinion), so
+    # they are the last resort before "no images waiting right now" (which 1 of 32
+    # annotators starting together was told while hundreds waited: docs/scaling.md).
+    for query in (sql.ranked, sql.fresh):
+        if len(chosen) >= n:
+            break
+        rest = query.where(Image.id.not_in(chosen)) if chosen else query
         chosen += _claim_with_row_locks(session, rest, sql.reserved, n - len(chosen), params)
     return chosen
 
@@ -86,6 +95,7 @@ class _ClaimSql:
     fast_limited: Select  # ... and only the first ``:n``
     candidates: Any  # the candidate ids alone
     listed: Select  # the ranking over an explicit list of ids (``:candidates``)
+    fresh: Select  # the ranking restricted to images with no judgment and no reservation
 
 
 @functools.cache
@@ -114,7 +124,8 @@ def _claim_sql(order: str) -> _ClaimSql:
     candidates = _candidates(job, order, user, reserved, n)
     fast = ranked.where(Image.id.in_(candidates))
     listed = ranked.where(Image.id.in_(bindparam("candidates", expanding=True)))
-    return _ClaimSql(reserved, ranked, fast, fast.limit(n), candidates, listed)
+    fresh = ranked.where(Image.trusted_judgments == 0, reserved.c.n.is_(None))
+    return _ClaimSql(reserved, ranked, fast, fast.limit(n), candidates, listed, fresh)
 
 
 def _seen_by(user_id: Any):  # a SQLAlchemy EXISTS clause
