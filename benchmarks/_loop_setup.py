@@ -58,15 +58,24 @@ SPEC_CHANGES = (
 DEFAULT_PASSWORD = "bench-loop-password"
 
 
-def bench_spec_text(name: str = JOB_NAME) -> str:
-    """The bundled job spec with the changes in ``SPEC_CHANGES``."""
+HARM_KEPT = "removal for harm on, as bundled (--harm: spammers among honest clients)"
+
+
+def spec_changes(harm: bool = False) -> list[str]:
+    """``SPEC_CHANGES`` as applied: with ``harm`` the bundled removal-for-harm rule is kept."""
+    return [HARM_KEPT if harm and "harm_accuracy" in c else c for c in SPEC_CHANGES]
+
+
+def bench_spec_text(name: str = JOB_NAME, harm: bool = False) -> str:
+    """The bundled job spec with the changes in ``SPEC_CHANGES`` (``harm``: removal for harm
+    kept, for a load whose spammers are removed while honest clients work)."""
     text = resolve_job_path("pneumonia-pediatric").read_text(encoding="utf-8")
     subs = [
         (r'(?m)^name = ".*"$', f'name = "{name}"'),
         (r"(?m)^min_seconds_per_page = .*$", "min_seconds_per_page = 0.0"),
         # The load clients answer work images at random, which the peer-agreement rule
         # (quality/skill.py) rightly removes; the loop measures the write path, not QC.
-        (r"(?m)^harm_accuracy = .*$", "harm_accuracy = 0.0"),
+        *([] if harm else [(r"(?m)^harm_accuracy = .*$", "harm_accuracy = 0.0")]),
         (r"(?m)^max_per_annotator = .*$", "max_per_annotator = 10000000"),
         (
             r'(?m)^file = "pneumonia-pediatric.md"$',
@@ -112,10 +121,11 @@ def prepare_job(
     n_gold: int,
     n_files: int = 48,
     name: str = JOB_NAME,
+    harm: bool = False,
 ) -> Prepared:
     """Create the benchmark job with ``n_images`` work images and ``n_gold`` test questions."""
     started = time.perf_counter()
-    text = bench_spec_text(name)
+    text = bench_spec_text(name, harm)
     spec = parse_job(text, "benchmark job")
     files = _phantom_files(data_dir / "bench-phantoms", n_files)
     with db.session() as s:
@@ -226,11 +236,32 @@ def gold_answers(
             .where(Job.name == name)
         ).all()
         users = list(s.scalars(select(User.id).where(User.role == "annotator")))
-    out = {pid: answers[0] for pid, answers in rows}
+    return _with_aliases({pid: answers[0] for pid, answers in rows}, users, data_dir)
+
+
+def reference_answers(
+    db: Database, name: str = JOB_NAME, data_dir: Path | None = None
+) -> dict[str, str]:
+    """Every image's reference label by image id as each annotator sees it (as
+    ``gold_answers``): the honest clients of a ``--spammers`` load answer from it."""
+    with db.session() as s:
+        rows = s.execute(
+            select(Image.public_id, Image.reference_label)
+            .join(Job, Job.id == Image.job_id)
+            .where(Job.name == name, Image.reference_label.is_not(None))
+        ).all()
+        users = list(s.scalars(select(User.id).where(User.role == "annotator")))
+    return _with_aliases(dict(rows), users, data_dir)
+
+
+def _with_aliases(
+    answers: dict[str, str], users: list[int], data_dir: Path | None
+) -> dict[str, str]:
+    out = dict(answers)
     key = server_secret_key(data_dir)
     if key is not None:
         aliases = Aliases(key)
-        out.update({aliases.image(pid, uid): answers[0] for pid, answers in rows for uid in users})
+        out.update({aliases.image(pid, uid): a for pid, a in answers.items() for uid in users})
     return out
 
 
@@ -337,13 +368,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=20000, help="work images")
     ap.add_argument("--gold", type=int, default=1500, help="test questions in the gold bank")
     ap.add_argument("--files", type=int, default=48, help="distinct phantom renditions")
+    ap.add_argument("--harm", action="store_true", help="keep the bundled removal for harm")
     args = ap.parse_args(argv)
     args.data_dir.mkdir(parents=True, exist_ok=True)
     url = database_url(args.data_dir, args.db)
     db = Database(url)
     try:
         p = prepare_job(
-            db, args.data_dir, n_images=args.images, n_gold=args.gold, n_files=args.files
+            db,
+            args.data_dir,
+            n_images=args.images,
+            n_gold=args.gold,
+            n_files=args.files,
+            harm=args.harm,
         )
     finally:
         db.dispose()

@@ -57,23 +57,26 @@ from sqlalchemy import and_, func, select
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _loop_setup import (
     JOB_NAME,
-    SPEC_CHANGES,
     count_images_over_target,
     create_annotators,
     database_url,
     gold_answers,
+    reference_answers,
     server_secret_key,
+    spec_changes,
     untainted_work_counts,
 )
 from _rawhttp import RawClient, RawHTTPError, RawTimeout
 
 from cxrlabel.jobstore import spec_from_job_row
 from cxrlabel.storage.db import Database
-from cxrlabel.storage.models import Image, ImageStatus, Job, Judgment, User
+from cxrlabel.storage.models import AnnotatorState, Image, ImageStatus, Job, Judgment, User
+from cxrlabel.vocab import AnnotatorStatus
 
 MAX_CONSECUTIVE_ERRORS = 20
 WARMUP_LIMIT_S = 180.0
 PNEUMONIA_SHARE = 0.74
+HONEST_ACCURACY = 0.9  # --spammers: the other clients answer the reference label this often
 
 
 # --- safety --------------------------------------------------------------------------------------
@@ -147,10 +150,14 @@ class Annotator:
         gold: dict[str, str],
         stats: Stats,
         args: argparse.Namespace,
+        reference: dict[str, str] | None = None,
     ) -> None:
         self.index, self.client, self.job, self.gold = index, client, job, gold
         self.stats, self.args = stats, args
         self.rng = random.Random(index)
+        # --spammers N: the first N answer work at random; the others answer the reference
+        # label (a benchmark client reads it from the database) with HONEST_ACCURACY.
+        self.reference = None if index < args.spammers else reference
         self.consecutive_errors = 0
 
     def _error(self, kind: str) -> None:
@@ -180,9 +187,7 @@ class Annotator:
         out = []
         for item in page["items"]:
             pid = item["image_public_id"]
-            answer = self.gold.get(pid) or (
-                "PNEUMONIA" if self.rng.random() < PNEUMONIA_SHARE else "NORMAL"
-            )
+            answer = self.gold.get(pid) or self._work_answer(pid)
             certainty = "definitely" if self.rng.random() < 0.7 else "probably"
             out.append(
                 {
@@ -193,6 +198,14 @@ class Annotator:
                 }
             )
         return out
+
+    def _work_answer(self, pid: str) -> str:
+        truth = self.reference.get(pid) if self.reference else None
+        if truth is None:
+            return "PNEUMONIA" if self.rng.random() < PNEUMONIA_SHARE else "NORMAL"
+        if self.rng.random() < HONEST_ACCURACY:
+            return truth
+        return "NORMAL" if truth == "PNEUMONIA" else "PNEUMONIA"
 
     async def _submit(self, page: dict, timed: bool) -> dict | None:
         body = {
@@ -216,9 +229,13 @@ class Annotator:
             r = await self._call("next", "GET", f"/api/jobs/{self.job}/pages/next", False)
             if r is None:
                 return False
-            page = r.json()["page"]
-            if page is None or page["kind"] != "quiz":
-                return page is not None
+            body = r.json()
+            page = body["page"]
+            if page is None:  # say why, or a failed warm-up is a bare count
+                self.stats.errors[f"warmup_no_page:{body.get('reason')}"] += 1
+                return False
+            if page["kind"] != "quiz":
+                return True
             result = await self._submit(page, False)
             if result is None:
                 return False
@@ -226,6 +243,7 @@ class Annotator:
             if result.get("quiz_passed") is False:
                 self.stats.errors["quiz_failed"] += 1
                 return False
+        self.stats.errors["warmup_quiz_pages_exhausted"] += 1
         return False
 
     async def _fetch_image(self, url: str) -> None:
@@ -352,6 +370,30 @@ class ServerSampler:
 # --- verification --------------------------------------------------------------------------------
 
 
+def removed_by_group(
+    db: Database, job_name: str, usernames: list[str], spammers: int
+) -> dict[str, int]:
+    """How many of the spammers (the first ``spammers`` accounts) and of the honest clients
+    quality control removed during the run."""
+    with db.session() as s:
+        job_id = s.scalar(select(Job.id).where(Job.name == job_name))
+        removed = set(
+            s.scalars(
+                select(User.username)
+                .join(AnnotatorState, AnnotatorState.user_id == User.id)
+                .where(
+                    AnnotatorState.job_id == job_id,
+                    AnnotatorState.status == AnnotatorStatus.REMOVED,
+                    User.username.in_(usernames),
+                )
+            )
+        )
+    return {
+        "spammers": sum(u in removed for u in usernames[:spammers]),
+        "honest": sum(u in removed for u in usernames[spammers:]),
+    }
+
+
 def verify(db: Database, job_name: str, usernames: list[str], acked: int) -> dict[str, Any]:
     """Stored == acknowledged for this run's annotators; no image over its target."""
     with db.session() as s:
@@ -435,10 +477,16 @@ def _client(args: argparse.Namespace, token: str) -> Any:
 
 
 async def _load(
-    args: argparse.Namespace, tokens: list[str], gold: dict[str, str], stats: Stats
+    args: argparse.Namespace,
+    tokens: list[str],
+    gold: dict[str, str],
+    stats: Stats,
+    reference: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     clients = [_client(args, t) for t in tokens]
-    workers = [Annotator(i, c, args.job, gold, stats, args) for i, c in enumerate(clients)]
+    workers = [
+        Annotator(i, c, args.job, gold, stats, args, reference) for i, c in enumerate(clients)
+    ]
     sampler = ServerSampler(args.server_pid)
     try:
         t_warm = time.perf_counter()
@@ -500,6 +548,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="raw",
         help="HTTP client: raw (httptools, cheap: benchmarks/_rawhttp.py) or httpx",
     )
+    ap.add_argument(
+        "--spammers",
+        type=int,
+        default=0,
+        help="the first N annotators answer work at random, the others answer the reference "
+        f"label {HONEST_ACCURACY:.0%} of the time (a job prepared with _loop_setup.py --harm: "
+        "quality control removes the spammers during the load)",
+    )
     ap.add_argument("--label", default="", help="free text stored in the JSON")
     ap.add_argument("--json", action="store_true", help="print one JSON line on stdout")
     ap.add_argument("--json-out", type=Path, help="append the JSON line to this file")
@@ -538,12 +594,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         prefix = args.prefix or f"lb{int(time.time()) % 10**6}-{os.getpid() % 1000}"
         accounts = create_annotators(db, args.annotators, prefix)
         gold = gold_answers(db, args.job, args.data_dir)
+        reference = reference_answers(db, args.job, args.data_dir) if args.spammers else None
         with db.session() as s:
             job = s.scalar(select(Job).where(Job.name == args.job))
             items_per_page = spec_from_job_row(job).pages.items_per_page
         stats = Stats()
-        run_info = _run_loop(_load(args, [t for _u, t in accounts], gold, stats))
+        run_info = _run_loop(_load(args, [t for _u, t in accounts], gold, stats, reference))
         usernames = [u for u, _t in accounts]
+        run_info["removed"] = removed_by_group(db, args.job, usernames, args.spammers)
         checked = verify(db, args.job, usernames, stats.judgments_acked + stats.warmup_acked)
         # A submit the client gave up on (timeout) may still have been stored by the server:
         # then stored exceeds acknowledged by whole pages. That is not a loss, but not "ok".
@@ -567,7 +625,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "duration_target_s": args.seconds,
         **run_info,
         "items_per_page": items_per_page,
-        "spec_changes": list(SPEC_CHANGES),
+        "spec_changes": spec_changes(harm=args.spammers > 0),
+        "spammers": args.spammers,
         "loops_completed": stats.loops,
         # Pages near the end of a job hold fewer than items_per_page items: count what was served.
         "items_completed": stats.items_completed,

@@ -5,6 +5,9 @@
 #   benchmarks/loop_postgres.sh                    # WORKERS="1 2", C=32, 30 s each
 #   WORKERS="1 2 4" CONCS="8 32" DURATION=20 benchmarks/loop_postgres.sh
 #   WAITS=1 WORKERS=2 DURATION=20 benchmarks/loop_postgres.sh   # + what backends wait for
+#   SPAMMERS=8 WORKERS=2 DURATION=30 benchmarks/loop_postgres.sh  # removal for harm on: the first
+#     8 annotators answer at random and are removed mid-load (each removal re-runs its page
+#     alone, storage/locks.py); the others answer the phantoms' true label 90 % of the time
 #   # before/after in one run: a baseline commit's source beside this tree's, rows alternating,
 #   # and this tree on SQLite (one worker: SQLite refuses more) on the same job:
 #   git archive main src | tar -x -C /tmp/base
@@ -31,6 +34,9 @@ RES="${RES:-/tmp/loop-postgres}"
 TREES="${TREES:-this=$ROOT/src}"  # name=source dir: the server runs with PYTHONPATH=that dir
 SQLITE="${SQLITE:-0}"              # 1: also a SQLite row (this tree, 1 worker) in each round
 ROUNDS="${ROUNDS:-1}"              # each round runs every row once (trees alternate)
+SPAMMERS="${SPAMMERS:-0}"          # >0: job keeps removal for harm; that many random answerers
+HARM_ARGS=(); LOOP_ARGS=()
+if [ "$SPAMMERS" -gt 0 ]; then HARM_ARGS=(--harm); LOOP_ARGS=(--spammers "$SPAMMERS"); fi
 mkdir -p "$RES"
 PGBIN="${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}"
 [ -x "$PGBIN/initdb" ] || { echo "no PostgreSQL server binaries (initdb) found" >&2; exit 1; }
@@ -70,7 +76,7 @@ rm -rf "$DATA"; mkdir -p "$DATA"
 psql_c "CREATE DATABASE bench_template"
 log "preparing the job ($IMAGES images, $GOLD gold) in the template database (not timed)"
 PYTHONPATH="$ROOT/src" "$PY" "$HERE/_loop_setup.py" --data-dir "$DATA" --db "$PGURL/bench_template" \
-  --images "$IMAGES" --gold "$GOLD"
+  --images "$IMAGES" --gold "$GOLD" "${HARM_ARGS[@]}"
 # Planner statistics for the bulk-loaded tables (as after ingest; autovacuum would get there
 # later): without them the first claim queries of a run were planned blind. Copied with the
 # template into every run's database.
@@ -130,7 +136,7 @@ loop() {  # label, port, log file, extra args
   (cd "$ROOT" && PYTHONPATH="$ROOT/src" timeout $((${DURATION%.*} + 400)) \
       "$PY" "$HERE/annotation_loop.py" \
       --url "http://127.0.0.1:$port" --annotators "$c" --seconds "$DURATION" \
-      --label "$label" --json-out "$RES/postgres.jsonl" "$@") 2>"$out" \
+      --label "$label" --json-out "$RES/postgres.jsonl" "${LOOP_ARGS[@]}" "$@") 2>"$out" \
       || log "run exited non-zero (see $out)"
   tail -6 "$out" >&2
 }
@@ -144,7 +150,7 @@ if [ "$SQLITE" = 1 ]; then
   rm -rf "$SQLITE_TEMPLATE"
   log "preparing the same job on SQLite (not timed)"
   PYTHONPATH="$ROOT/src" "$PY" "$HERE/_loop_setup.py" --data-dir "$SQLITE_TEMPLATE" \
-    --images "$IMAGES" --gold "$GOLD"
+    --images "$IMAGES" --gold "$GOLD" "${HARM_ARGS[@]}"
 fi
 
 run=0

@@ -104,3 +104,37 @@ def test_db_without_data_dir_needs_the_servers_secret_key(tmp_path: Path, monkey
     finally:
         db.dispose()
     assert Aliases(b"the-servers-key").image(gold_pid, uid) in answers
+
+
+def test_spammer_mode_answers_honestly_from_the_reference_and_keeps_removal_on(tmp_path):
+    """``--spammers N`` (the removal-under-load benchmark): the job keeps removal for harm and
+    the other clients answer the phantoms' true label most of the time."""
+    from sqlalchemy import select
+
+    from cxrlabel.storage.models import Judgment
+
+    settings = Settings(data_dir=tmp_path)
+    db = Database(settings.database_url)
+    prepare_job(db, tmp_path, n_images=300, n_gold=150, n_files=4, harm=True)
+    with LiveServer(create_app(settings, db=db)) as url:
+        args = annotation_loop.parse_args(
+            ["--url", url, "--data-dir", str(tmp_path), "--annotators", "4", "--seconds", "4"]
+            + ["--spammers", "2", "--prefix", "spam"]
+        )
+        result = annotation_loop.run(args)
+    assert "removal for harm on" in " ".join(result["spec_changes"])
+    assert result["verify"]["ok"] is True
+    assert result["removed"]["honest"] == 0
+    with db.session() as s:
+        rows = s.execute(
+            select(User.username, Judgment.answer, Image.reference_label)
+            .join(User, User.id == Judgment.user_id)
+            .join(Image, Image.id == Judgment.image_id)
+            .where(Image.status != ImageStatus.GOLD, User.username.like("spam%"))
+        ).all()
+    db.dispose()
+    names = sorted({name for name, _, _ in rows})
+    honest = [a == ref for name, a, ref in rows if name in names[2:]]
+    spam = [a == ref for name, a, ref in rows if name in names[:2]]
+    assert len(honest) > 60 and len(spam) > 60  # about 480 and 260 in 4 s here: 5+ sd apart
+    assert sum(honest) / len(honest) > 0.8 > sum(spam) / len(spam)
