@@ -192,8 +192,8 @@ class LoginRateLimiter:
     def address_keys(address: str, username: str | None = None) -> list[str]:
         """Every key that budgets ``address``: sign-in across usernames, sign-up, and with
         ``username`` that pair's own budget. The pair keys of other usernames cannot be found
-        from the address alone (only hashes are stored), and do not need to be: the owner of
-        another account is not held by them."""
+        from the address alone (only hashes are stored); each holds only its own account at
+        this address, and is lifted by naming that account."""
         keys = [f"ip:{address}", f"join:{address}"]
         if username is not None:
             keys.insert(0, LoginRateLimiter.login_keys(address, username)[0])
