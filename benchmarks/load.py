@@ -396,7 +396,7 @@ async def drive(
     """Warm up every annotator (quiz), then run the loop for ``cfg.seconds``. ``during`` is an
     optional coroutine function ``(start_time, annotators) -> None`` run alongside (the crash
     run's kill -9)."""
-    args = argparse.Namespace(max_loops=10**9, think_ms=0)
+    args = argparse.Namespace(max_loops=10**9, think_ms=0, spammers=0)
     limits = httpx.Limits(max_connections=6, max_keepalive_connections=6)
     clients = [
         httpx.AsyncClient(
