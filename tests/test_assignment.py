@@ -291,26 +291,19 @@ def _overfilled(db) -> list[tuple[int, int, int]]:
         ]
 
 
-def test_concurrent_requests_never_overfill_last_slots(env):
-    """Many annotators at once compete for a few last open slots."""
+def _pages_at_once(db, seeded, users: list[int]) -> list:
+    """Every user asks for a page at the same instant (threads behind a barrier); their
+    ``(page, reason)`` answers. A thread's exception fails the calling test."""
     import threading
 
-    db, tmp = env
-    seeded = seed_job(db, tmp, n_work=6, n_gold=3, quiz_length=0, items_per_page=3, jmin=2)
-    with db.session() as s:  # every image misses exactly one judgment: 6 slots in total
-        for image_id in seeded.work_ids:
-            s.get(Image, image_id).trusted_judgments = 1
-    users = [add_user(db, f"u{n}") for n in range(16)]
     barrier = threading.Barrier(len(users))
     errors: list[BaseException] = []
-    got: list[int] = []
+    results: list = []
 
     def work(uid: int) -> None:
         try:
             barrier.wait()
-            page, _ = _page(db, seeded, uid, T0, rng=random.Random(uid))
-            if page is not None:
-                got.extend(i for _, i, g in page[2] if not g)
+            results.append(_page(db, seeded, uid, T0, rng=random.Random(uid)))
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -320,6 +313,18 @@ def test_concurrent_requests_never_overfill_last_slots(env):
     for t in threads:
         t.join(60)
     assert not errors, errors
+    return results
+
+
+def test_concurrent_requests_never_overfill_last_slots(env):
+    """Many annotators at once compete for a few last open slots."""
+    db, tmp = env
+    seeded = seed_job(db, tmp, n_work=6, n_gold=3, quiz_length=0, items_per_page=3, jmin=2)
+    with db.session() as s:  # every image misses exactly one judgment: 6 slots in total
+        for image_id in seeded.work_ids:
+            s.get(Image, image_id).trusted_judgments = 1
+    results = _pages_at_once(db, seeded, [add_user(db, f"u{n}") for n in range(16)])
+    got = [i for page, _ in results if page is not None for _, i, g in page[2] if not g]
     counts = Counter(got)
     assert set(counts) == set(seeded.work_ids) and max(counts.values()) == 1
     assert _overfilled(db) == []
@@ -387,32 +392,12 @@ def test_a_crowd_arriving_at_once_all_get_work_while_images_wait(env):
     locks most of those are filled by someone else between a claimer's query and its
     re-count. Before the fix a claimer whose rounds all hit such rows was told "no images
     waiting right now" (seen in the load benchmark at warm-up) while hundreds were open."""
-    import threading
-
     db, tmp = env  # SQLite runs claims one at a time: the same promise, kept trivially
     seeded = seed_job(db, tmp, n_work=400, n_gold=12, quiz_length=0, items_per_page=9, jmin=2)
     with db.session() as s:  # 40 images miss one judgment: everyone's first choice
         for image_id in seeded.work_ids[:40]:
             s.get(Image, image_id).trusted_judgments = 1
-    users = [add_user(db, f"u{n}") for n in range(32)]
-    barrier = threading.Barrier(len(users))
-    errors: list[BaseException] = []
-    refused: list[str] = []
-
-    def work(uid: int) -> None:
-        try:
-            barrier.wait()
-            page, reason = _page(db, seeded, uid, T0, rng=random.Random(uid))
-            if page is None:
-                refused.append(reason.code)
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(u,)) for u in users]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
-    assert refused == []
+    results = _pages_at_once(db, seeded, [add_user(db, f"u{n}") for n in range(32)])
+    assert len(results) == 32
+    assert [reason.code for page, reason in results if page is None] == []
     assert _overfilled(db) == []
