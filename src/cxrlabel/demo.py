@@ -72,15 +72,11 @@ def _ingest(app: AppContext, source: Path, job_name: str | None) -> None:
     )
     # A demo of nothing would look like a working job with no work: say so and stop, as
     # `cxrlabel ingest` does.
-    if summary.total == 0:
-        fail(f"no image files found in {str(source)!r}", code=1)
-    if len(summary.failed) == summary.total:
+    problem = summary.nothing_usable()
+    if problem:
         for item in summary.failed[:5]:
             console.print(plain(f"  {item.source_path}: {item.reason}"), highlight=False)
-        fail(
-            f"no image could be read from {str(source)!r}: all {summary.total} file(s) failed",
-            code=1,
-        )
+        fail(problem, code=1)
 
 
 def _seed_gold(app: AppContext, job_name: str | None) -> int:

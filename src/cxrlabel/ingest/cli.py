@@ -113,14 +113,9 @@ def register(app: typer.Typer) -> None:
         except IngestBusy as exc:
             fail(str(exc))
         print_summary(summary)
-        if summary.total and len(summary.failed) == summary.total:
-            # Nothing usable came in (e.g. a text file, or a folder of unreadable files): a
-            # script must not carry on as if the images were there.
-            fail(
-                f"no image could be read from {str(path)!r}: all {summary.total} file(s) "
-                "failed (reasons above)",
-                code=1,
-            )
+        problem = summary.nothing_usable()
+        if summary.total and problem:  # e.g. a text file, a folder of unreadable files
+            fail(f"{problem} (reasons above)", code=1)
 
 
 def _check_source(path: str, query: DicomWebQuery) -> None:

@@ -107,6 +107,15 @@ class IngestSummary:
     def failed(self) -> list[IssueRecord]:
         return self.of_kind(FAILED)
 
+    def nothing_usable(self) -> str | None:
+        """Why nothing usable came in (no file, or every file failed), else None: a script or
+        a demo must not carry on as if the images were there."""
+        if self.total == 0:
+            return f"no image files found in {self.source!r}"
+        if len(self.failed) == self.total:
+            return f"no image could be read from {self.source!r}: all {self.total} file(s) failed"
+        return None
+
     @property
     def exact_duplicates(self) -> list[IssueRecord]:
         return self.of_kind(EXACT)
