@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
 
@@ -135,7 +136,6 @@ def test_thresholds_across_runs_are_pooled_with_a_spread():
 
 
 def test_card_quotes_the_new_patient_estimate_and_its_recipe(tmp_path):
-    import json
 
     from cxrlabel.model.card import new_patient_section
 
@@ -174,6 +174,43 @@ def test_card_quotes_the_new_patient_estimate_and_its_recipe(tmp_path):
     assert "averages 3 seeds" in new_patient_section({"input_size": 96, "ensemble": 3}, path)
     assert "averages" not in text
     assert "cxrlabel site-check" in text  # the way to check the bands at a new site
+    assert "| squashed_cv | 1 seed |" in text  # runs pooled, no spread from one run
+
+
+def test_card_shows_the_seed_spread_the_bootstrap_interval_leaves_out(tmp_path):
+    from cxrlabel.model.card import new_patient_section
+
+    figures = {
+        "n": 3432,
+        "proxy_auc": 0.999,
+        "auc": 0.966,
+        "auc_ci": [0.961, 0.972],
+        "flag_sensitivity": 0.843,
+        "flag_sensitivity_ci": [0.83, 0.86],
+        "flag_specificity": 0.937,
+        "flag_specificity_ci": [0.92, 0.95],
+        "clear_npv": 0.928,
+        "clear_npv_ci": [0.91, 0.94],
+        "clear_specificity": 0.813,
+        "seeds": [0, 1, 2, 3, 4, 5],
+        "run_auc": [0.975, 0.974, 0.975, 0.949, 0.964, 0.970],
+    }
+    cv = dict(figures, seeds=[0], folds=3, run_auc=[0.996, 0.997, 0.998])
+    est = {
+        "measured_by": "benchmarks/model_newpatient.py",
+        "size": 128,
+        "epochs": 20,
+        "augment": "default",
+        "tta": False,
+        "date": "2026-12-04",
+        "schemes": {"look_shift": figures, "squashed_cv": cv},
+    }
+    path = tmp_path / "estimate.json"
+    path.write_text(json.dumps(est))
+    text = new_patient_section({"input_size": 128}, path)
+    assert "| look_shift | 6 seeds, AUC 0.949-0.975 | 3432 |" in text
+    assert "| squashed_cv | 3 folds x 1 seed, AUC 0.996-0.998 |" in text
+    assert "do not hold the spread between training seeds" in text
 
 
 torch = pytest.importorskip("torch", reason="the [model] extra (PyTorch) is not installed")
@@ -305,3 +342,5 @@ def test_estimates_of_one_recipe_merge_and_of_another_are_refused(tmp_path):
     assert module.merged_estimate(path, no_pretraining)["schemes"]["d"] == 5
     with pytest.raises(SystemExit, match="pretrain_epochs"):
         module.merged_estimate(path, recipe | {"pretrain_epochs": 20, "schemes": {}})
+    with pytest.raises(SystemExit, match="average_last"):  # weight averaging: another recipe
+        module.merged_estimate(path, recipe | {"average_last": 0.3, "schemes": {}})

@@ -174,6 +174,18 @@ def _ci(pair: list[float]) -> str:
     return f"[{pair[0]:.3f}, {pair[1]:.3f}]"
 
 
+def _runs(scheme: dict, seeds_of_file: list[int] | None) -> str:
+    """How many runs a scheme's figures pool, and their AUCs' range (the seed spread)."""
+    seeds = scheme.get("seeds") or seeds_of_file or []
+    runs = f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
+    if scheme.get("folds"):
+        runs = f"{scheme['folds']} folds x {runs}"
+    aucs = scheme.get("run_auc") or []
+    if len(aucs) > 1:
+        runs += f", AUC {min(aucs):.3f}-{max(aucs):.3f}"
+    return runs
+
+
 def new_patient_section(meta: dict, estimate_file: Path = ESTIMATE_FILE) -> str:
     """Expected figures on new patients, from the recipe's measured new-patient estimate.
 
@@ -189,13 +201,14 @@ def new_patient_section(meta: dict, estimate_file: Path = ESTIMATE_FILE) -> str:
         )
     est = json.loads(estimate_file.read_text(encoding="utf-8"))
     rows = [
-        "| scheme | images | proxy AUC | AUC [95 % CI] | flag sensitivity | "
+        "| scheme | runs | images | proxy AUC | AUC [95 % CI] | flag sensitivity | "
         "flag specificity | clear NPV | normals cleared |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in est["schemes"].items():
+        runs = _runs(s, est.get("seeds"))
         rows.append(
-            f"| {name} | {s['n']} | {s['proxy_auc']:.3f} | {s['auc']:.3f} "
+            f"| {name} | {runs} | {s['n']} | {s['proxy_auc']:.3f} | {s['auc']:.3f} "
             f"{_ci(s['auc_ci'])} | {s['flag_sensitivity']:.3f} "
             f"{_ci(s['flag_sensitivity_ci'])} | {s['flag_specificity']:.3f} "
             f"{_ci(s['flag_specificity_ci'])} | {s['clear_npv']:.3f} "
@@ -203,10 +216,12 @@ def new_patient_section(meta: dict, estimate_file: Path = ESTIMATE_FILE) -> str:
         )
     same = est["size"] == meta["input_size"]
     est_pretrain = est.get("pretrain_epochs", 0)
+    est_average = est.get("average_last", 0.0)
     recipe = (
         f"{est['size']} px, {est['epochs']} epochs, {est['augment']} augmentation"
         f"{', test-time augmentation' if est['tta'] else ''}"
-        f"{f', {est_pretrain} epochs of SimCLR pre-training' if est_pretrain else ''}; "
+        f"{f', {est_pretrain} epochs of SimCLR pre-training' if est_pretrain else ''}"
+        f"{f', weights {_averaging(est_average)}' if est_average else ''}; "
         f"measured {est['date']}"
     )
     note = (
@@ -222,12 +237,23 @@ def new_patient_section(meta: dict, estimate_file: Path = ESTIMATE_FILE) -> str:
             f"self-supervised pre-training, the recipe measured "
             f"{'with' if est_pretrain else 'without'}: the figures describe the recipe.**"
         )
+    averaged = meta.get("training", {}).get("config", {}).get("average_last", 0.0)
+    if meta.get("training") and averaged != est_average:
+        note += (
+            f"\n\n**This model's weights were {_averaging(averaged)}, the recipe's "
+            f"{_averaging(est_average)}: the figures describe the recipe.**"
+        )
     if meta.get("ensemble", 1) > 1:
         note += (
-            f"\n\nThe figures are for single models of the recipe; this model averages "
-            f"{meta['ensemble']} seeds, which on `look_shift` read about the same AUC or a "
-            "little higher (0.977 against 0.974-0.975; docs/model.md)."
+            f"\n\nThe figures pool single models of the recipe; this model averages "
+            f"{meta['ensemble']} seeds, which on `look_shift` read a little higher than their "
+            "members pooled (+0.002 to +0.005 AUC; docs/model.md)."
         )
+    note += (
+        "\n\nThe intervals are patient-bootstrap intervals of the pooled scores: they do not "
+        "hold the spread between training seeds, which the column *runs* shows where it was "
+        "measured and which is the larger uncertainty."
+    )
     return (
         title + f"Internal new-patient estimate ({est['measured_by']}, expert labels, "
         f"Kermany train+val images; recipe: {recipe}). Thresholds as each run chose them "
@@ -251,6 +277,27 @@ def _start(training: dict) -> str:
         f"features pre-trained without labels on the same training images ({len(history)} "
         f"epochs of SimCLR, contrastive loss {history[0]['loss']:.2f} -> "
         f"{history[-1]['loss']:.2f}; no outside data or downloaded weights)"
+    )
+
+
+def _averaging(share: float) -> str:
+    return f"averaged over the last {share:.0%} of the schedule" if share else "not averaged"
+
+
+def _kept(meta: dict) -> str:
+    """Which weights the model holds: an average over the schedule's end, or the best epoch."""
+    tr = meta["training"]
+    first = " for the first member" if meta.get("ensemble", 1) > 1 else ""
+    share = tr["config"].get("average_last", 0.0)
+    if share:
+        return (
+            f"the weights of every step in the last {share:.0%} of the schedule are averaged "
+            f"(stochastic weight averaging; batch-norm statistics measured again), not one "
+            f"epoch's ({tr['epochs_run']} epochs run{first})"
+        )
+    return (
+        f"the epoch with the best validation loss is kept (epoch {tr['best_epoch']} of "
+        f"{tr['epochs_run']}{first})"
     )
 
 
@@ -359,8 +406,7 @@ Augmentation: rotation +/- {tr["augment"]["max_rotation_deg"]} deg, shift +/-
 {tr["augment"]["max_shift"]:.0%}, zoom {tr["augment"]["scale_range"]}, gamma, contrast,
 brightness, noise{_blur(tr["augment"])}; no horizontal flip (the heart is on the left).
 One-cycle learning-rate schedule of {tr["config"]["max_epochs"]} epochs: {tr["stop_reason"]};
-the epoch with the best validation loss is kept (epoch {tr["best_epoch"]} of
-{tr["epochs_run"]}{" for the first member" if meta.get("ensemble", 1) > 1 else ""});
+{_kept(meta)};
 {tr["seconds"] / 60:.1f} min on {tr["device"]} ({tr["torch_threads"]} threads), seed
 {tr["config"]["seed"]}.
 

@@ -49,6 +49,13 @@ def train(
         help="Epochs of self-supervised pre-training (SimCLR) on the train images before the "
         "members; 0 = start from random weights (docs/model.md).",
     ),
+    average_last: float = typer.Option(
+        0.0,
+        min=0.0,
+        max=1.0,
+        help="Share of the schedule, at its end, whose weights are averaged step by step "
+        "(stochastic weight averaging); 0 = keep the epoch with the best validation loss.",
+    ),
     ensemble: int = typer.Option(
         3,
         min=1,
@@ -81,6 +88,7 @@ def train(
         min_npv=min_npv,
         ensemble=ensemble,
         pretrain_epochs=pretrain_epochs,
+        average_last=average_last,
         augment=AugmentConfig.strong() if augment == "strong" else AugmentConfig(),
     )
     try:

@@ -28,7 +28,7 @@ from torch import nn
 from cxrlabel.model.augment import AugmentConfig, augment
 from cxrlabel.model.net import TriageNet
 from cxrlabel.model.schedule import OneCyclePlan, fit_plan_to_budget
-from cxrlabel.model.train import normalise, to_tensor  # train imports this module lazily
+from cxrlabel.model.tensors import normalise, to_tensor
 
 BATCH = 128  # views per side; the loss contrasts each view with 2 * BATCH - 2 negatives
 TEMPERATURE = 0.2

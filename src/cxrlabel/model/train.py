@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from cxrlabel import __version__
 from cxrlabel.model import calibrate, health, metrics
 from cxrlabel.model.augment import AugmentConfig, augment
+from cxrlabel.model.averaging import WeightAverage
 from cxrlabel.model.data import (
     INPUT_MEAN,
     INPUT_STD,
@@ -38,6 +39,13 @@ from cxrlabel.model.data import (
 from cxrlabel.model.infer import MODEL_JSON, ONNX_FILE
 from cxrlabel.model.net import DEFAULT_WIDTHS, SeedEnsemble, TriageNet, build
 from cxrlabel.model.schedule import OneCyclePlan, another_member_fits, fit_plan_to_budget
+from cxrlabel.model.tensors import (  # noqa: F401 (callers import them from here too)
+    normalise,
+    predict_logits,
+    to_tensor,
+    torch_logits,
+    tta_views,
+)
 from cxrlabel.vocab import PNEUMONIA
 
 TORCH_WEIGHTS = "model.pt"
@@ -76,6 +84,9 @@ class TrainConfig:
     pretrain_epochs: int = 0
     # Share of the time budget pre-training may use (its schedule anneals within it).
     pretrain_budget_share: float = 0.3
+    # Share of the schedule, at its end, whose weights are averaged step by step
+    # (model/averaging.py); 0 = keep the epoch with the best validation loss.
+    average_last: float = 0.0
 
 
 @dataclass
@@ -156,61 +167,6 @@ def load_splits(dataset_dir: Path, size: int, seed: int, console: Console) -> di
     return splits
 
 
-def to_tensor(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(pixels).to(device).unsqueeze(1).float() / 255.0
-
-
-def normalise(x: torch.Tensor) -> torch.Tensor:
-    # channels_last roughly halves CPU convolution time here (oneDNN's preferred layout).
-    return ((x - INPUT_MEAN) / INPUT_STD).contiguous(memory_format=torch.channels_last)
-
-
-@torch.no_grad()
-def torch_logits(
-    model: TriageNet, pixels: np.ndarray, device: torch.device, batch_size: int = 128
-) -> tuple[np.ndarray, np.ndarray]:
-    """(logits (N,), CAMs (N, h, w)) of uint8 (N, S, S) images, in eval mode."""
-    model.eval().to(memory_format=torch.channels_last)
-    logits, cams = [], []
-    for start in range(0, len(pixels), batch_size):
-        x = normalise(to_tensor(pixels[start : start + batch_size], device))
-        logit, cam = model(x)
-        logits.append(logit.cpu().numpy())
-        cams.append(cam.cpu().numpy())
-    return np.concatenate(logits), np.concatenate(cams)
-
-
-def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
-    """Fixed test-time views of (N, 1, S, S) in [0, 1]: as is, zoomed 6 %, two exposures."""
-    n = x.shape[0]
-    theta = torch.tensor([[1 / 1.06, 0, 0], [0, 1 / 1.06, 0]], dtype=x.dtype, device=x.device)
-    theta = theta.expand(n, 2, 3)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    zoomed = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    clamped = x.clamp(1e-4, 1.0)
-    return [x, zoomed, clamped**0.85, clamped**1.15]
-
-
-@torch.no_grad()
-def predict_logits(
-    model: TriageNet,
-    pixels: np.ndarray,
-    device: torch.device,
-    tta: bool = False,
-    batch_size: int = 128,
-) -> np.ndarray:
-    """Logits of uint8 (N, S, S); with ``tta`` the mean logit over ``tta_views``."""
-    if not tta:
-        return torch_logits(model, pixels, device, batch_size)[0]
-    model.eval().to(memory_format=torch.channels_last)
-    out = []
-    for start in range(0, len(pixels), batch_size):
-        x = to_tensor(pixels[start : start + batch_size], device)
-        views = [model(normalise(v))[0] for v in tta_views(x)]
-        out.append(torch.stack(views).mean(dim=0).cpu().numpy())
-    return np.concatenate(out)
-
-
 def _train_epoch(
     model: TriageNet,
     optimiser: torch.optim.Optimizer,
@@ -221,6 +177,7 @@ def _train_epoch(
     device: torch.device,
     progress: Progress,
     task,
+    average: WeightAverage | None = None,
 ) -> float:
     model.train()
     order = torch.randperm(len(data.pixels), generator=gen).numpy()
@@ -237,6 +194,8 @@ def _train_epoch(
         loss.backward()
         optimiser.step()
         plan.step()
+        if average is not None:
+            average.after_step(model, plan)
         total, seen = total + loss.item() * len(idx), seen + len(idx)
         progress.update(task, advance=len(idx), info=f"loss {total / seen:.4f}")
     return total / max(seen, 1)
@@ -270,13 +229,14 @@ def fit(
     )
     best_loss, best_state, history, stop = math.inf, None, [], "learning-rate schedule completed"
     bad_epochs, cpu_at_start = 0, time.process_time()
+    average = WeightAverage(model, cfg.average_last) if cfg.average_last else None
     with _progress(console) as progress:
         epochs = progress.add_task("epochs", total=cfg.max_epochs, info="")
         for epoch in range(1, cfg.max_epochs + 1):
             t0 = time.monotonic()
             task = progress.add_task(f"epoch {epoch}", total=len(train.pixels), info="")
             train_loss = _train_epoch(
-                model, optimiser, plan, train, cfg, gen, device, progress, task
+                model, optimiser, plan, train, cfg, gen, device, progress, task, average
             )
             progress.remove_task(task)
             logits, _ = torch_logits(model, val.pixels, device)
@@ -329,8 +289,28 @@ def fit(
             ):
                 stop = f"CPU budget of {cfg.max_cpu_minutes:g} CPU-min reached"
                 break
+    if average is not None and average.steps_averaged:
+        return _averaged(model, average, splits, device, console), history, stop
     model.load_state_dict(best_state)
     return model.eval(), history, stop
+
+
+def _averaged(
+    model: TriageNet,
+    average: WeightAverage,
+    splits: dict[str, Split],
+    device: torch.device,
+    console: Console,
+) -> TriageNet:
+    model = average.result(model, splits["train"].pixels, device)
+    val = splits["validation"]
+    logits, _ = torch_logits(model, val.pixels, device)
+    console.print(
+        f"weights averaged over {average.steps_averaged} steps: val loss "
+        f"{_validation_loss(logits, val.calibration_target):.4f}, "
+        f"val AUC {metrics.roc_auc(val.y, logits):.4f}"
+    )
+    return model
 
 
 def onnx_metadata(meta: dict) -> dict[str, str]:
