@@ -74,6 +74,9 @@ def _args() -> argparse.Namespace:
         default=TrainConfig().average_last,
         help="share of the schedule whose weights are averaged (train --average-last; 0 = off)",
     )
+    ap.add_argument(
+        "--weight-decay", type=float, default=TrainConfig().weight_decay, help="AdamW decay"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
         "--schemes", nargs="+", default=list(newpatient.SCHEMES), choices=newpatient.SCHEMES
@@ -164,6 +167,7 @@ def main() -> None:
                 max_minutes=600,
                 pretrain_epochs=args.pretrain_epochs,
                 average_last=args.average_last,
+                weight_decay=args.weight_decay,
             )
             splits = _splits(scheme, examples, pixels, args.folds, seed)
             for split in splits:
