@@ -344,3 +344,44 @@ def test_estimates_of_one_recipe_merge_and_of_another_are_refused(tmp_path):
         module.merged_estimate(path, recipe | {"pretrain_epochs": 20, "schemes": {}})
     with pytest.raises(SystemExit, match="average_last"):  # weight averaging: another recipe
         module.merged_estimate(path, recipe | {"average_last": 0.3, "schemes": {}})
+
+
+def test_every_shipped_size_ensemble_of_the_seeds_is_scored():
+    import importlib.util
+    from types import SimpleNamespace
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "model_newpatient.py"
+    spec = importlib.util.spec_from_file_location("model_newpatient_bench", bench)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 50)
+    runs = [
+        SimpleNamespace(y=y, logits=y * 1.5 + rng.normal(0, 1, 100), temperature=1.0 + i)
+        for i in range(6)
+    ]
+    got = module._shipped_ensembles(runs)
+    assert got["members"] == 3 and got["n"] == 20  # 6 choose 3
+    assert got["min"] <= got["median"] <= got["max"]
+    # The best member ensemble is better than the worst, and none reads below the worst run.
+    single = [roc_auc(y, r.logits) for r in runs]
+    assert got["max"] > got["min"] and got["min"] >= min(single) - 0.02
+    assert module._shipped_ensembles(runs[:2]) is None  # fewer runs than members
+
+
+def test_card_quotes_the_measured_ensembles_of_its_size(tmp_path):
+    from cxrlabel.model.card import new_patient_section
+
+    figures = {"n": 572, "proxy_auc": 0.999, "auc": 0.969, "auc_ci": [0.963, 0.973]}
+    for key in ("flag_sensitivity", "flag_specificity", "clear_npv"):
+        figures |= {key: 0.9, f"{key}_ci": [0.8, 0.95]}
+    figures |= {"clear_specificity": 0.8, "seeds": [0, 1, 2, 3, 4, 5]}
+    figures["ensemble_auc"] = {"members": 3, "n": 20, "min": 0.966, "median": 0.973, "max": 0.979}
+    est = {"measured_by": "bench", "size": 128, "epochs": 20, "augment": "default"}
+    est |= {"tta": False, "date": "2026-12-04", "schemes": {"look_shift": figures}}
+    path = tmp_path / "estimate.json"
+    path.write_text(json.dumps(est))
+    text = new_patient_section({"input_size": 128, "ensemble": 3}, path)
+    assert "Every 3-seed ensemble drawn from the measured seeds reads AUC `look_shift` " in text
+    assert "median 0.973 (0.966-0.979, 20 ensembles)" in text
+    assert "ensemble drawn" not in new_patient_section({"input_size": 128, "ensemble": 2}, path)

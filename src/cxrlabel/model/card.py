@@ -174,6 +174,24 @@ def _ci(pair: list[float]) -> str:
     return f"[{pair[0]:.3f}, {pair[1]:.3f}]"
 
 
+def _ensembles(schemes: dict, members: int) -> str:
+    """The measured AUC of every ensemble of this model's size drawn from a scheme's seeds."""
+    said = [
+        f"`{name}` median {e['median']:.3f} ({e['min']:.3f}-{e['max']:.3f}, {e['n']} ensembles)"
+        if e["n"] > 1
+        else f"`{name}` {e['median']:.3f} (one ensemble)"
+        for name, s in schemes.items()
+        if (e := s.get("ensemble_auc")) and e["members"] == members
+    ]
+    if not said:
+        return ""
+    return (
+        f" Every {members}-seed ensemble drawn from the measured seeds reads AUC "
+        + "; ".join(said)
+        + ": which seeds a model draws moves its figure that much."
+    )
+
+
 def _runs(scheme: dict, seeds_of_file: list[int] | None) -> str:
     """How many runs a scheme's figures pool, and their AUCs' range (the seed spread)."""
     seeds = scheme.get("seeds") or seeds_of_file or []
@@ -248,6 +266,7 @@ def new_patient_section(meta: dict, estimate_file: Path = ESTIMATE_FILE) -> str:
             f"\n\nThe figures pool single models of the recipe; this model averages "
             f"{meta['ensemble']} seeds, which on `look_shift` read a little higher than their "
             "members pooled (+0.002 to +0.005 AUC; docs/model.md)."
+            + _ensembles(est["schemes"], meta["ensemble"])
         )
     note += (
         "\n\nThe intervals are patient-bootstrap intervals of the pooled scores: they do not "
