@@ -385,3 +385,29 @@ def test_card_quotes_the_measured_ensembles_of_its_size(tmp_path):
     assert "Every 3-seed ensemble drawn from the measured seeds reads AUC `look_shift` " in text
     assert "median 0.973 (0.966-0.979, 20 ensembles)" in text
     assert "ensemble drawn" not in new_patient_section({"input_size": 128, "ensemble": 2}, path)
+
+
+def test_a_holdout_run_can_also_score_with_batch_norm_measured_on_the_scored_images():
+    from rich.console import Console
+
+    from cxrlabel.model.newpatient import run_holdout
+    from cxrlabel.model.train import TrainConfig
+
+    examples = _examples(n_patients=90)
+    rng = np.random.default_rng(0)
+    sick = np.array([e.label == "PNEUMONIA" for e in examples])
+    pixels = np.clip(
+        rng.normal(120 + 40 * sick[:, None, None], 30, (len(examples), 32, 32)), 0, 255
+    )
+    pixels = pixels.astype(np.uint8)
+    split = originals_to_squashed(examples)
+    cfg = TrainConfig(size=32, max_epochs=1, batch_size=16, threads=2, widths=(4, 8, 8, 8))
+    plain = run_holdout(examples, pixels, split, cfg, Console(quiet=True))
+    assert plain.adapted_logits is None
+    # The scored images are brighter than the training ones: a site whose films differ.
+    brighter = pixels.copy()
+    brighter[split.scored] = np.clip(brighter[split.scored].astype(int) + 50, 0, 255)
+    r = run_holdout(examples, brighter, split, cfg, Console(quiet=True), adapt_bn=True)
+    assert r.adapted_logits.shape == r.logits.shape == (len(split.scored),)
+    assert np.isfinite(r.adapted_logits).all()
+    assert not np.allclose(r.adapted_logits, r.logits)  # the statistics did move

@@ -45,9 +45,16 @@ class WeightAverage:
         if self.steps_averaged == 0:
             return model
         model.load_state_dict(self._average.module.state_dict())
-        inputs = (
-            normalise(to_tensor(pixels[i : i + batch], device))
-            for i in range(0, len(pixels), batch)
-        )
-        update_bn(inputs, model, device)
-        return model.eval()
+        return remeasure_batch_norm(model, pixels, device, batch)
+
+
+def remeasure_batch_norm(
+    model: TriageNet, pixels: np.ndarray, device: torch.device, batch: int = 128
+) -> TriageNet:
+    """``model`` (changed in place, returned in eval mode) with every batch-norm layer's
+    statistics measured on the uint8 images ``pixels`` (N, S, S), equally weighted."""
+    inputs = (
+        normalise(to_tensor(pixels[i : i + batch], device)) for i in range(0, len(pixels), batch)
+    )
+    update_bn(inputs, model, device)
+    return model.eval()

@@ -168,6 +168,9 @@ class HoldoutResult:
     proxy_auc: float  # AUC on the carved validation split: the easy, drawn-like-training proxy
     epochs_run: int
     seconds: float
+    # Experiment (benchmark --adapt-bn): AUC after the batch-norm statistics were measured
+    # again on the scored images themselves (no labels), as a site could on its own films.
+    adapted_logits: np.ndarray | None = None
 
 
 def run_holdout(
@@ -178,6 +181,7 @@ def run_holdout(
     console,
     tta: bool = False,
     features=None,
+    adapt_bn: bool = False,
 ) -> HoldoutResult:
     """Train on ``split.train`` as ``cxrlabel train`` does, then score ``split.scored``;
     ``features``: pre-trained feature weights (``train.pretrain``) to start from."""
@@ -235,7 +239,18 @@ def run_holdout(
         proxy_auc=metrics.roc_auc(val.y, val_logits),
         epochs_run=len(history),
         seconds=time.monotonic() - started,
+        adapted_logits=_adapted_logits(model, pixels[split.scored], device) if adapt_bn else None,
     )
+
+
+def _adapted_logits(model, pixels: np.ndarray, device) -> np.ndarray:
+    import copy
+
+    from cxrlabel.model.averaging import remeasure_batch_norm
+    from cxrlabel.model.tensors import torch_logits
+
+    adapted = remeasure_batch_norm(copy.deepcopy(model), pixels, device)
+    return torch_logits(adapted, pixels, device)[0]
 
 
 def thresholds_across(
