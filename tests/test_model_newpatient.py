@@ -135,13 +135,8 @@ def test_thresholds_across_runs_are_pooled_with_a_spread():
     assert (p[y == 1] >= flag["point"]).mean() >= 0.95
 
 
-def test_card_quotes_the_new_patient_estimate_and_its_recipe(tmp_path):
-
-    from cxrlabel.model.card import new_patient_section
-
-    assert "No new-patient estimate" in new_patient_section(
-        {"input_size": 96}, tmp_path / "absent.json"
-    )
+def _figures(**changes) -> dict:
+    """One scheme's entry of a new-patient estimate file, as the benchmark writes it."""
     figures = {
         "n": 2313,
         "auc": 0.9871,
@@ -155,18 +150,32 @@ def test_card_quotes_the_new_patient_estimate_and_its_recipe(tmp_path):
         "clear_npv_ci": [0.98, 1.0],
         "clear_specificity": 0.441,
     }
+    return figures | changes
+
+
+def _estimate_file(path: Path, schemes: dict, **changes) -> Path:
     est = {
         "measured_by": "benchmarks/model_newpatient.py",
-        "size": 96,
-        "epochs": 3,
+        "size": 128,
+        "epochs": 20,
         "augment": "default",
         "tta": False,
-        "seeds": [0],
-        "date": "2026-12-03",
-        "schemes": {"squashed_cv": figures},
+        "date": "2026-12-04",
+        "schemes": schemes,
     }
-    path = tmp_path / "estimate.json"
-    path.write_text(json.dumps(est))
+    path.write_text(json.dumps(est | changes))
+    return path
+
+
+def test_card_quotes_the_new_patient_estimate_and_its_recipe(tmp_path):
+
+    from cxrlabel.model.card import new_patient_section
+
+    assert "No new-patient estimate" in new_patient_section(
+        {"input_size": 96}, tmp_path / "absent.json"
+    )
+    schemes = {"squashed_cv": _figures()}
+    path = _estimate_file(tmp_path / "e.json", schemes, size=96, epochs=3, seeds=[0])
     text = new_patient_section({"input_size": 96}, path)
     assert "0.987 [0.983, 0.991]" in text and "0.907 [0.880, 0.930]" in text
     assert "not 96 px" not in text
@@ -180,33 +189,11 @@ def test_card_quotes_the_new_patient_estimate_and_its_recipe(tmp_path):
 def test_card_shows_the_seed_spread_the_bootstrap_interval_leaves_out(tmp_path):
     from cxrlabel.model.card import new_patient_section
 
-    figures = {
-        "n": 3432,
-        "proxy_auc": 0.999,
-        "auc": 0.966,
-        "auc_ci": [0.961, 0.972],
-        "flag_sensitivity": 0.843,
-        "flag_sensitivity_ci": [0.83, 0.86],
-        "flag_specificity": 0.937,
-        "flag_specificity_ci": [0.92, 0.95],
-        "clear_npv": 0.928,
-        "clear_npv_ci": [0.91, 0.94],
-        "clear_specificity": 0.813,
-        "seeds": [0, 1, 2, 3, 4, 5],
-        "run_auc": [0.975, 0.974, 0.975, 0.949, 0.964, 0.970],
-    }
+    figures = _figures(
+        n=3432, seeds=[0, 1, 2, 3, 4, 5], run_auc=[0.975, 0.974, 0.975, 0.949, 0.964, 0.970]
+    )
     cv = dict(figures, seeds=[0], folds=3, run_auc=[0.996, 0.997, 0.998])
-    est = {
-        "measured_by": "benchmarks/model_newpatient.py",
-        "size": 128,
-        "epochs": 20,
-        "augment": "default",
-        "tta": False,
-        "date": "2026-12-04",
-        "schemes": {"look_shift": figures, "squashed_cv": cv},
-    }
-    path = tmp_path / "estimate.json"
-    path.write_text(json.dumps(est))
+    path = _estimate_file(tmp_path / "e.json", {"look_shift": figures, "squashed_cv": cv})
     text = new_patient_section({"input_size": 128}, path)
     assert "| look_shift | 6 seeds, AUC 0.949-0.975 | 3432 |" in text
     assert "| squashed_cv | 3 folds x 1 seed, AUC 0.996-0.998 |" in text
@@ -372,15 +359,9 @@ def test_every_shipped_size_ensemble_of_the_seeds_is_scored():
 def test_card_quotes_the_measured_ensembles_of_its_size(tmp_path):
     from cxrlabel.model.card import new_patient_section
 
-    figures = {"n": 572, "proxy_auc": 0.999, "auc": 0.969, "auc_ci": [0.963, 0.973]}
-    for key in ("flag_sensitivity", "flag_specificity", "clear_npv"):
-        figures |= {key: 0.9, f"{key}_ci": [0.8, 0.95]}
-    figures |= {"clear_specificity": 0.8, "seeds": [0, 1, 2, 3, 4, 5]}
-    figures["ensemble_auc"] = {"members": 3, "n": 20, "min": 0.966, "median": 0.973, "max": 0.979}
-    est = {"measured_by": "bench", "size": 128, "epochs": 20, "augment": "default"}
-    est |= {"tta": False, "date": "2026-12-04", "schemes": {"look_shift": figures}}
-    path = tmp_path / "estimate.json"
-    path.write_text(json.dumps(est))
+    ensembles = {"members": 3, "n": 20, "min": 0.966, "median": 0.973, "max": 0.979}
+    figures = _figures(seeds=[0, 1, 2, 3, 4, 5], ensemble_auc=ensembles)
+    path = _estimate_file(tmp_path / "e.json", {"look_shift": figures})
     text = new_patient_section({"input_size": 128, "ensemble": 3}, path)
     assert "Every 3-seed ensemble drawn from the measured seeds reads AUC `look_shift` " in text
     assert "median 0.973 (0.966-0.979, 20 ensembles)" in text
