@@ -84,6 +84,13 @@ def _args() -> argparse.Namespace:
         help="also score each run after re-measuring its batch-norm statistics on the scored "
         "images (no labels; test-time adaptation experiment)",
     )
+    ap.add_argument(
+        "--crop",
+        type=float,
+        default=1.0,
+        help="experiment: keep the central share of each image's side (e.g. 0.85: borders, "
+        "burnt-in markers and labels cut away), resized back to --size; every image",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
         "--schemes", nargs="+", default=list(newpatient.SCHEMES), choices=newpatient.SCHEMES
@@ -102,6 +109,17 @@ def _args() -> argparse.Namespace:
         help="add this run's schemes to the existing --write-estimate file (same recipe)",
     )
     return ap.parse_args()
+
+
+def _central_crop(pixels: np.ndarray, share: float) -> np.ndarray:
+    """The central ``share`` of every (S, S) image, resized back to S x S (antialiased)."""
+    side = pixels.shape[-1]
+    cut = round(side * (1.0 - share) / 2)
+    inner = torch.from_numpy(pixels[:, cut : side - cut, cut : side - cut]).float()[:, None]
+    out = torch.nn.functional.interpolate(
+        inner, size=(side, side), mode="bilinear", antialias=True, align_corners=False
+    )
+    return out[:, 0].round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 def _subset(examples, share: float, seed: int = 0) -> np.ndarray:
@@ -139,6 +157,8 @@ def main() -> None:
     _, examples = manifest_examples(manifest)
     t0 = time.monotonic()
     pixels = cached_pixels(examples, args.size, args.out / f"pixels_{args.size}.npy")
+    if args.crop < 1.0:
+        pixels = _central_crop(pixels, args.crop)
     keep = _subset(examples, args.patients)
     examples, pixels = [examples[i] for i in keep], pixels[keep]
     kept = (
@@ -150,7 +170,7 @@ def main() -> None:
         f"{len(examples)} images, {len({e.patient_id for e in examples})} patients, "
         f"decode {time.monotonic() - t0:.0f} s, {args.size} px, {args.epochs} epochs, "
         f"augment {args.augment}, TTA {args.tta}, pre-training {args.pretrain_epochs} epochs, "
-        f"{kept}, {args.threads} threads"
+        f"{kept}, central crop {args.crop:.0%}, {args.threads} threads"
     )
     aug = AugmentConfig.strong() if args.augment == "strong" else AugmentConfig()
     header = (

@@ -392,3 +392,19 @@ def test_a_holdout_run_can_also_score_with_batch_norm_measured_on_the_scored_ima
     assert r.adapted_logits.shape == r.logits.shape == (len(split.scored),)
     assert np.isfinite(r.adapted_logits).all()
     assert not np.allclose(r.adapted_logits, r.logits)  # the statistics did move
+
+
+def test_the_central_crop_experiment_cuts_the_borders_and_keeps_the_size():
+    import importlib.util
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "model_newpatient.py"
+    spec = importlib.util.spec_from_file_location("model_newpatient_bench", bench)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    pixels = np.zeros((2, 40, 40), np.uint8)
+    pixels[:, :4, :] = 255  # a burnt-in label along the top border
+    pixels[:, 10:30, 10:30] = 200  # the subject
+    out = module._central_crop(pixels, 0.5)
+    assert out.shape == pixels.shape and out.dtype == np.uint8
+    assert out[:, :4].max() == 200  # the border label is gone
+    assert (out[:, 2:38, 2:38] == 200).all()  # the central half now fills the image
