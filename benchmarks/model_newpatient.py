@@ -157,10 +157,13 @@ def main() -> None:
     _, examples = manifest_examples(manifest)
     t0 = time.monotonic()
     pixels = cached_pixels(examples, args.size, args.out / f"pixels_{args.size}.npy")
-    if args.crop < 1.0:
-        pixels = _central_crop(pixels, args.crop)
     keep = _subset(examples, args.patients)
     examples, pixels = [examples[i] for i in keep], pixels[keep]
+    # The splits are drawn from the images as decoded (look_shift reads their look), so a
+    # cropped run holds out the same patients as an uncropped one: a paired comparison.
+    split_pixels = pixels
+    if args.crop < 1.0:
+        pixels = _central_crop(pixels, args.crop)
     kept = (
         f"weights averaged over the last {args.average_last:.0%} of the schedule"
         if args.average_last
@@ -196,7 +199,7 @@ def main() -> None:
                 average_last=args.average_last,
                 weight_decay=args.weight_decay,
             )
-            splits = _splits(scheme, examples, pixels, args.folds, seed)
+            splits = _splits(scheme, examples, split_pixels, args.folds, seed)
             for split in splits:
                 r = newpatient.run_holdout(
                     examples,

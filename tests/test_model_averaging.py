@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -121,3 +122,18 @@ def test_the_card_says_which_weights_the_model_holds(tmp_path):
     text = new_patient_section({"input_size": 128, "training": training}, path)
     assert "weights averaged over the last 30% of the schedule; measured" in text
     assert "the figures describe the recipe" not in text
+
+
+def test_train_with_averaging_writes_a_model_whose_card_says_so(tmp_path):
+    import json
+
+    from cxrlabel.model.train import train
+
+    export = write_synthetic_export(tmp_path / "export", n=48)
+    cfg = TrainConfig(size=32, max_epochs=2, batch_size=8, threads=2, ensemble=1)
+    result = train(export, tmp_path / "model", replace(cfg, average_last=0.5), Console(quiet=True))
+    meta = json.loads((result.model_dir / "model.json").read_text())
+    assert meta["training"]["config"]["average_last"] == 0.5
+    card = (result.model_dir / "MODEL_CARD.md").read_text()
+    assert "last 50% of the schedule are averaged" in card
+    assert "best validation loss is kept" not in card

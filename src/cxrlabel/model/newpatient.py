@@ -168,8 +168,9 @@ class HoldoutResult:
     proxy_auc: float  # AUC on the carved validation split: the easy, drawn-like-training proxy
     epochs_run: int
     seconds: float
-    # Experiment (benchmark --adapt-bn): AUC after the batch-norm statistics were measured
-    # again on the scored images themselves (no labels), as a site could on its own films.
+    # Experiment (benchmark --adapt-bn): the scored images' logits after the batch-norm
+    # statistics were measured again on those images (no labels), as a site could on its own
+    # films; None when not asked for.
     adapted_logits: np.ndarray | None = None
 
 
