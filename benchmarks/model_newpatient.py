@@ -91,6 +91,9 @@ def _args() -> argparse.Namespace:
         help="experiment: keep the central share of each image's side (e.g. 0.85: borders, "
         "burnt-in markers and labels cut away), resized back to --size; every image",
     )
+    ap.add_argument(
+        "--balance", action="store_true", help="weigh the two classes equally in the loss"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
         "--schemes", nargs="+", default=list(newpatient.SCHEMES), choices=newpatient.SCHEMES
@@ -198,6 +201,7 @@ def main() -> None:
                 pretrain_epochs=args.pretrain_epochs,
                 average_last=args.average_last,
                 weight_decay=args.weight_decay,
+                balance_classes=args.balance,
             )
             splits = _splits(scheme, examples, split_pixels, args.folds, seed)
             for split in splits:

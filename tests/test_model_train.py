@@ -297,3 +297,19 @@ def test_model_opinion(trained, inputs, monkeypatch, tmp_path):
     assert opinion["heatmap_data_url"].startswith("data:image/png;base64,")
     broken = infer.model_opinion(inputs / "sub" / "broken.png")
     assert broken["error"] and "p_pneumonia" not in broken
+
+
+def test_balanced_classes_change_the_training_and_not_the_default(export_dir):
+    splits = load_splits(export_dir, 32, seed=0, console=Console(quiet=True))
+    soft = splits["train"].soft
+    assert 0 < soft.mean() < 1  # both classes present: the weight is finite
+    states = {}
+    for balance in (False, True):
+        cfg = TrainConfig(size=32, max_epochs=1, batch_size=8, threads=2, balance_classes=balance)
+        model, history, _ = fit(
+            splits, cfg, torch.device("cpu"), Console(quiet=True), time.monotonic()
+        )
+        assert np.isfinite(history[0]["train_loss"])
+        states[balance] = model.state_dict()
+    assert any(not torch.equal(states[False][k], states[True][k]) for k in states[False])
+    assert TrainConfig().balance_classes is False

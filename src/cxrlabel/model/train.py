@@ -87,6 +87,8 @@ class TrainConfig:
     # Share of the schedule, at its end, whose weights are averaged step by step
     # (model/averaging.py); 0 = keep the epoch with the best validation loss.
     average_last: float = 0.0
+    # Weigh the classes equally in the loss (pneumonia outnumbers normal 3:1 in Kermany).
+    balance_classes: bool = False
 
 
 @dataclass
@@ -182,6 +184,8 @@ def _train_epoch(
     model.train()
     order = torch.randperm(len(data.pixels), generator=gen).numpy()
     soft = torch.from_numpy(data.soft)
+    # Balanced: a film of the rarer class weighs as much in the loss as the other class.
+    pos_weight = ((1 - soft).sum() / soft.sum()).to(device) if cfg.balance_classes else None
     total, seen = 0.0, 0
     for start in range(0, len(order), cfg.batch_size):
         idx = order[start : start + cfg.batch_size]
@@ -189,7 +193,9 @@ def _train_epoch(
         logit, _ = model(normalise(x))
         # Soft targets: BCE against the crowd's probability, so an image the crowd was unsure
         # about pulls the model less hard than a unanimous one.
-        loss = F.binary_cross_entropy_with_logits(logit, soft[idx].to(device))
+        loss = F.binary_cross_entropy_with_logits(
+            logit, soft[idx].to(device), pos_weight=pos_weight
+        )
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
