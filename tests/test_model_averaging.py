@@ -137,3 +137,22 @@ def test_train_with_averaging_writes_a_model_whose_card_says_so(tmp_path):
     card = (result.model_dir / "MODEL_CARD.md").read_text()
     assert "last 50% of the schedule are averaged" in card
     assert "best validation loss is kept" not in card
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("1.5", "less than or equal to 1"), ("-0.2", "greater than or equal to 0")],
+)
+def test_a_share_outside_0_1_is_refused_before_anything_is_written(tmp_path, value, message):
+    from typer.testing import CliRunner
+
+    from cxrlabel.cli import app
+
+    export = write_synthetic_export(tmp_path / "export", n=48)
+    out = tmp_path / "m"
+    args = ["train", str(export), "-o", str(out), "--average-last", value]
+    result = CliRunner().invoke(app, args)
+    said = " ".join(result.output.replace("│", " ").split())  # the error box wraps lines
+    assert result.exit_code == 2
+    assert f"'--average-last': Input should be {message}" in said
+    assert not out.exists()
