@@ -45,7 +45,8 @@ from cxrlabel.model.data import find_images, load_batch, read_export
 from cxrlabel.model.infer import OnnxModel, predict_paths
 from cxrlabel.model.net import TriageNet
 from cxrlabel.model.reference import build_reference_dataset, read_crowd_export
-from cxrlabel.model.train import TORCH_WEIGHTS, TrainConfig, torch_logits, train
+from cxrlabel.model.tensors import torch_logits
+from cxrlabel.model.train import TORCH_WEIGHTS, TrainConfig, train
 
 ANCHORS = [
     ("Kermany et al. 2018 (Inception-v3, ImageNet transfer; official test)", 0.968, 0.928),

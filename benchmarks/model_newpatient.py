@@ -242,11 +242,12 @@ def main() -> None:
                         f"{metrics.roc_auc(r.y, r.logits):.4f})",
                         flush=True,
                     )
+        same_images = len(args.seeds) > 1 and scheme != "squashed_cv"
         if args.adapt_bn:
-            print(f"  {scheme}: {_adapted_summary(results)}", flush=True)
+            print(f"  {scheme}: {_adapted_summary(results, same_images)}", flush=True)
         pooled = _pooled(results)
         ensembles = None
-        if len(args.seeds) > 1 and scheme != "squashed_cv":  # same images in every run
+        if same_images:  # every run scored the same images
             print(f"  {scheme}: {_seed_ensemble(results)}", flush=True)
             ensembles = _shipped_ensembles(results)
             if ensembles:
@@ -306,11 +307,16 @@ def main() -> None:
         args.write_estimate.write_text(json.dumps(summary, indent=2, default=float) + "\n")
 
 
+def _calibrated(results: list, attr: str = "logits") -> list[np.ndarray]:
+    """Each run's calibrated logits (``attr``: as trained, or ``adapted_logits``)."""
+    return [getattr(r, attr) / r.temperature for r in results]
+
+
 def _seed_ensemble(results: list) -> str:
     """What averaging the seeds' calibrated logits would read on the same scored images (the
     shipped `train --ensemble` averages logits the same way)."""
     y = results[0].y
-    logit = np.mean([r.logits / r.temperature for r in results], axis=0)
+    logit = np.mean(_calibrated(results), axis=0)
     cut = np.quantile(logit[y == 1], 0.05)  # ranking figure: specificity at 95 % sensitivity
     return (
         f"{len(results)}-seed ensemble (mean logit) AUC {metrics.roc_auc(y, logit):.4f}, "
@@ -318,24 +324,19 @@ def _seed_ensemble(results: list) -> str:
     )
 
 
-def _adapted_summary(results: list) -> str:
-    """Pooled and ensemble AUC with and without batch-norm re-measurement (paired runs)."""
+def _adapted_summary(results: list, same_images: bool) -> str:
+    """Pooled (and, on the same images, ensemble) AUC as trained and after batch-norm
+    re-measurement: the same runs, so the pair is exact."""
     y = np.concatenate([r.y for r in results])
-
-    def pooled(attr: str) -> float:
-        return metrics.roc_auc(
-            y, np.concatenate([getattr(r, attr) / r.temperature for r in results])
-        )
-
-    line = f"pooled AUC as trained {pooled('logits'):.4f}, adapted {pooled('adapted_logits'):.4f}"
-    if len({len(r.y) for r in results}) == 1 and len(results) > 1:
-        first = results[0].y
-        same = all(np.array_equal(r.y, first) for r in results)
-        if same:
-            for attr, name in (("logits", "as trained"), ("adapted_logits", "adapted")):
-                mean = np.mean([getattr(r, attr) / r.temperature for r in results], axis=0)
-                line += f"; {len(results)}-seed ensemble {name} {metrics.roc_auc(first, mean):.4f}"
-    return line
+    line = ""
+    for attr, name in (("logits", "as trained"), ("adapted_logits", "adapted")):
+        logits = _calibrated(results, attr)
+        line += f"{name}: pooled AUC {metrics.roc_auc(y, np.concatenate(logits)):.4f}"
+        if same_images:
+            ensemble = metrics.roc_auc(results[0].y, np.mean(logits, axis=0))
+            line += f", {len(results)}-seed ensemble {ensemble:.4f}"
+        line += "; "
+    return line.rstrip("; ")
 
 
 def _shipped_ensembles(results: list) -> dict | None:
@@ -344,8 +345,7 @@ def _shipped_ensembles(results: list) -> dict | None:
     members = TrainConfig().ensemble
     if len(results) < members:
         return None
-    y = results[0].y
-    logits = [r.logits / r.temperature for r in results]
+    y, logits = results[0].y, _calibrated(results)
     aucs = [
         metrics.roc_auc(y, np.mean([logits[i] for i in chosen], axis=0))
         for chosen in itertools.combinations(range(len(results)), members)

@@ -204,7 +204,7 @@ torch = pytest.importorskip("torch", reason="the [model] extra (PyTorch) is not 
 
 
 def test_tta_views_keep_shape_and_range():
-    from cxrlabel.model.train import tta_views
+    from cxrlabel.model.tensors import tta_views
 
     x = torch.rand(3, 1, 32, 32)
     views = tta_views(x)
@@ -215,7 +215,7 @@ def test_tta_views_keep_shape_and_range():
 
 def test_predict_logits_with_tta_matches_the_mean_of_views():
     from cxrlabel.model.net import TriageNet
-    from cxrlabel.model.train import predict_logits, torch_logits
+    from cxrlabel.model.tensors import predict_logits, torch_logits
 
     torch.manual_seed(0)
     model = TriageNet().eval()

@@ -25,13 +25,12 @@ from cxrlabel.model import infer  # noqa: E402
 from cxrlabel.model.augment import AugmentConfig, augment  # noqa: E402
 from cxrlabel.model.data import find_images, load_batch  # noqa: E402
 from cxrlabel.model.net import TriageNet, build  # noqa: E402
+from cxrlabel.model.tensors import predict_logits, torch_logits  # noqa: E402
 from cxrlabel.model.train import (  # noqa: E402
     TORCH_WEIGHTS,
     TrainConfig,
     fit,
     load_splits,
-    predict_logits,
-    torch_logits,
     train,
 )
 from fixtures_images import dicom_bytes, dicom_dataset, malformed_dicom  # noqa: E402

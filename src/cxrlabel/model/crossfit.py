@@ -19,13 +19,13 @@ from rich.console import Console
 
 from cxrlabel.model import calibrate, metrics
 from cxrlabel.model.data import Example
+from cxrlabel.model.tensors import torch_logits
 from cxrlabel.model.train import (
     Split,
     TrainConfig,
     carve_validation,
     fit,
     pick_device,
-    torch_logits,
 )
 
 

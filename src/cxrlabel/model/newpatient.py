@@ -187,12 +187,12 @@ def run_holdout(
     """Train on ``split.train`` as ``cxrlabel train`` does, then score ``split.scored``;
     ``features``: pre-trained feature weights (``train.pretrain``) to start from."""
     from cxrlabel.model import calibrate, metrics
+    from cxrlabel.model.tensors import predict_logits
     from cxrlabel.model.train import (
         Split,
         carve_validation,
         fit,
         pick_device,
-        predict_logits,
         pretrain,
     )
 

@@ -39,12 +39,10 @@ from cxrlabel.model.data import (
 from cxrlabel.model.infer import MODEL_JSON, ONNX_FILE
 from cxrlabel.model.net import DEFAULT_WIDTHS, SeedEnsemble, TriageNet, build
 from cxrlabel.model.schedule import OneCyclePlan, another_member_fits, fit_plan_to_budget
-from cxrlabel.model.tensors import (  # noqa: F401 (callers import them from here too)
+from cxrlabel.model.tensors import (
     normalise,
-    predict_logits,
     to_tensor,
     torch_logits,
-    tta_views,
 )
 from cxrlabel.vocab import PNEUMONIA
 
